@@ -1,0 +1,575 @@
+"""Read published benchmark results into calibrate.results records.
+
+Sources understood:
+- llama-benchy 0.3.x/0.4.0 markdown tables (closed loop), alone or wrapped in a suite report;
+- vllm bench serve result JSON (summary or --save-detailed) and its printed result block;
+- spark-bench suite run folders (meta.json + NN-*.md/.log/.json; see shared/data/spark-bench).
+
+Closed-loop tests (01–06) are calibration input; open-loop tests (07–11) are held out for
+validation. closed_runs() therefore never opens an open-loop file, so calibration code that only
+calls it cannot peek at the answers.
+
+Every failure is an ImporterError whose one-line message starts with the file it is about.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from pathlib import Path
+
+from .results import DETAILED_KEYS, ClosedRow, ClosedRun, OpenRun
+
+
+class ImporterError(ValueError):
+    """A source file is missing, empty or malformed. Message: '<file>: <problem>'."""
+
+
+def _err(path, problem: str) -> ImporterError:
+    return ImporterError(f"{path if path is not None else '<text>'}: {problem}")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _err(path, "file not found") from None
+    except IsADirectoryError:
+        raise _err(path, "is a directory, expected a file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _err(path, f"cannot read ({e.__class__.__name__}: {e})") from None
+    if not text.strip():
+        raise _err(path, "empty file")
+    return text
+
+
+def _load_json(path: Path):
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        # An error at the very end means the writer stopped early (crash, full disk, cut copy).
+        kind = "truncated JSON" if e.pos >= len(text.rstrip()) else f"invalid JSON ({e.msg})"
+        raise _err(path, f"{kind} at line {e.lineno} col {e.colno}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# llama-benchy markdown
+# ---------------------------------------------------------------------------------------------
+
+# "pp2048 @ d4 (c10)", "tg256", "pp4096 (c1)"; ctx_pp/ctx_tg rows (prefix-caching phase 1) are skipped.
+_TEST_RE = re.compile(r"^(pp|tg)(\d+)(?:\s*@\s*d(\d+))?(?:\s*\(c(\d+)\))?$")
+_CELL_RE = re.compile(r"^([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?:\s*(?:±|\+/-)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))?$")
+_VERSION_RE = re.compile(r"llama-benchy \(([^)]+)\)")
+_LATMODE_RE = re.compile(r"latency mode:\s*(\w+)")
+_LOG_LATENCY_RE = re.compile(r"Average latency \((\w+)\):\s*([-\d.]+)\s*ms")
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _find_table(text: str):
+    """Return (header, [(lineno, cells)]) of the first pipe table with 'test' and a t/s column."""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if not lines[i].lstrip().startswith("|"):
+            i += 1
+            continue
+        start = i
+        while i < len(lines) and lines[i].lstrip().startswith("|"):
+            i += 1
+        block = lines[start:i]
+        header = _cells(block[0])
+        if "test" in header and any(h.startswith("t/s") for h in header):
+            body = [(start + k + 1, _cells(l)) for k, l in enumerate(block[1:], start=1)
+                    if not set(l.replace("|", "").strip()) <= set("-: ")]
+            return header, body
+    return None
+
+
+def _column_roles(header: list[str]) -> dict[int, tuple[str, ...]]:
+    """Map column index -> metric roles. 'tp'/'tp_req' become pp_* or tg_* per row.
+
+    A lone 't/s' column (c=1 tables, v0.1.x) is both total and per request, because one request
+    is the whole batch; likewise a lone 'peak t/s'.
+    """
+    has_req, has_peak_req = "t/s (req)" in header, "peak t/s (req)" in header
+    roles = {}
+    for i, h in enumerate(header):
+        if h == "t/s (total)" or (h == "t/s" and has_req):
+            roles[i] = ("tp",)
+        elif h == "t/s":
+            roles[i] = ("tp", "tp_req")
+        elif h == "t/s (req)":
+            roles[i] = ("tp_req",)
+        elif h == "peak t/s":
+            roles[i] = ("peak_throughput",) if has_peak_req else ("peak_throughput", "peak_req_throughput")
+        elif h == "peak t/s (req)":
+            roles[i] = ("peak_req_throughput",)
+        elif h in ("ttfr (ms)", "est_ppt (ms)", "e2e_ttft (ms)"):
+            roles[i] = (h.split(" ")[0],)
+    return roles
+
+
+def _parse_cell(cell: str, path, where: str) -> tuple[float, float] | None:
+    if cell == "":
+        return None
+    m = _CELL_RE.match(cell)
+    if not m:
+        raise _err(path, f"bad number {cell!r} in {where}")
+    # A mean without '±' has an unknown spread: NaN, never a made-up 0.
+    return float(m.group(1)), (float(m.group(2)) if m.group(2) is not None else math.nan)
+
+
+def _parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, dict]:
+    """Rows, the model column's value, and footer facts (version, latency_mode)."""
+    found = _find_table(text)
+    if found is None:
+        raise _err(path, "no llama-benchy table found")
+    header, body = found
+    roles = _column_roles(header)
+    t_col = header.index("test")
+    m_col = header.index("model") if "model" in header else None
+    rows: list[ClosedRow] = []
+    pending: ClosedRow | None = None   # pp row waiting for its tg row
+    model = None
+    for lineno, cells in body:
+        if len(cells) != len(header):
+            raise _err(path, f"line {lineno}: {len(cells)} cells, header has {len(header)}")
+        test = cells[t_col]
+        if test.startswith("ctx_"):
+            continue
+        m = _TEST_RE.match(test)
+        if not m:
+            raise _err(path, f"line {lineno}: unknown test name {test!r}")
+        if m_col is not None and model is None:
+            model = cells[m_col] or None
+        kind, n = m.group(1), int(m.group(2))
+        depth, conc = int(m.group(3) or 0), int(m.group(4) or 1)
+        metrics: dict[str, tuple[float, float]] = {}
+        for i, rs in roles.items():
+            val = _parse_cell(cells[i], path, f"line {lineno} ({test!r}, {header[i]!r})")
+            if val is None:
+                continue
+            for r in rs:
+                key = {"tp": f"{kind}_throughput", "tp_req": f"{kind}_req_throughput"}.get(r, r)
+                metrics[key] = val
+        if kind == "pp":
+            if pending is not None:
+                rows.append(pending)
+            pending = ClosedRow(pp=n, tg=0, depth=depth, concurrency=conc, metrics=metrics)
+        elif pending is not None and (pending.depth, pending.concurrency) == (depth, conc):
+            # llama-benchy prints each shape's pp row immediately followed by its tg row.
+            pending.tg = n
+            # Peak t/s belongs to decode: the tg row's value wins over anything on the pp row.
+            pending.metrics.update(metrics)
+            rows.append(pending)
+            pending = None
+        else:
+            if pending is not None:
+                rows.append(pending)
+                pending = None
+            rows.append(ClosedRow(pp=0, tg=n, depth=depth, concurrency=conc, metrics=metrics))
+    if pending is not None:
+        rows.append(pending)
+    if not rows:
+        raise _err(path, "llama-benchy table has no pp/tg rows")
+    footer = {}
+    if (v := _VERSION_RE.search(text)):
+        footer["version"] = v.group(1)
+    if (lm := _LATMODE_RE.search(text)):
+        footer["latency_mode"] = lm.group(1)
+    return rows, model, footer
+
+
+def parse_benchy_markdown(text: str, path=None) -> list[ClosedRow]:
+    """Parse a llama-benchy markdown table (bare, or inside a report) into ClosedRows."""
+    return _parse_benchy(text, path)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+
+_FENCE_RE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
+
+# vllm bench serve defaults (vLLM 0.2x), used where the command does not give a value.
+_SERVE_DEFAULTS = {
+    "backend": "openai", "endpoint": "/v1/completions", "model": None, "num_prompts": 1000,
+    "request_rate": math.inf, "burstiness": 1.0, "max_concurrency": None, "seed": 0,
+    "dataset_name": "random", "dataset_path": None, "ignore_eos": False,
+}
+_RANDOM_DEFAULTS = {"random_input_len": 1024, "random_output_len": 128,
+                    "random_range_ratio": 0.0, "random_prefix_len": 0}
+_SERVE_TYPES = {"num_prompts": int, "max_concurrency": int, "seed": int, "random_input_len": int,
+                "random_output_len": int, "random_prefix_len": int, "request_rate": float,
+                "burstiness": float, "random_range_ratio": float}
+
+
+def _command_text(text: str) -> str | None:
+    """The shell command in a suite report's '## Command' fence, or the text itself."""
+    if "```" not in text:
+        return text
+    sect = text.split("## Command", 1)[1] if "## Command" in text else text
+    m = _FENCE_RE.search(sect)
+    return m.group(1) if m else None
+
+
+def _options(tokens: list[str]) -> dict[str, list[str]]:
+    """'--name a b' / '--name=a' -> {'name': ['a','b']}; a bare flag -> {'name': []}."""
+    opts: dict[str, list[str]] = {}
+    cur = None
+    for t in tokens:
+        if t.startswith("--"):
+            name, eq, val = t[2:].partition("=")
+            cur = name.replace("-", "_")
+            opts[cur] = [val] if eq else []
+        elif cur is not None:
+            opts[cur].append(t)
+    return opts
+
+
+def _typed(key: str, raw, src) -> object:
+    if raw is None or raw in ("None", "null"):
+        return None
+    if isinstance(raw, str):
+        raw = raw.strip("'\"")
+    if key in ("ignore_eos",):
+        return raw not in (False, "False", "false", "0")
+    typ = _SERVE_TYPES.get(key)
+    if typ is None:
+        return raw
+    try:
+        return typ(float(raw)) if typ is int else typ(raw)
+    except (TypeError, ValueError):
+        raise _err(src, f"bad value {raw!r} for {key}") from None
+
+
+def _serve_params(raw: dict, src) -> dict:
+    """Normalise vllm bench serve settings to python values, filling vLLM's defaults.
+
+    random_* only mean something for the random dataset; for others they are None so that no
+    caller mistakes vLLM's unused defaults for the lengths that ran.
+    """
+    p = {k: _typed(k, raw[k], src) if k in raw else v for k, v in _SERVE_DEFAULTS.items()}
+    for k, v in _RANDOM_DEFAULTS.items():
+        p[k] = (_typed(k, raw[k], src) if k in raw else v) if p["dataset_name"] == "random" else None
+    return p
+
+
+def parse_command(cmd: str) -> dict:
+    """Settings of a llama-benchy or vllm bench serve command line (or a report's Command block).
+
+    llama-benchy -> tool, version, model, pp, tg, depth, concurrency (lists), runs, latency_mode,
+    enable_prefix_caching. vllm bench serve -> tool plus the keys of _SERVE_DEFAULTS and the
+    random_* lengths.
+    """
+    body = _command_text(cmd)
+    if body is None:
+        raise _err(None, "no command block found")
+    try:
+        tokens = shlex.split(body.replace("\\\n", " "))
+    except ValueError as e:
+        raise _err(None, f"cannot split command ({e})") from None
+    benchy = next((i for i, t in enumerate(tokens) if t.startswith("llama-benchy")), None)
+    serve = next((i for i in range(len(tokens) - 1) if tokens[i] == "bench" and tokens[i + 1] == "serve"), None)
+    if benchy is not None:
+        o = _options(tokens[benchy + 1:])
+        ints = lambda k, d: [int(x) for x in o[k]] if o.get(k) else d  # noqa: E731
+        try:
+            return {
+                "tool": "llama-benchy",
+                "version": tokens[benchy].partition("==")[2] or None,
+                "model": (o.get("model") or [None])[0],
+                "pp": ints("pp", []), "tg": ints("tg", []),
+                "depth": ints("depth", [0]), "concurrency": ints("concurrency", [1]),
+                "runs": int(o["runs"][0]) if o.get("runs") else 3,
+                "latency_mode": o["latency_mode"][0] if o.get("latency_mode") else "api",
+                "enable_prefix_caching": "enable_prefix_caching" in o,
+            }
+        except ValueError as e:
+            raise _err(None, f"bad llama-benchy argument ({e})") from None
+    if serve is not None:
+        o = _options(tokens[serve + 2:])
+        raw = {k: (v[0] if v else "True") for k, v in o.items()}
+        return {"tool": "vllm bench serve", **_serve_params(raw, None)}
+    raise _err(None, "neither a llama-benchy nor a vllm bench serve command")
+
+
+def _namespace_params(line: str, src) -> dict:
+    """vllm bench serve settings from the 'Namespace(...)' line it logs at start."""
+    keys = list(_SERVE_DEFAULTS) + list(_RANDOM_DEFAULTS)
+    raw = {}
+    for k in keys:
+        m = re.search(rf"(?:^|[(,\s]){k}=('[^']*'|[^,)]+)", line)
+        if m:
+            raw[k] = m.group(1)
+    return _serve_params(raw, src)
+
+
+# ---------------------------------------------------------------------------------------------
+# vllm bench serve results
+# ---------------------------------------------------------------------------------------------
+
+_REQUIRED_SERVE = ("completed", "duration", "total_input_tokens", "total_output_tokens",
+                   "request_throughput", "output_throughput", "mean_ttft_ms")
+
+
+def _check_serve(d: dict, src) -> dict:
+    if not isinstance(d, dict):
+        raise _err(src, f"expected a JSON object, got {type(d).__name__}")
+    d = dict(d)
+    if "request_goodput:" in d:           # legacy benchmark_serving.py typo key
+        d.setdefault("request_goodput", d.pop("request_goodput:"))
+    for k in _REQUIRED_SERVE:
+        if k not in d:
+            raise _err(src, f"missing key {k!r}")
+        if isinstance(d[k], bool) or not isinstance(d[k], (int, float)):
+            raise _err(src, f"key {k!r} is not a number: {d[k]!r}")
+    if d.get("request_rate") in ("inf", "Infinity"):
+        d["request_rate"] = math.inf
+    return d
+
+
+def parse_bench_serve_json(path_or_dict) -> dict:
+    """A vllm bench serve result JSON as a dict (keys as vLLM writes them), validated."""
+    if isinstance(path_or_dict, dict):
+        return _check_serve(path_or_dict, "<dict>")
+    path = Path(path_or_dict)
+    return _check_serve(_load_json(path), path)
+
+
+_SERVE_LABELS = {
+    "Successful requests": ("completed", int),
+    "Failed requests": ("failed", int),
+    "Maximum request concurrency": ("max_concurrency", int),
+    "Request rate configured (RPS)": ("request_rate", float),
+    "Benchmark duration (s)": ("duration", float),
+    "Total input tokens": ("total_input_tokens", int),
+    "Total generated tokens": ("total_output_tokens", int),
+    "Request throughput (req/s)": ("request_throughput", float),
+    "Request goodput (req/s)": ("request_goodput", float),
+    "Output token throughput (tok/s)": ("output_throughput", float),
+    "Peak output token throughput (tok/s)": ("max_output_tokens_per_s", float),
+    "Peak concurrent requests": ("max_concurrent_requests", int),
+    "Total token throughput (tok/s)": ("total_token_throughput", float),
+}
+_STAT_RE = re.compile(r"^(Mean|Median|Std|P(\d+(?:\.\d+)?)) (TTFT|TPOT|ITL|E2EL) \(ms\)$")
+
+
+def parse_bench_serve_text(text: str, path=None) -> dict:
+    """The first printed 'Serving Benchmark Result' block, keyed like the result JSON.
+
+    The printout is rounded to 2 decimals and has no std_* lines; everything else matches.
+    """
+    start = text.find("Serving Benchmark Result")
+    if start < 0:
+        raise _err(path, "no 'Serving Benchmark Result' block found")
+    out: dict = {}
+    for line in text[start:].splitlines()[1:]:
+        if line.startswith("=="):
+            break
+        label, sep, value = line.partition(":")
+        if not sep:
+            continue                       # section rulers like '----Time to First Token----'
+        label, value = label.strip(), value.strip()
+        if label in _SERVE_LABELS:
+            key, typ = _SERVE_LABELS[label]
+        elif (m := _STAT_RE.match(label)):
+            stat = m.group(1).lower() if m.group(2) is None else f"p{m.group(2)}"
+            key, typ = f"{stat}_{m.group(3).lower()}_ms", float
+        else:
+            continue
+        try:
+            out[key] = typ(float(value)) if typ is int else typ(value)
+        except ValueError:
+            raise _err(path, f"bad number {value!r} for {label!r}") from None
+    return _check_serve(out, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# suite run folders
+# ---------------------------------------------------------------------------------------------
+
+def _flag_int(args: str, flag: str) -> int | None:
+    m = re.search(rf"{flag}(?:=|\s+)(\d+)", args or "")
+    return int(m.group(1)) if m else None
+
+
+def load_meta(run_dir) -> dict:
+    """Server settings of a suite run from its meta.json."""
+    path = Path(run_dir) / "meta.json"
+    meta = _load_json(path)
+    if not isinstance(meta, dict):
+        raise _err(path, "expected a JSON object")
+    sc = meta.get("server_config") or {}
+    extra = sc.get("extra_vllm_args") or ""
+    return {
+        "model": meta.get("model"),
+        "served_name": meta.get("served_name"),
+        "vllm_version": meta.get("vllm_version_reported"),
+        "vllm_image": meta.get("vllm_image"),
+        "hardware": meta.get("hardware"),
+        "max_model_len": sc.get("max_model_len"),
+        "gpu_memory_utilization": sc.get("gpu_memory_utilization"),
+        "kv_cache_dtype": sc.get("kv_cache_dtype"),
+        "enable_prefix_caching": sc.get("enable_prefix_caching"),
+        "async_scheduling": sc.get("async_scheduling"),
+        # None = flag not given, so vLLM's own default for the platform applies.
+        "max_num_batched_tokens": _flag_int(extra, "--max-num-batched-tokens"),
+        "max_num_seqs": _flag_int(extra, "--max-num-seqs"),
+        "extra_args": extra,
+    }
+
+
+def _source_name(run_dir: Path) -> str:
+    # Suite layout: results/<family>/<model-dir>/<profile>/
+    if (run_dir / "meta.json").is_file():
+        return f"spark-bench/{run_dir.parent.name}/{run_dir.name}"
+    return str(run_dir)
+
+
+def _check_dir(run_dir) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise _err(run_dir, "no such run directory")
+    return run_dir
+
+
+def _closed_run_from_md(md: Path, source: str, server: dict) -> ClosedRun:
+    text = _read_text(md)
+    rows, model, footer = _parse_benchy(text, md)
+    cmd = {}
+    if "## Command" in text:
+        try:
+            cmd = parse_command(text)
+        except ImporterError as e:
+            raise _err(md, str(e).partition(": ")[2]) from None
+    latency_ms = None
+    log = md.with_suffix(".log")
+    if log.is_file():
+        if (m := _LOG_LATENCY_RE.search(_read_text(log))):
+            latency_ms = float(m.group(2))
+    return ClosedRun(
+        source=source, test=md.stem, model=model or cmd.get("model"),
+        runs=cmd.get("runs"), latency_mode=footer.get("latency_mode") or cmd.get("latency_mode"),
+        latency_ms=latency_ms, version=footer.get("version") or cmd.get("version"),
+        rows=rows, server=server, path=str(md))
+
+
+def closed_runs(run_dir) -> list[ClosedRun]:
+    """The suite's closed-loop tests 01–06. Opens only meta.json and 01–06 .md/.log files."""
+    run_dir = _check_dir(run_dir)
+    server = load_meta(run_dir)
+    source = _source_name(run_dir)
+    mds = sorted(run_dir.glob("0[1-6]-*.md"))
+    if not mds:
+        raise _err(run_dir, "no closed-loop reports (01-*.md … 06-*.md)")
+    return [_closed_run_from_md(md, source, server) for md in mds]
+
+
+_OPEN_RE = re.compile(r"^(0[7-9]|10)-.+\.json$")
+_SWEEP_RE = re.compile(r"^11-rate-sweep-([0-9.]+|inf)\.json$")
+_NAMESPACE_RE = re.compile(r"^Namespace\(.*\)\s*$", re.M)
+
+
+def _split_result(d: dict) -> tuple[dict, dict | None]:
+    arrays = {k: d[k] for k in DETAILED_KEYS if k in d}
+    result = {k: v for k, v in d.items() if k not in DETAILED_KEYS and k not in ("generated_texts", "errors")}
+    return result, arrays or None
+
+
+def _log_params(log: Path) -> dict[str, dict]:
+    """result_filename -> settings, from each Namespace(...) line of a vllm bench serve log."""
+    out = {}
+    if log.is_file():
+        for line in _NAMESPACE_RE.findall(_read_text(log)):
+            m = re.search(r"result_filename='([^']*)'", line)
+            out[m.group(1) if m else ""] = _namespace_params(line, log)
+    return out
+
+
+def _open_run(js: Path, test: str, params: dict | None, source: str, server: dict) -> OpenRun:
+    data = parse_bench_serve_json(js)
+    result, detailed = _split_result(data)
+    from_cmd = params is not None
+    params = dict(params) if from_cmd else _serve_params({"dataset_name": "unknown"}, js)
+    # The result JSON records what actually ran; a command that disagrees means mixed-up files.
+    for k in ("num_prompts", "request_rate", "burstiness", "max_concurrency", "backend"):
+        if k in data:
+            v = _typed(k, data[k], js)
+            if from_cmd and k != "backend" and params.get(k) != v:
+                raise _err(js, f"{k} is {v!r} but the command says {params.get(k)!r}")
+            params[k] = v
+    return OpenRun(source=source, test=test, path=str(js), dataset=params["dataset_name"] or "unknown",
+                   params=params, result=result, detailed=detailed, server=server)
+
+
+def _md_params(md: Path) -> dict | None:
+    if not md.is_file():
+        return None
+    text = _read_text(md)
+    if "## Command" not in text:
+        return None
+    try:
+        p = parse_command(text)
+    except ImporterError as e:
+        raise _err(md, str(e).partition(": ")[2]) from None
+    if p.pop("tool") != "vllm bench serve":
+        return None
+    return p
+
+
+def open_runs(run_dir) -> list[OpenRun]:
+    """The suite's open-loop tests: 07–10 one each, 11-rate-sweep one per rate step."""
+    run_dir = _check_dir(run_dir)
+    server = load_meta(run_dir)
+    source = _source_name(run_dir)
+    runs: list[OpenRun] = []
+    for js in sorted(p for p in run_dir.glob("*.json") if _OPEN_RE.match(p.name)):
+        params = _md_params(js.with_suffix(".md")) or _log_params(js.with_suffix(".log")).get(js.name)
+        runs.append(_open_run(js, js.stem, params, source, server))
+    sweep = sorted((float(m.group(1)), m.group(1), p) for p in run_dir.glob("11-rate-sweep-*.json")
+                   if (m := _SWEEP_RE.match(p.name)))
+    if sweep:
+        # 11-rate-sweep.md holds only the summary; each step's settings are in the log.
+        base = _md_params(run_dir / "11-rate-sweep.md")
+        logged = _log_params(run_dir / "11-rate-sweep.log")
+        for _, rate, js in sweep:
+            runs.append(_open_run(js, f"11-rate-sweep@{rate}", logged.get(js.name) or base, source, server))
+    return runs
+
+
+def load_source(path) -> list[ClosedRun | OpenRun]:
+    """Whatever `path` is: suite run dir, llama-benchy .md, vllm bench serve .json, capsim run dir."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "run.json").is_file():
+            raise _err(p, "capsim run folders are read by measure.runfiles")
+        if (p / "meta.json").is_file():
+            return [*closed_runs(p), *open_runs(p)]
+        raise _err(p, "not a suite run folder (no meta.json) nor a capsim run folder (no run.json)")
+    if not p.exists():
+        raise _err(p, "file not found")
+    server = load_meta(p.parent) if (p.parent / "meta.json").is_file() else {}
+    source = _source_name(p.parent)
+    if p.suffix == ".md":
+        text = _read_text(p)
+        if _find_table(text) is None and "Serving Benchmark Result" in text:
+            # A vllm bench serve report without its JSON: only the rounded printout.
+            result = parse_bench_serve_text(text, p)
+            params = _md_params(p) or _serve_params({"dataset_name": "unknown"}, p)
+            return [OpenRun(source=source, test=p.stem, path=str(p), dataset=params["dataset_name"],
+                            params=params, result=result, detailed=None, server=server)]
+        return [_closed_run_from_md(p, source, server)]
+    if p.suffix == ".json":
+        m = _SWEEP_RE.match(p.name)
+        params = (_log_params(p.parent / "11-rate-sweep.log").get(p.name) if m
+                  else _md_params(p.with_suffix(".md")) or _log_params(p.with_suffix(".log")).get(p.name))
+        test = f"11-rate-sweep@{m.group(1)}" if m else p.stem
+        return [_open_run(p, test, params, source, server)]
+    raise _err(p, "unknown source type (expected a run folder, .md or .json)")

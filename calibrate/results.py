@@ -1,0 +1,64 @@
+"""Plain records for published benchmark results (closed-loop llama-benchy, open-loop vllm bench serve).
+
+These hold what a tool printed, unchanged in meaning and units, so calibration and
+validation code can compare a simulation with the very numbers a reader sees:
+- closed-loop metrics keep llama-benchy's JSON names and its (mean, std) pairs; latencies in ms;
+- open-loop results keep vllm bench serve's result-JSON keys (ms for latencies, s for duration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# llama-benchy metric names (its --format json names), all as (mean, std).
+CLOSED_METRICS = (
+    "pp_throughput", "pp_req_throughput",
+    "tg_throughput", "tg_req_throughput",
+    "peak_throughput", "peak_req_throughput",
+    "ttfr", "est_ppt", "e2e_ttft",
+)
+
+# Per-request arrays that vllm bench serve writes with --save-detailed (and legacy files always).
+DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times")
+
+
+@dataclass
+class ClosedRow:
+    """One llama-benchy shape: a pp row and its tg row merged.
+
+    metrics maps a llama-benchy metric name to (mean, std); a metric the table does not
+    give (blank cell, or a column the source lacks) is absent rather than guessed.
+    """
+    pp: int
+    tg: int
+    depth: int
+    concurrency: int
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass
+class ClosedRun:
+    """One llama-benchy invocation (one table)."""
+    source: str                 # e.g. "spark-bench/gemma-4-26b-a4b-it/bf16" or "seed"
+    test: str                   # e.g. "01-chat" or "A"
+    model: str                  # model name as llama-benchy printed it (the served name)
+    runs: int | None            # --runs (llama-benchy default 3)
+    latency_mode: str | None    # "api" | "generation" | "none"
+    latency_ms: float | None    # latency llama-benchy measured and subtracted from ttfr for est_ppt
+    version: str | None         # llama-benchy version from the table footer
+    rows: list[ClosedRow] = field(default_factory=list)
+    server: dict = field(default_factory=dict)
+    path: str | None = None
+
+
+@dataclass
+class OpenRun:
+    """One vllm bench serve invocation (one result JSON)."""
+    source: str
+    test: str                   # e.g. "07-office-baseline", "11-rate-sweep@0.3", "H"
+    path: str | None
+    dataset: str                # "random" | "sharegpt" (or "unknown" for a bare JSON)
+    params: dict = field(default_factory=dict)
+    result: dict = field(default_factory=dict)
+    detailed: dict | None = None
+    server: dict = field(default_factory=dict)

@@ -1,0 +1,463 @@
+"""A SimPy model of vLLM V1's engine loop.
+
+Each schedule() call follows vllm/v1/core/sched/scheduler.py: running requests
+first in admission order (decodes take one token, partial prefills the rest of
+their prompt up to the token budget); then, only if nothing was preempted,
+waiting requests FCFS while budget, max_num_seqs and KV blocks allow, the first
+chunk being whatever budget is left. A running request that cannot get its
+blocks preempts the most recently admitted one (recompute: its KV is freed and
+it goes back to the front of the waiting queue). With async scheduling the
+scheduler works one step ahead: step n+2 is scheduled when step n's output
+arrives, a request that stops at EOS holds its slot for one wasted step, and
+one that reaches max_tokens does not (vLLM checks that explicitly).
+
+Fast-forward: a run of decode steps whose batch cannot change is scheduled as
+one event. Durations come from the same integer step features, so token times
+are bit-identical to stepping one by one; an arrival during the run truncates
+it at the step where step-by-step scheduling would first have seen it.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Callable
+
+import numpy as np
+import simpy
+
+from .kvcache import KVCache
+from .profile import Profile
+from .records import RequestRecord
+from .stepmodel import features
+from .workload import RequestSpec
+
+WAITING, RUNNING, FINISHED = 0, 1, 2
+_PAGE = 1 << 15
+
+
+class _TimeStore:
+    """Chunk times of all steps in fixed pages, so records can be views."""
+
+    def __init__(self):
+        self.pages: list[np.ndarray] = []
+        self.n = 0
+
+    def put(self, values) -> int:
+        first = self.n
+        for v in np.atleast_1d(values):
+            p, o = divmod(self.n, _PAGE)
+            if p == len(self.pages):
+                self.pages.append(np.empty(_PAGE))
+            self.pages[p][o] = v
+            self.n += 1
+        return first
+
+    def put_run(self, values: np.ndarray) -> int:
+        first = self.n
+        i = 0
+        while i < len(values):
+            p, o = divmod(self.n, _PAGE)
+            if p == len(self.pages):
+                self.pages.append(np.empty(_PAGE))
+            take = min(_PAGE - o, len(values) - i)
+            self.pages[p][o:o + take] = values[i:i + take]
+            self.n += take
+            i += take
+        return first
+
+    def get(self, start: int, length: int) -> np.ndarray:
+        p, o = divmod(start, _PAGE)
+        if o + length <= _PAGE:
+            return self.pages[p][o:o + length]
+        return np.concatenate([self.get(start, _PAGE - o), self.get(start + _PAGE - o, length - (_PAGE - o))])
+
+
+class _Req:
+    __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
+                 "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order")
+
+    def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int):
+        self.spec = spec
+        self.prompt = spec.prompt_tokens
+        self.max_tokens = spec.max_tokens
+        self.target = min(spec.output_tokens, spec.max_tokens)
+        self.computed = 0
+        self.out_sched = 0
+        self.emitted = 0
+        self.held = 0
+        self.state = WAITING
+        self.epoch = 0
+        self.record = record
+        self.segments: list[tuple[int, int]] = []
+        self.seg_start = -1
+        self.seg_len = 0
+        self.arrival = arrival
+        self.on_done = on_done
+        self.order = order
+
+    @property
+    def known(self) -> int:
+        return self.prompt + self.out_sched
+
+    def emit(self, idx: int, count: int = 1) -> None:
+        if self.seg_len and idx == self.seg_start + self.seg_len:
+            self.seg_len += count
+        else:
+            if self.seg_len:
+                self.segments.append((self.seg_start, self.seg_len))
+            self.seg_start, self.seg_len = idx, count
+        self.emitted += count
+
+
+class _Step:
+    __slots__ = ("items", "start", "end", "k", "ends", "first_idx", "ctx0")
+
+    def __init__(self, items, start, k=1, ends=None, ctx0=None):
+        self.items = items  # [(req, n_tokens, emits, epoch)]
+        self.start = start
+        self.k = k
+        self.ends = ends
+        self.end = ends[-1] if ends is not None else None
+        self.first_idx = -1
+        self.ctx0 = ctx0
+
+
+class Engine:
+    """The engine. `submit()` a request at an exact time; `on_done(req)` fires when it ends."""
+
+    MIN_RUN = 3  # shorter decode runs are stepped one by one
+
+    def __init__(self, env: simpy.Environment, profile: Profile, fast_forward: bool = True, seed: int = 0,
+                 trace: Callable[[dict], None] | None = None):
+        self.env = env
+        self.profile = profile
+        self.lim = profile.engine
+        self.model = profile.step_model
+        self.window = getattr(self.model, "window", None)
+        self.kv = KVCache(self.lim)
+        self.async_ = self.lim.async_scheduling
+        self.fast_forward = fast_forward
+        self.trace = trace
+        self.chunk_s = profile.api.chunk_s
+        self.noise_cv = profile.step_noise_cv
+        self.noise_seed = seed
+        self._noise_pages: dict[int, np.ndarray] = {}
+        self.waiting: deque[_Req] = deque()
+        self.running: list[_Req] = []
+        self.inflight: deque[_Step] = deque()
+        self.clock = 0.0
+        self.times = _TimeStore()
+        self.steps = 0
+        self.num_preemptions = 0
+        self.events = 0
+        self._wake = env.event()
+        self._pending: float | None = None  # earliest arrival since the last decode run was scheduled
+        self._order = 0
+        env.process(self._loop())
+
+    # ------------------------------------------------------------------ input
+    def reject_reason(self, spec: RequestSpec) -> str | None:
+        L = self.lim
+        if spec.prompt_tokens + spec.max_tokens > L.max_model_len:
+            return (f"HTTP 400: This model's maximum context length is {L.max_model_len} tokens; the request "
+                    f"has {spec.prompt_tokens} prompt tokens and max_tokens {spec.max_tokens}")
+        if spec.prompt_tokens < 1 or spec.max_tokens < 1:
+            return "HTTP 400: prompt and max_tokens must be >= 1"
+        if self.kv.capacity is not None:
+            need = self.kv.blocks(spec.prompt_tokens + spec.max_tokens - 1, 1)
+            need = max(need, self.kv.blocks(spec.prompt_tokens, min(spec.prompt_tokens, L.max_num_batched_tokens)))
+            if need > self.kv.capacity:
+                return f"request needs {need} KV blocks but the cache holds {self.kv.capacity}"
+        return None
+
+    def submit(self, spec: RequestSpec, t: float, record: RequestRecord, on_done) -> None:
+        """Queue a request arriving at exact time t (== env.now up to rounding)."""
+        req = _Req(spec, record, t, on_done, self._order)
+        self._order += 1
+        self.waiting.append(req)
+        if self._pending is None or t < self._pending:
+            self._pending = t
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    # ------------------------------------------------------------------ noise
+    def _noise(self, first: int, k: int) -> np.ndarray | None:
+        if self.noise_cv <= 0:
+            return None
+        out = np.empty(k)
+        sigma = math.sqrt(math.log1p(self.noise_cv ** 2))
+        for i in range(k):
+            p, o = divmod(first + i, 4096)
+            page = self._noise_pages.get(p)
+            if page is None:
+                z = np.random.default_rng([self.noise_seed, p]).standard_normal(4096)
+                page = self._noise_pages[p] = np.exp(sigma * z - sigma * sigma / 2)
+            out[i] = page[o]
+        return out
+
+    # ------------------------------------------------------------------ scheduling
+    def _alloc(self, req: _Req, n: int) -> bool:
+        new_held = self.kv.blocks(req.computed + n, n)
+        if not self.kv.fits(new_held - req.held):
+            return False
+        self.kv.used += new_held - req.held
+        req.held = new_held
+        return True
+
+    def _preempt(self, req: _Req) -> None:
+        self.kv.used -= req.held
+        req.held = 0
+        req.computed = 0
+        req.out_sched = req.emitted
+        req.state = WAITING
+        req.epoch += 1
+        req.record.preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    def _take(self, req: _Req, n: int, items: list) -> None:
+        req.computed += n
+        emits = req.computed == req.known
+        if emits:
+            req.out_sched += 1
+        items.append((req, n, emits, req.epoch))
+
+    def _schedule(self):
+        L = self.lim
+        budget = L.max_num_batched_tokens
+        items: list = []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            if req.out_sched >= req.max_tokens:
+                i += 1
+                continue
+            n = req.known - req.computed
+            if L.long_prefill_token_threshold > 0:
+                n = min(n, L.long_prefill_token_threshold)
+            n = min(n, budget, L.max_model_len - 1 - req.computed)
+            if n <= 0:
+                i += 1
+                continue
+            while not self._alloc(req, n):
+                victim = self.running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is req:
+                    break
+            if req.state != RUNNING:
+                break
+            self._take(req, n, items)
+            budget -= n
+            i += 1
+        admitted = []
+        if not preempted:
+            while self.waiting and budget > 0 and len(self.running) < L.max_num_seqs:
+                req = self.waiting[0]
+                n = req.known - req.computed
+                if L.long_prefill_token_threshold > 0:
+                    n = min(n, L.long_prefill_token_threshold)
+                n = min(n, budget)
+                if L.reserve_full_prompt and not self.kv.fits(self.kv.blocks(req.known, n)):
+                    break
+                if not self._alloc(req, n):
+                    break
+                self.waiting.popleft()
+                req.state = RUNNING
+                self.running.append(req)
+                admitted.append(req)
+                self._take(req, n, items)
+                budget -= n
+        if not items:
+            return None
+        if self.trace is not None:
+            self.trace({"time": self.clock, "tokens": sum(it[1] for it in items), "kv_used": self.kv.used,
+                        "running": len(self.running), "waiting": len(self.waiting), "preempted": preempted,
+                        "admitted": [r.order for r in admitted], "k": 1})
+        return items, preempted
+
+    def _run_length(self, items) -> int:
+        """How many identical decode steps can be taken at once, from this one."""
+        L = self.lim
+        if not self.fast_forward or not items:
+            return 1
+        if any(n != 1 or not emits for _, n, emits, _ in items):
+            return 1
+        reqs = [it[0] for it in items]
+        if len(reqs) != sum(1 for r in self.running if r.out_sched < r.max_tokens) + 0:
+            return 1
+        if len(reqs) > L.max_num_batched_tokens:
+            return 1
+        k = math.inf
+        for r in reqs:
+            k = min(k, 1 + r.max_tokens - r.out_sched)
+            if r.target < r.max_tokens:
+                e = r.target - r.out_sched + 1  # block step that emits its last token
+                k = min(k, e + 1 if self.async_ else e)
+        if self.waiting:
+            # a finish at the end of the step in flight would let the scheduler admit
+            if self.async_ and any(r.emitted < r.target and r.out_sched >= r.target for r in self.running
+                                   if r.out_sched >= r.max_tokens or r.target < r.max_tokens):
+                return 1
+        if k < self.MIN_RUN:
+            return 1
+        k = int(k)
+        if self.kv.capacity is not None:
+            c = np.array([r.computed for r in reqs], dtype=np.int64)  # after step 1
+            held = sum(r.held for r in reqs)
+            free = self.kv.capacity - self.kv.used + held
+
+            def need(j):  # blocks all requests hold after block step j (>= 1)
+                return sum(count * (np.minimum(-(-(c + j - 1) // bs), -(-(w - 1 + 1) // bs) + 1) if w else
+                                    -(-(c + j - 1) // bs)).sum() for bs, count, w in self.kv.groups)
+
+            if need(k) > free:
+                lo, hi = 1, k  # need(lo) <= free < need(hi)
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if need(mid) <= free:
+                        lo = mid
+                    else:
+                        hi = mid
+                k = lo
+            if k < self.MIN_RUN:
+                return 1
+        return k
+
+    def _extend(self, items, k: int) -> None:
+        """Apply the bookkeeping of block steps 2..k (step 1 was scheduled normally)."""
+        for req, _, _, _ in items:
+            req.computed += k - 1
+            req.out_sched += k - 1
+            new_held = self.kv.blocks(req.computed, 1)
+            self.kv.used += new_held - req.held
+            req.held = new_held
+
+    def _shrink(self, step: _Step, k_new: int) -> None:
+        """Undo block steps k_new+1..k: an arrival made them unknowable."""
+        back = step.k - k_new
+        for req, _, _, _ in step.items:
+            req.computed -= back
+            req.out_sched -= back
+            new_held = self.kv.blocks(req.computed, 1)
+            self.kv.used += new_held - req.held
+            req.held = new_held
+        step.k = k_new
+        self.steps -= back
+        step.ends = step.ends[:k_new]
+        step.end = step.ends[-1]
+
+    def _launch(self, sched, start: float) -> None:
+        items, _ = sched
+        k = self._run_length(items)
+        first_idx = self.steps
+        if k == 1:
+            d = self.model.time(features(((r.computed - n, n) for r, n, _, _ in items), self.window))
+            noise = self._noise(first_idx, 1)
+            if noise is not None:
+                d = d * noise[0]
+            step = _Step(items, start, 1, np.array([start + d]))
+        else:
+            ctx0 = np.array([r.computed - 1 for r, _, _, _ in items], dtype=np.int64)
+            self._extend(items, k)
+            d = self.model.decode_run(ctx0, k)
+            noise = self._noise(first_idx, k)
+            if noise is not None:
+                d = d * noise
+            ends = np.add.accumulate(np.concatenate([[start], d]))[1:]
+            step = _Step(items, start, k, ends, ctx0)
+            self._pending = None  # arrivals before this schedule are in `waiting` already
+            if self.trace is not None:
+                self.trace({"time": self.clock, "tokens": len(items), "kv_used": self.kv.used,
+                            "running": len(self.running), "waiting": len(self.waiting), "preempted": False,
+                            "admitted": [], "k": k})
+        step.first_idx = first_idx
+        self.steps += k
+        self.inflight.append(step)
+
+    # ------------------------------------------------------------------ outputs
+    def _finish(self, req: _Req, t: float) -> None:
+        req.state = FINISHED
+        self.running.remove(req)
+        self.kv.used -= req.held
+        req.held = 0
+        if req.seg_len:
+            req.segments.append((req.seg_start, req.seg_len))
+        segs = [self.times.get(s, n) for s, n in req.segments]
+        rec = req.record
+        rec.chunk_times = segs[0] if len(segs) == 1 else np.concatenate(segs)
+        rec.output_tokens = req.emitted
+        rec.end_time = float(rec.chunk_times[-1])
+        req.on_done(req)
+
+    def _process(self, step: _Step, upto: int) -> None:
+        """Outputs of the first `upto` steps of `step` (a block) or of the single step."""
+        if upto <= 0:
+            return
+        t_emit = step.ends[:upto] + self.chunk_s
+        first = self.times.put_run(t_emit)
+        last_t = float(t_emit[-1])
+        done = []
+        for req, _, emits, epoch in step.items:
+            if not emits or req.state != RUNNING or req.epoch != epoch:
+                continue
+            req.emit(first, min(upto, req.target - req.emitted))
+            if req.emitted >= req.target:
+                done.append(req)
+        for req in done:
+            self._finish(req, last_t)
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self):
+        env = self.env
+        while True:
+            if not self.inflight:
+                sched = self._schedule()
+                if sched is None:
+                    self._wake = env.event()
+                    yield self._wake
+                    self.clock = max(self.clock, min(r.arrival for r in self.waiting))
+                    continue
+                self._launch(sched, self.clock)
+            head = self.inflight[0]
+            if self.async_ and len(self.inflight) == 1 and head.k == 1:
+                sched = self._schedule()
+                if sched is not None:
+                    self._launch(sched, head.end)
+                    head = self.inflight[0]
+            if head.k == 1:
+                self.events += 1
+                yield env.timeout(max(0.0, head.end - env.now))
+                self.clock = head.end
+                self.inflight.popleft()
+                self._process(head, 1)
+                continue
+            # A decode run: wait for its steps, unless an arrival makes later ones unknowable.
+            while True:
+                if self._pending is not None:
+                    t_a = self._pending
+                    q = 0 if t_a <= head.start else int(np.searchsorted(head.ends, t_a, side="left")) + 1
+                    k_new = min(head.k, q + 1) if self.async_ else min(head.k, max(q, 1))
+                    if k_new < head.k:
+                        self._shrink(head, k_new)
+                n_exec = head.k - 1 if self.async_ else head.k
+                if n_exec == 0:
+                    break
+                target = float(head.ends[n_exec - 1])
+                self._wake = env.event()
+                self.events += 1
+                res = yield env.timeout(max(0.0, target - env.now)) | self._wake
+                if self._wake in res:
+                    continue  # an arrival: re-check how far the run stays knowable
+                break
+            self._process(head, n_exec)
+            if n_exec:
+                self.clock = float(head.ends[n_exec - 1])
+            if self.async_:
+                # the run's last step stays in flight as an ordinary step
+                rest = _Step(head.items, float(head.ends[-2]) if head.k > 1 else head.start, 1, head.ends[-1:])
+                rest.first_idx = head.first_idx + head.k - 1
+                self.inflight[0] = rest
+            else:
+                self.inflight.popleft()

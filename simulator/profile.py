@@ -1,0 +1,192 @@
+"""Profile: everything capsim knows about one box, stored as JSON.
+
+Engine limits (vLLM's scheduler knobs), the KV-cache layout and capacity, the
+step-time model, per-request API overhead, step-time noise, the prompt format,
+model facts, and provenance (which runs it was fitted on, the residuals).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .stepmodel import PhysicalStepModel, StepModel, step_model_from_json
+from .workload import PromptFormat
+
+
+class ProfileError(ValueError):
+    """A missing or malformed profile; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class KVGroup:
+    """A KV-cache group of vLLM's (hybrid) allocator; all groups share one block pool."""
+
+    block_size: int
+    count: int = 1  # groups of this kind (Gemma 4: 1 full + 5 sliding)
+    window: int | None = None  # sliding window in tokens; None = full attention
+
+
+@dataclass
+class EngineLimits:
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    max_model_len: int = 131072
+    num_blocks: int | None = None  # None: KV capacity unknown/not binding
+    kv_groups: tuple[KVGroup, ...] = (KVGroup(16),)
+    async_scheduling: bool = True
+    reserve_full_prompt: bool = True  # vLLM's scheduler_reserve_full_isl
+    long_prefill_token_threshold: int = 0
+
+    def validate(self) -> None:
+        if self.max_num_batched_tokens < 1:
+            raise ProfileError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_num_seqs < 1:
+            raise ProfileError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_model_len < 2:
+            raise ProfileError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ProfileError(f"num_blocks must be >= 1 or null, got {self.num_blocks}")
+        if not self.kv_groups or any(g.block_size < 1 or g.count < 1 for g in self.kv_groups):
+            raise ProfileError("kv_groups need block_size >= 1 and count >= 1")
+
+    @property
+    def kv_capacity_tokens(self) -> int | None:
+        """Context tokens the cache holds for one long request (full-attention view)."""
+        if self.num_blocks is None:
+            return None
+        full = [g for g in self.kv_groups if g.window is None]
+        if not full:
+            return None
+        per_token_blocks = sum(g.count / g.block_size for g in full)
+        fixed = sum(g.count * (math.ceil(g.window / g.block_size) + 1) for g in self.kv_groups if g.window)
+        return int(max(0, self.num_blocks - fixed) / per_token_blocks)
+
+
+@dataclass
+class ApiOverhead:
+    request_s: float = 0.02  # client send -> engine queue (HTTP, tokenization)
+    chunk_s: float = 0.001  # step end -> chunk at the client (detokenize, SSE)
+
+
+@dataclass
+class Profile:
+    name: str
+    engine: EngineLimits
+    step_model: StepModel
+    api: ApiOverhead = field(default_factory=ApiOverhead)
+    step_noise_cv: float = 0.0  # lognormal multiplicative noise per step
+    prompt_format: PromptFormat = field(default_factory=PromptFormat)
+    model: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "Profile":
+        self.engine.validate()
+        if self.step_noise_cv < 0:
+            raise ProfileError(f"step_noise_cv must be >= 0, got {self.step_noise_cv}")
+        if self.api.request_s < 0 or self.api.chunk_s < 0:
+            raise ProfileError("api overheads must be >= 0")
+        return self
+
+    def copy(self) -> "Profile":
+        return copy.deepcopy(self)
+
+    # ----------------------------------------------------------- JSON
+    def to_json(self) -> dict[str, Any]:
+        e = asdict(self.engine)
+        e["kv_groups"] = [asdict(g) for g in self.engine.kv_groups]
+        return {
+            "name": self.name,
+            "engine": e,
+            "step_model": self.step_model.to_json(),
+            "api": asdict(self.api),
+            "step_noise_cv": self.step_noise_cv,
+            "prompt_format": asdict(self.prompt_format),
+            "model": self.model,
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str = "profile") -> "Profile":
+        try:
+            e = dict(d["engine"])
+            e["kv_groups"] = tuple(KVGroup(**g) for g in e.get("kv_groups", [{"block_size": 16}]))
+            prof = cls(
+                name=str(d.get("name", where)),
+                engine=EngineLimits(**e),
+                step_model=step_model_from_json(d["step_model"]),
+                api=ApiOverhead(**d.get("api", {})),
+                step_noise_cv=float(d.get("step_noise_cv", 0.0)),
+                prompt_format=PromptFormat(**d.get("prompt_format", {})),
+                model=dict(d.get("model", {})),
+                provenance=dict(d.get("provenance", {})),
+            )
+        except KeyError as ex:
+            raise ProfileError(f"{where}: missing key {ex.args[0]!r}") from None
+        except (TypeError, ValueError) as ex:
+            raise ProfileError(f"{where}: {ex}") from None
+        return prof.validate()
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def load_profile(path_or_name: str | Path | None = None) -> Profile:
+    """A profile from a JSON file, or a shipped one by name (default: the seed's Spark)."""
+    if path_or_name is None:
+        path_or_name = DEFAULT_PROFILE
+    p = Path(path_or_name)
+    if p.suffix != ".json" and not p.exists():
+        for pkg in ("calibrate", "simulator"):
+            try:
+                cand = resources.files(pkg).joinpath("profiles", f"{p.name}.json")
+            except ModuleNotFoundError:
+                continue
+            if cand.is_file():
+                return Profile.from_json(json.loads(cand.read_text()), where=p.name)
+        raise ProfileError(f"no profile file or shipped profile named {str(path_or_name)!r}")
+    try:
+        text = p.read_text()
+    except OSError as ex:
+        raise ProfileError(f"{p}: cannot read profile ({ex.strerror or ex})") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as ex:
+        raise ProfileError(f"{p}: malformed JSON ({ex.msg} at line {ex.lineno} col {ex.colno})") from None
+    if not isinstance(d, dict):
+        raise ProfileError(f"{p}: a profile must be a JSON object")
+    return Profile.from_json(d, where=str(p))
+
+
+# Overridden once calibration ships a fitted profile of the seed's box.
+DEFAULT_PROFILE = "spark-gemma4-26b-a4b"
+
+
+def gemma4_spark_physics() -> Profile:
+    """The seed's box from first principles (reference/vllm-and-spark-physics.md).
+
+    vLLM 0.20.1 on a GB10 with no --max-num-batched-tokens: NVML reports no
+    device memory, so the API server gets 2048 tokens / 256 seqs. KV at
+    gpu_memory_utilization 0.95: about 211k blocks of 5 x 64 KiB; Gemma 4's
+    hybrid cache is 1 full-attention group (block 32) + 5 sliding groups
+    (block 16, window 1024) sharing the pool.
+    """
+    return Profile(
+        name="spark-gemma4-26b-a4b-physics",
+        engine=EngineLimits(max_num_batched_tokens=2048, max_num_seqs=256, max_model_len=131072,
+                            num_blocks=211371,
+                            kv_groups=(KVGroup(32, 1, None), KVGroup(16, 5, 1024)),
+                            async_scheduling=True, reserve_full_prompt=True),
+        step_model=PhysicalStepModel(),
+        api=ApiOverhead(request_s=0.02, chunk_s=0.001),
+        step_noise_cv=0.0,
+        prompt_format=PromptFormat(special_tokens=1, chat_template_tokens=13, vocab_size=262144),
+        model={"name": "google/gemma-4-26B-A4B-it", "weights": "bf16", "kv_cache_dtype": "fp8",
+               "params_total": 25.23e9, "params_active": 3.82e9, "layers": 30, "sliding_layers": 25,
+               "full_layers": 5, "n_experts": 128, "top_k": 8, "box": "NVIDIA DGX Spark (GB10, 273 GB/s)"},
+        provenance={"source": "hand-set from reference/vllm-and-spark-physics.md (sections 2-5)", "fitted_on": []},
+    )

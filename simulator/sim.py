@@ -1,0 +1,160 @@
+"""Simulated benchmark runs: the same load patterns as the live tools, on the engine model.
+
+`simulate_open` plays vllm bench serve (arrival schedule, client semaphore for
+--max-concurrency with the arrival clock running on); `simulate_closed` plays
+llama-benchy (latency probes, then per test a warmup batch and `runs` batches
+of N simultaneous requests). Both return a RunResult of RequestRecords, the
+very type live runs produce.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import simpy
+
+from .engine import Engine
+from .load import ClosedLoop, OpenLoop
+from .profile import Profile
+from .records import RequestRecord, RunResult
+from .workload import RequestSpec, Workload
+
+
+@dataclass
+class SimStats:
+    steps: int
+    events: int
+    preemptions: int
+
+
+def _client_submit(engine: Engine, profile: Profile, spec: RequestSpec, rec: RequestRecord, on_done) -> None:
+    """Send a request: rejected ones fail like vLLM's HTTP 400; others reach the engine after the API overhead."""
+    reason = engine.reject_reason(spec)
+    arrive = rec.start_time + profile.api.request_s
+    if reason is not None:
+        rec.error = reason
+        rec.end_time = arrive
+        engine.env.process(_later(engine.env, arrive, lambda: on_done(None, rec)))
+        return
+    engine.env.process(_later(engine.env, arrive, lambda: engine.submit(spec, arrive, rec, lambda r: on_done(r, rec))))
+
+
+def _later(env: simpy.Environment, t: float, fn: Callable[[], None]):
+    if t > env.now:
+        yield env.timeout(t - env.now)
+    fn()
+
+
+def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenLoop, fast_forward: bool = True,
+                  noise_seed: int = 0, trace=None, stats: list | None = None) -> RunResult:
+    """vllm bench serve on the model: returns every request's record."""
+    env = simpy.Environment()
+    engine = Engine(env, profile, fast_forward=fast_forward, seed=noise_seed, trace=trace)
+    arrivals = pattern.arrival_times(len(specs))
+    records: list[RequestRecord | None] = [None] * len(specs)
+    cap = pattern.max_concurrency
+    queue: deque[int] = deque()
+    in_flight = [0]
+
+    def start(i: int, t: float) -> None:
+        in_flight[0] += 1
+        spec = specs[i]
+        rec = RequestRecord(request_id=i, prompt_tokens=spec.prompt_tokens, output_tokens=0,
+                            scheduled_time=float(arrivals[i]), start_time=t, max_tokens=spec.max_tokens,
+                            test=spec.tag)
+        records[i] = rec
+        _client_submit(engine, profile, spec, rec, done)
+
+    def done(_req, rec: RequestRecord) -> None:
+        in_flight[0] -= 1
+        if queue:
+            # the semaphore passes to the oldest waiter the moment this stream ends
+            start(queue.popleft(), rec.end_time)
+
+    def dispatcher():
+        for i, t in enumerate(arrivals):
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            if cap is not None and in_flight[0] >= cap:
+                queue.append(i)
+            else:
+                start(i, float(t))
+
+    env.process(dispatcher())
+    env.run()
+    recs = [r for r in records if r is not None]
+    end = max((r.end_time for r in recs if r.end_time is not None), default=0.0)
+    if stats is not None:
+        stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions))
+    return RunResult(recs, 0.0, max(end, float(arrivals[-1])), "open",
+                     {"max_concurrency": cap, "request_rate": pattern.rate, "burstiness": pattern.burstiness,
+                      "num_preemptions": engine.num_preemptions})
+
+
+LATENCY_PROBE_PROMPT = 2  # "hello" plus BOS, before the chat template
+
+
+def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = True, noise_seed: int = 0,
+                    gap_s: float = 0.0, trace=None, stats: list | None = None) -> RunResult:
+    """llama-benchy on the model: latency probes, then warmup + runs per test."""
+    env = simpy.Environment()
+    engine = Engine(env, profile, fast_forward=fast_forward, seed=noise_seed, trace=trace)
+    batches = pattern.batches(include_warmup=True)
+    records: list[RequestRecord] = []
+    tests: dict[str, tuple[int, int, int, int]] = {}
+    probe_ttfts: list[float] = []
+    clock = [0.0]
+
+    def run_batch(specs, test: str, batch: int, keep: bool):
+        pending = [len(specs)]
+        ev = env.event()
+        recs = []
+
+        def done(_req, rec):
+            pending[0] -= 1
+            if pending[0] == 0:
+                ev.succeed()
+
+        t0 = clock[0]
+        for k, spec in enumerate(specs):
+            rec = RequestRecord(request_id=len(records) + k, prompt_tokens=spec.prompt_tokens, output_tokens=0,
+                                scheduled_time=t0, start_time=t0, max_tokens=spec.max_tokens, test=test, batch=batch)
+            recs.append(rec)
+            _client_submit(engine, profile, spec, rec, done)
+        yield ev
+        clock[0] = max(r.end_time for r in recs) + gap_s
+        if keep:
+            records.extend(recs)
+        return recs
+
+    def driver():
+        if pattern.latency_mode == "generation":
+            probe = RequestSpec(prompt_tokens=LATENCY_PROBE_PROMPT + profile.prompt_format.chat_template_tokens,
+                                max_tokens=1, output_tokens=1, tag="latency-probe")
+            for _ in range(3):
+                recs = yield from run_batch([probe], "latency-probe", 0, keep=False)
+                probe_ttfts.append(recs[0].chunk_times[0] - recs[0].start_time if recs[0].ok else 0.0)
+        for b in batches:
+            tests.setdefault(b.test, (b.pp, b.tg, b.depth, b.concurrency))
+            yield from run_batch(list(b.requests), b.test, b.run, keep=b.run >= 0)
+
+    start = clock[0]
+    env.process(driver())
+    env.run()
+    if pattern.latency_mode == "generation":
+        latency = sum(probe_ttfts) / len(probe_ttfts)
+    elif pattern.latency_mode == "api":
+        latency = profile.api.request_s + profile.api.chunk_s  # GET /v1/models round trip
+    else:
+        latency = 0.0
+    if stats is not None:
+        stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions))
+    return RunResult(records, start, clock[0], "closed",
+                     {"latency_s": latency, "tests": tests, "num_preemptions": engine.num_preemptions})
+
+
+def simulate_workload_open(profile: Profile, workload: Workload, num_prompts: int, pattern: OpenLoop,
+                           **kw) -> RunResult:
+    """Sample the workload with the pattern's seed (as vllm bench serve does) and simulate."""
+    return simulate_open(profile, workload.sample(num_prompts, seed=pattern.seed), pattern, **kw)

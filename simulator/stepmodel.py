@@ -1,0 +1,213 @@
+"""Step-time models: how long one engine step takes, given the batch.
+
+A step is described by integer features (token and context sums), so the same
+float arithmetic gives the same duration whether steps are taken one by one or a
+run of identical decode steps is computed at once (fast-forward): records are
+bit-identical in both modes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class StepFeatures:
+    """Integer summary of one step's batch.
+
+    n_tokens: tokens computed (decodes + prefill chunk tokens); n_seqs: requests
+    in the step; ctx_full / ctx_window: sum over requests of the context their
+    attention reads (window-capped for sliding layers); attn_full / attn_window:
+    query-key pairs of the step's attention (chunks attend to everything before
+    them, plus causally within the chunk).
+    """
+
+    n_tokens: int
+    n_seqs: int
+    ctx_full: int
+    ctx_window: int
+    attn_full: int
+    attn_window: int
+
+
+def _pairs_window(start: int, n: int, window: int) -> int:
+    """sum over query positions p = start+1 .. start+n of min(p, window)."""
+    a, b = start + 1, start + n
+    if b <= window:
+        return (a + b) * n // 2
+    if a > window:
+        return window * n
+    k = window - a + 1  # positions a..window
+    return (a + window) * k // 2 + window * (n - k)
+
+
+def features(items, window: int | None) -> StepFeatures:
+    """items: iterable of (start, n): tokens already computed and new tokens."""
+    n_tok = n_seq = cf = cw = af = aw = 0
+    for start, n in items:
+        ctx = start + n
+        n_tok += n
+        n_seq += 1
+        cf += ctx
+        af += n * start + n * (n + 1) // 2
+        if window:
+            cw += min(ctx, window)
+            aw += _pairs_window(start, n, window)
+    return StepFeatures(n_tok, n_seq, cf, cw, af, aw)
+
+
+class StepModel:
+    """Interface: `time(f)` for one step, `decode_run(...)` for K identical decode steps."""
+
+    kind: ClassVar[str] = "base"
+    window: int | None = None
+
+    def time(self, f: StepFeatures) -> float:
+        raise NotImplementedError
+
+    def times(self, n_tokens: int, n_seqs: int, ctx_full: np.ndarray, ctx_window: np.ndarray,
+              attn_full: np.ndarray, attn_window: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode_run(self, ctx_before: np.ndarray, k: int) -> np.ndarray:
+        """Durations of k consecutive decode steps of the same requests.
+
+        ctx_before: each request's computed tokens before the first of them.
+        Step j (0-based) has every request at ctx_before + j + 1.
+        """
+        b = len(ctx_before)
+        j = np.arange(k, dtype=np.int64)
+        s0 = int(ctx_before.sum())
+        cf = s0 * 1 + b * (j + 1)
+        # decode attention pairs: one query over start+1 keys -> start + 1
+        af = cf.copy()
+        if self.window:
+            w = self.window
+            # sum_i min(c_i + j + 1, w): exact integers via a sorted cumulative table
+            c = np.sort(ctx_before.astype(np.int64))
+            pref = np.concatenate([[0], np.cumsum(c)])
+            # count of requests with c_i + j + 1 < w  <=>  c_i < w - j - 1
+            m = np.searchsorted(c, w - j - 1, side="left")
+            cw = pref[m] + m * (j + 1) + (b - m) * w
+            aw = cw.copy()
+        else:
+            cw = np.zeros(k, dtype=np.int64)
+            aw = cw
+        return self.times(b, b, cf, cw, af, aw)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "params": {f.name: getattr(self, f.name) for f in fields(self)}}
+
+
+@dataclass
+class PhysicalStepModel(StepModel):
+    """Roofline of one step: t0 + t_seq*n_seqs + max(memory time, compute time).
+
+    Memory: weights read (dense part plus the experts the step's tokens touch,
+    E*(1-(1-k/E)^(n^alpha)) per MoE layer; alpha < 1 means correlated routing)
+    over `bw_weights`, plus KV bytes read over `bw_kv`. Compute: linear-layer
+    FLOPs over `flops`, attention FLOPs over `attn_flops`. Every parameter has a
+    physical meaning, so what-ifs (fp8 weights, a faster box) are profile edits.
+    """
+
+    kind: ClassVar[str] = "physical"
+    t0: float = 0.003  # s, fixed per step (launch, sampling, sync)
+    t_seq: float = 0.0  # s per request in the step (CPU-side bookkeeping)
+    weight_bytes_fixed: float = 4.82e9  # dense weights + attention + embedding/LM head
+    expert_bytes: float = 11.89e6  # one expert of one layer
+    moe_layers: int = 30
+    n_experts: int = 128
+    top_k: int = 8
+    alpha: float = 0.63
+    bw_weights: float = 200e9  # B/s, effective
+    bw_kv: float = 150e9  # B/s, effective
+    kv_bytes_full: float = 10240.0  # KV bytes per context token on full-attention layers
+    kv_bytes_window: float = 102400.0  # KV bytes per token on sliding-window layers
+    window: int | None = 1024
+    flops_per_token: float = 6.16e9  # 2 x active non-embedding parameters
+    flops: float = 50e12  # effective linear-layer FLOP/s
+    attn_flops_full: float = 163840.0  # FLOPs per query-key pair over full layers
+    attn_flops_window: float = 409600.0  # FLOPs per query-key pair over sliding layers
+    attn_flops: float = 15e12  # effective attention FLOP/s
+
+    def experts_touched(self, n_tokens: int) -> float:
+        if self.n_experts <= 0 or n_tokens <= 0:
+            return 0.0
+        e, k = float(self.n_experts), float(self.top_k)
+        return e * (1.0 - (1.0 - k / e) ** (float(n_tokens) ** self.alpha))
+
+    def _weights_time(self, n_tokens: int) -> float:
+        return (self.weight_bytes_fixed + self.moe_layers * self.experts_touched(n_tokens) * self.expert_bytes) / self.bw_weights
+
+    def time(self, f: StepFeatures) -> float:
+        return float(self.times(f.n_tokens, f.n_seqs, np.array([f.ctx_full]), np.array([f.ctx_window]),
+                                np.array([f.attn_full]), np.array([f.attn_window]))[0])
+
+    def times(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window):
+        wt = self._weights_time(n_tokens)
+        mem = wt + (self.kv_bytes_full * ctx_full.astype(np.float64)
+                    + self.kv_bytes_window * ctx_window.astype(np.float64)) / self.bw_kv
+        lin = (self.flops_per_token * float(n_tokens)) / self.flops
+        att = (self.attn_flops_full * attn_full.astype(np.float64)
+               + self.attn_flops_window * attn_window.astype(np.float64)) / self.attn_flops
+        return self.t0 + self.t_seq * float(n_seqs) + np.maximum(mem, lin + att)
+
+
+@dataclass
+class EmpiricalStepModel(StepModel):
+    """Least squares on batch features, for boxes whose physics is unknown.
+
+    time = c0 + c_tok*n_tokens + c_seq*n_seqs + c_ctx*ctx_full/1e3
+           + c_ctxw*ctx_window/1e3 + c_attn*attn_full/1e6 + c_attnw*attn_window/1e6
+    """
+
+    kind: ClassVar[str] = "empirical"
+    c0: float = 0.02
+    c_tok: float = 1e-4
+    c_seq: float = 1e-3
+    c_ctx: float = 0.0
+    c_ctxw: float = 0.0
+    c_attn: float = 0.0
+    c_attnw: float = 0.0
+    window: int | None = None
+
+    FEATURES: ClassVar[tuple[str, ...]] = ("c0", "c_tok", "c_seq", "c_ctx", "c_ctxw", "c_attn", "c_attnw")
+
+    def time(self, f: StepFeatures) -> float:
+        return float(self.times(f.n_tokens, f.n_seqs, np.array([f.ctx_full]), np.array([f.ctx_window]),
+                                np.array([f.attn_full]), np.array([f.attn_window]))[0])
+
+    def times(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window):
+        base = self.c0 + self.c_tok * float(n_tokens) + self.c_seq * float(n_seqs)
+        return (base + self.c_ctx * (ctx_full.astype(np.float64) / 1e3)
+                + self.c_ctxw * (ctx_window.astype(np.float64) / 1e3)
+                + self.c_attn * (attn_full.astype(np.float64) / 1e6)
+                + self.c_attnw * (attn_window.astype(np.float64) / 1e6))
+
+    @classmethod
+    def fit(cls, feats: list[StepFeatures], durations, window: int | None = None) -> "EmpiricalStepModel":
+        """Non-negative least squares (scipy) of measured step durations on features."""
+        from scipy.optimize import nnls
+        X = np.array([[1.0, f.n_tokens, f.n_seqs, f.ctx_full / 1e3, f.ctx_window / 1e3, f.attn_full / 1e6,
+                       f.attn_window / 1e6] for f in feats])
+        y = np.asarray(durations, dtype=float)
+        coef, _ = nnls(X, y)
+        return cls(**dict(zip(cls.FEATURES, (float(c) for c in coef))), window=window)
+
+
+STEP_MODELS = {m.kind: m for m in (PhysicalStepModel, EmpiricalStepModel)}
+
+
+def step_model_from_json(d: dict) -> StepModel:
+    kind = d.get("kind")
+    if kind not in STEP_MODELS:
+        raise ValueError(f"unknown step model kind {kind!r} (known: {', '.join(STEP_MODELS)})")
+    cls = STEP_MODELS[kind]
+    params = dict(d.get("params", {}))
+    known = {f.name for f in fields(cls)}
+    unknown = set(params) - known
+    if unknown:
+        raise ValueError(f"unknown {kind} step-model parameter(s): {', '.join(sorted(unknown))}")
+    return cls(**params)

@@ -1,0 +1,294 @@
+"""Summaries computed from records only, with the tools' exact definitions.
+
+`summarize_open` is vllm bench serve's `calculate_metrics` (TTFT, TPOT excl. the
+first token, pooled per-chunk ITL, E2EL, throughputs, peak output tokens per
+second, peak concurrent requests); `summarize_closed` is llama-benchy 0.4.0's
+`_process_batch` and table aggregation. See shared/reference/metric-definitions.md.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .records import RequestRecord, RunResult
+
+DEFAULT_PERCENTILES = (50, 90, 95, 99)
+OPEN_METRICS = ("ttft", "tpot", "itl", "e2el")
+
+
+# --------------------------------------------------------------------------- vllm bench serve
+
+def _pct_key(p: float) -> str:
+    return f"p{int(p)}" if float(p).is_integer() else f"p{p}"
+
+
+def _stats(name: str, values: np.ndarray, percentiles: Sequence[float]) -> dict[str, float]:
+    # vllm: np.mean(x or 0) etc.; an empty list reports zeros, not NaN.
+    v = values if len(values) else np.zeros(1)
+    out = {f"mean_{name}_ms": float(np.mean(v)) * 1000, f"median_{name}_ms": float(np.median(v)) * 1000,
+           f"std_{name}_ms": float(np.std(v)) * 1000}
+    for p in percentiles:
+        out[f"{_pct_key(p)}_{name}_ms"] = float(np.percentile(v, p)) * 1000
+    return out
+
+
+def peak_concurrency_bucket(starts: np.ndarray, ends: np.ndarray) -> int:
+    """vllm bench serve before ~Sep 2026: 1-s buckets, both ends inclusive.
+
+    Every published result capsim validates against (vLLM 0.20-0.26 era) used it.
+    """
+    if len(starts) == 0:
+        return 0
+    t0 = starts.min()
+    lo = (starts - t0).astype(np.int64)
+    hi = (ends - t0).astype(np.int64)
+    diff = np.zeros(int(hi.max()) + 2, dtype=np.int64)
+    np.add.at(diff, lo, 1)
+    np.add.at(diff, hi + 1, -1)
+    return int(np.cumsum(diff).max())
+
+
+def peak_concurrency_sweep(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Newest vllm bench serve: sweep over half-open [start, end); departures first on ties."""
+    if len(starts) == 0:
+        return 0
+    times = np.concatenate([starts, ends])
+    deltas = np.concatenate([np.ones(len(starts), np.int64), -np.ones(len(ends), np.int64)])
+    order = np.lexsort((deltas, times))  # ties: -1 (departure) sorts before +1
+    return int(np.cumsum(deltas[order]).max())
+
+
+def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict[str, float]:
+    """vllm bench serve's result-JSON keys for one run."""
+    ok = [r for r in run.records if r.ok]
+    dur = run.duration
+    ttfts = np.array([r.chunk_times[0] - r.start_time for r in ok])
+    e2els = np.array([r.chunk_times[-1] - r.start_time for r in ok])
+    outs = np.array([r.output_tokens for r in ok], dtype=np.int64)
+    ins = np.array([r.prompt_tokens for r in ok], dtype=np.int64)
+    multi = outs > 1
+    tpots = (e2els[multi] - ttfts[multi]) / (outs[multi] - 1) if len(ok) else np.zeros(0)
+    itls = np.concatenate([np.diff(r.chunk_times) for r in ok]) if ok else np.zeros(0)
+    starts = np.array([r.start_time for r in ok])
+    total_out = int(outs.sum())
+    total_in = int(ins.sum())
+    res: dict[str, float] = {
+        "duration": dur,
+        "completed": len(ok),
+        "failed": len(run.records) - len(ok),
+        "total_input_tokens": total_in,
+        "total_output_tokens": total_out,
+        "request_throughput": len(ok) / dur if dur > 0 else 0.0,
+        "output_throughput": total_out / dur if dur > 0 else 0.0,
+        "total_token_throughput": (total_in + total_out) / dur if dur > 0 else 0.0,
+    }
+    if ok:
+        t_min = starts.min()
+        bins = np.concatenate([(r.chunk_times - t_min).astype(np.int64) for r in ok])
+        res["max_output_tokens_per_s"] = float(np.bincount(bins).max())
+        res["max_concurrent_requests"] = peak_concurrency_bucket(starts, starts + e2els)
+        res["max_concurrent_requests_sweep"] = peak_concurrency_sweep(starts, starts + e2els)
+    else:
+        res["max_output_tokens_per_s"] = 0.0
+        res["max_concurrent_requests"] = 0
+        res["max_concurrent_requests_sweep"] = 0
+    for name, vals in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
+        res.update(_stats(name, vals, percentiles))
+    queue = np.array([r.start_time - r.scheduled_time for r in ok])
+    if run.meta.get("max_concurrency"):
+        res.update(_stats("client_queue_time", queue, percentiles))
+    return res
+
+
+def format_open_summary(s: dict, rate: float | None = None, title: str = "Serving Benchmark Result",
+                        percentiles: Sequence[float] = DEFAULT_PERCENTILES, bands: dict | None = None) -> str:
+    """The block vllm bench serve prints (with optional [lo, hi] bands)."""
+
+    def line(label, key, fmt="{:.2f}"):
+        v = s.get(key)
+        txt = "" if v is None else fmt.format(v)
+        if bands and key in bands:
+            lo, hi = bands[key]
+            txt += f"  [{fmt.format(lo)} - {fmt.format(hi)}]"
+        return f"{label:<40} {txt:<10}"
+
+    out = [f"{title:=^50}",
+           line("Successful requests:", "completed", "{:d}" if isinstance(s.get("completed"), int) else "{:.0f}"),
+           line("Failed requests:", "failed", "{:d}" if isinstance(s.get("failed"), int) else "{:.0f}")]
+    if rate is not None:
+        out.append(f"{'Request rate configured (RPS):':<40} {rate:<10.2f}")
+    out += [line("Benchmark duration (s):", "duration"),
+            line("Total input tokens:", "total_input_tokens", "{:.0f}"),
+            line("Total generated tokens:", "total_output_tokens", "{:.0f}"),
+            line("Request throughput (req/s):", "request_throughput"),
+            line("Output token throughput (tok/s):", "output_throughput"),
+            line("Peak output token throughput (tok/s):", "max_output_tokens_per_s"),
+            line("Peak concurrent requests:", "max_concurrent_requests"),
+            line("Total token throughput (tok/s):", "total_token_throughput")]
+    names = {"ttft": ("Time to First Token", "TTFT"), "tpot": ("Time per Output Token (excl. 1st token)", "TPOT"),
+             "itl": ("Inter-token Latency", "ITL"), "e2el": ("End-to-end Latency", "E2EL")}
+    for m, (head, short) in names.items():
+        out.append(f"{head:-^50}")
+        out.append(line(f"Mean {short} (ms):", f"mean_{m}_ms"))
+        out.append(line(f"Median {short} (ms):", f"median_{m}_ms"))
+        for p in percentiles:
+            k = _pct_key(p)
+            out.append(line(f"{k.upper()} {short} (ms):", f"{k}_{m}_ms"))
+    out.append("=" * 50)
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- llama-benchy
+
+BENCHY_METRICS = ("pp_throughput", "pp_req_throughput", "tg_throughput", "tg_req_throughput",
+                  "peak_throughput", "peak_req_throughput", "ttfr", "est_ppt", "e2e_ttft")
+
+
+@dataclass
+class ClosedRow:
+    """One llama-benchy result (its pp row and tg row): metric -> (mean, std).
+
+    Throughputs are tokens/s; ttfr, est_ppt and e2e_ttft are milliseconds, as
+    llama-benchy prints them.
+    """
+
+    pp: int
+    tg: int
+    depth: int
+    concurrency: int
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.pp, self.tg, self.depth, self.concurrency)
+
+
+def peak_window_rate(ts: np.ndarray) -> float:
+    """llama-benchy's peak t/s: most tokens in a 1-s window ending at a token."""
+    if len(ts) == 0:
+        return 0.0
+    ts = np.sort(ts)
+    span = ts[-1] - ts[0]
+    if span < 1.0:
+        return len(ts) / span if span > 0 else 0.0
+    left = np.searchsorted(ts, ts - 1.0, side="left")
+    return float((np.arange(len(ts)) - left + 1).max())
+
+
+def _request_speeds(r: RequestRecord, latency_s: float):
+    """Per request: (ttfr, e2e_ttft, est_ppt, pp t/s, tg t/s, token times)."""
+    ct = r.content_times()
+    ttfr = r.chunk_times[0] - r.start_time
+    e2e = ct[0] - r.start_time if len(ct) else math.nan
+    est = max(0.0, ttfr - latency_s)
+    pp_speed = r.prompt_tokens / est if est > 0 else math.nan
+    n = len(ct)  # llama-benchy counts one token per content chunk
+    tg_speed = (n - 1) / (ct[-1] - ct[0]) if n > 1 and ct[-1] > ct[0] else math.nan
+    return ttfr, e2e, est, pp_speed, tg_speed, ct
+
+
+def _ms(x):
+    return np.mean(x), np.std(x)
+
+
+def summarize_closed(run: RunResult) -> list[ClosedRow]:
+    """llama-benchy 0.4.0's table values from the records of a closed-loop run.
+
+    Records carry `test` (one key per pp/tg/depth/concurrency) and `batch`
+    (the run index); `run.meta["latency_s"]` is the latency it subtracts and
+    `run.meta["tests"]` maps each key to (pp, tg, depth, concurrency).
+    """
+    latency = float(run.meta.get("latency_s", 0.0))
+    tests: dict = run.meta["tests"]
+    by_test: dict[str, dict[int, list[RequestRecord]]] = defaultdict(lambda: defaultdict(list))
+    for r in run.records:
+        if r.ok:
+            by_test[r.test][r.batch].append(r)
+    rows = []
+    for key, (pp, tg, depth, c) in tests.items():
+        batches = by_test.get(key, {})
+        per_req = defaultdict(list)
+        batch_vals = defaultdict(list)
+        for recs in batches.values():
+            speeds = [_request_speeds(r, latency) for r in recs]
+            for (ttfr, e2e, est, pps, tgs, ct), r in zip(speeds, recs):
+                per_req["ttfr"].append(ttfr * 1000)
+                per_req["e2e_ttft"].append(e2e * 1000)
+                per_req["est_ppt"].append(est * 1000)
+                if not math.isnan(pps):
+                    per_req["pp_req_throughput"].append(pps)
+                if not math.isnan(tgs):
+                    per_req["tg_req_throughput"].append(tgs)
+                per_req["peak_req_throughput"].append(peak_window_rate(ct))
+            firsts = [s[5][0] for s in speeds if len(s[5])]
+            lasts = [s[5][-1] for s in speeds if len(s[5])]
+            starts = [r.start_time for r in recs]
+            if c > 1:
+                span_pp = max(firsts) - min(starts)
+                batch_vals["pp_throughput"].append(sum(r.prompt_tokens for r in recs) / span_pp)
+                span_tg = max(lasts) - min(firsts)
+                n_tok = sum(len(s[5]) for s in speeds)
+                if span_tg > 0:
+                    batch_vals["tg_throughput"].append((n_tok - len(recs)) / span_tg)
+                batch_vals["peak_throughput"].append(peak_window_rate(np.concatenate([s[5] for s in speeds])))
+        m: dict[str, tuple[float, float]] = {}
+        for name in ("ttfr", "est_ppt", "e2e_ttft", "pp_req_throughput", "tg_req_throughput", "peak_req_throughput"):
+            if per_req[name]:
+                m[name] = (float(np.mean(per_req[name])), float(np.std(per_req[name])))
+        if c > 1:
+            for name in ("pp_throughput", "tg_throughput", "peak_throughput"):
+                if batch_vals[name]:
+                    m[name] = (float(np.mean(batch_vals[name])), float(np.std(batch_vals[name])))
+        else:
+            # c = 1: the single "t/s" column is the per-request speed over runs
+            for total, req in (("pp_throughput", "pp_req_throughput"), ("tg_throughput", "tg_req_throughput"),
+                               ("peak_throughput", "peak_req_throughput")):
+                if req in m:
+                    m[total] = m[req]
+        rows.append(ClosedRow(pp, tg, depth, c, m))
+    return rows
+
+
+def format_closed_table(rows: Iterable[ClosedRow], model: str = "capsim", concurrent: bool | None = None,
+                        latency_mode: str = "generation", version: str = "capsim") -> str:
+    """llama-benchy 0.4.0's markdown table."""
+    rows = list(rows)
+    if concurrent is None:
+        concurrent = any(r.concurrency > 1 for r in rows)
+
+    def cell(m, k, nd=2):
+        if k not in m:
+            return ""
+        mu, sd = m[k]
+        return f"{mu:.{nd}f} ± {sd:.{nd}f}"
+
+    if concurrent:
+        head = ["model", "test", "t/s (total)", "t/s (req)", "peak t/s", "peak t/s (req)", "ttfr (ms)",
+                "est_ppt (ms)", "e2e_ttft (ms)"]
+    else:
+        head = ["model", "test", "t/s", "peak t/s", "ttfr (ms)", "est_ppt (ms)", "e2e_ttft (ms)"]
+    body = []
+    for r in rows:
+        d = f" @ d{r.depth}" if r.depth else ""
+        cs = f" (c{r.concurrency})" if concurrent else ""
+        m = r.metrics
+        if concurrent:
+            body.append([model, f"pp{r.pp}{d}{cs}", cell(m, "pp_throughput"), cell(m, "pp_req_throughput"), "", "",
+                         cell(m, "ttfr"), cell(m, "est_ppt"), cell(m, "e2e_ttft")])
+            body.append([model, f"tg{r.tg}{d}{cs}", cell(m, "tg_throughput"), cell(m, "tg_req_throughput"),
+                         cell(m, "peak_throughput"), cell(m, "peak_req_throughput"), "", "", ""])
+        else:
+            body.append([model, f"pp{r.pp}{d}", cell(m, "pp_throughput"), "", cell(m, "ttfr"), cell(m, "est_ppt"),
+                         cell(m, "e2e_ttft")])
+            body.append([model, f"tg{r.tg}{d}", cell(m, "tg_throughput"), cell(m, "peak_throughput"), "", "", ""])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt_row = lambda cells: "| " + " | ".join(
+        (c.ljust(w) if i == 0 else c.rjust(w)) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    sep = "|" + "|".join((":" + "-" * (w + 1)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    lines = [fmt_row(head), sep] + [fmt_row(b) for b in body]
+    lines += ["", f"llama-benchy ({version})", f"latency mode: {latency_mode}"]
+    return "\n".join(lines)

