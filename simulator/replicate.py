@@ -1,0 +1,86 @@
+"""Replications: R seeded runs of one scenario, summarised as median and 5-95% band.
+
+Replication r uses seed + r for the workload sample and the arrival schedule
+(replication 0 is the seed the user gave, so a seeded measured run is predicted
+on its very requests) and r for step-time noise. Runs go to joblib workers.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Callable, Sequence
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from .load import ClosedLoop, OpenLoop
+from .profile import Profile
+from .sim import simulate_closed, simulate_open
+from .summary import ClosedRow, summarize_closed, summarize_open
+from .workload import Workload
+
+
+def default_jobs(r: int) -> int:
+    return max(1, min(r, os.cpu_count() or 1))
+
+
+def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r: int) -> dict:
+    pat = replace(pattern, seed=pattern.seed + r)
+    run = simulate_open(profile, workload.sample(n, seed=pat.seed), pat, noise_seed=r)
+    s = summarize_open(run)
+    s["num_preemptions"] = run.meta["num_preemptions"]
+    return s
+
+
+def band(values: Sequence[dict], lo: float = 5, hi: float = 95) -> tuple[dict, dict, dict]:
+    """Per key: median, 5th and 95th percentile over replications."""
+    keys = [k for k in values[0] if isinstance(values[0][k], (int, float)) and values[0][k] is not None]
+    arr = {k: np.array([float(v[k]) for v in values]) for k in keys}
+    med = {k: float(np.median(a)) for k, a in arr.items()}
+    return med, {k: float(np.percentile(a, lo)) for k, a in arr.items()}, {k: float(np.percentile(a, hi)) for k, a in arr.items()}
+
+
+def replicate_open(profile: Profile, workload: Workload, num_prompts: int, pattern: OpenLoop, replications: int = 1,
+                   n_jobs: int | None = None) -> tuple[dict, dict, dict, list[dict]]:
+    """(median, lo, hi, per-replication summaries) of vllm bench serve keys."""
+    if replications < 1:
+        raise ValueError(f"--replications must be >= 1, got {replications}")
+    jobs = n_jobs or default_jobs(replications)
+    if jobs == 1 or replications == 1:
+        runs = [_open_one(profile, workload, num_prompts, pattern, r) for r in range(replications)]
+    else:
+        runs = Parallel(n_jobs=jobs)(delayed(_open_one)(profile, workload, num_prompts, pattern, r)
+                                     for r in range(replications))
+    med, lo, hi = band(runs)
+    return med, lo, hi, runs
+
+
+def _closed_one(profile: Profile, pattern: ClosedLoop, r: int) -> tuple[list[ClosedRow], float]:
+    run = simulate_closed(profile, pattern, noise_seed=r)
+    return summarize_closed(run), run.meta["latency_s"]
+
+
+def replicate_closed(profile: Profile, pattern: ClosedLoop, replications: int = 1, n_jobs: int | None = None):
+    """Median row metrics (mean and std columns each) over replications, plus bands of the means."""
+    if replications < 1:
+        raise ValueError(f"--replications must be >= 1, got {replications}")
+    jobs = n_jobs or default_jobs(replications)
+    if jobs == 1 or replications == 1:
+        outs = [_closed_one(profile, pattern, r) for r in range(replications)]
+    else:
+        outs = Parallel(n_jobs=jobs)(delayed(_closed_one)(profile, pattern, r) for r in range(replications))
+    rows0 = outs[0][0]
+    merged, lo_rows, hi_rows = [], [], []
+    for i, row in enumerate(rows0):
+        m, lo, hi = {}, {}, {}
+        for name in row.metrics:
+            means = np.array([o[0][i].metrics[name][0] for o in outs if name in o[0][i].metrics])
+            stds = np.array([o[0][i].metrics[name][1] for o in outs if name in o[0][i].metrics])
+            m[name] = (float(np.median(means)), float(np.median(stds)))
+            lo[name] = (float(np.percentile(means, 5)), 0.0)
+            hi[name] = (float(np.percentile(means, 95)), 0.0)
+        merged.append(ClosedRow(row.pp, row.tg, row.depth, row.concurrency, m))
+        lo_rows.append(ClosedRow(row.pp, row.tg, row.depth, row.concurrency, lo))
+        hi_rows.append(ClosedRow(row.pp, row.tg, row.depth, row.concurrency, hi))
+    latency = float(np.median([o[1] for o in outs]))
+    return merged, lo_rows, hi_rows, latency

@@ -1,0 +1,37 @@
+"""Small builders shared by the simulator tests."""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile
+from simulator.records import RequestRecord, RunResult
+from simulator.stepmodel import EmpiricalStepModel
+
+
+def tiny_profile(budget=64, seqs=4, num_blocks=None, block=4, async_=True, c0=0.01, c_tok=1e-4, c_seq=1e-3,
+                 window=None, max_model_len=100000, c_ctx=2e-4, request_s=0.0, chunk_s=0.0, noise=0.0) -> Profile:
+    groups = (KVGroup(block, 1, None),) if window is None else (KVGroup(block, 1, None), KVGroup(block, 2, window))
+    return Profile(
+        name="tiny",
+        engine=EngineLimits(max_num_batched_tokens=budget, max_num_seqs=seqs, max_model_len=max_model_len,
+                            num_blocks=num_blocks, kv_groups=groups, async_scheduling=async_),
+        step_model=EmpiricalStepModel(c0=c0, c_tok=c_tok, c_seq=c_seq, c_ctx=c_ctx, window=window),
+        api=ApiOverhead(request_s=request_s, chunk_s=chunk_s),
+        step_noise_cv=noise,
+    ).validate()
+
+
+def rec(i, start, chunks, prompt=10, out=None, mask=None, test="", batch=0, error=None, scheduled=None):
+    chunks = np.asarray(chunks, dtype=float)
+    return RequestRecord(request_id=i, prompt_tokens=prompt, output_tokens=len(chunks) if out is None else out,
+                         scheduled_time=start if scheduled is None else scheduled, start_time=start,
+                         chunk_times=chunks, content_mask=None if mask is None else np.asarray(mask, bool),
+                         end_time=float(chunks[-1]) if len(chunks) else start, error=error, test=test, batch=batch)
+
+
+def same_records(a: RunResult, b: RunResult) -> None:
+    assert len(a.records) == len(b.records)
+    for x, y in zip(a.records, b.records):
+        assert x.request_id == y.request_id
+        assert (x.start_time, x.end_time, x.output_tokens, x.error) == (y.start_time, y.end_time, y.output_tokens, y.error)
+        assert np.array_equal(x.chunk_times, y.chunk_times), x.request_id

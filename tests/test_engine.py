@@ -1,0 +1,157 @@
+"""The engine model: vLLM V1 scheduling rules, invariants, queueing theory, fast-forward."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from simulator.engine import Engine
+from simulator.load import ClosedLoop, OpenLoop
+from simulator.sim import simulate_closed, simulate_open
+from simulator.workload import RequestSpec
+from tests.helpers import same_records, tiny_profile
+
+
+def spec(p, o, max_tokens=None):
+    return RequestSpec(prompt_tokens=p, max_tokens=max_tokens or o, output_tokens=o)
+
+
+def run(profile, specs, rate=math.inf, trace=None, ff=True, cap=None, seed=0):
+    return simulate_open(profile, specs, OpenLoop(rate=rate, max_concurrency=cap, seed=seed), fast_forward=ff,
+                         trace=trace)
+
+
+def test_chunked_prefill_splits_a_long_prompt_by_the_budget():
+    steps = []
+    prof = tiny_profile(budget=64, async_=False)
+    r = run(prof, [spec(200, 3)], trace=steps.append)
+    # 200 prompt tokens in 64-token chunks: 64, 64, 64, 8 (+ first token), then 2 decodes
+    assert [s["tokens"] for s in steps] == [64, 64, 64, 8, 1, 1]
+    assert r.records[0].output_tokens == 3 and len(r.records[0].chunk_times) == 3
+
+
+def test_running_decodes_come_before_a_new_prefill():
+    steps = []
+    prof = tiny_profile(budget=16, seqs=8, async_=False)
+    # request A decodes while B (40 tokens) arrives: each step A takes 1 token, B gets the other 15
+    run(prof, [spec(4, 30), spec(40, 2)], rate=1e6, trace=steps.append)
+    assert steps[0]["tokens"] == 4
+    assert [s["tokens"] for s in steps[1:4]] == [16, 16, 11]  # 1 decode + 15, 1 + 15, 1 + 10
+
+
+def test_max_num_seqs_queues_requests():
+    prof = tiny_profile(budget=512, seqs=2, async_=False)
+    r = run(prof, [spec(10, 20)] * 4)
+    ttft = sorted(x.ttft for x in r.records)
+    # two start at once, the other two wait for a slot: their TTFT is about one full request longer
+    assert ttft[1] < ttft[2] * 0.2
+
+
+def test_preemption_pops_the_most_recent_request_and_recomputes():
+    steps = []
+    # 10 blocks of 4 tokens: two requests of 12-token prompts fit (3 blocks each) but cannot both grow to 20+
+    prof = tiny_profile(budget=64, seqs=4, num_blocks=10, block=4, async_=False)
+    r = run(prof, [spec(12, 12), spec(12, 12)], trace=steps.append)
+    assert r.meta["num_preemptions"] >= 1
+    assert all(x.ok and x.output_tokens == 12 for x in r.records)
+    assert r.records[1].preemptions >= 1 and r.records[0].preemptions == 0  # the later admission is the victim
+    assert max(s["kv_used"] for s in steps) <= 10
+
+
+def test_requests_too_long_are_rejected_like_vllm():
+    prof = tiny_profile(max_model_len=100, num_blocks=50, block=4)
+    r = run(prof, [spec(90, 20), spec(10, 5), spec(60, 39)])
+    assert "maximum context length" in r.records[0].error
+    assert r.records[1].ok
+    small = tiny_profile(num_blocks=5, block=4)
+    r2 = run(small, [spec(30, 2)])
+    assert "KV blocks" in r2.records[0].error
+
+
+def test_async_scheduling_adds_one_step_for_a_busy_engine_and_wastes_one_at_eos():
+    sync = tiny_profile(async_=False, c0=0.1, c_tok=0, c_seq=0, c_ctx=0)
+    asyn = tiny_profile(async_=True, c0=0.1, c_tok=0, c_seq=0, c_ctx=0)
+    # an idle engine: TTFT is one step either way (vLLM schedules two steps at once when idle)
+    assert run(sync, [spec(8, 5)]).records[0].ttft == pytest.approx(0.1)
+    assert run(asyn, [spec(8, 5)]).records[0].ttft == pytest.approx(0.1)
+    # a request arriving while another decodes waits for the step in flight plus the one queued behind it
+    specs = [spec(8, 50), spec(8, 5)]
+    t_sync = simulate_open(sync, specs, OpenLoop(rate=2 / 1.05)).records[1].ttft
+    t_async = simulate_open(asyn, specs, OpenLoop(rate=2 / 1.05)).records[1].ttft
+    assert t_async > t_sync
+    # EOS (output < max_tokens) holds the slot one extra step only with async scheduling
+    steps_s, steps_a = [], []
+    run(sync, [spec(8, 5, max_tokens=50)], trace=steps_s.append, ff=False)
+    run(asyn, [spec(8, 5, max_tokens=50)], trace=steps_a.append, ff=False)
+    assert len(steps_a) == len(steps_s) + 1
+
+
+@pytest.mark.parametrize("async_", [True, False])
+def test_fast_forward_gives_identical_records(async_):
+    prof = tiny_profile(budget=256, seqs=6, num_blocks=400, block=8, async_=async_, noise=0.1, request_s=0.01,
+                        chunk_s=0.001)
+    rng = np.random.default_rng(1)
+    specs = [spec(int(p), int(o), int(o) + int(e)) for p, o, e in
+             zip(rng.integers(1, 300, 120), rng.integers(1, 200, 120), rng.integers(0, 3, 120))]
+    for rate, cap in ((2.0, None), (8.0, 4), (math.inf, None)):
+        a = run(prof, specs, rate=rate, cap=cap, ff=True)
+        b = run(prof, specs, rate=rate, cap=cap, ff=False)
+        same_records(a, b)
+    pat = ClosedLoop(pp=[50, 300], tg=[40], concurrency=[1, 3], runs=2)
+    same_records(simulate_closed(prof, pat, fast_forward=True), simulate_closed(prof, pat, fast_forward=False))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(budget=st.integers(8, 256), seqs=st.integers(1, 8), blocks=st.one_of(st.none(), st.integers(30, 200)),
+       block=st.sampled_from([2, 4, 16]), async_=st.booleans(), window=st.sampled_from([None, 16]),
+       reqs=st.lists(st.tuples(st.integers(1, 120), st.integers(1, 40), st.integers(0, 5), st.floats(0, 5)),
+                     min_size=1, max_size=25))
+def test_invariants(budget, seqs, blocks, block, async_, window, reqs):
+    prof = tiny_profile(budget=budget, seqs=seqs, num_blocks=blocks, block=block, async_=async_, window=window)
+    specs = [spec(p, o, o + e) for p, o, e, _ in reqs]
+    steps = []
+    r = simulate_open(prof, specs, OpenLoop(rate=3.0, seed=len(reqs)), trace=steps.append)
+    first_admission = []
+    for s in steps:
+        assert s["tokens"] <= budget * s["k"] if s["k"] > 1 else s["tokens"] <= budget  # token budget
+        assert s["running"] <= seqs
+        if blocks is not None:
+            assert s["kv_used"] <= blocks  # KV never over capacity
+        first_admission += [o for o in s["admitted"] if o not in first_admission]
+    assert first_admission == sorted(first_admission)  # FCFS among first admissions
+    assert len(r.records) == len(specs)  # every request finished or errored
+    for rec, sp in zip(r.records, specs):
+        if rec.error is None:
+            assert rec.output_tokens == sp.output_tokens == len(rec.chunk_times)  # output tokens conserved
+            assert np.all(np.diff(rec.chunk_times) > 0)
+        else:
+            assert "KV" in rec.error or "context length" in rec.error
+    same_records(r, simulate_open(prof, specs, OpenLoop(rate=3.0, seed=len(reqs)), fast_forward=False))
+
+
+def _single_server(service_tokens, rate, seed):
+    """One request at a time, one step per request of c_tok * prompt seconds: an M/G/1 queue."""
+    prof = tiny_profile(budget=10 ** 9, seqs=1, async_=False, c0=0.0, c_tok=1e-5, c_seq=0.0, c_ctx=0.0,
+                        max_model_len=10 ** 9)
+    specs = [spec(int(p), 1) for p in service_tokens]
+    r = simulate_open(prof, specs, OpenLoop(rate=rate, burstiness=1.0, seed=seed))
+    waits = np.array([x.ttft - 1e-5 * x.prompt_tokens for x in r.records])
+    return waits.mean()
+
+
+def test_md1_mean_wait():
+    lam, s, n = 5.0, 0.1, 100_000  # rho = 0.5
+    w = np.mean([_single_server(np.full(n, 10_000), lam, seed) for seed in range(3)])
+    expected = lam * s * s / (2 * (1 - lam * s))  # M/D/1: rho*S / (2(1-rho))
+    assert w == pytest.approx(expected, rel=0.02)
+
+
+def test_mm1_mean_wait():
+    lam, s, n = 5.0, 0.1, 100_000
+    rng = np.random.default_rng(5)
+    ws = []
+    for seed in range(3):
+        tokens = rng.geometric(1 / 10_000, size=n)  # geometric with mean 10k tokens: exponential service to 1e-4
+        ws.append(_single_server(tokens, lam, seed))
+    rho = lam * s
+    assert np.mean(ws) == pytest.approx(rho * s / (1 - rho), rel=0.02)  # M/M/1: rho*S/(1-rho)

@@ -1,0 +1,95 @@
+"""Summary definitions, checked against hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+
+from simulator.records import RequestRecord, RunResult
+from simulator.summary import (format_closed_table, format_open_summary, peak_concurrency_bucket,
+                               peak_concurrency_sweep, peak_window_rate, summarize_closed, summarize_open)
+from tests.helpers import rec
+
+
+def test_open_metrics_by_hand():
+    # request 0: sent 0.0, chunks at 1.0, 1.5, 2.5 -> ttft 1.0, itls 0.5, 1.0, e2el 2.5, tpot (2.5-1)/2 = 0.75
+    # request 1: sent 1.0, chunks at 3.0, 3.2 -> ttft 2.0, itl 0.2, e2el 2.2, tpot 0.2
+    # request 2: sent 2.0, one chunk at 2.4 (1 token: no tpot), ttft 0.4, e2el 0.4
+    # request 3: failed
+    r = [rec(0, 0.0, [1.0, 1.5, 2.5], prompt=100), rec(1, 1.0, [3.0, 3.2], prompt=50),
+         rec(2, 2.0, [2.4], prompt=10), rec(3, 2.5, [], prompt=7, out=0, error="HTTP 500")]
+    s = summarize_open(RunResult(r, 0.0, 4.0, "open"))
+    assert s["completed"] == 3 and s["failed"] == 1
+    assert s["total_input_tokens"] == 160 and s["total_output_tokens"] == 6
+    assert s["duration"] == 4.0
+    assert s["request_throughput"] == pytest.approx(0.75)
+    assert s["output_throughput"] == pytest.approx(1.5)
+    assert s["total_token_throughput"] == pytest.approx(166 / 4)
+    assert s["mean_ttft_ms"] == pytest.approx(1000 * (1.0 + 2.0 + 0.4) / 3)
+    assert s["median_ttft_ms"] == pytest.approx(1000.0)
+    assert s["p99_ttft_ms"] == pytest.approx(1000 * np.percentile([1.0, 2.0, 0.4], 99))
+    assert s["mean_tpot_ms"] == pytest.approx(1000 * (0.75 + 0.2) / 2)  # unweighted over requests with >1 token
+    assert s["mean_itl_ms"] == pytest.approx(1000 * (0.5 + 1.0 + 0.2) / 3)  # pooled over chunks
+    assert s["std_e2el_ms"] == pytest.approx(1000 * np.std([2.5, 2.2, 0.4]))
+    # chunk times relative to the first start 0.0: bins 1,1,2,3,3,2 -> max 2 in one second
+    assert s["max_output_tokens_per_s"] == 2
+    # intervals [0,2.5], [1,3.2], [2,2.4]: at t=2.2 all three run
+    assert s["max_concurrent_requests"] == 3
+    assert s["max_concurrent_requests_sweep"] == 3
+
+
+def test_peak_concurrency_rules_differ_as_in_vllm():
+    # back to back: [0, 1) then [1, 2): the sweep sees 1, the inclusive buckets see 2
+    starts, ends = np.array([0.0, 1.0]), np.array([1.0, 2.0])
+    assert peak_concurrency_sweep(starts, ends) == 1
+    assert peak_concurrency_bucket(starts, ends) == 2
+    # within one second but disjoint: buckets overcount
+    assert peak_concurrency_bucket(np.array([0.1, 0.6]), np.array([0.4, 0.9])) == 2
+    assert peak_concurrency_sweep(np.array([0.1, 0.6]), np.array([0.4, 0.9])) == 1
+
+
+def test_empty_run_reports_zeros():
+    s = summarize_open(RunResult([rec(0, 0.0, [], out=0, error="refused")], 0.0, 1.0, "open"))
+    assert s["completed"] == 0 and s["failed"] == 1 and s["mean_ttft_ms"] == 0.0
+
+
+def test_peak_window_rate():
+    assert peak_window_rate(np.array([0.0, 0.5, 1.0, 1.5, 2.0])) == 3  # [0,1] holds 3 tokens
+    assert peak_window_rate(np.array([0.0, 0.25, 0.5])) == pytest.approx(3 / 0.5)  # span < 1 s
+
+
+def test_closed_metrics_by_hand():
+    # c=2, one run, latency 0.1 s. Request a: start 0, first response 0.5 (role chunk, no content),
+    # tokens at 0.6, 0.8, 1.0. Request b: start 0, tokens at 1.0, 1.2, 1.4, 1.6.
+    a = rec(0, 0.0, [0.5, 0.6, 0.8, 1.0], prompt=100, out=3, mask=[False, True, True, True], test="t", batch=0)
+    b = rec(1, 0.0, [1.0, 1.2, 1.4, 1.6], prompt=100, out=4, test="t", batch=0)
+    run = RunResult([a, b], 0.0, 1.6, "closed", {"latency_s": 0.1, "tests": {"t": (100, 4, 0, 2)}})
+    (row,) = summarize_closed(run)
+    m = row.metrics
+    assert m["ttfr"][0] == pytest.approx((500 + 1000) / 2)
+    assert m["e2e_ttft"][0] == pytest.approx((600 + 1000) / 2)
+    assert m["est_ppt"][0] == pytest.approx((400 + 900) / 2)
+    assert m["pp_req_throughput"][0] == pytest.approx((100 / 0.4 + 100 / 0.9) / 2)
+    assert m["pp_req_throughput"][1] == pytest.approx(np.std([100 / 0.4, 100 / 0.9]))
+    # batch pp: 200 tokens / (max first content token 1.0 - min start 0.0)
+    assert m["pp_throughput"][0] == pytest.approx(200.0)
+    # tg per request: a (3-1)/(1.0-0.6) = 5, b (4-1)/(1.6-1.0) = 5
+    assert m["tg_req_throughput"][0] == pytest.approx(5.0)
+    # batch tg: (7 tokens - 2 requests) / (1.6 - 0.6)
+    assert m["tg_throughput"][0] == pytest.approx(5.0)
+    table = format_closed_table([row], model="m")
+    assert "pp100 (c2)" in table and "tg4 (c2)" in table and "200.00 ± 0.00" in table
+
+
+def test_open_summary_block_has_every_metric():
+    r = [rec(0, 0.0, [1.0, 1.5, 2.5]), rec(1, 1.0, [3.0, 3.2])]
+    text = format_open_summary(summarize_open(RunResult(r, 0.0, 4.0, "open")), rate=0.3)
+    for label in ("Successful requests", "Request rate configured", "Peak concurrent requests", "Mean TTFT",
+                  "P99 TTFT", "Mean TPOT", "P90 ITL", "Median E2EL", "Total token throughput"):
+        assert label in text
+
+
+def test_record_json_round_trip():
+    r = rec(3, 1.0, [1.5, 2.0], mask=[False, True])
+    r2 = RequestRecord.from_json(r.to_json())
+    assert r2.request_id == 3 and np.array_equal(r2.chunk_times, r.chunk_times)
+    assert r2.first_token_time == 2.0 and r2.first_response_time == 1.5
