@@ -74,7 +74,8 @@ class _TimeStore:
 
 class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
-                 "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order")
+                 "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
+                 "kv_until")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int):
         self.spec = spec
@@ -94,6 +95,7 @@ class _Req:
         self.arrival = arrival
         self.on_done = on_done
         self.order = order
+        self.kv_until = -1  # decode steps keep the same blocks while computed + 1 <= kv_until
 
     @property
     def known(self) -> int:
@@ -197,16 +199,20 @@ class Engine:
 
     # ------------------------------------------------------------------ scheduling
     def _alloc(self, req: _Req, n: int) -> bool:
+        if n == 1 and req.computed + 1 <= req.kv_until:
+            return True
         new_held = self.kv.blocks(req.computed + n, n)
         if not self.kv.fits(new_held - req.held):
             return False
         self.kv.used += new_held - req.held
         req.held = new_held
+        req.kv_until = self.kv.stable_until(req.computed + n) if n == 1 else -1
         return True
 
     def _preempt(self, req: _Req) -> None:
         self.kv.used -= req.held
         req.held = 0
+        req.kv_until = -1
         req.computed = 0
         req.out_sched = req.emitted
         req.state = WAITING
@@ -333,6 +339,7 @@ class Engine:
             new_held = self.kv.blocks(req.computed, 1)
             self.kv.used += new_held - req.held
             req.held = new_held
+            req.kv_until = self.kv.stable_until(req.computed)
 
     def _shrink(self, step: _Step, k_new: int) -> None:
         """Undo block steps k_new+1..k: an arrival made them unknowable."""
@@ -343,6 +350,7 @@ class Engine:
             new_held = self.kv.blocks(req.computed, 1)
             self.kv.used += new_held - req.held
             req.held = new_held
+            req.kv_until = self.kv.stable_until(req.computed)
         step.k = k_new
         self.steps -= back
         step.ends = step.ends[:k_new]

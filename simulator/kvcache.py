@@ -27,6 +27,15 @@ class KVCache:
             total += count * full
         return total
 
+    def stable_until(self, tokens: int) -> float:
+        """Largest token count whose decode-time block count equals that at `tokens`."""
+        until = math.inf
+        for bs, _count, window in self.groups:
+            if window is not None and -(-tokens // bs) >= -(-window // bs) + 1:
+                continue  # capped: a sliding group never grows again
+            until = min(until, -(-tokens // bs) * bs)
+        return until
+
     @property
     def free(self) -> float:
         return math.inf if self.capacity is None else self.capacity - self.used

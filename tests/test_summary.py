@@ -93,3 +93,18 @@ def test_record_json_round_trip():
     r2 = RequestRecord.from_json(r.to_json())
     assert r2.request_id == 3 and np.array_equal(r2.chunk_times, r.chunk_times)
     assert r2.first_token_time == 2.0 and r2.first_response_time == 1.5
+
+
+def test_pooled_equals_numpy_on_the_expanded_sample():
+    from simulator.summary import Pooled, _stats
+    rng = np.random.default_rng(0)
+    parts = [rng.choice([0.1, 0.2, 0.35, 1.7], size=int(k)) for k in rng.integers(1, 50, 40)]
+    parts.append(rng.random(30))
+    pooled = Pooled(batch=100)
+    for p in parts:
+        pooled.add(p)
+    got = pooled.stats("itl", (1, 50, 90, 95, 99, 99.9))
+    want = _stats("itl", np.concatenate(parts), (1, 50, 90, 95, 99, 99.9))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-12, abs=1e-12), k
