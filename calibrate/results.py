@@ -22,18 +22,9 @@ CLOSED_METRICS = (
 DETAILED_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times")
 
 
-@dataclass
-class ClosedRow:
-    """One llama-benchy shape: a pp row and its tg row merged.
-
-    metrics maps a llama-benchy metric name to (mean, std); a metric the table does not
-    give (blank cell, or a column the source lacks) is absent rather than guessed.
-    """
-    pp: int
-    tg: int
-    depth: int
-    concurrency: int
-    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
+# One llama-benchy shape (its pp row and tg row merged); the simulator's summary
+# produces the same type, so measured and simulated rows compare key by key.
+from simulator.summary import ClosedRow  # noqa: E402
 
 
 @dataclass

@@ -141,6 +141,7 @@ class Engine:
         self.fast_forward = fast_forward
         self.trace = trace
         self.chunk_s = profile.api.chunk_s
+        self.wake_s = profile.api.wake_s
         self.noise_cv = profile.step_noise_cv
         self.noise_seed = seed
         self._noise_pages: dict[int, np.ndarray] = {}
@@ -425,7 +426,10 @@ class Engine:
                 if sched is None:
                     self._wake = env.event()
                     yield self._wake
-                    self.clock = max(self.clock, min(r.arrival for r in self.waiting))
+                    t = max(self.clock, min(r.arrival for r in self.waiting)) + self.wake_s
+                    if t > env.now:
+                        yield env.timeout(t - env.now)
+                    self.clock = t
                     continue
                 self._launch(sched, self.clock)
             head = self.inflight[0]

@@ -87,12 +87,17 @@ class ClosedLoop:
     latency_mode: str = "generation"  # llama-benchy's --latency-mode: api | generation | none
     warmup: bool = True  # a warmup batch per test, excluded from results
     seed: int = 0
+    # Explicit (pp, tg, depth, concurrency) tests instead of the full product, in order.
+    combos: Sequence[tuple[int, int, int, int]] | None = None
+    prompt_scale: float = 1.0
 
     def __post_init__(self):
         self.pp, self.tg, self.depth, self.concurrency = (tuple(int(x) for x in v) for v in
                                                           (self.pp, self.tg, self.depth, self.concurrency))
         if not (self.pp and self.tg and self.depth and self.concurrency):
             raise LoadError("closed loop needs at least one value each of --pp, --tg, --depth, --concurrency")
+        if self.combos is not None and any(len(c) != 4 or c[3] < 1 for c in self.combos):
+            raise LoadError("closed-loop tests need (pp, tg, depth, concurrency >= 1)")
         if any(c < 1 for c in self.concurrency):
             raise LoadError(f"--concurrency values must be >= 1, got {list(self.concurrency)}")
         if self.runs < 1:
@@ -117,17 +122,19 @@ class ClosedLoop:
         cs = f" (c{c})" if self.any_concurrent else ""
         return f"pp{pp}{d}{cs}", f"tg{tg}{d}{cs}"
 
+    def tests(self) -> list[tuple[int, int, int, int]]:
+        if self.combos is not None:
+            return [tuple(int(x) for x in c) for c in self.combos]
+        return [(pp, tg, d, c) for d in self.depth for pp in self.pp for tg in self.tg for c in self.concurrency]
+
     def batches(self, include_warmup: bool = False) -> list[Batch]:
         out = []
-        for depth in self.depth:
-            for pp in self.pp:
-                for tg in self.tg:
-                    wl = FixedWorkload(pp, tg, depth)
-                    for c in self.concurrency:
-                        key = f"pp{pp} tg{tg} d{depth} c{c}"
-                        runs = ([-1] if (include_warmup and self.warmup) else []) + list(range(self.runs))
-                        for r in runs:
-                            out.append(Batch(key, r, c, tuple(wl.sample(c)), pp, tg, depth))
+        for pp, tg, depth, c in self.tests():
+            wl = FixedWorkload(pp, tg, depth, self.prompt_scale)
+            key = f"pp{pp} tg{tg} d{depth} c{c}"
+            runs = ([-1] if (include_warmup and self.warmup) else []) + list(range(self.runs))
+            for r in runs:
+                out.append(Batch(key, r, c, tuple(wl.sample(c)), pp, tg, depth))
         return out
 
     def describe(self) -> dict:

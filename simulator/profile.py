@@ -69,8 +69,19 @@ class EngineLimits:
 
 @dataclass
 class ApiOverhead:
-    request_s: float = 0.02  # client send -> engine queue (HTTP, tokenization)
+    """Time outside the engine's steps.
+
+    The API server is one process: requests pass its frontend (chat template,
+    tokenization) one at a time, so requests sent together reach the engine
+    staggered; an idle engine needs `wake_s` from an arrival to its first schedule
+    and takes every request that arrived by then.
+    """
+
+    request_s: float = 0.02  # client send -> API server (HTTP, network), in parallel
     chunk_s: float = 0.001  # step end -> chunk at the client (detokenize, SSE)
+    frontend_s: float = 0.001  # serial frontend time per request
+    frontend_per_token_s: float = 2e-6  # serial frontend time per prompt token
+    wake_s: float = 0.002  # idle engine: arrival -> first schedule
 
 
 @dataclass
@@ -88,7 +99,8 @@ class Profile:
         self.engine.validate()
         if self.step_noise_cv < 0:
             raise ProfileError(f"step_noise_cv must be >= 0, got {self.step_noise_cv}")
-        if self.api.request_s < 0 or self.api.chunk_s < 0:
+        if min(self.api.request_s, self.api.chunk_s, self.api.frontend_s, self.api.frontend_per_token_s,
+               self.api.wake_s) < 0:
             raise ProfileError("api overheads must be >= 0")
         return self
 

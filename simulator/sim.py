@@ -28,16 +28,28 @@ class SimStats:
     preemptions: int
 
 
-def _client_submit(engine: Engine, profile: Profile, spec: RequestSpec, rec: RequestRecord, on_done) -> None:
-    """Send a request: rejected ones fail like vLLM's HTTP 400; others reach the engine after the API overhead."""
-    reason = engine.reject_reason(spec)
-    arrive = rec.start_time + profile.api.request_s
-    if reason is not None:
-        rec.error = reason
-        rec.end_time = arrive
-        engine.env.process(_later(engine.env, arrive, lambda: on_done(None, rec)))
-        return
-    engine.env.process(_later(engine.env, arrive, lambda: engine.submit(spec, arrive, rec, lambda r: on_done(r, rec))))
+class Frontend:
+    """The API server: network time in parallel, then a serial frontend per request."""
+
+    def __init__(self, engine: Engine, profile: Profile):
+        self.engine = engine
+        self.api = profile.api
+        self.free_at = 0.0
+
+    def submit(self, spec: RequestSpec, rec: RequestRecord, on_done) -> None:
+        """Rejected requests fail like vLLM's HTTP 400; others reach the engine after the frontend."""
+        env = self.engine.env
+        t_in = rec.start_time + self.api.request_s
+        reason = self.engine.reject_reason(spec)
+        if reason is not None:
+            rec.error = reason
+            rec.end_time = t_in
+            env.process(_later(env, t_in, lambda: on_done(None, rec)))
+            return
+        # FIFO in send order: requests are submitted in non-decreasing start_time
+        arrive = max(self.free_at, t_in) + self.api.frontend_s + self.api.frontend_per_token_s * spec.prompt_tokens
+        self.free_at = arrive
+        env.process(_later(env, arrive, lambda: self.engine.submit(spec, arrive, rec, lambda r: on_done(r, rec))))
 
 
 def _later(env: simpy.Environment, t: float, fn: Callable[[], None]):
@@ -51,6 +63,7 @@ def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenL
     """vllm bench serve on the model: returns every request's record."""
     env = simpy.Environment()
     engine = Engine(env, profile, fast_forward=fast_forward, seed=noise_seed, trace=trace)
+    front = Frontend(engine, profile)
     arrivals = pattern.arrival_times(len(specs))
     records: list[RequestRecord | None] = [None] * len(specs)
     cap = pattern.max_concurrency
@@ -64,7 +77,7 @@ def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenL
                             scheduled_time=float(arrivals[i]), start_time=t, max_tokens=spec.max_tokens,
                             test=spec.tag)
         records[i] = rec
-        _client_submit(engine, profile, spec, rec, done)
+        front.submit(spec, rec, done)
 
     def done(_req, rec: RequestRecord) -> None:
         in_flight[0] -= 1
@@ -100,6 +113,7 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
     """llama-benchy on the model: latency probes, then warmup + runs per test."""
     env = simpy.Environment()
     engine = Engine(env, profile, fast_forward=fast_forward, seed=noise_seed, trace=trace)
+    front = Frontend(engine, profile)
     batches = pattern.batches(include_warmup=True)
     records: list[RequestRecord] = []
     tests: dict[str, tuple[int, int, int, int]] = {}
@@ -121,7 +135,7 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
             rec = RequestRecord(request_id=len(records) + k, prompt_tokens=spec.prompt_tokens, output_tokens=0,
                                 scheduled_time=t0, start_time=t0, max_tokens=spec.max_tokens, test=test, batch=batch)
             recs.append(rec)
-            _client_submit(engine, profile, spec, rec, done)
+            front.submit(spec, rec, done)
         yield ev
         clock[0] = max(r.end_time for r in recs) + gap_s
         if keep:

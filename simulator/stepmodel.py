@@ -103,7 +103,7 @@ class StepModel:
 
 @dataclass
 class PhysicalStepModel(StepModel):
-    """Roofline of one step: t0 + t_seq*n_seqs + max(memory time, compute time).
+    """Roofline of one step: t0 + t_seq*n_seqs + combine(memory time, compute time).
 
     Memory: weights read (dense part plus the experts the step's tokens touch,
     E*(1-(1-k/E)^(n^alpha)) per MoE layer; alpha < 1 means correlated routing)
@@ -131,6 +131,12 @@ class PhysicalStepModel(StepModel):
     attn_flops_full: float = 163840.0  # FLOPs per query-key pair over full layers
     attn_flops_window: float = 409600.0  # FLOPs per query-key pair over sliding layers
     attn_flops: float = 15e12  # effective attention FLOP/s
+    # How memory and compute time overlap: "max" (perfect overlap, a roofline),
+    # "l2" (sqrt(mem^2 + comp^2): partial overlap near the ridge) or "sum" (none).
+    combine: str = "l2"
+    # Decode attention over one sequence is latency-bound at small batch: a cost per
+    # token of the batch's mean context, on top of the KV bytes streamed at bw_kv.
+    t_ctx: float = 0.0
 
     def experts_touched(self, n_tokens: int) -> float:
         if self.n_experts <= 0 or n_tokens <= 0:
@@ -147,12 +153,23 @@ class PhysicalStepModel(StepModel):
 
     def times(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window):
         wt = self._weights_time(n_tokens)
-        mem = wt + (self.kv_bytes_full * ctx_full.astype(np.float64)
-                    + self.kv_bytes_window * ctx_window.astype(np.float64)) / self.bw_kv
+        cf = ctx_full.astype(np.float64)
+        mem = wt + (self.kv_bytes_full * cf + self.kv_bytes_window * ctx_window.astype(np.float64)) / self.bw_kv
+        if self.t_ctx:
+            mem = mem + self.t_ctx * (cf / float(max(n_seqs, 1)))
         lin = (self.flops_per_token * float(n_tokens)) / self.flops
         att = (self.attn_flops_full * attn_full.astype(np.float64)
                + self.attn_flops_window * attn_window.astype(np.float64)) / self.attn_flops
-        return self.t0 + self.t_seq * float(n_seqs) + np.maximum(mem, lin + att)
+        comp = lin + att
+        if self.combine == "max":
+            both = np.maximum(mem, comp)
+        elif self.combine == "sum":
+            both = mem + comp
+        elif self.combine == "l2":
+            both = np.sqrt(mem * mem + comp * comp)
+        else:
+            raise ValueError(f"unknown combine rule {self.combine!r} (max, l2, sum)")
+        return self.t0 + self.t_seq * float(n_seqs) + both
 
 
 @dataclass

@@ -82,6 +82,9 @@ class FixedWorkload(Workload):
     pp: int
     tg: int
     depth: int = 0
+    # llama-benchy sizes prompts with its own tokenizer (gpt2 when the served name is
+    # no HF id): the server then counts about prompt_scale * (depth + pp) tokens.
+    prompt_scale: float = 1.0
     name = "fixed"
 
     def __post_init__(self):
@@ -93,7 +96,8 @@ class FixedWorkload(Workload):
         return f"pp{self.pp} tg{self.tg}" + (f" @ d{self.depth}" if self.depth else "")
 
     def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
-        spec = RequestSpec(prompt_tokens=self.pp + self.depth, max_tokens=self.tg, output_tokens=self.tg,
+        tokens = max(1, round(self.prompt_scale * (self.pp + self.depth)))
+        spec = RequestSpec(prompt_tokens=tokens, max_tokens=self.tg, output_tokens=self.tg,
                            tag=self.test_name, raw_prompt_tokens=self.pp + self.depth)
         return [spec] * n
 

@@ -9,14 +9,15 @@ from simulator.stepmodel import EmpiricalStepModel
 
 
 def tiny_profile(budget=64, seqs=4, num_blocks=None, block=4, async_=True, c0=0.01, c_tok=1e-4, c_seq=1e-3,
-                 window=None, max_model_len=100000, c_ctx=2e-4, request_s=0.0, chunk_s=0.0, noise=0.0) -> Profile:
+                 window=None, max_model_len=100000, c_ctx=2e-4, frontend_s=0.0, frontend_per_token_s=0.0, wake_s=0.0, request_s=0.0, chunk_s=0.0, noise=0.0) -> Profile:
     groups = (KVGroup(block, 1, None),) if window is None else (KVGroup(block, 1, None), KVGroup(block, 2, window))
     return Profile(
         name="tiny",
         engine=EngineLimits(max_num_batched_tokens=budget, max_num_seqs=seqs, max_model_len=max_model_len,
                             num_blocks=num_blocks, kv_groups=groups, async_scheduling=async_),
         step_model=EmpiricalStepModel(c0=c0, c_tok=c_tok, c_seq=c_seq, c_ctx=c_ctx, window=window),
-        api=ApiOverhead(request_s=request_s, chunk_s=chunk_s),
+        api=ApiOverhead(request_s=request_s, chunk_s=chunk_s, frontend_s=frontend_s,
+                        frontend_per_token_s=frontend_per_token_s, wake_s=wake_s),
         step_noise_cv=noise,
     ).validate()
 

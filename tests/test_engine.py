@@ -89,7 +89,7 @@ def test_async_scheduling_adds_one_step_for_a_busy_engine_and_wastes_one_at_eos(
 @pytest.mark.parametrize("async_", [True, False])
 def test_fast_forward_gives_identical_records(async_):
     prof = tiny_profile(budget=256, seqs=6, num_blocks=400, block=8, async_=async_, noise=0.1, request_s=0.01,
-                        chunk_s=0.001)
+                        chunk_s=0.001, frontend_s=0.001, frontend_per_token_s=1e-5, wake_s=0.002)
     rng = np.random.default_rng(1)
     specs = [spec(int(p), int(o), int(o) + int(e)) for p, o, e in
              zip(rng.integers(1, 300, 120), rng.integers(1, 200, 120), rng.integers(0, 3, 120))]

