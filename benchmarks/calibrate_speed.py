@@ -1,0 +1,39 @@
+"""Time to fit one suite (01-06 closed-loop tests) on this machine; target: under 2 minutes each.
+
+Usage: python benchmarks/calibrate_speed.py [SHARED_DIR]
+Reads shared/data/spark-bench (CC-BY-4.0, djangodevreng/dgx-spark-benchmarks) and the seed's runs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from calibrate.fit import fit_closed  # noqa: E402
+from calibrate.importers import closed_runs  # noqa: E402
+from calibrate.seed import seed_closed_runs  # noqa: E402
+
+
+def main():
+    shared = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared")
+    results = shared / "data" / "spark-bench" / "results"
+    sources = [("seed A-G", seed_closed_runs())]
+    for d in sorted(results.glob("*/*/*")):
+        if (d / "meta.json").is_file():
+            sources.append((str(d.relative_to(results)), closed_runs(d)))
+    print(f"{'source':<40} {'seconds':>8} {'simulations':>12} {'median |err|':>13}  target < 120 s")
+    for name, runs in sources:
+        t = time.perf_counter()
+        fr = fit_closed(runs)
+        wall = time.perf_counter() - t
+        err = np.median([abs(r.error_pct) for r in fr.residuals])
+        print(f"{name:<40} {wall:>8.1f} {fr.evaluations:>12d} {err:>12.1f}%  {'ok' if wall < 120 else 'SLOW'}")
+
+
+if __name__ == "__main__":
+    main()
