@@ -7,6 +7,7 @@ on its very requests) and r for step-time noise. Runs go to joblib workers.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import replace
 from typing import Callable, Sequence
 
@@ -18,6 +19,10 @@ from .profile import Profile
 from .sim import simulate_closed, simulate_open
 from .summary import ClosedRow, summarize_closed, summarize_open
 from .workload import Workload
+
+
+# loky reports idle workers it retired between batches as a possible leak; they are not.
+warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
 
 
 def default_jobs(r: int) -> int:
