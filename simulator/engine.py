@@ -130,7 +130,8 @@ class Engine:
     MIN_RUN = 3  # shorter decode runs are stepped one by one
 
     def __init__(self, env: simpy.Environment, profile: Profile, fast_forward: bool = True, seed: int = 0,
-                 trace: Callable[[dict], None] | None = None):
+                 trace: Callable[[dict], None] | None = None,
+                 on_emit: Callable[[RequestRecord, float, int], None] | None = None):
         self.env = env
         self.profile = profile
         self.lim = profile.engine
@@ -140,6 +141,10 @@ class Engine:
         self.async_ = self.lim.async_scheduling
         self.fast_forward = fast_forward
         self.trace = trace
+        # Called as on_emit(record, chunk_time, tokens) when a step's tokens are out; a
+        # live twin streams them. Decode runs report their tokens at the run's end, so a
+        # real-time caller uses fast_forward=False.
+        self.on_emit = on_emit
         self.chunk_s = profile.api.chunk_s
         self.wake_s = profile.api.wake_s
         self.noise_cv = profile.step_noise_cv
@@ -280,6 +285,7 @@ class Engine:
             return None
         if self.trace is not None:
             self.trace({"time": self.clock, "tokens": sum(it[1] for it in items), "kv_used": self.kv.used,
+                        "kv_capacity": self.kv.capacity, "preemptions": self.num_preemptions,
                         "running": len(self.running), "waiting": len(self.waiting), "preempted": preempted,
                         "admitted": [r.order for r in admitted], "k": 1})
         return items, preempted
@@ -411,7 +417,10 @@ class Engine:
         for req, _, emits, epoch in step.items:
             if not emits or req.state != RUNNING or req.epoch != epoch:
                 continue
-            req.emit(first, min(upto, req.target - req.emitted))
+            count = min(upto, req.target - req.emitted)
+            req.emit(first, count)
+            if self.on_emit is not None:
+                self.on_emit(req.record, last_t, count)
             if req.emitted >= req.target:
                 done.append(req)
         for req in done:
