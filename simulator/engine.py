@@ -284,11 +284,13 @@ class Engine:
         if not items:
             return None
         if self.trace is not None:
-            self.trace({"time": self.clock, "tokens": sum(it[1] for it in items), "kv_used": self.kv.used,
-                        "kv_capacity": self.kv.capacity, "preemptions": self.num_preemptions,
-                        "running": len(self.running), "waiting": len(self.waiting), "preempted": preempted,
-                        "admitted": [r.order for r in admitted], "k": 1})
+            self._trace(sum(it[1] for it in items), preempted, [r.order for r in admitted], 1)
         return items, preempted
+
+    def _trace(self, tokens: int, preempted: bool, admitted: list[int], k: int) -> None:
+        self.trace({"time": self.clock, "tokens": tokens, "kv_used": self.kv.used, "kv_capacity": self.kv.capacity,
+                    "preemptions": self.num_preemptions, "running": len(self.running), "waiting": len(self.waiting),
+                    "preempted": preempted, "admitted": admitted, "k": k})
 
     def _run_length(self, items) -> int:
         """How many identical decode steps can be taken at once, from this one."""
@@ -338,26 +340,20 @@ class Engine:
                 return 1
         return k
 
-    def _extend(self, items, k: int) -> None:
-        """Apply the bookkeeping of block steps 2..k (step 1 was scheduled normally)."""
+    def _advance(self, items, steps: int) -> None:
+        """Move every request of a decode run `steps` decode steps on (negative: back)."""
         for req, _, _, _ in items:
-            req.computed += k - 1
-            req.out_sched += k - 1
+            req.computed += steps
+            req.out_sched += steps
             new_held = self.kv.blocks(req.computed, 1)
             self.kv.used += new_held - req.held
             req.held = new_held
             req.kv_until = self.kv.stable_until(req.computed)
 
     def _shrink(self, step: _Step, k_new: int) -> None:
-        """Undo block steps k_new+1..k: an arrival made them unknowable."""
+        """Undo decode-run steps k_new+1..k: an arrival made them unknowable."""
         back = step.k - k_new
-        for req, _, _, _ in step.items:
-            req.computed -= back
-            req.out_sched -= back
-            new_held = self.kv.blocks(req.computed, 1)
-            self.kv.used += new_held - req.held
-            req.held = new_held
-            req.kv_until = self.kv.stable_until(req.computed)
+        self._advance(step.items, -back)
         step.k = k_new
         self.steps -= back
         step.ends = step.ends[:k_new]
@@ -375,7 +371,7 @@ class Engine:
             step = _Step(items, start, 1, np.array([start + d]))
         else:
             ctx0 = np.array([r.computed - 1 for r, _, _, _ in items], dtype=np.int64)
-            self._extend(items, k)
+            self._advance(items, k - 1)  # step 1 was scheduled normally
             d = self.model.decode_run(ctx0, k)
             noise = self._noise(first_idx, k)
             if noise is not None:
@@ -384,9 +380,7 @@ class Engine:
             step = _Step(items, start, k, ends, ctx0)
             self._pending = None  # arrivals before this schedule are in `waiting` already
             if self.trace is not None:
-                self.trace({"time": self.clock, "tokens": len(items), "kv_used": self.kv.used,
-                            "running": len(self.running), "waiting": len(self.waiting), "preempted": False,
-                            "admitted": [], "k": k})
+                self._trace(len(items) * k, False, [], k)
         step.first_idx = first_idx
         self.steps += k
         self.inflight.append(step)
