@@ -1,0 +1,79 @@
+"""Profiles, step-time models and what-if edits."""
+import json
+
+import numpy as np
+import pytest
+
+from simulator.profile import Profile, ProfileError, gemma4_spark_physics, load_profile
+from simulator.stepmodel import EmpiricalStepModel, PhysicalStepModel, StepFeatures, features
+from simulator.whatif import apply_edits
+
+
+def test_profile_json_round_trip(tmp_path):
+    p = load_profile()
+    f = tmp_path / "p.json"
+    p.save(f)
+    q = load_profile(f)
+    assert q.to_json() == p.to_json()
+
+
+def test_features_count_attention_pairs_exactly():
+    f = features([(0, 4), (10, 1)], window=3)
+    assert f.n_tokens == 5 and f.n_seqs == 2
+    assert f.ctx_full == 4 + 11
+    assert f.attn_full == (1 + 2 + 3 + 4) + 11  # causal chunk, then one query over 11 keys
+    assert f.attn_window == (1 + 2 + 3 + 3) + 3
+    assert f.ctx_window == 3 + 3
+
+
+def test_decode_run_matches_single_steps():
+    m = gemma4_spark_physics().step_model
+    ctx = np.array([5, 900, 1023, 4000], dtype=np.int64)
+    run = m.decode_run(ctx, 50)
+    single = [m.time(features([(int(c) + j, 1) for c in ctx], m.window)) for j in range(50)]
+    assert np.array_equal(run, np.array(single))
+
+
+def test_empirical_fit_recovers_coefficients():
+    rng = np.random.default_rng(0)
+    true = EmpiricalStepModel(c0=0.02, c_tok=1e-4, c_seq=2e-3, c_ctx=3e-4, c_ctxw=0.0, c_attn=1e-3, c_attnw=0.0)
+    feats = [features([(int(rng.integers(0, 3000)), int(rng.choice([1, 1, 1, 256]))) for _ in range(int(k))], None)
+             for k in rng.integers(1, 30, 300)]
+    y = [true.time(f) for f in feats]
+    fit = EmpiricalStepModel.fit(feats, y)
+    for name in ("c0", "c_tok", "c_seq", "c_ctx", "c_attn"):
+        assert getattr(fit, name) == pytest.approx(getattr(true, name), rel=1e-6)
+
+
+def test_moe_expert_coverage_saturates():
+    m = PhysicalStepModel(alpha=1.0)
+    assert m.experts_touched(1) == pytest.approx(8.0)
+    assert m.experts_touched(64) == pytest.approx(128 * (1 - (15 / 16) ** 64))
+    assert m.experts_touched(10_000) == pytest.approx(128.0)
+
+
+def test_what_if_edits():
+    p = load_profile()
+    q = apply_edits(p, ["max_num_batched_tokens=8192", "max_num_seqs=64", "step_model.flops=6e13", "weights=fp8"])
+    assert q.engine.max_num_batched_tokens == 8192 and q.engine.max_num_seqs == 64
+    assert q.step_model.weight_bytes_fixed == pytest.approx(p.step_model.weight_bytes_fixed / 2)
+    assert q.step_model.flops == pytest.approx(1.2e14)  # 6e13, then fp8 doubles linear-layer throughput
+    assert p.engine.max_num_seqs == 256  # the original is untouched
+    kv = apply_edits(p, ["kv_dtype=bf16"])
+    assert kv.engine.num_blocks == p.engine.num_blocks // 2
+    with pytest.raises(ProfileError):
+        apply_edits(p, ["nonsense=3"])
+    with pytest.raises(ProfileError):
+        apply_edits(p, ["max_num_seqs=0"])
+
+
+def test_faster_profile_is_faster():
+    from simulator.load import OpenLoop
+    from simulator.sim import simulate_open
+    from simulator.summary import summarize_open
+    from simulator.workload import RandomWorkload
+    p = load_profile()
+    specs = RandomWorkload(2000, 200, 0.5, fmt=p.prompt_format).sample(60, 1)
+    base = summarize_open(simulate_open(p, specs, OpenLoop(0.5, seed=1)))
+    fast = summarize_open(simulate_open(apply_edits(p, ["speed=2"]), specs, OpenLoop(0.5, seed=1)))
+    assert fast["mean_ttft_ms"] < base["mean_ttft_ms"] and fast["mean_tpot_ms"] < base["mean_tpot_ms"]
