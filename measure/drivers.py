@@ -1,0 +1,613 @@
+"""Open- and closed-loop drivers: the simulator's Workload and LoadPattern, live.
+
+Open loop (vllm bench serve): arrival offsets from `OpenLoop.arrival_times`,
+one asyncio task created at each absolute arrival time (no drift), an
+asyncio.Semaphore for --max-concurrency taken before `start_time`, the
+benchmark duration from just before the arrival loop to after the last
+request finished.
+
+Closed loop (llama-benchy): `ClosedLoop.batches(include_warmup=True)`; every
+batch sends its N requests at once and waits for all; warmup batches
+(run -1) are sent but not recorded; `meta["latency_s"]` is llama-benchy's
+measured latency and `meta["tests"]` maps each test key to
+(pp, tg, depth, concurrency).
+
+Both write the run folder as they go (measure.runfiles) and stop cleanly on
+Ctrl-C (SIGINT) or SIGTERM: no new request is sent, in-flight requests get
+`grace` seconds, the rest are cancelled and recorded as interrupted, files are
+flushed and the RunResult comes back with meta["status"] == "interrupted".
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as _dt
+import platform
+import signal
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import httpx
+
+from simulator.load import ClosedLoop, OpenLoop
+from simulator.records import RequestRecord, RunResult
+from simulator.workload import (MixtureWorkload, RandomWorkload, ShareGPTWorkload, Workload,
+                                WorkloadError)
+
+from . import prom
+from .client import Client, Inflight
+from .errors import MeasureError
+from .progress import Progress
+from .prompts import LivePrompt, PromptBuilder
+from .tokenizer import TokenizeFailed
+from .runfiles import RunWriter, run_summary, vllm_bench_result
+
+UNREACHABLE_AFTER = 3  # consecutive refused connections that end a run
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
+    for pkg in ("capsim", "httpx", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class _Stopper:
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.hard = asyncio.Event()
+        self.reason: str | None = None
+        self.status: str | None = None  # "interrupted" | "aborted"
+        self.signum: int | None = None
+
+    def request(self, reason: str, status: str = "aborted") -> None:
+        if self.event.is_set():
+            self.hard.set()
+        if self.reason is None:
+            self.reason, self.status = reason, status
+        self.event.set()
+
+    def on_signal(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if self.event.is_set():
+            self.hard.set()
+            print(f"\ncapsim measure: {name} again: cancelling requests in flight now", file=sys.stderr, flush=True)
+        else:
+            print(f"\ncapsim measure: {name}: no new requests; waiting for those in flight "
+                  f"(press again to cancel them)", file=sys.stderr, flush=True)
+        self.request(f"interrupted by {name}", "interrupted")
+
+
+class _Session:
+    """What both drivers share: client, files, metrics, counters, stopping."""
+
+    def __init__(self, url: str, model: str | None, endpoint: str, api_key: str | None, timeout: float,
+                 out_dir, progress: bool, scrape_metrics: bool, max_connections: int, grace: float,
+                 keep_text: bool):
+        if endpoint not in ("chat", "completions"):
+            raise MeasureError(f"--endpoint must be chat or completions, got {endpoint!r}")
+        if not (grace >= 0):
+            raise MeasureError(f"grace period must be >= 0 s, got {grace}")
+        self.client = Client(url, api_key=api_key, timeout=timeout, max_connections=max_connections)
+        self.model = model
+        self.endpoint = endpoint
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.show_progress = progress
+        self.scrape_metrics = scrape_metrics
+        self.grace = float(grace)
+        self.keep_text = keep_text
+        self.stopper = _Stopper()
+        self.writer: RunWriter | None = None
+        self.scraper: prom.MetricsScraper | None = None
+        self.progress = Progress(0, enabled=False)
+        self.records: list[RequestRecord] = []
+        self.texts: dict[int, str] = {}
+        self.n_ok = self.n_fail = self.warmup_fail = 0
+        self.inflight = 0
+        self.first_error: str | None = None
+        self._refused = 0
+        self.info: dict[str, Any] = {}
+        self.meta: dict[str, Any] = {}
+        self.builder: PromptBuilder | None = None
+        self._signals: list[int] = []
+
+    # ------------------------------------------------------------ setup
+    async def connect(self) -> None:
+        self.model, _entry = await self.client.resolve_model(self.model)
+        server = await self.client.server_info()
+        mml = _entry.get("max_model_len")
+        if mml is not None:
+            server["max_model_len"] = mml
+        self.server = server
+        self.builder = PromptBuilder(self.client, self.model, self.endpoint)
+
+    def prebuild(self, prompts: list[LivePrompt]) -> None:
+        """Encode every request before the clock starts (about 0.2 ms each, off the event loop's hot path)."""
+        for lp in prompts:
+            lp.request = self.client.build(self.endpoint, lp.payload(self.model, self.endpoint))
+
+    def note_cpu(self, meta: dict, cpu_s: float, wall_s: float) -> None:
+        """The client's own CPU during the run: near one core means it may have been the bottleneck."""
+        meta["client_cpu_s"] = round(cpu_s, 4)
+        meta["client_cpu_util"] = round(cpu_s / wall_s, 4) if wall_s > 0 else None
+        if wall_s > 1.0 and cpu_s / wall_s > 0.8:
+            meta["client_warning"] = (f"the client used {100 * cpu_s / wall_s:.0f}% of a CPU core during the run; "
+                                      "its timestamps may lag (fewer concurrent streams or a faster box)")
+            print(f"capsim measure: warning: {meta['client_warning']}", file=sys.stderr, flush=True)
+
+    def check_fits(self, shapes) -> None:
+        """One clear error instead of N HTTP 400s when prompts cannot fit the model."""
+        mml = self.server.get("max_model_len")
+        if not isinstance(mml, int):
+            return
+        worst = max(((p + m), p, m) for p, m in shapes)
+        if worst[0] > mml:
+            raise MeasureError(f"a request of {worst[1]} prompt + {worst[2]} output tokens exceeds the server's "
+                               f"max_model_len of {mml}")
+
+    def install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.stopper.on_signal, sig)
+                self._signals.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    def remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        self._signals = []
+
+    async def until_stopped(self, coro):
+        """Run `coro` unless a stop comes first (then None, and `coro` is cancelled)."""
+        task = asyncio.ensure_future(coro)
+        stop = asyncio.ensure_future(self.stopper.event.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+        return None
+
+    def open_files(self, info: dict) -> None:
+        self.info = info
+        if self.out_dir is not None:
+            self.writer = RunWriter(self.out_dir, secrets=self.client._secrets)
+            self.writer.write_json("run.json", info)
+
+    async def start_metrics(self) -> dict | None:
+        if not self.scrape_metrics:
+            return None
+        extra = {}
+        if self.server.get("server") == "llama.cpp":
+            extra = {k: self.server[k] for k in ("n_ctx", "total_slots") if self.server.get(k) is not None}
+        self.scraper = prom.MetricsScraper(self.client.base, dict(self.client.http.headers),
+                                           sink=self.writer.append_metrics if self.writer else None,
+                                           extra=extra, auth=self.client.http.auth)
+        before = await self.scraper.snapshot()
+        if before is not None:
+            if self.writer:
+                self.writer.append_metrics(before)
+            self.scraper.start()
+        return before
+
+    # ------------------------------------------------------------ sending
+    async def send(self, lp: LivePrompt, rid: int, scheduled: float, test: str = "", batch: int = 0,
+                   record: bool = True, sem: asyncio.Semaphore | None = None) -> RequestRecord | None:
+        if sem is not None:
+            async with sem:
+                if self.stopper.event.is_set():
+                    return None  # never sent
+                return await self._send(lp, rid, scheduled, test, batch, record)
+        return await self._send(lp, rid, scheduled, test, batch, record)
+
+    async def _send(self, lp, rid, scheduled, test, batch, record) -> RequestRecord:
+        inf = Inflight(rid, scheduled, lp.target_prompt_tokens, lp.max_tokens, test, batch,
+                       texts=[] if self.keep_text else None)
+        self.inflight += 1
+        self.progress.update(inflight=self.inflight)
+        body, lp.request = lp.request or lp.payload(self.model, self.endpoint), None
+        try:
+            await self.client.stream(self.endpoint, body, inf)
+        except asyncio.CancelledError:
+            self.inflight -= 1
+            if inf.start_time is not None:
+                inf.error = inf.error or "interrupted: cancelled while in flight"
+                self._finish(inf, record)
+            raise
+        except Exception as e:  # a client bug must not lose the run
+            inf.error = f"client error: {type(e).__name__}: {self.client.redact(str(e))[:160]}"
+        self.inflight -= 1
+        return self._finish(inf, record)
+
+    def _finish(self, inf: Inflight, record: bool) -> RequestRecord:
+        rec = inf.to_record()
+        if record:
+            self.records.append(rec)
+            if self.keep_text:
+                self.texts[rec.request_id] = inf.text
+            if self.writer:
+                self.writer.append_record(rec)
+            if rec.ok:
+                self.n_ok += 1
+            else:
+                self.n_fail += 1
+        elif not rec.ok:
+            self.warmup_fail += 1
+        if not rec.ok and self.first_error is None:
+            self.first_error = rec.error
+        if inf.connect_failed:
+            self._refused += 1
+            if self._refused >= UNREACHABLE_AFTER and not self.stopper.event.is_set():
+                self.stopper.request(f"server unreachable ({rec.error}); stopped sending", "aborted")
+        elif rec.ok:
+            self._refused = 0
+        self.progress.update(done=self.n_ok + self.n_fail, failed=self.n_fail, inflight=self.inflight)
+        return rec
+
+    async def wait_stop(self, delay: float) -> bool:
+        """Sleep `delay` s; True if a stop was requested meanwhile."""
+        if delay <= 0:
+            return self.stopper.event.is_set()
+        try:
+            await asyncio.wait_for(self.stopper.event.wait(), timeout=delay)
+            return True
+        except TimeoutError:
+            return False
+
+    async def drain(self, tasks: list[asyncio.Task]) -> None:
+        """Wait for all tasks; on a stop, give in-flight ones `grace` s, then cancel."""
+        pending = {t for t in tasks if not t.done()}
+        while pending and not self.stopper.event.is_set():
+            stop = asyncio.ensure_future(self.stopper.event.wait())
+            await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            pending = {t for t in pending if not t.done()}
+        if pending:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.grace
+            self.progress.update(note=f"stopping: up to {self.grace:g} s for {self.inflight} in flight", force=True)
+            while pending and not self.stopper.hard.is_set():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                hard = asyncio.ensure_future(self.stopper.hard.wait())
+                await asyncio.wait(pending | {hard}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                hard.cancel()
+                pending = {t for t in pending if not t.done()}
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for t in tasks:  # retrieve outcomes (no "exception never retrieved")
+            if t.done() and not t.cancelled():
+                t.exception()
+
+    # ------------------------------------------------------------ finishing
+    def status(self) -> str:
+        return self.stopper.status or "complete"
+
+    async def finish(self, run: RunResult, before: dict | None, server_delta: dict | None,
+                     save_result: str | None, save_detailed: bool) -> RunResult:
+        after = None
+        if self.scraper is not None:
+            await self.scraper.stop()
+            if before is not None and server_delta is None:
+                want = before.get("ttft_count", 0) + self.n_ok if "ttft_count" in before else None
+                after = await self.scraper.snapshot(expect_ttft_count=want)
+                if after is not None and self.writer:
+                    self.writer.append_metrics(after)
+                server_delta = prom.delta(before, after)
+            await self.scraper.aclose()
+        run.meta["status"] = self.status()
+        if self.stopper.reason:
+            run.meta["stop_reason"] = self.stopper.reason
+        if server_delta:
+            run.meta["server_delta"] = server_delta
+        cache = (after or before or {}).get("cache_config") if (after or before) else None
+        if cache:
+            run.meta["server_cache_config"] = cache
+        run.meta["failed"] = self.n_fail
+        if self.warmup_fail:
+            run.meta["warmup_failed"] = self.warmup_fail
+        if self.first_error:
+            run.meta["first_error"] = self.first_error
+        if self.scraper is not None:
+            run.meta["metrics_samples"] = self.scraper.samples + (before is not None) + (after is not None)
+            run.meta["metrics_available"] = bool(self.scraper.available)
+        wall_end = time.time()
+        run.meta["wall_end"] = wall_end
+        if self.keep_text:
+            run.meta["_texts"] = self.texts  # in memory only (keys with "_" are never written)
+        self.info.update(status=run.meta["status"], wall_end=wall_end,
+                         wall_end_iso=_dt.datetime.fromtimestamp(wall_end).astimezone().isoformat(timespec="seconds"),
+                         start_time=run.start_time, end_time=run.end_time, duration=run.duration,
+                         records=len(run.records), meta=run.meta)
+        if self.writer:
+            self.writer.write_json("run.json", self.info)
+            self.writer.write_json("summary.json", run_summary(run))
+            self.writer.close()
+        if save_result:
+            from .runfiles import atomic_write, _dumps
+
+            p = Path(save_result)
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                text = _dumps(vllm_bench_result(run, detailed=save_detailed, texts=self.texts or None), indent=2)
+                atomic_write(p, self.client.redact(text) + "\n")
+            except OSError as e:
+                raise MeasureError(f"cannot write --save-result {p}: {e.strerror or e}") from None
+        return run
+
+    async def close(self) -> None:
+        self.progress.close()
+        self.remove_signals()
+        if self.scraper is not None:
+            await self.scraper.aclose()
+        if self.writer is not None:
+            self.writer.close()
+        await self.client.aclose()
+
+    def base_info(self, kind: str, workload: dict, pattern: dict) -> dict:
+        wall = time.time()
+        return {"capsim_run": 1, "kind": kind, "status": "running", "url": self.client.public_url,
+                "model": self.model, "endpoint": self.endpoint, "workload": workload, "pattern": pattern,
+                "server": self.server, "versions": versions(), "wall_start": wall,
+                "wall_start_iso": _dt.datetime.fromtimestamp(wall).astimezone().isoformat(timespec="seconds"),
+                "timeout_s": self.client.timeout, "api_key_used": bool(self.client.api_key)}
+
+    def base_meta(self, kind: str) -> dict:
+        return {"model": self.model, "endpoint": self.endpoint, "url": self.client.public_url,
+                "server": self.server.get("server"), "wall_start": self.info.get("wall_start")}
+
+
+# ---------------------------------------------------------------- workload adaptation
+
+def _sync_counter(client: Client, dialect: str, model: str):
+    """A blocking `count(text) -> int` (BOS included) over /tokenize, for ShareGPT's filter."""
+    http = httpx.Client(base_url=client.base, headers=dict(client.http.headers), auth=client.http.auth,
+                        trust_env=False, timeout=60.0)
+
+    def count(text: str) -> int:
+        if dialect == "vllm":
+            r = http.post("/tokenize", json={"model": model, "prompt": text, "add_special_tokens": True})
+        else:
+            r = http.post("/tokenize", json={"content": text, "add_special": True})
+        r.raise_for_status()
+        return len(r.json()["tokens"])
+
+    return count, http
+
+
+async def _adapt(workload: Workload, builder: PromptBuilder, client: Client, notes: dict) -> Workload:
+    """Give the workload the server's real special-token and chat-template counts."""
+    tok = builder.tok
+    chat_extra = max(0, builder.delta_user - builder.special_tokens) if builder.endpoint == "chat" else 0
+    if isinstance(workload, RandomWorkload):
+        if tok.available:
+            fmt = dataclasses.replace(workload.fmt, special_tokens=builder.special_tokens,
+                                      chat_template_tokens=chat_extra)
+            if fmt != workload.fmt:
+                notes["random_format"] = {"special_tokens": fmt.special_tokens,
+                                          "chat_template_tokens": fmt.chat_template_tokens}
+                workload = dataclasses.replace(workload, fmt=fmt)
+        return workload
+    if isinstance(workload, ShareGPTWorkload):
+        if workload.dropped:
+            notes["sharegpt_dropped_records"] = workload.dropped
+        notes["sharegpt_records"] = len(workload._records or [])
+        if tok.available:
+            workload.fmt = dataclasses.replace(workload.fmt, chat_template_tokens=chat_extra)
+            if workload.count_tokens is None:
+                workload.count_tokens, http = _sync_counter(client, tok.dialect, builder.model)
+                notes["_close"] = notes.get("_close", []) + [http]
+        return workload
+    if isinstance(workload, MixtureWorkload):
+        comps = [(w, await _adapt(c, builder, client, notes)) for w, c in workload.components]
+        return dataclasses.replace(workload, components=comps)
+    return workload
+
+
+async def _sample(workload: Workload, n: int, seed: int):
+    try:
+        return await asyncio.to_thread(workload.sample, n, seed)
+    except WorkloadError:
+        raise
+    except httpx.HTTPError as e:
+        raise MeasureError(f"counting ShareGPT prompts with the server's /tokenize failed: {e}") from None
+
+
+# ---------------------------------------------------------------- open loop
+
+async def run_open_async(url: str, model: str | None, workload: Workload, pattern: OpenLoop, num_prompts: int,
+                         out_dir=None, endpoint: str = "chat", api_key: str | None = None,
+                         progress: bool = True, timeout: float = 1800.0, scrape_metrics: bool = True,
+                         grace: float = 10.0, keep_text: bool = False, save_result: str | None = None,
+                         save_detailed: bool = False) -> RunResult:
+    if not isinstance(pattern, OpenLoop):
+        raise MeasureError("run_open needs an OpenLoop pattern")
+    delays = pattern.arrival_times(num_prompts)  # validates num_prompts
+    conc = pattern.max_concurrency or num_prompts
+    S = _Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
+                 max_connections=conc + 5, grace=grace, keep_text=keep_text or save_detailed)
+    notes: dict[str, Any] = {}
+    try:
+        S.install_signals()
+        await S.connect()
+        S.open_files(S.base_info("open", workload.describe(), pattern.describe()) | {"num_prompts": num_prompts})
+        b = S.builder
+        prep_t0 = perf_counter()
+
+        async def prepare():
+            try:
+                await b.setup()
+                wl = await _adapt(workload, b, S.client, notes)
+                specs = await _sample(wl, num_prompts, pattern.seed)
+                S.check_fits((s.prompt_tokens, s.max_tokens) for s in specs)
+                vocab = wl.fmt.vocab_size if isinstance(wl, RandomWorkload) else 262144
+                prefix = wl.prefix_len if isinstance(wl, RandomWorkload) else 0
+                return wl, specs, await b.spec_prompts(specs, vocab=vocab, prefix_len=prefix, seed=pattern.seed)
+            except TokenizeFailed as e:
+                raise MeasureError(f"the server's tokenizer failed while preparing prompts ({e})") from None
+
+        if S.show_progress:
+            print(f"capsim measure: preparing {num_prompts} prompts with {S.client.public_url}'s tokenizer ...",
+                  file=sys.stderr, flush=True)
+        prepared = await S.until_stopped(prepare())
+        for h in notes.pop("_close", []):
+            h.close()
+        meta = S.base_meta("open") | {"request_rate": pattern.rate, "burstiness": pattern.burstiness,
+                                      "max_concurrency": pattern.max_concurrency, "num_prompts": num_prompts,
+                                      "seed": pattern.seed}
+        meta.update(notes)
+        if prepared is None:  # stopped while preparing
+            now = perf_counter()
+            run = RunResult([], now, now, "open", meta)
+            return await S.finish(run, None, None, save_result, save_detailed)
+        wl, specs, prompts = prepared
+        meta["prompts"] = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
+        meta["workload"] = wl.describe()
+        S.info["prompts"] = meta["prompts"]
+        S.prebuild(prompts)
+        before = await S.start_metrics()
+        S.progress = Progress(num_prompts, enabled=S.show_progress)
+        sem = asyncio.Semaphore(pattern.max_concurrency) if pattern.max_concurrency else None
+        tasks: list[asyncio.Task] = []
+        cpu0 = time.process_time()
+        start = perf_counter()
+        for i, (lp, d) in enumerate(zip(prompts, delays)):
+            target = start + float(d)
+            if await S.wait_stop(target - perf_counter()) or S.stopper.event.is_set():
+                break
+            tasks.append(asyncio.create_task(S.send(lp, i, target, sem=sem)))
+        meta["sent_or_queued"] = len(tasks)
+        await S.drain(tasks)
+        end = perf_counter()
+        S.note_cpu(meta, time.process_time() - cpu0, end - start)
+        S.progress.close()
+        recs = sorted(S.records, key=lambda r: r.request_id)
+        run = RunResult(recs, start, end, "open", meta)
+        return await S.finish(run, before, None, save_result, save_detailed)
+    finally:
+        await S.close()
+
+
+def run_open(url: str, model: str | None, workload: Workload, pattern: OpenLoop, num_prompts: int,
+             out_dir=None, endpoint: str = "chat", api_key: str | None = None, progress: bool = True,
+             timeout: float = 1800.0, scrape_metrics: bool = True, **kw) -> RunResult:
+    """vllm bench serve's open loop against a live server; see module doc."""
+    return asyncio.run(run_open_async(url, model, workload, pattern, num_prompts, out_dir=out_dir,
+                                      endpoint=endpoint, api_key=api_key, progress=progress, timeout=timeout,
+                                      scrape_metrics=scrape_metrics, **kw))
+
+
+# ---------------------------------------------------------------- closed loop
+
+async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out_dir=None, endpoint: str = "chat",
+                           api_key: str | None = None, progress: bool = True, timeout: float = 1800.0,
+                           scrape_metrics: bool = True, grace: float = 10.0, keep_text: bool = False) -> RunResult:
+    if not isinstance(pattern, ClosedLoop):
+        raise MeasureError("run_closed needs a ClosedLoop pattern")
+    batches = pattern.batches(include_warmup=True)
+    S = _Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
+                 max_connections=max(pattern.concurrency) + 5, grace=grace, keep_text=keep_text)
+    try:
+        S.install_signals()
+        await S.connect()
+        S.open_files(S.base_info("closed", {"dataset": "fixed", "pp": list(pattern.pp), "tg": list(pattern.tg),
+                                            "depth": list(pattern.depth)}, pattern.describe()))
+        b = S.builder
+        tests = {bt.test: (bt.pp, bt.tg, bt.depth, bt.concurrency) for bt in batches}
+        meta = S.base_meta("closed") | {"tests": tests, "latency_mode": pattern.latency_mode,
+                                        "runs": pattern.runs, "warmup": pattern.warmup}
+        prep_t0 = perf_counter()
+
+        async def prepare():
+            S.check_fits((bt.pp + bt.depth, bt.tg) for bt in batches)
+            try:
+                await b.setup()
+                lat = await S.client.probe_latency(pattern.latency_mode, S.model, endpoint)
+                lps = []
+                for bt in batches:
+                    lps.append(await asyncio.gather(*(b.sized_prompt(bt.pp + bt.depth, bt.tg, depth=bt.depth)
+                                                      for _ in range(bt.concurrency))))
+            except TokenizeFailed as e:
+                raise MeasureError(f"the server's tokenizer failed while preparing prompts ({e})") from None
+            return lat, lps
+
+        if S.show_progress:
+            print(f"capsim measure: measuring latency ({pattern.latency_mode}) and preparing prompts ...",
+                  file=sys.stderr, flush=True)
+        prepared = await S.until_stopped(prepare())
+        if prepared is None:
+            now = perf_counter()
+            meta["latency_s"] = 0.0
+            return await S.finish(RunResult([], now, now, "closed", meta), None, None, None, False)
+        latency, batch_prompts = prepared
+        meta["latency_s"] = latency
+        meta["prompts"] = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
+        S.info["prompts"] = meta["prompts"]
+        for lps in batch_prompts:
+            S.prebuild(lps)
+        before = await S.start_metrics()
+        measured_total = sum(bt.concurrency for bt in batches if bt.run >= 0)
+        S.progress = Progress(measured_total, enabled=S.show_progress)
+        server_acc: dict[str, Any] = {}
+        rid = 0
+        cpu0 = time.process_time()
+        start = perf_counter()
+        for bt, lps in zip(batches, batch_prompts):
+            if S.stopper.event.is_set():
+                break
+            measured = bt.run >= 0
+            snap0 = await S.scraper.snapshot() if (measured and S.scraper and S.scraper.available) else None
+            ok0 = S.n_ok
+            t_batch = perf_counter()
+            tasks = [asyncio.create_task(S.send(lp, rid + k, t_batch, bt.test, max(bt.run, 0), record=measured))
+                     for k, lp in enumerate(lps)]
+            if measured:
+                rid += len(lps)
+            S.progress.update(note=f"{bt.test} run {bt.run + 1 if measured else 'warmup'}")
+            await S.drain(tasks)
+            if snap0 is not None and not S.stopper.event.is_set():
+                want = snap0.get("ttft_count", 0) + (S.n_ok - ok0) if "ttft_count" in snap0 else None
+                snap1 = await S.scraper.snapshot(expect_ttft_count=want)
+                prom.add_deltas(server_acc, prom.delta(snap0, snap1))
+        end = perf_counter()
+        S.note_cpu(meta, time.process_time() - cpu0, end - start)
+        S.progress.close()
+        recs = sorted(S.records, key=lambda r: r.request_id)
+        run = RunResult(recs, start, end, "closed", meta)
+        return await S.finish(run, before, server_acc or {}, None, False)
+    finally:
+        await S.close()
+
+
+def run_closed(url: str, model: str | None, pattern: ClosedLoop, out_dir=None, endpoint: str = "chat",
+               api_key: str | None = None, progress: bool = True, timeout: float = 1800.0,
+               scrape_metrics: bool = True, **kw) -> RunResult:
+    """llama-benchy's closed loop against a live server; see module doc."""
+    return asyncio.run(run_closed_async(url, model, pattern, out_dir=out_dir, endpoint=endpoint, api_key=api_key,
+                                        progress=progress, timeout=timeout, scrape_metrics=scrape_metrics, **kw))

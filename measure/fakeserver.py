@@ -1,0 +1,439 @@
+"""A small, fast fake OpenAI-compatible streaming server on loopback.
+
+For tests of `capsim measure` (including fault injection) and for the
+load-generator overhead benchmark. Raw asyncio sockets, HTTP/1.1 keep-alive,
+chunked SSE; it speaks enough of vLLM's API for the client: /v1/models,
+/v1/chat/completions, /v1/completions, /tokenize, /detokenize, /version and
+/metrics.
+
+Its tokenizer is one token per whitespace-separated word: the word `t123` is
+token 123, any other word a hash-derived id; a BOS is added when asked;
+chat requests count `template_tokens` more (BOS included).
+
+    srv = FakeServer(FakeConfig(itl=0.01)).start()     # in a background thread
+    ... srv.url ...
+    srv.stop()
+
+    python -m measure.fakeserver --port 0 --itl 0.02 --stamp   # prints its URL
+
+Faults (`fault`): "http500", "http429", "malformed" (a bad data line after
+`fault_chunk` chunks), "no_done" (the stream ends cleanly without [DONE]),
+"hang" (stops sending after `fault_chunk` chunks, keeps the socket open),
+"close" (drops the connection mid-stream). They apply to generation requests
+whose 0-based index is >= `fault_after` (and, if `fault_every` > 0, whose
+index is a multiple of it). `kill()` closes the listener and every connection
+at once, like a crashed server.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from time import perf_counter
+
+
+@dataclass
+class FakeConfig:
+    model: str = "fake-model"
+    ttft: float = 0.01  # seconds before the first chunk
+    itl: float = 0.005  # seconds between chunks
+    api_key: str | None = None  # require "Authorization: Bearer KEY"
+    fault: str | None = None
+    fault_after: int = 0
+    fault_every: int = 0
+    fault_chunk: int = 2
+    stamp: bool = False  # content of each chunk = perf_counter() at send (overhead benchmark)
+    role_chunk: bool = True  # chat: a role-only first delta, as vLLM sends
+    tokenize: bool = True  # serve /tokenize and /detokenize
+    metrics: bool = True
+    template_tokens: int = 5  # chat template tokens, BOS included
+    max_running: int = 0  # > 0: requests beyond this wait (shows up as waiting)
+    max_model_len: int = 4096
+    no_usage: bool = False
+    dialect: str = "vllm"  # or "llamacpp": llama-server's /tokenize, /detokenize, /apply-template, /props, /metrics
+
+
+def _tok_ids(text: str) -> list[int]:
+    out = []
+    for w in text.split():
+        if w[0] == "t" and w[1:].isdigit():
+            out.append(int(w[1:]))
+        else:
+            out.append(1000 + zlib.crc32(w.encode()) % 200000)
+    return out
+
+
+@dataclass
+class _Stats:
+    requests: int = 0
+    running: int = 0
+    waiting: int = 0
+    ttft_sum: float = 0.0
+    ttft_count: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    auth_failures: int = 0
+    completed: int = 0  # streams that reached [DONE]
+    seen_auth: list = field(default_factory=list)
+
+
+class FakeServer:
+    def __init__(self, config: FakeConfig | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.config = config or FakeConfig()
+        self.host = host
+        self.port = port
+        self.stats = _Stats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._gen_index = 0
+        self._sem: asyncio.Semaphore | None = None
+        self._ready = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # ------------------------------------------------------------ lifecycle
+    async def serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.config.max_running > 0:
+            self._sem = asyncio.Semaphore(self.config.max_running)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, backlog=2048,
+                                                  limit=1 << 20)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+
+    def start(self) -> "FakeServer":
+        def run():
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.serve())
+            try:
+                loop.run_forever()
+            finally:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="fake-openai-server")
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake server did not start")
+        return self
+
+    def _call(self, fn) -> None:
+        if self._loop is None or self._loop.is_closed():
+            return
+        done = threading.Event()
+
+        def wrapped():
+            try:
+                fn()
+            finally:
+                done.set()
+
+        try:
+            self._loop.call_soon_threadsafe(wrapped)
+        except RuntimeError:
+            return
+        done.wait(5)
+
+    def kill(self) -> None:
+        """Like a crashed server: stop listening, drop every connection now."""
+
+        def k():
+            if self._server is not None:
+                self._server.close()
+            for w in list(self._writers):
+                tr = w.transport
+                if tr is not None:
+                    tr.abort()
+            self._writers.clear()
+
+        self._call(k)
+
+    def stop(self) -> None:
+        self.kill()
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            except RuntimeError:
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> "FakeServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ HTTP
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                try:
+                    method, path, _ = lines[0].split(" ", 2)
+                except ValueError:
+                    return
+                headers = {}
+                for ln in lines[1:]:
+                    if ":" in ln:
+                        k, v = ln.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                n = int(headers.get("content-length", "0") or 0)
+                body = await reader.readexactly(n) if n else b""
+                keep = await self._route(method, path.split("?")[0], headers, body, writer)
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self._writers.discard(writer)
+            try:
+                writer.close()
+            except RuntimeError:
+                pass
+
+    async def _send(self, writer, status: int, obj, ctype="application/json") -> bool:
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
+                  500: "Internal Server Error"}.get(status, "X")
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
+                     f"Connection: keep-alive\r\n\r\n".encode() + data)
+        await writer.drain()
+        return True
+
+    async def _route(self, method, path, headers, body, writer) -> bool:
+        c = self.config
+        auth = headers.get("authorization")
+        self.stats.seen_auth.append(auth)
+        if len(self.stats.seen_auth) > 100:
+            del self.stats.seen_auth[:50]
+        if c.api_key and auth != f"Bearer {c.api_key}":
+            self.stats.auth_failures += 1
+            return await self._send(writer, 401, {"error": {"message": "invalid API key", "type": "auth"}})
+        try:
+            req = json.loads(body) if body else {}
+        except ValueError:
+            return await self._send(writer, 400, {"error": {"message": "bad JSON"}})
+        if method == "GET" and path == "/v1/models":
+            return await self._send(writer, 200, {"object": "list", "data": [
+                {"id": c.model, "object": "model", "max_model_len": c.max_model_len}]})
+        if c.dialect == "llamacpp":
+            handled = await self._llamacpp(method, path, req, writer)
+            if handled is not None:
+                return handled
+        if method == "GET" and path == "/version":
+            return await self._send(writer, 200, {"version": "fake-0.1"})
+        if method == "GET" and path == "/metrics":
+            if not c.metrics:
+                return await self._send(writer, 404, {"detail": "Not Found"})
+            return await self._send(writer, 200, self._metrics_text().encode(), ctype="text/plain")
+        if method == "POST" and path == "/tokenize" and c.tokenize:
+            if "messages" in req:
+                n = sum(len(_tok_ids(str(m.get("content", "")))) for m in req["messages"]) + c.template_tokens
+                return await self._send(writer, 200, {"count": n, "max_model_len": c.max_model_len,
+                                                      "tokens": list(range(n))})
+            if "prompt" not in req:
+                return await self._send(writer, 400, {"error": {"message": "prompt missing"}})
+            ids = ([2] if req.get("add_special_tokens", True) else []) + _tok_ids(req["prompt"])
+            return await self._send(writer, 200, {"count": len(ids), "max_model_len": c.max_model_len,
+                                                  "tokens": ids})
+        if method == "POST" and path == "/detokenize" and c.tokenize:
+            return await self._send(writer, 200, {"prompt": " ".join(f"t{i}" for i in req.get("tokens", []))})
+        if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+            return await self._generate(path.endswith("chat/completions"), req, writer)
+        return await self._send(writer, 404, {"detail": "Not Found"})
+
+    async def _llamacpp(self, method, path, req, writer):
+        c, s = self.config, self.stats
+        if method == "POST" and path == "/tokenize" and c.tokenize:
+            ids = ([2] if req.get("add_special") else []) + _tok_ids(str(req.get("content", "")))
+            if req.get("with_pieces"):
+                return await self._send(writer, 200, {"tokens": [{"id": i, "piece": f"t{i}"} for i in ids]})
+            return await self._send(writer, 200, {"tokens": ids})
+        if method == "POST" and path == "/detokenize" and c.tokenize:
+            return await self._send(writer, 200, {"content": " ".join(f"t{i}" for i in req.get("tokens", []))})
+        if method == "POST" and path == "/apply-template":
+            words = " ".join(str(m.get("content", "")) for m in req.get("messages", []))
+            tmpl = [f"tmpl{k}" for k in range(c.template_tokens - 1)]  # + the BOS /tokenize adds
+            return await self._send(writer, 200, {"prompt": " ".join(tmpl[:1] + [words] + tmpl[1:])})
+        if method == "GET" and path == "/props":
+            return await self._send(writer, 200, {"total_slots": 4, "build_info": "b0000-fake",
+                                                  "default_generation_settings": {"n_ctx": c.max_model_len}})
+        if method == "GET" and path == "/version":
+            return await self._send(writer, 404, {"error": {"message": "File Not Found"}})
+        if method == "GET" and path == "/metrics":
+            text = "\n".join([
+                "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.",
+                "# TYPE llamacpp:prompt_tokens_total counter",
+                f"llamacpp:prompt_tokens_total {s.prompt_tokens}",
+                f"llamacpp:tokens_predicted_total {s.generation_tokens}",
+                f"llamacpp:requests_processing {s.running}",
+                f"llamacpp:requests_deferred {s.waiting}",
+                f"llamacpp:n_decode_total {s.generation_tokens}", ""])
+            return await self._send(writer, 200, text.encode(), ctype="text/plain")
+        return None
+
+    def _metrics_text(self) -> str:
+        s, lab = self.stats, f'engine="0",model_name="{self.config.model}"'
+        return "\n".join([
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{{{lab}}} {float(s.running)}",
+            f"vllm:num_requests_waiting{{{lab}}} {float(s.waiting)}",
+            f"vllm:kv_cache_usage_perc{{{lab}}} {min(1.0, s.running * 0.01)}",
+            f"vllm:num_preemptions_total{{{lab}}} 0.0",
+            f'vllm:cache_config_info{{block_size="16",cache_dtype="auto",enable_prefix_caching="False",'
+            f'{lab},kv_cache_size_tokens="16000",num_gpu_blocks="1000"}} 1.0',
+            f"vllm:prompt_tokens_total{{{lab}}} {float(s.prompt_tokens)}",
+            f"vllm:generation_tokens_total{{{lab}}} {float(s.generation_tokens)}",
+            f'vllm:time_to_first_token_seconds_bucket{{{lab},le="+Inf"}} {float(s.ttft_count)}',
+            f"vllm:time_to_first_token_seconds_count{{{lab}}} {float(s.ttft_count)}",
+            f"vllm:time_to_first_token_seconds_sum{{{lab}}} {s.ttft_sum}",
+            ""])
+
+    async def _generate(self, chat: bool, req: dict, writer) -> bool:
+        c = self.config
+        t_arrive = perf_counter()
+        idx = self._gen_index
+        self._gen_index += 1
+        self.stats.requests += 1
+        fault = None
+        if c.fault and idx >= c.fault_after and (c.fault_every <= 0 or idx % c.fault_every == 0):
+            fault = c.fault
+        if fault == "http500":
+            return await self._send(writer, 500, {"error": {"message": "fake internal error", "code": 500}})
+        if fault == "http429":
+            return await self._send(writer, 429, {"error": {"message": "rate limited (fake)", "code": 429}})
+        if chat:
+            prompt_tokens = sum(len(_tok_ids(str(m.get("content", "")))) for m in req.get("messages", [])) \
+                + c.template_tokens
+        else:
+            prompt_tokens = len(_tok_ids(str(req.get("prompt", "")))) + 1
+        n_out = int(req.get("max_completion_tokens") or req.get("max_tokens") or 16)
+        if not req.get("stream"):
+            self.stats.prompt_tokens += prompt_tokens
+            self.stats.generation_tokens += n_out
+            msg = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x " * n_out}}],
+                   "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n_out,
+                             "total_tokens": prompt_tokens + n_out}}
+            return await self._send(writer, 200, msg)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: keep-alive\r\n\r\n")
+
+        def event(obj_or_bytes) -> bytes:
+            data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else json.dumps(obj_or_bytes).encode()
+            payload = b"data: " + data + b"\n\n"
+            return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+        self.stats.waiting += 1
+        if self._sem is not None:
+            await self._sem.acquire()
+        self.stats.waiting -= 1
+        self.stats.running += 1
+        try:
+            obj = "chat.completion.chunk" if chat else "text_completion"
+            base = {"id": f"cmpl-{idx}", "object": obj, "created": int(time.time()), "model": c.model}
+            t_next = perf_counter() + c.ttft
+            await asyncio.sleep(max(0.0, t_next - perf_counter()))
+            self.stats.ttft_sum += perf_counter() - t_arrive
+            self.stats.ttft_count += 1
+            if chat and c.role_chunk:
+                writer.write(event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                         "finish_reason": None}]}))
+            for k in range(n_out):
+                if k > 0:
+                    t_next += c.itl
+                    d = t_next - perf_counter()
+                    if d > 0:
+                        await asyncio.sleep(d)
+                if fault in ("malformed", "no_done", "hang", "close") and k == c.fault_chunk:
+                    if fault == "malformed":
+                        writer.write(event(b'{"choices": [{"index": 0, "delta": {"content": "x"'))
+                        writer.write(event(b"[DONE]") + b"0\r\n\r\n")
+                        await writer.drain()
+                        return True
+                    if fault == "no_done":
+                        writer.write(b"0\r\n\r\n")
+                        await writer.drain()
+                        return True
+                    if fault == "hang":
+                        await writer.drain()
+                        await asyncio.sleep(3600)
+                    if fault == "close":
+                        await writer.drain()
+                        writer.transport.abort()
+                        return False
+                txt = f"{perf_counter():.9f} " if c.stamp else f"t{k + 5} "
+                if chat:
+                    ch = {"index": 0, "delta": {"content": txt}, "finish_reason": None}
+                else:
+                    ch = {"index": 0, "text": txt, "finish_reason": None}
+                if k == n_out - 1:
+                    ch["finish_reason"] = "length"
+                writer.write(event({**base, "choices": [ch]}))
+                if writer.transport.get_write_buffer_size() > 1 << 16:
+                    await writer.drain()
+            self.stats.prompt_tokens += prompt_tokens
+            self.stats.generation_tokens += n_out
+            if req.get("stream_options", {}).get("include_usage") and not c.no_usage:
+                writer.write(event({**base, "choices": [], "usage": {
+                    "prompt_tokens": prompt_tokens, "completion_tokens": n_out,
+                    "total_tokens": prompt_tokens + n_out}}))
+            writer.write(event(b"[DONE]") + b"0\r\n\r\n")
+            await writer.drain()
+            self.stats.completed += 1
+            return True
+        finally:
+            self.stats.running -= 1
+            if self._sem is not None:
+                self._sem.release()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="fake OpenAI-compatible streaming server")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--ttft", type=float, default=0.01)
+    ap.add_argument("--itl", type=float, default=0.005)
+    ap.add_argument("--stamp", action="store_true")
+    ap.add_argument("--api-key", default=None)
+    ap.add_argument("--fault", default=None)
+    ap.add_argument("--fault-after", type=int, default=0)
+    ap.add_argument("--fault-every", type=int, default=0)
+    ap.add_argument("--max-running", type=int, default=0)
+    a = ap.parse_args(argv)
+    cfg = FakeConfig(ttft=a.ttft, itl=a.itl, stamp=a.stamp, api_key=a.api_key, fault=a.fault,
+                     fault_after=a.fault_after, fault_every=a.fault_every, max_running=a.max_running)
+    srv = FakeServer(cfg, a.host, a.port)
+
+    async def run():
+        await srv.serve()
+        print(srv.url, flush=True)
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

