@@ -14,9 +14,36 @@ from .results import ClosedRun, OpenRun
 from .seed import seed_closed_runs, seed_open_runs
 
 
-def _capsim_run(path: Path, kind: str):
-    from measure.convert import run_folder_as_results  # the live side's files
-    return run_folder_as_results(path, kind)
+def _capsim_run(path: Path, kind: str) -> list:
+    """A `capsim measure` run folder as a ClosedRun or OpenRun (summaries from its records)."""
+    from measure.errors import MeasureError
+    from measure.runfiles import load_run
+    from simulator.summary import summarize_closed, summarize_open
+
+    try:
+        run = load_run(path)
+    except MeasureError as e:
+        raise ImporterError(str(e)) from None
+    if run.kind != kind:
+        return []
+    m = run.meta
+    cache = m.get("cache_config") or {}
+    server = {"model": m.get("model"), "url": m.get("url"), "max_model_len": m.get("max_model_len"),
+              "max_num_batched_tokens": m.get("max_num_batched_tokens"), "max_num_seqs": m.get("max_num_seqs"),
+              "kv_cache_size_tokens": cache.get("kv_cache_size_tokens"), "block_size": cache.get("block_size")}
+    if kind == "closed":
+        return [ClosedRun(source=str(path), test=path.name, model=str(m.get("model")), runs=m.get("runs"),
+                          latency_mode=m.get("latency_mode", "generation"),
+                          latency_ms=1000.0 * float(m.get("latency_s") or 0.0), version="capsim measure",
+                          rows=[r for r in summarize_closed(run) if r.metrics], server=server, path=str(path))]
+    wl = dict(m.get("workload") or {})
+    params = {"backend": "openai-chat" if m.get("endpoint") == "chat" else "openai",
+              "endpoint": "/v1/chat/completions" if m.get("endpoint") == "chat" else "/v1/completions",
+              "num_prompts": m.get("num_prompts", len(run.records)), "request_rate": m.get("request_rate"),
+              "burstiness": m.get("burstiness", 1.0), "max_concurrency": m.get("max_concurrency"),
+              "seed": m.get("seed", 0), **{k: v for k, v in wl.items() if k != "dataset"}}
+    return [OpenRun(source=str(path), test=path.name, path=str(path), dataset=str(wl.get("dataset", "random")),
+                    params=params, result=summarize_open(run), server=server)]
 
 
 def load_closed(sources: list[str]) -> list[ClosedRun]:

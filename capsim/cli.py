@@ -201,7 +201,7 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
 def _register_optional():
     """Commands of the other packages, attached when present."""
     for mod, names in (("measure.cli", ("measure", "report")), ("calibrate.cli", ("calibrate", "validate")),
-                       ("simulator.plan_cli", ("plan",)), ("simulator.twin", ("twin",))):
+                       ("simulator.plan_cli", ("plan",)), ("measure.twin", ("twin",))):
         try:
             m = __import__(mod, fromlist=list(names))
         except ModuleNotFoundError as e:

@@ -141,3 +141,31 @@ def test_cli_errors_are_one_line(tmp_path):
     assert res.exit_code != 0 and "x.json" in res.output and len(res.output.strip().splitlines()) == 1
     res = CliRunner().invoke(calibrate_cmd, [str(tmp_path / "missing"), "-o", str(tmp_path / "p.json")])
     assert res.exit_code != 0 and "no such file" in res.output
+
+
+def test_capsim_run_folders_feed_calibrate_and_validate(tmp_path):
+    """A measured closed run calibrates; a measured open run validates (the fake server stands in)."""
+    from measure import run_closed, run_open
+    from measure.fakeserver import FakeConfig, FakeServer
+    from simulator.load import ClosedLoop, OpenLoop
+    from simulator.workload import RandomWorkload
+
+    srv = FakeServer(FakeConfig()).start()
+    try:
+        run_closed(srv.url, None, ClosedLoop(pp=[64, 256], tg=[8], concurrency=[1, 2], runs=1), out_dir=tmp_path / "c",
+                   progress=False)
+        run_open(srv.url, None, RandomWorkload(128, 8, 0.5), OpenLoop(rate=20.0, seed=3), 12, out_dir=tmp_path / "o",
+                 progress=False)
+    finally:
+        srv.stop()
+    prof = tmp_path / "p.json"
+    res = CliRunner().invoke(calibrate_cmd, [str(tmp_path / "c"), "-o", str(prof), "--max-evals", "3"])
+    assert res.exit_code == 0, res.output
+    assert "pp256 tg8 c2" in res.output
+    res = CliRunner().invoke(validate_cmd, [str(tmp_path / "o"), "--profile", str(prof), "--replications", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output[res.output.index("{"):])["rows"]
+    assert {r["metric"] for r in rows} >= {"median_ttft_ms", "request_throughput", "mean_e2el_ms"}
+    # an open run is not calibration input
+    res = CliRunner().invoke(calibrate_cmd, [str(tmp_path / "o"), "-o", str(prof)])
+    assert res.exit_code != 0 and "no closed-loop runs" in res.output
