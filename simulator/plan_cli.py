@@ -1,0 +1,196 @@
+"""`capsim plan`: parse flags, call simulator.plan.plan once per scenario, print.
+
+Attached to the `capsim` group by capsim/cli.py's _register_optional().
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+
+import click
+
+from .office import DAY_PROFILES, DEFAULT_MIX, Office, OfficeError, parse_mix
+from .plan import (DEFAULT_SLA, PlanError, PlanSettings, Scenario, format_compare, format_plan, parse_scenario,
+                   parse_slas, plan, plot_plan)
+from .profile import ProfileError, load_profile
+from .workload import WorkloadError
+
+_ERRORS = (PlanError, OfficeError, ProfileError, WorkloadError, ValueError, OSError)
+
+
+def _friendly(fn):
+    """Library errors become one clear line and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except click.ClickException:
+            raise
+        except _ERRORS as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise click.ClickException(msg) from None
+
+    return wrapper
+
+
+_DUR_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """'30s', '2min', '15m', '500ms', '1h' or a bare number of seconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(text).lower())
+    if not m or (m.group(2) and m.group(2) not in _DUR_UNITS):
+        raise PlanError(f"{what}: expected a duration such as 30s, 15m or 1h, got {text!r}")
+    return float(m.group(1)) * _DUR_UNITS.get(m.group(2) or "s", 1.0)
+
+
+def parse_burst(text: str) -> tuple[float, float]:
+    """'5x15m' -> (factor 5, 900 s)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*x\s*(.+)", str(text).lower())
+    if not m:
+        raise PlanError(f"--burst: expected FACTORxDURATION such as 5x15m, got {text!r}")
+    factor = float(m.group(1))
+    dur = parse_duration(m.group(2), "--burst")
+    if not factor > 0 or not dur > 0:
+        raise PlanError(f"--burst: factor and duration must be > 0, got {text!r}")
+    return factor, dur
+
+
+def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns, think, burstiness, burst, monday,
+                 max_concurrency, gateway_wait, requests, duration, warmup=None) -> Office:
+    if staff is not None and staff < 0:
+        raise PlanError(f"--staff must be >= 0, got {staff}")
+    given = [x is not None for x in (rps, per_hour, per_day)]
+    if sum(given) > 1:
+        raise PlanError("give only one of --rps, --per-hour and --per-day")
+    staff = 25 if staff is None else staff
+    kw: dict = {}
+    if per_day is not None:
+        kw["per_day"] = per_day
+    elif per_hour is not None:
+        kw["per_hour"] = per_hour
+    elif rps is not None:
+        if not rps > 0:
+            raise PlanError(f"--rps must be > 0, got {rps}")
+        if staff == 0:
+            raise PlanError("--rps needs --staff > 0 (it is the whole office's rate)")
+        kw["per_hour"] = rps / staff * 3600.0
+    else:
+        kw["per_hour"] = 0.3 / 25 * 3600.0  # the seed's office: 25 staff at 0.3 req/s
+    if monday and burst:
+        raise PlanError("give only one of --burst and --monday")
+    if monday:
+        burst = "5x15m"  # the seed's test J: five times the office's load
+    factor, burst_s = parse_burst(burst) if burst else (1.0, 0.0)
+    if day_profile is not None and day_profile not in DAY_PROFILES:
+        raise PlanError(f"--day-profile: unknown profile {day_profile!r} (known: {', '.join(DAY_PROFILES)})")
+    return Office(staff=staff, day_profile=day_profile, at_hour=at_hour,
+                  mix=parse_mix(mix) if mix else DEFAULT_MIX, turns=turns,
+                  think_s=parse_duration(think, "--think"), burstiness=burstiness, burst_factor=factor,
+                  burst_s=burst_s, max_concurrency=max_concurrency, queue_in_ttft=gateway_wait,
+                  requests=requests, duration_s=parse_duration(duration, "--duration") if duration else None,
+                  warmup_s=parse_duration(warmup, "--warmup") if warmup is not None else None, **kw)
+
+
+@click.command("plan")
+@click.option("--profile", "profile_path", default=None,
+              help="Profile JSON file or shipped profile name (default: the seed's DGX Spark).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="What-if edit, repeatable: max_num_batched_tokens=8192, max_num_seqs=64, weights=fp8|nvfp4|bf16, "
+                   "kv_dtype=bf16, speed=1.5, step_model.flops=6e13, boxes=2, routing=least-loaded, prefix_hit=0.3.")
+@click.option("--sla", "slas", multiple=True, metavar="CONSTRAINT",
+              help=f"Repeatable, e.g. p95_ttft<=3s, p99_ttft<=6s, p50_tpot<=150ms, p95_e2el<=60s "
+                   f"(default: {', '.join(DEFAULT_SLA)}).")
+@click.option("--staff", type=int, default=None, help="Your office's staff count: the search starts here and the "
+                                                       "report says how it feels at it [default: 25].")
+@click.option("--rps", type=float, default=None, help="The office's total request rate at --staff "
+                                                      "[default: 0.3, the seed's office].")
+@click.option("--per-hour", type=float, default=None, help="Requests per person per hour (instead of --rps).")
+@click.option("--per-day", type=float, default=None,
+              help="Requests per person per working day, spread by --day-profile (default profile: office).")
+@click.option("--day-profile", default=None, help=f"Rate by clock hour: {', '.join(DAY_PROFILES)}.")
+@click.option("--at", "at_hour", type=float, default=None,
+              help="Clock hour the simulated window starts (default: the day profile's busiest hour).")
+@click.option("--mix", default=None, help="Shares of requests, e.g. chat=0.55,multiturn=0.25,rag=0.15,code=0.05 "
+                                          "(the default) or just chat.")
+@click.option("--turns", type=int, default=5, show_default=True, help="Turns of a multiturn conversation.")
+@click.option("--think", default="30s", show_default=True, help="Mean think time between turns.")
+@click.option("--burstiness", type=float, default=0.7, show_default=True,
+              help="Gamma shape of the office's arrival gaps (1.0 = Poisson).")
+@click.option("--burst", default=None, help="Monday-morning burst: FACTORxDURATION, e.g. 5x15m.")
+@click.option("--monday", is_flag=True, help="Shorthand for --burst 5x15m (the seed's test J: fivefold load).")
+@click.option("--max-concurrency", type=int, default=None, help="Gateway cap on requests in flight (test J: 25).")
+@click.option("--gateway-wait/--no-gateway-wait", default=True, show_default=True,
+              help="Count the wait at the gateway cap in TTFT and E2EL (--no-...: vllm bench serve's client clock).")
+@click.option("--requests", type=int, default=250, show_default=True,
+              help="Requests per simulated window and replication.")
+@click.option("--duration", default=None, help="Simulate a window of this length instead (e.g. 1h).")
+@click.option("--warmup", default=None, help="Office time simulated before the window, e.g. 5m (default: as long "
+                                             "as the longest kind of job takes; none with a burst).")
+@click.option("--boxes", type=int, default=1, show_default=True, help="Identical boxes behind a router.")
+@click.option("--routing", type=click.Choice(["round-robin", "least-loaded"]), default="round-robin",
+              show_default=True)
+@click.option("--prefix-hit", type=float, default=0.0, show_default=True,
+              help="Prefix-cache hit rate: share of prompt tokens that need no prefill.")
+@click.option("--compare", "compares", multiple=True, metavar="NAME[:KEY=VALUE,...]",
+              help="A scenario to put side by side, repeatable: base, fp8:weights=fp8, "
+                   "budget8k:max_num_batched_tokens=8192, two:boxes=2,routing=least-loaded.")
+@click.option("--replications", type=int, default=10, show_default=True)
+@click.option("--confidence", type=float, default=0.9, show_default=True,
+              help="Share of replications in which every constraint must hold.")
+@click.option("--capacity-replications", type=int, default=1, show_default=True,
+              help="Seeds per rate of the capacity search: 1 is the suite's own run (seed 42); more take the median.")
+@click.option("--staff-max", type=int, default=5000, show_default=True, help="Upper bound of the staff search.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", type=int, default=None, help="Worker processes (default: the idle cores; -1: every core).")
+@click.option("--no-capacity", is_flag=True, help="Skip the req/s capacity search (11-rate-sweep workload).")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Percentiles against staff with SLA lines and 5-95% bands.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--verbose", is_flag=True, help="Progress on stderr.")
+@_friendly
+def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns, think,
+             burstiness, burst, monday, max_concurrency, gateway_wait, requests, duration, warmup, boxes, routing, prefix_hit,
+             compares, replications, confidence, capacity_replications, staff_max, seed, jobs, no_capacity, plot_path, as_json, verbose):
+    """How many staff can this box serve within an SLA, what binds first, and the
+    box's capacity in req/s; optionally what-if scenarios side by side."""
+    constraints = parse_slas(slas)
+    office = build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns, think, burstiness, burst,
+                          monday, max_concurrency, gateway_wait, requests, duration, warmup)
+    base = Scenario(boxes=boxes, routing=routing, prefix_hit=prefix_hit).with_edits(list(sets))
+    scenarios = [parse_scenario(c, base) for c in compares] if compares else [base]
+    names = [s.name for s in scenarios]
+    if len(set(names)) != len(names):
+        raise PlanError(f"--compare names must differ, got {', '.join(names)}")
+    settings = PlanSettings(replications=replications, confidence=confidence, seed=seed, staff_max=staff_max,
+                            n_jobs=jobs, capacity=not no_capacity,
+                            capacity_replications=capacity_replications)
+    profile = load_profile(profile_path)
+    progress = (lambda msg: click.echo(msg, err=True)) if verbose else None
+    results = [plan(profile, office, constraints, sc, settings, plot_points=8 if plot_path else 0, progress=progress)
+               for sc in scenarios]
+    if plot_path:
+        plot_plan(results if compares else results[0], plot_path)
+    if as_json:
+        out = results[0].to_json() if not compares else {"scenarios": [r.to_json() for r in results]}
+        click.echo(json.dumps(_clean(out), indent=2))
+    else:
+        click.echo(format_plan(results[0]) if not compares else format_compare(results))
+        if plot_path:
+            click.echo(f"\nplot: {plot_path}")
+
+
+def _clean(x):
+    """JSON without NaN/inf (null instead) and with plain floats."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float):
+        return None if (math.isnan(x) or math.isinf(x)) else x
+    if hasattr(x, "item") and callable(x.item):
+        return _clean(x.item())
+    return x
