@@ -216,5 +216,13 @@ def _register_optional():
 
 _register_optional()
 
+try:  # live calibration and validation (measure a server, fit, compare): `capsim calibrate-live URL`
+    from calibrate.live import calibrate_live_cmd, validate_live_cmd
+    main.add_command(calibrate_live_cmd, "calibrate-live")
+    main.add_command(validate_live_cmd, "validate-live")
+except ModuleNotFoundError as e:  # pragma: no cover - the package ships calibrate.live
+    if e.name != "calibrate.live":
+        raise
+
 if __name__ == "__main__":
     sys.exit(main())
