@@ -9,6 +9,7 @@ import click
 from simulator.profile import load_profile
 
 from .fit import fit_closed
+from .live import live_limit_options, run_calibrate_live, run_validate_live
 from .importers import ImporterError
 from .sources import load_closed, load_open, server_key
 from .validate import format_validation, noise_floor, validate
@@ -21,13 +22,34 @@ def _fail(e: Exception):
 
 
 @click.command("calibrate")
-@click.argument("sources", nargs=-1, required=True)
-@click.option("-o", "--output", "out_path", required=True, help="Profile JSON to write.")
+@click.argument("sources", nargs=-1)
+@click.option("-o", "--output", "out_path", default=None,
+              help="Profile JSON to write (required offline; with --live also RUN_DIR/profile.json).")
 @click.option("--name", default=None, help="Profile name (default: the model's).")
-@click.option("--max-evals", type=int, default=30, show_default=True, help="least_squares iterations (function evaluations).")
+@click.option("--max-evals", type=int, default=None,
+              help="least_squares function evaluations (default 30 offline, 150 live).")
 @click.option("--json", "as_json", is_flag=True, help="Print residuals as JSON.")
-def calibrate_cmd(sources, out_path, name, max_evals, as_json):
-    """Fit a profile from closed-loop runs (suite folders, capsim runs, llama-benchy tables, or 'seed')."""
+@click.option("--live", "live_url", default=None, metavar="URL",
+              help="Measure a closed-loop grid on this server within --budget, then fit (instead of SOURCES).")
+@click.option("--budget", default="10m", show_default=True, help="--live: time budget of the grid (10m, 90s, ...).")
+@click.option("--run-dir", default=None, help="--live: folder for the measured runs (default runs/calibrate-live-DATE).")
+@click.option("--tg", type=int, default=None, help="--live: generated tokens per request of the grid (default 32).")
+@click.option("--pp-max", type=int, default=None, help="--live: largest prompt of the grid (default: half the context).")
+@live_limit_options
+def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget, run_dir, tg, pp_max, **live_kw):
+    """Fit a profile from closed-loop runs (suite folders, capsim runs, llama-benchy tables, or 'seed'),
+    or measure them first on a live server (--live URL)."""
+    if live_url:
+        if sources:
+            raise click.UsageError("give either SOURCES or --live URL, not both")
+        run_calibrate_live(live_url, out_path, budget, run_dir, name, max_evals or 150, as_json, tg=tg, pp_max=pp_max,
+                           **live_kw)
+        return
+    if not sources:
+        raise click.UsageError("no SOURCES (closed-loop runs) and no --live URL")
+    if not out_path:
+        raise click.UsageError("-o/--output is required (the profile JSON to write)")
+    max_evals = max_evals or 30
     try:
         runs = load_closed(list(sources))
         if not runs:
@@ -67,15 +89,45 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json):
 
 @click.command("validate")
 @click.argument("sources", nargs=-1)
-@click.option("--profile", "profile_path", default=None, help="Profile to validate (default: the shipped Spark profile).")
-@click.option("--replications", type=int, default=10, show_default=True)
+@click.option("--profile", "profile_path", default=None,
+              help="Profile to validate (default: the shipped Spark profile; required with --live).")
+@click.option("--replications", type=int, default=None, help="Simulations per run (default 10 offline, 5 live).")
 @click.option("--noise-floor", "floor_sources", multiple=True,
               help="A second measurement of the same tests; its differences are shown as the noise floor.")
 @click.option("--tokenizer", default=None, help="tokenizer.json for ShareGPT prompt lengths.")
 @click.option("--plot", "plot_path", default=None, help="Write measured-against-predicted plot (PNG).")
 @click.option("--json", "as_json", is_flag=True)
-def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, plot_path, as_json):
-    """Predict open-loop runs (vllm bench serve) the profile never saw and score the predictions."""
+@click.option("--live", "live_url", default=None, metavar="URL",
+              help="Run open-loop loads on this server now and compare them with the profile's predictions.")
+@click.option("--loads", "loads_path", default=None,
+              help="--live: JSON list of loads (LiveLoad fields); default: the seed's H and J scaled to the server.")
+@click.option("--scale", type=float, default=None,
+              help="--live: multiply the seed loads' request rates by this (default: the seed box's single-request "
+                   "latency over this box's, so the loads are as heavy relative to the box).")
+@click.option("--length-scale", type=float, default=None,
+              help="--live: multiply the seed loads' token lengths by this (default: fit 45%% of max_model_len).")
+@click.option("--budget", default="10m", show_default=True, help="--live: rough time budget for all loads.")
+@click.option("--repeat", is_flag=True, help="--live: run every load twice; the second run gives the noise floor.")
+@click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="completions", show_default=True,
+              help="--live: API the default loads use.")
+@click.option("--run-dir", default=None, help="--live: folder for the measured runs.")
+@live_limit_options
+def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, plot_path, as_json, live_url, loads_path,
+                 scale, length_scale, budget, repeat, endpoint, run_dir, **live_kw):
+    """Predict open-loop runs (vllm bench serve) the profile never saw and score the predictions;
+    with --live URL, run the open-loop loads on a server now."""
+    if live_url:
+        if sources:
+            raise click.UsageError("give either SOURCES or --live URL, not both")
+        if not profile_path:
+            raise click.UsageError("--live needs --profile (e.g. the one calibrate --live wrote)")
+        lv = run_validate_live(live_url, profile_path, loads_path, scale, length_scale, budget, repeat,
+                               replications or 5, run_dir, as_json, endpoint=endpoint, **live_kw)
+        if plot_path:
+            from .plots import plot_validation
+            plot_validation(lv.validation, plot_path, title=f"{profile_path}: measured vs predicted (live)")
+        return
+    replications = replications or 10
     try:
         prof = load_profile(profile_path)
         runs = load_open(list(sources) or ["seed"])

@@ -16,7 +16,7 @@ Calibration (`live_calibrate`):
    the prefill speed and the client-server latency.
 3. Plan a closed-loop grid that fits the time budget, each test's duration predicted
    by simulating it on a rough profile from the probe: single-user prompt sizes
-   geometric from 128 tokens up to a useful share of the context (half of
+   doubling from 32 tokens up to a useful share of the context (half of
    max_model_len, or of the KV cache); a concurrency ladder 2, 4, 8, ... measured one
    step at a time until decode speed per user has fallen below `falloff` of the
    single-user speed (one step past the knee) or max_num_seqs / the KV cache / the
@@ -181,7 +181,7 @@ def _get(http, path: str):
     try:
         r = http.get(path)
     except Exception as e:  # httpx errors
-        raise LiveError(f"GET {path}: cannot reach the server ({type(e).__name__}: {e})") from None
+        raise LiveError(f"GET {http.base_url.join(path)}: cannot reach the server ({type(e).__name__}: {e})") from None
     return r
 
 
@@ -398,9 +398,14 @@ def predict_seconds(profile: Profile, combos: list[tuple[int, int, int, int]], r
     return sim.duration + 3 * sim.meta["latency_s"] + per_call_s
 
 
-def prompt_sizes(facts: ServerFacts, tg: int, pp_max: int | None = None, first: int = 128,
+def prompt_sizes(facts: ServerFacts, tg: int, pp_max: int | None = None, first: int = 32,
                  factor: int = 2) -> list[int]:
-    """Geometric (x2) from `first` to a useful share of the context."""
+    """Geometric (x2) from `first` to a useful share of the context.
+
+    Small prompts matter: a step of a few dozen prompt tokens costs about as much compute as it
+    reads weights, which is where the ways memory and compute time add up differ most (and
+    where small --max-num-batched-tokens chunks live).
+    """
     cap = pp_max or facts.max_model_len // 2
     if facts.num_blocks is not None and facts.kv_cache_size_tokens:
         cap = min(cap, facts.kv_cache_size_tokens // 2)
@@ -642,7 +647,7 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     c1_speed = float(np.median(list(c1.values()))) if c1 else 1.0 / decode_s
 
     # 3. concurrency ladder at a small prompt, one step at a time, past the knee
-    p_ladder = pps[0]
+    p_ladder = next((p for p in pps if p >= 128), pps[-1])
     kv_tokens = facts.kv_cache_size_tokens if facts.num_blocks is not None else None
     c = 2
     ladder: list[int] = []
@@ -677,7 +682,7 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     if ladder:
         c_mid = ladder[len(ladder) // 2] if len(ladder) > 1 else ladder[0]
         for cc in dict.fromkeys([c_mid, ladder[-1]]):
-            for p in pps[1:]:
+            for p in (p for p in pps if p > p_ladder):
                 if kv_tokens and cc * (p + tg_) > 0.8 * kv_tokens:
                     continue
                 combos = [(p, tg_, 0, cc)]
@@ -1153,57 +1158,3 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
         raise
     click.echo(json.dumps(lv.to_json(), indent=2, default=str) if as_json else lv.format())
     return lv
-
-
-def _calibrate_live_command():
-    click = _click()
-
-    @click.command("calibrate-live")
-    @click.argument("url")
-    @click.option("-o", "--output", "out_path", default=None, help="Profile JSON to write (also RUN_DIR/profile.json).")
-    @click.option("--budget", default="10m", show_default=True, help="Time budget of the measured grid (10m, 90s, ...).")
-    @click.option("--run-dir", default=None, help="Folder for the measured runs (default runs/calibrate-live-DATE).")
-    @click.option("--name", default=None, help="Profile name (default: the served model's).")
-    @click.option("--tg", type=int, default=None, help="Generated tokens per request of the grid (default 32).")
-    @click.option("--pp-max", type=int, default=None, help="Largest prompt of the grid (default: half the context).")
-    @click.option("--max-evals", type=int, default=150, show_default=True, help="least_squares function evaluations.")
-    @click.option("--json", "as_json", is_flag=True)
-    @live_limit_options
-    def calibrate_live_cmd(url, out_path, budget, run_dir, name, tg, pp_max, max_evals, as_json, **kw):
-        """Measure a closed-loop grid on a live server within a time budget and fit a profile."""
-        run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json, tg=tg, pp_max=pp_max, **kw)
-
-    return calibrate_live_cmd
-
-
-def _validate_live_command():
-    click = _click()
-
-    @click.command("validate-live")
-    @click.argument("url")
-    @click.option("--profile", "profile_path", required=True, help="Profile to validate (e.g. from calibrate --live).")
-    @click.option("--loads", "loads_path", default=None,
-                  help="JSON list of loads (LiveLoad fields); default: the seed's H and J scaled to the server.")
-    @click.option("--scale", type=float, default=None,
-                  help="Multiply the seed loads' request rates by this (default: seed box's single-request "
-                       "latency / this box's, so loads are as heavy relative to the box).")
-    @click.option("--length-scale", type=float, default=None,
-                  help="Multiply the seed loads' token lengths by this (default: fit 45%% of max_model_len).")
-    @click.option("--budget", default="10m", show_default=True, help="Rough time budget for all loads.")
-    @click.option("--repeat", is_flag=True, help="Run every load twice: the second run gives the noise floor.")
-    @click.option("--replications", type=int, default=5, show_default=True)
-    @click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="completions", show_default=True)
-    @click.option("--run-dir", default=None, help="Folder for the measured runs.")
-    @click.option("--json", "as_json", is_flag=True)
-    @live_limit_options
-    def validate_live_cmd(url, profile_path, loads_path, scale, length_scale, budget, repeat, replications, endpoint,
-                          run_dir, as_json, **kw):
-        """Run open-loop loads live and print measured against predicted (as capsim validate)."""
-        run_validate_live(url, profile_path, loads_path, scale, length_scale, budget, repeat, replications, run_dir,
-                          as_json, endpoint=endpoint, **kw)
-
-    return validate_live_cmd
-
-
-calibrate_live_cmd = _calibrate_live_command()
-validate_live_cmd = _validate_live_command()

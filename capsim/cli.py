@@ -198,31 +198,19 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
         click.echo(format_open_summary(med, rate=rate, title=title, bands=bands))
 
 
-def _register_optional():
-    """Commands of the other packages, attached when present."""
-    for mod, names in (("measure.cli", ("measure", "report")), ("calibrate.cli", ("calibrate", "validate")),
-                       ("simulator.plan_cli", ("plan",)), ("measure.twin", ("twin",))):
-        try:
-            m = __import__(mod, fromlist=list(names))
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
-        for n in names:
-            cmd = getattr(m, f"{n}_cmd", None) or getattr(m, n, None)
-            if isinstance(cmd, click.Command):
-                main.add_command(cmd, n)
+def _register() -> None:
+    """The other packages' commands (imported here, not at the top: their packages import this module's helpers)."""
+    from calibrate.cli import calibrate_cmd, validate_cmd
+    from measure.cli import measure, report
+    from measure.twin import twin_cmd
+    from simulator.plan_cli import plan_cmd
+
+    for name, cmd in (("measure", measure), ("report", report), ("calibrate", calibrate_cmd),
+                      ("validate", validate_cmd), ("plan", plan_cmd), ("twin", twin_cmd)):
+        main.add_command(cmd, name)
 
 
-_register_optional()
-
-try:  # live calibration and validation (measure a server, fit, compare): `capsim calibrate-live URL`
-    from calibrate.live import calibrate_live_cmd, validate_live_cmd
-    main.add_command(calibrate_live_cmd, "calibrate-live")
-    main.add_command(validate_live_cmd, "validate-live")
-except ModuleNotFoundError as e:  # pragma: no cover - the package ships calibrate.live
-    if e.name != "calibrate.live":
-        raise
+_register()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """`capsim plan`: parse flags, call simulator.plan.plan once per scenario, print.
 
-Attached to the `capsim` group by capsim/cli.py's _register_optional().
+Attached to the `capsim` group by capsim/cli.py's _register().
 """
 from __future__ import annotations
 

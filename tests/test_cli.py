@@ -76,6 +76,12 @@ def test_simulate_open_sharegpt_from_a_file(tmp_path):
     (["simulate", "open", "--profile", "/nonexistent/p.json"], "cannot read profile"),
     (["simulate", "open", "--max-concurrency", "0"], "--max-concurrency"),
     (["simulate", "open", "--set", "bogus=1"], "unknown profile key"),
+    (["calibrate"], "no SOURCES"),
+    (["calibrate", "seed"], "-o/--output is required"),
+    (["calibrate", "seed", "--live", "http://127.0.0.1:9"], "either SOURCES or --live"),
+    (["calibrate", "--live", "http://127.0.0.1:9", "--budget", "1m"], "127.0.0.1:9"),
+    (["validate", "--live", "http://127.0.0.1:9"], "--live needs --profile"),
+    (["validate", "--live", "http://127.0.0.1:9", "--profile", "spark-gemma4-26b-a4b"], "127.0.0.1:9"),
 ])
 def test_bad_input_is_one_clear_line(args, words):
     res = CliRunner().invoke(main, args)
