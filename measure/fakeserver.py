@@ -35,6 +35,8 @@ import zlib
 from dataclasses import dataclass, field
 from time import perf_counter
 
+from .httpwire import read_request, response
+
 
 @dataclass
 class FakeConfig:
@@ -182,23 +184,10 @@ class FakeServer:
         self._writers.add(writer)
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                req = await read_request(reader)
+                if req is None:
                     return
-                lines = head.decode("latin-1").split("\r\n")
-                try:
-                    method, path, _ = lines[0].split(" ", 2)
-                except ValueError:
-                    return
-                headers = {}
-                for ln in lines[1:]:
-                    if ":" in ln:
-                        k, v = ln.split(":", 1)
-                        headers[k.strip().lower()] = v.strip()
-                n = int(headers.get("content-length", "0") or 0)
-                body = await reader.readexactly(n) if n else b""
-                keep = await self._route(method, path.split("?")[0], headers, body, writer)
+                keep = await self._route(req.method, req.path, req.headers, req.body, writer)
                 if not keep:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -211,11 +200,7 @@ class FakeServer:
                 pass
 
     async def _send(self, writer, status: int, obj, ctype="application/json") -> bool:
-        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
-                  500: "Internal Server Error"}.get(status, "X")
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
-                     f"Connection: keep-alive\r\n\r\n".encode() + data)
+        writer.write(response(status, obj, ctype, server="capsim-fake"))
         await writer.drain()
         return True
 

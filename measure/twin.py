@@ -62,6 +62,8 @@ from simulator.records import RequestRecord
 from simulator.sim import Frontend
 from simulator.workload import RequestSpec
 
+from .httpwire import read_request, response
+
 DEFAULT_MODEL_NAME = "capsim-twin"
 INF = float("inf")
 
@@ -472,10 +474,6 @@ class TwinEngine:
 
 # ---------------------------------------------------------------- HTTP
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
-            500: "Internal Server Error", 503: "Service Unavailable"}
-
-
 def _error_body(status: int, message: str, typ: str = "BadRequestError") -> dict:
     return {"error": {"message": message, "type": typ, "param": None, "code": status}}
 
@@ -590,27 +588,11 @@ class TwinServer:
         self._writers.add(writer)
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                req = await read_request(reader)
+                if req is None:
                     return
-                lines = head.decode("latin-1").split("\r\n")
-                try:
-                    method, target, version = lines[0].split(" ", 2)
-                except ValueError:
-                    return
-                headers = {}
-                for ln in lines[1:]:
-                    if ":" in ln:
-                        k, v = ln.split(":", 1)
-                        headers[k.strip().lower()] = v.strip()
-                if headers.get("transfer-encoding", "").lower() == "chunked":
-                    body = await self._read_chunked(reader)
-                else:
-                    n = int(headers.get("content-length", "0") or 0)
-                    body = await reader.readexactly(n) if n else b""
-                keep = headers.get("connection", "").lower() != "close" and version.upper() != "HTTP/1.0"
-                ok = await self._route(method.upper(), target.split("?", 1)[0], body, reader, writer, keep)
+                keep = req.keep_alive
+                ok = await self._route(req.method, req.path, req.body, reader, writer, keep)
                 if not ok or not keep:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -622,22 +604,8 @@ class TwinServer:
             except RuntimeError:
                 pass
 
-    @staticmethod
-    async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-        out = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                return out
-            out += await reader.readexactly(size)
-            await reader.readexactly(2)
-
     async def _send(self, writer, status: int, obj, ctype: str = "application/json", keep: bool = True) -> bool:
-        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-        writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: {ctype}\r\n"
-                     f"content-length: {len(data)}\r\nconnection: {'keep-alive' if keep else 'close'}\r\n"
-                     f"server: capsim-twin\r\n\r\n".encode() + data)
+        writer.write(response(status, obj, ctype, keep, server="capsim-twin"))
         await writer.drain()
         return True
 
