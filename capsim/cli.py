@@ -5,37 +5,20 @@ Each subcommand parses its flags, calls one library function and prints a table
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
 
 import click
 
-from simulator.load import ClosedLoop, LoadError, OpenLoop
-from simulator.profile import ProfileError, load_profile, Profile
+from simulator.load import ClosedLoop, OpenLoop
+from simulator.profile import load_profile, Profile
 from simulator.replicate import replicate_closed, replicate_open
 from simulator.summary import format_closed_table, format_open_summary
-from simulator.workload import (PromptFormat, RandomWorkload, ShareGPTWorkload, WorkloadError,
-                                bundled_sharegpt_path, tokenizer_counter)
+from simulator.workload import (PromptFormat, RandomWorkload, ShareGPTWorkload, WorkloadError, bundled_sharegpt_path,
+                                tokenizer_counter)
 
-USER_ERRORS = (WorkloadError, LoadError, ProfileError, ValueError, OSError)
-
-
-def friendly(fn):
-    """Turn the library's errors into one clear line and a non-zero exit."""
-
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except click.ClickException:
-            raise
-        except USER_ERRORS as e:
-            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-
-    return wrapper
-
+from .errors import friendly
 
 def parse_rate(value: str) -> float:
     try:
@@ -203,7 +186,7 @@ def _register() -> None:
     from calibrate.cli import calibrate_cmd, validate_cmd
     from measure.cli import measure, report
     from measure.twin import twin_cmd
-    from simulator.plan_cli import plan_cmd
+    from capsim.plan_cli import plan_cmd
 
     for name, cmd in (("measure", measure), ("report", report), ("calibrate", calibrate_cmd),
                       ("validate", validate_cmd), ("plan", plan_cmd), ("twin", twin_cmd)):

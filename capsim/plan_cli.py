@@ -4,37 +4,18 @@ Attached to the `capsim` group by capsim/cli.py's _register().
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
 
 import click
 
-from .office import DAY_PROFILES, DEFAULT_MIX, Office, OfficeError, parse_mix
-from .plan import (DEFAULT_SLA, PlanError, PlanSettings, Scenario, format_compare, format_plan, parse_scenario,
-                   parse_slas, plan, plot_plan)
-from .profile import ProfileError, load_profile
-from .workload import WorkloadError
+from simulator.office import DAY_PROFILES, DEFAULT_MIX, Office, parse_mix
+from simulator.plan import (DEFAULT_SLA, PlanError, PlanSettings, Scenario, format_compare, format_plan,
+                            parse_scenario, parse_slas, plan, plot_plan)
+from simulator.profile import load_profile
 
-_ERRORS = (PlanError, OfficeError, ProfileError, WorkloadError, ValueError, OSError)
-
-
-def _friendly(fn):
-    """Library errors become one clear line and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except click.ClickException:
-            raise
-        except _ERRORS as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise click.ClickException(msg) from None
-
-    return wrapper
-
+from .errors import friendly
 
 _DUR_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
@@ -151,7 +132,7 @@ def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns
               help="Percentiles against staff with SLA lines and 5-95% bands.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--verbose", is_flag=True, help="Progress on stderr.")
-@_friendly
+@friendly
 def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns, think,
              burstiness, burst, monday, max_concurrency, gateway_wait, requests, duration, warmup, boxes, routing, prefix_hit,
              compares, replications, confidence, capacity_replications, staff_max, seed, jobs, no_capacity, plot_path, as_json, verbose):
