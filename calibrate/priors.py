@@ -8,7 +8,6 @@ generic values derived from its name (total and active parameter counts such as
 """
 from __future__ import annotations
 
-import math
 import re
 
 from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile, gemma4_spark_physics

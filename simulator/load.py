@@ -9,7 +9,7 @@ at once, waits for all, and repeats `runs` times.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np

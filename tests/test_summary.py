@@ -1,5 +1,4 @@
 """Summary definitions, checked against hand-computed values."""
-import math
 
 import numpy as np
 import pytest
