@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
@@ -35,15 +34,17 @@ def _fail(e: Exception):
 @click.option("--run-dir", default=None, help="--live: folder for the measured runs (default runs/calibrate-live-DATE).")
 @click.option("--tg", type=int, default=None, help="--live: generated tokens per request of the grid (default 32).")
 @click.option("--pp-max", type=int, default=None, help="--live: largest prompt of the grid (default: half the context).")
+@click.option("--runs", type=int, default=1, show_default=True,
+              help="--live: runs of every grid test (2 on a noisy server; the budget then buys fewer tests).")
 @live_limit_options
-def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget, run_dir, tg, pp_max, **live_kw):
+def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget, run_dir, tg, pp_max, runs, **live_kw):
     """Fit a profile from closed-loop runs (suite folders, capsim runs, llama-benchy tables, or 'seed'),
     or measure them first on a live server (--live URL)."""
     if live_url:
         if sources:
             raise click.UsageError("give either SOURCES or --live URL, not both")
         run_calibrate_live(live_url, out_path, budget, run_dir, name, max_evals or 150, as_json, tg=tg, pp_max=pp_max,
-                           **live_kw)
+                           runs=runs, **live_kw)
         return
     if not sources:
         raise click.UsageError("no SOURCES (closed-loop runs) and no --live URL")

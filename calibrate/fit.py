@@ -152,6 +152,90 @@ def _vector(res: list[Residual]) -> np.ndarray:
     return np.array([r.weight * math.log(max(r.simulated, 1e-9) / r.measured) for r in res])
 
 
+def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: dict[str, tuple[float, float]],
+                   api_params: dict[str, tuple[float, float]], start: dict[str, float], max_nfev: int,
+                   progress: Callable[[int, float], None] | None = None):
+    """Least-squares fit of step-model and API parameters (log space, within bounds) to closed-loop runs.
+
+    `params` are step-model attributes; unless `bw_kv` is among them it is tied to `bw_weights`:
+    KV and weights stream from the same memory, closed-loop runs rarely batch enough long
+    contexts to tell them apart, and a free bw_kv absorbs the single-user context slope
+    (which t_ctx models) instead. Returns (profile, residuals, evaluations).
+    """
+    names = [n for n in params if hasattr(prof.step_model, n)
+             and not (n == "alpha" and getattr(prof.step_model, "n_experts", 0) == 0)]
+    api_names = list(api_params)
+    bounds = [params[n] for n in names] + [api_params[n] for n in api_names]
+    tie_kv = hasattr(prof.step_model, "bw_kv") and "bw_kv" not in names
+
+    def apply(x: np.ndarray) -> Profile:
+        p = prof.copy()
+        for n, v in zip(names, x[:len(names)]):
+            setattr(p.step_model, n, float(math.exp(v)))
+        if tie_kv:
+            p.step_model.bw_kv = p.step_model.bw_weights
+        for n, v in zip(api_names, x[len(names):]):
+            setattr(p.api, n, float(math.exp(v)))
+        return p
+
+    x0 = np.array([math.log(getattr(prof.step_model, n) or start.get(n, 1.0)) for n in names]
+                  + [math.log(getattr(prof.api, n)) for n in api_names])
+    lo = np.array([math.log(b[0]) for b in bounds])
+    hi = np.array([math.log(b[1]) for b in bounds])
+    x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
+    evals = [0]
+
+    def fun(x):
+        evals[0] += 1
+        v = _vector(compare(apply(x), runs, scale))
+        if progress:
+            progress(evals[0], float(np.sum(v ** 2)))
+        return v
+
+    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, diff_step=0.03, max_nfev=max_nfev)
+    best = apply(sol.x)
+    res = compare(best, runs, scale)
+    best.provenance = {
+        "fitted_on": sorted({f"{r.source}:{r.test}" for r in runs}),
+        "fitted_parameters": {n: getattr(best.step_model, n) for n in names}
+                             | {f"api.{n}": getattr(best.api, n) for n in api_names},
+        "prompt_scale": scale,
+        "median_abs_error_pct": float(np.median([abs(r.error_pct) for r in res])) if res else math.nan,
+        "residuals": [r.to_json() for r in res],
+        "evaluations": evals[0],
+    }
+    return best, res, evals[0]
+
+
+def fit_decode_factors(prof: Profile, runs: list[ClosedRun], scale: float, iterations: int = 3) -> Profile:
+    """A copy of `prof` whose pure decode steps are corrected per batch size (decode_factors).
+
+    At each concurrency the runs measured, the factor is the median over its rows of simulated
+    over measured decode speed per user, refined a few times (a factor moves only the decode
+    steps of a run, not its prefills). Needs a physical step model and two concurrencies or more.
+    """
+    rows = [r for run in runs for r in run.rows if "tg_req_throughput" in r.metrics]
+    conc = sorted({r.concurrency for r in rows})
+    p = prof.copy()
+    if len(conc) < 2 or not hasattr(p.step_model, "decode_factors"):
+        return p
+    factors = {c: 1.0 for c in conc}
+    for _ in range(iterations):
+        p.step_model.decode_factors = [[c, factors[c]] for c in conc]
+        ratios: dict[int, list[float]] = {c: [] for c in conc}
+        for run in runs:
+            sim = summarize_closed(simulate_closed(p, closed_pattern(run, scale)))
+            for meas, got in zip(run.rows, sim):
+                if "tg_req_throughput" in meas.metrics and got.metrics.get("tg_req_throughput", (0,))[0] > 0:
+                    ratios[meas.concurrency].append(got.metrics["tg_req_throughput"][0]
+                                                    / meas.metrics["tg_req_throughput"][0])
+        for c in conc:
+            if ratios[c]:
+                factors[c] *= float(np.median(ratios[c]))
+    p.step_model.decode_factors = [[c, factors[c]] for c in conc]
+    return p
+
+
 def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int = 30,
                progress: Callable[[int, float], None] | None = None, combine: str | None = None) -> FitResult:
     """Fit a profile to closed-loop runs (one server configuration)."""
@@ -162,58 +246,16 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     c1 = [r.metrics["tg_req_throughput"][0] for run in runs for r in run.rows
           if r.concurrency == 1 and "tg_req_throughput" in r.metrics]
     prof, origin = prior_profile(server, float(np.median(c1)) if c1 else None)
-    sm = prof.step_model
     if combine:
-        sm.combine = combine
-    names = [n for n in FIT_PARAMS if hasattr(sm, n) and not (n == "alpha" and sm.n_experts == 0)]
+        prof.step_model.combine = combine
     # a first latency guess: the probe on the prior profile
     from simulator.sim import simulate_closed as _sc
     probe = _sc(prof, ClosedLoop(combos=[(1, 1, 0, 1)], runs=1, warmup=False)).meta["latency_s"] * 1000
     scale = estimate_prompt_scale(runs, probe)
-
-    api_names = list(API_PARAMS)
-    bounds = [FIT_PARAMS[n] for n in names] + [API_PARAMS[n] for n in api_names]
-
-    def apply(x: np.ndarray) -> Profile:
-        p = prof.copy()
-        for n, v in zip(names, x[:len(names)]):
-            setattr(p.step_model, n, float(math.exp(v)))
-        # KV and weights stream from the same memory: one bandwidth. Closed-loop runs
-        # rarely batch enough long contexts to tell them apart, and a free bw_kv
-        # absorbs the single-user context slope (which t_ctx models) instead.
-        p.step_model.bw_kv = p.step_model.bw_weights
-        for n, v in zip(api_names, x[len(names):]):
-            setattr(p.api, n, float(math.exp(v)))
-        return p
-
-    start = {n: getattr(sm, n) or START.get(n, 1.0) for n in names}
-    x0 = np.array([math.log(start[n]) for n in names] + [math.log(getattr(prof.api, n)) for n in api_names])
-    lo = np.array([math.log(b[0]) for b in bounds])
-    hi = np.array([math.log(b[1]) for b in bounds])
-    x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
-    evals = [0]
     prior_res = compare(prof, runs, scale)
-
-    def fun(x):
-        evals[0] += 1
-        v = _vector(compare(apply(x), runs, scale))
-        if progress:
-            progress(evals[0], float(np.sum(v ** 2)))
-        return v
-
-    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, diff_step=0.03, max_nfev=max_nfev,
-                        x_scale=1.0)
-    best = apply(sol.x)
-    res = compare(best, runs, scale)
-    best.provenance = {
-        "fitted_on": sorted({f"{r.source}:{r.test}" for r in runs}),
+    best, res, evals = fit_parameters(prof, runs, scale, FIT_PARAMS, API_PARAMS, START, max_nfev, progress)
+    best.provenance |= {
         "method": "scipy least_squares (soft-L1) on weighted log-ratios of simulated to measured llama-benchy metrics",
-        "fitted_parameters": {n: getattr(best.step_model, n) for n in names}
-                             | {f"api.{n}": getattr(best.api, n) for n in api_names},
         "engine_limits_origin": origin,
-        "prompt_scale": scale,
-        "median_abs_error_pct": float(np.median([abs(r.error_pct) for r in res])),
-        "residuals": [r.to_json() for r in res],
-        "evaluations": evals[0],
     }
-    return FitResult(best, res, scale, origin, time.perf_counter() - t_start, evals[0], prior_res)
+    return FitResult(best, res, scale, origin, time.perf_counter() - t_start, evals, prior_res)

@@ -59,13 +59,13 @@ import numpy as np
 
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile, load_profile
-from simulator.records import RequestRecord, RunResult
+from simulator.records import RunResult
 from simulator.sim import simulate_closed, simulate_open
 from simulator.stepmodel import EmpiricalStepModel
 from simulator.summary import summarize_closed, summarize_open
-from simulator.workload import PromptFormat, RandomWorkload, RequestSpec
+from simulator.workload import RandomWorkload, RequestSpec
 
-from .fit import API_PARAMS, FIT_PARAMS, START, FitResult, _vector, compare
+from .fit import API_PARAMS, FIT_PARAMS, START, FitResult, _vector, compare, fit_decode_factors, fit_parameters
 from .priors import prior_profile
 from .results import ClosedRun, OpenRun
 from .validate import METRICS, Row, Validation, format_validation, noise_floor
@@ -424,23 +424,22 @@ def prompt_sizes(facts: ServerFacts, tg: int, pp_max: int | None = None, first: 
 
 def fit_live(runs: list[ClosedRun], facts: ServerFacts, max_nfev: int = 150, prompt_scale: float = 1.0,
              start: Profile | None = None, progress: Callable[[int, float], None] | None = None,
-             combine: str | Sequence[str] | None = ("l2", "sum")) -> FitResult:
+             combine: str | Sequence[str] | None = ("l2", "sum"), decode_factors: bool = True) -> FitResult:
     """calibrate.fit.fit_closed with the server's engine limits and KV layout fixed, t_seq fitted.
 
     Same residuals (calibrate.fit.compare), loss and parameterisation as `capsim
     calibrate`; the start is the generic prior (or `start`, e.g. a perturbed profile).
     With several `combine` rules (how memory and compute time of a step add up: "l2"
     overlaps them partly, as GPUs do; "sum" not at all, as a CPU does) each is fitted
-    and the one with the lower loss is kept.
+    and the one with the lower loss is kept. With `decode_factors`, pure decode steps then
+    get the per-batch-size corrections the grid's concurrency ladder measured.
     """
     if combine is not None and not isinstance(combine, str):
-        fits = [fit_live(runs, facts, max_nfev, prompt_scale, start, progress, c) for c in combine]
+        fits = [fit_live(runs, facts, max_nfev, prompt_scale, start, progress, c, decode_factors) for c in combine]
         best = min(fits, key=lambda f: float(np.sum(_vector(f.residuals) ** 2)))
         best.profile.provenance["combine_losses"] = {f.profile.step_model.combine: float(np.sum(_vector(f.residuals) ** 2))
                                                      for f in fits}
         return best
-    from scipy.optimize import least_squares
-
     if not runs:
         raise LiveError("calibration needs at least one closed-loop run")
     t_start = time.perf_counter()
@@ -454,58 +453,29 @@ def fit_live(runs: list[ClosedRun], facts: ServerFacts, max_nfev: int = 150, pro
         prof.prompt_format = start.prompt_format
     prof.engine = facts.engine_limits()
     origin.update({k: v for k, v in facts.origin.items()})
-    sm = prof.step_model
     if combine is not None:
-        sm.combine = combine
-    names = [n for n in LIVE_FIT_PARAMS if hasattr(sm, n) and not (n == "alpha" and getattr(sm, "n_experts", 0) == 0)]
-    start_vals = dict(START)
-    start_vals["t_seq"] = 0.05 / c1_tps if c1_tps else 1e-3
-    api_names = list(LIVE_API_PARAMS)
-    bounds = [LIVE_FIT_PARAMS[n] for n in names] + [LIVE_API_PARAMS[n] for n in api_names]
-
-    def apply(x: np.ndarray) -> Profile:
-        p = prof.copy()
-        for n, v in zip(names, x[:len(names)]):
-            setattr(p.step_model, n, float(math.exp(v)))
-        if hasattr(p.step_model, "bw_kv") and "bw_kv" not in names:
-            p.step_model.bw_kv = p.step_model.bw_weights
-        for n, v in zip(api_names, x[len(names):]):
-            setattr(p.api, n, float(math.exp(v)))
-        return p
-
-    x0 = np.array([math.log(getattr(sm, n) or start_vals.get(n, 1.0)) for n in names]
-                  + [math.log(getattr(prof.api, n)) for n in api_names])
-    lo = np.array([math.log(b[0]) for b in bounds])
-    hi = np.array([math.log(b[1]) for b in bounds])
-    x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
-    evals = [0]
+        prof.step_model.combine = combine
+    start_vals = dict(START) | {"t_seq": 0.05 / c1_tps if c1_tps else 1e-3}
     prior_res = compare(prof, runs, prompt_scale)
-
-    def fun(x):
-        evals[0] += 1
-        v = _vector(compare(apply(x), runs, prompt_scale))
-        if progress:
-            progress(evals[0], float(np.sum(v ** 2)))
-        return v
-
-    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, diff_step=0.03, max_nfev=max_nfev)
-    best = apply(sol.x)
-    res = compare(best, runs, prompt_scale)
+    best, res, evals = fit_parameters(prof, runs, prompt_scale, LIVE_FIT_PARAMS, LIVE_API_PARAMS, start_vals,
+                                      max_nfev, progress)
+    if decode_factors:
+        fitted = best.provenance
+        best = fit_decode_factors(best, runs, prompt_scale)
+        res = compare(best, runs, prompt_scale)
+        best.provenance = fitted | {
+            "median_abs_error_pct": float(np.median([abs(r.error_pct) for r in res])),
+            "residuals": [r.to_json() for r in res],
+            "decode_factors": "measured decode speed per user at each concurrency of the grid "
+                              "(calibrate.fit.fit_decode_factors)"}
     best.name = facts.model
-    best.provenance = {
-        "fitted_on": sorted({f"{r.source}:{r.test}" for r in runs}),
+    best.provenance |= {
         "method": "live: capsim measure closed-loop grid; scipy least_squares (soft-L1) on weighted log-ratios "
                   "of simulated to measured llama-benchy metrics (calibrate.fit.compare)",
-        "fitted_parameters": {n: getattr(best.step_model, n) for n in names}
-                             | {f"api.{n}": getattr(best.api, n) for n in api_names},
         "engine_limits_origin": origin,
         "server": facts.to_json(),
-        "prompt_scale": prompt_scale,
-        "median_abs_error_pct": float(np.median([abs(r.error_pct) for r in res])) if res else math.nan,
-        "residuals": [r.to_json() for r in res],
-        "evaluations": evals[0],
     }
-    return FitResult(best, res, prompt_scale, origin, time.perf_counter() - t_start, evals[0], prior_res)
+    return FitResult(best, res, prompt_scale, origin, time.perf_counter() - t_start, evals, prior_res)
 
 
 def load_calibration_runs(run_dir, clock_scale: float | None = None) -> tuple[ServerFacts, list[RunResult], list[str]]:
@@ -594,6 +564,8 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     plan.json, fit.json, server.json and profile.json.
     """
     budget = parse_duration(budget_s)
+    if runs < 1:
+        raise LiveError(f"--runs must be at least 1, got {runs}")
     t_begin = time.monotonic()
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"calibrate-live-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -1092,7 +1064,7 @@ def _limits(max_num_seqs, max_num_batched_tokens, async_scheduling, kv_groups, h
             "async_scheduling": async_scheduling, "kv_groups": kv_groups, "hf_config": hf_config}
 
 
-def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json, tg=None, pp_max=None, **kw):
+def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json, tg=None, pp_max=None, runs=1, **kw):
     """What `capsim calibrate --live URL` does (calibrate/cli.py calls this)."""
     click = _click()
     say = _quiet if as_json else (lambda m: click.echo(m, err=True))
@@ -1101,7 +1073,7 @@ def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json,
     try:
         prof, d = live_calibrate(url, kw.get("model"), budget, run_dir, lim, clock_scale=kw.get("clock_scale", 1.0),
                                  api_key=kw.get("api_key"), max_nfev=max_evals, say=say, name=name, tg=tg,
-                                 pp_max=pp_max)
+                                 pp_max=pp_max, runs=runs)
     except LiveError as e:
         raise click.ClickException(str(e)) from None
     except Exception as e:  # measure's errors

@@ -7,7 +7,7 @@ bit-identical in both modes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -137,6 +137,34 @@ class PhysicalStepModel(StepModel):
     # Decode attention over one sequence is latency-bound at small batch: a cost per
     # token of the batch's mean context, on top of the KV bytes streamed at bw_kv.
     t_ctx: float = 0.0
+    # Measured corrections of pure decode steps by batch size, [[batch, factor], ...]: kernels
+    # pick other code paths at some batch sizes (vLLM's CPU build decodes 2 requests slower
+    # than 4), which no smooth roofline follows. Interpolated in log2(batch), constant past the
+    # ends; steps that carry prompt tokens are not corrected. Live calibration fits them from
+    # its concurrency ladder; None (every shipped GPU profile) changes nothing.
+    decode_factors: list | None = None
+
+    def __post_init__(self):
+        if self.decode_factors is not None:
+            pts = sorted((int(b), float(f)) for b, f in self.decode_factors)
+            if not pts or any(b < 1 or not f > 0 for b, f in pts):
+                raise ValueError(f"decode_factors must be [batch >= 1, factor > 0] pairs, got {self.decode_factors}")
+            self.decode_factors = [[b, f] for b, f in pts]
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        if name == "decode_factors":  # interpolated factors are cached per batch size
+            object.__setattr__(self, "_factor_cache", {})
+
+    def decode_factor(self, n_seqs: int) -> float:
+        if not self.decode_factors:
+            return 1.0
+        f = self._factor_cache.get(n_seqs)
+        if f is None:
+            b, v = np.array(self.decode_factors, dtype=np.float64).T
+            f = float(np.interp(np.log2(max(n_seqs, 1)), np.log2(b), v))
+            self._factor_cache[n_seqs] = f
+        return f
 
     def experts_touched(self, n_tokens: int) -> float:
         if self.n_experts <= 0 or n_tokens <= 0:
@@ -169,7 +197,10 @@ class PhysicalStepModel(StepModel):
             both = np.sqrt(mem * mem + comp * comp)
         else:
             raise ValueError(f"unknown combine rule {self.combine!r} (max, l2, sum)")
-        return self.t0 + self.t_seq * float(n_seqs) + both
+        t = self.t0 + self.t_seq * float(n_seqs) + both
+        if self.decode_factors and n_tokens == n_seqs:
+            t = t * self.decode_factor(n_seqs)
+        return t
 
 
 @dataclass

@@ -2,7 +2,6 @@
 import builtins
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +168,33 @@ def test_capsim_run_folders_feed_calibrate_and_validate(tmp_path):
     # an open run is not calibration input
     res = CliRunner().invoke(calibrate_cmd, [str(tmp_path / "o"), "-o", str(prof)])
     assert res.exit_code != 0 and "no closed-loop runs" in res.output
+
+
+def test_decode_factors_are_recovered_from_a_concurrency_ladder():
+    """A box whose 2-request decode step is 30% slow and 4-request step 20% fast (as vLLM's CPU
+    build is): a smooth model misses it; fit_decode_factors measures it back from closed-loop runs."""
+    from calibrate.fit import compare, fit_decode_factors
+    from calibrate.results import ClosedRun
+    from simulator.load import ClosedLoop
+    from simulator.sim import simulate_closed
+    from simulator.summary import summarize_closed
+
+    truth = load_profile("spark-gemma4-26b-a4b")
+    truth.step_model.decode_factors = [[1, 1.0], [2, 1.3], [4, 0.8], [8, 1.0]]
+    runs = []
+    for c in (1, 2, 4, 8):
+        sim = simulate_closed(truth, ClosedLoop(combos=[(512, 64, 0, c)], runs=2, warmup=False))
+        runs.append(ClosedRun(source="synthetic", test=f"c{c}", model="m", runs=2, latency_mode="generation",
+                              latency_ms=1000 * sim.meta["latency_s"], version="capsim",
+                              rows=summarize_closed(sim)))
+    smooth = truth.copy()
+    smooth.step_model.decode_factors = None
+    before = {r.test: r.error_pct for r in compare(smooth, runs, 1.0) if r.metric == "tg_req_throughput"}
+    assert before["c2"] > 15 and before["c4"] < -10  # the smooth model misses both
+    fitted = fit_decode_factors(smooth, runs, 1.0)
+    got = dict((b, f) for b, f in fitted.step_model.decode_factors)
+    for b, f in truth.step_model.decode_factors:
+        assert got[b] == pytest.approx(f, rel=0.02), (b, got)
+    after = [r.error_pct for r in compare(fitted, runs, 1.0) if r.metric == "tg_req_throughput"]
+    assert max(map(abs, after)) < 2.0
+    assert smooth.step_model.decode_factors is None  # the input profile is not changed

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from simulator.engine import Engine
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.sim import simulate_closed, simulate_open
+from simulator.stepmodel import PhysicalStepModel
 from simulator.workload import RequestSpec
 from tests.helpers import same_records, tiny_profile
 
@@ -86,10 +86,13 @@ def test_async_scheduling_adds_one_step_for_a_busy_engine_and_wastes_one_at_eos(
     assert len(steps_a) == len(steps_s) + 1
 
 
-@pytest.mark.parametrize("async_", [True, False])
-def test_fast_forward_gives_identical_records(async_):
+@pytest.mark.parametrize("async_, factors", [(True, None), (False, None), (False, [[1, 1.2], [3, 0.7], [6, 1.1]])])
+def test_fast_forward_gives_identical_records(async_, factors):
     prof = tiny_profile(budget=256, seqs=6, num_blocks=400, block=8, async_=async_, noise=0.1, request_s=0.01,
                         chunk_s=0.001, frontend_s=0.001, frontend_per_token_s=1e-5, wake_s=0.002)
+    if factors:  # a physical model with per-batch decode corrections: fast-forward stays exact
+        prof.step_model = PhysicalStepModel(t0=0.01, t_seq=0.002, weight_bytes_fixed=1e9, n_experts=0, bw_weights=1e11,
+                                            kv_bytes_full=1e4, window=None, flops=1e12, decode_factors=factors)
     rng = np.random.default_rng(1)
     specs = [spec(int(p), int(o), int(o) + int(e)) for p, o, e in
              zip(rng.integers(1, 300, 120), rng.integers(1, 200, 120), rng.integers(0, 3, 120))]

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from simulator.profile import Profile, ProfileError, gemma4_spark_physics, load_profile
-from simulator.stepmodel import EmpiricalStepModel, PhysicalStepModel, StepFeatures, features
+from simulator.profile import ProfileError, gemma4_spark_physics, load_profile
+from simulator.stepmodel import EmpiricalStepModel, PhysicalStepModel, features
 from simulator.whatif import apply_edits
 
 
@@ -77,3 +77,29 @@ def test_faster_profile_is_faster():
     base = summarize_open(simulate_open(p, specs, OpenLoop(0.5, seed=1)))
     fast = summarize_open(simulate_open(apply_edits(p, ["speed=2"]), specs, OpenLoop(0.5, seed=1)))
     assert fast["mean_ttft_ms"] < base["mean_ttft_ms"] and fast["mean_tpot_ms"] < base["mean_tpot_ms"]
+
+
+def test_decode_factors_correct_pure_decode_steps_only(tmp_path):
+    m = PhysicalStepModel(decode_factors=[[4, 0.8], [1, 1.0], [2, 1.3]])
+    plain = PhysicalStepModel()
+
+    def t(model, items):
+        return model.time(features(items, model.window))
+
+    assert m.decode_factors == [[1, 1.0], [2, 1.3], [4, 0.8]]  # sorted
+    for items, f in (([(100, 1)], 1.0), ([(100, 1)] * 2, 1.3), ([(100, 1)] * 4, 0.8), ([(100, 1)] * 16, 0.8)):
+        assert t(m, items) == pytest.approx(f * t(plain, items), rel=1e-12)
+    # between knots: linear in log2(batch); a step with prompt tokens is not corrected
+    assert m.decode_factor(3) == pytest.approx(1.3 + (0.8 - 1.3) * (np.log2(3) - 1), rel=1e-12)
+    mixed = [(100, 1), (0, 64)]
+    assert t(m, mixed) == t(plain, mixed)
+    prof = load_profile("spark-gemma4-26b-a4b")
+    prof.step_model.decode_factors = [[1, 1.1], [8, 0.9]]
+    assert prof.step_model.decode_factor(8) == 0.9  # the cache follows a new value
+    prof.save(tmp_path / "p.json")
+    assert load_profile(str(tmp_path / "p.json")).step_model.decode_factors == [[1, 1.1], [8, 0.9]]
+    bad = json.loads((tmp_path / "p.json").read_text())
+    bad["step_model"]["params"]["decode_factors"] = [[0, 1.0]]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ProfileError, match="decode_factors"):
+        load_profile(str(tmp_path / "bad.json"))
