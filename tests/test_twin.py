@@ -8,17 +8,15 @@ predictions within 5% on TTFT p50/p95 and TPOT p50. Run with -s to see the table
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
 
 import httpx
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from calibrate.live import (LiveLoad, compare_load, live_calibrate, live_validate, measure_load, read_server,
+from calibrate.live import (LiveLoad, compare_load, measure_load, read_server,
                             scale_run)
 from calibrate.priors import prior_profile
 from measure import run_closed, run_open
@@ -294,32 +292,57 @@ def _params(m) -> dict[str, float]:
             "weights (s/step)": m.weight_bytes_fixed / m.bw_weights}
 
 
-# Real-time measurements on a 2-core machine are at the mercy of other load (it failed at load
-# average ~3.7 and passed at ~2.2); run with `pytest -m slow` on a quiet machine.
-@pytest.mark.slow
+def _capsim(*args) -> str:
+    """Run `capsim ARGS` in a fresh process (as a user would; no pytest threads)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    r = subprocess.run([sys.executable, "-m", "capsim.cli", *map(str, args)],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+# Real time on a 2-core machine: it needs the machine to itself (it failed at a load average of
+# ~3.7 from other work and passes at ~2, which CI's pytest alone is); about 140 s.
 def test_twin_round_trip(tmp_path):
-    # Calibrate on a twin at speed 4; validate on a twin of the same profile at speed 2: open-loop
-    # TTFT is the sensitive figure, and the real HTTP overhead (about a millisecond, and more when
-    # many streams are open) counts speed times in model time.
-    speed, speed_val = 4.0, 2.0
+    """calibrate --live on a twin, then validate --live, both as commands in their own processes.
+
+    Speed 2: open-loop TTFT is the sensitive figure, and the real HTTP overhead (a millisecond or
+    two of wall time, more when many streams are open) counts speed times in model time. The
+    calibration absorbs it into the API overheads; validating at the same speed keeps it equal.
+    """
+    speed = speed_val = 2.0
     truth = twin_profile()
     path = tmp_path / "twin.json"
     truth.save(path)
     t0 = time.monotonic()
     with TwinProcess(str(path), speed=speed) as tw:
-        prof, run_dir = live_calibrate(tw.url, budget_s="2m", out_dir=tmp_path / "cal", clock_scale=speed, say=print)
+        out = _capsim("calibrate", "--live", tw.url, "--budget", "2m", "--speed", speed,
+                       "--run-dir", tmp_path / "cal", "-o", tmp_path / "fit.json")
     t_cal = time.monotonic() - t0
+    print("\n" + "\n".join(out.splitlines()[-6:]))
+    prof = Profile.from_json(json.loads((tmp_path / "fit.json").read_text()))
     # loads relative to the recovered profile's capacity for the shape
-    specs = RandomWorkload(512, 64, 0.5).sample(64, seed=0)
+    # (prompts of ~1000 tokens: TTFT is mostly prefill, which the grid pins down best)
+    specs = RandomWorkload(1024, 64, 0.5).sample(64, seed=0)
     mu = summarize_open(simulate_open(prof, specs, OpenLoop(rate=math.inf)))["request_throughput"]
-    loads = [LiveLoad("light", 512, 64, 40, rate=0.3 * mu, range_ratio=0.5, seed=1),
-             LiveLoad("near-saturation", 512, 64, 80, rate=0.9 * mu, range_ratio=0.5, seed=2)]
+    loads = [LiveLoad("light", 1024, 64, 30, rate=0.3 * mu, range_ratio=0.5, seed=1),
+             LiveLoad("near-saturation", 1024, 64, 60, rate=0.9 * mu, range_ratio=0.5, seed=2)]
+    (tmp_path / "loads.json").write_text(json.dumps([ld.to_json() for ld in loads]))
     with TwinProcess(str(path), speed=speed_val) as tw:
-        lv = live_validate(tw.url, prof, loads, tmp_path / "val", clock_scale=speed_val, repeat=True, say=print)
+        table = _capsim("validate", "--live", tw.url, "--profile", tmp_path / "fit.json",
+                         "--loads", tmp_path / "loads.json", "--speed", speed_val, "--repeat",
+                         "--run-dir", tmp_path / "val")
     wall = time.monotonic() - t0
-    print(f"\ntwin round trip: calibration {t_cal:.0f} s (speed x{speed:g}), all {wall:.0f} s (validation at "
-          f"x{speed_val:g}); run folder {run_dir}")
-    print(lv.format())
+    print(f"\ntwin round trip at speed x{speed:g}: calibration {t_cal:.0f} s, all {wall:.0f} s; run folders "
+          f"{tmp_path / 'cal'}, {tmp_path / 'val'}")
+    print(table)
     a, b = _step_times(truth.step_model), _step_times(prof.step_model)
     print(f"\n{'step time':<28} {'twin':>10} {'recovered':>10} {'error':>8}")
     for k in a:
@@ -333,17 +356,16 @@ def test_twin_round_trip(tmp_path):
         assert b[k] == pytest.approx(a[k], rel=0.05), k
     for k in ("t0 + weights (s/step)", "t_seq (s/request)", "linear compute (s/token)"):
         assert pb[k] == pytest.approx(pa[k], rel=0.05), k
-    rows = {(r.test, r.metric): r for r in lv.validation.rows}
+    rows = {(r["test"], r["metric"]): r for r in json.loads((tmp_path / "val" / "validation.json").read_text())["rows"]}
     for load in ("light", "near-saturation"):
-        for metric in ("median_ttft_ms", "p95_ttft_ms", "median_tpot_ms"):
+        for metric in ("median_ttft_ms", "p95_ttft_ms", "median_tpot_ms", "request_throughput"):
             r = rows[(load, metric)]
-            assert abs(r.error_pct) <= 5.0, (load, metric, r.measured, r.predicted)
-        assert abs(rows[(load, "request_throughput")].error_pct) <= 5.0
+            assert abs(r["error_pct"]) <= 5.0, (load, metric, r["measured"], r["predicted"])
 
 
 def test_live_commands_on_a_twin(tmp_path):
     """calibrate --live and validate --live as commands (calibrate.live's click commands)."""
-    from calibrate.live import calibrate_live_cmd, validate_live_cmd
+    from capsim.cli import main
 
     box = tmp_path / "box.json"
     twin_profile().save(box)
@@ -351,17 +373,17 @@ def test_live_commands_on_a_twin(tmp_path):
     loads.write_text(json.dumps([{"name": "tiny", "input_len": 256, "output_len": 16, "num_prompts": 12,
                                   "rate": 2.0, "seed": 1}]))
     with TwinProcess(str(box), speed=10) as tw:
-        r = CliRunner().invoke(calibrate_live_cmd, [tw.url, "--budget", "40s", "--pp-max", "512", "--tg", "16",
+        r = CliRunner().invoke(main, ["calibrate", "--live", tw.url, "--budget", "40s", "--pp-max", "512", "--tg", "16",
                                                     "--speed", "10", "--run-dir", str(tmp_path / "cal"),
                                                     "-o", str(tmp_path / "fit.json"), "--max-evals", "40"])
         assert r.exit_code == 0, r.output
         assert "median |error|" in r.output and (tmp_path / "fit.json").is_file()
         assert (tmp_path / "cal" / "plan.json").is_file() and (tmp_path / "cal" / "01-probe" / "records.jsonl").is_file()
-        r = CliRunner().invoke(validate_live_cmd, [tw.url, "--profile", str(tmp_path / "fit.json"), "--loads", str(loads),
+        r = CliRunner().invoke(main, ["validate", "--live", tw.url, "--profile", str(tmp_path / "fit.json"), "--loads", str(loads),
                                                    "--speed", "10", "--run-dir", str(tmp_path / "val"),
                                                    "--replications", "2", "--json"])
         assert r.exit_code == 0, r.output
         out = json.loads(r.output)
         assert {row["metric"] for row in out["rows"]} >= {"median_ttft_ms", "median_tpot_ms", "num_preemptions"}
-        bad = CliRunner().invoke(validate_live_cmd, [tw.url, "--profile", str(tmp_path / "nope.json")])
+        bad = CliRunner().invoke(main, ["validate", "--live", tw.url, "--profile", str(tmp_path / "nope.json")])
         assert bad.exit_code != 0 and "nope.json" in bad.output
