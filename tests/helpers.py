@@ -36,3 +36,13 @@ def same_records(a: RunResult, b: RunResult) -> None:
         assert x.request_id == y.request_id
         assert (x.start_time, x.end_time, x.output_tokens, x.error) == (y.start_time, y.end_time, y.output_tokens, y.error)
         assert np.array_equal(x.chunk_times, y.chunk_times), x.request_id
+
+
+def reporter(path):
+    """print, and keep the lines in `path` too (pytest without -s shows nothing of a passing test)."""
+    def say(*parts):
+        text = " ".join(str(x) for x in parts)
+        print(text)
+        with open(path, "a") as f:
+            f.write(text + "\n")
+    return say

@@ -9,8 +9,8 @@ predicted by the calibrated profile with the new server's limits:
 
 - --max-num-seqs 2: a burst queues behind two running requests (TTFT of the queued
   ones, the waiting count over time);
-- --max-num-batched-tokens 64: 1024-token prompts split into 64-token chunks (TTFT,
-  steps that returned tokens);
+- --max-num-batched-tokens 64: 1024-token prompts split into 64-token chunks, eight
+  arriving about one TTFT apart (TTFT, steps that returned tokens);
 - a 64-block KV cache (--kv-cache-memory-bytes, --max-model-len 512): requests
   outgrow their blocks and are preempted (against vllm:num_preemptions_total).
 
@@ -22,7 +22,7 @@ server follows the arrival rate (light, near saturation); where it cannot (the b
 the chunking and small-KV loads arrive faster than the server serves them) achieved RPS
 is one over the service time, follows TPOT and TTFT, and is held to their 20%.
 Everything is printed (pytest -s); CAPSIM_LIVE_KEEP=DIR keeps the run folders. The
-module starts four servers and takes about 13-14 minutes here; it skips when the vLLM
+module starts four servers and takes about 15 minutes here; it skips when the vLLM
 CPU install is missing (fails instead with CAPSIM_REQUIRE_VLLM=1).
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ from simulator.sim import simulate_open
 from simulator.summary import summarize_open
 from simulator.workload import RandomWorkload
 from tests.live_server import SETUP_SCRIPT, model_dir, start_vllm, vllm_available, vllm_home
+from tests.helpers import reporter
 
 pytestmark = [pytest.mark.live]
 
@@ -56,7 +57,7 @@ SETTINGS = [
      LiveLoad("max-num-seqs-2", 128, 32, 8, rate=math.inf, endpoint="chat")),
     ("max-num-batched-tokens-64", ["--max-num-batched-tokens", "64", "--max-num-seqs", "16"],
      {"max_num_batched_tokens": 64, "max_num_seqs": 16},
-     LiveLoad("max-num-batched-tokens-64", 1024, 16, 4, rate=0.5, seed=3, endpoint="chat")),
+     LiveLoad("max-num-batched-tokens-64", 1024, 16, 8, rate=0.2, seed=3, endpoint="chat")),
     ("small-kv-cache", ["--max-model-len", "512", "--kv-cache-memory-bytes", str(64 * PAGE_BYTES + 4096)], {},
      LiveLoad("small-kv-cache", 242, 40, 16, rate=2.0, seed=0, endpoint="chat")),
 ]
@@ -128,7 +129,8 @@ def roundtrip(tmp_path_factory):
         finally:
             h.stop()
     timings["total"] = time.monotonic() - t0
-    return {"profile": prof, "cal_dir": cal_dir, "mu": mu, "validation": lv, "limits": limits, "timings": timings}
+    return {"profile": prof, "cal_dir": cal_dir, "mu": mu, "validation": lv, "limits": limits, "timings": timings,
+            "out": out}
 
 
 def _err(measured: float, predicted: float) -> float:
@@ -163,25 +165,26 @@ def _all_errors(rt) -> dict:
 def test_report(roundtrip):
     """Print everything first (so a failing target below still shows the whole picture)."""
     rt = roundtrip
+    say = reporter(rt["out"] / "report.txt")  # also kept as a file: pytest without -s shows nothing
     prof = rt["profile"]
     pv = prof.provenance
-    print(f"\n=== vLLM round trip (CPU build, gemma3-dummy) ===\ncalibration folder {rt['cal_dir']}")
-    print(f"fit: median |error| {pv['median_abs_error_pct']:.1f}% over {len(pv['residuals'])} figures; "
+    say(f"\n=== vLLM round trip (CPU build, gemma3-dummy) ===\ncalibration folder {rt['cal_dir']}")
+    say(f"fit: median |error| {pv['median_abs_error_pct']:.1f}% over {len(pv['residuals'])} figures; "
           f"combine {prof.step_model.combine}; " + ", ".join(f"{k}={v:.4g}" for k, v in pv["fitted_parameters"].items()))
-    print(f"decode factors by batch size: {prof.step_model.decode_factors}")
-    print(f"capacity of the {SHAPE} shape on the fitted profile: {rt['mu']:.3f} req/s")
-    print(rt["validation"].format())
+    say(f"decode factors by batch size: {prof.step_model.decode_factors}")
+    say(f"capacity of the {SHAPE} shape on the fitted profile: {rt['mu']:.3f} req/s")
+    say(rt["validation"].format())
     for name, (res, _f) in rt["limits"].items():
         for r in res:
             if r.series:
-                print(f"{name:<26} waiting over time (1 s samples): measured  {[int(x) for x in r.series['waiting']]}")
-                print(f"{'':<26}                                 predicted {[int(x) for x in r.series['waiting_pred']]}")
-    print(f"\n{'load':<26} {'metric':<18} {'measured':>9} {'predicted':>9} {'error':>7} {'run 1':>7} {'run 2':>7} "
+                say(f"{name:<26} waiting over time (1 s samples): measured  {[int(x) for x in r.series['waiting']]}")
+                say(f"{'':<26}                                 predicted {[int(x) for x in r.series['waiting_pred']]}")
+    say(f"\n{'load':<26} {'metric':<18} {'measured':>9} {'predicted':>9} {'error':>7} {'run 1':>7} {'run 2':>7} "
           f"{'noise':>7}   (mean of two runs)")
     for load, rows in _all_errors(rt).items():
         for k, (m, p, e, e1, e2, nf) in rows.items():
-            print(f"{load:<26} {k:<18} {m:>9.4g} {p:>9.4g} {e:>+6.1f}% {e1:>+6.1f}% {e2:>+6.1f}% {nf:>+6.1f}%")
-    print("\ntimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in rt["timings"].items()))
+            say(f"{load:<26} {k:<18} {m:>9.4g} {p:>9.4g} {e:>+6.1f}% {e1:>+6.1f}% {e2:>+6.1f}% {nf:>+6.1f}%")
+    say("\ntimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in rt["timings"].items()))
 
 
 def test_calibration_fits_its_own_runs(roundtrip):

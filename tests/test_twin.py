@@ -28,6 +28,7 @@ from simulator.sim import simulate_open
 from simulator.stepmodel import features
 from simulator.summary import summarize_closed, summarize_open
 from simulator.workload import RandomWorkload, RequestSpec
+from tests.helpers import reporter
 
 
 def twin_profile(**engine) -> Profile:
@@ -322,11 +323,12 @@ def test_twin_round_trip(tmp_path):
     path = tmp_path / "twin.json"
     truth.save(path)
     t0 = time.monotonic()
+    say = reporter(tmp_path / "report.txt")
     with TwinProcess(str(path), speed=speed) as tw:
         out = _capsim("calibrate", "--live", tw.url, "--budget", "2m", "--speed", speed,
                        "--run-dir", tmp_path / "cal", "-o", tmp_path / "fit.json")
     t_cal = time.monotonic() - t0
-    print("\n" + "\n".join(out.splitlines()[-6:]))
+    say("\n" + "\n".join(out.splitlines()[-6:]))
     prof = Profile.from_json(json.loads((tmp_path / "fit.json").read_text()))
     # loads relative to the recovered profile's capacity for the shape
     # (prompts of ~1000 tokens: TTFT is mostly prefill, which the grid pins down best)
@@ -340,18 +342,18 @@ def test_twin_round_trip(tmp_path):
                          "--loads", tmp_path / "loads.json", "--speed", speed_val, "--repeat",
                          "--run-dir", tmp_path / "val")
     wall = time.monotonic() - t0
-    print(f"\ntwin round trip at speed x{speed:g}: calibration {t_cal:.0f} s, all {wall:.0f} s; run folders "
+    say(f"\ntwin round trip at speed x{speed:g}: calibration {t_cal:.0f} s, all {wall:.0f} s; run folders "
           f"{tmp_path / 'cal'}, {tmp_path / 'val'}")
-    print(table)
+    say(table)
     a, b = _step_times(truth.step_model), _step_times(prof.step_model)
-    print(f"\n{'step time':<28} {'twin':>10} {'recovered':>10} {'error':>8}")
+    say(f"\n{'step time':<28} {'twin':>10} {'recovered':>10} {'error':>8}")
     for k in a:
-        print(f"{k:<28} {a[k] * 1000:>9.3f}m {b[k] * 1000:>9.3f}m {100 * (b[k] - a[k]) / a[k]:>+7.2f}%")
+        say(f"{k:<28} {a[k] * 1000:>9.3f}m {b[k] * 1000:>9.3f}m {100 * (b[k] - a[k]) / a[k]:>+7.2f}%")
     pa, pb = _params(truth.step_model), _params(prof.step_model)
-    print(f"\n{'parameter':<30} {'twin':>10} {'recovered':>10} {'error':>8}")
+    say(f"\n{'parameter':<30} {'twin':>10} {'recovered':>10} {'error':>8}")
     for k in pa:
-        print(f"{k:<30} {pa[k]:>10.4g} {pb[k]:>10.4g} {100 * (pb[k] - pa[k]) / pa[k]:>+7.1f}%")
-    print(f"api: twin {truth.api}\n     recovered {prof.api}")
+        say(f"{k:<30} {pa[k]:>10.4g} {pb[k]:>10.4g} {100 * (pb[k] - pa[k]) / pa[k]:>+7.1f}%")
+    say(f"api: twin {truth.api}\n     recovered {prof.api}")
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=0.05), k
     for k in ("t0 + weights (s/step)", "t_seq (s/request)", "linear compute (s/token)"):
