@@ -35,7 +35,7 @@ import zlib
 from dataclasses import dataclass, field
 from time import perf_counter
 
-from .httpwire import read_request, response
+from .httpwire import response, serve_connection
 
 
 @dataclass
@@ -181,23 +181,10 @@ class FakeServer:
 
     # ------------------------------------------------------------ HTTP
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            while True:
-                req = await read_request(reader)
-                if req is None:
-                    return
-                keep = await self._route(req.method, req.path, req.headers, req.body, writer)
-                if not keep:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            self._writers.discard(writer)
-            try:
-                writer.close()
-            except RuntimeError:
-                pass
+        async def handle(req) -> bool:
+            return await self._route(req.method, req.path, req.headers, req.body, writer)
+
+        await serve_connection(reader, writer, handle, self._writers)
 
     async def _send(self, writer, status: int, obj, ctype="application/json") -> bool:
         writer.write(response(status, obj, ctype, server="capsim-fake"))

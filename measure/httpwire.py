@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
            413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
@@ -46,6 +47,28 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
         body = await reader.readexactly(n) if n else b""
     keep = headers.get("connection", "").lower() != "close" and version.upper() != "HTTP/1.0"
     return Request(method.upper(), target.split("?", 1)[0], headers, body, keep)
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           handle: Callable[[Request], Awaitable[bool]], writers: set) -> None:
+    """Serve requests on one connection until the client closes it, asks to, or `handle` returns False.
+
+    `writers` holds the open connections (so a server can abort them when it stops).
+    """
+    writers.add(writer)
+    try:
+        while True:
+            req = await read_request(reader)
+            if req is None or not await handle(req) or not req.keep_alive:
+                return
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return
+    finally:
+        writers.discard(writer)
+        try:
+            writer.close()
+        except RuntimeError:
+            pass
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

@@ -62,7 +62,7 @@ from simulator.records import RequestRecord
 from simulator.sim import Frontend
 from simulator.workload import RequestSpec
 
-from .httpwire import read_request, response
+from .httpwire import response, serve_connection
 
 DEFAULT_MODEL_NAME = "capsim-twin"
 INF = float("inf")
@@ -579,30 +579,13 @@ class TwinServer:
 
     # ------------------------------------------------------------ connection
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def handle(req) -> bool:
+            return await self._route(req.method, req.path, req.body, reader, writer, req.keep_alive)
+
         try:
-            await self._serve_connection(reader, writer)
+            await serve_connection(reader, writer, handle, self._writers)
         except asyncio.CancelledError:  # shutting down
             pass
-
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            while True:
-                req = await read_request(reader)
-                if req is None:
-                    return
-                keep = req.keep_alive
-                ok = await self._route(req.method, req.path, req.body, reader, writer, keep)
-                if not ok or not keep:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            self._writers.discard(writer)
-            try:
-                writer.close()
-            except RuntimeError:
-                pass
 
     async def _send(self, writer, status: int, obj, ctype: str = "application/json", keep: bool = True) -> bool:
         writer.write(response(status, obj, ctype, keep, server="capsim-twin"))
