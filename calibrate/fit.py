@@ -200,11 +200,16 @@ def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: d
         "fitted_parameters": {n: getattr(best.step_model, n) for n in names}
                              | {f"api.{n}": getattr(best.api, n) for n in api_names},
         "prompt_scale": scale,
-        "median_abs_error_pct": float(np.median([abs(r.error_pct) for r in res])) if res else math.nan,
-        "residuals": [r.to_json() for r in res],
+        **residual_provenance(res),
         "evaluations": evals[0],
     }
     return best, res, evals[0]
+
+
+def residual_provenance(res: list[Residual]) -> dict:
+    """What a profile's provenance records of its fit's residuals."""
+    return {"median_abs_error_pct": float(np.median([abs(r.error_pct) for r in res])) if res else math.nan,
+            "residuals": [r.to_json() for r in res]}
 
 
 def fit_decode_factors(prof: Profile, runs: list[ClosedRun], scale: float, iterations: int = 3) -> Profile:
@@ -249,8 +254,7 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     if combine:
         prof.step_model.combine = combine
     # a first latency guess: the probe on the prior profile
-    from simulator.sim import simulate_closed as _sc
-    probe = _sc(prof, ClosedLoop(combos=[(1, 1, 0, 1)], runs=1, warmup=False)).meta["latency_s"] * 1000
+    probe = simulate_closed(prof, ClosedLoop(combos=[(1, 1, 0, 1)], runs=1, warmup=False)).meta["latency_s"] * 1000
     scale = estimate_prompt_scale(runs, probe)
     prior_res = compare(prof, runs, scale)
     best, res, evals = fit_parameters(prof, runs, scale, FIT_PARAMS, API_PARAMS, START, max_nfev, progress)

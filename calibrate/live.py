@@ -65,7 +65,8 @@ from simulator.stepmodel import EmpiricalStepModel
 from simulator.summary import summarize_closed, summarize_open
 from simulator.workload import RandomWorkload, RequestSpec
 
-from .fit import API_PARAMS, FIT_PARAMS, START, FitResult, _vector, compare, fit_decode_factors, fit_parameters
+from .fit import (API_PARAMS, FIT_PARAMS, START, FitResult, _vector, compare, fit_decode_factors, fit_parameters,
+                  residual_provenance)
 from .priors import prior_profile
 from .results import ClosedRun, OpenRun
 from .validate import METRICS, Row, Validation, format_validation, noise_floor
@@ -463,9 +464,7 @@ def fit_live(runs: list[ClosedRun], facts: ServerFacts, max_nfev: int = 150, pro
         fitted = best.provenance
         best = fit_decode_factors(best, runs, prompt_scale)
         res = compare(best, runs, prompt_scale)
-        best.provenance = fitted | {
-            "median_abs_error_pct": float(np.median([abs(r.error_pct) for r in res])),
-            "residuals": [r.to_json() for r in res],
+        best.provenance = fitted | residual_provenance(res) | {
             "decode_factors": "measured decode speed per user at each concurrency of the grid "
                               "(calibrate.fit.fit_decode_factors)"}
     best.name = facts.model
