@@ -33,6 +33,7 @@ from time import perf_counter
 from typing import Any
 
 import httpx
+import numpy as np
 
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.records import RequestRecord, RunResult
@@ -48,6 +49,7 @@ from .tokenizer import TokenizeFailed
 from .runfiles import RunWriter, run_summary, vllm_bench_result
 
 UNREACHABLE_AFTER = 3  # consecutive refused connections that end a run
+LATE_SEND_S = 0.25  # a send this far behind its arrival time: the client was held up (on schedule: a few ms)
 
 
 def versions() -> dict[str, str]:
@@ -144,6 +146,26 @@ class _Session:
             meta["client_warning"] = (f"the client used {100 * cpu_s / wall_s:.0f}% of a CPU core during the run; "
                                       "its timestamps may lag (fewer concurrent streams or a faster box)")
             print(f"capsim measure: warning: {meta['client_warning']}", file=sys.stderr, flush=True)
+
+    def note_schedule(self, meta: dict, records: list[RequestRecord], queued: bool) -> None:
+        """How far behind its arrival schedule the client sent (start_time - scheduled_time).
+
+        A client on schedule sends within a few ms. Seconds behind mean the client (or the
+        whole box) was held up, and the run did not carry the arrival process it was asked
+        for; its measurements are of another load. With --max-concurrency the lag also holds
+        the wait for a free slot, which is part of vllm bench serve's load, so no warning then.
+        """
+        lag = np.array([r.start_time - r.scheduled_time for r in records])
+        if not len(lag):
+            return
+        meta["send_lag_s"] = {"p50": round(float(np.median(lag)), 4), "p99": round(float(np.percentile(lag, 99)), 4),
+                              "max": round(float(lag.max()), 4)}
+        late = int((lag > LATE_SEND_S).sum())
+        if late and not queued:
+            meta["schedule_warning"] = (f"{late} of {len(lag)} requests were sent more than {LATE_SEND_S:g} s behind "
+                                        f"their arrival time (up to {lag.max():.2f} s): the client was held up, and "
+                                        "the run is not the load asked for")
+            print(f"capsim measure: warning: {meta['schedule_warning']}", file=sys.stderr, flush=True)
 
     def check_fits(self, shapes) -> None:
         """One clear error instead of N HTTP 400s when prompts cannot fit the model."""
@@ -508,6 +530,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         S.note_cpu(meta, time.process_time() - cpu0, end - start)
         S.progress.close()
         recs = sorted(S.records, key=lambda r: r.request_id)
+        S.note_schedule(meta, recs, queued=sem is not None)
         run = RunResult(recs, start, end, "open", meta)
         return await S.finish(run, before, None, save_result, save_detailed)
     finally:

@@ -147,6 +147,7 @@ def test_open_run_records_files_and_summary(fake, tmp_path):
     offs = np.array([r.scheduled_time - run.start_time for r in run.records])
     assert np.allclose(offs, pattern.arrival_times(15), atol=1e-9)
     assert max(r.start_time - r.scheduled_time for r in run.records) < 0.25  # no semaphore: sent on time
+    assert run.meta["send_lag_s"]["max"] < 0.25 and "schedule_warning" not in run.meta
     # files
     d = tmp_path / "run"
     assert sorted(p.name for p in d.iterdir()) == ["metrics.jsonl", "records.jsonl", "run.json", "summary.json"]
@@ -184,6 +185,36 @@ def test_open_max_concurrency_semaphore(fake):
     s = summarize_open(run)
     assert s["completed"] == 8 and s["max_concurrent_requests_sweep"] <= 2
     assert "mean_client_queue_time_ms" in s and s["mean_client_queue_time_ms"] > 10
+
+
+def hold_up_client(monkeypatch, seconds: float, times: int = 1) -> None:
+    """Block the client's event loop for `seconds` in its next `times` sends (a stalled box)."""
+    from measure.client import Client
+
+    real, left = Client.stream, [times]
+
+    async def stream(self, endpoint, payload, req):
+        if left[0] > 0:
+            left[0] -= 1
+            time.sleep(seconds)
+        return await real(self, endpoint, payload, req)
+
+    monkeypatch.setattr(Client, "stream", stream)
+
+
+def test_open_client_held_up_is_told(fake, monkeypatch, capsys):
+    srv = fake(itl=0.001)
+    hold_up_client(monkeypatch, 0.4)
+    run = run_open(srv.url, None, RandomWorkload(16, 2), OpenLoop(rate=50.0, seed=1), 6, progress=False)
+    assert all(r.ok for r in run.records)
+    assert run.meta["send_lag_s"]["max"] > 0.3
+    assert "behind their arrival time" in run.meta["schedule_warning"]
+    assert "warning" in capsys.readouterr().err
+    # a semaphore's wait is part of the load (vllm bench serve's --max-concurrency): no warning
+    hold_up_client(monkeypatch, 0.0)
+    srv2 = fake(ttft=0.3, itl=0.001)
+    run = run_open(srv2.url, None, RandomWorkload(16, 2), OpenLoop(max_concurrency=1), 3, progress=False)
+    assert run.meta["send_lag_s"]["max"] > 0.25 and "schedule_warning" not in run.meta
 
 
 def test_open_without_tokenize_or_metrics_uses_usage(fake):
