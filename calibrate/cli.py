@@ -109,12 +109,15 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
               help="--live: multiply the seed loads' token lengths by this (default: fit 45%% of max_model_len).")
 @click.option("--budget", default="10m", show_default=True, help="--live: rough time budget for all loads.")
 @click.option("--repeat", is_flag=True, help="--live: run every load twice; the second run gives the noise floor.")
+@click.option("--retries", type=int, default=1, show_default=True,
+              help="--live: run a load again (up to this many times) when the client fell behind its arrival "
+                   "schedule; the set-aside runs are kept and listed.")
 @click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="completions", show_default=True,
               help="--live: API the default loads use.")
 @click.option("--run-dir", default=None, help="--live: folder for the measured runs.")
 @live_limit_options
 def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, plot_path, as_json, live_url, loads_path,
-                 scale, length_scale, budget, repeat, endpoint, run_dir, **live_kw):
+                 scale, length_scale, budget, repeat, retries, endpoint, run_dir, **live_kw):
     """Predict open-loop runs (vllm bench serve) the profile never saw and score the predictions;
     with --live URL, run the open-loop loads on a server now."""
     if live_url:
@@ -122,8 +125,10 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
             raise click.UsageError("give either SOURCES or --live URL, not both")
         if not profile_path:
             raise click.UsageError("--live needs --profile (e.g. the one calibrate --live wrote)")
+        if retries < 0:
+            raise click.UsageError(f"--retries must be 0 or more, not {retries}")
         lv = run_validate_live(live_url, profile_path, loads_path, scale, length_scale, budget, repeat,
-                               replications or 5, run_dir, as_json, endpoint=endpoint, **live_kw)
+                               replications or 5, run_dir, as_json, endpoint=endpoint, retries=retries, **live_kw)
         if plot_path:
             from .plots import plot_validation
             plot_validation(lv.validation, plot_path, title=f"{profile_path}: measured vs predicted (live)")

@@ -838,15 +838,19 @@ class LiveValidation:
     repeats: list[LiveResult] = field(default_factory=list)
 
     def format(self) -> str:
-        return format_validation(self.validation, self.floor)
+        lines = [f"set aside: {r.load.name}{tag}: {a['warning']} (kept in {a['run_dir']})"
+                 for runs, tag in ((self.results, ""), (self.repeats, " (repeat)"))
+                 for r in runs for a in r.run.meta.get("set_aside", [])]
+        return format_validation(self.validation, self.floor) + "".join("\n" + x for x in lines)
 
     def to_json(self) -> dict:
         out = self.validation.to_json()
         if self.floor is not None:
             out["noise_floor"] = self.floor.to_json()
         out["loads"] = [{"load": r.load.to_json(), "run_dir": str(r.run_dir) if r.run_dir else None,
-                         "extras": {k: {"measured": a, "predicted": b} for k, (a, b) in r.extras.items()}}
-                        for r in self.results]
+                         "extras": {k: {"measured": a, "predicted": b} for k, (a, b) in r.extras.items()},
+                         "send_lag_s": r.run.meta.get("send_lag_s"), "set_aside": r.run.meta.get("set_aside", [])}
+                        for r in self.results + self.repeats]
         return out
 
 
@@ -878,16 +882,36 @@ def predict_live(profile: Profile, run: RunResult, load: LiveLoad, replications:
 
 
 def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = None, clock_scale: float = 1.0,
-                 api_key: str | None = None) -> tuple[RunResult, float | None]:
-    """Run one open-loop load live; returns (run in model time, engine steps during it or None)."""
+                 api_key: str | None = None, retries: int = 0, say: Say = _quiet) -> tuple[RunResult, float | None]:
+    """Run one open-loop load live; returns (run in model time, engine steps during it or None).
+
+    A run whose client fell behind its arrival schedule (measure's schedule_warning: the box
+    held the client up, so the server got another load than the one predicted) is run again,
+    up to `retries` times. The set-aside runs keep their folders (NAME-behind-schedule-K) and
+    are listed in the kept run's meta["set_aside"].
+    """
     from measure import run_open
 
-    steps0 = _scrape_steps(url, api_key)
-    run = run_open(url, model, load.workload(), load.pattern(clock_scale), load.num_prompts, out_dir=out_dir,
-                   endpoint=load.endpoint, api_key=api_key, progress=False)
-    steps1 = _scrape_steps(url, api_key)
-    if run.meta.get("status") != "complete":
-        raise LiveError(f"{load.name}: measure stopped: {run.meta.get('stop_reason') or run.meta.get('status')}")
+    set_aside: list[dict] = []
+    for attempt in range(retries + 1):
+        steps0 = _scrape_steps(url, api_key)
+        run = run_open(url, model, load.workload(), load.pattern(clock_scale), load.num_prompts, out_dir=out_dir,
+                       endpoint=load.endpoint, api_key=api_key, progress=False)
+        steps1 = _scrape_steps(url, api_key)
+        if run.meta.get("status") != "complete":
+            raise LiveError(f"{load.name}: measure stopped: {run.meta.get('stop_reason') or run.meta.get('status')}")
+        warning = run.meta.get("schedule_warning")
+        if warning is None or attempt == retries:
+            break
+        aside = None
+        if out_dir is not None:
+            aside = Path(out_dir).with_name(f"{Path(out_dir).name}-behind-schedule-{attempt + 1}")
+            Path(out_dir).rename(aside)
+        set_aside.append({"run_dir": str(aside) if aside else None, "warning": warning,
+                          "send_lag_s": run.meta.get("send_lag_s")})
+        say(f"  {load.name}: set aside and run again: {warning}")
+    if set_aside:
+        run.meta["set_aside"] = set_aside
     scale_run(run, clock_scale)
     steps = steps1 - steps0 if steps0 is not None and steps1 is not None else None
     return run, steps
@@ -946,7 +970,7 @@ def _open_run(res: LiveResult, source: str) -> OpenRun:
 
 def live_validate(url: str, profile: Profile, loads: Sequence[LiveLoad], out_dir=None, *, model: str | None = None,
                   clock_scale: float = 1.0, replications: int = 5, repeat: bool = False, api_key: str | None = None,
-                  say: Say = _quiet) -> LiveValidation:
+                  retries: int = 1, say: Say = _quiet) -> LiveValidation:
     """Run each load live, predict it on the model, and score (see the module doc)."""
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"validate-live-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -958,7 +982,7 @@ def live_validate(url: str, profile: Profile, loads: Sequence[LiveLoad], out_dir
             d = out / (load.name + ("" if rep == 0 else "-repeat"))
             say(f"  {d.name}: {load.num_prompts} requests of ~{load.input_len}+{load.output_len} tokens at "
                 f"{load.rate:.3g}/s" + (f", max concurrency {load.max_concurrency}" if load.max_concurrency else ""))
-            run, steps = measure_load(url, load, d, model or None, clock_scale, api_key)
+            run, steps = measure_load(url, load, d, model or None, clock_scale, api_key, retries, say)
             res = compare_load(profile, load, run, d, steps, replications, clock_scale)
             (results if rep == 0 else repeats).append(res)
             if rep == 0:
@@ -1118,7 +1142,8 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
             say("default loads: the seed's H and J scaled to this server (see calibrate.live.seed_loads)")
             loads = seed_loads(prof, facts.max_model_len, scale, length_scale, parse_duration(budget), endpoint, say)
         lv = live_validate(url, prof, loads, run_dir, model=facts.model, clock_scale=kw.get("clock_scale", 1.0),
-                           replications=replications, repeat=repeat, api_key=kw.get("api_key"), say=say)
+                           replications=replications, repeat=repeat, api_key=kw.get("api_key"),
+                           retries=kw.get("retries", 1), say=say)
     except LiveError as e:
         raise click.ClickException(str(e)) from None
     except Exception as e:

@@ -170,6 +170,31 @@ def test_capsim_run_folders_feed_calibrate_and_validate(tmp_path):
     assert res.exit_code != 0 and "no closed-loop runs" in res.output
 
 
+def test_live_load_behind_schedule_is_run_again(tmp_path, monkeypatch):
+    """A load whose client was held up is set aside (folder kept) and run again."""
+    from calibrate.live import LiveLoad, measure_load
+    from measure.fakeserver import FakeConfig, FakeServer
+    from tests.test_measure import hold_up_client
+
+    load = LiveLoad("l", 16, 2, 6, rate=50.0, seed=1)
+    srv = FakeServer(FakeConfig(itl=0.001)).start()
+    said = []
+    try:
+        hold_up_client(monkeypatch, 0.4)
+        run, _ = measure_load(srv.url, load, tmp_path / "l", retries=1, say=said.append)
+        assert "schedule_warning" not in run.meta and run.meta["send_lag_s"]["max"] < 0.25
+        (aside,) = run.meta["set_aside"]
+        assert aside["run_dir"] == str(tmp_path / "l-behind-schedule-1") and aside["send_lag_s"]["max"] > 0.3
+        assert (tmp_path / "l-behind-schedule-1" / "records.jsonl").is_file() and (tmp_path / "l" / "run.json").is_file()
+        assert len(said) == 1 and "run again" in said[0]
+        # no retries left: the late run is what comes back, with its warning
+        hold_up_client(monkeypatch, 0.4)
+        run, _ = measure_load(srv.url, load, tmp_path / "m", retries=0)
+        assert "schedule_warning" in run.meta and "set_aside" not in run.meta
+    finally:
+        srv.stop()
+
+
 def test_decode_factors_are_recovered_from_a_concurrency_ladder():
     """A box whose 2-request decode step is 30% slow and 4-request step 20% fast (as vLLM's CPU
     build is): a smooth model misses it; fit_decode_factors measures it back from closed-loop runs."""
