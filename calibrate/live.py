@@ -19,8 +19,8 @@ Calibration (`live_calibrate`):
    doubling from 32 tokens up to a useful share of the context (half of
    max_model_len, or of the KV cache); a concurrency ladder 2, 4, 8, ... measured one
    step at a time until decode speed per user has fallen below `falloff` of the
-   single-user speed (one step past the knee) or max_num_seqs / the KV cache / the
-   budget stops it; then prompt sizes at a middle concurrency while budget remains.
+   single-user speed (one step past the knee, read from the third rung on) or
+   max_num_seqs / the KV cache / the budget stops it; then prompt sizes at a middle concurrency while budget remains.
 4. Run it with capsim measure (one run folder per stage under RUN_DIR, kept), fit
    a profile with the same simulation-based least squares as `capsim calibrate`
    (calibrate.fit), with the server's engine limits and KV layout fixed and the
@@ -545,6 +545,13 @@ def _measure_closed(url, model, combos, out_dir, clock_scale, endpoint, api_key,
     return scale_run(run, clock_scale), wall
 
 
+# The knee ends the ladder only from its third rung (2, 4, 8) on: a per-request step cost needs
+# several batch sizes, and one rung is one stretch of time on the box. A CPU server once decoded
+# 2 requests at 184 ms a step for both runs of that rung (96-121 ms in four other calibrations,
+# 118 ms a minute later), which ended a ladder at 2 and left the fit to extrapolate from it.
+MIN_RUNGS = 3
+
+
 def _decode_tps(run: RunResult, c: int | None = None) -> dict[tuple, float]:
     return {(r.pp, r.concurrency): r.metrics["tg_req_throughput"][0] for r in summarize_closed(run)
             if "tg_req_throughput" in r.metrics and (c is None or r.concurrency == c)}
@@ -643,7 +650,7 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
             step_c = 1.0 / tps
             seq_share = max(0.01, (step_c - 1.0 / c1_speed) / max(1, c - 1) * c1_speed)
             rough = rough_profile(facts, decode_s, pre_s_tok, latency_s, seq_share)
-        if tps and tps < falloff * c1_speed:
+        if tps and tps < falloff * c1_speed and len(ladder) >= MIN_RUNGS:
             stages[-1].note += f" past the knee: decode/user {tps:.3g} < {falloff:g} x {c1_speed:.3g} tok/s"
             break
         c *= 2

@@ -370,7 +370,9 @@ def test_live_commands_on_a_twin(tmp_path):
     from capsim.cli import main
 
     box = tmp_path / "box.json"
-    twin_profile().save(box)
+    slow2 = twin_profile()
+    slow2.step_model.decode_factors = [[1, 1.0], [2, 3.0], [4, 1.0]]  # one slow rung must not end the ladder
+    slow2.save(box)
     loads = tmp_path / "loads.json"
     loads.write_text(json.dumps([{"name": "tiny", "input_len": 256, "output_len": 16, "num_prompts": 12,
                                   "rate": 2.0, "seed": 1}]))
@@ -381,6 +383,9 @@ def test_live_commands_on_a_twin(tmp_path):
         assert r.exit_code == 0, r.output
         assert "median |error|" in r.output and (tmp_path / "fit.json").is_file()
         assert (tmp_path / "cal" / "plan.json").is_file() and (tmp_path / "cal" / "01-probe" / "records.jsonl").is_file()
+        plan = json.loads((tmp_path / "cal" / "plan.json").read_text())
+        c2 = next(st for st in plan["stages"] if st["name"] == "c2")
+        assert "past the knee" not in c2["note"] and plan["ladder"][:3] == [2, 4, 8], plan["ladder"]
         r = CliRunner().invoke(main, ["validate", "--live", tw.url, "--profile", str(tmp_path / "fit.json"), "--loads", str(loads),
                                                    "--speed", "10", "--run-dir", str(tmp_path / "val"),
                                                    "--replications", "2", "--json"])
