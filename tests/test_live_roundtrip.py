@@ -17,7 +17,9 @@ predicted by the calibrated profile with the new server's limits:
 Targets: TTFT p50 and TPOT p50 within 20%, achieved RPS within 10%, preemption count
 within 25%. Every load is scored against the mean of its two runs: one run of a load
 differs from the other by up to 15-25% on this 2-core machine (the noise floor, printed
-beside every error), a two-run mean by less. TTFT p50 and TPOT p50 are held to 20% as
+beside every error), a two-run mean by less. A run whose client fell behind its arrival
+schedule is run again; a pair of runs that disagree beyond the usual noise gets a third
+run and the median one counts (RETRIES, DISAGREE below). TTFT p50 and TPOT p50 are held to 20% as
 the median over the five loads (as capsim validate scores a family) and to twice that
 per load (see test_timing_targets_across_the_five_loads for why). Achieved RPS is held
 to 10% where the server follows the arrival rate (light, near saturation); where it
@@ -67,6 +69,13 @@ SETTINGS = [
 ]
 
 TTFT_P50, TPOT_P50, RPS, PREEMPT = 20.0, 20.0, 10.0, 25.0
+# A box that holds the client up sends another load than the one predicted: such a run is set
+# aside and run again (calibrate.live.measure_load; on schedule, sends are 1-3 ms late, at most
+# 80 ms in four full round trips). A run disturbed on the server's side alone shows as two runs of
+# one load that disagree: kept pairs differed by at most 25% in TTFT or TPOT p50, so a pair
+# further apart than 1.5x gets a third run, and the load is scored on the median of the three.
+RETRIES = 2
+DISAGREE = 1.5
 
 
 def _wait_for_other_servers(limit_s: float = 900.0) -> None:
@@ -110,7 +119,10 @@ def roundtrip(tmp_path_factory):
         loads = [LiveLoad("light", num_prompts=20, rate=0.35 * mu, seed=1, endpoint="chat", **SHAPE),
                  LiveLoad("near-saturation", num_prompts=40, rate=0.8 * mu, seed=2, endpoint="chat", **SHAPE)]
         t = time.monotonic()
-        lv = live_validate(h.url, prof, loads, out / "validate", repeat=True, say=print)
+        lv = live_validate(h.url, prof, loads, out / "validate", repeat=True, retries=RETRIES, say=print)
+        runs = {a.load.name: [a, b] for a, b in zip(lv.results, lv.repeats)}
+        for load in loads:
+            _third_run_if_disturbed(h.url, prof, load, out / "validate", runs[load.name])
         timings["validate 2 loads x 2"] = time.monotonic() - t
     finally:
         h.stop()
@@ -123,18 +135,31 @@ def roundtrip(tmp_path_factory):
             p = prof.copy()
             p.engine = f.engine_limits()
             t = time.monotonic()
-            results = []
-            for i in range(2):
-                d = out / (name if i == 0 else f"{name}-repeat")
-                run, steps = measure_load(h.url, load, d)
-                results.append(compare_load(p, load, run, d, steps, replications=5))
+            results = [_run_load(h.url, p, load, out / name), _run_load(h.url, p, load, out / f"{name}-repeat")]
+            _third_run_if_disturbed(h.url, p, load, out, results)
+            runs[name] = results
             limits[name] = (results, f)
             timings[f"load {name}"] = time.monotonic() - t
         finally:
             h.stop()
     timings["total"] = time.monotonic() - t0
-    return {"profile": prof, "cal_dir": cal_dir, "mu": mu, "validation": lv, "limits": limits, "timings": timings,
-            "out": out}
+    return {"profile": prof, "cal_dir": cal_dir, "mu": mu, "validation": lv, "limits": limits, "runs": runs,
+            "timings": timings, "out": out}
+
+
+def _run_load(url, profile, load, d):
+    run, steps = measure_load(url, load, d, retries=RETRIES, say=print)
+    return compare_load(profile, load, run, d, steps, replications=5)
+
+
+def _third_run_if_disturbed(url, profile, load, out, results) -> None:
+    """Two runs of one load further apart than DISAGREE on TTFT or TPOT p50: a third run."""
+    for k in ("median_ttft_ms", "median_tpot_ms"):
+        v = [summarize_open(r.run)[k] for r in results]
+        if max(v) > DISAGREE * min(v):
+            print(f"{load.name}: the two runs disagree on {k} ({v[0]:.0f} and {v[1]:.0f} ms): a third run")
+            results.append(_run_load(url, profile, load, out / f"{load.name}-third"))
+            return
 
 
 def _err(measured: float, predicted: float) -> float:
@@ -144,26 +169,30 @@ def _err(measured: float, predicted: float) -> float:
 KEYS = ("median_ttft_ms", "p95_ttft_ms", "median_tpot_ms", "request_throughput")
 
 
-def _two_runs(a, b) -> dict:
-    """Per metric: (measured, predicted, error, error run 1, error run 2, noise floor); measured and
-    predicted are means over the two runs, the noise floor is run 2 'predicting' run 1."""
-    ma, mb = summarize_open(a.run), summarize_open(b.run)
-    out = {}
-    for k in KEYS:
-        meas, pred = (ma[k] + mb[k]) / 2, (a.predicted[k] + b.predicted[k]) / 2
-        out[k] = (meas, pred, _err(meas, pred), _err(ma[k], a.predicted[k]), _err(mb[k], b.predicted[k]),
-                  _err(ma[k], mb[k]))
-    for k in a.extras:
-        (x1, y1), (x2, y2) = a.extras[k], b.extras[k]
-        out[k] = ((x1 + x2) / 2, (y1 + y2) / 2, _err(x1 + x2, y1 + y2), _err(x1, y1), _err(x2, y2), _err(x1, x2))
+def _combine(meas: list[float], pred: list[float]) -> tuple:
+    """(measured, predicted, error, per-run errors, noise floor). Two runs: the error of their
+    means; three (a disturbed pair got a third): the median run. The noise floor is run 2
+    'predicting' run 1."""
+    per = [_err(m, p) for m, p in zip(meas, pred)]
+    if len(meas) == 2:
+        m, p = float(np.mean(meas)), float(np.mean(pred))
+        err = _err(m, p)
+    else:
+        m, p, err = float(np.median(meas)), float(np.median(pred)), float(np.median(per))
+    return m, p, err, per, _err(meas[0], meas[1])
+
+
+def _score(results) -> dict:
+    """Per metric of a load's runs: see _combine."""
+    ms = [summarize_open(r.run) for r in results]
+    out = {k: _combine([m[k] for m in ms], [r.predicted[k] for r in results]) for k in KEYS}
+    for k in [k for k in results[0].extras if all(k in r.extras for r in results)]:
+        out[k] = _combine([r.extras[k][0] for r in results], [r.extras[k][1] for r in results])
     return out
 
 
 def _all_errors(rt) -> dict:
-    lv = rt["validation"]
-    out = {a.load.name: _two_runs(a, b) for a, b in zip(lv.results, lv.repeats)}
-    out |= {name: _two_runs(*res) for name, (res, _f) in rt["limits"].items()}
-    return out
+    return {name: _score(results) for name, results in rt["runs"].items()}
 
 
 def test_report(roundtrip):
@@ -183,11 +212,19 @@ def test_report(roundtrip):
             if r.series:
                 say(f"{name:<26} waiting over time (1 s samples): measured  {[int(x) for x in r.series['waiting']]}")
                 say(f"{'':<26}                                 predicted {[int(x) for x in r.series['waiting_pred']]}")
-    say(f"\n{'load':<26} {'metric':<18} {'measured':>9} {'predicted':>9} {'error':>7} {'run 1':>7} {'run 2':>7} "
-          f"{'noise':>7}   (mean of two runs)")
+    for name, results in rt["runs"].items():
+        for r in results:
+            lag = r.run.meta.get("send_lag_s") or {}
+            for a in r.run.meta.get("set_aside", []):
+                say(f"{name}: set aside and run again: {a['warning']} ({a['run_dir']})")
+            say(f"{name:<26} client send lag behind schedule: p50 {1e3 * lag.get('p50', math.nan):.1f} ms, "
+                f"max {1e3 * lag.get('max', math.nan):.1f} ms")
+    say(f"\n{'load':<26} {'metric':<18} {'measured':>9} {'predicted':>9} {'error':>7} {'noise':>7}  per run   "
+        f"(two runs: error of their mean; three: the median run)")
     for load, rows in _all_errors(rt).items():
-        for k, (m, p, e, e1, e2, nf) in rows.items():
-            say(f"{load:<26} {k:<18} {m:>9.4g} {p:>9.4g} {e:>+6.1f}% {e1:>+6.1f}% {e2:>+6.1f}% {nf:>+6.1f}%")
+        for k, (m, p, e, per, nf) in rows.items():
+            say(f"{load:<26} {k:<18} {m:>9.4g} {p:>9.4g} {e:>+6.1f}% {nf:>+6.1f}%  "
+                + " ".join(f"{x:+.1f}%" for x in per))
     say("\ntimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in rt["timings"].items()))
 
 
@@ -200,9 +237,7 @@ def test_calibration_fits_its_own_runs(roundtrip):
 
 def _service_bound(rt, load: str) -> bool:
     """Whether the server could not follow the load's arrival rate (it achieved less than 80% of it)."""
-    lv = rt["validation"]
-    runs = {r.load.name: [r] for r in lv.results} | {n: res for n, (res, _f) in rt["limits"].items()}
-    r = runs[load][0]
+    r = rt["runs"][load][0]
     return summarize_open(r.run)["request_throughput"] < 0.8 * r.load.rate
 
 
