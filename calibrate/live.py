@@ -20,7 +20,8 @@ Calibration (`live_calibrate`):
    max_model_len, or of the KV cache); a concurrency ladder 2, 4, 8, ... measured one
    step at a time until decode speed per user has fallen below `falloff` of the
    single-user speed (one step past the knee, read from the third rung on) or
-   max_num_seqs / the KV cache / the budget stops it; then prompt sizes at a middle concurrency while budget remains.
+   max_num_seqs / the KV cache / the budget stops it; then prompt sizes at a middle
+   concurrency while budget remains.
 4. Run it with capsim measure (one run folder per stage under RUN_DIR, kept), fit
    a profile with the same simulation-based least squares as `capsim calibrate`
    (calibrate.fit), with the server's engine limits and KV layout fixed and the
@@ -848,7 +849,7 @@ class LiveValidation:
         lines = [f"set aside: {r.load.name}{tag}: {a['warning']} (kept in {a['run_dir']})"
                  for runs, tag in ((self.results, ""), (self.repeats, " (repeat)"))
                  for r in runs for a in r.run.meta.get("set_aside", [])]
-        return format_validation(self.validation, self.floor) + "".join("\n" + x for x in lines)
+        return "\n".join([format_validation(self.validation, self.floor)] + lines)
 
     def to_json(self) -> dict:
         out = self.validation.to_json()
@@ -899,6 +900,8 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
     """
     from measure import run_open
 
+    if retries < 0:
+        raise LiveError(f"retries must be 0 or more, not {retries}")
     set_aside: list[dict] = []
     for attempt in range(retries + 1):
         steps0 = _scrape_steps(url, api_key)

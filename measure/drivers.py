@@ -52,6 +52,12 @@ UNREACHABLE_AFTER = 3  # consecutive refused connections that end a run
 LATE_SEND_S = 0.25  # a send this far behind its arrival time: the client was held up (on schedule: a few ms)
 
 
+def _warn(meta: dict, key: str, text: str) -> None:
+    """A warning kept in the run's meta (run.json) and told on stderr as it happens."""
+    meta[key] = text
+    print(f"capsim measure: warning: {text}", file=sys.stderr, flush=True)
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
     for pkg in ("capsim", "httpx", "numpy"):
@@ -143,9 +149,8 @@ class _Session:
         meta["client_cpu_s"] = round(cpu_s, 4)
         meta["client_cpu_util"] = round(cpu_s / wall_s, 4) if wall_s > 0 else None
         if wall_s > 1.0 and cpu_s / wall_s > 0.8:
-            meta["client_warning"] = (f"the client used {100 * cpu_s / wall_s:.0f}% of a CPU core during the run; "
-                                      "its timestamps may lag (fewer concurrent streams or a faster box)")
-            print(f"capsim measure: warning: {meta['client_warning']}", file=sys.stderr, flush=True)
+            _warn(meta, "client_warning", f"the client used {100 * cpu_s / wall_s:.0f}% of a CPU core during the run; "
+                  "its timestamps may lag (fewer concurrent streams or a faster box)")
 
     def note_schedule(self, meta: dict, records: list[RequestRecord], queued: bool) -> None:
         """How far behind its arrival schedule the client sent (start_time - scheduled_time).
@@ -162,10 +167,9 @@ class _Session:
                               "max": round(float(lag.max()), 4)}
         late = int((lag > LATE_SEND_S).sum())
         if late and not queued:
-            meta["schedule_warning"] = (f"{late} of {len(lag)} requests were sent more than {LATE_SEND_S:g} s behind "
-                                        f"their arrival time (up to {lag.max():.2f} s): the client was held up, and "
-                                        "the run is not the load asked for")
-            print(f"capsim measure: warning: {meta['schedule_warning']}", file=sys.stderr, flush=True)
+            _warn(meta, "schedule_warning", f"{late} of {len(lag)} requests were sent more than {LATE_SEND_S:g} s "
+                  f"behind their arrival time (up to {lag.max():.2f} s): the client was held up, and the run is not "
+                  "the load asked for")
 
     def check_fits(self, shapes) -> None:
         """One clear error instead of N HTTP 400s when prompts cannot fit the model."""

@@ -172,7 +172,7 @@ def test_capsim_run_folders_feed_calibrate_and_validate(tmp_path):
 
 def test_live_load_behind_schedule_is_run_again(tmp_path, monkeypatch):
     """A load whose client was held up is set aside (folder kept) and run again."""
-    from calibrate.live import LiveLoad, measure_load
+    from calibrate.live import LiveError, LiveLoad, measure_load
     from measure.fakeserver import FakeConfig, FakeServer
     from tests.test_measure import hold_up_client
 
@@ -191,6 +191,8 @@ def test_live_load_behind_schedule_is_run_again(tmp_path, monkeypatch):
         hold_up_client(monkeypatch, 0.4)
         run, _ = measure_load(srv.url, load, tmp_path / "m", retries=0)
         assert "schedule_warning" in run.meta and "set_aside" not in run.meta
+        with pytest.raises(LiveError, match="retries must be 0 or more"):
+            measure_load(srv.url, load, None, retries=-1)
     finally:
         srv.stop()
 
