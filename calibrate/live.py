@@ -58,7 +58,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from simulator.load import ClosedLoop, OpenLoop
+from simulator.load import ClosedLoop, LoadError, OpenLoop, parse_duration
 from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile, load_profile
 from simulator.records import RunResult
 from simulator.sim import simulate_closed, simulate_open
@@ -509,24 +509,15 @@ def refit(run_dir, max_nfev: int = 150, clock_scale: float | None = None, **kw) 
 
 # ============================================================================ live calibration
 
-def parse_duration(text: str | float | int) -> float:
-    """'10m', '90s', '1h', '1h30m' or plain seconds -> seconds."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    t = str(text).strip().lower()
+def parse_budget(text: str | float | int) -> float:
+    """A time budget in seconds (> 0): '10m', '90s', '1h', '1h30m' or plain seconds."""
     try:
-        return float(t)
-    except ValueError:
-        pass
-    total, pos = 0.0, 0
-    for m in re.finditer(r"(\d+(?:\.\d+)?)\s*(h|m|min|s|sec)?", t):
-        if m.start() != pos or not m.group(0):
-            break
-        total += float(m.group(1)) * {"h": 3600, "m": 60, "min": 60, "s": 1, "sec": 1, None: 1}[m.group(2)]
-        pos = m.end()
-    if pos != len(t) or total <= 0:
+        secs = parse_duration(text, "budget")
+    except LoadError:
+        secs = 0.0
+    if not secs > 0:
         raise LiveError(f"cannot read the duration {text!r} (e.g. 10m, 90s, 1h)")
-    return total
+    return secs
 
 
 def _measure_closed(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs=1, warmup=False):
@@ -570,7 +561,7 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     Returns (profile, run folder); the folder keeps every measured run plus
     plan.json, fit.json, server.json and profile.json.
     """
-    budget = parse_duration(budget_s)
+    budget = parse_budget(budget_s)
     if runs < 1:
         raise LiveError(f"--runs must be at least 1, got {runs}")
     t_begin = time.monotonic()
@@ -1150,7 +1141,7 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
             loads = load_loads(loads_path)
         else:
             say("default loads: the seed's H and J scaled to this server (see calibrate.live.seed_loads)")
-            loads = seed_loads(prof, facts.max_model_len, scale, length_scale, parse_duration(budget), endpoint, say)
+            loads = seed_loads(prof, facts.max_model_len, scale, length_scale, parse_budget(budget), endpoint, say)
         lv = live_validate(url, prof, loads, run_dir, model=facts.model, clock_scale=kw.get("clock_scale", 1.0),
                            replications=replications, repeat=repeat, api_key=kw.get("api_key"),
                            retries=kw.get("retries", 1), say=say)

@@ -10,23 +10,13 @@ import re
 
 import click
 
+from simulator.load import parse_duration
 from simulator.office import DAY_PROFILES, DEFAULT_MIX, Office, parse_mix
 from simulator.plan import (DEFAULT_SLA, PlanError, PlanSettings, Scenario, format_compare, format_plan,
                             parse_scenario, parse_slas, plan, plot_plan)
 from simulator.profile import load_profile
 
 from .errors import friendly
-
-_DUR_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str, what: str) -> float:
-    """'30s', '2min', '15m', '500ms', '1h' or a bare number of seconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(text).lower())
-    if not m or (m.group(2) and m.group(2) not in _DUR_UNITS):
-        raise PlanError(f"{what}: expected a duration such as 30s, 15m or 1h, got {text!r}")
-    return float(m.group(1)) * _DUR_UNITS.get(m.group(2) or "s", 1.0)
-
 
 def parse_burst(text: str) -> tuple[float, float]:
     """'5x15m' -> (factor 5, 900 s)."""

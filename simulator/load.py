@@ -9,6 +9,7 @@ at once, waits for all, and repeats `runs` times.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,6 +20,26 @@ from .workload import FixedWorkload, RequestSpec, WorkloadError
 
 class LoadError(ValueError):
     """An impossible load pattern; the message is one line for the user."""
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION_PART = r"([0-9]*\.?[0-9]+)\s*(ms|min|sec|h|m|s)?\s*"
+
+
+def parse_duration(text: str | float, what: str = "duration") -> float:
+    """Seconds (>= 0) from '30s', '2min', '15m', '500ms', '1h', '1h30m' or a bare number of seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        secs = float(text)
+    else:
+        t = str(text).strip().lower()
+        try:
+            secs = float(t)  # bare seconds, '1e3' included
+        except ValueError:
+            secs = (sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in re.findall(_DURATION_PART, t))
+                    if re.fullmatch(f"(?:{_DURATION_PART})+", t) else math.nan)
+    if not (math.isfinite(secs) and secs >= 0):
+        raise LoadError(f"{what}: expected a duration such as 30s, 15m or 1h, got {text!r}")
+    return secs
 
 
 @dataclass

@@ -329,3 +329,20 @@ def test_cli_bad_input_is_one_clear_line(args, msg):
     assert res.exit_code != 0
     assert msg in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_durations_plan_and_live_budget_share_one_parser():
+    from calibrate.live import LiveError, parse_budget
+    from simulator.load import LoadError, parse_duration
+
+    cases = {"30s": 30, "2min": 120, "15m": 900, "500ms": 0.5, "1h": 3600, "1h30m": 5400, "90": 90, " 15 m ": 900,
+             "0s": 0, 2.5: 2.5}
+    for text, secs in cases.items():
+        assert parse_duration(text) == pytest.approx(secs), text
+    for bad in ("-5", "abc", "m", "1x", "nan", "inf", -1, "1h-3m"):
+        with pytest.raises(LoadError, match="--think: expected a duration"):
+            parse_duration(bad, "--think")
+    assert parse_budget("10m") == 600 and parse_budget(120) == 120
+    for bad in ("0", "-5", "2x"):  # a budget must be positive
+        with pytest.raises(LiveError, match="cannot read the duration"):
+            parse_budget(bad)
