@@ -42,6 +42,11 @@ API_PARAMS = {"request_s": (1e-4, 1.0), "wake_s": (1e-4, 0.3), "frontend_per_tok
 # does not give, and "t/s (total)" mixes that in, so it carries little weight.
 WEIGHTS = {"tg_req_throughput": 1.0, "tg_throughput": 0.1, "pp_throughput": 0.5, "ttfr": 1.0, "e2e_ttft": 1.0}
 SPREAD_WEIGHT = 0.3  # ttfr std at c > 1: how prefills queue behind each other
+# Spreads are compared above 10% of the metric's mean: two requests sent together land in one
+# step (no spread) or in two (a whole step's), a coin flip of a few ms of client timing, and a
+# log ratio against ~0 let that one figure outweigh the rest (a twin calibration picked the wrong
+# combine rule over a c2 spread of 40 ms measured against 0 simulated).
+SPREAD_FLOOR = 0.1
 LATENCY_WEIGHT = 0.5
 
 
@@ -54,6 +59,7 @@ class Residual:
     measured: float
     simulated: float
     weight: float
+    floor: float = 0.0  # the fit counts values below this as this (error_pct stays the raw one)
 
     @property
     def error_pct(self) -> float:
@@ -62,7 +68,7 @@ class Residual:
     def to_json(self) -> dict:
         return {"source": self.source, "test": self.test, "shape": self.shape, "metric": self.metric,
                 "measured": self.measured, "simulated": self.simulated, "error_pct": self.error_pct,
-                "weight": self.weight}
+                "weight": self.weight} | ({"floor": self.floor} if self.floor else {})
 
 
 @dataclass
@@ -141,7 +147,7 @@ def compare(profile: Profile, runs: list[ClosedRun], prompt_scale: float) -> lis
                                     w * (cv_noise if meas.concurrency == 1 else 1.0)))
                 if metric in ("ttfr", "e2e_ttft") and meas.concurrency > 1 and sd == sd and sd > 0:
                     out.append(Residual(run.source, run.test, _shape(meas), metric + "_std", sd,
-                                        max(got.metrics[metric][1], 1e-3), SPREAD_WEIGHT))
+                                        got.metrics[metric][1], SPREAD_WEIGHT, SPREAD_FLOOR * mu))
         if run.latency_ms and run.latency_mode == "generation":
             out.append(Residual(run.source, run.test, "latency probe", "latency_ms", run.latency_ms,
                                 sim.meta["latency_s"] * 1000, LATENCY_WEIGHT))
@@ -149,7 +155,7 @@ def compare(profile: Profile, runs: list[ClosedRun], prompt_scale: float) -> lis
 
 
 def _vector(res: list[Residual]) -> np.ndarray:
-    return np.array([r.weight * math.log(max(r.simulated, 1e-9) / r.measured) for r in res])
+    return np.array([r.weight * math.log(max(r.simulated, r.floor, 1e-9) / max(r.measured, r.floor)) for r in res])
 
 
 def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: dict[str, tuple[float, float]],
