@@ -848,7 +848,8 @@ class LiveValidation:
             out["noise_floor"] = self.floor.to_json()
         out["loads"] = [{"load": r.load.to_json(), "run_dir": str(r.run_dir) if r.run_dir else None,
                          "extras": {k: {"measured": a, "predicted": b} for k, (a, b) in r.extras.items()},
-                         "send_lag_s": r.run.meta.get("send_lag_s"), "set_aside": r.run.meta.get("set_aside", [])}
+                         "send_lag_s": r.run.meta.get("send_lag_s"), "loop_lag_s": r.run.meta.get("loop_lag_s"),
+                         "set_aside": r.run.meta.get("set_aside", [])}
                         for r in self.results + self.repeats]
         return out
 
@@ -884,12 +885,14 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
                  api_key: str | None = None, retries: int = 0, say: Say = _quiet) -> tuple[RunResult, float | None]:
     """Run one open-loop load live; returns (run in model time, engine steps during it or None).
 
-    A run whose client fell behind its arrival schedule (measure's schedule_warning: the box
-    held the client up, so the server got another load than the one predicted) is run again,
-    up to `retries` times. The set-aside runs keep their folders (NAME-behind-schedule-K) and
-    are listed in the kept run's meta["set_aside"].
+    A run whose client was held up is run again, up to `retries` times: measure's
+    schedule_warning (sends fell behind the arrival schedule, so the server got another load
+    than the one predicted) or client_stall_warning (the client's event loop stalled, so the
+    tokens of the requests in flight were stamped late). The set-aside runs keep their folders
+    (NAME-set-aside-K) and are listed in the kept run's meta["set_aside"].
     """
     from measure import run_open
+    from measure.drivers import HELD_UP_WARNINGS
 
     if retries < 0:
         raise LiveError(f"retries must be 0 or more, not {retries}")
@@ -901,15 +904,15 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
         steps1 = _scrape_steps(url, api_key)
         if run.meta.get("status") != "complete":
             raise LiveError(f"{load.name}: measure stopped: {run.meta.get('stop_reason') or run.meta.get('status')}")
-        warning = run.meta.get("schedule_warning")
+        warning = "; ".join(run.meta[k] for k in HELD_UP_WARNINGS if k in run.meta) or None
         if warning is None or attempt == retries:
             break
         aside = None
         if out_dir is not None:
-            aside = Path(out_dir).with_name(f"{Path(out_dir).name}-behind-schedule-{attempt + 1}")
+            aside = Path(out_dir).with_name(f"{Path(out_dir).name}-set-aside-{attempt + 1}")
             Path(out_dir).rename(aside)
         set_aside.append({"run_dir": str(aside) if aside else None, "warning": warning,
-                          "send_lag_s": run.meta.get("send_lag_s")})
+                          "send_lag_s": run.meta.get("send_lag_s"), "loop_lag_s": run.meta.get("loop_lag_s")})
         say(f"  {load.name}: set aside and run again: {warning}")
     if set_aside:
         run.meta["set_aside"] = set_aside

@@ -43,13 +43,15 @@ from simulator.workload import (MixtureWorkload, RandomWorkload, ShareGPTWorkloa
 from . import prom
 from .client import Client, Inflight
 from .errors import MeasureError
+from .loopwatch import LoopWatch
 from .progress import Progress
 from .prompts import LivePrompt, PromptBuilder
 from .tokenizer import TokenizeFailed
 from .runfiles import RunWriter, run_summary, vllm_bench_result
 
 UNREACHABLE_AFTER = 3  # consecutive refused connections that end a run
-LATE_SEND_S = 0.25  # a send this far behind its arrival time: the client was held up (on schedule: a few ms)
+HELD_UP_S = 0.25  # a send this late, or a loop stall this long: the client was held up (free-running: a few ms)
+HELD_UP_WARNINGS = ("schedule_warning", "client_stall_warning")  # the client, not the server, was slow
 
 
 def _warn(meta: dict, key: str, text: str) -> None:
@@ -128,6 +130,7 @@ class _Session:
         self.meta: dict[str, Any] = {}
         self.builder: PromptBuilder | None = None
         self._signals: list[int] = []
+        self.watch = LoopWatch(HELD_UP_S)
 
     # ------------------------------------------------------------ setup
     async def connect(self) -> None:
@@ -165,11 +168,26 @@ class _Session:
             return
         meta["send_lag_s"] = {"p50": round(float(np.median(lag)), 4), "p99": round(float(np.percentile(lag, 99)), 4),
                               "max": round(float(lag.max()), 4)}
-        late = int((lag > LATE_SEND_S).sum())
+        late = int((lag > HELD_UP_S).sum())
         if late and not queued:
-            _warn(meta, "schedule_warning", f"{late} of {len(lag)} requests were sent more than {LATE_SEND_S:g} s "
+            _warn(meta, "schedule_warning", f"{late} of {len(lag)} requests were sent more than {HELD_UP_S:g} s "
                   f"behind their arrival time (up to {lag.max():.2f} s): the client was held up, and the run is not "
                   "the load asked for")
+
+    async def note_stalls(self, meta: dict, start: float) -> None:
+        """Stops the loop watch; a stall past HELD_UP_S is a warning: the run's timestamps inside it are late."""
+        await self.watch.stop()
+        lag = self.watch.summary()
+        if lag is None:
+            return
+        meta["loop_lag_s"] = lag
+        stalls = self.watch.stalls
+        if stalls:
+            meta["client_stalls"] = [[round(t - start, 3), round(d, 3)] for t, d in stalls[:20]]
+            _warn(meta, "client_stall_warning",
+                  f"the client was held up {len(stalls)} time(s) for more than {HELD_UP_S:g} s (up to "
+                  f"{lag['max']:.2f} s, first {stalls[0][0] - start:.1f} s into the run): tokens that arrived "
+                  "meanwhile were stamped late, so TTFT, ITL and E2EL of the requests in flight are too long")
 
     def check_fits(self, shapes) -> None:
         """One clear error instead of N HTTP 400s when prompts cannot fit the model."""
@@ -388,6 +406,7 @@ class _Session:
         return run
 
     async def close(self) -> None:
+        await self.watch.stop()
         self.progress.close()
         self.remove_signals()
         if self.scraper is not None:
@@ -522,6 +541,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         sem = asyncio.Semaphore(pattern.max_concurrency) if pattern.max_concurrency else None
         tasks: list[asyncio.Task] = []
         cpu0 = time.process_time()
+        S.watch.start()
         start = perf_counter()
         for i, (lp, d) in enumerate(zip(prompts, delays)):
             target = start + float(d)
@@ -532,6 +552,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         await S.drain(tasks)
         end = perf_counter()
         S.note_cpu(meta, time.process_time() - cpu0, end - start)
+        await S.note_stalls(meta, start)
         S.progress.close()
         recs = sorted(S.records, key=lambda r: r.request_id)
         S.note_schedule(meta, recs, queued=sem is not None)
@@ -604,6 +625,7 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         server_acc: dict[str, Any] = {}
         rid = 0
         cpu0 = time.process_time()
+        S.watch.start()
         start = perf_counter()
         for bt, lps in zip(batches, batch_prompts):
             if S.stopper.event.is_set():
@@ -624,6 +646,7 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                 prom.add_deltas(server_acc, prom.delta(snap0, snap1))
         end = perf_counter()
         S.note_cpu(meta, time.process_time() - cpu0, end - start)
+        await S.note_stalls(meta, start)
         S.progress.close()
         recs = sorted(S.records, key=lambda r: r.request_id)
         run = RunResult(recs, start, end, "closed", meta)

@@ -175,7 +175,7 @@ def test_live_load_behind_schedule_is_run_again(tmp_path, monkeypatch):
     """A load whose client was held up is set aside (folder kept) and run again."""
     from calibrate.live import LiveError, LiveLoad, measure_load
     from measure.fakeserver import FakeConfig, FakeServer
-    from tests.test_measure import hold_up_client
+    from tests.test_measure import hold_up_client, stall_client
 
     load = LiveLoad("l", 16, 2, 6, rate=50.0, seed=1)
     srv = FakeServer(FakeConfig(itl=0.001)).start()
@@ -185,13 +185,20 @@ def test_live_load_behind_schedule_is_run_again(tmp_path, monkeypatch):
         run, _ = measure_load(srv.url, load, tmp_path / "l", retries=1, say=said.append)
         assert "schedule_warning" not in run.meta and run.meta["send_lag_s"]["max"] < 0.25
         (aside,) = run.meta["set_aside"]
-        assert aside["run_dir"] == str(tmp_path / "l-behind-schedule-1") and aside["send_lag_s"]["max"] > 0.3
-        assert (tmp_path / "l-behind-schedule-1" / "records.jsonl").is_file() and (tmp_path / "l" / "run.json").is_file()
+        assert aside["run_dir"] == str(tmp_path / "l-set-aside-1") and aside["send_lag_s"]["max"] > 0.3
+        assert (tmp_path / "l-set-aside-1" / "records.jsonl").is_file() and (tmp_path / "l" / "run.json").is_file()
         assert len(said) == 1 and "run again" in said[0]
         # no retries left: the late run is what comes back, with its warning
         hold_up_client(monkeypatch, 0.4)
         run, _ = measure_load(srv.url, load, tmp_path / "m", retries=0)
         assert "schedule_warning" in run.meta and "set_aside" not in run.meta
+        # a client stalled mid-stream (its sends on time) is set aside too
+        stall_client(monkeypatch, 0.4)
+        run, _ = measure_load(srv.url, load, tmp_path / "s", retries=1)
+        assert "client_stall_warning" not in run.meta and run.meta["loop_lag_s"]["max"] < 0.25
+        (aside,) = run.meta["set_aside"]
+        assert "stamped late" in aside["warning"] and aside["loop_lag_s"]["max"] > 0.35
+        assert (tmp_path / "s-set-aside-1" / "records.jsonl").is_file()
         with pytest.raises(LiveError, match="retries must be 0 or more"):
             measure_load(srv.url, load, None, retries=-1)
     finally:

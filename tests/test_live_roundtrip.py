@@ -69,9 +69,9 @@ SETTINGS = [
 ]
 
 TTFT_P50, TPOT_P50, RPS, PREEMPT = 20.0, 20.0, 10.0, 25.0
-# A box that holds the client up sends another load than the one predicted: such a run is set
-# aside and run again (calibrate.live.measure_load; on schedule, sends are a few ms late, at most
-# 80 ms in six full round trips). A run disturbed on the server's side alone shows as two runs of
+# A box that holds the client up sends another load than the one predicted, or stamps tokens
+# late: such a run is set aside and run again (calibrate.live.measure_load; on schedule, sends
+# are a few ms late, at most 80 ms in six full round trips). A run disturbed on the server's side alone shows as two runs of
 # one load that disagree: kept pairs differed by at most 25% in TTFT or TPOT p50, so a pair
 # further apart than 1.5x gets a third run, and the load is scored on the median of the three.
 RETRIES = 2
@@ -217,8 +217,10 @@ def test_report(roundtrip):
             lag = r.run.meta.get("send_lag_s") or {}
             for a in r.run.meta.get("set_aside", []):
                 say(f"{name}: set aside and run again: {a['warning']} ({a['run_dir']})")
+            loop = r.run.meta.get("loop_lag_s") or {}
             say(f"{name:<26} client send lag behind schedule: p50 {1e3 * lag.get('p50', math.nan):.1f} ms, "
-                f"max {1e3 * lag.get('max', math.nan):.1f} ms")
+                f"max {1e3 * lag.get('max', math.nan):.1f} ms; event loop lag max "
+                f"{1e3 * loop.get('max', math.nan):.1f} ms")
     say(f"\n{'load':<26} {'metric':<18} {'measured':>9} {'predicted':>9} {'error':>7} {'noise':>7}  per run   "
         f"(two runs: error of their mean; three: the median run)")
     for load, rows in _all_errors(rt).items():

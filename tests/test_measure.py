@@ -1,6 +1,7 @@
 """capsim measure against a fake streaming server on loopback (no vLLM needed)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -148,6 +149,7 @@ def test_open_run_records_files_and_summary(fake, tmp_path):
     assert np.allclose(offs, pattern.arrival_times(15), atol=1e-9)
     assert max(r.start_time - r.scheduled_time for r in run.records) < 0.25  # no semaphore: sent on time
     assert run.meta["send_lag_s"]["max"] < 0.25 and "schedule_warning" not in run.meta
+    assert run.meta["loop_lag_s"]["max"] < 0.25 and "client_stall_warning" not in run.meta
     # files
     d = tmp_path / "run"
     assert sorted(p.name for p in d.iterdir()) == ["metrics.jsonl", "records.jsonl", "run.json", "summary.json"]
@@ -215,6 +217,47 @@ def test_open_client_held_up_is_told(fake, monkeypatch, capsys):
     srv2 = fake(ttft=0.3, itl=0.001)
     run = run_open(srv2.url, None, RandomWorkload(16, 2), OpenLoop(max_concurrency=1), 3, progress=False)
     assert run.meta["send_lag_s"]["max"] > 0.25 and "schedule_warning" not in run.meta
+
+
+def stall_client(monkeypatch, seconds: float, at: float = 0.12, times: int = 1) -> None:
+    """Block the client's event loop for `seconds`, `at` s into its next `times` runs: a stall
+    while the streams are mid-flight (a blocked write, a descheduled client)."""
+    from measure.loopwatch import LoopWatch
+
+    real, left = LoopWatch.start, [times]
+
+    def start(self):
+        real(self)
+        if left[0] > 0:
+            left[0] -= 1
+            asyncio.get_running_loop().call_later(at, time.sleep, seconds)
+
+    monkeypatch.setattr(LoopWatch, "start", start)
+
+
+def test_client_stall_mid_stream_is_told(fake, monkeypatch, capsys):
+    srv = fake(ttft=0.05, itl=0.02)
+    stall_client(monkeypatch, 0.4)
+    # all six sent at t=0: the stall comes after every send, so send lag cannot see it
+    run = run_open(srv.url, None, RandomWorkload(16, 12), OpenLoop(), 6, progress=False)
+    assert all(r.ok for r in run.records)
+    assert run.meta["send_lag_s"]["max"] < 0.25 and "schedule_warning" not in run.meta
+    assert 0.35 < run.meta["loop_lag_s"]["max"] < 1.0
+    (when, late), = run.meta["client_stalls"]
+    assert 0 < when < run.duration and late == pytest.approx(run.meta["loop_lag_s"]["max"], abs=1e-3)
+    assert "stamped late" in run.meta["client_stall_warning"] and "warning" in capsys.readouterr().err
+    # the streams in flight got their tokens meanwhile and were stamped on the loop's return, together
+    gaps = [b - a for r in run.records for a, b in zip(r.chunk_times, r.chunk_times[1:])]
+    assert max(gaps) > 0.35 and min(gaps) < 0.005
+    # the closed loop watches its loop too
+    stall_client(monkeypatch, 0.4)
+    run = run_closed(srv.url, None, ClosedLoop(pp=[16], tg=[12], depth=[0], concurrency=[3], runs=1,
+                                               latency_mode="none", warmup=False), progress=False)
+    assert run.meta["loop_lag_s"]["max"] > 0.35 and "client_stall_warning" in run.meta
+    stall_client(monkeypatch, 0.0, times=0)
+    run = run_closed(srv.url, None, ClosedLoop(pp=[16], tg=[4], depth=[0], concurrency=[2], runs=1,
+                                               latency_mode="none", warmup=False), progress=False)
+    assert run.meta["loop_lag_s"]["max"] < 0.25 and "client_stall_warning" not in run.meta
 
 
 def test_open_without_tokenize_or_metrics_uses_usage(fake):

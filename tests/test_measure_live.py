@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from measure import run_closed, run_open
+from measure.drivers import HELD_UP_WARNINGS
 from measure.cli import measure as measure_cli
 from measure.runfiles import load_run
 from simulator.load import ClosedLoop, OpenLoop
@@ -38,11 +39,20 @@ def closed_run(vllm_server, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def open_run(vllm_server, tmp_path_factory):  # noqa: F811
-    d = tmp_path_factory.mktemp("live") / "open"
+    base = tmp_path_factory.mktemp("live")
     wl = RandomWorkload(input_len=OPEN_IN, output_len=OPEN_OUT)
-    # /v1/completions: vllm bench serve's default backend (raw prompt, no chat template)
-    run = run_open(vllm_server.url, None, wl, OpenLoop(rate=OPEN_RATE, burstiness=1.0, seed=0), OPEN_N,
-                   out_dir=d, endpoint="completions", progress=False)
+    # A run whose client was held up (measure's warnings) timed the client, not the server: one
+    # more run. The CI run that led to this: the client's loop stalled 1.9 s at the end of a run,
+    # and the client's mean TTFT came out 76 ms over the server's instead of about 9.
+    for attempt in range(2):
+        d = base / f"open-{attempt}"
+        # /v1/completions: vllm bench serve's default backend (raw prompt, no chat template)
+        run = run_open(vllm_server.url, None, wl, OpenLoop(rate=OPEN_RATE, burstiness=1.0, seed=0), OPEN_N,
+                       out_dir=d, endpoint="completions", progress=False)
+        held = [run.meta[k] for k in HELD_UP_WARNINGS if k in run.meta]
+        if not held:
+            break
+        print(f"\nlive open run {attempt}: set aside: {'; '.join(held)}")
     return run, d
 
 
@@ -133,7 +143,10 @@ def test_client_ttft_agrees_with_server_histogram(open_run):
     gap = summ["client_server_ttft_gap_ms"]
     assert client == pytest.approx(summarize_open(run)["mean_ttft_ms"])
     print(f"\nlive TTFT: client mean {client:.2f} ms, server vllm:time_to_first_token_seconds mean "
-          f"{server:.2f} ms (sum/count delta over {summ['server']['ttft_count']:.0f} requests), gap {gap:+.2f} ms")
+          f"{server:.2f} ms (sum/count delta over {summ['server']['ttft_count']:.0f} requests), gap {gap:+.2f} ms; "
+          f"client event loop lag max {1e3 * run.meta['loop_lag_s']['max']:.1f} ms")
+    # a stalled client stamps tokens late: the comparison is of a run whose loop ran freely
+    assert not any(k in run.meta for k in HELD_UP_WARNINGS), [run.meta[k] for k in HELD_UP_WARNINGS if k in run.meta]
     # the client sees the first chunk after the server has produced it: a small positive gap
     assert -2.0 < gap < max(50.0, 0.1 * server)
 

@@ -1,0 +1,71 @@
+"""How long the client's event loop was held up during a run.
+
+Every timestamp a record holds (send, each chunk, end) is taken by the client's
+event loop when it gets to run. If the loop is held up, by a blocking call or
+because the box did not schedule the client (a busy or oversubscribed host),
+chunks that arrived meanwhile are stamped late, all at once, and TTFT, ITL and
+E2EL of the requests in flight grow by the stall. Send lag sees this only when
+a send falls inside the stall; this watch sees it anywhere: a task that sleeps
+TICK_S and records how late it wakes. A loop that runs freely wakes within a
+few ms.
+"""
+from __future__ import annotations
+
+import asyncio
+from array import array
+from time import perf_counter
+
+import numpy as np
+
+TICK_S = 0.05
+
+
+class LoopWatch:
+    """Started just before a run's clock and stopped after its last request."""
+
+    def __init__(self, stall_s: float, tick: float = TICK_S):
+        self.stall_s = stall_s
+        self.tick = tick
+        self.late = array("d")  # one entry per tick: 8 bytes, 72 k an hour
+        self.stalls: list[tuple[float, float]] = []  # (when the loop should have woken, how late), perf_counter
+        self._task: asyncio.Task | None = None
+        self._due: float | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self._due = perf_counter() + self.tick
+            await asyncio.sleep(self.tick)
+            self._note(perf_counter())
+
+    def _note(self, now: float) -> None:
+        due, self._due = self._due, None
+        late = now - due
+        self.late.append(late)
+        if late > self.stall_s:
+            self.stalls.append((due, late))
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        # a stall that ends the run (the last streams' tokens stamped when the loop came back)
+        # leaves an overdue tick the loop has not run yet: count it here
+        now = perf_counter()
+        if self._due is not None and now > self._due:
+            self._note(now)
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+
+    def summary(self) -> dict | None:
+        """{p50, p99, max} of the wake-up lateness in s, or None before the first tick."""
+        if not len(self.late):
+            return None
+        a = np.frombuffer(self.late, dtype=float)
+        return {"p50": round(float(np.median(a)), 4), "p99": round(float(np.percentile(a, 99)), 4),
+                "max": round(float(a.max()), 4)}
