@@ -317,8 +317,12 @@ def test_preemptions_with_a_small_kv_cache(roundtrip):
     assert measured > 0, "the load should preempt"
     assert abs(err) <= PREEMPT, (measured, predicted)
     _assert_sane(roundtrip, "small-kv-cache")
-    for r in res:
-        assert r.extras["peak_waiting"][0] == r.extras["peak_waiting"][1]
+    # requests held back by the full cache: a count scored like the preemptions. Unlike the
+    # max-num-seqs burst's 6, it depends on how fast the server ran. It was exact in every round
+    # trip but two: 13 measured against 10 predicted in a run whose server was slow from its start
+    # (TTFT -15%), and 10 against 13 under a calibration that had misread the decode cost
+    measured, predicted, err = errs["small-kv-cache"]["peak_waiting"][:3]
+    assert measured > 0 and abs(err) <= PREEMPT, (measured, predicted, [r.extras["peak_waiting"] for r in res])
 
 
 def test_round_trip_fits_the_ci_budget(roundtrip):
