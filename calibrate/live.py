@@ -22,7 +22,8 @@ Calibration (`live_calibrate`):
    single-user speed (one step past the knee, read from the third rung on) or
    max_num_seqs / the KV cache / the budget stops it; then prompt sizes at a middle
    concurrency while budget remains.
-4. Run it with capsim measure (one run folder per stage under RUN_DIR, kept), fit
+4. Run it with capsim measure (one run folder per stage under RUN_DIR, kept; a stage
+   whose client was held up is run once more, the first run kept in RUN_DIR/set-aside), fit
    a profile with the same simulation-based least squares as `capsim calibrate`
    (calibrate.fit), with the server's engine limits and KV layout fixed and the
    per-request step cost t_seq fitted too, and write RUN_DIR/profile.json,
@@ -520,7 +521,25 @@ def parse_budget(text: str | float | int) -> float:
     return secs
 
 
-def _measure_closed(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs=1, warmup=False):
+def _measure_closed(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs=1, warmup=False,
+                    say: Say = _quiet):
+    """One calibration stage, run again once if its client was held up (its timings are the
+    client's): the first run's folder moves to OUT/set-aside/, where refit does not read it."""
+    from measure.drivers import held_up
+
+    run, wall = _measure_closed_once(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs, warmup)
+    warning = held_up(run.meta)
+    if warning is None:
+        return run, wall, None
+    aside = Path(out_dir).parent / "set-aside" / Path(out_dir).name
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).rename(aside)
+    say(f"  {Path(out_dir).name}: set aside and run again: {warning}")
+    run, wall2 = _measure_closed_once(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs, warmup)
+    return run, wall + wall2, {"run_dir": str(aside), "warning": warning}
+
+
+def _measure_closed_once(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs, warmup):
     from measure import run_closed
 
     # concurrency= as well as combos=: measure sizes its connection pool by max(pattern.concurrency)
@@ -585,8 +604,10 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
         folder = out / f"{len(stages) + 1:02d}-{stage.name}"
         say(f"  {folder.name}: {len(stage.combos)} test(s), predicted {stage.predicted_s:.0f} s "
             f"({remaining():.0f} s of budget left)")
-        run, wall = _measure_closed(url, facts.model, stage.combos, folder, clock_scale, endpoint, api_key,
-                                    runs=runs, warmup=warmup)
+        run, wall, aside = _measure_closed(url, facts.model, stage.combos, folder, clock_scale, endpoint, api_key,
+                                           runs=runs, warmup=warmup, say=say)
+        if aside:
+            stage.note += f" set aside once: {aside['run_dir']}"
         stage.measured_s = wall
         stages.append(stage)
         measured.append(run)
@@ -892,7 +913,7 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
     (NAME-set-aside-K) and are listed in the kept run's meta["set_aside"].
     """
     from measure import run_open
-    from measure.drivers import HELD_UP_WARNINGS
+    from measure.drivers import held_up
 
     if retries < 0:
         raise LiveError(f"retries must be 0 or more, not {retries}")
@@ -904,7 +925,7 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
         steps1 = _scrape_steps(url, api_key)
         if run.meta.get("status") != "complete":
             raise LiveError(f"{load.name}: measure stopped: {run.meta.get('stop_reason') or run.meta.get('status')}")
-        warning = "; ".join(run.meta[k] for k in HELD_UP_WARNINGS if k in run.meta) or None
+        warning = held_up(run.meta)
         if warning is None or attempt == retries:
             break
         aside = None

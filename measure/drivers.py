@@ -54,6 +54,11 @@ HELD_UP_S = 0.25  # a send this late, or a loop stall this long: the client was 
 HELD_UP_WARNINGS = ("schedule_warning", "client_stall_warning")  # the client, not the server, was slow
 
 
+def held_up(meta: dict) -> str | None:
+    """The run's warnings that the client was held up, joined; None when it ran freely."""
+    return "; ".join(meta[k] for k in HELD_UP_WARNINGS if k in meta) or None
+
+
 def _warn(meta: dict, key: str, text: str) -> None:
     """A warning kept in the run's meta (run.json) and told on stderr as it happens."""
     meta[key] = text

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from measure import run_closed, run_open
-from measure.drivers import HELD_UP_WARNINGS
+from measure.drivers import held_up
 from measure.cli import measure as measure_cli
 from measure.runfiles import load_run
 from simulator.load import ClosedLoop, OpenLoop
@@ -49,10 +49,10 @@ def open_run(vllm_server, tmp_path_factory):  # noqa: F811
         # /v1/completions: vllm bench serve's default backend (raw prompt, no chat template)
         run = run_open(vllm_server.url, None, wl, OpenLoop(rate=OPEN_RATE, burstiness=1.0, seed=0), OPEN_N,
                        out_dir=d, endpoint="completions", progress=False)
-        held = [run.meta[k] for k in HELD_UP_WARNINGS if k in run.meta]
-        if not held:
+        held = held_up(run.meta)
+        if held is None:
             break
-        print(f"\nlive open run {attempt}: set aside: {'; '.join(held)}")
+        print(f"\nlive open run {attempt}: set aside: {held}")
     return run, d
 
 
@@ -146,7 +146,7 @@ def test_client_ttft_agrees_with_server_histogram(open_run):
           f"{server:.2f} ms (sum/count delta over {summ['server']['ttft_count']:.0f} requests), gap {gap:+.2f} ms; "
           f"client event loop lag max {1e3 * run.meta['loop_lag_s']['max']:.1f} ms")
     # a stalled client stamps tokens late: the comparison is of a run whose loop ran freely
-    assert not any(k in run.meta for k in HELD_UP_WARNINGS), [run.meta[k] for k in HELD_UP_WARNINGS if k in run.meta]
+    assert held_up(run.meta) is None, held_up(run.meta)
     # the client sees the first chunk after the server has produced it: a small positive gap
     assert -2.0 < gap < max(50.0, 0.1 * server)
 

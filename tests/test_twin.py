@@ -16,7 +16,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from calibrate.live import (LiveLoad, compare_load, measure_load, read_server,
+from calibrate.live import (LiveLoad, compare_load, load_calibration_runs, measure_load, read_server,
                             scale_run)
 from calibrate.priors import prior_profile
 from measure import run_closed, run_open
@@ -365,9 +365,10 @@ def test_twin_round_trip(tmp_path):
             assert abs(r["error_pct"]) <= 5.0, (load, metric, r["measured"], r["predicted"])
 
 
-def test_live_commands_on_a_twin(tmp_path):
+def test_live_commands_on_a_twin(tmp_path, monkeypatch):
     """calibrate --live and validate --live as commands (calibrate.live's click commands)."""
     from capsim.cli import main
+    from tests.test_measure import stall_client
 
     box = tmp_path / "box.json"
     slow2 = twin_profile()
@@ -377,6 +378,7 @@ def test_live_commands_on_a_twin(tmp_path):
     loads.write_text(json.dumps([{"name": "tiny", "input_len": 256, "output_len": 16, "num_prompts": 12,
                                   "rate": 2.0, "seed": 1}]))
     with TwinProcess(str(box), speed=10) as tw:
+        stall_client(monkeypatch, 0.4, at=0.03)  # the probe's client stalls: that stage is set aside and run again
         r = CliRunner().invoke(main, ["calibrate", "--live", tw.url, "--budget", "40s", "--pp-max", "512", "--tg", "16",
                                                     "--speed", "10", "--run-dir", str(tmp_path / "cal"),
                                                     "-o", str(tmp_path / "fit.json"), "--max-evals", "40"])
@@ -384,6 +386,9 @@ def test_live_commands_on_a_twin(tmp_path):
         assert "median |error|" in r.output and (tmp_path / "fit.json").is_file()
         assert (tmp_path / "cal" / "plan.json").is_file() and (tmp_path / "cal" / "01-probe" / "records.jsonl").is_file()
         plan = json.loads((tmp_path / "cal" / "plan.json").read_text())
+        assert (tmp_path / "cal" / "set-aside" / "01-probe" / "records.jsonl").is_file()
+        assert "01-probe: set aside and run again" in r.output and "set aside once" in plan["stages"][0]["note"]
+        assert sorted(load_calibration_runs(tmp_path / "cal")[2])[0] == "01-probe"  # refit reads the kept run only
         c2 = next(st for st in plan["stages"] if st["name"] == "c2")
         assert "past the knee" not in c2["note"] and plan["ladder"][:3] == [2, 4, 8], plan["ladder"]
         r = CliRunner().invoke(main, ["validate", "--live", tw.url, "--profile", str(tmp_path / "fit.json"), "--loads", str(loads),
