@@ -253,6 +253,8 @@ def format_report(run: RunResult, info: dict | None = None) -> str:
         lines.append(f"run status: {status}" + (f" ({run.meta['stop_reason']})" if run.meta.get("stop_reason") else ""))
     if s.get("errors"):
         lines.append("errors: " + "; ".join(f"{n} x {k}" for k, n in s["errors"].items()))
+    # told on stderr as they happened (measure.drivers._warn); a report read later shows them again
+    lines += [f"warning: {run.meta[k]}" for k in sorted(run.meta) if k.endswith("_warning")]
     return "\n".join(lines)
 
 

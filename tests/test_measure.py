@@ -21,7 +21,7 @@ from measure.cli import report as report_cli
 from measure.client import public_url, split_url
 from measure.fakeserver import FakeConfig, FakeServer
 from measure.prom import delta, parse_metrics
-from measure.runfiles import load_run, vllm_bench_result
+from measure.runfiles import format_report, load_run, vllm_bench_result
 from measure.sse import SSEParser
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.summary import summarize_closed, summarize_open
@@ -246,6 +246,7 @@ def test_client_stall_mid_stream_is_told(fake, monkeypatch, capsys):
     (when, late), = run.meta["client_stalls"]
     assert 0 < when < run.duration and late == pytest.approx(run.meta["loop_lag_s"]["max"], abs=1e-3)
     assert "stamped late" in run.meta["client_stall_warning"] and "warning" in capsys.readouterr().err
+    assert "warning: the client was held up 1 time(s)" in format_report(run)
     # the streams in flight got their tokens meanwhile and were stamped on the loop's return, together
     gaps = [b - a for r in run.records for a, b in zip(r.chunk_times, r.chunk_times[1:])]
     assert max(gaps) > 0.35 and min(gaps) < 0.005
