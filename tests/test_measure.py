@@ -261,6 +261,31 @@ def test_client_stall_mid_stream_is_told(fake, monkeypatch, capsys):
     assert run.meta["loop_lag_s"]["max"] < 0.25 and "client_stall_warning" not in run.meta
 
 
+def test_gc_is_frozen_for_the_measured_window(fake, monkeypatch):
+    """The process's objects are frozen out of the collector while a run is measured, and
+    thawed after it; a caller's own freeze is left alone."""
+    import gc
+
+    from measure.loopwatch import LoopWatch
+
+    seen, real = [], LoopWatch.start
+    monkeypatch.setattr(LoopWatch, "start", lambda self: (seen.append(gc.get_freeze_count()), real(self)))
+    srv = fake(itl=0.001)
+    assert gc.get_freeze_count() == 0
+    run_open(srv.url, None, RandomWorkload(16, 2), OpenLoop(), 3, progress=False)
+    run_closed(srv.url, None, ClosedLoop(pp=[16], tg=[2], depth=[0], concurrency=[2], runs=1,
+                                         latency_mode="none", warmup=False), progress=False)
+    assert len(seen) == 2 and all(n > 0 for n in seen) and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        run_open(srv.url, None, RandomWorkload(16, 2), OpenLoop(), 3, progress=False)
+        # still the caller's freeze (its objects can only be freed): not thawed, nor frozen anew
+        assert 0 < seen[-1] <= mine and 0 < gc.get_freeze_count() <= mine
+    finally:
+        gc.unfreeze()
+
+
 def test_open_without_tokenize_or_metrics_uses_usage(fake):
     srv = fake(itl=0.001, tokenize=False, metrics=False)
     run = run_open(srv.url, None, RandomWorkload(30, 4), OpenLoop(), 5, progress=False)
