@@ -44,7 +44,7 @@ from simulator.workload import (MixtureWorkload, RandomWorkload, ShareGPTWorkloa
 from . import prom
 from .client import Client, Inflight
 from .errors import MeasureError
-from .loopwatch import LoopWatch
+from .loopwatch import LoopWatch, lag_summary
 from .progress import Progress
 from .prompts import LivePrompt, PromptBuilder
 from .tokenizer import TokenizeFailed
@@ -173,8 +173,7 @@ class _Session:
         lag = np.array([r.start_time - r.scheduled_time for r in records])
         if not len(lag):
             return
-        meta["send_lag_s"] = {"p50": round(float(np.median(lag)), 4), "p99": round(float(np.percentile(lag, 99)), 4),
-                              "max": round(float(lag.max()), 4)}
+        meta["send_lag_s"] = lag_summary(lag)
         late = int((lag > HELD_UP_S).sum())
         if late and not queued:
             _warn(meta, "schedule_warning", f"{late} of {len(lag)} requests were sent more than {HELD_UP_S:g} s "
@@ -197,15 +196,15 @@ class _Session:
             self._froze = True
         self.watch.start()
 
-    def close_window(self) -> None:
+    async def close_window(self) -> None:
+        """The measured window ends (also on the way out of a failed run): watch stopped, heap thawed."""
+        await self.watch.stop()
         if self._froze:
             gc.unfreeze()
             self._froze = False
 
-    async def note_stalls(self, meta: dict, start: float) -> None:
-        """Stops the loop watch; a stall past HELD_UP_S is a warning: the run's timestamps inside it are late."""
-        await self.watch.stop()
-        self.close_window()
+    def note_stalls(self, meta: dict, start: float) -> None:
+        """The loop watch's figures; a stall past HELD_UP_S is a warning: the run's timestamps inside it are late."""
         lag = self.watch.summary()
         if lag is None:
             return
@@ -435,8 +434,7 @@ class _Session:
         return run
 
     async def close(self) -> None:
-        await self.watch.stop()
-        self.close_window()
+        await self.close_window()
         self.progress.close()
         self.remove_signals()
         if self.scraper is not None:
@@ -582,7 +580,8 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         await S.drain(tasks)
         end = perf_counter()
         S.note_cpu(meta, time.process_time() - cpu0, end - start)
-        await S.note_stalls(meta, start)
+        await S.close_window()
+        S.note_stalls(meta, start)
         S.progress.close()
         recs = sorted(S.records, key=lambda r: r.request_id)
         S.note_schedule(meta, recs, queued=sem is not None)
@@ -676,7 +675,8 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                 prom.add_deltas(server_acc, prom.delta(snap0, snap1))
         end = perf_counter()
         S.note_cpu(meta, time.process_time() - cpu0, end - start)
-        await S.note_stalls(meta, start)
+        await S.close_window()
+        S.note_stalls(meta, start)
         S.progress.close()
         recs = sorted(S.records, key=lambda r: r.request_id)
         run = RunResult(recs, start, end, "closed", meta)

@@ -64,8 +64,10 @@ class LoopWatch:
 
     def summary(self) -> dict | None:
         """{p50, p99, max} of the wake-up lateness in s, or None before the first tick."""
-        if not len(self.late):
-            return None
-        a = np.frombuffer(self.late, dtype=float)
-        return {"p50": round(float(np.median(a)), 4), "p99": round(float(np.percentile(a, 99)), 4),
-                "max": round(float(a.max()), 4)}
+        return lag_summary(np.frombuffer(self.late, dtype=float)) if len(self.late) else None
+
+
+def lag_summary(lag: np.ndarray) -> dict:
+    """{p50, p99, max} of delays in s (send lag, loop lag), to 0.1 ms."""
+    return {"p50": round(float(np.median(lag)), 4), "p99": round(float(np.percentile(lag, 99)), 4),
+            "max": round(float(lag.max()), 4)}
