@@ -521,39 +521,42 @@ def parse_budget(text: str | float | int) -> float:
     return secs
 
 
-def _measure_closed(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs=1, warmup=False,
-                    say: Say = _quiet):
-    """One calibration stage, run again once if its client was held up (its timings are the
-    client's): the first run's folder moves to OUT/set-aside/, where refit does not read it."""
+def _until_free(attempt: Callable[[], tuple[RunResult, Any]], out_dir, retries: int,
+                aside_dir: Callable[[int], Path], name: str, say: Say) -> tuple[RunResult, Any, list[dict]]:
+    """`attempt()` -> (run, extra), made again while capsim measure says the run's client was
+    held up (its timings are the client's), at most `retries` more times. The K-th held-up run's
+    folder moves to aside_dir(K). Returns (run, extra, one record per set-aside run)."""
     from measure.drivers import held_up
 
-    run, wall = _measure_closed_once(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs, warmup)
-    warning = held_up(run.meta)
-    if warning is None:
-        return run, wall, None
-    aside = Path(out_dir).parent / "set-aside" / Path(out_dir).name
-    aside.parent.mkdir(parents=True, exist_ok=True)
-    Path(out_dir).rename(aside)
-    say(f"  {Path(out_dir).name}: set aside and run again: {warning}")
-    run, wall2 = _measure_closed_once(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs, warmup)
-    return run, wall + wall2, {"run_dir": str(aside), "warning": warning}
+    set_aside: list[dict] = []
+    while True:
+        run, extra = attempt()
+        warning = held_up(run.meta)
+        if warning is None or len(set_aside) == retries:
+            return run, extra, set_aside
+        aside = None
+        if out_dir is not None:
+            aside = aside_dir(len(set_aside) + 1)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            Path(out_dir).rename(aside)
+        set_aside.append({"run_dir": str(aside) if aside else None, "warning": warning,
+                          "send_lag_s": run.meta.get("send_lag_s"), "loop_lag_s": run.meta.get("loop_lag_s")})
+        say(f"  {name}: set aside and run again: {warning}")
 
 
-def _measure_closed_once(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs, warmup):
+def _measure_closed(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs=1, warmup=False) -> RunResult:
     from measure import run_closed
 
     # concurrency= as well as combos=: measure sizes its connection pool by max(pattern.concurrency)
     pat = ClosedLoop(combos=combos, concurrency=sorted({c[3] for c in combos}), runs=runs, warmup=warmup,
                      latency_mode="generation")
-    t0 = time.monotonic()
     run = run_closed(url, model, pat, out_dir=out_dir, endpoint=endpoint, api_key=api_key, progress=False)
-    wall = time.monotonic() - t0
     if run.meta.get("status") != "complete":
         raise LiveError(f"measure stopped: {run.meta.get('stop_reason') or run.meta.get('status')}")
     bad = [r for r in run.records if not r.ok]
     if bad:
         raise LiveError(f"{len(bad)} of {len(run.records)} calibration requests failed (first: {bad[0].error})")
-    return scale_run(run, clock_scale), wall
+    return scale_run(run, clock_scale)
 
 
 # The knee ends the ladder only from its third rung (2, 4, 8) on: a per-request step cost needs
@@ -604,11 +607,16 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
         folder = out / f"{len(stages) + 1:02d}-{stage.name}"
         say(f"  {folder.name}: {len(stage.combos)} test(s), predicted {stage.predicted_s:.0f} s "
             f"({remaining():.0f} s of budget left)")
-        run, wall, aside = _measure_closed(url, facts.model, stage.combos, folder, clock_scale, endpoint, api_key,
-                                           runs=runs, warmup=warmup, say=say)
+        t0 = time.monotonic()
+        # a stage whose client was held up is run once more; the first run moves to OUT/set-aside/,
+        # where refit does not read it
+        run, _, aside = _until_free(
+            lambda: (_measure_closed(url, facts.model, stage.combos, folder, clock_scale, endpoint, api_key,
+                                     runs=runs, warmup=warmup), None),
+            folder, 1, lambda k: out / "set-aside" / folder.name, folder.name, say)
         if aside:
-            stage.note += f" set aside once: {aside['run_dir']}"
-        stage.measured_s = wall
+            stage.note += f" set aside once: {aside[0]['run_dir']}"
+        stage.measured_s = time.monotonic() - t0
         stages.append(stage)
         measured.append(run)
         folders.append(folder.name)
@@ -913,28 +921,22 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
     (NAME-set-aside-K) and are listed in the kept run's meta["set_aside"].
     """
     from measure import run_open
-    from measure.drivers import held_up
 
     if retries < 0:
         raise LiveError(f"retries must be 0 or more, not {retries}")
-    set_aside: list[dict] = []
-    for attempt in range(retries + 1):
+
+    def attempt():
         steps0 = _scrape_steps(url, api_key)
         run = run_open(url, model, load.workload(), load.pattern(clock_scale), load.num_prompts, out_dir=out_dir,
                        endpoint=load.endpoint, api_key=api_key, progress=False)
         steps1 = _scrape_steps(url, api_key)
         if run.meta.get("status") != "complete":
             raise LiveError(f"{load.name}: measure stopped: {run.meta.get('stop_reason') or run.meta.get('status')}")
-        warning = held_up(run.meta)
-        if warning is None or attempt == retries:
-            break
-        aside = None
-        if out_dir is not None:
-            aside = Path(out_dir).with_name(f"{Path(out_dir).name}-set-aside-{attempt + 1}")
-            Path(out_dir).rename(aside)
-        set_aside.append({"run_dir": str(aside) if aside else None, "warning": warning,
-                          "send_lag_s": run.meta.get("send_lag_s"), "loop_lag_s": run.meta.get("loop_lag_s")})
-        say(f"  {load.name}: set aside and run again: {warning}")
+        return run, (steps0, steps1)
+
+    run, (steps0, steps1), set_aside = _until_free(
+        attempt, out_dir, retries, lambda k: Path(out_dir).with_name(f"{Path(out_dir).name}-set-aside-{k}"),
+        load.name, say)
     if set_aside:
         run.meta["set_aside"] = set_aside
     scale_run(run, clock_scale)
