@@ -2,7 +2,9 @@
 
 Exit codes: 0 all requests succeeded; 1 bad input, unreachable server or any
 failed request (one line on stderr says why); 130 interrupted by Ctrl-C (the
-partial run is written and valid); 143 terminated by SIGTERM.
+partial run is written and valid); 143 terminated by SIGTERM. `capsim report` exits
+1 when the run folder is damaged (unreadable record lines, records missing against
+run.json's count), after printing what it could read.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from simulator.workload import RandomWorkload, ShareGPTWorkload, WorkloadError
 
 from .drivers import run_closed, run_open
 from .errors import MeasureError
-from .runfiles import _dumps, cli_json, format_report, load_run, load_run_info
+from .runfiles import _dumps, cli_json, format_report, load_run, load_run_info, run_damage
 
 _USER_ERRORS = (MeasureError, WorkloadError, LoadError)
 
@@ -223,16 +225,22 @@ def report(run_dir, as_json):
         return load_run(run_dir), info
 
     run, info = _run_guarded(go)
+    damage = run_damage(run, info)
 
     def show():
         if as_json:
-            click.echo(_dumps(cli_json(run), indent=2))
+            click.echo(_dumps(cli_json(run) | ({"damage": damage} if damage else {}), indent=2))
             return
+        status = run.meta.get("status", info.get("status"))
         click.echo(f"run {run_dir}: {run.kind} loop, {info.get('model')} at {info.get('url')}, "
-                   f"status {run.meta.get('status', info.get('status'))}, {len(run.records)} records")
+                   f"status {status}{' but DAMAGED' if damage else ''}, {len(run.records)} records")
         click.echo(format_report(run, info))
+        for d in damage:
+            click.echo(f"damaged: {d}")
 
     _run_guarded(show)
+    if damage:  # the figures above come from what could be read; the exit status says they are incomplete
+        raise click.ClickException(f"run folder {run_dir} is damaged: {'; '.join(damage)}")
 
 
 measure.add_command(report)

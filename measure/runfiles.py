@@ -186,6 +186,20 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
                      meta=meta)
 
 
+def run_damage(run: RunResult, info: dict) -> list[str]:
+    """What is wrong with a run folder's records: unreadable lines, records missing against run.json's count."""
+    out = []
+    bad = int(run.meta.get("unreadable_record_lines") or 0)
+    if bad:
+        out.append(f"{bad} unreadable line{'s' if bad != 1 else ''} in records.jsonl")
+    want = info.get("records")
+    have = len(run.records)
+    if isinstance(want, int) and not isinstance(want, bool) and have != want:
+        out.append(f"records.jsonl holds {have} of the {want} records run.json counts"
+                   if have < want else f"records.jsonl holds {have} records, run.json counts {want}")
+    return out
+
+
 # ---------------------------------------------------------------- summaries
 
 def closed_rows_json(rows: list[ClosedRow]) -> list[dict]:

