@@ -36,10 +36,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from simulator.load import ClosedLoop, OpenLoop
+from simulator.load import ClosedLoop, LoadError, OpenLoop
 from simulator.records import RequestRecord, RunResult
 from simulator.workload import (MixtureWorkload, RandomWorkload, ShareGPTWorkload, Workload,
-                                WorkloadError)
+                                WorkloadError, random_length_bounds)
 
 from . import prom
 from .client import Client, Inflight
@@ -226,6 +226,20 @@ class _Session:
         if worst[0] > mml:
             raise MeasureError(f"a request of {worst[1]} prompt + {worst[2]} output tokens exceeds the server's "
                                f"max_model_len of {mml}")
+
+    def check_random_fits(self, wl: RandomWorkload) -> None:
+        """Refuse a random workload whose smallest request cannot fit, before any file is written.
+
+        The server's own special and chat-template tokens are added later (prepare); whatever they are,
+        no request has fewer than the lower input bound (BOS counted) plus the prefix.
+        """
+        mml = self.server.get("max_model_len")
+        if not isinstance(mml, int):
+            return
+        in_lo, _, out_lo, _ = random_length_bounds(wl.input_len, wl.output_len, wl.range_ratio, wl.fmt.special_tokens)
+        if in_lo + wl.prefix_len + out_lo > mml:
+            raise MeasureError(f"every request exceeds the server's max_model_len of {mml}: the smallest has at least "
+                               f"{in_lo + wl.prefix_len} prompt + {out_lo} output tokens")
 
     def install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -433,6 +447,24 @@ class _Session:
                 raise MeasureError(f"cannot write --save-result {p}: {e.strerror or e}") from None
         return run
 
+    def fail(self, e: BaseException) -> None:
+        """A run that stops on an error after its folder exists is closed with the reason, never left running."""
+        if self.writer is None or self.info.get("status") != "running":
+            return
+        stopped = isinstance(e, (KeyboardInterrupt, asyncio.CancelledError))
+        status = "interrupted" if stopped else "failed"
+        reason = (str(e) if isinstance(e, (MeasureError, WorkloadError, LoadError)) else
+                  f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) if not stopped else \
+            f"interrupted ({type(e).__name__})"
+        wall_end = time.time()
+        self.info.update(status=status, failure=reason, wall_end=wall_end,
+                         wall_end_iso=_dt.datetime.fromtimestamp(wall_end).astimezone().isoformat(timespec="seconds"),
+                         meta={**(self.info.get("meta") or {}), "status": status, "stop_reason": reason})
+        try:
+            self.writer.write_json("run.json", self.info)
+        except OSError:
+            pass  # the error being reported matters more than this one
+
     async def close(self) -> None:
         await self.close_window()
         self.progress.close()
@@ -529,6 +561,8 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
     try:
         S.install_signals()
         await S.connect()
+        if isinstance(workload, RandomWorkload):
+            S.check_random_fits(workload)  # before the folder exists
         S.open_files(S.base_info("open", workload.describe(), pattern.describe()) | {"num_prompts": num_prompts})
         b = S.builder
         prep_t0 = perf_counter()
@@ -587,6 +621,9 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         S.note_schedule(meta, recs, queued=sem is not None)
         run = RunResult(recs, start, end, "open", meta)
         return await S.finish(run, before, None, save_result, save_detailed)
+    except BaseException as e:
+        S.fail(e)
+        raise
     finally:
         await S.close()
 
@@ -613,6 +650,7 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
     try:
         S.install_signals()
         await S.connect()
+        S.check_fits((bt.pp + bt.depth, bt.tg) for bt in batches)  # before the folder exists
         S.open_files(S.base_info("closed", {"dataset": "fixed", "pp": list(pattern.pp), "tg": list(pattern.tg),
                                             "depth": list(pattern.depth)}, pattern.describe()))
         b = S.builder
@@ -622,7 +660,6 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         prep_t0 = perf_counter()
 
         async def prepare():
-            S.check_fits((bt.pp + bt.depth, bt.tg) for bt in batches)
             try:
                 await b.setup()
                 lat = await S.client.probe_latency(pattern.latency_mode, S.model, endpoint)
@@ -681,6 +718,9 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         recs = sorted(S.records, key=lambda r: r.request_id)
         run = RunResult(recs, start, end, "closed", meta)
         return await S.finish(run, before, server_acc or {}, None, False)
+    except BaseException as e:
+        S.fail(e)
+        raise
     finally:
         await S.close()
 

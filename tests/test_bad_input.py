@@ -146,3 +146,52 @@ def test_report_of_a_damaged_run(measured, how):
     one_clear_line(res, "damaged", code=(1,))
     damage = " ".join(json.loads(res.stdout)["damage"])
     assert all(w in damage for w in words), damage
+
+
+# ---------------------------------------------------------------- 4. a failed measure never leaves a run "running"
+
+def _measure_open(url, d, *extra):
+    return invoke(["measure", "open", url, "--num-prompts", "4", "--no-progress", "--no-metrics", "-o", str(d), *extra])
+
+
+def test_measure_checks_before_the_folder_exists(fake, tmp_path):
+    d = tmp_path / "m"
+    res = _measure_open("http://127.0.0.1:9", d)  # unreachable
+    one_clear_line(res, "127.0.0.1:9", code=(1,))
+    assert not d.exists()
+    res = _measure_open(fake().url, d, "--random-input-len", "200000")  # cannot fit whatever the server adds
+    one_clear_line(res, "every request exceeds the server's max_model_len of 4096", code=(1,))
+    assert not d.exists()
+    res = invoke(["measure", "closed", fake().url, "--pp", "5000", "--no-progress", "-o", str(d)])
+    one_clear_line(res, "max_model_len of 4096", code=(1,))
+    assert not d.exists()
+
+
+def _closed_as_failed(d, *words):
+    info = json.loads((d / "run.json").read_text())
+    assert info["status"] == "failed" and all(w in info["failure"] for w in words), info
+    rep = invoke(["report", str(d)])
+    assert "status failed" in rep.stdout and "run status: failed" in rep.stdout, rep.stdout
+
+
+def test_measure_failure_after_the_folder_closes_run_json(fake, tmp_path):
+    d = tmp_path / "m"
+    # the smallest request fits, the largest does not: found while preparing, after the folder is made
+    res = _measure_open(fake().url, d, "--random-input-len", "3000", "--random-range-ratio", "0.5")
+    one_clear_line(res, "exceeds the server's max_model_len", code=(1,))
+    _closed_as_failed(d, "exceeds the server's max_model_len")
+
+
+def test_measure_unexpected_error_closes_run_json(fake, tmp_path, monkeypatch):
+    from measure.prompts import PromptBuilder
+
+    async def boom(self, *a, **kw):
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(PromptBuilder, "setup", boom)
+    for kind in ("open", "closed"):
+        d = tmp_path / kind
+        res = invoke(["measure", kind, fake().url, "--no-progress", "--no-metrics", "-o", str(d)]
+                     + (["--num-prompts", "3"] if kind == "open" else ["--runs", "1"]))
+        one_clear_line(res, "internal error", "tokenizer exploded", code=(1,))
+        _closed_as_failed(d, "RuntimeError: tokenizer exploded")
