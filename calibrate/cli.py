@@ -36,15 +36,28 @@ def _fail(e: Exception):
 @click.option("--pp-max", type=int, default=None, help="--live: largest prompt of the grid (default: half the context).")
 @click.option("--runs", type=int, default=1, show_default=True,
               help="--live: runs of every grid test (2 on a noisy server; the budget then buys fewer tests).")
+@click.option("--plot", "plot_path", default=None, metavar="CARD.PNG",
+              help="Draw the fitted profile's card with the measured points (as `capsim profile show --plot`).")
 @live_limit_options
-def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget, run_dir, tg, pp_max, runs, **live_kw):
+def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget, run_dir, tg, pp_max, runs,
+                  plot_path=None, **live_kw):
     """Fit a profile from closed-loop runs (suite folders, capsim runs, llama-benchy tables, or 'seed'),
     or measure them first on a live server (--live URL)."""
+    if plot_path:
+        from .plots import check_plot_path
+        try:
+            check_plot_path(plot_path)
+        except USER_ERRORS as e:
+            _fail(e)
     if live_url:
         if sources:
             raise click.UsageError("give either SOURCES or --live URL, not both")
-        run_calibrate_live(live_url, out_path, budget, run_dir, name, max_evals or 150, as_json, tg=tg, pp_max=pp_max,
-                           runs=runs, **live_kw)
+        prof, d = run_calibrate_live(live_url, out_path, budget, run_dir, name, max_evals or 150, as_json, tg=tg,
+                                     pp_max=pp_max, runs=runs, **live_kw)
+        if plot_path:
+            _plot_card(prof, [str(d)], plot_path)
+            if not as_json:
+                click.echo(f"wrote {plot_path} (the profile card)")
         return
     if not sources:
         raise click.UsageError("no SOURCES (closed-loop runs) and no --live URL")
@@ -69,6 +82,8 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
     if name:
         prof.name = name
     prof.save(out_path)
+    if plot_path:
+        _plot_card(prof, runs, plot_path)
     if as_json:
         click.echo(json.dumps({"profile": out_path, "seconds": fr.seconds, "evaluations": fr.evaluations,
                                "prompt_scale": fr.prompt_scale, "engine_limits_origin": fr.origin,
@@ -86,6 +101,23 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
         click.echo(f"{k}: {v}")
     click.echo("fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in prof.provenance["fitted_parameters"].items()))
     click.echo(f"wrote {out_path}")
+    if plot_path:
+        click.echo(f"wrote {plot_path} (the profile card)")
+
+
+def _plot_card(prof, runs, plot_path: str) -> None:
+    """calibrate --plot: the fitted profile's card with the measured closed-loop points
+    (runs: ClosedRuns, or source paths to load them from; unreadable ones leave the points out)."""
+    from .plots import plot_profile_card
+    if runs and isinstance(runs[0], str):
+        try:
+            runs = load_closed(runs)
+        except USER_ERRORS:
+            runs = None
+    try:
+        plot_profile_card(prof, runs, plot_path)
+    except USER_ERRORS as e:
+        _fail(e)
 
 
 @click.command("validate")

@@ -187,10 +187,12 @@ def _register() -> None:
     from measure.cli import measure, report
     from measure.twin import twin_cmd
     from capsim.plan_cli import plan_cmd
+    from capsim.profile_cli import profile_group
 
     for name, cmd in (("measure", measure), ("report", report), ("calibrate", calibrate_cmd),
                       ("validate", validate_cmd), ("plan", plan_cmd), ("twin", twin_cmd)):
         main.add_command(cmd, name)
+    main.add_command(profile_group, "profile")
 
 
 _register()

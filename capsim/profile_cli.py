@@ -1,0 +1,53 @@
+"""`capsim profile show`: the profile card (calibrate.card.profile_card) as a table, JSON or PNG.
+
+Attached to the `capsim` group by capsim/cli.py's _register().
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+from simulator.profile import load_profile
+
+from .errors import friendly
+
+
+@click.group("profile")
+def profile_group():
+    """Look at a profile: what calibration produced."""
+
+
+@profile_group.command("show")
+@click.argument("profile")
+@click.option("--plot", "plot_path", default=None, metavar="CARD.PNG", help="Also draw the card as an image.")
+@click.option("--runs", "run_sources", multiple=True, metavar="SOURCE",
+              help="Measured closed-loop runs to overlay (a spark-bench suite folder, capsim runs, llama-benchy "
+                   "tables); repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
+@friendly
+def show_cmd(profile, plot_path, run_sources, as_json):
+    """The card of PROFILE (a profile JSON or a shipped profile name): prefill and decode speed,
+    KV-cache capacity, engine limits, share of the memory roofline."""
+    from calibrate.card import format_card, profile_card
+
+    if plot_path:
+        from calibrate.plots import check_plot_path
+        check_plot_path(plot_path)
+    prof = load_profile(profile)
+    runs = None
+    if run_sources:
+        from calibrate.sources import load_closed
+        runs = load_closed(list(run_sources))
+        if not runs:
+            raise click.ClickException("no closed-loop runs in the --runs sources given")
+    card = profile_card(prof, runs)
+    if plot_path:
+        from calibrate.plots import plot_profile_card
+        plot_profile_card(prof, runs, plot_path, card=card)
+    if as_json:
+        click.echo(json.dumps(card, indent=2))
+    else:
+        click.echo(format_card(card))
+        if plot_path:
+            click.echo(f"\nwrote {plot_path}")
