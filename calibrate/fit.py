@@ -23,24 +23,30 @@ from simulator.profile import Profile
 from simulator.sim import simulate_closed
 from simulator.summary import summarize_closed
 
-from .priors import prior_profile
+from .priors import ROOFLINE_BW, prior_profile
 from .results import ClosedRun
 
 # step-model parameters fitted in log space, with bounds
+# Effective bandwidth stays under the box's roofline (priors.ROOFLINE_BW): above it the fitted
+# bytes would mean nothing, and a free bandwidth let t0 absorb whole decode steps.
 FIT_PARAMS = {
-    "t0": (1e-4, 0.2),
-    "bw_weights": (1e9, 5e13),
+    "t0": (1e-4, 0.1),
+    "t_seq": (1e-7, 5e-3),
+    "bw_weights": (0.1 * ROOFLINE_BW, ROOFLINE_BW),
     "alpha": (0.2, 1.5),
     "flops": (1e11, 1e17),
     "attn_flops": (1e10, 1e17),
     "t_ctx": (1e-10, 1e-5),
 }
-START = {"t_ctx": 1e-7}  # where a prior leaves a parameter at zero
+START = {"t_ctx": 1e-7, "t_seq": 2e-5}  # where a prior leaves a parameter at zero
 API_PARAMS = {"request_s": (1e-4, 1.0), "wake_s": (1e-4, 0.3), "frontend_per_token_s": (1e-8, 1e-4)}
 
 # llama-benchy 0.4.0 sends no ignore_eos: outputs may stop early at lengths the table
 # does not give, and "t/s (total)" mixes that in, so it carries little weight.
-WEIGHTS = {"tg_req_throughput": 1.0, "tg_throughput": 0.1, "pp_throughput": 0.5, "ttfr": 1.0, "e2e_ttft": 1.0}
+# peak t/s (most tokens in a 1-s window) is the batch's pure decode rate: all c requests decoding, no
+# prefill in the window. It pins the step time against batch size, which TPOT at larger loads rests on.
+WEIGHTS = {"tg_req_throughput": 1.0, "tg_throughput": 0.1, "peak_throughput": 1.0, "pp_throughput": 0.5, "ttfr": 1.0,
+           "e2e_ttft": 1.0}
 SPREAD_WEIGHT = 0.3  # ttfr std at c > 1: how prefills queue behind each other
 # Spreads are compared above 10% of the metric's mean: two requests sent together land in one
 # step (no spread) or in two (a whole step's), a coin flip of a few ms of client timing, and a

@@ -411,6 +411,7 @@ def load_meta(run_dir) -> dict:
     return {
         "model": meta.get("model"),
         "served_name": meta.get("served_name"),
+        "weights_profile": meta.get("profile"),
         "vllm_version": meta.get("vllm_version_reported"),
         "vllm_image": meta.get("vllm_image"),
         "hardware": meta.get("hardware"),

@@ -8,30 +8,20 @@ generic values derived from its name (total and active parameter counts such as
 """
 from __future__ import annotations
 
-import re
 
 from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile, gemma4_spark_physics
 from simulator.stepmodel import PhysicalStepModel
 from simulator.workload import PromptFormat
 
+from .architectures import WEIGHT_BITS, architecture_for, kv_dtype_bytes, step_quantities, weight_dtype
+
 GB10_MEMORY_GIB = 121.69  # what torch reports on a DGX Spark (NVML reports nothing)
+ROOFLINE_BW = 273e9  # B/s: the DGX Spark's LPDDR5x peak, the roofline every fitted bandwidth is held under
 
 # vLLM's API-server defaults when NVML cannot read device memory (GB10): see
 # reference/vllm-and-spark-physics.md section 1.6.
 GB10_DEFAULT_BUDGET = 2048
 DEFAULT_MAX_NUM_SEQS = 256
-
-
-def _name_params(name: str) -> tuple[float | None, float | None]:
-    """(total, active) parameter counts in billions from names like 'Qwen3.6-35B-A3B'."""
-    total = active = None
-    m = re.search(r"(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name.replace("-A", " A"))
-    if m:
-        total = float(m.group(1))
-    m2 = re.search(r"[-_ ]A(\d+(?:\.\d+)?)[bB]", name)
-    if m2:
-        active = float(m2.group(1))
-    return total, active
 
 
 def gemma4_kv_blocks(gpu_memory_utilization: float, weights_gib: float = 48.1, other_gib: float = 3.0) -> int:
@@ -70,35 +60,39 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
             e.num_blocks = None
             origin["num_blocks"] = "unidentified: treated as not binding"
         p.name = model
+        p.model["roofline_bw"] = ROOFLINE_BW
         return p, origin
-    # A model the package knows nothing about: generic MoE/dense roofline from its name.
-    total, active = _name_params(model)
-    weight_bytes = 2.0 if "fp8" not in model.lower() else 1.0
-    moe = total is not None and active is not None and active < total
-    e_, k_ = 128, 8
-    if total is None:
-        # bytes of one decode step guessed from the single-user decode speed at ~220 GB/s effective
-        w1 = (1.0 / c1_decode_tps if c1_decode_tps else 0.05) * 220e9
-        fixed, expert, n_exp = w1, 0.0, 0
-        flops_tok = w1  # 2 FLOPs per 2-byte parameter
-    elif moe:
-        wa, wt = active * 1e9 * weight_bytes, total * 1e9 * weight_bytes
-        fixed = max(0.05 * wa, (wa - wt * k_ / e_) / (1 - k_ / e_))
-        expert, n_exp = (wt - fixed) / e_, e_
-        flops_tok = 2 * active * 1e9
-    else:
-        fixed, expert, n_exp = total * 1e9 * weight_bytes, 0.0, 0
-        flops_tok = 2 * total * 1e9
-    model_step = PhysicalStepModel(t0=0.003, weight_bytes_fixed=fixed, expert_bytes=expert, moe_layers=1,
-                                   n_experts=n_exp, top_k=k_, alpha=0.8, bw_weights=220e9, bw_kv=150e9,
-                                   kv_bytes_full=1.0e5, kv_bytes_window=0.0, window=None,
-                                   flops_per_token=flops_tok, flops=50e12, attn_flops_full=2.0e5,
-                                   attn_flops_window=0.0, attn_flops=15e12)
+    # Any other model: architecture facts (a family table, else the name) and the run's dtypes.
+    arch = architecture_for(server)
+    weights, w_origin = weight_dtype(server)
+    kv_b, kv_origin = kv_dtype_bytes(server, weights)
+    q = step_quantities(arch, weights, kv_b)
+    if arch.params_total_b <= 0:
+        # no size anywhere: bytes of one decode step from the single-user decode speed at ~70% of the roofline
+        w1 = (1.0 / c1_decode_tps if c1_decode_tps else 0.05) * 0.7 * ROOFLINE_BW
+        q.update(weight_bytes_fixed=w1, flops_per_token=w1 * 16.0 / WEIGHT_BITS.get(weights, 16.0))
+    elif c1_decode_tps:
+        # a decode step cannot read its weights faster than the roofline: a name whose size says otherwise
+        # (another quantisation, a draft model doing the work) gives way to the measured speed
+        active = q["weight_bytes_fixed"] + q["top_k"] * q["moe_layers"] * q["expert_bytes"]
+        t_min = active / ROOFLINE_BW
+        if t_min > 0.9 / c1_decode_tps:
+            f = 0.7 / c1_decode_tps / t_min
+            q["weight_bytes_fixed"] *= f
+            q["expert_bytes"] *= f
+            origin["architecture_scaled"] = (f"weights read per step scaled by {f:.2f}: the name's size cannot decode "
+                                             f"at the measured {c1_decode_tps:.1f} tokens/s within {ROOFLINE_BW / 1e9:.0f} GB/s")
+    model_step = PhysicalStepModel(t0=0.003, bw_weights=0.8 * ROOFLINE_BW, bw_kv=0.8 * ROOFLINE_BW, alpha=0.8,
+                                   flops=50e12, attn_flops=15e12, **q)
     origin["num_blocks"] = "unidentified: treated as not binding"
+    origin["architecture"] = arch.source + ("; assumed: " + ", ".join(arch.assumed) if arch.assumed else "")
+    origin["weights"] = f"{weights} ({w_origin})"
+    origin["kv_cache_dtype"] = kv_origin
     prof = Profile(name=model or "unknown", engine=EngineLimits(num_blocks=None, kv_groups=(KVGroup(16),), **limits),
                    step_model=model_step, api=ApiOverhead(0.02, 0.001),
                    prompt_format=PromptFormat(special_tokens=1, chat_template_tokens=10),
-                   model={"name": model, "params_total_b": total, "params_active_b": active,
-                          "weights": "fp8" if weight_bytes == 1 else "bf16", "kv_cache_dtype": server.get("kv_cache_dtype")},
-                   provenance={"prior": "generic roofline from the model name" if total else "generic from decode speed"})
+                   model={"name": model, "params_total_b": arch.params_total_b, "params_active_b": arch.params_active_b,
+                          "weights": weights, "kv_cache_dtype": server.get("kv_cache_dtype"),
+                          "architecture": arch.to_json(), "roofline_bw": ROOFLINE_BW},
+                   provenance={"prior": arch.source})
     return prof.validate(), origin

@@ -137,6 +137,9 @@ class PhysicalStepModel(StepModel):
     # Decode attention over one sequence is latency-bound at small batch: a cost per
     # token of the batch's mean context, on top of the KV bytes streamed at bw_kv.
     t_ctx: float = 0.0
+    # Mamba / linear-attention layers keep a fixed state per sequence, read and written every
+    # step whatever the context: bytes per sequence in the step, streamed at bw_kv.
+    state_bytes_seq: float = 0.0
     # Measured corrections of pure decode steps by batch size, [[batch, factor], ...]: kernels
     # pick other code paths at some batch sizes (vLLM's CPU build decodes 2 requests slower
     # than 4), which no smooth roofline follows. Interpolated in log2(batch), constant past the
@@ -182,7 +185,8 @@ class PhysicalStepModel(StepModel):
     def times(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window):
         wt = self._weights_time(n_tokens)
         cf = ctx_full.astype(np.float64)
-        mem = wt + (self.kv_bytes_full * cf + self.kv_bytes_window * ctx_window.astype(np.float64)) / self.bw_kv
+        mem = wt + (self.kv_bytes_full * cf + self.kv_bytes_window * ctx_window.astype(np.float64)
+                    + self.state_bytes_seq * float(n_seqs)) / self.bw_kv
         if self.t_ctx:
             mem = mem + self.t_ctx * (cf / float(max(n_seqs, 1)))
         lin = (self.flops_per_token * float(n_tokens)) / self.flops

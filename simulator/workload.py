@@ -127,12 +127,17 @@ class RandomWorkload(Workload):
     range_ratio: float = 0.0
     prefix_len: int = 0
     fmt: PromptFormat = field(default_factory=PromptFormat)
+    # Mean share of max_tokens the model generates before it stops (1: it never stops early). A
+    # measured run whose server stopped at EOS despite ignore_eos (gpt-oss) says so in its token total.
+    output_fraction: float = 1.0
     name = "random"
 
     def __post_init__(self):
         random_length_bounds(self.input_len, self.output_len, self.range_ratio, self.fmt.special_tokens)
         if self.prefix_len < 0:
             raise WorkloadError(f"--random-prefix-len must be >= 0, got {self.prefix_len}")
+        if not 0 < self.output_fraction <= 1:
+            raise WorkloadError(f"output_fraction must be in (0, 1], got {self.output_fraction}")
 
     def lengths(self, n: int, seed: int):
         in_lo, in_hi, out_lo, out_hi = random_length_bounds(
@@ -146,13 +151,16 @@ class RandomWorkload(Workload):
     def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
         input_lens, output_lens, offsets = self.lengths(n, seed)
         extra = self.fmt.special_tokens + self.fmt.chat_template_tokens + self.prefix_len
-        return [RequestSpec(prompt_tokens=int(i) + extra, max_tokens=int(o), output_tokens=int(o),
+        f = self.output_fraction
+        return [RequestSpec(prompt_tokens=int(i) + extra, max_tokens=int(o),
+                            output_tokens=int(o) if f == 1.0 else max(1, round(int(o) * f)),
                             tag="random", raw_prompt_tokens=int(i) + self.prefix_len, offset=int(off))
                 for i, o, off in zip(input_lens, output_lens, offsets)]
 
     def describe(self) -> dict:
-        return {"dataset": "random", "random_input_len": self.input_len, "random_output_len": self.output_len,
-                "random_range_ratio": self.range_ratio, "random_prefix_len": self.prefix_len}
+        d = {"dataset": "random", "random_input_len": self.input_len, "random_output_len": self.output_len,
+             "random_range_ratio": self.range_ratio, "random_prefix_len": self.prefix_len}
+        return d | ({"output_fraction": self.output_fraction} if self.output_fraction != 1.0 else {})
 
 
 # ---------------------------------------------------------------- ShareGPT

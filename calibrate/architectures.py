@@ -1,0 +1,207 @@
+"""Architecture facts of a served model, as priors for the step-time model.
+
+What decides a decode step's cost is architecture: the bytes of weights read (the dense part plus
+the experts the batch's tokens touch), the KV bytes per context token (only attention layers hold
+KV; Mamba and linear-attention layers hold a fixed state per sequence instead), and the FLOPs per
+token. `architecture_for(server)` reads what a run says (model id, weight and KV dtypes) and takes
+layer counts from a small table of model families where it knows the family, or infers them from
+the parameter counts in the model's name otherwise. The facts are priors: calibration fits the
+box's effective bandwidth, overheads and routing spread on top, never per-model corrections.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+# Bits per weight as read from memory, scales included.
+WEIGHT_BITS = {"bf16": 16.0, "fp16": 16.0, "fp8": 8.5, "int8": 8.5, "nvfp4": 4.5, "mxfp4": 4.25, "int4": 4.25,
+               "awq": 4.25, "gptq": 4.25}
+KV_BYTES = {"fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0, "auto": 2.0, "bf16": 2.0, "fp16": 2.0}
+
+
+@dataclass
+class Architecture:
+    """Per-model facts; counts are per model, bytes per element come from the run's dtypes."""
+
+    family: str
+    params_total_b: float
+    params_active_b: float
+    layers: int
+    attn_layers: int  # full-attention layers: KV grows with context
+    kv_heads: int = 8
+    head_dim: int = 128
+    q_heads: int = 32
+    window_layers: int = 0  # sliding-window attention layers
+    window: int | None = None
+    window_kv_heads: int | None = None
+    window_head_dim: int | None = None
+    mla_dim: int | None = None  # MLA: latent + rope elements per token per layer (replaces 2 x kv_heads x head_dim)
+    state_layers: int = 0  # Mamba / linear-attention layers: a fixed state per sequence
+    state_elems_layer: float = 0.0  # state elements per sequence per such layer
+    n_experts: int = 0
+    top_k: int = 0
+    moe_layers: int = 0
+    expert_bits: float | None = None  # when experts are quantised apart from the rest (gpt-oss: mxfp4)
+    source: str = ""
+    assumed: list[str] = field(default_factory=list)  # facts that fell back on guesses
+
+    @property
+    def moe(self) -> bool:
+        return self.n_experts > 0 and self.top_k > 0 and self.params_active_b < self.params_total_b
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# Model families: (name pattern, facts). Facts a name fixes (total/active parameters) come from the
+# name when it carries them; the rest is the family's published configuration.
+FAMILIES: list[tuple[str, dict]] = [
+    (r"gemma-?4-26b-a4b", dict(family="gemma-4 MoE", params_total_b=25.2, params_active_b=3.8, layers=30, attn_layers=5,
+                               kv_heads=2, head_dim=512, q_heads=16, window_layers=25, window=1024, window_kv_heads=8,
+                               window_head_dim=256, n_experts=128, top_k=8, moe_layers=30)),
+    (r"gemma-?4-31b", dict(family="gemma-4 dense", params_total_b=30.7, params_active_b=30.7, layers=60, attn_layers=10,
+                           kv_heads=4, head_dim=512, q_heads=32, window_layers=50, window=1024, window_kv_heads=16,
+                           window_head_dim=256)),
+    (r"gpt-oss-20b", dict(family="gpt-oss", params_total_b=20.9, params_active_b=3.6, layers=24, attn_layers=12,
+                          kv_heads=8, head_dim=64, q_heads=64, window_layers=12, window=128, window_kv_heads=8,
+                          window_head_dim=64, n_experts=32, top_k=4, moe_layers=24, expert_bits=4.25)),
+    (r"gpt-oss-120b", dict(family="gpt-oss", params_total_b=116.8, params_active_b=5.1, layers=36, attn_layers=18,
+                           kv_heads=8, head_dim=64, q_heads=64, window_layers=18, window=128, window_kv_heads=8,
+                           window_head_dim=64, n_experts=128, top_k=4, moe_layers=36, expert_bits=4.25)),
+    (r"nemotron-?3-nano-30b-a3b", dict(family="nemotron-3 hybrid Mamba MoE", params_total_b=31.6, params_active_b=3.6,
+                                       layers=52, attn_layers=6, kv_heads=2, head_dim=128, q_heads=32, state_layers=23,
+                                       state_elems_layer=64 * 64 * 128, n_experts=128, top_k=6, moe_layers=23)),
+    (r"mistral-small-4", dict(family="mistral-small-4 MoE (MLA)", params_total_b=119.0, params_active_b=6.5, layers=36,
+                              attn_layers=36, mla_dim=576, q_heads=32, head_dim=128, n_experts=128, top_k=4,
+                              moe_layers=36)),
+    # Qwen3.5 / 3.6: Gated DeltaNet linear attention and gated full attention, 3:1.
+    (r"qwen3\.[56]-.*a\d+(\.\d+)?b", dict(family="qwen3.5 hybrid MoE", hybrid_attn_fraction=0.25, kv_heads=2,
+                                            head_dim=256, q_heads=16, state_elems_layer=32 * 128 * 128,
+                                            n_experts=256, top_k=8)),
+    (r"qwen3\.[56]-", dict(family="qwen3.5 hybrid dense", hybrid_attn_fraction=0.25, kv_heads=4, head_dim=256,
+                            q_heads=16, state_elems_layer=32 * 128 * 128)),
+    (r"qwen3-next", dict(family="qwen3-next hybrid MoE", hybrid_attn_fraction=0.25, kv_heads=2, head_dim=256,
+                         q_heads=16, state_elems_layer=32 * 128 * 128, n_experts=512, top_k=10)),
+    (r"qwen3-.*a\d+(\.\d+)?b", dict(family="qwen3 MoE", kv_heads=4, head_dim=128, q_heads=32, n_experts=128, top_k=8)),
+    (r"qwen3-", dict(family="qwen3 dense", kv_heads=8, head_dim=128, q_heads=32)),
+    (r"llama-?3", dict(family="llama-3 dense", kv_heads=8, head_dim=128, q_heads=32)),
+]
+
+
+def name_params(name: str) -> tuple[float | None, float | None]:
+    """(total, active) parameter counts in billions from names like 'Qwen3.6-35B-A3B' or 'gpt-oss-20b'."""
+    total = active = None
+    m = re.search(r"(?<![a-zA-Z])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name.replace("-A", " A").replace("-a", " a"))
+    if m:
+        total = float(m.group(1))
+    m2 = re.search(r"[-_ ][Aa](\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name)
+    if m2:
+        active = float(m2.group(1))
+    if total is not None and active is not None and active >= total:
+        active = None
+    return total, active
+
+
+def weight_dtype(server: dict) -> tuple[str, str]:
+    """The weights' dtype from what the run says (model id, the run's profile name, --quantization)."""
+    text = " ".join(str(server.get(k) or "") for k in ("model", "weights_profile", "served_name", "extra_args")).lower()
+    m = re.search(r"--quantization[ =](\S+)", text)
+    if m and m.group(1) in WEIGHT_BITS:
+        return m.group(1), "--quantization flag"
+    for key in ("nvfp4", "mxfp4", "fp8", "awq", "gptq", "int4", "int8", "bf16", "fp16"):
+        if re.search(rf"(?<![a-z0-9]){key}", text):
+            return key, "model id / run name"
+    if "gpt-oss" in text:
+        return "mxfp4", "gpt-oss ships mxfp4 experts"
+    return "bf16", "assumed (no dtype in the model id or flags)"
+
+
+def kv_dtype_bytes(server: dict, weights: str) -> tuple[float, str]:
+    kv = str(server.get("kv_cache_dtype") or "auto").lower()
+    if kv == "auto":
+        return (2.0 if weights not in ("fp8",) else 1.0), "kv_cache_dtype auto: the model's dtype"
+    return KV_BYTES.get(kv, 2.0), f"kv_cache_dtype {kv}"
+
+
+def _layers_for(params_b: float) -> int:
+    """Typical depth of a transformer of this size (dense-equivalent); only a prior."""
+    return int(round(min(96, max(16, 16 + 9 * math.sqrt(params_b)))))
+
+
+def architecture_for(server: dict) -> Architecture:
+    """Architecture facts for the run's model: a known family's table, else inferred from its name."""
+    model = str(server.get("model") or server.get("served_name") or "")
+    low = model.lower().split("/")[-1]
+    total, active = name_params(low)
+    facts: dict = {}
+    source = "inferred from the model name"
+    for pat, f in FAMILIES:
+        if re.search(pat, low):
+            facts = dict(f)
+            source = f"family table: {f['family']}"
+            break
+    assumed: list[str] = []
+    frac = facts.pop("hybrid_attn_fraction", None)
+    if "params_total_b" not in facts:
+        if total is None:
+            assumed.append("parameter count (none in the name): from the single-user decode speed")
+        facts["params_total_b"] = total or 0.0
+        facts["params_active_b"] = active or facts["params_total_b"]
+    if "layers" not in facts:
+        facts["layers"] = _layers_for(facts["params_active_b"] if facts.get("n_experts") else facts["params_total_b"] or 8)
+        assumed.append(f"{facts['layers']} layers (typical for the size)")
+        if frac:
+            facts["attn_layers"] = max(1, int(round(facts["layers"] * frac)))
+            facts["state_layers"] = facts["layers"] - facts["attn_layers"]
+        else:
+            facts["attn_layers"] = facts["layers"]
+        if facts.get("n_experts"):
+            facts["moe_layers"] = facts["layers"]
+    if "n_experts" not in facts and active is not None and total is not None and active < total:
+        facts.update(n_experts=128, top_k=8, moe_layers=facts["layers"])
+        assumed.append("128 experts, top-8 (typical MoE)")
+    if "kv_heads" not in facts and "mla_dim" not in facts:
+        assumed.append("8 KV heads of 128 (typical GQA)")
+    facts.setdefault("family", "unknown")
+    return Architecture(**facts, source=source, assumed=assumed)
+
+
+def step_quantities(arch: Architecture, weights: str, kv_bytes: float) -> dict:
+    """PhysicalStepModel's fixed quantities from architecture facts and dtypes."""
+    wb = WEIGHT_BITS.get(weights, 16.0) / 8.0
+    eb = wb
+    if arch.expert_bits and weights == "mxfp4":
+        # a model that ships quantised experts: the rest (attention, router, embeddings) stays bf16
+        eb, wb = arch.expert_bits / 8.0, 2.0
+    p_t, p_a = arch.params_total_b * 1e9, arch.params_active_b * 1e9
+    q: dict = {}
+    if arch.moe and arch.moe_layers:
+        per_expert = (p_t - p_a) / (arch.moe_layers * (arch.n_experts - arch.top_k))
+        dense = max(0.0, p_a - arch.moe_layers * arch.top_k * per_expert)
+        q.update(weight_bytes_fixed=dense * wb, expert_bytes=per_expert * eb, moe_layers=arch.moe_layers,
+                 n_experts=arch.n_experts, top_k=arch.top_k)
+    else:
+        q.update(weight_bytes_fixed=p_t * wb, expert_bytes=0.0, moe_layers=0, n_experts=0, top_k=0)
+    per_layer = (arch.mla_dim if arch.mla_dim else 2 * arch.kv_heads * arch.head_dim) * kv_bytes
+    q["kv_bytes_full"] = float(arch.attn_layers * per_layer)
+    if arch.window_layers and arch.window:
+        wk = arch.window_kv_heads or arch.kv_heads
+        wd = arch.window_head_dim or arch.head_dim
+        q["kv_bytes_window"] = float(arch.window_layers * 2 * wk * wd * kv_bytes)
+        q["window"] = int(arch.window)
+    else:
+        q["kv_bytes_window"] = 0.0
+        q["window"] = None
+    # state read and written back each step, in the model's dtype (vLLM's mamba cache dtype "auto")
+    q["state_bytes_seq"] = float(arch.state_layers * arch.state_elems_layer * 2 * 2)
+    q["flops_per_token"] = 2.0 * p_a
+    # QK^T and PV: 2 x 2 FLOPs per query-key pair per head-dim element
+    q["attn_flops_full"] = float(4 * arch.q_heads * (arch.head_dim if not arch.mla_dim else 192) * arch.attn_layers)
+    q["attn_flops_window"] = float(4 * arch.q_heads * (arch.window_head_dim or arch.head_dim) * arch.window_layers)
+    return q
+
+
+def describe(arch: Architecture) -> str:
+    return json.dumps({k: v for k, v in arch.to_json().items() if v not in (None, 0, 0.0, [], "")})
