@@ -21,6 +21,7 @@ from scipy.optimize import least_squares
 from simulator.load import ClosedLoop
 from simulator.profile import Profile
 from simulator.sim import simulate_closed
+from simulator.uncertainty import Uncertainty
 from simulator.summary import summarize_closed
 
 from .priors import ROOFLINE_BW, prior_profile
@@ -207,6 +208,8 @@ def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: d
     sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, diff_step=0.03, max_nfev=max_nfev)
     best = apply(sol.x)
     res = compare(best, runs, scale)
+    best.uncertainty = fit_uncertainty(sol, [f"step_model.{n}" for n in names] + [f"api.{n}" for n in api_names],
+                                       res, runs)
     best.provenance = {
         "fitted_on": sorted({f"{r.source}:{r.test}" for r in runs}),
         "fitted_parameters": {n: getattr(best.step_model, n) for n in names}
@@ -214,8 +217,48 @@ def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: d
         "prompt_scale": scale,
         **residual_provenance(res),
         "evaluations": evals[0],
+        "envelope": envelope(runs),
     }
     return best, res, evals[0]
+
+
+# Largest log-space standard deviation a drawn parameter gets: a parameter the runs do not identify
+# (attention FLOP/s in runs without long prompts) is uncertain, but a draw of e^3 would be noise.
+MAX_LOG_SD = 0.5
+# Figures whose misfit measures how far the step-time model itself is off.
+MISFIT_METRICS = ("tg_req_throughput", "peak_throughput", "pp_throughput", "ttfr", "e2e_ttft")
+
+
+def fit_uncertainty(sol, names: list[str], res: list[Residual], runs: list[ClosedRun]) -> Uncertainty:
+    """The fit's parameter covariance (Gauss-Newton, s^2 (J^T J)^-1 in log space) and the model's misfit.
+
+    model_sigma is the spread of the log ratios of simulated to measured figures after the fit: what
+    the fitted model still gets wrong on data it saw, a floor on what it gets wrong on data it did not.
+    """
+    J = np.asarray(sol.jac, dtype=float)
+    m, n = J.shape
+    s2 = 2.0 * float(sol.cost) / max(1, m - n)
+    cov = s2 * np.linalg.pinv(J.T @ J)
+    cov = (cov + cov.T) / 2
+    sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    cap = np.minimum(sd, MAX_LOG_SD) / np.where(sd > 0, sd, 1.0)
+    cov = cov * np.outer(cap, cap)
+    w, v = np.linalg.eigh(cov)
+    cov = (v * np.clip(w, 0.0, None)) @ v.T
+    lr = np.array([math.log(max(r.simulated, 1e-12) / r.measured) for r in res
+                   if r.metric in MISFIT_METRICS and r.measured > 0])
+    # root mean square, tails included (the rows a robust fit lets go are where predictions miss too),
+    # each row capped at a factor e^0.5 so one broken row cannot set the band
+    sigma = float(np.sqrt(np.mean(np.minimum(lr * lr, 0.25)))) if len(lr) else 0.0
+    return Uncertainty(names=names, log_mean=[float(x) for x in sol.x], log_cov=cov.tolist(),
+                       model_sigma=sigma, envelope_batch=envelope(runs)["max_concurrency"]).validate()
+
+
+def envelope(runs: list[ClosedRun]) -> dict:
+    """What calibration saw: the largest concurrency and context of its runs."""
+    rows = [r for run in runs for r in run.rows]
+    return {"max_concurrency": max((r.concurrency for r in rows), default=1),
+            "max_context": max((r.pp + r.depth + r.tg for r in rows), default=0)}
 
 
 def residual_provenance(res: list[Residual]) -> dict:

@@ -156,7 +156,23 @@ def predict_run(run: OpenRun, profile: Profile, replications: int = 10, tokenize
     wl = workload_for(run, profile, tokenizer)
     n = int(run.params.get("num_prompts") or run.result.get("completed"))
     med, lo, hi, runs = replicate_open(profile, wl, n, pattern_for(run), replications, n_jobs=n_jobs)
-    return runs[0], lo, hi, med
+    pred = runs[0]
+    specs = wl.sample(n, int(run.params.get("seed") or 0))
+    pred["_max_context"] = max((s.prompt_tokens + s.output_tokens for s in specs), default=0)
+    return pred, lo, hi, med
+
+
+def outside_envelope(test: str, pred: dict, profile: Profile) -> str | None:
+    """A note when a prediction reaches batch sizes or contexts that calibration never ran."""
+    env = profile.provenance.get("envelope") or {}
+    out = []
+    peak, cal_c = pred.get("max_concurrent_requests"), env.get("max_concurrency")
+    if peak and cal_c and peak > cal_c:
+        out.append(f"{peak:.0f} requests in flight at the peak, calibration ran at most {cal_c}")
+    ctx, cal_ctx = pred.get("_max_context"), env.get("max_context")
+    if ctx and cal_ctx and ctx > cal_ctx:
+        out.append(f"requests of up to {ctx} tokens, calibration's longest was {cal_ctx}")
+    return f"{test}: outside the calibrated envelope ({'; '.join(out)}): extrapolated" if out else None
 
 
 def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, tokenizer: str | None = None,
@@ -166,6 +182,9 @@ def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, toke
     for i, run in enumerate(runs):
         pred, lo, hi, med = predict_run(run, profile, replications, tokenizer, n_jobs)
         preds[(run.source, run.test)] = pred
+        note = outside_envelope(run.test, pred, profile)
+        if note:
+            out.notes.append(note)
         for m in METRICS:
             if m in run.result and m in pred and run.result[m] is not None:
                 out.rows.append(Row(run.source, run.test, m, float(run.result[m]), pred[m], lo[m], hi[m], med[m]))

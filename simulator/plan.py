@@ -55,6 +55,7 @@ from .office import (ROUTINGS, Office, OfficeError, Session, office_sessions, pe
                      simulate_sessions, summarize_office)
 from .profile import Profile, ProfileError
 from .summary import DEFAULT_PERCENTILES, _pct_key
+from .uncertainty import draw_profile
 from .whatif import apply_edits
 from .workload import RandomWorkload
 
@@ -348,7 +349,7 @@ def _percentiles(slas: Sequence[Constraint]) -> tuple[float, ...]:
 def _office_rep(profile: Profile, office: Office, staff: int, scenario: Scenario, seed: int,
                 percentiles: tuple[float, ...], classes: bool) -> dict:
     sessions = office_sessions(office, staff, seed, profile.prompt_format)
-    run = simulate_sessions(profile, sessions, boxes=scenario.boxes, routing=scenario.routing,
+    run = simulate_sessions(draw_profile(profile, seed), sessions, boxes=scenario.boxes, routing=scenario.routing,
                             prefix_hit=scenario.prefix_hit, max_concurrency=office.max_concurrency,
                             queue_in_ttft=office.queue_in_ttft, noise_seed=seed,
                             measure_from=office.warmup(profile.prompt_format))
@@ -373,7 +374,7 @@ def _rate_rep(profile: Profile, rate: float, scenario: Scenario, seed: int, nois
     specs = sweep_workload(profile).sample(n, seed=seed)
     arrivals = OpenLoop(rate=rate, burstiness=0.7, seed=seed).arrival_times(n)
     sessions = [Session(float(t), (s,), (), "random") for t, s in zip(arrivals, specs)]
-    run = simulate_sessions(profile, sessions, boxes=scenario.boxes, routing=scenario.routing,
+    run = simulate_sessions(draw_profile(profile, seed), sessions, boxes=scenario.boxes, routing=scenario.routing,
                             prefix_hit=scenario.prefix_hit, noise_seed=noise_seed)
     s = summarize_office(run)
     return {k: s[k] for k in ("p95_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "request_throughput",

@@ -9,12 +9,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import numbers
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .stepmodel import PhysicalStepModel, StepModel, step_model_from_json
+from .uncertainty import Uncertainty
 from .workload import PromptFormat
 
 
@@ -84,6 +86,26 @@ class ApiOverhead:
     wake_s: float = 0.002  # idle engine: arrival -> first schedule
 
 
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# step-model parameters that times are divided by (physical model's rates)
+_STEP_RATES = ("bw_weights", "bw_kv", "flops", "attn_flops")
+
+
+def _check_step_model(m: StepModel) -> None:
+    """Every numeric step-model parameter finite and >= 0, the rates > 0 (a profile edit is no exception)."""
+    for f in fields(m):
+        v = getattr(m, f.name)
+        numeric = str(f.type).split(" |")[0] in ("float", "int")
+        if v is None or not (numeric or isinstance(v, numbers.Real)) or isinstance(v, bool):
+            continue
+        need = "> 0" if f.name in _STEP_RATES else ">= 0"
+        if not _number(v) or v < 0 or (f.name in _STEP_RATES and v == 0):
+            raise ProfileError(f"step_model.{f.name} must be a finite number {need}, got {v!r}")
+
+
 @dataclass
 class Profile:
     name: str
@@ -94,14 +116,21 @@ class Profile:
     prompt_format: PromptFormat = field(default_factory=PromptFormat)
     model: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    uncertainty: Uncertainty | None = None  # fitted profiles: what replications draw from
 
     def validate(self) -> "Profile":
+        for k in ("max_num_batched_tokens", "max_num_seqs", "max_model_len", "num_blocks",
+                  "long_prefill_token_threshold"):
+            v = getattr(self.engine, k)
+            if v is not None and not (_number(v) and float(v).is_integer()):
+                raise ProfileError(f"{k} must be a whole number, got {v!r}")
         self.engine.validate()
-        if self.step_noise_cv < 0:
-            raise ProfileError(f"step_noise_cv must be >= 0, got {self.step_noise_cv}")
-        if min(self.api.request_s, self.api.chunk_s, self.api.frontend_s, self.api.frontend_per_token_s,
-               self.api.wake_s) < 0:
-            raise ProfileError("api overheads must be >= 0")
+        if not _number(self.step_noise_cv) or self.step_noise_cv < 0:
+            raise ProfileError(f"step_noise_cv must be a finite number >= 0, got {self.step_noise_cv!r}")
+        for k, v in asdict(self.api).items():
+            if not _number(v) or v < 0:
+                raise ProfileError(f"api.{k} must be a finite number >= 0, got {v!r}")
+        _check_step_model(self.step_model)
         return self
 
     def copy(self) -> "Profile":
@@ -120,7 +149,7 @@ class Profile:
             "prompt_format": asdict(self.prompt_format),
             "model": self.model,
             "provenance": self.provenance,
-        }
+        } | ({"uncertainty": self.uncertainty.to_json()} if self.uncertainty is not None else {})
 
     @classmethod
     def from_json(cls, d: dict[str, Any], where: str = "profile") -> "Profile":
@@ -136,6 +165,7 @@ class Profile:
                 prompt_format=PromptFormat(**d.get("prompt_format", {})),
                 model=dict(d.get("model", {})),
                 provenance=dict(d.get("provenance", {})),
+                uncertainty=Uncertainty(**d["uncertainty"]).validate() if d.get("uncertainty") else None,
             )
         except KeyError as ex:
             raise ProfileError(f"{where}: missing key {ex.args[0]!r}") from None

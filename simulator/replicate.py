@@ -2,7 +2,8 @@
 
 Replication r uses seed + r for the workload sample and the arrival schedule
 (replication 0 is the seed the user gave, so a seeded measured run is predicted
-on its very requests) and r for step-time noise. Runs go to joblib workers.
+on its very requests), r for step-time noise and, for r >= 1, a profile drawn from
+the fit's uncertainty (simulator.uncertainty). Runs go to joblib workers.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .load import ClosedLoop, OpenLoop
 from .profile import Profile
 from .sim import simulate_closed, simulate_open
 from .summary import ClosedRow, summarize_closed, summarize_open
+from .uncertainty import draw_profile
 from .workload import Workload
 
 
@@ -31,7 +33,9 @@ def default_jobs(r: int) -> int:
 
 def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r: int) -> dict:
     pat = replace(pattern, seed=pattern.seed + r)
-    run = simulate_open(profile, workload.sample(n, seed=pat.seed), pat, noise_seed=r)
+    # replication 0 is the fitted profile itself; the others draw what the fit left uncertain
+    prof = profile if r == 0 else draw_profile(profile, r)
+    run = simulate_open(prof, workload.sample(n, seed=pat.seed), pat, noise_seed=r)
     s = summarize_open(run)
     s["num_preemptions"] = run.meta["num_preemptions"]
     return s
@@ -61,7 +65,7 @@ def replicate_open(profile: Profile, workload: Workload, num_prompts: int, patte
 
 
 def _closed_one(profile: Profile, pattern: ClosedLoop, r: int) -> tuple[list[ClosedRow], float]:
-    run = simulate_closed(profile, pattern, noise_seed=r)
+    run = simulate_closed(profile if r == 0 else draw_profile(profile, r), pattern, noise_seed=r)
     return summarize_closed(run), run.meta["latency_s"]
 
 

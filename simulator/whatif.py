@@ -71,7 +71,7 @@ def _scenario(p: Profile, key: str, value: str) -> bool:
             raise ProfileError(f"speed must be > 0, got {value}")
         for f in dataclasses.fields(m):
             v = getattr(m, f.name)
-            if f.name in ("t0", "t_seq") or f.name.startswith("c"):
+            if f.name in ("t0", "t_seq", "t_ctx") or f.name.startswith("c"):
                 if isinstance(v, float):
                     setattr(m, f.name, v / s)
             elif f.name in ("bw_weights", "bw_kv", "flops", "attn_flops"):

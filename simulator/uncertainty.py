@@ -1,0 +1,64 @@
+"""What a profile does not know exactly: the fitted parameters' uncertainty, and the model's own misfit.
+
+A calibrated profile carries `Uncertainty`: the covariance of its fitted parameters (in log space,
+from the fit's Jacobian) and `model_sigma`, the spread of the log-ratios by which the fitted model
+still misses the calibration figures. `draw_profile` turns it into one plausible box per
+replication, so that the 5-95 % band over replications carries both, not only arrival and
+sampling randomness. A profile without it (hand-set, shipped before) draws itself.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Uncertainty:
+    names: list[str] = field(default_factory=list)  # "step_model.bw_weights", "api.request_s", ...
+    log_mean: list[float] = field(default_factory=list)
+    log_cov: list[list[float]] = field(default_factory=list)
+    model_sigma: float = 0.0  # lognormal sigma of a whole-run step-time factor
+    # Largest batch calibration saw. Decode steps of larger batches are extrapolated: their drawn
+    # factor gets one more model_sigma of independent spread per doubling beyond it.
+    envelope_batch: int | None = None
+
+    def validate(self) -> "Uncertainty":
+        n = len(self.names)
+        if len(self.log_mean) != n or len(self.log_cov) != n or any(len(r) != n for r in self.log_cov):
+            raise ValueError("uncertainty: names, log_mean and log_cov must have matching sizes")
+        if not (self.model_sigma >= 0 and math.isfinite(self.model_sigma)):
+            raise ValueError(f"uncertainty: model_sigma must be finite and >= 0, got {self.model_sigma}")
+        return self
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def draw_profile(profile, key: int):
+    """A copy of `profile` with its uncertain parameters drawn (seeded by `key`); the profile itself if it has none."""
+    u = getattr(profile, "uncertainty", None)
+    if u is None or (not u.names and not u.model_sigma):
+        return profile
+    rng = np.random.default_rng([0x5EED, int(key)])
+    p = profile.copy()
+    if u.names:
+        cov = np.array(u.log_cov, dtype=float)
+        x = rng.multivariate_normal(np.array(u.log_mean, dtype=float), cov, method="eigh")
+        targets = {"step_model": p.step_model, "api": p.api}
+        for name, v in zip(u.names, x):
+            section, _, attr = name.partition(".")
+            setattr(targets[section], attr, float(math.exp(v)))
+        if getattr(p.step_model, "bw_kv", None) is not None and "step_model.bw_kv" not in u.names \
+                and "step_model.bw_weights" in u.names:
+            p.step_model.bw_kv = p.step_model.bw_weights  # tied in the fit, tied in the draw
+    if u.model_sigma:
+        from .whatif import apply_edits
+        f = math.exp(rng.normal(0.0, u.model_sigma))
+        p = apply_edits(p, [f"speed={f!r}"])
+        if u.envelope_batch and hasattr(p.step_model, "decode_factors") and not p.step_model.decode_factors:
+            b0, z = int(u.envelope_batch), rng.normal(0.0, u.model_sigma)
+            p.step_model.decode_factors = [[b0 * 2 ** d, math.exp(z * d)] for d in range(0, 6)]
+    p.uncertainty = None
+    return p
