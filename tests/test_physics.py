@@ -1,0 +1,147 @@
+"""Step-time physics that carries over: architecture priors, the roofline bound, honest bands, the envelope."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from calibrate.architectures import architecture_for, name_params, step_quantities, weight_dtype
+from calibrate.fit import fit_closed
+from calibrate.importers import closed_runs, load_meta, open_runs
+from calibrate.priors import ROOFLINE_BW, prior_profile
+from calibrate.validate import validate, workload_for
+from simulator.profile import Profile, load_profile
+from simulator.uncertainty import Uncertainty, draw_profile
+from simulator.workload import RandomWorkload
+from tests.test_importers import RESULTS, needs_data
+
+NEMOTRON = RESULTS / "nemotron-3" / "nemotron-3-nano-30b-a3b" / "bf16"
+GPT_OSS = RESULTS / "gpt-oss" / "gpt-oss-20b" / "mxfp4"
+MISTRAL = RESULTS / "mistral-small-4" / "mistral-small-4-119b" / "nvfp4"
+
+
+def test_name_params():
+    assert name_params("qwen3.6-35b-a3b") == (35.0, 3.0)
+    assert name_params("gpt-oss-20b") == (20.0, None)
+    assert name_params("mistral-small-4-119b-2603-nvfp4") == (119.0, None)
+    assert name_params("qwen3.5-0.8b") == (0.8, None)
+    assert name_params("some-model") == (None, None)
+
+
+def test_weight_dtype_from_what_the_run_says():
+    assert weight_dtype({"model": "mistralai/Mistral-Small-4-119B-2603-NVFP4"})[0] == "nvfp4"
+    assert weight_dtype({"model": "x/y", "weights_profile": "fp8"})[0] == "fp8"
+    assert weight_dtype({"model": "x/y", "extra_args": "--quantization awq"})[0] == "awq"
+    assert weight_dtype({"model": "x/y"})[0] == "bf16"
+
+
+def test_moe_bytes_add_up_to_the_parameter_counts():
+    arch = architecture_for({"model": "acme/Foo-30B-A3B"})
+    assert arch.moe and arch.source == "inferred from the model name" and arch.assumed
+    q = step_quantities(arch, "bf16", 1.0)
+    total = q["weight_bytes_fixed"] + q["moe_layers"] * q["n_experts"] * q["expert_bytes"]
+    active = q["weight_bytes_fixed"] + q["moe_layers"] * q["top_k"] * q["expert_bytes"]
+    assert total == pytest.approx(30e9 * 2, rel=1e-9)
+    assert active == pytest.approx(3e9 * 2, rel=1e-9)
+
+
+def test_hybrid_mamba_holds_kv_only_in_attention_layers():
+    mamba = architecture_for({"model": "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"})
+    q = step_quantities(mamba, "bf16", 1.0)
+    dense_like = step_quantities(architecture_for({"model": "acme/Foo-30B-A3B"}), "bf16", 1.0)
+    assert q["state_bytes_seq"] > 0 and dense_like["state_bytes_seq"] == 0
+    assert q["kv_bytes_full"] == mamba.attn_layers * 2 * mamba.kv_heads * mamba.head_dim  # 6 of 52 layers
+    assert q["kv_bytes_full"] < dense_like["kv_bytes_full"] / 5
+
+
+def test_mamba_state_costs_time_per_sequence_not_per_context():
+    prof, _ = prior_profile({"model": "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"}, 30.0)
+    m = prof.step_model
+    base = m.decode_run(np.full(8, 1000, dtype=np.int64), 1)[0]
+    m2 = prof.copy().step_model
+    m2.state_bytes_seq = 0.0
+    assert base > m2.decode_run(np.full(8, 1000, dtype=np.int64), 1)[0]
+
+
+def test_a_name_that_cannot_decode_that_fast_gives_way_to_the_measured_speed():
+    # a "30B" dense bf16 model cannot read 60 GB in 1/50 s on a 273 GB/s box
+    prof, origin = prior_profile({"model": "acme/Big-30B"}, c1_decode_tps=50.0)
+    assert "architecture_scaled" in origin
+    assert prof.step_model.weight_bytes_fixed / ROOFLINE_BW < 1 / 50.0
+
+
+@needs_data
+def test_a_renamed_model_in_no_table_still_calibrates_and_validates(tmp_path):
+    run = tmp_path / "renamed"
+    shutil.copytree(NEMOTRON, run)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["model"] = "acme/Mystery-Model-30B-A3B"
+    meta["served_name"] = "mystery"
+    (run / "meta.json").write_text(json.dumps(meta))
+    fr = fit_closed(closed_runs(run), max_nfev=8)
+    assert fr.origin["architecture"].startswith("inferred from the model name")
+    assert fr.profile.step_model.bw_weights <= ROOFLINE_BW * (1 + 1e-9)
+    v = validate([r for r in open_runs(run) if r.test == "08-sharegpt"], fr.profile, replications=2, n_jobs=1)
+    assert v.rows and all(math.isfinite(r.predicted) for r in v.rows)
+
+
+@needs_data
+def test_fitted_bandwidth_stays_under_the_roofline_and_the_profile_carries_its_uncertainty(tmp_path):
+    fr = fit_closed(closed_runs(MISTRAL), max_nfev=10)
+    p = fr.profile
+    assert 0.1 * ROOFLINE_BW <= p.step_model.bw_weights <= ROOFLINE_BW * (1 + 1e-9)
+    u = p.uncertainty
+    assert u is not None and "step_model.bw_weights" in u.names and u.model_sigma > 0
+    assert u.envelope_batch == 20 and p.provenance["envelope"]["max_concurrency"] == 20
+    path = tmp_path / "p.json"
+    p.save(path)
+    back = load_profile(path)
+    assert back.uncertainty == u
+
+
+def _toy_uncertainty(prof: Profile) -> Profile:
+    p = prof.copy()
+    p.uncertainty = Uncertainty(names=["step_model.bw_weights", "step_model.t0"],
+                                log_mean=[math.log(p.step_model.bw_weights), math.log(p.step_model.t0)],
+                                log_cov=[[0.01, 0.0], [0.0, 0.04]], model_sigma=0.05, envelope_batch=8).validate()
+    return p
+
+
+def test_draws_are_seeded_differ_and_leave_a_profile_without_uncertainty_alone():
+    base = load_profile()
+    assert draw_profile(base, 3) is base  # nothing uncertain: the profile itself
+    p = _toy_uncertainty(base)
+    a, b, a2 = draw_profile(p, 1), draw_profile(p, 2), draw_profile(p, 1)
+    assert a.step_model.bw_weights == a2.step_model.bw_weights
+    assert a.step_model.bw_weights != b.step_model.bw_weights
+    assert a.uncertainty is None and p.uncertainty is not None
+    # beyond the calibrated batch the drawn decode steps spread further
+    ratios = []
+    for k in range(1, 40):
+        d = draw_profile(p, k).step_model
+        ratios.append(math.log(d.decode_factor(64) / d.decode_factor(8)))
+    assert np.std(ratios) > 0.05
+
+
+def test_bad_uncertainty_is_refused():
+    with pytest.raises(ValueError):
+        Uncertainty(names=["step_model.t0"], log_mean=[0.0, 1.0], log_cov=[[1.0]]).validate()
+
+
+@needs_data
+def test_validation_notes_predictions_beyond_the_calibrated_batch():
+    fr = fit_closed(closed_runs(MISTRAL), max_nfev=4)
+    v = validate([r for r in open_runs(MISTRAL) if r.test == "07-office-baseline"], fr.profile, replications=1, n_jobs=1)
+    assert any("outside the calibrated envelope" in n and "calibration ran at most 20" in n for n in v.notes)
+
+
+@needs_data
+def test_a_run_whose_model_stopped_early_is_rebuilt_with_its_output_share():
+    run = next(r for r in open_runs(GPT_OSS) if r.test == "11-rate-sweep@0.1")
+    prof, _ = prior_profile(load_meta(GPT_OSS), 50.0)
+    wl = workload_for(run, prof)
+    assert isinstance(wl, RandomWorkload) and wl.output_fraction < 0.5
+    specs = wl.sample(int(run.params["num_prompts"]), int(run.params.get("seed") or 0))
+    assert sum(s.output_tokens for s in specs) == pytest.approx(run.result["total_output_tokens"], rel=0.01)
+    assert all(s.max_tokens >= s.output_tokens for s in specs)
