@@ -5,6 +5,7 @@ import json
 
 import click
 
+from capsim.errors import check_writable
 from simulator.profile import load_profile
 
 from .fit import fit_closed
@@ -43,6 +44,9 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
                   plot_path=None, **live_kw):
     """Fit a profile from closed-loop runs (suite folders, capsim runs, llama-benchy tables, or 'seed'),
     or measure them first on a live server (--live URL)."""
+    if max_evals is not None and max_evals < 1:
+        raise click.BadParameter(f"must be >= 1, got {max_evals}", param_hint="--max-evals")
+    check_writable(out_path, "-o/--output")  # before any work is done
     if plot_path:
         from .plots import check_plot_path
         try:
@@ -152,6 +156,14 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
                  scale, length_scale, budget, repeat, retries, endpoint, run_dir, **live_kw):
     """Predict open-loop runs (vllm bench serve) the profile never saw and score the predictions;
     with --live URL, run the open-loop loads on a server now."""
+    if replications is not None and replications < 1:
+        raise click.BadParameter(f"must be >= 1, got {replications}", param_hint="--replications")
+    if plot_path:  # before any work is done
+        from .plots import check_plot_path
+        try:
+            check_plot_path(plot_path)
+        except USER_ERRORS as e:
+            _fail(e)
     if live_url:
         if sources:
             raise click.UsageError("give either SOURCES or --live URL, not both")

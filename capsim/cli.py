@@ -18,15 +18,16 @@ from simulator.summary import format_closed_table, format_open_summary
 from simulator.workload import (PromptFormat, RandomWorkload, ShareGPTWorkload, WorkloadError, bundled_sharegpt_path,
                                 tokenizer_counter)
 
-from .errors import friendly
+from .checks import MAX_REPLICATIONS, MAX_REQUESTS, check_closed, check_open, check_range, check_served
+from .errors import OneLineGroup, friendly
 
 def parse_rate(value: str) -> float:
     try:
         r = float(value)
     except ValueError:
-        raise click.BadParameter(f"not a number: {value!r}") from None
+        raise click.BadParameter(f"not a number: {value!r}", param_hint="--request-rate") from None
     if not r > 0:
-        raise click.BadParameter(f"must be > 0 (or inf), got {value}")
+        raise click.BadParameter(f"must be > 0 (or inf), got {value}", param_hint="--request-rate")
     return r
 
 
@@ -68,7 +69,7 @@ def load_edited(profile_path, sets) -> Profile:
     return apply_sets(p, sets) if sets else p
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 @click.version_option(package_name="capsim")
 def main():
     """capsim: how many staff can this LLM box serve, and how will it feel?"""
@@ -92,8 +93,10 @@ def simulate():
 @friendly
 def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, profile_path, sets, replications, as_json):
     """llama-benchy's closed loop: N requests at once, wait for all, `runs` times."""
+    check_range(replications, "--replications", hi=MAX_REPLICATIONS)
     prof = load_edited(profile_path, sets)
     pattern = ClosedLoop(pp=pp, tg=tg, depth=depth, concurrency=concurrency, runs=runs, latency_mode=latency_mode)
+    check_closed(prof, pattern)
     rows, lo, hi, latency = replicate_closed(prof, pattern, replications)
     if as_json:
         out = {"version": "capsim", "latency_mode": latency_mode, "latency_ms": latency * 1000, "model": prof.name,
@@ -157,15 +160,19 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
                       dataset_path, tokenizer, output_fraction, num_prompts, request_rate, burstiness,
                       max_concurrency, seed, endpoint, profile_path, sets, replications, as_json):
     """vllm bench serve's open loop: gamma arrivals, optional client max concurrency."""
-    prof = load_edited(profile_path, sets)
+    check_range(num_prompts, "--num-prompts", hi=MAX_REQUESTS, what=" in one run")
+    check_range(replications, "--replications", hi=MAX_REPLICATIONS)
     rate = parse_rate(request_rate)
+    prof = load_edited(profile_path, sets)
     fmt = prof.prompt_format
     if endpoint == "completions":
         fmt = PromptFormat(fmt.special_tokens, 0, fmt.vocab_size)
     wl = build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
                              dataset_path, tokenizer, output_fraction, fmt)
     pattern = OpenLoop(rate=rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed)
+    check_open(prof, wl)
     med, lo, hi, _ = replicate_open(prof, wl, num_prompts, pattern, replications)
+    check_served(med)
     if as_json:
         out = {"date": None, "backend": "capsim", "model_id": prof.name, "num_prompts": num_prompts,
                "request_rate": "inf" if math.isinf(rate) else rate, "burstiness": burstiness,

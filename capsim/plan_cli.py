@@ -32,8 +32,8 @@ def parse_burst(text: str) -> tuple[float, float]:
 
 def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns, think, burstiness, burst, monday,
                  max_concurrency, gateway_wait, requests, duration, warmup=None) -> Office:
-    if staff is not None and staff < 0:
-        raise PlanError(f"--staff must be >= 0, got {staff}")
+    if staff is not None and staff < 1:  # 0 staff send nothing: no plan to print
+        raise PlanError(f"--staff must be >= 1, got {staff}")
     given = [x is not None for x in (rps, per_hour, per_day)]
     if sum(given) > 1:
         raise PlanError("give only one of --rps, --per-hour and --per-day")
@@ -46,8 +46,6 @@ def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns
     elif rps is not None:
         if not rps > 0:
             raise PlanError(f"--rps must be > 0, got {rps}")
-        if staff == 0:
-            raise PlanError("--rps needs --staff > 0 (it is the whole office's rate)")
         kw["per_hour"] = rps / staff * 3600.0
     else:
         kw["per_hour"] = 0.3 / 25 * 3600.0  # the seed's office: 25 staff at 0.3 req/s
@@ -128,6 +126,9 @@ def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profil
              compares, replications, confidence, capacity_replications, staff_max, seed, jobs, no_capacity, plot_path, as_json, verbose):
     """How many staff can this box serve within an SLA, what binds first, and the
     box's capacity in req/s; optionally what-if scenarios side by side."""
+    if plot_path:  # before any work is done
+        from calibrate.plots import check_plot_path
+        check_plot_path(plot_path)
     constraints = parse_slas(slas)
     office = build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns, think, burstiness, burst,
                           monday, max_concurrency, gateway_wait, requests, duration, warmup)

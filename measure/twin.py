@@ -871,7 +871,7 @@ class TwinServer:
               help="Edit the profile first, e.g. max_num_seqs=4 (same keys as capsim simulate).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; loopback unless you say otherwise (0.0.0.0 serves the network).")
-@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free port).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port).")
 @click.option("--speed", type=float, default=1.0, show_default=True,
               help="Run the model this many times faster than real time (latencies shrink by it).")
 @click.option("--model", "model_name", default=None, help=f"Served model name (default: {DEFAULT_MODEL_NAME}).")

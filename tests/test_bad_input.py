@@ -195,3 +195,79 @@ def test_measure_unexpected_error_closes_run_json(fake, tmp_path, monkeypatch):
                      + (["--num-prompts", "3"] if kind == "open" else ["--runs", "1"]))
         one_clear_line(res, "internal error", "tokenizer exploded", code=(1,))
         _closed_as_failed(d, "RuntimeError: tokenizer exploded")
+
+
+# ---------------------------------------------------------------- 5. tracebacks become one line
+
+@pytest.mark.parametrize("args, words", [
+    (["simulate", "open", "--num-prompts", "5", "--set", "step_model.flops=0"], ["step_model.flops", "> 0"]),
+    (["simulate", "open", "--num-prompts", "5", "--set", "step_model.flops=-1"], ["step_model.flops", "> 0"]),
+    (["simulate", "open", "--num-prompts", "5", "--set", "step_model.flops=nan"], ["step_model.flops", "finite"]),
+    (["simulate", "open", "--num-prompts", "5", "--set", "flops=1e400"], ["step_model.flops", "finite"]),
+    (["simulate", "closed", "--set", "bw_kv=abc"], ["step_model.bw_kv"]),
+    (["simulate", "open", "--num-prompts", "5", "--set", "max_num_seqs=nan"], ["max_num_seqs", "whole number"]),
+    (["simulate", "open", "--num-prompts", "5", "--set", "api.request_s=-1"], ["api.request_s", ">= 0"]),
+    (["twin", "--port", "70000"], ["--port", "70000"]),
+    (["calibrate", "seed", "-o", "/proc/x/p.json"], ["/proc/x"]),
+    (["validate", "--plot", "/proc/x/p.png"], ["/proc/x"]),
+    (["plan", "--plot", "/proc/x/p.png"], ["/proc/x"]),
+    (["simulate", "open", "--num-prompts", "1000000000000"], ["--num-prompts", "at most 1,000,000"]),
+    (["simulate", "closed", "--concurrency", "1000000000"], ["at most 1,000,000"]),
+])
+def test_no_traceback(args, words):
+    one_clear_line(invoke(args), *words)
+
+
+def test_output_paths_are_checked_before_the_work(monkeypatch, tmp_path):
+    import calibrate.cli as ccli
+
+    def no_work(*a, **kw):
+        raise AssertionError("the work started before the output path was checked")
+
+    monkeypatch.setattr(ccli, "fit_closed", no_work)
+    monkeypatch.setattr(ccli, "validate", no_work)
+    one_clear_line(invoke(["calibrate", "seed", "-o", str(tmp_path / "no" / "p.json")]), "no such folder")
+    one_clear_line(invoke(["calibrate", "seed", "-o", str(tmp_path)]), "is a folder")
+    one_clear_line(invoke(["validate", "--plot", str(tmp_path / "no" / "p.png")]), "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_loaded_profile_is_checked_like_an_edit(tmp_path):
+    from simulator.profile import ProfileError, load_profile
+    d = load_profile().to_json()
+    d["step_model"]["params"]["bw_weights"] = 0
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ProfileError, match="bw_weights"):
+        load_profile(p)
+
+
+# ---------------------------------------------------------------- 6. no silent nonsense
+
+@pytest.mark.parametrize("args, words", [
+    (["simulate", "closed", "--pp", "10000000"], ["every request exceeds max_model_len"]),
+    (["simulate", "open", "--random-input-len", "10000000", "--num-prompts", "5"], ["every request exceeds max_model_len"]),
+    (["simulate", "open", "--num-prompts", "5", "--set", "num_blocks=2"], ["every request", "KV blocks"]),
+    (["plan", "--staff", "0"], ["--staff must be >= 1"]),
+    (["validate", "--replications", "0"], ["--replications", ">= 1"]),
+    (["calibrate", "seed", "-o", "p.json", "--max-evals", "0"], ["--max-evals", ">= 1"]),
+    (["simulate", "open", "--num-prompts", "-5"], ["--num-prompts", ">= 1"]),
+    (["simulate", "open", "--request-rate", "0"], ["--request-rate", "> 0"]),
+    (["simulate", "open", "--request-rate", "fast"], ["--request-rate", "not a number"]),
+    (["simulate", "closed", "--replications", "0"], ["--replications", ">= 1"]),
+    (["simulate", "open", "--num-prompts", "abc"], ["--num-prompts", "not a valid integer"]),
+])
+def test_refused_with_the_flag_named(args, words, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_clear_line(invoke(args), *words)
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_a_sharegpt_run_nothing_completes_is_an_error(tmp_path):
+    conv = [{"conversations": [{"from": "human", "value": "Tell me about the sea " * 5},
+                               {"from": "gpt", "value": "The sea is large and blue. " * 8}]}] * 4
+    f = tmp_path / "sg.json"
+    f.write_text(json.dumps(conv))
+    res = invoke(["simulate", "open", "--dataset-name", "sharegpt", "--dataset-path", str(f), "--num-prompts", "3",
+                  "--set", "max_model_len=20"])
+    one_clear_line(res, "no request completed")

@@ -314,7 +314,7 @@ def test_cli_capacity_keys():
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--staff", "-3"], "--staff must be >= 0"),
+    (["--staff", "-3"], "--staff must be >= 1"),
     (["--sla", "p95_latency<=3s"], "unknown metric"),
     (["--sla", "p95_ttft=3s"], "expected STAT_METRIC<=VALUE"),
     (["--sla", "p95_ttft<=3"], "give a unit"),
