@@ -130,7 +130,7 @@ def test_report_of_a_damaged_run(measured, how):
     data = rec.read_bytes()
     lines = data.splitlines(keepends=True)
     if how == "half":  # cut mid-line: one unreadable line and records missing
-        rec.write_bytes(data[: len(data) // 2])
+        rec.write_bytes(b"".join(lines[:4]) + lines[4][: len(lines[4]) // 2])  # about half, cut mid-record
         words = ["unreadable line", "of the 8 records"]
     elif how == "lines":  # whole lines lost
         rec.write_bytes(b"".join(lines[:5]))
