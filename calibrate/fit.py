@@ -205,7 +205,7 @@ def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: d
             progress(evals[0], float(np.sum(v ** 2)))
         return v
 
-    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, diff_step=0.03, max_nfev=max_nfev)
+    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=F_SCALE, diff_step=0.03, max_nfev=max_nfev)
     best = apply(sol.x)
     res = compare(best, runs, scale)
     best.uncertainty = fit_uncertainty(sol, [f"step_model.{n}" for n in names] + [f"api.{n}" for n in api_names],
@@ -261,6 +261,16 @@ def envelope(runs: list[ClosedRun]) -> dict:
             "max_context": max((r.pp + r.depth + r.tg for r in rows), default=0)}
 
 
+COMBINE_RULES = ("l2", "sum")
+F_SCALE = 0.05  # least_squares' soft-L1 scale: log-ratios beyond ~5% count less than squared
+
+
+def robust_loss(res: list[Residual]) -> float:
+    """The cost least_squares minimises (soft-L1 of the weighted log-ratios), for comparing fits."""
+    z = (_vector(res) / F_SCALE) ** 2
+    return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)))
+
+
 def residual_provenance(res: list[Residual]) -> dict:
     """What a profile's provenance records of its fit's residuals."""
     return {"median_abs_error_pct": float(np.median([abs(r.error_pct) for r in res])) if res else math.nan,
@@ -306,15 +316,24 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     c1 = [r.metrics["tg_req_throughput"][0] for run in runs for r in run.rows
           if r.concurrency == 1 and "tg_req_throughput" in r.metrics]
     prof, origin = prior_profile(server, float(np.median(c1)) if c1 else None)
-    if combine:
-        prof.step_model.combine = combine
     # a first latency guess: the probe on the prior profile
     probe = simulate_closed(prof, ClosedLoop(combos=[(1, 1, 0, 1)], runs=1, warmup=False)).meta["latency_s"] * 1000
     scale = estimate_prompt_scale(runs, probe)
     prior_res = compare(prof, runs, scale)
-    best, res, evals = fit_parameters(prof, runs, scale, FIT_PARAMS, API_PARAMS, START, max_nfev, progress)
+    # How a step's memory and compute time add up is a property of the box's kernels, not of the
+    # model: fit each rule and keep the one the closed-loop runs prefer (as live calibration does).
+    fits, evals = {}, 0
+    for rule in ([combine] if combine else COMBINE_RULES):
+        p = prof.copy()
+        p.step_model.combine = rule
+        b, r, e = fit_parameters(p, runs, scale, FIT_PARAMS, API_PARAMS, START, max_nfev, progress)
+        fits[rule] = (robust_loss(r), b, r)
+        evals += e
+    rule = min(fits, key=lambda k: fits[k][0])
+    _, best, res = fits[rule]
     best.provenance |= {
         "method": "scipy least_squares (soft-L1) on weighted log-ratios of simulated to measured llama-benchy metrics",
         "engine_limits_origin": origin,
+        "combine_losses": {k: v[0] for k, v in fits.items()},
     }
     return FitResult(best, res, scale, origin, time.perf_counter() - t_start, evals, prior_res)
