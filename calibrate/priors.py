@@ -9,6 +9,7 @@ generic values derived from its name (total and active parameter counts such as
 from __future__ import annotations
 
 
+from simulator.kvcache import hybrid_layout
 from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile, gemma4_spark_physics
 from simulator.stepmodel import PhysicalStepModel
 from simulator.workload import PromptFormat
@@ -24,7 +25,10 @@ GB10_DEFAULT_BUDGET = 2048
 DEFAULT_MAX_NUM_SEQS = 256
 
 
-def gemma4_kv_blocks(gpu_memory_utilization: float, weights_gib: float = 48.1, other_gib: float = 3.0) -> int:
+OTHER_GIB = 3.0  # activations, CUDA graphs and the allocator's slack beside weights and KV
+
+
+def gemma4_kv_blocks(gpu_memory_utilization: float, weights_gib: float = 48.1, other_gib: float = OTHER_GIB) -> int:
     """Gemma-4-26B-A4B fp8 KV pool on a GB10: blocks of 5 x 64 KiB (physics reference section 2.4)."""
     kv_gib = gpu_memory_utilization * GB10_MEMORY_GIB - weights_gib - other_gib
     return int(kv_gib * 2 ** 30 // 65536 // 5)
@@ -84,11 +88,26 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
                                              f"at the measured {c1_decode_tps:.1f} tokens/s within {ROOFLINE_BW / 1e9:.0f} GB/s")
     model_step = PhysicalStepModel(t0=0.003, bw_weights=0.8 * ROOFLINE_BW, bw_kv=0.8 * ROOFLINE_BW, alpha=0.8,
                                    flops=50e12, attn_flops=15e12, **q)
-    origin["num_blocks"] = "unidentified: treated as not binding"
+    num_blocks, groups = None, (KVGroup(16),)
+    gmu = server.get("gpu_memory_utilization")
+    if gmu and arch.params_total_b > 0:
+        # the KV pool is what vLLM's memory profiling leaves of gpu_memory_utilization x the box's memory
+        weights_total = q["weight_bytes_fixed"] + q["n_experts"] * q["moe_layers"] * q["expert_bytes"]
+        pool = float(gmu) * GB10_MEMORY_GIB * 2 ** 30 - weights_total - OTHER_GIB * 2 ** 30
+        full_layer = q["kv_bytes_full"] / max(1, arch.attn_layers)
+        win_layer = q["kv_bytes_window"] / max(1, arch.window_layers) if arch.window_layers else 0.0
+        num_blocks, groups = hybrid_layout(pool, arch.attn_layers, full_layer, arch.window_layers, win_layer,
+                                           arch.window)
+    if num_blocks:
+        origin["num_blocks"] = (f"architecture prior: {num_blocks} blocks from gpu_memory_utilization {gmu} of "
+                                f"{GB10_MEMORY_GIB} GiB less {weights_total / 2 ** 30:.1f} GiB of weights "
+                                "(not identified by the runs)")
+    else:
+        origin["num_blocks"] = "unidentified: treated as not binding"
     origin["architecture"] = arch.source + ("; assumed: " + ", ".join(arch.assumed) if arch.assumed else "")
     origin["weights"] = f"{weights} ({w_origin})"
     origin["kv_cache_dtype"] = kv_origin
-    prof = Profile(name=model or "unknown", engine=EngineLimits(num_blocks=None, kv_groups=(KVGroup(16),), **limits),
+    prof = Profile(name=model or "unknown", engine=EngineLimits(num_blocks=num_blocks, kv_groups=groups, **limits),
                    step_model=model_step, api=ApiOverhead(0.02, 0.001),
                    prompt_format=PromptFormat(special_tokens=1, chat_template_tokens=10),
                    model={"name": model, "params_total_b": arch.params_total_b, "params_active_b": arch.params_active_b,

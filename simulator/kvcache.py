@@ -45,3 +45,24 @@ class KVCache:
 
     def usage(self) -> float:
         return 0.0 if not self.capacity else self.used / self.capacity
+
+
+def hybrid_layout(pool_bytes: float, full_layers: int, full_bytes: float, window_layers: int = 0,
+                  window_bytes: float = 0.0, window: int | None = None, base_block: int = 16):
+    """(num_blocks, kv_groups) of vLLM's hybrid allocator for a KV pool of `pool_bytes`.
+
+    full_bytes / window_bytes: KV bytes per token of one full-attention / sliding-window layer.
+    Layers are grouped in groups of equal size; every page (one block of one group) has the same
+    size, so each kind's block size is chosen to fill `base_block` tokens of the widest layer
+    (Gemma-4-26B-A4B: 1 full group of 32-token blocks + 5 sliding groups of 16, pages of 5 x 64 KiB).
+    """
+    from .profile import KVGroup
+
+    kinds = [(n, b, w) for n, b, w in ((full_layers, full_bytes, None), (window_layers, window_bytes, window))
+             if n > 0 and b > 0]
+    if not kinds or pool_bytes <= 0:
+        return None, (KVGroup(base_block),)
+    g = min(n for n, _, _ in kinds)  # layers per group
+    page_layer = base_block * max(b for _, b, _ in kinds)
+    groups = tuple(KVGroup(max(1, int(page_layer // b)), max(1, round(n / g)), w) for n, b, w in kinds)
+    return max(1, int(pool_bytes // (g * page_layer))), groups

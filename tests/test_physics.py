@@ -145,3 +145,26 @@ def test_a_run_whose_model_stopped_early_is_rebuilt_with_its_output_share():
     specs = wl.sample(int(run.params["num_prompts"]), int(run.params.get("seed") or 0))
     assert sum(s.output_tokens for s in specs) == pytest.approx(run.result["total_output_tokens"], rel=0.01)
     assert all(s.max_tokens >= s.output_tokens for s in specs)
+
+
+def test_hybrid_layout_reproduces_gemma4_pages_and_binds_for_a_dense_31b():
+    from calibrate.priors import gemma4_kv_blocks
+    from simulator.kvcache import hybrid_layout
+    from simulator.profile import KVGroup
+
+    pool = (0.9 * 121.69 - 48.1 - 3.0) * 2 ** 30
+    n, groups = hybrid_layout(pool, 5, 2 * 2 * 512, 25, 2 * 8 * 256, 1024)
+    assert groups == (KVGroup(32, 1, None), KVGroup(16, 5, 1024))
+    assert n == gemma4_kv_blocks(0.9)
+    prof, origin = prior_profile({"model": "google/gemma-4-31B-it", "gpu_memory_utilization": 0.9,
+                                  "kv_cache_dtype": "fp8"}, 3.7)
+    assert origin["num_blocks"].startswith("architecture prior")
+    from simulator.kvcache import KVCache
+    kv = KVCache(prof.engine)
+    per_request = kv.blocks(4500, 1)
+    assert 40 < prof.engine.num_blocks / per_request < 250  # the office loads of 07-11 run into it
+
+
+def test_no_memory_figure_means_no_capacity_guess():
+    prof, origin = prior_profile({"model": "acme/Foo-30B-A3B"}, 30.0)
+    assert prof.engine.num_blocks is None and "not binding" in origin["num_blocks"]
