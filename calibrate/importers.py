@@ -400,6 +400,24 @@ def _flag_int(args: str, flag: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def speculative_config(args: str, src=None) -> dict | None:
+    """vLLM's --speculative-config JSON from a server's command line (None when the flag is absent)."""
+    m = re.search(r"--speculative[-_]config(?:=|\s+)", args or "")
+    if not m:
+        return None
+    text = args[m.end():].lstrip().strip("'")
+    try:
+        cfg, _ = json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError as e:
+        raise _err(src, f"--speculative-config is not readable JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(cfg, dict):
+        raise _err(src, "--speculative-config must be a JSON object")
+    k = cfg.get("num_speculative_tokens")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 64:
+        raise _err(src, f"--speculative-config needs num_speculative_tokens in 1..64, got {k!r}")
+    return cfg
+
+
 def load_meta(run_dir) -> dict:
     """Server settings of a suite run from its meta.json."""
     path = Path(run_dir) / "meta.json"
@@ -423,6 +441,7 @@ def load_meta(run_dir) -> dict:
         # None = flag not given, so vLLM's own default for the platform applies.
         "max_num_batched_tokens": _flag_int(extra, "--max-num-batched-tokens"),
         "max_num_seqs": _flag_int(extra, "--max-num-seqs"),
+        "speculative_config": speculative_config(extra, path),
         "extra_args": extra,
     }
 

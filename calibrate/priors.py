@@ -25,6 +25,36 @@ GB10_DEFAULT_BUDGET = 2048
 DEFAULT_MAX_NUM_SEQS = 256
 
 
+# Per-position acceptance of draft tokens by method, as priors: llama-benchy counts one token per
+# streamed chunk, so its tables cannot tell how many tokens a speculative step kept.
+SPEC_ACCEPTANCE_PRIOR = {"ngram": 0.4, "medusa": 0.5, "eagle": 0.6, "eagle3": 0.65, "draft_model": 0.6, "mtp": 0.7,
+                         "deepseek_mtp": 0.7, "dflash": 0.7}
+
+
+def acceptance_for_length(tokens_per_step: float, k: int) -> float:
+    """The per-position acceptance a whose mean tokens per step (1 - a^(k+1)) / (1 - a) is `tokens_per_step`."""
+    target = min(max(tokens_per_step, 1.0), k + 1 - 1e-6)
+    lo, hi = 0.0, 1.0 - 1e-9
+    for _ in range(60):
+        a = (lo + hi) / 2
+        if (1 - a ** (k + 1)) / (1 - a) < target:
+            lo = a
+        else:
+            hi = a
+    return lo
+
+
+def spec_acceptance_prior(spec: dict, tokens_per_chunk: float | None) -> tuple[float, str]:
+    k = int(spec["num_speculative_tokens"])
+    if tokens_per_chunk and tokens_per_chunk > 1.0:
+        a = acceptance_for_length(tokens_per_chunk, k)
+        return a, f"measured: {tokens_per_chunk:.2f} tokens per streamed chunk in the closed-loop runs"
+    method = str(spec.get("method") or "draft_model").lower()
+    a = SPEC_ACCEPTANCE_PRIOR.get(method, 0.6)
+    return a, (f"prior for method {method!r} ({a}, {(1 - a ** (k + 1)) / (1 - a):.2f} tokens per step): the runs "
+               "count streamed chunks, not tokens, so they do not identify it")
+
+
 OTHER_GIB = 3.0  # activations, CUDA graphs and the allocator's slack beside weights and KV
 
 
@@ -50,6 +80,10 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
     limits = dict(max_num_batched_tokens=int(budget or GB10_DEFAULT_BUDGET), max_num_seqs=int(seqs or DEFAULT_MAX_NUM_SEQS),
                   max_model_len=int(server.get("max_model_len") or 131072),
                   async_scheduling=bool(server.get("async_scheduling", True)))
+    spec = server.get("speculative_config")
+    if spec:
+        limits["num_speculative_tokens"] = int(spec["num_speculative_tokens"])
+        limits["spec_acceptance"], origin["spec_acceptance"] = spec_acceptance_prior(spec, server.get("tokens_per_chunk"))
     if "gemma-4-26b-a4b" in model.lower():
         p = gemma4_spark_physics()
         e = p.engine

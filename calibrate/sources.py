@@ -31,6 +31,10 @@ def _capsim_run(path: Path, kind: str) -> list:
     server = {"model": m.get("model"), "url": m.get("url"), "max_model_len": m.get("max_model_len"),
               "max_num_batched_tokens": m.get("max_num_batched_tokens"), "max_num_seqs": m.get("max_num_seqs"),
               "kv_cache_size_tokens": cache.get("kv_cache_size_tokens"), "block_size": cache.get("block_size")}
+    ok = [r for r in run.records if r.ok]
+    chunks = sum(len(r.chunk_times) for r in ok)
+    if chunks:  # usage tokens per streamed chunk: above 1 with speculative decoding
+        server["tokens_per_chunk"] = sum(r.output_tokens for r in ok) / chunks
     if kind == "closed":
         return [ClosedRun(source=str(path), test=path.name, model=str(m.get("model")), runs=m.get("runs"),
                           latency_mode=m.get("latency_mode", "generation"),

@@ -75,7 +75,7 @@ class _TimeStore:
 class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
                  "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
-                 "kv_until")
+                 "kv_until", "drafts", "accepted")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int):
         self.spec = spec
@@ -96,19 +96,22 @@ class _Req:
         self.on_done = on_done
         self.order = order
         self.kv_until = -1  # decode steps keep the same blocks while computed + 1 <= kv_until
+        self.drafts = 0  # speculative decoding: draft tokens of the step in flight, and how many pass
+        self.accepted = 0
 
     @property
     def known(self) -> int:
         return self.prompt + self.out_sched
 
-    def emit(self, idx: int, count: int = 1) -> None:
+    def emit(self, idx: int, count: int = 1, tokens: int | None = None) -> None:
+        """`count` chunks from chunk index idx on, carrying `tokens` tokens (default one each)."""
         if self.seg_len and idx == self.seg_start + self.seg_len:
             self.seg_len += count
         else:
             if self.seg_len:
                 self.segments.append((self.seg_start, self.seg_len))
             self.seg_start, self.seg_len = idx, count
-        self.emitted += count
+        self.emitted += count if tokens is None else tokens
 
 
 class _Step:
@@ -138,7 +141,10 @@ class Engine:
         self.model = profile.step_model
         self.window = getattr(self.model, "window", None)
         self.kv = KVCache(self.lim)
-        self.async_ = self.lim.async_scheduling
+        self.spec_k = self.lim.num_speculative_tokens
+        self._spec_rng = np.random.default_rng([seed, 0x5BEC])
+        # with speculative decoding the scheduler waits for each step's accepted tokens (sync)
+        self.async_ = self.lim.async_scheduling and not self.spec_k
         self.fast_forward = fast_forward
         self.trace = trace
         # Called as on_emit(record, chunk_time, tokens) when a step's tokens are out; a
@@ -220,6 +226,7 @@ class Engine:
         req.held = 0
         req.kv_until = -1
         req.computed = 0
+        req.drafts = 0
         req.out_sched = req.emitted
         req.state = WAITING
         req.epoch += 1
@@ -233,6 +240,22 @@ class Engine:
         if emits:
             req.out_sched += 1
         items.append((req, n, emits, req.epoch))
+
+    def _drafts(self, req: _Req, budget: int) -> int:
+        """Draft tokens a decoding request verifies this step (vLLM caps them by budget, length, max_tokens)."""
+        if not self.spec_k or req.out_sched < 1 or req.known - req.computed != 1:
+            return 0
+        return max(0, min(self.spec_k, budget - 1, req.max_tokens - req.out_sched - 1,
+                          self.lim.max_model_len - 2 - req.computed))
+
+    def _take_spec(self, req: _Req, d: int, items: list) -> None:
+        """A decode step with d drafts: 1 + d tokens computed, the accepted prefix drawn now, kept at the step's end."""
+        a = self.lim.spec_acceptance
+        req.drafts = d
+        req.accepted = min(d, int(self._spec_rng.geometric(1.0 - a)) - 1) if a > 0 else 0
+        req.computed += 1 + d
+        req.out_sched += 1
+        items.append((req, 1 + d, True, req.epoch))
 
     def _schedule(self):
         L = self.lim
@@ -252,6 +275,8 @@ class Engine:
             if n <= 0:
                 i += 1
                 continue
+            d = self._drafts(req, budget)
+            n += d
             while not self._alloc(req, n):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -260,7 +285,10 @@ class Engine:
                     break
             if req.state != RUNNING:
                 break
-            self._take(req, n, items)
+            if d:
+                self._take_spec(req, d, items)
+            else:
+                self._take(req, n, items)
             budget -= n
             i += 1
         admitted = []
@@ -295,7 +323,7 @@ class Engine:
     def _run_length(self, items) -> int:
         """How many identical decode steps can be taken at once, from this one."""
         L = self.lim
-        if not self.fast_forward or not items:
+        if not self.fast_forward or not items or self.spec_k:
             return 1
         if any(n != 1 or not emits for _, n, emits, _ in items):
             return 1
@@ -411,8 +439,17 @@ class Engine:
         for req, _, emits, epoch in step.items:
             if not emits or req.state != RUNNING or req.epoch != epoch:
                 continue
-            count = min(upto, req.target - req.emitted)
-            req.emit(first, count)
+            if req.drafts:
+                # the accepted drafts and the token sampled after them: one chunk of several tokens
+                d, a = req.drafts, req.accepted
+                req.drafts = 0
+                req.computed -= d - a  # the rejected drafts' KV is dropped
+                req.out_sched += a
+                count = min(1 + a, req.target - req.emitted)
+                req.emit(first, 1, count)
+            else:
+                count = min(upto, req.target - req.emitted)
+                req.emit(first, count)
             if self.on_emit is not None:
                 self.on_emit(req.record, last_t, count)
             if req.emitted >= req.target:

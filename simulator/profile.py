@@ -43,6 +43,11 @@ class EngineLimits:
     async_scheduling: bool = True
     reserve_full_prompt: bool = True  # vLLM's scheduler_reserve_full_isl
     long_prefill_token_threshold: int = 0
+    # Speculative decoding (--speculative-config): each decode step verifies up to this many draft
+    # tokens per request (the token budget counts them) and keeps the accepted prefix plus one.
+    num_speculative_tokens: int = 0
+    # Chance that a draft token is accepted given the one before it was (per-position, geometric).
+    spec_acceptance: float = 0.0
 
     def validate(self) -> None:
         if self.max_num_batched_tokens < 1:
@@ -55,6 +60,16 @@ class EngineLimits:
             raise ProfileError(f"num_blocks must be >= 1 or null, got {self.num_blocks}")
         if not self.kv_groups or any(g.block_size < 1 or g.count < 1 for g in self.kv_groups):
             raise ProfileError("kv_groups need block_size >= 1 and count >= 1")
+        if not 0 <= self.num_speculative_tokens <= 64:
+            raise ProfileError(f"num_speculative_tokens must be in 0..64, got {self.num_speculative_tokens}")
+        if not 0.0 <= self.spec_acceptance < 1.0:
+            raise ProfileError(f"spec_acceptance must be in [0, 1), got {self.spec_acceptance}")
+
+    @property
+    def tokens_per_spec_step(self) -> float:
+        """Mean tokens a decode step emits per request: 1 + the accepted drafts, (1 - a^(k+1)) / (1 - a)."""
+        a, k = self.spec_acceptance, self.num_speculative_tokens
+        return (1 - a ** (k + 1)) / (1 - a) if k and a else 1.0
 
     @property
     def kv_capacity_tokens(self) -> int | None:

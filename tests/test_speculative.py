@@ -1,0 +1,110 @@
+"""Speculative decoding as vLLM V1 does it: drafts verified in the step, the token budget counts them,
+a request keeps the accepted prefix plus one token, and a chunk carries all of them."""
+import json
+
+import numpy as np
+import pytest
+
+from calibrate.importers import ImporterError, load_meta, speculative_config
+from calibrate.priors import acceptance_for_length, prior_profile
+from simulator.load import OpenLoop
+from simulator.profile import ProfileError, load_profile
+from simulator.sim import simulate_open
+from simulator.summary import summarize_open
+from simulator.workload import RandomWorkload
+
+
+def _spec(k, a, **engine):
+    p = load_profile()
+    p.engine.num_speculative_tokens = k
+    p.engine.spec_acceptance = a
+    for key, v in engine.items():
+        setattr(p.engine, key, v)
+    return p.validate()
+
+
+def _run(p, n=12, out=200, rate=1.0, trace=None):
+    wl = RandomWorkload(600, out, 0.0, fmt=p.prompt_format)
+    return simulate_open(p, wl.sample(n, 3), OpenLoop(rate=rate, seed=3))
+
+
+def test_chunks_carry_the_accepted_tokens_and_totals_stay_exact():
+    p = _spec(15, 0.7)
+    run = _run(p)
+    ok = [r for r in run.records if r.ok]
+    assert all(r.output_tokens == 200 for r in ok)
+    per_chunk = sum(r.output_tokens for r in ok) / sum(len(r.chunk_times) for r in ok)
+    assert per_chunk == pytest.approx(p.engine.tokens_per_spec_step, rel=0.1)
+    assert p.engine.tokens_per_spec_step == pytest.approx((1 - 0.7 ** 16) / 0.3)
+
+
+def test_tpot_counts_tokens_and_itl_counts_chunks():
+    run = _run(_spec(4, 0.8))
+    s = summarize_open(run)
+    r = next(r for r in run.records if r.ok)
+    tpot = (r.chunk_times[-1] - r.chunk_times[0]) / (r.output_tokens - 1)
+    itls = np.diff(r.chunk_times)
+    assert len(r.chunk_times) < r.output_tokens
+    assert itls.mean() > 1.5 * tpot  # several tokens per chunk
+    assert s["median_tpot_ms"] < s["median_itl_ms"]
+
+
+def test_no_acceptance_means_one_token_per_step_but_drafts_still_cost_time():
+    base = _run(load_profile())
+    spec = _run(_spec(8, 0.0))
+    rb, rs = base.records[0], spec.records[0]
+    assert len(rs.chunk_times) == rs.output_tokens  # nothing accepted: one token a step
+    assert (rs.chunk_times[-1] - rs.chunk_times[0]) > (rb.chunk_times[-1] - rb.chunk_times[0])  # 9 tokens verified
+
+
+def test_the_token_budget_counts_the_drafts():
+    p = _spec(15, 0.95, max_num_batched_tokens=40, max_model_len=4096)
+    wl = RandomWorkload(30, 100, 0.0, fmt=p.prompt_format)
+    steps = []
+    run = simulate_open(p, wl.sample(8, 1), OpenLoop(rate=float("inf"), seed=1), trace=steps.append)
+    assert all(r.ok and r.output_tokens == 100 for r in run.records)
+    assert max(s["tokens"] for s in steps) == 40  # drafts fill the budget, never more
+    assert any(s["running"] >= 2 and s["tokens"] == 40 for s in steps)  # shared between requests
+
+
+def test_bad_spec_limits_are_refused():
+    with pytest.raises(ProfileError):
+        _spec(15, 1.0)
+    with pytest.raises(ProfileError):
+        _spec(-1, 0.5)
+
+
+def test_speculative_config_is_read_from_the_command_line():
+    cfg = speculative_config('--max-num-seqs 8 --speculative-config {"method":"eagle3","num_speculative_tokens":3}')
+    assert cfg == {"method": "eagle3", "num_speculative_tokens": 3}
+    assert speculative_config("--max-num-seqs 8") is None
+    with pytest.raises(ImporterError, match="not readable JSON"):
+        speculative_config('--speculative-config {"method": "eagle"')
+    with pytest.raises(ImporterError, match="num_speculative_tokens"):
+        speculative_config('--speculative-config {"method": "eagle"}')
+
+
+def test_prior_takes_the_measured_tokens_per_chunk_when_a_run_gives_them():
+    spec = {"method": "dflash", "num_speculative_tokens": 15}
+    p, origin = prior_profile({"model": "acme/X-8B", "speculative_config": spec, "tokens_per_chunk": 2.5}, 30.0)
+    assert p.engine.num_speculative_tokens == 15 and origin["spec_acceptance"].startswith("measured")
+    assert p.engine.tokens_per_spec_step == pytest.approx(2.5, rel=1e-3)
+    p2, origin2 = prior_profile({"model": "acme/X-8B", "speculative_config": spec}, 30.0)
+    assert origin2["spec_acceptance"].startswith("prior") and "do not identify" in origin2["spec_acceptance"]
+    assert acceptance_for_length(1.0, 4) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_suite_run_with_speculative_decoding_gets_it(tmp_path):
+    from tests.test_importers import RESULTS
+    d = RESULTS / "muse-glimmer" / "muse-glimmer-30b" / "bf16-spec"
+    if not (d / "meta.json").is_file():
+        pytest.skip("shared data not found")
+    s = load_meta(d)
+    assert s["speculative_config"]["num_speculative_tokens"] == 15
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    meta = json.loads((d / "meta.json").read_text())
+    meta["server_config"]["extra_vllm_args"] = "--speculative-config {broken"
+    (bad / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ImporterError, match="speculative-config"):
+        load_meta(bad)
