@@ -87,11 +87,12 @@ def test_prompt_scale_from_suite_rows():
 
 
 @needs_data
-def test_unknown_model_calibrates_without_architecture_facts():
+def test_a_family_model_calibrates_from_family_facts_and_its_memory_figure():
     runs = closed_runs(RESULTS / "qwen-3.6" / "qwen-3.6-35b-a3b" / "bf16")
     fr = fit_closed(runs, max_nfev=3)
-    assert fr.profile.engine.num_blocks is None
-    assert "unidentified" in fr.origin["num_blocks"]
+    assert fr.origin["architecture"].startswith("family table: qwen3.5 hybrid MoE")
+    # KV capacity from gpu_memory_utilization 0.90 of the box less the weights, said to be a prior
+    assert fr.profile.engine.num_blocks and fr.origin["num_blocks"].startswith("architecture prior")
     assert fr.origin["max_num_batched_tokens"].startswith("vLLM default")
     assert np.median([abs(r.error_pct) for r in fr.residuals]) < 25
 
