@@ -276,9 +276,11 @@ class ShareGPTWorkload(Workload):
                 return out
         if not out:
             raise WorkloadError(f"{self.path}: no ShareGPT conversation passes vLLM's length filter")
-        # vLLM's newer code oversamples with duplicates when too few pass.
+        # vLLM oversamples with duplicates when too few pass: `random.seed(seed)`, then
+        # `random.choice` over the passing requests only (a list, not a generator: extending
+        # `out` from a generator would let later picks land on earlier duplicates).
         rng = random.Random(seed)
-        out.extend(rng.choice(out) for _ in range(n - len(out)))
+        out.extend([rng.choice(out) for _ in range(n - len(out))])
         return out
 
     def describe(self) -> dict:
