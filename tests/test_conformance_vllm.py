@@ -1,0 +1,349 @@
+"""Conformance with vLLM's own benchmark code (issue 14): no server, vLLM 0.32's code as the oracle.
+
+`tests/vllm_oracle.py` runs in the vLLM venv (scripts/setup_vllm_cpu.sh) and answers with
+what `vllm bench serve`'s own functions produce: its CLI parser and seeding, `get_samples`
+with RandomDataset / ShareGPTDataset, `get_request`'s send schedule and `calculate_metrics`.
+Each test puts capsim's code in this venv beside the answer:
+
+* arrival offsets: `OpenLoop(...).arrival_times(n)` against get_request, burstiness 0.7, 1.0
+  and inf, several rates and seeds;
+* random dataset: `RandomWorkload` (built as `capsim simulate` builds it) against
+  RandomDataset's draw, to the token (input lengths, output lengths, token offsets, and
+  vLLM's prompt_len after its decode/re-encode);
+* ShareGPT: `ShareGPTWorkload` with the same tokenizer against ShareGPTDataset: the chosen
+  prompts, in order, with their lengths (filter, shuffle, oversampling, fixed output length);
+* metrics: every key of vLLM's result JSON from `calculate_metrics` against
+  `summarize_open` on the same requests, within 1e-9 relative.
+
+Without the vLLM venv the tests skip (one line); with CAPSIM_REQUIRE_VLLM=1 (CI) they fail.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from capsim.cli import build_open_workload
+from simulator.load import OpenLoop
+from simulator.records import RequestRecord, RunResult
+from simulator.summary import summarize_open
+from simulator.workload import PromptFormat
+from tests.live_server import model_dir, venv_python, vllm_available, vllm_home
+
+ORACLE = Path(__file__).with_name("vllm_oracle.py")
+TOK = str(model_dir())
+FMT = PromptFormat(special_tokens=1, chat_template_tokens=13, vocab_size=262144)  # Gemma 3 / 4
+
+# ------------------------------------------------------------------ cases
+
+# (rate, burstiness, seed, n)
+ARRIVALS = [(r, b, s, 60) for b in (0.7, 1.0) for r in (0.5, 4.0, 37.5) for s in (0, 42)]
+ARRIVALS += [(4.0, math.inf, 0, 20), (math.inf, 1.0, 0, 20), (1000.0, 0.7, 123, 500)]
+
+# (input_len, output_len, range_ratio, prefix_len, seed, n)
+RANDOM = [
+    (1024, 128, 0.0, 0, 0, 100),
+    (1024, 128, 0.9, 0, 0, 100),
+    (1024, 128, 0.9, 0, 1234, 100),
+    (64, 16, 0.9, 0, 7, 300),
+    (64, 16, 0.0, 0, 7, 50),
+    (300, 50, 0.5, 5, 3, 100),
+]
+
+# (seed, num_prompts, sharegpt_output_len)
+SHAREGPT = [(0, 10, None), (7, 10, None), (0, 60, None), (3, 12, 5)]
+
+PERCENTILES = [50, 90, 95, 99, 99.9, 10]
+
+
+def _fmt_rate(x: float) -> str:
+    return "inf" if math.isinf(x) else repr(float(x))
+
+
+def _random_argv(inp, out, rr, prefix, seed, n, rate=math.inf, burst=1.0):
+    return ["--model", "gemma3-dummy", "--tokenizer", TOK, "--dataset-name", "random",
+            "--random-input-len", str(inp), "--random-output-len", str(out),
+            "--random-range-ratio", repr(rr), "--random-prefix-len", str(prefix),
+            "--num-prompts", str(n), "--seed", str(seed),
+            "--request-rate", _fmt_rate(rate), "--burstiness", _fmt_rate(burst)]
+
+
+# ------------------------------------------------------------------ synthetic requests for the metrics
+
+def _synthetic_requests(seed: int = 2024, n: int = 160):
+    """Requests as a client saw them: (start, chunk times, output tokens, prompt, error, mask).
+
+    Includes single-chunk requests, chunks carrying several tokens (speculative decoding),
+    role-only first chunks (no token), repeated identical gaps (as simulated runs give),
+    a request failed mid-stream and one that never got a chunk.
+    """
+    rng = np.random.default_rng(seed)
+    reqs = []
+    starts = np.sort(1000.25 + rng.uniform(0, 9.0, n))
+    for i, st in enumerate(starts):
+        k = int(rng.choice([1, 1, 2, 5, 17, 40]))
+        ttft = float(rng.uniform(0.02, 1.7))
+        if i % 3 == 0:
+            gaps = np.full(k - 1, 0.0250)  # one decode step per chunk, identical gaps
+        else:
+            gaps = rng.uniform(0.004, 0.3, k - 1)
+        chunks = st + ttft + np.concatenate([[0.0], np.cumsum(gaps)])
+        per_chunk = rng.integers(1, 4, k) if i % 5 == 1 else np.ones(k, dtype=int)  # several tokens per chunk
+        mask = None
+        if i % 7 == 2 and k > 1:  # a role-only first delta: a chunk without a token
+            mask = np.ones(k, dtype=bool)
+            mask[0] = False
+            per_chunk[0] = 0
+        reqs.append(dict(start=float(st), chunks=chunks, out=int(per_chunk.sum()), prompt=int(rng.integers(5, 2000)),
+                         error=None, mask=mask))
+    reqs.append(dict(start=1003.1, chunks=np.array([1003.5, 1003.6]), out=0, prompt=77,
+                     error="ClientPayloadError: Response payload is not completed", mask=None))
+    reqs.append(dict(start=1004.2, chunks=np.zeros(0), out=0, prompt=12, error=None, mask=None))
+    return reqs
+
+
+def _records(reqs) -> list[RequestRecord]:
+    return [RequestRecord(request_id=i, prompt_tokens=r["prompt"], output_tokens=r["out"], scheduled_time=r["start"],
+                          start_time=r["start"], chunk_times=r["chunks"], content_mask=r["mask"],
+                          end_time=float(r["chunks"][-1]) if len(r["chunks"]) else r["start"], error=r["error"])
+            for i, r in enumerate(reqs)]
+
+
+def _vllm_outputs(reqs) -> list[dict]:
+    """RequestFuncOutput fields as vLLM's openai-chat request function fills them."""
+    outs = []
+    for r in reqs:
+        c, st = r["chunks"], r["start"]
+        ok = r["error"] is None and len(c) > 0
+        o = dict(success=ok, prompt_len=r["prompt"], start_time=st, output_tokens=r["out"] if ok else 0,
+                 generated_text="x", error=r["error"] or ("" if ok else "Never received a valid chunk"))
+        if len(c):
+            o["ttft"] = float(c[0] - st)
+            o["itl"] = [float(c[j] - c[j - 1]) for j in range(1, len(c))]
+            o["latency"] = float(c[-1] - st) if ok else 0.0
+        outs.append(o)
+    return outs
+
+
+def _metric_runs():
+    full = _synthetic_requests()
+    hand = [dict(start=0.0, chunks=np.array([1.0, 1.5, 2.5]), out=3, prompt=100, error=None, mask=None),
+            dict(start=1.0, chunks=np.array([3.0, 3.2]), out=2, prompt=50, error=None, mask=None),
+            dict(start=2.0, chunks=np.array([2.4]), out=1, prompt=10, error=None, mask=None),
+            dict(start=2.5, chunks=np.zeros(0), out=0, prompt=7, error="HTTP 500", mask=None)]
+    failed = [dict(start=0.5, chunks=np.zeros(0), out=0, prompt=7, error="HTTP 500", mask=None)] * 3
+    runs = {}
+    for name, reqs, t0, t1 in (("synthetic", full, 1000.2, 1013.75), ("hand", hand, 0.0, 4.0),
+                               ("all_failed", failed, 0.0, 2.0)):
+        runs[name] = (reqs, RunResult(_records(reqs), t0, t1, "open"))
+    return runs
+
+
+METRIC_RUNS = _metric_runs()
+
+
+# ------------------------------------------------------------------ ShareGPT file
+
+def _sharegpt_file(path: Path) -> Path:
+    """A small ShareGPT-format file whose lengths straddle every bound of vLLM's filter."""
+    rng = np.random.default_rng(5)
+    words = ["alpha", "network", "the", "tokenizer", "ß", "東京", "1234", "request", "latency", ",", "model",
+             "throughput", "!", "queue", "zebra", "GPU", "speculative", "ok"]
+
+    def text(nw):
+        return " ".join(rng.choice(words, nw))
+
+    sizes = [(1, 30), (2, 30), (3, 30), (30, 1), (30, 2), (30, 3), (700, 50), (1500, 20), (900, 1300),
+             (600, 1400), (10, 2000)]
+    sizes += [(int(rng.integers(1, 200)), int(rng.integers(1, 400))) for _ in range(40)]
+    data = []
+    for i, (p, c) in enumerate(sizes):
+        conv = [{"from": "human", "value": text(p)}, {"from": "gpt", "value": text(c)}]
+        if i % 9 == 4:
+            conv.append({"from": "human", "value": "and then?"})
+        data.append({"id": f"c{i}", "conversations": conv})
+        if i % 8 == 3:
+            data.append({"id": f"one{i}", "conversations": [{"from": "human", "value": text(20)}]})
+        if i % 13 == 6:
+            data.append({"id": f"none{i}"})
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------ the oracle
+
+_MISSING = f"vLLM venv not found under {vllm_home()}: conformance with vLLM's code not checked (scripts/setup_vllm_cpu.sh)"
+_REQUIRED = os.environ.get("CAPSIM_REQUIRE_VLLM") == "1"
+if not vllm_available() and not _REQUIRED:
+    pytest.skip(_MISSING, allow_module_level=True)  # one line for the whole file
+
+
+def _require_vllm():
+    if not vllm_available():
+        pytest.fail(_MISSING + " [CAPSIM_REQUIRE_VLLM=1]", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def sharegpt_path(tmp_path_factory):
+    return _sharegpt_file(tmp_path_factory.mktemp("sharegpt") / "sharegpt.json")
+
+
+@pytest.fixture(scope="module")
+def oracle(sharegpt_path):
+    """Every job in one run of vLLM's venv (starting it costs ~10 s): job id -> vLLM's answer."""
+    _require_vllm()
+    jobs = {}
+    for case in ARRIVALS:
+        rate, b, seed, n = case
+        jobs[("arrival", case)] = {"kind": "pipeline", "tokenizer": TOK,
+                                   "argv": _random_argv(16, 4, 0.0, 0, seed, n, rate, b)}
+    for case in RANDOM:
+        jobs[("random", case)] = {"kind": "pipeline", "tokenizer": TOK, "argv": _random_argv(*case)}
+    for case in SHAREGPT:
+        seed, n, out_len = case
+        argv = ["--model", "gemma3-dummy", "--tokenizer", TOK, "--dataset-name", "sharegpt",
+                "--dataset-path", str(sharegpt_path), "--num-prompts", str(n), "--seed", str(seed)]
+        if out_len is not None:
+            argv += ["--sharegpt-output-len", str(out_len)]
+        jobs[("sharegpt", case)] = {"kind": "pipeline", "tokenizer": TOK, "argv": argv, "prompts": True}
+    for name, (reqs, run) in METRIC_RUNS.items():
+        jobs[("metrics", name)] = {"kind": "metrics", "outputs": _vllm_outputs(reqs), "dur_s": run.duration,
+                                   "percentiles": PERCENTILES, "tokenizer": TOK}
+    jobs[("defaults",)] = {"kind": "defaults", "argv": ["--model", "gemma3-dummy"],
+                           "keys": ["dataset_name", "random_input_len", "random_output_len", "random_range_ratio",
+                                    "random_prefix_len", "num_prompts", "request_rate", "burstiness", "seed",
+                                    "max_concurrency"]}
+    keys = list(jobs)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["HF_HUB_OFFLINE"] = "1"
+    proc = subprocess.run([str(venv_python()), str(ORACLE)], input=json.dumps([jobs[k] for k in keys]),
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, f"vLLM oracle failed:\n{proc.stderr[-4000:]}"
+    answers = json.loads(proc.stdout)
+    return dict(zip(keys, answers))
+
+
+# ------------------------------------------------------------------ a. arrival offsets
+
+@pytest.mark.parametrize("case", ARRIVALS, ids=[f"rate{r}-b{b}-seed{s}-n{n}" for r, b, s, n in ARRIVALS])
+def test_arrival_offsets_equal_vllm_get_request(oracle, case):
+    rate, b, seed, n = case
+    v = oracle[("arrival", case)]
+    assert (v["request_rate"], v["burstiness"], v["seed"]) == (rate, b, seed)
+    ours = OpenLoop(rate=rate, burstiness=b, seed=seed).arrival_times(n)
+    theirs = np.array(v["offsets"])
+    assert len(theirs) == n
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=0)
+    if math.isfinite(rate):
+        assert theirs[-1] == pytest.approx(n / rate, rel=1e-12)  # the case really is a rescaled schedule
+        assert len(set(np.diff(theirs).round(12))) > (1 if math.isfinite(b) else 0)
+
+
+# ------------------------------------------------------------------ b. random dataset
+
+@pytest.mark.parametrize("case", RANDOM, ids=[f"in{i}-out{o}-rr{r}-prefix{p}-seed{s}" for i, o, r, p, s, _ in RANDOM])
+def test_random_dataset_lengths_equal_vllm_to_the_token(oracle, case):
+    inp, out, rr, prefix, seed, n = case
+    v = oracle[("random", case)]
+    wl = build_open_workload("random", inp, out, rr, prefix, None, None, 1.0, FMT)
+    ins, outs, offs = wl.lengths(n, seed)
+    assert ins.tolist() == v["input_lens"]
+    assert outs.tolist() == v["output_lens"]
+    assert offs.tolist() == v["token_offsets"]
+    specs = wl.sample(n, seed)
+    # vLLM's prompt_len is the prompt's token count after its decode/re-encode (prefix included,
+    # no BOS, no template); capsim's raw_prompt_tokens is the same count, prompt_tokens adds the
+    # server-side BOS and chat template.
+    assert [s.raw_prompt_tokens for s in specs] == v["prompt_len"]
+    assert [s.prompt_tokens - FMT.special_tokens - FMT.chat_template_tokens for s in specs] == v["prompt_len"]
+    assert [s.max_tokens for s in specs] == v["expected_output_len"]
+    assert [s.output_tokens for s in specs] == v["expected_output_len"]  # random: ignore_eos
+    assert [s.offset for s in specs] == v["token_offsets"]
+    if rr > 0:
+        assert len(set(v["input_lens"])) > 1 and len(set(v["output_lens"])) > 1
+
+
+def test_cli_defaults_match_vllm_bench_serve(oracle):
+    """`capsim simulate open` / `measure open` start from vllm bench serve's defaults."""
+    from capsim.cli import open_workload_options
+
+    v = oracle[("defaults",)]
+    import click
+
+    @click.command()
+    @open_workload_options
+    def probe(**kw):
+        probe.kw = kw
+
+    probe.main([], standalone_mode=False)
+    kw = probe.kw
+    assert kw["dataset_name"] == "random" and v["dataset_name"] == "random"
+    for k in ("random_input_len", "random_output_len", "random_range_ratio", "random_prefix_len", "num_prompts",
+              "burstiness", "seed", "max_concurrency"):
+        theirs = float(v[k]) if k == "random_range_ratio" else v[k]  # vLLM parses "0.0" in get_samples
+        assert kw[k] == theirs, k
+    assert float(kw["request_rate"]) == v["request_rate"]
+
+
+# ------------------------------------------------------------------ d. ShareGPT
+
+@pytest.mark.parametrize("case", SHAREGPT, ids=[f"seed{s}-n{n}-out{o}" for s, n, o in SHAREGPT])
+def test_sharegpt_sample_equals_vllm(oracle, sharegpt_path, case):
+    seed, n, out_len = case
+    v = oracle[("sharegpt", case)]
+    wl = build_open_workload("sharegpt", 0, 0, 0.0, 0, str(sharegpt_path), str(Path(TOK) / "tokenizer.json"), 1.0,
+                             FMT)
+    wl.output_len = out_len
+    specs = wl.sample(n, seed)
+    assert len(v["prompts"]) == n
+    assert [s.prompt_text for s in specs] == v["prompts"]
+    assert [s.raw_prompt_tokens for s in specs] == v["prompt_len"]
+    assert [s.max_tokens for s in specs] == v["expected_output_len"]
+    # the file exercises the shuffle, the filter and the oversampling
+    data = json.loads(sharegpt_path.read_text(encoding="utf-8"))
+    in_file_order = [d["conversations"][0]["value"] for d in data if len(d.get("conversations", [])) >= 2]
+    distinct = list(dict.fromkeys(v["prompts"]))
+    if len(distinct) == n:
+        assert v["prompts"] != [p for p in in_file_order if p in set(distinct)]
+    else:  # fewer pass vLLM's filter than asked for: vLLM repeats some, seeded
+        assert n > len(distinct) and len(distinct) < len(in_file_order)
+
+
+# ------------------------------------------------------------------ c. metrics
+
+@pytest.mark.parametrize("name", list(METRIC_RUNS))
+def test_summary_equals_vllm_calculate_metrics(oracle, name):
+    v = dict(oracle[("metrics", name)])
+    v.pop("actual_output_lens")
+    ours = summarize_open(METRIC_RUNS[name][1], percentiles=PERCENTILES)
+    missing = sorted(set(v) - set(ours))
+    assert not missing, f"capsim's summary lacks vLLM keys {missing}"
+    bad = {k: (ours[k], v[k]) for k in v if not math.isclose(ours[k], v[k], rel_tol=1e-9, abs_tol=1e-12)}
+    assert not bad, f"capsim != vLLM calculate_metrics: {bad}"
+    assert len(v) >= 10 + 4 * (3 + len(PERCENTILES))
+
+
+def test_synthetic_metrics_case_has_teeth(oracle):
+    """The synthetic run tells apart the rules a wrong summary could use."""
+    reqs, run = METRIC_RUNS["synthetic"]
+    s = summarize_open(run, percentiles=PERCENTILES)
+    v = oracle[("metrics", "synthetic")]
+    # vLLM 0.32 uses 1-s buckets, both ends inclusive; the half-open sweep gives less here
+    assert s["max_concurrent_requests_sweep"] != v["max_concurrent_requests"]
+    # chunks carrying several tokens: tokens != chunks, so TPOT != mean ITL
+    ok = [r for r in run.records if r.ok]
+    assert sum(r.output_tokens for r in ok) != sum(len(r.chunk_times) for r in ok)
+    assert any(r.content_mask is not None for r in ok)  # role-only first chunks count as the first response
+    assert v["completed"] == len(ok) and v["failed"] == 2
+    # no token lands within 1e-6 s of a one-second bucket edge: vLLM re-adds ttft and itls to
+    # rebuild token times, capsim reads the chunk times; both must bin alike
+    t_min = min(r.start_time for r in ok)
+    rel = np.concatenate([r.chunk_times - t_min for r in ok] + [np.array([r.start_time - t_min for r in ok])])
+    rel = rel[rel != 0.0]  # the earliest start is the origin of the buckets in both
+    assert np.min(np.abs(rel - np.round(rel))) > 1e-6

@@ -1,0 +1,183 @@
+"""vLLM's own benchmark code, run in the vLLM venv, as the oracle for the conformance tests.
+
+Run with the vLLM venv's python (never capsim's)::
+
+    $CAPSIM_VLLM_PYTHON tests/vllm_oracle.py < job.json
+
+`job.json` is a list of jobs; the script prints one JSON list with one answer per job.
+Every answer comes from vLLM 0.32's code in `vllm.benchmarks` itself: `vllm bench
+serve`'s CLI parser and defaults, its seeding (`random.seed`, `np.random.seed` as in
+`main_async`), `get_samples` with its dataset classes, `get_request` for the arrival
+schedule and `calculate_metrics` for the metrics. Nothing here re-implements a rule.
+
+Jobs:
+  {"kind": "pipeline", "argv": [...bench serve flags...], "tokenizer": DIR}
+      -> {"offsets": [...], "prompt_len": [...], "expected_output_len": [...],
+          "prompts": [...] if job["prompts"]}   (vllm bench serve's samples and send schedule)
+      (+ "input_lens", "output_lens", "token_offsets" for the random dataset: its raw draw)
+  {"kind": "defaults", "argv": [...], "keys": [...]} -> {flag: parsed value}
+  {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
+   "percentiles": [...], "tokenizer": DIR | null}
+      -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sys
+import types
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+_TOKENIZERS: dict = {}
+
+
+def tokenizer(path):
+    """The tokenizer as `vllm bench serve --tokenizer PATH` loads it."""
+    if path is None:
+        return None
+    if path not in _TOKENIZERS:
+        from vllm.tokenizers import get_tokenizer
+        _TOKENIZERS[path] = get_tokenizer(path, tokenizer_mode="auto", trust_remote_code=False)
+    return _TOKENIZERS[path]
+
+
+def send_offsets(serve, requests, rate, burstiness):
+    """get_request's schedule: the sleep target of every request on a frozen clock.
+
+    With `time.time()` frozen at 0, get_request sleeps exactly `delay_ts[i]` before
+    yielding request i (and does not sleep when delay_ts[i] == 0).
+    """
+    slept: list[float] = []
+
+    async def fake_sleep(s):
+        slept.append(float(s))
+
+    real_time, real_asyncio = serve.time, serve.asyncio
+    serve.time = types.SimpleNamespace(time=lambda: 0.0, perf_counter=lambda: 0.0)
+    serve.asyncio = types.SimpleNamespace(sleep=fake_sleep)
+    offsets: list[float] = []
+
+    async def drive():
+        seen = 0
+        async for _req, _rate in serve.get_request(requests, rate, burstiness):
+            offsets.append(slept[-1] if len(slept) > seen else 0.0)
+            seen = len(slept)
+
+    try:
+        asyncio.run(drive())
+    finally:
+        serve.time, serve.asyncio = real_time, real_asyncio
+    return offsets
+
+
+def _parse(argv):
+    from vllm.benchmarks import serve
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    serve.add_cli_args(parser)
+    return parser.parse_args(argv)
+
+
+def pipeline(job):
+    """vllm bench serve's main_async up to the first request: parse, seed, sample, schedule.
+
+    The random dataset's raw draw (get_sampling_params: input lengths, output lengths,
+    token offsets) is read off vLLM's own helper as RandomDataset calls it.
+    """
+    from vllm.benchmarks import serve
+    import vllm.benchmarks.datasets.datasets as dmod
+
+    args = _parse(job["argv"])
+    random.seed(args.seed)  # main_async's first two lines
+    np.random.seed(args.seed)
+    tok = tokenizer(job["tokenizer"])
+    drawn = {}
+    real = dmod.get_sampling_params
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        drawn["out"] = out
+        return out
+
+    dmod.get_sampling_params = spy
+    try:
+        samples = dmod.get_samples(args, tok)
+    finally:
+        dmod.get_sampling_params = real
+    offsets = send_offsets(serve, samples, args.request_rate, args.burstiness)
+    out = {
+        "offsets": offsets,
+        "prompt_len": [int(s.prompt_len) for s in samples],
+        "expected_output_len": [int(s.expected_output_len) for s in samples],
+        "seed": args.seed, "request_rate": args.request_rate, "burstiness": args.burstiness,
+    }
+    if job.get("prompts"):
+        out["prompts"] = [s.prompt if isinstance(s.prompt, str) else None for s in samples]
+    if "out" in drawn:
+        i, o, off = drawn["out"]
+        out |= {"input_lens": [int(x) for x in i], "output_lens": [int(x) for x in o],
+                "token_offsets": [int(x) for x in off]}
+    return out
+
+
+def defaults(job):
+    """vllm bench serve's parsed flags (its defaults when argv names only the model)."""
+    args = _parse(job["argv"])
+    return {k: getattr(args, k) for k in job["keys"]}
+
+
+def metrics(job):
+    from vllm.benchmarks import serve
+    from vllm.benchmarks.datasets.datasets import SampleRequest
+    from vllm.benchmarks.lib.endpoint_request_func import RequestFuncOutput
+
+    outs = [RequestFuncOutput(**o) for o in job["outputs"]]
+    reqs = [SampleRequest(prompt="x", prompt_len=o.prompt_len, expected_output_len=o.output_tokens) for o in outs]
+    serve.TERM_PLOTLIB_AVAILABLE = False
+    real_stdout, sys.stdout = sys.stdout, sys.stderr  # it prints failed requests and a tip
+    try:
+        m, actual = serve.calculate_metrics(input_requests=reqs, outputs=outs, dur_s=job["dur_s"],
+                                            tokenizer=tokenizer(job.get("tokenizer")),
+                                            selected_percentiles=job["percentiles"], goodput_config_dict={})
+    finally:
+        sys.stdout = real_stdout
+    # keyed as benchmark() writes its result JSON
+    res = {"duration": job["dur_s"], "completed": m.completed, "failed": m.failed,
+           "total_input_tokens": m.total_input, "total_output_tokens": m.total_output,
+           "request_throughput": m.request_throughput, "output_throughput": m.output_throughput,
+           "total_token_throughput": m.total_token_throughput,
+           "max_output_tokens_per_s": m.max_output_tokens_per_s,
+           "max_concurrent_requests": m.max_concurrent_requests}
+    for name in ("ttft", "tpot", "itl", "e2el"):
+        for stat in ("mean", "median", "std"):
+            res[f"{stat}_{name}_ms"] = float(getattr(m, f"{stat}_{name}_ms"))
+        for p, v in getattr(m, f"percentiles_{name}_ms"):
+            p_word = str(int(p)) if int(p) == p else str(p)
+            res[f"p{p_word}_{name}_ms"] = float(v)
+    res["actual_output_lens"] = [int(x) for x in actual]
+    return res
+
+
+KINDS = {"pipeline": pipeline, "defaults": defaults, "metrics": metrics}
+
+
+def main():
+    jobs = json.load(sys.stdin)
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr  # keep vLLM's prints out of the answer
+    try:
+        answers = [KINDS[j["kind"]](j) for j in jobs]
+    finally:
+        sys.stdout = real_stdout
+    json.dump(answers, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
