@@ -5,3 +5,16 @@ from pathlib import Path
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# Hypothesis in CI: the same examples on every run (derandomized) and no example database
+# carried between runs, so a red CI run is reproducible and a green one is not luck.
+try:
+    import os
+
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, database=None)
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        settings.load_profile("ci")
+except ImportError:  # hypothesis is a test extra
+    pass

@@ -30,12 +30,23 @@ def rec(i, start, chunks, prompt=10, out=None, mask=None, test="", batch=0, erro
                          end_time=float(chunks[-1]) if len(chunks) else start, error=error, test=test, batch=batch)
 
 
+RECORD_FIELDS = ("request_id", "prompt_tokens", "output_tokens", "scheduled_time", "start_time", "chunk_times",
+                 "content_mask", "end_time", "error", "max_tokens", "test", "batch", "preemptions")
+
+
 def same_records(a: RunResult, b: RunResult) -> None:
+    """Two runs gave the very same records: every RequestRecord field, and the run's preemptions."""
+    assert set(RECORD_FIELDS) == set(RequestRecord.__slots__), "a RequestRecord field is not compared"
     assert len(a.records) == len(b.records)
     for x, y in zip(a.records, b.records):
-        assert x.request_id == y.request_id
-        assert (x.start_time, x.end_time, x.output_tokens, x.error) == (y.start_time, y.end_time, y.output_tokens, y.error)
-        assert np.array_equal(x.chunk_times, y.chunk_times), x.request_id
+        for f in RECORD_FIELDS:
+            u, v = getattr(x, f), getattr(y, f)
+            if f in ("chunk_times", "content_mask"):
+                assert (u is None) == (v is None), (x.request_id, f)
+                assert u is None or np.array_equal(u, v), (x.request_id, f)
+            else:
+                assert u == v, (x.request_id, f, u, v)
+    assert a.meta.get("num_preemptions") == b.meta.get("num_preemptions")
 
 
 def reporter(path):

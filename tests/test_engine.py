@@ -97,11 +97,47 @@ def test_fast_forward_gives_identical_records(async_, factors):
     specs = [spec(int(p), int(o), int(o) + int(e)) for p, o, e in
              zip(rng.integers(1, 300, 120), rng.integers(1, 200, 120), rng.integers(0, 3, 120))]
     for rate, cap in ((2.0, None), (8.0, 4), (math.inf, None)):
-        a = run(prof, specs, rate=rate, cap=cap, ff=True)
-        b = run(prof, specs, rate=rate, cap=cap, ff=False)
+        trace_ff, trace_step, stats = [], [], []
+        a = simulate_open(prof, specs, OpenLoop(rate=rate, max_concurrency=cap), fast_forward=True,
+                          trace=trace_ff.append, stats=stats)
+        b = simulate_open(prof, specs, OpenLoop(rate=rate, max_concurrency=cap), fast_forward=False,
+                          trace=trace_step.append, stats=stats)
+        _fast_forward_engaged(trace_ff, trace_step, *stats)
         same_records(a, b)
     pat = ClosedLoop(pp=[50, 300], tg=[40], concurrency=[1, 3], runs=2)
-    same_records(simulate_closed(prof, pat, fast_forward=True), simulate_closed(prof, pat, fast_forward=False))
+    trace_ff, trace_step, stats = [], [], []
+    a = simulate_closed(prof, pat, fast_forward=True, trace=trace_ff.append, stats=stats)
+    b = simulate_closed(prof, pat, fast_forward=False, trace=trace_step.append, stats=stats)
+    _fast_forward_engaged(trace_ff, trace_step, *stats)
+    same_records(a, b)
+
+
+@pytest.mark.parametrize("async_", [
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
+        "engine: with async scheduling, fast-forward and step-by-step disagree once KV pressure preempts "
+        "(64 vs 110 preemptions here); found by issue 14's same_records; drop this mark when fixed"))),
+    False])
+def test_fast_forward_gives_identical_records_under_preemption(async_):
+    prof = tiny_profile(budget=256, seqs=6, num_blocks=40, block=8, async_=async_, noise=0.1)
+    rng = np.random.default_rng(1)
+    specs = [spec(int(p), int(o), int(o) + int(e)) for p, o, e in
+             zip(rng.integers(1, 150, 60), rng.integers(1, 150, 60), rng.integers(0, 3, 60))]
+    trace_ff, trace_step, stats = [], [], []
+    a = simulate_open(prof, specs, OpenLoop(rate=4.0), fast_forward=True, trace=trace_ff.append, stats=stats)
+    b = simulate_open(prof, specs, OpenLoop(rate=4.0), fast_forward=False, trace=trace_step.append, stats=stats)
+    assert b.meta["num_preemptions"] > 0 and any(r.preemptions for r in b.records)  # the case preempts
+    _fast_forward_engaged(trace_ff, trace_step, *stats)
+    same_records(a, b)
+
+
+def _fast_forward_engaged(trace_ff, trace_step, ff, step):
+    """Fast-forward really jumped (else the comparison is step-by-step against itself)."""
+    assert any(s["k"] > 1 for s in trace_ff), "fast-forward never took a multi-step jump"
+    assert all(s["k"] == 1 for s in trace_step)
+    assert ff.steps == step.steps == len(trace_step)  # (a jump the trace logs may shrink at an arrival)
+    assert step.events == step.steps
+    assert ff.events < ff.steps  # whole decode runs took one event each
+    assert ff.preemptions == step.preemptions
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

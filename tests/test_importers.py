@@ -1,12 +1,14 @@
 """Importers for published benchmark results: spark-bench suite runs and the seed write-up.
 
 The raw spark-bench data lives outside the project (shared/data/spark-bench); tests that need
-it skip when it is absent. Set CAPSIM_SHARED to point elsewhere.
+it skip when it is absent (a clone without ../shared), or fail when CAPSIM_REQUIRE_SHARED=1 (CI).
+Set CAPSIM_SHARED to point elsewhere.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import json
 import math
@@ -31,8 +33,26 @@ SUITES = {
     "gemma31": RESULTS / "gemma-4" / "gemma-4-31b-it" / "bf16",
     "qwen": RESULTS / "qwen-3.6" / "qwen-3.6-35b-a3b" / "bf16",
 }
-needs_data = pytest.mark.skipif(not all(d.is_dir() for d in SUITES.values()),
-                                reason=f"spark-bench data not found under {RESULTS}")
+HAVE_DATA = all(d.is_dir() for d in SUITES.values())
+
+
+def shared_missing(msg: str) -> None:
+    """Skip for lack of ../shared data, or fail when CAPSIM_REQUIRE_SHARED=1 (CI has the data)."""
+    if os.environ.get("CAPSIM_REQUIRE_SHARED") == "1":
+        pytest.fail(f"{msg} [CAPSIM_REQUIRE_SHARED=1]", pytrace=False)
+    pytest.skip(msg)
+
+
+def needs_data(test):
+    """Decorator: the test needs the spark-bench suites (see `shared_missing`)."""
+    if HAVE_DATA:
+        return test
+
+    @functools.wraps(test)  # keeps the signature (fixtures) and the marks (parametrize)
+    def missing(*args, **kwargs):
+        shared_missing(f"spark-bench data not found under {RESULTS}")
+
+    return missing
 
 G26 = SUITES["gemma26"]
 

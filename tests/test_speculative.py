@@ -95,10 +95,10 @@ def test_prior_takes_the_measured_tokens_per_chunk_when_a_run_gives_them():
 
 
 def test_a_suite_run_with_speculative_decoding_gets_it(tmp_path):
-    from tests.test_importers import RESULTS
+    from tests.test_importers import RESULTS, shared_missing
     d = RESULTS / "muse-glimmer" / "muse-glimmer-30b" / "bf16-spec"
     if not (d / "meta.json").is_file():
-        pytest.skip("shared data not found")
+        shared_missing(f"shared data not found: {d}")
     s = load_meta(d)
     assert s["speculative_config"]["num_speculative_tokens"] == 15
     bad = tmp_path / "bad"
