@@ -109,8 +109,9 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
         click.echo(f"effective memory bandwidth {bw / 1e9:.0f} GB/s: {100 * bw / roof:.0f}% of the box's "
                    f"{roof / 1e9:.0f} GB/s roofline")
     if prof.uncertainty is not None:
-        click.echo(f"model misfit on these runs: {100 * prof.uncertainty.model_sigma:.1f}% (log RMS), carried into "
-                   "validate's and plan's bands with the parameters' covariance")
+        click.echo(f"model misfit on these runs (log RMS): decode {100 * prof.uncertainty.model_sigma:.1f}%, prefill "
+                   f"{100 * prof.uncertainty.model_sigma_prefill:.1f}%; validate's and plan's bands carry it with the "
+                   "parameters' covariance")
     click.echo(f"wrote {out_path}")
     if plot_path:
         click.echo(f"wrote {plot_path} (the profile card)")

@@ -225,8 +225,9 @@ def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: d
 # Largest log-space standard deviation a drawn parameter gets: a parameter the runs do not identify
 # (attention FLOP/s in runs without long prompts) is uncertain, but a draw of e^3 would be noise.
 MAX_LOG_SD = 0.5
-# Figures whose misfit measures how far the step-time model itself is off.
-MISFIT_METRICS = ("tg_req_throughput", "peak_throughput", "pp_throughput", "ttfr", "e2e_ttft")
+# Figures whose misfit measures how far each side of the step-time model is off.
+DECODE_METRICS = ("tg_req_throughput", "peak_throughput")
+PREFILL_METRICS = ("pp_throughput", "ttfr", "e2e_ttft")
 
 
 def fit_uncertainty(sol, names: list[str], res: list[Residual], runs: list[ClosedRun]) -> Uncertainty:
@@ -245,13 +246,16 @@ def fit_uncertainty(sol, names: list[str], res: list[Residual], runs: list[Close
     cov = cov * np.outer(cap, cap)
     w, v = np.linalg.eigh(cov)
     cov = (v * np.clip(w, 0.0, None)) @ v.T
-    lr = np.array([math.log(max(r.simulated, 1e-12) / r.measured) for r in res
-                   if r.metric in MISFIT_METRICS and r.measured > 0])
-    # root mean square, tails included (the rows a robust fit lets go are where predictions miss too),
-    # each row capped at a factor e^0.5 so one broken row cannot set the band
-    sigma = float(np.sqrt(np.mean(np.minimum(lr * lr, 0.25)))) if len(lr) else 0.0
+    def misfit(metrics) -> float:
+        lr = np.array([math.log(max(r.simulated, 1e-12) / r.measured) for r in res
+                       if r.metric in metrics and r.measured > 0])
+        # root mean square, tails included (the rows a robust fit lets go are where predictions miss
+        # too), each row capped at a factor e^0.5 so one broken row cannot set the band
+        return float(np.sqrt(np.mean(np.minimum(lr * lr, 0.25)))) if len(lr) else 0.0
+
     return Uncertainty(names=names, log_mean=[float(x) for x in sol.x], log_cov=cov.tolist(),
-                       model_sigma=sigma, envelope_batch=envelope(runs)["max_concurrency"]).validate()
+                       model_sigma=misfit(DECODE_METRICS), model_sigma_prefill=misfit(PREFILL_METRICS),
+                       envelope_batch=envelope(runs)["max_concurrency"]).validate()
 
 
 def envelope(runs: list[ClosedRun]) -> dict:

@@ -19,7 +19,11 @@ class Uncertainty:
     names: list[str] = field(default_factory=list)  # "step_model.bw_weights", "api.request_s", ...
     log_mean: list[float] = field(default_factory=list)
     log_cov: list[list[float]] = field(default_factory=list)
-    model_sigma: float = 0.0  # lognormal sigma of a whole-run step-time factor
+    # Lognormal sigmas of whole-run factors on the step time's two sides: the memory side (weights,
+    # KV, per-step and per-sequence overheads: what decode steps cost) and the compute side (FLOP
+    # rates: what prefill chunks cost), each the fit's own misfit on figures of that side.
+    model_sigma: float = 0.0
+    model_sigma_prefill: float = 0.0
     # Largest batch calibration saw. Decode steps of larger batches are extrapolated: their drawn
     # factor gets one more model_sigma of independent spread per doubling beyond it.
     envelope_batch: int | None = None
@@ -28,8 +32,10 @@ class Uncertainty:
         n = len(self.names)
         if len(self.log_mean) != n or len(self.log_cov) != n or any(len(r) != n for r in self.log_cov):
             raise ValueError("uncertainty: names, log_mean and log_cov must have matching sizes")
-        if not (self.model_sigma >= 0 and math.isfinite(self.model_sigma)):
-            raise ValueError(f"uncertainty: model_sigma must be finite and >= 0, got {self.model_sigma}")
+        for name in ("model_sigma", "model_sigma_prefill"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"uncertainty: {name} must be finite and >= 0, got {v}")
         return self
 
     def to_json(self) -> dict:
@@ -39,7 +45,7 @@ class Uncertainty:
 def draw_profile(profile, key: int):
     """A copy of `profile` with its uncertain parameters drawn (seeded by `key`); the profile itself if it has none."""
     u = getattr(profile, "uncertainty", None)
-    if u is None or (not u.names and not u.model_sigma):
+    if u is None or (not u.names and not u.model_sigma and not u.model_sigma_prefill):
         return profile
     rng = np.random.default_rng([0x5EED, int(key)])
     p = profile.copy()
@@ -53,10 +59,20 @@ def draw_profile(profile, key: int):
         if getattr(p.step_model, "bw_kv", None) is not None and "step_model.bw_kv" not in u.names \
                 and "step_model.bw_weights" in u.names:
             p.step_model.bw_kv = p.step_model.bw_weights  # tied in the fit, tied in the draw
+    m = p.step_model
+    if u.model_sigma_prefill:
+        f = math.exp(rng.normal(0.0, u.model_sigma_prefill))
+        for name in ("flops", "attn_flops"):
+            if getattr(m, name, None):
+                setattr(m, name, getattr(m, name) * f)
     if u.model_sigma:
-        from .whatif import apply_edits
         f = math.exp(rng.normal(0.0, u.model_sigma))
-        p = apply_edits(p, [f"speed={f!r}"])
+        for name in ("bw_weights", "bw_kv"):
+            if getattr(m, name, None):
+                setattr(m, name, getattr(m, name) * f)
+        for name in ("t0", "t_seq", "t_ctx", "c0", "c_tok", "c_seq", "c_ctx", "c_ctxw"):
+            if getattr(m, name, None):
+                setattr(m, name, getattr(m, name) / f)
         if u.envelope_batch and hasattr(p.step_model, "decode_factors") and not p.step_model.decode_factors:
             b0, z = int(u.envelope_batch), rng.normal(0.0, u.model_sigma)
             p.step_model.decode_factors = [[b0 * 2 ** d, math.exp(z * d)] for d in range(0, 6)]
