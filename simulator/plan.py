@@ -349,7 +349,7 @@ def _percentiles(slas: Sequence[Constraint]) -> tuple[float, ...]:
 def _office_rep(profile: Profile, office: Office, staff: int, scenario: Scenario, seed: int,
                 percentiles: tuple[float, ...], classes: bool) -> dict:
     sessions = office_sessions(office, staff, seed, profile.prompt_format)
-    run = simulate_sessions(draw_profile(profile, seed), sessions, boxes=scenario.boxes, routing=scenario.routing,
+    run = simulate_sessions(profile, sessions, boxes=scenario.boxes, routing=scenario.routing,
                             prefix_hit=scenario.prefix_hit, max_concurrency=office.max_concurrency,
                             queue_in_ttft=office.queue_in_ttft, noise_seed=seed,
                             measure_from=office.warmup(profile.prompt_format))
@@ -357,6 +357,12 @@ def _office_rep(profile: Profile, office: Office, staff: int, scenario: Scenario
     if classes:
         s["classes"] = per_class(run)
     return s
+
+
+def _office_rep_drawn(profile: Profile, office: Office, staff: int, scenario: Scenario, seed: int,
+                      percentiles: tuple[float, ...], classes: bool) -> dict:
+    """One replication on a profile drawn from the fit's uncertainty (simulator.uncertainty)."""
+    return _office_rep(draw_profile(profile, seed), office, staff, scenario, seed, percentiles, classes)
 
 
 def sweep_workload(profile: Profile) -> RandomWorkload:
@@ -374,7 +380,7 @@ def _rate_rep(profile: Profile, rate: float, scenario: Scenario, seed: int, nois
     specs = sweep_workload(profile).sample(n, seed=seed)
     arrivals = OpenLoop(rate=rate, burstiness=0.7, seed=seed).arrival_times(n)
     sessions = [Session(float(t), (s,), (), "random") for t, s in zip(arrivals, specs)]
-    run = simulate_sessions(draw_profile(profile, seed), sessions, boxes=scenario.boxes, routing=scenario.routing,
+    run = simulate_sessions(profile, sessions, boxes=scenario.boxes, routing=scenario.routing,
                             prefix_hit=scenario.prefix_hit, noise_seed=noise_seed)
     s = summarize_office(run)
     return {k: s[k] for k in ("p95_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "request_throughput",
@@ -506,6 +512,9 @@ class PlanResult:
     capacity_ladder_rps: dict[str, float | None] = field(default_factory=dict)
     curve: list[dict] = field(default_factory=list)  # per evaluated staff count, for plots
     evaluations: int = 0
+    # the constraints at the answer with the fitted parameters drawn per replication (a fitted profile's
+    # uncertainty): how sure the answer is, beside the answer itself
+    at_answer_uncertain: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -521,6 +530,7 @@ class PlanResult:
             "capacity_workload": "random 4000/500, range ratio 0.9, burstiness 0.7, seed 42 (11-rate-sweep)",
             "profile": self.profile_name, "scenario": self.scenario.describe(), "office": self.office.describe(),
             "evaluated": self.curve, "evaluations": self.evaluations,
+            "at_staff_with_fit_uncertainty": self.at_answer_uncertain,
         }
 
 
@@ -597,6 +607,11 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
         office=office, scenario=scenario, profile_name=prof.name, settings=settings, rps=office.office_rps(lo),
         at_answer=at_answer, at_office=at_office, feel=_median_keys(ev[staff_ref], FEEL_KEYS),
         classes=_merge_classes(ev[staff_ref]), curve=curve, evaluations=len(ev.cache))
+    if lo > 0 and prof.uncertainty is not None:
+        ev_u = Evaluator(_office_rep_drawn, lambda n, r: (prof, office, n, scenario, settings.seed + r, pcts, False),
+                         settings.replications, settings.n_jobs, progress, "staff (fit uncertainty)")
+        ev_u.get([lo])
+        result.at_answer_uncertain = _check(ev_u[lo], slas, need)
     if settings.capacity:
         result.capacity_rps, result.capacity_ladder_rps = capacity(prof, scenario, settings, progress)
     return result
@@ -666,6 +681,13 @@ def format_plan(r: PlanResult) -> str:
             b = r.at_answer[c.label]
             row += f" {fmt_ms(b['level_ms']) + (' ok' if b['ok'] else ' FAIL'):>22}"
         lines.append(row)
+    if r.at_answer_uncertain:
+        u = r.at_answer_uncertain
+        met = sum(1 for v in u.values() if v["ok"])
+        lines.append(f"{'with fit uncertainty':<18} {'':>8} {'':>22} "
+                     f"{('ok' if met == len(u) else 'FAIL') + ' (see below)':>22}")
+        lines.append(f"  at {r.staff} staff with the fitted parameters drawn per replication (5-95%): "
+                     + "; ".join(f"{k} {fmt_ms(v['lo_ms'])}-{fmt_ms(v['hi_ms'])}" for k, v in u.items()))
     f = r.feel
     lines += ["", f"How {o.staff} staff feel it (median of replications): TTFT p50 {fmt_ms(f.get('median_ttft_ms'))}, "
               f"p95 {fmt_ms(f.get('p95_ttft_ms'))}, p99 {fmt_ms(f.get('p99_ttft_ms'))}; "

@@ -27,11 +27,16 @@ class Uncertainty:
     # Largest batch calibration saw. Decode steps of larger batches are extrapolated: their drawn
     # factor gets one more model_sigma of independent spread per doubling beyond it.
     envelope_batch: int | None = None
+    # Speculative decoding whose acceptance the runs did not measure: drawn uniformly in this range.
+    spec_acceptance_range: list[float] | None = None
 
     def validate(self) -> "Uncertainty":
         n = len(self.names)
         if len(self.log_mean) != n or len(self.log_cov) != n or any(len(r) != n for r in self.log_cov):
             raise ValueError("uncertainty: names, log_mean and log_cov must have matching sizes")
+        r = self.spec_acceptance_range
+        if r is not None and not (len(r) == 2 and 0 <= r[0] <= r[1] < 1):
+            raise ValueError(f"uncertainty: spec_acceptance_range must be [lo, hi] within [0, 1), got {r}")
         for name in ("model_sigma", "model_sigma_prefill"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
@@ -45,7 +50,8 @@ class Uncertainty:
 def draw_profile(profile, key: int):
     """A copy of `profile` with its uncertain parameters drawn (seeded by `key`); the profile itself if it has none."""
     u = getattr(profile, "uncertainty", None)
-    if u is None or (not u.names and not u.model_sigma and not u.model_sigma_prefill):
+    if u is None or (not u.names and not u.model_sigma and not u.model_sigma_prefill
+                     and not u.spec_acceptance_range):
         return profile
     rng = np.random.default_rng([0x5EED, int(key)])
     p = profile.copy()
@@ -60,6 +66,9 @@ def draw_profile(profile, key: int):
                 and "step_model.bw_weights" in u.names:
             p.step_model.bw_kv = p.step_model.bw_weights  # tied in the fit, tied in the draw
     m = p.step_model
+    if u.spec_acceptance_range and p.engine.num_speculative_tokens:
+        lo, hi = u.spec_acceptance_range
+        p.engine.spec_acceptance = float(rng.uniform(lo, hi))
     if u.model_sigma_prefill:
         f = math.exp(rng.normal(0.0, u.model_sigma_prefill))
         for name in ("flops", "attn_flops"):

@@ -110,6 +110,7 @@ def _toy_uncertainty(prof: Profile) -> Profile:
 
 def test_draws_are_seeded_differ_and_leave_a_profile_without_uncertainty_alone():
     base = load_profile()
+    base.uncertainty = None
     assert draw_profile(base, 3) is base  # nothing uncertain: the profile itself
     p = _toy_uncertainty(base)
     a, b, a2 = draw_profile(p, 1), draw_profile(p, 2), draw_profile(p, 1)
