@@ -673,6 +673,8 @@ def format_plan(r: PlanResult) -> str:
     head = f"{'constraint':<18} {'bound':>8} {'at ' + str(o.staff) + ' staff':>22}"
     if r.staff:
         head += f" {'at ' + str(r.staff) + ' staff':>22}"
+    if r.at_answer_uncertain:
+        head += f" {'fit uncertainty, 5-95%':>26}"
     lines.append(head + f"   (the value met in {r.settings.need} of {r.settings.replications} replications)")
     for c in r.slas:
         a = r.at_office[c.label]
@@ -680,14 +682,13 @@ def format_plan(r: PlanResult) -> str:
         if r.staff:
             b = r.at_answer[c.label]
             row += f" {fmt_ms(b['level_ms']) + (' ok' if b['ok'] else ' FAIL'):>22}"
+        if r.at_answer_uncertain:
+            u = r.at_answer_uncertain[c.label]
+            row += f" {fmt_ms(u['lo_ms']) + ' - ' + fmt_ms(u['hi_ms']):>26}"
         lines.append(row)
     if r.at_answer_uncertain:
-        u = r.at_answer_uncertain
-        met = sum(1 for v in u.values() if v["ok"])
-        lines.append(f"{'with fit uncertainty':<18} {'':>8} {'':>22} "
-                     f"{('ok' if met == len(u) else 'FAIL') + ' (see below)':>22}")
-        lines.append(f"  at {r.staff} staff with the fitted parameters drawn per replication (5-95%): "
-                     + "; ".join(f"{k} {fmt_ms(v['lo_ms'])}-{fmt_ms(v['hi_ms'])}" for k, v in u.items()))
+        lines.append(f"(fit uncertainty: the replications at {r.staff} staff run again with the profile's fitted "
+                     "parameters and model error drawn per replication)")
     f = r.feel
     lines += ["", f"How {o.staff} staff feel it (median of replications): TTFT p50 {fmt_ms(f.get('median_ttft_ms'))}, "
               f"p95 {fmt_ms(f.get('p95_ttft_ms'))}, p99 {fmt_ms(f.get('p99_ttft_ms'))}; "
