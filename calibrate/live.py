@@ -76,7 +76,10 @@ from .validate import METRICS, Row, Validation, format_validation, noise_floor
 # calibrate.fit's parameters plus the per-request step cost and a KV bandwidth of its own: the live
 # grid batches long contexts (the ladder's top concurrency at large prompts), which tells the
 # KV term (grows with the batch's total context) from t_ctx (the mean context) and the weights.
-LIVE_FIT_PARAMS = dict(FIT_PARAMS) | {"t_seq": (1e-7, 1.0), "bw_kv": (1e8, 1e15)}
+# The box is whatever serves: no Spark roofline bounds its bandwidth, and a CPU server's steps take
+# a fifth of a second.
+LIVE_FIT_PARAMS = dict(FIT_PARAMS) | {"t0": (1e-4, 1.0), "bw_weights": (1e8, 5e13), "t_seq": (1e-7, 1.0),
+                                      "bw_kv": (1e8, 1e15)}
 # and the API server's serial time per request: requests sent together reach the engine that far
 # apart, which decides how many share the first step (the spread of TTFT at concurrency > 1)
 LIVE_API_PARAMS = dict(API_PARAMS) | {"frontend_s": (1e-5, 0.2)}
@@ -455,6 +458,7 @@ def fit_live(runs: list[ClosedRun], facts: ServerFacts, max_nfev: int = 150, pro
         prof.api = dataclasses.replace(start.api)
         prof.prompt_format = start.prompt_format
     prof.engine = facts.engine_limits()
+    prof.model.pop("roofline_bw", None)  # the Spark's; a live box's is unknown
     origin.update({k: v for k, v in facts.origin.items()})
     if combine is not None:
         prof.step_model.combine = combine
