@@ -344,6 +344,8 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     c1 = [r.metrics["tg_req_throughput"][0] for run in runs for r in run.rows
           if r.concurrency == 1 and "tg_req_throughput" in r.metrics]
     prof, origin = prior_profile(server, float(np.median(c1)) if c1 else None)
+    if server.get("skipped_tests"):
+        origin["calibrated_without"] = "; ".join(server["skipped_tests"])
     # a first latency guess: the probe on the prior profile
     probe = simulate_closed(prof, ClosedLoop(combos=[(1, 1, 0, 1)], runs=1, warmup=False)).meta["latency_s"] * 1000
     scale = estimate_prompt_scale(runs, probe)

@@ -169,3 +169,19 @@ def test_hybrid_layout_reproduces_gemma4_pages_and_binds_for_a_dense_31b():
 def test_no_memory_figure_means_no_capacity_guess():
     prof, origin = prior_profile({"model": "acme/Foo-30B-A3B"}, 30.0)
     assert prof.engine.num_blocks is None and "not binding" in origin["num_blocks"]
+
+
+@needs_data
+def test_a_run_with_failed_closed_loop_tests_calibrates_from_what_is_there(tmp_path):
+    run = tmp_path / "broken"
+    shutil.copytree(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16", run)
+    (run / "06-concurrency-stress.md").unlink()
+    md = run / "05-big-context.md"
+    text = md.read_text()
+    i, j = text.index("| model"), text.index("llama-benchy (0.4.0)")
+    md.write_text(text[:i] + "ERROR: the server crashed\n\n" + text[j:])
+    runs = closed_runs(run)
+    assert [r.test for r in runs] == ["01-chat", "02-rag-8k", "03-long-output", "04-multi-turn"]
+    fr = fit_closed(runs, max_nfev=2)
+    assert "05-big-context: no results table" in fr.origin["calibrated_without"]
+    assert "06-concurrency-stress: no report" in fr.origin["calibrated_without"]
