@@ -501,7 +501,7 @@ def closed_runs(run_dir) -> list[ClosedRun]:
         except ImporterError as e:
             if NO_TABLE not in str(e):
                 raise
-            skipped.append(f"{md.stem}: no results table (the test failed on the box?)")
+            skipped.append(f"{md.name}: {NO_TABLE} (the test failed on the box?)")
             continue
         if not run.rows:
             skipped.append(f"{md.stem}: an empty results table")

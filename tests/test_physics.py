@@ -183,5 +183,5 @@ def test_a_run_with_failed_closed_loop_tests_calibrates_from_what_is_there(tmp_p
     runs = closed_runs(run)
     assert [r.test for r in runs] == ["01-chat", "02-rag-8k", "03-long-output", "04-multi-turn"]
     fr = fit_closed(runs, max_nfev=2)
-    assert "05-big-context: no results table" in fr.origin["calibrated_without"]
+    assert "05-big-context.md: no llama-benchy table found" in fr.origin["calibrated_without"]
     assert "06-concurrency-stress: no report" in fr.origin["calibrated_without"]
