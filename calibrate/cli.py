@@ -6,6 +6,7 @@ import json
 import click
 
 from capsim.errors import check_writable
+from capsim.flags import MultiValue
 from simulator.profile import load_profile
 
 from .fit import fit_closed
@@ -137,7 +138,7 @@ def _plot_card(prof, runs, plot_path: str) -> None:
 @click.option("--profile", "profile_path", default=None,
               help="Profile to validate (default: the shipped Spark profile; required with --live).")
 @click.option("--replications", type=int, default=None, help="Simulations per run (default 10 offline, 5 live).")
-@click.option("--noise-floor", "floor_sources", multiple=True,
+@click.option("--noise-floor", "floor_sources", cls=MultiValue, item=click.STRING, spaced=False,
               help="A second measurement of the same tests; its differences are shown as the noise floor.")
 @click.option("--tokenizer", default=None, help="tokenizer.json for ShareGPT prompt lengths.")
 @click.option("--plot", "plot_path", default=None, help="Write measured-against-predicted plot (PNG).")

@@ -40,7 +40,7 @@ def refusal(profile: Profile, spec: RequestSpec) -> str | None:
 
 def check_closed(profile: Profile, pattern: ClosedLoop) -> None:
     tests = pattern.tests()
-    total = sum(c for *_, c in tests) * (pattern.runs + (1 if pattern.warmup else 0))
+    total = sum(c for *_, c in tests) * (pattern.runs + int(pattern.warmup))
     if total > MAX_REQUESTS:
         raise click.ClickException(f"{total:,} requests (tests x --concurrency x --runs) are more than capsim "
                                    f"simulates in one run (at most {MAX_REQUESTS:,})")

@@ -5,6 +5,7 @@ Each subcommand parses its flags, calls one library function and prints a table
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import sys
@@ -18,8 +19,10 @@ from simulator.summary import format_closed_table, format_open_summary
 from simulator.workload import (PromptFormat, RandomWorkload, ShareGPTWorkload, WorkloadError, bundled_sharegpt_path,
                                 tokenizer_counter)
 
+from . import flags
+from .flags import SET_VALUE, MultiValue
 from .checks import MAX_REPLICATIONS, MAX_REQUESTS, check_closed, check_open, check_range, check_served
-from .errors import OneLineGroup, friendly
+from .errors import OneLineGroup, check_writable, friendly
 
 def parse_rate(value: str) -> float:
     try:
@@ -37,29 +40,10 @@ def apply_sets(profile: Profile, sets: tuple[str, ...]) -> Profile:
     return apply_edits(profile, sets)
 
 
-class SpacedMulti(click.Option):
-    """A repeatable option that also takes space-separated values (`--pp 512 1024`), as llama-benchy does."""
-
-    def add_to_parser(self, parser, ctx):
-        ret = super().add_to_parser(parser, ctx)
-        for name in self.opts:
-            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
-            if opt is None:
-                continue
-            prev = opt.process
-
-            def process(value, state, prev=prev):
-                prev(value, state)
-                while state.rargs and not state.rargs[0].startswith("-"):
-                    prev(state.rargs.pop(0), state)
-
-            opt.process = process
-        return ret
-
-
 def profile_option(f):
-    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                     help="Edit the profile, e.g. max_num_batched_tokens=8192 or step_model.flops=6e13.")(f)
+    f = click.option("--set", "sets", cls=MultiValue, item=click.STRING, accept=SET_VALUE, metavar="KEY=VALUE",
+                     help="Edit the profile, e.g. max_num_batched_tokens=8192 or step_model.flops=6e13 "
+                          "(several: a=1,b=2 or a=1 b=2 or repeated).")(f)
     return click.option("--profile", "profile_path", default=None,
                         help="Profile JSON file or shipped profile name (default: the seed's DGX Spark).")(f)
 
@@ -80,34 +64,71 @@ def simulate():
     """Predict what llama-benchy (closed) or vllm bench serve (open) would print."""
 
 
+def ignored_server_options(f):
+    """A measuring tool's server flags, accepted so its command line runs here; a simulation needs no server."""
+    opts = [click.option("--base-url", default=None, metavar="URL", help="Ignored (the profile is the server)."),
+            click.option("--model", default=None, help="Ignored (the profile is the model)."),
+            click.option("--tokenizer", default=None, help="tokenizer.json for ShareGPT lengths (default: an "
+                                                           "estimate); otherwise ignored."),
+            click.option("--api-key", default=None, hidden=True)]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 @simulate.command("closed")
-@click.option("--pp", cls=SpacedMulti, multiple=True, type=int, default=(512,), show_default=True, help="Prompt tokens (repeatable).")
-@click.option("--tg", cls=SpacedMulti, multiple=True, type=int, default=(32,), show_default=True, help="Generated tokens (repeatable).")
-@click.option("--depth", cls=SpacedMulti, multiple=True, type=int, default=(0,), show_default=True, help="Context tokens before the prompt.")
-@click.option("--concurrency", cls=SpacedMulti, multiple=True, type=int, default=(1,), show_default=True)
+@click.option("--pp", cls=MultiValue, default=(512,), show_default=True,
+              help="Prompt tokens: 512,1024 or 512 1024 or repeated [llama-benchy's default: 2048].")
+@click.option("--tg", cls=MultiValue, default=(32,), show_default=True, help="Generated tokens (several allowed).")
+@click.option("--depth", cls=MultiValue, default=(0,), show_default=True, help="Context tokens before the prompt.")
+@click.option("--concurrency", cls=MultiValue, default=(1,), show_default=True, help="Requests per batch.")
 @click.option("--runs", type=int, default=3, show_default=True)
-@click.option("--latency-mode", type=click.Choice(["api", "generation", "none"]), default="generation", show_default=True)
+@click.option("--latency-mode", type=click.Choice(["api", "generation", "none"]), default="generation",
+              show_default=True, help="[llama-benchy's default: api]")
+@click.option("--no-warmup", is_flag=True, help="No warmup batch per test.")
 @profile_option
 @click.option("--replications", type=int, default=1, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print llama-benchy-style JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print llama-benchy-style JSON (= --format json).")
+@flags.llama_benchy_options
+@ignored_server_options
 @friendly
-def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, profile_path, sets, replications, as_json):
-    """llama-benchy's closed loop: N requests at once, wait for all, `runs` times."""
+def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmup, profile_path, sets, replications,
+                        as_json, out_format, warmup_runs, exit_on_first_fail, extra_body, benchy_save,
+                        served_model_name, base_url, model, tokenizer, api_key):
+    """llama-benchy's closed loop: N requests at once, wait for all, `runs` times.
+
+    A llama-benchy command line runs as it is (--base-url and --model are ignored: the
+    profile is the server); --format md|json|csv, --save-result FILE."""
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
+    warmup = flags.warmup_setting(no_warmup, warmup_runs)
+    flags.parse_extra_body(extra_body)  # checked; a simulated request has no body
+    if as_json and out_format not in (None, "json"):
+        raise click.UsageError(f"--json and --format {out_format} contradict each other")
+    fmt = "json" if as_json else (out_format or "md")
+    if benchy_save == "":
+        raise click.UsageError("--save-result needs a FILE here (llama-benchy's --save-result FILE)")
+    check_writable(benchy_save, "--save-result")
     prof = load_edited(profile_path, sets)
-    pattern = ClosedLoop(pp=pp, tg=tg, depth=depth, concurrency=concurrency, runs=runs, latency_mode=latency_mode)
+    pattern = ClosedLoop(pp=pp, tg=tg, depth=depth, concurrency=concurrency, runs=runs, latency_mode=latency_mode,
+                         warmup=warmup)
     check_closed(prof, pattern)
     rows, lo, hi, latency = replicate_closed(prof, pattern, replications)
-    if as_json:
+    if fmt == "json":
         out = {"version": "capsim", "latency_mode": latency_mode, "latency_ms": latency * 1000, "model": prof.name,
                "benchmarks": [{"concurrency": r.concurrency, "context_size": r.depth, "prompt_size": r.pp,
                                "response_size": r.tg,
                                **{k: {"mean": v[0], "std": v[1],
                                       **({"lo": l.metrics[k][0], "hi": h.metrics[k][0]} if replications > 1 else {})}
                                   for k, v in r.metrics.items()}} for r, l, h in zip(rows, lo, hi)]}
-        click.echo(json.dumps(out, indent=2))
+        text = json.dumps(out, indent=2)
+    elif fmt == "csv":
+        text = flags.closed_csv(rows, prof.name)
     else:
-        click.echo(format_closed_table(rows, model=prof.name, latency_mode=latency_mode))
+        text = format_closed_table(rows, model=prof.name, latency_mode=latency_mode)
+    if benchy_save:
+        with open(benchy_save, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    click.echo(text)
 
 
 def build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
@@ -143,7 +164,6 @@ def open_workload_options(f):
         click.option("--burstiness", type=float, default=1.0, show_default=True),
         click.option("--max-concurrency", type=int, default=None),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", show_default=True),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -155,24 +175,57 @@ def open_workload_options(f):
 @profile_option
 @click.option("--replications", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print vllm bench serve's result-JSON keys.")
+@flags.vllm_serve_options
+@click.option("--model", default=None, help="Ignored (the profile is the model); the result JSON's model_id.")
+@click.option("--api-key", default=None, hidden=True)
+@click.option("--extra-body", default=None, hidden=True)
 @friendly
 def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
                       dataset_path, tokenizer, output_fraction, num_prompts, request_rate, burstiness,
-                      max_concurrency, seed, endpoint, profile_path, sets, replications, as_json):
-    """vllm bench serve's open loop: gamma arrivals, optional client max concurrency."""
+                      max_concurrency, seed, profile_path, sets, replications, as_json, base_url, host, port, backend,
+                      endpoint, served_model_name, save_result, save_detailed, append_result, result_dir,
+                      result_filename, percentile_metrics, metric_percentiles, goodput, metadata, label,
+                      disable_tqdm, model, api_key, extra_body):
+    """vllm bench serve's open loop: gamma arrivals, optional client max concurrency.
+
+    A vllm bench serve command line runs as it is: the server flags (--base-url, --host/--port,
+    --model) are ignored, the profile is the server; --save-result writes the predicted result JSON."""
     check_range(num_prompts, "--num-prompts", hi=MAX_REQUESTS, what=" in one run")
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
     rate = parse_rate(request_rate)
+    endpoint = flags.resolve_endpoint(backend, endpoint)
+    skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)
+    meta_kv = flags.parse_metadata(metadata)
+    if extra_body:
+        flags.parse_extra_body([extra_body])  # checked; a simulated request has no body
+    flags.check_result_dest(save_result, append_result, result_dir, result_filename)
     prof = load_edited(profile_path, sets)
     fmt = prof.prompt_format
     if endpoint == "completions":
         fmt = PromptFormat(fmt.special_tokens, 0, fmt.vocab_size)
     wl = build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
-                             dataset_path, tokenizer, output_fraction, fmt)
+                             dataset_path, tokenizer if dataset_name == "sharegpt" else None, output_fraction, fmt)
     pattern = OpenLoop(rate=rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed)
     check_open(prof, wl)
-    med, lo, hi, _ = replicate_open(prof, wl, num_prompts, pattern, replications)
+    med, lo, hi, _ = replicate_open(prof, wl, num_prompts, pattern, replications, summary_kw=skw)
     check_served(med)
+    if save_result is not None or append_result:
+        bk = flags.backend_name(backend, endpoint)
+        model_id = model or prof.name
+        date = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        result = flags.result_header(backend=bk, label=label, model_id=model_id,
+                                     tokenizer_id=tokenizer or model_id, num_prompts=num_prompts, rate=rate,
+                                     burstiness=burstiness, max_concurrency=max_concurrency, metadata=meta_kv,
+                                     date=date)
+        result["request_goodput"] = None
+        result.update(med)
+        result["capsim_profile"] = prof.name
+        result["replications"] = replications
+        if save_detailed:
+            click.echo("note: --save-detailed: a simulated result has no per-request arrays", err=True)
+        path = flags.result_path(save_result, append_result, result_dir, result_filename, label, bk, rate,
+                                 max_concurrency, model_id, date)
+        flags.write_result(path, result, append_result)
     if as_json:
         out = {"date": None, "backend": "capsim", "model_id": prof.name, "num_prompts": num_prompts,
                "request_rate": "inf" if math.isinf(rate) else rate, "burstiness": burstiness,
@@ -185,7 +238,9 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
         bands = {k: (lo[k], hi[k]) for k in med} if replications > 1 else None
         title = "Serving Benchmark Result (capsim)" if replications == 1 else \
             f"capsim: median of {replications} [5%-95%]"
-        click.echo(format_open_summary(med, rate=rate, title=title, bands=bands))
+        click.echo(format_open_summary(med, rate=rate, title=title, bands=bands, metrics=skw.get("metrics")))
+    if save_result is not None or append_result:
+        click.echo(f"capsim simulate: result JSON {path}", err=True)
 
 
 def _register() -> None:

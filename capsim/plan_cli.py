@@ -17,6 +17,7 @@ from simulator.plan import (DEFAULT_SLA, PlanError, PlanSettings, Scenario, form
 from simulator.profile import load_profile
 
 from .errors import friendly
+from .flags import SET_VALUE, MultiValue
 
 def parse_burst(text: str) -> tuple[float, float]:
     """'5x15m' -> (factor 5, 900 s)."""
@@ -67,10 +68,11 @@ def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns
 @click.command("plan")
 @click.option("--profile", "profile_path", default=None,
               help="Profile JSON file or shipped profile name (default: the seed's DGX Spark).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+@click.option("--set", "sets", cls=MultiValue, item=click.STRING, accept=SET_VALUE, metavar="KEY=VALUE",
               help="What-if edit, repeatable: max_num_batched_tokens=8192, max_num_seqs=64, weights=fp8|nvfp4|bf16, "
                    "kv_dtype=bf16, speed=1.5, step_model.flops=6e13, boxes=2, routing=least-loaded, prefix_hit=0.3.")
-@click.option("--sla", "slas", multiple=True, metavar="CONSTRAINT",
+@click.option("--sla", "slas", cls=MultiValue, item=click.STRING, accept=r"[A-Za-z0-9_.]+\s*[<>=].*",
+              metavar="CONSTRAINT",
               help=f"Repeatable, e.g. p95_ttft<=3s, p99_ttft<=6s, p50_tpot<=150ms, p95_e2el<=60s "
                    f"(default: {', '.join(DEFAULT_SLA)}).")
 @click.option("--staff", type=int, default=None, help="Your office's staff count: the search starts here and the "
@@ -104,7 +106,8 @@ def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns
               show_default=True)
 @click.option("--prefix-hit", type=float, default=0.0, show_default=True,
               help="Prefix-cache hit rate: share of prompt tokens that need no prefill.")
-@click.option("--compare", "compares", multiple=True, metavar="NAME[:KEY=VALUE,...]",
+@click.option("--compare", "compares", cls=MultiValue, item=click.STRING, sep=None, accept=r"[A-Za-z0-9_][^\s]*",
+              metavar="NAME[:KEY=VALUE,...]",
               help="A scenario to put side by side, repeatable: base, fp8:weights=fp8, "
                    "budget8k:max_num_batched_tokens=8192, two:boxes=2,routing=least-loaded.")
 @click.option("--replications", type=int, default=10, show_default=True)

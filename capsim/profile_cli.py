@@ -11,6 +11,7 @@ import click
 from simulator.profile import load_profile
 
 from .errors import friendly
+from .flags import MultiValue
 
 
 @click.group("profile")
@@ -21,7 +22,7 @@ def profile_group():
 @profile_group.command("show")
 @click.argument("profile")
 @click.option("--plot", "plot_path", default=None, metavar="CARD.PNG", help="Also draw the card as an image.")
-@click.option("--runs", "run_sources", multiple=True, metavar="SOURCE",
+@click.option("--runs", "run_sources", cls=MultiValue, item=click.STRING, spaced=False, metavar="SOURCE",
               help="Measured closed-loop runs to overlay (a spark-bench suite folder, capsim runs, llama-benchy "
                    "tables); repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")

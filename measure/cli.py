@@ -1,8 +1,14 @@
 """`capsim measure closed|open URL ...` and `capsim report RUN`: a thin shell over measure.
 
-Exit codes: 0 all requests succeeded; 1 bad input, unreachable server or any
-failed request (one line on stderr says why); 130 interrupted by Ctrl-C (the
-partial run is written and valid); 143 terminated by SIGTERM. `capsim report` exits
+A `vllm bench serve` command line (open) or a llama-benchy one (closed) pasted
+after `capsim measure` runs as it would there (capsim.flags maps their flags).
+
+Exit codes, as vllm bench serve's: 0 the run completed, failed requests included
+(they are counted in the summary and told on stderr); 1 bad input, unreachable
+server, a run that stopped (aborted; --exit-on-first-fail), no request completed,
+or more than --max-failures requests failed (one line on stderr says why); 2 a
+usage error; 130 interrupted by Ctrl-C (the partial run is written and valid);
+143 terminated by SIGTERM. `capsim report` exits
 1 when the run folder is damaged (unreadable record lines, records missing against
 run.json's count), after printing what it could read.
 """
@@ -11,53 +17,23 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
 import click
 
+from capsim import flags
+from capsim.flags import MultiValue
 from simulator.load import ClosedLoop, LoadError, OpenLoop
 from simulator.workload import RandomWorkload, ShareGPTWorkload, WorkloadError
 
 from .drivers import run_closed, run_open
 from .errors import MeasureError
-from .runfiles import _dumps, cli_json, format_report, load_run, load_run_info, run_damage
+from simulator.summary import summarize_closed
+
+from .runfiles import _dumps, cli_json, format_report, load_run, load_run_info, run_damage, vllm_bench_result
 
 _USER_ERRORS = (MeasureError, WorkloadError, LoadError)
-
-
-class _MultiValueCommand(click.Command):
-    """Lets `--pp 128 256` mean `--pp 128 --pp 256` (llama-benchy's nargs='+')."""
-
-    multi = ("--pp", "--tg", "--depth", "--concurrency")
-
-    def parse_args(self, ctx, args):
-        out: list[str] = []
-        i = 0
-        while i < len(args):
-            a = args[i]
-            out.append(a)
-            if a in self.multi and i + 1 < len(args):
-                out.append(args[i + 1])
-                i += 2
-                while i < len(args) and re.fullmatch(r"\d+(,\d+)*", args[i]):
-                    out += [a, args[i]]
-                    i += 1
-                continue
-            i += 1
-        return super().parse_args(ctx, out)
-
-
-def _ints(ctx, param, value):
-    out = []
-    for v in value:
-        for part in str(v).replace(",", " ").split():
-            try:
-                out.append(int(part))
-            except ValueError:
-                raise click.BadParameter(f"{part!r} is not an integer") from None
-    return tuple(out)
 
 
 def _default_dir(kind: str) -> Path:
@@ -79,12 +55,24 @@ def _run_guarded(fn):
             from None
 
 
-def _finish(run, out_dir: Path | None, as_json: bool) -> None:
-    """Print the summary; exit 130 (interrupted), 1 (failures) or 0."""
-    if as_json:
-        click.echo(_dumps(cli_json(run), indent=2))
+def _finish(run, out_dir: Path | None, as_json: bool, max_failures: int | None = None,
+            summary_kw: dict | None = None, out_format: str | None = None, save_to: Path | None = None) -> None:
+    """Print the summary; exit 130/143 (interrupted), 1 (stopped, nothing completed, or more than
+    --max-failures failed) or 0 (failed requests, as vllm bench serve, are reported, not fatal)."""
+    if run.kind == "closed" and out_format in ("json", "csv"):
+        text = _dumps(cli_json(run), indent=2) if out_format == "json" else \
+            flags.closed_csv(summarize_closed(run) if run.meta.get("tests") else [], str(run.meta.get("model")))
+    elif as_json:
+        text = _dumps(cli_json(run, summary_kw), indent=2)
     else:
-        click.echo(format_report(run))
+        text = format_report(run, summary_kw=summary_kw)
+    if save_to is not None:
+        from .runfiles import atomic_write
+        try:
+            atomic_write(save_to, text + "\n")
+        except OSError as e:
+            raise click.ClickException(f"cannot write --save-result {save_to}: {e.strerror or e}") from None
+    click.echo(text)
     n = len(run.records)
     failed = sum(1 for r in run.records if not r.ok)
     where = f"; run folder {out_dir}" if out_dir else ""
@@ -93,13 +81,17 @@ def _finish(run, out_dir: Path | None, as_json: bool) -> None:
         click.echo(f"capsim measure: {run.meta.get('stop_reason', 'interrupted')}: partial run of {n} requests "
                    f"({n - failed} completed) written{where}", err=True)
         sys.exit(143 if "SIGTERM" in str(run.meta.get("stop_reason")) else 130)
-    if status == "aborted" or failed:
-        first = run.meta.get("first_error") or "unknown error"
-        head = f"{run.meta.get('stop_reason')}; " if status == "aborted" else ""
-        click.echo(f"Error: {head}{failed} of {n} requests failed (first: {first}); "
+    first = run.meta.get("first_error") or "unknown error"
+    if status == "aborted" or (failed and failed == n) or (max_failures is not None and failed > max_failures):
+        why = (f"{run.meta.get('stop_reason')}; " if status == "aborted" else
+               "no request completed; " if failed == n else f"more than --max-failures {max_failures}: ")
+        click.echo(f"Error: {why}{failed} of {n} requests failed (first: {first}); "
                    f"{n - failed} completed records kept{where}", err=True)
         sys.exit(1)
-    if out_dir and not as_json:
+    if failed:
+        click.echo(f"capsim measure: {failed} of {n} requests failed (first: {first}); the summary counts "
+                   f"the {n - failed} completed{where} (--max-failures N: exit 1 above N)", err=True)
+    elif out_dir and not as_json:
         click.echo(f"capsim measure: run folder {out_dir}", err=True)
 
 
@@ -116,6 +108,9 @@ _common = [
                  help="Seconds in-flight requests get after Ctrl-C."),
     click.option("--no-metrics", is_flag=True, help="Do not scrape the server's /metrics."),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option("--max-failures", type=click.IntRange(min=0), default=None, metavar="N",
+                 help="Exit 1 when more than N requests failed (for CI). Default: failed requests are counted "
+                      "and reported, exit 0, as vllm bench serve."),
 ]
 
 
@@ -130,36 +125,64 @@ def measure():
     """Measure a live OpenAI-compatible server (vLLM, llama.cpp, ...)."""
 
 
-@measure.command("closed", cls=_MultiValueCommand)
-@click.argument("url")
-@click.option("--pp", multiple=True, default=("512",), callback=_ints, help="Prompt tokens (several allowed).")
-@click.option("--tg", multiple=True, default=("32",), callback=_ints, help="Generated tokens (several allowed).")
-@click.option("--depth", multiple=True, default=("0",), callback=_ints, help="Context tokens before the prompt.")
-@click.option("--concurrency", multiple=True, default=("1",), callback=_ints, help="Requests per batch.")
+def _model_for_requests(model, served_model_name):
+    """vllm bench serve and llama-benchy send --served-model-name (default --model) in requests."""
+    return served_model_name or model
+
+
+@measure.command("closed")
+@click.argument("url", required=False)
+@click.option("--base-url", default=None, metavar="URL", help="The server (llama-benchy's spelling of URL; "
+                                                              "http://host:8000/v1 is fine).")
+@click.option("--pp", cls=MultiValue, default=(512,), show_default=True,
+              help="Prompt tokens: 512,1024 or 512 1024 or repeated [llama-benchy's default: 2048].")
+@click.option("--tg", cls=MultiValue, default=(32,), show_default=True, help="Generated tokens (several allowed).")
+@click.option("--depth", cls=MultiValue, default=(0,), show_default=True, help="Context tokens before the prompt.")
+@click.option("--concurrency", cls=MultiValue, default=(1,), show_default=True, help="Requests per batch.")
 @click.option("--runs", type=int, default=3, show_default=True, help="Runs per test.")
 @click.option("--latency-mode", type=click.Choice(["api", "generation", "none"]), default="generation",
-              show_default=True)
+              show_default=True, help="[llama-benchy's default: api]")
 @click.option("--no-warmup", is_flag=True, help="Skip the warmup batch of each test.")
 @click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", show_default=True)
+@click.option("--tokenizer", default=None, hidden=True)  # llama-benchy's; the server's /tokenize counts here
+@flags.llama_benchy_options
 @_with_common
-def closed_cmd(url, pp, tg, depth, concurrency, runs, latency_mode, no_warmup, endpoint, model, out_dir,
-               as_json, api_key, timeout, grace, no_metrics, no_progress):
-    """llama-benchy's closed loop: N requests at once per batch, --runs batches per test."""
+def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no_warmup, endpoint, tokenizer,
+               out_format, warmup_runs, exit_on_first_fail, extra_body, benchy_save, served_model_name, model,
+               out_dir, as_json, api_key, timeout, grace, no_metrics, no_progress, max_failures):
+    """llama-benchy's closed loop: N requests at once per batch, --runs batches per test.
+
+    A llama-benchy command line runs as it is: --base-url, --pp 512 1024, --format md|json|csv,
+    --save-result FILE, --warmup-runs, --exit-on-first-fail, --extra-body."""
+    server = flags.resolve_url(url, base_url, None, None)
+    warmup = flags.warmup_setting(no_warmup, warmup_runs)
+    body = flags.parse_extra_body(extra_body)
+    if as_json and out_format not in (None, "json"):
+        raise click.UsageError(f"--json and --format {out_format} contradict each other")
+    fmt = "json" if as_json else out_format
+    save_to = Path(benchy_save) if benchy_save else None
+    if benchy_save == "":
+        raise click.UsageError("--save-result needs a FILE here (llama-benchy's --save-result FILE)")
+    if save_to is not None:
+        from capsim.errors import check_writable
+        check_writable(save_to, "--save-result")
 
     def go():
         pattern = ClosedLoop(pp=pp, tg=tg, depth=depth, concurrency=concurrency, runs=runs,
-                             latency_mode=latency_mode, warmup=not no_warmup)
+                             latency_mode=latency_mode, warmup=warmup)
         od = Path(out_dir) if out_dir else _default_dir("closed")
-        run = run_closed(url, model, pattern, out_dir=od, endpoint=endpoint, api_key=api_key,
-                         progress=not no_progress, timeout=timeout, scrape_metrics=not no_metrics, grace=grace)
+        run = run_closed(server, _model_for_requests(model, served_model_name), pattern, out_dir=od,
+                         endpoint=endpoint, api_key=api_key, progress=not no_progress, timeout=timeout,
+                         scrape_metrics=not no_metrics, grace=grace, extra_body=body,
+                         stop_on_fail=exit_on_first_fail)
         return run, od
 
     run, od = _run_guarded(go)
-    _run_guarded(lambda: _finish(run, od, as_json))
+    _run_guarded(lambda: _finish(run, od, fmt == "json", max_failures, out_format=fmt, save_to=save_to))
 
 
 @measure.command("open")
-@click.argument("url")
+@click.argument("url", required=False)
 @click.option("--dataset-name", "--dataset", "dataset_name", type=click.Choice(["random", "sharegpt"]),
               default="random", show_default=True)
 @click.option("--random-input-len", type=int, default=1024, show_default=True)
@@ -175,21 +198,31 @@ def closed_cmd(url, pp, tg, depth, concurrency, runs, latency_mode, no_warmup, e
 @click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape (1 = Poisson).")
 @click.option("--max-concurrency", type=int, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", show_default=True)
-@click.option("--save-result", type=click.Path(dir_okay=False), default=None,
-              help="Also write vllm bench serve's result JSON here.")
-@click.option("--save-detailed", is_flag=True, help="Per-request arrays in --save-result.")
+@click.option("--extra-body", default=None, metavar="JSON", help="A JSON object merged into every request body.")
+@flags.vllm_serve_options
 @_with_common
 def open_cmd(url, dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
-             dataset_path, sharegpt_output_len, tokenizer, output_fraction, num_prompts, request_rate, burstiness, max_concurrency, seed,
-             endpoint, save_result, save_detailed, model, out_dir, as_json, api_key, timeout, grace, no_metrics,
-             no_progress):
-    """vllm bench serve's open loop: gamma arrivals at --request-rate, optional client semaphore."""
+             dataset_path, sharegpt_output_len, tokenizer, output_fraction, num_prompts, request_rate, burstiness,
+             max_concurrency, seed, extra_body, base_url, host, port, backend, endpoint, served_model_name,
+             save_result, save_detailed, append_result, result_dir, result_filename, percentile_metrics,
+             metric_percentiles, goodput, metadata, label, disable_tqdm, model, out_dir, as_json, api_key,
+             timeout, grace, no_metrics, no_progress, max_failures):
+    """vllm bench serve's open loop: gamma arrivals at --request-rate, optional client semaphore.
+
+    A vllm bench serve command line runs as it is: --base-url or --host/--port instead of URL,
+    --backend/--endpoint, --save-result with --result-dir/--result-filename, --percentile-metrics,
+    --metric-percentiles, --goodput, --metadata, --label."""
+    server = flags.resolve_url(url, base_url, host, port)
+    ep = flags.resolve_endpoint(backend, endpoint)
+    skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)
+    meta_kv = flags.parse_metadata(metadata)
+    body = flags.parse_extra_body([extra_body]) if extra_body else {}
+    flags.check_result_dest(save_result, append_result, result_dir, result_filename)
 
     def go():
         if tokenizer or output_fraction is not None:
-            click.echo("capsim measure: --tokenizer/--output-fraction are for `capsim simulate`; a live run counts "
-                       "tokens with the server's /tokenize and measures the real outputs", err=True)
+            click.echo("capsim measure: --tokenizer/--output-fraction are not used live: the server's /tokenize "
+                       "counts tokens and the real outputs are measured", err=True)
         if num_prompts is None or num_prompts < 1:
             raise MeasureError(f"--num-prompts must be >= 1, got {num_prompts}")
         pattern = OpenLoop(rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed)
@@ -205,13 +238,28 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
                            f"{len(wl._records or [])} complete conversations, dropped {wl.dropped} partial "
                            f"record{'s' if wl.dropped != 1 else ''}", err=True)
         od = Path(out_dir) if out_dir else _default_dir("open")
-        run = run_open(url, model, wl, pattern, num_prompts, out_dir=od, endpoint=endpoint, api_key=api_key,
-                       progress=not no_progress, timeout=timeout, scrape_metrics=not no_metrics, grace=grace,
-                       save_result=save_result, save_detailed=save_detailed)
+        run = run_open(server, _model_for_requests(model, served_model_name), wl, pattern, num_prompts, out_dir=od,
+                       endpoint=ep, api_key=api_key, progress=not (no_progress or disable_tqdm), timeout=timeout,
+                       scrape_metrics=not no_metrics, grace=grace, keep_text=save_detailed, extra_body=body)
         return run, od
 
     run, od = _run_guarded(go)
-    _run_guarded(lambda: _finish(run, od, as_json))
+    if save_result is not None or append_result:
+        bk = flags.backend_name(backend, ep)
+        model_id = model or run.meta.get("model")
+        date = _dt.datetime.fromtimestamp(run.meta.get("wall_start") or _dt.datetime.now().timestamp()) \
+            .strftime("%Y%m%d-%H%M%S")
+        header = flags.result_header(backend=bk, label=label, model_id=model_id, tokenizer_id=tokenizer or model_id,
+                                     num_prompts=num_prompts, rate=request_rate, burstiness=burstiness,
+                                     max_concurrency=max_concurrency, metadata=meta_kv, date=date)
+        result = _run_guarded(lambda: vllm_bench_result(run, detailed=save_detailed, texts=run.meta.get("_texts"),
+                                                        header=header, summary_kw=skw))
+        path = flags.result_path(save_result, append_result, result_dir, result_filename, label, bk, request_rate,
+                                 max_concurrency, model_id, date)
+        redact = (lambda t: t.replace(api_key, "***")) if api_key else (lambda t: t)
+        flags.write_result(path, result, append_result, redact)
+        click.echo(f"capsim measure: result JSON {path}", err=True)
+    _run_guarded(lambda: _finish(run, od, as_json, max_failures, summary_kw=skw))
 
 
 @click.command("report")

@@ -109,7 +109,7 @@ class _Session:
 
     def __init__(self, url: str, model: str | None, endpoint: str, api_key: str | None, timeout: float,
                  out_dir, progress: bool, scrape_metrics: bool, max_connections: int, grace: float,
-                 keep_text: bool):
+                 keep_text: bool, extra_body: dict | None = None):
         if endpoint not in ("chat", "completions"):
             raise MeasureError(f"--endpoint must be chat or completions, got {endpoint!r}")
         if not (grace >= 0):
@@ -122,6 +122,7 @@ class _Session:
         self.scrape_metrics = scrape_metrics
         self.grace = float(grace)
         self.keep_text = keep_text
+        self.extra_body = dict(extra_body or {})  # --extra-body: merged into every request
         self.stopper = _Stopper()
         self.writer: RunWriter | None = None
         self.scraper: prom.MetricsScraper | None = None
@@ -152,7 +153,12 @@ class _Session:
     def prebuild(self, prompts: list[LivePrompt]) -> None:
         """Encode every request before the clock starts (about 0.2 ms each, off the event loop's hot path)."""
         for lp in prompts:
-            lp.request = self.client.build(self.endpoint, lp.payload(self.model, self.endpoint))
+            lp.request = self.client.build(self.endpoint, self.payload(lp))
+
+    def payload(self, lp: LivePrompt) -> dict:
+        body = lp.payload(self.model, self.endpoint)
+        body.update(self.extra_body)
+        return body
 
     def note_cpu(self, meta: dict, cpu_s: float, wall_s: float) -> None:
         """The client's own CPU during the run: near one core means it may have been the bottleneck."""
@@ -315,7 +321,7 @@ class _Session:
                        texts=[] if self.keep_text else None)
         self.inflight += 1
         self.progress.update(inflight=self.inflight)
-        body, lp.request = lp.request or lp.payload(self.model, self.endpoint), None
+        body, lp.request = lp.request or self.payload(lp), None
         try:
             await self.client.stream(self.endpoint, body, inf)
         except asyncio.CancelledError:
@@ -550,13 +556,13 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                          out_dir=None, endpoint: str = "chat", api_key: str | None = None,
                          progress: bool = True, timeout: float = 1800.0, scrape_metrics: bool = True,
                          grace: float = 10.0, keep_text: bool = False, save_result: str | None = None,
-                         save_detailed: bool = False) -> RunResult:
+                         save_detailed: bool = False, extra_body: dict | None = None) -> RunResult:
     if not isinstance(pattern, OpenLoop):
         raise MeasureError("run_open needs an OpenLoop pattern")
     delays = pattern.arrival_times(num_prompts)  # validates num_prompts
     conc = pattern.max_concurrency or num_prompts
     S = _Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
-                 max_connections=conc + 5, grace=grace, keep_text=keep_text or save_detailed)
+                 max_connections=conc + 5, grace=grace, keep_text=keep_text or save_detailed, extra_body=extra_body)
     notes: dict[str, Any] = {}
     try:
         S.install_signals()
@@ -641,12 +647,16 @@ def run_open(url: str, model: str | None, workload: Workload, pattern: OpenLoop,
 
 async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out_dir=None, endpoint: str = "chat",
                            api_key: str | None = None, progress: bool = True, timeout: float = 1800.0,
-                           scrape_metrics: bool = True, grace: float = 10.0, keep_text: bool = False) -> RunResult:
+                           scrape_metrics: bool = True, grace: float = 10.0, keep_text: bool = False,
+                           extra_body: dict | None = None, stop_on_fail: bool = False) -> RunResult:
+    """stop_on_fail: llama-benchy's --exit-on-first-fail, the run stops (status aborted) after the
+    first batch with a failed request."""
     if not isinstance(pattern, ClosedLoop):
         raise MeasureError("run_closed needs a ClosedLoop pattern")
     batches = pattern.batches(include_warmup=True)
     S = _Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
-                 max_connections=max(pattern.concurrency) + 5, grace=grace, keep_text=keep_text)
+                 max_connections=max(pattern.concurrency) + 5, grace=grace, keep_text=keep_text,
+                 extra_body=extra_body)
     try:
         S.install_signals()
         await S.connect()
@@ -698,7 +708,7 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                 break
             measured = bt.run >= 0
             snap0 = await S.scraper.snapshot() if (measured and S.scraper and S.scraper.available) else None
-            ok0 = S.n_ok
+            ok0, fail0 = S.n_ok, S.n_fail + S.warmup_fail
             t_batch = perf_counter()
             tasks = [asyncio.create_task(S.send(lp, rid + k, t_batch, bt.test, max(bt.run, 0), record=measured))
                      for k, lp in enumerate(lps)]
@@ -710,6 +720,10 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                 want = snap0.get("ttft_count", 0) + (S.n_ok - ok0) if "ttft_count" in snap0 else None
                 snap1 = await S.scraper.snapshot(expect_ttft_count=want)
                 prom.add_deltas(server_acc, prom.delta(snap0, snap1))
+            if stop_on_fail and S.n_fail + S.warmup_fail > fail0 and not S.stopper.event.is_set():
+                S.stopper.request(f"stopped after the first failed batch ({bt.test}; --exit-on-first-fail)",
+                                  "aborted")
+                break
         end = perf_counter()
         S.note_cpu(meta, time.process_time() - cpu0, end - start)
         await S.close_window()

@@ -214,8 +214,9 @@ def closed_rows_json(rows: list[ClosedRow]) -> list[dict]:
     return out
 
 
-def run_summary(run: RunResult) -> dict:
-    """summary.json's content, computed from the records only (+ server deltas in meta)."""
+def run_summary(run: RunResult, summary_kw: dict | None = None) -> dict:
+    """summary.json's content, computed from the records only (+ server deltas in meta).
+    summary_kw: summarize_open's percentiles, metrics and goodput (vllm bench serve's flags)."""
     out: dict[str, Any] = {"kind": run.kind, "status": run.meta.get("status", "complete")}
     ok = [r for r in run.records if r.ok]
     if run.kind == "closed":
@@ -223,7 +224,7 @@ def run_summary(run: RunResult) -> dict:
         out["completed"] = len(ok)
         out["failed"] = len(run.records) - len(ok)
     else:
-        out["summary"] = summarize_open(run)
+        out["summary"] = summarize_open(run, **(summary_kw or {}))
     server = run.meta.get("server_delta") or {}
     if server:
         out["server"] = server
@@ -244,9 +245,9 @@ def run_summary(run: RunResult) -> dict:
     return out
 
 
-def format_report(run: RunResult, info: dict | None = None) -> str:
+def format_report(run: RunResult, info: dict | None = None, summary_kw: dict | None = None) -> str:
     info = info or {}
-    s = run_summary(run)
+    s = run_summary(run, summary_kw)
     lines = []
     if run.kind == "closed":
         rows = summarize_closed(run) if run.meta.get("tests") else []
@@ -257,7 +258,8 @@ def format_report(run: RunResult, info: dict | None = None) -> str:
                      f"latency {1000 * float(run.meta.get('latency_s', 0)):.2f} ms")
     else:
         rate = run.meta.get("request_rate")
-        lines.append(format_open_summary(s["summary"], rate=None if rate in (None, math.inf, "inf") else float(rate)))
+        lines.append(format_open_summary(s["summary"], rate=None if rate in (None, math.inf, "inf") else float(rate),
+                                         metrics=(summary_kw or {}).get("metrics")))
     if "client_server_ttft_gap_ms" in s:
         lines.append(f"server TTFT (vllm:time_to_first_token_seconds, {int(s['server'].get('ttft_count', 0))} req): "
                      f"{s['server']['mean_ttft_ms']:.2f} ms; client {s['client_mean_ttft_ms']:.2f} ms; "
@@ -272,7 +274,7 @@ def format_report(run: RunResult, info: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def cli_json(run: RunResult) -> Any:
+def cli_json(run: RunResult, summary_kw: dict | None = None) -> Any:
     """What `--json` prints, with the keys of `capsim simulate open|closed --json`.
 
     Open: vllm bench serve's run keys (date, backend, model_id, num_prompts,
@@ -292,20 +294,23 @@ def cli_json(run: RunResult) -> Any:
             "num_prompts": m.get("num_prompts", len(run.records)),
             "request_rate": "inf" if rate in (math.inf, "inf", None) else rate,
             "burstiness": m.get("burstiness", 1.0), "max_concurrency": m.get("max_concurrency"),
-            **summarize_open(run),
+            **summarize_open(run, **(summary_kw or {})),
             # the simulator counts preemptions per request; live, the server's counter over the run
             "num_preemptions": (m.get("server_delta") or {}).get("num_preemptions")}
 
 
-def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, str] | None = None) -> dict:
+def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, str] | None = None,
+                      header: dict | None = None, summary_kw: dict | None = None) -> dict:
     """vllm bench serve's --save-result JSON (newest layout).
 
     Without `detailed` the per-request arrays are dropped as vllm does, except
-    its quirk: `latencies` and `queue_times` stay.
+    its quirk: `latencies` and `queue_times` stay. `header` replaces the run keys
+    (capsim.flags.result_header: backend, label, model_id, --metadata ...);
+    summary_kw: summarize_open's percentiles, metrics and goodput.
     """
     m = run.meta
     ok = [r for r in run.records if r.ok]
-    s = summarize_open(run)
+    s = summarize_open(run, **(summary_kw or {}))
     rate = m.get("request_rate", math.inf)
     res: dict[str, Any] = {
         "date": _dt.datetime.fromtimestamp(m.get("wall_start", 0) or 0).strftime("%Y%m%d-%H%M%S"),
@@ -320,6 +325,8 @@ def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, s
         "max_concurrency": m.get("max_concurrency"),
         "request_goodput": None,
     }
+    if header:
+        res = {**header, "request_goodput": None}
     res.update(s)
     res["latencies"] = [r.e2el for r in ok]
     res["queue_times"] = [r.start_time - r.scheduled_time for r in ok]

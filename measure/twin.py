@@ -56,6 +56,7 @@ import click
 import simpy
 import simpy.rt
 
+from capsim.flags import SET_VALUE, MultiValue
 from simulator.engine import Engine
 from simulator.profile import Profile, ProfileError, load_profile
 from simulator.records import RequestRecord
@@ -867,7 +868,7 @@ class TwinServer:
 @click.command("twin")
 @click.option("--profile", "profile_path", default=None,
               help="Profile JSON file or shipped profile name (default: the seed's DGX Spark).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+@click.option("--set", "sets", cls=MultiValue, item=click.STRING, accept=SET_VALUE, metavar="KEY=VALUE",
               help="Edit the profile first, e.g. max_num_seqs=4 (same keys as capsim simulate).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; loopback unless you say otherwise (0.0.0.0 serves the network).")

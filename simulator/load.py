@@ -106,7 +106,7 @@ class ClosedLoop:
     concurrency: Sequence[int] = (1,)
     runs: int = 3
     latency_mode: str = "generation"  # llama-benchy's --latency-mode: api | generation | none
-    warmup: bool = True  # a warmup batch per test, excluded from results
+    warmup: bool | int = True  # warmup batches per test (True = 1), excluded from results
     seed: int = 0
     # Explicit (pp, tg, depth, concurrency) tests instead of the full product, in order.
     combos: Sequence[tuple[int, int, int, int]] | None = None
@@ -123,6 +123,8 @@ class ClosedLoop:
             raise LoadError(f"--concurrency values must be >= 1, got {list(self.concurrency)}")
         if self.runs < 1:
             raise LoadError(f"--runs must be >= 1, got {self.runs}")
+        if int(self.warmup) < 0:
+            raise LoadError(f"--warmup-runs must be >= 0, got {int(self.warmup)}")
         if self.latency_mode not in ("api", "generation", "none"):
             raise LoadError(f"--latency-mode must be api, generation or none, got {self.latency_mode!r}")
         try:
@@ -153,7 +155,7 @@ class ClosedLoop:
         for pp, tg, depth, c in self.tests():
             wl = FixedWorkload(pp, tg, depth, self.prompt_scale)
             key = f"pp{pp} tg{tg} d{depth} c{c}"
-            runs = ([-1] if (include_warmup and self.warmup) else []) + list(range(self.runs))
+            runs = (list(range(-int(self.warmup), 0)) if include_warmup else []) + list(range(self.runs))
             for r in runs:
                 out.append(Batch(key, r, c, tuple(wl.sample(c)), pp, tg, depth))
         return out

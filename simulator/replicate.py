@@ -31,12 +31,13 @@ def default_jobs(r: int) -> int:
     return max(1, min(r, os.cpu_count() or 1))
 
 
-def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r: int) -> dict:
+def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r: int,
+              summary_kw: dict | None = None) -> dict:
     pat = replace(pattern, seed=pattern.seed + r)
     # replication 0 is the fitted profile itself; the others draw what the fit left uncertain
     prof = profile if r == 0 else draw_profile(profile, r)
     run = simulate_open(prof, workload.sample(n, seed=pat.seed), pat, noise_seed=r)
-    s = summarize_open(run)
+    s = summarize_open(run, **(summary_kw or {}))
     s["num_preemptions"] = run.meta["num_preemptions"]
     return s
 
@@ -50,15 +51,16 @@ def band(values: Sequence[dict], lo: float = 5, hi: float = 95) -> tuple[dict, d
 
 
 def replicate_open(profile: Profile, workload: Workload, num_prompts: int, pattern: OpenLoop, replications: int = 1,
-                   n_jobs: int | None = None) -> tuple[dict, dict, dict, list[dict]]:
-    """(median, lo, hi, per-replication summaries) of vllm bench serve keys."""
+                   n_jobs: int | None = None, summary_kw: dict | None = None) -> tuple[dict, dict, dict, list[dict]]:
+    """(median, lo, hi, per-replication summaries) of vllm bench serve keys
+    (summary_kw: summarize_open's percentiles, metrics and goodput)."""
     if replications < 1:
         raise ValueError(f"--replications must be >= 1, got {replications}")
     jobs = n_jobs or default_jobs(replications)
     if jobs == 1 or replications == 1:
-        runs = [_open_one(profile, workload, num_prompts, pattern, r) for r in range(replications)]
+        runs = [_open_one(profile, workload, num_prompts, pattern, r, summary_kw) for r in range(replications)]
     else:
-        runs = Parallel(n_jobs=jobs)(delayed(_open_one)(profile, workload, num_prompts, pattern, r)
+        runs = Parallel(n_jobs=jobs)(delayed(_open_one)(profile, workload, num_prompts, pattern, r, summary_kw)
                                      for r in range(replications))
     med, lo, hi = band(runs)
     return med, lo, hi, runs

@@ -8,6 +8,7 @@ second, peak concurrent requests); `summarize_closed` is llama-benchy 0.4.0's
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -121,8 +122,16 @@ def peak_concurrency_sweep(starts: np.ndarray, ends: np.ndarray) -> int:
     return int(np.cumsum(deltas[order]).max())
 
 
-def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict[str, float]:
-    """vllm bench serve's result-JSON keys for one run."""
+def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+                   metrics: Sequence[str] | None = None, goodput: dict[str, float] | None = None) -> dict[str, float]:
+    """vllm bench serve's result-JSON keys for one run.
+
+    metrics: the statistics to report (its --percentile-metrics: ttft, tpot, itl, e2el,
+    client_queue_time, e2el_including_client_queue); None: ttft, tpot, itl, e2el and,
+    with a client max concurrency, client_queue_time.
+    goodput: its --goodput SLOs in ms ({"ttft": 500, "tpot": 50, "e2el": ...}); adds
+    request_goodput = requests meeting every SLO (TPOT 0 for one output token) / duration.
+    """
     ok = [r for r in run.records if r.ok]
     dur = run.duration
     ttfts = np.array([r.chunk_times[0] - r.start_time for r in ok])
@@ -159,18 +168,41 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
         res["max_output_tokens_per_s"] = 0.0
         res["max_concurrent_requests"] = 0
         res["max_concurrent_requests_sweep"] = 0
-    for name, vals in (("ttft", ttfts), ("tpot", tpots), ("e2el", e2els)):
-        res.update(_stats(name, vals, percentiles))
-    res.update(itls.stats("itl", percentiles))
+    if goodput:
+        all_tpots = np.where(outs > 1, (e2els - ttfts) / np.maximum(outs - 1, 1), 0.0) if len(ok) else np.zeros(0)
+        good = np.ones(len(ok), dtype=bool)
+        for name, vals in (("ttft", ttfts), ("tpot", all_tpots), ("e2el", e2els)):
+            if name in goodput:
+                good &= goodput[name] / 1000.0 >= vals
+        res["request_goodput"] = int(good.sum()) / dur if dur > 0 else 0.0
     queue = np.array([r.start_time - r.scheduled_time for r in ok])
-    if run.meta.get("max_concurrency"):
-        res.update(_stats("client_queue_time", queue, percentiles))
+    want = tuple(metrics) if metrics else \
+        OPEN_METRICS + (("client_queue_time",) if run.meta.get("max_concurrency") else ())
+    values = {"ttft": ttfts, "tpot": tpots, "e2el": e2els, "client_queue_time": queue,
+              "e2el_including_client_queue": e2els + queue}
+    for name in want:
+        res.update(itls.stats("itl", percentiles) if name == "itl" else _stats(name, values[name], percentiles))
     return res
 
 
+def _percentiles_in(s: dict) -> list[float]:
+    found = set()
+    for k in s:
+        m = re.fullmatch(r"p(\d+(?:\.\d+)?)_(?:ttft|tpot|itl|e2el|client_queue_time|e2el_including_client_queue)_ms",
+                         k)
+        if m:
+            found.add(float(m.group(1)))
+    return sorted(found) or list(DEFAULT_PERCENTILES)
+
+
 def format_open_summary(s: dict, rate: float | None = None, title: str = "Serving Benchmark Result",
-                        percentiles: Sequence[float] = DEFAULT_PERCENTILES, bands: dict | None = None) -> str:
-    """The block vllm bench serve prints (with optional [lo, hi] bands)."""
+                        percentiles: Sequence[float] | None = None, bands: dict | None = None,
+                        metrics: Sequence[str] | None = None) -> str:
+    """The block vllm bench serve prints (with optional [lo, hi] bands): `metrics` (its
+    --percentile-metrics; default ttft, tpot, itl, e2el) where the summary holds them, at
+    `percentiles` (default: those of the summary's keys)."""
+    if percentiles is None:
+        percentiles = _percentiles_in(s)
 
     def line(label, key, fmt="{:.2f}"):
         v = s.get(key)
@@ -188,14 +220,22 @@ def format_open_summary(s: dict, rate: float | None = None, title: str = "Servin
     out += [line("Benchmark duration (s):", "duration"),
             line("Total input tokens:", "total_input_tokens", "{:.0f}"),
             line("Total generated tokens:", "total_output_tokens", "{:.0f}"),
-            line("Request throughput (req/s):", "request_throughput"),
+            line("Request throughput (req/s):", "request_throughput")]
+    if s.get("request_goodput") is not None:
+        out.append(line("Request goodput (req/s):", "request_goodput"))
+    out += [
             line("Output token throughput (tok/s):", "output_throughput"),
             line("Peak output token throughput (tok/s):", "max_output_tokens_per_s"),
             line("Peak concurrent requests:", "max_concurrent_requests"),
             line("Total token throughput (tok/s):", "total_token_throughput")]
     names = {"ttft": ("Time to First Token", "TTFT"), "tpot": ("Time per Output Token (excl. 1st token)", "TPOT"),
-             "itl": ("Inter-token Latency", "ITL"), "e2el": ("End-to-end Latency", "E2EL")}
-    for m, (head, short) in names.items():
+             "itl": ("Inter-token Latency", "ITL"), "e2el": ("End-to-end Latency", "E2EL"),
+             "client_queue_time": ("Client Queue Time", "Client Queue Time"),
+             "e2el_including_client_queue": ("E2EL Including Client Queue", "E2EL Incl. Queue")}
+    for m in (metrics or OPEN_METRICS):
+        head, short = names[m]
+        if f"mean_{m}_ms" not in s:
+            continue
         out.append(f"{head:-^50}")
         out.append(line(f"Mean {short} (ms):", f"mean_{m}_ms"))
         out.append(line(f"Median {short} (ms):", f"median_{m}_ms"))

@@ -1,0 +1,454 @@
+"""Flags shared by capsim's commands, and the flags of the tools people already know.
+
+`MultiValue` is the one parser for every multi-value flag: `--pp 512,1024`,
+`--pp 512 1024` (argparse's nargs='+', as llama-benchy and vllm bench serve take
+it) and `--pp 512 --pp 1024` all give (512, 1024).
+
+The rest maps `vllm bench serve`'s and llama-benchy's flags (vLLM 0.32's
+vllm/benchmarks/serve.py add_cli_args; llama-benchy 0.4.0's config.py) onto
+capsim's: the server URL (--base-url, --host/--port), the API (--backend,
+--endpoint), the result file (--save-result [FILE], --result-dir,
+--result-filename, --append-result), --percentile-metrics, --metric-percentiles,
+--goodput, --metadata, --label and llama-benchy's --extra-body and --format.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+
+
+# --------------------------------------------------------------------------- one multi-value parser
+
+class _Split(click.ParamType):
+    """One command-line word -> a tuple of items (split on `sep`, each converted by `item`)."""
+
+    def __init__(self, item: click.ParamType, sep: str | None):
+        self.item, self.sep = item, sep
+        self.name = f"{item.name}s"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)):
+            parts = list(value)
+        elif isinstance(value, str) and self.sep:
+            parts = [p.strip() for p in value.split(self.sep) if p.strip()]
+            if not parts:
+                self.fail(f"no value in {value!r}", param, ctx)
+        else:
+            parts = [value]
+        return tuple(self.item.convert(p, param, ctx) for p in parts)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return False
+
+
+class MultiValue(click.Option):
+    """A list flag: `--x a,b`, `--x a b` and `--x a --x b` all give (a, b).
+
+    item:   the type of one value (click.INT, click.FLOAT, click.Choice(...), click.STRING).
+    sep:    the separator inside one word (None: values may hold commas, e.g. JSON).
+    spaced: also take the following words (argparse's nargs='+'), as long as `accept`
+            says they are values: by default a word the item type converts; a word that
+            starts with '-' (another flag) never is, unless a number. So a positional URL
+            or path after `--pp 512 1024` stays positional.
+    accept: a regex (or callable) for the words to take when spaced (string flags).
+    """
+
+    def __init__(self, *decls, item: Any = click.INT, sep: str | None = ",", spaced: bool = True,
+                 accept: str | Callable[[str], bool] | None = None, **kw):
+        self.item = click.types.convert_type(item)
+        self.sep, self.spaced = sep, spaced
+        self._accept = re.compile(accept).fullmatch if isinstance(accept, str) else accept
+        kw["multiple"] = True
+        kw["type"] = _Split(self.item, sep)
+        kw.setdefault("default", ())
+        super().__init__(*decls, **kw)
+
+    def type_cast_value(self, ctx, value):
+        return tuple(x for part in super().type_cast_value(ctx, value) for x in part)
+
+    def accepts(self, token: str) -> bool:
+        if token == "--" or (token.startswith("-") and not _is_number(token)):
+            return False
+        if self._accept is not None:
+            return bool(self._accept(token))
+        try:
+            self.type.convert(token, self, None)
+            return True
+        except click.BadParameter:
+            return False
+
+    def add_to_parser(self, parser, ctx):
+        ret = super().add_to_parser(parser, ctx)
+        if not self.spaced:
+            return ret
+        for name in self.opts:
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if opt is None:
+                continue
+            prev = opt.process
+
+            def process(value, state, prev=prev):
+                prev(value, state)
+                while state.rargs and self.accepts(state.rargs[0]):
+                    prev(state.rargs.pop(0), state)
+
+            opt.process = process
+        return ret
+
+
+class OptionalValue(click.Option):
+    """A flag that may take one value: `--save-result` (vllm bench serve: a bare flag) or
+    `--save-result out.json` (llama-benchy and older capsim: the file). The next word is the
+    value only if `accept` matches it, so `--save-result --save-detailed` never writes a file
+    named '--save-detailed' and `--save-result http://host` leaves the URL positional."""
+
+    def __init__(self, *decls, accept: str = r"(?i)[^-].*\.(json|md|csv|txt|jsonl)", flag_value: str = "",
+                 **kw):
+        self._accept = re.compile(accept).fullmatch
+        self._bare = flag_value
+        kw.setdefault("default", None)
+        kw["type"] = click.STRING
+        super().__init__(*decls, **kw)
+
+    def add_to_parser(self, parser, ctx):
+        kw = {"dest": self.name, "action": "store_const", "const": self._bare}
+        parser.add_option(obj=self, opts=self.opts, **kw)
+        for name in self.opts:
+            opt = parser._long_opt.get(name)
+            prev = opt.process
+
+            def process(value, state, prev=prev, opt=opt):
+                if state.rargs and self._accept(state.rargs[0]):
+                    state.opts[opt.dest] = state.rargs.pop(0)
+                    state.order.append(opt.obj)
+                    return
+                prev(value, state)
+
+            opt.process = process
+
+
+SET_VALUE = r"[A-Za-z_][\w.]*\s*=.*"  # a --set KEY=VALUE word (what a spaced --set takes)
+
+
+# --------------------------------------------------------------------------- vllm bench serve
+
+PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el", "client_queue_time", "e2el_including_client_queue")
+GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+BACKENDS = {"openai-chat": "chat", "openai": "completions", "vllm": "completions"}
+ENDPOINTS = {"chat": "chat", "completions": "completions",
+             "/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
+def resolve_endpoint(backend: str | None, endpoint: str | None) -> str:
+    """capsim's endpoint ('chat' | 'completions') from --backend and --endpoint (either form)."""
+    by_backend = None
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise click.BadParameter(f"capsim speaks {', '.join(BACKENDS)} (OpenAI-compatible streaming), "
+                                     f"not {backend!r}", param_hint="--backend")
+        by_backend = BACKENDS[backend]
+    by_endpoint = None
+    if endpoint is not None:
+        e = endpoint.strip()
+        key = e if e in ENDPOINTS else "/" + e.lstrip("/")
+        if key not in ENDPOINTS:
+            raise click.BadParameter(f"capsim measures /v1/chat/completions (chat) or /v1/completions "
+                                     f"(completions), not {endpoint!r}", param_hint="--endpoint")
+        by_endpoint = ENDPOINTS[key]
+    if by_backend and by_endpoint and by_backend != by_endpoint:
+        raise click.UsageError(f"--backend {backend} sends {by_backend} requests but --endpoint {endpoint} "
+                               f"takes {by_endpoint} requests")
+    return by_endpoint or by_backend or "chat"
+
+
+def backend_name(backend: str | None, endpoint: str) -> str:
+    return backend or ("openai-chat" if endpoint == "chat" else "openai")
+
+
+def resolve_url(url: str | None, base_url: str | None, host: str | None, port: int | None) -> str:
+    """The server URL: positional URL, --base-url, or --host/--port (vllm bench serve's three ways)."""
+    if url and base_url and url.rstrip("/") != base_url.rstrip("/"):
+        raise click.UsageError(f"two server URLs: {url} and --base-url {base_url}; give one")
+    u = url or base_url
+    if u:
+        return u
+    if host is not None or port is not None:
+        h = host or "127.0.0.1"
+        if ":" in h and not h.startswith("["):
+            h = f"[{h}]"
+        return f"http://{h}:{port if port is not None else 8000}"
+    raise click.UsageError("no server: give its URL (capsim measure open URL, or --base-url URL, or --host/--port)")
+
+
+def parse_goodput(pairs: Sequence[str]) -> dict[str, float]:
+    """vllm bench serve's --goodput KEY:MS ... (check_goodput_args): ttft, tpot, e2el in ms, >= 0."""
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, val = pair.partition(":")
+        try:
+            v = float(val) if sep else math.nan
+        except ValueError:
+            v = math.nan
+        if not sep or math.isnan(v):
+            raise click.BadParameter(f"{pair!r}: give KEY:VALUE, the value a number in milliseconds "
+                                     f"(e.g. ttft:500 tpot:50)", param_hint="--goodput")
+        if name not in GOODPUT_METRICS:
+            raise click.BadParameter(f"{pair!r}: the metric must be one of {', '.join(GOODPUT_METRICS)}",
+                                     param_hint="--goodput")
+        if v < 0:
+            raise click.BadParameter(f"{pair!r}: the objective must be >= 0 ms", param_hint="--goodput")
+        out[name] = v
+    return out
+
+
+def parse_metadata(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise click.BadParameter(f"{item!r}: give KEY=VALUE", param_hint="--metadata")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def parse_percentiles(values: Sequence[float]) -> tuple[float, ...] | None:
+    for p in values:
+        if not 0 <= p <= 100:
+            raise click.BadParameter(f"percentiles are between 0 and 100, got {p:g}", param_hint="--metric-percentiles")
+    return tuple(values) or None
+
+
+def parse_extra_body(values: Sequence[str]) -> dict[str, Any]:
+    """--extra-body: a JSON object (vllm bench serve), or llama-benchy's key=value / key:value
+    entries, comma-separated or repeated (values parsed as JSON where they are)."""
+    out: dict[str, Any] = {}
+    for item in values:
+        s = item.strip()
+        if s.startswith("{"):
+            try:
+                obj = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise click.BadParameter(f"not JSON: {e.msg} at character {e.pos}", param_hint="--extra-body") \
+                    from None
+            if not isinstance(obj, dict):
+                raise click.BadParameter("give a JSON object", param_hint="--extra-body")
+            out.update(obj)
+            continue
+        for entry in (e.strip() for e in s.split(",")):
+            if not entry:
+                continue
+            m = re.match(r"([^=:]+)[=:](.*)", entry)
+            if not m or not m.group(1).strip():
+                raise click.BadParameter(f"{entry!r}: use a JSON object, key=value or key:value",
+                                         param_hint="--extra-body")
+            try:
+                out[m.group(1).strip()] = json.loads(m.group(2).strip())
+            except json.JSONDecodeError:
+                out[m.group(1).strip()] = m.group(2).strip()
+    for k in ("model", "stream", "messages", "prompt"):
+        if k in out:
+            raise click.BadParameter(f"{k!r} is capsim's to set, not --extra-body's", param_hint="--extra-body")
+    return out
+
+
+def summary_options(percentile_metrics, metric_percentiles, goodput) -> dict:
+    """keyword arguments of simulator.summary.summarize_open from the three flags."""
+    kw: dict[str, Any] = {}
+    ps = parse_percentiles(metric_percentiles)
+    if ps:
+        kw["percentiles"] = ps
+    if percentile_metrics:
+        kw["metrics"] = tuple(dict.fromkeys(percentile_metrics))
+    gp = parse_goodput(goodput)
+    if gp:
+        kw["goodput"] = gp
+    return kw
+
+
+def vllm_serve_options(f):
+    """vllm bench serve's flags that `capsim measure open` and `capsim simulate open` share."""
+    opts = [
+        click.option("--base-url", default=None, metavar="URL",
+                     help="The server (vllm bench serve's spelling of URL; a trailing /v1 is fine)."),
+        click.option("--host", default=None, help="With --port, the server at http://HOST:PORT "
+                                                   "(vllm bench serve: 127.0.0.1)."),
+        click.option("--port", type=click.IntRange(1, 65535), default=None, help="(vllm bench serve: 8000)."),
+        click.option("--backend", type=click.Choice(sorted(BACKENDS)), default=None,
+                     help="openai-chat = chat, openai or vllm = completions. capsim's default is chat; "
+                          "vllm bench serve's is openai (completions)."),
+        click.option("--endpoint", default=None, metavar="PATH",
+                     help="/v1/chat/completions (or chat) | /v1/completions (or completions) [capsim default: "
+                          "chat; vllm bench serve's default: /v1/completions]."),
+        click.option("--served-model-name", default=None,
+                     help="The model name sent in requests (default: --model), as vllm bench serve."),
+        click.option("--save-result", cls=OptionalValue, metavar="[FILE]",
+                     help="Write vllm bench serve's result JSON: to FILE if one (*.json) follows, else to "
+                          "--result-dir/--result-filename (default name as vllm's: "
+                          "LABEL-RATEqps[-concurrencyC]-MODEL-DATE.json)."),
+        click.option("--save-detailed", is_flag=True, help="Per-request arrays in the result JSON."),
+        click.option("--append-result", is_flag=True, help="Append the result JSON to the file (one per line)."),
+        click.option("--result-dir", default=None, help="Folder of the result JSON (default: here)."),
+        click.option("--result-filename", default=None, help="Name of the result JSON."),
+        click.option("--percentile-metrics", cls=MultiValue, item=click.Choice(PERCENTILE_METRICS),
+                     help="Metrics to report percentiles of, e.g. ttft,tpot,itl,e2el [capsim default: "
+                          "ttft,tpot,itl,e2el; vllm bench serve's: ttft,tpot,itl]."),
+        click.option("--metric-percentiles", cls=MultiValue, item=click.FLOAT,
+                     help="Percentiles to report, e.g. 50,90,99 [capsim default: 50,90,95,99; "
+                          "vllm bench serve's: 99]."),
+        click.option("--goodput", cls=MultiValue, item=click.STRING, accept=r"[A-Za-z_0-9]+:.*",
+                     metavar="KEY:MS", help="SLOs for request_goodput, e.g. ttft:500 tpot:50 e2el:30000 "
+                                            "(ms): requests meeting every one, per second."),
+        click.option("--metadata", cls=MultiValue, item=click.STRING, sep=None, accept=r"[^=\s]+=.*",
+                     metavar="KEY=VALUE", help="Extra keys for the result JSON, e.g. version=0.3.3 tp=1."),
+        click.option("--label", default=None, help="The result's label (and file-name prefix; default: --backend)."),
+        click.option("--disable-tqdm", is_flag=True, help="No progress bar (vllm bench serve's spelling)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def result_path(save_result: str | None, append: bool, result_dir: str | None, result_filename: str | None,
+                label: str | None, backend: str, rate: float, max_concurrency: int | None, model_id: str,
+                date: str) -> Path | None:
+    """Where vllm bench serve writes its result JSON (compute_result_filename), or None."""
+    if save_result is None and not append:
+        return None
+    if save_result:  # an explicit FILE
+        name = save_result
+    elif result_filename:
+        name = result_filename
+    else:
+        conc = f"-concurrency{max_concurrency}" if max_concurrency is not None else ""
+        name = f"{label or backend}-{float(rate)}qps{conc}-{str(model_id).split('/')[-1]}-{date}.json"
+    p = Path(name)
+    if result_dir and not p.is_absolute():
+        p = Path(result_dir) / p
+    return p
+
+
+def check_result_dest(save_result, append, result_dir, result_filename) -> None:
+    """Before any work: the result file's folder can be made and written."""
+    if save_result is None and not append:
+        if result_dir or result_filename:
+            click.echo("note: --result-dir/--result-filename take effect with --save-result "
+                       "(as in vllm bench serve)", err=True)
+        return
+    p = result_path(save_result, append, result_dir, result_filename or "x.json", None, "b", 1.0, None, "m", "d")
+    folder = p.parent if str(p.parent) else Path(".")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if p.is_dir():
+        raise click.ClickException(f"--save-result {p}: is a folder, not a file")
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise click.ClickException(f"--save-result: cannot write in {folder}")
+
+
+def write_result(path: Path, result: dict, append: bool, redact: Callable[[str], str] = lambda s: s) -> None:
+    from measure.runfiles import _dumps, atomic_write
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = redact(_dumps(result))
+        if append and path.exists() and path.stat().st_size:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("\n" + text)
+        else:
+            atomic_write(path, text + ("\n" if not append else ""))
+    except OSError as e:
+        raise click.ClickException(f"cannot write --save-result {path}: {e.strerror or e}") from None
+
+
+def result_header(*, backend: str, label: str | None, model_id: str | None, tokenizer_id: str | None,
+                  num_prompts: int, rate: float, burstiness: float, max_concurrency: int | None,
+                  metadata: dict[str, str], date: str | None = None) -> dict:
+    """The top of vllm bench serve's result JSON (main_async), in its order."""
+    out: dict[str, Any] = {"date": date or _dt.datetime.now().strftime("%Y%m%d-%H%M%S"), "endpoint_type": backend,
+                           "backend": backend, "label": label, "model_id": model_id, "tokenizer_id": tokenizer_id,
+                           "num_prompts": num_prompts}
+    out.update(metadata)
+    out.update({"request_rate": "inf" if math.isinf(rate) else rate, "burstiness": burstiness,
+                "max_concurrency": max_concurrency})
+    return out
+
+
+# --------------------------------------------------------------------------- llama-benchy
+
+def llama_benchy_options(f):
+    """llama-benchy's flags that `capsim measure closed` and `capsim simulate closed` share."""
+    opts = [
+        click.option("--format", "out_format", type=click.Choice(["md", "json", "csv"]), default=None,
+                     help="Output as llama-benchy prints it: md (the table; default), json or csv."),
+        click.option("--warmup-runs", type=click.IntRange(0, 100), default=None,
+                     help="Warmup batches per test, excluded from results [default: 1, as llama-benchy's "
+                          "one warmup run; 0 = --no-warmup]."),
+        click.option("--exit-on-first-fail", is_flag=True,
+                     help="Stop at the first batch with a failed request and exit 1 (llama-benchy's flag)."),
+        click.option("--extra-body", cls=MultiValue, item=click.STRING, sep=None, spaced=False,
+                     metavar="JSON|KEY=VALUE",
+                     help="Extra fields merged into every request body: a JSON object, or llama-benchy's "
+                          "key=value / key:value entries (comma-separated or repeated)."),
+        click.option("--save-result", "benchy_save", cls=OptionalValue, metavar="[FILE]",
+                     help="Write the --format output to FILE (llama-benchy's --save-result FILE)."),
+        click.option("--served-model-name", default=None,
+                     help="The model name sent in requests (default: --model), as llama-benchy."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def warmup_setting(no_warmup: bool, warmup_runs: int | None) -> int:
+    if no_warmup and warmup_runs:
+        raise click.UsageError(f"--no-warmup and --warmup-runs {warmup_runs} contradict each other")
+    return 0 if no_warmup else (1 if warmup_runs is None else warmup_runs)
+
+
+CSV_HEADERS = ["model", "test_name", "t_s_mean", "t_s_std", "t_s_req_mean", "t_s_req_std", "peak_ts_mean",
+               "peak_ts_std", "peak_ts_req_mean", "peak_ts_req_std", "ttfr_mean", "ttfr_std", "est_ppt_mean",
+               "est_ppt_std", "e2e_ttft_mean", "e2e_ttft_std"]
+
+
+def closed_csv(rows, model: str) -> str:
+    """llama-benchy 0.4.0's --format csv (results.py save_report): a pp row and a tg row per test."""
+    rows = list(rows)
+    conc = any(r.concurrency > 1 for r in rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_HEADERS, lineterminator="\n")
+    w.writeheader()
+
+    def pair(m, k):
+        v = m.get(k)
+        return (None, None) if v is None else (v[0], v[1])
+
+    for r in rows:
+        d = f" @ d{r.depth}" if r.depth else ""
+        c = f" (c{r.concurrency})" if conc else ""
+        m = r.metrics
+        for test, ts, tsr, pk, pkr, lat in ((f"pp{r.pp}{d}{c}", "pp_throughput", "pp_req_throughput", None, None, True),
+                                            (f"tg{r.tg}{d}{c}", "tg_throughput", "tg_req_throughput",
+                                             "peak_throughput", "peak_req_throughput", False)):
+            if m.get(ts) is None and (pk is None or m.get(pk) is None):
+                continue
+            row = {"model": model, "test_name": test}
+            for col, key in (("t_s", ts), ("t_s_req", tsr), ("peak_ts", pk), ("peak_ts_req", pkr),
+                             ("ttfr", "ttfr" if lat else None), ("est_ppt", "est_ppt" if lat else None),
+                             ("e2e_ttft", "e2e_ttft" if lat else None)):
+                row[f"{col}_mean"], row[f"{col}_std"] = pair(m, key) if key else (None, None)
+            w.writerow(row)
+    return buf.getvalue().rstrip("\n")
