@@ -14,7 +14,10 @@ one that reaches max_tokens does not (vLLM checks that explicitly).
 Fast-forward: a run of decode steps whose batch cannot change is scheduled as
 one event. Durations come from the same integer step features, so token times
 are bit-identical to stepping one by one; an arrival during the run truncates
-it at the step where step-by-step scheduling would first have seen it.
+it at the step where step-by-step scheduling would first have seen it. A step
+that preempted never starts a run: vLLM skips admission in that step only, and
+the next one may take the victim back (with async scheduling its in-flight
+tokens are dropped, so it can need fewer blocks than it just gave up).
 """
 from __future__ import annotations
 
@@ -320,10 +323,13 @@ class Engine:
                     "preemptions": self.num_preemptions, "running": len(self.running), "waiting": len(self.waiting),
                     "preempted": preempted, "admitted": admitted, "k": k})
 
-    def _run_length(self, items) -> int:
+    def _run_length(self, items, preempted: bool = False) -> int:
         """How many identical decode steps can be taken at once, from this one."""
         L = self.lim
         if not self.fast_forward or not items or self.spec_k:
+            return 1
+        if preempted:
+            # this step skipped admission; the next one tries the waiting queue (the victim first) again
             return 1
         if any(n != 1 or not emits for _, n, emits, _ in items):
             return 1
@@ -388,8 +394,8 @@ class Engine:
         step.end = step.ends[-1]
 
     def _launch(self, sched, start: float) -> None:
-        items, _ = sched
-        k = self._run_length(items)
+        items, preempted = sched
+        k = self._run_length(items, preempted)
         first_idx = self.steps
         if k == 1:
             d = self.model.time(features(((r.computed - n, n) for r, n, _, _ in items), self.window))
