@@ -2,6 +2,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -18,3 +20,19 @@ try:
         settings.load_profile("ci")
 except ImportError:  # hypothesis is a test extra
     pass
+
+
+@pytest.fixture
+def fake():
+    """make(**FakeConfig fields) -> a started measure.fakeserver.FakeServer, stopped after the test."""
+    from measure.fakeserver import FakeConfig, FakeServer
+    servers = []
+
+    def make(**kw):
+        s = FakeServer(FakeConfig(**kw)).start()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()

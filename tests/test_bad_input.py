@@ -93,19 +93,6 @@ def test_shipped_lengths_refuse_what_they_do_not_cover(no_sharegpt_package, no_d
 
 # ---------------------------------------------------------------- 2. report on a damaged run folder
 
-@pytest.fixture
-def fake():
-    from measure.fakeserver import FakeConfig, FakeServer
-    servers = []
-
-    def make(**kw):
-        s = FakeServer(FakeConfig(**kw)).start()
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.stop()
 
 
 @pytest.fixture

@@ -32,18 +32,6 @@ OFFICE_CMD = ("vllm bench serve --backend openai-chat --base-url http://localhos
               "--burstiness 0.7 --result-filename 07-office-baseline.json")
 
 
-@pytest.fixture
-def fake():
-    servers = []
-
-    def make(**kw):
-        s = FakeServer(FakeConfig(**kw)).start()
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.stop()
 
 
 def cap(args, **kw):

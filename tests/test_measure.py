@@ -30,18 +30,6 @@ from simulator.workload import RandomWorkload
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def fake():
-    servers = []
-
-    def make(**kw):
-        s = FakeServer(FakeConfig(**kw)).start()
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.stop()
 
 
 def free_port() -> int:
