@@ -10,7 +10,6 @@ box's effective bandwidth, overheads and routing spread on top, never per-model 
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -201,7 +200,3 @@ def step_quantities(arch: Architecture, weights: str, kv_bytes: float) -> dict:
     q["attn_flops_full"] = float(4 * arch.q_heads * (arch.head_dim if not arch.mla_dim else 192) * arch.attn_layers)
     q["attn_flops_window"] = float(4 * arch.q_heads * (arch.window_head_dim or arch.head_dim) * arch.window_layers)
     return q
-
-
-def describe(arch: Architecture) -> str:
-    return json.dumps({k: v for k, v in arch.to_json().items() if v not in (None, 0, 0.0, [], "")})

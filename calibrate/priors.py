@@ -60,8 +60,9 @@ OTHER_GIB = 3.0  # activations, CUDA graphs and the allocator's slack beside wei
 
 def gemma4_kv_blocks(gpu_memory_utilization: float, weights_gib: float = 48.1, other_gib: float = OTHER_GIB) -> int:
     """Gemma-4-26B-A4B fp8 KV pool on a GB10: blocks of 5 x 64 KiB (physics reference section 2.4)."""
-    kv_gib = gpu_memory_utilization * GB10_MEMORY_GIB - weights_gib - other_gib
-    return int(kv_gib * 2 ** 30 // 65536 // 5)
+    pool = (gpu_memory_utilization * GB10_MEMORY_GIB - weights_gib - other_gib) * 2 ** 30
+    # 5 full-attention layers of 2 x 2 x 512 fp8 bytes a token, 25 sliding (window 1024) of 2 x 8 x 256
+    return hybrid_layout(pool, 5, 2048, 25, 4096, 1024)[0]
 
 
 def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Profile, dict]:

@@ -110,17 +110,15 @@ def workload_for(run: OpenRun, profile: Profile, tokenizer: str | None = None) -
                               fmt=PromptFormat(fmt.special_tokens, 0, fmt.vocab_size))
         template = fmt.chat_template_tokens if chat else 0
         total_in = res.get("total_input_tokens")
+        raw, outs, _ = base.lengths(n, int(p.get("seed") or 0)) if n else (None, None, None)
         if total_in and n:
-            raw, _, _ = base.lengths(n, int(p.get("seed") or 0))
             per = (float(total_in) - float(raw.sum())) / n - fmt.special_tokens - base.prefix_len
             if 0 <= per < 500:
                 template = int(round(per))
         frac = 1.0
         total_out = res.get("total_output_tokens")
-        if total_out and n:
-            _, outs, _ = base.lengths(n, int(p.get("seed") or 0))
-            if float(total_out) < 0.98 * float(outs.sum()):  # the model stopped at EOS before max_tokens
-                frac = max(1e-3, float(total_out) / float(outs.sum()))
+        if total_out and n and float(total_out) < 0.98 * float(outs.sum()):  # stopped at EOS before max_tokens
+            frac = max(1e-3, float(total_out) / float(outs.sum()))
         return RandomWorkload(base.input_len, base.output_len, base.range_ratio, base.prefix_len,
                               fmt=PromptFormat(fmt.special_tokens, template, fmt.vocab_size), output_fraction=frac)
     if run.dataset == "sharegpt":

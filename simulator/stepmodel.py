@@ -97,6 +97,20 @@ class StepModel:
             aw = cw
         return self.times(b, b, cf, cw, af, aw)
 
+    # Rates multiplied and times divided when a side of the step gets faster (scale()).
+    MEMORY_RATES: ClassVar[tuple[str, ...]] = ()
+    MEMORY_TIMES: ClassVar[tuple[str, ...]] = ()
+    COMPUTE_RATES: ClassVar[tuple[str, ...]] = ()
+    COMPUTE_TIMES: ClassVar[tuple[str, ...]] = ()
+
+    def scale(self, memory: float = 1.0, compute: float = 1.0) -> None:
+        """Make the memory side (weights, KV, overheads) and the compute side (FLOPs) that many times faster."""
+        for names, f, rate in ((self.MEMORY_RATES, memory, True), (self.MEMORY_TIMES, memory, False),
+                               (self.COMPUTE_RATES, compute, True), (self.COMPUTE_TIMES, compute, False)):
+            if f != 1.0:
+                for n in names:
+                    setattr(self, n, getattr(self, n) * f if rate else getattr(self, n) / f)
+
     def to_json(self) -> dict:
         return {"kind": self.kind, "params": {f.name: getattr(self, f.name) for f in fields(self)}}
 
@@ -113,6 +127,9 @@ class PhysicalStepModel(StepModel):
     """
 
     kind: ClassVar[str] = "physical"
+    MEMORY_RATES: ClassVar[tuple[str, ...]] = ("bw_weights", "bw_kv")
+    MEMORY_TIMES: ClassVar[tuple[str, ...]] = ("t0", "t_seq", "t_ctx")
+    COMPUTE_RATES: ClassVar[tuple[str, ...]] = ("flops", "attn_flops")
     t0: float = 0.003  # s, fixed per step (launch, sampling, sync)
     t_seq: float = 0.0  # s per request in the step (CPU-side bookkeeping)
     weight_bytes_fixed: float = 4.82e9  # dense weights + attention + embedding/LM head
@@ -216,6 +233,8 @@ class EmpiricalStepModel(StepModel):
     """
 
     kind: ClassVar[str] = "empirical"
+    MEMORY_TIMES: ClassVar[tuple[str, ...]] = ("c0", "c_tok", "c_seq", "c_ctx", "c_ctxw")
+    COMPUTE_TIMES: ClassVar[tuple[str, ...]] = ("c_attn", "c_attnw")
     c0: float = 0.02
     c_tok: float = 1e-4
     c_seq: float = 1e-3

@@ -65,23 +65,13 @@ def draw_profile(profile, key: int):
         if getattr(p.step_model, "bw_kv", None) is not None and "step_model.bw_kv" not in u.names \
                 and "step_model.bw_weights" in u.names:
             p.step_model.bw_kv = p.step_model.bw_weights  # tied in the fit, tied in the draw
-    m = p.step_model
     if u.spec_acceptance_range and p.engine.num_speculative_tokens:
         lo, hi = u.spec_acceptance_range
         p.engine.spec_acceptance = float(rng.uniform(lo, hi))
     if u.model_sigma_prefill:
-        f = math.exp(rng.normal(0.0, u.model_sigma_prefill))
-        for name in ("flops", "attn_flops"):
-            if getattr(m, name, None):
-                setattr(m, name, getattr(m, name) * f)
+        p.step_model.scale(compute=math.exp(rng.normal(0.0, u.model_sigma_prefill)))
     if u.model_sigma:
-        f = math.exp(rng.normal(0.0, u.model_sigma))
-        for name in ("bw_weights", "bw_kv"):
-            if getattr(m, name, None):
-                setattr(m, name, getattr(m, name) * f)
-        for name in ("t0", "t_seq", "t_ctx", "c0", "c_tok", "c_seq", "c_ctx", "c_ctxw"):
-            if getattr(m, name, None):
-                setattr(m, name, getattr(m, name) / f)
+        p.step_model.scale(memory=math.exp(rng.normal(0.0, u.model_sigma)))
         if u.envelope_batch and hasattr(p.step_model, "decode_factors") and not p.step_model.decode_factors:
             b0, z = int(u.envelope_batch), rng.normal(0.0, u.model_sigma)
             p.step_model.decode_factors = [[b0 * 2 ** d, math.exp(z * d)] for d in range(0, 6)]

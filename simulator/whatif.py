@@ -9,7 +9,6 @@ halves the block count, `speed=1.5` makes every step 1.5x faster.
 """
 from __future__ import annotations
 
-import dataclasses
 
 from .profile import Profile, ProfileError
 from .stepmodel import PhysicalStepModel
@@ -69,13 +68,7 @@ def _scenario(p: Profile, key: str, value: str) -> bool:
         s = float(value)
         if s <= 0:
             raise ProfileError(f"speed must be > 0, got {value}")
-        for f in dataclasses.fields(m):
-            v = getattr(m, f.name)
-            if f.name in ("t0", "t_seq", "t_ctx") or f.name.startswith("c"):
-                if isinstance(v, float):
-                    setattr(m, f.name, v / s)
-            elif f.name in ("bw_weights", "bw_kv", "flops", "attn_flops"):
-                setattr(m, f.name, v * s)
+        m.scale(memory=s, compute=s)
         return True
     return False
 
