@@ -78,7 +78,7 @@ class _TimeStore:
 class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
                  "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
-                 "kv_until", "drafts", "accepted")
+                 "kv_until", "drafts", "accepted", "chunks", "multi")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int):
         self.spec = spec
@@ -101,6 +101,8 @@ class _Req:
         self.kv_until = -1  # decode steps keep the same blocks while computed + 1 <= kv_until
         self.drafts = 0  # speculative decoding: draft tokens of the step in flight, and how many pass
         self.accepted = 0
+        self.chunks = 0  # chunks emitted so far
+        self.multi: list[tuple[int, int]] | None = None  # (chunk number, tokens) of chunks of != 1 token
 
     @property
     def known(self) -> int:
@@ -114,6 +116,11 @@ class _Req:
             if self.seg_len:
                 self.segments.append((self.seg_start, self.seg_len))
             self.seg_start, self.seg_len = idx, count
+        if tokens is not None and tokens != count:  # only a speculative step's single chunk
+            if self.multi is None:
+                self.multi = []
+            self.multi.append((self.chunks, tokens))
+        self.chunks += count
         self.emitted += count if tokens is None else tokens
 
 
@@ -431,6 +438,11 @@ class Engine:
         rec = req.record
         rec.chunk_times = segs[0] if len(segs) == 1 else np.concatenate(segs)
         rec.output_tokens = req.emitted
+        if req.multi:
+            k = np.ones(len(rec.chunk_times), dtype=np.int64)
+            pos, n = zip(*req.multi)
+            k[list(pos)] = n
+            rec.chunk_tokens = k
         rec.end_time = float(rec.chunk_times[-1])
         req.on_done(req)
 

@@ -35,6 +35,10 @@ class RequestRecord:
     test: str = ""  # closed loop: llama-benchy's test key; mixtures: the class
     batch: int = 0  # closed loop: run index within the test
     preemptions: int = 0  # simulated runs only (live: unknown per request)
+    # Tokens each chunk carried, where a chunk may carry several (speculative decoding); None
+    # means one each. llama-benchy 0.4.0 counts tokens per chunk (from token_ids), so a chunk of
+    # k tokens is k token timestamps in its tg and peak t/s.
+    chunk_tokens: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
@@ -48,6 +52,14 @@ class RequestRecord:
         if self.content_mask is None:
             return self.chunk_times
         return self.chunk_times[self.content_mask]
+
+    def content_token_times(self) -> np.ndarray:
+        """One timestamp per content token: a chunk of k tokens gives its time k times."""
+        ct = self.content_times()
+        if self.chunk_tokens is None:
+            return ct
+        k = self.chunk_tokens if self.content_mask is None else self.chunk_tokens[self.content_mask]
+        return np.repeat(ct, k)
 
     @property
     def first_token_time(self) -> float | None:
@@ -80,11 +92,13 @@ class RequestRecord:
             d["content_mask"] = [bool(x) for x in self.content_mask]
         if self.preemptions:
             d["preemptions"] = self.preemptions
+        if self.chunk_tokens is not None:
+            d["chunk_tokens"] = [int(x) for x in self.chunk_tokens]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RequestRecord":
-        mask = d.get("content_mask")
+        mask, toks = d.get("content_mask"), d.get("chunk_tokens")
         return cls(
             request_id=int(d["request_id"]),
             prompt_tokens=int(d["prompt_tokens"]),
@@ -99,6 +113,7 @@ class RequestRecord:
             test=d.get("test", ""),
             batch=int(d.get("batch", 0)),
             preemptions=int(d.get("preemptions", 0)),
+            chunk_tokens=None if toks is None else np.asarray(toks, dtype=np.int64),
         )
 
 

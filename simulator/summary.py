@@ -285,12 +285,12 @@ def peak_window_rate(ts: np.ndarray) -> float:
 
 def _request_speeds(r: RequestRecord, latency_s: float):
     """Per request: (ttfr, e2e_ttft, est_ppt, pp t/s, tg t/s, token times)."""
-    ct = r.content_times()
+    ct = r.content_token_times()  # llama-benchy 0.4.0 counts the tokens of each content chunk
     ttfr = r.chunk_times[0] - r.start_time
     e2e = ct[0] - r.start_time if len(ct) else math.nan
     est = max(0.0, ttfr - latency_s)
     pp_speed = r.prompt_tokens / est if est > 0 else math.nan
-    n = len(ct)  # llama-benchy counts one token per content chunk
+    n = len(ct)
     tg_speed = (n - 1) / (ct[-1] - ct[0]) if n > 1 and ct[-1] > ct[0] else math.nan
     return ttfr, e2e, est, pp_speed, tg_speed, ct
 

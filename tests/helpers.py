@@ -31,7 +31,7 @@ def rec(i, start, chunks, prompt=10, out=None, mask=None, test="", batch=0, erro
 
 
 RECORD_FIELDS = ("request_id", "prompt_tokens", "output_tokens", "scheduled_time", "start_time", "chunk_times",
-                 "content_mask", "end_time", "error", "max_tokens", "test", "batch", "preemptions")
+                 "content_mask", "end_time", "error", "max_tokens", "test", "batch", "preemptions", "chunk_tokens")
 
 
 def same_records(a: RunResult, b: RunResult) -> None:
@@ -41,7 +41,7 @@ def same_records(a: RunResult, b: RunResult) -> None:
     for x, y in zip(a.records, b.records):
         for f in RECORD_FIELDS:
             u, v = getattr(x, f), getattr(y, f)
-            if f in ("chunk_times", "content_mask"):
+            if f in ("chunk_times", "content_mask", "chunk_tokens"):
                 assert (u is None) == (v is None), (x.request_id, f)
                 assert u is None or np.array_equal(u, v), (x.request_id, f)
             else:

@@ -79,6 +79,23 @@ def test_closed_metrics_by_hand():
     assert "pp100 (c2)" in table and "tg4 (c2)" in table and "200.00 ± 0.00" in table
 
 
+def test_closed_metrics_count_the_tokens_of_each_chunk():
+    # llama-benchy 0.4.0 counts tokens per chunk (token_ids): a speculative step's chunk of 3
+    # tokens is 3 token timestamps. Request: role chunk at 0.5, then chunks of 1, 3, 2 tokens at
+    # 0.6, 0.8, 1.0.
+    a = rec(0, 0.0, [0.5, 0.6, 0.8, 1.0], prompt=100, out=6, mask=[False, True, True, True], test="t")
+    a.chunk_tokens = np.array([0, 1, 3, 2])
+    run = RunResult([a], 0.0, 1.0, "closed", {"latency_s": 0.1, "tests": {"t": (100, 6, 0, 1)}})
+    (row,) = summarize_closed(run)
+    assert row.metrics["tg_req_throughput"][0] == pytest.approx((6 - 1) / (1.0 - 0.6))
+    assert row.metrics["peak_throughput"][0] == pytest.approx(6 / 0.4)  # span < 1 s: count / span
+    assert np.array_equal(a.content_token_times(), [0.6, 0.8, 0.8, 0.8, 1.0, 1.0])
+    # vllm bench serve's metrics stay per chunk (ITL) and per usage token (TPOT)
+    m = summarize_open(RunResult([a], 0.0, 1.0, "open"))
+    assert m["mean_itl_ms"] == pytest.approx(np.mean([100, 200, 200]))
+    assert m["mean_tpot_ms"] == pytest.approx((1000 - 500) / 5)
+
+
 def test_open_summary_block_has_every_metric():
     r = [rec(0, 0.0, [1.0, 1.5, 2.5]), rec(1, 1.0, [3.0, 3.2])]
     text = format_open_summary(summarize_open(RunResult(r, 0.0, 4.0, "open")), rate=0.3)
@@ -92,6 +109,9 @@ def test_record_json_round_trip():
     r2 = RequestRecord.from_json(r.to_json())
     assert r2.request_id == 3 and np.array_equal(r2.chunk_times, r.chunk_times)
     assert r2.first_token_time == 2.0 and r2.first_response_time == 1.5
+    assert r2.chunk_tokens is None and "chunk_tokens" not in r.to_json()
+    r.chunk_tokens = np.array([0, 4])
+    assert np.array_equal(RequestRecord.from_json(r.to_json()).chunk_tokens, [0, 4])
 
 
 def test_pooled_equals_numpy_on_the_expanded_sample():
