@@ -112,15 +112,20 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
         q.update(weight_bytes_fixed=w1, flops_per_token=w1 * 16.0 / WEIGHT_BITS.get(weights, 16.0))
     elif c1_decode_tps:
         # a decode step cannot read its weights faster than the roofline: a name whose size says otherwise
-        # (another quantisation, a draft model doing the work) gives way to the measured speed
+        # (another quantisation) gives way to the measured speed. With speculative decoding a step
+        # keeps several tokens, so the steps per second are the tokens per second over that.
+        spec = EngineLimits(num_speculative_tokens=limits.get("num_speculative_tokens", 0),
+                            spec_acceptance=limits.get("spec_acceptance", 0.0))
+        steps_per_s = c1_decode_tps / spec.tokens_per_spec_step
         active = q["weight_bytes_fixed"] + q["top_k"] * q["moe_layers"] * q["expert_bytes"]
         t_min = active / ROOFLINE_BW
-        if t_min > 0.9 / c1_decode_tps:
-            f = 0.7 / c1_decode_tps / t_min
+        if t_min > 0.9 / steps_per_s:
+            f = 0.7 / steps_per_s / t_min
             q["weight_bytes_fixed"] *= f
             q["expert_bytes"] *= f
             origin["architecture_scaled"] = (f"weights read per step scaled by {f:.2f}: the name's size cannot decode "
-                                             f"at the measured {c1_decode_tps:.1f} tokens/s within {ROOFLINE_BW / 1e9:.0f} GB/s")
+                                             f"at the measured {c1_decode_tps:.1f} tokens/s "
+                                             f"({steps_per_s:.1f} steps/s) within {ROOFLINE_BW / 1e9:.0f} GB/s")
     model_step = PhysicalStepModel(t0=0.003, bw_weights=0.8 * ROOFLINE_BW, bw_kv=0.8 * ROOFLINE_BW, alpha=0.8,
                                    flops=50e12, attn_flops=15e12, **q)
     num_blocks, groups = None, (KVGroup(16),)

@@ -7,10 +7,10 @@ import pytest
 
 from calibrate.importers import ImporterError, load_meta, speculative_config
 from calibrate.priors import acceptance_for_length, prior_profile
-from simulator.load import OpenLoop
+from simulator.load import ClosedLoop, OpenLoop
 from simulator.profile import ProfileError, load_profile
-from simulator.sim import simulate_open
-from simulator.summary import summarize_open
+from simulator.sim import simulate_closed, simulate_open
+from simulator.summary import summarize_closed, summarize_open
 from simulator.workload import RandomWorkload
 
 
@@ -36,6 +36,38 @@ def test_chunks_carry_the_accepted_tokens_and_totals_stay_exact():
     per_chunk = sum(r.output_tokens for r in ok) / sum(len(r.chunk_times) for r in ok)
     assert per_chunk == pytest.approx(p.engine.tokens_per_spec_step, rel=0.1)
     assert p.engine.tokens_per_spec_step == pytest.approx((1 - 0.7 ** 16) / 0.3)
+
+
+def test_records_say_how_many_tokens_each_chunk_carried():
+    run = _run(_spec(15, 0.7))
+    for r in (r for r in run.records if r.ok):
+        assert r.chunk_tokens is not None and len(r.chunk_tokens) == len(r.chunk_times)
+        assert int(r.chunk_tokens.sum()) == r.output_tokens and r.chunk_tokens.min() >= 1
+    assert all(r.chunk_tokens is None for r in _run(load_profile()).records)  # one token a chunk
+
+
+def test_llama_benchy_decode_speed_counts_tokens_not_chunks():
+    # llama-benchy 0.4.0 counts each chunk's tokens: with drafts kept, its tg t/s is tokens per
+    # second, several per step (Muse-Glimmer-30B bf16 decodes 13 t/s at c1 on a box whose
+    # bandwidth allows 4.5 steps/s of its weights)
+    p = _spec(15, 0.7)
+    run = simulate_closed(p, ClosedLoop(pp=(256,), tg=(400,), runs=1, latency_mode="none"))
+    (row,) = summarize_closed(run)
+    r = next(r for r in run.records if r.test and r.ok)
+    ct = r.content_times()
+    steps_per_s = (len(ct) - 1) / (ct[-1] - ct[0])
+    assert row.metrics["tg_req_throughput"][0] > 2.5 * steps_per_s
+    assert row.metrics["tg_req_throughput"][0] == pytest.approx((r.output_tokens - 1) / (ct[-1] - ct[0]))
+
+
+def test_a_measured_speed_that_needs_several_tokens_a_step_keeps_the_weights():
+    # 13 t/s of a dense 30B bf16 model (60 GB a step) is impossible one token a step at 273 GB/s,
+    # but 3.9 steps/s with dflash's 3.3 tokens a step is not: the name's size stands
+    spec = {"method": "dflash", "num_speculative_tokens": 15}
+    _, plain = prior_profile({"model": "acme/Big-30B"}, c1_decode_tps=13.0)
+    p, origin = prior_profile({"model": "acme/Big-30B", "speculative_config": spec}, c1_decode_tps=13.0)
+    assert "architecture_scaled" in plain and "architecture_scaled" not in origin
+    assert p.step_model.weight_bytes_fixed > 50e9
 
 
 def test_tpot_counts_tokens_and_itl_counts_chunks():
