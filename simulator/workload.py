@@ -133,9 +133,14 @@ class RandomWorkload(Workload):
     name = "random"
 
     def __post_init__(self):
-        random_length_bounds(self.input_len, self.output_len, self.range_ratio, self.fmt.special_tokens)
+        in_lo = random_length_bounds(self.input_len, self.output_len, self.range_ratio, self.fmt.special_tokens)[0]
         if self.prefix_len < 0:
             raise WorkloadError(f"--random-prefix-len must be >= 0, got {self.prefix_len}")
+        if self.prefix_len + in_lo < 1:  # vLLM's RandomDataset refuses a load that may send empty prompts
+            raise WorkloadError(
+                f"--random-input-len is too small: with {self.fmt.special_tokens} special token(s) and range ratio "
+                f"{self.range_ratio} the shortest prompt is {self.prefix_len + in_lo} tokens (prefix + sampled); "
+                "raise --random-input-len or --random-prefix-len, or lower --random-range-ratio")
         if not 0 < self.output_fraction <= 1:
             raise WorkloadError(f"output_fraction must be in (0, 1], got {self.output_fraction}")
 

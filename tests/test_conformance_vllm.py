@@ -32,7 +32,7 @@ from capsim.cli import build_open_workload
 from simulator.load import OpenLoop
 from simulator.records import RequestRecord, RunResult
 from simulator.summary import summarize_open
-from simulator.workload import PromptFormat
+from simulator.workload import PromptFormat, WorkloadError
 from tests.live_server import model_dir, venv_python, vllm_available, vllm_home
 
 ORACLE = Path(__file__).with_name("vllm_oracle.py")
@@ -54,6 +54,9 @@ RANDOM = [
     (64, 16, 0.0, 0, 7, 50),
     (300, 50, 0.5, 5, 3, 100),
 ]
+# Lengths at the edge of what vLLM accepts (input_len, range_ratio, prefix_len): a prompt that
+# could sample 0 tokens is refused, one that cannot is not.
+EDGES = [(1, 0.0, 0), (2, 0.0, 0), (2, 0.5, 0), (3, 0.5, 0), (1, 0.0, 1), (20, 0.99, 0), (200, 0.99, 0)]
 
 # (seed, num_prompts, sharegpt_output_len)
 SHAREGPT = [(0, 10, None), (7, 10, None), (0, 60, None), (3, 12, 5)]
@@ -204,6 +207,10 @@ def oracle(sharegpt_path):
                                    "argv": _random_argv(16, 4, 0.0, 0, seed, n, rate, b)}
     for case in RANDOM:
         jobs[("random", case)] = {"kind": "pipeline", "tokenizer": TOK, "argv": _random_argv(*case)}
+    for case in EDGES:
+        inp, rr, prefix = case
+        jobs[("edge", case)] = {"kind": "pipeline", "tokenizer": TOK, "may_fail": True,
+                                "argv": _random_argv(inp, 8, rr, prefix, 0, 20)}
     for case in SHAREGPT:
         seed, n, out_len = case
         argv = ["--model", "gemma3-dummy", "--tokenizer", TOK, "--dataset-name", "sharegpt",
@@ -291,6 +298,23 @@ def test_cli_defaults_match_vllm_bench_serve(oracle):
 
 
 # ------------------------------------------------------------------ d. ShareGPT
+
+@pytest.mark.parametrize("case", EDGES, ids=[f"in{i}-rr{r}-prefix{p}" for i, r, p in EDGES])
+def test_random_lengths_vllm_refuses_are_refused(oracle, case):
+    inp, rr, prefix = case
+    v = oracle[("edge", case)]
+    if "error" in v:
+        assert "too small" in v["error"]
+        with pytest.raises(WorkloadError, match="too small"):
+            build_open_workload("random", inp, 8, rr, prefix, None, None, 1.0, FMT)
+    else:
+        wl = build_open_workload("random", inp, 8, rr, prefix, None, None, 1.0, FMT)
+        assert [s.raw_prompt_tokens for s in wl.sample(20, 0)] == v["prompt_len"]
+
+
+def test_the_edge_cases_have_teeth(oracle):
+    assert {"error" in oracle[("edge", c)] for c in EDGES} == {True, False}
+
 
 @pytest.mark.parametrize("case", SHAREGPT, ids=[f"seed{s}-n{n}-out{o}" for s, n, o in SHAREGPT])
 def test_sharegpt_sample_equals_vllm(oracle, sharegpt_path, case):
