@@ -12,8 +12,10 @@ for every chunk
 
 is the whole error the client adds to TTFT/ITL timestamps: kernel loopback,
 the event loop getting around to the socket, httpx/httpcore, SSE parsing.
-The same streams read by a bare asyncio socket reader (no HTTP library, no
-JSON) give the floor that any Python asyncio client pays on this machine.
+The same streams read by vllm bench serve's own client design (aiohttp, a
+perf_counter() per SSE message) and by a bare asyncio socket reader (no HTTP
+library, no JSON: the floor any Python asyncio client pays on this machine)
+run beside it.
 
 Scenarios:
   staggered-100  100 concurrent streams whose chunks arrive at independent
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import re
 import subprocess
@@ -69,15 +72,18 @@ async def capsim_client(url: str, streams: int, n_req: int, tokens: int, rate: f
                                keep_text=True)
     cpu = run.meta["client_cpu_s"]  # CPU of the dispatch-to-drain phase (prompt preparation excluded)
     texts = run.meta["_texts"]
-    lags = []
+    lags, mismatched = [], 0
     for r in run.records:
         stamps = np.array([float(x) for x in texts[r.request_id].split()])
         if len(stamps) == len(r.chunk_times):
             lags.append(r.chunk_times - stamps)
+        else:  # the client recorded other chunks than the server sent: a defect, counted and shown
+            mismatched += 1
     lag = np.concatenate(lags)
     s = summarize_open(run)
     dispatch = np.array([r.start_time - r.scheduled_time for r in run.records])
-    return {"lag": pct(lag), "chunks": len(lag), "failed": s["failed"], "completed": s["completed"],
+    return {"lag": pct(lag), "chunks": len(lag), "mismatched": mismatched, "failed": s["failed"],
+            "completed": s["completed"],
             "peak_concurrency": s["max_concurrent_requests_sweep"], "duration": run.duration,
             "chunk_rate": len(lag) / run.duration, "cpu_us_per_chunk": 1e6 * cpu / max(1, len(lag)),
             "queue_p99_ms": float(np.percentile(dispatch, 99)) * 1e3 if rate != math.inf else None}
@@ -119,13 +125,67 @@ async def bare_client(url: str, streams: int, n_req: int, tokens: int, rate: flo
     return {"lag": pct(np.array(lags)), "chunks": len(lags)}
 
 
-def show(name: str, res: dict, bare: dict | None) -> None:
+async def aiohttp_client(url: str, streams: int, n_req: int, tokens: int, rate: float) -> dict | None:
+    """vllm bench serve's client: aiohttp, one ClientSession with a TCPConnector limited to the
+    concurrency, response.content.iter_any() through its SSE splitter, a perf_counter() per message
+    (vllm/benchmarks/lib/endpoint_request_func.py, async_request_openai_completions)."""
+    try:
+        import aiohttp
+    except ImportError:
+        return None
+    body = {"model": "fake-model", "prompt": "t1 t2 t3", "max_tokens": tokens, "repetition_penalty": 1.0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    lags: list[float] = []
+    mismatched = [0]
+    sem = asyncio.Semaphore(streams)
+    conn = aiohttp.TCPConnector(limit=streams, limit_per_host=streams, keepalive_timeout=60, enable_cleanup_closed=True)
+    async with aiohttp.ClientSession(connector=conn, trust_env=True,
+                                     timeout=aiohttp.ClientTimeout(total=6 * 60 * 60)) as session:
+        async def one():
+            async with sem:
+                buf, times, stamps = "", [], []
+                async with session.post(url + "/v1/completions", json=body) as resp:
+                    async for chunk in resp.content.iter_any():
+                        buf += chunk.decode()
+                        while "\n\n" in buf:  # vLLM's StreamedResponseHandler: one message per blank line
+                            msg, buf = buf.split("\n\n", 1)
+                            msg = msg.strip().removeprefix("data: ")
+                            if not msg or msg.startswith(":") or msg == "[DONE]":
+                                continue
+                            data = json.loads(msg)
+                            if choices := data.get("choices"):
+                                times.append(time.perf_counter())
+                                stamps.append(float(choices[0]["text"].split()[0]))
+                if len(times) == tokens:
+                    lags.extend(np.array(times) - np.array(stamps))
+                else:
+                    mismatched[0] += 1
+
+        t0 = time.perf_counter()
+        tasks = []
+        for g in OpenLoop(rate=rate).arrival_times(n_req):
+            d = t0 + g - time.perf_counter()
+            if d > 0:
+                await asyncio.sleep(d)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    return {"lag": pct(np.array(lags)), "chunks": len(lags), "mismatched": mismatched[0]}
+
+
+def show(name: str, res: dict, bare: dict | None, aio: dict | None = None) -> None:
     lag = res["lag"]
     line = (f"{name:<14} streams ok {res['completed']:>4} failed {res['failed']}  peak concurrent "
             f"{res['peak_concurrency']:>3}  {res['chunk_rate']:>6.0f} chunks/s  client CPU "
             f"{res['cpu_us_per_chunk']:.0f} us/chunk\n"
             f"{'':<14} capsim (httpx) lag per chunk: mean {lag['mean']:.3f} ms  p50 {lag['p50']:.3f}  "
             f"p99 {lag['p99']:.3f}  max {lag['max']:.2f} ms  ({lag['n']} chunks)")
+    if res["mismatched"]:
+        line += f"\n{'':<14} DEFECT: {res['mismatched']} streams recorded other chunks than the server sent (left out)"
+    if aio:
+        b = aio["lag"]
+        line += (f"\n{'':<14} aiohttp (vllm bench serve) lag: mean {b['mean']:.3f} ms  p50 {b['p50']:.3f}  "
+                 f"p99 {b['p99']:.3f}  max {b['max']:.2f} ms  ({b['n']} chunks"
+                 + (f", {aio['mismatched']} streams mismatched" if aio["mismatched"] else "") + ")")
     if bare:
         b = bare["lag"]
         line += (f"\n{'':<14} bare asyncio socket floor:    mean {b['mean']:.3f} ms  p50 {b['p50']:.3f}  "
@@ -169,12 +229,13 @@ async def main_async(a) -> None:
             # stays full and each new stream starts when an old one ends (independent phases)
             rate = 1.1 * streams / stream_s if staggered else math.inf
             res = await capsim_client(url, streams, n_req, tokens, rate)
+            aio = await aiohttp_client(url, streams, n_req, tokens, rate)
             bare = await bare_client(url, streams, n_req, tokens, rate) if not a.no_bare else None
         finally:
             proc.terminate()
             proc.wait(10)
-        show(name, res, bare)
-        results[name] = (res, bare)
+        show(name, res, bare, aio)
+        results[name] = (res, bare, aio)
     print()
     print(DESIGNS)
     stag = results.get("staggered-100")
@@ -182,6 +243,13 @@ async def main_async(a) -> None:
         p99 = stag[0]["lag"]["p99"]
         print(f"target: p99 added latency per chunk < 1 ms at 100 concurrent streams -> {p99:.3f} ms "
               f"({'met' if p99 < 1.0 else 'NOT met'})")
+    if any(r[2] for r in results.values()):
+        for name, (res, _, aio) in results.items():
+            a99, h99 = aio["lag"]["p99"], res["lag"]["p99"]
+            print(f"{name}: p99 lag per chunk, capsim (httpx) {h99:.3f} ms against vllm bench serve's aiohttp "
+                  f"{a99:.3f} ms ({h99 / a99:.2f}x)")
+    else:
+        print("aiohttp is not installed (pip install aiohttp): its arm was skipped")
     sus = results.get("sustain-500")
     if sus:
         r = sus[0]
