@@ -182,3 +182,64 @@ def test_burst_past_the_token_budget_shows_waiting(vllm_server, tmp_path):  # no
     s = summarize_open(run)
     print(f"\nlive burst: waiting {waiting}; running {running}; mean TTFT {s['mean_ttft_ms']:.0f} ms; "
           f"prefill {sum(r.prompt_tokens for r in run.records) / run.duration:.0f} prompt tok/s over the run")
+
+
+def test_the_same_load_as_vllm_bench_serve_reaches_the_server(vllm_server, tmp_path):  # noqa: F811
+    """One vllm bench serve command line, run by vLLM's own `vllm bench serve` and pasted into capsim
+    measure, against the same server: the same prompts (token counts as the server counted them), the
+    same output lengths, the same arrival schedule; and capsim's summary of vLLM's own per-request
+    results equals vLLM's printed metrics (the metric code is checked offline in
+    test_conformance_vllm; here on a live run's timestamps)."""
+    import os
+    import subprocess
+
+    from simulator.records import RequestRecord, RunResult
+    from tests.live_server import model_dir, venv_python
+
+    flags = ["--backend", "openai", "--base-url", vllm_server.url, "--model", "gemma3-dummy",
+             "--dataset-name", "random", "--random-input-len", "48", "--random-output-len", "6",
+             "--random-range-ratio", "0.5", "--num-prompts", "12", "--request-rate", "4", "--burstiness", "0.7",
+             "--seed", "11"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    # what `vllm bench serve` runs (its CLI entry point wants the "vllm" distribution's metadata,
+    # which the CPU build installs under another name)
+    bench = ("import sys; from vllm.benchmarks import serve; "
+             "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
+             "p = P(); serve.add_cli_args(p); serve.main(p.parse_args(sys.argv[1:]))")
+    cmd = [str(venv_python()), "-c", bench, *flags,
+           "--tokenizer", str(model_dir()), "--save-result", "--save-detailed", "--result-dir", str(tmp_path),
+           "--result-filename", "vllm.json", "--ready-check-timeout-sec", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = json.loads((tmp_path / "vllm.json").read_text())
+    d = tmp_path / "capsim"
+    res = CliRunner().invoke(measure_cli, ["open", *flags, "--no-progress", "-o", str(d)])
+    assert res.exit_code == 0, res.output
+    ours = load_run(d)
+    recs = sorted(ours.records, key=lambda r: r.request_id)
+    assert theirs["completed"] == len(recs) == 12 and all(r.ok for r in recs)
+    # the server's prompt_tokens for each request, in send order, and the output lengths
+    assert [r.prompt_tokens for r in recs] == theirs["input_lens"]
+    assert [r.output_tokens for r in recs] == theirs["output_lens"]
+    # the arrival schedule: both send at the same offsets from their first send (client jitter aside)
+    t_v = np.array(theirs["start_times"]) - theirs["start_times"][0]
+    t_c = np.array([r.start_time for r in recs]) - recs[0].start_time
+    assert len(set(np.round(np.diff(t_v), 3))) > 5  # a real gamma schedule, not a burst
+    np.testing.assert_allclose(t_c, t_v, atol=0.05)
+    # vLLM's own per-request results through capsim's summary: vLLM's numbers
+    rebuilt = [RequestRecord(request_id=i, prompt_tokens=p, output_tokens=o, scheduled_time=s, start_time=s,
+                             chunk_times=s + np.cumsum([ttft, *itl]))
+               for i, (p, o, s, ttft, itl) in enumerate(zip(theirs["input_lens"], theirs["output_lens"],
+                                                            theirs["start_times"], theirs["ttfts"], theirs["itls"]))]
+    t0 = min(theirs["start_times"])
+    m = summarize_open(RunResult(rebuilt, t0, t0 + theirs["duration"], "open"))
+    keys = [k for k in theirs if k.endswith("_ms") and k.split("_")[0] in ("mean", "median", "p99")]
+    assert len(keys) >= 9  # vLLM's default --percentile-metrics: ttft, tpot, itl
+    for k in keys + ["request_throughput", "output_throughput", "total_token_throughput"]:
+        assert m[k] == pytest.approx(theirs[k], rel=1e-6), k
+    # and the two runs of one load on one server agree within this box's noise
+    mine = summarize_open(ours)
+    assert mine["request_throughput"] == pytest.approx(theirs["request_throughput"], rel=0.25)
+    print(f"\nvllm bench serve vs capsim measure, same load: TTFT p50 {theirs['median_ttft_ms']:.0f} vs "
+          f"{mine['median_ttft_ms']:.0f} ms, TPOT p50 {theirs['median_tpot_ms']:.0f} vs {mine['median_tpot_ms']:.0f} ms")
