@@ -18,13 +18,15 @@ PYTHON="${CAPSIM_PYTHON:-python3.11}"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV_MARKER="$VENV/.capsim-setup-done"
 MODEL_MARKER="$MODEL/.capsim-model-done"
+BENCHY_VERSION="0.4.0"
+BENCHY_MARKER="$VENV/.capsim-llama-benchy-$BENCHY_VERSION"
 
 die() { echo "setup_vllm_cpu: ERROR: $*" >&2; exit 1; }
 log() { echo "setup_vllm_cpu: $*"; }
 trap 'rc=$?; if [ $rc -ne 0 ]; then echo "setup_vllm_cpu: FAILED (exit $rc); see the output above" >&2; fi' EXIT
 
 if [ "${CAPSIM_VLLM_FORCE:-0}" = "1" ]; then
-  rm -f "$VENV_MARKER" "$MODEL_MARKER"
+  rm -f "$VENV_MARKER" "$MODEL_MARKER" "$BENCHY_MARKER"
 fi
 
 mkdir -p "$HOME_DIR" || die "cannot create $HOME_DIR"
@@ -87,6 +89,20 @@ else
   [ -f "$MODEL/config.json" ] && [ -f "$MODEL/tokenizer.json" ] || die "model folder incomplete: $MODEL"
   date -u +%FT%TZ > "$MODEL_MARKER"
   log "stage model: done in $(( $(date +%s) - T0 )) s"
+fi
+
+# ---------------------------------------------------------------- stage 3: llama-benchy
+# llama-benchy's own code, the oracle of the closed-loop conformance tests (tests/benchy_oracle.py).
+# Only its result code runs there: numpy, pydantic and aiohttp come with vLLM; tabulate is added.
+if [ -f "$BENCHY_MARKER" ]; then
+  log "stage llama-benchy: already done ($BENCHY_VERSION), skipped"
+else
+  log "stage llama-benchy: pip install --no-deps llama-benchy==$BENCHY_VERSION tabulate"
+  "$VENV/bin/python" -m pip install -q --no-deps "llama-benchy==$BENCHY_VERSION" tabulate \
+    || die "pip install llama-benchy==$BENCHY_VERSION failed"
+  "$VENV/bin/python" -c "import llama_benchy.results, llama_benchy.client" \
+    || die "llama-benchy $BENCHY_VERSION does not import in $VENV"
+  date -u +%FT%TZ > "$BENCHY_MARKER"
 fi
 
 log "ready in $(( $(date +%s) - T_ALL )) s: venv=$VENV model=$MODEL"

@@ -54,12 +54,21 @@ class RequestRecord:
         return self.chunk_times[self.content_mask]
 
     def content_token_times(self) -> np.ndarray:
-        """One timestamp per content token: a chunk of k tokens gives its time k times."""
+        """One timestamp per content token, as llama-benchy 0.4.0 stamps them: a content chunk of k
+        tokens spreads them evenly over (the previous token's time, the chunk's time]; the first
+        content chunk's are all at its own time. Tokens of chunks without content are not counted."""
         ct = self.content_times()
         if self.chunk_tokens is None:
             return ct
         k = self.chunk_tokens if self.content_mask is None else self.chunk_tokens[self.content_mask]
-        return np.repeat(ct, k)
+        keep = k > 0
+        ct, k = ct[keep], k[keep].astype(np.int64)
+        if len(ct) == 0 or (k == 1).all():
+            return ct
+        prev = np.concatenate([ct[:1], ct[:-1]])  # the last token of a chunk is stamped at the chunk's time
+        start = np.repeat(np.cumsum(k) - k, k)
+        frac = (np.arange(int(k.sum())) - start + 1) / np.repeat(k, k)
+        return np.repeat(prev, k) + np.repeat(ct - prev, k) * frac
 
     @property
     def first_token_time(self) -> float | None:

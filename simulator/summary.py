@@ -272,15 +272,21 @@ class ClosedRow:
 
 
 def peak_window_rate(ts: np.ndarray) -> float:
-    """llama-benchy's peak t/s: most tokens in a 1-s window ending at a token."""
+    """llama-benchy 0.4.0's peak t/s: most tokens in a 1-s window (t - 1, t] ending at a token; a
+    span under a second gives count / span."""
     if len(ts) == 0:
         return 0.0
     ts = np.sort(ts)
     span = ts[-1] - ts[0]
-    if span < 1.0:
-        return len(ts) / span if span > 0 else 0.0
-    left = np.searchsorted(ts, ts - 1.0, side="left")
+    if 0 < span < 1.0:
+        return len(ts) / span
+    left = np.searchsorted(ts, ts - 1.0, side="right")
     return float((np.arange(len(ts)) - left + 1).max())
+
+
+def decode_tokens(ts: np.ndarray) -> int:
+    """llama-benchy 0.4.0's decode tokens of a request: its tokens stamped after its first one."""
+    return int((ts > ts[0]).sum()) if len(ts) > 1 else 0
 
 
 def _request_speeds(r: RequestRecord, latency_s: float):
@@ -290,8 +296,8 @@ def _request_speeds(r: RequestRecord, latency_s: float):
     e2e = ct[0] - r.start_time if len(ct) else math.nan
     est = max(0.0, ttfr - latency_s)
     pp_speed = r.prompt_tokens / est if est > 0 else math.nan
-    n = len(ct)
-    tg_speed = (n - 1) / (ct[-1] - ct[0]) if n > 1 and ct[-1] > ct[0] else math.nan
+    n = decode_tokens(ct)
+    tg_speed = n / (ct[-1] - ct[0]) if n > 0 and ct[-1] > ct[0] else math.nan
     return ttfr, e2e, est, pp_speed, tg_speed, ct
 
 
@@ -335,9 +341,9 @@ def summarize_closed(run: RunResult) -> list[ClosedRow]:
                 span_pp = max(firsts) - min(starts)
                 batch_vals["pp_throughput"].append(sum(r.prompt_tokens for r in recs) / span_pp)
                 span_tg = max(lasts) - min(firsts)
-                n_tok = sum(len(s[5]) for s in speeds)
-                if span_tg > 0:
-                    batch_vals["tg_throughput"].append((n_tok - len(recs)) / span_tg)
+                n_tok = sum(decode_tokens(s[5]) for s in speeds)
+                if span_tg > 0 and n_tok > 0:
+                    batch_vals["tg_throughput"].append(n_tok / span_tg)
                 batch_vals["peak_throughput"].append(peak_window_rate(np.concatenate([s[5] for s in speeds])))
         m: dict[str, tuple[float, float]] = {}
         for name in ("ttfr", "est_ppt", "e2e_ttft", "pp_req_throughput", "tg_req_throughput", "peak_req_throughput"):

@@ -52,7 +52,9 @@ def test_empty_run_reports_zeros():
 
 
 def test_peak_window_rate():
-    assert peak_window_rate(np.array([0.0, 0.5, 1.0, 1.5, 2.0])) == 3  # [0,1] holds 3 tokens
+    # llama-benchy 0.4.0's window is (t - 1, t]: the token exactly 1 s before is out
+    assert peak_window_rate(np.array([0.0, 0.5, 1.0, 1.5, 2.0])) == 2
+    assert peak_window_rate(np.array([0.0, 0.5, 0.99, 1.5, 2.0])) == 3
     assert peak_window_rate(np.array([0.0, 0.25, 0.5])) == pytest.approx(3 / 0.5)  # span < 1 s
 
 
@@ -80,16 +82,16 @@ def test_closed_metrics_by_hand():
 
 
 def test_closed_metrics_count_the_tokens_of_each_chunk():
-    # llama-benchy 0.4.0 counts tokens per chunk (token_ids): a speculative step's chunk of 3
-    # tokens is 3 token timestamps. Request: role chunk at 0.5, then chunks of 1, 3, 2 tokens at
-    # 0.6, 0.8, 1.0.
+    # llama-benchy 0.4.0 counts tokens per chunk (token_ids) and spreads a chunk's tokens over the
+    # time since the token before: a speculative step's chunk of 3 tokens is 3 token timestamps.
+    # Request: role chunk at 0.5, then chunks of 1, 3, 2 tokens at 0.6, 0.8, 1.0.
     a = rec(0, 0.0, [0.5, 0.6, 0.8, 1.0], prompt=100, out=6, mask=[False, True, True, True], test="t")
     a.chunk_tokens = np.array([0, 1, 3, 2])
     run = RunResult([a], 0.0, 1.0, "closed", {"latency_s": 0.1, "tests": {"t": (100, 6, 0, 1)}})
     (row,) = summarize_closed(run)
     assert row.metrics["tg_req_throughput"][0] == pytest.approx((6 - 1) / (1.0 - 0.6))
     assert row.metrics["peak_throughput"][0] == pytest.approx(6 / 0.4)  # span < 1 s: count / span
-    assert np.array_equal(a.content_token_times(), [0.6, 0.8, 0.8, 0.8, 1.0, 1.0])
+    np.testing.assert_allclose(a.content_token_times(), [0.6, 0.6 + 0.2 / 3, 0.6 + 0.4 / 3, 0.8, 0.9, 1.0])
     # vllm bench serve's metrics stay per chunk (ITL) and per usage token (TPOT)
     m = summarize_open(RunResult([a], 0.0, 1.0, "open"))
     assert m["mean_itl_ms"] == pytest.approx(np.mean([100, 200, 200]))

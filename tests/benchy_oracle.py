@@ -1,0 +1,58 @@
+"""llama-benchy 0.4.0's own result code as an oracle, run in the vLLM venv (scripts/setup_vllm_cpu.sh
+installs llama-benchy there, without its client's dependencies on transformers).
+
+Reads a JSON list of cases on stdin; each case is one llama-benchy test (pp, tg, depth, concurrency,
+latency) with its runs' requests as a client saw them: start and end times, every SSE chunk with
+choices (time, whether it had content, how many token_ids it carried) and the usage counts. Each
+request goes through llama-benchy's LLMClient._finalize_stream_tokens (how 0.4.0 turns chunks into
+token timestamps) and the test through BenchmarkResults.add (its table values). Writes, per case,
+every metric's (mean, std) or null.
+"""
+import json
+import sys
+
+from llama_benchy.client import LLMClient, RequestResult
+from llama_benchy.results import BenchmarkResults
+
+METRICS = ("pp_throughput", "pp_req_throughput", "tg_throughput", "tg_req_throughput", "peak_throughput",
+           "peak_req_throughput", "ttfr", "est_ppt", "e2e_ttft")
+
+
+def request(r: dict) -> RequestResult:
+    res = RequestResult(start_ts=r["start"], end_ts=r["end"], prompt_tokens=r["prompt_tokens"])
+    chunks = r["chunks"]
+    if chunks:
+        res.first_response_ts = chunks[0][0]
+    content = [c for c in chunks if c[1]]
+    if content:
+        res.first_token_ts = content[0][0]
+    client = LLMClient("http://unused", "none", "m")
+    client._finalize_stream_tokens(res, [{"text": "x", "timestamp": t, "token_ids": list(range(n))}
+                                         for t, _, n in content], r["completion_tokens"])
+    return res
+
+
+def case(c: dict) -> dict:
+    b = BenchmarkResults()
+    b.add("m", c["pp"], c["tg"], c["depth"], c["concurrency"], [[request(r) for r in batch] for batch in c["batches"]],
+          c["latency"], c["expected_pp"])
+    run = b.runs[-1]
+    out = {}
+    for m in METRICS:
+        v = getattr(run, m)
+        out[m] = None if v is None else [float(v.mean), float(v.std)]
+    return out
+
+
+def main():
+    cases = json.load(sys.stdin)
+    real_stdout, sys.stdout = sys.stdout, sys.stderr  # llama-benchy's warnings print
+    try:
+        answers = [case(c) for c in cases]
+    finally:
+        sys.stdout = real_stdout
+    json.dump(answers, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""capsim's closed-loop summary against llama-benchy 0.4.0's own result code.
+
+The same requests (chunk times, content or not, token_ids per chunk, usage) go through capsim's
+summarize_closed and, in the vLLM venv, through llama-benchy's LLMClient._finalize_stream_tokens and
+BenchmarkResults.add (tests/benchy_oracle.py): every table value must agree. The cases cover one
+token a chunk, chunks of several tokens (speculative decoding: 0.4.0 counts token_ids and spreads a
+chunk's tokens over the time since the token before), role-only and empty chunks, tokens that sit
+exactly one second apart (the peak window's edge) and requests that end within one chunk.
+Needs the vLLM venv with llama-benchy (scripts/setup_vllm_cpu.sh); fails without it in CI.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulator.records import RequestRecord, RunResult
+from simulator.summary import BENCHY_METRICS, peak_window_rate, summarize_closed
+from tests.live_server import SETUP_SCRIPT, venv_python, vllm_available
+
+ORACLE = Path(__file__).with_name("benchy_oracle.py")
+
+
+def _request(rng, start, ttfr, n_chunks, itl, tokens=lambda rng: 1, role=True, empty_every=0, grid=None):
+    """One request: a role chunk (no content) at ttfr, then content chunks, some empty ones carrying
+    held-back tokens; times on `grid` (exact multiples) when given, so ties and 1-s edges occur."""
+    t = start + ttfr
+    chunks = [[t, False, 0]] if role else []
+    for i in range(n_chunks):
+        t += grid if grid else itl * rng.uniform(0.5, 1.5)
+        if empty_every and i % empty_every == empty_every - 1:
+            chunks.append([t, False, 1])
+        else:
+            chunks.append([t, True, int(tokens(rng))])
+    completion = sum(c[2] for c in chunks)
+    return {"start": start, "end": t + 0.004, "chunks": chunks, "prompt_tokens": 0, "completion_tokens": completion}
+
+
+def _case(name, pp, tg, c, runs, latency, **kw):
+    rng = np.random.default_rng(abs(hash(name)) % 2 ** 32)
+    batches, t0 = [], 0.0
+    for _ in range(runs):
+        batch = [_request(rng, t0 + (0.0 if kw.get("grid") else rng.uniform(0, 0.002)),
+                          0.25 + 0.05 * j, kw.pop("n_chunks", None) or 40, 0.03, **kw) for j in range(c)]
+        for r in batch:
+            r["prompt_tokens"] = pp
+        batches.append(batch)
+        t0 = max(r["end"] for r in batch) + 0.5
+    return {"name": name, "pp": pp, "tg": tg, "depth": 0, "concurrency": c, "latency": latency,
+            "expected_pp": pp, "batches": batches}
+
+
+CASES = [
+    _case("one token a chunk, c1", 512, 40, 1, 3, 0.1),
+    _case("one token a chunk, c4", 512, 40, 4, 2, 0.1),
+    _case("speculative chunks, c1", 256, 120, 1, 3, 0.05, tokens=lambda rng: rng.integers(1, 6)),
+    _case("speculative chunks, c3", 256, 120, 3, 2, 0.05, tokens=lambda rng: rng.integers(1, 6)),
+    _case("held-back tokens in empty chunks", 128, 40, 2, 2, 0.0, empty_every=7),
+    _case("tokens exactly 1/8 s apart", 64, 40, 2, 2, 0.0, grid=0.125),
+    _case("no role chunk, first chunk of 4 tokens", 64, 30, 2, 1, 0.0, role=False,
+          tokens=lambda rng: 4),
+    _case("a whole answer in one chunk", 64, 5, 2, 2, 0.0, n_chunks=1, tokens=lambda rng: 5),
+]
+
+
+def _records(case) -> RunResult:
+    recs = []
+    for b, batch in enumerate(case["batches"]):
+        for i, r in enumerate(batch):
+            t = np.array([c[0] for c in r["chunks"]])
+            recs.append(RequestRecord(request_id=len(recs), prompt_tokens=r["prompt_tokens"],
+                                      output_tokens=r["completion_tokens"], scheduled_time=r["start"],
+                                      start_time=r["start"], chunk_times=t,
+                                      content_mask=np.array([c[1] for c in r["chunks"]]),
+                                      chunk_tokens=np.array([c[2] for c in r["chunks"]]), end_time=r["end"],
+                                      test="t", batch=b))
+    meta = {"latency_s": case["latency"], "tests": {"t": (case["pp"], case["tg"], 0, case["concurrency"])}}
+    return RunResult(recs, 0.0, max(r.end_time for r in recs), "closed", meta)
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    if not vllm_available():
+        msg = f"the vLLM venv with llama-benchy is missing: run {SETUP_SCRIPT}"
+        if os.environ.get("CAPSIM_REQUIRE_VLLM") == "1":
+            pytest.fail(msg + " [CAPSIM_REQUIRE_VLLM=1]", pytrace=False)
+        pytest.skip(msg)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    proc = subprocess.run([str(venv_python()), str(ORACLE)], input=json.dumps(CASES), capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, f"llama-benchy oracle failed (run {SETUP_SCRIPT}):\n{proc.stderr[-3000:]}"
+    return dict(zip([c["name"] for c in CASES], json.loads(proc.stdout)))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_closed_summary_equals_llama_benchy(oracle, case):
+    theirs = oracle[case["name"]]
+    (row,) = summarize_closed(_records(case))
+    for m in BENCHY_METRICS:
+        if theirs[m] is None:
+            assert m not in row.metrics, m
+        else:
+            assert row.metrics[m] == pytest.approx(theirs[m], rel=1e-9, abs=1e-9), m
+
+
+def test_the_cases_have_teeth(oracle):
+    """Counting one token a chunk, or stamping a chunk's tokens all at its time, would disagree."""
+    spec = next(c for c in CASES if c["name"] == "speculative chunks, c1")
+    run = _records(spec)
+    for r in run.records:
+        r.chunk_tokens = None
+    (row,) = summarize_closed(run)
+    assert row.metrics["tg_req_throughput"][0] < 0.6 * oracle[spec["name"]]["tg_req_throughput"][0]
+    # on the exact grid a window [t - 1, t] (closed on the left) counts one more step than
+    # (t - 1, t], so the grid case tells the two rules apart
+    grid = next(c for c in CASES if c["name"] == "tokens exactly 1/8 s apart")
+    ts = _records(grid).records[0].content_token_times()
+    closed = (np.arange(len(ts)) - np.searchsorted(ts, ts - 1.0, side="left") + 1).max()
+    assert closed == peak_window_rate(ts) + 1
