@@ -1,0 +1,117 @@
+"""The click side of `capsim calibrate --live` and `capsim validate --live`.
+
+Shared flags for what a server does not export, and the two commands' bodies (calibrate/cli.py
+calls them); LiveError and measure's errors become one-line click errors here.
+"""
+from __future__ import annotations
+
+import json
+
+from simulator.profile import load_profile
+
+from .ladder import live_calibrate, parse_budget
+from .loads import load_loads, seed_loads
+from .messages import LiveError, quiet
+from .server import apply_server_limits, read_server
+from .validate import live_validate
+
+
+def _click():
+    import click
+    return click
+
+
+def live_limit_options(f):
+    """Flags for what the server may not export; shared by calibrate --live and validate --live."""
+    click = _click()
+    opts = [
+        click.option("--model", default=None, help="Model id (default: the first one /v1/models lists)."),
+        click.option("--max-num-seqs", type=int, default=None, help="The server's --max-num-seqs (vLLM does not export it)."),
+        click.option("--max-num-batched-tokens", type=int, default=None,
+                     help="The server's --max-num-batched-tokens (vLLM does not export it)."),
+        click.option("--async-scheduling/--no-async-scheduling", default=None,
+                     help="Whether the server schedules asynchronously (vLLM GPU default on, CPU off)."),
+        click.option("--kv-groups", default=None,
+                     help="KV-cache groups COUNTxBLOCK[@WINDOW], e.g. 1x128,5x128@512 (hybrid models)."),
+        click.option("--hf-config", default=None, help="The model's config.json: KV-cache groups from its layer types."),
+        click.option("--speed", "clock_scale", type=float, default=1.0, show_default=True,
+                     help="A capsim twin's --speed: measured times are multiplied by it (model time)."),
+        click.option("--api-key", envvar="OPENAI_API_KEY", default=None, help="Bearer token."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _limits(max_num_seqs, max_num_batched_tokens, async_scheduling, kv_groups, hf_config) -> dict:
+    return {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+            "async_scheduling": async_scheduling, "kv_groups": kv_groups, "hf_config": hf_config}
+
+
+def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json, tg=None, pp_max=None, runs=1, **kw):
+    """What `capsim calibrate --live URL` does (calibrate/cli.py calls this)."""
+    click = _click()
+    say = quiet if as_json else (lambda m: click.echo(m, err=True))
+    lim = _limits(kw.pop("max_num_seqs", None), kw.pop("max_num_batched_tokens", None),
+                  kw.pop("async_scheduling", None), kw.pop("kv_groups", None), kw.pop("hf_config", None))
+    try:
+        prof, d = live_calibrate(url, kw.get("model"), budget, run_dir, lim, clock_scale=kw.get("clock_scale", 1.0),
+                                 api_key=kw.get("api_key"), max_nfev=max_evals, say=say, name=name, tg=tg,
+                                 pp_max=pp_max, runs=runs)
+    except LiveError as e:
+        raise click.ClickException(str(e)) from None
+    except Exception as e:  # measure's errors
+        from measure.errors import MeasureError
+        if isinstance(e, MeasureError):
+            raise click.ClickException(str(e)) from None
+        raise
+    if out_path:
+        prof.save(out_path)
+    pv = prof.provenance
+    if as_json:
+        click.echo(json.dumps({"profile": out_path or str(d / "profile.json"), "run_dir": str(d),
+                               "fitted": pv["fitted_parameters"], "median_abs_error_pct": pv["median_abs_error_pct"],
+                               "engine_limits_origin": pv["engine_limits_origin"], "residuals": pv["residuals"]},
+                              indent=2, default=str))
+        return prof, d
+    click.echo(f"{'run':<22} {'shape':<26} {'metric':<20} {'measured':>10} {'simulated':>10} {'error':>8}")
+    for r in pv["residuals"]:
+        click.echo(f"{r['test']:<22} {r['shape']:<26} {r['metric']:<20} {r['measured']:>10.2f} {r['simulated']:>10.2f} "
+                   f"{r['error_pct']:>+7.1f}%")
+    click.echo(f"\nmedian |error| {pv['median_abs_error_pct']:.1f}% over {len(pv['residuals'])} figures")
+    for k, v in pv["engine_limits_origin"].items():
+        click.echo(f"{k}: {v}")
+    click.echo("fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in pv["fitted_parameters"].items()))
+    click.echo(f"run folder {d}; wrote {out_path or d / 'profile.json'}")
+    return prof, d
+
+
+def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget, repeat, replications, run_dir,
+                      as_json, endpoint="completions", **kw):
+    """What `capsim validate --live URL --profile P` does (calibrate/cli.py calls this)."""
+    click = _click()
+    say = quiet if as_json else (lambda m: click.echo(m, err=True))
+    try:
+        prof = load_profile(profile_path)
+        lim = _limits(kw.get("max_num_seqs"), kw.get("max_num_batched_tokens"), kw.get("async_scheduling"),
+                      kw.get("kv_groups"), kw.get("hf_config"))
+        facts = read_server(url, kw.get("model"), api_key=kw.get("api_key"), **lim)
+        prof = apply_server_limits(prof, facts)  # e.g. a server restarted with other limits
+        if loads_path:
+            loads = load_loads(loads_path)
+        else:
+            say("default loads: the seed's H and J scaled to this server (see calibrate.live.seed_loads)")
+            loads = seed_loads(prof, facts.max_model_len, scale, length_scale, parse_budget(budget), endpoint, say)
+        lv = live_validate(url, prof, loads, run_dir, model=facts.model, clock_scale=kw.get("clock_scale", 1.0),
+                           replications=replications, repeat=repeat, api_key=kw.get("api_key"),
+                           retries=kw.get("retries", 1), say=say)
+    except LiveError as e:
+        raise click.ClickException(str(e)) from None
+    except Exception as e:
+        from measure.errors import MeasureError
+        from simulator.profile import ProfileError
+        if isinstance(e, (MeasureError, ProfileError)):
+            raise click.ClickException(str(e)) from None
+        raise
+    click.echo(json.dumps(lv.to_json(), indent=2, default=str) if as_json else lv.format())
+    return lv

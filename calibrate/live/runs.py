@@ -1,0 +1,80 @@
+"""Measured runs as the live fit and validation use them.
+
+Model time for a twin's runs (`scale_run`), calibrate's ClosedRun from a measured run, the
+prompt scale the server applied, and a run made again while its client was held up.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from simulator.records import RunResult
+from simulator.summary import summarize_closed
+
+from ..results import ClosedRun
+from .messages import Say
+from .server import ServerFacts
+
+
+def scale_run(run: RunResult, s: float) -> RunResult:
+    """Multiply every time of a run by s (in place): wall time on a twin at speed s -> model time."""
+    if s == 1.0:
+        return run
+    for r in run.records:
+        r.start_time *= s
+        r.scheduled_time *= s
+        r.chunk_times = np.asarray(r.chunk_times, dtype=np.float64) * s
+        if r.end_time is not None:
+            r.end_time *= s
+    run.start_time *= s
+    run.end_time *= s
+    if "latency_s" in run.meta:
+        run.meta["latency_s"] = float(run.meta["latency_s"]) * s
+    run.meta["clock_scale"] = s
+    return run
+
+
+def closed_run_from_result(run: RunResult, facts: ServerFacts, source: str, test: str) -> ClosedRun:
+    """A measured closed-loop run as calibrate's ClosedRun (rows from summarize_closed)."""
+    rows = summarize_closed(run)
+    return ClosedRun(source=source, test=test, model=facts.model, runs=int(run.meta.get("runs") or 1),
+                     latency_mode=run.meta.get("latency_mode", "generation"),
+                     latency_ms=1000.0 * float(run.meta.get("latency_s") or 0.0), version="capsim measure",
+                     rows=[r for r in rows if r.metrics], server=facts.server_dict(), path=source)
+
+
+def measured_prompt_scale(runs: list[RunResult]) -> float:
+    """The median ratio of the server's prompt counts to the requested prompt tokens."""
+    ratios = []
+    for run in runs:
+        tests = run.meta.get("tests") or {}
+        for r in run.records:
+            if r.ok and r.test in tests:
+                pp, _tg, depth, _c = tests[r.test]
+                ratios.append(r.prompt_tokens / max(1, pp + depth))
+    return float(np.median(ratios)) if ratios else 1.0
+
+
+def until_free(attempt: Callable[[], tuple[RunResult, Any]], out_dir, retries: int,
+                aside_dir: Callable[[int], Path], name: str, say: Say) -> tuple[RunResult, Any, list[dict]]:
+    """`attempt()` -> (run, extra), made again while capsim measure says the run's client was
+    held up (its timings are the client's), at most `retries` more times. The K-th held-up run's
+    folder moves to aside_dir(K). Returns (run, extra, one record per set-aside run)."""
+    from measure.drivers import held_up
+
+    set_aside: list[dict] = []
+    while True:
+        run, extra = attempt()
+        warning = held_up(run.meta)
+        if warning is None or len(set_aside) == retries:
+            return run, extra, set_aside
+        aside = None
+        if out_dir is not None:
+            aside = aside_dir(len(set_aside) + 1)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            Path(out_dir).rename(aside)
+        set_aside.append({"run_dir": str(aside) if aside else None, "warning": warning,
+                          "send_lag_s": run.meta.get("send_lag_s"), "loop_lag_s": run.meta.get("loop_lag_s")})
+        say(f"  {name}: set aside and run again: {warning}")
