@@ -45,8 +45,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 
@@ -231,6 +232,10 @@ class PlanSettings:
     staff_max: int = 5000
     tol: float = 0.05  # bisection stops when the bracket is within max(1, tol x lo) staff
     n_jobs: int | None = None  # None: the idle cores (default_jobs), or the active joblib backend's workers
+    # Replications a point shows per step of its pass/fail decision (Evaluator.decide). The answer's
+    # details (how many replications ran at the first failing staff count, the curve) depend on it, so
+    # it is fixed here and not taken from the number of workers: 2, as two idle cores always ran it.
+    batch: int = 2
     capacity: bool = True
     capacity_seed: int = 42  # the suite's --seed
     # Capacity predicts the suite's own sweep: replication 0 is its seed (42), so the
@@ -249,6 +254,8 @@ class PlanSettings:
             raise PlanError(f"capacity replications must be >= 1, got {self.capacity_replications}")
         if self.staff_max < 1:
             raise PlanError(f"the staff search bound must be >= 1, got {self.staff_max}")
+        if self.batch < 1:
+            raise PlanError(f"the replication batch must be >= 1, got {self.batch}")
 
     @property
     def need(self) -> int:
@@ -261,19 +268,17 @@ class PlanSettings:
         return self.capacity_replications // 2 + 1
 
 
-def search_max(passes: Callable[[int], bool], start: int, n_max: int, tol: float = 0.0) -> tuple[int, int | None]:
-    """Largest n in [0, n_max] that passes, by gallop then bisection.
-
-    Returns (lo, hi): lo passed (0 = nothing tested passed; n = 0 is never
-    tested), hi is the smallest failing n tested above lo (None when n_max passed).
-    """
+def _search(passes: Callable[[int], Generator], start: int, n_max: int, tol: float = 0.0) -> Generator:
+    """search_max as a generator: `passes(n)` is itself a generator that yields the
+    simulations it waits for and returns a bool, so that several searches can share
+    the workers (_drive). The steps are search_max's, unchanged."""
     lo, hi = 0, None
     n = max(1, min(start, n_max))
-    if passes(n):
+    if (yield from passes(n)):
         lo = n
         while lo < n_max:
             n = min(2 * lo, n_max)
-            if passes(n):
+            if (yield from passes(n)):
                 lo = n
             else:
                 hi = n
@@ -284,17 +289,35 @@ def search_max(passes: Callable[[int], bool], start: int, n_max: int, tol: float
         hi = n
         while hi > 1:
             n = hi // 2
-            if passes(n):
+            if (yield from passes(n)):
                 lo = n
                 break
             hi = n
     while hi - lo > max(1, int(tol * lo)):
         mid = (lo + hi) // 2
-        if passes(mid):
+        if (yield from passes(mid)):
             lo = mid
         else:
             hi = mid
     return lo, hi
+
+
+def search_max(passes: Callable[[int], bool], start: int, n_max: int, tol: float = 0.0) -> tuple[int, int | None]:
+    """Largest n in [0, n_max] that passes, by gallop then bisection.
+
+    Returns (lo, hi): lo passed (0 = nothing tested passed; n = 0 is never
+    tested), hi is the smallest failing n tested above lo (None when n_max passed).
+    """
+    def step(n: int) -> Generator:
+        return passes(n)
+        yield  # never reached: makes `step` a generator that waits for nothing
+
+    search = _search(step, start, n_max, tol)
+    try:
+        next(search)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("unreachable: a plain predicate never waits")
 
 
 def default_jobs() -> int:
@@ -320,19 +343,21 @@ def resolve_jobs(n_jobs: int | None) -> int:
 
 
 def _parallel(tasks: list, n_jobs: int | None):
-    """Run (fn, args) tasks: in this process for one worker, else through joblib, so a
-    Dask/Ray backend set with joblib.parallel_config(backend=...) spreads them over a
-    cluster unchanged (n_jobs None there: all of the backend's workers)."""
+    """Run (fn, args) tasks through joblib, so a Dask/Ray backend set with
+    joblib.parallel_config(backend=...) spreads them over a cluster unchanged
+    (n_jobs None there: all of the backend's workers); one task runs here."""
     if not tasks:
         return []
-    custom = _custom_backend()
-    if len(tasks) == 1 or (n_jobs == 1 and not custom):
+    if len(tasks) == 1:
         return [fn(*args) for fn, args in tasks]
     from joblib import Parallel, delayed
     return Parallel(n_jobs=-1 if n_jobs is None else n_jobs)(delayed(fn)(*args) for fn, args in tasks)
 
 
 def _custom_backend() -> bool:
+    """Whether the caller set a joblib backend (Dask, Ray, threads) with joblib.parallel_config."""
+    if "joblib" not in sys.modules:  # nobody set one, and importing joblib to ask would cost 40 ms
+        return False
     try:
         from joblib.parallel import get_active_backend
         backend, _ = get_active_backend()
@@ -387,56 +412,64 @@ def _rate_rep(profile: Profile, rate: float, scenario: Scenario, seed: int, nois
                               "output_throughput", "max_concurrent_requests")}
 
 
-class Evaluator:
-    """Replicated summaries per staff count (or rate), computed once and cached.
+Task = tuple  # (evaluator, point, replication)
 
-    Replications run in batches of `workers` (one per worker). `decide` stops a
-    point early once its pass/fail outcome can no longer change: with R = 10
-    and 9 needed, two failing replications settle it. The outcome is the one
-    all R replications would give, so early stopping changes cost, not answers.
+
+class Evaluator:
+    """Replicated summaries per staff count (or rate), each computed once.
+
+    `cache[p]` holds what the answers read of point p: replications 0, 1, 2, ...
+    in order, as many as the searches asked for (`decide` asks at least `batch`
+    more at a time). So which replications a point shows depends on their
+    results only, never on how many workers ran them or in which order they
+    finished: a plan on one core, on two, or on a Dask cluster is the same plan. Workers may run more than was asked (a cluster runs every
+    replication of a point at once, idle local workers start the next ones);
+    those wait in `done` until a search asks for them.
+
+    `decide` stops a point early once its pass/fail outcome can no longer change:
+    with R = 10 and 9 needed, two failing replications settle it. The outcome is
+    the one all R replications would give, so early stopping changes cost, not
+    answers.
     """
 
     def __init__(self, fn: Callable, args: Callable[[object, int], tuple], replications: int,
-                 n_jobs: int | None, progress: Callable[[str], None] | None = None, label: str = "staff"):
+                 progress: Callable[[str], None] | None = None, label: str = "staff", batch: int = 2):
         self.fn = fn
         self.args = args
         self.R = replications
-        self.n_jobs = n_jobs
+        self.batch = max(1, int(batch))
         self.cache: dict = {}
+        self.done: dict = {}  # (point, replication) -> summary, shown in `cache` or not yet
         self.progress = progress
         self.label = label
-        if _custom_backend():
-            self.workers = replications  # a cluster: every replication at once
-        else:
-            self.n_jobs = resolve_jobs(n_jobs)
-            self.workers = self.n_jobs
 
-    def _run(self, wants: dict) -> None:
-        """wants: point -> number of replications it should have."""
-        tasks, keys = [], []
-        for p, k in wants.items():
-            have = len(self.cache.setdefault(p, []))
-            for r in range(have, min(k, self.R)):
-                tasks.append((self.fn, self.args(p, r)))
-                keys.append(p)
-        out = _parallel(tasks, self.n_jobs)
-        for p, res in zip(keys, out):
-            self.cache[p].append(res)
+    def want(self, p, k: int | None = None) -> tuple:
+        """A wait for replications 0..k-1 of p (default: all R)."""
+        return (self, p, self.R if k is None else min(k, self.R))
 
-    def get(self, points: Sequence) -> None:
-        """Every replication of each point (one batch of work for all of them)."""
-        todo = {p: self.R for p in dict.fromkeys(points) if len(self.cache.get(p, [])) < self.R}
-        if todo:
-            self._run(todo)
+    def missing(self, p, k: int) -> list[Task]:
+        """Replications below k of p that are neither shown nor computed."""
+        have = len(self.cache.get(p, ()))
+        return [(self, p, r) for r in range(have, k) if (p, r) not in self.done]
+
+    def spare(self, p, k: int) -> list[Task]:
+        """The replications of p a search may ask for after the first k (and after those shown)."""
+        start = max(k, len(self.cache.get(p, ())))
+        return [(self, p, r) for r in range(start, self.R) if (p, r) not in self.done]
+
+    def reveal(self, p, k: int) -> None:
+        reps = self.cache.setdefault(p, [])
+        if len(reps) < k:
+            reps.extend(self.done.pop((p, r)) for r in range(len(reps), k))
             if self.progress:
-                self.progress(f"{self.label} {', '.join(str(p) for p in todo)}: {self.R} replications")
+                self.progress(f"{self.label} {p}: {len(reps)} replications")
 
     def __getitem__(self, p) -> list[dict]:
-        self.get([p])
         return self.cache[p]
 
-    def decide(self, p, ok: Callable[[dict], bool], need: int) -> bool:
-        """Whether at least `need` of the R replications satisfy `ok`, stopping early once settled."""
+    def decide(self, p, ok: Callable[[dict], bool], need: int) -> Generator:
+        """Whether at least `need` of the R replications satisfy `ok`, stopping early once
+        settled (a generator for _drive: it yields the replications it waits for)."""
         while True:
             reps = self.cache.get(p, [])
             n_ok = sum(1 for r in reps if ok(r))
@@ -445,11 +478,134 @@ class Evaluator:
                 return True
             if n_bad > self.R - need or len(reps) >= self.R:
                 return False
-            # the fewest further replications that could settle it, but keep every worker busy
+            # the fewest further replications that could settle it, at least a batch
             settle = min(need - n_ok, self.R - need + 1 - n_bad)
-            self._run({p: len(reps) + max(settle, self.workers)})
-            if self.progress:
-                self.progress(f"{self.label} {p}: {len(self.cache[p])} replications")
+            yield [self.want(p, len(reps) + max(settle, self.batch))]
+
+
+def _drive(searches: Sequence[Generator], n_jobs: int | None) -> list:
+    """Run search generators side by side until each returns; their return values, in order.
+
+    A search yields a list of waits (evaluator, point, k) and resumes once
+    replications 0..k-1 of each are computed and shown in the evaluator's cache.
+    Searches over one evaluator only ever see more replications of a point than
+    they asked for, which does not change a settled outcome (Evaluator.decide).
+    What runs the tasks (this process, local worker processes, a joblib backend
+    such as Dask) decides the speed, not the answer.
+    """
+    runner = _runner(n_jobs)
+    out: list = [None] * len(searches)
+    waiting: dict[int, list] = {}
+
+    def advance(i: int) -> None:
+        try:
+            waiting[i] = searches[i].send(None)
+        except StopIteration as stop:
+            out[i] = stop.value
+            waiting.pop(i, None)
+
+    try:
+        for i in range(len(searches)):
+            advance(i)
+        while waiting:
+            ready = [i for i, ws in waiting.items() if not any(ev.missing(p, k) for ev, p, k in ws)]
+            if ready:
+                for i in ready:
+                    for ev, p, k in waiting[i]:
+                        ev.reveal(p, k)
+                    advance(i)
+                continue
+            waits = [w for ws in waiting.values() for w in ws]
+            needed = list(dict.fromkeys(t for ev, p, k in waits for t in ev.missing(p, k)))
+            spare = list(dict.fromkeys(t for ev, p, k in waits for t in ev.spare(p, k)))
+            runner.step(needed, spare)
+    finally:
+        runner.close()
+    return out
+
+
+def _runner(n_jobs: int | None):
+    if _custom_backend():
+        return _BackendRunner(n_jobs)
+    n = resolve_jobs(n_jobs)
+    return _InlineRunner() if n == 1 else _PoolRunner(n)
+
+
+class _InlineRunner:
+    """One worker: the task a search waits for runs in this process, nothing else."""
+
+    def step(self, needed: list[Task], spare: list[Task]) -> None:
+        ev, p, r = needed[0]
+        ev.done[(p, r)] = ev.fn(*ev.args(p, r))
+
+    def close(self) -> None:
+        pass
+
+
+class _PoolRunner:
+    """Local worker processes, handed one task each as soon as they are free (not in
+    rounds, where every worker waits for the slowest task of the round): first the
+    tasks searches wait for, and when none is left, the next replications of the
+    points they wait on, which a passing point asks for next.
+
+    Workers are forked where the platform can: a fork starts in milliseconds with
+    everything imported, where a fresh interpreter (loky's workers) spent about
+    half a second of CPU per worker importing numpy, simpy and the simulator.
+    """
+
+    def __init__(self, workers: int):
+        import multiprocessing as mp
+        import queue
+        method = "fork" if "fork" in mp.get_all_start_methods() else None
+        self.pool = mp.get_context(method).Pool(workers)
+        self.workers = workers
+        self.results: queue.SimpleQueue = queue.SimpleQueue()
+        self.flight: set = set()
+
+    def _submit(self, t: Task) -> None:
+        ev, p, r = t
+        self.flight.add(t)
+        self.pool.apply_async(ev.fn, ev.args(p, r), callback=lambda res: self.results.put((t, res, None)),
+                              error_callback=lambda err: self.results.put((t, None, err)))
+
+    def step(self, needed: list[Task], spare: list[Task]) -> None:
+        for t in needed + spare:
+            if len(self.flight) >= self.workers:
+                break
+            if t not in self.flight:
+                self._submit(t)
+        got = [self.results.get()]
+        while not self.results.empty():  # whatever else finished meanwhile
+            got.append(self.results.get())
+        for t, res, err in got:
+            self.flight.discard(t)
+            if err is not None:
+                raise err
+            ev, p, r = t
+            ev.done[(p, r)] = res
+
+    def close(self) -> None:
+        # tasks still running are replications no search asked for: stop them, do not wait
+        self.pool.terminate()
+        self.pool.join()
+
+
+class _BackendRunner:
+    """A joblib backend the caller set (joblib.parallel_config(backend="dask"), Ray, ...):
+    rounds of work through joblib, each with every replication of every point a
+    search waits on, so that a cluster's workers all have work."""
+
+    def __init__(self, n_jobs: int | None):
+        self.n_jobs = n_jobs
+
+    def step(self, needed: list[Task], spare: list[Task]) -> None:
+        tasks = list(dict.fromkeys(needed + spare))
+        out = _parallel([(ev.fn, ev.args(p, r)) for ev, p, r in tasks], self.n_jobs)
+        for (ev, p, r), res in zip(tasks, out):
+            ev.done[(p, r)] = res
+
+    def close(self) -> None:
+        pass
 
 
 def level(values: Sequence[float], need: int) -> float:
@@ -562,6 +718,10 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
     `cache` (staff -> replication summaries) lets several SLAs share one set of
     simulations; pass the same dict only with the same profile, office,
     scenario, seed and percentiles.
+
+    The staff search, the fit-uncertainty replications and the capacity searches
+    run side by side on the same workers (_drive); each sees exactly the
+    replications it would see alone, so the answer does not depend on the workers.
     """
     scenario = scenario or Scenario()
     settings = settings or PlanSettings()
@@ -575,25 +735,41 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
     need = settings.need
     staff_ref = max(1, office.staff)
     ev = Evaluator(_office_rep, lambda n, r: (prof, office, n, scenario, settings.seed + r, pcts, n == staff_ref),
-                   settings.replications, settings.n_jobs, progress, "staff")
+                   settings.replications, progress, "staff", settings.batch)
     if cache is not None:
         ev.cache = cache
+    ev_u = Evaluator(_office_rep_drawn, lambda n, r: (prof, office, n, scenario, settings.seed + r, pcts, False),
+                     settings.replications, progress, "staff (fit uncertainty)", settings.batch)
+    uncertain = prof.uncertainty is not None
 
-    def passes(n: int) -> bool:
-        return ev.decide(n, lambda rep: all(c.ok(rep.get(c.key, math.nan)) for c in slas), need)
+    def passes(n: int) -> Generator:
+        return (yield from ev.decide(n, lambda rep: all(c.ok(rep.get(c.key, math.nan)) for c in slas), need))
 
-    lo, hi = search_max(passes, max(1, office.staff), settings.staff_max, settings.tol)
+    def staff_search() -> Generator:
+        lo, hi = yield from _search(passes, staff_ref, settings.staff_max, settings.tol)
+        # everything the report reads, in one wait so that it all runs at once
+        waits = [ev.want(staff_ref)] + ([ev.want(lo)] if lo > 0 else [])
+        if plot_points:
+            top = max(hi or lo, lo, staff_ref)
+            grid = sorted({max(1, int(round(x))) for x in np.linspace(1, 1.25 * top, plot_points)})
+            waits += [ev.want(n) for n in grid]
+        if lo > 0 and uncertain:
+            waits.append(ev_u.want(lo))
+        yield waits
+        return lo, hi
+
+    searches = [staff_search()]
+    if settings.capacity:
+        cap_ev = _capacity_evaluator(prof, scenario, settings, progress)
+        searches += [_capacity_search(cap_ev, settings, thr) for thr in settings.capacity_thresholds_s]
+    (lo, hi), *cap_los = _drive(searches, settings.n_jobs)
+
     binding, detail = None, None
     if hi is not None:
         binding, detail = _binding(ev.cache[hi], slas)
         detail = {"staff": hi, **detail}
-    ev.get([staff_ref])
     at_office = _check(ev[staff_ref], slas, need)
     at_answer = _check(ev[lo], slas, need) if lo > 0 else {}
-    if plot_points:
-        top = max(hi or lo, lo, staff_ref)
-        grid = sorted({max(1, int(round(x))) for x in np.linspace(1, 1.25 * top, plot_points)})
-        ev.get(grid)
     curve = []
     for n in sorted(ev.cache):
         reps = ev.cache[n]
@@ -607,38 +783,53 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
         office=office, scenario=scenario, profile_name=prof.name, settings=settings, rps=office.office_rps(lo),
         at_answer=at_answer, at_office=at_office, feel=_median_keys(ev[staff_ref], FEEL_KEYS),
         classes=_merge_classes(ev[staff_ref]), curve=curve, evaluations=len(ev.cache))
-    if lo > 0 and prof.uncertainty is not None:
-        ev_u = Evaluator(_office_rep_drawn, lambda n, r: (prof, office, n, scenario, settings.seed + r, pcts, False),
-                         settings.replications, settings.n_jobs, progress, "staff (fit uncertainty)")
-        ev_u.get([lo])
+    if lo > 0 and uncertain:
         result.at_answer_uncertain = _check(ev_u[lo], slas, need)
     if settings.capacity:
-        result.capacity_rps, result.capacity_ladder_rps = capacity(prof, scenario, settings, progress)
+        result.capacity_rps, result.capacity_ladder_rps = _capacity_answer(settings, cap_los)
     return result
 
 
-def capacity(profile: Profile, scenario: Scenario | None = None, settings: PlanSettings | None = None,
-             progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
-    """Highest rate (0.01 req/s grid) whose p95 TTFT stays under each threshold, on the
-    11-rate-sweep workload; and the same read on the suite's ladder of rates."""
-    scenario = scenario or Scenario()
-    settings = settings or PlanSettings()
+def _capacity_evaluator(profile: Profile, scenario: Scenario, settings: PlanSettings,
+                        progress: Callable[[str], None] | None) -> Evaluator:
+    """The suite's run at rate k/100 req/s, replication r (seed 42 + r)."""
+    return Evaluator(_rate_rep, lambda k, r: (profile, k / 100.0, scenario, settings.capacity_seed + r, r),
+                     settings.capacity_replications, progress, "rate x0.01", settings.batch)
+
+
+def _capacity_search(ev: Evaluator, settings: PlanSettings, threshold_s: float) -> Generator:
+    """The highest rate (in 0.01 req/s) whose p95 TTFT stays under threshold_s; 0 for none."""
+    c = Constraint("p95", "ttft", threshold_s * 1000.0, strict=True)
     need = settings.capacity_need
-    ev = Evaluator(_rate_rep, lambda k, r: (profile, k / 100.0, scenario, settings.capacity_seed + r, r),
-                   settings.capacity_replications, settings.n_jobs, progress, "rate x0.01")
+
+    def passes(k: int) -> Generator:
+        return (yield from ev.decide(k, lambda rep: c.ok(rep["p95_ttft_ms"]), need))
+
+    lo, _ = yield from _search(passes, 30, 100 * 100, settings.capacity_tol)
+    return lo
+
+
+def _capacity_answer(settings: PlanSettings, los: Sequence[int]) -> tuple[dict, dict]:
     out, ladder = {}, {}
-    for thr in settings.capacity_thresholds_s:
-        c = Constraint("p95", "ttft", thr * 1000.0, strict=True)
-
-        def passes(k: int) -> bool:
-            return ev.decide(k, lambda rep: c.ok(rep["p95_ttft_ms"]), need)
-
-        lo, hi = search_max(passes, 30, 100 * 100, settings.capacity_tol)
+    for thr, lo in zip(settings.capacity_thresholds_s, los):
         key = f"{thr:g}s"
         out[key] = lo / 100.0 if lo > 0 else None
         below = [x for x in SUITE_LADDER if out[key] is not None and x <= out[key] + 1e-9]
         ladder[key] = max(below) if below else None
     return out, ladder
+
+
+def capacity(profile: Profile, scenario: Scenario | None = None, settings: PlanSettings | None = None,
+             progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+    """Highest rate (0.01 req/s grid) whose p95 TTFT stays under each threshold, on the
+    11-rate-sweep workload; and the same read on the suite's ladder of rates. The
+    thresholds' searches run side by side: one rate each at a time keeps two workers busy."""
+    scenario = scenario or Scenario()
+    settings = settings or PlanSettings()
+    n_jobs = None if _custom_backend() else resolve_jobs(settings.n_jobs)
+    ev = _capacity_evaluator(profile, scenario, settings, progress)
+    los = _drive([_capacity_search(ev, settings, thr) for thr in settings.capacity_thresholds_s], n_jobs)
+    return _capacity_answer(settings, los)
 
 
 # ------------------------------------------------------------------ text

@@ -13,7 +13,6 @@ from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
-from joblib import Parallel, delayed
 
 from .load import ClosedLoop, OpenLoop
 from .profile import Profile
@@ -60,6 +59,7 @@ def replicate_open(profile: Profile, workload: Workload, num_prompts: int, patte
     if jobs == 1 or replications == 1:
         runs = [_open_one(profile, workload, num_prompts, pattern, r, summary_kw) for r in range(replications)]
     else:
+        from joblib import Parallel, delayed  # here: every capsim command imports this module
         runs = Parallel(n_jobs=jobs)(delayed(_open_one)(profile, workload, num_prompts, pattern, r, summary_kw)
                                      for r in range(replications))
     med, lo, hi = band(runs)
@@ -79,6 +79,7 @@ def replicate_closed(profile: Profile, pattern: ClosedLoop, replications: int = 
     if jobs == 1 or replications == 1:
         outs = [_closed_one(profile, pattern, r) for r in range(replications)]
     else:
+        from joblib import Parallel, delayed
         outs = Parallel(n_jobs=jobs)(delayed(_closed_one)(profile, pattern, r) for r in range(replications))
     rows0 = outs[0][0]
     merged, lo_rows, hi_rows = [], [], []

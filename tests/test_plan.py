@@ -242,7 +242,8 @@ def test_faster_profile_never_gives_fewer_staff():
 
 
 def test_a_joblib_backend_set_by_the_caller_runs_the_same_search():
-    """The README's Dask/Ray recipe: joblib.parallel_config(backend=...) around plan(), no new code."""
+    """The README's Dask/Ray recipe: joblib.parallel_config(backend=...) around plan(), no new code.
+    The whole result, not only the staff count, is the one-core result (tests/test_dask.py: a real cluster)."""
     import joblib
     from joblib.parallel import get_active_backend
     seen = []
@@ -257,14 +258,36 @@ def test_a_joblib_backend_set_by_the_caller_runs_the_same_search():
     o = small_office(requests=60)
     sla = ["p95_ttft<=1s", "p50_tpot<=120ms"]
     settings = replace(FAST, n_jobs=None)
-    base = plan(PROFILE, o, sla, settings=replace(FAST, n_jobs=1)).staff
+    base = plan(PROFILE, o, sla, settings=replace(FAST, n_jobs=1))
     P._parallel = spy
     try:
         with joblib.parallel_config(backend="threading"):
-            assert plan(PROFILE, o, sla, settings=settings).staff == base
+            there = plan(PROFILE, o, sla, settings=settings)
     finally:
         P._parallel = real
     assert seen and set(seen) == {"ThreadingBackend"}
+    assert there.to_json() == base.to_json()
+
+
+def test_the_plan_does_not_depend_on_the_workers():
+    """One core, two local worker processes (which run replications nobody asked for yet
+    while they would idle) and a smaller batch: the same replications are read, so the
+    same result, key by key, capacity included."""
+    o = small_office(requests=60)
+    sla = ["p95_ttft<=1s", "p50_tpot<=120ms"]
+    s1 = replace(FAST, replications=6, confidence=0.8, n_jobs=1, capacity=True, capacity_thresholds_s=(10.0,),
+                 capacity_tol=0.3)
+    shown: dict = {}
+    one = plan(PROFILE, o, sla, settings=s1, cache=shown).to_json()
+    # some point was settled before all its replications ran: where workers could differ
+    assert min(len(v) for v in shown.values()) < s1.replications
+    two = plan(PROFILE, o, sla, settings=replace(s1, n_jobs=2)).to_json()
+    assert one["capacity_rps"]["10s"] is not None
+    assert two == one
+    # the batch is what the result depends on: a batch of 1 shows fewer replications where a point
+    # failed, but the decisions (and so the answer) are the same
+    b1 = plan(PROFILE, o, sla, settings=replace(s1, batch=1)).to_json()
+    assert (b1["staff"], b1["binding"], b1["capacity_rps"]) == (one["staff"], one["binding"], one["capacity_rps"])
 
 
 def test_plan_reports_zero_when_even_one_person_fails():
