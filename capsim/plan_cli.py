@@ -4,7 +4,9 @@ Attached to the `capsim` group by capsim/cli.py's _register().
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import re
 
@@ -118,6 +120,10 @@ def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns
 @click.option("--staff-max", type=int, default=5000, show_default=True, help="Upper bound of the staff search.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--jobs", type=int, default=None, help="Worker processes (default: the idle cores; -1: every core).")
+@click.option("--dask", "dask_address", default=None, metavar="tcp://HOST:PORT",
+              help="Run the simulations on a Dask cluster: its scheduler's address (needs pip install "
+                   "'capsim[dask]'). Same answer as a local run with the same seeds.")
+@click.option("--dask-timeout", default="10s", show_default=True, help="How long to try to reach the Dask scheduler.")
 @click.option("--no-capacity", is_flag=True, help="Skip the req/s capacity search (11-rate-sweep workload).")
 @click.option("--plot", "plot_path", default=None, metavar="FILE.png",
               help="Percentiles against staff with SLA lines and 5-95% bands.")
@@ -126,7 +132,8 @@ def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns
 @friendly
 def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns, think,
              burstiness, burst, monday, max_concurrency, gateway_wait, requests, duration, warmup, boxes, routing, prefix_hit,
-             compares, replications, confidence, capacity_replications, staff_max, seed, jobs, no_capacity, plot_path, as_json, verbose):
+             compares, replications, confidence, capacity_replications, staff_max, seed, jobs, dask_address, dask_timeout,
+             no_capacity, plot_path, as_json, verbose):
     """How many staff can this box serve within an SLA, what binds first, and the
     box's capacity in req/s; optionally what-if scenarios side by side."""
     if plot_path:  # before any work is done
@@ -145,8 +152,11 @@ def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profil
                             capacity_replications=capacity_replications)
     profile = load_profile(profile_path)
     progress = (lambda msg: click.echo(msg, err=True)) if verbose else None
-    results = [plan(profile, office, constraints, sc, settings, plot_points=8 if plot_path else 0, progress=progress)
-               for sc in scenarios]
+    with contextlib.ExitStack() as stack:
+        if dask_address:
+            stack.enter_context(on_dask(dask_address, parse_duration(dask_timeout, "--dask-timeout")))
+        results = [plan(profile, office, constraints, sc, settings, plot_points=8 if plot_path else 0,
+                        progress=progress) for sc in scenarios]
     if plot_path:
         plot_plan(results if compares else results[0], plot_path)
     if as_json:
@@ -156,6 +166,34 @@ def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profil
         click.echo(format_plan(results[0]) if not compares else format_compare(results))
         if plot_path:
             click.echo(f"\nplot: {plot_path}")
+
+
+@contextlib.contextmanager
+def on_dask(address: str, timeout_s: float):
+    """A client of the Dask scheduler at `address`, with joblib's Dask backend active:
+    plan() then sends its replications to the cluster (simulator.plan._BackendRunner)."""
+    try:
+        import joblib
+        from distributed import Client
+    except ImportError:
+        raise PlanError("--dask needs Dask's distributed package: pip install 'capsim[dask]'") from None
+    # distributed logs each failed connection attempt on its own; the one line below says it all
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        client = Client(address, timeout=timeout_s, set_as_default=True)
+    except (OSError, TimeoutError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        why = "" if reason.startswith("Timed out") else f" ({reason})"  # the timeout is said already
+        raise PlanError(f"--dask: cannot reach the Dask scheduler at {address} within {timeout_s:g} s{why}") from None
+    finally:
+        quiet.setLevel(level)
+    try:
+        with joblib.parallel_config(backend="dask"):
+            yield client
+    finally:
+        client.close()
 
 
 def _clean(x):
