@@ -28,7 +28,7 @@ from simulator.load import ClosedLoop, LoadError, OpenLoop
 from simulator.workload import RandomWorkload, ShareGPTWorkload, WorkloadError
 
 from .drivers import run_closed, run_open
-from .errors import MeasureError
+from .errors import Interrupted, MeasureError
 from simulator.summary import summarize_closed
 
 from .runfiles import _dumps, cli_json, format_report, load_run, load_run_info, run_damage, vllm_bench_result
@@ -45,6 +45,9 @@ def _run_guarded(fn):
         return fn()
     except _USER_ERRORS as e:
         raise click.ClickException(str(e)) from None
+    except Interrupted as e:  # Ctrl-C or SIGTERM before the run folder was made
+        click.echo(f"capsim measure: {e}; nothing was measured and no run folder was made", err=True)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("capsim measure: interrupted", err=True)
         sys.exit(130)
@@ -59,6 +62,14 @@ def _finish(run, out_dir: Path | None, as_json: bool, max_failures: int | None =
             summary_kw: dict | None = None, out_format: str | None = None, save_to: Path | None = None) -> None:
     """Print the summary; exit 130/143 (interrupted), 1 (stopped, nothing completed, or more than
     --max-failures failed) or 0 (failed requests, as vllm bench serve, are reported, not fatal)."""
+    status = run.meta.get("status", "complete")
+    where = f"; run folder {out_dir}" if out_dir else ""
+    code = 143 if "SIGTERM" in str(run.meta.get("stop_reason")) else 130
+    if status == "interrupted" and not run.records:  # stopped before a request was sent: no empty tables
+        while_ = f" while {run.meta['stopped_in']}" if run.meta.get("stopped_in") else ""
+        click.echo(f"capsim measure: {run.meta.get('stop_reason', 'interrupted')}{while_}: nothing was measured"
+                   f"{where + ' (closed as interrupted)' if out_dir else ''}", err=True)
+        sys.exit(code)
     if run.kind == "closed" and out_format in ("json", "csv"):
         text = _dumps(cli_json(run), indent=2) if out_format == "json" else \
             flags.closed_csv(summarize_closed(run) if run.meta.get("tests") else [], str(run.meta.get("model")))
@@ -75,12 +86,10 @@ def _finish(run, out_dir: Path | None, as_json: bool, max_failures: int | None =
     click.echo(text)
     n = len(run.records)
     failed = sum(1 for r in run.records if not r.ok)
-    where = f"; run folder {out_dir}" if out_dir else ""
-    status = run.meta.get("status", "complete")
     if status == "interrupted":
         click.echo(f"capsim measure: {run.meta.get('stop_reason', 'interrupted')}: partial run of {n} requests "
                    f"({n - failed} completed) written{where}", err=True)
-        sys.exit(143 if "SIGTERM" in str(run.meta.get("stop_reason")) else 130)
+        sys.exit(code)
     first = run.meta.get("first_error") or "unknown error"
     if status == "aborted" or (failed and failed == n) or (max_failures is not None and failed > max_failures):
         why = (f"{run.meta.get('stop_reason')}; " if status == "aborted" else
@@ -244,7 +253,8 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
         return run, od
 
     run, od = _run_guarded(go)
-    if save_result is not None or append_result:
+    stopped_early = run.meta.get("status") == "interrupted" and not run.records  # nothing to save
+    if (save_result is not None or append_result) and not stopped_early:
         bk = flags.backend_name(backend, ep)
         model_id = model or run.meta.get("model")
         date = _dt.datetime.fromtimestamp(run.meta.get("wall_start") or _dt.datetime.now().timestamp()) \

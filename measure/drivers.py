@@ -43,7 +43,7 @@ from simulator.workload import (MixtureWorkload, RandomWorkload, ShareGPTWorkloa
 
 from . import prom
 from .client import Client, Inflight
-from .errors import MeasureError
+from .errors import Interrupted, MeasureError
 from .loopwatch import LoopWatch, lag_summary
 from .progress import Progress
 from .prompts import LivePrompt, PromptBuilder
@@ -83,6 +83,7 @@ class _Stopper:
         self.reason: str | None = None
         self.status: str | None = None  # "interrupted" | "aborted"
         self.signum: int | None = None
+        self.phase: str | None = None  # a setup step ("connecting to URL"); None while requests are sent
 
     def request(self, reason: str, status: str = "aborted") -> None:
         if self.event.is_set():
@@ -95,7 +96,10 @@ class _Stopper:
         if self.signum is None:
             self.signum = signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        if self.event.is_set():
+        if self.phase is not None:  # nothing in flight yet: the setup step stops at once
+            if not self.event.is_set():
+                print(f"\ncapsim measure: {name} while {self.phase}: stopping", file=sys.stderr, flush=True)
+        elif self.event.is_set():
             self.hard.set()
             print(f"\ncapsim measure: {name} again: cancelling requests in flight now", file=sys.stderr, flush=True)
         else:
@@ -267,6 +271,18 @@ class _Session:
                 pass
         self._signals = []
 
+    async def setup_step(self, phase: str, coro):
+        """A step before any request is sent (connecting, preparing prompts): the first Ctrl-C or
+        SIGTERM cancels it at once, whatever it waits on (a server that accepts and never answers)."""
+        self.stopper.phase = phase
+        return await self.until_stopped(coro)
+
+    def stop_setup(self, phase: str) -> None:
+        """Raise Interrupted when a stop came during `phase` (before the run folder exists)."""
+        st = self.stopper
+        if st.event.is_set():
+            raise Interrupted(st.reason or "interrupted", phase, st.signum)
+
     async def until_stopped(self, coro):
         """Run `coro` unless a stop comes first (then None, and `coro` is cancelled)."""
         task = asyncio.ensure_future(coro)
@@ -405,10 +421,16 @@ class _Session:
                      save_result: str | None, save_detailed: bool) -> RunResult:
         after = None
         if self.scraper is not None:
-            await self.scraper.stop()
+            # interrupted: the user is waiting, and the server may not answer; one quick sample at most
+            hurry = self.stopper.status == "interrupted"
+            await self.scraper.stop(timeout=0.5 if hurry else 6.0)
             if before is not None and server_delta is None:
                 want = before.get("ttft_count", 0) + self.n_ok if "ttft_count" in before else None
-                after = await self.scraper.snapshot(expect_ttft_count=want)
+                try:
+                    after = await asyncio.wait_for(self.scraper.snapshot(expect_ttft_count=None if hurry else want),
+                                                   timeout=2.0 if hurry else None)
+                except TimeoutError:
+                    after = None
                 if after is not None and self.writer:
                     self.writer.append_metrics(after)
                 server_delta = prom.delta(before, after)
@@ -461,7 +483,7 @@ class _Session:
         status = "interrupted" if stopped else "failed"
         reason = (str(e) if isinstance(e, (MeasureError, WorkloadError, LoadError)) else
                   f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) if not stopped else \
-            f"interrupted ({type(e).__name__})"
+            (str(e) if isinstance(e, Interrupted) else f"interrupted ({type(e).__name__})")
         wall_end = time.time()
         self.info.update(status=status, failure=reason, wall_end=wall_end,
                          wall_end_iso=_dt.datetime.fromtimestamp(wall_end).astimezone().isoformat(timespec="seconds"),
@@ -496,20 +518,33 @@ class _Session:
 
 # ---------------------------------------------------------------- workload adaptation
 
-def _sync_counter(client: Client, dialect: str, model: str):
-    """A blocking `count(text) -> int` (BOS included) over /tokenize, for ShareGPT's filter."""
-    http = httpx.Client(base_url=client.base, headers=dict(client.http.headers), auth=client.http.auth,
-                        trust_env=False, timeout=60.0)
+class _SyncCounter:
+    """A blocking `count(text) -> int` (BOS included) over /tokenize, for ShareGPT's filter.
 
-    def count(text: str) -> int:
-        if dialect == "vllm":
-            r = http.post("/tokenize", json={"model": model, "prompt": text, "add_special_tokens": True})
+    It runs in the sampling thread; `stop()` (a Ctrl-C) makes its next call fail at once.
+    """
+
+    def __init__(self, client: Client, dialect: str, model: str):
+        self.http = httpx.Client(base_url=client.base, headers=dict(client.http.headers), auth=client.http.auth,
+                                 trust_env=False, timeout=60.0)
+        self.dialect, self.model = dialect, model
+        self.stopped = False
+
+    def __call__(self, text: str) -> int:
+        if self.stopped:
+            raise WorkloadError("stopped")
+        if self.dialect == "vllm":
+            r = self.http.post("/tokenize", json={"model": self.model, "prompt": text, "add_special_tokens": True})
         else:
-            r = http.post("/tokenize", json={"content": text, "add_special": True})
+            r = self.http.post("/tokenize", json={"content": text, "add_special": True})
         r.raise_for_status()
         return len(r.json()["tokens"])
 
-    return count, http
+    def stop(self) -> None:
+        self.stopped = True  # the thread may be inside a call: its client is left to it, not closed under it
+
+    def close(self) -> None:
+        self.http.close()
 
 
 async def _adapt(workload: Workload, builder: PromptBuilder, client: Client, notes: dict) -> Workload:
@@ -532,8 +567,8 @@ async def _adapt(workload: Workload, builder: PromptBuilder, client: Client, not
         if tok.available:
             workload.fmt = dataclasses.replace(workload.fmt, chat_template_tokens=chat_extra)
             if workload.count_tokens is None:
-                workload.count_tokens, http = _sync_counter(client, tok.dialect, builder.model)
-                notes["_close"] = notes.get("_close", []) + [http]
+                workload.count_tokens = _SyncCounter(client, tok.dialect, builder.model)
+                notes["_close"] = notes.get("_close", []) + [workload.count_tokens]
         return workload
     if isinstance(workload, MixtureWorkload):
         comps = [(w, await _adapt(c, builder, client, notes)) for w, c in workload.components]
@@ -541,9 +576,34 @@ async def _adapt(workload: Workload, builder: PromptBuilder, client: Client, not
     return workload
 
 
+async def _in_thread(fn, *args):
+    """fn(*args) in a daemon thread. A cancelled caller abandons it: a thread of asyncio's default
+    executor (asyncio.to_thread) would be joined when the loop and the interpreter shut down, so a
+    Ctrl-C would wait for all of ShareGPT's /tokenize calls to a server that does not answer."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle(result, exc):
+        if not fut.done():
+            fut.set_exception(exc) if exc is not None else fut.set_result(result)
+
+    def run():
+        try:
+            result, exc = fn(*args), None
+        except BaseException as e:  # handed to the awaiting task
+            result, exc = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, exc)
+        except RuntimeError:  # the loop is gone: the caller stopped long ago
+            pass
+
+    threading.Thread(target=run, daemon=True, name="capsim-prepare").start()
+    return await fut
+
+
 async def _sample(workload: Workload, n: int, seed: int):
     try:
-        return await asyncio.to_thread(workload.sample, n, seed)
+        return await _in_thread(workload.sample, n, seed)
     except WorkloadError:
         raise
     except httpx.HTTPError as e:
@@ -566,7 +626,9 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
     notes: dict[str, Any] = {}
     try:
         S.install_signals()
-        await S.connect()
+        connecting = f"connecting to {S.client.public_url}"
+        await S.setup_step(connecting, S.connect())
+        S.stop_setup(connecting)  # no run folder yet: nothing to close
         if isinstance(workload, RandomWorkload):
             S.check_random_fits(workload)  # before the folder exists
         S.open_files(S.base_info("open", workload.describe(), pattern.describe()) | {"num_prompts": num_prompts})
@@ -588,15 +650,19 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         if S.show_progress:
             print(f"capsim measure: preparing {num_prompts} prompts with {S.client.public_url}'s tokenizer ...",
                   file=sys.stderr, flush=True)
-        prepared = await S.until_stopped(prepare())
+        prepared = await S.setup_step("preparing prompts", prepare())
         for h in notes.pop("_close", []):
-            h.close()
+            if prepared is None:
+                h.stop()  # its thread may still be in a call: stopped, not closed under it
+            else:
+                h.close()
         meta = S.base_meta("open") | {"request_rate": pattern.rate, "burstiness": pattern.burstiness,
                                       "max_concurrency": pattern.max_concurrency, "num_prompts": num_prompts,
                                       "seed": pattern.seed}
         meta.update(notes)
-        if prepared is None:  # stopped while preparing
+        if prepared is None:  # stopped while preparing: the folder is closed as interrupted, nothing sent
             now = perf_counter()
+            meta["stopped_in"] = S.stopper.phase
             run = RunResult([], now, now, "open", meta)
             return await S.finish(run, None, None, save_result, save_detailed)
         wl, specs, prompts = prepared
@@ -604,7 +670,8 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         meta["workload"] = wl.describe()
         S.info["prompts"] = meta["prompts"]
         S.prebuild(prompts)
-        before = await S.start_metrics()
+        before = await S.setup_step("reading the server's /metrics", S.start_metrics())
+        S.stopper.phase = None  # requests go out from here: a Ctrl-C gives those in flight --grace s
         S.progress = Progress(num_prompts, enabled=S.show_progress)
         sem = asyncio.Semaphore(pattern.max_concurrency) if pattern.max_concurrency else None
         tasks: list[asyncio.Task] = []
@@ -659,7 +726,9 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                  extra_body=extra_body)
     try:
         S.install_signals()
-        await S.connect()
+        connecting = f"connecting to {S.client.public_url}"
+        await S.setup_step(connecting, S.connect())
+        S.stop_setup(connecting)  # no run folder yet: nothing to close
         S.check_fits((bt.pp + bt.depth, bt.tg) for bt in batches)  # before the folder exists
         S.open_files(S.base_info("closed", {"dataset": "fixed", "pp": list(pattern.pp), "tg": list(pattern.tg),
                                             "depth": list(pattern.depth)}, pattern.describe()))
@@ -684,10 +753,11 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         if S.show_progress:
             print(f"capsim measure: measuring latency ({pattern.latency_mode}) and preparing prompts ...",
                   file=sys.stderr, flush=True)
-        prepared = await S.until_stopped(prepare())
-        if prepared is None:
+        prepared = await S.setup_step("measuring latency and preparing prompts", prepare())
+        if prepared is None:  # stopped while preparing: the folder is closed as interrupted, nothing sent
             now = perf_counter()
             meta["latency_s"] = 0.0
+            meta["stopped_in"] = S.stopper.phase
             return await S.finish(RunResult([], now, now, "closed", meta), None, None, None, False)
         latency, batch_prompts = prepared
         meta["latency_s"] = latency
@@ -695,7 +765,8 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         S.info["prompts"] = meta["prompts"]
         for lps in batch_prompts:
             S.prebuild(lps)
-        before = await S.start_metrics()
+        before = await S.setup_step("reading the server's /metrics", S.start_metrics())
+        S.stopper.phase = None  # requests go out from here: a Ctrl-C gives those in flight --grace s
         measured_total = sum(bt.concurrency for bt in batches if bt.run >= 0)
         S.progress = Progress(measured_total, enabled=S.show_progress)
         server_acc: dict[str, Any] = {}

@@ -232,11 +232,12 @@ class MetricsScraper:
             except TimeoutError:
                 pass
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 6.0) -> None:
+        """End the series; a scrape still waiting on the server gets `timeout` s (0 after a Ctrl-C)."""
         self._stop.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._task, timeout=6.0)
+                await asyncio.wait_for(self._task, timeout=timeout)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
             self._task = None

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -709,3 +712,168 @@ def test_silent_server_times_out_with_one_line(tmp_path):
         assert time.monotonic() - t0 < 3
     finally:
         lsock.close()
+
+
+# ---------------------------------------------------------------- Ctrl-C before and during the run (issue 11, item 3)
+
+def _measure_proc(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "measure.cli", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _stop_and_wait(p, sig=signal.SIGINT, within=20):
+    """Send `sig` once; the process must be gone within `within` s (it is killed otherwise)."""
+    try:
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=within)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    return out, err
+
+
+def _load_args(kind):
+    return (["--num-prompts", "3", "--random-input-len", "16", "--random-output-len", "4"] if kind == "open" else
+            ["--pp", "16", "--tg", "2", "--runs", "1"])
+
+
+@pytest.mark.parametrize("kind, sig, code, name", [("open", signal.SIGINT, 130, "Ctrl-C"),
+                                                   ("closed", signal.SIGINT, 130, "Ctrl-C"),
+                                                   ("open", signal.SIGTERM, 143, "SIGTERM")])
+def test_ctrl_c_while_connecting_to_a_silent_server(tmp_path, kind, sig, code, name):
+    """A port that accepts and never answers: the first Ctrl-C ends the GET /v1/models at once
+    (it waited 30 s for the timeout), no run folder is made."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    lsock.settimeout(60)
+    url = f"http://127.0.0.1:{lsock.getsockname()[1]}"
+    d = tmp_path / "never"
+    p = _measure_proc([kind, url, *_load_args(kind), "--no-progress", "-o", d])
+    try:
+        conn, _ = lsock.accept()  # the client connected: it is waiting in the preflight now
+        conn.settimeout(30)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += conn.recv(4096) or b"\r\n\r\n"
+        assert got.startswith(b"GET /v1/models ")
+        out, err = _stop_and_wait(p, sig)
+    finally:
+        lsock.close()
+    assert p.returncode == code, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-2:] == [f"capsim measure: {name} while connecting to {url}: stopping",
+                          f"capsim measure: interrupted by {name} while connecting to {url}; nothing was "
+                          "measured and no run folder was made"], err
+    assert not d.exists() and out == ""
+
+
+class _TokenizerNeverAnswers:
+    """A server that lists a model, then never answers a POST (/tokenize): prompt building hangs."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posted, self.release = threading.Event(), threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                found = self.path == "/v1/models"
+                body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model",
+                                                               "max_model_len": 4096}]} if found else {}).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                outer.posted.set()
+                outer.release.wait(120)
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.srv.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.mark.parametrize("kind", ["open", "closed"])
+def test_ctrl_c_while_preparing_prompts_closes_the_folder(tmp_path, kind):
+    srv = _TokenizerNeverAnswers()
+    d = tmp_path / "prep"
+    try:
+        p = _measure_proc([kind, srv.url, *_load_args(kind), "--no-progress", "-o", d])
+        assert srv.posted.wait(60), "the client never reached its tokenizer"
+        out, err = _stop_and_wait(p)
+    finally:
+        srv.close()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and out == ""
+    phase = "preparing prompts" if kind == "open" else "measuring latency and preparing prompts"
+    assert err.strip().splitlines()[-2:] == [
+        f"capsim measure: Ctrl-C while {phase}: stopping",
+        f"capsim measure: interrupted by Ctrl-C while {phase}: nothing was measured; run folder {d} "
+        "(closed as interrupted)"], err
+    info = json.loads((d / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["meta"]["stop_reason"] == "interrupted by Ctrl-C"
+    assert info["meta"]["stopped_in"] == phase and info["records"] == 0
+    assert json.loads((d / "summary.json").read_text())["status"] == "interrupted"
+    assert (d / "records.jsonl").read_text() == ""
+
+
+def test_ctrl_c_while_every_request_hangs(fake, tmp_path):
+    """The run itself: the first Ctrl-C sends nothing more and gives those in flight --grace s."""
+    srv = fake(fault="hang", fault_chunk=0)
+    d = tmp_path / "hung"
+    p = _measure_proc(["open", srv.url, "--random-input-len", "16", "--random-output-len", "4", "--num-prompts", "4",
+                       "--grace", "1", "--no-progress", "-o", d])
+    try:
+        deadline = time.monotonic() + 60
+        while srv.stats.requests < 4 and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert srv.stats.requests == 4
+    finally:
+        out, err = _stop_and_wait(p)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("capsim measure: interrupted by Ctrl-C: partial run of 4 requests "
+                                            f"(0 completed) written; run folder {d}")
+    run = load_run(d)
+    assert run.meta["status"] == "interrupted" and len(run.records) == 4
+    assert all(r.error == "interrupted: cancelled while in flight" for r in run.records)
+
+
+def test_abandoned_prepare_thread_does_not_hold_the_exit():
+    """ShareGPT's sampling thread waits on the server's /tokenize: a stop abandons it (asyncio.to_thread's
+    pool thread would be joined by asyncio.run and at exit)."""
+    from measure.drivers import _in_thread
+
+    release = threading.Event()
+
+    async def go():
+        t = asyncio.ensure_future(_in_thread(release.wait, 60))
+        await asyncio.sleep(0.05)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        return await _in_thread(lambda: 7)
+
+    t0 = time.monotonic()
+    try:
+        assert asyncio.run(go()) == 7
+        assert time.monotonic() - t0 < 30  # not the 60 s the abandoned call waits
+    finally:
+        release.set()
