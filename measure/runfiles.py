@@ -25,7 +25,6 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -58,9 +57,23 @@ def _dumps(obj: Any, indent: int | None = None) -> str:
     return json.dumps(_jsonable(obj), indent=indent, allow_nan=False)
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new temporary file beside `path`, opened for writing with the mode a plain open() gives
+    (0o666 less the umask: 0644 under umask 022), not mkstemp's 0600, so that the renamed file
+    has the same mode as records.jsonl and metrics.jsonl, which are appended to in place."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` all at once (a temporary file renamed over it), mode as open() gives."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -877,3 +877,50 @@ def test_abandoned_prepare_thread_does_not_hold_the_exit():
         assert time.monotonic() - t0 < 30  # not the 60 s the abandoned call waits
     finally:
         release.set()
+
+
+# ---------------------------------------------------------------- run files: mode and crash safety
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_run_files_share_the_mode_open_gives(fake, tmp_path, umask, mode):
+    """records.jsonl and metrics.jsonl are opened for appending; run.json, summary.json and --save-result
+    are written whole and renamed: all get the mode a plain open() gives under the umask."""
+    srv = fake(itl=0.001)
+    old = os.umask(umask)
+    try:
+        run_open(srv.url, None, RandomWorkload(16, 3), OpenLoop(), 3, out_dir=tmp_path / "m", progress=False,
+                 save_result=str(tmp_path / "res.json"))
+    finally:
+        os.umask(old)
+    files = [*(tmp_path / "m").iterdir(), tmp_path / "res.json"]
+    assert sorted(p.name for p in files) == ["metrics.jsonl", "records.jsonl", "res.json", "run.json", "summary.json"]
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(mode) for p in files}
+
+
+def test_crash_mid_run_keeps_every_completed_record(fake, tmp_path):
+    """The server breaks mid-run (every request from the sixth on hangs), then the measuring process dies
+    (SIGKILL: nothing can be flushed on the way out): each completed record is a whole line on disk."""
+    srv = fake(itl=0.002, fault="hang", fault_after=5, fault_chunk=1)
+    d = tmp_path / "crash"
+    p = _measure_proc(["open", srv.url, "--random-input-len", "16", "--random-output-len", "6", "--num-prompts", "12",
+                       "--request-rate", "inf", "--no-progress", "-o", d], preexec_fn=lambda: os.umask(0o022))
+    try:
+        deadline = time.monotonic() + 60
+        rec = d / "records.jsonl"
+        while time.monotonic() < deadline and p.poll() is None and not (
+                srv.stats.requests == 12 and rec.exists() and len(rec.read_text().splitlines()) >= 5):
+            time.sleep(0.05)
+    finally:
+        p.kill()
+        p.communicate()
+    assert srv.stats.completed == 5 and srv.stats.requests == 12
+    lines = rec.read_text().splitlines()
+    recs = [json.loads(x) for x in lines]  # every line whole
+    assert len(recs) == 5 and all(r["error"] is None and r["output_tokens"] == 6 for r in recs)
+    for name in ("records.jsonl", "metrics.jsonl", "run.json"):
+        assert stat.S_IMODE((d / name).stat().st_mode) == 0o644, name
+    assert json.loads((d / "run.json").read_text())["status"] == "running"  # nothing could close it
+    run = load_run(d)
+    assert len(run.records) == 5 and summarize_open(run)["completed"] == 5
+    res = CliRunner().invoke(report_cli, [str(d)])
+    assert res.exit_code == 0 and "status running, 5 records" in res.stdout
