@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
            413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
            503: "Service Unavailable"}
+
+
+class BadRequest(ValueError):
+    """A request whose framing cannot be read (bad Content-Length or chunk size): answered with HTTP 400."""
 
 
 @dataclass
@@ -25,7 +30,9 @@ class Request:
 
 
 async def read_request(reader: asyncio.StreamReader) -> Request | None:
-    """The next request on a connection, or None when the client closed it or sent garbage."""
+    """The next request on a connection, or None when the client closed it or sent garbage.
+
+    A body whose length cannot be read raises BadRequest (the connection cannot go on)."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -43,7 +50,10 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
     if headers.get("transfer-encoding", "").lower() == "chunked":
         body = await _read_chunked(reader)
     else:
-        n = int(headers.get("content-length", "0") or 0)
+        cl = headers.get("content-length", "0") or "0"
+        n = int(cl) if cl.isascii() and cl.isdigit() else -1
+        if n < 0:
+            raise BadRequest(f"bad Content-Length: {cl[:40]!r}")
         body = await reader.readexactly(n) if n else b""
     keep = headers.get("connection", "").lower() != "close" and version.upper() != "HTTP/1.0"
     return Request(method.upper(), target.split("?", 1)[0], headers, body, keep)
@@ -58,7 +68,13 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
     writers.add(writer)
     try:
         while True:
-            req = await read_request(reader)
+            try:
+                req = await read_request(reader)
+            except BadRequest as e:  # answered, never a traceback in the server's log
+                writer.write(response(400, {"error": {"message": str(e), "type": "BadRequestError", "code": 400}},
+                                      keep=False))
+                await writer.drain()
+                return
             if req is None or not await handle(req) or not req.keep_alive:
                 return
     except (ConnectionError, asyncio.IncompleteReadError):
@@ -74,7 +90,14 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     out = b""
     while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16)
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError:
+            raise BadRequest("chunk size line too long") from None
+        text = line.split(b";")[0].strip() or b"0"
+        if not re.fullmatch(rb"[0-9A-Fa-f]{1,16}", text):  # int(x, 16) would take -1, 0x10 and 1_0 too
+            raise BadRequest(f"bad chunk size: {text[:40]!r}")
+        size = int(text, 16)
         if size == 0:
             await reader.readuntil(b"\r\n")
             return out

@@ -705,10 +705,10 @@ class TwinServer:
         finally:
             if not gone.done():
                 gone.cancel()
-                try:
-                    await gone
-                except (asyncio.CancelledError, ConnectionError):
-                    pass
+            try:  # always retrieved: a reset connection's error is the news that the client left, not a fault
+                await gone
+            except (asyncio.CancelledError, OSError):
+                pass
         if not done.done():
             gen.dead = True
             self.engine.abort(gen)

@@ -924,3 +924,49 @@ def test_crash_mid_run_keeps_every_completed_record(fake, tmp_path):
     assert len(run.records) == 5 and summarize_open(run)["completed"] == 5
     res = CliRunner().invoke(report_cli, [str(d)])
     assert res.exit_code == 0 and "status running, 5 records" in res.stdout
+
+
+# ---------------------------------------------------------------- the twin's log (issue 11, item 8)
+
+def test_twin_log_stays_quiet_on_resets_and_bad_framing(caplog):
+    """A client that resets mid-stream is aborted without 'Task exception was never retrieved'; a request
+    whose body length cannot be read gets HTTP 400, not a traceback and a dropped connection."""
+    import gc
+    import logging
+    import struct
+
+    from measure.twin import TwinServer
+    from simulator.profile import load_profile
+
+    caplog.set_level(logging.WARNING)
+    body = json.dumps({"prompt": "hello", "max_tokens": 4000, "stream": True}).encode()
+    with TwinServer(load_profile(None), speed=5.0).start() as tw:
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", tw.port), timeout=30)
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                      b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            got = b""
+            while b"data:" not in got:
+                got += s.recv(65536)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # a reset, mid-stream
+        deadline = time.monotonic() + 30
+        while tw.stats.aborted < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tw.stats.aborted == 3
+        for head, rest in ((b"content-length: 12x", b""), (b"content-length: -5", b""),
+                           (b"transfer-encoding: chunked", b"zz\r\n"), (b"transfer-encoding: chunked", b"-1\r\n")):
+            s = socket.create_connection(("127.0.0.1", tw.port), timeout=30)
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\n" + head + b"\r\n\r\n" + rest)
+            resp = b""
+            while chunk := s.recv(65536):
+                resp += chunk
+            s.close()
+            assert resp.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (head, resp)
+            assert json.loads(resp.split(b"\r\n\r\n", 1)[1])["error"]["code"] == 400
+        r = httpx.post(tw.url + "/v1/completions", json={"prompt": "a", "max_tokens": 2})
+        assert r.status_code == 200  # still serving
+        gc.collect()  # an unretrieved task exception is logged when the task is collected
+    gc.collect()
+    noise = [f"{r.name}: {r.getMessage()}" for r in caplog.records]
+    assert noise == []
