@@ -275,8 +275,25 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
 @click.command("report")
 @click.argument("run_dir", metavar="RUN")
 @click.option("--json", "as_json", is_flag=True, help="The same JSON `measure ... --json` printed.")
-def report(run_dir, as_json):
-    """Print a measured run's summary again, from its files."""
+@click.option("--csv", "csv_path", default=None, metavar="FILE",
+              help="Write one row per request: records.jsonl's fields in a fixed column order.")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Draw TTFT and ITL/TPOT distributions, latency over the run and requests in flight "
+                   "(with the server's running, waiting and KV use from metrics.jsonl).")
+def report(run_dir, as_json, csv_path, plot_path):
+    """Print a measured run's summary again, from its files; --csv and --plot write it out for people."""
+    from capsim.errors import check_writable
+
+    check_writable(csv_path, "--csv")  # output paths first: a bad one costs no work
+    if csv_path is not None and not str(csv_path).strip():
+        raise click.ClickException("--csv needs a FILE")
+    if plot_path is not None:
+        from calibrate.plots import check_plot_path
+
+        try:
+            check_plot_path(plot_path)
+        except (OSError, ValueError) as e:
+            raise click.ClickException(f"--plot {e}") from None
 
     def go():
         info = load_run_info(run_dir)
@@ -288,13 +305,24 @@ def report(run_dir, as_json):
     def show():
         if as_json:
             click.echo(_dumps(cli_json(run) | ({"damage": damage} if damage else {}), indent=2))
-            return
-        status = run.meta.get("status", info.get("status"))
-        click.echo(f"run {run_dir}: {run.kind} loop, {info.get('model')} at {info.get('url')}, "
-                   f"status {status}{' but DAMAGED' if damage else ''}, {len(run.records)} records")
-        click.echo(format_report(run, info))
-        for d in damage:
-            click.echo(f"damaged: {d}")
+        else:
+            status = run.meta.get("status", info.get("status"))
+            click.echo(f"run {run_dir}: {run.kind} loop, {info.get('model')} at {info.get('url')}, "
+                       f"status {status}{' but DAMAGED' if damage else ''}, {len(run.records)} records")
+            click.echo(format_report(run, info))
+            for d in damage:
+                click.echo(f"damaged: {d}")
+        from .exports import plot_run, write_records_csv
+
+        try:
+            if csv_path:
+                n = write_records_csv(run, csv_path)
+                click.echo(f"capsim report: {n} records written to {csv_path}", err=True)
+            if plot_path:
+                plot_run(run, plot_path, run_dir=run_dir, title=f"{run_dir}: {info.get('model')}")
+                click.echo(f"capsim report: plot written to {plot_path}", err=True)
+        except OSError as e:
+            raise MeasureError(f"cannot write {e.filename or 'the output'}: {e.strerror or e}") from None
 
     _run_guarded(show)
     if damage:  # the figures above come from what could be read; the exit status says they are incomplete
