@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -13,6 +14,7 @@ from .fit import fit_closed
 from .live import live_limit_options, run_calibrate_live, run_validate_live
 from .importers import ImporterError
 from .sources import load_closed, load_open, server_key
+from .store import stored_profile_path
 from .validate import format_validation, noise_floor, validate
 
 USER_ERRORS = (ImporterError, ValueError, OSError)
@@ -25,7 +27,9 @@ def _fail(e: Exception):
 @click.command("calibrate")
 @click.argument("sources", nargs=-1)
 @click.option("-o", "--output", "out_path", default=None,
-              help="Profile JSON to write (required offline; with --live also RUN_DIR/profile.json).")
+              help="Profile JSON to write (default offline: a file of these SOURCES under "
+                   "~/.cache/capsim/profiles, which `capsim validate SOURCES` then uses; with --live also "
+                   "RUN_DIR/profile.json).")
 @click.option("--name", default=None, help="Profile name (default: the model's).")
 @click.option("--max-evals", type=int, default=None,
               help="least_squares function evaluations (default 30 offline, 150 live).")
@@ -48,6 +52,7 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
     if max_evals is not None and max_evals < 1:
         raise click.BadParameter(f"must be >= 1, got {max_evals}", param_hint="--max-evals")
     check_writable(out_path, "-o/--output")  # before any work is done
+    out_given = bool(out_path)
     if plot_path:
         from .plots import check_plot_path
         try:
@@ -66,8 +71,14 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
         return
     if not sources:
         raise click.UsageError("no SOURCES (closed-loop runs) and no --live URL")
-    if not out_path:
-        raise click.UsageError("-o/--output is required (the profile JSON to write)")
+    if not out_path:  # `capsim calibrate RUN && capsim validate RUN` validates this profile
+        out_path = str(stored_profile_path(list(sources)))
+        try:
+            Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise click.ClickException(f"cannot create {Path(out_path).parent} for the profile ({e.strerror}); "
+                                       "give -o/--output") from None
+        check_writable(out_path, "-o/--output")
     max_evals = max_evals or 30
     try:
         runs = load_closed(list(sources))
@@ -113,7 +124,7 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
         click.echo(f"model misfit on these runs (log RMS): decode {100 * prof.uncertainty.model_sigma:.1f}%, prefill "
                    f"{100 * prof.uncertainty.model_sigma_prefill:.1f}%; validate's and plan's bands carry it with the "
                    "parameters' covariance")
-    click.echo(f"wrote {out_path}")
+    click.echo(f"wrote {out_path}" + ("" if out_given else f" (`capsim validate {' '.join(sources)}` uses it)"))
     if plot_path:
         click.echo(f"wrote {plot_path} (the profile card)")
 
@@ -136,7 +147,8 @@ def _plot_card(prof, runs, plot_path: str) -> None:
 @click.command("validate")
 @click.argument("sources", nargs=-1)
 @click.option("--profile", "profile_path", default=None,
-              help="Profile to validate (default: the shipped Spark profile; required with --live).")
+              help="Profile to validate (default: the one `capsim calibrate SOURCES` wrote without -o, else the "
+                   "shipped Spark profile; required with --live).")
 @click.option("--replications", type=int, default=None, help="Simulations per run (default 10 offline, 5 live).")
 @click.option("--noise-floor", "floor_sources", cls=MultiValue, item=click.STRING, spaced=False,
               help="A second measurement of the same tests; its differences are shown as the noise floor.")
@@ -187,6 +199,13 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
             plot_validation(lv.validation, plot_path, title=f"{profile_path}: measured vs predicted (live)")
         return
     replications = replications or 10
+    if not profile_path:
+        stored = stored_profile_path(list(sources) or ["seed"])
+        if stored.is_file():
+            profile_path = str(stored)
+            click.echo(f"profile: {stored} (calibrated from these sources)", err=True)
+        elif sources != ("seed",) and sources:
+            click.echo("profile: the shipped Spark profile (no `capsim calibrate` of these sources yet)", err=True)
     try:
         prof = load_profile(profile_path)
         runs = load_open(list(sources) or ["seed"])
@@ -204,7 +223,7 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
         from .plots import plot_validation
         plot_validation(v, plot_path, title=f"{prof.name}: measured vs predicted")
     if as_json:
-        out = v.to_json()
+        out = v.to_json() | {"profile": profile_path or prof.name}
         if floor:
             out["noise_floor"] = floor.families()
         click.echo(json.dumps(out, indent=2))

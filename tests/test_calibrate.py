@@ -47,6 +47,24 @@ def test_calibrate_cli_opens_no_open_loop_file(tmp_path, monkeypatch):
                                                    for s in prof["provenance"]["fitted_on"])
 
 
+@needs_data
+def test_plain_calibrate_then_validate_validates_that_profile(tmp_path, monkeypatch):
+    """`capsim calibrate RUN && capsim validate RUN`, no -o and no --profile: validate uses the
+    profile calibrate fitted from RUN, not the shipped Spark one."""
+    monkeypatch.setenv("CAPSIM_PROFILE_DIR", str(tmp_path / "store"))
+    res = CliRunner().invoke(validate_cmd, [str(SUITE), "--replications", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["profile"] == "spark-gemma4-26b-a4b"  # nothing calibrated yet
+    res = CliRunner().invoke(calibrate_cmd, [str(SUITE), "--max-evals", "2"])
+    assert res.exit_code == 0, res.output
+    (stored,) = (tmp_path / "store").glob("*.json")
+    assert f"wrote {stored}" in res.output
+    res = CliRunner().invoke(validate_cmd, [str(SUITE) + "/", "--replications", "1", "--json"])  # the same run
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["profile"] == str(stored)
+    assert f"profile: {stored}" in res.stderr
+
+
 def test_seed_calibration_reads_closed_runs_only(monkeypatch):
     opened = []
     real = Path.read_text

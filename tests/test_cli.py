@@ -77,7 +77,7 @@ def test_simulate_open_sharegpt_from_a_file(tmp_path):
     (["simulate", "open", "--max-concurrency", "0"], "--max-concurrency"),
     (["simulate", "open", "--set", "bogus=1"], "unknown profile key"),
     (["calibrate"], "no SOURCES"),
-    (["calibrate", "seed"], "-o/--output is required"),
+    (["calibrate", "/nonexistent/run"], "/nonexistent/run"),
     (["calibrate", "seed", "--live", "http://127.0.0.1:9"], "either SOURCES or --live"),
     (["calibrate", "--live", "http://127.0.0.1:9", "--budget", "1m"], "127.0.0.1:9"),
     (["validate", "--live", "http://127.0.0.1:9"], "--live needs --profile"),
