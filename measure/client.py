@@ -126,6 +126,7 @@ class Inflight:
     start_time: float | None = None
     chunk_times: list[float] = field(default_factory=list)
     content: list[bool] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # len(token_ids) of each chunk, -1 where it had none
     texts: list[str] | None = None
     usage: dict | None = None
     end_time: float | None = None
@@ -148,12 +149,20 @@ class Inflight:
         if self.content and not all(self.content):
             mask = np.asarray(self.content, dtype=bool)
         start = self.start_time if self.start_time is not None else self.scheduled_time
+        # token_ids in every content chunk (return_token_ids, as llama-benchy 0.4.0 asks; vLLM's role
+        # chunk has none): kept where a content chunk carried other than one token, e.g. a
+        # speculative step's accepted drafts
+        toks, chunk_tokens = self.tokens, None
+        if toks and len(toks) == len(self.content):
+            ours = [k for k, c in zip(toks, self.content) if c]
+            if ours and min(ours) >= 0 and any(k != 1 for k in ours):
+                chunk_tokens = np.maximum(np.asarray(toks, dtype=np.int64), 0)
         return RequestRecord(
             request_id=self.request_id, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
             scheduled_time=self.scheduled_time, start_time=start,
             chunk_times=np.asarray(self.chunk_times, dtype=np.float64), content_mask=mask,
             end_time=self.end_time, error=self.error, max_tokens=self.max_tokens,
-            test=self.test, batch=self.batch)
+            test=self.test, batch=self.batch, chunk_tokens=chunk_tokens)
 
     @property
     def text(self) -> str:
@@ -273,6 +282,7 @@ class Client:
         parser = SSEParser()
         times = req.chunk_times
         content = req.content
+        tokens = req.tokens
         texts = req.texts
         chat = endpoint == "chat"
         done = False
@@ -316,6 +326,8 @@ class Client:
                                 else:
                                     txt = c0.get("text")
                                 content.append(bool(txt))
+                                tid = c0.get("token_ids")
+                                tokens.append(len(tid) if isinstance(tid, list) else -1)
                                 if texts is not None and txt:
                                     texts.append(txt)
                             elif "error" in obj or obj.get("object") == "error":

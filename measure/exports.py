@@ -25,9 +25,9 @@ from simulator.records import RequestRecord, RunResult
 
 from .runfiles import atomic_write
 
-# records.jsonl's fields (RequestRecord.to_json), the two optional ones last: every row has every column
+# records.jsonl's fields (RequestRecord.to_json), the three optional ones last: every row has every column
 RECORD_FIELDS = ("request_id", "prompt_tokens", "output_tokens", "scheduled_time", "start_time", "chunk_times",
-                 "end_time", "error", "max_tokens", "test", "batch", "content_mask", "preemptions")
+                 "end_time", "error", "max_tokens", "test", "batch", "content_mask", "preemptions", "chunk_tokens")
 
 
 def _cell(v: Any) -> Any:

@@ -57,6 +57,7 @@ class FakeConfig:
     max_model_len: int = 4096
     no_usage: bool = False
     dialect: str = "vllm"  # or "llamacpp": llama-server's /tokenize, /detokenize, /apply-template, /props, /metrics
+    tokens_per_chunk: int = 1  # > 1: each chunk carries that many tokens, as a speculative step's would
 
 
 def _tok_ids(text: str) -> list[int]:
@@ -333,6 +334,7 @@ class FakeServer:
             if chat and c.role_chunk:
                 writer.write(event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                          "finish_reason": None}]}))
+            pending: list[tuple[str, int]] = []  # tokens of the chunk being built
             for k in range(n_out):
                 if k > 0:
                     t_next += c.itl
@@ -357,10 +359,17 @@ class FakeServer:
                         writer.transport.abort()
                         return False
                 txt = f"{perf_counter():.9f} " if c.stamp else f"t{k + 5} "
+                pending.append((txt, k + 5))
+                if len(pending) < c.tokens_per_chunk and k < n_out - 1:
+                    continue
+                txt = "".join(t for t, _ in pending)
                 if chat:
                     ch = {"index": 0, "delta": {"content": txt}, "finish_reason": None}
                 else:
                     ch = {"index": 0, "text": txt, "finish_reason": None}
+                if req.get("return_token_ids"):
+                    ch["token_ids"] = [i for _, i in pending]
+                pending = []
                 if k == n_out - 1:
                     ch["finish_reason"] = "length"
                 writer.write(event({**base, "choices": [ch]}))

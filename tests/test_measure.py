@@ -351,6 +351,26 @@ def test_closed_run_exact_shapes(fake, tmp_path, endpoint):
     assert sd["prompt_tokens_total"] == sum(r.prompt_tokens for r in run.records)
 
 
+def test_closed_run_counts_token_ids_as_llama_benchy_does(fake, tmp_path):
+    """Closed-loop requests ask for return_token_ids (llama-benchy 0.4.0 does) and a chunk of
+    several tokens (a speculative step's) counts them all: tg t/s is tokens per second. The
+    open loop, vllm bench serve's, does not ask."""
+    srv = fake(itl=0.004, tokens_per_chunk=3)
+    pattern = ClosedLoop(pp=[32], tg=[30], depth=[0], concurrency=[1], runs=2, latency_mode="none")
+    run = run_closed(srv.url, None, pattern, out_dir=tmp_path / "c", progress=False)
+    (row,) = summarize_closed(load_run(tmp_path / "c"))
+    for r in run.records:
+        assert r.output_tokens == 30 and r.chunk_tokens is not None
+        assert r.chunk_tokens[0] == 0 and list(r.chunk_tokens[1:]) == [3] * 10  # role chunk, then 10 of 3
+        ct = r.content_times()
+        chunks_per_s = (len(ct) - 1) / (ct[-1] - ct[0])
+    # 27 tokens after the first chunk's 3 over 9 chunk intervals: three times the chunk rate
+    assert row.metrics["tg_req_throughput"][0] == pytest.approx(3 * chunks_per_s, rel=0.05)
+    wl = RandomWorkload(input_len=16, output_len=30)
+    run = run_open(srv.url, None, wl, OpenLoop(), 2, out_dir=tmp_path / "o", progress=False)
+    assert all(r.chunk_tokens is None and r.output_tokens == 30 for r in run.records)
+
+
 # ---------------------------------------------------------------- CLI
 
 def invoke(args, env=None):

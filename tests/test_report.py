@@ -111,7 +111,8 @@ def test_csv_one_row_per_record_in_request_order(tmp_path):
 def test_csv_columns_are_records_jsonl_fields():
     """Every field a record can write to records.jsonl has its column, and nothing else does."""
     rec = RequestRecord(7, 3, 2, 1.0, 1.5, np.array([2.0, 2.5]), content_mask=np.array([False, True]),
-                        end_time=2.6, error=None, max_tokens=2, test="t", batch=1, preemptions=1)
+                        end_time=2.6, error=None, max_tokens=2, test="t", batch=1, preemptions=1,
+                        chunk_tokens=np.array([0, 3]))
     assert set(rec.to_json()) == set(RECORD_FIELDS)
 
 
