@@ -199,18 +199,21 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
             plot_validation(lv.validation, plot_path, title=f"{profile_path}: measured vs predicted (live)")
         return
     replications = replications or 10
+    note = None
     if not profile_path:
         stored = stored_profile_path(list(sources) or ["seed"])
         if stored.is_file():
             profile_path = str(stored)
-            click.echo(f"profile: {stored} (calibrated from these sources)", err=True)
+            note = f"profile: {stored} (calibrated from these sources)"
         elif sources != ("seed",) and sources:
-            click.echo("profile: the shipped Spark profile (no `capsim calibrate` of these sources yet)", err=True)
+            note = "profile: the shipped Spark profile (no `capsim calibrate` of these sources yet)"
     try:
         prof = load_profile(profile_path)
         runs = load_open(list(sources) or ["seed"])
         if not runs:
             raise ImporterError("no open-loop runs in the sources given")
+        if note:  # once the sources read: an error stays one line
+            click.echo(note, err=True)
         progress = None if as_json else (lambda i, n, run: click.echo(f"\r  predicting {i}/{n}: {run.test:<24}",
                                                                         nl=False, err=True))
         v = validate(runs, prof, replications=replications, tokenizer=tokenizer, progress=progress)
