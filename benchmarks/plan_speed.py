@@ -46,9 +46,10 @@ CASES = [
 ]
 
 
-def run(args: list[str], cwd: str) -> tuple[float, float, dict]:
-    """Wall seconds, CPU seconds (the command and its worker processes) and the JSON answer."""
-    cmd = [sys.executable, "-m", "capsim", "plan", *args, "--json"]
+def run(args: list[str], cwd: str) -> tuple[float, float, dict, str]:
+    """Wall seconds, CPU seconds (the command and its worker processes), the JSON answer and
+    the workers it chose (from --verbose; '?' where the code does not say)."""
+    cmd = [sys.executable, "-m", "capsim", "plan", *args, "--json", "--verbose"]
     # the checkout in `cwd` is imported, not the installed one: python -m puts cwd first on sys.path
     env = {**os.environ, "PYTHONPATH": cwd}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -59,15 +60,17 @@ def run(args: list[str], cwd: str) -> tuple[float, float, dict]:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if out.returncode != 0:
         raise SystemExit(f"capsim plan failed in {cwd}: {out.stderr.strip()}")
-    return wall, cpu, json.loads(out.stdout)
+    workers = next((line.split(":", 1)[1].split()[0] for line in out.stderr.splitlines()
+                    if line.startswith("workers:")), "?")
+    return wall, cpu, json.loads(out.stdout), workers
 
 
 def differing_keys(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def fmt_runs(runs: list[tuple[float, float, float]]) -> str:
-    return ", ".join(f"{w:.2f} s ({c:.1f} s CPU, load {l:.2f})" for w, c, l in runs)
+def fmt_runs(runs: list[tuple[float, float, float, str]]) -> str:
+    return ", ".join(f"{w:.2f} s ({c:.1f} s CPU, {k} workers, load {l:.2f})" for w, c, l, k in runs)
 
 
 def main() -> None:
@@ -88,19 +91,19 @@ def main() -> None:
         runs, base_runs, outs, base_outs = [], [], [], []
         for _ in range(a.repeat):
             load = os.getloadavg()[0]
-            wall, cpu, d = run(args, ROOT)
-            runs.append((wall, cpu, load))
+            wall, cpu, d, k = run(args, ROOT)
+            runs.append((wall, cpu, load, k))
             outs.append(d)
             if a.baseline:
                 load = os.getloadavg()[0]
-                wall, cpu, d = run(args, a.baseline)
-                base_runs.append((wall, cpu, load))
+                wall, cpu, d, k = run(args, a.baseline)
+                base_runs.append((wall, cpu, load, k))
                 base_outs.append(d)
         d = outs[0]
         answers[i] = d
         same = all(o == d for o in outs)
         deterministic &= same
-        walls = [w for w, _, _ in runs]
+        walls = [w for w, *_ in runs]
         caps = ", ".join(f"{k}: {v if v is not None else 'none'}" for k, v in d["capacity_rps"].items())
         print(f"\n{i}. {name}: capsim plan {' '.join(args)}")
         print(f"  wall worst {max(walls):.2f} s, median {statistics.median(walls):.2f} s; runs: {fmt_runs(runs)}")
@@ -109,9 +112,9 @@ def main() -> None:
         print(f"  answer: {d['staff']} staff ({d['rps']:.3g} req/s), binds first: {d['binding']}; "
               f"capacity req/s at p95 TTFT {caps}")
         if a.baseline:
-            bw = [w for w, _, _ in base_runs]
-            bc = [c for _, c, _ in base_runs]
-            cpus = [c for _, c, _ in runs]
+            bw = [w for w, *_ in base_runs]
+            bc = [c for _, c, *_ in base_runs]
+            cpus = [c for _, c, *_ in runs]
             print(f"  baseline: wall worst {max(bw):.2f} s, median {statistics.median(bw):.2f} s; runs: "
                   f"{fmt_runs(base_runs)}")
             print(f"  speed-up (baseline / this, medians): wall {statistics.median(bw) / statistics.median(walls):.2f}x, "
