@@ -164,7 +164,7 @@ def compare(profile: Profile, runs: list[ClosedRun], prompt_scale: float) -> lis
     return out
 
 
-def _vector(res: list[Residual]) -> np.ndarray:
+def residual_vector(res: list[Residual]) -> np.ndarray:
     return np.array([r.weight * math.log(max(r.simulated, r.floor, 1e-9) / max(r.measured, r.floor)) for r in res])
 
 
@@ -203,7 +203,7 @@ def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: d
 
     def fun(x):
         evals[0] += 1
-        v = _vector(compare(apply(x), runs, scale))
+        v = residual_vector(compare(apply(x), runs, scale))
         if progress:
             progress(evals[0], float(np.sum(v ** 2)))
         return v
@@ -295,7 +295,7 @@ F_SCALE = 0.05  # least_squares' soft-L1 scale: log-ratios beyond ~5% count less
 
 def robust_loss(res: list[Residual]) -> float:
     """The cost least_squares minimises (soft-L1 of the weighted log-ratios), for comparing fits."""
-    z = (_vector(res) / F_SCALE) ** 2
+    z = (residual_vector(res) / F_SCALE) ** 2
     return float(np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)))
 
 

@@ -254,7 +254,7 @@ def _typed(key: str, raw, src) -> object:
         raise _err(src, f"bad value {raw!r} for {key}") from None
 
 
-def _serve_params(raw: dict, src) -> dict:
+def serve_params(raw: dict, src) -> dict:
     """Normalise vllm bench serve settings to python values, filling vLLM's defaults.
 
     random_* only mean something for the random dataset; for others they are None so that no
@@ -301,7 +301,7 @@ def parse_command(cmd: str) -> dict:
     if serve is not None:
         o = _options(tokens[serve + 2:])
         raw = {k: (v[0] if v else "True") for k, v in o.items()}
-        return {"tool": "vllm bench serve", **_serve_params(raw, None)}
+        return {"tool": "vllm bench serve", **serve_params(raw, None)}
     raise _err(None, "neither a llama-benchy nor a vllm bench serve command")
 
 
@@ -313,7 +313,7 @@ def _namespace_params(line: str, src) -> dict:
         m = re.search(rf"(?:^|[(,\s]){k}=('[^']*'|[^,)]+)", line)
         if m:
             raw[k] = m.group(1)
-    return _serve_params(raw, src)
+    return serve_params(raw, src)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,7 +541,7 @@ def _open_run(js: Path, test: str, params: dict | None, source: str, server: dic
     data = parse_bench_serve_json(js)
     result, detailed = _split_result(data)
     from_cmd = params is not None
-    params = dict(params) if from_cmd else _serve_params({"dataset_name": "unknown"}, js)
+    params = dict(params) if from_cmd else serve_params({"dataset_name": "unknown"}, js)
     # The result JSON records what actually ran; a command that disagrees means mixed-up files.
     for k in ("num_prompts", "request_rate", "burstiness", "max_concurrency", "backend"):
         if k in data:
@@ -606,7 +606,7 @@ def load_source(path) -> list[ClosedRun | OpenRun]:
         if _find_table(text) is None and "Serving Benchmark Result" in text:
             # A vllm bench serve report without its JSON: only the rounded printout.
             result = parse_bench_serve_text(text, p)
-            params = _md_params(p) or _serve_params({"dataset_name": "unknown"}, p)
+            params = _md_params(p) or serve_params({"dataset_name": "unknown"}, p)
             return [OpenRun(source=source, test=p.stem, path=str(p), dataset=params["dataset_name"],
                             params=params, result=result, detailed=None, server=server)]
         return [_closed_run_from_md(p, source, server)]

@@ -1,25 +1,17 @@
 """Plots of validation results and the profile card (matplotlib, Agg backend, imported when drawing)."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
-
-def _pyplot():
-    """matplotlib.pyplot on the Agg backend, imported only when something is drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+from simulator.plotting import IMAGE_SUFFIXES, check_plot_path, pyplot  # noqa: F401 (re-exported)
 
 
 def plot_validation(v, path: str, title: str = "measured vs predicted") -> None:
     """One panel per metric family: predicted (median, 5-95% band) against measured, log-log."""
     from .validate import FAMILIES, FAMILY_OF
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(FAMILIES), figsize=(4.2 * len(FAMILIES), 4.2))
     for ax, fam in zip(axes, FAMILIES):
         rows = [r for r in v.rows if FAMILY_OF.get(r.metric) == fam and r.measured > 0]
@@ -51,28 +43,6 @@ def plot_validation(v, path: str, title: str = "measured vs predicted") -> None:
 
 
 # ------------------------------------------------------------------ the profile card
-IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
-
-
-def check_plot_path(path) -> None:
-    """Raise OSError (one line) unless an image can be written at path; call it before any work is done."""
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        raise OSError(f"{p}: is a folder, not a plot file")
-    suffix = os.path.splitext(p)[1].lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"{p}: plot file needs one of the suffixes {', '.join(IMAGE_SUFFIXES)}")
-    parent = os.path.dirname(os.path.abspath(p))
-    if not os.path.isdir(parent):
-        raise OSError(f"{p}: cannot write the plot: folder {parent} does not exist")
-    existed = os.path.exists(p)
-    try:
-        with open(p, "ab"):
-            pass
-    except OSError as e:
-        raise OSError(f"{p}: cannot write the plot ({e.strerror or e})") from None
-    if not existed:
-        os.unlink(p)
 
 
 def _context_colors():
@@ -110,7 +80,7 @@ def plot_profile_card(profile, runs=None, path: str = "profile-card.png", card: 
     check_plot_path(path)
     if card is None:
         card = profile_card(profile, runs)
-    plt = _pyplot()
+    plt = pyplot()
     cmap, norm = _context_colors()
     fig = plt.figure(figsize=(13, 9.5))
     gs = fig.add_gridspec(2, 2, hspace=0.32, wspace=0.22)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from importlib.resources import files
 
-from .importers import ImporterError, _serve_params
+from .importers import ImporterError, serve_params
 from .results import ClosedRow, ClosedRun, OpenRun
 
 _DATA = files("calibrate") / "data" / "seed"
@@ -46,7 +46,7 @@ def seed_open_runs() -> list[OpenRun]:
     path = str(_DATA / "open.json")
     # Same normalisation as suite params (types, 'inf' rates); the JSON spells out every value.
     return [OpenRun(source="seed", test=r["test"], path=path, dataset=r["dataset"],
-                    params=_serve_params(r["params"], path), result=dict(r["result"]),
+                    params=serve_params(r["params"], path), result=dict(r["result"]),
                     detailed=None, server=dict(doc["server"]))
             for r in doc["runs"]]
 

@@ -247,7 +247,7 @@ def _register() -> None:
     """The other packages' commands (imported here, not at the top: their packages import this module's helpers)."""
     from calibrate.cli import calibrate_cmd, validate_cmd
     from measure.cli import measure, report
-    from measure.twin import twin_cmd
+    from measure.twin_cli import twin_cmd
     from capsim.plan_cli import plan_cmd
     from capsim.profile_cli import profile_group
 

@@ -360,11 +360,11 @@ def check_result_dest(save_result, append, result_dir, result_filename) -> None:
 
 
 def write_result(path: Path, result: dict, append: bool, redact: Callable[[str], str] = lambda s: s) -> None:
-    from measure.runfiles import _dumps, atomic_write
+    from measure.runfiles import json_dumps, atomic_write
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = redact(_dumps(result))
+        text = redact(json_dumps(result))
         if append and path.exists() and path.stat().st_size:
             with open(path, "a", encoding="utf-8") as f:
                 f.write("\n" + text)

@@ -31,7 +31,7 @@ from .drivers import run_closed, run_open
 from .errors import Interrupted, MeasureError
 from simulator.summary import summarize_closed
 
-from .runfiles import _dumps, cli_json, format_report, load_run, load_run_info, run_damage, vllm_bench_result
+from .runfiles import json_dumps, cli_json, format_report, load_run, load_run_info, run_damage, vllm_bench_result
 
 _USER_ERRORS = (MeasureError, WorkloadError, LoadError)
 
@@ -71,10 +71,10 @@ def _finish(run, out_dir: Path | None, as_json: bool, max_failures: int | None =
                    f"{where + ' (closed as interrupted)' if out_dir else ''}", err=True)
         sys.exit(code)
     if run.kind == "closed" and out_format in ("json", "csv"):
-        text = _dumps(cli_json(run), indent=2) if out_format == "json" else \
+        text = json_dumps(cli_json(run), indent=2) if out_format == "json" else \
             flags.closed_csv(summarize_closed(run) if run.meta.get("tests") else [], str(run.meta.get("model")))
     elif as_json:
-        text = _dumps(cli_json(run, summary_kw), indent=2)
+        text = json_dumps(cli_json(run, summary_kw), indent=2)
     else:
         text = format_report(run, summary_kw=summary_kw)
     if save_to is not None:
@@ -288,7 +288,7 @@ def report(run_dir, as_json, csv_path, plot_path):
     if csv_path is not None and not str(csv_path).strip():
         raise click.ClickException("--csv needs a FILE")
     if plot_path is not None:
-        from calibrate.plots import check_plot_path
+        from simulator.plotting import check_plot_path
 
         try:
             check_plot_path(plot_path)
@@ -304,7 +304,7 @@ def report(run_dir, as_json, csv_path, plot_path):
 
     def show():
         if as_json:
-            click.echo(_dumps(cli_json(run) | ({"damage": damage} if damage else {}), indent=2))
+            click.echo(json_dumps(cli_json(run) | ({"damage": damage} if damage else {}), indent=2))
         else:
             status = run.meta.get("status", info.get("status"))
             click.echo(f"run {run_dir}: {run.kind} loop, {info.get('model')} at {info.get('url')}, "

@@ -464,12 +464,12 @@ class _Session:
             self.writer.write_json("summary.json", run_summary(run))
             self.writer.close()
         if save_result:
-            from .runfiles import atomic_write, _dumps
+            from .runfiles import atomic_write, json_dumps
 
             p = Path(save_result)
             try:
                 p.parent.mkdir(parents=True, exist_ok=True)
-                text = _dumps(vllm_bench_result(run, detailed=save_detailed, texts=self.texts or None), indent=2)
+                text = json_dumps(vllm_bench_result(run, detailed=save_detailed, texts=self.texts or None), indent=2)
                 atomic_write(p, self.client.redact(text) + "\n")
             except OSError as e:
                 raise MeasureError(f"cannot write --save-result {p}: {e.strerror or e}") from None

@@ -132,12 +132,12 @@ def plot_run(run: RunResult, path: str | os.PathLike, run_dir: str | os.PathLike
              title: str | None = None) -> dict[str, Any]:
     """Draw the run's four panels into `path` (PNG, SVG, PDF); returns the plotted data.
     run_dir: the run folder, for the server's series in metrics.jsonl; title: the figure title's start."""
-    from calibrate.plots import _pyplot
+    from simulator.plotting import pyplot
 
     lat = latency_series(run)
     t_in, n_in = in_flight(run)
     server = read_metrics(run_dir, run) if run_dir is not None else {"t": np.zeros(0)}
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     a_ttft, a_tok, a_time, a_flight = axes.ravel()
 

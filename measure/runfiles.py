@@ -53,7 +53,7 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _dumps(obj: Any, indent: int | None = None) -> str:
+def json_dumps(obj: Any, indent: int | None = None) -> str:
     return json.dumps(_jsonable(obj), indent=indent, allow_nan=False)
 
 
@@ -112,19 +112,19 @@ class RunWriter:
         return text
 
     def append_record(self, rec: RequestRecord) -> None:
-        self._rec.write(self._clean(_dumps(rec.to_json())) + "\n")
+        self._rec.write(self._clean(json_dumps(rec.to_json())) + "\n")
         self._rec.flush()
         self.n_records += 1
 
     def append_metrics(self, sample: dict) -> None:
         if self._met.closed:
             return
-        self._met.write(self._clean(_dumps(sample)) + "\n")
+        self._met.write(self._clean(json_dumps(sample)) + "\n")
         self._met.flush()
 
     def write_json(self, name: str, obj: Any) -> Path:
         p = self.dir / name
-        atomic_write(p, self._clean(_dumps(obj, indent=2)) + "\n")
+        atomic_write(p, self._clean(json_dumps(obj, indent=2)) + "\n")
         return p
 
     def close(self) -> None:

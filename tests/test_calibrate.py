@@ -257,10 +257,10 @@ def test_decode_factors_are_recovered_from_a_concurrency_ladder():
 def test_spread_residual_counts_above_its_floor():
     """Two requests batched in one step (no spread) against a measured spread of 40 ms: above the
     floor (10% of the 112 ms mean) the log ratio is bounded; the reported error stays the raw one."""
-    from calibrate.fit import SPREAD_FLOOR, Residual, _vector
+    from calibrate.fit import SPREAD_FLOOR, Residual, residual_vector
 
     r = Residual("s", "t", "pp128 tg32 c2", "ttfr_std", 40.0, 0.0, 0.3, SPREAD_FLOOR * 112.0)
-    assert _vector([r])[0] == pytest.approx(0.3 * math.log(11.2 / 40.0))
+    assert residual_vector([r])[0] == pytest.approx(0.3 * math.log(11.2 / 40.0))
     assert r.error_pct == -100.0 and r.to_json()["floor"] == pytest.approx(11.2)
     plain = Residual("s", "t", "pp128 tg32 c1", "ttfr", 100.0, 110.0, 1.0)
-    assert _vector([plain])[0] == pytest.approx(math.log(1.1)) and "floor" not in plain.to_json()
+    assert residual_vector([plain])[0] == pytest.approx(math.log(1.1)) and "floor" not in plain.to_json()

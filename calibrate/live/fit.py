@@ -16,7 +16,7 @@ import numpy as np
 from simulator.profile import KVGroup, Profile
 from simulator.records import RunResult
 
-from ..fit import (API_PARAMS, FIT_PARAMS, START, FitResult, _vector, compare, fit_decode_factors, fit_parameters,
+from ..fit import (API_PARAMS, FIT_PARAMS, START, FitResult, residual_vector, compare, fit_decode_factors, fit_parameters,
                    residual_provenance)
 from ..priors import prior_profile
 from ..results import ClosedRun
@@ -50,8 +50,8 @@ def fit_live(runs: list[ClosedRun], facts: ServerFacts, max_nfev: int = 150, pro
     """
     if combine is not None and not isinstance(combine, str):
         fits = [fit_live(runs, facts, max_nfev, prompt_scale, start, progress, c, decode_factors) for c in combine]
-        best = min(fits, key=lambda f: float(np.sum(_vector(f.residuals) ** 2)))
-        best.profile.provenance["combine_losses"] = {f.profile.step_model.combine: float(np.sum(_vector(f.residuals) ** 2))
+        best = min(fits, key=lambda f: float(np.sum(residual_vector(f.residuals) ** 2)))
+        best.profile.provenance["combine_losses"] = {f.profile.step_model.combine: float(np.sum(residual_vector(f.residuals) ** 2))
                                                      for f in fits}
         return best
     if not runs:
