@@ -1,7 +1,6 @@
 """Plots of validation results and the profile card (matplotlib, Agg backend, imported when drawing)."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from simulator.plotting import IMAGE_SUFFIXES, check_plot_path, pyplot  # noqa: F401 (re-exported)
