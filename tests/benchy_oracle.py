@@ -8,9 +8,6 @@ request goes through llama-benchy's LLMClient._finalize_stream_tokens (how 0.4.0
 token timestamps) and the test through BenchmarkResults.add (its table values). Writes, per case,
 every metric's (mean, std) or null.
 """
-import json
-import sys
-
 from llama_benchy.client import LLMClient, RequestResult
 from llama_benchy.results import BenchmarkResults
 
@@ -44,15 +41,7 @@ def case(c: dict) -> dict:
     return out
 
 
-def main():
-    cases = json.load(sys.stdin)
-    real_stdout, sys.stdout = sys.stdout, sys.stderr  # llama-benchy's warnings print
-    try:
-        answers = [case(c) for c in cases]
-    finally:
-        sys.stdout = real_stdout
-    json.dump(answers, sys.stdout)
-
-
 if __name__ == "__main__":
-    main()
+    from oracle_io import serve  # this script's folder is on sys.path when run as a script
+
+    serve(case)

@@ -178,16 +178,7 @@ def _answer(job):
         return {"error": str(ex)}
 
 
-def main():
-    jobs = json.load(sys.stdin)
-    real_stdout = sys.stdout
-    sys.stdout = sys.stderr  # keep vLLM's prints out of the answer
-    try:
-        answers = [_answer(j) for j in jobs]
-    finally:
-        sys.stdout = real_stdout
-    json.dump(answers, sys.stdout)
-
-
 if __name__ == "__main__":
-    main()
+    from oracle_io import serve  # this script's folder is on sys.path when run as a script
+
+    serve(_answer)
