@@ -23,7 +23,6 @@ Jobs:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import sys
