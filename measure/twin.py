@@ -670,10 +670,10 @@ class TwinServer:
             mt = req.get("max_tokens")
         if mt is None:
             mt = mml - pt
-        try:
-            mt = int(mt)
-        except (TypeError, ValueError):
+        # an integer, or a float that is one (JSON's 1e400 parses as inf, 2.5 is no token count)
+        if isinstance(mt, bool) or not (isinstance(mt, int) or isinstance(mt, float) and mt.is_integer()):
             return await self._send(writer, 400, _error_body(400, "max_tokens must be an integer"))
+        mt = int(mt)
         if pt + max(mt, 0) > mml or mt < 1:
             msg = (f"This model's maximum context length is {mml} tokens. However, you requested {pt + mt} tokens "
                    f"({pt} in the messages, {mt} in the completion). Please reduce the length of the messages "

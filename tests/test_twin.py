@@ -138,6 +138,12 @@ def test_errors_are_vllm_shaped(twin):
     assert c.post("/v1/completions", content=b"{nope", headers={"content-type": "application/json"}).status_code == 400
     assert c.post("/v1/chat/completions", json={"messages": []}).status_code == 400
     assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 0}).status_code == 400
+    # max_tokens that is no token count: 400 with the reason, the connection's handler alive
+    for bad in (b"1e400", b"2.5", b"true", b'"7"'):
+        r = c.post("/v1/completions", content=b'{"prompt": "x", "max_tokens": ' + bad + b"}",
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "max_tokens must be an integer" in r.json()["error"]["message"], bad
+    assert c.post("/v1/completions", json={"prompt": "x", "max_tokens": 2.0}).status_code == 200
 
 
 def test_metrics_use_vllm_names_and_count(twin):
