@@ -56,6 +56,7 @@ import simpy
 import simpy.rt
 
 from simulator.engine import Engine
+from simulator.kvcache import kv_cache_size_tokens
 from simulator.profile import Profile, ProfileError
 from simulator.records import RequestRecord
 from simulator.sim import Frontend
@@ -131,26 +132,6 @@ class TwinTokenizer:
     @staticmethod
     def detokenize(ids: list[int]) -> str:
         return " ".join(f"t{int(i)}" for i in ids)
-
-
-def kv_cache_size_tokens(limits) -> int | None:
-    """vLLM's figure: max_model_len x how many max_model_len requests fit the block pool.
-
-    vllm/v1/core/kv_cache_utils.py get_max_concurrency_for_kv_cache_config: a full
-    attention group needs cdiv(max_model_len, block) blocks per request, a sliding one
-    cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), block) + 1.
-    """
-    L = limits.engine if isinstance(limits, Profile) else limits
-    if L.num_blocks is None:
-        return None
-    per_req = 0
-    for g in L.kv_groups:
-        if g.window is None:
-            per_req += g.count * -(-L.max_model_len // g.block_size)
-        else:
-            n = min(g.window - 1 + L.max_num_batched_tokens, L.max_model_len)
-            per_req += g.count * (-(-n // g.block_size) + 1)
-    return int(L.num_blocks / per_req * L.max_model_len) if per_req else None
 
 
 # ---------------------------------------------------------------- metrics

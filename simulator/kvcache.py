@@ -66,3 +66,23 @@ def hybrid_layout(pool_bytes: float, full_layers: int, full_bytes: float, window
     page_layer = base_block * max(b for _, b, _ in kinds)
     groups = tuple(KVGroup(max(1, int(page_layer // b)), max(1, round(n / g)), w) for n, b, w in kinds)
     return max(1, int(pool_bytes // (g * page_layer))), groups
+
+
+def kv_cache_size_tokens(limits) -> int | None:
+    """vLLM's figure: max_model_len x how many max_model_len requests fit the block pool.
+
+    vllm/v1/core/kv_cache_utils.py get_max_concurrency_for_kv_cache_config: a full
+    attention group needs cdiv(max_model_len, block) blocks per request, a sliding one
+    cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), block) + 1.
+    """
+    L = getattr(limits, "engine", limits)  # a Profile or its EngineLimits
+    if L.num_blocks is None:
+        return None
+    per_req = 0
+    for g in L.kv_groups:
+        if g.window is None:
+            per_req += g.count * -(-L.max_model_len // g.block_size)
+        else:
+            n = min(g.window - 1 + L.max_num_batched_tokens, L.max_model_len)
+            per_req += g.count * (-(-n // g.block_size) + 1)
+    return int(L.num_blocks / per_req * L.max_model_len) if per_req else None

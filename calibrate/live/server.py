@@ -135,7 +135,7 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
     import httpx
 
     from measure.client import split_url
-    from measure.twin import kv_cache_size_tokens
+    from simulator.kvcache import kv_cache_size_tokens
 
     base, public, auth = split_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -235,7 +235,7 @@ def apply_server_limits(profile: Profile, facts: ServerFacts) -> Profile:
         e.kv_groups = facts.kv_groups
         e.num_blocks = facts.num_blocks
     elif facts.num_gpu_blocks is not None:
-        from measure.twin import kv_cache_size_tokens
+        from simulator.kvcache import kv_cache_size_tokens
 
         trial = dataclasses.replace(e, num_blocks=facts.num_gpu_blocks)
         want = facts.kv_cache_size_tokens
