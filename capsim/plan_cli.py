@@ -47,8 +47,8 @@ def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns
     elif per_hour is not None:
         kw["per_hour"] = per_hour
     elif rps is not None:
-        if not rps > 0:
-            raise PlanError(f"--rps must be > 0, got {rps}")
+        if not (rps > 0 and math.isfinite(rps)):
+            raise PlanError(f"--rps must be a finite number > 0, got {rps}")
         kw["per_hour"] = rps / staff * 3600.0
     else:
         kw["per_hour"] = 0.3 / 25 * 3600.0  # the seed's office: 25 staff at 0.3 req/s

@@ -414,6 +414,25 @@ def _office_rep_drawn(profile: Profile, office: Office, staff: int, scenario: Sc
     return _office_rep(draw_profile(profile, seed), office, staff, scenario, seed, percentiles, classes)
 
 
+def refused(profile: Profile, specs: Sequence) -> tuple[int, str | None]:
+    """How many of these requests the server would refuse outright (longer than max_model_len, or
+    than the KV cache holds), and the first reason: a plan on the rest would be silent nonsense."""
+    import simpy
+
+    from .engine import Engine
+
+    eng = Engine(simpy.Environment(), profile)
+    why = [w for w in (eng.reject_reason(s) for s in specs) if w]
+    return len(why), (why[0].removeprefix("HTTP 400: ") if why else None)
+
+
+def _refuse_if_refused(profile: Profile, specs: Sequence, what: str) -> None:
+    n, why = refused(profile, specs)
+    if n:
+        raise PlanError(f"{n} of {len(specs)} {what} would be refused by the server ({why}); "
+                        "plan on a profile whose max_model_len and KV cache hold them, or change the workload")
+
+
 def sweep_workload(profile: Profile) -> RandomWorkload:
     """The suite's 11-rate-sweep requests: random 4000/500, range ratio 0.9, chat template."""
     return RandomWorkload(4000, 500, 0.9, fmt=profile.prompt_format)
@@ -766,6 +785,12 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
         raise PlanError("gateway_wait constraints need a concurrency cap (--max-concurrency)")
     prof = scenario.apply(profile)
     pcts = _percentiles(slas)
+    _refuse_if_refused(prof, [q for ses in office_sessions(office, max(1, office.staff), settings.seed,
+                                                          prof.prompt_format) for q in ses.specs],
+                       "requests of the office (one replication)")
+    if settings.capacity:
+        _refuse_if_refused(prof, sweep_workload(prof).sample(sweep_prompts(1.0), settings.capacity_seed),
+                           "requests of the capacity search (random 4000/500, range 0.9; --no-capacity skips it)")
     # cores are chosen once, before our own workers add to the load average
     settings = replace(settings, n_jobs=None if _custom_backend() else resolve_jobs(settings.n_jobs))
     need = settings.need
@@ -862,6 +887,8 @@ def capacity(profile: Profile, scenario: Scenario | None = None, settings: PlanS
     thresholds' searches run side by side: one rate each at a time keeps two workers busy."""
     scenario = scenario or Scenario()
     settings = settings or PlanSettings()
+    _refuse_if_refused(scenario.apply(profile), sweep_workload(profile).sample(sweep_prompts(1.0), settings.capacity_seed),
+                       "requests of the capacity search (random 4000/500, range 0.9)")
     n_jobs = None if _custom_backend() else resolve_jobs(settings.n_jobs)
     ev = _capacity_evaluator(profile, scenario, settings, progress)
     los = _drive([_capacity_search(ev, settings, thr) for thr in settings.capacity_thresholds_s], n_jobs, progress)

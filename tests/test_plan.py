@@ -369,3 +369,17 @@ def test_durations_plan_and_live_budget_share_one_parser():
     for bad in ("0", "-5", "2x"):  # a budget must be positive
         with pytest.raises(LiveError, match="cannot read the duration"):
             parse_budget(bad)
+
+
+def test_a_plan_whose_requests_the_server_would_refuse_says_so():
+    """max_model_len 6000 refuses the office's long RAG prompts (and the capacity search's 4000-token
+    ones at range 0.9): a plan on the requests that are left would be silent nonsense."""
+    from click.testing import CliRunner
+
+    from capsim.cli import main
+    res = CliRunner().invoke(main, ["plan", "--set", "max_model_len=6000"])
+    assert res.exit_code == 1 and "requests of the office" in res.stderr and "maximum context length is 6000" in res.stderr
+    res = CliRunner().invoke(main, ["plan", "--set", "max_model_len=6000", "--mix", "chat", "--staff", "5"])
+    assert res.exit_code == 1 and "requests of the capacity search" in res.stderr
+    res = CliRunner().invoke(main, ["plan", "--set", "num_blocks=1", "--no-capacity"])
+    assert res.exit_code == 1 and "KV blocks" in res.stderr
