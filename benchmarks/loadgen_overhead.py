@@ -249,7 +249,7 @@ async def main_async(a) -> None:
             print(f"{name}: p99 lag per chunk, capsim (httpx) {h99:.3f} ms against vllm bench serve's aiohttp "
                   f"{a99:.3f} ms ({h99 / a99:.2f}x)")
     else:
-        print("aiohttp is not installed (pip install aiohttp): its arm was skipped")
+        print("aiohttp is not installed (pip install 'capsim[bench]'): its arm was skipped")
     sus = results.get("sustain-500")
     if sus:
         r = sus[0]
