@@ -60,6 +60,12 @@ def model_dir() -> Path:
     return vllm_home() / "gemma3-dummy"
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without its Python and venv settings: for a child that runs
+    another interpreter (the vLLM venv, a fresh venv) and must not see this one's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+
+
 def vllm_available() -> bool:
     """True when the venv (setup completed) and the model folder exist."""
     venv = vllm_home() / "vllm-venv"

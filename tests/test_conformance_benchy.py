@@ -20,7 +20,7 @@ import pytest
 
 from simulator.records import RequestRecord, RunResult
 from simulator.summary import BENCHY_METRICS, peak_window_rate, summarize_closed
-from tests.live_server import SETUP_SCRIPT, venv_python, vllm_available
+from tests.live_server import SETUP_SCRIPT, clean_env, venv_python, vllm_available
 
 ORACLE = Path(__file__).with_name("benchy_oracle.py")
 
@@ -89,7 +89,7 @@ def oracle():
         if os.environ.get("CAPSIM_REQUIRE_VLLM") == "1":
             pytest.fail(msg + " [CAPSIM_REQUIRE_VLLM=1]", pytrace=False)
         pytest.skip(msg)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env = clean_env()
     proc = subprocess.run([str(venv_python()), str(ORACLE)], input=json.dumps(CASES), capture_output=True,
                           text=True, env=env, timeout=300)
     assert proc.returncode == 0, f"llama-benchy oracle failed (run {SETUP_SCRIPT}):\n{proc.stderr[-3000:]}"

@@ -33,7 +33,7 @@ from simulator.load import OpenLoop
 from simulator.records import RequestRecord, RunResult
 from simulator.summary import summarize_open
 from simulator.workload import PromptFormat, WorkloadError
-from tests.live_server import model_dir, venv_python, vllm_available, vllm_home
+from tests.live_server import clean_env, model_dir, venv_python, vllm_available, vllm_home
 
 ORACLE = Path(__file__).with_name("vllm_oracle.py")
 TOK = str(model_dir())
@@ -226,7 +226,7 @@ def oracle(sharegpt_path):
                                     "random_prefix_len", "num_prompts", "request_rate", "burstiness", "seed",
                                     "max_concurrency"]}
     keys = list(jobs)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env = clean_env()
     env["HF_HUB_OFFLINE"] = "1"
     proc = subprocess.run([str(venv_python()), str(ORACLE)], input=json.dumps([jobs[k] for k in keys]),
                           capture_output=True, text=True, env=env, timeout=900)

@@ -1,12 +1,13 @@
 """The README's first command on a plain install (no extras) in a fresh venv, then the other main jobs
 that need no server: `capsim validate` (the seed's H-J, whose ShareGPT test I ships its lengths),
 `capsim simulate open` and `capsim profile show`. Slow-ish (a venv and pip's cache: about a minute)."""
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.live_server import clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,7 +19,7 @@ def plain(tmp_path_factory):
     r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-e", str(ROOT)], capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env = clean_env()
     env["CAPSIM_PROFILE_DIR"] = str(venv.parent / "profiles")  # no profile calibrated before
     return venv / "bin" / "capsim", env
 

@@ -190,17 +190,16 @@ def test_the_same_load_as_vllm_bench_serve_reaches_the_server(vllm_server, tmp_p
     same output lengths, the same arrival schedule; and capsim's summary of vLLM's own per-request
     results equals vLLM's printed metrics (the metric code is checked offline in
     test_conformance_vllm; here on a live run's timestamps)."""
-    import os
     import subprocess
 
     from simulator.records import RequestRecord, RunResult
-    from tests.live_server import model_dir, venv_python
+    from tests.live_server import clean_env, model_dir, venv_python
 
     flags = ["--backend", "openai", "--base-url", vllm_server.url, "--model", "gemma3-dummy",
              "--dataset-name", "random", "--random-input-len", "48", "--random-output-len", "6",
              "--random-range-ratio", "0.5", "--num-prompts", "12", "--request-rate", "4", "--burstiness", "0.7",
              "--seed", "11"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env = clean_env()
     env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
     # what `vllm bench serve` runs (its CLI entry point wants the "vllm" distribution's metadata,
     # which the CPU build installs under another name)
