@@ -89,6 +89,18 @@ async def capsim_client(url: str, streams: int, n_req: int, tokens: int, rate: f
             "queue_p99_ms": float(np.percentile(dispatch, 99)) * 1e3 if rate != math.inf else None}
 
 
+async def at_arrivals(one, rate: float, n_req: int) -> None:
+    """Start one() at each arrival of OpenLoop(rate) (capsim's schedule, vLLM's rule) and wait for all."""
+    t0 = time.perf_counter()
+    tasks = []
+    for g in OpenLoop(rate=rate).arrival_times(n_req):
+        d = t0 + g - time.perf_counter()
+        if d > 0:
+            await asyncio.sleep(d)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+
+
 async def bare_client(url: str, streams: int, n_req: int, tokens: int, rate: float) -> dict:
     """The floor: raw asyncio sockets, a timestamp per read, no HTTP library."""
     host, port = url.removeprefix("http://").split(":")
@@ -113,15 +125,7 @@ async def bare_client(url: str, streams: int, n_req: int, tokens: int, rate: flo
                     break
             w.close()
 
-    t0 = time.perf_counter()
-    gaps = OpenLoop(rate=rate).arrival_times(n_req)
-    tasks = []
-    for g in gaps:
-        d = t0 + g - time.perf_counter()
-        if d > 0:
-            await asyncio.sleep(d)
-        tasks.append(asyncio.create_task(one()))
-    await asyncio.gather(*tasks)
+    await at_arrivals(one, rate, n_req)
     return {"lag": pct(np.array(lags)), "chunks": len(lags)}
 
 
@@ -161,14 +165,7 @@ async def aiohttp_client(url: str, streams: int, n_req: int, tokens: int, rate: 
                 else:
                     mismatched[0] += 1
 
-        t0 = time.perf_counter()
-        tasks = []
-        for g in OpenLoop(rate=rate).arrival_times(n_req):
-            d = t0 + g - time.perf_counter()
-            if d > 0:
-                await asyncio.sleep(d)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        await at_arrivals(one, rate, n_req)
     return {"lag": pct(np.array(lags)), "chunks": len(lags), "mismatched": mismatched[0]}
 
 
