@@ -167,21 +167,12 @@ PLAN_BAD = st.sampled_from([["--staff", v] for v in ("0", "-3", "x", "1e9")]
 
 
 @SEVERAL
-@given(st.lists(PLAN_BAD, min_size=1, max_size=3).map(lambda ps: [x for p in ps for x in p]))
-def test_plan_refuses_bad_input_in_one_line(argv):
-    res = CliRunner().invoke(main, ["plan", *argv])
-    check(res)
-    assert res.exit_code != 0, argv
-
-
-@SEVERAL
 @given(_any_of(st.sampled_from([["open"], ["closed"]]),
                _bad("--num-prompts", INTS), _bad("--request-rate", ["0", "-1", "nan"]), _bad("--pp", INTS),
                _bad("--concurrency", INTS), _bad("--api-key", ["", "k"]), _bad("--timeout", ["0", "-1", "x"]),
                _bad("-o", OUT), _bad("--extra-body", ["{", "[1]", '{"a": 1}'])))
 def test_measure_against_a_dead_server_never_tracebacks(argv):
-    kind = argv[0]
-    rest = [a for a in argv[1:]]
+    kind, *rest = argv
     # flags of the other kind of run are refused by click: still one line, exit 2
     res = CliRunner().invoke(main, ["measure", kind, DEAD, "--no-progress", *rest])
     check(res)
@@ -194,9 +185,13 @@ TWIN_BAD = st.sampled_from([["--port", v] for v in ("70000", "-1", "x")] + [["--
                            + [["--set", s] for s in ("bogus=1", "noequals", "max_num_seqs=0")])
 
 
-@SEVERAL
-@given(st.lists(TWIN_BAD, min_size=1, max_size=2).map(lambda ps: [x for p in ps for x in p]))
-def test_twin_refuses_bad_input_in_one_line(argv):
-    res = CliRunner().invoke(main, ["twin", *argv])
-    check(res)
-    assert res.exit_code != 0, argv
+@pytest.mark.parametrize("command, bad", [("plan", PLAN_BAD), ("twin", TWIN_BAD)])
+def test_plan_and_twin_refuse_bad_input_in_one_line(command, bad):
+    @SEVERAL
+    @given(st.lists(bad, min_size=1, max_size=3).map(lambda ps: [x for p in ps for x in p]))
+    def refuses(argv):
+        res = CliRunner().invoke(main, [command, *argv])
+        check(res)
+        assert res.exit_code != 0, argv
+
+    refuses()
