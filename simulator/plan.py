@@ -433,6 +433,11 @@ def _refuse_if_refused(profile: Profile, specs: Sequence, what: str) -> None:
                         "plan on a profile whose max_model_len and KV cache hold them, or change the workload")
 
 
+def _refuse_if_capacity_refused(profile: Profile, settings: "PlanSettings", hint: str = "") -> None:
+    _refuse_if_refused(profile, sweep_workload(profile).sample(sweep_prompts(1.0), settings.capacity_seed),
+                       f"requests of the capacity search (random 4000/500, range 0.9{hint})")
+
+
 def sweep_workload(profile: Profile) -> RandomWorkload:
     """The suite's 11-rate-sweep requests: random 4000/500, range ratio 0.9, chat template."""
     return RandomWorkload(4000, 500, 0.9, fmt=profile.prompt_format)
@@ -789,8 +794,7 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
                                                           prof.prompt_format) for q in ses.specs],
                        "requests of the office (one replication)")
     if settings.capacity:
-        _refuse_if_refused(prof, sweep_workload(prof).sample(sweep_prompts(1.0), settings.capacity_seed),
-                           "requests of the capacity search (random 4000/500, range 0.9; --no-capacity skips it)")
+        _refuse_if_capacity_refused(prof, settings, "; --no-capacity skips it")
     # cores are chosen once, before our own workers add to the load average
     settings = replace(settings, n_jobs=None if _custom_backend() else resolve_jobs(settings.n_jobs))
     need = settings.need
@@ -887,10 +891,10 @@ def capacity(profile: Profile, scenario: Scenario | None = None, settings: PlanS
     thresholds' searches run side by side: one rate each at a time keeps two workers busy."""
     scenario = scenario or Scenario()
     settings = settings or PlanSettings()
-    _refuse_if_refused(scenario.apply(profile), sweep_workload(profile).sample(sweep_prompts(1.0), settings.capacity_seed),
-                       "requests of the capacity search (random 4000/500, range 0.9)")
+    prof = scenario.apply(profile)  # as plan() searches its capacity
+    _refuse_if_capacity_refused(prof, settings)
     n_jobs = None if _custom_backend() else resolve_jobs(settings.n_jobs)
-    ev = _capacity_evaluator(profile, scenario, settings, progress)
+    ev = _capacity_evaluator(prof, scenario, settings, progress)
     los = _drive([_capacity_search(ev, settings, thr) for thr in settings.capacity_thresholds_s], n_jobs, progress)
     return _capacity_answer(settings, los)
 
