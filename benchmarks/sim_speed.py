@@ -1,13 +1,16 @@
 """Simulator speed and memory, measured side by side in one run.
 
 Prints:
-  1. simulated seconds per wall second on the seed's test H shape (random 4000/500,
-     range ratio 0.9, 200 prompts, 0.3 rps, burstiness 0.7), one core (target >= 5,000);
+  1. simulated seconds per wall second, one core, measured side by side (alternating runs) on
+     a chat-like load (random 512/256, range ratio 0.5, 1,000 prompts, 2 rps, burstiness 0.7;
+     target >= 10,000) and on the seed's test H shape (random 4000/500, range ratio 0.9,
+     200 prompts, 0.3 rps, burstiness 0.7; target >= 30,000);
   2. fast-forward against step-by-step on decode-heavy work (the seed's run G:
      pp 256, tg 4096, c = 1/5/10, 3 runs; target >= 10x), with a check that both
      give identical records;
-  3. peak memory (max RSS of a fresh process) simulating and summarising 100,000
-     requests of test H's shape (target < 500 MB).
+  3. wall time and peak memory (max RSS of a fresh process) simulating and summarising
+     1,000, 10,000 and 100,000 requests of test H's shape: cost per request should stay flat
+     (linear in the number of requests); targets for 100,000: < 10 s, < 300 MB.
 
 Usage: python benchmarks/sim_speed.py [--quick]
 """
@@ -63,7 +66,7 @@ def memory_child(n: int) -> None:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="smaller memory run (20,000 requests)")
+    ap.add_argument("--quick", action="store_true", help="largest linearity run 20,000 requests, not 100,000")
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.memory_child:
@@ -71,17 +74,37 @@ def main():
         return
     prof = load_profile()
 
-    # 1. test H's shape
-    specs = RandomWorkload(4000, 500, 0.9, fmt=prof.prompt_format).sample(200, 42)
-    pat = OpenLoop(0.3, 0.7, seed=42)
-    st: list[SimStats] = []
-    wall, run = best_of(lambda: simulate_open(prof, specs, pat, stats=st), 5)
+    # 1. the chat-like load and test H's shape, side by side
+    loads = {
+        "chat-like (1,000 x random 512/256, range 0.5, 2 rps, burstiness 0.7)":
+            (RandomWorkload(512, 256, 0.5, fmt=prof.prompt_format).sample(1000, 42), OpenLoop(2.0, 0.7, seed=42),
+             10_000),
+        "test H shape (200 x random 4000/500, range 0.9, 0.3 rps, burstiness 0.7)":
+            (RandomWorkload(4000, 500, 0.9, fmt=prof.prompt_format).sample(200, 42), OpenLoop(0.3, 0.7, seed=42),
+             30_000),
+    }
+    best = {name: float("inf") for name in loads}
+    out = {}
+    for _ in range(5):  # alternate, so both loads see the same machine
+        for name, (specs, pat, _) in loads.items():
+            st: list[SimStats] = []
+            t = time.perf_counter()
+            run = simulate_open(prof, specs, pat, stats=st)
+            best[name] = min(best[name], time.perf_counter() - t)
+            out[name] = run, st[-1]
+    print("1. simulated seconds per wall second, one core, side by side (best of 5)")
+    for name, (specs, pat, target) in loads.items():
+        run, st = out[name]
+        wall = best[name]
+        print(f"   {name}: {run.duration:,.0f} s in {wall * 1000:.1f} ms: {run.duration / wall:,.0f}x "
+              f"(target >= {target:,}); {len(specs) / wall:,.0f} requests per wall s; {st.steps} steps in "
+              f"{st.events} events")
+    specs, pat, _ = loads[list(loads)[1]]
+    run = out[list(loads)[1]][0]
+    wall = best[list(loads)[1]]
     wall_step, run_step = best_of(lambda: simulate_open(prof, specs, pat, fast_forward=False), 3)
-    print("1. test H shape (200 requests, 0.3 rps), one core")
-    print(f"   simulated {run.duration:.0f} s in {wall * 1000:.1f} ms: {run.duration / wall:,.0f} simulated s per wall s "
-          f"(target >= 5,000); {st[-1].steps} steps in {st[-1].events} events")
-    print(f"   step-by-step: {run_step.duration / wall_step:,.0f} sim s/s; fast-forward speed-up {wall_step / wall:.1f}x; "
-          f"identical records: {identical(run, run_step)}")
+    print(f"   test H step-by-step: {run_step.duration / wall_step:,.0f} sim s/s; fast-forward speed-up "
+          f"{wall_step / wall:.1f}x; identical records: {identical(run, run_step)}")
 
     # 2. decode-heavy: run G
     g = ClosedLoop(pp=[256], tg=[4096], concurrency=[1, 5, 10], runs=3)
@@ -94,14 +117,17 @@ def main():
           f"({st_step[-1].events} events): {wall_st / wall_ff:.1f}x (target >= 10x); "
           f"identical records: {identical(run_ff, run_st)}")
 
-    # 3. memory
-    n = 20_000 if a.quick else 100_000
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(n)], capture_output=True, text=True,
-                         check=True).stdout.split()
-    rss, wall_m, dur, done, toks = out
-    print(f"3. memory: {n:,} requests of test H's shape ({int(float(toks)):,} output tokens, {float(dur):,.0f} simulated s)")
-    print(f"   peak RSS {float(rss):.0f} MB (target < 500 MB), wall {float(wall_m):.1f} s, completed {done}")
-
+    # 3. linearity and memory, each size in a fresh process
+    sizes = [1_000, 10_000, 20_000] if a.quick else [1_000, 10_000, 100_000]
+    print("3. test H's shape in a fresh process per size: wall, cost per request, peak RSS")
+    for n in sizes:
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n)], capture_output=True, text=True,
+                             check=True).stdout.split()
+        rss, wall_m, dur, done, toks = out
+        print(f"   {n:>7,} requests ({int(float(toks)):,} output tokens, {float(dur):,.0f} simulated s): wall "
+              f"{float(wall_m):.2f} s, {float(wall_m) / n * 1e6:.0f} us per request, peak RSS {float(rss):.0f} MB, "
+              f"completed {done}")
+    print("   targets for 100,000: wall < 10 s, peak RSS < 300 MB")
 
 if __name__ == "__main__":
     main()
