@@ -171,7 +171,7 @@ def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profil
 @contextlib.contextmanager
 def on_dask(address: str, timeout_s: float):
     """A client of the Dask scheduler at `address`, with joblib's Dask backend active:
-    plan() then sends its replications to the cluster (simulator.plan._BackendRunner)."""
+    plan() then sends its replications to the cluster (simulator/evaluator.py, the joblib backend runner)."""
     try:
         import joblib
         from distributed import Client

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import simulator.plan as P
+import simulator.evaluator as E
 from simulator.office import Office
 from simulator.plan import PlanSettings, plan
 from simulator.profile import load_profile
@@ -57,14 +57,14 @@ def test_plan_on_a_dask_cluster_equals_the_local_plan(cluster, monkeypatch):
     local = _cli([*SMALL, "--jobs", "2"])
     assert local.exit_code == 0, local.output
     backends = []
-    real = P._parallel
+    real = E.joblib_map
 
     def spy(tasks, n_jobs):
         from joblib.parallel import get_active_backend
         backends.append(type(get_active_backend()[0]).__name__)
         return real(tasks, n_jobs)
 
-    monkeypatch.setattr(P, "_parallel", spy)
+    monkeypatch.setattr(E, "joblib_map", spy)
     before = _executed(cluster)
     remote = _cli([*SMALL, "--dask", cluster.scheduler_address])
     assert remote.exit_code == 0, remote.output

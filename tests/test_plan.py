@@ -248,8 +248,8 @@ def test_a_joblib_backend_set_by_the_caller_runs_the_same_search():
     from joblib.parallel import get_active_backend
     seen = []
 
-    import simulator.plan as P
-    real = P._parallel
+    import simulator.evaluator as E
+    real = E.joblib_map
 
     def spy(tasks, n_jobs):
         seen.append(type(get_active_backend()[0]).__name__)
@@ -259,12 +259,12 @@ def test_a_joblib_backend_set_by_the_caller_runs_the_same_search():
     sla = ["p95_ttft<=1s", "p50_tpot<=120ms"]
     settings = replace(FAST, n_jobs=None)
     base = plan(PROFILE, o, sla, settings=replace(FAST, n_jobs=1))
-    P._parallel = spy
+    E.joblib_map = spy
     try:
         with joblib.parallel_config(backend="threading"):
             there = plan(PROFILE, o, sla, settings=settings)
     finally:
-        P._parallel = real
+        E.joblib_map = real
     assert seen and set(seen) == {"ThreadingBackend"}
     assert there.to_json() == base.to_json()
 
