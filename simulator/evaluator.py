@@ -11,7 +11,7 @@ import time
 from typing import Callable, Generator, Sequence
 
 
-def default_jobs() -> int:
+def idle_jobs() -> int:
     """Idle cores: the cores idle right now (Linux: /proc/stat over 50 ms), else the
     cores minus the 1-minute load average; at least one (why: docs/design/plan-search.md)."""
     n = os.cpu_count() or 1
@@ -45,7 +45,7 @@ def idle_cores(window_s: float = 0.05) -> float | None:
 def resolve_jobs(n_jobs: int | None) -> int:
     """None: the idle cores; -1: every core; else as given."""
     if n_jobs is None:
-        return default_jobs()
+        return idle_jobs()
     return (os.cpu_count() or 1) if n_jobs < 0 else max(1, int(n_jobs))
 
 

@@ -22,7 +22,7 @@ from .uncertainty import draw_profile
 from .workload import RandomWorkload
 
 # Names that moved to their own modules, importable from here as before.
-from .evaluator import Task, default_jobs, idle_cores  # noqa: F401
+from .evaluator import Task, idle_cores  # noqa: F401
 from .office import OfficeError  # noqa: F401
 from .plan_report import format_compare, format_plan, plot_plan  # noqa: F401
 from .profile import ProfileError  # noqa: F401
@@ -37,7 +37,7 @@ class PlanSettings:
     seed: int = 0
     staff_max: int = 5000
     tol: float = 0.05  # bisection stops when the bracket is within max(1, tol x lo) staff
-    n_jobs: int | None = None  # None: the idle cores (default_jobs), or the active joblib backend's workers
+    n_jobs: int | None = None  # None: the idle cores (idle_jobs), or the active joblib backend's workers
     # Replications a point shows per step of its pass/fail decision (Evaluator.decide). The answer's
     # details (how many replications ran at the first failing staff count, the curve) depend on it, so
     # it is fixed here and not taken from the number of workers: 2, as two idle cores always ran it.
@@ -326,8 +326,8 @@ def _capacity_answer(settings: PlanSettings, los: Sequence[int]) -> tuple[dict, 
     return out, ladder
 
 
-def capacity(profile: Profile, scenario: Scenario | None = None, settings: PlanSettings | None = None,
-             progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+def predicted_capacity(profile: Profile, scenario: Scenario | None = None, settings: PlanSettings | None = None,
+                       progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
     """Highest rate (0.01 req/s grid) whose p95 TTFT stays under each threshold, on the
     11-rate-sweep workload; and the same read on the suite's ladder of rates. The
     thresholds' searches run side by side: one rate each at a time keeps two workers busy."""
@@ -341,7 +341,9 @@ def capacity(profile: Profile, scenario: Scenario | None = None, settings: PlanS
     return _capacity_answer(settings, los)
 
 
+capacity = predicted_capacity  # the name the notebooks import; calibrate.validate.capacity is the measured one
 
-__all__ = ["Constraint", "PlanError", "PlanResult", "PlanSettings", "Scenario", "capacity", "format_compare",
-           "format_plan", "parse_scenario", "parse_sla", "parse_slas", "plan", "plot_plan", "search_max",
+
+__all__ = ["Constraint", "PlanError", "PlanResult", "PlanSettings", "Scenario", "predicted_capacity",
+           "format_compare", "format_plan", "parse_scenario", "parse_sla", "parse_slas", "plan", "plot_plan", "search_max",
            "OfficeError", "ProfileError"]

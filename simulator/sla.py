@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .summary import DEFAULT_PERCENTILES, _pct_key
+from .summary import DEFAULT_PERCENTILES, percentile_key
 
 
 class PlanError(ValueError):
@@ -69,7 +69,7 @@ def parse_sla(text: str) -> Constraint:
         p = float(stat[1:])
         if not 0 < p < 100:
             raise PlanError(f"--sla {text!r}: percentile must be between 0 and 100")
-        stat = _pct_key(p)
+        stat = percentile_key(p)
     if not unit:
         raise PlanError(f"--sla {text!r}: give a unit (ms, s or min)")
     if unit not in _UNITS:

@@ -23,7 +23,7 @@ OPEN_METRICS = ("ttft", "tpot", "itl", "e2el")
 
 # --------------------------------------------------------------------------- vllm bench serve
 
-def _pct_key(p: float) -> str:
+def percentile_key(p: float) -> str:
     return f"p{int(p)}" if float(p).is_integer() else f"p{p}"
 
 
@@ -82,7 +82,7 @@ class Pooled:
 
         out = {f"mean_{name}_ms": mean * 1000, f"median_{name}_ms": pct(50) * 1000, f"std_{name}_ms": std * 1000}
         for p in percentiles:
-            out[f"{_pct_key(p)}_{name}_ms"] = pct(p) * 1000
+            out[f"{percentile_key(p)}_{name}_ms"] = pct(p) * 1000
         return out
 
 
@@ -92,7 +92,7 @@ def _stats(name: str, values: np.ndarray, percentiles: Sequence[float]) -> dict[
     out = {f"mean_{name}_ms": float(np.mean(v)) * 1000, f"median_{name}_ms": float(np.median(v)) * 1000,
            f"std_{name}_ms": float(np.std(v)) * 1000}
     for p in percentiles:
-        out[f"{_pct_key(p)}_{name}_ms"] = float(np.percentile(v, p)) * 1000
+        out[f"{percentile_key(p)}_{name}_ms"] = float(np.percentile(v, p)) * 1000
     return out
 
 
@@ -240,7 +240,7 @@ def format_open_summary(s: dict, rate: float | None = None, title: str = "Servin
         out.append(line(f"Mean {short} (ms):", f"mean_{m}_ms"))
         out.append(line(f"Median {short} (ms):", f"median_{m}_ms"))
         for p in percentiles:
-            k = _pct_key(p)
+            k = percentile_key(p)
             out.append(line(f"{k.upper()} {short} (ms):", f"{k}_{m}_ms"))
     out.append("=" * 50)
     return "\n".join(out)

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from simulator.load import OpenLoop
 from simulator.office import (DEFAULT_MIX, Office, OfficeError, Session, ShareGPTLike, office_sessions,
                               parse_mix, simulate_office, simulate_sessions, summarize_office)
-from simulator.plan import (PlanError, PlanSettings, Scenario, capacity, parse_scenario, parse_sla, plan,
+from simulator.plan import (PlanError, PlanSettings, Scenario, parse_scenario, parse_sla, plan, predicted_capacity,
                             search_max)
 from simulator.profile import load_profile
 from simulator.sim import simulate_open
@@ -296,7 +296,8 @@ def test_plan_reports_zero_when_even_one_person_fails():
 
 
 def test_capacity_reads_the_rate_sweep_rule():
-    caps, ladder = capacity(PROFILE, settings=PlanSettings(capacity_replications=1, n_jobs=1, capacity_tol=0.1))
+    caps, ladder = predicted_capacity(PROFILE,
+                                      settings=PlanSettings(capacity_replications=1, n_jobs=1, capacity_tol=0.1))
     assert set(caps) == {"2s", "5s", "10s"}
     vals = [caps[k] or 0.0 for k in ("2s", "5s", "10s")]
     assert vals == sorted(vals)
