@@ -31,7 +31,7 @@ import simpy
 from .kvcache import KVCache
 from .profile import Profile
 from .records import RequestRecord
-from .stepmodel import features
+from .stepmodel import StepFeatures, features
 from .workload import RequestSpec
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
@@ -268,14 +268,41 @@ class Engine:
         items.append((req, 1 + d, True, req.epoch))
 
     def _schedule(self):
+        """One schedule() call: (items, preempted, sums), or None when nothing can run.
+
+        A plain decode (one token whose KV block is already held, no drafts) is taken inline, the
+        rest through the general path; `sums` holds the plain decodes' count and context sums and the
+        other items, so the step's integer features need not walk the whole batch again.
+        """
         L = self.lim
         budget = L.max_num_batched_tokens
         items: list = []
+        others: list = []  # items of the general path
         preempted = False
+        running = self.running
+        plain = not self.spec_k
+        mml1 = L.max_model_len - 1
+        w = self.window
+        dec_n = dec_cf = dec_cw = 0
         i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            if req.out_sched >= req.max_tokens:
+        while i < len(running) and budget > 0:
+            req = running[i]
+            out = req.out_sched
+            if out >= req.max_tokens:
+                i += 1
+                continue
+            c = req.computed
+            if plain and req.prompt + out - c == 1 and c < req.kv_until and c < mml1:
+                # _alloc keeps the blocks, _take computes one token and emits it
+                c += 1
+                req.computed = c
+                req.out_sched = out + 1
+                items.append((req, 1, True, req.epoch))
+                budget -= 1
+                dec_n += 1
+                dec_cf += c
+                if w:
+                    dec_cw += c if c < w else w
                 i += 1
                 continue
             n = req.known - req.computed
@@ -299,6 +326,7 @@ class Engine:
                 self._take_spec(req, d, items)
             else:
                 self._take(req, n, items)
+            others.append(items[-1])
             budget -= n
             i += 1
         admitted = []
@@ -318,27 +346,44 @@ class Engine:
                 self.running.append(req)
                 admitted.append(req)
                 self._take(req, n, items)
+                others.append(items[-1])
                 budget -= n
         if not items:
             return None
         if self.trace is not None:
             self._trace(sum(it[1] for it in items), preempted, [r.order for r in admitted], 1)
-        return items, preempted
+        return items, preempted, (dec_n, dec_cf, dec_cw, others)
+
+    def _features(self, sums) -> StepFeatures:
+        """The step's integer features: the general items' plus the plain decodes' sums.
+
+        A plain decode at context c (after the step) adds 1 token, 1 sequence, c to ctx_full and
+        attn_full, and min(c, window) to ctx_window and attn_window, as stepmodel.features does.
+        """
+        dec_n, dec_cf, dec_cw, others = sums
+        f = features(((r.computed - n, n) for r, n, _, _ in others), self.window)
+        if not dec_n:
+            return f
+        return StepFeatures(f.n_tokens + dec_n, f.n_seqs + dec_n, f.ctx_full + dec_cf, f.ctx_window + dec_cw,
+                            f.attn_full + dec_cf, f.attn_window + dec_cw)
 
     def _trace(self, tokens: int, preempted: bool, admitted: list[int], k: int) -> None:
         self.trace({"time": self.clock, "tokens": tokens, "kv_used": self.kv.used, "kv_capacity": self.kv.capacity,
                     "preemptions": self.num_preemptions, "running": len(self.running), "waiting": len(self.waiting),
                     "preempted": preempted, "admitted": admitted, "k": k})
 
-    def _run_length(self, items, preempted: bool = False) -> int:
-        """How many identical decode steps can be taken at once, from this one."""
+    def _run_length(self, items, preempted: bool = False, others=None) -> int:
+        """How many identical decode steps can be taken at once, from this one.
+
+        others: the items _schedule took by its general path (the plain decodes are one token that
+        emits); None means all of them."""
         L = self.lim
         if not self.fast_forward or not items or self.spec_k:
             return 1
         if preempted:
             # this step skipped admission; the next one tries the waiting queue (the victim first) again
             return 1
-        if any(n != 1 or not emits for _, n, emits, _ in items):
+        if any(n != 1 or not emits for _, n, emits, _ in (items if others is None else others)):
             return 1
         reqs = [it[0] for it in items]
         if len(reqs) != sum(1 for r in self.running if r.out_sched < r.max_tokens) + 0:
@@ -401,11 +446,11 @@ class Engine:
         step.end = step.ends[-1]
 
     def _launch(self, sched, start: float) -> None:
-        items, preempted = sched
-        k = self._run_length(items, preempted)
+        items, preempted, sums = sched
+        k = self._run_length(items, preempted, sums[3])
         first_idx = self.steps
         if k == 1:
-            d = self.model.time(features(((r.computed - n, n) for r, n, _, _ in items), self.window))
+            d = self.model.time(self._features(sums))
             noise = self._noise(first_idx, 1)
             if noise is not None:
                 d = d * noise[0]
@@ -466,8 +511,18 @@ class Engine:
                 count = min(1 + a, req.target - req.emitted)
                 req.emit(first, 1, count)
             else:
-                count = min(upto, req.target - req.emitted)
-                req.emit(first, count)
+                count = req.target - req.emitted
+                if count > upto:
+                    count = upto
+                # req.emit(first, count), inline: this runs for every request of every step
+                if req.seg_len and first == req.seg_start + req.seg_len:
+                    req.seg_len += count
+                else:
+                    if req.seg_len:
+                        req.segments.append((req.seg_start, req.seg_len))
+                    req.seg_start, req.seg_len = first, count
+                req.chunks += count
+                req.emitted += count
             if self.on_emit is not None:
                 self.on_emit(req.record, last_t, count)
             if req.emitted >= req.target:
