@@ -151,6 +151,7 @@ class Engine:
         self.model = profile.step_model
         self.window = getattr(self.model, "window", None)
         self.kv = KVCache(self.lim)
+        self._blocks1: dict[int, tuple] = {}
         self.spec_k = self.lim.num_speculative_tokens
         self._spec_rng = np.random.default_rng([seed, 0x5BEC])
         # with speculative decoding the scheduler waits for each step's accepted tokens (sync)
@@ -223,13 +224,23 @@ class Engine:
     def _alloc(self, req: _Req, n: int) -> bool:
         if n == 1 and req.computed + 1 <= req.kv_until:
             return True
-        new_held = self.kv.blocks(req.computed + n, n)
+        if n == 1:
+            new_held, until = self._decode_blocks(req.computed + 1)
+        else:
+            new_held, until = self.kv.blocks(req.computed + n, n), -1
         if not self.kv.fits(new_held - req.held):
             return False
         self.kv.used += new_held - req.held
         req.held = new_held
-        req.kv_until = self.kv.stable_until(req.computed + n) if n == 1 else -1
+        req.kv_until = until
         return True
+
+    def _decode_blocks(self, tokens: int):
+        """(kv.blocks(tokens, 1), kv.stable_until(tokens)), remembered per token count."""
+        e = self._blocks1.get(tokens)
+        if e is None:
+            e = self._blocks1[tokens] = (self.kv.blocks(tokens, 1), self.kv.stable_until(tokens))
+        return e
 
     def _preempt(self, req: _Req) -> None:
         self.kv.used -= req.held
@@ -385,17 +396,23 @@ class Engine:
             return 1
         if any(n != 1 or not emits for _, n, emits, _ in (items if others is None else others)):
             return 1
-        reqs = [it[0] for it in items]
-        if len(reqs) != sum(1 for r in self.running if r.out_sched < r.max_tokens) + 0:
+        unfinished = 0
+        for r in self.running:
+            if r.out_sched < r.max_tokens:
+                unfinished += 1
+        if len(items) != unfinished:
             return 1
-        if len(reqs) > L.max_num_batched_tokens:
+        if len(items) > L.max_num_batched_tokens:
             return 1
         k = math.inf
-        for r in reqs:
-            k = min(k, 1 + r.max_tokens - r.out_sched)
-            if r.target < r.max_tokens:
-                e = r.target - r.out_sched + 1  # block step that emits its last token
-                k = min(k, e + 1 if self.async_ else e)
+        extra = 2 if self.async_ else 1
+        for r, _, _, _ in items:
+            o, m, t = r.out_sched, r.max_tokens, r.target
+            if 1 + m - o < k:
+                k = 1 + m - o
+            if t < m and t - o + extra < k:
+                k = t - o + extra  # the block step that emits its last token (+1 with async)
+        reqs = [it[0] for it in items]
         if self.waiting:
             # a finish at the end of the step in flight would let the scheduler admit
             if self.async_ and any(r.emitted < r.target and r.out_sched >= r.target for r in self.running
@@ -428,13 +445,18 @@ class Engine:
 
     def _advance(self, items, steps: int) -> None:
         """Move every request of a decode run `steps` decode steps on (negative: back)."""
+        used = self.kv.used
+        blocks1 = self._blocks1
         for req, _, _, _ in items:
-            req.computed += steps
+            c = req.computed + steps
+            req.computed = c
             req.out_sched += steps
-            new_held = self.kv.blocks(req.computed, 1)
-            self.kv.used += new_held - req.held
-            req.held = new_held
-            req.kv_until = self.kv.stable_until(req.computed)
+            e = blocks1.get(c)
+            if e is None:
+                e = self._decode_blocks(c)
+            used += e[0] - req.held
+            req.held, req.kv_until = e
+        self.kv.used = used
 
     def _shrink(self, step: _Step, k_new: int) -> None:
         """Undo decode-run steps k_new+1..k: an arrival made them unknowable."""
