@@ -55,6 +55,15 @@ class _TimeStore:
             self.n += 1
         return first
 
+    def put1(self, value: float) -> int:
+        n = self.n
+        p, o = divmod(n, _PAGE)
+        if p == len(self.pages):
+            self.pages.append(np.empty(_PAGE))
+        self.pages[p][o] = value
+        self.n = n + 1
+        return n
+
     def put_run(self, values: np.ndarray) -> int:
         first = self.n
         i = 0
@@ -132,7 +141,7 @@ class _Step:
         self.start = start
         self.k = k
         self.ends = ends
-        self.end = ends[-1] if ends is not None else None
+        self.end = float(ends[-1]) if ends is not None else None
         self.first_idx = -1
         self.ctx0 = ctx0
 
@@ -465,7 +474,7 @@ class Engine:
         step.k = k_new
         self.steps -= back
         step.ends = step.ends[:k_new]
-        step.end = step.ends[-1]
+        step.end = float(step.ends[-1])
 
     def _launch(self, sched, start: float) -> None:
         items, preempted, sums = sched
@@ -517,9 +526,13 @@ class Engine:
         """Outputs of the first `upto` steps of `step` (a block) or of the single step."""
         if upto <= 0:
             return
-        t_emit = step.ends[:upto] + self.chunk_s
-        first = self.times.put_run(t_emit)
-        last_t = float(t_emit[-1])
+        if upto == 1:  # most steps: a float, not an array
+            last_t = float(step.ends[0]) + self.chunk_s
+            first = self.times.put1(last_t)
+        else:
+            t_emit = step.ends[:upto] + self.chunk_s
+            first = self.times.put_run(t_emit)
+            last_t = float(t_emit[-1])
         done = []
         for req, _, emits, epoch in step.items:
             if not emits or req.state != RUNNING or req.epoch != epoch:
