@@ -1,6 +1,9 @@
 """Small builders shared by the simulator tests."""
 from __future__ import annotations
 
+import socket
+from contextlib import contextmanager
+
 import numpy as np
 
 from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile
@@ -57,3 +60,13 @@ def reporter(path):
         with open(path, "a") as f:
             f.write(text + "\n")
     return say
+
+
+@contextmanager
+def refused_port():
+    """A loopback port that refuses connections while the block runs: bound, so that no other process can
+    take it (a port found free and closed again can be taken before the test connects), and not listening,
+    so that a connect is refused at once (Linux answers a SYN to a bound, unlistened port with a reset)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]

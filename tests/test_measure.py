@@ -29,16 +29,9 @@ from measure.sse import SSEParser
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.summary import summarize_closed, summarize_open
 from simulator.workload import RandomWorkload
+from tests.helpers import refused_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_lines(p: Path) -> list[dict]:
@@ -444,9 +437,9 @@ def test_cli_bad_input_one_line(fake, tmp_path, args, needle):
 
 
 def test_cli_connection_refused(tmp_path):
-    port = free_port()
-    res = invoke(["open", f"http://127.0.0.1:{port}", "--num-prompts", "3", "--no-progress",
-                  "-o", str(tmp_path / "r")])
+    with refused_port() as port:  # held for the whole run: no other process can start listening there
+        res = invoke(["open", f"http://127.0.0.1:{port}", "--num-prompts", "3", "--no-progress",
+                      "-o", str(tmp_path / "r")])
     assert res.exit_code == 1
     err = res.stderr.strip().splitlines()
     assert err == [f"Error: cannot connect to http://127.0.0.1:{port}: connection refused"]
@@ -495,16 +488,21 @@ def test_fault_every_other_request(fake, tmp_path, fault, err_part):
 
 
 def test_fault_request_timeout(fake, tmp_path):
-    t0 = time.monotonic()  # before the run: the --timeout is what is timed
+    """Every other stream hangs mid-stream (the fake server sleeps 3600 s): only the 1 s --timeout
+    can end those, and each record says it did (not how fast the machine was)."""
     srv, d, res = _fault_run(fake, tmp_path, n=4, extra=("--timeout", "1", "--max-failures", "1"), fault="hang",
                              fault_every=2, itl=0.002)
-    wall = time.monotonic() - t0
     recs = _check_fault(srv, d, res, 4, "timeout")
     hung = [r for r in recs if r["error"] is not None]
-    assert len(hung) == 2
-    for r in hung:  # each hung stream was given up at its 1 s timeout, not earlier
+    assert len(hung) == 2 and srv.stats.completed == 2
+    for r in hung:
+        # ended by the client's own 1 s bound on the whole request, mid-stream (fewer chunks than a
+        # completed stream of 6 tokens got) ...
+        assert r["error"] == "timeout: no complete response within 1 s", r
+        assert 0 < len(r["chunk_times"]) < min(len(x["chunk_times"]) for x in recs if x["error"] is None), r
+        # ... and not before it: the timeout is a lower bound on the record's own span
         assert r["end_time"] is not None and r["end_time"] - r["start_time"] >= 1.0, r
-    assert wall < 60  # the fake server hangs for 3600 s: only the 1 s --timeout ends this run
+    assert "more than --max-failures 1" in res.stderr
 
 
 def test_fault_server_killed_mid_run(fake, tmp_path):
@@ -708,7 +706,9 @@ def test_pool_queues_past_max_connections_and_reuses(fake):
     assert n_conn <= 2
 
 
-def test_silent_server_times_out_with_one_line(tmp_path):
+def test_silent_server_times_out_with_one_line(monkeypatch):
+    """A server that accepts and never answers: the GET is given up by the client's own 0.5 s read
+    timeout (what it put on the request, not its 30 s default for GETs), once, with one line."""
     import asyncio
 
     from measure.client import Client
@@ -717,6 +717,14 @@ def test_silent_server_times_out_with_one_line(tmp_path):
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(8)  # accepts (in the kernel) and never answers
     port = lsock.getsockname()[1]
+    sent = []  # (method, path, the timeouts the request carried) for each request the client sent
+    real_send = httpx.AsyncClient.send
+
+    async def send(self, request, **kw):
+        sent.append((request.method, request.url.path, request.extensions.get("timeout")))
+        return await real_send(self, request, **kw)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", send)
 
     async def go():
         c = Client(f"http://127.0.0.1:{port}", timeout=0.5)
@@ -726,10 +734,18 @@ def test_silent_server_times_out_with_one_line(tmp_path):
             await c.aclose()
 
     try:
-        t0 = time.monotonic()
         with pytest.raises(MeasureError, match=r"^GET /v1/models at http://127.0.0.1:\d+ timed out$"):
             asyncio.run(go())
-        assert time.monotonic() - t0 < 3
+        # what ended it is the 0.5 s read timeout the one GET carried (not the 30 s default), and it was
+        # not retried: one connection waits in the listener's backlog, holding that GET
+        assert [(m, path, t["read"]) for m, path, t in sent] == [("GET", "/v1/models", 0.5)]
+        lsock.settimeout(0)
+        conn, _ = lsock.accept()
+        with conn:
+            conn.settimeout(10)
+            assert conn.recv(65536).startswith(b"GET /v1/models ")
+        with pytest.raises(BlockingIOError):
+            lsock.accept()
     finally:
         lsock.close()
 
@@ -881,22 +897,32 @@ def test_abandoned_prepare_thread_does_not_hold_the_exit():
     pool thread would be joined by asyncio.run and at exit)."""
     from measure.drivers import _in_thread
 
-    release = threading.Event()
+    started, release, returned = threading.Event(), threading.Event(), threading.Event()
+    runs_in = []
+
+    def abandoned():
+        runs_in.append(threading.current_thread())
+        started.set()
+        release.wait(60)  # only the test's release ends it before 60 s
+        returned.set()
 
     async def go():
-        t = asyncio.ensure_future(_in_thread(release.wait, 60))
-        await asyncio.sleep(0.05)
+        t = asyncio.ensure_future(_in_thread(abandoned))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
         t.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t
         return await _in_thread(lambda: 7)
 
-    t0 = time.monotonic()
     try:
         assert asyncio.run(go()) == 7
-        assert time.monotonic() - t0 < 30  # not the 60 s the abandoned call waits
+        # asyncio.run has returned while the abandoned call still waits: nothing joined its thread (had
+        # anything, it would have returned first, at its 60 s)
+        assert not returned.is_set() and runs_in[0].is_alive() and runs_in[0].daemon
     finally:
         release.set()
+    assert returned.wait(30)  # released, the abandoned call ends
 
 
 # ---------------------------------------------------------------- run files: mode and crash safety
