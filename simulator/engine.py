@@ -248,7 +248,11 @@ class Engine:
         """(kv.blocks(tokens, 1), kv.stable_until(tokens)), remembered per token count."""
         e = self._blocks1.get(tokens)
         if e is None:
-            e = self._blocks1[tokens] = (self.kv.blocks(tokens, 1), self.kv.stable_until(tokens))
+            e = (self.kv.blocks(tokens, 1), self.kv.stable_until(tokens))
+            # the same pair holds up to stable_until (no group gains a block before it)
+            hi = tokens if math.isinf(e[1]) else min(int(e[1]), tokens + 64)
+            for t in range(tokens, hi + 1):
+                self._blocks1[t] = e
         return e
 
     def _preempt(self, req: _Req) -> None:
