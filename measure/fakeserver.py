@@ -1,10 +1,10 @@
 """A small, fast fake OpenAI-compatible streaming server on loopback.
 
 For tests of `capsim measure` (including fault injection) and for the
-load-generator overhead benchmark. Raw asyncio sockets, HTTP/1.1 keep-alive,
-chunked SSE; it speaks enough of vLLM's API for the client: /v1/models,
-/v1/chat/completions, /v1/completions, /tokenize, /detokenize, /version and
-/metrics.
+load-generator overhead benchmark. asyncio streams and the twin's HTTP layer
+(measure/httpwire.py: h11, keep-alive, chunked SSE); it speaks enough of vLLM's
+API for the client: /v1/models, /v1/chat/completions, /v1/completions,
+/tokenize, /detokenize, /version and /metrics.
 
 Its tokenizer is one token per whitespace-separated word: the word `t123` is
 token 123, any other word a hash-derived id; a BOS is added when asked;
@@ -35,7 +35,7 @@ import zlib
 from dataclasses import dataclass, field
 from time import perf_counter
 
-from .httpwire import response, serve_connection
+from .httpwire import Connection, serve_connection
 
 
 @dataclass
@@ -113,6 +113,10 @@ class FakeServer:
         self._ready.set()
 
     def start(self) -> "FakeServer":
+        """Serve from a background thread; returns when listening (a second call does nothing)."""
+        if self._thread is not None:
+            return self
+
         def run():
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
@@ -182,20 +186,18 @@ class FakeServer:
 
     # ------------------------------------------------------------ HTTP
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async def handle(req) -> bool:
-            return await self._route(req.method, req.path, req.headers, req.body, writer)
+        async def handle(req, http: Connection) -> bool:
+            return await self._route(req.method, req.path, req.headers, req.body, http)
 
         try:
-            await serve_connection(reader, writer, handle, self._writers)
+            await serve_connection(reader, writer, handle, self._writers, server="capsim-fake")
         except asyncio.CancelledError:  # stopped with requests hanging ("hang" fault): as the twin, no log
             pass
 
-    async def _send(self, writer, status: int, obj, ctype="application/json") -> bool:
-        writer.write(response(status, obj, ctype, server="capsim-fake"))
-        await writer.drain()
-        return True
+    async def _send(self, http: Connection, status: int, obj, ctype="application/json") -> bool:
+        return await http.respond(status, obj, ctype)
 
-    async def _route(self, method, path, headers, body, writer) -> bool:
+    async def _route(self, method, path, headers, body, http) -> bool:
         c = self.config
         auth = headers.get("authorization")
         self.stats.seen_auth.append(auth)
@@ -203,58 +205,60 @@ class FakeServer:
             del self.stats.seen_auth[:50]
         if c.api_key and auth != f"Bearer {c.api_key}":
             self.stats.auth_failures += 1
-            return await self._send(writer, 401, {"error": {"message": "invalid API key", "type": "auth"}})
+            return await self._send(http, 401, {"error": {"message": "invalid API key", "type": "auth"}})
         try:
             req = json.loads(body) if body else {}
-        except ValueError:
-            return await self._send(writer, 400, {"error": {"message": "bad JSON"}})
+        except (ValueError, RecursionError):
+            req = None
+        if not isinstance(req, dict):
+            return await self._send(http, 400, {"error": {"message": "bad JSON"}})
         if method == "GET" and path == "/v1/models":
-            return await self._send(writer, 200, {"object": "list", "data": [
+            return await self._send(http, 200, {"object": "list", "data": [
                 {"id": c.model, "object": "model", "max_model_len": c.max_model_len}]})
         if c.dialect == "llamacpp":
-            handled = await self._llamacpp(method, path, req, writer)
+            handled = await self._llamacpp(method, path, req, http)
             if handled is not None:
                 return handled
         if method == "GET" and path == "/version":
-            return await self._send(writer, 200, {"version": "fake-0.1"})
+            return await self._send(http, 200, {"version": "fake-0.1"})
         if method == "GET" and path == "/metrics":
             if not c.metrics:
-                return await self._send(writer, 404, {"detail": "Not Found"})
-            return await self._send(writer, 200, self._metrics_text().encode(), ctype="text/plain")
+                return await self._send(http, 404, {"detail": "Not Found"})
+            return await self._send(http, 200, self._metrics_text().encode(), ctype="text/plain")
         if method == "POST" and path == "/tokenize" and c.tokenize:
             if "messages" in req:
                 n = sum(len(_tok_ids(str(m.get("content", "")))) for m in req["messages"]) + c.template_tokens
-                return await self._send(writer, 200, {"count": n, "max_model_len": c.max_model_len,
+                return await self._send(http, 200, {"count": n, "max_model_len": c.max_model_len,
                                                       "tokens": list(range(n))})
             if "prompt" not in req:
-                return await self._send(writer, 400, {"error": {"message": "prompt missing"}})
+                return await self._send(http, 400, {"error": {"message": "prompt missing"}})
             ids = ([2] if req.get("add_special_tokens", True) else []) + _tok_ids(req["prompt"])
-            return await self._send(writer, 200, {"count": len(ids), "max_model_len": c.max_model_len,
+            return await self._send(http, 200, {"count": len(ids), "max_model_len": c.max_model_len,
                                                   "tokens": ids})
         if method == "POST" and path == "/detokenize" and c.tokenize:
-            return await self._send(writer, 200, {"prompt": " ".join(f"t{i}" for i in req.get("tokens", []))})
+            return await self._send(http, 200, {"prompt": " ".join(f"t{i}" for i in req.get("tokens", []))})
         if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
-            return await self._generate(path.endswith("chat/completions"), req, writer)
-        return await self._send(writer, 404, {"detail": "Not Found"})
+            return await self._generate(path.endswith("chat/completions"), req, http)
+        return await self._send(http, 404, {"detail": "Not Found"})
 
-    async def _llamacpp(self, method, path, req, writer):
+    async def _llamacpp(self, method, path, req, http):
         c, s = self.config, self.stats
         if method == "POST" and path == "/tokenize" and c.tokenize:
             ids = ([2] if req.get("add_special") else []) + _tok_ids(str(req.get("content", "")))
             if req.get("with_pieces"):
-                return await self._send(writer, 200, {"tokens": [{"id": i, "piece": f"t{i}"} for i in ids]})
-            return await self._send(writer, 200, {"tokens": ids})
+                return await self._send(http, 200, {"tokens": [{"id": i, "piece": f"t{i}"} for i in ids]})
+            return await self._send(http, 200, {"tokens": ids})
         if method == "POST" and path == "/detokenize" and c.tokenize:
-            return await self._send(writer, 200, {"content": " ".join(f"t{i}" for i in req.get("tokens", []))})
+            return await self._send(http, 200, {"content": " ".join(f"t{i}" for i in req.get("tokens", []))})
         if method == "POST" and path == "/apply-template":
             words = " ".join(str(m.get("content", "")) for m in req.get("messages", []))
             tmpl = [f"tmpl{k}" for k in range(c.template_tokens - 1)]  # + the BOS /tokenize adds
-            return await self._send(writer, 200, {"prompt": " ".join(tmpl[:1] + [words] + tmpl[1:])})
+            return await self._send(http, 200, {"prompt": " ".join(tmpl[:1] + [words] + tmpl[1:])})
         if method == "GET" and path == "/props":
-            return await self._send(writer, 200, {"total_slots": 4, "build_info": "b0000-fake",
+            return await self._send(http, 200, {"total_slots": 4, "build_info": "b0000-fake",
                                                   "default_generation_settings": {"n_ctx": c.max_model_len}})
         if method == "GET" and path == "/version":
-            return await self._send(writer, 404, {"error": {"message": "File Not Found"}})
+            return await self._send(http, 404, {"error": {"message": "File Not Found"}})
         if method == "GET" and path == "/metrics":
             text = "\n".join([
                 "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.",
@@ -264,7 +268,7 @@ class FakeServer:
                 f"llamacpp:requests_processing {s.running}",
                 f"llamacpp:requests_deferred {s.waiting}",
                 f"llamacpp:n_decode_total {s.generation_tokens}", ""])
-            return await self._send(writer, 200, text.encode(), ctype="text/plain")
+            return await self._send(http, 200, text.encode(), ctype="text/plain")
         return None
 
     def _metrics_text(self) -> str:
@@ -285,7 +289,7 @@ class FakeServer:
             f"vllm:time_to_first_token_seconds_sum{{{lab}}} {s.ttft_sum}",
             ""])
 
-    async def _generate(self, chat: bool, req: dict, writer) -> bool:
+    async def _generate(self, chat: bool, req: dict, http) -> bool:
         c = self.config
         t_arrive = perf_counter()
         idx = self._gen_index
@@ -295,29 +299,33 @@ class FakeServer:
         if c.fault and idx >= c.fault_after and (c.fault_every <= 0 or idx % c.fault_every == 0):
             fault = c.fault
         if fault == "http500":
-            return await self._send(writer, 500, {"error": {"message": "fake internal error", "code": 500}})
+            return await self._send(http, 500, {"error": {"message": "fake internal error", "code": 500}})
         if fault == "http429":
-            return await self._send(writer, 429, {"error": {"message": "rate limited (fake)", "code": 429}})
+            return await self._send(http, 429, {"error": {"message": "rate limited (fake)", "code": 429}})
         if chat:
             prompt_tokens = sum(len(_tok_ids(str(m.get("content", "")))) for m in req.get("messages", [])) \
                 + c.template_tokens
         else:
             prompt_tokens = len(_tok_ids(str(req.get("prompt", "")))) + 1
-        n_out = int(req.get("max_completion_tokens") or req.get("max_tokens") or 16)
+        n_out = req.get("max_completion_tokens") or req.get("max_tokens") or 16
+        if isinstance(n_out, bool) or not (isinstance(n_out, int) or isinstance(n_out, float) and n_out.is_integer()):
+            return await self._send(http, 400, {"error": {"message": "max_tokens must be an integer", "code": 400}})
+        n_out = int(n_out)
         if not req.get("stream"):
             self.stats.prompt_tokens += prompt_tokens
             self.stats.generation_tokens += n_out
             msg = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x " * n_out}}],
                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n_out,
                              "total_tokens": prompt_tokens + n_out}}
-            return await self._send(writer, 200, msg)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
-                     b"Connection: keep-alive\r\n\r\n")
+            return await self._send(http, 200, msg)
+        http.start(200, "text/event-stream")  # chunked
 
-        def event(obj_or_bytes) -> bytes:
+        def sse(obj_or_bytes) -> bytes:
             data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else json.dumps(obj_or_bytes).encode()
-            payload = b"data: " + data + b"\n\n"
-            return b"%x\r\n%s\r\n" % (len(payload), payload)
+            return b"data: " + data + b"\n\n"
+
+        def event(obj_or_bytes) -> None:  # one SSE event, one chunk
+            http.data(sse(obj_or_bytes))
 
         self.stats.waiting += 1
         if self._sem is not None:
@@ -332,8 +340,8 @@ class FakeServer:
             self.stats.ttft_sum += perf_counter() - t_arrive
             self.stats.ttft_count += 1
             if chat and c.role_chunk:
-                writer.write(event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                         "finish_reason": None}]}))
+                event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                           "finish_reason": None}]})
             pending: list[tuple[str, int]] = []  # tokens of the chunk being built
             for k in range(n_out):
                 if k > 0:
@@ -343,20 +351,20 @@ class FakeServer:
                         await asyncio.sleep(d)
                 if fault in ("malformed", "no_done", "hang", "close") and k == c.fault_chunk:
                     if fault == "malformed":
-                        writer.write(event(b'{"choices": [{"index": 0, "delta": {"content": "x"'))
-                        writer.write(event(b"[DONE]") + b"0\r\n\r\n")
-                        await writer.drain()
+                        event(b'{"choices": [{"index": 0, "delta": {"content": "x"')
+                        http.end(sse(b"[DONE]"))
+                        await http.writer.drain()
                         return True
                     if fault == "no_done":
-                        writer.write(b"0\r\n\r\n")
-                        await writer.drain()
+                        http.end()
+                        await http.writer.drain()
                         return True
                     if fault == "hang":
-                        await writer.drain()
+                        await http.writer.drain()
                         await asyncio.sleep(3600)
                     if fault == "close":
-                        await writer.drain()
-                        writer.transport.abort()
+                        await http.writer.drain()
+                        http.writer.transport.abort()
                         return False
                 txt = f"{perf_counter():.9f} " if c.stamp else f"t{k + 5} "
                 pending.append((txt, k + 5))
@@ -372,17 +380,17 @@ class FakeServer:
                 pending = []
                 if k == n_out - 1:
                     ch["finish_reason"] = "length"
-                writer.write(event({**base, "choices": [ch]}))
-                if writer.transport.get_write_buffer_size() > 1 << 16:
-                    await writer.drain()
+                event({**base, "choices": [ch]})
+                if http.writer.transport.get_write_buffer_size() > 1 << 16:
+                    await http.writer.drain()
             self.stats.prompt_tokens += prompt_tokens
             self.stats.generation_tokens += n_out
             if req.get("stream_options", {}).get("include_usage") and not c.no_usage:
-                writer.write(event({**base, "choices": [], "usage": {
+                event({**base, "choices": [], "usage": {
                     "prompt_tokens": prompt_tokens, "completion_tokens": n_out,
-                    "total_tokens": prompt_tokens + n_out}}))
-            writer.write(event(b"[DONE]") + b"0\r\n\r\n")
-            await writer.drain()
+                    "total_tokens": prompt_tokens + n_out}})
+            http.end(sse(b"[DONE]"))
+            await http.writer.drain()
             self.stats.completed += 1
             return True
         finally:

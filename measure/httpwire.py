@@ -1,83 +1,233 @@
-"""The little of HTTP/1.1 that capsim's own servers (the twin, the test fake) speak.
+"""HTTP/1.1 for capsim's own servers (the twin, the test fake), read and framed by h11.
 
-Both serve streaming responses over asyncio streams; an HTTP framework would add a
-dependency and hide the write timing the twin's clock depends on.
+h11 (the parser httpx and uvicorn use) reads the request line, the headers and the body
+(Content-Length or chunked), decides keep-alive and frames every response; this module only
+moves bytes between an h11.Connection and asyncio streams. A streamed event is written to the
+socket the moment a server makes it: the twin's clock depends on that write timing, which an
+HTTP framework would hide.
+
+A request h11 cannot read (bad request line, bad Content-Length or chunk size, headers over
+MAX_HEAD bytes) gets HTTP 400 with an OpenAI-shaped JSON error and the connection is closed;
+a body over MAX_BODY gets 413. Neither is logged: a malformed request is the client's news.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import re
+import logging
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Awaitable, Callable
 
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
-           503: "Service Unavailable"}
+import h11
+
+MAX_HEAD = 64 * 1024       # request line + headers (h11's default is 16 KiB; uvicorn's and vLLM's too)
+MAX_BODY = 64 * 1024 * 1024  # a max_model_len prompt as JSON is a few MB
+_READ = 64 * 1024
+_MAX_PIPELINED = 1 << 20   # bytes kept from a client that sends while its response is being generated
+
+log = logging.getLogger("capsim.http")
 
 
 class BadRequest(ValueError):
-    """A request whose framing cannot be read (bad Content-Length or chunk size): answered with HTTP 400."""
+    """A request that cannot be read: answered with `status` and the connection closed."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
 class Request:
     method: str
     path: str          # without the query string
-    headers: dict      # lower-case names
+    headers: dict      # lower-case names (the last value of a repeated header)
     body: bytes
     keep_alive: bool   # the client did not ask to close (HTTP/1.1 default)
 
 
-async def read_request(reader: asyncio.StreamReader) -> Request | None:
-    """The next request on a connection, or None when the client closed it or sent garbage.
+def error_body(status: int, message: str, typ: str = "BadRequestError") -> dict:
+    """OpenAI's (and vLLM's) error shape."""
+    return {"error": {"message": message, "type": typ, "param": None, "code": status}}
 
-    A body whose length cannot be read raises BadRequest (the connection cannot go on)."""
+
+def _reason(status: int) -> bytes:
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    try:
-        method, target, version = lines[0].split(" ", 2)
+        return HTTPStatus(status).phrase.encode()
     except ValueError:
-        return None
-    headers = {}
-    for ln in lines[1:]:
-        if ":" in ln:
-            k, v = ln.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = await _read_chunked(reader)
-    else:
-        cl = headers.get("content-length", "0") or "0"
-        n = int(cl) if cl.isascii() and cl.isdigit() else -1
-        if n < 0:
-            raise BadRequest(f"bad Content-Length: {cl[:40]!r}")
-        body = await reader.readexactly(n) if n else b""
-    keep = headers.get("connection", "").lower() != "close" and version.upper() != "HTTP/1.0"
-    return Request(method.upper(), target.split("?", 1)[0], headers, body, keep)
+        return b"Error"
 
 
-async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           handle: Callable[[Request], Awaitable[bool]], writers: set) -> None:
+class Connection:
+    """One client's TCP connection: requests in, responses out, through one h11.Connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: str = "capsim"):
+        self.reader = reader
+        self.writer = writer
+        self.server = server.encode()
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.closed = False  # the client closed or reset its side
+        self._head = False   # answering a HEAD request: headers only
+
+    # ------------------------------------------------------------ reading
+    async def _receive(self) -> None:
+        if self.closed:
+            raise ConnectionResetError("the client closed the connection")
+        try:
+            data = await self.reader.read(_READ)
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+        self.h11.receive_data(data)
+
+    async def _next_event(self):
+        while True:
+            ev = self.h11.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev
+            if self.h11.they_are_waiting_for_100_continue:  # curl asks before a body over 1 KiB
+                self.writer.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[],
+                                                                          reason=b"Continue")))
+            await self._receive()
+
+    async def next_request(self) -> Request | None:
+        """The next whole request, or None when the client closed the connection between requests.
+
+        Raises BadRequest for a request h11 cannot read (a client that closed in the middle of one
+        included) or one too large."""
+        try:
+            ev = await self._next_event()
+        except h11.RemoteProtocolError as e:
+            raise BadRequest(f"malformed HTTP request: {str(e)[:200]}") from None
+        if not isinstance(ev, h11.Request):  # ConnectionClosed, or PAUSED after a close
+            return None
+        if len(ev.target) + sum(len(k) + len(v) + 4 for k, v in ev.headers) > MAX_HEAD:
+            # h11's limit holds for a head still incomplete; one that arrived whole is measured here
+            raise BadRequest(f"request line and headers over {MAX_HEAD} bytes")
+        if not ev.http_version.startswith(b"1."):  # h11 reads any digit.digit
+            raise BadRequest(f"HTTP/{ev.http_version.decode()} is not supported: HTTP/1.1 is", 505)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in ev.headers}  # h11 lower-cases names
+        cl = headers.get("content-length")
+        if cl is not None and int(cl) > MAX_BODY:  # h11 checked that it is digits
+            raise BadRequest(f"request body over {MAX_BODY} bytes", 413)
+        body = bytearray()
+        while True:
+            try:
+                part = await self._next_event()
+            except h11.RemoteProtocolError as e:
+                raise BadRequest(f"malformed HTTP request body: {str(e)[:200]}") from None
+            if isinstance(part, h11.Data):
+                body += part.data
+                if len(body) > MAX_BODY:
+                    raise BadRequest(f"request body over {MAX_BODY} bytes", 413)
+            elif isinstance(part, h11.EndOfMessage):
+                break
+            else:
+                return None
+        method = ev.method.decode("latin-1").upper()
+        self._head = method == "HEAD"
+        conn = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        keep = "close" not in conn and ev.http_version != b"1.0"
+        return Request(method, ev.target.decode("latin-1").split("?", 1)[0], headers, bytes(body), keep)
+
+    async def until_closed(self) -> None:
+        """Return when the client closes or resets the connection (for a server to abort work meant for it).
+
+        What the client sends meanwhile (a pipelined next request) stays buffered for next_request."""
+        while not self.closed:
+            if len(self.h11.trailing_data[0]) > _MAX_PIPELINED:
+                await asyncio.Future()  # read no more: only the caller's cancel ends this
+            await self._receive()
+
+    # ------------------------------------------------------------ writing
+    @property
+    def gone(self) -> bool:
+        """The client closed, or the socket can take no more writes."""
+        tr = self.writer.transport
+        return self.closed or tr is None or tr.is_closing()
+
+    def _write(self, *events) -> None:
+        """h11's bytes for `events` in one write (one send(2) for a whole small response)."""
+        tr = self.writer.transport
+        if tr is None or tr.is_closing():  # asyncio would drop the bytes and log a warning per write
+            raise ConnectionResetError("the client closed the connection")
+        self.writer.write(b"".join(self.h11.send(ev) for ev in events if ev is not None))
+
+    def _response(self, status: int, ctype: str, length: int | None, close: bool) -> h11.Response:
+        headers = [(b"content-type", ctype.encode()), (b"server", self.server)]
+        if length is not None:
+            headers.append((b"content-length", b"%d" % length))
+        if close:
+            headers.append((b"connection", b"close"))
+        return h11.Response(status_code=status, headers=headers, reason=_reason(status))
+
+    def _data(self, payload: bytes) -> h11.Data | None:
+        return h11.Data(data=payload) if payload and not self._head else None
+
+    def start(self, status: int, ctype: str = "application/json", close: bool = False) -> None:
+        """The headers of a streamed response: its body is chunked (to an HTTP/1.0 client: ends at close)."""
+        self._write(self._response(status, ctype, None, close))
+
+    def data(self, payload: bytes) -> None:
+        """One chunk of the body, written now; ConnectionResetError if the client has gone."""
+        if payload and not self._head:
+            self._write(self._data(payload))
+
+    def end(self, payload: bytes = b"") -> None:
+        """The last chunk (if any) and the end of the body, in one write."""
+        self._write(self._data(payload), h11.EndOfMessage())
+
+    async def respond(self, status: int, obj, ctype: str = "application/json", close: bool = False) -> bool:
+        """A whole response (bytes as they are, anything else as JSON); True, so a handler can return it."""
+        data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        self._write(self._response(status, ctype, len(data), close), self._data(data), h11.EndOfMessage())
+        await self.writer.drain()
+        return True
+
+    async def refuse(self, status: int, message: str) -> None:
+        """An error answer to a request that could not be read, if no response has begun; then close."""
+        tr = self.writer.transport  # a client that only shut its sending side may still read the answer
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and tr is not None and not tr.is_closing():
+            self._head = False
+            await self.respond(status, error_body(status, message), close=True)
+
+
+Handler = Callable[[Request, Connection], Awaitable[bool]]
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handle: Handler,
+                           writers: set, server: str = "capsim") -> None:
     """Serve requests on one connection until the client closes it, asks to, or `handle` returns False.
 
-    `writers` holds the open connections (so a server can abort them when it stops).
+    `handle(request, connection)` answers through the connection's respond(), or start()/data()/end()
+    for a stream. `writers` holds the open connections (so a server can abort them when it stops).
+    Nothing a client sends or does (garbage, a reset mid-stream) is logged; a handler that raises
+    gets the client a 500 and one logged error with its traceback, since that is a bug of the server.
     """
+    conn = Connection(reader, writer, server)
     writers.add(writer)
     try:
         while True:
             try:
-                req = await read_request(reader)
-            except BadRequest as e:  # answered, never a traceback in the server's log
-                writer.write(response(400, {"error": {"message": str(e), "type": "BadRequestError", "code": 400}},
-                                      keep=False))
-                await writer.drain()
+                req = await conn.next_request()
+            except BadRequest as e:
+                await conn.refuse(e.status, str(e))
                 return
-            if req is None or not await handle(req) or not req.keep_alive:
+            if req is None:
                 return
-    except (ConnectionError, asyncio.IncompleteReadError):
+            try:
+                ok = await handle(req, conn)
+            except (ConnectionError, h11.RemoteProtocolError):
+                return
+            except Exception:
+                log.exception("%s %s failed", req.method, req.path)
+                await conn.refuse(500, "internal server error")
+                return
+            if not ok or conn.h11.our_state is not h11.DONE or conn.h11.their_state is not h11.DONE:
+                return  # the handler gave up, or either side asked to close (Connection: close, HTTP/1.0)
+            conn.h11.start_next_cycle()
+    except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
         return
     finally:
         writers.discard(writer)
@@ -85,29 +235,3 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
             writer.close()
         except RuntimeError:
             pass
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    out = b""
-    while True:
-        try:
-            line = await reader.readuntil(b"\r\n")
-        except asyncio.LimitOverrunError:
-            raise BadRequest("chunk size line too long") from None
-        text = line.split(b";")[0].strip() or b"0"
-        if not re.fullmatch(rb"[0-9A-Fa-f]{1,16}", text):  # int(x, 16) would take -1, 0x10 and 1_0 too
-            raise BadRequest(f"bad chunk size: {text[:40]!r}")
-        size = int(text, 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return out
-        out += await reader.readexactly(size)
-        await reader.readexactly(2)
-
-
-def response(status: int, obj, ctype: str = "application/json", keep: bool = True, server: str = "capsim") -> bytes:
-    """A whole response with a body (bytes as they are, anything else as JSON)."""
-    data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-    return (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: {ctype}\r\n"
-            f"content-length: {len(data)}\r\nconnection: {'keep-alive' if keep else 'close'}\r\n"
-            f"server: {server}\r\n\r\n").encode() + data

@@ -62,7 +62,7 @@ from simulator.records import RequestRecord
 from simulator.sim import Frontend
 from simulator.workload import RequestSpec
 
-from .httpwire import response, serve_connection
+from .httpwire import Connection, error_body, serve_connection
 
 DEFAULT_MODEL_NAME = "capsim-twin"
 INF = float("inf")
@@ -184,15 +184,15 @@ class TwinStats:
 class _Gen:
     """A request being generated: owned by the asyncio thread, named by the engine thread."""
 
-    __slots__ = ("rid", "chat", "stream", "include_usage", "writer", "prompt_tokens", "max_tokens", "sent",
+    __slots__ = ("rid", "chat", "stream", "include_usage", "http", "prompt_tokens", "max_tokens", "sent",
                  "done", "model", "created", "texts", "dead", "wall_in", "last_wall", "word0", "record")
 
-    def __init__(self, rid, chat, stream, include_usage, writer, prompt_tokens, max_tokens, done, model):
+    def __init__(self, rid, chat, stream, include_usage, http, prompt_tokens, max_tokens, done, model):
         self.rid = rid
         self.chat = chat
         self.stream = stream
         self.include_usage = include_usage
-        self.writer = writer
+        self.http = http  # its client's httpwire.Connection
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.sent = 0
@@ -454,12 +454,8 @@ class TwinEngine:
 
 # ---------------------------------------------------------------- HTTP
 
-def _error_body(status: int, message: str, typ: str = "BadRequestError") -> dict:
-    return {"error": {"message": message, "type": typ, "param": None, "code": status}}
-
-
 class TwinServer:
-    """The HTTP side: asyncio streams, HTTP/1.1 keep-alive, chunked SSE."""
+    """The HTTP side: asyncio streams, HTTP/1.1 through h11 (measure/httpwire.py), keep-alive, chunked SSE."""
 
     def __init__(self, profile: Profile, host: str = "127.0.0.1", port: int = 0, speed: float = 1.0,
                  model: str | None = None, seed: int = 0):
@@ -559,66 +555,66 @@ class TwinServer:
 
     # ------------------------------------------------------------ connection
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async def handle(req) -> bool:
-            return await self._route(req.method, req.path, req.body, reader, writer, req.keep_alive)
+        async def handle(req, http: Connection) -> bool:
+            return await self._route(req.method, req.path, req.body, http)
 
         try:
-            await serve_connection(reader, writer, handle, self._writers)
+            await serve_connection(reader, writer, handle, self._writers, server="capsim-twin")
         except asyncio.CancelledError:  # shutting down
             pass
 
-    async def _send(self, writer, status: int, obj, ctype: str = "application/json", keep: bool = True) -> bool:
-        writer.write(response(status, obj, ctype, keep, server="capsim-twin"))
-        await writer.drain()
-        return True
+    async def _send(self, http: Connection, status: int, obj, ctype: str = "application/json") -> bool:
+        return await http.respond(status, obj, ctype)
 
-    async def _route(self, method, path, body, reader, writer, keep) -> bool:
+    async def _route(self, method, path, body, http: Connection) -> bool:
         if len(path) > 1:
             path = path.rstrip("/")
         req: Any = {}
         if body:
             try:
                 req = json.loads(body)
-            except ValueError:
-                return await self._send(writer, 400, _error_body(400, "request body is not valid JSON"))
+            except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+                return await self._send(http, 400, error_body(400, "request body is not valid JSON"))
             if not isinstance(req, dict):
-                return await self._send(writer, 400, _error_body(400, "request body must be a JSON object"))
+                return await self._send(http, 400, error_body(400, "request body must be a JSON object"))
         if method == "GET" and path == "/v1/models":
             mml = self.profile.engine.max_model_len
-            return await self._send(writer, 200, {"object": "list", "data": [
+            return await self._send(http, 200, {"object": "list", "data": [
                 {"id": self.model, "object": "model", "created": int(time.time()), "owned_by": "capsim",
                  "root": self.model, "parent": None, "max_model_len": mml, "permission": []}]})
         if method == "GET" and path == "/health":
             ok = self.engine.error is None
-            return await self._send(writer, 200 if ok else 503, b"", ctype="text/plain")
+            return await self._send(http, 200 if ok else 503, b"", ctype="text/plain")
         if method == "GET" and path == "/version":
-            return await self._send(writer, 200, {"version": "capsim-twin"})
+            return await self._send(http, 200, {"version": "capsim-twin"})
         if method == "GET" and path == "/metrics":
-            return await self._send(writer, 200, self.metrics_text().encode(),
+            return await self._send(http, 200, self.metrics_text().encode(),
                                     ctype="text/plain; version=0.0.4; charset=utf-8")
         if method == "POST" and path == "/tokenize":
-            return await self._tokenize(req, writer)
+            return await self._tokenize(req, http)
         if method == "POST" and path == "/detokenize":
             toks = req.get("tokens")
             if not isinstance(toks, list) or not all(isinstance(t, int) for t in toks):
-                return await self._send(writer, 400, _error_body(400, "tokens must be a list of integers"))
-            return await self._send(writer, 200, {"prompt": self.tok.detokenize(toks)})
+                return await self._send(http, 400, error_body(400, "tokens must be a list of integers"))
+            return await self._send(http, 200, {"prompt": self.tok.detokenize(toks)})
         if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
-            return await self._generate(path == "/v1/chat/completions", req, reader, writer)
+            return await self._generate(path == "/v1/chat/completions", req, http)
         if path in ("/v1/models", "/health", "/version", "/metrics", "/tokenize", "/detokenize",
                     "/v1/chat/completions", "/v1/completions"):
-            return await self._send(writer, 405, {"detail": "Method Not Allowed"})
-        return await self._send(writer, 404, {"detail": "Not Found"})
+            return await self._send(http, 405, {"detail": "Method Not Allowed"})
+        return await self._send(http, 404, {"detail": "Not Found"})
 
-    async def _tokenize(self, req: dict, writer) -> bool:
+    async def _tokenize(self, req: dict, http) -> bool:
         mml = self.profile.engine.max_model_len
         if "messages" in req:
+            if not isinstance(req["messages"] or [], list):
+                return await self._send(http, 400, error_body(400, "messages must be a list"))
             ids = self.tok.chat_ids(req.get("messages") or [], bool(req.get("add_generation_prompt", True)))
         elif "prompt" in req:
             ids = self.tok.ids(str(req.get("prompt") or ""), bool(req.get("add_special_tokens", True)))
         else:
-            return await self._send(writer, 400, _error_body(400, "either prompt or messages is required"))
-        return await self._send(writer, 200, {"count": len(ids), "max_model_len": mml, "tokens": ids,
+            return await self._send(http, 400, error_body(400, "either prompt or messages is required"))
+        return await self._send(http, 200, {"count": len(ids), "max_model_len": mml, "tokens": ids,
                                               "token_strs": None})
 
     # ------------------------------------------------------------ generation
@@ -640,12 +636,12 @@ class TwinServer:
             return "prompt must be a string"
         return self.tok.count(p, add_special=True)
 
-    async def _generate(self, chat: bool, req: dict, reader, writer) -> bool:
+    async def _generate(self, chat: bool, req: dict, http) -> bool:
         wall_in = monotonic()
         mml = self.profile.engine.max_model_len
         pt = self._prompt_tokens(chat, req)
         if isinstance(pt, str):
-            return await self._send(writer, 400, _error_body(400, pt))
+            return await self._send(http, 400, error_body(400, pt))
         mt = req.get("max_completion_tokens") if chat else None
         if mt is None:
             mt = req.get("max_tokens")
@@ -653,32 +649,31 @@ class TwinServer:
             mt = mml - pt
         # an integer, or a float that is one (JSON's 1e400 parses as inf, 2.5 is no token count)
         if isinstance(mt, bool) or not (isinstance(mt, int) or isinstance(mt, float) and mt.is_integer()):
-            return await self._send(writer, 400, _error_body(400, "max_tokens must be an integer"))
+            return await self._send(http, 400, error_body(400, "max_tokens must be an integer"))
         mt = int(mt)
         if pt + max(mt, 0) > mml or mt < 1:
             msg = (f"This model's maximum context length is {mml} tokens. However, you requested {pt + mt} tokens "
                    f"({pt} in the messages, {mt} in the completion). Please reduce the length of the messages "
                    f"or completion." if mt >= 1 else "max_tokens must be at least 1")
             self.stats.rejected += 1
-            return await self._send(writer, 400, _error_body(400, msg))
+            return await self._send(http, 400, error_body(400, msg))
         spec = RequestSpec(prompt_tokens=pt, max_tokens=mt, output_tokens=mt, tag="twin")
         why = self.engine.reject_reason(spec)
         if why is not None:
             self.stats.rejected += 1
-            return await self._send(writer, 400, _error_body(400, why.removeprefix("HTTP 400: ")))
+            return await self._send(http, 400, error_body(400, why.removeprefix("HTTP 400: ")))
         stream = bool(req.get("stream"))
         so = req.get("stream_options") or {}
         include_usage = bool(so.get("include_usage")) if isinstance(so, dict) else False
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         done = self._loop.create_future()
-        gen = _Gen(rid, chat, stream, include_usage, writer, pt, mt, done, str(req.get("model") or self.model))
+        gen = _Gen(rid, chat, stream, include_usage, http, pt, mt, done, str(req.get("model") or self.model))
         gen.wall_in = wall_in
-        if stream:
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-                         b"transfer-encoding: chunked\r\nconnection: keep-alive\r\nserver: capsim-twin\r\n\r\n")
+        if stream:  # chunked: each SSE event is one chunk, written when the engine makes it
+            http.start(200, "text/event-stream; charset=utf-8")
         self.engine.submit(gen, spec, wall_in)
         # a client that goes away mid-request: abort it in the engine (as vLLM does)
-        gone = asyncio.ensure_future(reader.read(1))
+        gone = asyncio.ensure_future(http.until_closed())
         try:
             await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -694,11 +689,11 @@ class TwinServer:
             return False
         if stream:
             try:
-                await writer.drain()
+                await http.writer.drain()
             except ConnectionError:
                 return False
             return True
-        return await self._send(writer, 200, self._full_response(gen))
+        return await self._send(http, 200, self._full_response(gen))
 
     def _full_response(self, gen: _Gen) -> dict:
         text = "".join(gen.texts)
@@ -737,8 +732,11 @@ class TwinServer:
                 continue
             if tokens < 0:  # refused by the engine after all
                 if gen.stream:
-                    self._event(gen, _error_body(400, "request refused by the engine")["error"])
-                    self._end(gen)
+                    try:
+                        self._event(gen, error_body(400, "request refused by the engine")["error"])
+                        self._end(gen)
+                    except ConnectionError:
+                        gen.dead = True
                 gen.done.set_result(False)
                 continue
             n = min(tokens, gen.max_tokens - gen.sent)
@@ -760,17 +758,19 @@ class TwinServer:
                 gen.dead = True
                 gen.done.set_result(False)
 
-    def _event(self, gen: _Gen, obj) -> None:
+    @staticmethod
+    def _sse(obj) -> bytes:
         data = obj if isinstance(obj, bytes) else json.dumps(obj, separators=(",", ":")).encode()
-        payload = b"data: " + data + b"\n\n"
-        gen.writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+        return b"data: " + data + b"\n\n"
+
+    def _event(self, gen: _Gen, obj) -> None:
+        gen.http.data(self._sse(obj))  # one event, one chunk
 
     def _end(self, gen: _Gen) -> None:
-        self._event(gen, b"[DONE]")
-        gen.writer.write(b"0\r\n\r\n")
+        gen.http.end(self._sse(b"[DONE]"))  # the last chunk and the end of the body in one write
 
     def _stream_chunk(self, gen: _Gen, text: str, first: bool, final: bool) -> None:
-        if gen.writer.transport is None or gen.writer.transport.is_closing():
+        if gen.http.gone:
             raise ConnectionError("client gone")
         finish = "length" if final else None
         if gen.chat:
