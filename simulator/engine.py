@@ -87,7 +87,7 @@ class _TimeStore:
 class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
                  "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
-                 "kv_until", "drafts", "accepted", "chunks", "multi")
+                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int):
         self.spec = spec
@@ -112,6 +112,8 @@ class _Req:
         self.accepted = 0
         self.chunks = 0  # chunks emitted so far
         self.multi: list[tuple[int, int]] | None = None  # (chunk number, tokens) of chunks of != 1 token
+        self.mem = False  # a member: its decode counters live in the engine's member arrays
+        self.ub = 0  # the most KV blocks it can ever hold
 
     @property
     def known(self) -> int:
@@ -134,10 +136,11 @@ class _Req:
 
 
 class _Step:
-    __slots__ = ("items", "start", "end", "k", "ends", "first_idx", "ctx0")
+    __slots__ = ("items", "start", "end", "k", "ends", "first_idx", "ctx0", "mem")
 
-    def __init__(self, items, start, k=1, ends=None, ctx0=None):
+    def __init__(self, items, start, k=1, ends=None, ctx0=None, mem=False):
         self.items = items  # [(req, n_tokens, emits, epoch)]
+        self.mem = mem  # members decode in it too (one token each, not in items)
         self.start = start
         self.k = k
         self.ends = ends
@@ -187,6 +190,9 @@ class Engine:
         self._wake = env.event()
         self._pending: float | None = None  # earliest arrival since the last decode run was scheduled
         self._order = 0
+        self._ub_total = 0  # sum of ub over requests in the engine
+        self._mem: list[_Req] = []
+        self._m_clear()
         env.process(self._loop())
 
     # ------------------------------------------------------------------ input
@@ -208,6 +214,9 @@ class Engine:
         """Queue a request arriving at exact time t (== env.now up to rounding)."""
         req = _Req(spec, record, t, on_done, self._order)
         self._order += 1
+        if self.kv.capacity is not None:
+            req.ub = self.kv.blocks(spec.prompt_tokens + spec.max_tokens, self.lim.max_num_batched_tokens)
+            self._ub_total += req.ub
         self.waiting.append(req)
         if self._pending is None or t < self._pending:
             self._pending = t
@@ -298,6 +307,13 @@ class Engine:
         rest through the general path; `sums` holds the plain decodes' count and context sums and the
         other items, so the step's integer features need not walk the whole batch again.
         """
+        if self.fast_forward and not self.spec_k and self.trace is None and self.on_emit is None and (
+                self.kv.capacity is None or self._ub_total <= self.kv.capacity):
+            sched = self._schedule_members()
+            if sched is not False:
+                return sched
+        if self._mem:
+            self._dissolve()
         L = self.lim
         budget = L.max_num_batched_tokens
         items: list = []
@@ -376,7 +392,7 @@ class Engine:
             return None
         if self.trace is not None:
             self._trace(sum(it[1] for it in items), preempted, [r.order for r in admitted], 1)
-        return items, preempted, (dec_n, dec_cf, dec_cw, others)
+        return items, preempted, (dec_n, dec_cf, dec_cw, others), False
 
     def _features(self, sums) -> StepFeatures:
         """The step's integer features: the general items' plus the plain decodes' sums.
@@ -481,24 +497,29 @@ class Engine:
         step.end = float(step.ends[-1])
 
     def _launch(self, sched, start: float) -> None:
-        items, preempted, sums = sched
-        k = self._run_length(items, preempted, sums[3])
+        items, preempted, sums, mem = sched
+        k = self._member_run_length(items, sums) if mem else self._run_length(items, preempted, sums[3])
         first_idx = self.steps
         if k == 1:
             d = self.model.time(self._features(sums))
             noise = self._noise(first_idx, 1)
             if noise is not None:
                 d = d * noise[0]
-            step = _Step(items, start, 1, np.array([start + d]))
+            step = _Step(items, start, 1, np.array([start + d]), mem=mem)
         else:
             ctx0 = np.array([r.computed - 1 for r, _, _, _ in items], dtype=np.int64)
+            if mem and self._mem:  # every member scheduled now decodes in all k steps (_member_run_length)
+                base = self._m[self._BASE]
+                if first_idx >= self._m_stopmin:
+                    base = base[self._m[self._STOP] > first_idx]
+                ctx0 = np.concatenate([ctx0, base + (first_idx - 1)])
             self._advance(items, k - 1)  # step 1 was scheduled normally
             d = self.model.decode_run(ctx0, k)
             noise = self._noise(first_idx, k)
             if noise is not None:
                 d = d * noise
             ends = np.add.accumulate(np.concatenate([[start], d]))[1:]
-            step = _Step(items, start, k, ends, ctx0)
+            step = _Step(items, start, k, ends, ctx0, mem=mem)
             self._pending = None  # arrivals before this schedule are in `waiting` already
             if self.trace is not None:
                 self._trace(len(items) * k, False, [], k)
@@ -506,9 +527,219 @@ class Engine:
         self.steps += k
         self.inflight.append(step)
 
+    # ------------------------------------------------------------------ members
+    # With fast-forward, a request decoding one token a step becomes a *member*: its counters live
+    # in the arrays below and follow from the step index, so a step costs nothing per member. A
+    # member joins at step f with out_sched oj and computed cj (before that step); it is then
+    # scheduled in every step until its out_sched reaches max_tokens (step `stop` is the first it
+    # is not) and finishes when step fs = f + target - oj - 1 is processed (with async scheduling
+    # step fs + 1 was already scheduled: the wasted step). Members exist only while no KV block can
+    # be refused (the blocks every request in the engine could ever hold fit the cache), so their
+    # blocks are counted again only when they stop being members (_dissolve), and only without
+    # trace, on_emit or speculative decoding; anything else dissolves them first.
+
+    # rows of self._m: first member step, out_sched and computed at joining, computed after step
+    # s minus s, first step not scheduled, step that emits the last token, run bound (stop, or fs + 2
+    # with async / fs + 1 without when the request can stop early)
+    _F, _OJ, _CJ, _BASE, _STOP, _FS, _K = range(7)
+
+    def _m_clear(self) -> None:
+        self._mem = []
+        self._m = np.empty((7, 0), dtype=np.int64)
+        self._m_stopmin = self._m_fsmin = math.inf
+
+    def _m_mins(self) -> None:
+        if self._mem:
+            self._m_stopmin, self._m_fsmin = (int(v) for v in self._m[self._STOP:self._FS + 1].min(axis=1))
+        else:
+            self._m_stopmin = self._m_fsmin = math.inf
+
+    def _nonmembers(self) -> list:
+        """Running requests that are not members, in running order (they sit at the end, mostly)."""
+        want = len(self.running) - len(self._mem)
+        out = []
+        if want:
+            for req in reversed(self.running):
+                if not req.mem:
+                    out.append(req)
+                    if len(out) == want:
+                        break
+            out.reverse()
+        return out
+
+    def _schedule_members(self):
+        """schedule() with members; False when the budget could bind somewhere the order matters."""
+        L = self.lim
+        budget = L.max_num_batched_tokens
+        s = self.steps  # the index of the step being scheduled
+        mml1 = L.max_model_len - 1
+        thr = L.long_prefill_token_threshold
+        running = self.running
+        join, general = [], []
+        demand = 0
+        last = running[-1] if running else None
+        for req in self._nonmembers():
+            o, c = req.out_sched, req.computed
+            if o >= req.max_tokens:
+                continue
+            if req.prompt + o - c == 1 and o < req.target and c < mml1:
+                join.append(req)
+                continue
+            general.append(req)
+            if req is not last:
+                n = req.prompt + o - c
+                if thr > 0:
+                    n = min(n, thr)
+                n = min(n, mml1 - c)
+                if n > 0:
+                    demand += n
+        n_mem = (len(self._mem) if s < self._m_stopmin else int((self._m[self._STOP] > s).sum())) + len(join)
+        if n_mem + demand > budget:
+            return False  # then every request but the last gets all it asks for, in any order
+        if join:
+            oj = np.array([r.out_sched for r in join], dtype=np.int64)
+            cj = np.array([r.computed for r in join], dtype=np.int64)
+            mx = np.array([r.max_tokens for r in join], dtype=np.int64)
+            tg = np.array([r.target for r in join], dtype=np.int64)
+            stop = s + mx - oj
+            fs = s + tg - oj - 1
+            kk = np.where(tg < mx, np.minimum(stop, fs + (2 if self.async_ else 1)), stop)
+            rows = np.stack([np.full(len(join), s, dtype=np.int64), oj, cj, cj - s + 1, stop, fs, kk])
+            self._m = np.concatenate([self._m, rows], axis=1)
+            for r in join:
+                r.mem = True
+            self._mem += join
+            self._m_mins()
+        dec_cf = dec_cw = 0
+        if n_mem:
+            ctx = self._m[self._BASE] + s  # computed after this step
+            if s >= self._m_stopmin:
+                ctx = ctx[self._m[self._STOP] > s]
+            dec_cf = int(ctx.sum())
+            w = self.window
+            if w:
+                dec_cw = int(np.minimum(ctx, w).sum())
+        budget -= n_mem
+        items: list = []
+        for req in general:
+            if budget <= 0:
+                break
+            n = req.known - req.computed
+            if thr > 0:
+                n = min(n, thr)
+            n = min(n, budget, mml1 - req.computed)
+            if n <= 0:
+                continue
+            if not self._alloc(req, n):
+                raise RuntimeError("a KV block was refused with members, whose blocks always fit")
+            self._take(req, n, items)
+            budget -= n
+        while self.waiting and budget > 0 and len(running) < L.max_num_seqs:
+            req = self.waiting[0]
+            n = req.known - req.computed
+            if thr > 0:
+                n = min(n, thr)
+            n = min(n, budget)
+            if L.reserve_full_prompt and not self.kv.fits(self.kv.blocks(req.known, n)):
+                break
+            if not self._alloc(req, n):
+                break
+            self.waiting.popleft()
+            req.state = RUNNING
+            running.append(req)
+            self._take(req, n, items)
+            budget -= n
+        if not items and not n_mem:
+            return None
+        return items, False, (n_mem, dec_cf, dec_cw, items), True
+
+    def _member_run_length(self, items, sums) -> int:
+        """_run_length for a step with members: the same answer, from the member arrays."""
+        L = self.lim
+        s = self.steps
+        n_mem = sums[0]
+        if any(n != 1 or not emits for _, n, emits, _ in items):
+            return 1
+        if n_mem and self._m_stopmin <= s + 1 and (self._m[self._STOP] == s + 1).any():
+            return 1  # a member's out_sched reaches max_tokens in this step: not counted as unfinished
+        unfinished = n_mem
+        for r in self._nonmembers():
+            if r.out_sched < r.max_tokens:
+                unfinished += 1
+        if len(items) + n_mem != unfinished:
+            return 1
+        if len(items) + n_mem > L.max_num_batched_tokens:
+            return 1
+        k = math.inf
+        if n_mem:
+            kk = self._m[self._K] if s < self._m_stopmin else self._m[self._K][self._m[self._STOP] > s]
+            k = int(kk.min()) - s
+        extra = 2 if self.async_ else 1
+        for r, _, _, _ in items:
+            o, m, t = r.out_sched, r.max_tokens, r.target
+            if 1 + m - o < k:
+                k = 1 + m - o
+            if t < m and t - o + extra < k:
+                k = t - o + extra
+        if self.waiting and self.async_:
+            if self._m_fsmin <= s or any(r.emitted < r.target and r.out_sched >= r.target for r in self._nonmembers()
+                                         if r.out_sched >= r.max_tokens or r.target < r.max_tokens):
+                return 1
+        if k < self.MIN_RUN:
+            return 1
+        return int(k)  # the KV cache cannot bind while there are members
+
+    def _members_done(self, x: int) -> list:
+        """Members whose last token is in steps up to x: their counters written back, out of the arrays."""
+        idx = np.flatnonzero(self._m[self._FS] <= x).tolist()
+        done = []
+        last_sched = self.steps - 1
+        for i in idx:
+            r = self._mem[i]
+            f, oj, cj, _, stop, fs, _ = self._m[:, i].tolist()
+            ticks = min(last_sched, stop - 1) - f + 1
+            r.computed, r.out_sched = cj + ticks, oj + ticks
+            r.emit(f, fs - f + 1)
+            r.mem = False
+            done.append(r)
+        for i in reversed(idx):
+            del self._mem[i]
+        self._m = np.delete(self._m, idx, axis=1)
+        self._m_mins()
+        return done
+
+    def _dissolve(self) -> None:
+        """Members back to ordinary requests: counters, chunks, KV blocks, and their item in the step in flight."""
+        last_sched = self.steps - 1
+        last_done = self.times.n - 1  # steps processed so far
+        flight = [st for st in self.inflight if st.mem]
+        for st in flight:
+            assert st.k == 1
+        used = self.kv.used
+        for i, r in enumerate(self._mem):
+            f, oj, cj, _, stop, _, _ = self._m[:, i].tolist()
+            ls = min(last_sched, stop - 1)
+            ticks = ls - f + 1
+            r.computed, r.out_sched = cj + ticks, oj + ticks
+            cnt = min(last_done, ls) - f + 1
+            if cnt > 0:
+                r.emit(f, cnt)
+            held, until = self._decode_blocks(r.computed)
+            used += held - r.held
+            r.held, r.kv_until = held, until
+            r.mem = False
+            for st in flight:
+                if f <= st.first_idx <= ls:
+                    st.items.append((r, 1, True, r.epoch))
+        self.kv.used = used
+        for st in flight:
+            st.mem = False
+        self._m_clear()
+
     # ------------------------------------------------------------------ outputs
     def _finish(self, req: _Req, t: float) -> None:
         req.state = FINISHED
+        self._ub_total -= req.ub
         self.running.remove(req)
         self.kv.used -= req.held
         req.held = 0
@@ -566,6 +797,10 @@ class Engine:
                 self.on_emit(req.record, last_t, count)
             if req.emitted >= req.target:
                 done.append(req)
+        if step.mem and self._m_fsmin <= step.first_idx + upto - 1:
+            done += self._members_done(step.first_idx + upto - 1)
+        if len(done) > 1:
+            done.sort(key=self.running.index)  # finish in running order, as the items are
         for req in done:
             self._finish(req, last_t)
 
@@ -620,7 +855,8 @@ class Engine:
                 self.clock = float(head.ends[n_exec - 1])
             if self.async_:
                 # the run's last step stays in flight as an ordinary step
-                rest = _Step(head.items, float(head.ends[-2]) if head.k > 1 else head.start, 1, head.ends[-1:])
+                rest = _Step(head.items, float(head.ends[-2]) if head.k > 1 else head.start, 1, head.ends[-1:],
+                             mem=head.mem)
                 rest.first_idx = head.first_idx + head.k - 1
                 self.inflight[0] = rest
             else:

@@ -229,3 +229,53 @@ def test_mm1_mean_wait():
         ws.append(_single_server(tokens, lam, seed))
     rho = lam * s
     assert np.mean(ws) == pytest.approx(rho * s / (1 - rho), rel=0.02)  # M/M/1: rho*S/(1-rho)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2 ** 16), budget=st.sampled_from([16, 64, 256]), seqs=st.integers(1, 12),
+       blocks=st.sampled_from([None, 400, 2000]), block=st.sampled_from([4, 16]), async_=st.booleans(),
+       window=st.sampled_from([None, 16, 64]), rate=st.sampled_from([2.0, 8.0, 40.0, math.inf]),
+       threshold=st.sampled_from([0, 24]), cap=st.sampled_from([None, 3]))
+def test_fast_forward_matches_stepping_with_members(seed, budget, seqs, blocks, block, async_, window, rate,
+                                                     threshold, cap):
+    """Fast-forward against step-by-step where the KV cache is ample, so decoding requests become
+    members (counters in arrays, no per-request work per step); also where it stops being ample
+    part-way (members written back), with early stops (output < max_tokens) and a prefill threshold."""
+    prof = tiny_profile(budget=budget, seqs=seqs, num_blocks=blocks, block=block, window=window, async_=async_,
+                        noise=0.1, request_s=0.01, chunk_s=0.001, frontend_s=0.001, wake_s=0.002)
+    prof.engine.long_prefill_token_threshold = threshold
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    specs = [spec(int(p), int(o), int(o) + int(e)) for p, o, e in
+             zip(rng.integers(1, 200, n), rng.integers(1, 120, n), rng.integers(0, 3, n))]
+    a = simulate_open(prof, specs, OpenLoop(rate=rate, max_concurrency=cap, seed=seed), fast_forward=True)
+    b = simulate_open(prof, specs, OpenLoop(rate=rate, max_concurrency=cap, seed=seed), fast_forward=False)
+    same_records(a, b)
+
+
+def test_members_are_used_and_match_stepping_on_the_shipped_profile():
+    """The shipped profile under a chat-like load: decode runs and member steps, records identical."""
+    from simulator.engine import Engine
+    from simulator.profile import load_profile
+    from simulator.workload import RandomWorkload
+
+    prof = load_profile()
+    specs = RandomWorkload(512, 256, 0.5, fmt=prof.prompt_format).sample(150, 7)
+    joined = []
+    orig = Engine._schedule_members
+
+    def spy(self):
+        out = orig(self)
+        joined.append(len(self._mem))
+        return out
+
+    Engine._schedule_members = spy
+    try:
+        stats = []
+        a = simulate_open(prof, specs, OpenLoop(2.0, 0.7, seed=7), stats=stats)
+    finally:
+        Engine._schedule_members = orig
+    b = simulate_open(prof, specs, OpenLoop(2.0, 0.7, seed=7), fast_forward=False, stats=stats)
+    assert max(joined) > 10  # many requests decoded as members at once
+    assert stats[0].events < stats[0].steps  # and decode runs still took several steps per event
+    same_records(a, b)
