@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from measure import MeasureError, run_closed, run_open
 from measure.cli import measure as measure_cli
 from measure.cli import report as report_cli
+from measure.drivers import HELD_UP_S
 from measure.client import public_url, split_url
 from measure.fakeserver import FakeConfig, FakeServer
 from measure.prom import delta, parse_metrics
@@ -131,9 +132,15 @@ def test_open_run_records_files_and_summary(fake, tmp_path):
     # absolute arrival schedule: scheduled = start + vllm's rescaled gamma offsets
     offs = np.array([r.scheduled_time - run.start_time for r in run.records])
     assert np.allclose(offs, pattern.arrival_times(15), atol=1e-9)
-    assert max(r.start_time - r.scheduled_time for r in run.records) < 0.25  # no semaphore: sent on time
-    assert run.meta["send_lag_s"]["max"] < 0.25 and "schedule_warning" not in run.meta
-    assert run.meta["loop_lag_s"]["max"] < 0.25 and "client_stall_warning" not in run.meta
+    # no semaphore held a request back (vllm bench serve's --max-concurrency was not given), and how late
+    # the sends were is told truly: the meta's send lag is the records' own, and a send or loop lag past
+    # HELD_UP_S (a client held up: a busy box) is a warning, none below it. No bound on the lags themselves:
+    # those are the machine's, not the client's (test_open_client_held_up_is_told holds a client up)
+    assert run.meta["max_concurrency"] is None and "mean_client_queue_time_ms" not in summarize_open(run)
+    lags = [r.start_time - r.scheduled_time for r in run.records]
+    assert run.meta["send_lag_s"]["max"] == pytest.approx(max(lags), abs=1e-4)
+    assert ("schedule_warning" in run.meta) == (max(lags) > HELD_UP_S)
+    assert ("client_stall_warning" in run.meta) == (run.meta["loop_lag_s"]["max"] > HELD_UP_S)
     # files
     d = tmp_path / "run"
     assert sorted(p.name for p in d.iterdir()) == ["metrics.jsonl", "records.jsonl", "run.json", "summary.json"]
@@ -225,15 +232,22 @@ def test_client_stall_mid_stream_is_told(fake, monkeypatch, capsys):
     # all six sent at t=0: the stall comes after every send, so send lag cannot see it
     run = run_open(srv.url, None, RandomWorkload(16, 12), OpenLoop(), 6, progress=False)
     assert all(r.ok for r in run.records)
-    assert run.meta["send_lag_s"]["max"] < 0.25 and "schedule_warning" not in run.meta
-    assert 0.35 < run.meta["loop_lag_s"]["max"] < 1.0
-    (when, late), = run.meta["client_stalls"]
-    assert 0 < when < run.duration and late == pytest.approx(run.meta["loop_lag_s"]["max"], abs=1e-3)
+    stalls = run.meta["client_stalls"]  # (when the tick was due, how late it woke), the injected one among them
+    when, late = max(stalls, key=lambda x: x[1])
+    assert late >= 0.35 and late == pytest.approx(run.meta["loop_lag_s"]["max"], abs=1e-3)  # a lower bound only
+    assert all(0 < w < run.duration for w, _ in stalls)
+    assert all(r.start_time < run.start_time + when for r in run.records)  # every send came before the stall
+    assert ("schedule_warning" in run.meta) == (run.meta["send_lag_s"]["max"] > HELD_UP_S)
     assert "stamped late" in run.meta["client_stall_warning"] and "warning" in capsys.readouterr().err
-    assert "warning: the client was held up 1 time(s)" in format_report(run)
-    # the streams in flight got their tokens meanwhile and were stamped on the loop's return, together
-    gaps = [b - a for r in run.records for a, b in zip(r.chunk_times, r.chunk_times[1:])]
-    assert max(gaps) > 0.35 and min(gaps) < 0.005
+    assert f"warning: the client was held up {len(stalls)} time(s)" in format_report(run)
+    # the streams in flight got their tokens meanwhile and were stamped on the loop's return: the 0.4 s
+    # sleep is a gap of at least 0.4 s in all the run's stamps together (a lower bound: a slower machine
+    # only widens it), with streams stamped on both sides of it
+    stamps = np.sort(np.concatenate([r.chunk_times for r in run.records]))
+    k = int(np.argmax(np.diff(stamps)))
+    lo, hi = stamps[k], stamps[k + 1]
+    assert hi - lo >= 0.4
+    assert any(r.chunk_times[0] <= lo and r.chunk_times[-1] >= hi for r in run.records)
     # the closed loop watches its loop too
     stall_client(monkeypatch, 0.4)
     run = run_closed(srv.url, None, ClosedLoop(pp=[16], tg=[12], depth=[0], concurrency=[3], runs=1,
@@ -242,7 +256,8 @@ def test_client_stall_mid_stream_is_told(fake, monkeypatch, capsys):
     stall_client(monkeypatch, 0.0, times=0)
     run = run_closed(srv.url, None, ClosedLoop(pp=[16], tg=[4], depth=[0], concurrency=[2], runs=1,
                                                latency_mode="none", warmup=False), progress=False)
-    assert run.meta["loop_lag_s"]["max"] < 0.25 and "client_stall_warning" not in run.meta
+    # nothing injected: a warning only if the machine itself held the loop up past HELD_UP_S
+    assert ("client_stall_warning" in run.meta) == (run.meta["loop_lag_s"]["max"] > HELD_UP_S)
 
 
 def test_gc_is_frozen_for_the_measured_window(fake, monkeypatch):
@@ -352,13 +367,15 @@ def test_closed_run_counts_token_ids_as_llama_benchy_does(fake, tmp_path):
     pattern = ClosedLoop(pp=[32], tg=[30], depth=[0], concurrency=[1], runs=2, latency_mode="none")
     run = run_closed(srv.url, None, pattern, out_dir=tmp_path / "c", progress=False)
     (row,) = summarize_closed(load_run(tmp_path / "c"))
-    for r in run.records:
+    speeds = []
+    for r in load_run(tmp_path / "c").records:
         assert r.output_tokens == 30 and r.chunk_tokens is not None
         assert r.chunk_tokens[0] == 0 and list(r.chunk_tokens[1:]) == [3] * 10  # role chunk, then 10 of 3
         ct = r.content_times()
-        chunks_per_s = (len(ct) - 1) / (ct[-1] - ct[0])
-    # 27 tokens after the first chunk's 3 over 9 chunk intervals: three times the chunk rate
-    assert row.metrics["tg_req_throughput"][0] == pytest.approx(3 * chunks_per_s, rel=0.05)
+        speeds.append(3 * (len(ct) - 1) / (ct[-1] - ct[0]))
+    # 27 tokens after the first chunk's 3 over 9 chunk intervals: three times the chunk rate, per request,
+    # averaged over the runs (from the records' own stamps: no assumption on how evenly the machine ran)
+    assert len(speeds) == 2 and row.metrics["tg_req_throughput"][0] == pytest.approx(np.mean(speeds), rel=1e-9)
     wl = RandomWorkload(input_len=16, output_len=30)
     run = run_open(srv.url, None, wl, OpenLoop(), 2, out_dir=tmp_path / "o", progress=False)
     assert all(r.chunk_tokens is None and r.output_tokens == 30 for r in run.records)
