@@ -21,6 +21,7 @@ tokens are dropped, so it can need fewer blocks than it just gave up).
 """
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from typing import Callable
@@ -87,7 +88,8 @@ class _TimeStore:
 class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
                  "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
-                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub")
+                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub",
+                 "m_id", "m_f", "m_oj", "m_cj", "m_base", "m_stop", "m_fs", "m_in", "m_below")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int):
         self.spec = spec
@@ -191,7 +193,7 @@ class Engine:
         self._pending: float | None = None  # earliest arrival since the last decode run was scheduled
         self._order = 0
         self._ub_total = 0  # sum of ub over requests in the engine
-        self._mem: list[_Req] = []
+        self._m_seq = 0  # joinings so far
         self._m_clear()
         env.process(self._loop())
 
@@ -509,9 +511,7 @@ class Engine:
         else:
             ctx0 = np.array([r.computed - 1 for r, _, _, _ in items], dtype=np.int64)
             if mem and self._mem:  # every member scheduled now decodes in all k steps (_member_run_length)
-                base = self._m[self._BASE]
-                if first_idx >= self._m_stopmin:
-                    base = base[self._m[self._STOP] > first_idx]
+                base = np.fromiter((r.m_base for r in self._m_in), dtype=np.int64, count=len(self._m_in))
                 ctx0 = np.concatenate([ctx0, base + (first_idx - 1)])
             self._advance(items, k - 1)  # step 1 was scheduled normally
             d = self.model.decode_run(ctx0, k)
@@ -528,31 +528,48 @@ class Engine:
         self.inflight.append(step)
 
     # ------------------------------------------------------------------ members
-    # With fast-forward, a request decoding one token a step becomes a *member*: its counters live
-    # in the arrays below and follow from the step index, so a step costs nothing per member. A
-    # member joins at step f with out_sched oj and computed cj (before that step); it is then
-    # scheduled in every step until its out_sched reaches max_tokens (step `stop` is the first it
-    # is not) and finishes when step fs = f + target - oj - 1 is processed (with async scheduling
-    # step fs + 1 was already scheduled: the wasted step). Members exist only while no KV block can
-    # be refused (the blocks every request in the engine could ever hold fit the cache), so their
-    # blocks are counted again only when they stop being members (_dissolve), and only without
-    # trace, on_emit or speculative decoding; anything else dissolves them first.
-
-    # rows of self._m: first member step, out_sched and computed at joining, computed after step
-    # s minus s, first step not scheduled, step that emits the last token, run bound (stop, or fs + 2
-    # with async / fs + 1 without when the request can stop early)
-    _F, _OJ, _CJ, _BASE, _STOP, _FS, _K = range(7)
+    # With fast-forward, a request decoding one token a step becomes a *member*: its counters
+    # follow from the step index, so a step (or a decode run) costs nothing per member. A member
+    # joins at step f with out_sched oj and computed cj (before that step); it is then scheduled in
+    # every step until its out_sched reaches max_tokens (`stop`: the first step it is not) and it
+    # finishes when step fs = f + target - oj - 1 is processed (with async scheduling step fs + 1
+    # was already scheduled: the wasted step). The step's feature sums over the members scheduled
+    # in it (the set `_m_in`) are kept as integers, updated when one joins, stops, reaches the
+    # sliding window or finishes; heaps of (step, join id, request) say when. Members exist only
+    # while no KV block can be refused (the blocks every request in the engine could ever hold
+    # fit), so their blocks are counted again only when they stop being members (_dissolve), and
+    # only without trace, on_emit or speculative decoding; anything else dissolves them first.
 
     def _m_clear(self) -> None:
-        self._mem = []
-        self._m = np.empty((7, 0), dtype=np.int64)
-        self._m_stopmin = self._m_fsmin = math.inf
+        self._mem: dict[_Req, None] = {}  # members, in joining order
+        self._m_in: dict[_Req, None] = {}  # members scheduled in the step being scheduled
+        self._h_stop: list = []  # (stop, id, req)
+        self._h_cross: list = []  # (step whose context reaches the window, id, req)
+        self._h_fs: list = []  # (fs, id, req)
+        self._h_k: list = []  # (last step a decode run may reach + 1, id, req)
+        self._m_n = self._m_base_sum = self._m_below_n = self._m_below_sum = 0
 
-    def _m_mins(self) -> None:
-        if self._mem:
-            self._m_stopmin, self._m_fsmin = (int(v) for v in self._m[self._STOP:self._FS + 1].min(axis=1))
-        else:
-            self._m_stopmin = self._m_fsmin = math.inf
+    def _m_out(self, r: _Req) -> None:
+        """r is no longer scheduled: out of the step sums."""
+        del self._m_in[r]
+        r.m_in = False
+        self._m_n -= 1
+        self._m_base_sum -= r.m_base
+        if r.m_below:
+            r.m_below = False
+            self._m_below_n -= 1
+            self._m_below_sum -= r.m_base
+
+    @staticmethod
+    def _h_top(h: list, scheduled: bool):
+        """The heap's first entry that still stands (its request a member of that joining, and
+        scheduled if asked), or None."""
+        while h:
+            _, i, r = h[0]
+            if r.mem and r.m_id == i and (r.m_in or not scheduled):
+                return h[0]
+            heapq.heappop(h)
+        return None
 
     def _nonmembers(self) -> list:
         """Running requests that are not members, in running order (they sit at the end, mostly)."""
@@ -574,7 +591,20 @@ class Engine:
         s = self.steps  # the index of the step being scheduled
         mml1 = L.max_model_len - 1
         thr = L.long_prefill_token_threshold
+        w = self.window
         running = self.running
+        h = self._h_stop
+        while h and h[0][0] <= s:
+            _, i, r = heapq.heappop(h)
+            if r.mem and r.m_id == i and r.m_in:
+                self._m_out(r)
+        h = self._h_cross
+        while h and h[0][0] <= s:
+            _, i, r = heapq.heappop(h)
+            if r.mem and r.m_id == i and r.m_below:
+                r.m_below = False
+                self._m_below_n -= 1
+                self._m_below_sum -= r.m_base
         join, general = [], []
         demand = 0
         last = running[-1] if running else None
@@ -593,32 +623,32 @@ class Engine:
                 n = min(n, mml1 - c)
                 if n > 0:
                     demand += n
-        n_mem = (len(self._mem) if s < self._m_stopmin else int((self._m[self._STOP] > s).sum())) + len(join)
+        n_mem = self._m_n + len(join)
         if n_mem + demand > budget:
-            return False  # then every request but the last gets all it asks for, in any order
-        if join:
-            oj = np.array([r.out_sched for r in join], dtype=np.int64)
-            cj = np.array([r.computed for r in join], dtype=np.int64)
-            mx = np.array([r.max_tokens for r in join], dtype=np.int64)
-            tg = np.array([r.target for r in join], dtype=np.int64)
-            stop = s + mx - oj
-            fs = s + tg - oj - 1
-            kk = np.where(tg < mx, np.minimum(stop, fs + (2 if self.async_ else 1)), stop)
-            rows = np.stack([np.full(len(join), s, dtype=np.int64), oj, cj, cj - s + 1, stop, fs, kk])
-            self._m = np.concatenate([self._m, rows], axis=1)
-            for r in join:
-                r.mem = True
-            self._mem += join
-            self._m_mins()
-        dec_cf = dec_cw = 0
-        if n_mem:
-            ctx = self._m[self._BASE] + s  # computed after this step
-            if s >= self._m_stopmin:
-                ctx = ctx[self._m[self._STOP] > s]
-            dec_cf = int(ctx.sum())
-            w = self.window
-            if w:
-                dec_cw = int(np.minimum(ctx, w).sum())
+            return False  # else every request but the last gets all it asks for, in any order
+        extra = 2 if self.async_ else 1
+        for r in join:
+            self._m_seq += 1
+            i = r.m_id = self._m_seq
+            oj, cj, m, t = r.out_sched, r.computed, r.max_tokens, r.target
+            r.m_f, r.m_oj, r.m_cj, r.m_base = s, oj, cj, cj - s + 1
+            r.m_stop = stop = s + m - oj
+            r.m_fs = fs = s + t - oj - 1
+            r.mem = r.m_in = True
+            self._mem[r] = None
+            self._m_in[r] = None
+            self._m_n += 1
+            self._m_base_sum += r.m_base
+            r.m_below = bool(w) and cj + 1 < w
+            if r.m_below:
+                self._m_below_n += 1
+                self._m_below_sum += r.m_base
+                heapq.heappush(self._h_cross, (w - r.m_base, i, r))
+            heapq.heappush(self._h_stop, (stop, i, r))
+            heapq.heappush(self._h_fs, (fs, i, r))
+            heapq.heappush(self._h_k, (min(stop, fs + extra) if t < m else stop, i, r))
+        dec_cf = self._m_base_sum + n_mem * s  # contexts after this step
+        dec_cw = self._m_below_sum + self._m_below_n * s + w * (n_mem - self._m_below_n) if w else 0
         budget -= n_mem
         items: list = []
         for req in general:
@@ -654,14 +684,16 @@ class Engine:
         return items, False, (n_mem, dec_cf, dec_cw, items), True
 
     def _member_run_length(self, items, sums) -> int:
-        """_run_length for a step with members: the same answer, from the member arrays."""
+        """_run_length for a step with members: the same answer, from the member sums and heaps."""
         L = self.lim
         s = self.steps
         n_mem = sums[0]
         if any(n != 1 or not emits for _, n, emits, _ in items):
             return 1
-        if n_mem and self._m_stopmin <= s + 1 and (self._m[self._STOP] == s + 1).any():
-            return 1  # a member's out_sched reaches max_tokens in this step: not counted as unfinished
+        if n_mem:
+            top = self._h_top(self._h_stop, True)
+            if top is not None and top[0] == s + 1:
+                return 1  # a member's out_sched reaches max_tokens in this step: not counted as unfinished
         unfinished = n_mem
         for r in self._nonmembers():
             if r.out_sched < r.max_tokens:
@@ -672,8 +704,7 @@ class Engine:
             return 1
         k = math.inf
         if n_mem:
-            kk = self._m[self._K] if s < self._m_stopmin else self._m[self._K][self._m[self._STOP] > s]
-            k = int(kk.min()) - s
+            k = self._h_top(self._h_k, True)[0] - s
         extra = 2 if self.async_ else 1
         for r, _, _, _ in items:
             o, m, t = r.out_sched, r.max_tokens, r.target
@@ -682,52 +713,54 @@ class Engine:
             if t < m and t - o + extra < k:
                 k = t - o + extra
         if self.waiting and self.async_:
-            if self._m_fsmin <= s or any(r.emitted < r.target and r.out_sched >= r.target for r in self._nonmembers()
-                                         if r.out_sched >= r.max_tokens or r.target < r.max_tokens):
+            top = self._h_top(self._h_fs, False)
+            if top is not None and top[0] <= s:
+                return 1
+            if any(r.emitted < r.target and r.out_sched >= r.target for r in self._nonmembers()
+                   if r.out_sched >= r.max_tokens or r.target < r.max_tokens):
                 return 1
         if k < self.MIN_RUN:
             return 1
         return int(k)  # the KV cache cannot bind while there are members
 
+    def _m_write_back(self, r: _Req, emitted_upto: int) -> None:
+        """r's counters from the step index, and its chunks of member steps up to emitted_upto."""
+        ls = min(self.steps - 1, r.m_stop - 1)  # its last scheduled step
+        ticks = ls - r.m_f + 1
+        r.computed, r.out_sched = r.m_cj + ticks, r.m_oj + ticks
+        cnt = min(emitted_upto, ls) - r.m_f + 1
+        if cnt > 0:
+            r.emit(r.m_f, cnt)
+        if r.m_in:
+            self._m_out(r)
+        del self._mem[r]
+        r.mem = False
+
     def _members_done(self, x: int) -> list:
-        """Members whose last token is in steps up to x: their counters written back, out of the arrays."""
-        idx = np.flatnonzero(self._m[self._FS] <= x).tolist()
+        """Members whose last token is in steps up to x, written back."""
+        h = self._h_fs
         done = []
-        last_sched = self.steps - 1
-        for i in idx:
-            r = self._mem[i]
-            f, oj, cj, _, stop, fs, _ = self._m[:, i].tolist()
-            ticks = min(last_sched, stop - 1) - f + 1
-            r.computed, r.out_sched = cj + ticks, oj + ticks
-            r.emit(f, fs - f + 1)
-            r.mem = False
-            done.append(r)
-        for i in reversed(idx):
-            del self._mem[i]
-        self._m = np.delete(self._m, idx, axis=1)
-        self._m_mins()
+        while h and h[0][0] <= x:
+            fs, i, r = heapq.heappop(h)
+            if r.mem and r.m_id == i:
+                self._m_write_back(r, fs)
+                done.append(r)
         return done
 
     def _dissolve(self) -> None:
         """Members back to ordinary requests: counters, chunks, KV blocks, and their item in the step in flight."""
-        last_sched = self.steps - 1
         last_done = self.times.n - 1  # steps processed so far
         flight = [st for st in self.inflight if st.mem]
         for st in flight:
             assert st.k == 1
         used = self.kv.used
-        for i, r in enumerate(self._mem):
-            f, oj, cj, _, stop, _, _ = self._m[:, i].tolist()
-            ls = min(last_sched, stop - 1)
-            ticks = ls - f + 1
-            r.computed, r.out_sched = cj + ticks, oj + ticks
-            cnt = min(last_done, ls) - f + 1
-            if cnt > 0:
-                r.emit(f, cnt)
+        for r in list(self._mem):
+            ls = min(self.steps - 1, r.m_stop - 1)
+            f = r.m_f
+            self._m_write_back(r, last_done)
             held, until = self._decode_blocks(r.computed)
             used += held - r.held
             r.held, r.kv_until = held, until
-            r.mem = False
             for st in flight:
                 if f <= st.first_idx <= ls:
                     st.items.append((r, 1, True, r.epoch))
@@ -797,7 +830,7 @@ class Engine:
                 self.on_emit(req.record, last_t, count)
             if req.emitted >= req.target:
                 done.append(req)
-        if step.mem and self._m_fsmin <= step.first_idx + upto - 1:
+        if step.mem and self._h_fs and self._h_fs[0][0] <= step.first_idx + upto - 1:
             done += self._members_done(step.first_idx + upto - 1)
         if len(done) > 1:
             done.sort(key=self.running.index)  # finish in running order, as the items are
