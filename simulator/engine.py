@@ -670,10 +670,9 @@ class Engine:
             if thr > 0:
                 n = min(n, thr)
             n = min(n, budget)
-            if L.reserve_full_prompt and not self.kv.fits(self.kv.blocks(req.known, n)):
-                break
+            # (reserve_full_prompt's check always passes here: every request's blocks fit)
             if not self._alloc(req, n):
-                break
+                raise RuntimeError("a KV block was refused with members, whose blocks always fit")
             self.waiting.popleft()
             req.state = RUNNING
             running.append(req)
