@@ -23,6 +23,7 @@ _EXPORTS = {
     "Office": "simulator.office", "DEFAULT_MIX": "simulator.office", "simulate_office": "simulator.office",
     "summarize_office": "simulator.office", "per_class": "simulator.office",
     "plan": "simulator.plan", "PlanSettings": "simulator.plan", "predicted_capacity": "simulator.plan",
+    "SUITE_LADDER": "simulator.plan",
     "Scenario": "simulator.scenario", "Constraint": "simulator.sla", "parse_sla": "simulator.sla",
     "PlanResult": "simulator.plan_report", "format_plan": "simulator.plan_report",
     "format_compare": "simulator.plan_report", "plot_plan": "simulator.plan_report",

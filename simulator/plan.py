@@ -1,6 +1,6 @@
 """How many staff can this box serve: `plan` searches the largest staff count whose office meets
-an SLA in enough replications, says which constraint binds, and `capacity` finds the highest
-request rate of the suite's 11-rate-sweep that keeps p95 TTFT under 2, 5 and 10 s. The
+an SLA in enough replications and says which constraint binds; `predicted_capacity` finds the
+highest request rate of the suite's 11-rate-sweep that keeps p95 TTFT under 2, 5 and 10 s. The
 definitions and why they make the answer reproducible and monotone: docs/design/plan-search.md.
 """
 from __future__ import annotations
@@ -32,6 +32,8 @@ from .sla import METRICS, fmt_ms, level, parse_slas  # noqa: F401
 
 @dataclass(frozen=True)
 class PlanSettings:
+    """How a plan searches: replications and the confidence they give, seeds, bounds, workers."""
+
     replications: int = 10
     confidence: float = 0.9
     seed: int = 0

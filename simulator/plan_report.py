@@ -1,5 +1,6 @@
-"""What a plan found (`PlanResult`) and how it reads: its JSON, the text `capsim plan` prints,
-scenarios side by side (`--compare`), and the plot of each constraint's metric against staff.
+"""What a plan found (`PlanResult`) and how it reads: its JSON (`capsim plan --json`), the text
+`capsim plan` prints, scenarios side by side (`--compare`), and the plot of each constraint's
+metric against staff (matplotlib, imported only when a plot is drawn).
 """
 from __future__ import annotations
 

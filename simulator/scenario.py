@@ -1,5 +1,6 @@
 """Scenarios: a named what-if for a plan, profile edits (`weights=fp8`) plus the serving setup
-(boxes behind a router, routing, prefix-cache hit rate), and their `--compare` grammar.
+(boxes behind a router, routing, prefix-cache hit rate), and their `--compare` grammar
+(`fp8:weights=fp8,max_num_seqs=64`). `plan` runs one scenario; `--compare` runs several.
 """
 from __future__ import annotations
 

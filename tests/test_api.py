@@ -35,11 +35,12 @@ def test_a_submodule_is_still_a_submodule():
 
 
 def test_the_notebooks_names_are_importable_from_capsim():
+    import json
+
     import calibrate.validate
     import capsim
     import simulator.plan
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        import json
         for cell in json.loads(nb.read_text())["cells"]:
             if cell["cell_type"] != "code":
                 continue
@@ -48,6 +49,7 @@ def test_the_notebooks_names_are_importable_from_capsim():
                     for a in node.names:
                         if a.name == "capacity":  # two things of one name: capsim says which
                             continue
+                        assert a.name in capsim.__all__, f"{nb.name} uses {a.name}: add it to capsim/__init__.py"
                         assert getattr(capsim, a.name) is getattr(importlib.import_module(node.module), a.name)
     assert capsim.predicted_capacity is simulator.plan.capacity
     assert capsim.measured_capacity is calibrate.validate.capacity
