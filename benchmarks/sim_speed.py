@@ -56,12 +56,12 @@ def identical(a, b) -> bool:
 def memory_child(n: int) -> None:
     prof = load_profile()
     specs = RandomWorkload(4000, 500, 0.9, fmt=prof.prompt_format).sample(n, 42)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     run = simulate_open(prof, specs, OpenLoop(0.3, 0.7, seed=42))
     s = summarize_open(run)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{rss_mb:.1f} {wall:.2f} {run.duration:.0f} {s['completed']} {s['total_output_tokens']}")
+    print(f"{rss_mb:.1f} {wall:.2f} {run.duration:.0f} {s['completed']} {s['total_output_tokens']} {cpu:.2f}")
 
 
 def main():
@@ -84,21 +84,24 @@ def main():
              30_000),
     }
     best = {name: float("inf") for name in loads}
+    best_cpu = dict(best)
     out = {}
     for _ in range(5):  # alternate, so both loads see the same machine
         for name, (specs, pat, _) in loads.items():
             st: list[SimStats] = []
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             run = simulate_open(prof, specs, pat, stats=st)
             best[name] = min(best[name], time.perf_counter() - t)
+            best_cpu[name] = min(best_cpu[name], time.process_time() - c)
             out[name] = run, st[-1]
-    print("1. simulated seconds per wall second, one core, side by side (best of 5)")
+    print("1. simulated seconds per wall second, one core, side by side (best of 5; per CPU second in brackets, "
+          "which other jobs on the machine disturb less)")
     for name, (specs, pat, target) in loads.items():
         run, st = out[name]
         wall = best[name]
         print(f"   {name}: {run.duration:,.0f} s in {wall * 1000:.1f} ms: {run.duration / wall:,.0f}x "
-              f"(target >= {target:,}); {len(specs) / wall:,.0f} requests per wall s; {st.steps} steps in "
-              f"{st.events} events")
+              f"({run.duration / best_cpu[name]:,.0f}x) (target >= {target:,}); {len(specs) / wall:,.0f} requests "
+              f"per wall s; {st.steps} steps in {st.events} events")
     specs, pat, _ = loads[list(loads)[1]]
     run = out[list(loads)[1]][0]
     wall = best[list(loads)[1]]
@@ -123,11 +126,11 @@ def main():
     for n in sizes:
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(n)], capture_output=True, text=True,
                              check=True).stdout.split()
-        rss, wall_m, dur, done, toks = out
+        rss, wall_m, dur, done, toks, cpu = out
         print(f"   {n:>7,} requests ({int(float(toks)):,} output tokens, {float(dur):,.0f} simulated s): wall "
-              f"{float(wall_m):.2f} s, {float(wall_m) / n * 1e6:.0f} us per request, peak RSS {float(rss):.0f} MB, "
-              f"completed {done}")
-    print("   targets for 100,000: wall < 10 s, peak RSS < 300 MB")
+              f"{float(wall_m):.2f} s (CPU {float(cpu):.2f} s), {float(wall_m) / n * 1e6:.0f} us per request, "
+              f"peak RSS {float(rss):.0f} MB, completed {done}")
+    print("   targets for 100,000: wall < 10 s, peak RSS < 300 MB (simulation and summary, as a user runs them)")
 
 if __name__ == "__main__":
     main()
