@@ -279,3 +279,16 @@ def test_members_are_used_and_match_stepping_on_the_shipped_profile():
     assert max(joined) > 10  # many requests decoded as members at once
     assert stats[0].events < stats[0].steps  # and decode runs still took several steps per event
     same_records(a, b)
+
+
+@pytest.mark.parametrize("async_", [True, False])
+def test_fast_forward_with_members_matches_stepping_in_closed_loops(async_):
+    """llama-benchy's batches (all requests at once, then the next batch) with members: identical records."""
+    prof = tiny_profile(budget=64, seqs=6, num_blocks=None, block=8, async_=async_, noise=0.1, request_s=0.01,
+                        chunk_s=0.001, frontend_s=0.001, wake_s=0.002)
+    pat = ClosedLoop(pp=[50, 300], tg=[40], concurrency=[1, 3, 6], runs=2)
+    stats = []
+    a = simulate_closed(prof, pat, fast_forward=True, stats=stats)
+    b = simulate_closed(prof, pat, fast_forward=False, stats=stats)
+    assert stats[0].events < stats[0].steps
+    same_records(a, b)
