@@ -131,7 +131,11 @@ def _with_common(f):
 
 @click.group("measure")
 def measure():
-    """Measure a live OpenAI-compatible server (vLLM, llama.cpp, ...)."""
+    """Measure a live OpenAI-compatible server (tested against vLLM).
+
+    llama.cpp's llama-server dialect (/tokenize, /props, /metrics) is implemented but proven only
+    against a fake server so far, not a real llama-server.
+    """
 
 
 def _model_for_requests(model, served_model_name):
