@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from capsim.cli import main
+from tests.helpers import refused_port
 
 
 def invoke(args, **kw):
@@ -143,8 +144,9 @@ def _measure_open(url, d, *extra):
 
 def test_measure_checks_before_the_folder_exists(fake, tmp_path):
     d = tmp_path / "m"
-    res = _measure_open("http://127.0.0.1:9", d)  # unreachable
-    one_clear_line(res, "127.0.0.1:9", code=(1,))
+    with refused_port() as port:  # unreachable, and held: no other process can start listening there
+        res = _measure_open(f"http://127.0.0.1:{port}", d)
+    one_clear_line(res, f"cannot connect to http://127.0.0.1:{port}: connection refused", code=(1,))
     assert not d.exists()
     res = _measure_open(fake().url, d, "--random-input-len", "200000")  # cannot fit whatever the server adds
     one_clear_line(res, "every request exceeds the server's max_model_len of 4096", code=(1,))

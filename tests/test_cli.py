@@ -5,6 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from capsim.cli import main
+from tests.helpers import refused_port
 
 SEED_CLOSED = {  # run: (pp list, tg, depth, concurrency list)
     "A": (["4096", "8192", "16384", "25000"], "256", "0", ["1", "5", "10"]),
@@ -67,6 +68,9 @@ def test_simulate_open_sharegpt_from_a_file(tmp_path):
     assert json.loads(res.output[res.output.index("{"):])["completed"] == 20
 
 
+DEAD = "http://dead.invalid"  # stands for a refused_port() URL, filled in by the test
+
+
 @pytest.mark.parametrize("args, words", [
     (["simulate", "open", "--request-rate", "-1"], "must be > 0"),
     (["simulate", "open", "--request-rate", "0"], "must be > 0"),
@@ -78,13 +82,16 @@ def test_simulate_open_sharegpt_from_a_file(tmp_path):
     (["simulate", "open", "--set", "bogus=1"], "unknown profile key"),
     (["calibrate"], "no SOURCES"),
     (["calibrate", "/nonexistent/run"], "/nonexistent/run"),
-    (["calibrate", "seed", "--live", "http://127.0.0.1:9"], "either SOURCES or --live"),
-    (["calibrate", "--live", "http://127.0.0.1:9", "--budget", "1m"], "127.0.0.1:9"),
-    (["validate", "--live", "http://127.0.0.1:9"], "--live needs --profile"),
-    (["validate", "--live", "http://127.0.0.1:9", "--profile", "spark-gemma4-26b-a4b"], "127.0.0.1:9"),
+    (["calibrate", "seed", "--live", DEAD], "either SOURCES or --live"),
+    (["calibrate", "--live", DEAD, "--budget", "1m"], f"{DEAD}/v1/models: cannot reach the server"),
+    (["validate", "--live", DEAD], "--live needs --profile"),
+    (["validate", "--live", DEAD, "--profile", "spark-gemma4-26b-a4b"], f"{DEAD}/v1/models: cannot reach the server"),
 ])
 def test_bad_input_is_one_clear_line(args, words):
-    res = CliRunner().invoke(main, args)
+    with refused_port() as port:  # held while the command runs: no other process can start listening there
+        url = f"http://127.0.0.1:{port}"
+        res = CliRunner().invoke(main, [a.replace(DEAD, url) for a in args])
+    words = words.replace(DEAD, url)
     assert res.exit_code != 0
     assert words in res.output
     assert "Traceback" not in res.output

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capsim.cli import main
+from tests.helpers import refused_port
 
 INTS = ["-5", "0", "abc", "1e3", "", "99999999999999999999", "-99999999999"]
 
@@ -113,7 +114,6 @@ _FILES = Path(tempfile.mkdtemp(prefix="capsim-fuzz-"))
 PATHS = [str(_FILES / n) for n in ("empty.json", "truncated.json", "list.json", "dir", "run", "garbage.md",
                                    "missing", "run/records.jsonl")] + ["/proc/x/y", "", "-", "seed"]
 OUT = [str(_FILES / "dir"), "/proc/x/out.png", str(_FILES / "missing" / "x.csv"), str(_FILES / "o.txt"), ""]
-DEAD = "http://127.0.0.1:1"  # nothing listens: measure fails at once
 
 
 def _any_of(*strategies):
@@ -174,7 +174,8 @@ PLAN_BAD = st.sampled_from([["--staff", v] for v in ("0", "-3", "x", "1e9")]
 def test_measure_against_a_dead_server_never_tracebacks(argv):
     kind, *rest = argv
     # flags of the other kind of run are refused by click: still one line, exit 2
-    res = CliRunner().invoke(main, ["measure", kind, DEAD, "--no-progress", *rest])
+    with refused_port() as port:  # nothing listens, and no other process can start to: measure fails at once
+        res = CliRunner().invoke(main, ["measure", kind, f"http://127.0.0.1:{port}", "--no-progress", *rest])
     check(res)
     assert res.exit_code != 0
 

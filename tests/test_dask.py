@@ -9,7 +9,6 @@ well under a minute on two cores, cluster start included.
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -22,6 +21,7 @@ import simulator.evaluator as E
 from simulator.office import Office
 from simulator.plan import PlanSettings, plan
 from simulator.profile import load_profile
+from tests.helpers import refused_port
 
 if os.environ.get("CI", "").lower() in ("true", "1"):
     import distributed  # noqa: F401  CI installs the test extra, which holds dask: missing is a failure there
@@ -95,17 +95,11 @@ def test_library_call_under_joblib_dask_backend_equals_one_core(cluster):
     assert there.to_json() == here.to_json()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the with-block ends: nothing listens there
-
-
 def test_unreachable_scheduler_is_one_clear_line():
-    port = _closed_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "capsim", "plan", *SMALL, "--dask", f"tcp://127.0.0.1:{port}",
-                          "--dask-timeout", "2s"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    with refused_port() as port:  # held for the whole run: no other process (no other test's scheduler) takes it
+        out = subprocess.run([sys.executable, "-m", "capsim", "plan", *SMALL, "--dask", f"tcp://127.0.0.1:{port}",
+                              "--dask-timeout", "2s"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert out.returncode != 0
     assert out.stdout == ""
     lines = out.stderr.strip().splitlines()

@@ -21,6 +21,7 @@ from capsim.cli import main
 from capsim.flags import MultiValue, OptionalValue, parse_extra_body
 from measure.fakeserver import FakeConfig, FakeServer
 from measure.runfiles import load_run
+from tests.helpers import refused_port
 
 OFFICE = Path("/work/shared/data/spark-bench/results/gemma-4/gemma-4-26b-a4b-it/bf16/07-office-baseline.md")
 # the command of OFFICE (vllm bench serve, 2026-08-16), kept here so the test runs without ../shared
@@ -234,11 +235,12 @@ def test_save_result_bare_flag_default_name_and_detailed(fake, tmp_path, monkeyp
     (["--metadata", "novalue"], "--metadata"),
 ])
 def test_vllm_flag_errors_one_line(args, needle):
-    for cmd in (["simulate", "open", "--num-prompts", "2"], ["measure", "open", "http://127.0.0.1:9"]):
-        res = CliRunner().invoke(main, [*cmd, *args])
-        assert res.exit_code in (1, 2), res.output
-        err = res.stderr.strip().splitlines()
-        assert len(err) == 1 and needle in err[0], res.stderr
+    with refused_port() as port:  # were a flag let through, measure finds nothing there, and no other process can
+        for cmd in (["simulate", "open", "--num-prompts", "2"], ["measure", "open", f"http://127.0.0.1:{port}"]):
+            res = CliRunner().invoke(main, [*cmd, *args])
+            assert res.exit_code in (1, 2), res.output
+            err = res.stderr.strip().splitlines()
+            assert len(err) == 1 and needle in err[0], res.stderr
 
 
 def test_measure_open_needs_a_server():
