@@ -29,13 +29,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import threading
 import time
 import zlib
 from dataclasses import dataclass, field
 from time import perf_counter
 
-from .httpwire import Connection, serve_connection
+from .httpwire import Connection, Server
 
 
 @dataclass
@@ -84,115 +83,24 @@ class _Stats:
     seen_auth: list = field(default_factory=list)
 
 
-class FakeServer:
+class FakeServer(Server):
+    server_name = "capsim-fake"
+    thread_name = "fake-openai-server"
+
     def __init__(self, config: FakeConfig | None = None, host: str = "127.0.0.1", port: int = 0):
+        super().__init__(host, port)
         self.config = config or FakeConfig()
-        self.host = host
-        self.port = port
         self.stats = _Stats()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
         self._gen_index = 0
         self._sem: asyncio.Semaphore | None = None
-        self._ready = threading.Event()
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    # ------------------------------------------------------------ lifecycle
-    async def serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    async def _prepare(self) -> None:
         if self.config.max_running > 0:
             self._sem = asyncio.Semaphore(self.config.max_running)
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, backlog=2048,
-                                                  limit=1 << 20)
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
 
-    def start(self) -> "FakeServer":
-        """Serve from a background thread; returns when listening (a second call does nothing)."""
-        if self._thread is not None:
-            return self
-
-        def run():
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.serve())
-            try:
-                loop.run_forever()
-            finally:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True, name="fake-openai-server")
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake server did not start")
-        return self
-
-    def _call(self, fn) -> None:
-        if self._loop is None or self._loop.is_closed():
-            return
-        done = threading.Event()
-
-        def wrapped():
-            try:
-                fn()
-            finally:
-                done.set()
-
-        try:
-            self._loop.call_soon_threadsafe(wrapped)
-        except RuntimeError:
-            return
-        done.wait(5)
-
-    def kill(self) -> None:
-        """Like a crashed server: stop listening, drop every connection now."""
-
-        def k():
-            if self._server is not None:
-                self._server.close()
-            for w in list(self._writers):
-                tr = w.transport
-                if tr is not None:
-                    tr.abort()
-            self._writers.clear()
-
-        self._call(k)
-
-    def stop(self) -> None:
-        self.kill()
-        if self._loop is not None and not self._loop.is_closed():
-            try:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-            except RuntimeError:
-                pass
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> "FakeServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # ------------------------------------------------------------ HTTP
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async def handle(req, http: Connection) -> bool:
-            return await self._route(req.method, req.path, req.headers, req.body, http)
-
-        try:
-            await serve_connection(reader, writer, handle, self._writers, server="capsim-fake")
-        except asyncio.CancelledError:  # stopped with requests hanging ("hang" fault): as the twin, no log
-            pass
+    # ------------------------------------------------------------ HTTP (lifecycle: httpwire.Server)
+    async def answer(self, req, http: Connection) -> bool:
+        return await self._route(req.method, req.path, req.headers, req.body, http)
 
     async def _send(self, http: Connection, status: int, obj, ctype="application/json") -> bool:
         return await http.respond(status, obj, ctype)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Awaitable, Callable
@@ -235,3 +236,128 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
             writer.close()
         except RuntimeError:
             pass
+
+
+class Server:
+    """The lifecycle the twin and the fake share: listen on the running loop (serve), or from a thread
+    of its own (start, returns when listening); drop every connection at once (kill, like a crash);
+    stop. A subclass answers requests in `answer` and may get ready in `_prepare`."""
+
+    server_name = "capsim"
+    thread_name = "capsim-http"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.host = host
+        self.port = int(port)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._start_err: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def _prepare(self) -> None:
+        """On the loop, before listening."""
+
+    async def answer(self, req: Request, http: Connection) -> bool:
+        raise NotImplementedError
+
+    async def serve(self) -> None:
+        """Start listening on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        await self._prepare()
+        self._server = await asyncio.start_server(self._connected, self.host, self.port, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await serve_connection(reader, writer, self.answer, self._writers, self.server_name)
+        except asyncio.CancelledError:  # stopped with requests in flight: nothing to log
+            pass
+
+    def start(self):
+        """Serve from a background thread (tests, notebooks); returns when listening (again: no-op)."""
+        if self._thread is not None:
+            return self
+
+        def run():
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.serve())
+            except BaseException as e:
+                self._start_err = e
+                self._ready.set()
+                loop.close()
+                return
+            try:
+                loop.run_forever()
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name=self.thread_name)
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError(f"{self.server_name} did not start")
+        if self._start_err is not None:
+            raise self._start_err
+        return self
+
+    def _call(self, fn) -> None:
+        """Run fn on the server's loop and wait for it (a few seconds at most)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        done = threading.Event()
+
+        def wrapped():
+            try:
+                fn()
+            finally:
+                done.set()
+
+        try:
+            loop.call_soon_threadsafe(wrapped)
+        except RuntimeError:  # the loop closed meanwhile
+            return
+        done.wait(5)
+
+    def _drop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            if w.transport is not None:
+                w.transport.abort()
+        self._writers.clear()
+
+    def kill(self) -> None:
+        """Like a crashed server: stop listening, drop every connection now."""
+        self._call(self._drop)
+
+    def _halt(self) -> None:
+        self._call(lambda: (self._drop(), self._loop.stop()))
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def stop(self) -> None:
+        self._halt()
+        self._join()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

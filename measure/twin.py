@@ -62,7 +62,7 @@ from simulator.records import RequestRecord
 from simulator.sim import Frontend
 from simulator.workload import RequestSpec
 
-from .httpwire import Connection, error_body, serve_connection
+from .httpwire import Connection, Server, error_body
 
 DEFAULT_MODEL_NAME = "capsim-twin"
 INF = float("inf")
@@ -454,114 +454,38 @@ class TwinEngine:
 
 # ---------------------------------------------------------------- HTTP
 
-class TwinServer:
+class TwinServer(Server):
     """The HTTP side: asyncio streams, HTTP/1.1 through h11 (measure/httpwire.py), keep-alive, chunked SSE."""
+
+    server_name = "capsim-twin"
+    thread_name = "capsim-twin-http"
 
     def __init__(self, profile: Profile, host: str = "127.0.0.1", port: int = 0, speed: float = 1.0,
                  model: str | None = None, seed: int = 0):
+        super().__init__(host, port)
         self.profile = profile
-        self.host = host
-        self.port = int(port)
         self.speed = float(speed)
         self.model = model or DEFAULT_MODEL_NAME
         fmt = profile.prompt_format
         self.tok = TwinTokenizer(fmt.special_tokens, fmt.chat_template_tokens, fmt.vocab_size)
         self.engine = TwinEngine(profile, speed, seed)
         self.stats = self.engine.stats
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._start_err: BaseException | None = None
 
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    # ------------------------------------------------------------ lifecycle
-    async def serve(self) -> None:
-        """Start listening on the running loop (the engine thread starts too)."""
-        self._loop = asyncio.get_running_loop()
+    # ------------------------------------------------------------ lifecycle (httpwire.Server)
+    async def _prepare(self) -> None:
+        """The engine thread starts with the server (serve() or start())."""
         self.engine.start(self._loop, self._deliver)
         if self.engine.error is not None:
             raise self.engine.error
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, backlog=4096, limit=1 << 22)
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-
-    def start(self) -> "TwinServer":
-        """Serve from a background thread (tests, notebooks); returns when listening."""
-        if self._thread is not None:
-            return self
-
-        def run():
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.serve())
-            except BaseException as e:
-                self._start_err = e
-                self._ready.set()
-                loop.close()
-                return
-            try:
-                loop.run_forever()
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True, name="capsim-twin-http")
-        self._thread.start()
-        if not self._ready.wait(15):
-            raise RuntimeError("capsim twin did not start")
-        if self._start_err is not None:
-            raise self._start_err
-        return self
 
     def stop(self) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            done = threading.Event()
-
-            def close():
-                if self._server is not None:
-                    self._server.close()
-                for w in list(self._writers):
-                    if w.transport is not None:
-                        w.transport.abort()
-                loop.stop()
-                done.set()
-
-            try:
-                loop.call_soon_threadsafe(close)
-                done.wait(5)
-            except RuntimeError:
-                pass
+        self._halt()
         self.engine.stop()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> "TwinServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        self._join()
 
     # ------------------------------------------------------------ connection
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async def handle(req, http: Connection) -> bool:
-            return await self._route(req.method, req.path, req.body, http)
-
-        try:
-            await serve_connection(reader, writer, handle, self._writers, server="capsim-twin")
-        except asyncio.CancelledError:  # shutting down
-            pass
+    async def answer(self, req, http: Connection) -> bool:
+        return await self._route(req.method, req.path, req.body, http)
 
     async def _send(self, http: Connection, status: int, obj, ctype: str = "application/json") -> bool:
         return await http.respond(status, obj, ctype)
