@@ -18,6 +18,16 @@ it at the step where step-by-step scheduling would first have seen it. A step
 that preempted never starts a run: vLLM skips admission in that step only, and
 the next one may take the victim back (with async scheduling its in-flight
 tokens are dropped, so it can need fewer blocks than it just gave up).
+
+Members: with fast-forward, while no KV block can be refused (the blocks every
+request in the engine could ever hold fit the cache), a request decoding one token
+a step becomes a member whose counters follow from the step index; a step's
+features over members are integer sums kept up to date, so neither a single step
+nor a decode run costs work per decoding request, and arrivals, finishes and
+prefills change the batch in O(log n). Anything the shortcut does not cover
+(a trace, on_emit, speculative decoding, a tight cache, a budget that could bind
+out of order) writes the members back first. The tests hold both to the records
+of stepping one by one.
 """
 from __future__ import annotations
 
