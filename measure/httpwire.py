@@ -191,7 +191,8 @@ class Connection:
         tr = self.writer.transport  # a client that only shut its sending side may still read the answer
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE) and tr is not None and not tr.is_closing():
             self._head = False
-            await self.respond(status, error_body(status, message), close=True)
+            typ = "InternalServerError" if status >= 500 else "BadRequestError"
+            await self.respond(status, error_body(status, message, typ), close=True)
 
 
 Handler = Callable[[Request, Connection], Awaitable[bool]]

@@ -265,6 +265,25 @@ def test_resets_mid_stream_stay_out_of_the_log(server, quiet):
             server.config.itl = 0.0
 
 
+class _Broken(httpwire.Server):
+    server_name = "broken"
+
+    async def answer(self, req, http) -> bool:
+        if req.path == "/bug":
+            raise KeyError("a bug of the server")
+        return await http.respond(200, {"ok": True})
+
+
+def test_a_server_bug_is_a_500_and_one_logged_error(caplog):
+    caplog.set_level(logging.WARNING)
+    with _Broken() as srv:
+        status, headers, body = split(exchange(srv.port, b"GET /bug HTTP/1.1\r\nhost: x\r\n\r\n"))
+        assert status == 500 and json.loads(body)["error"]["type"] == "InternalServerError"
+        assert httpx.get(srv.url + "/fine").json() == {"ok": True}
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("capsim.http", "ERROR", "GET /bug failed")]
+
+
 # ---------------------------------------------------------------- property: any bytes
 
 @settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
