@@ -338,28 +338,37 @@ def test_llama_benchy_line_in_measure_and_simulate_closed(fake, tmp_path, fmt):
         assert [n for n in names if n in got or n.startswith("tg") or "(c2)" in n] == got
 
 
-def test_llama_benchy_save_result_warmup_runs_and_extra_body(fake, tmp_path, monkeypatch):
-    seen: list[dict] = []
-    orig = FakeServer._generate
+class _RecordingFake(FakeServer):
+    """The fake server, keeping the body of every generation request it is sent (through `answer`, the
+    public hook of httpwire.Server)."""
 
-    async def spy(self, chat, req, writer):
-        seen.append(req)
-        return await orig(self, chat, req, writer)
+    def __init__(self, config):
+        super().__init__(config)
+        self.generation_bodies: list[dict] = []
 
-    monkeypatch.setattr(FakeServer, "_generate", spy)
-    srv = fake(itl=0.0005)
-    base = ["measure", "closed", "--base-url", srv.url, "--pp", "32", "--tg", "2", "--concurrency", "2", "--runs",
-            "1", "--latency-mode", "none", "--no-progress"]
-    counts = {}
-    for w in ("0", "2"):
-        n0 = len(seen)
-        res = cap([*base, "--warmup-runs", w, "-o", str(tmp_path / f"w{w}"), "--extra-body", '{"top_k": 3}',
-                   "--extra-body", "temperature=0", "--format", "json", "--save-result", str(tmp_path / f"w{w}.json")])
-        assert res.exit_code == 0, res.output + res.stderr
-        counts[w] = len(seen) - n0
-        assert json.loads((tmp_path / f"w{w}.json").read_text()) == json.loads(res.stdout)
+    async def answer(self, req, http):
+        if req.method == "POST" and req.path in ("/v1/chat/completions", "/v1/completions"):
+            self.generation_bodies.append(json.loads(req.body))
+        return await super().answer(req, http)
+
+
+def test_llama_benchy_save_result_warmup_runs_and_extra_body(tmp_path):
+    with _RecordingFake(FakeConfig(itl=0.0005)) as srv:
+        seen = srv.generation_bodies
+        base = ["measure", "closed", "--base-url", srv.url, "--pp", "32", "--tg", "2", "--concurrency", "2",
+                "--runs", "1", "--latency-mode", "none", "--no-progress"]
+        counts = {}
+        for w in ("0", "2"):
+            n0 = len(seen)
+            res = cap([*base, "--warmup-runs", w, "-o", str(tmp_path / f"w{w}"), "--extra-body", '{"top_k": 3}',
+                       "--extra-body", "temperature=0", "--format", "json",
+                       "--save-result", str(tmp_path / f"w{w}.json")])
+            assert res.exit_code == 0, res.output + res.stderr
+            counts[w] = len(seen) - n0
+            assert json.loads((tmp_path / f"w{w}.json").read_text()) == json.loads(res.stdout)
     assert counts["2"] - counts["0"] == 2 * 2  # two warmup batches of two requests
-    assert seen and all(r.get("top_k") == 3 and r.get("temperature") == 0 for r in seen if r.get("max_tokens") == 2)
+    tg = [r for r in seen if r.get("max_tokens") == 2]
+    assert tg and all(r.get("top_k") == 3 and r.get("temperature") == 0 for r in tg)
     sim = cap(["simulate", "closed", "--pp", "32", "--tg", "2", "--warmup-runs", "2", "--runs", "1",
                "--format", "csv", "--save-result", str(tmp_path / "s.csv")])
     assert sim.exit_code == 0 and (tmp_path / "s.csv").read_text().startswith("model,test_name,t_s_mean")
