@@ -348,6 +348,9 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     prof, origin = prior_profile(server, float(np.median(c1)) if c1 else None)
     if server.get("skipped_tests"):
         origin["calibrated_without"] = "; ".join(server["skipped_tests"])
+    if server.get("unmodelled_flags"):
+        origin["flags_not_modelled"] = (", ".join(server["unmodelled_flags"]) + ": what they do to step time is in "
+                                        "the fitted rates; to the scheduler, nothing is assumed")
     # a first latency guess: the probe on the prior profile
     probe = simulate_closed(prof, ClosedLoop(combos=[(1, 1, 0, 1)], runs=1, warmup=False)).meta["latency_s"] * 1000
     scale = estimate_prompt_scale(runs, probe)

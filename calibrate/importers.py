@@ -405,6 +405,23 @@ def _flag_int(args: str, flag: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# Server flags calibration reads (the scheduler's limits, speculative decoding, dtypes, memory) or that
+# do not touch serving speed (formats, parsers, names); any other flag is said to be not modelled.
+MODELLED_FLAGS = {"--max-num-batched-tokens", "--max-num-seqs", "--speculative-config", "--speculative_config",
+                  "--quantization", "--kv-cache-dtype", "--max-model-len", "--gpu-memory-utilization",
+                  "--enable-prefix-caching", "--no-enable-prefix-caching", "--async-scheduling"}
+INERT_FLAGS = {"--language-model-only", "--tokenizer-mode", "--tokenizer_mode", "--config-format", "--config_format",
+               "--load-format", "--load_format", "--trust-remote-code", "--reasoning-parser", "--tool-call-parser",
+               "--enable-auto-tool-choice", "--generation-config", "--served-model-name", "--host", "--port",
+               "--chat-template", "--api-key", "--disable-log-requests", "--disable-log-stats", "--uvicorn-log-level"}
+
+
+def unmodelled_flags(args: str) -> list[str]:
+    """The flags of a server command line that calibration neither reads nor knows to be inert."""
+    names = re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", re.sub(r"\{.*?\}", "", args or ""))
+    return sorted({n.split("=")[0] for n in names} - MODELLED_FLAGS - INERT_FLAGS)
+
+
 def speculative_config(args: str, src=None) -> dict | None:
     """vLLM's --speculative-config JSON from a server's command line (None when the flag is absent)."""
     m = re.search(r"--speculative[-_]config(?:=|\s+)", args or "")
@@ -447,6 +464,7 @@ def load_meta(run_dir) -> dict:
         "max_num_batched_tokens": _flag_int(extra, "--max-num-batched-tokens"),
         "max_num_seqs": _flag_int(extra, "--max-num-seqs"),
         "speculative_config": speculative_config(extra, path),
+        "unmodelled_flags": unmodelled_flags(extra),
         "extra_args": extra,
     }
 
@@ -499,9 +517,11 @@ def closed_runs(run_dir) -> list[ClosedRun]:
         try:
             run = _closed_run_from_md(md, source, server)
         except ImporterError as e:
-            if NO_TABLE not in str(e):
+            # a test that failed on the box leaves a report without a table, or an empty file
+            why = next((w for w in (NO_TABLE, "empty file") if str(e).endswith(w)), None)
+            if why is None:
                 raise
-            skipped.append(f"{md.name}: {NO_TABLE} (the test failed on the box?)")
+            skipped.append(f"{md.name}: {why} (the test failed on the box?)")
             continue
         if not run.rows:
             skipped.append(f"{md.stem}: an empty results table")

@@ -185,3 +185,21 @@ def test_a_run_with_failed_closed_loop_tests_calibrates_from_what_is_there(tmp_p
     fr = fit_closed(runs, max_nfev=2)
     assert "05-big-context.md: no llama-benchy table found" in fr.origin["calibrated_without"]
     assert "06-concurrency-stress: no report" in fr.origin["calibrated_without"]
+
+
+@needs_data
+def test_an_empty_report_and_unknown_server_flags_are_named(tmp_path):
+    """A test that left an empty .md (the box died before writing) is skipped and named, as a
+    missing table is; server flags calibration does not read are named, not silently ignored."""
+    run = tmp_path / "odd"
+    shutil.copytree(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16", run)
+    (run / "03-long-output.md").write_text("")
+    meta = json.loads((run / "meta.json").read_text())
+    meta["server_config"]["extra_vllm_args"] += " --enforce-eager --frobnicate-level=3"
+    (run / "meta.json").write_text(json.dumps(meta))
+    runs = closed_runs(run)
+    assert "03-long-output" not in [r.test for r in runs] and len(runs) == 5
+    assert runs[0].server["unmodelled_flags"] == ["--enforce-eager", "--frobnicate-level"]
+    fr = fit_closed(runs, max_nfev=2)
+    assert "03-long-output.md: empty file (the test failed on the box?)" in fr.origin["calibrated_without"]
+    assert fr.origin["flags_not_modelled"].startswith("--enforce-eager, --frobnicate-level: ")
