@@ -9,6 +9,8 @@ from simulator.lazy import lazy_exports
 
 # public name -> the module that defines it
 _EXPORTS = {
+    # the base class of every library error (a ValueError)
+    "CapsimError": "simulator.errors",
     # a box, and what-ifs on it
     "Profile": "simulator.profile", "load_profile": "simulator.profile", "apply_edits": "simulator.whatif",
     # loads, the model, summaries

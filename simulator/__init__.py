@@ -9,6 +9,8 @@ from .lazy import lazy_exports
 
 # public name -> the module that defines it
 _EXPORTS = {
+    # the base class of every error the library raises for the user (docs/architecture.md, "Errors")
+    "CapsimError": ".errors",
     # a box
     "Profile": ".profile", "load_profile": ".profile", "ProfileError": ".profile", "EngineLimits": ".profile",
     "apply_edits": ".whatif", "draw_profile": ".uncertainty",

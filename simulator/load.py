@@ -15,10 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import CapsimError
 from .workload import FixedWorkload, RequestSpec, WorkloadError
 
 
-class LoadError(ValueError):
+class LoadError(CapsimError):
     """An impossible load pattern; the message is one line for the user."""
 
 

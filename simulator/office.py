@@ -54,6 +54,7 @@ import numpy as np
 import simpy
 
 from .engine import Engine
+from .errors import CapsimError
 from .profile import Profile
 from .records import RequestRecord, RunResult
 from .sim import Frontend
@@ -61,7 +62,7 @@ from .summary import DEFAULT_PERCENTILES, summarize_open
 from .workload import PromptFormat, RandomWorkload, RequestSpec, Workload
 
 
-class OfficeError(ValueError):
+class OfficeError(CapsimError):
     """An impossible office; the message is one line for the user."""
 
 

@@ -15,12 +15,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .errors import CapsimError
 from .stepmodel import PhysicalStepModel, StepModel, step_model_from_json
 from .uncertainty import Uncertainty
 from .workload import PromptFormat
 
 
-class ProfileError(ValueError):
+class ProfileError(CapsimError):
     """A missing or malformed profile; the message is one line for the user."""
 
 

@@ -12,10 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import CapsimError
 from .summary import DEFAULT_PERCENTILES, percentile_key
 
 
-class PlanError(ValueError):
+class PlanError(CapsimError):
     """Bad plan input; the message is one line for the user."""
 
 

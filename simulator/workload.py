@@ -18,8 +18,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .errors import CapsimError
 
-class WorkloadError(ValueError):
+
+class WorkloadError(CapsimError):
     """A workload that cannot be built; the message is one line for the user."""
 
 
