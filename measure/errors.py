@@ -1,14 +1,15 @@
 """Errors `capsim measure` reports to the user as one line."""
 from __future__ import annotations
 
+from simulator.errors import CapsimError
 
-class MeasureError(Exception):
+
+class MeasureError(CapsimError):
     """A problem the user must fix (bad flag, unreachable server, HTTP error).
 
-    The message is one line, printed without a traceback by the CLI.
+    The message is one line (whitespace runs become one space), printed without a traceback by
+    the CLI, exit 1.
     """
-
-    exit_code = 1
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))

@@ -22,6 +22,8 @@ from typing import Awaitable, Callable
 
 import h11
 
+from simulator.errors import CapsimError
+
 MAX_HEAD = 64 * 1024       # request line + headers (h11's default is 16 KiB; uvicorn's and vLLM's too)
 MAX_BODY = 64 * 1024 * 1024  # a max_model_len prompt as JSON is a few MB
 _READ = 64 * 1024
@@ -30,7 +32,7 @@ _MAX_PIPELINED = 1 << 20   # bytes kept from a client that sends while its respo
 log = logging.getLogger("capsim.http")
 
 
-class BadRequest(ValueError):
+class BadRequest(CapsimError):
     """A request that cannot be read: answered with `status` and the connection closed."""
 
     def __init__(self, message: str, status: int = 400):

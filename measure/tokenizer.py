@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from simulator.errors import CapsimError
+
 from .client import Client
 
 
@@ -122,5 +124,5 @@ class ServerTokenizer:
         return data[key]
 
 
-class TokenizeFailed(RuntimeError):
-    pass
+class TokenizeFailed(CapsimError, RuntimeError):
+    """The server's /tokenize or /detokenize failed (callers fall back or raise a MeasureError)."""
