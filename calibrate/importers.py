@@ -20,10 +20,12 @@ import re
 import shlex
 from pathlib import Path
 
+from simulator.errors import CapsimError
+
 from .results import DETAILED_KEYS, ClosedRow, ClosedRun, OpenRun
 
 
-class ImporterError(ValueError):
+class ImporterError(CapsimError):
     """A source file is missing, empty or malformed. Message: '<file>: <problem>'."""
 
 

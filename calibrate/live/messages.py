@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+from simulator.errors import CapsimError
 
-class LiveError(ValueError):
+
+class LiveError(CapsimError):
     """A live calibration/validation problem; the message is one line for the user."""
 
 
