@@ -203,3 +203,25 @@ def test_an_empty_report_and_unknown_server_flags_are_named(tmp_path):
     fr = fit_closed(runs, max_nfev=2)
     assert "03-long-output.md: empty file (the test failed on the box?)" in fr.origin["calibrated_without"]
     assert fr.origin["flags_not_modelled"].startswith("--enforce-eager, --frobnicate-level: ")
+
+
+@needs_data
+def test_a_fit_that_puts_milliseconds_on_each_sequence_is_redone_under_the_bound(monkeypatch):
+    """t_seq is host work per request and step; a first fit above fit.T_SEQ_MAX (Mistral-Small-4's
+    put 3.75 ms there) is redone with t_seq bounded, and the profile says so."""
+    from calibrate import fit as fitmod
+
+    real, calls = fitmod.fit_parameters, []
+
+    def first_escapes(prof, runs, scale, params, *a, **k):
+        b, r, e = real(prof, runs, scale, params, *a, **k)
+        calls.append(params["t_seq"])
+        if len(calls) == 1:
+            b.step_model.t_seq = 4e-3  # as if the fit had escaped into t_seq
+        return b, r, e
+
+    monkeypatch.setattr(fitmod, "fit_parameters", first_escapes)
+    fr = fitmod.fit_closed(closed_runs(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16"), max_nfev=2, combine="sum")
+    assert calls == [fitmod.FIT_PARAMS["t_seq"], (fitmod.FIT_PARAMS["t_seq"][0], fitmod.T_SEQ_MAX)]
+    assert fr.profile.step_model.t_seq <= fitmod.T_SEQ_MAX
+    assert fr.origin["t_seq"].startswith("refitted under 0.5 ms: the first fit put 4.00 ms")
