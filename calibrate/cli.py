@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from capsim.errors import check_writable
+from capsim.errors import USER_ERRORS, check_writable, user_errors
 from capsim.flags import MultiValue
 from simulator.profile import load_profile
 
@@ -16,12 +16,6 @@ from .importers import ImporterError
 from .sources import load_closed, load_open, server_key
 from .store import stored_profile_path
 from .validate import format_validation, noise_floor, validate
-
-USER_ERRORS = (ImporterError, ValueError, OSError)
-
-
-def _fail(e: Exception):
-    raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
 @click.command("calibrate")
@@ -55,10 +49,8 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
     out_given = bool(out_path)
     if plot_path:
         from .plots import check_plot_path
-        try:
+        with user_errors():
             check_plot_path(plot_path)
-        except USER_ERRORS as e:
-            _fail(e)
     if live_url:
         if sources:
             raise click.UsageError("give either SOURCES or --live URL, not both")
@@ -80,7 +72,7 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
                                        "give -o/--output") from None
         check_writable(out_path, "-o/--output")
     max_evals = max_evals or 30
-    try:
+    with user_errors():
         runs = load_closed(list(sources))
         if not runs:
             raise ImporterError("no closed-loop runs in the sources given")
@@ -90,8 +82,6 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
         progress = None if as_json else (lambda i, loss: click.echo(f"\r  fitting: evaluation {i}, loss {loss:.4f}",
                                                                      nl=False, err=True))
         fr = fit_closed(runs, max_nfev=max_evals, progress=progress)
-    except USER_ERRORS as e:
-        _fail(e)
     if progress:
         click.echo("", err=True)
     prof = fr.profile
@@ -138,10 +128,8 @@ def _plot_card(prof, runs, plot_path: str) -> None:
             runs = load_closed(runs)
         except USER_ERRORS:
             runs = None
-    try:
+    with user_errors():
         plot_profile_card(prof, runs, plot_path)
-    except USER_ERRORS as e:
-        _fail(e)
 
 
 @click.command("validate")
@@ -181,10 +169,8 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
         raise click.BadParameter(f"must be >= 1, got {replications}", param_hint="--replications")
     if plot_path:  # before any work is done
         from .plots import check_plot_path
-        try:
+        with user_errors():
             check_plot_path(plot_path)
-        except USER_ERRORS as e:
-            _fail(e)
     if live_url:
         if sources:
             raise click.UsageError("give either SOURCES or --live URL, not both")
@@ -207,7 +193,7 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
             note = f"profile: {stored} (calibrated from these sources)"
         elif sources != ("seed",) and sources:
             note = "profile: the shipped Spark profile (no `capsim calibrate` of these sources yet)"
-    try:
+    with user_errors():
         prof = load_profile(profile_path)
         runs = load_open(list(sources) or ["seed"])
         if not runs:
@@ -218,8 +204,6 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
                                                                         nl=False, err=True))
         v = validate(runs, prof, replications=replications, tokenizer=tokenizer, progress=progress)
         floor = noise_floor(runs, load_open(list(floor_sources))) if floor_sources else None
-    except USER_ERRORS as e:
-        _fail(e)
     if progress:
         click.echo("", err=True)
     if plot_path:

@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 
 from capsim import flags
+from capsim.errors import error_line
 from capsim.flags import MultiValue
 from simulator.load import ClosedLoop, LoadError, OpenLoop
 from simulator.workload import RandomWorkload, ShareGPTWorkload, WorkloadError
@@ -33,6 +34,7 @@ from simulator.summary import summarize_closed
 
 from .runfiles import json_dumps, cli_json, format_report, load_run, load_run_info, run_damage, vllm_bench_result
 
+# reported as one line (capsim.errors.error_line); any other error here is "internal error: ..."
 _USER_ERRORS = (MeasureError, WorkloadError, LoadError)
 
 
@@ -44,7 +46,7 @@ def _run_guarded(fn):
     try:
         return fn()
     except _USER_ERRORS as e:
-        raise click.ClickException(str(e)) from None
+        raise error_line(e) from None
     except Interrupted as e:  # Ctrl-C or SIGTERM before the run folder was made
         click.echo(f"capsim measure: {e}; nothing was measured and no run folder was made", err=True)
         sys.exit(e.exit_code)

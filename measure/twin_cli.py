@@ -5,8 +5,9 @@ import asyncio
 
 import click
 
+from capsim.errors import user_errors
 from capsim.flags import SET_VALUE, MultiValue
-from simulator.profile import ProfileError, load_profile
+from simulator.profile import load_profile
 
 from .twin import DEFAULT_MODEL_NAME, TwinServer
 
@@ -33,14 +34,12 @@ def twin_cmd(profile_path, sets, host, port, speed, model_name, seed):
 
     # the engine thread must get the GIL soon after its timer fires (default switch interval 5 ms)
     sys.setswitchinterval(0.0005)
-    try:
+    with user_errors():  # a bad profile or --set: one line
         prof = load_profile(profile_path)
         if sets:
             from simulator.whatif import apply_edits
             prof = apply_edits(prof, sets)
         srv = TwinServer(prof, host=host, port=port, speed=speed, model=model_name, seed=seed)
-    except (ProfileError, ValueError, OSError) as e:
-        raise click.ClickException(str(e).splitlines()[0]) from None
 
     async def main():
         try:

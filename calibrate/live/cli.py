@@ -1,7 +1,7 @@
 """The click side of `capsim calibrate --live` and `capsim validate --live`.
 
 Shared flags for what a server does not export, and the two commands' bodies (calibrate/cli.py
-calls them); LiveError and measure's errors become one-line click errors here.
+calls them); LiveError and measure's errors become one-line click errors here (capsim.errors.user_errors).
 """
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ from .validate import live_validate
 def _click():
     import click
     return click
+
+
+def _user_errors(*errors):
+    """capsim's one-line boundary (capsim.errors.user_errors), imported when a command runs."""
+    from capsim.errors import user_errors
+    return user_errors(errors)
 
 
 def live_limit_options(f):
@@ -54,17 +60,11 @@ def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json,
     say = quiet if as_json else (lambda m: click.echo(m, err=True))
     lim = _limits(kw.pop("max_num_seqs", None), kw.pop("max_num_batched_tokens", None),
                   kw.pop("async_scheduling", None), kw.pop("kv_groups", None), kw.pop("hf_config", None))
-    try:
+    from measure.errors import MeasureError
+    with _user_errors(LiveError, MeasureError):
         prof, d = live_calibrate(url, kw.get("model"), budget, run_dir, lim, clock_scale=kw.get("clock_scale", 1.0),
                                  api_key=kw.get("api_key"), max_nfev=max_evals, say=say, name=name, tg=tg,
                                  pp_max=pp_max, runs=runs)
-    except LiveError as e:
-        raise click.ClickException(str(e)) from None
-    except Exception as e:  # measure's errors
-        from measure.errors import MeasureError
-        if isinstance(e, MeasureError):
-            raise click.ClickException(str(e)) from None
-        raise
     if out_path:
         prof.save(out_path)
     pv = prof.provenance
@@ -91,7 +91,9 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
     """What `capsim validate --live URL --profile P` does (calibrate/cli.py calls this)."""
     click = _click()
     say = quiet if as_json else (lambda m: click.echo(m, err=True))
-    try:
+    from measure.errors import MeasureError
+    from simulator.profile import ProfileError
+    with _user_errors(LiveError, MeasureError, ProfileError):
         prof = load_profile(profile_path)
         lim = _limits(kw.get("max_num_seqs"), kw.get("max_num_batched_tokens"), kw.get("async_scheduling"),
                       kw.get("kv_groups"), kw.get("hf_config"))
@@ -105,13 +107,5 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
         lv = live_validate(url, prof, loads, run_dir, model=facts.model, clock_scale=kw.get("clock_scale", 1.0),
                            replications=replications, repeat=repeat, api_key=kw.get("api_key"),
                            retries=kw.get("retries", 1), say=say)
-    except LiveError as e:
-        raise click.ClickException(str(e)) from None
-    except Exception as e:
-        from measure.errors import MeasureError
-        from simulator.profile import ProfileError
-        if isinstance(e, (MeasureError, ProfileError)):
-            raise click.ClickException(str(e)) from None
-        raise
     click.echo(json.dumps(lv.to_json(), indent=2, default=str) if as_json else lv.format())
     return lv
