@@ -163,7 +163,9 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
             np.add.at(per_second, (r.chunk_times - t_min).astype(np.int64), 1)
         res["max_output_tokens_per_s"] = float(per_second.max())
         res["max_concurrent_requests"] = peak_concurrency_bucket(starts, starts + e2els)
-        res["max_concurrent_requests_sweep"] = peak_concurrency_sweep(starts, starts + e2els)
+        # the ends themselves, not start + e2el: that sum can land an ulp past the end, and a request
+        # sent the instant another finished (a client semaphore) would count as overlapping it
+        res["max_concurrent_requests_sweep"] = peak_concurrency_sweep(starts, np.array([r.chunk_times[-1] for r in ok]))
     else:
         res["max_output_tokens_per_s"] = 0.0
         res["max_concurrent_requests"] = 0

@@ -132,3 +132,16 @@ def test_pooled_equals_numpy_on_the_expanded_sample():
     assert got.keys() == want.keys()
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-12, abs=1e-12), k
+
+
+def test_sweep_peak_counts_a_request_sent_as_another_finished_once():
+    """A client semaphore sends the next request the instant one finishes: [5.529367, 15.1532) then
+    [15.1532, 16). 5.529367 + (15.1532 - 5.529367) is 15.153200000000002, so a sweep over start + e2el
+    saw them overlap."""
+    s0, end = 5.529367, 15.1532
+    assert s0 + (end - s0) > end
+    recs = [RequestRecord(request_id=0, prompt_tokens=4, output_tokens=2, scheduled_time=s0, start_time=s0,
+                          chunk_times=np.array([6.0, end])),
+            RequestRecord(request_id=1, prompt_tokens=4, output_tokens=2, scheduled_time=s0, start_time=end,
+                          chunk_times=np.array([15.5, 16.0]))]
+    assert summarize_open(RunResult(recs, s0, 16.0, "open"))["max_concurrent_requests_sweep"] == 1
