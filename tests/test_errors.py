@@ -187,3 +187,16 @@ def test_live_validation_reports_a_profile_error(tmp_path):
     with refused_port() as port:
         _one_line(["validate", "--live", f"http://127.0.0.1:{port}", "--profile", str(tmp_path / "none.json")],
                   _raised(load_profile, str(tmp_path / "none.json")))
+
+
+def test_live_calibration_reports_every_library_error(tmp_path, monkeypatch):
+    """Not only LiveError and MeasureError: a WorkloadError from inside the ladder is one line too."""
+    import calibrate.live.cli as live_cli
+    from simulator.workload import WorkloadError
+
+    def boom(*a, **kw):
+        raise WorkloadError("--tg 0: a request must generate at least one token\n(more)")
+
+    monkeypatch.setattr(live_cli, "live_calibrate", boom)
+    _one_line(["calibrate", "--live", "http://127.0.0.1:1", "--run-dir", str(tmp_path / "run")],
+              WorkloadError("--tg 0: a request must generate at least one token"))

@@ -1,7 +1,8 @@
 """The click side of `capsim calibrate --live` and `capsim validate --live`.
 
 Shared flags for what a server does not export, and the two commands' bodies (calibrate/cli.py
-calls them); LiveError and measure's errors become one-line click errors here (capsim.errors.user_errors).
+calls them); a library error (LiveError, MeasureError, ProfileError, ...: a CapsimError) becomes one
+line and exit 1 here (capsim.errors.user_errors).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from simulator.profile import load_profile
 
 from .ladder import live_calibrate, parse_budget
 from .loads import load_loads, seed_loads
-from .messages import LiveError, quiet
+from .messages import quiet
 from .server import apply_server_limits, read_server
 from .validate import live_validate
 
@@ -21,10 +22,12 @@ def _click():
     return click
 
 
-def _user_errors(*errors):
-    """capsim's one-line boundary (capsim.errors.user_errors), imported when a command runs."""
+def _user_errors():
+    """capsim's one-line boundary for library errors (capsim.errors.user_errors), imported when a command
+    runs: `import calibrate.live` loads no click."""
     from capsim.errors import user_errors
-    return user_errors(errors)
+    from simulator.errors import CapsimError
+    return user_errors(CapsimError)
 
 
 def live_limit_options(f):
@@ -60,8 +63,7 @@ def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json,
     say = quiet if as_json else (lambda m: click.echo(m, err=True))
     lim = _limits(kw.pop("max_num_seqs", None), kw.pop("max_num_batched_tokens", None),
                   kw.pop("async_scheduling", None), kw.pop("kv_groups", None), kw.pop("hf_config", None))
-    from measure.errors import MeasureError
-    with _user_errors(LiveError, MeasureError):
+    with _user_errors():
         prof, d = live_calibrate(url, kw.get("model"), budget, run_dir, lim, clock_scale=kw.get("clock_scale", 1.0),
                                  api_key=kw.get("api_key"), max_nfev=max_evals, say=say, name=name, tg=tg,
                                  pp_max=pp_max, runs=runs)
@@ -91,9 +93,7 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
     """What `capsim validate --live URL --profile P` does (calibrate/cli.py calls this)."""
     click = _click()
     say = quiet if as_json else (lambda m: click.echo(m, err=True))
-    from measure.errors import MeasureError
-    from simulator.profile import ProfileError
-    with _user_errors(LiveError, MeasureError, ProfileError):
+    with _user_errors():
         prof = load_profile(profile_path)
         lim = _limits(kw.get("max_num_seqs"), kw.get("max_num_batched_tokens"), kw.get("async_scheduling"),
                       kw.get("kv_groups"), kw.get("hf_config"))
