@@ -23,10 +23,11 @@ from pathlib import Path
 import click
 
 from capsim import flags
-from capsim.errors import error_line
+from capsim.errors import user_errors
 from capsim.flags import MultiValue
-from simulator.load import ClosedLoop, LoadError, OpenLoop
-from simulator.workload import RandomWorkload, ShareGPTWorkload, WorkloadError
+from simulator.errors import CapsimError
+from simulator.load import ClosedLoop, OpenLoop
+from simulator.workload import RandomWorkload, ShareGPTWorkload
 
 from .drivers import run_closed, run_open
 from .errors import Interrupted, MeasureError
@@ -34,19 +35,19 @@ from simulator.summary import summarize_closed
 
 from .runfiles import json_dumps, cli_json, format_report, load_run, load_run_info, run_damage, vllm_bench_result
 
-# reported as one line (capsim.errors.error_line); any other error here is "internal error: ..."
-_USER_ERRORS = (MeasureError, WorkloadError, LoadError)
-
 
 def _default_dir(kind: str) -> Path:
     return Path("runs") / f"measure-{kind}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def _run_guarded(fn):
+    """A library error (MeasureError, WorkloadError, ...: a CapsimError) is one line and exit 1; click's
+    errors pass; Ctrl-C and SIGTERM exit 130 and 143; anything else is an internal error, one line too."""
     try:
-        return fn()
-    except _USER_ERRORS as e:
-        raise error_line(e) from None
+        with user_errors(CapsimError):
+            return fn()
+    except click.ClickException:
+        raise
     except Interrupted as e:  # Ctrl-C or SIGTERM before the run folder was made
         click.echo(f"capsim measure: {e}; nothing was measured and no run folder was made", err=True)
         sys.exit(e.exit_code)

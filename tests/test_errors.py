@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from capsim.errors import USER_ERRORS, error_line, friendly, user_errors
+from measure.tokenizer import TokenizeFailed
 from simulator.errors import CapsimError
 from tests.helpers import refused_port
 
@@ -200,3 +201,24 @@ def test_live_calibration_reports_every_library_error(tmp_path, monkeypatch):
     monkeypatch.setattr(live_cli, "live_calibrate", boom)
     _one_line(["calibrate", "--live", "http://127.0.0.1:1", "--run-dir", str(tmp_path / "run")],
               WorkloadError("--tg 0: a request must generate at least one token"))
+
+
+@pytest.mark.parametrize("raised, line", [
+    # any library error, not only MeasureError, WorkloadError and LoadError (a TokenizeFailed, a ProfileError)
+    (TokenizeFailed("/tokenize: HTTP 500"), "Error: /tokenize: HTTP 500"),
+    # click's own error passes as it is, not as "internal error: ClickException: ..."
+    (click.ClickException("cannot write --save-result r.json: Permission denied"),
+     "Error: cannot write --save-result r.json: Permission denied"),
+    (RuntimeError("a bug"), "Error: internal error: RuntimeError: a bug (CAPSIM_DEBUG=1 shows the traceback)"),
+])
+def test_measure_commands_report_through_the_boundary(raised, line, monkeypatch, tmp_path):
+    import measure.cli
+    from capsim.cli import main
+
+    def boom(_run_dir):
+        raise raised
+
+    monkeypatch.delenv("CAPSIM_DEBUG", raising=False)
+    monkeypatch.setattr(measure.cli, "load_run_info", boom)
+    res = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert res.exit_code == 1 and res.stderr == line + "\n", (res.exit_code, res.output)
