@@ -36,7 +36,7 @@ class Pooled:
     linear rule included).
     """
 
-    def __init__(self, batch: int = 4_000_000):
+    def __init__(self, batch: int = 250_000):
         self.values = np.zeros(0)
         self.counts = np.zeros(0, dtype=np.int64)
         self._pending: list[np.ndarray] = []
