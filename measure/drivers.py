@@ -36,7 +36,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from simulator.load import ClosedLoop, LoadError, OpenLoop
+from simulator.errors import CapsimError
+from simulator.load import ClosedLoop, OpenLoop
 from simulator.records import RequestRecord, RunResult
 from simulator.workload import (MixtureWorkload, RandomWorkload, ShareGPTWorkload, Workload,
                                 WorkloadError, random_length_bounds)
@@ -481,7 +482,7 @@ class _Session:
             return
         stopped = isinstance(e, (KeyboardInterrupt, asyncio.CancelledError))
         status = "interrupted" if stopped else "failed"
-        reason = (str(e) if isinstance(e, (MeasureError, WorkloadError, LoadError)) else
+        reason = (str(e) if isinstance(e, CapsimError) else
                   f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) if not stopped else \
             (str(e) if isinstance(e, Interrupted) else f"interrupted ({type(e).__name__})")
         wall_end = time.time()
