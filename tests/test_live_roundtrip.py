@@ -85,15 +85,17 @@ DISAGREE = 1.5
 
 
 def _wait_for_other_servers(limit_s: float = 900.0) -> None:
-    """One vLLM at a time on this machine: wait while someone else's server runs."""
+    """One test server at a time on this machine: wait while another capsim test server runs (this
+    suite's or another checkout's, on the same model folder); a user's own vLLM is not waited on."""
     t0 = time.monotonic()
+    ours = f"vllm.entrypoints.openai.api_server --model {model_dir()}"
     while time.monotonic() - t0 < limit_s:
-        r = subprocess.run(["pgrep", "-f", "vllm.entrypoints"], capture_output=True, text=True)
+        r = subprocess.run(["pgrep", "-f", ours], capture_output=True, text=True)
         if not r.stdout.strip():
             return
-        print(f"waiting for another vLLM server to finish (pids {r.stdout.split()})", flush=True)
+        print(f"waiting for another capsim test server to finish (pids {r.stdout.split()})", flush=True)
         time.sleep(30)
-    pytest.fail("another vLLM server kept running for 15 minutes")
+    pytest.fail("another capsim test server kept running for 15 minutes")
 
 
 def _limits(extra: dict) -> dict:
