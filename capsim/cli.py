@@ -2,27 +2,104 @@
 
 Each subcommand parses its flags, calls one library function and prints a table
 (or, with --json, machine-readable output with stable keys).
+
+`capsim --help` and shell completion must answer in well under 0.3 s, so this module imports
+only click and capsim's light helpers (errors, flags): the library (numpy, simpy, ...) is
+imported inside each command, and the other packages' commands are imported by `LazyGroup`
+only when they run or print their own help (benchmarks/cli_startup.py measures it;
+tests/test_cli_startup.py checks what `--help` imports).
 """
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import math
 import sys
+from gettext import gettext as _
+from typing import TYPE_CHECKING
 
 import click
 
-from simulator.load import ClosedLoop, OpenLoop
-from simulator.profile import load_profile, Profile
-from simulator.replicate import replicate_closed, replicate_open
-from simulator.summary import format_closed_table, format_open_summary
-from simulator.workload import (PromptFormat, RandomWorkload, ShareGPTWorkload, WorkloadError, bundled_sharegpt_path,
-                                tokenizer_counter)
-
 from . import flags
 from .flags import SET_VALUE, MultiValue
-from .checks import MAX_REPLICATIONS, MAX_REQUESTS, check_closed, check_open, check_range, check_served
 from .errors import OneLineGroup, check_writable, friendly
+
+if TYPE_CHECKING:
+    from simulator.profile import Profile
+    from simulator.workload import PromptFormat
+
+
+class LazyGroup(OneLineGroup):
+    """A group whose commands from other modules are imported on first use (click's documented
+    LazyGroup pattern, on top of OneLineGroup's one-line usage errors).
+
+    `lazy` maps a command name to ("module:attribute", the first paragraph of its help): the
+    group's own --help and completion show that text without importing the module, so it must
+    stay the command's own (tests/test_cli_startup.py compares them)."""
+
+    def __init__(self, *a, lazy: dict[str, tuple[str, str]] | None = None, **kw):
+        super().__init__(*a, **kw)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in self.lazy:
+            module, attr = self.lazy[name][0].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return self.commands.get(name)
+
+    def listed_command(self, name) -> click.Command | None:
+        """What the command list shows for `name`: the command if it is loaded, otherwise a
+        stand-in carrying its help, so listing imports nothing."""
+        if name in self.commands:
+            return self.commands[name]
+        if name in self.lazy:
+            return click.Command(name, help=self.lazy[name][1])
+        return None
+
+    def format_commands(self, ctx, formatter):
+        # click's Group.format_commands, reading listed_command instead of get_command
+        commands = [(n, c) for n in self.list_commands(ctx) if (c := self.listed_command(n)) and not c.hidden]
+        if commands:
+            limit = formatter.width - 6 - max(len(n) for n, c in commands)
+            with formatter.section(_("Commands")):
+                formatter.write_dl([(n, c.get_short_help_str(limit)) for n, c in commands])
+
+    def shell_complete(self, ctx, incomplete):
+        # click's Group.shell_complete, reading listed_command: `capsim <TAB>` imports nothing
+        from click.shell_completion import CompletionItem
+
+        results = [CompletionItem(n, help=c.get_short_help_str())
+                   for n in self.list_commands(ctx) if n.startswith(incomplete)
+                   and (c := self.listed_command(n)) is not None and not c.hidden]
+        results.extend(click.Command.shell_complete(self, ctx, incomplete))
+        return results
+
+
+# commands defined in other modules: those import the library (numpy, scipy, httpx) at their top,
+# which `capsim --help` must not pay for, and calibrate's and measure's import capsim's helpers, so
+# importing them at the top here would also be circular
+LAZY_COMMANDS = {
+    "calibrate": ("calibrate.cli:calibrate_cmd",
+                  "Fit a profile from closed-loop runs (suite folders, capsim runs, llama-benchy tables, or 'seed'), "
+                  "or measure them first on a live server (--live URL)."),
+    "measure": ("measure.cli:measure", "Measure a live OpenAI-compatible server (tested against vLLM)."),
+    "plan": ("capsim.plan_cli:plan_cmd",
+             "How many staff can this box serve within an SLA, what binds first, and the box's capacity in req/s; "
+             "optionally what-if scenarios side by side."),
+    "profile": ("capsim.profile_cli:profile_group", "Look at a profile: what calibration produced."),
+    "report": ("measure.cli:report",
+               "Print a measured run's summary again, from its files; --csv and --plot write it out for people."),
+    "twin": ("measure.twin_cli:twin_cmd",
+             "Serve the simulator as an OpenAI-compatible endpoint, in real time (x --speed)."),
+    "validate": ("calibrate.cli:validate_cmd",
+                 "Predict open-loop runs (vllm bench serve) the profile never saw and score the predictions; "
+                 "with --live URL, run the open-loop loads on a server now."),
+}
+
 
 def parse_rate(value: str) -> float:
     try:
@@ -49,11 +126,12 @@ def profile_option(f):
 
 
 def load_edited(profile_path, sets) -> Profile:
+    from simulator.profile import load_profile
     p = load_profile(profile_path)
     return apply_sets(p, sets) if sets else p
 
 
-@click.group(cls=OneLineGroup)
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
 @click.version_option(package_name="capsim")
 def main():
     """capsim: how many staff can this LLM box serve, and how will it feel?"""
@@ -99,6 +177,11 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
 
     A llama-benchy command line runs as it is (--base-url and --model are ignored: the
     profile is the server); --format md|json|csv, --save-result FILE."""
+    from simulator.load import ClosedLoop
+    from simulator.replicate import replicate_closed
+    from simulator.summary import format_closed_table
+    from .checks import MAX_REPLICATIONS, check_closed, check_range
+
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
     warmup = flags.warmup_setting(no_warmup, warmup_runs)
     flags.parse_extra_body(extra_body)  # checked; a simulated request has no body
@@ -133,6 +216,9 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
 
 def build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
                         dataset_path, tokenizer, output_fraction, fmt: PromptFormat):
+    from simulator.workload import (RandomWorkload, ShareGPTWorkload, WorkloadError, bundled_sharegpt_path,
+                                    tokenizer_counter)
+
     if dataset_name == "random":
         return RandomWorkload(random_input_len, random_output_len, random_range_ratio, random_prefix_len, fmt=fmt)
     if dataset_name == "sharegpt":
@@ -190,6 +276,12 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
 
     A vllm bench serve command line runs as it is: the server flags (--base-url, --host/--port,
     --model) are ignored, the profile is the server; --save-result writes the predicted result JSON."""
+    from simulator.load import OpenLoop
+    from simulator.replicate import replicate_open
+    from simulator.summary import format_open_summary
+    from simulator.workload import PromptFormat
+    from .checks import MAX_REPLICATIONS, MAX_REQUESTS, check_open, check_range, check_served
+
     check_range(num_prompts, "--num-prompts", hi=MAX_REQUESTS, what=" in one run")
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
     rate = parse_rate(request_rate)
@@ -242,22 +334,6 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     if save_result is not None or append_result:
         click.echo(f"capsim simulate: result JSON {path}", err=True)
 
-
-def _register() -> None:
-    """The other packages' commands (imported here, not at the top: their packages import this module's helpers)."""
-    from calibrate.cli import calibrate_cmd, validate_cmd
-    from measure.cli import measure, report
-    from measure.twin_cli import twin_cmd
-    from capsim.plan_cli import plan_cmd
-    from capsim.profile_cli import profile_group
-
-    for name, cmd in (("measure", measure), ("report", report), ("calibrate", calibrate_cmd),
-                      ("validate", validate_cmd), ("plan", plan_cmd), ("twin", twin_cmd)):
-        main.add_command(cmd, name)
-    main.add_command(profile_group, "profile")
-
-
-_register()
 
 if __name__ == "__main__":
     sys.exit(main())
