@@ -424,28 +424,35 @@ class Engine:
                     "preemptions": self.num_preemptions, "running": len(self.running), "waiting": len(self.waiting),
                     "preempted": preempted, "admitted": admitted, "k": k})
 
-    def _run_length(self, items, preempted: bool = False, others=None) -> int:
+    def _run_length(self, items, preempted: bool, others, n_mem: int = 0, mem: bool = False) -> int:
         """How many identical decode steps can be taken at once, from this one.
 
-        others: the items _schedule took by its general path (the plain decodes are one token that
-        emits); None means all of them."""
-        L = self.lim
-        if not self.fast_forward or not items or self.spec_k:
+        One rule for both schedule paths; a step of the general path is a step with no members.
+        others: the items that must each be one token that emits (the general path's plain decodes,
+        taken inline, are). n_mem: members scheduled in this step, each decoding one token, not in
+        items. mem: the step came from the members path: the member heaps bound the run as well, and
+        the KV cache cannot bind (members exist only while every request's blocks fit)."""
+        if not self.fast_forward or not (items or n_mem) or self.spec_k:
             return 1
         if preempted:
             # this step skipped admission; the next one tries the waiting queue (the victim first) again
             return 1
-        if any(n != 1 or not emits for _, n, emits, _ in (items if others is None else others)):
+        if any(n != 1 or not emits for _, n, emits, _ in others):
             return 1
-        unfinished = 0
-        for r in self.running:
+        s = self.steps
+        if n_mem:
+            top = self._h_top(self._h_stop, True)
+            if top is not None and top[0] == s + 1:
+                return 1  # a member's out_sched reaches max_tokens in this step: not counted as unfinished
+        rest = self._nonmembers() if mem and self._mem else self.running  # the running requests not members
+        n = len(items) + n_mem
+        unfinished = n_mem
+        for r in rest:
             if r.out_sched < r.max_tokens:
                 unfinished += 1
-        if len(items) != unfinished:
+        if n != unfinished or n > self.lim.max_num_batched_tokens:
             return 1
-        if len(items) > L.max_num_batched_tokens:
-            return 1
-        k = math.inf
+        k = self._h_top(self._h_k, True)[0] - s if n_mem else math.inf
         extra = 2 if self.async_ else 1
         for r, _, _, _ in items:
             o, m, t = r.out_sched, r.max_tokens, r.target
@@ -453,16 +460,20 @@ class Engine:
                 k = 1 + m - o
             if t < m and t - o + extra < k:
                 k = t - o + extra  # the block step that emits its last token (+1 with async)
-        reqs = [it[0] for it in items]
-        if self.waiting:
+        if self.waiting and self.async_:
             # a finish at the end of the step in flight would let the scheduler admit
-            if self.async_ and any(r.emitted < r.target and r.out_sched >= r.target for r in self.running
-                                   if r.out_sched >= r.max_tokens or r.target < r.max_tokens):
+            if mem:
+                top = self._h_top(self._h_fs, False)
+                if top is not None and top[0] <= s:
+                    return 1
+            if any(r.emitted < r.target and r.out_sched >= r.target for r in rest
+                   if r.out_sched >= r.max_tokens or r.target < r.max_tokens):
                 return 1
         if k < self.MIN_RUN:
             return 1
         k = int(k)
-        if self.kv.capacity is not None:
+        if not mem and self.kv.capacity is not None:
+            reqs = [it[0] for it in items]
             c = np.array([r.computed for r in reqs], dtype=np.int64)  # after step 1
             held = sum(r.held for r in reqs)
             free = self.kv.capacity - self.kv.used + held
@@ -510,7 +521,7 @@ class Engine:
 
     def _launch(self, sched, start: float) -> None:
         items, preempted, sums, mem = sched
-        k = self._member_run_length(items, sums) if mem else self._run_length(items, preempted, sums[3])
+        k = self._run_length(items, preempted, sums[3], sums[0] if mem else 0, mem)
         first_idx = self.steps
         if k == 1:
             d = self.model.time(self._features(sums))
@@ -520,7 +531,7 @@ class Engine:
             step = _Step(items, start, 1, np.array([start + d]), mem=mem)
         else:
             ctx0 = np.array([r.computed - 1 for r, _, _, _ in items], dtype=np.int64)
-            if mem and self._mem:  # every member scheduled now decodes in all k steps (_member_run_length)
+            if mem and self._mem:  # every member scheduled now decodes in all k steps (_run_length)
                 base = np.fromiter((r.m_base for r in self._m_in), dtype=np.int64, count=len(self._m_in))
                 ctx0 = np.concatenate([ctx0, base + (first_idx - 1)])
             self._advance(items, k - 1)  # step 1 was scheduled normally
@@ -691,46 +702,6 @@ class Engine:
         if not items and not n_mem:
             return None
         return items, False, (n_mem, dec_cf, dec_cw, items), True
-
-    def _member_run_length(self, items, sums) -> int:
-        """_run_length for a step with members: the same answer, from the member sums and heaps."""
-        L = self.lim
-        s = self.steps
-        n_mem = sums[0]
-        if any(n != 1 or not emits for _, n, emits, _ in items):
-            return 1
-        if n_mem:
-            top = self._h_top(self._h_stop, True)
-            if top is not None and top[0] == s + 1:
-                return 1  # a member's out_sched reaches max_tokens in this step: not counted as unfinished
-        unfinished = n_mem
-        for r in self._nonmembers():
-            if r.out_sched < r.max_tokens:
-                unfinished += 1
-        if len(items) + n_mem != unfinished:
-            return 1
-        if len(items) + n_mem > L.max_num_batched_tokens:
-            return 1
-        k = math.inf
-        if n_mem:
-            k = self._h_top(self._h_k, True)[0] - s
-        extra = 2 if self.async_ else 1
-        for r, _, _, _ in items:
-            o, m, t = r.out_sched, r.max_tokens, r.target
-            if 1 + m - o < k:
-                k = 1 + m - o
-            if t < m and t - o + extra < k:
-                k = t - o + extra
-        if self.waiting and self.async_:
-            top = self._h_top(self._h_fs, False)
-            if top is not None and top[0] <= s:
-                return 1
-            if any(r.emitted < r.target and r.out_sched >= r.target for r in self._nonmembers()
-                   if r.out_sched >= r.max_tokens or r.target < r.max_tokens):
-                return 1
-        if k < self.MIN_RUN:
-            return 1
-        return int(k)  # the KV cache cannot bind while there are members
 
     def _m_write_back(self, r: _Req, emitted_upto: int) -> None:
         """r's counters from the step index, and its chunks of member steps up to emitted_upto."""
