@@ -1,6 +1,8 @@
 """`capsim plan`: parse flags, call simulator.plan.plan once per scenario, print.
 
-Attached to the `capsim` group by capsim/cli.py's _register().
+Loaded on first use by the `capsim` group (capsim/cli.py's `LazyGroup`): its `LAZY_COMMANDS` entry
+"plan" names `capsim.plan_cli:plan_cmd` and carries the help line `capsim --help` shows
+without importing this module: keep it this command's own help (tests/test_cli_startup.py compares).
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """`capsim profile show`: the profile card (calibrate.card.profile_card) as a table, JSON or PNG.
 
-Attached to the `capsim` group by capsim/cli.py's _register().
+Loaded on first use by the `capsim` group (capsim/cli.py's `LazyGroup`): its `LAZY_COMMANDS` entry
+"profile" names `capsim.profile_cli:profile_group` and carries the help line `capsim --help` shows
+without importing this module: keep it this command's own help (tests/test_cli_startup.py compares).
 """
 from __future__ import annotations
 
