@@ -577,10 +577,13 @@ async def _adapt(workload: Workload, builder: PromptBuilder, client: Client, not
     return workload
 
 
-async def _in_thread(fn, *args):
-    """fn(*args) in a daemon thread. A cancelled caller abandons it: a thread of asyncio's default
+async def in_daemon_thread(fn, *args):
+    """Await fn(*args) run in a daemon thread; its result or exception comes back to the caller.
+
+    A cancelled caller abandons the thread rather than waiting for it: a thread of asyncio's default
     executor (asyncio.to_thread) would be joined when the loop and the interpreter shut down, so a
-    Ctrl-C would wait for all of ShareGPT's /tokenize calls to a server that does not answer."""
+    Ctrl-C would wait for all of ShareGPT's /tokenize calls to a server that does not answer. The
+    drivers sample workloads through it."""
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
 
@@ -604,7 +607,7 @@ async def _in_thread(fn, *args):
 
 async def _sample(workload: Workload, n: int, seed: int):
     try:
-        return await _in_thread(workload.sample, n, seed)
+        return await in_daemon_thread(workload.sample, n, seed)
     except WorkloadError:
         raise
     except httpx.HTTPError as e:

@@ -912,7 +912,7 @@ def test_ctrl_c_while_every_request_hangs(fake, tmp_path):
 def test_abandoned_prepare_thread_does_not_hold_the_exit():
     """ShareGPT's sampling thread waits on the server's /tokenize: a stop abandons it (asyncio.to_thread's
     pool thread would be joined by asyncio.run and at exit)."""
-    from measure.drivers import _in_thread
+    from measure.drivers import in_daemon_thread
 
     started, release, returned = threading.Event(), threading.Event(), threading.Event()
     runs_in = []
@@ -924,13 +924,13 @@ def test_abandoned_prepare_thread_does_not_hold_the_exit():
         returned.set()
 
     async def go():
-        t = asyncio.ensure_future(_in_thread(abandoned))
+        t = asyncio.ensure_future(in_daemon_thread(abandoned))
         while not started.is_set():
             await asyncio.sleep(0.01)
         t.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t
-        return await _in_thread(lambda: 7)
+        return await in_daemon_thread(lambda: 7)
 
     try:
         assert asyncio.run(go()) == 7
