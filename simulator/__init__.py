@@ -20,7 +20,7 @@ _EXPORTS = {
     "PromptFormat": ".workload", "WorkloadError": ".workload", "bundled_sharegpt_path": ".workload",
     "OpenLoop": ".load", "ClosedLoop": ".load", "LoadError": ".load",
     # running the model, and what it records
-    "Engine": ".engine", "simulate_open": ".sim", "simulate_closed": ".sim",
+    "Engine": ".engine", "simulate_open": ".sim", "simulate_closed": ".sim", "SimStats": ".sim",
     "RequestRecord": ".records", "RunResult": ".records",
     "replicate_open": ".replicate", "replicate_closed": ".replicate", "band": ".replicate",
     # summaries (vllm bench serve's and llama-benchy's keys)

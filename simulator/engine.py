@@ -199,6 +199,7 @@ class Engine:
         self.steps = 0
         self.num_preemptions = 0
         self.events = 0
+        self.max_members = 0  # the most requests that were members at once (SimStats.max_members)
         self._wake = env.event()
         self._pending: float | None = None  # earliest arrival since the last decode run was scheduled
         self._order = 0
@@ -668,6 +669,8 @@ class Engine:
             heapq.heappush(self._h_stop, (stop, i, r))
             heapq.heappush(self._h_fs, (fs, i, r))
             heapq.heappush(self._h_k, (min(stop, fs + extra) if t < m else stop, i, r))
+        if join and len(self._mem) > self.max_members:
+            self.max_members = len(self._mem)
         dec_cf = self._m_base_sum + n_mem * s  # contexts after this step
         dec_cw = self._m_below_sum + self._m_below_n * s + w * (n_mem - self._m_below_n) if w else 0
         budget -= n_mem

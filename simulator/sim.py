@@ -23,9 +23,18 @@ from .workload import RequestSpec, Workload
 
 @dataclass
 class SimStats:
+    """What one simulated run cost the engine model, appended to `stats=` by simulate_open/closed.
+
+    steps: engine steps taken; events: SimPy events the engine loop waited on (fewer than steps when
+    fast-forward took decode runs of several steps at once); preemptions: requests preempted;
+    max_members: the most requests that decoded as members at once (fast-forward's path where a
+    request decoding one token a step costs no per-step work; 0 when that path was never taken:
+    fast-forward off, a trace or on_emit, speculative decoding, or a KV cache that could refuse a block).
+    """
     steps: int
     events: int
     preemptions: int
+    max_members: int = 0
 
 
 class Frontend:
@@ -99,7 +108,7 @@ def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenL
     recs = [r for r in records if r is not None]
     end = max((r.end_time for r in recs if r.end_time is not None), default=0.0)
     if stats is not None:
-        stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions))
+        stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions, engine.max_members))
     return RunResult(recs, 0.0, max(end, float(arrivals[-1])), "open",
                      {"max_concurrency": cap, "request_rate": pattern.rate, "burstiness": pattern.burstiness,
                       "num_preemptions": engine.num_preemptions})
@@ -163,7 +172,7 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
     else:
         latency = 0.0
     if stats is not None:
-        stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions))
+        stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions, engine.max_members))
     return RunResult(records, start, clock[0], "closed",
                      {"latency_s": latency, "tests": tests, "num_preemptions": engine.num_preemptions})
 
