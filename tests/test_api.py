@@ -78,6 +78,22 @@ def test_no_private_name_crosses_a_module_boundary(package):
     assert not [x for p in sorted((ROOT / package).rglob("*.py")) for x in _private_imports(p)]
 
 
+# tests that still reach into a private name, each with its reason; every other test uses the public API
+PRIVATE_IN_TESTS = {
+    # spies on Engine._launch/_shrink to check each decode run against stepping one by one; a public
+    # per-launch hook would be an engine API of its own (issue 13, left to the engine's owner)
+    "test_engine_runlength.py": {"test_engine_runlength.py: Engine._launch", "test_engine_runlength.py: Engine._shrink"},
+}
+
+
+def test_tests_use_only_public_names():
+    """A test proves what a user can see: facts it needs are public (e.g. SimStats.max_members), not
+    monkeypatched private methods; the few exceptions are listed above with their reason."""
+    found = {p.name: set(_private_imports(p)) for p in sorted((ROOT / "tests").glob("*.py"))}
+    assert {n: s for n, s in found.items() if s - PRIVATE_IN_TESTS.get(n, set())} == {}
+    assert all(found.get(n) for n in PRIVATE_IN_TESTS), "an exception no longer needed: remove it"
+
+
 def test_the_check_sees_a_private_import(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("from simulator.summary import _stats\nimport simulator.plan as P\nP._x\n")
