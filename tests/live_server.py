@@ -28,6 +28,12 @@ The fixtures skip the test when the install is missing, unless ``CAPSIM_REQUIRE_
 (then they fail, for CI that has run the setup script). The first start on a machine
 compiles for about 5 minutes (cached under ~/.cache/vllm afterwards); later starts take
 well under a minute. Only one server at a time is advisable on a 2-core machine.
+
+A port chosen here (``port=None``) can be taken by another process before vLLM binds it, tens of
+seconds later: vLLM then exits with "Address already in use" and the start tries another free port
+(``PORT_TRIES`` in all; the logs say so), and an answer on the port counts as ready only when our
+server's process group holds the listening socket (checked through /proc where there is one).
+tests/test_live_server_util.py tests this without vLLM.
 """
 from __future__ import annotations
 
@@ -86,6 +92,84 @@ def free_port() -> int:
 
 class VLLMStartError(RuntimeError):
     pass
+
+
+class _ExitedEarly(VLLMStartError):
+    """vLLM exited before answering; ``log_text`` is its whole log."""
+
+    def __init__(self, msg: str, log_text: str):
+        super().__init__(msg)
+        self.log_text = log_text
+
+
+# free_port() closes its socket and vLLM binds the port only after its imports (tens of seconds on
+# 2 cores), so another process can take it in between: then vLLM exits at once, and a port chosen
+# here is chosen again, up to this many tries in all
+PORT_TRIES = 3
+_ADDR_IN_USE = re.compile(r"Address already in use|\bEADDRINUSE\b")
+
+
+def port_taken(log_text: str) -> bool:
+    """Whether a vLLM log shows it died because its address was in use: vLLM binds its HTTP socket
+    in ``setup_server`` before the engine starts and dies with ``OSError: [Errno 98] Address already
+    in use`` (48 on macOS; ZMQ's ``ZMQError: Address already in use`` for an engine socket)."""
+    return _ADDR_IN_USE.search(log_text) is not None
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The inodes of the sockets listening on TCP ``port``, from /proc/net (none without /proc)."""
+    out = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                out.add(f[9])
+    return out
+
+
+def _group_socket_inodes(pgid: int) -> set[str] | None:
+    """The inodes of the sockets open in the processes of group ``pgid``; None when the leader's
+    open files cannot be read."""
+    try:
+        os.listdir(f"/proc/{pgid}/fd")
+    except OSError:
+        return None
+    out = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(d.name)) != pgid:
+                continue
+            for fd in (d / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    out.add(target[8:-1])
+        except OSError:  # gone, or not ours to read
+            continue
+    return out
+
+
+def answered_by_another(port: int, pgid: int) -> bool:
+    """True when what listens on ``port`` is known to be outside process group ``pgid``: another
+    server answers on the port our server has not bound (it will exit with Address already in use).
+    False where it cannot be told (no /proc, or the group's open files not readable)."""
+    listening = _listening_inodes(port)
+    if not listening:
+        return False
+    ours = _group_socket_inodes(pgid)
+    return ours is not None and not (listening & ours)
+
+
+def retry_on_new_port(log_text: str, port_was_chosen: bool, attempt: int, tries: int = PORT_TRIES) -> bool:
+    """After vLLM exited before answering on attempt ``attempt`` (1-based): start it again on another
+    port? Only when its port was taken, the port was chosen here (a caller's port stays theirs) and
+    tries are left."""
+    return port_was_chosen and attempt < tries and port_taken(log_text)
 
 
 @dataclass
@@ -208,18 +292,17 @@ def start_vllm(
     ``env`` is added to this process's environment; ``VLLM_CPU_KVCACHE_SPACE`` defaults to 2
     (GiB) unless set there or in the environment, and may be fractional (e.g. "0.1"; passed
     on as ``--kv-cache-memory-bytes``). ``extra_args`` go last on the command line.
+    With ``port=None``, a server that exits at once because its port was taken meanwhile is
+    started again on another free port (``PORT_TRIES`` in all; each log says so).
     Raises :class:`VLLMStartError` (with the log's tail) if the server exits or is not ready
-    within ``timeout`` seconds; the process group is killed in that case.
+    within ``timeout`` seconds (all tries together); the process group is killed in that case.
     """
     if not vllm_available():
         raise VLLMStartError(
             f"vLLM CPU install not found under {vllm_home()}: run {SETUP_SCRIPT} first"
         )
-    port = free_port() if port is None else int(port)
-    url = f"http://127.0.0.1:{port}"
     log_dir = Path(log_dir) if log_dir else vllm_home() / "run"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"vllm-{port}.log"
 
     full_env = dict(os.environ)
     full_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -232,31 +315,71 @@ def start_vllm(
     extra_args = [str(a) for a in extra_args]
     kv_args, kv_desc = _kv_cache_args(full_env, extra_args)
 
+    chosen = port is None
+    t0 = time.monotonic()
+    notes: list[str] = []  # earlier tries, for the header of the next log
+    attempt = 1
+    while True:
+        p = free_port() if chosen else int(port)
+        log_path = log_dir / f"vllm-{p}.log"
+        try:
+            handle = _start_once(p, kv_args + extra_args, kv_desc, full_env, log_path, notes,
+                                 t0 + timeout, timeout)
+        except _ExitedEarly as e:
+            if not retry_on_new_port(e.log_text, chosen, attempt):
+                raise VLLMStartError(str(e) + "".join(f"\n(earlier: {n})" for n in notes)) from None
+            note = (f"port {p} was taken before vLLM bound it (Address already in use; {log_path}): "
+                    f"try {attempt + 1} of {PORT_TRIES} on another free port")
+            with open(log_path, "a") as f:
+                f.write(f"# {note}\n")
+            notes.append(note)
+            attempt += 1
+            continue
+        handle.startup_s = time.monotonic() - t0
+        m = re.findall(r"KV cache size: ([\d,]+) tokens", log_path.read_text(errors="replace"))
+        if m:
+            handle.kv_cache_tokens = int(m[-1].replace(",", ""))
+        return handle
+
+
+def _start_once(port: int, args: list[str], kv_desc: str, full_env: dict, log_path: Path, notes: list[str],
+                deadline: float, timeout: float) -> VLLMHandle:
+    """One start on ``port``: the handle once it answers; raises _ExitedEarly if it exits first."""
+    url = f"http://127.0.0.1:{port}"
     cmd = [
         str(venv_python()), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir()), "--served-model-name", MODEL_NAME,
         "--load-format", "dummy", "--dtype", "float32", "--max-model-len", "4096",
         "--no-enable-prefix-caching", "--host", "127.0.0.1", "--port", str(port),
-        *kv_args, *extra_args,
+        *args,
     ]
     log_file = open(log_path, "w", buffering=1)
+    for note in notes:
+        log_file.write(f"# earlier: {note}\n")
     log_file.write(f"# KV cache: {kv_desc}\n# {' '.join(cmd)}\n")
-    t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env=full_env, start_new_session=True,
     )
     handle = VLLMHandle(url=url, port=port, log_path=log_path, proc=proc, _log_file=log_file)
+    foreign = False
     try:
         while True:
-            if _models_ready(url):
-                break
+            # exit first, and only our own server counts as ready: one that died because another
+            # server holds its port must not pass for ready when that other one answers
             if proc.poll() is not None:
-                raise VLLMStartError(
+                raise _ExitedEarly(
                     f"vLLM exited with code {proc.returncode} before answering; "
-                    f"{log_path}:\n{handle.log_tail()}"
+                    f"{log_path}:\n{handle.log_tail()}",
+                    log_path.read_text(errors="replace"),
                 )
-            if time.monotonic() - t0 > timeout:
+            if _models_ready(url):
+                if not answered_by_another(port, proc.pid):
+                    break
+                if not foreign:  # ours exits when it comes to bind the port
+                    foreign = True
+                    log_file.write(f"# another process answers on port {port}: waiting for this server to exit\n")
+            if time.monotonic() > deadline:
                 raise VLLMStartError(
                     f"vLLM not ready after {timeout:.0f} s; {log_path}:\n{handle.log_tail()}"
                 )
@@ -264,10 +387,6 @@ def start_vllm(
     except BaseException:
         handle.stop()
         raise
-    handle.startup_s = time.monotonic() - t0
-    m = re.findall(r"KV cache size: ([\d,]+) tokens", log_path.read_text(errors="replace"))
-    if m:
-        handle.kv_cache_tokens = int(m[-1].replace(",", ""))
     return handle
 
 
