@@ -10,7 +10,7 @@ Prints per run x test x metric: measured, predicted, error, in band; then per me
 11-rate-sweep) and how often the 5-95 % band holds the measured value. Writes the table as JSON
 (--json PATH, default benchmarks/accuracy.json) and as docs/accuracy.md.
 
-Usage: python benchmarks/accuracy.py [--shared DIR] [--jobs N] [--replications R] [--only SUBSTR ...]
+Usage: python benchmarks/accuracy.py [--shared DIR] [--jobs N] [--replications R] [--only SUBSTR ...] [--profiles DIR]
 Data: shared/data/spark-bench (CC-BY-4.0, Django de Vreng, djangodevreng/dgx-spark-benchmarks).
 """
 from __future__ import annotations
@@ -51,8 +51,9 @@ def short(source: str) -> str:
     return "seed" if source == "seed" else "/".join(Path(source).parts[-2:])
 
 
-def score_one(source: str, replications: int) -> dict:
-    """Calibrate `source` on its closed-loop runs and validate on its open-loop runs (one process)."""
+def score_one(source: str, replications: int, profiles: str | None = None) -> dict:
+    """Calibrate `source` on its closed-loop runs and validate on its open-loop runs (one process);
+    the fitted profile is saved under `profiles` when given (for looking into a row by hand)."""
     from calibrate.fit import fit_closed
     from calibrate.sources import load_closed, load_open
     from calibrate.validate import validate
@@ -60,6 +61,9 @@ def score_one(source: str, replications: int) -> dict:
     t0 = time.perf_counter()
     fr = fit_closed(load_closed([source]))
     t_fit = time.perf_counter() - t0
+    if profiles:
+        Path(profiles).mkdir(parents=True, exist_ok=True)
+        fr.profile.save(Path(profiles) / (short(source).replace("/", "__") + ".json"))
     v = validate(load_open([source]), fr.profile, replications=replications, n_jobs=1)
     return {"source": short(source), "fit_seconds": t_fit, "validate_seconds": time.perf_counter() - t0 - t_fit,
             "fitted_parameters": fr.profile.provenance.get("fitted_parameters", {}),
@@ -156,13 +160,14 @@ def main(argv=None):
     ap.add_argument("--json", dest="json_path", default=str(ROOT / "benchmarks" / "accuracy.json"))
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "accuracy.md"))
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
+    ap.add_argument("--profiles", help="save each fitted profile in this folder")
     a = ap.parse_args(argv)
     srcs = sources(Path(a.shared), a.only)
     if not srcs:
         sys.exit(f"accuracy: no runs under {a.shared}/data/spark-bench/results")
     from joblib import Parallel, delayed
     t = time.perf_counter()
-    results = Parallel(n_jobs=a.jobs)(delayed(score_one)(s, a.replications) for s in srcs)
+    results = Parallel(n_jobs=a.jobs)(delayed(score_one)(s, a.replications, a.profiles) for s in srcs)
     wall = time.perf_counter() - t
     s = summarise(results)
     if not a.quiet:

@@ -45,6 +45,10 @@ class Architecture:
     expert_bits: float | None = None  # when experts are quantised apart from the rest (gpt-oss: mxfp4)
     source: str = ""
     assumed: list[str] = field(default_factory=list)  # facts that fell back on guesses
+    # The KV bytes per token of a layer rest on a guess (no table gives the KV heads): off by the
+    # 2-8x that separates GQA layouts, where a guessed depth is off by tens of percent. A cache
+    # size computed from them is not let bind (calibrate.priors).
+    kv_layout_assumed: bool = False
 
     @property
     def moe(self) -> bool:
@@ -164,7 +168,8 @@ def architecture_for(server: dict) -> Architecture:
     if "kv_heads" not in facts and "mla_dim" not in facts:
         assumed.append("8 KV heads of 128 (typical GQA)")
     facts.setdefault("family", "unknown")
-    return Architecture(**facts, source=source, assumed=assumed)
+    return Architecture(**facts, source=source, assumed=assumed,
+                        kv_layout_assumed="kv_heads" not in facts and "mla_dim" not in facts)
 
 
 def step_quantities(arch: Architecture, weights: str, kv_bytes: float) -> dict:

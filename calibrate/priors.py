@@ -138,7 +138,16 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
         win_layer = q["kv_bytes_window"] / max(1, arch.window_layers) if arch.window_layers else 0.0
         num_blocks, groups = hybrid_layout(pool, arch.attn_layers, full_layer, arch.window_layers, win_layer,
                                            arch.window)
-    if num_blocks:
+    if num_blocks and arch.kv_layout_assumed:
+        # A cache size from guessed KV bytes per token is a guess, and a binding one is a confident
+        # queueing cliff: Muse-Glimmer-30B (depth and KV heads guessed) got 12764 blocks and ran about
+        # 42 requests at once where the box ran about 130 (ITL at 1 req/s 0.66 s predicted, 4.26 s
+        # measured; 2.07 s with the cache not binding).
+        origin["num_blocks"] = (f"unidentified: the KV layout is assumed ({', '.join(arch.assumed)}), so the "
+                                f"{num_blocks} blocks it would give are not used and the cache is treated as not "
+                                "binding; set engine.num_blocks from vLLM's log (num_gpu_blocks) to bind it")
+        num_blocks, groups = None, (KVGroup(16),)
+    elif num_blocks:
         origin["num_blocks"] = (f"architecture prior: {num_blocks} blocks from gpu_memory_utilization {gmu} of "
                                 f"{GB10_MEMORY_GIB} GiB less {weights_total / 2 ** 30:.1f} GiB of weights "
                                 "(not identified by the runs)")

@@ -171,6 +171,18 @@ def test_no_memory_figure_means_no_capacity_guess():
     assert prof.engine.num_blocks is None and "not binding" in origin["num_blocks"]
 
 
+def test_a_guessed_kv_layout_does_not_bind_the_cache():
+    """Memory figure known, KV heads guessed (no table): the cache size would be a guess, so it is
+    named and not used; a family whose table gives the KV layout still gets its capacity."""
+    server = {"model": "acme/Foo-30B", "gpu_memory_utilization": 0.9}
+    prof, origin = prior_profile(server, 30.0)
+    assert prof.engine.num_blocks is None
+    assert "KV layout is assumed" in origin["num_blocks"] and "KV heads" in origin["num_blocks"]
+    assert "num_gpu_blocks" in origin["num_blocks"]  # says how to bind it
+    known, origin = prior_profile({"model": "Qwen/Qwen3.6-35B-A3B", "gpu_memory_utilization": 0.9}, 30.0)
+    assert known.engine.num_blocks and origin["num_blocks"].startswith("architecture prior")
+
+
 @needs_data
 def test_a_run_with_failed_closed_loop_tests_calibrates_from_what_is_there(tmp_path):
     run = tmp_path / "broken"
