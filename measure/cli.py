@@ -14,7 +14,9 @@ run.json's count), after printing what it could read.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import logging
 import math
 import os
 import sys
@@ -40,11 +42,40 @@ def _default_dir(kind: str) -> Path:
     return Path("runs") / f"measure-{kind}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+class _StderrLines(logging.Handler):
+    """The drivers' log records (measure.drivers.log) as capsim measure's stderr lines:
+    `capsim measure: <message>`, a new line first for a record marked fresh_line (after a progress
+    bar or a typed ^C). sys.stderr is looked up at each line, so a redirected stderr gets them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fresh = "\n" if getattr(record, "fresh_line", False) else ""
+            print(f"{fresh}capsim measure: {record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def stderr_lines(level: int = logging.INFO):
+    """Inside, what the measure drivers tell (warnings, Ctrl-C, setup steps at `level` and above)
+    goes to stderr as `capsim measure: ...` lines; the command line, not the library, decides that."""
+    log = logging.getLogger("capsim.measure")
+    handler, old_level = _StderrLines(level), log.level
+    log.addHandler(handler)
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+
+
 def _run_guarded(fn):
     """A library error (MeasureError, WorkloadError, ...: a CapsimError) is one line and exit 1; click's
-    errors pass; Ctrl-C and SIGTERM exit 130 and 143; anything else is an internal error, one line too."""
+    errors pass; Ctrl-C and SIGTERM exit 130 and 143; anything else is an internal error, one line too.
+    The drivers' messages go to stderr meanwhile (stderr_lines)."""
     try:
-        with user_errors(CapsimError):
+        with user_errors(CapsimError), stderr_lines():
             return fn()
     except click.ClickException:
         raise

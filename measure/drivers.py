@@ -23,9 +23,9 @@ import asyncio
 import dataclasses
 import datetime as _dt
 import gc
+import logging
 import platform
 import signal
-import sys
 import threading
 import time
 from importlib import metadata
@@ -55,6 +55,12 @@ UNREACHABLE_AFTER = 3  # consecutive refused connections that end a run
 HELD_UP_S = 0.25  # a send this late, or a loop stall this long: the client was held up (free-running: a few ms)
 HELD_UP_WARNINGS = ("schedule_warning", "client_stall_warning")  # the client, not the server, was slow
 
+# What the drivers tell the user while a run goes (warnings, Ctrl-C, a setup step): one line per record,
+# the text after "capsim measure: ". The command line decides where it goes (measure.cli.stderr_lines);
+# a record with fresh_line=True starts a new line first (after a progress bar or a typed ^C).
+log = logging.getLogger("capsim.measure")
+_FRESH_LINE = {"fresh_line": True}
+
 
 def held_up(meta: dict) -> str | None:
     """The run's warnings that the client was held up, joined; None when it ran freely."""
@@ -62,9 +68,9 @@ def held_up(meta: dict) -> str | None:
 
 
 def _warn(meta: dict, key: str, text: str) -> None:
-    """A warning kept in the run's meta (run.json) and told on stderr as it happens."""
+    """A warning kept in the run's meta (run.json) and told (log) as it happens."""
     meta[key] = text
-    print(f"capsim measure: warning: {text}", file=sys.stderr, flush=True)
+    log.warning("warning: %s", text)
 
 
 def versions() -> dict[str, str]:
@@ -99,13 +105,13 @@ class _Stopper:
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if self.phase is not None:  # nothing in flight yet: the setup step stops at once
             if not self.event.is_set():
-                print(f"\ncapsim measure: {name} while {self.phase}: stopping", file=sys.stderr, flush=True)
+                log.warning("%s while %s: stopping", name, self.phase, extra=_FRESH_LINE)
         elif self.event.is_set():
             self.hard.set()
-            print(f"\ncapsim measure: {name} again: cancelling requests in flight now", file=sys.stderr, flush=True)
+            log.warning("%s again: cancelling requests in flight now", name, extra=_FRESH_LINE)
         else:
-            print(f"\ncapsim measure: {name}: no new requests; waiting for those in flight "
-                  f"(press again to cancel them)", file=sys.stderr, flush=True)
+            log.warning("%s: no new requests; waiting for those in flight (press again to cancel them)", name,
+                        extra=_FRESH_LINE)
         self.request(f"interrupted by {name}", "interrupted")
 
 
@@ -652,8 +658,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                 raise MeasureError(f"the server's tokenizer failed while preparing prompts ({e})") from None
 
         if S.show_progress:
-            print(f"capsim measure: preparing {num_prompts} prompts with {S.client.public_url}'s tokenizer ...",
-                  file=sys.stderr, flush=True)
+            log.info("preparing %s prompts with %s's tokenizer ...", num_prompts, S.client.public_url)
         prepared = await S.setup_step("preparing prompts", prepare())
         for h in notes.pop("_close", []):
             if prepared is None:
@@ -757,8 +762,7 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
             return lat, lps
 
         if S.show_progress:
-            print(f"capsim measure: measuring latency ({pattern.latency_mode}) and preparing prompts ...",
-                  file=sys.stderr, flush=True)
+            log.info("measuring latency (%s) and preparing prompts ...", pattern.latency_mode)
         prepared = await S.setup_step("measuring latency and preparing prompts", prepare())
         if prepared is None:  # stopped while preparing: the folder is closed as interrupted, nothing sent
             now = perf_counter()

@@ -195,19 +195,43 @@ def hold_up_client(monkeypatch, seconds: float, times: int = 1) -> None:
     monkeypatch.setattr(Client, "stream", stream)
 
 
-def test_open_client_held_up_is_told(fake, monkeypatch, capsys):
+def _told(caplog) -> list[str]:
+    """What the drivers told (measure.drivers.log; the CLI shows each as `capsim measure: ...`)."""
+    return [r.getMessage() for r in caplog.records if r.name == "capsim.measure"]
+
+
+def test_open_client_held_up_is_told(fake, monkeypatch, caplog):
     srv = fake(itl=0.001)
     hold_up_client(monkeypatch, 0.4)
     run = run_open(srv.url, None, RandomWorkload(16, 2), OpenLoop(rate=50.0, seed=1), 6, progress=False)
     assert all(r.ok for r in run.records)
     assert run.meta["send_lag_s"]["max"] > 0.3
     assert "behind their arrival time" in run.meta["schedule_warning"]
-    assert "warning" in capsys.readouterr().err
+    assert any(m.startswith("warning: ") and "behind their arrival time" in m for m in _told(caplog))
     # a semaphore's wait is part of the load (vllm bench serve's --max-concurrency): no warning
     hold_up_client(monkeypatch, 0.0)
     srv2 = fake(ttft=0.3, itl=0.001)
     run = run_open(srv2.url, None, RandomWorkload(16, 2), OpenLoop(max_concurrency=1), 3, progress=False)
     assert run.meta["send_lag_s"]["max"] > 0.25 and "schedule_warning" not in run.meta
+
+
+def test_the_cli_shows_what_the_drivers_tell_as_capsim_measure_lines(capsys):
+    """The drivers log; `capsim measure` (stderr_lines) shows each record as the line print() used to."""
+    import logging
+
+    from measure.cli import stderr_lines
+    from measure.drivers import log
+    level = log.level
+    with stderr_lines():
+        log.warning("warning: %s", "held up")
+        log.warning("%s: no new requests", "Ctrl-C", extra={"fresh_line": True})
+        log.info("preparing %s prompts ...", 3)
+        log.debug("not shown")
+    log.warning("after the command: not its line")
+    assert capsys.readouterr().err == ("capsim measure: warning: held up\n\ncapsim measure: Ctrl-C: no new requests\n"
+                                       "capsim measure: preparing 3 prompts ...\n")
+    assert log.level == level and not any(type(h).__name__ == "_StderrLines" for h in log.handlers)
+    assert logging.getLogger("capsim.measure") is log
 
 
 def stall_client(monkeypatch, seconds: float, at: float = 0.12, times: int = 1) -> None:
@@ -226,7 +250,7 @@ def stall_client(monkeypatch, seconds: float, at: float = 0.12, times: int = 1) 
     monkeypatch.setattr(LoopWatch, "start", start)
 
 
-def test_client_stall_mid_stream_is_told(fake, monkeypatch, capsys):
+def test_client_stall_mid_stream_is_told(fake, monkeypatch, caplog):
     srv = fake(ttft=0.05, itl=0.02)
     stall_client(monkeypatch, 0.4)
     # all six sent at t=0: the stall comes after every send, so send lag cannot see it
@@ -238,7 +262,8 @@ def test_client_stall_mid_stream_is_told(fake, monkeypatch, capsys):
     assert all(0 < w < run.duration for w, _ in stalls)
     assert all(r.start_time < run.start_time + when for r in run.records)  # every send came before the stall
     assert ("schedule_warning" in run.meta) == (run.meta["send_lag_s"]["max"] > HELD_UP_S)
-    assert "stamped late" in run.meta["client_stall_warning"] and "warning" in capsys.readouterr().err
+    assert "stamped late" in run.meta["client_stall_warning"]
+    assert any(m.startswith("warning: ") and "stamped late" in m for m in _told(caplog))
     assert f"warning: the client was held up {len(stalls)} time(s)" in format_report(run)
     # the streams in flight got their tokens meanwhile and were stamped on the loop's return: the 0.4 s
     # sleep is a gap of at least 0.4 s in all the run's stamps together (a lower bound: a slower machine

@@ -30,6 +30,13 @@ def _user_errors():
     return user_errors(CapsimError)
 
 
+def _measure_lines():
+    """The measure drivers' warnings and Ctrl-C lines on stderr as `capsim measure` shows them
+    (measure.cli.stderr_lines), imported when a command runs."""
+    from measure.cli import stderr_lines
+    return stderr_lines()
+
+
 def live_limit_options(f):
     """Flags for what the server may not export; shared by calibrate --live and validate --live."""
     click = _click()
@@ -63,7 +70,7 @@ def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json,
     say = quiet if as_json else (lambda m: click.echo(m, err=True))
     lim = _limits(kw.pop("max_num_seqs", None), kw.pop("max_num_batched_tokens", None),
                   kw.pop("async_scheduling", None), kw.pop("kv_groups", None), kw.pop("hf_config", None))
-    with _user_errors():
+    with _user_errors(), _measure_lines():
         prof, d = live_calibrate(url, kw.get("model"), budget, run_dir, lim, clock_scale=kw.get("clock_scale", 1.0),
                                  api_key=kw.get("api_key"), max_nfev=max_evals, say=say, name=name, tg=tg,
                                  pp_max=pp_max, runs=runs)
@@ -93,7 +100,7 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
     """What `capsim validate --live URL --profile P` does (calibrate/cli.py calls this)."""
     click = _click()
     say = quiet if as_json else (lambda m: click.echo(m, err=True))
-    with _user_errors():
+    with _user_errors(), _measure_lines():
         prof = load_profile(profile_path)
         lim = _limits(kw.get("max_num_seqs"), kw.get("max_num_batched_tokens"), kw.get("async_scheduling"),
                       kw.get("kv_groups"), kw.get("hf_config"))
