@@ -65,6 +65,14 @@ def gemma4_kv_blocks(gpu_memory_utilization: float, weights_gib: float = 48.1, o
     return hybrid_layout(pool, 5, 2048, 25, 4096, 1024)[0]
 
 
+_MEASURED = "measured: {n} blocks of {bs} tokens (the server's num_gpu_blocks, read off its /metrics)"
+
+
+def _measured_blocks(server: dict) -> int | None:
+    n = server.get("num_gpu_blocks")
+    return int(n) if isinstance(n, (int, float)) and n > 0 else None
+
+
 def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Profile, dict]:
     """A starting profile for the server described by `server` (see calibrate.importers.load_meta).
 
@@ -91,7 +99,10 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
         for k, v in limits.items():
             setattr(e, k, v)
         gmu = server.get("gpu_memory_utilization")
-        if gmu:
+        measured = _measured_blocks(server)
+        if measured:
+            e.num_blocks, origin["num_blocks"] = measured, _MEASURED.format(n=measured, bs=server.get("block_size"))
+        elif gmu:
             e.num_blocks = gemma4_kv_blocks(float(gmu))
             origin["num_blocks"] = (f"architecture prior: {e.num_blocks} blocks at gpu_memory_utilization {gmu} "
                                     "(not identified by the runs)")
@@ -138,7 +149,20 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
         win_layer = q["kv_bytes_window"] / max(1, arch.window_layers) if arch.window_layers else 0.0
         num_blocks, groups = hybrid_layout(pool, arch.attn_layers, full_layer, arch.window_layers, win_layer,
                                            arch.window)
-    if num_blocks and arch.kv_layout_assumed:
+    measured = _measured_blocks(server)
+    if measured:
+        # the server's own count (a capsim measure run read it off /metrics): no prior needed. The
+        # groups are the architecture's layout at the server's block size when that layout is known.
+        bs = int(server.get("block_size") or 16)
+        groups = (KVGroup(bs),)
+        if not arch.kv_layout_assumed and arch.window_layers and arch.window:
+            full_layer = q["kv_bytes_full"] / max(1, arch.attn_layers)
+            win_layer = q["kv_bytes_window"] / arch.window_layers
+            groups = hybrid_layout(1.0, arch.attn_layers, full_layer, arch.window_layers, win_layer, arch.window,
+                                   base_block=bs)[1]
+        num_blocks = measured
+        origin["num_blocks"] = _MEASURED.format(n=measured, bs=bs)
+    elif num_blocks and arch.kv_layout_assumed:
         # A cache size from guessed KV bytes per token is a guess, and a binding one is a confident
         # queueing cliff: Muse-Glimmer-30B (depth and KV heads guessed) got 12764 blocks and ran about
         # 42 requests at once where the box ran about 130 (ITL at 1 req/s 0.66 s predicted, 4.26 s

@@ -14,23 +14,37 @@ from .results import ClosedRun, OpenRun
 from .seed import seed_closed_runs, seed_open_runs
 
 
+def _count(v) -> int | None:
+    """A positive whole number from a server figure (Prometheus labels arrive as text), else None."""
+    try:
+        n = int(float(v))
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None
+
+
 def _capsim_run(path: Path, kind: str) -> list:
     """A `capsim measure` run folder as a ClosedRun or OpenRun (summaries from its records)."""
     from measure.errors import MeasureError
-    from measure.runfiles import load_run
+    from measure.runfiles import load_run, load_run_info
     from simulator.summary import summarize_closed, summarize_open
 
     try:
         run = load_run(path)
+        info = load_run_info(path)
     except MeasureError as e:
         raise ImporterError(str(e)) from None
     if run.kind != kind:
         return []
     m = run.meta
-    cache = m.get("cache_config") or {}
-    server = {"model": m.get("model"), "url": m.get("url"), "max_model_len": m.get("max_model_len"),
+    # what measure read off the server: /v1/models (run.json's server) and /metrics' cache_config
+    facts = info.get("server") if isinstance(info.get("server"), dict) else {}
+    cache = m.get("server_cache_config") or {}
+    server = {"model": m.get("model"), "url": m.get("url"),
+              "max_model_len": m.get("max_model_len") or _count(facts.get("max_model_len")),
               "max_num_batched_tokens": m.get("max_num_batched_tokens"), "max_num_seqs": m.get("max_num_seqs"),
-              "kv_cache_size_tokens": cache.get("kv_cache_size_tokens"), "block_size": cache.get("block_size")}
+              "num_gpu_blocks": _count(cache.get("num_gpu_blocks")),
+              "kv_cache_size_tokens": _count(cache.get("kv_cache_size_tokens")), "block_size": _count(cache.get("block_size"))}
     ok = [r for r in run.records if r.ok]
     chunks = sum(len(r.chunk_times) for r in ok)
     if chunks:  # usage tokens per streamed chunk: above 1 with speculative decoding

@@ -192,6 +192,30 @@ def test_a_capsim_closed_run_folder(tmp_path):
     assert load_open([str(folder)]) == []  # a closed-loop run is no validation target
 
 
+def test_a_capsim_run_carries_the_servers_measured_kv_cache_into_calibration(tmp_path):
+    """measure stores /metrics' cache_config under meta["server_cache_config"] (Prometheus labels, as
+    text) and /v1/models' max_model_len in run.json's "server": calibration reads both, and the
+    server's own block count replaces any prior."""
+    from calibrate.priors import prior_profile
+
+    folder, run = capsim_run(tmp_path / "measured", "closed")
+    info = json.loads((folder / "run.json").read_text())
+    info["server"] = {"server": "vllm", "server_version": "0.32.0", "max_model_len": 4096}
+    info["meta"].pop("max_model_len")
+    info["meta"]["server_cache_config"] = {"block_size": "16", "num_gpu_blocks": "640", "kv_cache_size_tokens": "10240",
+                                           "cache_dtype": "auto", "sliding_window": "None"}
+    (folder / "run.json").write_text(json.dumps(info))
+    (c,) = load_closed([str(folder)])
+    assert (c.server["num_gpu_blocks"], c.server["block_size"], c.server["max_model_len"]) == (640, 16, 4096)
+    prof, origin = prior_profile(c.server | {"gpu_memory_utilization": 0.9}, 30.0)
+    assert prof.engine.num_blocks == 640 and prof.engine.max_model_len == 4096
+    assert origin["num_blocks"].startswith("measured: 640 blocks of 16 tokens")
+    # without the measured count, the same server falls back on what the name says (here: nothing)
+    c.server.pop("num_gpu_blocks")
+    _, origin = prior_profile(c.server, 30.0)
+    assert not origin["num_blocks"].startswith("measured")
+
+
 def test_a_capsim_open_run_folder(tmp_path):
     folder, run = capsim_run(tmp_path / "my-open", "open")
     (o,) = load_open([str(folder)])
