@@ -7,6 +7,7 @@ bit-identical in both modes.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -32,7 +33,7 @@ class StepFeatures:
     attn_window: int
 
 
-def _pairs_window(start: int, n: int, window: int) -> int:
+def window_pairs(start: int, n: int, window: int) -> int:
     """sum over query positions p = start+1 .. start+n of min(p, window)."""
     a, b = start + 1, start + n
     if b <= window:
@@ -54,7 +55,7 @@ def features(items, window: int | None) -> StepFeatures:
         af += n * start + n * (n + 1) // 2
         if window:
             cw += min(ctx, window)
-            aw += _pairs_window(start, n, window)
+            aw += window_pairs(start, n, window)
     return StepFeatures(n_tok, n_seq, cf, cw, af, aw)
 
 
@@ -65,7 +66,17 @@ class StepModel:
     window: int | None = None
 
     def time(self, f: StepFeatures) -> float:
-        raise NotImplementedError
+        return self.time_of(f.n_tokens, f.n_seqs, f.ctx_full, f.ctx_window, f.attn_full, f.attn_window)
+
+    def time_of(self, n_tokens: int, n_seqs: int, ctx_full: int, ctx_window: int, attn_full: int,
+                attn_window: int) -> float:
+        """time() of a step given by its integer features, without building a StepFeatures.
+
+        The default goes through times() (the reference); models override it with a scalar path that
+        does the very same float operations in the same order, hence the same result bit for bit.
+        """
+        return float(self.times(n_tokens, n_seqs, np.array([ctx_full]), np.array([ctx_window]),
+                                np.array([attn_full]), np.array([attn_window]))[0])
 
     def times(self, n_tokens: int, n_seqs: int, ctx_full: np.ndarray, ctx_window: np.ndarray,
               attn_full: np.ndarray, attn_window: np.ndarray) -> np.ndarray:
@@ -195,9 +206,38 @@ class PhysicalStepModel(StepModel):
     def _weights_time(self, n_tokens: int) -> float:
         return (self.weight_bytes_fixed + self.moe_layers * self.experts_touched(n_tokens) * self.expert_bytes) / self.bw_weights
 
-    def time(self, f: StepFeatures) -> float:
-        return float(self.times(f.n_tokens, f.n_seqs, np.array([f.ctx_full]), np.array([f.ctx_window]),
-                                np.array([f.attn_full]), np.array([f.attn_window]))[0])
+    def time_of(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window) -> float:
+        """times() for one step in Python floats, operation for operation (it runs once per simulated step).
+
+        Each array operation of times() is a float64 operation here, in the same order: a scalar that
+        meets an array there is made a float64 by float() where it meets one here, and what times()
+        computes on scalars alone is written as it is there. IEEE doubles give the same result either
+        way, and math.sqrt, like np.sqrt, is correctly rounded. tests/test_stepmodel_scalar.py holds
+        the two equal (==).
+        """
+        wt = float(self._weights_time(n_tokens))
+        cf = float(ctx_full)
+        mem = wt + (float(self.kv_bytes_full) * cf + float(self.kv_bytes_window) * float(ctx_window)
+                    + float(self.state_bytes_seq * float(n_seqs))) / float(self.bw_kv)
+        if self.t_ctx:
+            mem = mem + float(self.t_ctx) * (cf / float(max(n_seqs, 1)))
+        lin = float((self.flops_per_token * float(n_tokens)) / self.flops)
+        att = (float(self.attn_flops_full) * float(attn_full)
+               + float(self.attn_flops_window) * float(attn_window)) / float(self.attn_flops)
+        comp = lin + att
+        combine = self.combine
+        if combine == "l2":
+            both = math.sqrt(mem * mem + comp * comp)
+        elif combine == "max":
+            both = mem if (mem > comp or mem != mem) else comp  # np.maximum: NaN wins, ties give comp
+        elif combine == "sum":
+            both = mem + comp
+        else:
+            raise ValueError(f"unknown combine rule {self.combine!r} (max, l2, sum)")
+        t = float(self.t0 + self.t_seq * float(n_seqs)) + both
+        if self.decode_factors and n_tokens == n_seqs:
+            t = t * self.decode_factor(n_seqs)
+        return t
 
     def times(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window):
         wt = self._weights_time(n_tokens)
@@ -246,9 +286,13 @@ class EmpiricalStepModel(StepModel):
 
     FEATURES: ClassVar[tuple[str, ...]] = ("c0", "c_tok", "c_seq", "c_ctx", "c_ctxw", "c_attn", "c_attnw")
 
-    def time(self, f: StepFeatures) -> float:
-        return float(self.times(f.n_tokens, f.n_seqs, np.array([f.ctx_full]), np.array([f.ctx_window]),
-                                np.array([f.attn_full]), np.array([f.attn_window]))[0])
+    def time_of(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window) -> float:
+        """times() for one step in Python floats, in the same order (see PhysicalStepModel.time_of)."""
+        base = float(self.c0 + self.c_tok * float(n_tokens) + self.c_seq * float(n_seqs))
+        return (base + float(self.c_ctx) * (float(ctx_full) / 1e3)
+                + float(self.c_ctxw) * (float(ctx_window) / 1e3)
+                + float(self.c_attn) * (float(attn_full) / 1e6)
+                + float(self.c_attnw) * (float(attn_window) / 1e6))
 
     def times(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window):
         base = self.c0 + self.c_tok * float(n_tokens) + self.c_seq * float(n_seqs)
