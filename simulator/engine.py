@@ -42,7 +42,7 @@ import simpy
 from .kvcache import KVCache
 from .profile import Profile
 from .records import RequestRecord
-from .stepmodel import StepFeatures, features
+from .stepmodel import window_pairs
 from .workload import RequestSpec
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
@@ -178,6 +178,12 @@ class Engine:
         self._blocks1: dict[int, tuple] = {}
         self.spec_k = self.lim.num_speculative_tokens
         self._spec_rng = np.random.default_rng([seed, 0x5BEC])
+        # its geometric draws, drawn ahead in blocks (the same numbers in the same order as one by one)
+        self._g_buf: list = []
+        self._g_i = 0
+        self._g_p = None
+        self._g_state = None
+        self._g_n = 64
         # with speculative decoding the scheduler waits for each step's accepted tokens (sync)
         self.async_ = self.lim.async_scheduling and not self.spec_k
         self.fast_forward = fast_forward
@@ -304,11 +310,39 @@ class Engine:
         return max(0, min(self.spec_k, budget - 1, req.max_tokens - req.out_sched - 1,
                           self.lim.max_model_len - 2 - req.computed))
 
+    def _geometric(self, p: float) -> int:
+        """The next draw of _spec_rng.geometric(p), as an int."""
+        i = self._g_i
+        if i < len(self._g_buf) and p == self._g_p:
+            self._g_i = i + 1
+            return self._g_buf[i]
+        return self._g_refill(p)
+
+    def _g_refill(self, p: float) -> int:
+        """Draw the next block of geometric(p) numbers and return the first.
+
+        Generator.geometric(p, size=n) makes the very numbers n calls of geometric(p) make, one after
+        another, and leaves the generator in the same state. Should p change with draws of the block
+        left, the generator is put back where single draws would have left it first.
+        """
+        rng = self._spec_rng
+        if self._g_p is not None and self._g_i < len(self._g_buf):
+            rng.bit_generator.state = self._g_state
+            if self._g_i:
+                rng.geometric(self._g_p, size=self._g_i)
+        self._g_state = rng.bit_generator.state
+        n = self._g_n
+        self._g_n = min(2 * n, 8192)
+        self._g_buf = rng.geometric(p, size=n).tolist()
+        self._g_p = p
+        self._g_i = 1
+        return self._g_buf[0]
+
     def _take_spec(self, req: _Req, d: int, items: list) -> None:
         """A decode step with d drafts: 1 + d tokens computed, the accepted prefix drawn now, kept at the step's end."""
         a = self.lim.spec_acceptance
         req.drafts = d
-        req.accepted = min(d, int(self._spec_rng.geometric(1.0 - a)) - 1) if a > 0 else 0
+        req.accepted = min(d, self._geometric(1.0 - a) - 1) if a > 0 else 0
         req.computed += 1 + d
         req.out_sched += 1
         items.append((req, 1 + d, True, req.epoch))
@@ -333,7 +367,14 @@ class Engine:
         others: list = []  # items of the general path
         preempted = False
         running = self.running
-        plain = not self.spec_k
+        spec_k = self.spec_k
+        plain = not spec_k
+        thr = L.long_prefill_token_threshold
+        # speculative decodes whose blocks fit are taken inline too (what the general path does for them)
+        fast_spec = spec_k and (thr <= 0 or thr >= 1)
+        kv = self.kv
+        cap = kv.capacity
+        a = L.spec_acceptance
         mml1 = L.max_model_len - 1
         w = self.window
         dec_n = dec_cf = dec_cw = 0
@@ -345,6 +386,47 @@ class Engine:
                 i += 1
                 continue
             c = req.computed
+            if fast_spec and out >= 1 and req.prompt + out - c == 1 and c < mml1:
+                # _drafts, _alloc (1 + d tokens: the blocks of c + 1 + d, no kv_until) and _take_spec,
+                # inline; a request with no drafts or whose blocks do not fit takes the general path
+                # d = min(spec_k, budget - 1, req.max_tokens - out - 1, mml1 - 1 - c), integers
+                d = spec_k
+                if budget <= d:
+                    d = budget - 1
+                x = req.max_tokens - out - 1
+                if x < d:
+                    d = x
+                x = mml1 - 1 - c
+                if x < d:
+                    d = x
+                if d > 0:
+                    n = 1 + d
+                    extra = kv.blocks(c + n, n) - req.held
+                    if cap is None or kv.used + extra <= cap:
+                        kv.used += extra
+                        req.held += extra
+                        req.kv_until = -1
+                        req.drafts = d
+                        if a > 0:
+                            # self._geometric(1.0 - a), inline
+                            p = 1.0 - a
+                            gi = self._g_i
+                            if gi < len(self._g_buf) and p == self._g_p:
+                                self._g_i = gi + 1
+                                g = self._g_buf[gi]
+                            else:
+                                g = self._g_refill(p)
+                            req.accepted = g - 1 if g <= d else d
+                        else:
+                            req.accepted = 0
+                        req.computed = c + n
+                        req.out_sched = out + 1
+                        it = (req, n, True, req.epoch)
+                        items.append(it)
+                        others.append(it)
+                        budget -= n
+                        i += 1
+                        continue
             if plain and req.prompt + out - c == 1 and c < req.kv_until and c < mml1:
                 # _alloc keeps the blocks, _take computes one token and emits it
                 c += 1
@@ -407,18 +489,31 @@ class Engine:
             self._trace(sum(it[1] for it in items), preempted, [r.order for r in admitted], 1)
         return items, preempted, (dec_n, dec_cf, dec_cw, others), False
 
-    def _features(self, sums) -> StepFeatures:
-        """The step's integer features: the general items' plus the plain decodes' sums.
+    def _step_time(self, sums) -> float:
+        """The step's duration, from its integer features: the general items' plus the plain decodes' sums.
 
-        A plain decode at context c (after the step) adds 1 token, 1 sequence, c to ctx_full and
-        attn_full, and min(c, window) to ctx_window and attn_window, as stepmodel.features does.
+        stepmodel.features over the general items, inline, with the plain decodes' sums added: a plain
+        decode at context c (after the step) adds 1 token, 1 sequence, c to ctx_full and attn_full, and
+        min(c, window) to ctx_window and attn_window. Integer sums, so the order they are added in does
+        not matter; model.time_of is model.time of those features, without building them.
         """
-        dec_n, dec_cf, dec_cw, others = sums
-        f = features(((r.computed - n, n) for r, n, _, _ in others), self.window)
+        dec_n, cf, cw, others = sums
         if not dec_n:
-            return f
-        return StepFeatures(f.n_tokens + dec_n, f.n_seqs + dec_n, f.ctx_full + dec_cf, f.ctx_window + dec_cw,
-                            f.attn_full + dec_cf, f.attn_window + dec_cw)
+            cf = cw = 0
+        n_tok = n_seq = dec_n
+        af, aw = cf, cw
+        w = self.window
+        for r, n, _, _ in others:
+            ctx = r.computed
+            start = ctx - n
+            n_tok += n
+            n_seq += 1
+            cf += ctx
+            af += n * start + n * (n + 1) // 2
+            if w:
+                cw += ctx if ctx < w else w
+                aw += window_pairs(start, n, w)
+        return self.model.time_of(n_tok, n_seq, cf, cw, af, aw)
 
     def _trace(self, tokens: int, preempted: bool, admitted: list[int], k: int) -> None:
         self.trace({"time": self.clock, "tokens": tokens, "kv_used": self.kv.used, "kv_capacity": self.kv.capacity,
@@ -525,7 +620,7 @@ class Engine:
         k = self._run_length(items, preempted, sums[3], sums[0] if mem else 0, mem)
         first_idx = self.steps
         if k == 1:
-            d = self.model.time(self._features(sums))
+            d = self._step_time(sums)
             noise = self._noise(first_idx, 1)
             if noise is not None:
                 d = d * noise[0]
@@ -794,8 +889,22 @@ class Engine:
                 req.drafts = 0
                 req.computed -= d - a  # the rejected drafts' KV is dropped
                 req.out_sched += a
-                count = min(1 + a, req.target - req.emitted)
-                req.emit(first, 1, count)
+                count = 1 + a
+                if req.target - req.emitted < count:
+                    count = req.target - req.emitted
+                # req.emit(first, 1, count), inline
+                if req.seg_len and first == req.seg_start + req.seg_len:
+                    req.seg_len += 1
+                else:
+                    if req.seg_len:
+                        req.segments.append((req.seg_start, req.seg_len))
+                    req.seg_start, req.seg_len = first, 1
+                if count != 1:
+                    if req.multi is None:
+                        req.multi = []
+                    req.multi.append((req.chunks, count))
+                req.chunks += 1
+                req.emitted += count
             else:
                 count = req.target - req.emitted
                 if count > upto:

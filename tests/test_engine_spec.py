@@ -1,0 +1,100 @@
+"""Speculative decoding's accepted drafts, draw by draw: each verify step of a request takes the next
+number of the engine's generator (numpy default_rng([seed, 0x5BEC]).geometric(1 - acceptance)), one
+per step in schedule order, however the engine draws them (it draws ahead in blocks); an acceptance
+changed during the run continues the same generator from where single draws would have left it."""
+import numpy as np
+import pytest
+import simpy
+
+from simulator.engine import Engine
+from simulator.load import OpenLoop
+from simulator.profile import load_profile
+from simulator.records import RequestRecord
+from simulator.sim import simulate_open
+from simulator.workload import RandomWorkload, RequestSpec
+from tests.helpers import same_records
+
+
+def _spec_profile(k, a, **engine):
+    p = load_profile()
+    p.engine.num_speculative_tokens = k
+    p.engine.spec_acceptance = a
+    for key, v in engine.items():
+        setattr(p.engine, key, v)
+    return p.validate()
+
+
+def _one_request(p, prompt, out, seed=0, switch=None):
+    """One request alone on the engine; switch=(chunk, acceptance): the acceptance from that chunk on."""
+    env = simpy.Environment()
+    seen = [0]
+
+    def on_emit(_rec, _t, _tokens):
+        seen[0] += 1
+        if switch is not None and seen[0] == switch[0]:
+            p.engine.spec_acceptance = switch[1]
+
+    eng = Engine(env, p, seed=seed, on_emit=on_emit)
+    rec = RequestRecord(request_id=0, prompt_tokens=prompt, output_tokens=0, scheduled_time=0.0, start_time=0.0,
+                        max_tokens=out)
+    eng.submit(RequestSpec(prompt_tokens=prompt, max_tokens=out, output_tokens=out), 0.0, rec, lambda r: None)
+    env.run()
+    return rec
+
+
+def _expected(k, a, budget, prompt, out, seed=0, switch=None):
+    """Chunk tokens of one request alone, drawing one geometric number per verify step."""
+    rng = np.random.default_rng([seed, 0x5BEC])
+    emitted, chunks = 1, [1]  # the prompt's step emits the first token
+    while emitted < out:
+        if switch is not None and len(chunks) == switch[0]:
+            a = switch[1]
+        d = max(0, min(k, budget - 1, out - emitted - 1))  # out_sched == emitted: no async with drafts
+        acc = min(d, int(rng.geometric(1.0 - a)) - 1) if d and a > 0 else 0
+        n = min(1 + acc, out - emitted)
+        chunks.append(n)
+        emitted += n
+    return chunks
+
+
+@pytest.mark.parametrize("k,a,out", [(4, 0.7, 900), (15, 0.85, 3000), (3, 0.3, 200), (1, 0.5, 700)])
+def test_each_verify_step_takes_the_next_draw(k, a, out):
+    p = _spec_profile(k, a)
+    rec = _one_request(p, 300, out, seed=5)
+    want = _expected(k, a, p.engine.max_num_batched_tokens, 300, out, seed=5)
+    got = rec.chunk_tokens.tolist() if rec.chunk_tokens is not None else [1] * len(rec.chunk_times)
+    assert len(want) > 100 or k == 15  # long enough to cross several blocks of draws
+    assert got == want
+    assert rec.output_tokens == out
+
+
+@pytest.mark.parametrize("at", [2, 30, 65, 66, 200])
+def test_an_acceptance_changed_mid_run_continues_the_same_generator(at):
+    k = 4
+    p = _spec_profile(k, 0.7)
+    rec = _one_request(p, 100, 2000, switch=(at, 0.2))
+    want = _expected(k, 0.7, p.engine.max_num_batched_tokens, 100, 2000, switch=(at, 0.2))
+    assert rec.chunk_tokens.tolist() == want
+
+
+def test_no_acceptance_draws_nothing_and_every_chunk_is_one_token():
+    p = _spec_profile(4, 0.0)
+    rec = _one_request(p, 100, 300)
+    assert rec.chunk_tokens is None and len(rec.chunk_times) == 300
+
+
+@pytest.mark.parametrize("blocks", [None, 900, 1200])
+@pytest.mark.parametrize("budget,thr", [(2048, 0), (96, 64), (7, 0)])
+def test_speculative_runs_identical_with_and_without_fast_forward(blocks, budget, thr):
+    """Speculative decoding never takes decode runs, so fast_forward changes nothing, under a cache that
+    preempts, chunked prefill, and a budget that caps the drafts."""
+    p = _spec_profile(4, 0.6, num_blocks=blocks, max_num_batched_tokens=budget, long_prefill_token_threshold=thr)
+    specs = RandomWorkload(1200, 300, 0.6, fmt=p.prompt_format).sample(30, 7)
+    stats = []
+    a = simulate_open(p, specs, OpenLoop(rate=4.0, burstiness=0.7, seed=5), stats=stats)
+    b = simulate_open(p, specs, OpenLoop(rate=4.0, burstiness=0.7, seed=5), fast_forward=False, stats=stats)
+    same_records(a, b)
+    assert stats[0].steps == stats[1].steps and stats[0].events == stats[0].steps
+    assert all(r.chunk_tokens is not None for r in a.records if r.ok)
+    if blocks == 900 and budget == 2048:
+        assert a.meta["num_preemptions"] > 0  # the small cache did preempt
