@@ -96,7 +96,7 @@ class MultiValue(click.Option):
         if not self.spaced:
             return ret
         for name in self.opts:
-            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)  # see tests/test_upstream_private_api.py
             if opt is None:
                 continue
             prev = opt.process

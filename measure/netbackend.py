@@ -219,6 +219,7 @@ class FastPool(httpcore.AsyncConnectionPool):
     pool is full and needs the capacity; a queued request takes the first
     available connection after checking that one for expiry (what the sweep
     would have checked). Same decisions, without the per-call O(n) sweep.
+    httpcore's private names used here: tests/test_upstream_private_api.py.
     """
 
     _last_sweep = 0.0
@@ -290,7 +291,7 @@ def make_transport(limits: httpx.Limits, **kw) -> httpx.AsyncHTTPTransport:
     if os.environ.get("CAPSIM_HTTPX_DEFAULT_TRANSPORT"):  # escape hatch: httpx/httpcore/anyio as shipped
         return transport
     try:
-        pool = transport._pool
+        pool = transport._pool  # private: tests/test_upstream_private_api.py checks it still takes
         if type(pool) is httpcore.AsyncConnectionPool:
             cls = FastPool if httpcore.__version__.startswith("1.0.") else httpcore.AsyncConnectionPool
             transport._pool = cls(

@@ -356,7 +356,7 @@ class TwinEngine:
         # events due before this arrival happen first
         while env.peek() <= t:
             simpy.Environment.step(env)
-        env._now = t  # noqa: SLF001 -- nothing is scheduled before t
+        env._now = t  # noqa: SLF001 -- nothing is scheduled before t (tests/test_upstream_private_api.py)
         if kind == "abort":
             self._abort(gen)
             return
