@@ -308,11 +308,11 @@ def test_queueing_behind_max_num_seqs(roundtrip):
         for series in (r.series["waiting"], r.series["waiting_pred"]):
             k = series.index(max(series))
             assert all(b <= a for a, b in zip(series[k:], series[k + 1:])), series
-            # in pairs: a request leaves the queue only when one of the two running ones ends
-            assert set(series[k:]) <= {6.0, 4.0, 2.0, 0.0}, series
         # The measured queue is empty by the run's last sample. The predicted one is sampled at the
         # measured times, so whether it has drained by then is the model's speed, not its queueing
-        # (a calibration 30% slow left 2 waiting at the last sample: a CI run of 2026-12-02).
+        # (a calibration 30% slow left 2 waiting at the last sample: a CI run of 2026-12-02). Nor
+        # does the queue always read even: when the first step takes one request and the next step
+        # the second, the pair ends a step apart and a 1-s sample can catch 3 waiting.
         assert r.series["waiting"][-1] == 0
         # the queued requests start in pairs, each pair a whole generation after the one before
         m = summarize_open(r.run)
