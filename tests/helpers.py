@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile
+from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile, load_profile
 from simulator.records import RequestRecord, RunResult
 from simulator.stepmodel import EmpiricalStepModel
 
@@ -70,3 +70,13 @@ def refused_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
+
+
+def spec_profile(k: int, a: float, **engine) -> Profile:
+    """The shipped profile with speculative decoding: k drafts a step, per-position acceptance a."""
+    p = load_profile()
+    p.engine.num_speculative_tokens = k
+    p.engine.spec_acceptance = a
+    for key, v in engine.items():
+        setattr(p.engine, key, v)
+    return p.validate()

@@ -8,20 +8,10 @@ import simpy
 
 from simulator.engine import Engine
 from simulator.load import OpenLoop
-from simulator.profile import load_profile
 from simulator.records import RequestRecord
 from simulator.sim import simulate_open
 from simulator.workload import RandomWorkload, RequestSpec
-from tests.helpers import same_records
-
-
-def _spec_profile(k, a, **engine):
-    p = load_profile()
-    p.engine.num_speculative_tokens = k
-    p.engine.spec_acceptance = a
-    for key, v in engine.items():
-        setattr(p.engine, key, v)
-    return p.validate()
+from tests.helpers import same_records, spec_profile
 
 
 def _one_request(p, prompt, out, seed=0, switch=None):
@@ -59,7 +49,7 @@ def _expected(k, a, budget, prompt, out, seed=0, switch=None):
 
 @pytest.mark.parametrize("k,a,out", [(4, 0.7, 900), (15, 0.85, 3000), (3, 0.3, 200), (1, 0.5, 700)])
 def test_each_verify_step_takes_the_next_draw(k, a, out):
-    p = _spec_profile(k, a)
+    p = spec_profile(k, a)
     rec = _one_request(p, 300, out, seed=5)
     want = _expected(k, a, p.engine.max_num_batched_tokens, 300, out, seed=5)
     got = rec.chunk_tokens.tolist() if rec.chunk_tokens is not None else [1] * len(rec.chunk_times)
@@ -71,14 +61,14 @@ def test_each_verify_step_takes_the_next_draw(k, a, out):
 @pytest.mark.parametrize("at", [2, 30, 65, 66, 200])
 def test_an_acceptance_changed_mid_run_continues_the_same_generator(at):
     k = 4
-    p = _spec_profile(k, 0.7)
+    p = spec_profile(k, 0.7)
     rec = _one_request(p, 100, 2000, switch=(at, 0.2))
     want = _expected(k, 0.7, p.engine.max_num_batched_tokens, 100, 2000, switch=(at, 0.2))
     assert rec.chunk_tokens.tolist() == want
 
 
 def test_no_acceptance_draws_nothing_and_every_chunk_is_one_token():
-    p = _spec_profile(4, 0.0)
+    p = spec_profile(4, 0.0)
     rec = _one_request(p, 100, 300)
     assert rec.chunk_tokens is None and len(rec.chunk_times) == 300
 
@@ -88,7 +78,7 @@ def test_no_acceptance_draws_nothing_and_every_chunk_is_one_token():
 def test_speculative_runs_identical_with_and_without_fast_forward(blocks, budget, thr):
     """Speculative decoding never takes decode runs, so fast_forward changes nothing, under a cache that
     preempts, chunked prefill, and a budget that caps the drafts."""
-    p = _spec_profile(4, 0.6, num_blocks=blocks, max_num_batched_tokens=budget, long_prefill_token_threshold=thr)
+    p = spec_profile(4, 0.6, num_blocks=blocks, max_num_batched_tokens=budget, long_prefill_token_threshold=thr)
     specs = RandomWorkload(1200, 300, 0.6, fmt=p.prompt_format).sample(30, 7)
     stats = []
     a = simulate_open(p, specs, OpenLoop(rate=4.0, burstiness=0.7, seed=5), stats=stats)

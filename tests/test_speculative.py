@@ -12,15 +12,7 @@ from simulator.profile import ProfileError, load_profile
 from simulator.sim import simulate_closed, simulate_open
 from simulator.summary import summarize_closed, summarize_open
 from simulator.workload import RandomWorkload
-
-
-def _spec(k, a, **engine):
-    p = load_profile()
-    p.engine.num_speculative_tokens = k
-    p.engine.spec_acceptance = a
-    for key, v in engine.items():
-        setattr(p.engine, key, v)
-    return p.validate()
+from tests.helpers import spec_profile
 
 
 def _run(p, n=12, out=200, rate=1.0, trace=None):
@@ -29,7 +21,7 @@ def _run(p, n=12, out=200, rate=1.0, trace=None):
 
 
 def test_chunks_carry_the_accepted_tokens_and_totals_stay_exact():
-    p = _spec(15, 0.7)
+    p = spec_profile(15, 0.7)
     run = _run(p)
     ok = [r for r in run.records if r.ok]
     assert all(r.output_tokens == 200 for r in ok)
@@ -39,7 +31,7 @@ def test_chunks_carry_the_accepted_tokens_and_totals_stay_exact():
 
 
 def test_records_say_how_many_tokens_each_chunk_carried():
-    run = _run(_spec(15, 0.7))
+    run = _run(spec_profile(15, 0.7))
     for r in (r for r in run.records if r.ok):
         assert r.chunk_tokens is not None and len(r.chunk_tokens) == len(r.chunk_times)
         assert int(r.chunk_tokens.sum()) == r.output_tokens and r.chunk_tokens.min() >= 1
@@ -50,7 +42,7 @@ def test_llama_benchy_decode_speed_counts_tokens_not_chunks():
     # llama-benchy 0.4.0 counts each chunk's tokens: with drafts kept, its tg t/s is tokens per
     # second, several per step (Muse-Glimmer-30B bf16 decodes 13 t/s at c1 on a box whose
     # bandwidth allows 4.5 steps/s of its weights)
-    p = _spec(15, 0.7)
+    p = spec_profile(15, 0.7)
     run = simulate_closed(p, ClosedLoop(pp=(256,), tg=(400,), runs=1, latency_mode="none"))
     (row,) = summarize_closed(run)
     r = next(r for r in run.records if r.test and r.ok)
@@ -71,7 +63,7 @@ def test_a_measured_speed_that_needs_several_tokens_a_step_keeps_the_weights():
 
 
 def test_tpot_counts_tokens_and_itl_counts_chunks():
-    run = _run(_spec(4, 0.8))
+    run = _run(spec_profile(4, 0.8))
     s = summarize_open(run)
     r = next(r for r in run.records if r.ok)
     tpot = (r.chunk_times[-1] - r.chunk_times[0]) / (r.output_tokens - 1)
@@ -83,14 +75,14 @@ def test_tpot_counts_tokens_and_itl_counts_chunks():
 
 def test_no_acceptance_means_one_token_per_step_but_drafts_still_cost_time():
     base = _run(load_profile())
-    spec = _run(_spec(8, 0.0))
+    spec = _run(spec_profile(8, 0.0))
     rb, rs = base.records[0], spec.records[0]
     assert len(rs.chunk_times) == rs.output_tokens  # nothing accepted: one token a step
     assert (rs.chunk_times[-1] - rs.chunk_times[0]) > (rb.chunk_times[-1] - rb.chunk_times[0])  # 9 tokens verified
 
 
 def test_the_token_budget_counts_the_drafts():
-    p = _spec(15, 0.95, max_num_batched_tokens=40, max_model_len=4096)
+    p = spec_profile(15, 0.95, max_num_batched_tokens=40, max_model_len=4096)
     wl = RandomWorkload(30, 100, 0.0, fmt=p.prompt_format)
     steps = []
     run = simulate_open(p, wl.sample(8, 1), OpenLoop(rate=float("inf"), seed=1), trace=steps.append)
@@ -101,9 +93,9 @@ def test_the_token_budget_counts_the_drafts():
 
 def test_bad_spec_limits_are_refused():
     with pytest.raises(ProfileError):
-        _spec(15, 1.0)
+        spec_profile(15, 1.0)
     with pytest.raises(ProfileError):
-        _spec(-1, 0.5)
+        spec_profile(-1, 0.5)
 
 
 def test_speculative_config_is_read_from_the_command_line():
