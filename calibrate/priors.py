@@ -140,13 +140,13 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
     model_step = PhysicalStepModel(t0=0.003, bw_weights=0.8 * ROOFLINE_BW, bw_kv=0.8 * ROOFLINE_BW, alpha=0.8,
                                    flops=50e12, attn_flops=15e12, **q)
     num_blocks, groups = None, (KVGroup(16),)
+    full_layer = q["kv_bytes_full"] / max(1, arch.attn_layers)  # KV bytes per token of one layer of each kind
+    win_layer = q["kv_bytes_window"] / max(1, arch.window_layers) if arch.window_layers else 0.0
     gmu = server.get("gpu_memory_utilization")
     if gmu and arch.params_total_b > 0:
         # the KV pool is what vLLM's memory profiling leaves of gpu_memory_utilization x the box's memory
         weights_total = q["weight_bytes_fixed"] + q["n_experts"] * q["moe_layers"] * q["expert_bytes"]
         pool = float(gmu) * GB10_MEMORY_GIB * 2 ** 30 - weights_total - OTHER_GIB * 2 ** 30
-        full_layer = q["kv_bytes_full"] / max(1, arch.attn_layers)
-        win_layer = q["kv_bytes_window"] / max(1, arch.window_layers) if arch.window_layers else 0.0
         num_blocks, groups = hybrid_layout(pool, arch.attn_layers, full_layer, arch.window_layers, win_layer,
                                            arch.window)
     measured = _measured_blocks(server)
@@ -156,8 +156,6 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
         bs = int(server.get("block_size") or 16)
         groups = (KVGroup(bs),)
         if not arch.kv_layout_assumed and arch.window_layers and arch.window:
-            full_layer = q["kv_bytes_full"] / max(1, arch.attn_layers)
-            win_layer = q["kv_bytes_window"] / arch.window_layers
             groups = hybrid_layout(1.0, arch.attn_layers, full_layer, arch.window_layers, win_layer, arch.window,
                                    base_block=bs)[1]
         num_blocks = measured
