@@ -58,8 +58,12 @@ class Architecture:
         return asdict(self)
 
 
-# Model families: (name pattern, facts). Facts a name fixes (total/active parameters) come from the
-# name when it carries them; the rest is the family's published configuration.
+# Model families: (name pattern, facts), the first pattern that matches the lower-cased last part of the
+# model id wins (so a narrower pattern comes before a broader one). Facts a name fixes (total/active
+# parameters) come from the name when it carries them; the rest is the family's published configuration.
+# Where a family's sizes differ in depth or heads, `sizes` maps the total parameters in the name (in B)
+# to the facts of that size; a size not listed keeps only the family's size-independent facts and
+# infers the rest (listed in `assumed`).
 FAMILIES: list[tuple[str, dict]] = [
     (r"gemma-?4-26b-a4b", dict(family="gemma-4 MoE", params_total_b=25.2, params_active_b=3.8, layers=30, attn_layers=5,
                                kv_heads=2, head_dim=512, q_heads=16, window_layers=25, window=1024, window_kv_heads=8,
@@ -87,9 +91,76 @@ FAMILIES: list[tuple[str, dict]] = [
                             q_heads=16, state_elems_layer=32 * 128 * 128)),
     (r"qwen3-next", dict(family="qwen3-next hybrid MoE", hybrid_attn_fraction=0.25, kv_heads=2, head_dim=256,
                          q_heads=16, state_elems_layer=32 * 128 * 128, n_experts=512, top_k=10)),
-    (r"qwen3-.*a\d+(\.\d+)?b", dict(family="qwen3 MoE", kv_heads=4, head_dim=128, q_heads=32, n_experts=128, top_k=8)),
-    (r"qwen3-", dict(family="qwen3 dense", kv_heads=8, head_dim=128, q_heads=32)),
-    (r"llama-?3", dict(family="llama-3 dense", kv_heads=8, head_dim=128, q_heads=32)),
+    # Qwen3 (config.json of Qwen/Qwen3-30B-A3B, -235B-A22B and the dense Qwen/Qwen3-0.6B .. -32B): head_dim 128;
+    # the MoE 128 experts, top-8, in every layer; the dense 8 KV heads at every size.
+    (r"qwen3-.*a\d+(\.\d+)?b", dict(family="qwen3 MoE", head_dim=128, q_heads=32, n_experts=128, top_k=8, sizes={
+        30: dict(layers=48, kv_heads=4, q_heads=32),
+        235: dict(layers=94, kv_heads=4, q_heads=64)})),
+    (r"qwen3-", dict(family="qwen3 dense", kv_heads=8, head_dim=128, q_heads=32, sizes={
+        0.6: dict(layers=28, q_heads=16),
+        1.7: dict(layers=28, q_heads=16),
+        4: dict(layers=36, q_heads=32),
+        8: dict(layers=36, q_heads=32),
+        14: dict(layers=40, q_heads=40),
+        32: dict(layers=64, q_heads=64)})),
+    # Llama 3.x (config.json of meta-llama/Llama-3.2-1B, -3.2-3B, -3.1-8B, -3.1-70B / -3.3-70B, -3.1-405B): 8 KV
+    # heads at every size. DeepSeek-R1-Distill-Llama-8B / -70B are Llama-3.1-8B / Llama-3.3-70B.
+    (r"llama-?3(?!\d)|distill-llama", dict(family="llama-3 dense", kv_heads=8, head_dim=128, q_heads=32, sizes={
+        1: dict(layers=16, q_heads=32, head_dim=64),
+        3: dict(layers=28, q_heads=24),
+        8: dict(layers=32, q_heads=32),
+        70: dict(layers=80, q_heads=64),
+        405: dict(layers=126, q_heads=128)})),
+    # Llama 4 Scout (config.json of meta-llama/Llama-4-Scout-17B-16E-Instruct, text_config): 109B total, 17B active;
+    # 16 routed experts top-1 (and a shared one) in all 48 layers; every 4th layer global attention, the other 36
+    # chunked local attention (attention_chunk_size 8192), taken as a window of 8192: an upper bound on its KV.
+    (r"llama-?4-scout", dict(family="llama-4-scout MoE", params_total_b=109.0, params_active_b=17.0, layers=48,
+                             attn_layers=12, kv_heads=8, head_dim=128, q_heads=40, window_layers=36, window=8192,
+                             n_experts=16, top_k=1, moe_layers=48)),
+    # Qwen2.5 (config.json of Qwen/Qwen2.5-0.5B .. -72B; the Coder and Math models of these sizes, the
+    # DeepSeek-R1-Distill-Qwen models and QwQ-32B are built on them): head_dim 128 except 64 at 0.5B.
+    (r"qwen2\.5-|distill-qwen|qwq-32b", dict(family="qwen2.5 dense", head_dim=128, sizes={
+        0.5: dict(layers=24, kv_heads=2, q_heads=14, head_dim=64),
+        1.5: dict(layers=28, kv_heads=2, q_heads=12),
+        3: dict(layers=36, kv_heads=2, q_heads=16),
+        7: dict(layers=28, kv_heads=4, q_heads=28),
+        14: dict(layers=48, kv_heads=8, q_heads=40),
+        32: dict(layers=64, kv_heads=8, q_heads=40),
+        72: dict(layers=80, kv_heads=8, q_heads=64)})),
+    # Gemma 3 (config.json of google/gemma-3-1b-it and text_config of -4b-it, -12b-it, -27b-it): every 6th layer
+    # global attention, the other 5 a sliding window (512 tokens at 1B, 1024 above), of the same KV heads.
+    (r"gemma-?3-", dict(family="gemma-3 dense", sizes={
+        1: dict(layers=26, attn_layers=4, window_layers=22, window=512, kv_heads=1, q_heads=4, head_dim=256),
+        4: dict(layers=34, attn_layers=5, window_layers=29, window=1024, kv_heads=4, q_heads=8, head_dim=256),
+        12: dict(layers=48, attn_layers=8, window_layers=40, window=1024, kv_heads=8, q_heads=16, head_dim=256),
+        27: dict(layers=62, attn_layers=10, window_layers=52, window=1024, kv_heads=16, q_heads=32, head_dim=128)})),
+    # Gemma 2 (config.json of google/gemma-2-2b, -9b, -27b): local (sliding window 4096) and global layers alternate.
+    (r"gemma-?2-", dict(family="gemma-2 dense", window=4096, sizes={
+        2: dict(layers=26, attn_layers=13, window_layers=13, kv_heads=4, q_heads=8, head_dim=256),
+        9: dict(layers=42, attn_layers=21, window_layers=21, kv_heads=8, q_heads=16, head_dim=256),
+        27: dict(layers=46, attn_layers=23, window_layers=23, kv_heads=16, q_heads=32, head_dim=128)})),
+    # Mistral Small 3 / 3.1 / 3.2 (config.json of mistralai/Mistral-Small-24B-Instruct-2501, text_config of
+    # -3.1-24B-Instruct-2503): 8 KV heads of 128 (as the older 22B -Instruct-2409). Not Mistral Small 4 (above).
+    (r"mistral-small-(?!4)", dict(family="mistral-small dense", kv_heads=8, head_dim=128, q_heads=32, sizes={
+        24: dict(layers=40, q_heads=32)})),
+    # Mistral Nemo (config.json of mistralai/Mistral-Nemo-Instruct-2407): 12.2B, no size in its name.
+    (r"mistral-nemo(?!-minitron)", dict(family="mistral-nemo dense", params_total_b=12.2, params_active_b=12.2,
+                                         layers=40, attn_layers=40, kv_heads=8, head_dim=128, q_heads=32)),
+    # Ministral 8B (config.json of mistralai/Ministral-8B-Instruct-2410); its interleaved sliding window is not
+    # modelled (all layers full attention: an upper bound on its KV).
+    (r"ministral-8b", dict(family="ministral-8b dense", layers=36, attn_layers=36, kv_heads=8, head_dim=128,
+                           q_heads=32)),
+    # Phi-4-mini (config.json of microsoft/Phi-4-mini-instruct; not the hybrid -mini-flash) and Phi-4 (microsoft/phi-4,
+    # and the Phi-4-reasoning models built on it): no size in their names.
+    (r"phi-?4-mini(?!-flash)", dict(family="phi-4-mini dense", params_total_b=3.8, params_active_b=3.8, layers=32,
+                                    attn_layers=32, kv_heads=8, head_dim=128, q_heads=24)),
+    (r"phi-?4(?!\d|-mini|-multimodal)", dict(family="phi-4 dense", params_total_b=14.7, params_active_b=14.7,
+                                               layers=40, attn_layers=40, kv_heads=10, head_dim=128, q_heads=40)),
+    # GLM-4.5-Air (config.json of zai-org/GLM-4.5-Air): 106B total, 12B active; the first layer dense, the other 45
+    # 128 routed experts top-8 (and a shared one); 96 query heads, 8 KV heads of 128. No size in its name.
+    (r"glm-4\.5-air", dict(family="glm-4.5-air MoE", params_total_b=106.0, params_active_b=12.0, layers=46,
+                           attn_layers=46, kv_heads=8, head_dim=128, q_heads=96, n_experts=128, top_k=8,
+                           moe_layers=45)),
 ]
 
 
@@ -147,6 +218,16 @@ def architecture_for(server: dict) -> Architecture:
             break
     assumed: list[str] = []
     frac = facts.pop("hybrid_attn_fraction", None)
+    sizes = facts.pop("sizes", None)
+    if sizes is not None:
+        size = next((v for k, v in sizes.items() if total is not None and abs(k - total) < 1e-6), None)
+        if size is not None:
+            facts.update(size)
+            source += f", {total:g}B"
+        else:
+            which = f"size {total:g}B not" if total is not None else "no size in the name to look up"
+            assumed.append(f"{which} in the {facts['family']} table "
+                           f"(it lists {', '.join(f'{k:g}B' for k in sizes)}): the family's other facts only")
     if "params_total_b" not in facts:
         if total is None:
             assumed.append("parameter count (none in the name): from the single-user decode speed")
@@ -162,6 +243,10 @@ def architecture_for(server: dict) -> Architecture:
             facts["attn_layers"] = facts["layers"]
         if facts.get("n_experts"):
             facts["moe_layers"] = facts["layers"]
+    # a size's depth: the layers not given as windowed attend fully; a MoE's layers all hold experts unless given
+    facts.setdefault("attn_layers", facts["layers"] - facts.get("window_layers", 0))
+    if facts.get("n_experts"):
+        facts.setdefault("moe_layers", facts["layers"])
     if "n_experts" not in facts and active is not None and total is not None and active < total:
         facts.update(n_experts=128, top_k=8, moe_layers=facts["layers"])
         assumed.append("128 experts, top-8 (typical MoE)")

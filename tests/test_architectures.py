@@ -1,0 +1,146 @@
+"""Architecture facts per model family (calibrate/architectures.py): published config.json facts per
+family and size, the fallback for a size the table lacks, and the nine spark-bench models unchanged."""
+import pytest
+
+from calibrate.architectures import Architecture, architecture_for, step_quantities
+from calibrate.importers import load_meta
+from tests.test_importers import RESULTS, shared_missing
+
+# model id -> facts its config.json gives (a sample per family, not every size)
+SAMPLES = {
+    "meta-llama/Llama-3.1-8B-Instruct": dict(family="llama-3 dense", layers=32, attn_layers=32, kv_heads=8,
+                                             head_dim=128, q_heads=32),
+    "RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic": dict(family="llama-3 dense", layers=80, kv_heads=8, q_heads=64),
+    "meta-llama/Llama-3.2-1B-Instruct": dict(layers=16, kv_heads=8, head_dim=64, q_heads=32),
+    "meta-llama/Llama-3.2-3B-Instruct": dict(layers=28, kv_heads=8, head_dim=128, q_heads=24),
+    "deepseek-ai/DeepSeek-R1-Distill-Llama-8B": dict(family="llama-3 dense", layers=32, kv_heads=8),
+    "Qwen/Qwen2.5-32B-Instruct-AWQ": dict(family="qwen2.5 dense", layers=64, kv_heads=8, q_heads=40, head_dim=128),
+    "Qwen/Qwen2.5-7B-Instruct": dict(layers=28, kv_heads=4, q_heads=28),
+    "Qwen/Qwen2.5-0.5B-Instruct": dict(layers=24, kv_heads=2, q_heads=14, head_dim=64),
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B": dict(family="qwen2.5 dense", layers=48, kv_heads=8, q_heads=40),
+    "Qwen/QwQ-32B": dict(family="qwen2.5 dense", layers=64, kv_heads=8),
+    "Qwen/Qwen3-8B": dict(family="qwen3 dense", layers=36, kv_heads=8, q_heads=32),
+    "Qwen/Qwen3-0.6B": dict(layers=28, kv_heads=8, q_heads=16, head_dim=128),
+    "Qwen/Qwen3-32B-FP8": dict(layers=64, kv_heads=8, q_heads=64),
+    "Qwen/Qwen3-30B-A3B-Instruct-2507-FP8": dict(family="qwen3 MoE", layers=48, attn_layers=48, kv_heads=4,
+                                                 n_experts=128, top_k=8, moe_layers=48, params_active_b=3.0),
+    "Qwen/Qwen3-235B-A22B": dict(layers=94, kv_heads=4, q_heads=64, n_experts=128, top_k=8),
+    "google/gemma-3-27b-it": dict(family="gemma-3 dense", layers=62, attn_layers=10, window_layers=52, window=1024,
+                                  kv_heads=16, head_dim=128, q_heads=32),
+    "unsloth/gemma-3-12b-it-qat-unsloth-bnb-4bit": dict(layers=48, attn_layers=8, window_layers=40, window=1024,
+                                                        kv_heads=8, head_dim=256),
+    "google/gemma-3-1b-it": dict(layers=26, attn_layers=4, window_layers=22, window=512, kv_heads=1, head_dim=256),
+    "google/gemma-2-9b-it": dict(family="gemma-2 dense", layers=42, attn_layers=21, window_layers=21, window=4096,
+                                 kv_heads=8, head_dim=256),
+    "mistralai/Mistral-Small-3.2-24B-Instruct-2506": dict(family="mistral-small dense", layers=40, kv_heads=8,
+                                                          head_dim=128),
+    "mistralai/Mistral-Nemo-Instruct-2407": dict(family="mistral-nemo dense", params_total_b=12.2, layers=40,
+                                                 kv_heads=8, head_dim=128),
+    "mistralai/Ministral-8B-Instruct-2410": dict(layers=36, kv_heads=8, params_total_b=8.0),
+    "microsoft/phi-4": dict(family="phi-4 dense", params_total_b=14.7, layers=40, kv_heads=10, q_heads=40),
+    "microsoft/Phi-4-mini-instruct": dict(family="phi-4-mini dense", params_total_b=3.8, layers=32, kv_heads=8,
+                                          q_heads=24),
+    "zai-org/GLM-4.5-Air-FP8": dict(family="glm-4.5-air MoE", params_total_b=106.0, params_active_b=12.0, layers=46,
+                                    kv_heads=8, q_heads=96, n_experts=128, top_k=8, moe_layers=45),
+    "meta-llama/Llama-4-Scout-17B-16E-Instruct": dict(params_total_b=109.0, params_active_b=17.0, layers=48,
+                                                      attn_layers=12, window_layers=36, n_experts=16, top_k=1),
+}
+
+
+@pytest.mark.parametrize("model", sorted(SAMPLES))
+def test_a_known_family_gives_its_published_facts(model):
+    arch = architecture_for({"model": model})
+    got = {k: getattr(arch, k) for k in SAMPLES[model]}
+    assert got == SAMPLES[model]
+    assert arch.source.startswith("family table") and arch.assumed == [] and not arch.kv_layout_assumed
+
+
+def test_the_size_in_the_name_picks_the_depth():
+    qwen = {n: architecture_for({"model": f"Qwen/Qwen3-{n}"}) for n in ("1.7B", "4B", "14B")}
+    assert [a.layers for a in qwen.values()] == [28, 36, 40]
+    assert qwen["14B"].source == "family table: qwen3 dense, 14B"
+
+
+def test_a_size_the_table_lacks_keeps_the_family_facts_and_says_what_it_guessed():
+    arch = architecture_for({"model": "Qwen/Qwen3-2B"})  # no such size: the family's KV heads, a guessed depth
+    assert arch.family == "qwen3 dense" and arch.kv_heads == 8 and not arch.kv_layout_assumed
+    assert any("size 2B not in the qwen3 dense table" in a for a in arch.assumed)
+    assert any("layers (typical for the size)" in a for a in arch.assumed)
+    assert arch.attn_layers == arch.layers
+    # a family whose KV heads depend on the size: an unlisted size does not get them
+    gemma = architecture_for({"model": "google/gemma-3-270m"})
+    assert gemma.family == "gemma-3 dense" and gemma.kv_layout_assumed and gemma.window_layers == 0
+    assert any("no size in the name" in a for a in gemma.assumed)
+    coder = architecture_for({"model": "Qwen/Qwen3-Coder-480B-A35B-Instruct"})
+    assert coder.family == "qwen3 MoE" and coder.kv_layout_assumed and coder.moe_layers == coder.layers
+
+
+def test_new_patterns_do_not_capture_the_older_entries_names():
+    assert architecture_for({"model": "mistralai/Mistral-Small-4-119B-2603-NVFP4"}).mla_dim == 576
+    assert architecture_for({"model": "Qwen/Qwen3.6-35B-A3B"}).family == "qwen3.5 hybrid MoE"
+    assert architecture_for({"model": "Qwen/Qwen3.5-4B"}).family == "qwen3.5 hybrid dense"
+    assert architecture_for({"model": "Qwen/Qwen3-Next-80B-A3B-Instruct"}).family == "qwen3-next hybrid MoE"
+    assert architecture_for({"model": "google/gemma-4-31B-it"}).family == "gemma-4 dense"
+    assert architecture_for({"model": "codellama/CodeLlama-34b-hf"}).family == "unknown"  # not Llama 3
+    assert architecture_for({"model": "google/gemma-3n-E4B-it"}).family == "unknown"
+
+
+def test_gemma3_sliding_windows_hold_less_kv_than_dense_attention():
+    arch = architecture_for({"model": "google/gemma-3-27b-it"})
+    q = step_quantities(arch, "bf16", 2.0)
+    per_layer = 2 * 16 * 128 * 2.0
+    assert q["kv_bytes_full"] == 10 * per_layer and q["kv_bytes_window"] == 52 * per_layer and q["window"] == 1024
+    ctx = 32768
+    windowed = q["kv_bytes_full"] * ctx + q["kv_bytes_window"] * min(ctx, q["window"])
+    dense = 62 * per_layer * ctx  # every layer attending to the whole context
+    assert windowed < dense / 4
+    guess = step_quantities(architecture_for({"model": "acme/Unknown-27B"}), "bf16", 2.0)  # no table: all layers full
+    assert windowed < guess["kv_bytes_full"] * ctx / 2
+
+
+# architecture_for of the nine spark-bench runs before the families above were added: must not change at all
+SPARK_BENCH = {
+    "gemma-4/gemma-4-26b-a4b-it/bf16": Architecture(
+        attn_layers=5, family="gemma-4 MoE", head_dim=512, kv_heads=2, layers=30, moe_layers=30, n_experts=128,
+        params_active_b=3.8, params_total_b=25.2, q_heads=16, source="family table: gemma-4 MoE", top_k=8,
+        window=1024, window_head_dim=256, window_kv_heads=8, window_layers=25),
+    "gemma-4/gemma-4-26b-a4b-it/bf16-v23": Architecture(
+        attn_layers=5, family="gemma-4 MoE", head_dim=512, kv_heads=2, layers=30, moe_layers=30, n_experts=128,
+        params_active_b=3.8, params_total_b=25.2, q_heads=16, source="family table: gemma-4 MoE", top_k=8,
+        window=1024, window_head_dim=256, window_kv_heads=8, window_layers=25),
+    "gemma-4/gemma-4-31b-it/bf16": Architecture(
+        attn_layers=10, family="gemma-4 dense", head_dim=512, kv_heads=4, layers=60, params_active_b=30.7,
+        params_total_b=30.7, source="family table: gemma-4 dense", window=1024, window_head_dim=256,
+        window_kv_heads=16, window_layers=50),
+    "gpt-oss/gpt-oss-20b/mxfp4": Architecture(
+        attn_layers=12, expert_bits=4.25, family="gpt-oss", head_dim=64, layers=24, moe_layers=24, n_experts=32,
+        params_active_b=3.6, params_total_b=20.9, q_heads=64, source="family table: gpt-oss", top_k=4, window=128,
+        window_head_dim=64, window_kv_heads=8, window_layers=12),
+    "mistral-small-4/mistral-small-4-119b/nvfp4": Architecture(
+        attn_layers=36, family="mistral-small-4 MoE (MLA)", layers=36, mla_dim=576, moe_layers=36, n_experts=128,
+        params_active_b=6.5, params_total_b=119.0, source="family table: mistral-small-4 MoE (MLA)", top_k=4),
+    "muse-glimmer/muse-glimmer-30b/bf16-spec": Architecture(
+        assumed=["65 layers (typical for the size)", "8 KV heads of 128 (typical GQA)"], attn_layers=65,
+        family="unknown", kv_layout_assumed=True, layers=65, params_active_b=30.0, params_total_b=30.0,
+        source="inferred from the model name"),
+    "nemotron-3/nemotron-3-nano-30b-a3b/bf16": Architecture(
+        attn_layers=6, family="nemotron-3 hybrid Mamba MoE", kv_heads=2, layers=52, moe_layers=23, n_experts=128,
+        params_active_b=3.6, params_total_b=31.6, source="family table: nemotron-3 hybrid Mamba MoE",
+        state_elems_layer=524288, state_layers=23, top_k=6),
+    "qwen-3.5/qwen-3.5-4b/bf16": Architecture(
+        assumed=["34 layers (typical for the size)"], attn_layers=8, family="qwen3.5 hybrid dense", head_dim=256,
+        kv_heads=4, layers=34, params_active_b=4.0, params_total_b=4.0, q_heads=16,
+        source="family table: qwen3.5 hybrid dense", state_elems_layer=524288, state_layers=26),
+    "qwen-3.6/qwen-3.6-35b-a3b/bf16": Architecture(
+        assumed=["32 layers (typical for the size)"], attn_layers=8, family="qwen3.5 hybrid MoE", head_dim=256,
+        kv_heads=2, layers=32, moe_layers=32, n_experts=256, params_active_b=3.0, params_total_b=35.0, q_heads=16,
+        source="family table: qwen3.5 hybrid MoE", state_elems_layer=524288, state_layers=24, top_k=8),
+}
+
+
+@pytest.mark.parametrize("run", sorted(SPARK_BENCH))
+def test_the_spark_bench_models_are_unchanged(run):
+    folder = RESULTS / run
+    if not (folder / "meta.json").is_file():
+        shared_missing(f"spark-bench run not found: {folder}")
+    assert architecture_for(load_meta(folder)) == SPARK_BENCH[run]
