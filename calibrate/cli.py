@@ -157,15 +157,12 @@ def _plot_card(prof, runs, plot_path: str) -> None:
 @click.option("--retries", type=int, default=1, show_default=True,
               help="--live: run a load again (up to this many times) when the client fell behind its arrival "
                    "schedule; the set-aside runs are kept and listed.")
-@click.option("--probe-speed", is_flag=True,
-              help="--live: measure the box's speed with a short single-user probe before and after every load and "
-                   "predict each load at that speed (a box whose speed drifts since calibration).")
 @click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="completions", show_default=True,
               help="--live: API the default loads use.")
 @click.option("--run-dir", default=None, help="--live: folder for the measured runs.")
 @live_limit_options
 def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, plot_path, as_json, live_url, loads_path,
-                 scale, length_scale, budget, repeat, retries, probe_speed, endpoint, run_dir, **live_kw):
+                 scale, length_scale, budget, repeat, retries, endpoint, run_dir, **live_kw):
     """Predict open-loop runs (vllm bench serve) the profile never saw and score the predictions;
     with --live URL, run the open-loop loads on a server now."""
     if replications is not None and replications < 1:
@@ -182,8 +179,7 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
         if retries < 0:
             raise click.UsageError(f"--retries must be 0 or more, not {retries}")
         lv = run_validate_live(live_url, profile_path, loads_path, scale, length_scale, budget, repeat,
-                               replications or 5, run_dir, as_json, endpoint=endpoint, retries=retries,
-                               probe=probe_speed, **live_kw)
+                               replications or 5, run_dir, as_json, endpoint=endpoint, retries=retries, **live_kw)
         if plot_path:
             from .plots import plot_validation
             plot_validation(lv.validation, plot_path, title=f"{profile_path}: measured vs predicted (live)")

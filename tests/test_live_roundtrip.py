@@ -15,13 +15,6 @@ predicted by the calibrated profile with the new server's limits:
   requests that outgrow their blocks and are preempted (against
   vllm:num_preemptions_total).
 
-Every run of a load is predicted at the box's speed beside it: a short single-user speed
-probe runs before and after it (calibrate.live.speed_probe), and the profile runs at the
-geometric mean of the two. The CPU server's speed drifts by up to 40% over minutes, the same
-way for every load (a CI run had every load 30-45% faster than its calibration, every
-scheduler count right), which no model of the box can predict; the errors at the
-calibration's own speed are printed beside.
-
 Targets: TTFT p50 and TPOT p50 within 20%, achieved RPS within 10%, preemption count
 within 25%. Every load is scored against the mean of its two runs: one run of a load
 differs from the other by up to 15-25% on this 2-core machine (the noise floor, printed
@@ -49,8 +42,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibrate.live import (LiveLoad, compare_load, live_calibrate, live_validate, measure_load, read_server,
-                            speed_probe)
+from calibrate.live import LiveLoad, compare_load, live_calibrate, live_validate, measure_load, read_server
 from simulator.load import OpenLoop
 from simulator.sim import simulate_open
 from simulator.summary import summarize_open
@@ -146,7 +138,7 @@ def roundtrip(tmp_path_factory):
         loads = [LiveLoad("light", num_prompts=20, rate=0.35 * mu, seed=1, endpoint="chat", **SHAPE),
                  LiveLoad("near-saturation", num_prompts=40, rate=0.8 * mu, seed=2, endpoint="chat", **SHAPE)]
         t = time.monotonic()
-        lv = live_validate(h.url, prof, loads, out / "validate", repeat=True, retries=RETRIES, probe=True, say=print)
+        lv = live_validate(h.url, prof, loads, out / "validate", repeat=True, retries=RETRIES, say=print)
         runs = {a.load.name: [a, b] for a, b in zip(lv.results, lv.repeats)}
         for load in loads:
             _third_run_if_disturbed(h.url, prof, load, out / "validate", runs[load.name])
@@ -175,11 +167,8 @@ def roundtrip(tmp_path_factory):
 
 
 def _run_load(url, profile, load, d):
-    """One run of a load, predicted at the box's speed beside it: speed probes before and after."""
-    before = speed_probe(url, profile, d.with_name(d.name + "-probe-before"), retries=RETRIES, say=print)
     run, steps = measure_load(url, load, d, retries=RETRIES, say=print)
-    after = speed_probe(url, profile, d.with_name(d.name + "-probe-after"), retries=RETRIES, say=print)
-    return compare_load(profile, load, run, d, steps, replications=5, speed=math.sqrt(before * after))
+    return compare_load(profile, load, run, d, steps, replications=5)
 
 
 def _third_run_if_disturbed(url, profile, load, out, results) -> None:
@@ -212,12 +201,9 @@ def _combine(meas: list[float], pred: list[float]) -> tuple:
     return m, p, err, per, _err(meas[0], meas[1])
 
 
-def _score(results, raw: bool = False) -> dict:
-    """Per metric of a load's runs: see _combine. raw: the predictions at the calibration's speed
-    (without the speed probes' correction; extras are left out)."""
+def _score(results) -> dict:
+    """Per metric of a load's runs: see _combine."""
     ms = [summarize_open(r.run) for r in results]
-    if raw:
-        return {k: _combine([m[k] for m in ms], [(r.raw or r.predicted)[k] for r in results]) for k in KEYS}
     out = {k: _combine([m[k] for m in ms], [r.predicted[k] for r in results]) for k in KEYS}
     for k in [k for k in results[0].extras if all(k in r.extras for r in results)]:
         out[k] = _combine([r.extras[k][0] for r in results], [r.extras[k][1] for r in results])
@@ -260,13 +246,6 @@ def test_report(roundtrip):
         for k, (m, p, e, per, nf) in rows.items():
             say(f"{load:<26} {k:<18} {m:>9.4g} {p:>9.4g} {e:>+6.1f}% {nf:>+6.1f}%  "
                 + " ".join(f"{x:+.1f}%" for x in per))
-    say("\nthe box's speed beside each run over the calibrated profile's (speed probes; predictions above are "
-        "made at it): " + "; ".join(f"{name} " + " ".join(f"{r.speed:.3f}" for r in results)
-                                    for name, results in rt["runs"].items()))
-    say("errors at the calibration's speed (no probe correction):")
-    for load, results in rt["runs"].items():
-        for k, (m, p, e, per, nf) in _score(results, raw=True).items():
-            say(f"{load:<26} {k:<18} {m:>9.4g} {p:>9.4g} {e:>+6.1f}%  " + " ".join(f"{x:+.1f}%" for x in per))
     say("\ntimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in rt["timings"].items()))
 
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from calibrate.live import (LiveLoad, compare_load, live_validate, load_calibration_runs, measure_load,
-                            read_server, scale_run, speed_probe)
+from calibrate.live import (LiveLoad, compare_load, load_calibration_runs, measure_load, read_server,
+                            scale_run)
 from calibrate.priors import prior_profile
 from measure import run_closed, run_open
 from measure.prom import parse_metrics
@@ -29,7 +29,6 @@ from simulator.profile import EngineLimits, KVGroup, Profile
 from simulator.sim import simulate_open
 from simulator.stepmodel import features
 from simulator.summary import summarize_closed, summarize_open
-from simulator.whatif import apply_edits
 from simulator.workload import RandomWorkload, RequestSpec
 from tests.helpers import reporter
 
@@ -232,34 +231,6 @@ def test_twin_queues_preempts_and_reports_it(tmp_path):
     assert res.predicted["median_ttft_ms"] == pytest.approx(summarize_open(run)["median_ttft_ms"], rel=0.1)
 
 
-def test_speed_probe_reads_how_fast_the_box_runs_and_validation_predicts_at_it(tmp_path):
-    """The probe reads the twin's speed against a profile: 1 for the twin's own profile, 2 for a
-    profile twice as slow; validate-live with probes predicts a load at that speed and keeps the
-    prediction at the profile's own speed as `raw`."""
-    speed = 5.0
-    prof = twin_profile()
-    slow = apply_edits(prof, ["speed=0.5"])
-    with TwinServer(prof, speed=speed).start() as tw:
-        own = speed_probe(tw.url, prof, tmp_path / "own", clock_scale=speed)
-        half = speed_probe(tw.url, slow, tmp_path / "half", clock_scale=speed)
-        lv = live_validate(tw.url, slow, [LiveLoad("tiny", 200, 24, 6, rate=4.0, seed=2)], tmp_path / "val",
-                           clock_scale=speed, replications=1, probe=True)
-    r = lv.results[0]
-    m = summarize_open(r.run)
-    print(f"\nspeed probe on the twin: own profile {own:.3f}, a profile twice as slow {half:.3f}, beside the "
-          f"load {r.speed:.3f}; TPOT p50 measured {m['median_tpot_ms']:.1f}, predicted {r.predicted['median_tpot_ms']:.1f}"
-          f" (at the profile's speed {r.raw['median_tpot_ms']:.1f}) ms")
-    assert own == pytest.approx(1.0, rel=0.08)
-    assert half == pytest.approx(2.0, rel=0.08)
-    assert r.speed == pytest.approx(2.0, rel=0.08)
-    assert r.predicted["median_tpot_ms"] == pytest.approx(m["median_tpot_ms"], rel=0.08)
-    assert r.raw["median_tpot_ms"] > 1.7 * m["median_tpot_ms"]
-    assert (tmp_path / "val" / "speed-probe-0" / "records.jsonl").is_file()
-    assert (tmp_path / "val" / "speed-probe-1" / "records.jsonl").is_file()
-    assert "box speed beside each load" in lv.format()
-    assert json.loads((tmp_path / "val" / "validation.json").read_text())["loads"][0]["speed"] == r.speed
-
-
 def test_client_disconnect_aborts_the_request():
     prof = twin_profile(max_num_seqs=1)
     with TwinServer(prof, speed=20.0).start() as tw:
@@ -438,10 +409,9 @@ def test_live_commands_on_a_twin(tmp_path, monkeypatch):
         assert "past the knee" not in c2["note"] and plan["ladder"][:3] == [2, 4, 8], plan["ladder"]
         r = CliRunner().invoke(main, ["validate", "--live", tw.url, "--profile", str(tmp_path / "fit.json"), "--loads", str(loads),
                                                    "--speed", "10", "--run-dir", str(tmp_path / "val"),
-                                                   "--replications", "2", "--probe-speed", "--json"])
+                                                   "--replications", "2", "--json"])
         assert r.exit_code == 0, r.output
         out = json.loads(r.output)
-        assert 0.5 < out["loads"][0]["speed"] < 2.0 and (tmp_path / "val" / "speed-probe-1").is_dir()
         assert {row["metric"] for row in out["rows"]} >= {"median_ttft_ms", "median_tpot_ms", "num_preemptions"}
         bad = CliRunner().invoke(main, ["validate", "--live", tw.url, "--profile", str(tmp_path / "nope.json")])
         assert bad.exit_code != 0 and "nope.json" in bad.output

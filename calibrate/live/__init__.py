@@ -15,8 +15,8 @@ from .replay import replay_specs, simulate_replay
 from .runs import closed_run_from_result, measured_prompt_scale, scale_run, until_free
 from .server import (VLLM_DEFAULTS, ServerFacts, apply_server_limits, kv_groups_from_hf_config, parse_kv_groups,
                      read_server)
-from .validate import (EXTRA_METRICS, SPEED_PROBE, LiveResult, LiveValidation, compare_load, live_validate,
-                       measure_load, predict_live, speed_probe)
+from .validate import (EXTRA_METRICS, LiveResult, LiveValidation, compare_load, live_validate, measure_load,
+                       predict_live)
 
 __all__ = [
     # what a server is
@@ -30,7 +30,6 @@ __all__ = [
     # live validation
     "LiveLoad", "seed_loads", "load_loads", "single_request_seconds", "replay_specs", "simulate_replay",
     "live_validate", "measure_load", "compare_load", "predict_live", "LiveResult", "LiveValidation", "EXTRA_METRICS",
-    "speed_probe", "SPEED_PROBE",
     # talking to the user, and the commands
     "LiveError", "Say", "quiet", "live_limit_options", "run_calibrate_live", "run_validate_live",
 ]

@@ -113,6 +113,6 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
             loads = seed_loads(prof, facts.max_model_len, scale, length_scale, parse_budget(budget), endpoint, say)
         lv = live_validate(url, prof, loads, run_dir, model=facts.model, clock_scale=kw.get("clock_scale", 1.0),
                            replications=replications, repeat=repeat, api_key=kw.get("api_key"),
-                           retries=kw.get("retries", 1), probe=kw.get("probe", False), say=say)
+                           retries=kw.get("retries", 1), say=say)
     click.echo(json.dumps(lv.to_json(), indent=2, default=str) if as_json else lv.format())
     return lv

@@ -91,10 +91,6 @@ class LiveResult:
     median: dict
     extras: dict[str, tuple[float, float]]  # metric -> (measured, predicted)
     series: dict[str, Any] = field(default_factory=dict)
-    # The box's speed beside the load over the profile's (speed_probe); the prediction is made on
-    # the profile at that speed, and `raw` keeps the replay's figures at the profile's own speed.
-    speed: float = 1.0
-    raw: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -108,10 +104,6 @@ class LiveValidation:
         lines = [f"set aside: {r.load.name}{tag}: {a['warning']} (kept in {a['run_dir']})"
                  for runs, tag in ((self.results, ""), (self.repeats, " (repeat)"))
                  for r in runs for a in r.run.meta.get("set_aside", [])]
-        speeds = [f"{r.load.name}{tag} {r.speed:.3f}" for runs, tag in ((self.results, ""), (self.repeats, " (repeat)"))
-                  for r in runs if r.speed != 1.0]
-        if speeds:
-            lines.append("box speed beside each load over the profile's (predictions made at it): " + ", ".join(speeds))
         return "\n".join([format_validation(self.validation, self.floor)] + lines)
 
     def to_json(self) -> dict:
@@ -120,7 +112,6 @@ class LiveValidation:
             out["noise_floor"] = self.floor.to_json()
         out["loads"] = [{"load": r.load.to_json(), "run_dir": str(r.run_dir) if r.run_dir else None,
                          "extras": {k: {"measured": a, "predicted": b} for k, (a, b) in r.extras.items()},
-                         "speed": r.speed, "raw_prediction": r.raw or None,
                          "send_lag_s": r.run.meta.get("send_lag_s"), "loop_lag_s": r.run.meta.get("loop_lag_s"),
                          "set_aside": r.run.meta.get("set_aside", [])}
                         for r in self.results + self.repeats]
@@ -188,39 +179,8 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
     return run, steps
 
 
-# A short single-user load: its decode steps are the box's plainest speed figure.
-SPEED_PROBE = LiveLoad("speed-probe", input_len=128, output_len=48, num_prompts=3, rate=math.inf, max_concurrency=1,
-                       endpoint="chat")
-
-
-def speed_probe(url: str, profile: Profile, out_dir=None, *, model: str | None = None, clock_scale: float = 1.0,
-                api_key: str | None = None, retries: int = 1, say: Say = quiet) -> float:
-    """How fast the box runs now, relative to `profile`: predicted over measured TPOT p50 of SPEED_PROBE.
-
-    A box's speed drifts over minutes (a CPU server's worker threads meet other work; a GPU's
-    clocks follow its temperature), so a load measured minutes after calibration may run on a
-    faster or slower box than the one calibrated. Probing beside each load measures that drift
-    apart from the load itself; above 1 the box is faster now than the profile says.
-    """
-    run, _ = measure_load(url, SPEED_PROBE, out_dir, model, clock_scale, api_key, retries, say)
-    sim, _ = simulate_replay(profile, run)
-    measured, predicted = summarize_open(run)["median_tpot_ms"], summarize_open(sim)["median_tpot_ms"]
-    if not (measured > 0 and predicted > 0):
-        raise LiveError(f"speed probe: no decode steps to compare (measured TPOT {measured}, predicted {predicted})")
-    return float(predicted / measured)
-
-
 def compare_load(profile: Profile, load: LiveLoad, run: RunResult, run_dir: Path | None, steps: float | None,
-                 replications: int = 5, clock_scale: float = 1.0, speed: float = 1.0) -> LiveResult:
-    """Predict a measured load and compare; `speed` (speed_probe's figure) runs the profile at the
-    box's speed beside the load, and the prediction at the profile's own speed is kept as `raw`."""
-    from simulator.whatif import apply_edits
-
-    raw = {}
-    if speed != 1.0:
-        sim_raw, _ = simulate_replay(profile, run)
-        raw = summarize_open(sim_raw)
-        profile = apply_edits(profile, [f"speed={speed!r}"])
+                 replications: int = 5, clock_scale: float = 1.0) -> LiveResult:
     pred, lo, hi, med, sim, trace = predict_live(profile, run, load, replications)
     extras: dict[str, tuple[float, float]] = {}
     sd = run.meta.get("server_delta") or {}
@@ -243,7 +203,7 @@ def compare_load(profile: Profile, load: LiveLoad, run: RunResult, run_dir: Path
             extras["mean_running"] = (float(ser["running"].mean()), float(pr.mean()))
             series = {"t": ser["t"].tolist(), "waiting": ser["waiting"].tolist(), "running": ser["running"].tolist(),
                       "waiting_pred": pw.tolist(), "running_pred": pr.tolist()}
-    return LiveResult(load, run, Path(run_dir) if run_dir else None, pred, lo, hi, med, extras, series, speed, raw)
+    return LiveResult(load, run, Path(run_dir) if run_dir else None, pred, lo, hi, med, extras, series)
 
 
 def _rows(res: LiveResult, source: str) -> list[Row]:
@@ -272,37 +232,20 @@ def _open_run(res: LiveResult, source: str) -> OpenRun:
 
 def live_validate(url: str, profile: Profile, loads: Sequence[LiveLoad], out_dir=None, *, model: str | None = None,
                   clock_scale: float = 1.0, replications: int = 5, repeat: bool = False, api_key: str | None = None,
-                  retries: int = 1, probe: bool = False, say: Say = quiet) -> LiveValidation:
-    """Run each load live, predict it on the model, and score (docs/design/live-calibration.md).
-
-    probe: run speed_probe before the first load and after each one, and predict each load at the
-    geometric mean of the two probes beside it (the box's speed then, not at calibration)."""
+                  retries: int = 1, say: Say = quiet) -> LiveValidation:
+    """Run each load live, predict it on the model, and score (docs/design/live-calibration.md)."""
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"validate-live-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     source = f"live {url}"
     v = Validation()
     results, repeats = [], []
-
-    def probe_now(name: str) -> float:
-        s = speed_probe(url, profile, out / name, model=model, clock_scale=clock_scale, api_key=api_key,
-                        retries=retries, say=say)
-        say(f"  {name}: the box runs at {s:.3f} of the profile's speed")
-        return s
-
-    before = probe_now("speed-probe-0") if probe else 1.0
-    k = 0
     for rep in range(2 if repeat else 1):
         for load in loads:
             d = out / (load.name + ("" if rep == 0 else "-repeat"))
             say(f"  {d.name}: {load.num_prompts} requests of ~{load.input_len}+{load.output_len} tokens at "
                 f"{load.rate:.3g}/s" + (f", max concurrency {load.max_concurrency}" if load.max_concurrency else ""))
             run, steps = measure_load(url, load, d, model or None, clock_scale, api_key, retries, say)
-            speed = 1.0
-            if probe:
-                k += 1
-                after = probe_now(f"speed-probe-{k}")
-                speed, before = math.sqrt(before * after), after
-            res = compare_load(profile, load, run, d, steps, replications, clock_scale, speed)
+            res = compare_load(profile, load, run, d, steps, replications, clock_scale)
             (results if rep == 0 else repeats).append(res)
             if rep == 0:
                 v.rows += _rows(res, source)
