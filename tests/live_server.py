@@ -181,7 +181,9 @@ class VLLMHandle:
     model: str = MODEL_NAME
     startup_s: float = 0.0
     kv_cache_tokens: int | None = None  # parsed from "CPU KV cache size: N tokens"
+    cores: str = ""  # how the cores are shared out (isolate_worker)
     _log_file: object = field(default=None, repr=False)
+    _own_affinity: set | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -199,6 +201,9 @@ class VLLMHandle:
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the server's whole process group, then SIGKILL after ``timeout`` s."""
         _kill_group(self.proc, timeout)
+        if self._own_affinity is not None:  # this process gets its cores back
+            _set_affinity(os.getpid(), self._own_affinity)
+            self._own_affinity = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -216,6 +221,77 @@ def _group_alive(pgid: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """Processes of a process group, from /proc."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+            if int(fields[2]) == pgid:
+                out.append(int(d))
+    return out
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _set_affinity(pid: int, cpus: set) -> None:
+    """Every thread of `pid` to `cpus` (a thread created later inherits its creator's)."""
+    for tid in _threads(pid):
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
+def isolate_worker(handle: "VLLMHandle") -> str:
+    """Keep this process and the server's other processes off the cores of the engine's worker.
+
+    vLLM's CPU build binds its worker's OpenMP threads to some cores (on 2 cores: core 0, core 1
+    left to the rest) but pins nothing else, so the API server, the engine core and the test's
+    own client could land on the worker's core now and then, and the server's speed drifted by up
+    to 40% from one minute to the next (a CI round trip had every load 30-45% faster than its
+    calibration). The worker now has its cores to itself; returns what was done, for the log.
+    """
+    pids = _group_pids(handle.proc.pid)
+    comm = {}
+    for pid in pids:
+        try:
+            comm[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            pass
+    workers = [p for p, c in comm.items() if "Worker" in c]
+    if not workers:
+        return "cores shared (no worker process found)"
+    busy: set = set()
+    for w in workers:
+        for tid in _threads(w):
+            try:
+                a = os.sched_getaffinity(tid)
+            except OSError:
+                continue
+            if len(a) < len(os.sched_getaffinity(0)):  # the bound OpenMP threads, not the free ones
+                busy |= a
+    mine = os.sched_getaffinity(0)
+    rest = mine - busy
+    if not busy or not rest:
+        return f"cores shared (worker on {sorted(busy) or 'all cores'}, nothing left beside it)"
+    for pid in pids:
+        if pid not in workers:
+            _set_affinity(pid, rest)
+    handle._own_affinity = mine
+    _set_affinity(os.getpid(), rest)
+    return f"the worker has cores {sorted(busy)} to itself; its other processes and this one run on {sorted(rest)}"
 
 
 def _kill_group(proc: subprocess.Popen, timeout: float) -> None:
@@ -339,6 +415,9 @@ def start_vllm(
         m = re.findall(r"KV cache size: ([\d,]+) tokens", log_path.read_text(errors="replace"))
         if m:
             handle.kv_cache_tokens = int(m[-1].replace(",", ""))
+        handle.cores = isolate_worker(handle)
+        with open(log_path, "a") as f:
+            f.write(f"# capsim tests: {handle.cores}\n")
         return handle
 
 
