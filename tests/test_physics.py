@@ -13,7 +13,7 @@ from calibrate.priors import ROOFLINE_BW, prior_profile
 from calibrate.validate import validate, workload_for
 from simulator.profile import Profile, load_profile
 from simulator.uncertainty import Uncertainty, draw_profile
-from simulator.workload import RandomWorkload
+from simulator.workload import RandomWorkload, ShareGPTWorkload
 from tests.test_importers import RESULTS, needs_data
 
 NEMOTRON = RESULTS / "nemotron-3" / "nemotron-3-nano-30b-a3b" / "bf16"
@@ -135,6 +135,21 @@ def test_validation_notes_predictions_beyond_the_calibrated_batch():
     fr = fit_closed(closed_runs(MISTRAL), max_nfev=4)
     v = validate([r for r in open_runs(MISTRAL) if r.test == "07-office-baseline"], fr.profile, replications=1, n_jobs=1)
     assert any("outside the calibrated envelope" in n and "calibration ran at most 20" in n for n in v.notes)
+
+
+@needs_data
+@pytest.mark.parametrize("run_dir", [MISTRAL, GPT_OSS], ids=["tokenizer-counts-over", "tokenizer-counts-under"])
+def test_sharegpt_prompts_are_counted_as_the_served_models_tokenizer_counted_them(run_dir):
+    """The tokenizer at hand counts ShareGPT's prompts 11% over Mistral's and 8% under gpt-oss's:
+    the rebuilt sample's raw prompt tokens add up to the run's total_input_tokens."""
+    run = next(r for r in open_runs(run_dir) if r.test == "08-sharegpt")
+    prof, _ = prior_profile(load_meta(run_dir), 50.0)
+    wl = workload_for(run, prof)
+    assert isinstance(wl, ShareGPTWorkload) and wl.prompt_scale != 1.0
+    specs = wl.sample(int(run.params["num_prompts"]), int(run.params.get("seed") or 0))
+    assert sum(s.raw_prompt_tokens for s in specs) == pytest.approx(run.result["total_input_tokens"], rel=0.01)
+    assert sum(s.output_tokens for s in specs) == pytest.approx(run.result["total_output_tokens"], rel=0.01)
+    assert all(s.prompt_tokens == s.raw_prompt_tokens + prof.prompt_format.chat_template_tokens for s in specs)
 
 
 @needs_data
