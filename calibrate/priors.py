@@ -55,6 +55,11 @@ def spec_acceptance_prior(spec: dict, tokens_per_chunk: float | None) -> tuple[f
                "count streamed chunks, not tokens, so they do not identify it")
 
 
+# A model whose name reads dense but which decodes alone faster than a dense model of that size could
+# read its weights, by more than this factor, is taken for a mixture of experts (another quantisation
+# than the name's explains at most 4x, and the dtype is read off the run).
+MOE_BELOW = 0.2
+
 OTHER_GIB = 3.0  # activations, CUDA graphs and the allocator's slack beside weights and KV
 
 
@@ -132,11 +137,27 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
         t_min = active / ROOFLINE_BW
         if t_min > 0.9 / steps_per_s:
             f = 0.7 / steps_per_s / t_min
-            q["weight_bytes_fixed"] *= f
-            q["expert_bytes"] *= f
-            origin["architecture_scaled"] = (f"weights read per step scaled by {f:.2f}: the name's size cannot decode "
-                                             f"at the measured {c1_decode_tps:.1f} tokens/s "
-                                             f"({steps_per_s:.1f} steps/s) within {ROOFLINE_BW / 1e9:.0f} GB/s")
+            if not arch.moe and f < MOE_BELOW:
+                # A dense model of the name's size would need several times the box's bandwidth: it
+                # holds its size in memory but reads a fraction of it per token, so it is a mixture
+                # of experts whose name carries no active count (Mistral-Small-4-119B reads ~6.5B
+                # a token). Experts make the bytes a step reads grow with the batch; a dense model
+                # shrunk to the active size would not.
+                arch.params_active_b = f * arch.params_total_b
+                arch.n_experts, arch.top_k, arch.moe_layers = 128, 8, arch.layers
+                arch.assumed.append(f"a mixture of experts, {arch.params_active_b:.1f}B active (the name's "
+                                    f"{arch.params_total_b:g}B cannot decode at the measured speed), 128 experts, top-8")
+                q = step_quantities(arch, weights, kv_b)
+                origin["architecture_scaled"] = (f"taken for a mixture of experts with {arch.params_active_b:.1f}B active: "
+                                                 f"the name's {arch.params_total_b:g}B dense cannot decode at the measured "
+                                                 f"{c1_decode_tps:.1f} tokens/s ({steps_per_s:.1f} steps/s) within "
+                                                 f"{ROOFLINE_BW / 1e9:.0f} GB/s")
+            else:
+                q["weight_bytes_fixed"] *= f
+                q["expert_bytes"] *= f
+                origin["architecture_scaled"] = (f"weights read per step scaled by {f:.2f}: the name's size cannot "
+                                                 f"decode at the measured {c1_decode_tps:.1f} tokens/s "
+                                                 f"({steps_per_s:.1f} steps/s) within {ROOFLINE_BW / 1e9:.0f} GB/s")
     model_step = PhysicalStepModel(t0=0.003, bw_weights=0.8 * ROOFLINE_BW, bw_kv=0.8 * ROOFLINE_BW, alpha=0.8,
                                    flops=50e12, attn_flops=15e12, **q)
     num_blocks, groups = None, (KVGroup(16),)

@@ -18,6 +18,7 @@ from tests.test_importers import RESULTS, needs_data
 
 NEMOTRON = RESULTS / "nemotron-3" / "nemotron-3-nano-30b-a3b" / "bf16"
 GPT_OSS = RESULTS / "gpt-oss" / "gpt-oss-20b" / "mxfp4"
+GEMMA_31B = RESULTS / "gemma-4" / "gemma-4-31b-it" / "bf16"
 MISTRAL = RESULTS / "mistral-small-4" / "mistral-small-4-119b" / "nvfp4"
 
 
@@ -84,6 +85,29 @@ def test_a_renamed_model_in_no_table_still_calibrates_and_validates(tmp_path):
     assert fr.profile.step_model.bw_weights <= ROOFLINE_BW * (1 + 1e-9)
     v = validate([r for r in open_runs(run) if r.test == "08-sharegpt"], fr.profile, replications=2, n_jobs=1)
     assert v.rows and all(math.isfinite(r.predicted) for r in v.rows)
+
+
+@needs_data
+def test_a_name_that_reads_dense_but_decodes_like_a_mixture_of_experts_is_taken_for_one():
+    """Mistral-Small-4-119B renamed to a name with no active count and no table: a dense 119B in
+    nvfp4 reads 67 GB a step, which the box cannot do at the 30 tokens/s the runs measured alone;
+    the prior takes it for a mixture of experts with what the speed allows active (6.5B in truth)."""
+    meta = load_meta(MISTRAL) | {"model": "acme/Mystery-119B-NVFP4", "served_name": "mystery"}
+    runs = closed_runs(MISTRAL)
+    c1 = float(np.median([r.metrics["tg_req_throughput"][0] for run in runs for r in run.rows
+                          if r.concurrency == 1 and "tg_req_throughput" in r.metrics]))
+    prof, origin = prior_profile(meta, c1)
+    arch = prof.model["architecture"]
+    assert arch["n_experts"] > 0 and 3.0 < arch["params_active_b"] < 15.0 and arch["params_total_b"] == 119.0
+    assert "mixture of experts" in origin["architecture_scaled"] and "mixture of experts" in origin["architecture"]
+    assert prof.step_model.expert_bytes > 0 and prof.step_model.moe_layers == arch["layers"]
+    # a name that fits its speed stays dense: Gemma-4-31B (a table entry) and the same size unnamed
+    for model in ("google/gemma-4-31B-it", "acme/Mystery-31B"):
+        m = load_meta(GEMMA_31B) | {"model": model}
+        c = float(np.median([r.metrics["tg_req_throughput"][0] for run in closed_runs(GEMMA_31B) for r in run.rows
+                             if r.concurrency == 1 and "tg_req_throughput" in r.metrics]))
+        p31, o31 = prior_profile(m, c)
+        assert p31.model["architecture"]["n_experts"] == 0 and "mixture" not in o31.get("architecture_scaled", "")
 
 
 @needs_data
