@@ -10,7 +10,11 @@ Prints per run x test x metric: measured, predicted, error, in band; then per me
 11-rate-sweep) and how often the 5-95 % band holds the measured value. Writes the table as JSON
 (--json PATH, default benchmarks/accuracy.json) and as docs/accuracy.md.
 
+--anonymize scores copies of the runs whose model ids keep only their size and dtype (e.g.
+"acme/Model-35B-A3B"): no family table applies, as for a model capsim has never heard of.
+
 Usage: python benchmarks/accuracy.py [--shared DIR] [--jobs N] [--replications R] [--only SUBSTR ...] [--profiles DIR]
+                                     [--anonymize]
 Data: shared/data/spark-bench (CC-BY-4.0, Django de Vreng, djangodevreng/dgx-spark-benchmarks).
 """
 from __future__ import annotations
@@ -19,7 +23,10 @@ import argparse
 import json
 import math
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +52,28 @@ def sources(shared: Path, only: list[str]) -> list[str]:
     res = shared / "data" / "spark-bench" / "results"
     out = ["seed"] + [str(d) for d in sorted(res.glob("*/*/*")) if (d / "meta.json").is_file()]
     return [s for s in out if not only or any(o in s for o in only)]
+
+
+def anonymize(srcs: list[str], into: Path) -> list[str]:
+    """Copies of the runs whose model ids keep only the size and dtype tokens of the name."""
+    out = []
+    for i, src in enumerate(srcs):
+        if src == "seed":
+            out.append(src)
+            continue
+        run = Path(src)
+        dst = into / "results" / "anon" / f"model-{i}" / run.name
+        shutil.copytree(run, dst)
+        meta = json.loads((dst / "meta.json").read_text())
+        name = str(meta.get("model", "")).split("/")[-1]
+        keep = re.findall(r"(?i)(?<![a-z])(?:a?\d+(?:\.\d+)?b|bf16|fp8|nvfp4|mxfp4|awq|gptq)(?![a-z])",
+                          name.replace("-", " - "))
+        meta["model"] = "acme/Model-" + "-".join(keep)
+        meta["served_name"] = f"model-{i}"
+        (dst / "meta.json").write_text(json.dumps(meta, indent=1))
+        print(f"{short(src)} -> {short(str(dst))} ({meta['model']})")
+        out.append(str(dst))
+    return out
 
 
 def short(source: str) -> str:
@@ -161,10 +190,21 @@ def main(argv=None):
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "accuracy.md"))
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
     ap.add_argument("--profiles", help="save each fitted profile in this folder")
+    ap.add_argument("--anonymize", action="store_true",
+                    help="score copies whose model ids keep only size and dtype (no family table applies); "
+                         "writes no markdown unless --markdown is given")
     a = ap.parse_args(argv)
     srcs = sources(Path(a.shared), a.only)
     if not srcs:
         sys.exit(f"accuracy: no runs under {a.shared}/data/spark-bench/results")
+    tmp = None
+    write_md = not a.only
+    if a.anonymize:
+        tmp = tempfile.TemporaryDirectory(prefix="capsim-anon-")
+        srcs = anonymize(srcs, Path(tmp.name))
+        if a.json_path == ap.get_default("json_path"):
+            a.json_path = str(ROOT / "benchmarks" / "accuracy-anonymized.json")
+        write_md = write_md and a.markdown != ap.get_default("markdown")
     from joblib import Parallel, delayed
     t = time.perf_counter()
     results = Parallel(n_jobs=a.jobs)(delayed(score_one)(s, a.replications, a.profiles) for s in srcs)
@@ -176,7 +216,7 @@ def main(argv=None):
     print("\n".join(fmt_summary(s, results)))
     print(f"\n{len(results)} sources in {wall:.0f} s on {a.jobs} processes")
     Path(a.json_path).write_text(json.dumps({"summary": s, "results": results, "wall_seconds": wall}, indent=1) + "\n")
-    if not a.only:
+    if write_md:
         write_markdown(Path(a.markdown), s, results, wall, a.jobs)
 
 
