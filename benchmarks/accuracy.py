@@ -197,7 +197,7 @@ def main(argv=None):
     srcs = sources(Path(a.shared), a.only)
     if not srcs:
         sys.exit(f"accuracy: no runs under {a.shared}/data/spark-bench/results")
-    tmp = None
+    tmp = None  # the anonymized copies' folder, removed when main returns
     write_md = not a.only
     if a.anonymize:
         tmp = tempfile.TemporaryDirectory(prefix="capsim-anon-")

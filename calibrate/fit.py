@@ -342,6 +342,13 @@ def fit_decode_factors(prof: Profile, runs: list[ClosedRun], scale: float, itera
     return p
 
 
+def single_user_decode(runs: list[ClosedRun]) -> float | None:
+    """Median decode speed per user (tokens/s) of the runs' single-user tests: the prior's c1 speed."""
+    c1 = [r.metrics["tg_req_throughput"][0] for run in runs for r in run.rows
+          if r.concurrency == 1 and "tg_req_throughput" in r.metrics]
+    return float(np.median(c1)) if c1 else None
+
+
 def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int = 30,
                progress: Callable[[int, float], None] | None = None, combine: str | None = None) -> FitResult:
     """Fit a profile to closed-loop runs (one server configuration)."""
@@ -349,9 +356,7 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
         raise ValueError("calibration needs at least one closed-loop run")
     t_start = time.perf_counter()
     server = server or runs[0].server
-    c1 = [r.metrics["tg_req_throughput"][0] for run in runs for r in run.rows
-          if r.concurrency == 1 and "tg_req_throughput" in r.metrics]
-    prof, origin = prior_profile(server, float(np.median(c1)) if c1 else None)
+    prof, origin = prior_profile(server, single_user_decode(runs))
     if server.get("skipped_tests"):
         origin["calibrated_without"] = "; ".join(server["skipped_tests"])
     if server.get("unmodelled_flags"):

@@ -137,6 +137,8 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
         t_min = active / ROOFLINE_BW
         if t_min > 0.9 / steps_per_s:
             f = 0.7 / steps_per_s / t_min
+            cannot = (f"cannot decode at the measured {c1_decode_tps:.1f} tokens/s ({steps_per_s:.1f} steps/s) "
+                      f"within {ROOFLINE_BW / 1e9:.0f} GB/s")
             if not arch.moe and f < MOE_BELOW:
                 # A dense model of the name's size would need several times the box's bandwidth: it
                 # holds its size in memory but reads a fraction of it per token, so it is a mixture
@@ -149,15 +151,11 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
                                     f"{arch.params_total_b:g}B cannot decode at the measured speed), 128 experts, top-8")
                 q = step_quantities(arch, weights, kv_b)
                 origin["architecture_scaled"] = (f"taken for a mixture of experts with {arch.params_active_b:.1f}B active: "
-                                                 f"the name's {arch.params_total_b:g}B dense cannot decode at the measured "
-                                                 f"{c1_decode_tps:.1f} tokens/s ({steps_per_s:.1f} steps/s) within "
-                                                 f"{ROOFLINE_BW / 1e9:.0f} GB/s")
+                                                 f"the name's {arch.params_total_b:g}B dense {cannot}")
             else:
                 q["weight_bytes_fixed"] *= f
                 q["expert_bytes"] *= f
-                origin["architecture_scaled"] = (f"weights read per step scaled by {f:.2f}: the name's size cannot "
-                                                 f"decode at the measured {c1_decode_tps:.1f} tokens/s "
-                                                 f"({steps_per_s:.1f} steps/s) within {ROOFLINE_BW / 1e9:.0f} GB/s")
+                origin["architecture_scaled"] = f"weights read per step scaled by {f:.2f}: the name's size {cannot}"
     model_step = PhysicalStepModel(t0=0.003, bw_weights=0.8 * ROOFLINE_BW, bw_kv=0.8 * ROOFLINE_BW, alpha=0.8,
                                    flops=50e12, attn_flops=15e12, **q)
     num_blocks, groups = None, (KVGroup(16),)

@@ -273,6 +273,7 @@ def isolate_worker(handle: "VLLMHandle") -> str:
     workers = [p for p, c in comm.items() if "Worker" in c]
     if not workers:
         return "cores shared (no worker process found)"
+    mine = os.sched_getaffinity(0)
     busy: set = set()
     for w in workers:
         for tid in _threads(w):
@@ -280,9 +281,8 @@ def isolate_worker(handle: "VLLMHandle") -> str:
                 a = os.sched_getaffinity(tid)
             except OSError:
                 continue
-            if len(a) < len(os.sched_getaffinity(0)):  # the bound OpenMP threads, not the free ones
+            if len(a) < len(mine):  # the bound OpenMP threads, not the free ones
                 busy |= a
-    mine = os.sched_getaffinity(0)
     rest = mine - busy
     if not busy or not rest:
         return f"cores shared (worker on {sorted(busy) or 'all cores'}, nothing left beside it)"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from calibrate.architectures import architecture_for, name_params, step_quantities, weight_dtype
-from calibrate.fit import fit_closed
+from calibrate.fit import fit_closed, single_user_decode
 from calibrate.importers import closed_runs, load_meta, open_runs
 from calibrate.priors import ROOFLINE_BW, prior_profile
 from calibrate.validate import validate, workload_for
@@ -93,20 +93,14 @@ def test_a_name_that_reads_dense_but_decodes_like_a_mixture_of_experts_is_taken_
     nvfp4 reads 67 GB a step, which the box cannot do at the 30 tokens/s the runs measured alone;
     the prior takes it for a mixture of experts with what the speed allows active (6.5B in truth)."""
     meta = load_meta(MISTRAL) | {"model": "acme/Mystery-119B-NVFP4", "served_name": "mystery"}
-    runs = closed_runs(MISTRAL)
-    c1 = float(np.median([r.metrics["tg_req_throughput"][0] for run in runs for r in run.rows
-                          if r.concurrency == 1 and "tg_req_throughput" in r.metrics]))
-    prof, origin = prior_profile(meta, c1)
+    prof, origin = prior_profile(meta, single_user_decode(closed_runs(MISTRAL)))
     arch = prof.model["architecture"]
     assert arch["n_experts"] > 0 and 3.0 < arch["params_active_b"] < 15.0 and arch["params_total_b"] == 119.0
     assert "mixture of experts" in origin["architecture_scaled"] and "mixture of experts" in origin["architecture"]
     assert prof.step_model.expert_bytes > 0 and prof.step_model.moe_layers == arch["layers"]
     # a name that fits its speed stays dense: Gemma-4-31B (a table entry) and the same size unnamed
     for model in ("google/gemma-4-31B-it", "acme/Mystery-31B"):
-        m = load_meta(GEMMA_31B) | {"model": model}
-        c = float(np.median([r.metrics["tg_req_throughput"][0] for run in closed_runs(GEMMA_31B) for r in run.rows
-                             if r.concurrency == 1 and "tg_req_throughput" in r.metrics]))
-        p31, o31 = prior_profile(m, c)
+        p31, o31 = prior_profile(load_meta(GEMMA_31B) | {"model": model}, single_user_decode(closed_runs(GEMMA_31B)))
         assert p31.model["architecture"]["n_experts"] == 0 and "mixture" not in o31.get("architecture_scaled", "")
 
 

@@ -17,7 +17,7 @@ from simulator.profile import KVGroup, Profile
 from simulator.records import RunResult
 
 from ..fit import (API_PARAMS, FIT_PARAMS, START, FitResult, residual_vector, compare, fit_decode_factors, fit_parameters,
-                   residual_provenance)
+                   residual_provenance, single_user_decode)
 from ..priors import prior_profile
 from ..results import ClosedRun
 from .messages import LiveError
@@ -57,9 +57,7 @@ def fit_live(runs: list[ClosedRun], facts: ServerFacts, max_nfev: int = 150, pro
     if not runs:
         raise LiveError("calibration needs at least one closed-loop run")
     t_start = time.perf_counter()
-    c1 = [r.metrics["tg_req_throughput"][0] for run in runs for r in run.rows
-          if r.concurrency == 1 and "tg_req_throughput" in r.metrics]
-    c1_tps = float(np.median(c1)) if c1 else None
+    c1_tps = single_user_decode(runs)
     prof, origin = prior_profile(facts.server_dict(), c1_tps)
     if start is not None:
         prof.step_model = start.step_model.__class__(**dataclasses.asdict(start.step_model))
