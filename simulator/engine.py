@@ -38,6 +38,7 @@ from typing import Callable
 
 import numpy as np
 import simpy
+from simpy.events import PENDING
 
 from .kvcache import KVCache
 from .profile import Profile
@@ -148,9 +149,9 @@ class _Req:
 
 
 class _Step:
-    __slots__ = ("items", "start", "end", "k", "ends", "first_idx", "ctx0", "mem")
+    __slots__ = ("items", "start", "end", "k", "ends", "first_idx", "mem")
 
-    def __init__(self, items, start, k=1, ends=None, ctx0=None, mem=False):
+    def __init__(self, items, start, k=1, ends=None, mem=False):
         self.items = items  # [(req, n_tokens, emits, epoch)]
         self.mem = mem  # members decode in it too (one token each, not in items)
         self.start = start
@@ -158,7 +159,18 @@ class _Step:
         self.ends = ends
         self.end = float(ends[-1]) if ends is not None else None
         self.first_idx = -1
-        self.ctx0 = ctx0
+
+
+class _Relay:
+    """A callback that triggers `event` the first time it is called (Condition.any_events, without a value)."""
+    __slots__ = ("event",)
+
+    def __init__(self, event: simpy.Event):
+        self.event = event
+
+    def __call__(self, _ev) -> None:
+        if self.event._value is PENDING:
+            self.event.succeed()
 
 
 class Engine:
@@ -615,6 +627,49 @@ class Engine:
         step.ends = step.ends[:k_new]
         step.end = float(step.ends[-1])
 
+    def _run_times(self, items, mem: bool, first_idx: int, k: int) -> np.ndarray:
+        """model.decode_run(ctx0, k) for the run launched now, ctx0 being every request's context before its
+        first step (items: computed - 1, as step 1 is scheduled; members scheduled now: m_base + first_idx - 1).
+
+        decode_run's own feature building (a sort, a cumulative table, a search: two thirds of its time)
+        is not needed here: the full-context sums follow from the total, which the members keep, and in
+        the window sums every context of at least window - 1 adds the window in every step, so only the
+        few below it are summed, step by step. The very integer features decode_run builds go to
+        model.times; tests/test_engine_speed.py holds the two equal.
+        """
+        w = self.window
+        b = len(items)
+        s0 = 0
+        below = []  # contexts under window - 1: min(c + j + 1, w) grows for some steps
+        for r, _, _, _ in items:
+            c = r.computed - 1
+            s0 += c
+            if w and c < w - 1:
+                below.append(c)
+        if mem and self._mem:  # every member scheduled now decodes in all k steps (_run_length)
+            n = self._m_n
+            b += n
+            s0 += self._m_base_sum + n * (first_idx - 1)
+            if self._m_bel:  # members under the window at this step (_schedule_members keeps m_below)
+                below += [r.m_base + first_idx - 1 for r in self._m_bel]
+        if len(below) * k > 1 << 16:  # the table is cheaper than a large outer sum
+            ctx0 = np.array([r.computed - 1 for r, _, _, _ in items], dtype=np.int64)
+            if mem and self._mem:
+                base = np.fromiter((r.m_base for r in self._m_in), dtype=np.int64, count=len(self._m_in))
+                ctx0 = np.concatenate([ctx0, base + (first_idx - 1)])
+            return self.model.decode_run(ctx0, k)
+        cf = np.arange(s0 + b, s0 + b * k + 1, b, dtype=np.int64)  # s0 + b * (j + 1), j < k
+        if not w:
+            cw = np.zeros(k, dtype=np.int64)
+        elif below:
+            j1 = np.arange(1, k + 1, dtype=np.int64)
+            o = np.add.outer(np.array(below, dtype=np.int64), j1)
+            cw = np.add.reduce(np.minimum(o, w, out=o), axis=0)
+            cw += (b - len(below)) * w
+        else:
+            cw = np.full(k, b * w, dtype=np.int64)
+        return self.model.times(b, b, cf, cw, cf, cw)
+
     def _launch(self, sched, start: float) -> None:
         items, preempted, sums, mem = sched
         k = self._run_length(items, preempted, sums[3], sums[0] if mem else 0, mem)
@@ -626,17 +681,13 @@ class Engine:
                 d = d * noise[0]
             step = _Step(items, start, 1, np.array([start + d]), mem=mem)
         else:
-            ctx0 = np.array([r.computed - 1 for r, _, _, _ in items], dtype=np.int64)
-            if mem and self._mem:  # every member scheduled now decodes in all k steps (_run_length)
-                base = np.fromiter((r.m_base for r in self._m_in), dtype=np.int64, count=len(self._m_in))
-                ctx0 = np.concatenate([ctx0, base + (first_idx - 1)])
+            d = self._run_times(items, mem, first_idx, k)
             self._advance(items, k - 1)  # step 1 was scheduled normally
-            d = self.model.decode_run(ctx0, k)
             noise = self._noise(first_idx, k)
             if noise is not None:
                 d = d * noise
             ends = np.add.accumulate(np.concatenate([[start], d]))[1:]
-            step = _Step(items, start, k, ends, ctx0, mem=mem)
+            step = _Step(items, start, k, ends, mem=mem)
             self._pending = None  # arrivals before this schedule are in `waiting` already
             if self.trace is not None:
                 self._trace(len(items) * k, False, [], k)
@@ -664,6 +715,7 @@ class Engine:
         self._h_cross: list = []  # (step whose context reaches the window, id, req)
         self._h_fs: list = []  # (fs, id, req)
         self._h_k: list = []  # (last step a decode run may reach + 1, id, req)
+        self._m_bel: dict[_Req, None] = {}  # the scheduled members whose m_below is set
         self._m_n = self._m_base_sum = self._m_below_n = self._m_below_sum = 0
 
     def _m_out(self, r: _Req) -> None:
@@ -674,6 +726,7 @@ class Engine:
         self._m_base_sum -= r.m_base
         if r.m_below:
             r.m_below = False
+            del self._m_bel[r]
             self._m_below_n -= 1
             self._m_below_sum -= r.m_base
 
@@ -720,6 +773,7 @@ class Engine:
             _, i, r = heapq.heappop(h)
             if r.mem and r.m_id == i and r.m_below:
                 r.m_below = False
+                del self._m_bel[r]
                 self._m_below_n -= 1
                 self._m_below_sum -= r.m_base
         join, general = [], []
@@ -758,6 +812,7 @@ class Engine:
             self._m_base_sum += r.m_base
             r.m_below = bool(w) and cj + 1 < w
             if r.m_below:
+                self._m_bel[r] = None
                 self._m_below_n += 1
                 self._m_below_sum += r.m_base
                 heapq.heappush(self._h_cross, (w - r.m_base, i, r))
@@ -969,11 +1024,17 @@ class Engine:
                 if n_exec == 0:
                     break
                 target = float(head.ends[n_exec - 1])
-                self._wake = env.event()
+                # timeout | wake without a Condition (its value and callbacks cost more than the wait):
+                # either one triggers `first`, whose processing resumes the loop, as the Condition's did
+                wake = self._wake = env.event()
+                first = env.event()
+                relay = _Relay(first)
+                env.timeout(max(0.0, target - env.now)).callbacks.append(relay)
+                wake.callbacks.append(relay)
                 self.events += 1
-                res = yield env.timeout(max(0.0, target - env.now)) | self._wake
-                if self._wake in res:
-                    continue  # an arrival: re-check how far the run stays knowable
+                yield first
+                if wake.callbacks is None:
+                    continue  # an arrival was processed by then: re-check how far the run stays knowable
                 break
             self._process(head, n_exec)
             if n_exec:
