@@ -70,8 +70,8 @@ async def capsim_client(url: str, streams: int, n_req: int, tokens: int, rate: f
     run = await run_open_async(url, "fake-model", RandomWorkload(16, tokens), OpenLoop(rate=rate, max_concurrency=streams),
                                n_req, endpoint="completions", progress=False, scrape_metrics=False,
                                keep_text=True)
-    cpu = run.meta["client_cpu_s"]  # CPU of the dispatch-to-drain phase (prompt preparation excluded)
-    texts = run.meta["_texts"]
+    cpu = run.client.cpu_s  # CPU of the dispatch-to-drain phase (prompt preparation excluded)
+    texts = run.live.texts
     lags, mismatched = [], 0
     for r in run.records:
         stamps = np.array([float(x) for x in texts[r.request_id].split()])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from simulator.records import ClosedLoopFacts, LiveFacts
+
 from .importers import ImporterError, closed_runs, load_source, open_runs
 from .results import ClosedRun, OpenRun
 from .seed import seed_closed_runs, seed_open_runs
@@ -36,13 +38,14 @@ def _capsim_run(path: Path, kind: str) -> list:
         raise ImporterError(str(e)) from None
     if run.kind != kind:
         return []
-    m = run.meta
+    live = run.live or LiveFacts()
+    x = run.extra  # server limits an older measure wrote into meta
     # what measure read off the server: /v1/models (run.json's server) and /metrics' cache_config
     facts = info.get("server") if isinstance(info.get("server"), dict) else {}
-    cache = m.get("server_cache_config") or {}
-    server = {"model": m.get("model"), "url": m.get("url"),
-              "max_model_len": m.get("max_model_len") or _count(facts.get("max_model_len")),
-              "max_num_batched_tokens": m.get("max_num_batched_tokens"), "max_num_seqs": m.get("max_num_seqs"),
+    cache = (run.server_metrics.cache_config if run.server_metrics is not None else None) or {}
+    server = {"model": live.model, "url": live.url,
+              "max_model_len": x.get("max_model_len") or _count(facts.get("max_model_len")),
+              "max_num_batched_tokens": x.get("max_num_batched_tokens"), "max_num_seqs": x.get("max_num_seqs"),
               "num_gpu_blocks": _count(cache.get("num_gpu_blocks")),
               "kv_cache_size_tokens": _count(cache.get("kv_cache_size_tokens")), "block_size": _count(cache.get("block_size"))}
     ok = [r for r in run.records if r.ok]
@@ -50,16 +53,20 @@ def _capsim_run(path: Path, kind: str) -> list:
     if chunks:  # usage tokens per streamed chunk: above 1 with speculative decoding
         server["tokens_per_chunk"] = sum(r.output_tokens for r in ok) / chunks
     if kind == "closed":
-        return [ClosedRun(source=str(path), test=path.name, model=str(m.get("model")), runs=m.get("runs"),
-                          latency_mode=m.get("latency_mode", "generation"),
-                          latency_ms=1000.0 * float(m.get("latency_s") or 0.0), version="capsim measure",
+        cl = run.closed_loop or ClosedLoopFacts()
+        return [ClosedRun(source=str(path), test=path.name, model=str(live.model), runs=cl.runs,
+                          latency_mode=cl.latency_mode if cl.latency_mode is not None else "generation",
+                          latency_ms=1000.0 * float(cl.latency_s or 0.0), version="capsim measure",
                           rows=[r for r in summarize_closed(run) if r.metrics], server=server, path=str(path))]
-    wl = dict(m.get("workload") or {})
-    params = {"backend": "openai-chat" if m.get("endpoint") == "chat" else "openai",
-              "endpoint": "/v1/chat/completions" if m.get("endpoint") == "chat" else "/v1/completions",
-              "num_prompts": m.get("num_prompts", len(run.records)), "request_rate": m.get("request_rate"),
-              "burstiness": m.get("burstiness", 1.0), "max_concurrency": m.get("max_concurrency"),
-              "seed": m.get("seed", 0), **{k: v for k, v in wl.items() if k != "dataset"}}
+    wl = dict(live.workload or {})
+    op = run.open_loop
+    params = {"backend": "openai-chat" if live.endpoint == "chat" else "openai",
+              "endpoint": "/v1/chat/completions" if live.endpoint == "chat" else "/v1/completions",
+              "num_prompts": op.num_prompts if op is not None and op.num_prompts is not None else len(run.records),
+              "request_rate": op.request_rate if op is not None else None,
+              "burstiness": op.burstiness if op is not None else 1.0,
+              "max_concurrency": op.max_concurrency if op is not None else None,
+              "seed": op.seed if op is not None and op.seed is not None else 0, **{k: v for k, v in wl.items() if k != "dataset"}}
     return [OpenRun(source=str(path), test=path.name, path=str(path), dataset=str(wl.get("dataset", "random")),
                     params=params, result=summarize_open(run), server=server)]
 

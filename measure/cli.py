@@ -29,6 +29,7 @@ from capsim.errors import user_errors
 from capsim.flags import MultiValue
 from simulator.errors import CapsimError
 from simulator.load import ClosedLoop, OpenLoop
+from simulator.records import LiveFacts
 from simulator.workload import RandomWorkload, ShareGPTWorkload
 
 from .drivers import run_closed, run_open
@@ -96,17 +97,19 @@ def _finish(run, out_dir: Path | None, as_json: bool, max_failures: int | None =
             summary_kw: dict | None = None, out_format: str | None = None, save_to: Path | None = None) -> None:
     """Print the summary; exit 130/143 (interrupted), 1 (stopped, nothing completed, or more than
     --max-failures failed) or 0 (failed requests, as vllm bench serve, are reported, not fatal)."""
-    status = run.meta.get("status", "complete")
+    status = run.status
+    live = run.live or LiveFacts()
     where = f"; run folder {out_dir}" if out_dir else ""
-    code = 143 if "SIGTERM" in str(run.meta.get("stop_reason")) else 130
+    code = 143 if "SIGTERM" in str(live.stop_reason) else 130
+    stop_reason = live.stop_reason if live.stop_reason is not None else "interrupted"
     if status == "interrupted" and not run.records:  # stopped before a request was sent: no empty tables
-        while_ = f" while {run.meta['stopped_in']}" if run.meta.get("stopped_in") else ""
-        click.echo(f"capsim measure: {run.meta.get('stop_reason', 'interrupted')}{while_}: nothing was measured"
+        while_ = f" while {live.stopped_in}" if live.stopped_in else ""
+        click.echo(f"capsim measure: {stop_reason}{while_}: nothing was measured"
                    f"{where + ' (closed as interrupted)' if out_dir else ''}", err=True)
         sys.exit(code)
     if run.kind == "closed" and out_format in ("json", "csv"):
         text = json_dumps(cli_json(run), indent=2) if out_format == "json" else \
-            flags.closed_csv(summarize_closed(run) if run.meta.get("tests") else [], str(run.meta.get("model")))
+            flags.closed_csv(summarize_closed(run) if run.closed_loop and run.closed_loop.tests else [], str(live.model))
     elif as_json:
         text = json_dumps(cli_json(run, summary_kw), indent=2)
     else:
@@ -121,12 +124,12 @@ def _finish(run, out_dir: Path | None, as_json: bool, max_failures: int | None =
     n = len(run.records)
     failed = sum(1 for r in run.records if not r.ok)
     if status == "interrupted":
-        click.echo(f"capsim measure: {run.meta.get('stop_reason', 'interrupted')}: partial run of {n} requests "
+        click.echo(f"capsim measure: {stop_reason}: partial run of {n} requests "
                    f"({n - failed} completed) written{where}", err=True)
         sys.exit(code)
-    first = run.meta.get("first_error") or "unknown error"
+    first = live.first_error or "unknown error"
     if status == "aborted" or (failed and failed == n) or (max_failures is not None and failed > max_failures):
-        why = (f"{run.meta.get('stop_reason')}; " if status == "aborted" else
+        why = (f"{live.stop_reason}; " if status == "aborted" else
                "no request completed; " if failed == n else f"more than --max-failures {max_failures}: ")
         click.echo(f"Error: {why}{failed} of {n} requests failed (first: {first}); "
                    f"{n - failed} completed records kept{where}", err=True)
@@ -291,16 +294,16 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
         return run, od
 
     run, od = _run_guarded(go)
-    stopped_early = run.meta.get("status") == "interrupted" and not run.records  # nothing to save
+    stopped_early = run.status == "interrupted" and not run.records  # nothing to save
     if (save_result is not None or append_result) and not stopped_early:
         bk = flags.backend_name(backend, ep)
-        model_id = model or run.meta.get("model")
-        date = _dt.datetime.fromtimestamp(run.meta.get("wall_start") or _dt.datetime.now().timestamp()) \
+        model_id = model or run.live.model
+        date = _dt.datetime.fromtimestamp(run.live.wall_start or _dt.datetime.now().timestamp()) \
             .strftime("%Y%m%d-%H%M%S")
         header = flags.result_header(backend=bk, label=label, model_id=model_id, tokenizer_id=tokenizer or model_id,
                                      num_prompts=num_prompts, rate=request_rate, burstiness=burstiness,
                                      max_concurrency=max_concurrency, metadata=meta_kv, date=date)
-        result = _run_guarded(lambda: vllm_bench_result(run, detailed=save_detailed, texts=run.meta.get("_texts"),
+        result = _run_guarded(lambda: vllm_bench_result(run, detailed=save_detailed, texts=run.live.texts,
                                                         header=header, summary_kw=skw))
         path = flags.result_path(save_result, append_result, result_dir, result_filename, label, bk, request_rate,
                                  max_concurrency, model_id, date)
@@ -344,7 +347,7 @@ def report(run_dir, as_json, csv_path, plot_path):
         if as_json:
             click.echo(json_dumps(cli_json(run) | ({"damage": damage} if damage else {}), indent=2))
         else:
-            status = run.meta.get("status", info.get("status"))
+            status = run.live.status if run.live is not None and run.live.status else info.get("status")
             click.echo(f"run {run_dir}: {run.kind} loop, {info.get('model')} at {info.get('url')}, "
                        f"status {status}{' but DAMAGED' if damage else ''}, {len(run.records)} records")
             click.echo(format_report(run, info))

@@ -8,14 +8,14 @@ request finished.
 
 Closed loop (llama-benchy): `ClosedLoop.batches(include_warmup=True)`; every
 batch sends its N requests at once and waits for all; warmup batches
-(run -1) are sent but not recorded; `meta["latency_s"]` is llama-benchy's
-measured latency and `meta["tests"]` maps each test key to
+(run -1) are sent but not recorded; `run.closed_loop.latency_s` is llama-benchy's
+measured latency and `run.closed_loop.tests` maps each test key to
 (pp, tg, depth, concurrency).
 
 Both write the run folder as they go (measure.runfiles) and stop cleanly on
 Ctrl-C (SIGINT) or SIGTERM: no new request is sent, in-flight requests get
 `grace` seconds, the rest are cancelled and recorded as interrupted, files are
-flushed and the RunResult comes back with meta["status"] == "interrupted".
+flushed and the RunResult comes back with run.live.status == "interrupted".
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ import numpy as np
 
 from simulator.errors import CapsimError
 from simulator.load import ClosedLoop, OpenLoop
-from simulator.records import RequestRecord, RunResult
+from simulator.records import (ClientHealth, ClosedLoopFacts, LiveFacts, OpenLoopFacts, RequestRecord, RunResult,
+                               ServerMetrics)
 from simulator.workload import (MixtureWorkload, RandomWorkload, ShareGPTWorkload, Workload,
                                 WorkloadError, random_length_bounds)
 
@@ -62,14 +63,15 @@ log = logging.getLogger("capsim.measure")
 _FRESH_LINE = {"fresh_line": True}
 
 
-def held_up(meta: dict) -> str | None:
+def held_up(client: ClientHealth | None) -> str | None:
     """The run's warnings that the client was held up, joined; None when it ran freely."""
-    return "; ".join(meta[k] for k in HELD_UP_WARNINGS if k in meta) or None
+    warnings = client.warnings if client is not None else {}
+    return "; ".join(warnings[k] for k in HELD_UP_WARNINGS if k in warnings) or None
 
 
-def _warn(meta: dict, key: str, text: str) -> None:
-    """A warning kept in the run's meta (run.json) and told (log) as it happens."""
-    meta[key] = text
+def _warn(client: ClientHealth, key: str, text: str) -> None:
+    """A warning kept in the run's client health (run.json) and told (log) as it happens."""
+    client.warnings[key] = text
     log.warning("warning: %s", text)
 
 
@@ -145,7 +147,6 @@ class _Session:
         self.first_error: str | None = None
         self._refused = 0
         self.info: dict[str, Any] = {}
-        self.meta: dict[str, Any] = {}
         self.builder: PromptBuilder | None = None
         self._signals: list[int] = []
         self.watch = LoopWatch(HELD_UP_S)
@@ -171,15 +172,15 @@ class _Session:
         body.update(self.extra_body)
         return body
 
-    def note_cpu(self, meta: dict, cpu_s: float, wall_s: float) -> None:
+    def note_cpu(self, client: ClientHealth, cpu_s: float, wall_s: float) -> None:
         """The client's own CPU during the run: near one core means it may have been the bottleneck."""
-        meta["client_cpu_s"] = round(cpu_s, 4)
-        meta["client_cpu_util"] = round(cpu_s / wall_s, 4) if wall_s > 0 else None
+        client.cpu_s = round(cpu_s, 4)
+        client.cpu_util = round(cpu_s / wall_s, 4) if wall_s > 0 else None
         if wall_s > 1.0 and cpu_s / wall_s > 0.8:
-            _warn(meta, "client_warning", f"the client used {100 * cpu_s / wall_s:.0f}% of a CPU core during the run; "
+            _warn(client, "client_warning", f"the client used {100 * cpu_s / wall_s:.0f}% of a CPU core during the run; "
                   "its timestamps may lag (fewer concurrent streams or a faster box)")
 
-    def note_schedule(self, meta: dict, records: list[RequestRecord], queued: bool) -> None:
+    def note_schedule(self, client: ClientHealth, records: list[RequestRecord], queued: bool) -> None:
         """How far behind its arrival schedule the client sent (start_time - scheduled_time).
 
         A client on schedule sends within a few ms. Seconds behind mean the client (or the
@@ -190,10 +191,10 @@ class _Session:
         lag = np.array([r.start_time - r.scheduled_time for r in records])
         if not len(lag):
             return
-        meta["send_lag_s"] = lag_summary(lag)
+        client.send_lag_s = lag_summary(lag)
         late = int((lag > HELD_UP_S).sum())
         if late and not queued:
-            _warn(meta, "schedule_warning", f"{late} of {len(lag)} requests were sent more than {HELD_UP_S:g} s "
+            _warn(client, "schedule_warning", f"{late} of {len(lag)} requests were sent more than {HELD_UP_S:g} s "
                   f"behind their arrival time (up to {lag.max():.2f} s): the client was held up, and the run is not "
                   "the load asked for")
 
@@ -220,16 +221,16 @@ class _Session:
             gc.unfreeze()
             self._froze = False
 
-    def note_stalls(self, meta: dict, start: float) -> None:
+    def note_stalls(self, client: ClientHealth, start: float) -> None:
         """The loop watch's figures; a stall past HELD_UP_S is a warning: the run's timestamps inside it are late."""
         lag = self.watch.summary()
         if lag is None:
             return
-        meta["loop_lag_s"] = lag
+        client.loop_lag_s = lag
         stalls = self.watch.stalls
         if stalls:
-            meta["client_stalls"] = [[round(t - start, 3), round(d, 3)] for t, d in stalls[:20]]
-            _warn(meta, "client_stall_warning",
+            client.stalls = [[round(t - start, 3), round(d, 3)] for t, d in stalls[:20]]
+            _warn(client, "client_stall_warning",
                   f"the client was held up {len(stalls)} time(s) for more than {HELD_UP_S:g} s (up to "
                   f"{lag['max']:.2f} s, first {stalls[0][0] - start:.1f} s into the run): tokens that arrived "
                   "meanwhile were stamped late, so TTFT, ITL and E2EL of the requests in flight are too long")
@@ -442,30 +443,29 @@ class _Session:
                     self.writer.append_metrics(after)
                 server_delta = prom.delta(before, after)
             await self.scraper.aclose()
-        run.meta["status"] = self.status()
+        live = run.live
+        live.status = self.status()
         if self.stopper.reason:
-            run.meta["stop_reason"] = self.stopper.reason
-        if server_delta:
-            run.meta["server_delta"] = server_delta
+            live.stop_reason = self.stopper.reason
         cache = (after or before or {}).get("cache_config") if (after or before) else None
-        if cache:
-            run.meta["server_cache_config"] = cache
-        run.meta["failed"] = self.n_fail
+        if server_delta or cache or self.scraper is not None:
+            run.server_metrics = ServerMetrics(delta=server_delta or None, cache_config=cache or None)
+            if self.scraper is not None:
+                run.server_metrics.samples = self.scraper.samples + (before is not None) + (after is not None)
+                run.server_metrics.available = bool(self.scraper.available)
+        live.failed = self.n_fail
         if self.warmup_fail:
-            run.meta["warmup_failed"] = self.warmup_fail
+            live.warmup_failed = self.warmup_fail
         if self.first_error:
-            run.meta["first_error"] = self.first_error
-        if self.scraper is not None:
-            run.meta["metrics_samples"] = self.scraper.samples + (before is not None) + (after is not None)
-            run.meta["metrics_available"] = bool(self.scraper.available)
+            live.first_error = self.first_error
         wall_end = time.time()
-        run.meta["wall_end"] = wall_end
+        live.wall_end = wall_end
         if self.keep_text:
-            run.meta["_texts"] = self.texts  # in memory only (keys with "_" are never written)
-        self.info.update(status=run.meta["status"], wall_end=wall_end,
+            live.texts = self.texts  # in memory only
+        self.info.update(status=live.status, wall_end=wall_end,
                          wall_end_iso=_dt.datetime.fromtimestamp(wall_end).astimezone().isoformat(timespec="seconds"),
                          start_time=run.start_time, end_time=run.end_time, duration=run.duration,
-                         records=len(run.records), meta=run.meta)
+                         records=len(run.records), meta=run.meta_json())
         if self.writer:
             self.writer.write_json("run.json", self.info)
             self.writer.write_json("summary.json", run_summary(run))
@@ -518,9 +518,9 @@ class _Session:
                 "wall_start_iso": _dt.datetime.fromtimestamp(wall).astimezone().isoformat(timespec="seconds"),
                 "timeout_s": self.client.timeout, "api_key_used": bool(self.client.api_key)}
 
-    def base_meta(self, kind: str) -> dict:
-        return {"model": self.model, "endpoint": self.endpoint, "url": self.client.public_url,
-                "server": self.server.get("server"), "wall_start": self.info.get("wall_start")}
+    def base_live(self) -> LiveFacts:
+        return LiveFacts(model=self.model, endpoint=self.endpoint, url=self.client.public_url,
+                         server=self.server.get("server"), wall_start=self.info.get("wall_start"))
 
 
 # ---------------------------------------------------------------- workload adaptation
@@ -554,8 +554,10 @@ class _SyncCounter:
         self.http.close()
 
 
-async def _adapt(workload: Workload, builder: PromptBuilder, client: Client, notes: dict) -> Workload:
-    """Give the workload the server's real special-token and chat-template counts."""
+async def _adapt(workload: Workload, builder: PromptBuilder, client: Client, live: LiveFacts,
+                 counters: list[_SyncCounter]) -> Workload:
+    """Give the workload the server's real special-token and chat-template counts (noted in `live`);
+    the /tokenize counters it made for ShareGPT are added to `counters`, for the caller to close."""
     tok = builder.tok
     chat_extra = max(0, builder.delta_user - builder.special_tokens) if builder.endpoint == "chat" else 0
     if isinstance(workload, RandomWorkload):
@@ -563,22 +565,22 @@ async def _adapt(workload: Workload, builder: PromptBuilder, client: Client, not
             fmt = dataclasses.replace(workload.fmt, special_tokens=builder.special_tokens,
                                       chat_template_tokens=chat_extra)
             if fmt != workload.fmt:
-                notes["random_format"] = {"special_tokens": fmt.special_tokens,
-                                          "chat_template_tokens": fmt.chat_template_tokens}
+                live.random_format = {"special_tokens": fmt.special_tokens,
+                                     "chat_template_tokens": fmt.chat_template_tokens}
                 workload = dataclasses.replace(workload, fmt=fmt)
         return workload
     if isinstance(workload, ShareGPTWorkload):
         if workload.dropped:
-            notes["sharegpt_dropped_records"] = workload.dropped
-        notes["sharegpt_records"] = len(workload._records or [])
+            live.sharegpt_dropped_records = workload.dropped
+        live.sharegpt_records = len(workload._records or [])
         if tok.available:
             workload.fmt = dataclasses.replace(workload.fmt, chat_template_tokens=chat_extra)
             if workload.count_tokens is None:
                 workload.count_tokens = _SyncCounter(client, tok.dialect, builder.model)
-                notes["_close"] = notes.get("_close", []) + [workload.count_tokens]
+                counters.append(workload.count_tokens)
         return workload
     if isinstance(workload, MixtureWorkload):
-        comps = [(w, await _adapt(c, builder, client, notes)) for w, c in workload.components]
+        comps = [(w, await _adapt(c, builder, client, live, counters)) for w, c in workload.components]
         return dataclasses.replace(workload, components=comps)
     return workload
 
@@ -633,7 +635,8 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
     conc = pattern.max_concurrency or num_prompts
     S = _Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
                  max_connections=conc + 5, grace=grace, keep_text=keep_text or save_detailed, extra_body=extra_body)
-    notes: dict[str, Any] = {}
+    live = LiveFacts()
+    counters: list[_SyncCounter] = []
     try:
         S.install_signals()
         connecting = f"connecting to {S.client.public_url}"
@@ -648,7 +651,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         async def prepare():
             try:
                 await b.setup()
-                wl = await _adapt(workload, b, S.client, notes)
+                wl = await _adapt(workload, b, S.client, live, counters)
                 specs = await _sample(wl, num_prompts, pattern.seed)
                 S.check_fits((s.prompt_tokens, s.max_tokens) for s in specs)
                 vocab = wl.fmt.vocab_size if isinstance(wl, RandomWorkload) else 262144
@@ -660,24 +663,25 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         if S.show_progress:
             log.info("preparing %s prompts with %s's tokenizer ...", num_prompts, S.client.public_url)
         prepared = await S.setup_step("preparing prompts", prepare())
-        for h in notes.pop("_close", []):
+        for h in counters:
             if prepared is None:
                 h.stop()  # its thread may still be in a call: stopped, not closed under it
             else:
                 h.close()
-        meta = S.base_meta("open") | {"request_rate": pattern.rate, "burstiness": pattern.burstiness,
-                                      "max_concurrency": pattern.max_concurrency, "num_prompts": num_prompts,
-                                      "seed": pattern.seed}
-        meta.update(notes)
+        live = dataclasses.replace(S.base_live(), random_format=live.random_format,
+                                   sharegpt_records=live.sharegpt_records,
+                                   sharegpt_dropped_records=live.sharegpt_dropped_records)
+        arrivals = OpenLoopFacts(request_rate=pattern.rate, burstiness=pattern.burstiness,
+                                 max_concurrency=pattern.max_concurrency, num_prompts=num_prompts, seed=pattern.seed)
         if prepared is None:  # stopped while preparing: the folder is closed as interrupted, nothing sent
             now = perf_counter()
-            meta["stopped_in"] = S.stopper.phase
-            run = RunResult([], now, now, "open", meta)
+            live.stopped_in = S.stopper.phase
+            run = RunResult([], now, now, "open", open_loop=arrivals, live=live)
             return await S.finish(run, None, None, save_result, save_detailed)
         wl, specs, prompts = prepared
-        meta["prompts"] = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
-        meta["workload"] = wl.describe()
-        S.info["prompts"] = meta["prompts"]
+        live.prompts = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
+        live.workload = wl.describe()
+        S.info["prompts"] = live.prompts
         S.prebuild(prompts)
         before = await S.setup_step("reading the server's /metrics", S.start_metrics())
         S.stopper.phase = None  # requests go out from here: a Ctrl-C gives those in flight --grace s
@@ -692,16 +696,17 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
             if await S.wait_stop(target - perf_counter()) or S.stopper.event.is_set():
                 break
             tasks.append(asyncio.create_task(S.send(lp, i, target, sem=sem)))
-        meta["sent_or_queued"] = len(tasks)
+        live.sent_or_queued = len(tasks)
         await S.drain(tasks)
         end = perf_counter()
-        S.note_cpu(meta, time.process_time() - cpu0, end - start)
+        client = ClientHealth()
+        S.note_cpu(client, time.process_time() - cpu0, end - start)
         await S.close_window()
-        S.note_stalls(meta, start)
+        S.note_stalls(client, start)
         S.progress.close()
         recs = sorted(S.records, key=lambda r: r.request_id)
-        S.note_schedule(meta, recs, queued=sem is not None)
-        run = RunResult(recs, start, end, "open", meta)
+        S.note_schedule(client, recs, queued=sem is not None)
+        run = RunResult(recs, start, end, "open", open_loop=arrivals, live=live, client=client)
         return await S.finish(run, before, None, save_result, save_detailed)
     except BaseException as e:
         S.fail(e)
@@ -745,8 +750,9 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                                             "depth": list(pattern.depth)}, pattern.describe()))
         b = S.builder
         tests = {bt.test: (bt.pp, bt.tg, bt.depth, bt.concurrency) for bt in batches}
-        meta = S.base_meta("closed") | {"tests": tests, "latency_mode": pattern.latency_mode,
-                                        "runs": pattern.runs, "warmup": pattern.warmup}
+        live = S.base_live()
+        loop = ClosedLoopFacts(tests=tests, latency_mode=pattern.latency_mode, runs=pattern.runs,
+                               warmup=pattern.warmup)
         prep_t0 = perf_counter()
 
         async def prepare():
@@ -766,13 +772,13 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         prepared = await S.setup_step("measuring latency and preparing prompts", prepare())
         if prepared is None:  # stopped while preparing: the folder is closed as interrupted, nothing sent
             now = perf_counter()
-            meta["latency_s"] = 0.0
-            meta["stopped_in"] = S.stopper.phase
-            return await S.finish(RunResult([], now, now, "closed", meta), None, None, None, False)
+            live.stopped_in = S.stopper.phase
+            return await S.finish(RunResult([], now, now, "closed", closed_loop=loop, live=live), None, None, None,
+                                  False)
         latency, batch_prompts = prepared
-        meta["latency_s"] = latency
-        meta["prompts"] = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
-        S.info["prompts"] = meta["prompts"]
+        loop.latency_s = latency
+        live.prompts = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
+        S.info["prompts"] = live.prompts
         for lps in batch_prompts:
             S.prebuild(lps)
         before = await S.setup_step("reading the server's /metrics", S.start_metrics())
@@ -806,12 +812,13 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                                   "aborted")
                 break
         end = perf_counter()
-        S.note_cpu(meta, time.process_time() - cpu0, end - start)
+        client = ClientHealth()
+        S.note_cpu(client, time.process_time() - cpu0, end - start)
         await S.close_window()
-        S.note_stalls(meta, start)
+        S.note_stalls(client, start)
         S.progress.close()
         recs = sorted(S.records, key=lambda r: r.request_id)
-        run = RunResult(recs, start, end, "closed", meta)
+        run = RunResult(recs, start, end, "closed", closed_loop=loop, live=live, client=client)
         return await S.finish(run, before, server_acc or {}, None, False)
     except BaseException as e:
         S.fail(e)

@@ -3,9 +3,10 @@
     RUN/run.json        what was run: kind, status (running | complete |
                         interrupted | aborted), server URL (no credentials),
                         model, endpoint, workload, pattern, versions, wall and
-                        perf_counter start/end, RunResult.meta (latency_s and
-                        tests for closed runs), prompt preparation facts,
-                        the server's /metrics before/after and their deltas.
+                        perf_counter start/end, "meta" (RunResult's facts,
+                        flat, as RunResult.meta_json writes them: latency_s
+                        and tests for closed runs, prompt preparation facts,
+                        the client's health, the server's /metrics deltas).
                         Rewritten atomically at start and at the end.
     RUN/records.jsonl   one RequestRecord.to_json() per line, appended and
                         flushed as each request completes (failures included).
@@ -30,7 +31,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from simulator.records import RequestRecord, RunResult
+from simulator.records import LiveFacts, OpenLoopFacts, RequestRecord, RunResult
 from simulator.summary import (ClosedRow, format_closed_table, format_open_summary, summarize_closed,
                                summarize_open)
 
@@ -168,16 +169,6 @@ def load_run_info(run_dir: str | os.PathLike) -> dict:
         raise MeasureError(f"{p}: unreadable run.json ({e})") from None
 
 
-def _meta_from_json(meta: dict) -> dict:
-    meta = dict(meta or {})
-    if isinstance(meta.get("tests"), dict):
-        meta["tests"] = {k: tuple(int(x) for x in v) for k, v in meta["tests"].items()}
-    for k in ("request_rate",):
-        if meta.get(k) == "inf":
-            meta[k] = math.inf
-    return meta
-
-
 def load_run(run_dir: str | os.PathLike) -> RunResult:
     """The RunResult of a run folder, complete or partial (interrupted, crashed)."""
     d = Path(run_dir)
@@ -192,17 +183,19 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         ends = [r.end_time if r.end_time is not None else (r.chunk_times[-1] if len(r.chunk_times) else r.start_time)
                 for r in recs]
         end = max(ends, default=start)
-    meta = _meta_from_json(info.get("meta") or {})
+    run = RunResult(records=recs, start_time=float(start), end_time=float(end), kind=info.get("kind", "open"),
+                    **RunResult.facts_from_json(info.get("meta") or {}))
     if bad:
-        meta["unreadable_record_lines"] = bad
-    return RunResult(records=recs, start_time=float(start), end_time=float(end), kind=info.get("kind", "open"),
-                     meta=meta)
+        if run.live is None:
+            run.live = LiveFacts()
+        run.live.unreadable_record_lines = bad
+    return run
 
 
 def run_damage(run: RunResult, info: dict) -> list[str]:
     """What is wrong with a run folder's records: unreadable lines, records missing against run.json's count."""
     out = []
-    bad = int(run.meta.get("unreadable_record_lines") or 0)
+    bad = run.live.unreadable_record_lines if run.live is not None else 0
     if bad:
         out.append(f"{bad} unreadable line{'s' if bad != 1 else ''} in records.jsonl")
     want = info.get("records")
@@ -228,17 +221,17 @@ def closed_rows_json(rows: list[ClosedRow]) -> list[dict]:
 
 
 def run_summary(run: RunResult, summary_kw: dict | None = None) -> dict:
-    """summary.json's content, computed from the records only (+ server deltas in meta).
+    """summary.json's content, computed from the records only (+ the server deltas in run.server_metrics).
     summary_kw: summarize_open's percentiles, metrics and goodput (vllm bench serve's flags)."""
-    out: dict[str, Any] = {"kind": run.kind, "status": run.meta.get("status", "complete")}
+    out: dict[str, Any] = {"kind": run.kind, "status": run.status}
     ok = [r for r in run.records if r.ok]
     if run.kind == "closed":
-        out["rows"] = closed_rows_json(summarize_closed(run)) if run.meta.get("tests") else []
+        out["rows"] = closed_rows_json(summarize_closed(run)) if _has_tests(run) else []
         out["completed"] = len(ok)
         out["failed"] = len(run.records) - len(ok)
     else:
         out["summary"] = summarize_open(run, **(summary_kw or {}))
-    server = run.meta.get("server_delta") or {}
+    server = _server_delta(run)
     if server:
         out["server"] = server
         if ok and server.get("mean_ttft_ms") is not None:
@@ -263,15 +256,17 @@ def format_report(run: RunResult, info: dict | None = None, summary_kw: dict | N
     s = run_summary(run, summary_kw)
     lines = []
     if run.kind == "closed":
-        rows = summarize_closed(run) if run.meta.get("tests") else []
-        lines.append(format_closed_table(rows, model=str(run.meta.get("model", "model")),
-                                         latency_mode=str(run.meta.get("latency_mode", "generation")),
+        cl = run.closed_loop
+        rows = summarize_closed(run) if _has_tests(run) else []
+        model = run.live.model if run.live is not None and run.live.model is not None else "model"
+        lines.append(format_closed_table(rows, model=str(model),
+                                         latency_mode=str((cl.latency_mode if cl else None) or "generation"),
                                          version="capsim measure"))
         lines.append(f"requests: {s['completed']} completed, {s['failed']} failed; "
-                     f"latency {1000 * float(run.meta.get('latency_s', 0)):.2f} ms")
+                     f"latency {1000 * float(cl.latency_s if cl else 0):.2f} ms")
     else:
-        rate = run.meta.get("request_rate")
-        lines.append(format_open_summary(s["summary"], rate=None if rate in (None, math.inf, "inf") else float(rate),
+        rate = run.open_loop.request_rate if run.open_loop is not None else None
+        lines.append(format_open_summary(s["summary"], rate=None if rate in (None, math.inf) else float(rate),
                                          metrics=(summary_kw or {}).get("metrics")))
     if "client_server_ttft_gap_ms" in s:
         lines.append(f"server TTFT (vllm:time_to_first_token_seconds, {int(s['server'].get('ttft_count', 0))} req): "
@@ -279,11 +274,13 @@ def format_report(run: RunResult, info: dict | None = None, summary_kw: dict | N
                      f"gap {s['client_server_ttft_gap_ms']:+.2f} ms")
     status = s.get("status")
     if status and status != "complete":
-        lines.append(f"run status: {status}" + (f" ({run.meta['stop_reason']})" if run.meta.get("stop_reason") else ""))
+        reason = run.live.stop_reason if run.live is not None else None
+        lines.append(f"run status: {status}" + (f" ({reason})" if reason else ""))
     if s.get("errors"):
         lines.append("errors: " + "; ".join(f"{n} x {k}" for k, n in s["errors"].items()))
     # told on stderr as they happened (measure.drivers._warn); a report read later shows them again
-    lines += [f"warning: {run.meta[k]}" for k in sorted(run.meta) if k.endswith("_warning")]
+    warnings = run.client.warnings if run.client is not None else {}
+    lines += [f"warning: {warnings[k]}" for k in sorted(warnings)]
     return "\n".join(lines)
 
 
@@ -295,21 +292,34 @@ def cli_json(run: RunResult, summary_kw: dict | None = None) -> Any:
     and num_preemptions (vllm:num_preemptions_total over the run). Closed: llama-benchy's JSON (version, latency_mode,
     latency_ms, model, benchmarks[] with metric -> {mean, std}).
     """
-    m = run.meta
+    live = run.live or LiveFacts()
     if run.kind == "closed":
-        return {"version": "capsim measure", "latency_mode": m.get("latency_mode"),
-                "latency_ms": 1000 * float(m.get("latency_s", 0.0)), "model": m.get("model"),
-                "benchmarks": closed_rows_json(summarize_closed(run)) if m.get("tests") else []}
-    rate = m.get("request_rate", math.inf)
-    wall = m.get("wall_start")
-    return {"date": _dt.datetime.fromtimestamp(wall).strftime("%Y%m%d-%H%M%S") if wall else None,
-            "backend": "openai-chat" if m.get("endpoint") == "chat" else "vllm", "model_id": m.get("model"),
-            "num_prompts": m.get("num_prompts", len(run.records)),
-            "request_rate": "inf" if rate in (math.inf, "inf", None) else rate,
-            "burstiness": m.get("burstiness", 1.0), "max_concurrency": m.get("max_concurrency"),
+        cl = run.closed_loop
+        return {"version": "capsim measure", "latency_mode": cl.latency_mode if cl else None,
+                "latency_ms": 1000 * float(cl.latency_s if cl else 0.0), "model": live.model,
+                "benchmarks": closed_rows_json(summarize_closed(run)) if _has_tests(run) else []}
+    return {"date": _dt.datetime.fromtimestamp(live.wall_start).strftime("%Y%m%d-%H%M%S") if live.wall_start else None,
+            "backend": "openai-chat" if live.endpoint == "chat" else "vllm", "model_id": live.model,
+            **_open_run_keys(run),
             **summarize_open(run, **(summary_kw or {})),
             # the simulator counts preemptions per request; live, the server's counter over the run
-            "num_preemptions": (m.get("server_delta") or {}).get("num_preemptions")}
+            "num_preemptions": _server_delta(run).get("num_preemptions")}
+
+
+def _has_tests(run: RunResult) -> bool:
+    return run.closed_loop is not None and bool(run.closed_loop.tests)
+
+
+def _server_delta(run: RunResult) -> dict:
+    return (run.server_metrics.delta if run.server_metrics is not None else None) or {}
+
+
+def _open_run_keys(run: RunResult) -> dict[str, Any]:
+    """vllm bench serve's num_prompts, request_rate, burstiness and max_concurrency of an open run."""
+    op = run.open_loop or OpenLoopFacts()
+    return {"num_prompts": op.num_prompts if op.num_prompts is not None else len(run.records),
+            "request_rate": "inf" if op.request_rate in (math.inf, None) else op.request_rate,
+            "burstiness": op.burstiness, "max_concurrency": op.max_concurrency}
 
 
 def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, str] | None = None,
@@ -321,21 +331,17 @@ def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, s
     (capsim.flags.result_header: backend, label, model_id, --metadata ...);
     summary_kw: summarize_open's percentiles, metrics and goodput.
     """
-    m = run.meta
+    live = run.live or LiveFacts()
     ok = [r for r in run.records if r.ok]
     s = summarize_open(run, **(summary_kw or {}))
-    rate = m.get("request_rate", math.inf)
     res: dict[str, Any] = {
-        "date": _dt.datetime.fromtimestamp(m.get("wall_start", 0) or 0).strftime("%Y%m%d-%H%M%S"),
-        "endpoint_type": "openai-chat" if m.get("endpoint") == "chat" else "openai",
-        "backend": "openai-chat" if m.get("endpoint") == "chat" else "vllm",
+        "date": _dt.datetime.fromtimestamp(live.wall_start or 0).strftime("%Y%m%d-%H%M%S"),
+        "endpoint_type": "openai-chat" if live.endpoint == "chat" else "openai",
+        "backend": "openai-chat" if live.endpoint == "chat" else "vllm",
         "label": None,
-        "model_id": m.get("model"),
-        "tokenizer_id": m.get("model"),
-        "num_prompts": m.get("num_prompts", len(run.records)),
-        "request_rate": "inf" if rate in (math.inf, "inf", None) else rate,
-        "burstiness": m.get("burstiness", 1.0),
-        "max_concurrency": m.get("max_concurrency"),
+        "model_id": live.model,
+        "tokenizer_id": live.model,
+        **_open_run_keys(run),
         "request_goodput": None,
     }
     if header:

@@ -56,7 +56,7 @@ import simpy
 from .engine import Engine
 from .errors import CapsimError
 from .profile import Profile
-from .records import RequestRecord, RunResult
+from .records import OfficeFacts, OpenLoopFacts, RequestRecord, RunResult
 from .sim import Frontend
 from .summary import DEFAULT_PERCENTILES, summarize_open
 from .workload import PromptFormat, RandomWorkload, RequestSpec, Workload
@@ -497,8 +497,9 @@ ROUTINGS = ("round-robin", "least-loaded")
 
 def simulate_sessions(profile: Profile, sessions: Sequence[Session], boxes: int = 1, routing: str = "round-robin",
                       prefix_hit: float = 0.0, max_concurrency: int | None = None, queue_in_ttft: bool = True,
-                      noise_seed: int = 0, fast_forward: bool = True, meta: dict | None = None,
-                      measure_from: float = 0.0) -> RunResult:
+                      noise_seed: int = 0, fast_forward: bool = True, measure_from: float = 0.0,
+                      staff: int | None = None, request_rate: float = math.inf,
+                      burstiness: float = 1.0) -> RunResult:
     """Play sessions on `boxes` identical engines behind a router; every request's record.
 
     Routing is per request: round-robin, or least-loaded by requests in flight
@@ -509,7 +510,8 @@ def simulate_sessions(profile: Profile, sessions: Sequence[Session], boxes: int 
     it. With one box, single-request sessions and no cap this is simulate_open.
     Records carry their work class in `test` and their session's index in `batch`.
     Requests pressed before `measure_from` (warm-up) load the box but are left
-    out of the result, whose clock then starts at `measure_from`.
+    out of the result, whose clock then starts at `measure_from`. `staff`, `request_rate`
+    and `burstiness` are only recorded in the result's facts (simulate_office passes them).
     """
     if boxes < 1:
         raise OfficeError(f"boxes must be >= 1, got {boxes}")
@@ -597,12 +599,13 @@ def simulate_sessions(profile: Profile, sessions: Sequence[Session], boxes: int 
             r.start_time = r.scheduled_time  # the user's clock: from pressing enter
     end = max((r.end_time for r in records if r.end_time is not None), default=measure_from)
     last = max(sessions[-1].time if sessions else 0.0, measure_from)
-    info = {"max_concurrency": None if (queue_in_ttft or cap is None) else cap,
-            "gateway_cap": cap, "queue_in_ttft": queue_in_ttft, "gateway_wait_s": waits,
-            "num_preemptions": sum(e.num_preemptions for e in engines), "boxes": boxes, "routing": routing,
-            "requests_per_box": sent_per_box, "prefix_hit": prefix_hit}
-    info.update(meta or {})
-    return RunResult(records, measure_from, max(end, last), "open", info)
+    return RunResult(records, measure_from, max(end, last), "open",
+                     open_loop=OpenLoopFacts(request_rate=request_rate, burstiness=burstiness,
+                                             max_concurrency=None if (queue_in_ttft or cap is None) else cap),
+                     num_preemptions=sum(e.num_preemptions for e in engines),
+                     office=OfficeFacts(boxes=boxes, routing=routing, requests_per_box=sent_per_box,
+                                        prefix_hit=prefix_hit, gateway_cap=cap, queue_in_ttft=queue_in_ttft,
+                                        gateway_wait_s=waits, staff=staff))
 
 
 def _at(env: simpy.Environment, t: float, fn: Callable[[], None]):
@@ -620,20 +623,20 @@ def simulate_office(profile: Profile, office: Office, staff: int | None = None, 
     return simulate_sessions(profile, sessions, boxes=boxes, routing=routing, prefix_hit=prefix_hit,
                              max_concurrency=office.max_concurrency, queue_in_ttft=office.queue_in_ttft,
                              noise_seed=seed if noise_seed is None else noise_seed, measure_from=office.warmup(profile.prompt_format),
-                             meta={"staff": n, "request_rate": office.office_rps(n), "burstiness": office.burstiness})
+                             staff=n, request_rate=office.office_rps(n), burstiness=office.burstiness)
 
 
 def summarize_office(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> dict:
     """summarize_open's keys, plus the gateway wait and the office's own rates."""
     s = summarize_open(run, percentiles)
-    waits = run.meta.get("gateway_wait_s")
-    if waits is not None and run.meta.get("gateway_cap"):
+    waits = run.office.gateway_wait_s if run.office is not None else None
+    if waits is not None and run.office.gateway_cap:
         w = waits if len(waits) else np.zeros(1)
         s["mean_gateway_wait_ms"] = float(np.mean(w)) * 1000
         for p in percentiles:
             key = f"p{int(p)}" if float(p).is_integer() else f"p{p}"
             s[f"{key}_gateway_wait_ms"] = float(np.percentile(w, p)) * 1000
-    s["num_preemptions"] = run.meta.get("num_preemptions", 0)
+    s["num_preemptions"] = run.num_preemptions or 0
     s["requests"] = len(run.records)
     return s
 

@@ -37,7 +37,7 @@ def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r
     prof = profile if r == 0 else draw_profile(profile, r)
     run = simulate_open(prof, workload.sample(n, seed=pat.seed), pat, noise_seed=r)
     s = summarize_open(run, **(summary_kw or {}))
-    s["num_preemptions"] = run.meta["num_preemptions"]
+    s["num_preemptions"] = run.num_preemptions
     return s
 
 
@@ -68,7 +68,7 @@ def replicate_open(profile: Profile, workload: Workload, num_prompts: int, patte
 
 def _closed_one(profile: Profile, pattern: ClosedLoop, r: int) -> tuple[list[ClosedRow], float]:
     run = simulate_closed(profile if r == 0 else draw_profile(profile, r), pattern, noise_seed=r)
-    return summarize_closed(run), run.meta["latency_s"]
+    return summarize_closed(run), run.closed_loop.latency_s
 
 
 def replicate_closed(profile: Profile, pattern: ClosedLoop, replications: int = 1, n_jobs: int | None = None):

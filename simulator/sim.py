@@ -17,7 +17,7 @@ import simpy
 from .engine import Engine
 from .load import ClosedLoop, OpenLoop
 from .profile import Profile
-from .records import RequestRecord, RunResult
+from .records import ClosedLoopFacts, OpenLoopFacts, RequestRecord, RunResult
 from .workload import RequestSpec, Workload
 
 
@@ -110,8 +110,9 @@ def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenL
     if stats is not None:
         stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions, engine.max_members))
     return RunResult(recs, 0.0, max(end, float(arrivals[-1])), "open",
-                     {"max_concurrency": cap, "request_rate": pattern.rate, "burstiness": pattern.burstiness,
-                      "num_preemptions": engine.num_preemptions})
+                     open_loop=OpenLoopFacts(request_rate=pattern.rate, burstiness=pattern.burstiness,
+                                             max_concurrency=cap),
+                     num_preemptions=engine.num_preemptions)
 
 
 LATENCY_PROBE_PROMPT = 2  # "hello" plus BOS, before the chat template
@@ -173,8 +174,8 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
         latency = 0.0
     if stats is not None:
         stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions, engine.max_members))
-    return RunResult(records, start, clock[0], "closed",
-                     {"latency_s": latency, "tests": tests, "num_preemptions": engine.num_preemptions})
+    return RunResult(records, start, clock[0], "closed", closed_loop=ClosedLoopFacts(tests=tests, latency_s=latency),
+                     num_preemptions=engine.num_preemptions)
 
 
 def simulate_workload_open(profile: Profile, workload: Workload, num_prompts: int, pattern: OpenLoop,

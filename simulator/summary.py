@@ -225,7 +225,7 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
         res["request_goodput"] = int(good.sum()) / dur if dur > 0 else 0.0
     queue = np.array([r.start_time - r.scheduled_time for r in ok])
     want = tuple(metrics) if metrics else \
-        OPEN_METRICS + (("client_queue_time",) if run.meta.get("max_concurrency") else ())
+        OPEN_METRICS + (("client_queue_time",) if run.open_loop is not None and run.open_loop.max_concurrency else ())
     values = {"ttft": ttfts, "tpot": tpots, "e2el": e2els, "client_queue_time": queue,
               "e2el_including_client_queue": e2els + queue}
     for name in want:
@@ -357,11 +357,11 @@ def summarize_closed(run: RunResult) -> list[ClosedRow]:
     """llama-benchy 0.4.0's table values from the records of a closed-loop run.
 
     Records carry `test` (one key per pp/tg/depth/concurrency) and `batch`
-    (the run index); `run.meta["latency_s"]` is the latency it subtracts and
-    `run.meta["tests"]` maps each key to (pp, tg, depth, concurrency).
+    (the run index); `run.closed_loop.latency_s` is the latency it subtracts and
+    `run.closed_loop.tests` maps each key to (pp, tg, depth, concurrency).
     """
-    latency = float(run.meta.get("latency_s", 0.0))
-    tests: dict = run.meta["tests"]
+    latency = float(run.closed_loop.latency_s)
+    tests = run.closed_loop.tests
     by_test: dict[str, dict[int, list[RequestRecord]]] = defaultdict(lambda: defaultdict(list))
     for r in run.records:
         if r.ok:

@@ -49,7 +49,7 @@ def same_records(a: RunResult, b: RunResult) -> None:
                 assert u is None or np.array_equal(u, v), (x.request_id, f)
             else:
                 assert u == v, (x.request_id, f, u, v)
-    assert a.meta.get("num_preemptions") == b.meta.get("num_preemptions")
+    assert a.num_preemptions == b.num_preemptions
 
 
 def reporter(path):

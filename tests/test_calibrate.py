@@ -202,20 +202,20 @@ def test_live_load_behind_schedule_is_run_again(tmp_path, monkeypatch):
     try:
         hold_up_client(monkeypatch, 0.4)
         run, _ = measure_load(srv.url, load, tmp_path / "l", retries=1, say=said.append)
-        assert "schedule_warning" not in run.meta and run.meta["send_lag_s"]["max"] < 0.25
-        (aside,) = run.meta["set_aside"]
+        assert "schedule_warning" not in run.client.warnings and run.client.send_lag_s["max"] < 0.25
+        (aside,) = run.live.set_aside
         assert aside["run_dir"] == str(tmp_path / "l-set-aside-1") and aside["send_lag_s"]["max"] > 0.3
         assert (tmp_path / "l-set-aside-1" / "records.jsonl").is_file() and (tmp_path / "l" / "run.json").is_file()
         assert len(said) == 1 and "run again" in said[0]
         # no retries left: the late run is what comes back, with its warning
         hold_up_client(monkeypatch, 0.4)
         run, _ = measure_load(srv.url, load, tmp_path / "m", retries=0)
-        assert "schedule_warning" in run.meta and "set_aside" not in run.meta
+        assert "schedule_warning" in run.client.warnings and not run.live.set_aside
         # a client stalled mid-stream (its sends on time) is set aside too
         stall_client(monkeypatch, 0.4)
         run, _ = measure_load(srv.url, load, tmp_path / "s", retries=1)
-        assert "client_stall_warning" not in run.meta and run.meta["loop_lag_s"]["max"] < 0.25
-        (aside,) = run.meta["set_aside"]
+        assert "client_stall_warning" not in run.client.warnings and run.client.loop_lag_s["max"] < 0.25
+        (aside,) = run.live.set_aside
         assert "stamped late" in aside["warning"] and aside["loop_lag_s"]["max"] > 0.35
         assert (tmp_path / "s-set-aside-1" / "records.jsonl").is_file()
         with pytest.raises(LiveError, match="retries must be 0 or more"):
@@ -239,7 +239,7 @@ def test_decode_factors_are_recovered_from_a_concurrency_ladder():
     for c in (1, 2, 4, 8):
         sim = simulate_closed(truth, ClosedLoop(combos=[(512, 64, 0, c)], runs=2, warmup=False))
         runs.append(ClosedRun(source="synthetic", test=f"c{c}", model="m", runs=2, latency_mode="generation",
-                              latency_ms=1000 * sim.meta["latency_s"], version="capsim",
+                              latency_ms=1000 * sim.closed_loop.latency_s, version="capsim",
                               rows=summarize_closed(sim)))
     smooth = truth.copy()
     smooth.step_model.decode_factors = None

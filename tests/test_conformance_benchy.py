@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.records import RequestRecord, RunResult
+from simulator.records import ClosedLoopFacts, RequestRecord, RunResult
 from simulator.summary import BENCHY_METRICS, peak_window_rate, summarize_closed
 from tests.live_server import SETUP_SCRIPT, clean_env, venv_python, vllm_available
 
@@ -78,8 +78,8 @@ def _records(case) -> RunResult:
                                       content_mask=np.array([c[1] for c in r["chunks"]]),
                                       chunk_tokens=np.array([c[2] for c in r["chunks"]]), end_time=r["end"],
                                       test="t", batch=b))
-    meta = {"latency_s": case["latency"], "tests": {"t": (case["pp"], case["tg"], 0, case["concurrency"])}}
-    return RunResult(recs, 0.0, max(r.end_time for r in recs), "closed", meta)
+    loop = ClosedLoopFacts(tests={"t": (case["pp"], case["tg"], 0, case["concurrency"])}, latency_s=case["latency"])
+    return RunResult(recs, 0.0, max(r.end_time for r in recs), "closed", closed_loop=loop)
 
 
 @pytest.fixture(scope="module")

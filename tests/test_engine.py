@@ -52,7 +52,7 @@ def test_preemption_pops_the_most_recent_request_and_recomputes():
     # 10 blocks of 4 tokens: two requests of 12-token prompts fit (3 blocks each) but cannot both grow to 20+
     prof = tiny_profile(budget=64, seqs=4, num_blocks=10, block=4, async_=False)
     r = run(prof, [spec(12, 12), spec(12, 12)], trace=steps.append)
-    assert r.meta["num_preemptions"] >= 1
+    assert r.num_preemptions >= 1
     assert all(x.ok and x.output_tokens == 12 for x in r.records)
     assert r.records[1].preemptions >= 1 and r.records[0].preemptions == 0  # the later admission is the victim
     assert max(s["kv_used"] for s in steps) <= 10
@@ -121,7 +121,7 @@ def test_fast_forward_gives_identical_records_under_preemption(async_):
     trace_ff, trace_step, stats = [], [], []
     a = simulate_open(prof, specs, OpenLoop(rate=4.0), fast_forward=True, trace=trace_ff.append, stats=stats)
     b = simulate_open(prof, specs, OpenLoop(rate=4.0), fast_forward=False, trace=trace_step.append, stats=stats)
-    assert b.meta["num_preemptions"] > 0 and any(r.preemptions for r in b.records)  # the case preempts
+    assert b.num_preemptions > 0 and any(r.preemptions for r in b.records)  # the case preempts
     _fast_forward_engaged(trace_ff, trace_step, *stats)
     same_records(a, b)
 
@@ -143,7 +143,7 @@ def test_fast_forward_gives_identical_records_under_kv_pressure(seed, seqs, bloc
                       stats=stats)
     b = simulate_open(prof, specs, OpenLoop(rate=4.0, seed=seed), fast_forward=False, trace=trace_step.append,
                       stats=stats)
-    assert b.meta["num_preemptions"] > 0  # the case preempts
+    assert b.num_preemptions > 0  # the case preempts
     _fast_forward_engaged(trace_ff, trace_step, *stats)
     same_records(a, b)
 

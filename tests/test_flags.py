@@ -170,8 +170,8 @@ def test_vllm_bench_serve_line_in_measure_open(fake, tmp_path):
     res = cap(["measure", "open", *argv, "--no-progress", "-o", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output + res.stderr
     run = load_run(tmp_path / "run")
-    m = run.meta
-    assert (m["endpoint"], m["model"], m["seed"], m["burstiness"], m["request_rate"], m["num_prompts"]) == \
+    live, op = run.live, run.open_loop
+    assert (live.endpoint, live.model, op.seed, op.burstiness, op.request_rate, op.num_prompts) == \
         ("chat", "fake-model", 42, 0.7, 30.0, 6)
     assert len(run.records) == 6 and all(r.ok for r in run.records)
     # --random-input-len 4000 --random-range-ratio 0.9: uniform in [400, 7600] (+ chat template), output [50, 950]
@@ -221,7 +221,7 @@ def test_save_result_bare_flag_default_name_and_detailed(fake, tmp_path, monkeyp
     out = json.loads(files[0].read_text())
     assert out["backend"] == "openai" and out["label"] == "lab" and out["tp"] == "1" and out["version"] == "0.3.3"
     assert len(out["ttfts"]) == 3 and len(out["generated_texts"]) == 3 and out["max_concurrency"] == 2
-    assert load_run("run").meta["endpoint"] == "completions"
+    assert load_run("run").live.endpoint == "completions"
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -320,7 +320,7 @@ def test_llama_benchy_line_in_measure_and_simulate_closed(fake, tmp_path, fmt):
     for res in (live, sim):
         assert res.exit_code == 0, res.output + res.stderr
     run = load_run(tmp_path / "c")
-    assert len(run.records) == 2 * (1 + 2) and run.meta["latency_mode"] == "generation"
+    assert len(run.records) == 2 * (1 + 2) and run.closed_loop.latency_mode == "generation"
     if fmt == "md":
         for res in (live, sim):
             assert "pp48 (c2)" in res.stdout and "tg4 (c1)" in res.stdout
@@ -388,7 +388,7 @@ def test_exit_on_first_fail(fake, tmp_path):
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and "--exit-on-first-fail" in err[0]
     run = load_run(tmp_path / "stop")
-    assert run.meta["status"] == "aborted" and len(run.records) < n_all
+    assert run.live.status == "aborted" and len(run.records) < n_all
 
 
 def test_help_says_where_defaults_differ():

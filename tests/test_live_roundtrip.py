@@ -233,10 +233,10 @@ def test_report(roundtrip):
                 say(f"{'':<26}                                 predicted {[int(x) for x in r.series['waiting_pred']]}")
     for name, results in rt["runs"].items():
         for r in results:
-            lag = r.run.meta.get("send_lag_s") or {}
-            for a in r.run.meta.get("set_aside", []):
+            lag = r.run.client.send_lag_s or {}
+            for a in r.run.live.set_aside:
                 say(f"{name}: set aside and run again: {a['warning']} ({a['run_dir']})")
-            loop = r.run.meta.get("loop_lag_s") or {}
+            loop = r.run.client.loop_lag_s or {}
             say(f"{name:<26} client send lag behind schedule: p50 {1e3 * lag.get('p50', math.nan):.1f} ms, "
                 f"max {1e3 * lag.get('max', math.nan):.1f} ms; event loop lag max "
                 f"{1e3 * loop.get('max', math.nan):.1f} ms")

@@ -123,7 +123,7 @@ def test_open_run_records_files_and_summary(fake, tmp_path):
     pattern = OpenLoop(rate=40.0, seed=3)
     run = run_open(srv.url, None, wl, pattern, 15, out_dir=tmp_path / "run", endpoint="completions",
                    progress=False)
-    assert run.meta["status"] == "complete" and run.meta["model"] == "fake-model"
+    assert run.live.status == "complete" and run.live.model == "fake-model"
     assert len(run.records) == 15 and all(r.ok for r in run.records)
     # completions endpoint: the server counts input_len (raw tokens + its BOS)
     assert [r.prompt_tokens for r in run.records] == [48] * 15
@@ -136,11 +136,11 @@ def test_open_run_records_files_and_summary(fake, tmp_path):
     # the sends were is told truly: the meta's send lag is the records' own, and a send or loop lag past
     # HELD_UP_S (a client held up: a busy box) is a warning, none below it. No bound on the lags themselves:
     # those are the machine's, not the client's (test_open_client_held_up_is_told holds a client up)
-    assert run.meta["max_concurrency"] is None and "mean_client_queue_time_ms" not in summarize_open(run)
+    assert run.open_loop.max_concurrency is None and "mean_client_queue_time_ms" not in summarize_open(run)
     lags = [r.start_time - r.scheduled_time for r in run.records]
-    assert run.meta["send_lag_s"]["max"] == pytest.approx(max(lags), abs=1e-4)
-    assert ("schedule_warning" in run.meta) == (max(lags) > HELD_UP_S)
-    assert ("client_stall_warning" in run.meta) == (run.meta["loop_lag_s"]["max"] > HELD_UP_S)
+    assert run.client.send_lag_s["max"] == pytest.approx(max(lags), abs=1e-4)
+    assert ("schedule_warning" in run.client.warnings) == (max(lags) > HELD_UP_S)
+    assert ("client_stall_warning" in run.client.warnings) == (run.client.loop_lag_s["max"] > HELD_UP_S)
     # files
     d = tmp_path / "run"
     assert sorted(p.name for p in d.iterdir()) == ["metrics.jsonl", "records.jsonl", "run.json", "summary.json"]
@@ -166,7 +166,7 @@ def test_open_chat_prompt_counts_include_template(fake):
     run = run_open(srv.url, "fake-model", RandomWorkload(40, 3), OpenLoop(), 6, endpoint="chat", progress=False)
     # 39 raw tokens + a chat template of 5 tokens (BOS included) = 44, as /tokenize promised
     assert [r.prompt_tokens for r in run.records] == [44] * 6
-    assert run.meta["random_format"] == {"special_tokens": 1, "chat_template_tokens": 4}
+    assert run.live.random_format == {"special_tokens": 1, "chat_template_tokens": 4}
     # chat: a role-only first chunk, counted by vllm bench serve's TTFT, not a content chunk
     r = run.records[0]
     assert len(r.chunk_times) == 4 and r.content_mask is not None and not r.content_mask[0]
@@ -205,14 +205,14 @@ def test_open_client_held_up_is_told(fake, monkeypatch, caplog):
     hold_up_client(monkeypatch, 0.4)
     run = run_open(srv.url, None, RandomWorkload(16, 2), OpenLoop(rate=50.0, seed=1), 6, progress=False)
     assert all(r.ok for r in run.records)
-    assert run.meta["send_lag_s"]["max"] > 0.3
-    assert "behind their arrival time" in run.meta["schedule_warning"]
+    assert run.client.send_lag_s["max"] > 0.3
+    assert "behind their arrival time" in run.client.warnings["schedule_warning"]
     assert any(m.startswith("warning: ") and "behind their arrival time" in m for m in _told(caplog))
     # a semaphore's wait is part of the load (vllm bench serve's --max-concurrency): no warning
     hold_up_client(monkeypatch, 0.0)
     srv2 = fake(ttft=0.3, itl=0.001)
     run = run_open(srv2.url, None, RandomWorkload(16, 2), OpenLoop(max_concurrency=1), 3, progress=False)
-    assert run.meta["send_lag_s"]["max"] > 0.25 and "schedule_warning" not in run.meta
+    assert run.client.send_lag_s["max"] > 0.25 and "schedule_warning" not in run.client.warnings
 
 
 def test_the_cli_shows_what_the_drivers_tell_as_capsim_measure_lines(capsys):
@@ -256,13 +256,13 @@ def test_client_stall_mid_stream_is_told(fake, monkeypatch, caplog):
     # all six sent at t=0: the stall comes after every send, so send lag cannot see it
     run = run_open(srv.url, None, RandomWorkload(16, 12), OpenLoop(), 6, progress=False)
     assert all(r.ok for r in run.records)
-    stalls = run.meta["client_stalls"]  # (when the tick was due, how late it woke), the injected one among them
+    stalls = run.client.stalls  # (when the tick was due, how late it woke), the injected one among them
     when, late = max(stalls, key=lambda x: x[1])
-    assert late >= 0.35 and late == pytest.approx(run.meta["loop_lag_s"]["max"], abs=1e-3)  # a lower bound only
+    assert late >= 0.35 and late == pytest.approx(run.client.loop_lag_s["max"], abs=1e-3)  # a lower bound only
     assert all(0 < w < run.duration for w, _ in stalls)
     assert all(r.start_time < run.start_time + when for r in run.records)  # every send came before the stall
-    assert ("schedule_warning" in run.meta) == (run.meta["send_lag_s"]["max"] > HELD_UP_S)
-    assert "stamped late" in run.meta["client_stall_warning"]
+    assert ("schedule_warning" in run.client.warnings) == (run.client.send_lag_s["max"] > HELD_UP_S)
+    assert "stamped late" in run.client.warnings["client_stall_warning"]
     assert any(m.startswith("warning: ") and "stamped late" in m for m in _told(caplog))
     assert f"warning: the client was held up {len(stalls)} time(s)" in format_report(run)
     # the streams in flight got their tokens meanwhile and were stamped on the loop's return: the 0.4 s
@@ -277,12 +277,12 @@ def test_client_stall_mid_stream_is_told(fake, monkeypatch, caplog):
     stall_client(monkeypatch, 0.4)
     run = run_closed(srv.url, None, ClosedLoop(pp=[16], tg=[12], depth=[0], concurrency=[3], runs=1,
                                                latency_mode="none", warmup=False), progress=False)
-    assert run.meta["loop_lag_s"]["max"] > 0.35 and "client_stall_warning" in run.meta
+    assert run.client.loop_lag_s["max"] > 0.35 and "client_stall_warning" in run.client.warnings
     stall_client(monkeypatch, 0.0, times=0)
     run = run_closed(srv.url, None, ClosedLoop(pp=[16], tg=[4], depth=[0], concurrency=[2], runs=1,
                                                latency_mode="none", warmup=False), progress=False)
     # nothing injected: a warning only if the machine itself held the loop up past HELD_UP_S
-    assert ("client_stall_warning" in run.meta) == (run.meta["loop_lag_s"]["max"] > HELD_UP_S)
+    assert ("client_stall_warning" in run.client.warnings) == (run.client.loop_lag_s["max"] > HELD_UP_S)
 
 
 def test_gc_is_frozen_for_the_measured_window(fake, monkeypatch):
@@ -314,10 +314,10 @@ def test_open_without_tokenize_or_metrics_uses_usage(fake):
     srv = fake(itl=0.001, tokenize=False, metrics=False)
     run = run_open(srv.url, None, RandomWorkload(30, 4), OpenLoop(), 5, progress=False)
     assert all(r.ok for r in run.records)
-    assert run.meta["prompts"]["tokenizer"] == "none"
+    assert run.live.prompts["tokenizer"] == "none"
     # the records carry the server's usage counts, whatever the prompt's true length
     assert all(r.prompt_tokens > 1 for r in run.records)
-    assert run.meta["metrics_available"] is False
+    assert run.server_metrics.available is False
 
 
 @pytest.mark.parametrize("endpoint", ["completions", "chat"])
@@ -326,13 +326,13 @@ def test_llamacpp_dialect(fake, tmp_path, endpoint):
     d = tmp_path / "l"
     run = run_open(srv.url, None, RandomWorkload(40, 4), OpenLoop(), 6, out_dir=d, endpoint=endpoint,
                    progress=False)
-    assert run.meta["prompts"]["tokenizer"] == "llamacpp" and run.meta["prompts"]["prompts_off_target"] == 0
+    assert run.live.prompts["tokenizer"] == "llamacpp" and run.live.prompts["prompts_off_target"] == 0
     want = 40 if endpoint == "completions" else 39 + 6
     assert all(r.ok for r in run.records) and [r.prompt_tokens for r in run.records] == [want] * 6
     samples = read_lines(d / "metrics.jsonl")
     assert all(s["server"] == "llama.cpp" for s in samples)
     assert samples[0]["cache_config"] == {"n_ctx": 4096, "total_slots": 4}
-    assert run.meta["server_delta"]["prompt_tokens_total"] == 6 * want
+    assert run.server_metrics.delta["prompt_tokens_total"] == 6 * want
     info = json.loads((d / "run.json").read_text())
     assert info["server"]["server"] == "llama.cpp" and info["server"]["server_version"] == "b0000-fake"
     closed = run_closed(srv.url, None, ClosedLoop(pp=[50], tg=[2], depth=[0, 20], runs=1, latency_mode="none"),
@@ -365,13 +365,13 @@ def test_closed_run_exact_shapes(fake, tmp_path, endpoint):
     srv = fake(itl=0.001)
     pattern = ClosedLoop(pp=[64], tg=[5], depth=[0, 50], concurrency=[1, 3], runs=2, latency_mode="api")
     run = run_closed(srv.url, None, pattern, out_dir=tmp_path / "c", endpoint=endpoint, progress=False)
-    assert run.meta["status"] == "complete" and run.kind == "closed"
+    assert run.live.status == "complete" and run.kind == "closed"
     assert len(run.records) == 2 * (1 + 3) * 2  # depths x concurrency x runs, warmups excluded
     for r in run.records:
-        pp, tg, depth, c = run.meta["tests"][r.test]
+        pp, tg, depth, c = run.closed_loop.tests[r.test]
         assert r.ok and r.prompt_tokens == pp + depth and r.output_tokens == tg
     assert sorted({r.batch for r in run.records}) == [0, 1]
-    assert run.meta["latency_s"] > 0
+    assert run.closed_loop.latency_s > 0
     batches = {}
     for r in run.records:
         batches.setdefault((r.test, r.batch), set()).add(r.scheduled_time)
@@ -379,7 +379,7 @@ def test_closed_run_exact_shapes(fake, tmp_path, endpoint):
     rows = summarize_closed(load_run(tmp_path / "c"))
     assert {(x.pp, x.depth, x.concurrency) for x in rows} == {(64, 0, 1), (64, 0, 3), (64, 50, 1), (64, 50, 3)}
     # per-batch server deltas: exactly the measured requests, warmups and probes excluded
-    sd = run.meta["server_delta"]
+    sd = run.server_metrics.delta
     assert sd["ttft_count"] == len(run.records)
     assert sd["prompt_tokens_total"] == sum(r.prompt_tokens for r in run.records)
 
@@ -422,7 +422,7 @@ def test_cli_open_json_keys_match_simulate_keys(fake, tmp_path):
     run = load_run(d)
     assert set(summarize_open(run)) < set(printed)
     assert printed["model_id"] == "fake-model" and printed["num_prompts"] == 5 and printed["request_rate"] == "inf"
-    assert printed["backend"] == "openai-chat" and run.meta["endpoint"] == "chat"
+    assert printed["backend"] == "openai-chat" and run.live.endpoint == "chat"
     # the same keys as `capsim simulate open --json`, so live and simulated runs diff key by key
     from capsim.cli import main as capsim_main
 
@@ -571,7 +571,7 @@ def test_fault_server_killed_mid_run(fake, tmp_path):
     assert len(recs) < 40  # it stopped sending to a dead server
     info = json.loads((d / "run.json").read_text())
     assert info["status"] == "aborted"
-    assert load_run(d).meta["status"] == "aborted"
+    assert load_run(d).live.status == "aborted"
 
 
 # ---------------------------------------------------------------- secrets
@@ -607,7 +607,7 @@ def test_url_credentials_not_stored(fake, tmp_path):
     srv = fake(itl=0.001)
     url = srv.url.replace("http://", "http://alice:pw-SECRET-77@")
     run = run_open(url, None, RandomWorkload(16, 2), OpenLoop(), 2, out_dir=tmp_path / "u", progress=False)
-    assert run.meta["url"] == srv.url
+    assert run.live.url == srv.url
     for p in (tmp_path / "u").rglob("*"):
         assert "pw-SECRET-77" not in p.read_text()
 
@@ -634,7 +634,7 @@ def test_sharegpt_cut_file_recovered(fake, tmp_path):
     assert res.exit_code == 0, res.output
     assert "recovered 11 complete conversations, dropped 1 partial record" in res.stderr
     run = load_run(d)
-    assert run.meta["sharegpt_dropped_records"] == 1 and run.meta["sharegpt_records"] == 11
+    assert run.live.sharegpt_dropped_records == 1 and run.live.sharegpt_records == 11
     # ShareGPT: reference output lengths as max_tokens, EOS allowed (no ignore_eos)
     assert all(r.ok and r.output_tokens == r.max_tokens for r in run.records)
     assert len({r.prompt_tokens for r in run.records}) > 1
@@ -673,7 +673,7 @@ def test_load_run_tolerates_cut_last_line(fake, tmp_path):
     info["status"] = "running"
     (d / "run.json").write_text(json.dumps(info))
     run = load_run(d)
-    assert len(run.records) == 4 and run.meta["unreadable_record_lines"] == 1
+    assert len(run.records) == 4 and run.live.unreadable_record_lines == 1
     assert run.end_time >= max(r.end_time for r in run.records)
     assert summarize_open(run)["completed"] == 4
 
@@ -930,7 +930,7 @@ def test_ctrl_c_while_every_request_hangs(fake, tmp_path):
     assert err.strip().splitlines()[-1] == ("capsim measure: interrupted by Ctrl-C: partial run of 4 requests "
                                             f"(0 completed) written; run folder {d}")
     run = load_run(d)
-    assert run.meta["status"] == "interrupted" and len(run.records) == 4
+    assert run.live.status == "interrupted" and len(run.records) == 4
     assert all(r.error == "interrupted: cancelled while in flight" for r in run.records)
 
 

@@ -52,7 +52,7 @@ def open_run(vllm_server, tmp_path_factory):  # noqa: F811
         # /v1/completions: vllm bench serve's default backend (raw prompt, no chat template)
         run = run_open(vllm_server.url, None, wl, OpenLoop(rate=OPEN_RATE, burstiness=1.0, seed=0), OPEN_N,
                        out_dir=d, endpoint="completions", progress=False)
-        held = held_up(run.meta)
+        held = held_up(run.client)
         if held is None:
             break
         print(f"\nlive open run {attempt}: set aside: {held}")
@@ -69,7 +69,7 @@ def _metrics(d):
 
 def test_closed_loop_completes_with_exact_shapes(closed_run):
     run, d = closed_run
-    assert run.meta["status"] == "complete" and run.meta["model"] == "gemma3-dummy"
+    assert run.live.status == "complete" and run.live.model == "gemma3-dummy"
     assert len(run.records) == 1 + 4
     assert all(r.ok for r in run.records), [r.error for r in run.records]
     # llama-benchy's adapted chat prompt: the server counts exactly pp tokens, template included
@@ -77,21 +77,21 @@ def test_closed_loop_completes_with_exact_shapes(closed_run):
     assert [r.output_tokens for r in run.records] == [TG] * 5
     # one SSE chunk per token plus vLLM's role-only first delta
     assert all(len(r.chunk_times) == TG + 1 and not r.content_mask[0] for r in run.records)
-    assert run.meta["latency_s"] > 0 and run.meta["prompts"]["prompts_off_target"] == 0
+    assert run.closed_loop.latency_s > 0 and run.live.prompts["prompts_off_target"] == 0
     rows = summarize_closed(load_run(d))
     assert {(x.pp, x.tg, x.concurrency) for x in rows} == {(PP, TG, 1), (PP, TG, 4)}
     for row in rows:
         assert row.metrics["tg_throughput"][0] > 0 and row.metrics["pp_throughput"][0] > 0
     c1 = next(x for x in rows if x.concurrency == 1).metrics
     c4 = next(x for x in rows if x.concurrency == 4).metrics
-    print(f"\nlive closed: latency {1000 * run.meta['latency_s']:.1f} ms; tg t/s c1 {c1['tg_throughput'][0]:.2f}, "
+    print(f"\nlive closed: latency {1000 * run.closed_loop.latency_s:.1f} ms; tg t/s c1 {c1['tg_throughput'][0]:.2f}, "
           f"c4 total {c4['tg_throughput'][0]:.2f} (req {c4['tg_req_throughput'][0]:.2f}); pp t/s c1 "
           f"{c1['pp_throughput'][0]:.1f}, c4 {c4['pp_throughput'][0]:.1f}")
 
 
 def test_closed_loop_counts_match_server_counters(closed_run):
     run, _ = closed_run
-    sd = run.meta["server_delta"]  # per measured batch: warmups and latency probes excluded
+    sd = run.server_metrics.delta  # per measured batch: warmups and latency probes excluded
     assert sd["ttft_count"] == len(run.records)
     assert sd["prompt_tokens_total"] == sum(r.prompt_tokens for r in run.records)
     assert sd["generation_tokens_total"] == sum(r.output_tokens for r in run.records)
@@ -99,7 +99,7 @@ def test_closed_loop_counts_match_server_counters(closed_run):
 
 def test_open_loop_completes_with_exact_shapes(open_run):
     run, d = open_run
-    assert run.meta["status"] == "complete"
+    assert run.live.status == "complete"
     assert len(run.records) == OPEN_N and all(r.ok for r in run.records), [r.error for r in run.records]
     # vllm bench serve's random dataset on /v1/completions: input_len - BOS raw tokens, the server adds the BOS
     assert [r.prompt_tokens for r in run.records] == [OPEN_IN] * OPEN_N
@@ -117,7 +117,7 @@ def test_open_loop_completes_with_exact_shapes(open_run):
 
 def test_open_loop_counts_match_server_usage_and_counters(open_run):
     run, d = open_run
-    sd = run.meta["server_delta"]
+    sd = run.server_metrics.delta
     assert sd["ttft_count"] == OPEN_N
     assert sd["prompt_tokens_total"] == sum(r.prompt_tokens for r in run.records)
     assert sd["generation_tokens_total"] == sum(r.output_tokens for r in run.records)
@@ -151,9 +151,9 @@ def test_client_ttft_agrees_with_server_histogram(open_run):
     assert client == pytest.approx(summarize_open(run)["mean_ttft_ms"])
     print(f"\nlive TTFT: client mean {client:.2f} ms, server vllm:time_to_first_token_seconds mean "
           f"{server:.2f} ms (sum/count delta over {summ['server']['ttft_count']:.0f} requests), gap {gap:+.2f} ms; "
-          f"client event loop lag max {1e3 * run.meta['loop_lag_s']['max']:.1f} ms")
+          f"client event loop lag max {1e3 * run.client.loop_lag_s['max']:.1f} ms")
     # a stalled client stamps tokens late: the comparison is of a run whose loop ran freely
-    assert held_up(run.meta) is None, held_up(run.meta)
+    assert held_up(run.client) is None, held_up(run.client)
     # the client sees the first chunk after the server has produced it: a small positive gap
     assert -2.0 < gap < max(50.0, 0.1 * server)
 
@@ -168,7 +168,7 @@ def test_cli_live_open_json_and_report(vllm_server, tmp_path):  # noqa: F811
     assert printed["completed"] == 3 and printed["failed"] == 0
     run = load_run(d)
     # chat: the random prompt's 31 raw tokens plus the chat template, counted by /tokenize beforehand
-    tmpl = run.meta["random_format"]["chat_template_tokens"]
+    tmpl = run.live.random_format["chat_template_tokens"]
     assert tmpl > 0 and all(r.prompt_tokens == 32 + tmpl for r in run.records)
     rep = CliRunner().invoke(measure_cli, ["report", str(d), "--json"])
     assert rep.exit_code == 0 and json.loads(rep.stdout) == printed
@@ -233,7 +233,7 @@ def test_the_same_load_as_vllm_bench_serve_reaches_the_server(vllm_server, tmp_p
     sched = OpenLoop(rate=4, burstiness=0.7, seed=11).arrival_times(12)
     np.testing.assert_allclose([r.scheduled_time - ours.start_time for r in recs], sched, atol=1e-6)
     lag = np.array([r.start_time - r.scheduled_time for r in recs])
-    assert lag.min() >= 0 and ours.meta["send_lag_s"]["max"] == pytest.approx(lag.max(), abs=1e-4)
+    assert lag.min() >= 0 and ours.client.send_lag_s["max"] == pytest.approx(lag.max(), abs=1e-4)
     print(f"\nsend lag behind the schedule: capsim max {1e3 * lag.max():.0f} ms, vllm bench serve max "
           f"{1e3 * np.abs(t_v - sched).max():.0f} ms")
     # vLLM's own per-request results through capsim's summary: vLLM's numbers
@@ -312,11 +312,11 @@ def test_closed_depth_and_latency_modes(vllm_server, tmp_path):  # noqa: F811
                              warmup=False)
         d = tmp_path / mode
         run = run_closed(vllm_server.url, None, pattern, out_dir=d, progress=False)
-        assert run.meta["status"] == "complete" and all(r.ok for r in run.records)
-        by_depth = {run.meta["tests"][r.test][2]: r.prompt_tokens for r in run.records}
+        assert run.live.status == "complete" and all(r.ok for r in run.records)
+        by_depth = {run.closed_loop.tests[r.test][2]: r.prompt_tokens for r in run.records}
         assert by_depth[40] - by_depth[0] == 40, by_depth
-        assert run.meta["server_delta"]["prompt_tokens_total"] == sum(r.prompt_tokens for r in run.records)
-        lat[mode] = run.meta["latency_s"]
+        assert run.server_metrics.delta["prompt_tokens_total"] == sum(r.prompt_tokens for r in run.records)
+        lat[mode] = run.closed_loop.latency_s
         for row in summarize_closed(load_run(d)):
             m = row.metrics
             # one request a row: llama-benchy's per-request est_ppt = max(0, ttfr - latency)

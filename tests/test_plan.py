@@ -99,7 +99,7 @@ def test_warmup_loads_the_box_but_is_not_measured():
     run = simulate_office(PROFILE, o, 60, seed=0)
     assert run.start_time == 120.0 and len(run.records) >= 100
     assert all(r.scheduled_time >= 120.0 for r in run.records)
-    assert sum(run.meta["requests_per_box"]) > len(run.records)  # warm-up requests ran too
+    assert sum(run.office.requests_per_box) > len(run.records)  # warm-up requests ran too
     cold = simulate_office(PROFILE, small_office(), 60, seed=0)
     assert summarize_office(run)["median_tpot_ms"] > summarize_office(cold)["median_tpot_ms"]
     assert small_office(burst_factor=5, burst_s=60, warmup_s=None).warmup() == 0.0  # Monday starts idle
@@ -121,7 +121,7 @@ def test_conversation_turns_wait_for_the_reply_and_carry_the_history():
 def test_gateway_cap_holds_and_its_wait_counts_for_users():
     o = small_office(burst_factor=5, burst_s=300, max_concurrency=8)
     run = simulate_office(PROFILE, o, 60, seed=0)
-    sends = np.array([run.meta["gateway_wait_s"][i] for i in range(len(run.records))])
+    sends = np.array([run.office.gateway_wait_s[i] for i in range(len(run.records))])
     starts = np.array([r.scheduled_time for r in run.records]) + sends + 1e-9  # (rounding of wait + press)
     ends = np.array([r.end_time for r in run.records])
     ev = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends], key=lambda x: (x[0], x[1]))
@@ -138,9 +138,9 @@ def test_two_boxes_split_the_load_and_prefix_hits_cut_ttft():
     o = small_office(requests=150)
     one = summarize_office(simulate_office(PROFILE, o, 120, seed=0))
     rr = simulate_office(PROFILE, o, 120, seed=0, boxes=2)
-    assert rr.meta["requests_per_box"] == [75, 75]
+    assert rr.office.requests_per_box == [75, 75]
     ll = simulate_office(PROFILE, o, 120, seed=0, boxes=2, routing="least-loaded")
-    assert sum(ll.meta["requests_per_box"]) == 150
+    assert sum(ll.office.requests_per_box) == 150
     two = summarize_office(rr)
     assert two["median_tpot_ms"] < one["median_tpot_ms"]
     rag = small_office(mix=(("rag", 1.0),), requests=60)

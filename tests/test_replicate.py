@@ -35,7 +35,7 @@ def open_summary(profile, r):
     pat = replace(PATTERN, seed=PATTERN.seed + r)
     run = simulate_open(profile, WORKLOAD.sample(N, seed=pat.seed), pat, noise_seed=r)
     s = summarize_open(run)
-    s["num_preemptions"] = run.meta["num_preemptions"]
+    s["num_preemptions"] = run.num_preemptions
     return s
 
 
@@ -109,7 +109,7 @@ def test_closed_replication_0_is_the_plain_simulation():
         assert m.metrics.keys() == p.metrics.keys()
         for name, (mean, std) in p.metrics.items():
             assert m.metrics[name] == (mean, std)
-    assert latency == run.meta["latency_s"]
+    assert latency == run.closed_loop.latency_s
 
 
 # ------------------------------------------------------------------ bad input

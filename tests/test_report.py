@@ -180,9 +180,9 @@ def test_plot_without_completed_requests_or_metrics(tmp_path):
 def test_in_flight_of_an_empty_run():
     from simulator.records import RunResult
 
-    t, n = in_flight(RunResult([], 0.0, 0.0, "open", {}))
+    t, n = in_flight(RunResult([], 0.0, 0.0, "open"))
     assert t.tolist() == [0.0] and n.tolist() == [0]
-    assert latency_series(RunResult([], 0.0, 0.0, "open", {}))["itl_ms"].tolist() == []
+    assert latency_series(RunResult([], 0.0, 0.0, "open"))["itl_ms"].tolist() == []
 
 
 def test_plot_of_a_live_run_has_the_server_series(fake, tmp_path):

@@ -85,14 +85,14 @@ def capsim_run(folder, kind):
         run = simulate_closed(prof, ClosedLoop(pp=(32,), tg=(8,), concurrency=(1, 2), runs=2))
     else:
         run = simulate_open(prof, RandomWorkload(input_len=32, output_len=8).sample(5, seed=0), OpenLoop(rate=10.0))
-    run.meta.update(model="Acme/Tiny-1B", endpoint="chat", url="http://127.0.0.1:1", max_num_seqs=4,
-                    max_num_batched_tokens=64, max_model_len=100000, num_prompts=5, seed=0,
-                    workload={"dataset": "random", "random_input_len": 32, "random_output_len": 8})
+    meta = run.meta_json() | dict(model="Acme/Tiny-1B", endpoint="chat", url="http://127.0.0.1:1", max_num_seqs=4,
+                                  max_num_batched_tokens=64, max_model_len=100000, num_prompts=5, seed=0,
+                                  workload={"dataset": "random", "random_input_len": 32, "random_output_len": 8})
     w = RunWriter(folder)
     for r in run.records:
         w.append_record(r)
     w.write_json("run.json", {"capsim_run": 1, "kind": kind, "status": "complete", "start_time": run.start_time,
-                              "end_time": run.end_time, "records": len(run.records), "meta": run.meta})
+                              "end_time": run.end_time, "records": len(run.records), "meta": meta})
     w.close()
     return folder, run
 
@@ -185,7 +185,7 @@ def test_a_capsim_closed_run_folder(tmp_path):
     folder, run = capsim_run(tmp_path / "my-closed", "closed")
     (c,) = load_closed([str(folder)])
     assert (c.test, c.model, c.version, c.path) == ("my-closed", "Acme/Tiny-1B", "capsim measure", str(folder))
-    assert c.latency_ms == pytest.approx(1000.0 * run.meta["latency_s"])
+    assert c.latency_ms == pytest.approx(1000.0 * run.closed_loop.latency_s)
     assert [(r.pp, r.tg, r.concurrency) for r in c.rows] == [(32, 8, 1), (32, 8, 2)]
     assert (c.server["model"], c.server["max_num_seqs"], c.server["max_num_batched_tokens"]) == ("Acme/Tiny-1B", 4, 64)
     assert c.server["tokens_per_chunk"] == 1.0  # one token per streamed chunk: no speculative decoding
@@ -193,7 +193,7 @@ def test_a_capsim_closed_run_folder(tmp_path):
 
 
 def test_a_capsim_run_carries_the_servers_measured_kv_cache_into_calibration(tmp_path):
-    """measure stores /metrics' cache_config under meta["server_cache_config"] (Prometheus labels, as
+    """measure stores /metrics' cache_config under run.json's meta["server_cache_config"] (Prometheus labels, as
     text) and /v1/models' max_model_len in run.json's "server": calibration reads both, and the
     server's own block count replaces any prior."""
     from calibrate.priors import prior_profile

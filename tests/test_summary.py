@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from simulator.records import RequestRecord, RunResult
+from simulator.records import ClosedLoopFacts, RequestRecord, RunResult
 from simulator.summary import (format_closed_table, format_open_summary, peak_concurrency_bucket,
                                peak_concurrency_sweep, peak_window_rate, summarize_closed, summarize_open)
 from tests.helpers import rec
@@ -63,7 +63,8 @@ def test_closed_metrics_by_hand():
     # tokens at 0.6, 0.8, 1.0. Request b: start 0, tokens at 1.0, 1.2, 1.4, 1.6.
     a = rec(0, 0.0, [0.5, 0.6, 0.8, 1.0], prompt=100, out=3, mask=[False, True, True, True], test="t", batch=0)
     b = rec(1, 0.0, [1.0, 1.2, 1.4, 1.6], prompt=100, out=4, test="t", batch=0)
-    run = RunResult([a, b], 0.0, 1.6, "closed", {"latency_s": 0.1, "tests": {"t": (100, 4, 0, 2)}})
+    run = RunResult([a, b], 0.0, 1.6, "closed",
+                    closed_loop=ClosedLoopFacts(tests={"t": (100, 4, 0, 2)}, latency_s=0.1))
     (row,) = summarize_closed(run)
     m = row.metrics
     assert m["ttfr"][0] == pytest.approx((500 + 1000) / 2)
@@ -87,7 +88,8 @@ def test_closed_metrics_count_the_tokens_of_each_chunk():
     # Request: role chunk at 0.5, then chunks of 1, 3, 2 tokens at 0.6, 0.8, 1.0.
     a = rec(0, 0.0, [0.5, 0.6, 0.8, 1.0], prompt=100, out=6, mask=[False, True, True, True], test="t")
     a.chunk_tokens = np.array([0, 1, 3, 2])
-    run = RunResult([a], 0.0, 1.0, "closed", {"latency_s": 0.1, "tests": {"t": (100, 6, 0, 1)}})
+    run = RunResult([a], 0.0, 1.0, "closed",
+                    closed_loop=ClosedLoopFacts(tests={"t": (100, 6, 0, 1)}, latency_s=0.1))
     (row,) = summarize_closed(run)
     assert row.metrics["tg_req_throughput"][0] == pytest.approx((6 - 1) / (1.0 - 0.6))
     assert row.metrics["peak_throughput"][0] == pytest.approx(6 / 0.4)  # span < 1 s: count / span

@@ -261,7 +261,7 @@ def test_measure_closed_against_twin_exact_shapes():
     assert all(r.ok for r in run.records) and len(run.records) == 4
     assert [r.prompt_tokens for r in run.records] == [200] * 4  # exact, chat template included
     assert all(len(r.chunk_times) == 13 and not r.content_mask[0] for r in run.records)  # role chunk + 12
-    assert run.meta["prompts"]["prompts_off_target"] == 0
+    assert run.live.prompts["prompts_off_target"] == 0
     assert {x.concurrency for x in summarize_closed(run)} == {1, 3}
 
 

@@ -57,7 +57,7 @@ def predict_seconds(profile: Profile, combos: list[tuple[int, int, int, int]], r
     """Wall seconds one measure call of these tests takes (simulated on the planning profile)."""
     pat = ClosedLoop(combos=combos, runs=runs, warmup=False, latency_mode="generation")
     sim = simulate_closed(profile, pat)
-    return sim.duration + 3 * sim.meta["latency_s"] + per_call_s
+    return sim.duration + 3 * sim.closed_loop.latency_s + per_call_s
 
 
 def prompt_sizes(facts: ServerFacts, tg: int, pp_max: int | None = None, first: int = 32,
@@ -100,8 +100,8 @@ def _measure_closed(url, model, combos, out_dir, clock_scale, endpoint, api_key,
     pat = ClosedLoop(combos=combos, concurrency=sorted({c[3] for c in combos}), runs=runs, warmup=warmup,
                      latency_mode="generation")
     run = run_closed(url, model, pat, out_dir=out_dir, endpoint=endpoint, api_key=api_key, progress=False)
-    if run.meta.get("status") != "complete":
-        raise LiveError(f"measure stopped: {run.meta.get('stop_reason') or run.meta.get('status')}")
+    if run.status != "complete":
+        raise LiveError(f"measure stopped: {run.live.stop_reason or run.status}")
     bad = [r for r in run.records if not r.ok]
     if bad:
         raise LiveError(f"{len(bad)} of {len(run.records)} calibration requests failed (first: {bad[0].error})")
@@ -175,7 +175,7 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     probe = run_stage(Stage("probe", [(p0, tg_probe, 0, 1)], predicted_s=math.nan), warmup=True)
     row = summarize_closed(probe)[0].metrics
     decode_s = 1.0 / row["tg_req_throughput"][0]
-    latency_s = float(probe.meta.get("latency_s") or 0.0)
+    latency_s = float(probe.closed_loop.latency_s or 0.0)
     pre_s_tok = max(1e-7, (row["est_ppt"][0] / 1000.0 - decode_s) / max(1, p0))
     wall_per_model = 1.0 / clock_scale
     rough = rough_profile(facts, decode_s, pre_s_tok, latency_s)

@@ -51,5 +51,4 @@ def simulate_replay(profile: Profile, run: RunResult):
     # makes right after a preemption, so it under-counts preemptions under KV pressure
     sim = simulate_open(profile, specs, _Arrivals(offsets[order]), trace=trace.append, stats=stats,
                         fast_forward=False)
-    sim.meta["engine_steps"] = stats[0].steps if stats else None
     return sim, trace

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from simulator.records import RunResult
+from simulator.records import ClosedLoopFacts, LiveFacts, RunResult
 from simulator.summary import summarize_closed
 
 from ..results import ClosedRun
@@ -30,18 +30,21 @@ def scale_run(run: RunResult, s: float) -> RunResult:
             r.end_time *= s
     run.start_time *= s
     run.end_time *= s
-    if "latency_s" in run.meta:
-        run.meta["latency_s"] = float(run.meta["latency_s"]) * s
-    run.meta["clock_scale"] = s
+    if run.closed_loop is not None:
+        run.closed_loop.latency_s = float(run.closed_loop.latency_s) * s
+    if run.live is None:
+        run.live = LiveFacts()
+    run.live.clock_scale = s
     return run
 
 
 def closed_run_from_result(run: RunResult, facts: ServerFacts, source: str, test: str) -> ClosedRun:
     """A measured closed-loop run as calibrate's ClosedRun (rows from summarize_closed)."""
     rows = summarize_closed(run)
-    return ClosedRun(source=source, test=test, model=facts.model, runs=int(run.meta.get("runs") or 1),
-                     latency_mode=run.meta.get("latency_mode", "generation"),
-                     latency_ms=1000.0 * float(run.meta.get("latency_s") or 0.0), version="capsim measure",
+    cl = run.closed_loop or ClosedLoopFacts()
+    return ClosedRun(source=source, test=test, model=facts.model, runs=int(cl.runs or 1),
+                     latency_mode=cl.latency_mode if cl.latency_mode is not None else "generation",
+                     latency_ms=1000.0 * float(cl.latency_s or 0.0), version="capsim measure",
                      rows=[r for r in rows if r.metrics], server=facts.server_dict(), path=source)
 
 
@@ -49,7 +52,7 @@ def measured_prompt_scale(runs: list[RunResult]) -> float:
     """The median ratio of the server's prompt counts to the requested prompt tokens."""
     ratios = []
     for run in runs:
-        tests = run.meta.get("tests") or {}
+        tests = run.closed_loop.tests if run.closed_loop is not None else {}
         for r in run.records:
             if r.ok and r.test in tests:
                 pp, _tg, depth, _c = tests[r.test]
@@ -67,7 +70,7 @@ def until_free(attempt: Callable[[], tuple[RunResult, Any]], out_dir, retries: i
     set_aside: list[dict] = []
     while True:
         run, extra = attempt()
-        warning = held_up(run.meta)
+        warning = held_up(run.client)
         if warning is None or len(set_aside) == retries:
             return run, extra, set_aside
         aside = None
@@ -76,5 +79,6 @@ def until_free(attempt: Callable[[], tuple[RunResult, Any]], out_dir, retries: i
             aside.parent.mkdir(parents=True, exist_ok=True)
             Path(out_dir).rename(aside)
         set_aside.append({"run_dir": str(aside) if aside else None, "warning": warning,
-                          "send_lag_s": run.meta.get("send_lag_s"), "loop_lag_s": run.meta.get("loop_lag_s")})
+                          "send_lag_s": run.client.send_lag_s if run.client else None,
+                          "loop_lag_s": run.client.loop_lag_s if run.client else None})
         say(f"  {name}: set aside and run again: {warning}")

@@ -103,7 +103,7 @@ class LiveValidation:
     def format(self) -> str:
         lines = [f"set aside: {r.load.name}{tag}: {a['warning']} (kept in {a['run_dir']})"
                  for runs, tag in ((self.results, ""), (self.repeats, " (repeat)"))
-                 for r in runs for a in r.run.meta.get("set_aside", [])]
+                 for r in runs for a in (r.run.live.set_aside if r.run.live else [])]
         return "\n".join([format_validation(self.validation, self.floor)] + lines)
 
     def to_json(self) -> dict:
@@ -112,8 +112,9 @@ class LiveValidation:
             out["noise_floor"] = self.floor.to_json()
         out["loads"] = [{"load": r.load.to_json(), "run_dir": str(r.run_dir) if r.run_dir else None,
                          "extras": {k: {"measured": a, "predicted": b} for k, (a, b) in r.extras.items()},
-                         "send_lag_s": r.run.meta.get("send_lag_s"), "loop_lag_s": r.run.meta.get("loop_lag_s"),
-                         "set_aside": r.run.meta.get("set_aside", [])}
+                         "send_lag_s": r.run.client.send_lag_s if r.run.client else None,
+                         "loop_lag_s": r.run.client.loop_lag_s if r.run.client else None,
+                         "set_aside": r.run.live.set_aside if r.run.live else []}
                         for r in self.results + self.repeats]
         return out
 
@@ -125,7 +126,7 @@ def predict_live(profile: Profile, run: RunResult, load: LiveLoad, replications:
     """(prediction, lo, hi, median, sim run, trace): replication 0 replays the measured run."""
     sim, trace = simulate_replay(profile, run)
     s0 = summarize_open(sim)
-    s0["num_preemptions"] = sim.meta["num_preemptions"]
+    s0["num_preemptions"] = sim.num_preemptions
     reps = [s0]
     specs, _ = replay_specs(run)
     for r in range(1, replications):
@@ -135,7 +136,7 @@ def predict_live(profile: Profile, run: RunResult, load: LiveLoad, replications:
                        seed=load.seed + r)
         sr = simulate_open(profile, pick, pat, fast_forward=False)
         s = summarize_open(sr)
-        s["num_preemptions"] = sr.meta["num_preemptions"]
+        s["num_preemptions"] = sr.num_preemptions
         reps.append(s)
     keys = [k for k, v in s0.items() if isinstance(v, (int, float))]
     arr = {k: np.array([float(x.get(k, math.nan)) for x in reps]) for k in keys}
@@ -153,7 +154,7 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
     schedule_warning (sends fell behind the arrival schedule, so the server got another load
     than the one predicted) or client_stall_warning (the client's event loop stalled, so the
     tokens of the requests in flight were stamped late). The set-aside runs keep their folders
-    (NAME-set-aside-K) and are listed in the kept run's meta["set_aside"].
+    (NAME-set-aside-K) and are listed in the kept run's live.set_aside.
     """
     from measure import run_open
 
@@ -165,15 +166,15 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
         run = run_open(url, model, load.workload(), load.pattern(clock_scale), load.num_prompts, out_dir=out_dir,
                        endpoint=load.endpoint, api_key=api_key, progress=False)
         steps1 = _scrape_steps(url, api_key)
-        if run.meta.get("status") != "complete":
-            raise LiveError(f"{load.name}: measure stopped: {run.meta.get('stop_reason') or run.meta.get('status')}")
+        if run.status != "complete":
+            raise LiveError(f"{load.name}: measure stopped: {run.live.stop_reason or run.status}")
         return run, (steps0, steps1)
 
     run, (steps0, steps1), set_aside = until_free(
         attempt, out_dir, retries, lambda k: Path(out_dir).with_name(f"{Path(out_dir).name}-set-aside-{k}"),
         load.name, say)
     if set_aside:
-        run.meta["set_aside"] = set_aside
+        run.live.set_aside = set_aside
     scale_run(run, clock_scale)
     steps = steps1 - steps0 if steps0 is not None and steps1 is not None else None
     return run, steps
@@ -183,9 +184,9 @@ def compare_load(profile: Profile, load: LiveLoad, run: RunResult, run_dir: Path
                  replications: int = 5, clock_scale: float = 1.0) -> LiveResult:
     pred, lo, hi, med, sim, trace = predict_live(profile, run, load, replications)
     extras: dict[str, tuple[float, float]] = {}
-    sd = run.meta.get("server_delta") or {}
+    sd = (run.server_metrics.delta if run.server_metrics is not None else None) or {}
     if "num_preemptions" in sd:
-        extras["num_preemptions"] = (float(sd["num_preemptions"]), float(sim.meta["num_preemptions"]))
+        extras["num_preemptions"] = (float(sd["num_preemptions"]), float(sim.num_preemptions))
     if steps is not None:
         # vllm:iteration_tokens_total counts engine steps that returned tokens (a step that only
         # computes part of a prompt returns none): the distinct chunk times of the replay
