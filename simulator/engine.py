@@ -169,8 +169,9 @@ class _Relay:
         self.event = event
 
     def __call__(self, _ev) -> None:
-        if self.event._value is PENDING:
-            self.event.succeed()
+        ev = self.event
+        if ev is not None and ev._value is PENDING:
+            ev.succeed()
 
 
 class Engine:
@@ -187,6 +188,10 @@ class Engine:
         self.model = profile.step_model
         self.window = getattr(self.model, "window", None)
         self.kv = KVCache(self.lim)
+        # blocks() grows with both its arguments, so when the longest request's blocks fit, every
+        # request's do, and reject_reason need not count them
+        self._any_fits = self.kv.capacity is None or self.kv.blocks(
+            self.lim.max_model_len, self.lim.max_num_batched_tokens) <= self.kv.capacity
         self._blocks1: dict[int, tuple] = {}
         self.spec_k = self.lim.num_speculative_tokens
         self._spec_rng = np.random.default_rng([seed, 0x5BEC])
@@ -220,6 +225,7 @@ class Engine:
         self.max_members = 0  # the most requests that were members at once (SimStats.max_members)
         self._wake = env.event()
         self._pending: float | None = None  # earliest arrival since the last decode run was scheduled
+        self._run_wait = None  # (run, event the loop waits on, relay of the run's timeout) while it waits on a run
         self._order = 0
         self._ub_total = 0  # sum of ub over requests in the engine
         self._m_seq = 0  # joinings so far
@@ -234,7 +240,7 @@ class Engine:
                     f"has {spec.prompt_tokens} prompt tokens and max_tokens {spec.max_tokens}")
         if spec.prompt_tokens < 1 or spec.max_tokens < 1:
             return "HTTP 400: prompt and max_tokens must be >= 1"
-        if self.kv.capacity is not None:
+        if not self._any_fits:
             need = self.kv.blocks(spec.prompt_tokens + spec.max_tokens - 1, 1)
             need = max(need, self.kv.blocks(spec.prompt_tokens, min(spec.prompt_tokens, L.max_num_batched_tokens)))
             if need > self.kv.capacity:
@@ -252,7 +258,39 @@ class Engine:
         if self._pending is None or t < self._pending:
             self._pending = t
         if not self._wake.triggered:
+            if self._run_wait is not None and self._cut_run():
+                return
             self._wake.succeed()
+
+    def _knowable(self, run: _Step) -> int:
+        """How many of the run's steps stay knowable given the arrival at _pending: the steps before the
+        one whose schedule would first have seen it (its end, with async scheduling, is in flight then)."""
+        t_a = self._pending
+        q = 0 if t_a <= run.start else int(np.searchsorted(run.ends, t_a, side="left")) + 1
+        return min(run.k, q + 1) if self.async_ else min(run.k, max(q, 1))
+
+    def _cut_run(self) -> bool:
+        """An arrival while the loop waits on a decode run: cut the run here, without waking the loop,
+        when some of its steps still end before the loop must act (else the loop is woken, as before).
+
+        Waking costs two events and a resume per arrival, only for the loop to shrink the run and wait
+        again for the shortened end; here the shortened end gets its timeout at once, the same time
+        the loop would have given it."""
+        run, first, relay = self._run_wait
+        if first.triggered:
+            return False  # its end is reached: the loop resumes at once, and sees the arrival after it
+        k_new = self._knowable(run)
+        if (k_new - 1 if self.async_ else k_new) <= 0:
+            return False
+        if k_new < run.k:
+            self._shrink(run, k_new)
+            relay.event = None  # the run's old end resumes nothing now
+            relay = _Relay(first)
+            n_exec = k_new - 1 if self.async_ else k_new
+            env = self.env
+            env.timeout(max(0.0, float(run.ends[n_exec - 1]) - env.now)).callbacks.append(relay)
+            self._run_wait = (run, first, relay)
+        return True
 
     # ------------------------------------------------------------------ noise
     def _noise(self, first: int, k: int) -> np.ndarray | None:
@@ -679,7 +717,7 @@ class Engine:
             noise = self._noise(first_idx, 1)
             if noise is not None:
                 d = d * noise[0]
-            step = _Step(items, start, 1, np.array([start + d]), mem=mem)
+            step = _Step(items, start, 1, [start + d], mem=mem)  # a list: only runs need arrays of ends
         else:
             d = self._run_times(items, mem, first_idx, k)
             self._advance(items, k - 1)  # step 1 was scheduled normally
@@ -1015,9 +1053,7 @@ class Engine:
             # A decode run: wait for its steps, unless an arrival makes later ones unknowable.
             while True:
                 if self._pending is not None:
-                    t_a = self._pending
-                    q = 0 if t_a <= head.start else int(np.searchsorted(head.ends, t_a, side="left")) + 1
-                    k_new = min(head.k, q + 1) if self.async_ else min(head.k, max(q, 1))
+                    k_new = self._knowable(head)
                     if k_new < head.k:
                         self._shrink(head, k_new)
                 n_exec = head.k - 1 if self.async_ else head.k
@@ -1032,9 +1068,12 @@ class Engine:
                 env.timeout(max(0.0, target - env.now)).callbacks.append(relay)
                 wake.callbacks.append(relay)
                 self.events += 1
+                self._run_wait = (head, first, relay)
                 yield first
+                self._run_wait = None
                 if wake.callbacks is None:
                     continue  # an arrival was processed by then: re-check how far the run stays knowable
+                n_exec = head.k - 1 if self.async_ else head.k  # _cut_run may have shortened it
                 break
             self._process(head, n_exec)
             if n_exec:

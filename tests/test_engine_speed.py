@@ -44,3 +44,27 @@ def test_run_times_are_decode_run(monkeypatch, make):
     monkeypatch.setattr(Engine, "_run_times", check)
     simulate_open(prof, specs, load)
     assert seen[0] > 10
+
+
+@pytest.mark.parametrize("async_", [True, False])
+def test_arrivals_cut_runs_without_waking_the_loop(monkeypatch, async_):
+    """Arrivals during decode runs shorten them from submit() (Engine._cut_run), and the records are
+    those of stepping one by one."""
+    from tests.helpers import same_records
+
+    cut = [0, 0]
+    cut_run = Engine._cut_run
+
+    def count(self):
+        ok = cut_run(self)
+        cut[ok] += 1
+        return ok
+
+    monkeypatch.setattr(Engine, "_cut_run", count)
+    prof = tiny_profile(budget=64, seqs=8, async_=async_, noise=0.1, request_s=0.01, chunk_s=0.001, frontend_s=0.001,
+                        wake_s=0.002)
+    specs = _specs(8, 80)
+    a = simulate_open(prof, specs, OpenLoop(3.0, 0.7, seed=8))
+    assert cut[True] > 5  # the shortcut was taken
+    b = simulate_open(prof, specs, OpenLoop(3.0, 0.7, seed=8), fast_forward=False)
+    same_records(a, b)
