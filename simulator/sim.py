@@ -8,7 +8,9 @@ very type live runs produce.
 """
 from __future__ import annotations
 
+import gc
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -67,6 +69,21 @@ def _at(env: simpy.Environment, t: float, fn: Callable[[], None]) -> None:
     ev.callbacks.append(lambda _ev: fn())
 
 
+@contextmanager
+def _collector_off():
+    """The cyclic garbage collector paused while a run simulates. The run makes hundreds of thousands
+    of objects that live on (records, requests, chunk-time pages) and almost no cycles (SimPy clears an
+    event's callbacks once it is processed), so the collector's full passes found nothing and cost
+    about 5% of a 100,000-request run."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenLoop, fast_forward: bool = True,
                   noise_seed: int = 0, trace=None, stats: list | None = None) -> RunResult:
     """vllm bench serve on the model: returns every request's record."""
@@ -94,17 +111,35 @@ def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenL
             # the semaphore passes to the oldest waiter the moment this stream ends
             start(queue.popleft(), rec.end_time)
 
-    def dispatcher():
-        for i, t in enumerate(arrivals):
-            if t > env.now:
-                yield env.timeout(t - env.now)
+    n = len(arrivals)
+    nxt = [0]
+
+    def dispatch(ev) -> None:
+        """Send the requests due now, then wait for the next: a timeout's callback, cheaper than a
+        process resumed per arrival, and the same events at the same times. Called back by a timeout,
+        its request is sent without comparing the clock again, as after the process's yield."""
+        i, due = nxt[0], ev is not None
+        while i < n:
+            t = arrivals[i]
+            if not due and t > env.now:
+                nxt[0] = i
+                env.timeout(t - env.now).callbacks.append(dispatch)
+                return
+            due = False
             if cap is not None and in_flight[0] >= cap:
                 queue.append(i)
             else:
                 start(i, float(t))
+            i += 1
+
+    def dispatcher():
+        dispatch(None)  # at the process's start, where the first arrivals were sent before
+        return
+        yield
 
     env.process(dispatcher())
-    env.run()
+    with _collector_off():
+        env.run()
     recs = [r for r in records if r is not None]
     end = max((r.end_time for r in recs if r.end_time is not None), default=0.0)
     if stats is not None:
@@ -165,7 +200,8 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
 
     start = clock[0]
     env.process(driver())
-    env.run()
+    with _collector_off():
+        env.run()
     if pattern.latency_mode == "generation":
         latency = sum(probe_ttfts) / len(probe_ttfts)
     elif pattern.latency_mode == "api":
