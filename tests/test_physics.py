@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from calibrate.architectures import architecture_for, name_params, step_quantities, weight_dtype
-from calibrate.fit import fit_closed, single_user_decode
+from calibrate.fit import DECODE_SIGMA_FLOOR_GUESSED, fit_closed, single_user_decode
 from calibrate.importers import closed_runs, load_meta, open_runs
 from calibrate.priors import ROOFLINE_BW, prior_profile
 from calibrate.validate import validate, workload_for
@@ -82,6 +82,8 @@ def test_a_renamed_model_in_no_table_still_calibrates_and_validates(tmp_path):
     (run / "meta.json").write_text(json.dumps(meta))
     fr = fit_closed(closed_runs(run), max_nfev=8)
     assert fr.origin["architecture"].startswith("inferred from the model name")
+    # a guessed layout widens the decode band to what guessed layouts miss by
+    assert fr.profile.uncertainty.model_sigma >= DECODE_SIGMA_FLOOR_GUESSED
     assert fr.profile.step_model.bw_weights <= ROOFLINE_BW * (1 + 1e-9)
     v = validate([r for r in open_runs(run) if r.test == "08-sharegpt"], fr.profile, replications=2, n_jobs=1)
     assert v.rows and all(math.isfinite(r.predicted) for r in v.rows)
@@ -111,6 +113,7 @@ def test_fitted_bandwidth_stays_under_the_roofline_and_the_profile_carries_its_u
     assert 0.1 * ROOFLINE_BW <= p.step_model.bw_weights <= ROOFLINE_BW * (1 + 1e-9)
     u = p.uncertainty
     assert u is not None and "step_model.bw_weights" in u.names and u.model_sigma > 0
+    assert u.model_sigma < DECODE_SIGMA_FLOOR_GUESSED  # a family table's layout keeps the narrower floor
     assert u.envelope_batch == 20 and p.provenance["envelope"]["max_concurrency"] == 20
     path = tmp_path / "p.json"
     p.save(path)
