@@ -1,12 +1,8 @@
 """Architecture facts of a served model, as priors for the step-time model.
 
-What decides a decode step's cost is architecture: the bytes of weights read (the dense part plus
-the experts the batch's tokens touch), the KV bytes per context token (only attention layers hold
-KV; Mamba and linear-attention layers hold a fixed state per sequence instead), and the FLOPs per
-token. `architecture_for(server)` reads what a run says (model id, weight and KV dtypes) and takes
-layer counts from a small table of model families where it knows the family, or infers them from
-the parameter counts in the model's name otherwise. The facts are priors: calibration fits the
-box's effective bandwidth, overheads and routing spread on top, never per-model corrections.
+`architecture_for(server)` takes layers, KV heads, windows, state and experts from a small table of
+model families, or infers them from the name; `step_quantities` turns them and the run's dtypes into
+the step model's fixed quantities. Priors only, never per-model corrections (docs/design/calibration.md).
 """
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
 """The profile card: what calibration produced, as numbers a user can read.
 
-`profile_card(profile, runs=None)` computes the card's table (a JSON-ready dict):
-prefill tokens/s against prompt length (one request per point, simulated as
-llama-benchy would measure it), pure decode tokens/s per user and in total
-against concurrency at a few contexts (the step model alone), the KV-cache
-capacity and the engine limits, and how close the box runs to its memory
-roofline. With measured closed-loop runs it also collects the measured points
-the card's plot overlays. `format_card(card)` is the text form.
+`profile_card(profile, runs=None)` is the card as a JSON-ready dict (prefill and decode speeds,
+KV capacity, engine limits, % of the memory roofline, measured points); `format_card` its text.
 """
 from __future__ import annotations
 

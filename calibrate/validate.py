@@ -1,14 +1,8 @@
 """Validation: predict open-loop runs that calibration never saw, and score the predictions.
 
-vllm bench serve's requests and arrival times are fully determined by its --seed,
-so a seeded run is predicted on the very requests it measured: replication 0
-replays the run's own seed and is the prediction. Replications 1..R-1 draw other
-seeds; the 5th-95th percentile over all replications is the band, i.e. how much
-the same load would vary from one sample to the next. Each metric the run reports
-is compared with the same summary key. (DESIGN.md took the median over seeds as
-the prediction; replaying the measured sample removes sampling noise that the
-prediction has no reason to carry: on gemma-4-26b-a4b-it/bf16 it cuts the median
-TTFT error from 9.2% to 3.5%.)
+Replication 0 replays the run's own seed (the very requests it measured) and is the prediction;
+the others draw other seeds and the profile's uncertainty, and make the 5-95 % band.
+Design: docs/design/calibration.md.
 """
 from __future__ import annotations
 
