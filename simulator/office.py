@@ -1,47 +1,8 @@
 """The office: staff, how often each person asks, what they ask, and when.
 
-An `Office` becomes *sessions*: a session is one person's single request (a chat
-question, a RAG lookup, a code job) or a whole multi-turn conversation. Sessions
-start at the times of an arrival process; a conversation's later turns are sent
-only after the previous reply has ended plus a think time, so they depend on the
-engine's completions and are played by `simulate_sessions` inside the SimPy run
-(precomputing them from a predicted reply time would hide exactly the feedback
-that makes a loaded box feel slower: slow replies space out the next turns).
-
-Arrival process (decisions, each for a reason):
-
-- The office's request rate is staff x per-person rate. Per-person streams
-  superpose toward Poisson as staff grows, so clumpiness is set where the seed
-  measured it: on the aggregate stream, as gamma gaps with shape `burstiness`
-  (0.7 in the seed's tests H and I; 1.0 is Poisson), exactly vllm bench serve's
-  convention.
-- A working-day profile (rate by clock hour) and a Monday-morning burst (rate x
-  factor for the first minutes) make the rate time-varying. Session times are
-  unit-rate gamma-renewal points mapped through the inverse cumulative rate
-  (time rescaling). For Poisson that is the same process as thinning a
-  non-homogeneous Poisson process, it keeps `burstiness` meaningful, and it
-  gives common random numbers across staff counts: N staff see the very same
-  sessions as N/2 staff, arriving twice as fast, so the search over staff
-  compares like with like (as a seeded vllm bench serve rate sweep does).
-- Shares are shares of *requests*, as a planner reads them off a log; a
-  conversation of k turns is one session of k requests, so sessions of that
-  class start at share/k of the request rate.
-- The measured window holds `requests` requests (vllm bench serve's
-  --num-prompts; 250 as in the seed's test I), or lasts `duration_s` seconds.
-  A count keeps the cost of one replication the same at every staff count. It
-  follows a warm-up at the same rate (Office.warmup: the box is not idle at
-  10:00), whose requests load the box but are not measured. A burst starts
-  from an idle box (Monday morning) and is always simulated whole.
-- `max_concurrency` caps requests in flight (the seed's test J: 25), as a
-  gateway in front of the box: requests wait in FIFO order. With
-  `queue_in_ttft` (default) the user's clock starts when they press enter, so
-  TTFT and E2EL include that wait; without it records follow vllm bench serve's
-  client semaphore (the clock starts when the request is sent), as test J
-  reports them.
-
-Default mix: the seed's office story ("one colleague asks a short question,
-another is mid-RAG with 8k context, the third is in turn 4 of a conversation")
-gives no shares; ours are chat 55%, multi-turn 25%, RAG 15%, code 5% of requests.
+An `Office` becomes sessions (one request, or a whole multi-turn conversation whose next turn waits
+for the reply plus a think time), started by a gamma arrival process mapped through the working
+day's rate; `simulate_sessions` plays them on the engine. Design: docs/design/office.md.
 """
 from __future__ import annotations
 
