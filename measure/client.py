@@ -1,11 +1,8 @@
 """Streaming OpenAI-compatible client: one shared httpx.AsyncClient.
 
-Timestamps follow vllm bench serve's `endpoint_request_func`: `start_time` is
-`time.perf_counter()` just before the request is sent, and every SSE event
-whose `choices` is non-empty gets the perf_counter of the network read that
-completed it (role-only chat deltas included, the trailing usage-only event
-and `[DONE]` excluded). Token counts come from the final usage event
-(`stream_options.include_usage`).
+Timestamps follow vllm bench serve's `endpoint_request_func` (start just before the send, every
+SSE event with non-empty `choices` stamped at the read that completed it); token counts come from
+the final usage event. Design: docs/design/measure.md.
 """
 from __future__ import annotations
 

@@ -1,21 +1,8 @@
 """Open- and closed-loop drivers: the simulator's Workload and LoadPattern, live.
 
-Open loop (vllm bench serve): arrival offsets from `OpenLoop.arrival_times`,
-one asyncio task created at each absolute arrival time (no drift), an
-asyncio.Semaphore for --max-concurrency taken before `start_time`, the
-benchmark duration from just before the arrival loop to after the last
-request finished.
-
-Closed loop (llama-benchy): `ClosedLoop.batches(include_warmup=True)`; every
-batch sends its N requests at once and waits for all; warmup batches
-(run -1) are sent but not recorded; `run.closed_loop.latency_s` is llama-benchy's
-measured latency and `run.closed_loop.tests` maps each test key to
-(pp, tg, depth, concurrency).
-
-Both write the run folder as they go (measure.runfiles) and stop cleanly on
-Ctrl-C (SIGINT) or SIGTERM: no new request is sent, in-flight requests get
-`grace` seconds, the rest are cancelled and recorded as interrupted, files are
-flushed and the RunResult comes back with run.live.status == "interrupted".
+`run_open` plays vllm bench serve (arrivals at absolute times, a semaphore for --max-concurrency),
+`run_closed` llama-benchy (batches of N at once, warmup, the latency probe). Both write the run
+folder as requests complete and stop cleanly on Ctrl-C or SIGTERM. Design: docs/design/measure.md.
 """
 from __future__ import annotations
 

@@ -1,14 +1,8 @@
 """A measured run as files people open: `capsim report RUN --csv FILE --plot FILE.png`.
 
-CSV: one row per record of records.jsonl, in request order, with the record's own
-fields in a fixed column order (RECORD_FIELDS); lists (chunk_times, content_mask) as
-JSON text, a missing value as an empty cell, floats written exactly (repr).
-
-Plot: TTFT, and ITL with TPOT, as distributions (vllm bench serve's definitions, as
-the summary: TTFT to the first streamed chunk, ITL between chunks, TPOT per request
-excluding the first token); each request's TTFT and E2EL against when it was sent;
-and the requests in flight over time as the client saw them, with the server's
-running and waiting counts and KV-cache use from metrics.jsonl where it has them.
+CSV: one row per record, fixed columns, floats exact. Plot: TTFT, ITL and TPOT distributions,
+per-request latencies against send time, and the requests in flight with the server's own
+counts. Design: docs/design/measure.md.
 """
 from __future__ import annotations
 

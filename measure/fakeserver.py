@@ -1,28 +1,8 @@
-"""A small, fast fake OpenAI-compatible streaming server on loopback.
+"""A small, fast fake OpenAI-compatible streaming server on loopback, with fault injection.
 
-For tests of `capsim measure` (including fault injection) and for the
-load-generator overhead benchmark. asyncio streams and the twin's HTTP layer
-(measure/httpwire.py: h11, keep-alive, chunked SSE); it speaks enough of vLLM's
-API for the client: /v1/models, /v1/chat/completions, /v1/completions,
-/tokenize, /detokenize, /version and /metrics.
-
-Its tokenizer is one token per whitespace-separated word: the word `t123` is
-token 123, any other word a hash-derived id; a BOS is added when asked;
-chat requests count `template_tokens` more (BOS included).
-
-    srv = FakeServer(FakeConfig(itl=0.01)).start()     # in a background thread
-    ... srv.url ...
-    srv.stop()
-
-    python -m measure.fakeserver --port 0 --itl 0.02 --stamp   # prints its URL
-
-Faults (`fault`): "http500", "http429", "malformed" (a bad data line after
-`fault_chunk` chunks), "no_done" (the stream ends cleanly without [DONE]),
-"hang" (stops sending after `fault_chunk` chunks, keeps the socket open),
-"close" (drops the connection mid-stream). They apply to generation requests
-whose 0-based index is >= `fault_after` (and, if `fault_every` > 0, whose
-index is a multiple of it). `kill()` closes the listener and every connection
-at once, like a crashed server.
+For tests of `capsim measure` and the load-generator benchmark: `FakeServer(FakeConfig(...)).start()`
+in a background thread, or `python -m measure.fakeserver --port 0`. One token per word; faults
+(`http500`, `malformed`, `hang`, `close`, ...) by request index. Design: docs/design/measure.md.
 """
 from __future__ import annotations
 

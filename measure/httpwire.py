@@ -1,14 +1,8 @@
 """HTTP/1.1 for capsim's own servers (the twin, the test fake), read and framed by h11.
 
-h11 (the parser httpx and uvicorn use) reads the request line, the headers and the body
-(Content-Length or chunked), decides keep-alive and frames every response; this module only
-moves bytes between an h11.Connection and asyncio streams. A streamed event is written to the
-socket the moment a server makes it: the twin's clock depends on that write timing, which an
-HTTP framework would hide.
-
-A request h11 cannot read (bad request line, bad Content-Length or chunk size, headers over
-MAX_HEAD bytes) gets HTTP 400 with an OpenAI-shaped JSON error and the connection is closed;
-a body over MAX_BODY gets 413. Neither is logged: a malformed request is the client's news.
+This module only moves bytes between an h11.Connection and asyncio streams, writing each streamed
+event the moment a server makes it; unreadable requests get 400 (413 for a body over MAX_BODY)
+with an OpenAI-shaped error. Design: docs/design/measure.md.
 """
 from __future__ import annotations
 

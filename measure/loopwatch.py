@@ -1,13 +1,7 @@
 """How long the client's event loop was held up during a run.
 
-Every timestamp a record holds (send, each chunk, end) is taken by the client's
-event loop when it gets to run. If the loop is held up, by a blocking call or
-because the box did not schedule the client (a busy or oversubscribed host),
-chunks that arrived meanwhile are stamped late, all at once, and TTFT, ITL and
-E2EL of the requests in flight grow by the stall. Send lag sees this only when
-a send falls inside the stall; this watch sees it anywhere: a task that sleeps
-TICK_S and records how late it wakes. A loop that runs freely wakes within a
-few ms.
+A task that sleeps TICK_S and records how late it wakes: a held-up loop stamps chunks late, all
+at once, and this sees it wherever it falls. Design: docs/design/measure.md.
 """
 from __future__ import annotations
 

@@ -1,23 +1,7 @@
 """The server's /metrics: parse, snapshot, and scrape once a second.
 
-Each sample is one flat dict with the same keys for vLLM and llama.cpp:
-
-    t, wall, server ("vllm" | "llama.cpp"), num_requests_running,
-    num_requests_waiting, kv_cache_usage_perc, num_preemptions,
-    prompt_tokens_total, generation_tokens_total,
-    ttft_sum, ttft_count, e2el_sum, e2el_count, queue_sum, queue_count,
-    cache_config {num_gpu_blocks, block_size, kv_cache_size_tokens, ...}
-
-vLLM: vllm:num_requests_running / _waiting, vllm:kv_cache_usage_perc
-(vllm:gpu_cache_usage_perc in old versions), vllm:num_preemptions_total,
-vllm:cache_config_info{...} labels, vllm:prompt_tokens_total,
-vllm:generation_tokens_total and the _sum/_count of
-vllm:time_to_first_token_seconds, vllm:e2e_request_latency_seconds and
-vllm:request_queue_time_seconds. Values of several label sets (engines) are
-summed. llama.cpp: llamacpp:requests_processing / requests_deferred,
-kv_cache_usage_ratio and kv_cache_tokens (older builds), prompt_tokens_total,
-tokens_predicted_total, n_decode_total; its cache facts (n_ctx, total_slots)
-come from /props.
+Each sample is one flat dict with the same keys for vLLM and llama.cpp (requests running and
+waiting, KV-cache use, preemptions, token and latency counters, cache facts). Design: docs/design/measure.md.
 """
 from __future__ import annotations
 

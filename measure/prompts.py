@@ -1,20 +1,8 @@
 """Live prompts whose server-side token counts hit the workload's targets.
 
-* random (vllm bench serve): token ids `(offset + i + arange(len)) % vocab`
-  (after an optional shared random prefix), decoded with the server's
-  /detokenize, re-tokenized with /tokenize and padded or truncated until the
-  server counts exactly the target (vLLM's `gen_prompt_decode_to_target_len`,
-  at most 10 tries).
-* fixed (llama-benchy): text from a deterministic pseudo-English corpus at a
-  random start, fitted to an exact token count, with llama-benchy's delta
-  method for the chat template (measured once with the chat form of /tokenize,
-  or with a max_tokens=1 probe's usage when there is none); every chat prompt
-  is then checked with /tokenize and adjusted until the server counts
-  pp + depth tokens, template included.
-* text (ShareGPT): the conversation's first human turn as is.
-
-Without /tokenize the prompts are approximate and the records carry the
-server's usage counts.
+Random (vllm bench serve's decode-to-target-length), fixed (llama-benchy's book-like text and its
+chat-template delta) and text (ShareGPT's first turn), checked against the server's /tokenize
+where it has one. Design: docs/design/measure.md.
 """
 from __future__ import annotations
 

@@ -1,13 +1,7 @@
-"""The server's own tokenizer over HTTP: vLLM's and llama.cpp's /tokenize.
+"""The server's own tokenizer over HTTP: vLLM's and llama.cpp's /tokenize and /detokenize.
 
-vLLM:      POST /tokenize {"model", "prompt", "add_special_tokens"} -> {"count", "tokens", "max_model_len"}
-           POST /tokenize {"model", "messages", "add_generation_prompt": true} -> the templated chat count
-           POST /detokenize {"model", "tokens"} -> {"prompt"}
-llama.cpp: POST /tokenize {"content", "add_special"} -> {"tokens": [int | {"id", "piece"}]}
-           POST /detokenize {"tokens"} -> {"content"};  POST /apply-template {"messages"} -> {"prompt"}
-
-Without either, `dialect` is "none" and callers fall back to the usage counts
-the server reports with each response.
+Without either, `dialect` is "none" and callers fall back to the usage counts the server reports
+with each response. Design: docs/design/measure.md.
 """
 from __future__ import annotations
 
