@@ -1,40 +1,8 @@
 """capsim twin: an OpenAI-compatible streaming server whose timings come from the simulator.
 
-    capsim twin --profile P [--host 127.0.0.1] [--port 8000] [--speed 1.0]
-
-The simulator's own engine (simulator.engine.Engine behind simulator.sim.Frontend,
-the very code `capsim simulate` runs) plays in real time in a background thread:
-a SimPy RealtimeEnvironment whose clock runs `speed` times faster than the wall
-clock. Every HTTP request becomes a RequestSpec submitted at the simulated time
-of its arrival; every step's tokens go out as SSE chunks at the wall time the
-model says they are ready. So a client measuring the twin sees the profile's
-TTFT, TPOT, queueing behind max_num_seqs, chunked prefill and preemptions, with
-real HTTP on top (a loopback round trip: well under a millisecond of wall time,
-i.e. `speed` times that in model time).
-
-Served: /v1/models, /v1/chat/completions and /v1/completions (streaming in
-vLLM's exact chunk format, and non-streaming), /tokenize, /detokenize, /version,
-/health and /metrics with vLLM's metric names. Binds to loopback unless --host says
-otherwise.
-
-Tokens: one token per whitespace-separated word (the word `t123` is token 123;
-any other word a hash-derived id); the profile's `prompt_format` adds
-`special_tokens` (a BOS) and, for chat, `chat_template_tokens`. /tokenize uses
-the same counter, so `capsim measure` sizes prompts exactly. Outputs are exactly
-max_tokens (or max_completion_tokens) long, with or without ignore_eos: the twin
-never stops early, so every run is deterministic. Without max_tokens a request
-generates up to max_model_len, as vLLM does.
-
-Times: every latency the twin reports in /metrics is wall-clock seconds, as a
-client would measure it; model time = wall time x speed. To compare a run
-measured on a twin at speed s with the profile, multiply the measured times by s
-(`calibrate.live.scale_run(run, s)`).
-
-Library use (tests)::
-
-    tw = TwinServer(load_profile("spark-gemma4-26b-a4b"), speed=20).start()
-    ... tw.url ...
-    tw.stop()
+The simulator's own engine plays in real time (`speed` times faster) in a background thread; each
+HTTP request becomes a RequestSpec, each step's tokens go out as SSE chunks at the wall time the
+model says. `TwinServer(profile, speed=...).start()` for tests. Design: docs/design/twin.md.
 """
 from __future__ import annotations
 
