@@ -153,12 +153,14 @@ def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profil
                             n_jobs=jobs, capacity=not no_capacity,
                             capacity_replications=capacity_replications)
     profile = load_profile(profile_path)
-    progress = (lambda msg: click.echo(msg, err=True)) if verbose else None
     with contextlib.ExitStack() as stack:
+        if verbose:  # the plan search's progress lines (logging), as they were always shown
+            from .logs import stderr_lines
+            stack.enter_context(stderr_lines("capsim.simulator.evaluator"))
         if dask_address:
             stack.enter_context(on_dask(dask_address, parse_duration(dask_timeout, "--dask-timeout")))
-        results = [plan(profile, office, constraints, sc, settings, plot_points=8 if plot_path else 0,
-                        progress=progress) for sc in scenarios]
+        results = [plan(profile, office, constraints, sc, settings, plot_points=8 if plot_path else 0)
+                   for sc in scenarios]
     if plot_path:
         plot_plan(results if compares else results[0], plot_path)
     if as_json:

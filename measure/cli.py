@@ -14,7 +14,6 @@ run.json's count), after printing what it could read.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 import math
@@ -26,6 +25,7 @@ import click
 
 from capsim import flags
 from capsim.errors import user_errors
+from capsim.logs import stderr_lines as log_lines
 from capsim.flags import MultiValue
 from simulator.errors import CapsimError
 from simulator.load import ClosedLoop, OpenLoop
@@ -43,32 +43,11 @@ def _default_dir(kind: str) -> Path:
     return Path("runs") / f"measure-{kind}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-class _StderrLines(logging.Handler):
-    """The drivers' log records (measure.drivers.log) as capsim measure's stderr lines:
-    `capsim measure: <message>`, a new line first for a record marked fresh_line (after a progress
-    bar or a typed ^C). sys.stderr is looked up at each line, so a redirected stderr gets them."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            fresh = "\n" if getattr(record, "fresh_line", False) else ""
-            print(f"{fresh}capsim measure: {record.getMessage()}", file=sys.stderr, flush=True)
-        except Exception:
-            self.handleError(record)
-
-
-@contextlib.contextmanager
 def stderr_lines(level: int = logging.INFO):
-    """Inside, what the measure drivers tell (warnings, Ctrl-C, setup steps at `level` and above)
-    goes to stderr as `capsim measure: ...` lines; the command line, not the library, decides that."""
-    log = logging.getLogger("capsim.measure")
-    handler, old_level = _StderrLines(level), log.level
-    log.addHandler(handler)
-    log.setLevel(level)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(old_level)
+    """Inside, what the measure drivers tell (measure.drivers.log: warnings, Ctrl-C, setup steps at
+    `level` and above) goes to stderr as `capsim measure: ...` lines, a new line first for a record
+    marked fresh_line (after a progress bar or a typed ^C); the command line, not the library, decides that."""
+    return log_lines("capsim.measure", "capsim measure: ", level)
 
 
 def _run_guarded(fn):

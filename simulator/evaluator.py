@@ -5,10 +5,13 @@ the tasks decides the speed, never the answer.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from typing import Callable, Generator, Sequence
+
+log = logging.getLogger("capsim.simulator.evaluator")  # progress lines: capsim plan --verbose shows them
 
 
 def idle_jobs() -> int:
@@ -95,15 +98,14 @@ class Evaluator:
     """
 
     def __init__(self, fn: Callable, args: Callable[[object, int], tuple], replications: int,
-                 progress: Callable[[str], None] | None = None, label: str = "staff", batch: int = 2):
+                 label: str = "staff", batch: int = 2):
         self.fn = fn
         self.args = args
         self.R = replications
         self.batch = max(1, int(batch))
         self.cache: dict = {}
         self.done: dict = {}  # (point, replication) -> summary, shown in `cache` or not yet
-        self.progress = progress
-        self.label = label
+        self.label = label  # the point's name in the progress lines (log)
 
     def want(self, p, k: int | None = None) -> tuple:
         """A wait for replications 0..k-1 of p (default: all R)."""
@@ -123,8 +125,7 @@ class Evaluator:
         reps = self.cache.setdefault(p, [])
         if len(reps) < k:
             reps.extend(self.done.pop((p, r)) for r in range(len(reps), k))
-            if self.progress:
-                self.progress(f"{self.label} {p}: {len(reps)} replications")
+            log.info("%s %s: %d replications", self.label, p, len(reps))
 
     def __getitem__(self, p) -> list[dict]:
         return self.cache[p]
@@ -145,7 +146,7 @@ class Evaluator:
             yield [self.want(p, len(reps) + max(settle, self.batch))]
 
 
-def drive(searches: Sequence[Generator], n_jobs: int | None, progress: Callable[[str], None] | None = None) -> list:
+def drive(searches: Sequence[Generator], n_jobs: int | None) -> list:
     """Run search generators side by side until each returns; their return values, in order.
 
     A search yields a list of waits (evaluator, point, k) and resumes once
@@ -156,8 +157,7 @@ def drive(searches: Sequence[Generator], n_jobs: int | None, progress: Callable[
     such as Dask) decides the speed, not the answer.
     """
     runner = _runner(n_jobs)
-    if progress:
-        progress(f"workers: {runner.describe()}")
+    log.info("workers: %s", runner.describe())
     out: list = [None] * len(searches)
     waiting: dict[int, list] = {}
 

@@ -216,7 +216,7 @@ def _merge_classes(reps: list[dict]) -> dict:
 
 def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence[str] | None = None,
          scenario: Scenario | None = None, settings: PlanSettings | None = None, plot_points: int = 0,
-         progress: Callable[[str], None] | None = None, cache: dict | None = None) -> PlanResult:
+         cache: dict | None = None) -> PlanResult:
     """The largest staff count meeting every constraint, what binds, and capacity in req/s.
 
     `cache` (staff -> replication summaries) lets several SLAs share one set of
@@ -226,6 +226,8 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
     The staff search, the fit-uncertainty replications and the capacity searches
     run side by side on the same workers (drive); each sees exactly the
     replications it would see alone, so the answer does not depend on the workers.
+    Progress (the workers, each point's replications) is told on logging's
+    "capsim.simulator.evaluator" (INFO).
     """
     scenario = scenario or Scenario()
     settings = settings or PlanSettings()
@@ -244,11 +246,11 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
     need = settings.need
     staff_ref = max(1, office.staff)
     ev = Evaluator(_office_rep, lambda n, r: (prof, office, n, scenario, settings.seed + r, pcts, n == staff_ref),
-                   settings.replications, progress, "staff", settings.batch)
+                   settings.replications, "staff", settings.batch)
     if cache is not None:
         ev.cache = cache
     ev_u = Evaluator(_office_rep_drawn, lambda n, r: (prof, office, n, scenario, settings.seed + r, pcts, False),
-                     settings.replications, progress, "staff (fit uncertainty)", settings.batch)
+                     settings.replications, "staff (fit uncertainty)", settings.batch)
     uncertain = prof.uncertainty is not None
 
     def passes(n: int) -> Generator:
@@ -269,9 +271,9 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
 
     searches = [staff_search()]
     if settings.capacity:
-        cap_ev = _capacity_evaluator(prof, scenario, settings, progress)
+        cap_ev = _capacity_evaluator(prof, scenario, settings)
         searches += [_capacity_search(cap_ev, settings, thr) for thr in settings.capacity_thresholds_s]
-    (lo, hi), *cap_los = drive(searches, settings.n_jobs, progress)
+    (lo, hi), *cap_los = drive(searches, settings.n_jobs)
 
     binding, detail = None, None
     if hi is not None:
@@ -299,11 +301,10 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
     return result
 
 
-def _capacity_evaluator(profile: Profile, scenario: Scenario, settings: PlanSettings,
-                        progress: Callable[[str], None] | None) -> Evaluator:
+def _capacity_evaluator(profile: Profile, scenario: Scenario, settings: PlanSettings) -> Evaluator:
     """The suite's run at rate k/100 req/s, replication r (seed 42 + r)."""
     return Evaluator(_rate_rep, lambda k, r: (profile, k / 100.0, scenario, settings.capacity_seed + r, r),
-                     settings.capacity_replications, progress, "rate x0.01", settings.batch)
+                     settings.capacity_replications, "rate x0.01", settings.batch)
 
 
 def _capacity_search(ev: Evaluator, settings: PlanSettings, threshold_s: float) -> Generator:
@@ -328,8 +329,8 @@ def _capacity_answer(settings: PlanSettings, los: Sequence[int]) -> tuple[dict, 
     return out, ladder
 
 
-def predicted_capacity(profile: Profile, scenario: Scenario | None = None, settings: PlanSettings | None = None,
-                       progress: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+def predicted_capacity(profile: Profile, scenario: Scenario | None = None,
+                       settings: PlanSettings | None = None) -> tuple[dict, dict]:
     """Highest rate (0.01 req/s grid) whose p95 TTFT stays under each threshold, on the
     11-rate-sweep workload; and the same read on the suite's ladder of rates. The
     thresholds' searches run side by side: one rate each at a time keeps two workers busy."""
@@ -338,8 +339,8 @@ def predicted_capacity(profile: Profile, scenario: Scenario | None = None, setti
     prof = scenario.apply(profile)  # as plan() searches its capacity
     _refuse_if_capacity_refused(prof, settings)
     n_jobs = None if custom_backend() else resolve_jobs(settings.n_jobs)
-    ev = _capacity_evaluator(prof, scenario, settings, progress)
-    los = drive([_capacity_search(ev, settings, thr) for thr in settings.capacity_thresholds_s], n_jobs, progress)
+    ev = _capacity_evaluator(prof, scenario, settings)
+    los = drive([_capacity_search(ev, settings, thr) for thr in settings.capacity_thresholds_s], n_jobs)
     return _capacity_answer(settings, los)
 
 

@@ -2,6 +2,7 @@
 import builtins
 import io
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -190,18 +191,19 @@ def test_capsim_run_folders_feed_calibrate_and_validate(tmp_path):
     assert res.exit_code != 0 and "no closed-loop runs" in res.output
 
 
-def test_live_load_behind_schedule_is_run_again(tmp_path, monkeypatch):
-    """A load whose client was held up is set aside (folder kept) and run again."""
+def test_live_load_behind_schedule_is_run_again(tmp_path, monkeypatch, caplog):
+    """A load whose client was held up is set aside (folder kept), told (logging), and run again."""
     from calibrate.live import LiveError, LiveLoad, measure_load
     from measure.fakeserver import FakeConfig, FakeServer
     from tests.test_measure import hold_up_client, stall_client
 
     load = LiveLoad("l", 16, 2, 6, rate=50.0, seed=1)
     srv = FakeServer(FakeConfig(itl=0.001)).start()
-    said = []
     try:
         hold_up_client(monkeypatch, 0.4)
-        run, _ = measure_load(srv.url, load, tmp_path / "l", retries=1, say=said.append)
+        with caplog.at_level(logging.INFO, logger="capsim.calibrate.live"):
+            run, _ = measure_load(srv.url, load, tmp_path / "l", retries=1)
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("capsim.calibrate.live")]
         assert "schedule_warning" not in run.client.warnings and run.client.send_lag_s["max"] < 0.25
         (aside,) = run.live.set_aside
         assert aside["run_dir"] == str(tmp_path / "l-set-aside-1") and aside["send_lag_s"]["max"] > 0.3

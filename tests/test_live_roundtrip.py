@@ -43,6 +43,7 @@ import numpy as np
 import pytest
 
 from calibrate.live import LiveLoad, compare_load, live_calibrate, live_validate, measure_load, read_server
+from capsim.logs import stderr_lines
 from simulator.load import OpenLoop
 from simulator.sim import simulate_open
 from simulator.summary import summarize_open
@@ -113,6 +114,13 @@ def _limits(extra: dict) -> dict:
     return BASE_LIMITS | {"hf_config": str(model_dir() / "config.json")} | extra
 
 
+@pytest.fixture(scope="module", autouse=True)
+def progress_lines():
+    """The live modules' progress lines (logging) on stderr, as calibrate --live shows them."""
+    with stderr_lines("capsim.calibrate.live"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def roundtrip(tmp_path_factory):
     if not vllm_available():
@@ -131,14 +139,14 @@ def roundtrip(tmp_path_factory):
         facts = read_server(h.url, **_limits({}))
         t = time.monotonic()
         prof, cal_dir = live_calibrate(h.url, budget_s=CAL_BUDGET, out_dir=out / "calibrate", facts=facts,
-                                       runs=CAL_RUNS, say=print)
+                                       runs=CAL_RUNS)
         timings["calibrate"] = time.monotonic() - t
         specs = RandomWorkload(**SHAPE).sample(60, seed=0)
         mu = summarize_open(simulate_open(prof, specs, OpenLoop(rate=math.inf)))["request_throughput"]
         loads = [LiveLoad("light", num_prompts=20, rate=0.35 * mu, seed=1, endpoint="chat", **SHAPE),
                  LiveLoad("near-saturation", num_prompts=40, rate=0.8 * mu, seed=2, endpoint="chat", **SHAPE)]
         t = time.monotonic()
-        lv = live_validate(h.url, prof, loads, out / "validate", repeat=True, retries=RETRIES, say=print)
+        lv = live_validate(h.url, prof, loads, out / "validate", repeat=True, retries=RETRIES)
         runs = {a.load.name: [a, b] for a, b in zip(lv.results, lv.repeats)}
         for load in loads:
             _third_run_if_disturbed(h.url, prof, load, out / "validate", runs[load.name])
@@ -167,7 +175,7 @@ def roundtrip(tmp_path_factory):
 
 
 def _run_load(url, profile, load, d):
-    run, steps = measure_load(url, load, d, retries=RETRIES, say=print)
+    run, steps = measure_load(url, load, d, retries=RETRIES)
     return compare_load(profile, load, run, d, steps, replications=5)
 
 

@@ -230,7 +230,7 @@ def test_the_cli_shows_what_the_drivers_tell_as_capsim_measure_lines(capsys):
     log.warning("after the command: not its line")
     assert capsys.readouterr().err == ("capsim measure: warning: held up\n\ncapsim measure: Ctrl-C: no new requests\n"
                                        "capsim measure: preparing 3 prompts ...\n")
-    assert log.level == level and not any(type(h).__name__ == "_StderrLines" for h in log.handlers)
+    assert log.level == level and not any(type(h).__name__ == "StderrLines" for h in log.handlers)
     assert logging.getLogger("capsim.measure") is log
 
 

@@ -10,7 +10,7 @@ from .cli import live_limit_options, run_calibrate_live, run_validate_live
 from .fit import LIVE_API_PARAMS, LIVE_FIT_PARAMS, fit_live, load_calibration_runs, refit
 from .ladder import MIN_RUNGS, Stage, live_calibrate, parse_budget, predict_seconds, prompt_sizes, rough_profile
 from .loads import LiveLoad, load_loads, seed_loads, single_request_seconds
-from .messages import LiveError, Say, quiet
+from .messages import LiveError
 from .replay import replay_specs, simulate_replay
 from .runs import closed_run_from_result, measured_prompt_scale, scale_run, until_free
 from .server import (VLLM_DEFAULTS, ServerFacts, apply_server_limits, kv_groups_from_hf_config, parse_kv_groups,
@@ -31,5 +31,5 @@ __all__ = [
     "LiveLoad", "seed_loads", "load_loads", "single_request_seconds", "replay_specs", "simulate_replay",
     "live_validate", "measure_load", "compare_load", "predict_live", "LiveResult", "LiveValidation", "EXTRA_METRICS",
     # talking to the user, and the commands
-    "LiveError", "Say", "quiet", "live_limit_options", "run_calibrate_live", "run_validate_live",
+    "LiveError", "live_limit_options", "run_calibrate_live", "run_validate_live",
 ]

@@ -12,7 +12,6 @@ from simulator.profile import load_profile
 
 from .ladder import live_calibrate, parse_budget
 from .loads import load_loads, seed_loads
-from .messages import quiet
 from .server import apply_server_limits, read_server
 from .validate import live_validate
 
@@ -30,11 +29,20 @@ def _user_errors():
     return user_errors(CapsimError)
 
 
-def _measure_lines():
-    """The measure drivers' warnings and Ctrl-C lines on stderr as `capsim measure` shows them
-    (measure.cli.stderr_lines), imported when a command runs."""
+def _messages(as_json: bool):
+    """The live modules' progress lines (logging, "capsim.calibrate.live") on stderr as they were
+    always shown, unless --json; and the measure drivers' warnings and Ctrl-C lines as `capsim
+    measure` shows them (measure.cli.stderr_lines). Imported when a command runs."""
+    import contextlib
+
+    from capsim.logs import stderr_lines as log_lines
     from measure.cli import stderr_lines
-    return stderr_lines()
+
+    stack = contextlib.ExitStack()
+    if not as_json:
+        stack.enter_context(log_lines("capsim.calibrate.live"))
+    stack.enter_context(stderr_lines())
+    return stack
 
 
 def live_limit_options(f):
@@ -67,12 +75,11 @@ def _limits(max_num_seqs, max_num_batched_tokens, async_scheduling, kv_groups, h
 def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json, tg=None, pp_max=None, runs=1, **kw):
     """What `capsim calibrate --live URL` does (calibrate/cli.py calls this)."""
     click = _click()
-    say = quiet if as_json else (lambda m: click.echo(m, err=True))
     lim = _limits(kw.pop("max_num_seqs", None), kw.pop("max_num_batched_tokens", None),
                   kw.pop("async_scheduling", None), kw.pop("kv_groups", None), kw.pop("hf_config", None))
-    with _user_errors(), _measure_lines():
+    with _user_errors(), _messages(as_json):
         prof, d = live_calibrate(url, kw.get("model"), budget, run_dir, lim, clock_scale=kw.get("clock_scale", 1.0),
-                                 api_key=kw.get("api_key"), max_nfev=max_evals, say=say, name=name, tg=tg,
+                                 api_key=kw.get("api_key"), max_nfev=max_evals, name=name, tg=tg,
                                  pp_max=pp_max, runs=runs)
     if out_path:
         prof.save(out_path)
@@ -99,8 +106,7 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
                       as_json, endpoint="completions", **kw):
     """What `capsim validate --live URL --profile P` does (calibrate/cli.py calls this)."""
     click = _click()
-    say = quiet if as_json else (lambda m: click.echo(m, err=True))
-    with _user_errors(), _measure_lines():
+    with _user_errors(), _messages(as_json):
         prof = load_profile(profile_path)
         lim = _limits(kw.get("max_num_seqs"), kw.get("max_num_batched_tokens"), kw.get("async_scheduling"),
                       kw.get("kv_groups"), kw.get("hf_config"))
@@ -109,10 +115,12 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
         if loads_path:
             loads = load_loads(loads_path)
         else:
-            say("default loads: the seed's H and J scaled to this server (see calibrate.live.seed_loads)")
-            loads = seed_loads(prof, facts.max_model_len, scale, length_scale, parse_budget(budget), endpoint, say)
+            if not as_json:
+                click.echo("default loads: the seed's H and J scaled to this server (see calibrate.live.seed_loads)",
+                           err=True)
+            loads = seed_loads(prof, facts.max_model_len, scale, length_scale, parse_budget(budget), endpoint)
         lv = live_validate(url, prof, loads, run_dir, model=facts.model, clock_scale=kw.get("clock_scale", 1.0),
                            replications=replications, repeat=repeat, api_key=kw.get("api_key"),
-                           retries=kw.get("retries", 1), say=say)
+                           retries=kw.get("retries", 1))
     click.echo(json.dumps(lv.to_json(), indent=2, default=str) if as_json else lv.format())
     return lv

@@ -6,6 +6,7 @@ larger prompts under load; each stage's duration predicted on a rough profile fi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from simulator.stepmodel import EmpiricalStepModel
 from simulator.summary import summarize_closed
 
 from .fit import fit_live
-from .messages import LiveError, Say, quiet
+from .messages import LiveError
 from .runs import closed_run_from_result, measured_prompt_scale, scale_run, until_free
 from .server import ServerFacts, read_server
+
+log = logging.getLogger("capsim.calibrate.live.ladder")
 
 
 @dataclass
@@ -121,14 +124,15 @@ def _decode_tps(run: RunResult, c: int | None = None) -> dict[tuple, float]:
 def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 600.0, out_dir=None,
                    limits: dict | None = None, *, clock_scale: float = 1.0, endpoint: str = "chat", tg: int | None = None,
                    pp_max: int | None = None, runs: int = 1, falloff: float = 0.5, max_nfev: int = 150,
-                   api_key: str | None = None, say: Say = quiet, fit_start: Profile | None = None,
+                   api_key: str | None = None, fit_start: Profile | None = None,
                    name: str | None = None, facts: ServerFacts | None = None) -> tuple[Profile, Path]:
     """Measure a closed-loop grid that fits `budget_s` on the live server and fit a profile.
 
     `limits`: what the server does not export, as read_server's keyword arguments
     (max_num_seqs, max_num_batched_tokens, async_scheduling, kv_groups, hf_config).
     Returns (profile, run folder); the folder keeps every measured run plus
-    plan.json, fit.json, server.json and profile.json.
+    plan.json, fit.json, server.json and profile.json. Each stage is told as it starts
+    (logging, "capsim.calibrate.live.ladder", INFO).
     """
     budget = parse_budget(budget_s)
     if runs < 1:
@@ -139,9 +143,9 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     if facts is None:
         facts = read_server(url, model, api_key=api_key, **(limits or {}))
     (out / "server.json").write_text(json.dumps(facts.to_json(), indent=2) + "\n")
-    say(f"server: {facts.model} at {facts.url}: max_model_len {facts.max_model_len}, KV {facts.num_gpu_blocks} blocks "
-        f"of {facts.block_size} ({facts.kv_cache_size_tokens} tokens), max_num_seqs {facts.max_num_seqs}, "
-        f"max_num_batched_tokens {facts.max_num_batched_tokens}, async {facts.async_scheduling}")
+    log.info(f"server: {facts.model} at {facts.url}: max_model_len {facts.max_model_len}, KV {facts.num_gpu_blocks} blocks "
+             f"of {facts.block_size} ({facts.kv_cache_size_tokens} tokens), max_num_seqs {facts.max_num_seqs}, "
+             f"max_num_batched_tokens {facts.max_num_batched_tokens}, async {facts.async_scheduling}")
     tg_ = int(tg or 32)
     stages: list[Stage] = []
     measured: list[RunResult] = []
@@ -152,15 +156,15 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
 
     def run_stage(stage: Stage, warmup: bool = False) -> RunResult:
         folder = out / f"{len(stages) + 1:02d}-{stage.name}"
-        say(f"  {folder.name}: {len(stage.combos)} test(s), predicted {stage.predicted_s:.0f} s "
-            f"({remaining():.0f} s of budget left)")
+        log.info(f"  {folder.name}: {len(stage.combos)} test(s), predicted {stage.predicted_s:.0f} s "
+                 f"({remaining():.0f} s of budget left)")
         t0 = time.monotonic()
         # a stage whose client was held up is run once more; the first run moves to OUT/set-aside/,
         # where refit does not read it
         run, _, aside = until_free(
             lambda: (_measure_closed(url, facts.model, stage.combos, folder, clock_scale, endpoint, api_key,
                                      runs=runs, warmup=warmup), None),
-            folder, 1, lambda k: out / "set-aside" / folder.name, folder.name, say)
+            folder, 1, lambda k: out / "set-aside" / folder.name, folder.name)
         if aside:
             stage.note += f" set aside once: {aside[0]['run_dir']}"
         stage.measured_s = time.monotonic() - t0
@@ -240,7 +244,7 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     # 5. fit
     runs_c = [closed_run_from_result(r, facts, source=str(out / f), test=f) for r, f in zip(measured, folders)]
     scale = measured_prompt_scale(measured)
-    say(f"  fitting on {sum(len(r.rows) for r in runs_c)} measured tests ({time.monotonic() - t_begin:.0f} s so far)")
+    log.info(f"  fitting on {sum(len(r.rows) for r in runs_c)} measured tests ({time.monotonic() - t_begin:.0f} s so far)")
     fr = fit_live(runs_c, facts, max_nfev=max_nfev, prompt_scale=scale, start=fit_start)
     prof = fr.profile
     prof.name = name or facts.model
@@ -259,6 +263,6 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
                                               "residuals": [r.to_json() for r in fr.residuals],
                                               "prior_residuals": [r.to_json() for r in fr.prior_residuals]},
                                              indent=2, default=str) + "\n")
-    say(f"  done in {time.monotonic() - t_begin:.0f} s: median |error| "
-        f"{prof.provenance['median_abs_error_pct']:.1f}% over {len(fr.residuals)} figures")
+    log.info(f"  done in {time.monotonic() - t_begin:.0f} s: median |error| "
+             f"{prof.provenance['median_abs_error_pct']:.1f}% over {len(fr.residuals)} figures")
     return prof, out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,9 @@ from simulator.profile import Profile, load_profile
 from simulator.sim import simulate_open
 from simulator.workload import RandomWorkload, RequestSpec
 
-from .messages import LiveError, Say, quiet
+from .messages import LiveError
+
+log = logging.getLogger("capsim.calibrate.live.loads")
 
 
 @dataclass
@@ -62,8 +65,8 @@ def single_request_seconds(profile: Profile, prompt: int, output: int) -> float:
 
 
 def seed_loads(profile: Profile, max_model_len: int | None = None, scale: float | None = None,
-               length_scale: float | None = None, budget_s: float = 600.0, endpoint: str = "completions",
-               say: Say = quiet) -> list[LiveLoad]:
+               length_scale: float | None = None, budget_s: float = 600.0, endpoint: str = "completions"
+               ) -> list[LiveLoad]:
     """The seed's open-loop tests H and J (random 4000/500, range 0.9) scaled to this server.
 
     - token lengths x `length_scale` (default: the largest request fills at most 45% of
@@ -72,7 +75,8 @@ def seed_loads(profile: Profile, max_model_len: int | None = None, scale: float 
       original shape over this box's for the scaled shape, so each load is about as
       heavy relative to the box as it was on the DGX Spark);
     - num_prompts cut so that each load's arrivals span at most its share of `budget_s`.
-    I (ShareGPT: real text, lengths cannot be scaled) is left out.
+    I (ShareGPT: real text, lengths cannot be scaled) is left out. Each scaling is told
+    (logging, "capsim.calibrate.live.loads", INFO).
     """
     from ..seed import seed_open_runs
 
@@ -96,8 +100,8 @@ def seed_loads(profile: Profile, max_model_len: int | None = None, scale: float 
                               rate=rate, burstiness=float(p.get("burstiness") or 1.0),
                               max_concurrency=int(mc) if mc else None, seed=int(p.get("seed") or 0),
                               endpoint=endpoint))
-        say(f"  {run.test}: {n_in}/{n_out} tokens -> {i2}/{o2} (x{ls:.3g}); {p['request_rate']}/s -> {rate:.3g}/s "
-            f"(x{k:.3g}); {n} -> {n2} prompts")
+        log.info(f"  {run.test}: {n_in}/{n_out} tokens -> {i2}/{o2} (x{ls:.3g}); {p['request_rate']}/s -> "
+                 f"{rate:.3g}/s (x{k:.3g}); {n} -> {n2} prompts")
     return loads
 
 

@@ -5,6 +5,7 @@ prompt scale the server applied, and a run made again while its client was held 
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,8 +15,9 @@ from simulator.records import ClosedLoopFacts, LiveFacts, RunResult
 from simulator.summary import summarize_closed
 
 from ..results import ClosedRun
-from .messages import Say
 from .server import ServerFacts
+
+log = logging.getLogger("capsim.calibrate.live.runs")
 
 
 def scale_run(run: RunResult, s: float) -> RunResult:
@@ -61,10 +63,11 @@ def measured_prompt_scale(runs: list[RunResult]) -> float:
 
 
 def until_free(attempt: Callable[[], tuple[RunResult, Any]], out_dir, retries: int,
-                aside_dir: Callable[[int], Path], name: str, say: Say) -> tuple[RunResult, Any, list[dict]]:
+                aside_dir: Callable[[int], Path], name: str) -> tuple[RunResult, Any, list[dict]]:
     """`attempt()` -> (run, extra), made again while capsim measure says the run's client was
     held up (its timings are the client's), at most `retries` more times. The K-th held-up run's
-    folder moves to aside_dir(K). Returns (run, extra, one record per set-aside run)."""
+    folder moves to aside_dir(K), and is told (logging, "capsim.calibrate.live.runs", INFO).
+    Returns (run, extra, one record per set-aside run)."""
     from measure.drivers import held_up
 
     set_aside: list[dict] = []
@@ -81,4 +84,4 @@ def until_free(attempt: Callable[[], tuple[RunResult, Any]], out_dir, retries: i
         set_aside.append({"run_dir": str(aside) if aside else None, "warning": warning,
                           "send_lag_s": run.client.send_lag_s if run.client else None,
                           "loop_lag_s": run.client.loop_lag_s if run.client else None})
-        say(f"  {name}: set aside and run again: {warning}")
+        log.info(f"  {name}: set aside and run again: {warning}")

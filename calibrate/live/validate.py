@@ -6,6 +6,7 @@ preemptions, output steps and the waiting/running series from /metrics.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,9 +24,11 @@ from simulator.summary import summarize_open
 from ..results import OpenRun
 from ..validate import METRICS, Row, Validation, format_validation, noise_floor
 from .loads import LiveLoad
-from .messages import LiveError, Say, quiet
+from .messages import LiveError
 from .replay import replay_specs, simulate_replay
 from .runs import scale_run, until_free
+
+log = logging.getLogger("capsim.calibrate.live.validate")
 
 
 def _series(samples: list[dict], run: RunResult, clock_scale: float) -> dict[str, np.ndarray]:
@@ -147,7 +150,7 @@ def predict_live(profile: Profile, run: RunResult, load: LiveLoad, replications:
 
 
 def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = None, clock_scale: float = 1.0,
-                 api_key: str | None = None, retries: int = 0, say: Say = quiet) -> tuple[RunResult, float | None]:
+                 api_key: str | None = None, retries: int = 0) -> tuple[RunResult, float | None]:
     """Run one open-loop load live; returns (run in model time, engine steps during it or None).
 
     A run whose client was held up is run again, up to `retries` times: measure's
@@ -172,7 +175,7 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
 
     run, (steps0, steps1), set_aside = until_free(
         attempt, out_dir, retries, lambda k: Path(out_dir).with_name(f"{Path(out_dir).name}-set-aside-{k}"),
-        load.name, say)
+        load.name)
     if set_aside:
         run.live.set_aside = set_aside
     scale_run(run, clock_scale)
@@ -233,8 +236,9 @@ def _open_run(res: LiveResult, source: str) -> OpenRun:
 
 def live_validate(url: str, profile: Profile, loads: Sequence[LiveLoad], out_dir=None, *, model: str | None = None,
                   clock_scale: float = 1.0, replications: int = 5, repeat: bool = False, api_key: str | None = None,
-                  retries: int = 1, say: Say = quiet) -> LiveValidation:
-    """Run each load live, predict it on the model, and score (docs/design/live-calibration.md)."""
+                  retries: int = 1) -> LiveValidation:
+    """Run each load live, predict it on the model, and score (docs/design/live-calibration.md).
+    Each load is told as it starts (logging, "capsim.calibrate.live.validate", INFO)."""
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"validate-live-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     source = f"live {url}"
@@ -243,9 +247,9 @@ def live_validate(url: str, profile: Profile, loads: Sequence[LiveLoad], out_dir
     for rep in range(2 if repeat else 1):
         for load in loads:
             d = out / (load.name + ("" if rep == 0 else "-repeat"))
-            say(f"  {d.name}: {load.num_prompts} requests of ~{load.input_len}+{load.output_len} tokens at "
-                f"{load.rate:.3g}/s" + (f", max concurrency {load.max_concurrency}" if load.max_concurrency else ""))
-            run, steps = measure_load(url, load, d, model or None, clock_scale, api_key, retries, say)
+            log.info(f"  {d.name}: {load.num_prompts} requests of ~{load.input_len}+{load.output_len} tokens at "
+                     f"{load.rate:.3g}/s" + (f", max concurrency {load.max_concurrency}" if load.max_concurrency else ""))
+            run, steps = measure_load(url, load, d, model or None, clock_scale, api_key, retries)
             res = compare_load(profile, load, run, d, steps, replications, clock_scale)
             (results if rep == 0 else repeats).append(res)
             if rep == 0:
