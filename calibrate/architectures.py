@@ -139,6 +139,9 @@ FAMILIES: list[tuple[str, dict]] = [
     # -3.1-24B-Instruct-2503): 8 KV heads of 128 (as the older 22B -Instruct-2409). Not Mistral Small 4 (above).
     (r"mistral-small-(?!4)", dict(family="mistral-small dense", kv_heads=8, head_dim=128, q_heads=32, sizes={
         24: dict(layers=40, q_heads=32)})),
+    # Devstral Small and Magistral Small: Mistral Small 3.x at 24B, with no size in their names.
+    (r"(?:devstral|magistral)-small", dict(family="mistral-small dense", params_total_b=24.0, params_active_b=24.0,
+                                           layers=40, attn_layers=40, kv_heads=8, head_dim=128, q_heads=32)),
     # Mistral Nemo (config.json of mistralai/Mistral-Nemo-Instruct-2407): 12.2B, no size in its name.
     (r"mistral-nemo(?!-minitron)", dict(family="mistral-nemo dense", params_total_b=12.2, params_active_b=12.2,
                                          layers=40, attn_layers=40, kv_heads=8, head_dim=128, q_heads=32)),
@@ -160,10 +163,18 @@ FAMILIES: list[tuple[str, dict]] = [
 ]
 
 
+# Names that say "hybrid" where no table entry does (Mamba or linear attention beside full attention):
+# KV grows on a fraction of the layers only. Jamba and MiniMax-M1 keep full attention on 1 layer in 8,
+# Nemotron-H and Granite-4.0-H on about 1 in 10, Kimi-Linear on 1 in 4: 1 in 8 as the prior.
+HYBRID_NAME = r"mamba|jamba|granite-4\.\d+-h-|nemotron-h(?![a-z])|nemotron-nano-\d+b-v2|kimi-linear|minimax-m1"
+HYBRID_ATTN_FRACTION = 0.125
+
+
 def name_params(name: str) -> tuple[float | None, float | None]:
     """(total, active) parameter counts in billions from names like 'Qwen3.6-35B-A3B' or 'gpt-oss-20b'."""
     total = active = None
-    m = re.search(r"(?<![a-zA-Z])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name.replace("-A", " A").replace("-a", " a"))
+    # not a digit run's tail: "Hunyuan-A13B" gives no total, not 3B
+    m = re.search(r"(?<![a-zA-Z\d.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name.replace("-A", " A").replace("-a", " a"))
     if m:
         total = float(m.group(1))
     m2 = re.search(r"[-_ ][Aa](\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name)
@@ -183,6 +194,8 @@ def weight_dtype(server: dict) -> tuple[str, str]:
     for key in ("nvfp4", "mxfp4", "fp8", "awq", "gptq", "int4", "int8", "bf16", "fp16"):
         if re.search(rf"(?<![a-z0-9]){key}", text):
             return key, "model id / run name"
+    if re.search(r"(?<![a-z0-9])fp4(?![a-z0-9])", text):  # NVIDIA's "-FP4" checkpoints are NVFP4
+        return "nvfp4", "model id / run name (FP4)"
     if "gpt-oss" in text:
         return "mxfp4", "gpt-oss ships mxfp4 experts"
     return "bf16", "assumed (no dtype in the model id or flags)"
@@ -214,6 +227,9 @@ def architecture_for(server: dict) -> Architecture:
             break
     assumed: list[str] = []
     frac = facts.pop("hybrid_attn_fraction", None)
+    if not facts and re.search(HYBRID_NAME, low):
+        frac = HYBRID_ATTN_FRACTION
+        assumed.append(f"a hybrid (the name says so): full attention on 1 layer in {round(1 / frac)}")
     sizes = facts.pop("sizes", None)
     if sizes is not None:
         size = next((v for k, v in sizes.items() if total is not None and abs(k - total) < 1e-6), None)

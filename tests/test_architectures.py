@@ -42,6 +42,8 @@ SAMPLES = {
                                           q_heads=24),
     "zai-org/GLM-4.5-Air-FP8": dict(family="glm-4.5-air MoE", params_total_b=106.0, params_active_b=12.0, layers=46,
                                     kv_heads=8, q_heads=96, n_experts=128, top_k=8, moe_layers=45),
+    "mistralai/Devstral-Small-2507": dict(family="mistral-small dense", params_total_b=24.0, layers=40, kv_heads=8),
+    "mistralai/Magistral-Small-2509": dict(family="mistral-small dense", params_total_b=24.0, layers=40),
     "meta-llama/Llama-4-Scout-17B-16E-Instruct": dict(params_total_b=109.0, params_active_b=17.0, layers=48,
                                                       attn_layers=12, window_layers=36, n_experts=16, top_k=1),
 }
@@ -144,3 +146,23 @@ def test_the_spark_bench_models_are_unchanged(run):
     if not (folder / "meta.json").is_file():
         shared_missing(f"spark-bench run not found: {folder}")
     assert architecture_for(load_meta(folder)) == SPARK_BENCH[run]
+
+
+@pytest.mark.parametrize("model", ["nvidia/NVIDIA-Nemotron-Nano-9B-v2", "ibm-granite/granite-4.0-h-small",
+                                   "ai21labs/AI21-Jamba-Mini-1.7", "moonshotai/Kimi-Linear-48B-A3B-Instruct"])
+def test_a_name_that_says_hybrid_holds_kv_on_few_layers(model):
+    """No table entry, but the name says Mamba or linear attention beside full attention: KV grows on
+    1 layer in 8 and the rest hold a state; the layout stays a guess (its cache is not let bind)."""
+    a = architecture_for({"model": model})
+    assert a.family == "unknown" and a.kv_layout_assumed
+    assert a.attn_layers == max(1, round(a.layers / 8)) and a.state_layers == a.layers - a.attn_layers
+    assert any("hybrid" in x for x in a.assumed)
+    plain = architecture_for({"model": "acme/Plain-9B"})
+    assert plain.attn_layers == plain.layers and plain.state_layers == 0
+    assert step_quantities(a, "bf16", 2.0)["kv_bytes_full"] < step_quantities(plain, "bf16", 2.0)["kv_bytes_full"]
+
+
+def test_a_hybrid_family_in_the_table_keeps_its_own_facts():
+    # qwen3-next has a table entry: its 1 layer in 4, not the name rule's 1 in 8
+    a = architecture_for({"model": "Qwen/Qwen3-Next-80B-A3B-Instruct"})
+    assert a.family.startswith("qwen3-next") and not any("the name says so" in x for x in a.assumed)

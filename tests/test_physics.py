@@ -28,11 +28,14 @@ def test_name_params():
     assert name_params("mistral-small-4-119b-2603-nvfp4") == (119.0, None)
     assert name_params("qwen3.5-0.8b") == (0.8, None)
     assert name_params("some-model") == (None, None)
+    assert name_params("hunyuan-a13b-instruct") == (None, 13.0)  # not a total of 3B from "13B"
+    assert name_params("llama-3_3-nemotron-super-49b-v1_5") == (49.0, None)
 
 
 def test_weight_dtype_from_what_the_run_says():
     assert weight_dtype({"model": "mistralai/Mistral-Small-4-119B-2603-NVFP4"})[0] == "nvfp4"
     assert weight_dtype({"model": "x/y", "weights_profile": "fp8"})[0] == "fp8"
+    assert weight_dtype({"model": "nvidia/Llama-3.3-70B-Instruct-FP4"})[0] == "nvfp4"
     assert weight_dtype({"model": "x/y", "extra_args": "--quantization awq"})[0] == "awq"
     assert weight_dtype({"model": "x/y"})[0] == "bf16"
 
