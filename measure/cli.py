@@ -25,8 +25,8 @@ import click
 
 from capsim import flags
 from capsim.errors import user_errors
-from capsim.logs import stderr_lines as log_lines
 from capsim.flags import MultiValue
+from capsim.logs import stderr_lines as log_lines
 from simulator.errors import CapsimError
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.records import LiveFacts
