@@ -163,7 +163,7 @@ def compare(profile: Profile, runs: list[ClosedRun], prompt_scale: float) -> lis
                                         got.metrics[metric][1], SPREAD_WEIGHT, SPREAD_FLOOR * mu))
         if run.latency_ms and run.latency_mode == "generation":
             out.append(Residual(run.source, run.test, "latency probe", "latency_ms", run.latency_ms,
-                                sim.meta["latency_s"] * 1000, LATENCY_WEIGHT))
+                                sim.closed_loop.latency_s * 1000, LATENCY_WEIGHT))
     return out
 
 
@@ -364,7 +364,7 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
         origin["flags_not_modelled"] = (", ".join(server["unmodelled_flags"]) + ": what they do to step time is in "
                                         "the fitted rates; to the scheduler, nothing is assumed")
     # a first latency guess: the probe on the prior profile
-    probe = simulate_closed(prof, ClosedLoop(combos=[(1, 1, 0, 1)], runs=1, warmup=False)).meta["latency_s"] * 1000
+    probe = simulate_closed(prof, ClosedLoop(combos=[(1, 1, 0, 1)], runs=1, warmup=False)).closed_loop.latency_s * 1000
     scale = estimate_prompt_scale(runs, probe)
     prior_res = compare(prof, runs, scale)
     # How a step's memory and compute time add up is a property of the box's kernels, not of the

@@ -10,9 +10,7 @@ simulation's preemptions); measure writes them to run.json's flat "meta" object
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -326,12 +324,6 @@ class RunResult:
                     "prefix_hit": o.prefix_hit}
             put("staff", o.staff)
         return out | self.extra
-
-    @property
-    def meta(self) -> Mapping[str, Any]:
-        """meta_json(), read-only, for code that still reads the facts by their run.json keys
-        (calibrate/fit.py's meta["latency_s"]); new code reads the typed fields."""
-        return MappingProxyType(self.meta_json())
 
     @staticmethod
     def facts_from_json(meta: dict[str, Any]) -> dict[str, Any]:
