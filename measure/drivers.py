@@ -208,6 +208,15 @@ class _Session:
             gc.unfreeze()
             self._froze = False
 
+    async def wrap_up(self, start: float, end: float, cpu0: float) -> tuple[ClientHealth, list[RequestRecord]]:
+        """The measured window [start, end] is over: the client's health and the records in request order."""
+        client = ClientHealth()
+        self.note_cpu(client, time.process_time() - cpu0, end - start)
+        await self.close_window()
+        self.note_stalls(client, start)
+        self.progress.close()
+        return client, sorted(self.records, key=lambda r: r.request_id)
+
     def note_stalls(self, client: ClientHealth, start: float) -> None:
         """The loop watch's figures; a stall past HELD_UP_S is a warning: the run's timestamps inside it are late."""
         lag = self.watch.summary()
@@ -686,12 +695,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         live.sent_or_queued = len(tasks)
         await S.drain(tasks)
         end = perf_counter()
-        client = ClientHealth()
-        S.note_cpu(client, time.process_time() - cpu0, end - start)
-        await S.close_window()
-        S.note_stalls(client, start)
-        S.progress.close()
-        recs = sorted(S.records, key=lambda r: r.request_id)
+        client, recs = await S.wrap_up(start, end, cpu0)
         S.note_schedule(client, recs, queued=sem is not None)
         run = RunResult(recs, start, end, "open", open_loop=arrivals, live=live, client=client)
         return await S.finish(run, before, None, save_result, save_detailed)
@@ -799,12 +803,7 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                                   "aborted")
                 break
         end = perf_counter()
-        client = ClientHealth()
-        S.note_cpu(client, time.process_time() - cpu0, end - start)
-        await S.close_window()
-        S.note_stalls(client, start)
-        S.progress.close()
-        recs = sorted(S.records, key=lambda r: r.request_id)
+        client, recs = await S.wrap_up(start, end, cpu0)
         run = RunResult(recs, start, end, "closed", closed_loop=loop, live=live, client=client)
         return await S.finish(run, before, server_acc or {}, None, False)
     except BaseException as e:
