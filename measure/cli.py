@@ -44,7 +44,7 @@ def _default_dir(kind: str) -> Path:
 
 
 def stderr_lines(level: int = logging.INFO):
-    """Inside, what the measure drivers tell (measure.drivers.log: warnings, Ctrl-C, setup steps at
+    """Inside, what the measure drivers tell (measure.session.log: warnings, Ctrl-C, setup steps at
     `level` and above) goes to stderr as `capsim measure: ...` lines, a new line first for a record
     marked fresh_line (after a progress bar or a typed ^C); the command line, not the library, decides that."""
     return log_lines("capsim.measure", "capsim measure: ", level)

@@ -278,7 +278,7 @@ def format_report(run: RunResult, info: dict | None = None, summary_kw: dict | N
         lines.append(f"run status: {status}" + (f" ({reason})" if reason else ""))
     if s.get("errors"):
         lines.append("errors: " + "; ".join(f"{n} x {k}" for k, n in s["errors"].items()))
-    # told on stderr as they happened (measure.drivers._warn); a report read later shows them again
+    # told on stderr as they happened (measure.session.warn); a report read later shows them again
     warnings = run.client.warnings if run.client is not None else {}
     lines += [f"warning: {warnings[k]}" for k in sorted(warnings)]
     return "\n".join(lines)

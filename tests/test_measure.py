@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from measure import MeasureError, run_closed, run_open
 from measure.cli import measure as measure_cli
 from measure.cli import report as report_cli
-from measure.drivers import HELD_UP_S
+from measure.session import HELD_UP_S
 from measure.client import public_url, split_url
 from measure.fakeserver import FakeConfig, FakeServer
 from measure.prom import delta, parse_metrics
@@ -196,7 +196,7 @@ def hold_up_client(monkeypatch, seconds: float, times: int = 1) -> None:
 
 
 def _told(caplog) -> list[str]:
-    """What the drivers told (measure.drivers.log; the CLI shows each as `capsim measure: ...`)."""
+    """What the drivers told (measure.session.log; the CLI shows each as `capsim measure: ...`)."""
     return [r.getMessage() for r in caplog.records if r.name == "capsim.measure"]
 
 
@@ -220,7 +220,7 @@ def test_the_cli_shows_what_the_drivers_tell_as_capsim_measure_lines(capsys):
     import logging
 
     from measure.cli import stderr_lines
-    from measure.drivers import log
+    from measure.session import log
     level = log.level
     with stderr_lines():
         log.warning("warning: %s", "held up")

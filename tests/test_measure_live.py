@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from measure import run_closed, run_open
-from measure.drivers import held_up
+from measure.session import held_up
 from measure.cli import measure as measure_cli
 from measure.runfiles import load_run
 from simulator.load import ClosedLoop, OpenLoop

@@ -68,7 +68,7 @@ def until_free(attempt: Callable[[], tuple[RunResult, Any]], out_dir, retries: i
     held up (its timings are the client's), at most `retries` more times. The K-th held-up run's
     folder moves to aside_dir(K), and is told (logging, "capsim.calibrate.live.runs", INFO).
     Returns (run, extra, one record per set-aside run)."""
-    from measure.drivers import held_up
+    from measure.session import held_up
 
     set_aside: list[dict] = []
     while True:
