@@ -266,7 +266,7 @@ class Engine:
         """How many of the run's steps stay knowable given the arrival at _pending: the steps before the
         one whose schedule would first have seen it (its end, with async scheduling, is in flight then)."""
         t_a = self._pending
-        q = 0 if t_a <= run.start else int(np.searchsorted(run.ends, t_a, side="left")) + 1
+        q = 0 if t_a <= run.start else int(run.ends.searchsorted(t_a, "left")) + 1
         return min(run.k, q + 1) if self.async_ else min(run.k, max(q, 1))
 
     def _cut_run(self) -> bool:
@@ -714,9 +714,8 @@ class Engine:
         first_idx = self.steps
         if k == 1:
             d = self._step_time(sums)
-            noise = self._noise(first_idx, 1)
-            if noise is not None:
-                d = d * noise[0]
+            if self.noise_cv > 0:
+                d = d * self._noise(first_idx, 1)[0]
             step = _Step(items, start, 1, [start + d], mem=mem)  # a list: only runs need arrays of ends
         else:
             d = self._run_times(items, mem, first_idx, k)
