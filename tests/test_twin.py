@@ -21,7 +21,8 @@ from calibrate.live import (LiveLoad, compare_load, load_calibration_runs, measu
 from calibrate.priors import prior_profile
 from measure import run_closed, run_open
 from measure.prom import parse_metrics
-from measure.twin import TwinProcess, TwinServer, TwinTokenizer
+from measure.twin import TwinProcess, TwinServer
+from measure.twin_engine import TwinTokenizer
 from measure.twin_cli import twin_cmd
 from simulator.kvcache import kv_cache_size_tokens
 from simulator.load import ClosedLoop, OpenLoop
