@@ -176,6 +176,11 @@ def outside_envelope(test: str, pred: dict, profile: Profile) -> str | None:
 def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, tokenizer: str | None = None,
              progress=None, n_jobs: int | None = None) -> Validation:
     out = Validation()
+    arch = (profile.model or {}).get("architecture") or {}
+    if arch.get("family") == "unknown":
+        out.notes.append(f"{(profile.model or {}).get('name') or profile.name} is in no family table, so its layout "
+                         f"is guessed ({'; '.join(arch.get('assumed') or ['from its name'])}): the decode band is "
+                         "wider for it")
     preds = {}
     for i, run in enumerate(runs):
         pred, lo, hi, med = predict_run(run, profile, replications, tokenizer, n_jobs)

@@ -90,6 +90,7 @@ def test_a_renamed_model_in_no_table_still_calibrates_and_validates(tmp_path):
     assert fr.profile.step_model.bw_weights <= ROOFLINE_BW * (1 + 1e-9)
     v = validate([r for r in open_runs(run) if r.test == "08-sharegpt"], fr.profile, replications=2, n_jobs=1)
     assert v.rows and all(math.isfinite(r.predicted) for r in v.rows)
+    assert any("no family table" in n and "guessed" in n for n in v.notes)
 
 
 @needs_data
