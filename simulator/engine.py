@@ -723,7 +723,10 @@ class Engine:
             noise = self._noise(first_idx, k)
             if noise is not None:
                 d = d * noise
-            ends = np.add.accumulate(np.concatenate([[start], d]))[1:]
+            ends = np.empty(k + 1)  # start, then the durations: accumulated in order, the ends
+            ends[0] = start
+            ends[1:] = d
+            ends = np.add.accumulate(ends)[1:]
             step = _Step(items, start, k, ends, mem=mem)
             self._pending = None  # arrivals before this schedule are in `waiting` already
             if self.trace is not None:
