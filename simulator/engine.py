@@ -1,33 +1,9 @@
 """A SimPy model of vLLM V1's engine loop.
 
-Each schedule() call follows vllm/v1/core/sched/scheduler.py: running requests
-first in admission order (decodes take one token, partial prefills the rest of
-their prompt up to the token budget); then, only if nothing was preempted,
-waiting requests FCFS while budget, max_num_seqs and KV blocks allow, the first
-chunk being whatever budget is left. A running request that cannot get its
-blocks preempts the most recently admitted one (recompute: its KV is freed and
-it goes back to the front of the waiting queue). With async scheduling the
-scheduler works one step ahead: step n+2 is scheduled when step n's output
-arrives, a request that stops at EOS holds its slot for one wasted step, and
-one that reaches max_tokens does not (vLLM checks that explicitly).
-
-Fast-forward: a run of decode steps whose batch cannot change is scheduled as
-one event. Durations come from the same integer step features, so token times
-are bit-identical to stepping one by one; an arrival during the run truncates
-it at the step where step-by-step scheduling would first have seen it. A step
-that preempted never starts a run: vLLM skips admission in that step only, and
-the next one may take the victim back (with async scheduling its in-flight
-tokens are dropped, so it can need fewer blocks than it just gave up).
-
-Members: with fast-forward, while no KV block can be refused (the blocks every
-request in the engine could ever hold fit the cache), a request decoding one token
-a step becomes a member whose counters follow from the step index; a step's
-features over members are integer sums kept up to date, so neither a single step
-nor a decode run costs work per decoding request, and arrivals, finishes and
-prefills change the batch in O(log n). Anything the shortcut does not cover
-(a trace, on_emit, speculative decoding, a tight cache, a budget that could bind
-out of order) writes the members back first. The tests hold both to the records
-of stepping one by one.
+One `_schedule()` per step follows vllm/v1/core/sched/scheduler.py (running requests first, then
+waiting ones FCFS within the token budget, max_num_seqs and KV blocks; recompute preemption; async
+scheduling one step ahead). Fast-forward takes runs of unchanging decode steps as one event with
+bit-identical token times. Design: docs/design/engine.md.
 """
 from __future__ import annotations
 
