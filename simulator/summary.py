@@ -176,8 +176,6 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
     multi = outs > 1
     tpots = (e2els[multi] - ttfts[multi]) / (outs[multi] - 1) if len(ok) else np.zeros(0)
     itls = Pooled()
-    for r in ok:
-        itls.add(np.diff(r.chunk_times))
     starts = np.array([r.start_time for r in ok])
     total_out = int(outs.sum())
     total_in = int(ins.sum())
@@ -194,14 +192,23 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
     if ok:
         t_min = starts.min()
         per_second = np.zeros(int(max(r.chunk_times[-1] for r in ok) - t_min) + 1, dtype=np.int64)
-        # chunks per 1-s bucket, counted in batches (np.add.at per request was a slow part of 100k requests)
+        # Chunk times of many requests at once (numpy calls per request were most of summarising 100k
+        # requests): the pooled ITLs and the chunks per 1-s bucket. One diff of the concatenated times
+        # takes each request's gaps (the same subtractions of the same pairs as a diff per request) plus
+        # one across each boundary between two requests, which is dropped.
         parts: list[np.ndarray] = []
         n_parts = 0
         for i, r in enumerate(ok):
-            parts.append((r.chunk_times - t_min).astype(np.int64))
-            n_parts += len(parts[-1])
+            parts.append(r.chunk_times)
+            n_parts += len(r.chunk_times)
             if n_parts >= 1 << 19 or i == len(ok) - 1:
-                idx = np.concatenate(parts)
+                times = np.concatenate(parts)
+                gaps = np.diff(times)
+                if len(parts) > 1:
+                    ends = np.cumsum([len(x) for x in parts[:-1]])  # each request's first chunk but the first's
+                    gaps = np.delete(gaps, ends - 1)
+                itls.add(gaps)
+                idx = (times - t_min).astype(np.int64)
                 if len(idx) and idx.min() < 0:  # np.add.at's wrap-around on negative buckets, kept
                     np.add.at(per_second, idx, 1)
                 else:
