@@ -186,6 +186,9 @@ class PhysicalStepModel(StepModel):
         object.__setattr__(self, name, value)
         if name == "decode_factors":  # interpolated factors are cached per batch size
             object.__setattr__(self, "_factor_cache", {})
+        # the weights time is cached per token count (its two powers cost as much as the rest of a step's
+        # time): any parameter set (what-ifs, scale()) drops it, so it never outlives the values it used
+        object.__setattr__(self, "_weights_cache", {})
 
     def decode_factor(self, n_seqs: int) -> float:
         if not self.decode_factors:
@@ -204,7 +207,12 @@ class PhysicalStepModel(StepModel):
         return e * (1.0 - (1.0 - k / e) ** (float(n_tokens) ** self.alpha))
 
     def _weights_time(self, n_tokens: int) -> float:
-        return (self.weight_bytes_fixed + self.moe_layers * self.experts_touched(n_tokens) * self.expert_bytes) / self.bw_weights
+        wt = self._weights_cache.get(n_tokens)
+        if wt is None:
+            wt = (self.weight_bytes_fixed + self.moe_layers * self.experts_touched(n_tokens) * self.expert_bytes) \
+                / self.bw_weights
+            self._weights_cache[n_tokens] = wt
+        return wt
 
     def time_of(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window) -> float:
         """times() for one step in Python floats, operation for operation (it runs once per simulated step).
