@@ -169,14 +169,18 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
     """
     ok = [r for r in run.records if r.ok]
     dur = run.duration
-    ttfts = np.array([r.chunk_times[0] - r.start_time for r in ok])
-    e2els = np.array([r.chunk_times[-1] - r.start_time for r in ok])
+    # the per-request times in one pass over the records (a pass per field was a slow part of 100k requests);
+    # the differences below are the same float subtractions a request at a time would make
+    firsts, lasts, starts, scheds = np.array(
+        [(r.chunk_times[0], r.chunk_times[-1], r.start_time, r.scheduled_time) for r in ok], dtype=np.float64
+    ).reshape(-1, 4).T.copy()  # rows of a C-ordered table: contiguous, as the per-field arrays were
+    ttfts = firsts - starts
+    e2els = lasts - starts
     outs = np.array([r.output_tokens for r in ok], dtype=np.int64)
     ins = np.array([r.prompt_tokens for r in ok], dtype=np.int64)
     multi = outs > 1
     tpots = (e2els[multi] - ttfts[multi]) / (outs[multi] - 1) if len(ok) else np.zeros(0)
     itls = Pooled()
-    starts = np.array([r.start_time for r in ok])
     total_out = int(outs.sum())
     total_in = int(ins.sum())
     res: dict[str, float] = {
@@ -218,7 +222,7 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
         res["max_concurrent_requests"] = peak_concurrency_bucket(starts, starts + e2els)
         # the ends themselves, not start + e2el: that sum can land an ulp past the end, and a request
         # sent the instant another finished (a client semaphore) would count as overlapping it
-        res["max_concurrent_requests_sweep"] = peak_concurrency_sweep(starts, np.array([r.chunk_times[-1] for r in ok]))
+        res["max_concurrent_requests_sweep"] = peak_concurrency_sweep(starts, lasts)
     else:
         res["max_output_tokens_per_s"] = 0.0
         res["max_concurrent_requests"] = 0
@@ -230,7 +234,7 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
             if name in goodput:
                 good &= goodput[name] / 1000.0 >= vals
         res["request_goodput"] = int(good.sum()) / dur if dur > 0 else 0.0
-    queue = np.array([r.start_time - r.scheduled_time for r in ok])
+    queue = starts - scheds
     want = tuple(metrics) if metrics else \
         OPEN_METRICS + (("client_queue_time",) if run.open_loop is not None and run.open_loop.max_concurrency else ())
     values = {"ttft": ttfts, "tpot": tpots, "e2el": e2els, "client_queue_time": queue,
