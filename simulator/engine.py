@@ -14,7 +14,6 @@ from typing import Callable
 
 import numpy as np
 import simpy
-from simpy.events import PENDING
 
 from .kvcache import KVCache
 from .profile import Profile
@@ -76,7 +75,7 @@ class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
                  "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
                  "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub",
-                 "m_id", "m_f", "m_oj", "m_cj", "m_base", "m_stop", "m_fs", "m_in", "m_below")
+                 "m_id", "m_f", "m_oj", "m_cj", "m_base", "m_stop", "m_fs", "m_in")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int):
         self.spec = spec
@@ -146,7 +145,7 @@ class _Relay:
 
     def __call__(self, _ev) -> None:
         ev = self.event
-        if ev is not None and ev._value is PENDING:
+        if ev is not None and not ev.triggered:
             ev.succeed()
 
 
@@ -664,7 +663,7 @@ class Engine:
             n = self._m_n
             b += n
             s0 += self._m_base_sum + n * (first_idx - 1)
-            if self._m_bel:  # members under the window at this step (_schedule_members keeps m_below)
+            if self._m_bel:  # members under the window at this step (_schedule_members keeps _m_bel)
                 below += [r.m_base + first_idx - 1 for r in self._m_bel]
         if len(below) * k > 1 << 16:  # the table is cheaper than a large outer sum
             ctx0 = np.array([r.computed - 1 for r, _, _, _ in items], dtype=np.int64)
@@ -736,8 +735,8 @@ class Engine:
         self._h_cross: list = []  # (step whose context reaches the window, id, req)
         self._h_fs: list = []  # (fs, id, req)
         self._h_k: list = []  # (last step a decode run may reach + 1, id, req)
-        self._m_bel: dict[_Req, None] = {}  # the scheduled members whose m_below is set
-        self._m_n = self._m_base_sum = self._m_below_n = self._m_below_sum = 0
+        self._m_bel: dict[_Req, None] = {}  # the scheduled members whose context is still under the window
+        self._m_n = self._m_base_sum = self._m_below_sum = 0
 
     def _m_out(self, r: _Req) -> None:
         """r is no longer scheduled: out of the step sums."""
@@ -745,11 +744,13 @@ class Engine:
         r.m_in = False
         self._m_n -= 1
         self._m_base_sum -= r.m_base
-        if r.m_below:
-            r.m_below = False
-            del self._m_bel[r]
-            self._m_below_n -= 1
-            self._m_below_sum -= r.m_base
+        if r in self._m_bel:
+            self._m_unbelow(r)
+
+    def _m_unbelow(self, r: _Req) -> None:
+        """r's window sum no longer grows: its context reached the window, or it left the step."""
+        del self._m_bel[r]
+        self._m_below_sum -= r.m_base
 
     @staticmethod
     def _h_top(h: list, scheduled: bool):
@@ -792,11 +793,8 @@ class Engine:
         h = self._h_cross
         while h and h[0][0] <= s:
             _, i, r = heapq.heappop(h)
-            if r.mem and r.m_id == i and r.m_below:
-                r.m_below = False
-                del self._m_bel[r]
-                self._m_below_n -= 1
-                self._m_below_sum -= r.m_base
+            if r.mem and r.m_id == i and r in self._m_bel:
+                self._m_unbelow(r)
         join, general = [], []
         demand = 0
         last = running[-1] if running else None
@@ -831,10 +829,8 @@ class Engine:
             self._m_in[r] = None
             self._m_n += 1
             self._m_base_sum += r.m_base
-            r.m_below = bool(w) and cj + 1 < w
-            if r.m_below:
+            if w and cj + 1 < w:
                 self._m_bel[r] = None
-                self._m_below_n += 1
                 self._m_below_sum += r.m_base
                 heapq.heappush(self._h_cross, (w - r.m_base, i, r))
             heapq.heappush(self._h_stop, (stop, i, r))
@@ -843,7 +839,8 @@ class Engine:
         if join and len(self._mem) > self.max_members:
             self.max_members = len(self._mem)
         dec_cf = self._m_base_sum + n_mem * s  # contexts after this step
-        dec_cw = self._m_below_sum + self._m_below_n * s + w * (n_mem - self._m_below_n) if w else 0
+        nb = len(self._m_bel)
+        dec_cw = self._m_below_sum + nb * s + w * (n_mem - nb) if w else 0
         budget -= n_mem
         items: list = []
         for req in general:
@@ -1054,7 +1051,7 @@ class Engine:
                 self._run_wait = (head, first, relay)
                 yield first
                 self._run_wait = None
-                if wake.callbacks is None:
+                if wake.processed:
                     continue  # an arrival was processed by then: re-check how far the run stays knowable
                 n_exec = head.k - 1 if self.async_ else head.k  # _cut_run may have shortened it
                 break
