@@ -170,6 +170,15 @@ HYBRID_NAME = r"mamba|jamba|granite-4\.\d+-h-|nemotron-h(?![a-z])|nemotron-nano-
 HYBRID_ATTN_FRACTION = 0.125
 
 
+UNKNOWN_FAMILY = "unknown"  # the family of a model no table entry matched: its layout is a guess
+
+
+def layout_guessed(model: dict) -> bool:
+    """Whether a profile's `model` (Profile.model) was matched by no family table: its depth, KV heads
+    and experts are guesses from its name and speed."""
+    return (model.get("architecture") or {}).get("family") == UNKNOWN_FAMILY
+
+
 def name_params(name: str) -> tuple[float | None, float | None]:
     """(total, active) parameter counts in billions from names like 'Qwen3.6-35B-A3B' or 'gpt-oss-20b'."""
     total = active = None
@@ -264,7 +273,7 @@ def architecture_for(server: dict) -> Architecture:
         assumed.append("128 experts, top-8 (typical MoE)")
     if "kv_heads" not in facts and "mla_dim" not in facts:
         assumed.append("8 KV heads of 128 (typical GQA)")
-    facts.setdefault("family", "unknown")
+    facts.setdefault("family", UNKNOWN_FAMILY)
     return Architecture(**facts, source=source, assumed=assumed,
                         kv_layout_assumed="kv_heads" not in facts and "mla_dim" not in facts)
 

@@ -20,6 +20,7 @@ from simulator.sim import simulate_closed
 from simulator.uncertainty import Uncertainty
 from simulator.summary import summarize_closed
 
+from .architectures import layout_guessed
 from .priors import ROOFLINE_BW, prior_profile
 from .results import ClosedRun
 
@@ -389,7 +390,7 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     if best.engine.num_speculative_tokens and str(origin.get("spec_acceptance", "")).startswith("prior"):
         # llama-benchy's tables do not identify how many drafts a step keeps: the band spans it
         best.uncertainty.spec_acceptance_range = list(SPEC_ACCEPTANCE_RANGE)
-    if best.model.get("architecture", {}).get("family") == "unknown":
+    if layout_guessed(best.model):
         # no family table: the layout the step model rests on is a guess, and misses grow accordingly
         best.uncertainty.model_sigma = max(best.uncertainty.model_sigma, DECODE_SIGMA_FLOOR_GUESSED)
     best.provenance |= {

@@ -19,6 +19,7 @@ from simulator.replicate import replicate_open
 from simulator.workload import (PromptFormat, RandomWorkload, ShareGPTWorkload, Workload, WorkloadError,
                                 bundled_sharegpt_path, tokenizer_counter)
 
+from .architectures import layout_guessed
 from .results import OpenRun
 
 FAMILIES = {
@@ -176,9 +177,9 @@ def outside_envelope(test: str, pred: dict, profile: Profile) -> str | None:
 def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, tokenizer: str | None = None,
              progress=None, n_jobs: int | None = None) -> Validation:
     out = Validation()
-    arch = (profile.model or {}).get("architecture") or {}
-    if arch.get("family") == "unknown":
-        out.notes.append(f"{(profile.model or {}).get('name') or profile.name} is in no family table, so its layout "
+    if layout_guessed(profile.model or {}):
+        arch = profile.model["architecture"]
+        out.notes.append(f"{profile.model.get('name') or profile.name} is in no family table, so its layout "
                          f"is guessed ({'; '.join(arch.get('assumed') or ['from its name'])}): the decode band is "
                          "wider for it")
     preds = {}
