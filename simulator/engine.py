@@ -18,7 +18,7 @@ import simpy
 from .kvcache import KVCache
 from .profile import Profile
 from .records import RequestRecord
-from .stepmodel import window_pairs
+from .stepmodel import window_pairs, window_sums
 from .workload import RequestSpec
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
@@ -644,11 +644,9 @@ class Engine:
         """model.decode_run(ctx0, k) for the run launched now, ctx0 being every request's context before its
         first step (items: computed - 1, as step 1 is scheduled; members scheduled now: m_base + first_idx - 1).
 
-        decode_run's own feature building (a sort, a cumulative table, a search: two thirds of its time)
-        is not needed here: the full-context sums follow from the total, which the members keep, and in
-        the window sums every context of at least window - 1 adds the window in every step, so only the
-        few below it are summed, step by step. The very integer features decode_run builds go to
-        model.times; tests/test_engine_speed.py holds the two equal.
+        The context array decode_run starts from is not built: the full-context sums follow from the
+        total, which the members keep, and only the contexts under the window change the window sums
+        (stepmodel.window_sums, decode_run's own). The same integer features go to the model's times.
         """
         w = self.window
         b = len(items)
@@ -665,22 +663,8 @@ class Engine:
             s0 += self._m_base_sum + n * (first_idx - 1)
             if self._m_bel:  # members under the window at this step (_schedule_members keeps _m_bel)
                 below += [r.m_base + first_idx - 1 for r in self._m_bel]
-        if len(below) * k > 1 << 16:  # the table is cheaper than a large outer sum
-            ctx0 = np.array([r.computed - 1 for r, _, _, _ in items], dtype=np.int64)
-            if mem and self._mem:
-                base = np.fromiter((r.m_base for r in self._m_in), dtype=np.int64, count=len(self._m_in))
-                ctx0 = np.concatenate([ctx0, base + (first_idx - 1)])
-            return self.model.decode_run(ctx0, k)
         cf = np.arange(s0 + b, s0 + b * k + 1, b, dtype=np.int64)  # s0 + b * (j + 1), j < k
-        if not w:
-            cw = np.zeros(k, dtype=np.int64)
-        elif below:
-            j1 = np.arange(1, k + 1, dtype=np.int64)
-            o = np.add.outer(np.array(below, dtype=np.int64), j1)
-            cw = np.add.reduce(np.minimum(o, w, out=o), axis=0)
-            cw += (b - len(below)) * w
-        else:
-            cw = np.full(k, b * w, dtype=np.int64)
+        cw = window_sums(np.array(below, dtype=np.int64), b, k, w) if w else np.zeros(k, dtype=np.int64)
         if k <= 10:
             # a short run: the model's scalar path step by step costs less than times()'s ~18 numpy calls on
             # a few elements, and gives the same floats (tests/test_stepmodel_scalar.py holds them equal)

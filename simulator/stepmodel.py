@@ -44,6 +44,30 @@ def window_pairs(start: int, n: int, window: int) -> int:
     return (a + window) * k // 2 + window * (n - k)
 
 
+def window_sums(below: np.ndarray, n: int, k: int, window: int) -> np.ndarray:
+    """sum over n decoding requests of min(c_i + j + 1, window), for the k steps j < k of a decode run.
+
+    below: the contexts c_i (tokens before the run) under window - 1; the other n - len(below)
+    requests are at the window in every step and add it. Exact integers: an outer sum for a few
+    contexts, a sorted cumulative table when there are many (the outer sum's memory grows as both).
+    """
+    below = np.asarray(below, dtype=np.int64)
+    m0 = len(below)
+    j1 = np.arange(1, k + 1, dtype=np.int64)  # j + 1
+    if m0 == 0:
+        cw = np.zeros(k, dtype=np.int64)
+    elif m0 * k <= 1 << 16:
+        o = np.add.outer(below, j1)
+        cw = np.add.reduce(np.minimum(o, window, out=o), axis=0)
+    else:
+        c = np.sort(below)
+        pref = np.concatenate([[0], np.cumsum(c)])
+        m = np.searchsorted(c, window - j1, side="left")  # requests with c_i + j + 1 < window
+        cw = pref[m] + m * j1 + (m0 - m) * window
+    cw += (n - m0) * window
+    return cw
+
+
 def features(items, window: int | None) -> StepFeatures:
     """items: iterable of (start, n): tokens already computed and new tokens."""
     n_tok = n_seq = cf = cw = af = aw = 0
@@ -89,24 +113,12 @@ class StepModel:
         Step j (0-based) has every request at ctx_before + j + 1.
         """
         b = len(ctx_before)
-        j = np.arange(k, dtype=np.int64)
-        s0 = int(ctx_before.sum())
-        cf = s0 * 1 + b * (j + 1)
-        # decode attention pairs: one query over start+1 keys -> start + 1
-        af = cf.copy()
-        if self.window:
-            w = self.window
-            # sum_i min(c_i + j + 1, w): exact integers via a sorted cumulative table
-            c = np.sort(ctx_before.astype(np.int64))
-            pref = np.concatenate([[0], np.cumsum(c)])
-            # count of requests with c_i + j + 1 < w  <=>  c_i < w - j - 1
-            m = np.searchsorted(c, w - j - 1, side="left")
-            cw = pref[m] + m * (j + 1) + (b - m) * w
-            aw = cw.copy()
-        else:
-            cw = np.zeros(k, dtype=np.int64)
-            aw = cw
-        return self.times(b, b, cf, cw, af, aw)
+        c = np.asarray(ctx_before, dtype=np.int64)
+        cf = int(c.sum()) + b * np.arange(1, k + 1, dtype=np.int64)
+        # decode attention pairs: one query over start+1 keys -> start + 1, so af = cf and aw = cw
+        w = self.window
+        cw = window_sums(c[c < w - 1], b, k, w) if w else np.zeros(k, dtype=np.int64)
+        return self.times(b, b, cf, cw, cf, cw)
 
     # Rates multiplied and times divided when a side of the step gets faster (scale()).
     MEMORY_RATES: ClassVar[tuple[str, ...]] = ()
