@@ -76,11 +76,21 @@ class Pooled:
         new = ~match
         return np.insert(av, pos[new], bv[new]), np.insert(counts, pos[new], bc[new])
 
+    def add_counted(self, values: np.ndarray, counts: np.ndarray) -> None:
+        """values[i] pooled counts[i] times."""
+        if len(values):
+            v, inv = np.unique(values, return_inverse=True)
+            # float sums of integer counts: exact below 2**53
+            self._push((v, np.bincount(inv.reshape(-1), weights=counts, minlength=len(v)).astype(np.int64)))
+
     def _flush(self) -> None:
         if not self._pending:
             return
         run = np.unique(np.concatenate(self._pending), return_counts=True)
         self._pending, self._n_pending = [], 0
+        self._push(run)
+
+    def _push(self, run: tuple[np.ndarray, np.ndarray]) -> None:
         runs = self._runs
         while runs and len(runs[-1][0]) <= 2 * len(run[0]):
             run = self._union(runs.pop(), run)
@@ -157,6 +167,88 @@ def peak_concurrency_sweep(starts: np.ndarray, ends: np.ndarray) -> int:
     return int(np.cumsum(deltas[order]).max())
 
 
+def _pool_chunks(ok: list[RequestRecord], itls: Pooled, per_second: np.ndarray, t_min: float) -> None:
+    """Every request's inter-chunk gaps into `itls`, and its chunks into the 1-s buckets of `per_second`.
+
+    Records that view a common array (a simulated run's chunk-time pages) are taken a page at a time:
+    a gap between elements i and i + 1 of the page is the same subtraction of the same two floats in
+    every request whose chunks hold both, so the page's gaps are pooled once, each with the number of
+    requests holding it (and each chunk time counted with the number holding it): the same pooled
+    values and counts as from each request's own gaps, from as many gaps as steps rather than chunks.
+    Other records (live ones, or chunks from several pages) are pooled a batch at a time: one diff of
+    the concatenated times takes each request's gaps plus one across each boundary between two
+    requests, which is dropped.
+    """
+    pages: dict[int, tuple[np.ndarray, int, list, list] | None] = {}  # id(base): (base, address, offsets, lengths)
+    loose = []
+    f8 = np.dtype(np.float64)
+    for r in ok:
+        ct = r.chunk_times
+        b = ct.base
+        if b is not None:
+            g = pages.get(id(b), False)
+            if g is False:  # a new base: a 1-D float64 array of contiguous elements, or no page
+                g = pages[id(b)] = (b, b.ctypes.data, [], []) if (
+                    isinstance(b, np.ndarray) and b.dtype == f8 and b.strides == (8,)) else None
+            if g is not None and ct.strides == (8,) and ct.dtype == f8 and len(ct):
+                off, rem = divmod(ct.ctypes.data - g[1], 8)  # ct is b[off:off + len(ct)]
+                if not rem and 0 <= off and off + len(ct) <= len(b):
+                    g[2].append(off)
+                    g[3].append(len(ct))
+                    continue
+        loose.append(ct)
+
+    def count_seconds(times: np.ndarray, counts: np.ndarray | None) -> None:
+        idx = (times - t_min).astype(np.int64)
+        if len(idx) and idx.min() < 0:  # np.add.at's wrap-around on negative buckets, kept
+            np.add.at(per_second, idx if counts is None else np.repeat(idx, counts), 1)
+        elif counts is None:
+            per_second[:] += np.bincount(idx, minlength=len(per_second))
+        else:
+            per_second[:] += np.bincount(idx, weights=counts, minlength=len(per_second)).astype(np.int64)
+
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    n_batch = 0
+    for g in pages.values():
+        if g is None or not g[2]:
+            continue
+        b, _, offs, lens = g
+        o = np.array(offs, dtype=np.int64)
+        e = o + np.array(lens, dtype=np.int64)  # each request's chunks: seg[o:e], e > o
+        lo = int(o.min())
+        seg = b[lo:int(e.max())]
+        o -= lo
+        e -= lo
+        m = len(seg)
+        held = np.cumsum(np.bincount(o, minlength=m + 1) - np.bincount(e, minlength=m + 1))[:m]
+        gaps_held = np.cumsum(np.bincount(o, minlength=m) - np.bincount(e - 1, minlength=m))[:m - 1]
+        keep = gaps_held > 0
+        batch.append((np.diff(seg)[keep], gaps_held[keep]))
+        n_batch += len(batch[-1][0])
+        if n_batch >= 1 << 19:
+            itls.add_counted(np.concatenate([x[0] for x in batch]), np.concatenate([x[1] for x in batch]))
+            batch, n_batch = [], 0
+        keep = held > 0
+        count_seconds(seg[keep], held[keep])
+    if batch:
+        itls.add_counted(np.concatenate([x[0] for x in batch]), np.concatenate([x[1] for x in batch]))
+
+    parts: list[np.ndarray] = []
+    n_parts = 0
+    for i, ct in enumerate(loose):
+        parts.append(ct)
+        n_parts += len(ct)
+        if n_parts >= 1 << 19 or i == len(loose) - 1:
+            times = np.concatenate(parts)
+            gaps = np.diff(times)
+            if len(parts) > 1:
+                ends = np.cumsum([len(x) for x in parts[:-1]])  # each request's first chunk but the first's
+                gaps = np.delete(gaps, ends - 1)
+            itls.add(gaps)
+            count_seconds(times, None)
+            parts, n_parts = [], 0
+
+
 def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
                    metrics: Sequence[str] | None = None, goodput: dict[str, float] | None = None) -> dict[str, float]:
     """vllm bench serve's result-JSON keys for one run.
@@ -196,28 +288,7 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
     if ok:
         t_min = starts.min()
         per_second = np.zeros(int(max(r.chunk_times[-1] for r in ok) - t_min) + 1, dtype=np.int64)
-        # Chunk times of many requests at once (numpy calls per request were most of summarising 100k
-        # requests): the pooled ITLs and the chunks per 1-s bucket. One diff of the concatenated times
-        # takes each request's gaps (the same subtractions of the same pairs as a diff per request) plus
-        # one across each boundary between two requests, which is dropped.
-        parts: list[np.ndarray] = []
-        n_parts = 0
-        for i, r in enumerate(ok):
-            parts.append(r.chunk_times)
-            n_parts += len(r.chunk_times)
-            if n_parts >= 1 << 19 or i == len(ok) - 1:
-                times = np.concatenate(parts)
-                gaps = np.diff(times)
-                if len(parts) > 1:
-                    ends = np.cumsum([len(x) for x in parts[:-1]])  # each request's first chunk but the first's
-                    gaps = np.delete(gaps, ends - 1)
-                itls.add(gaps)
-                idx = (times - t_min).astype(np.int64)
-                if len(idx) and idx.min() < 0:  # np.add.at's wrap-around on negative buckets, kept
-                    np.add.at(per_second, idx, 1)
-                else:
-                    per_second += np.bincount(idx, minlength=len(per_second))
-                parts, n_parts = [], 0
+        _pool_chunks(ok, itls, per_second, t_min)
         res["max_output_tokens_per_s"] = float(per_second.max())
         res["max_concurrent_requests"] = peak_concurrency_bucket(starts, starts + e2els)
         # the ends themselves, not start + e2el: that sum can land an ulp past the end, and a request
