@@ -558,8 +558,9 @@ class Engine:
         if preempted:
             # this step skipped admission; the next one tries the waiting queue (the victim first) again
             return 1
-        if any(n != 1 or not emits for _, n, emits, _ in others):
-            return 1
+        for _, n, emits, _ in others:
+            if n != 1 or not emits:
+                return 1
         s = self.steps
         if n_mem:
             top = self._h_top(self._h_stop, True)
@@ -663,8 +664,26 @@ class Engine:
             s0 += self._m_base_sum + n * (first_idx - 1)
             if self._m_bel:  # members under the window at this step (_schedule_members keeps _m_bel)
                 below += [r.m_base + first_idx - 1 for r in self._m_bel]
+        if k <= 10 and len(below) * k <= 64:
+            # a short run with few contexts under the window: its integer sums in Python (window_sums' own:
+            # min(c + j + 1, w) summed) and the model's scalar path, without numpy calls on a few elements
+            t = self.model.time_of
+            out = []
+            rest = (b - len(below)) * w if w else 0
+            for j in range(1, k + 1):
+                x = s0 + b * j
+                y = rest
+                for c in below:
+                    y += c + j if c + j < w else w
+                out.append(t(b, b, x, y, x, y))
+            return np.array(out)
         cf = np.arange(s0 + b, s0 + b * k + 1, b, dtype=np.int64)  # s0 + b * (j + 1), j < k
-        cw = window_sums(np.array(below, dtype=np.int64), b, k, w) if w else np.zeros(k, dtype=np.int64)
+        if not w:
+            cw = np.zeros(k, dtype=np.int64)
+        elif below:
+            cw = window_sums(np.array(below, dtype=np.int64), b, k, w)
+        else:
+            cw = np.full(k, b * w, dtype=np.int64)  # every context at the window: window_sums' own sum
         if k <= 10:
             # a short run: the model's scalar path step by step costs less than times()'s ~18 numpy calls on
             # a few elements, and gives the same floats (tests/test_stepmodel_scalar.py holds them equal)

@@ -43,3 +43,35 @@ def test_decode_runs_and_arrivals_inside_them_give_the_records_of_stepping(make)
     assert st[0].events < st[0].steps and st[0].max_members > 1  # decode runs of members were taken
     assert st[0].steps == st[1].steps
     same_records(a, b)
+
+
+@pytest.mark.parametrize("window", [None, 1024, 16])
+def test_run_times_equal_decode_run_on_both_paths(window):
+    """Engine._run_times gives StepModel.decode_run's durations bit for bit, whether a short run with few
+    contexts under the window takes its Python sums and the scalar time_of, or a longer one numpy's
+    window_sums and times."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import simpy
+
+    from simulator.engine import Engine
+
+    prof = load_profile()
+    prof.step_model.window = window
+    eng = Engine(simpy.Environment(), prof)
+    rng = np.random.default_rng(12)
+    paths = set()
+    for _ in range(300):
+        b = int(rng.integers(1, 12))
+        k = int(rng.integers(2, 30))
+        w = window or 10 ** 9
+        ctx = [int(c) for c in rng.integers(max(0, w - 40), w + 40, size=b)] if rng.random() < 0.7 else \
+            [int(c) for c in rng.integers(0, 200000, size=b)]
+        items = [(SimpleNamespace(computed=c + 1), 1, True, 0) for c in ctx]  # as scheduled in step 1
+        below = sum(1 for c in ctx if window and c < window - 1)
+        paths.add(k <= 10 and below * k <= 64)
+        got = eng._run_times(items, False, 0, k)
+        want = prof.step_model.decode_run(np.array(ctx), k)
+        assert got.tolist() == want.tolist()
+    assert paths == {True, False}
