@@ -112,6 +112,9 @@ class ClosedLoop:
     # Explicit (pp, tg, depth, concurrency) tests instead of the full product, in order.
     combos: Sequence[tuple[int, int, int, int]] | None = None
     prompt_scale: float = 1.0
+    # answers that stop at EOS before tg: their mean length and the shape of their law (FixedWorkload)
+    stop_mean: float | None = None
+    stop_shape: float = 1.0
 
     def __post_init__(self):
         self.pp, self.tg, self.depth, self.concurrency = (tuple(int(x) for x in v) for v in
@@ -154,7 +157,7 @@ class ClosedLoop:
     def batches(self, include_warmup: bool = False) -> list[Batch]:
         out = []
         for pp, tg, depth, c in self.tests():
-            wl = FixedWorkload(pp, tg, depth, self.prompt_scale)
+            wl = FixedWorkload(pp, tg, depth, self.prompt_scale, self.stop_mean, self.stop_shape)
             key = f"pp{pp} tg{tg} d{depth} c{c}"
             runs = (list(range(-int(self.warmup), 0)) if include_warmup else []) + list(range(self.runs))
             for r in runs:

@@ -12,7 +12,7 @@ import json
 import math
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -73,6 +73,33 @@ class Workload:
         raise NotImplementedError
 
 
+def stop_lengths(mean: float, cap: int, n: int, shape: float = 1.0) -> list[int]:
+    """n answer lengths of a gamma law of `mean` tokens and `shape` (1: a constant chance of EOS
+    per token; larger: answers of more alike lengths), capped at `cap`: the law's n
+    equal-probability slices, each at its mean, so the same n requests come out every time and
+    their mean is the capped law's mean."""
+    from scipy.special import gammainc, gammaincinv  # here: `capsim --help` stays fast
+
+    theta = mean / shape
+    f_cap = float(gammainc(shape, cap / theta))
+    lengths = []
+    for i in range(n):
+        a, b = i / n, (i + 1) / n
+        # E[min(X, cap); a < F(X) < b] = E[X; F(X) in (a, min(b, F(cap)))] + cap * P(F(X) in (max(a, F(cap)), b))
+        lo_b = min(b, f_cap)
+        part = 0.0
+        if lo_b > a:
+            xa = theta * float(gammaincinv(shape, a)) if a > 0 else 0.0
+            xb = theta * float(gammaincinv(shape, lo_b)) if lo_b < 1 else math.inf
+            # E[X; X < x] = mean * P(shape + 1, x / theta)
+            fa = float(gammainc(shape + 1, xa / theta))
+            fb = 1.0 if math.isinf(xb) else float(gammainc(shape + 1, xb / theta))
+            part += mean * (fb - fa)
+        part += cap * max(0.0, b - max(a, f_cap))
+        lengths.append(int(min(cap, max(1, round(part * n)))))
+    return lengths
+
+
 @dataclass
 class FixedWorkload(Workload):
     """llama-benchy's shape: prompt of pp tokens after depth tokens of context.
@@ -87,11 +114,20 @@ class FixedWorkload(Workload):
     # llama-benchy sizes prompts with its own tokenizer (gpt2 when the served name is
     # no HF id): the server then counts about prompt_scale * (depth + pp) tokens.
     prompt_scale: float = 1.0
+    # llama-benchy sends no ignore_eos: a model that answers in fewer tokens than tg stops at EOS.
+    # stop_mean is the mean answer length (None: every request runs to tg), stop_shape the gamma
+    # shape of their law (stop_lengths).
+    stop_mean: float | None = None
+    stop_shape: float = 1.0
     name = "fixed"
 
     def __post_init__(self):
         if self.pp < 1 or self.tg < 1 or self.depth < 0:
             raise WorkloadError(f"fixed workload needs pp >= 1, tg >= 1, depth >= 0 (got pp={self.pp}, tg={self.tg}, depth={self.depth})")
+        if self.stop_mean is not None and not self.stop_mean >= 1:
+            raise WorkloadError(f"stop_mean must be >= 1 token, got {self.stop_mean}")
+        if not self.stop_shape > 0:
+            raise WorkloadError(f"stop_shape must be > 0, got {self.stop_shape}")
 
     @property
     def test_name(self) -> str:
@@ -101,7 +137,9 @@ class FixedWorkload(Workload):
         tokens = max(1, round(self.prompt_scale * (self.pp + self.depth)))
         spec = RequestSpec(prompt_tokens=tokens, max_tokens=self.tg, output_tokens=self.tg,
                            tag=self.test_name, raw_prompt_tokens=self.pp + self.depth)
-        return [spec] * n
+        if self.stop_mean is None:
+            return [spec] * n
+        return [replace(spec, output_tokens=o) for o in stop_lengths(self.stop_mean, self.tg, n, self.stop_shape)]
 
     def describe(self) -> dict:
         return {"dataset": "fixed", "pp": self.pp, "tg": self.tg, "depth": self.depth}
