@@ -65,6 +65,8 @@ _CELL_RE = re.compile(r"^([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?:\s*(?:±|\+/-)\
 _VERSION_RE = re.compile(r"llama-benchy \(([^)]+)\)")
 _LATMODE_RE = re.compile(r"latency mode:\s*(\w+)")
 _LOG_LATENCY_RE = re.compile(r"Average latency \((\w+)\):\s*([-\d.]+)\s*ms")
+# the suite runner's log: "[10:13:22] ── END 01 (475s) ──", one line per test it ran
+_RUNNER_END_RE = re.compile(r"END (0[1-6]) \((\d+)s\)")
 
 
 def _cells(line: str) -> list[str]:
@@ -524,11 +526,28 @@ def closed_runs(run_dir) -> list[ClosedRun]:
         runs.append(run)
     have = {md.name[:2] for md in mds}
     skipped += [f"{t}: no report" for t in SUITE_CLOSED_TESTS if t[:2] not in have]
+    walls = closed_test_walls(run_dir)
+    for run in runs:
+        run.wall_s = walls.get(run.test[:2])
     if not runs:
         raise _err(run_dir, "no closed-loop results: " + "; ".join(skipped))
     if skipped:
         server["skipped_tests"] = skipped  # calibration says what it went without
     return runs
+
+
+def closed_test_walls(run_dir: Path) -> dict[str, float]:
+    """Seconds each closed-loop test (01-06) took, from the suite runner's `_runner.log`; {} without it.
+
+    Only the lines of tests 01-06 are read. A test run twice keeps its longest time (a rerun that was
+    skipped logs 0 s)."""
+    log = run_dir / "_runner.log"
+    if not log.is_file():
+        return {}
+    walls: dict[str, float] = {}
+    for m in _RUNNER_END_RE.finditer(_read_text(log)):
+        walls[m.group(1)] = max(walls.get(m.group(1), 0.0), float(m.group(2)))
+    return {k: v for k, v in walls.items() if v > 0}
 
 
 _OPEN_RE = re.compile(r"^(0[7-9]|10)-.+\.json$")

@@ -40,6 +40,12 @@ class ClosedRun:
     rows: list[ClosedRow] = field(default_factory=list)
     server: dict = field(default_factory=dict)
     path: str | None = None
+    # Seconds the whole invocation took (warmups, probes and runs), where the harness logged it
+    wall_s: float | None = None
+    # Answers that stop at EOS before tg, as the fit estimates them from wall_s: their mean length
+    # (tokens) and the gamma shape of their law (simulator.workload.stop_lengths)
+    stop_mean: float | None = None
+    stop_shape: float = 1.0
 
 
 @dataclass
