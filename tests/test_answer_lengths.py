@@ -57,6 +57,9 @@ def test_runner_walls_read_closed_loop_tests_only(tmp_path):
         "[11:00:00] ── END 07 (1999s) ──\n[11:30:00] ── END 11 (5000s) ──\n"
         "[12:00:00] ── END 03 (0s) ──\n[12:00:00] ── END 01 (0s) ──\n")
     assert closed_test_walls(tmp_path) == {"01": 475.0, "02": 825.0}
+    for broken in (b"", b"\xff\xfe END 01 (475s)"):  # empty, not UTF-8: no times, and no failure
+        (tmp_path / "_runner.log").write_bytes(broken)
+        assert closed_test_walls(tmp_path) == {}
 
 
 def _synthetic_run(profile, stop_mean, shape) -> ClosedRun:
