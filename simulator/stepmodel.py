@@ -161,6 +161,9 @@ class PhysicalStepModel(StepModel):
     n_experts: int = 128
     top_k: int = 8
     alpha: float = 0.63
+    # Share of the experts the text routes to at all (1: every expert in play): routing favours some
+    # experts, so the experts a batch touches level off below n_experts.
+    expert_pool: float = 1.0
     bw_weights: float = 200e9  # B/s, effective
     bw_kv: float = 150e9  # B/s, effective
     kv_bytes_full: float = 10240.0  # KV bytes per context token on full-attention layers
@@ -188,6 +191,8 @@ class PhysicalStepModel(StepModel):
     decode_factors: list | None = None
 
     def __post_init__(self):
+        if not 0.0 < self.expert_pool <= 1.0:
+            raise ValueError(f"expert_pool must be in (0, 1], got {self.expert_pool}")
         if self.decode_factors is not None:
             pts = sorted((int(b), float(f)) for b, f in self.decode_factors)
             if not pts or any(b < 1 or not f > 0 for b, f in pts):
@@ -215,7 +220,8 @@ class PhysicalStepModel(StepModel):
     def experts_touched(self, n_tokens: int) -> float:
         if self.n_experts <= 0 or n_tokens <= 0:
             return 0.0
-        e, k = float(self.n_experts), float(self.top_k)
+        k = float(self.top_k)
+        e = max(k, float(self.n_experts) * self.expert_pool)
         return e * (1.0 - (1.0 - k / e) ** (float(n_tokens) ** self.alpha))
 
     def _weights_time(self, n_tokens: int) -> float:

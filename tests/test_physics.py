@@ -50,6 +50,32 @@ def test_moe_bytes_add_up_to_the_parameter_counts():
     assert active == pytest.approx(3e9 * 2, rel=1e-9)
 
 
+def test_the_experts_a_batch_touches_level_off_at_the_pool_in_play():
+    m = load_profile().step_model  # Gemma-4-26B: 128 experts, top-8
+    assert m.expert_pool == 1.0 and m.experts_touched(100_000) == pytest.approx(128, rel=1e-6)
+    m.expert_pool = 0.25
+    assert m.experts_touched(100_000) == pytest.approx(32, rel=1e-6)
+    assert m.experts_touched(1) == pytest.approx(8)  # one token routes to its top-k, whatever the pool
+    assert m.experts_touched(10) < 32
+    m.expert_pool = 0.01  # a pool never holds fewer than top-k experts
+    assert m.experts_touched(100_000) == pytest.approx(8)
+    with pytest.raises(ValueError, match="expert_pool"):
+        type(m)(expert_pool=0.0)
+
+
+def test_a_share_of_experts_is_fitted_only_where_the_runs_pin_it_and_the_experts_are_known():
+    from calibrate.fit import _held
+
+    u = Uncertainty(names=["step_model.bw_weights", "step_model.expert_pool"], log_mean=[0.0, 0.0],
+                    log_cov=[[0.01, 0.0], [0.0, 1e-25]])
+    assert _held(u, "step_model.expert_pool") and not _held(u, "step_model.bw_weights")
+    assert not _held(u, "step_model.alpha")  # not fitted at all
+    guessed = fit_closed(closed_runs(GPT_OSS), max_nfev=2, combine="sum", server=load_meta(GPT_OSS)
+                         | {"model": "acme/Model-20B-A4B"})
+    assert "expert_pool" not in guessed.profile.provenance["fitted_parameters"]
+    assert guessed.profile.step_model.expert_pool == 1.0
+
+
 def test_hybrid_mamba_holds_kv_only_in_attention_layers():
     mamba = architecture_for({"model": "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"})
     q = step_quantities(mamba, "bf16", 1.0)
