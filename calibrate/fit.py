@@ -295,7 +295,7 @@ def fit_uncertainty(sol, names: list[str], res: list[Residual], runs: list[Close
                        envelope_batch=envelope(runs)["max_concurrency"]).validate()
 
 
-def _held(u: Uncertainty, name: str) -> bool:
+def unidentified(u: Uncertainty, name: str) -> bool:
     """Whether the fit left `name` unidentified (fit_uncertainty holds such a parameter: no variance, up
     to the rounding of its eigen-decomposition)."""
     if name not in u.names:
@@ -409,7 +409,7 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
         evals += e
     rule = min(fits, key=lambda k: fits[k][0])
     _, best, res = fits[rule]
-    if "expert_pool" in params and _held(best.uncertainty, "step_model.expert_pool"):
+    if "expert_pool" in params and unidentified(best.uncertainty, "step_model.expert_pool"):
         # a pool the runs do not pin trades off against the bandwidth (the seed's fit took 0.46 of the
         # experts at 194 GB/s where 259 GB/s and every expert fit as well, and its TPOT fell 5 -> 17 %
         # short): every expert stays in play, as a prior that a batch can reach them all

@@ -64,12 +64,12 @@ def test_the_experts_a_batch_touches_level_off_at_the_pool_in_play():
 
 
 def test_a_share_of_experts_is_fitted_only_where_the_runs_pin_it_and_the_experts_are_known():
-    from calibrate.fit import _held
+    from calibrate.fit import unidentified
 
     u = Uncertainty(names=["step_model.bw_weights", "step_model.expert_pool"], log_mean=[0.0, 0.0],
                     log_cov=[[0.01, 0.0], [0.0, 1e-25]])
-    assert _held(u, "step_model.expert_pool") and not _held(u, "step_model.bw_weights")
-    assert not _held(u, "step_model.alpha")  # not fitted at all
+    assert unidentified(u, "step_model.expert_pool") and not unidentified(u, "step_model.bw_weights")
+    assert not unidentified(u, "step_model.alpha")  # not fitted at all
     guessed = fit_closed(closed_runs(GPT_OSS), max_nfev=2, combine="sum", server=load_meta(GPT_OSS)
                          | {"model": "acme/Model-20B-A4B"})
     assert "expert_pool" not in guessed.profile.provenance["fitted_parameters"]
