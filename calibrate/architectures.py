@@ -35,6 +35,9 @@ class Architecture:
     mla_dim: int | None = None  # MLA: latent + rope elements per token per layer (replaces 2 x kv_heads x head_dim)
     state_layers: int = 0  # Mamba / linear-attention layers: a fixed state per sequence
     state_elems_layer: float = 0.0  # state elements per sequence per such layer
+    # bytes per state element as vLLM keeps it: the model's dtype (mamba_ssm_cache_dtype "auto") unless the
+    # family's config class sets float32 (NemotronH by default, Qwen3.5 from its config's mamba_ssm_dtype)
+    state_elem_bytes: float = 2.0
     n_experts: int = 0
     top_k: int = 0
     moe_layers: int = 0
@@ -75,16 +78,16 @@ FAMILIES: list[tuple[str, dict]] = [
                            window_head_dim=64, n_experts=128, top_k=4, moe_layers=36, expert_bits=4.25)),
     (r"nemotron-?3-nano-30b-a3b", dict(family="nemotron-3 hybrid Mamba MoE", params_total_b=31.6, params_active_b=3.6,
                                        layers=52, attn_layers=6, kv_heads=2, head_dim=128, q_heads=32, state_layers=23,
-                                       state_elems_layer=64 * 64 * 128, n_experts=128, top_k=6, moe_layers=23)),
+                                       state_elems_layer=64 * 64 * 128, state_elem_bytes=4.0, n_experts=128, top_k=6, moe_layers=23)),
     (r"mistral-small-4", dict(family="mistral-small-4 MoE (MLA)", params_total_b=119.0, params_active_b=6.5, layers=36,
                               attn_layers=36, mla_dim=576, q_heads=32, head_dim=128, n_experts=128, top_k=4,
                               moe_layers=36)),
     # Qwen3.5 / 3.6: Gated DeltaNet linear attention and gated full attention, 3:1.
     (r"qwen3\.[56]-.*a\d+(\.\d+)?b", dict(family="qwen3.5 hybrid MoE", hybrid_attn_fraction=0.25, kv_heads=2,
                                             head_dim=256, q_heads=16, state_elems_layer=32 * 128 * 128,
-                                            n_experts=256, top_k=8)),
+                                            state_elem_bytes=4.0, n_experts=256, top_k=8)),
     (r"qwen3\.[56]-", dict(family="qwen3.5 hybrid dense", hybrid_attn_fraction=0.25, kv_heads=4, head_dim=256,
-                            q_heads=16, state_elems_layer=32 * 128 * 128)),
+                            q_heads=16, state_elems_layer=32 * 128 * 128, state_elem_bytes=4.0)),
     (r"qwen3-next", dict(family="qwen3-next hybrid MoE", hybrid_attn_fraction=0.25, kv_heads=2, head_dim=256,
                          q_heads=16, state_elems_layer=32 * 128 * 128, n_experts=512, top_k=10)),
     # Qwen3 (config.json of Qwen/Qwen3-30B-A3B, -235B-A22B and the dense Qwen/Qwen3-0.6B .. -32B): head_dim 128;
@@ -169,6 +172,9 @@ FAMILIES: list[tuple[str, dict]] = [
 HYBRID_NAME = r"mamba|jamba|granite-4\.\d+-h-|nemotron-h(?![a-z])|nemotron-nano-\d+b-v2|kimi-linear|minimax-m1"
 HYBRID_ATTN_FRACTION = 0.125
 
+
+# --mamba-ssm-cache-dtype: bytes per element of the recurrent state
+STATE_DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
 
 UNKNOWN_FAMILY = "unknown"  # the family of a model no table entry matched: its layout is a guess
 
@@ -274,6 +280,9 @@ def architecture_for(server: dict) -> Architecture:
     if "kv_heads" not in facts and "mla_dim" not in facts:
         assumed.append("8 KV heads of 128 (typical GQA)")
     facts.setdefault("family", UNKNOWN_FAMILY)
+    m = re.search(r"--mamba[-_]ssm[-_]cache[-_]dtype(?:=|\s+)['\"]?(\w+)", str(server.get("extra_args") or ""))
+    if m and m.group(1).lower() in STATE_DTYPE_BYTES:  # "auto" leaves vLLM's choice for the family
+        facts["state_elem_bytes"] = STATE_DTYPE_BYTES[m.group(1).lower()]
     return Architecture(**facts, source=source, assumed=assumed,
                         kv_layout_assumed="kv_heads" not in facts and "mla_dim" not in facts)
 
@@ -304,8 +313,8 @@ def step_quantities(arch: Architecture, weights: str, kv_bytes: float) -> dict:
     else:
         q["kv_bytes_window"] = 0.0
         q["window"] = None
-    # state read and written back each step, in the model's dtype (vLLM's mamba cache dtype "auto")
-    q["state_bytes_seq"] = float(arch.state_layers * arch.state_elems_layer * 2 * 2)
+    # the state is read and written back every step
+    q["state_bytes_seq"] = float(arch.state_layers * arch.state_elems_layer * arch.state_elem_bytes * 2)
     q["flops_per_token"] = 2.0 * p_a
     # QK^T and PV: 2 x 2 FLOPs per query-key pair per head-dim element
     q["attn_flops_full"] = float(4 * arch.q_heads * (arch.head_dim if not arch.mla_dim else 192) * arch.attn_layers)

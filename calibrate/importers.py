@@ -406,7 +406,8 @@ def _flag_int(args: str, flag: str) -> int | None:
 # do not touch serving speed (formats, parsers, names); any other flag is said to be not modelled.
 MODELLED_FLAGS = {"--max-num-batched-tokens", "--max-num-seqs", "--speculative-config", "--speculative_config",
                   "--quantization", "--kv-cache-dtype", "--max-model-len", "--gpu-memory-utilization",
-                  "--enable-prefix-caching", "--no-enable-prefix-caching", "--async-scheduling"}
+                  "--enable-prefix-caching", "--no-enable-prefix-caching", "--async-scheduling",
+                  "--mamba-ssm-cache-dtype"}
 INERT_FLAGS = {"--language-model-only", "--tokenizer-mode", "--tokenizer_mode", "--config-format", "--config_format",
                "--load-format", "--load_format", "--trust-remote-code", "--reasoning-parser", "--tool-call-parser",
                "--enable-auto-tool-choice", "--generation-config", "--served-model-name", "--host", "--port",

@@ -101,6 +101,7 @@ def test_gemma3_sliding_windows_hold_less_kv_than_dense_attention():
 
 
 # architecture_for of the nine spark-bench runs before the families above were added: must not change at all
+# (but for the recurrent state's float32, which vLLM keeps for Nemotron-H and Qwen3.5)
 SPARK_BENCH = {
     "gemma-4/gemma-4-26b-a4b-it/bf16": Architecture(
         attn_layers=5, family="gemma-4 MoE", head_dim=512, kv_heads=2, layers=30, moe_layers=30, n_experts=128,
@@ -128,15 +129,17 @@ SPARK_BENCH = {
     "nemotron-3/nemotron-3-nano-30b-a3b/bf16": Architecture(
         attn_layers=6, family="nemotron-3 hybrid Mamba MoE", kv_heads=2, layers=52, moe_layers=23, n_experts=128,
         params_active_b=3.6, params_total_b=31.6, source="family table: nemotron-3 hybrid Mamba MoE",
-        state_elems_layer=524288, state_layers=23, top_k=6),
+        state_elem_bytes=4.0, state_elems_layer=524288, state_layers=23, top_k=6),
     "qwen-3.5/qwen-3.5-4b/bf16": Architecture(
         assumed=["34 layers (typical for the size)"], attn_layers=8, family="qwen3.5 hybrid dense", head_dim=256,
         kv_heads=4, layers=34, params_active_b=4.0, params_total_b=4.0, q_heads=16,
-        source="family table: qwen3.5 hybrid dense", state_elems_layer=524288, state_layers=26),
+        source="family table: qwen3.5 hybrid dense", state_elem_bytes=4.0, state_elems_layer=524288,
+        state_layers=26),
     "qwen-3.6/qwen-3.6-35b-a3b/bf16": Architecture(
         assumed=["32 layers (typical for the size)"], attn_layers=8, family="qwen3.5 hybrid MoE", head_dim=256,
         kv_heads=2, layers=32, moe_layers=32, n_experts=256, params_active_b=3.0, params_total_b=35.0, q_heads=16,
-        source="family table: qwen3.5 hybrid MoE", state_elems_layer=524288, state_layers=24, top_k=8),
+        source="family table: qwen3.5 hybrid MoE", state_elem_bytes=4.0, state_elems_layer=524288,
+        state_layers=24, top_k=8),
 }
 
 
@@ -166,3 +169,16 @@ def test_a_hybrid_family_in_the_table_keeps_its_own_facts():
     # qwen3-next has a table entry: its 1 layer in 4, not the name rule's 1 in 8
     a = architecture_for({"model": "Qwen/Qwen3-Next-80B-A3B-Instruct"})
     assert a.family.startswith("qwen3-next") and not any("the name says so" in x for x in a.assumed)
+
+
+def test_the_recurrent_state_is_float32_where_vllm_keeps_it_so():
+    """vLLM keeps the SSM state of Nemotron-H (by default) and Qwen3.5 (its config's mamba_ssm_dtype) in
+    float32, read and written back every step; --mamba-ssm-cache-dtype overrides it, "auto" does not."""
+    def state(model, args=""):
+        return step_quantities(architecture_for({"model": model, "extra_args": args}), "bf16", 1.0)["state_bytes_seq"]
+    nemotron = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"
+    assert state(nemotron) == 23 * 64 * 64 * 128 * 4 * 2
+    assert state(nemotron, "--mamba-ssm-cache-dtype bfloat16") == state(nemotron) / 2
+    assert state(nemotron, "--mamba-ssm-cache-dtype=auto") == state(nemotron)
+    assert state("Qwen/Qwen3.5-4B") == state("Qwen/Qwen3.5-4B", "--mamba_ssm_cache_dtype float32")
+    assert state("Qwen/Qwen3-Next-80B-A3B-Instruct") == state("Qwen/Qwen3-Next-80B-A3B-Instruct", "--mamba-ssm-cache-dtype float16")
