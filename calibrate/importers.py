@@ -407,7 +407,7 @@ def _flag_int(args: str, flag: str) -> int | None:
 MODELLED_FLAGS = {"--max-num-batched-tokens", "--max-num-seqs", "--speculative-config", "--speculative_config",
                   "--quantization", "--kv-cache-dtype", "--max-model-len", "--gpu-memory-utilization",
                   "--enable-prefix-caching", "--no-enable-prefix-caching", "--async-scheduling",
-                  "--mamba-ssm-cache-dtype"}
+                  "--mamba-ssm-cache-dtype", "--mamba_ssm_cache_dtype"}
 INERT_FLAGS = {"--language-model-only", "--tokenizer-mode", "--tokenizer_mode", "--config-format", "--config_format",
                "--load-format", "--load_format", "--trust-remote-code", "--reasoning-parser", "--tool-call-parser",
                "--enable-auto-tool-choice", "--generation-config", "--served-model-name", "--host", "--port",

@@ -3,7 +3,7 @@ family and size, the fallback for a size the table lacks, and the nine spark-ben
 import pytest
 
 from calibrate.architectures import Architecture, architecture_for, step_quantities
-from calibrate.importers import load_meta
+from calibrate.importers import load_meta, unmodelled_flags
 from tests.test_importers import RESULTS, shared_missing
 
 # model id -> facts its config.json gives (a sample per family, not every size)
@@ -181,4 +181,6 @@ def test_the_recurrent_state_is_float32_where_vllm_keeps_it_so():
     assert state(nemotron, "--mamba-ssm-cache-dtype bfloat16") == state(nemotron) / 2
     assert state(nemotron, "--mamba-ssm-cache-dtype=auto") == state(nemotron)
     assert state("Qwen/Qwen3.5-4B") == state("Qwen/Qwen3.5-4B", "--mamba_ssm_cache_dtype float32")
-    assert state("Qwen/Qwen3-Next-80B-A3B-Instruct") == state("Qwen/Qwen3-Next-80B-A3B-Instruct", "--mamba-ssm-cache-dtype float16")
+    nxt = "Qwen/Qwen3-Next-80B-A3B-Instruct"  # no config class sets it: the model's dtype
+    assert state(nxt) == state(nxt, "--mamba-ssm-cache-dtype float16")
+    assert unmodelled_flags("--mamba-ssm-cache-dtype float32 --mamba_ssm_cache_dtype=float32") == []
