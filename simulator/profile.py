@@ -111,7 +111,8 @@ _STEP_RATES = ("bw_weights", "bw_kv", "flops", "attn_flops")
 
 
 def _check_step_model(m: StepModel) -> None:
-    """Every numeric step-model parameter finite and >= 0, the rates > 0 (a profile edit is no exception)."""
+    """Every numeric step-model parameter finite and >= 0, the rates > 0, and the model's own check() (a
+    profile edit is no exception)."""
     for f in fields(m):
         v = getattr(m, f.name)
         numeric = str(f.type).split(" |")[0] in ("float", "int")
@@ -120,6 +121,10 @@ def _check_step_model(m: StepModel) -> None:
         need = "> 0" if f.name in _STEP_RATES else ">= 0"
         if not _number(v) or v < 0 or (f.name in _STEP_RATES and v == 0):
             raise ProfileError(f"step_model.{f.name} must be a finite number {need}, got {v!r}")
+    try:
+        m.check()
+    except ValueError as ex:
+        raise ProfileError(f"step_model.{ex}") from None
 
 
 @dataclass

@@ -134,6 +134,10 @@ class StepModel:
                 for n in names:
                     setattr(self, n, getattr(self, n) * f if rate else getattr(self, n) / f)
 
+    def check(self) -> None:
+        """Raise ValueError for a value no step of this model can have. Profile.validate calls it after
+        its own check (every number finite, >= 0), so edits meet it as construction does."""
+
     def to_json(self) -> dict:
         return {"kind": self.kind, "params": {f.name: getattr(self, f.name) for f in fields(self)}}
 
@@ -191,13 +195,16 @@ class PhysicalStepModel(StepModel):
     decode_factors: list | None = None
 
     def __post_init__(self):
-        if not 0.0 < self.expert_pool <= 1.0:
-            raise ValueError(f"expert_pool must be in (0, 1], got {self.expert_pool}")
+        self.check()
         if self.decode_factors is not None:
             pts = sorted((int(b), float(f)) for b, f in self.decode_factors)
             if not pts or any(b < 1 or not f > 0 for b, f in pts):
                 raise ValueError(f"decode_factors must be [batch >= 1, factor > 0] pairs, got {self.decode_factors}")
             self.decode_factors = [[b, f] for b, f in pts]
+
+    def check(self) -> None:
+        if not 0.0 < self.expert_pool <= 1.0:  # a share of the experts: 1.5 would touch more than exist
+            raise ValueError(f"expert_pool must be in (0, 1], got {self.expert_pool}")
 
     def __setattr__(self, name, value):
         object.__setattr__(self, name, value)

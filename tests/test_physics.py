@@ -11,8 +11,9 @@ from calibrate.fit import DECODE_SIGMA_FLOOR_GUESSED, fit_closed, single_user_de
 from calibrate.importers import closed_runs, load_meta, open_runs
 from calibrate.priors import ROOFLINE_BW, prior_profile
 from calibrate.validate import validate, workload_for
-from simulator.profile import Profile, load_profile
+from simulator.profile import Profile, ProfileError, load_profile
 from simulator.uncertainty import Uncertainty, draw_profile
+from simulator.whatif import apply_edits
 from simulator.workload import RandomWorkload, ShareGPTWorkload
 from tests.test_importers import RESULTS, needs_data
 
@@ -61,6 +62,9 @@ def test_the_experts_a_batch_touches_level_off_at_the_pool_in_play():
     assert m.experts_touched(100_000) == pytest.approx(8)
     with pytest.raises(ValueError, match="expert_pool"):
         type(m)(expert_pool=0.0)
+    for bad in ("1.5", "0"):  # a what-if edit meets the same check as a profile file
+        with pytest.raises(ProfileError, match=r"step_model\.expert_pool must be in \(0, 1\]"):
+            apply_edits(load_profile(), [f"step_model.expert_pool={bad}"])
 
 
 def test_a_share_of_experts_is_fitted_only_where_the_runs_pin_it_and_the_experts_are_known():
