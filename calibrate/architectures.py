@@ -261,8 +261,12 @@ def architecture_for(server: dict) -> Architecture:
             assumed.append("parameter count (none in the name): from the single-user decode speed")
         facts["params_total_b"] = total or 0.0
         facts["params_active_b"] = active or facts["params_total_b"]
+    # a name whose active count is under its total is a mixture of experts: its depth follows the active
+    # size (published MoEs of 3-4B active run 24-52 layers, where their 20-35B totals would say 57-69)
+    moe_by_name = "n_experts" not in facts and active is not None and total is not None and active < total
     if "layers" not in facts:
-        facts["layers"] = _layers_for(facts["params_active_b"] if facts.get("n_experts") else facts["params_total_b"] or 8)
+        moe = facts.get("n_experts") or moe_by_name
+        facts["layers"] = _layers_for(facts["params_active_b"] if moe else facts["params_total_b"] or 8)
         assumed.append(f"{facts['layers']} layers (typical for the size)")
         if frac:
             facts["attn_layers"] = max(1, int(round(facts["layers"] * frac)))
@@ -275,7 +279,7 @@ def architecture_for(server: dict) -> Architecture:
     facts.setdefault("attn_layers", facts["layers"] - facts.get("window_layers", 0))
     if facts.get("n_experts"):
         facts.setdefault("moe_layers", facts["layers"])
-    if "n_experts" not in facts and active is not None and total is not None and active < total:
+    if moe_by_name:
         facts.update(n_experts=128, top_k=8, moe_layers=facts["layers"])
         assumed.append("128 experts, top-8 (typical MoE)")
     if "kv_heads" not in facts and "mla_dim" not in facts:

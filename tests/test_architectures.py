@@ -77,6 +77,17 @@ def test_a_size_the_table_lacks_keeps_the_family_facts_and_says_what_it_guessed(
     assert coder.family == "qwen3 MoE" and coder.kv_layout_assumed and coder.moe_layers == coder.layers
 
 
+def test_a_mixture_of_experts_no_table_knows_takes_the_depth_of_its_active_size():
+    """Published MoEs are as deep as dense models of their active size, not of their total: Qwen3-30B-A3B
+    48 layers, Nemotron-3-Nano-30B-A3B 52, Gemma-4-26B-A4B 30, where a dense 30B guess gives 65."""
+    moe = architecture_for({"model": "acme/Model-35B-A3B"})
+    dense3 = architecture_for({"model": "acme/Model-3B"})
+    dense35 = architecture_for({"model": "acme/Model-35B"})
+    assert moe.n_experts and moe.moe_layers == moe.layers
+    assert moe.layers == dense3.layers < dense35.layers
+    assert any(f"{moe.layers} layers (typical for the size)" in a for a in moe.assumed)
+
+
 def test_new_patterns_do_not_capture_the_older_entries_names():
     assert architecture_for({"model": "mistralai/Mistral-Small-4-119B-2603-NVFP4"}).mla_dim == 576
     assert architecture_for({"model": "Qwen/Qwen3.6-35B-A3B"}).family == "qwen3.5 hybrid MoE"
