@@ -84,13 +84,18 @@ FAMILIES: list[tuple[str, dict]] = [
                               attn_layers=36, mla_dim=576, q_heads=32, head_dim=128, n_experts=128, top_k=4,
                               moe_layers=36)),
     # Qwen3.5 / 3.6: Gated DeltaNet linear attention and gated full attention, 3:1.
+    # The 35B-A3B: 40 layers, 10 x (3 Gated DeltaNet + 1 gated attention), each with 256 experts top-8
+    # (transformers' Qwen3_5MoeTextConfig, documented as Qwen/Qwen3.5-35B-A3B; 40 x 256 experts of
+    # 3 x 2048 x 512 are its 32B of experts). The Qwen3.6 of that size keeps the architecture.
     (r"qwen3\.[56]-.*a\d+(\.\d+)?b", dict(family="qwen3.5 hybrid MoE", hybrid_attn_fraction=0.25, kv_heads=2,
                                             head_dim=256, q_heads=16, state_elems_layer=32 * 128 * 128,
-                                            state_elem_bytes=4.0, n_experts=256, top_k=8)),
+                                            state_elem_bytes=4.0, n_experts=256, top_k=8, sizes={
+                                                35: dict(layers=40)})),
     (r"qwen3\.[56]-", dict(family="qwen3.5 hybrid dense", hybrid_attn_fraction=0.25, kv_heads=4, head_dim=256,
                             q_heads=16, state_elems_layer=32 * 128 * 128, state_elem_bytes=4.0)),
-    (r"qwen3-next", dict(family="qwen3-next hybrid MoE", hybrid_attn_fraction=0.25, kv_heads=2, head_dim=256,
-                         q_heads=16, state_elems_layer=32 * 128 * 128, n_experts=512, top_k=10)),
+    # Qwen3-Next-80B-A3B (its only size; transformers' Qwen3NextConfig): 48 layers, 12 x (3 + 1) as above.
+    (r"qwen3-next", dict(family="qwen3-next hybrid MoE", hybrid_attn_fraction=0.25, layers=48, kv_heads=2,
+                         head_dim=256, q_heads=16, state_elems_layer=32 * 128 * 128, n_experts=512, top_k=10)),
     # Qwen3 (config.json of Qwen/Qwen3-30B-A3B, -235B-A22B and the dense Qwen/Qwen3-0.6B .. -32B): head_dim 128;
     # the MoE 128 experts, top-8, in every layer; the dense 8 KV heads at every size.
     (r"qwen3-.*a\d+(\.\d+)?b", dict(family="qwen3 MoE", head_dim=128, q_heads=32, n_experts=128, top_k=8, sizes={
@@ -268,13 +273,13 @@ def architecture_for(server: dict) -> Architecture:
         moe = facts.get("n_experts") or moe_by_name
         facts["layers"] = _layers_for(facts["params_active_b"] if moe else facts["params_total_b"] or 8)
         assumed.append(f"{facts['layers']} layers (typical for the size)")
-        if frac:
-            facts["attn_layers"] = max(1, int(round(facts["layers"] * frac)))
-            facts["state_layers"] = facts["layers"] - facts["attn_layers"]
-        else:
+        if not frac:
             facts["attn_layers"] = facts["layers"]
         if facts.get("n_experts"):
             facts["moe_layers"] = facts["layers"]
+    if frac and "attn_layers" not in facts:  # a hybrid: full attention on its share of the layers, a state on the rest
+        facts["attn_layers"] = max(1, int(round(facts["layers"] * frac)))
+        facts["state_layers"] = facts["layers"] - facts["attn_layers"]
     # a size's depth: the layers not given as windowed attend fully; a MoE's layers all hold experts unless given
     facts.setdefault("attn_layers", facts["layers"] - facts.get("window_layers", 0))
     if facts.get("n_experts"):

@@ -147,10 +147,10 @@ SPARK_BENCH = {
         source="family table: qwen3.5 hybrid dense", state_elem_bytes=4.0, state_elems_layer=524288,
         state_layers=26),
     "qwen-3.6/qwen-3.6-35b-a3b/bf16": Architecture(
-        assumed=["32 layers (typical for the size)"], attn_layers=8, family="qwen3.5 hybrid MoE", head_dim=256,
-        kv_heads=2, layers=32, moe_layers=32, n_experts=256, params_active_b=3.0, params_total_b=35.0, q_heads=16,
-        source="family table: qwen3.5 hybrid MoE", state_elem_bytes=4.0, state_elems_layer=524288,
-        state_layers=24, top_k=8),
+        attn_layers=10, family="qwen3.5 hybrid MoE", head_dim=256, kv_heads=2, layers=40, moe_layers=40,
+        n_experts=256, params_active_b=3.0, params_total_b=35.0, q_heads=16,
+        source="family table: qwen3.5 hybrid MoE, 35B", state_elem_bytes=4.0, state_elems_layer=524288,
+        state_layers=30, top_k=8),
 }
 
 
@@ -180,6 +180,10 @@ def test_a_hybrid_family_in_the_table_keeps_its_own_facts():
     # qwen3-next has a table entry: its 1 layer in 4, not the name rule's 1 in 8
     a = architecture_for({"model": "Qwen/Qwen3-Next-80B-A3B-Instruct"})
     assert a.family.startswith("qwen3-next") and not any("the name says so" in x for x in a.assumed)
+    assert (a.layers, a.attn_layers, a.state_layers) == (48, 12, 36)
+    # a hybrid's listed depth keeps the family's share of attention layers; an unlisted size guesses the depth
+    big = architecture_for({"model": "Qwen/Qwen3.5-122B-A10B"})
+    assert big.attn_layers == round(big.layers / 4) and big.state_layers == big.layers - big.attn_layers
 
 
 def test_the_recurrent_state_is_float32_where_vllm_keeps_it_so():
