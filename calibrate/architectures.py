@@ -80,8 +80,10 @@ FAMILIES: list[tuple[str, dict]] = [
                                        layers=52, attn_layers=6, kv_heads=2, head_dim=128, q_heads=32, state_layers=23,
                                        state_elems_layer=64 * 64 * 128, state_elem_bytes=4.0, n_experts=128, top_k=6,
                                        moe_layers=23)),
+    # Mistral Small 4 (transformers' Mistral4Config, documented as mistralai/Mistral-Small-4-119B-2603): MLA with a
+    # KV latent of 256 and a rope key of 64, so 320 elements a token a layer (DeepSeek-V3's are 512 + 64).
     (r"mistral-small-4", dict(family="mistral-small-4 MoE (MLA)", params_total_b=119.0, params_active_b=6.5, layers=36,
-                              attn_layers=36, mla_dim=576, q_heads=32, head_dim=128, n_experts=128, top_k=4,
+                              attn_layers=36, mla_dim=320, q_heads=32, head_dim=128, n_experts=128, top_k=4,
                               moe_layers=36)),
     # Qwen3.5 / 3.6: Gated DeltaNet linear attention and gated full attention, 3:1.
     # The 35B-A3B: 40 layers, 10 x (3 Gated DeltaNet + 1 gated attention), each with 256 experts top-8

@@ -89,7 +89,7 @@ def test_a_mixture_of_experts_no_table_knows_takes_the_depth_of_its_active_size(
 
 
 def test_new_patterns_do_not_capture_the_older_entries_names():
-    assert architecture_for({"model": "mistralai/Mistral-Small-4-119B-2603-NVFP4"}).mla_dim == 576
+    assert architecture_for({"model": "mistralai/Mistral-Small-4-119B-2603-NVFP4"}).mla_dim == 320
     assert architecture_for({"model": "Qwen/Qwen3.6-35B-A3B"}).family == "qwen3.5 hybrid MoE"
     assert architecture_for({"model": "Qwen/Qwen3.5-4B"}).family == "qwen3.5 hybrid dense"
     assert architecture_for({"model": "Qwen/Qwen3-Next-80B-A3B-Instruct"}).family == "qwen3-next hybrid MoE"
@@ -131,7 +131,7 @@ SPARK_BENCH = {
         params_active_b=3.6, params_total_b=20.9, q_heads=64, source="family table: gpt-oss", top_k=4, window=128,
         window_head_dim=64, window_kv_heads=8, window_layers=12),
     "mistral-small-4/mistral-small-4-119b/nvfp4": Architecture(
-        attn_layers=36, family="mistral-small-4 MoE (MLA)", layers=36, mla_dim=576, moe_layers=36, n_experts=128,
+        attn_layers=36, family="mistral-small-4 MoE (MLA)", layers=36, mla_dim=320, moe_layers=36, n_experts=128,
         params_active_b=6.5, params_total_b=119.0, source="family table: mistral-small-4 MoE (MLA)", top_k=4),
     "muse-glimmer/muse-glimmer-30b/bf16-spec": Architecture(
         assumed=["65 layers (typical for the size)", "8 KV heads of 128 (typical GQA)"], attn_layers=65,
