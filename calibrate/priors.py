@@ -3,6 +3,7 @@ architecture facts (or, for a model nothing knows, from its name and its single-
 """
 from __future__ import annotations
 
+import re
 
 from simulator.kvcache import hybrid_layout
 from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile, gemma4_spark_physics
@@ -23,7 +24,19 @@ DEFAULT_MAX_NUM_SEQS = 256
 # Per-position acceptance of draft tokens by method, as priors: llama-benchy counts one token per
 # streamed chunk, so its tables cannot tell how many tokens a speculative step kept.
 SPEC_ACCEPTANCE_PRIOR = {"ngram": 0.4, "medusa": 0.5, "eagle": 0.6, "eagle3": 0.65, "draft_model": 0.6, "mtp": 0.7,
-                         "deepseek_mtp": 0.7, "dflash": 0.7}
+                         "dflash": 0.7}
+# vLLM names a model's own multi-token-prediction heads "<model type>_mtp" (deepseek_mtp, qwen3_5_mtp,
+# nemotron_h_mtp, ...; config/speculative.py MTPModelTypes), and prompt lookup on the GPU "ngram_gpu"
+SPEC_METHOD_KIND = ((r"_mtp$", "mtp"), (r"^ngram", "ngram"))
+
+
+def spec_method_prior(method: str) -> float | None:
+    """The acceptance prior of a --speculative-config method, None for a method no prior covers."""
+    m = method.lower()
+    for pat, kind in SPEC_METHOD_KIND:
+        if re.search(pat, m):
+            m = kind
+    return SPEC_ACCEPTANCE_PRIOR.get(m)
 
 
 def acceptance_for_length(tokens_per_step: float, k: int) -> float:
@@ -45,7 +58,7 @@ def spec_acceptance_prior(spec: dict, tokens_per_chunk: float | None) -> tuple[f
         a = acceptance_for_length(tokens_per_chunk, k)
         return a, f"measured: {tokens_per_chunk:.2f} tokens per streamed chunk in the closed-loop runs"
     method = str(spec.get("method") or "draft_model").lower()
-    a = SPEC_ACCEPTANCE_PRIOR.get(method, 0.6)
+    a = spec_method_prior(method) or 0.6
     return a, (f"prior for method {method!r} ({a}, {(1 - a ** (k + 1)) / (1 - a):.2f} tokens per step): the runs "
                "count streamed chunks, not tokens, so they do not identify it")
 

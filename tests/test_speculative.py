@@ -118,6 +118,17 @@ def test_prior_takes_the_measured_tokens_per_chunk_when_a_run_gives_them():
     assert acceptance_for_length(1.0, 4) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("method,prior", [("qwen3_5_mtp", 0.7), ("nemotron_h_mtp", 0.7), ("deepseek_mtp", 0.7),
+                                          ("mtp", 0.7), ("ngram_gpu", 0.4), ("eagle3", 0.65), ("suffix", 0.6)])
+def test_a_models_own_mtp_heads_and_gpu_prompt_lookup_take_their_kinds_prior(method, prior):
+    """vLLM calls a model's multi-token-prediction heads '<model type>_mtp'; a method no prior covers
+    takes the generic 0.6."""
+    spec = {"method": method, "num_speculative_tokens": 3}
+    p, origin = prior_profile({"model": "acme/X-8B", "speculative_config": spec}, 30.0)
+    assert p.engine.spec_acceptance == pytest.approx(prior)
+    assert f"prior for method {method!r}" in origin["spec_acceptance"]
+
+
 def test_a_suite_run_with_speculative_decoding_gets_it(tmp_path):
     from tests.test_importers import RESULTS, shared_missing
     d = RESULTS / "muse-glimmer" / "muse-glimmer-30b" / "bf16-spec"
