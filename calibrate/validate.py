@@ -174,6 +174,23 @@ def outside_envelope(test: str, pred: dict, profile: Profile) -> str | None:
     return f"{test}: outside the calibrated envelope ({'; '.join(out)}): extrapolated" if out else None
 
 
+def acceptance_note(run: OpenRun, profile: Profile) -> str | None:
+    """A note when the server kept far more or fewer tokens a speculative step than the profile assumes.
+
+    vllm bench serve reads the server's counters into `spec_decode_acceptance_length` (1 + accepted drafts
+    per draft step). It is a result of the load, so only reported here, never fed to the prediction: the
+    acceptance depends on the text, and random-token prompts are rejected far more than book excerpts."""
+    kept = run.result.get("spec_decode_acceptance_length")
+    if not profile.engine.num_speculative_tokens or not isinstance(kept, (int, float)) or kept <= 0:
+        return None
+    assumed = profile.engine.tokens_per_spec_step
+    if abs(math.log(assumed / kept)) < math.log(1.2):
+        return None
+    return (f"{run.test}: the server kept {kept:.2f} tokens a speculative step (spec_decode_acceptance_length) "
+            f"where the profile assumes {assumed:.2f}, so its steps keep {assumed / kept:.1f}x the tokens the "
+            "server's did (acceptance depends on the text; docs/physics.md, Speculative decoding)")
+
+
 def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, tokenizer: str | None = None,
              progress=None, n_jobs: int | None = None) -> Validation:
     out = Validation()
@@ -186,9 +203,9 @@ def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, toke
     for i, run in enumerate(runs):
         pred, lo, hi, med = predict_run(run, profile, replications, tokenizer, n_jobs)
         preds[(run.source, run.test)] = pred
-        note = outside_envelope(run.test, pred, profile)
-        if note:
-            out.notes.append(note)
+        for note in (outside_envelope(run.test, pred, profile), acceptance_note(run, profile)):
+            if note:
+                out.notes.append(note)
         for m in METRICS:
             if m in run.result and m in pred and run.result[m] is not None:
                 out.rows.append(Row(run.source, run.test, m, float(run.result[m]), pred[m], lo[m], hi[m], med[m]))

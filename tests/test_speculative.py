@@ -143,3 +143,19 @@ def test_a_suite_run_with_speculative_decoding_gets_it(tmp_path):
     (bad / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ImporterError, match="speculative-config"):
         load_meta(bad)
+
+
+def test_validate_reports_the_acceptance_the_server_kept_but_does_not_predict_with_it():
+    """vllm bench serve's spec_decode_acceptance_length is a result of the load: validate names a gap
+    to the profile's tokens a step, and the prediction stays the profile's own."""
+    from calibrate.results import OpenRun
+    from calibrate.validate import acceptance_note
+
+    prof = spec_profile(15, 0.7)  # 3.32 tokens a step
+    run = OpenRun("s", "07-office-baseline", None, "random", result={"spec_decode_acceptance_length": 1.29})
+    note = acceptance_note(run, prof)
+    assert note.startswith("07-office-baseline: the server kept 1.29 tokens") and "assumes 3.32" in note
+    close = OpenRun("s", "08", None, "sharegpt", result={"spec_decode_acceptance_length": 3.36})
+    assert acceptance_note(close, prof) is None  # within 20 %
+    assert acceptance_note(run, load_profile()) is None  # no speculative decoding in the profile
+    assert acceptance_note(OpenRun("s", "x", None, "random"), prof) is None  # an older bench: no such field
