@@ -149,7 +149,7 @@ def test_validate_reports_the_acceptance_the_server_kept_but_does_not_predict_wi
     """vllm bench serve's spec_decode_acceptance_length is a result of the load: validate names a gap
     to the profile's tokens a step, and the prediction stays the profile's own."""
     from calibrate.results import OpenRun
-    from calibrate.validate import acceptance_note
+    from calibrate.validate import acceptance_note, predict_run
 
     prof = spec_profile(15, 0.7)  # 3.32 tokens a step
     run = OpenRun("s", "07-office-baseline", None, "random", result={"spec_decode_acceptance_length": 1.29})
@@ -159,3 +159,7 @@ def test_validate_reports_the_acceptance_the_server_kept_but_does_not_predict_wi
     assert acceptance_note(close, prof) is None  # within 20 %
     assert acceptance_note(run, load_profile()) is None  # no speculative decoding in the profile
     assert acceptance_note(OpenRun("s", "x", None, "random"), prof) is None  # an older bench: no such field
+    params = {"random_input_len": 64, "random_output_len": 16, "num_prompts": 6, "request_rate": 1.0}
+    told = OpenRun("s", "t", None, "random", params, {"spec_decode_acceptance_length": 1.29, "completed": 6})
+    untold = OpenRun("s", "t", None, "random", params, {"completed": 6})
+    assert predict_run(told, prof, 2, n_jobs=1)[0] == predict_run(untold, prof, 2, n_jobs=1)[0]
