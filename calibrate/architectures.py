@@ -275,10 +275,6 @@ def architecture_for(server: dict) -> Architecture:
         moe = facts.get("n_experts") or moe_by_name
         facts["layers"] = _layers_for(facts["params_active_b"] if moe else facts["params_total_b"] or 8)
         assumed.append(f"{facts['layers']} layers (typical for the size)")
-        if not frac:
-            facts["attn_layers"] = facts["layers"]
-        if facts.get("n_experts"):
-            facts["moe_layers"] = facts["layers"]
     if frac and "attn_layers" not in facts:  # a hybrid: full attention on its share of the layers, a state on the rest
         facts["attn_layers"] = max(1, int(round(facts["layers"] * frac)))
         facts["state_layers"] = facts["layers"] - facts["attn_layers"]
