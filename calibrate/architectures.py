@@ -200,6 +200,11 @@ def name_params(name: str) -> tuple[float | None, float | None]:
     m = re.search(r"(?<![a-zA-Z\d.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name.replace("-A", " A").replace("-a", " a"))
     if m:
         total = float(m.group(1))
+    else:  # millions, for the small ones ("gemma-3-270m", "SmolLM2-360M"); never beside a size in B,
+        # where an M is something else ("Qwen2.5-7B-Instruct-1M": a million tokens of context)
+        m = re.search(r"(?<![a-zA-Z\d.])(\d+(?:\.\d+)?)[mM](?![a-zA-Z])", name)
+        if m:
+            total = float(m.group(1)) / 1000.0
     m2 = re.search(r"[-_ ][Aa](\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name)
     if m2:
         active = float(m2.group(1))
