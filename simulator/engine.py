@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import simpy
+import simpy.rt
 
 from .kvcache import KVCache
 from .profile import Profile
@@ -179,6 +180,8 @@ class Engine:
         # with speculative decoding the scheduler waits for each step's accepted tokens (sync)
         self.async_ = self.lim.async_scheduling and not self.spec_k
         self.fast_forward = fast_forward
+        # a virtual clock may jump over waits nothing else can interrupt (_skip_to); a real-time one must wait
+        self._jumps = not isinstance(env, simpy.rt.RealtimeEnvironment)
         self.trace = trace
         # Called as on_emit(record, chunk_time, tokens) when a step's tokens are out; a
         # live twin streams them. Decode runs report their tokens at the run's end, so a
@@ -1006,6 +1009,23 @@ class Engine:
             self._finish(req, last_t)
 
     # ------------------------------------------------------------------ loop
+    def _skip_to(self, t: float) -> bool:
+        """Move the clock to t at once when no event is due before then (or at the same time), and say so.
+
+        A wait on a timeout to t with nothing else due by then resumes the loop at t with nothing else
+        done in between: the clock is set as the timeout would have set it (now + delay, the same float),
+        and the SimPy event, its scheduling and the resume are spared. Another event due at t is
+        processed first when the loop waits (it was scheduled first), so then the loop waits."""
+        if not self._jumps:
+            return False
+        env = self.env
+        now = env._now  # noqa: SLF001 -- tests/test_upstream_private_api.py
+        at = now + max(0.0, t - now)
+        if env.peek() <= at:
+            return False
+        env._now = at
+        return True
+
     def _loop(self):
         env = self.env
         while True:
@@ -1028,7 +1048,8 @@ class Engine:
                     head = self.inflight[0]
             if head.k == 1:
                 self.events += 1
-                yield env.timeout(max(0.0, head.end - env.now))
+                if not self._skip_to(head.end):
+                    yield env.timeout(max(0.0, head.end - env.now))
                 self.clock = head.end
                 self.inflight.popleft()
                 self._process(head, 1)
@@ -1043,6 +1064,9 @@ class Engine:
                 if n_exec == 0:
                     break
                 target = float(head.ends[n_exec - 1])
+                if self._skip_to(target):
+                    self.events += 1
+                    break  # nothing can arrive before it: the run stands as it is
                 # timeout | wake without a Condition (its value and callbacks cost more than the wait):
                 # either one triggers `first`, whose processing resumes the loop, as the Condition's did
                 wake = self._wake = env.event()

@@ -7,7 +7,7 @@ below its next major (minor for 0.x) version; a bump of a pin comes with a look 
 | httpcore | AsyncConnectionPool._assign_requests_to_connections ... | measure/netbackend.py FastPool           |
 | httpx    | AsyncHTTPTransport._pool, AsyncClient._transport        | measure/netbackend.py make_transport; tests/test_measure.py |
 | click    | parser._long_opt / _short_opt, option.process           | capsim/flags.py MultiValue, OptionalValue |
-| simpy    | Environment._now                                        | measure/twin.py TwinEngine._accept        |
+| simpy    | Environment._now                                        | measure/twin.py TwinEngine._accept; simulator/engine.py Engine._skip_to |
 """
 from __future__ import annotations
 
@@ -190,6 +190,26 @@ def test_simpy_keeps_the_clock_in_private_now():
     env.run(until=t)
     need(env.now == 6.5, "simpy", "Environment._now (scheduling from it)", TWIN,
          "an event scheduled after the clock is moved must fall at the moved time plus its delay")
+
+
+SKIP = "simulator/engine.py Engine._skip_to (jumps the clock over a wait nothing can interrupt: env._now = t)"
+
+
+def test_simpy_schedules_a_timeout_at_now_plus_delay_and_peeks_the_next():
+    """The engine sets _now to now + max(0, t - now), the float a timeout of that delay would reach, and
+    jumps only while peek() (the next event's time) is later: then the jump is the wait it replaces."""
+    env = simpy.Environment(initial_time=0.1)
+    t = 0.7
+    env.timeout(max(0.0, t - env.now))
+    need(env.peek() == env._now + max(0.0, t - env._now), "simpy", "Environment.schedule (now + delay)", SKIP,
+         "a jump must land where the timeout would have")
+    env.run()
+    need(env.peek() == float("inf"), "simpy", "Environment.peek (inf when nothing is due)", SKIP,
+         "an empty queue must never stop a jump")
+    env.timeout(2.0)
+    env.timeout(1.0)
+    need(env.peek() == env.now + 1.0, "simpy", "Environment.peek (the earliest event)", SKIP,
+         "a jump past a due event would process it late")
 
 
 def test_simpy_realtime_environment_steps_through_the_plain_step():
