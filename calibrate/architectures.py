@@ -213,14 +213,27 @@ def name_params(name: str) -> tuple[float | None, float | None]:
     return total, active
 
 
+# vLLM's --quantization methods that name a format under another word: ModelOpt's FP8 and NVFP4
+# checkpoints, the Marlin kernels of AWQ / GPTQ, bitsandbytes (4-bit by default)
+QUANTIZATION_ALIASES = {"modelopt": "fp8", "modelopt_fp4": "nvfp4", "awq_marlin": "awq", "gptq_marlin": "gptq",
+                        "bitsandbytes": "int4", "fbgemm_fp8": "fp8", "ptpc_fp8": "fp8"}
+# name parts of quantized checkpoints, as (pattern, dtype), in the order they are tried: compressed-tensors'
+# "W4A16" / "W8A8" (RedHatAI, neuralmagic), bitsandbytes' "bnb-4bit" / "nf4", then the formats' own names
+NAME_DTYPES = [("nvfp4", "nvfp4"), ("mxfp4", "mxfp4"), ("fp8", "fp8"), ("w4a16", "int4"), ("w8a(?:8|16)", "int8"),
+               ("bnb-4bit", "int4"), ("nf4", "int4"), ("awq", "awq"), ("gptq", "gptq"), ("int4", "int4"),
+               ("int8", "int8"), ("bf16", "bf16"), ("fp16", "fp16")]
+
+
 def weight_dtype(server: dict) -> tuple[str, str]:
     """The weights' dtype from what the run says (model id, the run's profile name, --quantization)."""
     text = " ".join(str(server.get(k) or "") for k in ("model", "weights_profile", "served_name", "extra_args")).lower()
-    m = re.search(r"--quantization[ =](\S+)", text)
-    if m and m.group(1) in WEIGHT_BITS:
-        return m.group(1), "--quantization flag"
-    for key in ("nvfp4", "mxfp4", "fp8", "awq", "gptq", "int4", "int8", "bf16", "fp16"):
-        if re.search(rf"(?<![a-z0-9]){key}", text):
+    m = re.search(r"(?:--quantization|(?<!\S)-q)[ =]['\"]?([\w-]+)", text)
+    if m:
+        q = QUANTIZATION_ALIASES.get(m.group(1), m.group(1))
+        if q in WEIGHT_BITS:
+            return q, "--quantization flag"
+    for pat, key in NAME_DTYPES:
+        if re.search(rf"(?<![a-z0-9]){pat}", text):
             return key, "model id / run name"
     if re.search(r"(?<![a-z0-9])fp4(?![a-z0-9])", text):  # NVIDIA's "-FP4" checkpoints are NVFP4
         return "nvfp4", "model id / run name (FP4)"

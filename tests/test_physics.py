@@ -44,6 +44,15 @@ def test_weight_dtype_from_what_the_run_says():
     assert weight_dtype({"model": "nvidia/Llama-3.3-70B-Instruct-FP4"})[0] == "nvfp4"
     assert weight_dtype({"model": "x/y", "extra_args": "--quantization awq"})[0] == "awq"
     assert weight_dtype({"model": "x/y"})[0] == "bf16"
+    # vLLM's other names for the formats, and compressed-tensors' / bitsandbytes' checkpoint names
+    assert weight_dtype({"model": "x/y", "extra_args": "--quantization modelopt_fp4"})[0] == "nvfp4"
+    assert weight_dtype({"model": "x/y", "extra_args": "--quantization=modelopt"})[0] == "fp8"
+    assert weight_dtype({"model": "x/y", "extra_args": "--max-num-seqs 8 -q awq_marlin"})[0] == "awq"
+    assert weight_dtype({"model": "RedHatAI/Qwen3-32B-quantized.w4a16"})[0] == "int4"
+    assert weight_dtype({"model": "RedHatAI/Llama-3.1-8B-Instruct-quantized.w8a8"})[0] == "int8"
+    assert weight_dtype({"model": "RedHatAI/gemma-3-27b-it-FP8-dynamic"})[0] == "fp8"
+    assert weight_dtype({"model": "unsloth/Qwen3-14B-bnb-4bit"})[0] == "int4"
+    assert weight_dtype({"model": "x/y-q", "extra_args": "--max-model-len 8192"})[0] == "bf16"  # no -q flag
 
 
 def test_moe_bytes_add_up_to_the_parameter_counts():
