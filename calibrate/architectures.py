@@ -10,10 +10,11 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 
+from simulator.whatif import KV_BYTES
+
 # Bits per weight as read from memory, scales included.
 WEIGHT_BITS = {"bf16": 16.0, "fp16": 16.0, "fp8": 8.5, "int8": 8.5, "nvfp4": 4.5, "mxfp4": 4.25, "int4": 4.25,
                "awq": 4.25, "gptq": 4.25}
-KV_BYTES = {"fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0, "auto": 2.0, "bf16": 2.0, "fp16": 2.0}
 
 
 @dataclass
@@ -246,7 +247,9 @@ def kv_dtype_bytes(server: dict, weights: str) -> tuple[float, str]:
     kv = str(server.get("kv_cache_dtype") or "auto").lower()
     if kv == "auto":
         return (2.0 if weights not in ("fp8",) else 1.0), "kv_cache_dtype auto: the model's dtype"
-    return KV_BYTES.get(kv, 2.0), f"kv_cache_dtype {kv}"
+    if kv not in KV_BYTES:
+        return 2.0, f"kv_cache_dtype {kv} (not a dtype capsim knows: 2 bytes assumed)"
+    return KV_BYTES[kv], f"kv_cache_dtype {kv}"
 
 
 def _layers_for(params_b: float) -> int:

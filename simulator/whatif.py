@@ -14,7 +14,15 @@ from .profile import Profile, ProfileError
 from .stepmodel import PhysicalStepModel
 
 WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "nvfp4": 0.5625, "fp4": 0.5625, "int4": 0.5625}
-KV_BYTES = {"bf16": 2.0, "fp16": 2.0, "auto": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0}
+# Bytes per KV-cache element by vLLM's --kv-cache-dtype (vllm/config/cache.py CacheDType), and bf16/fp16.
+# NVFP4 carries an fp8 scale per 16 elements (4.5 bits); the turboquant / ultraquant and int4 layouts
+# count the bits their names state, without their scales.
+KV_BYTES = {"bf16": 2.0, "fp16": 2.0, "auto": 2.0, "bfloat16": 2.0, "float16": 2.0,
+            "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0, "fp8_inc": 1.0, "fp8_ds_mla": 1.0,
+            "fp8_per_token_head": 1.0, "int8_per_token_head": 1.0, "int4_per_token_head": 0.5,
+            "nvfp4": 0.5625, "nvfp4_ds_mla": 0.5625, "nvfp4_4over6": 0.5625,
+            "turboquant_k8v4": 0.75, "turboquant_4bit_nc": 0.5, "turboquant_k3v4_nc": 0.4375,
+            "turboquant_3bit_nc": 0.375, "ultraquant_4bit": 0.5}
 
 
 def _coerce(value: str, current):

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from calibrate.architectures import architecture_for, name_params, step_quantities, weight_dtype
+from calibrate.architectures import architecture_for, kv_dtype_bytes, name_params, step_quantities, weight_dtype
 from calibrate.fit import DECODE_SIGMA_FLOOR_GUESSED, fit_closed, single_user_decode
 from calibrate.importers import closed_runs, load_meta, open_runs
 from calibrate.priors import ROOFLINE_BW, prior_profile
@@ -53,6 +53,15 @@ def test_weight_dtype_from_what_the_run_says():
     assert weight_dtype({"model": "RedHatAI/gemma-3-27b-it-FP8-dynamic"})[0] == "fp8"
     assert weight_dtype({"model": "unsloth/Qwen3-14B-bnb-4bit"})[0] == "int4"
     assert weight_dtype({"model": "x/y-q", "extra_args": "--max-model-len 8192"})[0] == "bf16"  # no -q flag
+
+
+def test_kv_bytes_from_vllms_cache_dtypes():
+    assert kv_dtype_bytes({"kv_cache_dtype": "fp8_e4m3"}, "bf16")[0] == 1.0
+    assert kv_dtype_bytes({"kv_cache_dtype": "bfloat16"}, "bf16")[0] == 2.0
+    assert kv_dtype_bytes({"kv_cache_dtype": "nvfp4"}, "bf16")[0] == 0.5625  # 4 bits and a scale per 16
+    assert kv_dtype_bytes({"kv_cache_dtype": "int4_per_token_head"}, "bf16")[0] == 0.5
+    b, why = kv_dtype_bytes({"kv_cache_dtype": "fp3_future"}, "bf16")
+    assert b == 2.0 and "not a dtype capsim knows" in why
 
 
 def test_moe_bytes_add_up_to_the_parameter_counts():
