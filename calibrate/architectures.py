@@ -177,8 +177,10 @@ FAMILIES: list[tuple[str, dict]] = [
 
 # Names that say "hybrid" where no table entry does (Mamba or linear attention beside full attention):
 # KV grows on a fraction of the layers only. Jamba and MiniMax-M1 keep full attention on 1 layer in 8,
-# Nemotron-H and Granite-4.0-H on about 1 in 10, Kimi-Linear on 1 in 4: 1 in 8 as the prior.
-HYBRID_NAME = r"mamba|jamba|granite-4\.\d+-h-|nemotron-h(?![a-z])|nemotron-nano-\d+b-v2|kimi-linear|minimax-m1"
+# Nemotron-H and Granite-4.0-H on about 1 in 10, Kimi-Linear on 1 in 4: 1 in 8 as the prior. Every
+# Nemotron 3 (Nano, Super, Ultra) is a hybrid Mamba-Transformer MoE; the table knows the 30B-A3B Nano.
+HYBRID_NAME = (r"mamba|jamba|granite-4\.\d+-h-|nemotron-h(?![a-z])|nemotron-nano-\d+b-v2|nemotron-?3-|kimi-linear"
+               r"|minimax-m1")
 HYBRID_ATTN_FRACTION = 0.125
 
 

@@ -72,7 +72,8 @@ def test_a_size_the_table_lacks_keeps_the_family_facts_and_says_what_it_guessed(
     # a family whose KV heads depend on the size: an unlisted size does not get them
     gemma = architecture_for({"model": "google/gemma-3-270m"})
     assert gemma.family == "gemma-3 dense" and gemma.kv_layout_assumed and gemma.window_layers == 0
-    assert any("no size in the name" in a for a in gemma.assumed)
+    assert any("size 0.27B not in the gemma-3 dense table" in a for a in gemma.assumed)  # 270m: 0.27B
+    assert any("no size in the name" in a for a in architecture_for({"model": "google/gemma-3-it"}).assumed)
     coder = architecture_for({"model": "Qwen/Qwen3-Coder-480B-A35B-Instruct"})
     assert coder.family == "qwen3 MoE" and coder.kv_layout_assumed and coder.moe_layers == coder.layers
 
@@ -163,7 +164,8 @@ def test_the_spark_bench_models_are_unchanged(run):
 
 
 @pytest.mark.parametrize("model", ["nvidia/NVIDIA-Nemotron-Nano-9B-v2", "ibm-granite/granite-4.0-h-small",
-                                   "ai21labs/AI21-Jamba-Mini-1.7", "moonshotai/Kimi-Linear-48B-A3B-Instruct"])
+                                   "ai21labs/AI21-Jamba-Mini-1.7", "moonshotai/Kimi-Linear-48B-A3B-Instruct",
+                                   "nvidia/NVIDIA-Nemotron-3-Super-120B-A12B-FP8"])
 def test_a_name_that_says_hybrid_holds_kv_on_few_layers(model):
     """No table entry, but the name says Mamba or linear attention beside full attention: KV grows on
     1 layer in 8 and the rest hold a state; the layout stays a guess (its cache is not let bind)."""
