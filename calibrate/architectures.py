@@ -208,6 +208,11 @@ def name_params(name: str) -> tuple[float | None, float | None]:
         m = re.search(r"(?<![a-zA-Z\d.])(\d+(?:\.\d+)?)[mM](?![a-zA-Z])", name)
         if m:
             total = float(m.group(1)) / 1000.0
+        else:  # Gemma's "effective" sizes (gemma-3n-E4B, gemma-4-E2B): the parameters a token runs through;
+            # the rest are per-layer embeddings, of which a step reads only its tokens' rows
+            m = re.search(r"(?<![a-zA-Z\d.])[eE](\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name)
+            if m:
+                total = float(m.group(1))
     m2 = re.search(r"[-_ ][Aa](\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name)
     if m2:
         active = float(m2.group(1))

@@ -31,6 +31,8 @@ def test_name_params():
     assert name_params("some-model") == (None, None)
     assert name_params("hunyuan-a13b-instruct") == (None, 13.0)  # not a total of 3B from "13B"
     assert name_params("gemma-3-270m-it") == (0.27, None)  # millions
+    assert name_params("gemma-4-e4b-it") == (4.0, None)  # effective size: what a token reads
+    assert name_params("gemma-3n-E2B-it") == (2.0, None)
     assert name_params("smollm2-360M-instruct") == (0.36, None)
     assert name_params("qwen2.5-7b-instruct-1m") == (7.0, None)  # 1M tokens of context, not a size
     assert name_params("mamba-codestral-7b-v0.1") == (7.0, None)
