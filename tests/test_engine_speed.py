@@ -4,7 +4,8 @@ Decode runs get their durations from the run's integer features (members keep th
 under the sliding window are summed per step), and an arrival during a decode run shortens the run from
 submit() without waking the engine loop. Stepping one by one takes neither path: each step's time comes
 from its own features. Each load below takes many decode runs (fewer events than steps) with arrivals
-landing inside them, on each side of the window.
+landing inside them, on each side of the window. The clock's jumps over waits nothing can interrupt
+are held to the records of waiting on SimPy for each one.
 """
 import math
 
@@ -42,6 +43,46 @@ def test_decode_runs_and_arrivals_inside_them_give_the_records_of_stepping(make)
     b = simulate_open(prof, specs, load, fast_forward=False, stats=st)
     assert st[0].events < st[0].steps and st[0].max_members > 1  # decode runs of members were taken
     assert st[0].steps == st[1].steps
+    same_records(a, b)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _shipped(150, 4000, 500, 0.3),
+    lambda: (_tiny(True, budget=64, seqs=6), _specs(5, 60), OpenLoop(math.inf, max_concurrency=4)),
+    lambda: (_tiny(False, budget=32, seqs=5, num_blocks=60, window=16), _specs(2, 40, 120, 120),
+             OpenLoop(4.0, seed=2)),
+    None,  # a closed loop: each batch's requests are sent when the one before ends (events due at once)
+], ids=["H", "tiny-concurrency-cap", "tiny-preempting-sync", "closed"])
+@pytest.mark.parametrize("fast_forward", [True, False])
+def test_jumping_the_clock_gives_the_records_of_waiting(monkeypatch, make, fast_forward):
+    """Engine._skip_to moves the clock over a wait when no event is due by its end; waiting on SimPy for
+    every step and run instead must give the same records and steps, and the jumps must have happened."""
+    from simulator.engine import Engine
+    from simulator.load import ClosedLoop
+    from simulator.sim import simulate_closed
+
+    if make is None:
+        prof = _tiny(True, seqs=6)
+        run = lambda st: simulate_closed(prof, ClosedLoop(pp=[50, 300], tg=[40], concurrency=[1, 3, 6], runs=2),  # noqa: E731
+                                         fast_forward=fast_forward, stats=st)
+    else:
+        prof, specs, load = make()
+        run = lambda st: simulate_open(prof, specs, load, fast_forward=fast_forward, stats=st)  # noqa: E731
+    jumps = []
+    skip_to = Engine._skip_to
+
+    def counted(self, t):
+        jumped = skip_to(self, t)
+        jumps.append(jumped)
+        return jumped
+
+    monkeypatch.setattr(Engine, "_skip_to", counted)
+    st: list[SimStats] = []
+    a = run(st)
+    assert any(jumps) and not all(jumps)  # some waits jumped, some waited for an event due first
+    monkeypatch.setattr(Engine, "_skip_to", lambda self, t: False)
+    b = run(st)
+    assert st[0].steps == st[1].steps and st[0].preemptions == st[1].preemptions
     same_records(a, b)
 
 
