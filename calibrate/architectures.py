@@ -196,23 +196,26 @@ def layout_guessed(model: dict) -> bool:
     return (model.get("architecture") or {}).get("family") == UNKNOWN_FAMILY
 
 
+# Sizes in a model's name, as (pattern, how many of its units make a billion); the first that matches wins:
+# - in B, not a digit run's tail ("Hunyuan-A13B" gives no total, not 3B; name_params splits "-A" off first);
+# - in millions, for the small ones ("gemma-3-270m", "SmolLM2-360M"); never beside a size in B, where an M
+#   is something else ("Qwen2.5-7B-Instruct-1M": a million tokens of context);
+# - Gemma's "effective" sizes (gemma-3n-E4B, gemma-4-E2B): the parameters a token runs through; the rest are
+#   per-layer embeddings, of which a step reads only its tokens' rows.
+NAME_SIZES = ((r"(?<![a-zA-Z\d.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", 1.0),
+              (r"(?<![a-zA-Z\d.])(\d+(?:\.\d+)?)[mM](?![a-zA-Z])", 1000.0),
+              (r"(?<![a-zA-Z\d.])[eE](\d+(?:\.\d+)?)[bB](?![a-zA-Z])", 1.0))
+
+
 def name_params(name: str) -> tuple[float | None, float | None]:
     """(total, active) parameter counts in billions from names like 'Qwen3.6-35B-A3B' or 'gpt-oss-20b'."""
     total = active = None
-    # not a digit run's tail: "Hunyuan-A13B" gives no total, not 3B
-    m = re.search(r"(?<![a-zA-Z\d.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name.replace("-A", " A").replace("-a", " a"))
-    if m:
-        total = float(m.group(1))
-    else:  # millions, for the small ones ("gemma-3-270m", "SmolLM2-360M"); never beside a size in B,
-        # where an M is something else ("Qwen2.5-7B-Instruct-1M": a million tokens of context)
-        m = re.search(r"(?<![a-zA-Z\d.])(\d+(?:\.\d+)?)[mM](?![a-zA-Z])", name)
+    split = name.replace("-A", " A").replace("-a", " a")
+    for pat, units in NAME_SIZES:
+        m = re.search(pat, split)
         if m:
-            total = float(m.group(1)) / 1000.0
-        else:  # Gemma's "effective" sizes (gemma-3n-E4B, gemma-4-E2B): the parameters a token runs through;
-            # the rest are per-layer embeddings, of which a step reads only its tokens' rows
-            m = re.search(r"(?<![a-zA-Z\d.])[eE](\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name)
-            if m:
-                total = float(m.group(1))
+            total = float(m.group(1)) / units
+            break
     m2 = re.search(r"[-_ ][Aa](\d+(?:\.\d+)?)[bB](?![a-zA-Z])", name)
     if m2:
         active = float(m2.group(1))
