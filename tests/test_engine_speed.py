@@ -61,13 +61,13 @@ def test_jumping_the_clock_gives_the_records_of_waiting(monkeypatch, make, fast_
     from simulator.load import ClosedLoop
     from simulator.sim import simulate_closed
 
-    if make is None:
-        prof = _tiny(True, seqs=6)
-        run = lambda st: simulate_closed(prof, ClosedLoop(pp=[50, 300], tg=[40], concurrency=[1, 3, 6], runs=2),  # noqa: E731
-                                         fast_forward=fast_forward, stats=st)
-    else:
-        prof, specs, load = make()
-        run = lambda st: simulate_open(prof, specs, load, fast_forward=fast_forward, stats=st)  # noqa: E731
+    prof, specs, load = make() if make else (_tiny(True, seqs=6), None,
+                                             ClosedLoop(pp=[50, 300], tg=[40], concurrency=[1, 3, 6], runs=2))
+
+    def run(st):
+        if specs is None:
+            return simulate_closed(prof, load, fast_forward=fast_forward, stats=st)
+        return simulate_open(prof, specs, load, fast_forward=fast_forward, stats=st)
     jumps = []
     skip_to = Engine._skip_to
 
