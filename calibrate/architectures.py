@@ -86,16 +86,30 @@ FAMILIES: list[tuple[str, dict]] = [
     (r"mistral-small-4", dict(family="mistral-small-4 MoE (MLA)", params_total_b=119.0, params_active_b=6.5, layers=36,
                               attn_layers=36, mla_dim=320, q_heads=32, head_dim=128, n_experts=128, top_k=4,
                               moe_layers=36)),
-    # Qwen3.5 / 3.6: Gated DeltaNet linear attention and gated full attention, 3:1.
+    # Qwen3.5 / 3.6: Gated DeltaNet linear attention and gated full attention, 3:1; attention heads of 256, a
+    # DeltaNet state of (V heads) x 128 x 128 a layer. The Qwen3.6 of a size keeps its architecture.
     # The 35B-A3B: 40 layers, 10 x (3 Gated DeltaNet + 1 gated attention), each with 256 experts top-8
     # (transformers' Qwen3_5MoeTextConfig, documented as Qwen/Qwen3.5-35B-A3B; 40 x 256 experts of
-    # 3 x 2048 x 512 are its 32B of experts). The Qwen3.6 of that size keeps the architecture.
+    # 3 x 2048 x 512 are its 32B of experts). The other sizes from the model cards of Qwen/Qwen3.5-*, each
+    # checked against its size (layers x (FFN or experts, attention or DeltaNet) + embeddings): the 122B-A10B
+    # 48 layers of 256 experts of 3 x 3072 x 1024 (116B), 32 query heads, 64 DeltaNet V heads; the
+    # 397B-A17B 60 layers of 512 experts top-10; the dense 0.8B and 2B 24 layers with 8 query and 2 KV
+    # heads and 16 DeltaNet V heads, the 4B and 9B 32 layers (the 9B is Qwen3_5TextConfig's defaults:
+    # hidden 4096, 16 / 4 heads), the 27B 64 layers with 24 query heads and 48 DeltaNet V heads.
     (r"qwen3\.[56]-.*a\d+(\.\d+)?b", dict(family="qwen3.5 hybrid MoE", hybrid_attn_fraction=0.25, kv_heads=2,
                                             head_dim=256, q_heads=16, state_elems_layer=32 * 128 * 128,
                                             state_elem_bytes=4.0, n_experts=256, top_k=8, sizes={
-                                                35: dict(layers=40)})),
+                                                35: dict(layers=40),
+                                                122: dict(layers=48, q_heads=32, state_elems_layer=64 * 128 * 128),
+                                                397: dict(layers=60, q_heads=32, state_elems_layer=64 * 128 * 128,
+                                                          n_experts=512, top_k=10)})),
     (r"qwen3\.[56]-", dict(family="qwen3.5 hybrid dense", hybrid_attn_fraction=0.25, kv_heads=4, head_dim=256,
-                            q_heads=16, state_elems_layer=32 * 128 * 128, state_elem_bytes=4.0)),
+                            q_heads=16, state_elems_layer=32 * 128 * 128, state_elem_bytes=4.0, sizes={
+                                0.8: dict(layers=24, kv_heads=2, q_heads=8, state_elems_layer=16 * 128 * 128),
+                                2: dict(layers=24, kv_heads=2, q_heads=8, state_elems_layer=16 * 128 * 128),
+                                4: dict(layers=32),
+                                9: dict(layers=32),
+                                27: dict(layers=64, q_heads=24, state_elems_layer=48 * 128 * 128)})),
     # Qwen3-Next-80B-A3B (its only size; transformers' Qwen3NextConfig): 48 layers, 12 x (3 + 1) as above.
     (r"qwen3-next", dict(family="qwen3-next hybrid MoE", hybrid_attn_fraction=0.25, layers=48, kv_heads=2,
                          head_dim=256, q_heads=16, state_elems_layer=32 * 128 * 128, n_experts=512, top_k=10)),
@@ -169,6 +183,13 @@ FAMILIES: list[tuple[str, dict]] = [
                                                layers=40, attn_layers=40, kv_heads=10, head_dim=128, q_heads=40)),
     # GLM-4.5-Air (config.json of zai-org/GLM-4.5-Air): 106B total, 12B active; the first layer dense, the other 45
     # 128 routed experts top-8 (and a shared one); 96 query heads, 8 KV heads of 128. No size in its name.
+    # GLM-4.7-Flash (transformers' Glm4MoeLiteConfig, whose defaults are its configuration though its docstring names
+    # GLM-4.5): MLA (a latent of 512 and a rope key of 64 a token a layer), 20 query heads; the first of 47 layers
+    # dense, the other 46 64 routed experts top-4 (and a shared one) of 3 x 2048 x 1536. Its shapes give 29.9B,
+    # 3.6B a token without the input embeddings. No size in its name.
+    (r"glm-4\.7-flash", dict(family="glm-4.7-flash MoE (MLA)", params_total_b=29.9, params_active_b=3.6, layers=47,
+                              attn_layers=47, mla_dim=576, q_heads=20, head_dim=256, n_experts=64, top_k=4,
+                              moe_layers=46)),
     (r"glm-4\.5-air", dict(family="glm-4.5-air MoE", params_total_b=106.0, params_active_b=12.0, layers=46,
                            attn_layers=46, kv_heads=8, head_dim=128, q_heads=96, n_experts=128, top_k=8,
                            moe_layers=45)),

@@ -143,10 +143,9 @@ SPARK_BENCH = {
         params_active_b=3.6, params_total_b=31.6, source="family table: nemotron-3 hybrid Mamba MoE",
         state_elem_bytes=4.0, state_elems_layer=524288, state_layers=23, top_k=6),
     "qwen-3.5/qwen-3.5-4b/bf16": Architecture(
-        assumed=["34 layers (typical for the size)"], attn_layers=8, family="qwen3.5 hybrid dense", head_dim=256,
-        kv_heads=4, layers=34, params_active_b=4.0, params_total_b=4.0, q_heads=16,
-        source="family table: qwen3.5 hybrid dense", state_elem_bytes=4.0, state_elems_layer=524288,
-        state_layers=26),
+        attn_layers=8, family="qwen3.5 hybrid dense", head_dim=256, kv_heads=4, layers=32, params_active_b=4.0,
+        params_total_b=4.0, q_heads=16, source="family table: qwen3.5 hybrid dense, 4B", state_elem_bytes=4.0,
+        state_elems_layer=524288, state_layers=24),
     "qwen-3.6/qwen-3.6-35b-a3b/bf16": Architecture(
         attn_layers=10, family="qwen3.5 hybrid MoE", head_dim=256, kv_heads=2, layers=40, moe_layers=40,
         n_experts=256, params_active_b=3.0, params_total_b=35.0, q_heads=16,
@@ -186,6 +185,31 @@ def test_a_hybrid_family_in_the_table_keeps_its_own_facts():
     # a hybrid's listed depth keeps the family's share of attention layers; an unlisted size guesses the depth
     big = architecture_for({"model": "Qwen/Qwen3.5-122B-A10B"})
     assert big.attn_layers == round(big.layers / 4) and big.state_layers == big.layers - big.attn_layers
+    odd = architecture_for({"model": "Qwen/Qwen3.5-14B"})
+    assert any("size 14B not in the qwen3.5 hybrid dense table" in x for x in odd.assumed)
+    assert odd.attn_layers == round(odd.layers / 4) and odd.state_layers == odd.layers - odd.attn_layers
+
+
+@pytest.mark.parametrize("model, layers, kv_heads, v_heads, total_b", [
+    ("Qwen/Qwen3.5-0.8B", 24, 2, 16, 0.8), ("Qwen/Qwen3.5-2B", 24, 2, 16, 2.0), ("Qwen/Qwen3.5-9B", 32, 4, 32, 9.0),
+    ("Qwen/Qwen3.5-27B-FP8", 64, 4, 48, 27.0), ("Qwen/Qwen3.6-27B", 64, 4, 48, 27.0),
+    ("Qwen/Qwen3.5-122B-A10B-NVFP4", 48, 2, 64, 122.0), ("Qwen/Qwen3.5-397B-A17B", 60, 2, 64, 397.0)])
+def test_qwen35_sizes_hold_their_published_layouts(model, layers, kv_heads, v_heads, total_b):
+    """Each size's depth, KV heads and DeltaNet state (V heads x 128 x 128 a layer, float32) from the table,
+    nothing assumed; attention on 1 layer in 4."""
+    a = architecture_for({"model": model})
+    assert (a.layers, a.kv_heads, a.state_elems_layer, a.params_total_b) == (layers, kv_heads, v_heads * 128 * 128,
+                                                                             total_b)
+    assert a.attn_layers == layers // 4 and a.state_layers == layers - layers // 4 and not a.assumed
+
+
+def test_glm47_flash_is_an_mla_moe_of_30b_without_a_size_in_its_name():
+    a = architecture_for({"model": "zai-org/GLM-4.7-Flash"})
+    assert (a.params_total_b, a.params_active_b, a.layers, a.moe_layers, a.n_experts, a.top_k) == (29.9, 3.6, 47, 46,
+                                                                                                 64, 4)
+    assert a.mla_dim == 512 + 64 and not a.kv_layout_assumed and not a.assumed
+    # its KV a token: 47 layers of a 576-element latent, at the cache's bytes per element
+    assert step_quantities(a, "bf16", 2.0)["kv_bytes_full"] == 47 * 576 * 2
 
 
 def test_the_recurrent_state_is_float32_where_vllm_keeps_it_so():
