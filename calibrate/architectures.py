@@ -183,6 +183,15 @@ FAMILIES: list[tuple[str, dict]] = [
                                                layers=40, attn_layers=40, kv_heads=10, head_dim=128, q_heads=40)),
     # GLM-4.5-Air (config.json of zai-org/GLM-4.5-Air): 106B total, 12B active; the first layer dense, the other 45
     # 128 routed experts top-8 (and a shared one); 96 query heads, 8 KV heads of 128. No size in its name.
+    # Config classes whose defaults are the checkpoint their docstring names (transformers 5.19): Ministral 3 8B
+    # (Ministral3Config, mistralai/Ministral-3-8B-Base-2512), SmolLM3-3B (SmolLM3Config), Seed-OSS-36B
+    # (SeedOssConfig) and Olmo-3-7B (Olmo3Config: full multi-head attention, 3 layers in 4 a window of 4096).
+    (r"ministral-?3-8b", dict(family="ministral-3 dense", layers=34, attn_layers=34, kv_heads=8, head_dim=128,
+                              q_heads=32)),
+    (r"smollm3-3b", dict(family="smollm3 dense", layers=36, attn_layers=36, kv_heads=4, head_dim=128, q_heads=16)),
+    (r"seed-oss-36b", dict(family="seed-oss dense", layers=64, attn_layers=64, kv_heads=8, head_dim=128, q_heads=80)),
+    (r"olmo-?3-7b", dict(family="olmo-3 dense", layers=32, attn_layers=8, kv_heads=32, head_dim=128, q_heads=32,
+                         window_layers=24, window=4096)),
     # GLM-4.7-Flash (transformers' Glm4MoeLiteConfig, whose defaults are its configuration though its docstring names
     # GLM-4.5): MLA (a latent of 512 and a rope key of 64 a token a layer), 20 query heads; the first of 47 layers
     # dense, the other 46 64 routed experts top-4 (and a shared one) of 3 x 2048 x 1536. Its shapes give 29.9B,

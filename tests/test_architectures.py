@@ -225,3 +225,14 @@ def test_the_recurrent_state_is_float32_where_vllm_keeps_it_so():
     nxt = "Qwen/Qwen3-Next-80B-A3B-Instruct"  # no config class sets it: the model's dtype
     assert state(nxt) == state(nxt, "--mamba-ssm-cache-dtype float16")
     assert unmodelled_flags("--mamba-ssm-cache-dtype float32 --mamba_ssm_cache_dtype=float32") == []
+
+
+@pytest.mark.parametrize("model, layers, attn_layers, kv_heads, q_heads, window_layers", [
+    ("mistralai/Ministral-3-8B-Instruct-2512", 34, 34, 8, 32, 0), ("HuggingFaceTB/SmolLM3-3B", 36, 36, 4, 16, 0),
+    ("ByteDance-Seed/Seed-OSS-36B-Instruct", 64, 64, 8, 80, 0), ("allenai/Olmo-3-7B-Think", 32, 8, 32, 32, 24)])
+def test_families_from_config_classes_that_match_their_checkpoint(model, layers, attn_layers, kv_heads, q_heads,
+                                                                   window_layers):
+    a = architecture_for({"model": model})
+    assert (a.layers, a.attn_layers, a.kv_heads, a.q_heads, a.window_layers) == (layers, attn_layers, kv_heads,
+                                                                                 q_heads, window_layers)
+    assert not a.kv_layout_assumed and not a.assumed and a.family != "unknown"
