@@ -191,6 +191,18 @@ def acceptance_note(run: OpenRun, profile: Profile) -> str | None:
             "server's did (acceptance depends on the text; docs/physics.md, Speculative decoding)")
 
 
+def failed_note(run: OpenRun) -> str | None:
+    """What the server's failed requests do to a test's comparison: vllm bench serve computes every
+    figure over the requests that completed, the simulated server completes them all."""
+    failed, done = int(run.result.get("failed") or 0), int(run.result.get("completed") or 0)
+    if not done:
+        return f"{run.test}: no request completed ({failed} failed on the server): not validated"
+    if failed:
+        return (f"{run.test}: {failed} of {failed + done} requests failed on the server; its figures are the "
+                f"{done} completed ones', the prediction's all {failed + done}")
+    return None
+
+
 def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, tokenizer: str | None = None,
              progress=None, n_jobs: int | None = None) -> Validation:
     out = Validation()
@@ -199,8 +211,15 @@ def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, toke
         out.notes.append(f"{profile.model.get('name') or profile.name} is in no family table, so its layout "
                          f"is guessed ({'; '.join(arch.get('assumed') or ['from its name'])}): the decode band is "
                          "wider for it")
+    for skipped in dict.fromkeys(x for run in runs for x in (run.server or {}).get("skipped_tests", ())):
+        out.notes.append(f"validated without {skipped}")
     preds = {}
     for i, run in enumerate(runs):
+        note = failed_note(run)
+        if note:
+            out.notes.append(note)
+        if not run.result.get("completed"):
+            continue  # no request came back: nothing measured to hold a prediction against
         pred, lo, hi, med = predict_run(run, profile, replications, tokenizer, n_jobs)
         preds[(run.source, run.test)] = pred
         for note in (outside_envelope(run.test, pred, profile), acceptance_note(run, profile)):
@@ -228,6 +247,7 @@ def capacity_rows(runs: list[OpenRun], preds: dict) -> list[dict]:
         if r.test.startswith("11-rate-sweep@"):
             by_source.setdefault(r.source, []).append(r)
     for source, sweep in by_source.items():
+        sweep = [r for r in sweep if (source, r.test) in preds]  # a step where no request completed is out
         meas = [(float(r.params["request_rate"]), float(r.result["p95_ttft_ms"])) for r in sweep]
         pred = [(float(r.params["request_rate"]), preds[(source, r.test)]["p95_ttft_ms"]) for r in sweep]
         for t in CAPACITY_THRESHOLDS_S:

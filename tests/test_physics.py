@@ -8,7 +8,7 @@ import pytest
 
 from calibrate.architectures import architecture_for, kv_dtype_bytes, name_params, step_quantities, weight_dtype
 from calibrate.fit import DECODE_SIGMA_FLOOR_GUESSED, fit_closed, single_user_decode
-from calibrate.importers import closed_runs, load_meta, open_runs
+from calibrate.importers import ImporterError, closed_runs, load_meta, open_runs
 from calibrate.priors import ROOFLINE_BW, prior_profile
 from calibrate.validate import validate, workload_for
 from simulator.profile import Profile, ProfileError, load_profile
@@ -292,6 +292,43 @@ def test_a_run_with_failed_closed_loop_tests_calibrates_from_what_is_there(tmp_p
     fr = fit_closed(runs, max_nfev=2)
     assert "05-big-context.md: no llama-benchy table found" in fr.origin["calibrated_without"]
     assert "06-concurrency-stress: no report" in fr.origin["calibrated_without"]
+
+
+@needs_data
+def test_a_run_with_failed_open_loop_tests_validates_what_is_there(tmp_path):
+    """The open side as the closed: a result cut off or empty (the box died) is skipped and named; a
+    test whose requests all failed is not held against a prediction; failed requests are named."""
+    run = tmp_path / "broken"
+    shutil.copytree(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16", run)
+    for name in ("07-office-baseline.json", "08-sharegpt.json", "09-reasoning.json", "10-monday-peak.json"):
+        if name != "10-monday-peak.json":
+            (run / name).unlink()
+    sweep = sorted(run.glob("11-rate-sweep-*.json"))
+    sweep[0].write_text(sweep[0].read_text()[:300])
+    sweep[1].write_text("")
+    failed = json.loads(sweep[2].read_text())
+    failed.update(completed=0, failed=failed["num_prompts"])
+    sweep[2].write_text(json.dumps(failed))
+    part = json.loads((run / "10-monday-peak.json").read_text())
+    part.update(completed=part["completed"] - 3, failed=3)
+    (run / "10-monday-peak.json").write_text(json.dumps(part))
+    runs = open_runs(run)
+    assert len(runs) == len(sweep) - 2 + 1
+    skipped = runs[0].server["skipped_tests"]
+    assert f"{sweep[0].name}: truncated JSON at line 1 col" in skipped[0] and "failed on the box" in skipped[0]
+    assert skipped[1] == f"{sweep[1].name}: empty file (the test failed on the box?)"
+    v = validate(runs, load_profile(None), replications=1, n_jobs=1)  # the shipped Spark profile
+    gone = f"11-rate-sweep@{failed['request_rate']:g}"
+    assert gone not in {r.test for r in v.rows} and {r.test for r in v.rows} == {r.test for r in runs} - {gone}
+    assert all(r.measured > 0 for r in v.rows if r.metric.endswith("_ms"))
+    assert any(n.startswith(f"{gone}: no request completed") for n in v.notes)
+    assert any(n.startswith("10-monday-peak: 3 of ") for n in v.notes)
+    assert sum(n.startswith("validated without ") for n in v.notes) == 2
+    assert all(c["measured_rps"] != failed["request_rate"] for c in v.capacity)
+    for js in sweep[2:] + [run / "10-monday-peak.json"]:
+        js.write_text("")
+    with pytest.raises(ImporterError, match="no open-loop results: "):
+        open_runs(run)
 
 
 @needs_data
