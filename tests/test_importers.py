@@ -433,18 +433,17 @@ def test_truncated_json(tmp_path):
     _one_line(e, "07-office-baseline.json", "truncated JSON at line 1 col")
 
 
-def test_json_cut_inside_a_string_is_truncated_and_a_bad_middle_is_invalid(tmp_path):
+@pytest.mark.parametrize("text, what", [
+    ('{"date": "20260812-1632", "model_id": "google/gemma-4-26B', "truncated JSON at line 1 col 39"),
+    ('{"date": "20260812-1632", x "completed": 1}', "invalid JSON (Expecting property name enclosed in double quotes)")])
+def test_json_cut_inside_a_string_is_truncated_and_a_bad_middle_is_invalid(tmp_path, text, what):
     """A string that never closes runs to the end of the file: the file was cut, though the decoder
     points at where the string began. A broken character with text after it is invalid JSON."""
     p = tmp_path / "08-sharegpt.json"
-    p.write_text('{"date": "20260812-1632", "model_id": "google/gemma-4-26B')
+    p.write_text(text)
     with pytest.raises(ImporterError) as e:
         parse_bench_serve_json(p)
-    _one_line(e, "08-sharegpt.json", "truncated JSON at line 1 col 39")
-    p.write_text('{"date": "20260812-1632", x "completed": 1}')
-    with pytest.raises(ImporterError) as e:
-        parse_bench_serve_json(p)
-    _one_line(e, "08-sharegpt.json", "invalid JSON (Expecting property name enclosed in double quotes)")
+    _one_line(e, "08-sharegpt.json", what)
 
 
 def test_missing_key_and_bad_value(tmp_path):
