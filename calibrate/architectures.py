@@ -181,8 +181,6 @@ FAMILIES: list[tuple[str, dict]] = [
                                     attn_layers=32, kv_heads=8, head_dim=128, q_heads=24)),
     (r"phi-?4(?!\d|-mini|-multimodal)", dict(family="phi-4 dense", params_total_b=14.7, params_active_b=14.7,
                                                layers=40, attn_layers=40, kv_heads=10, head_dim=128, q_heads=40)),
-    # GLM-4.5-Air (config.json of zai-org/GLM-4.5-Air): 106B total, 12B active; the first layer dense, the other 45
-    # 128 routed experts top-8 (and a shared one); 96 query heads, 8 KV heads of 128. No size in its name.
     # Config classes whose defaults are the checkpoint their docstring names (transformers 5.19): Ministral 3 8B
     # (Ministral3Config, mistralai/Ministral-3-8B-Base-2512), SmolLM3-3B (SmolLM3Config), Seed-OSS-36B
     # (SeedOssConfig) and Olmo-3-7B (Olmo3Config: full multi-head attention, 3 layers in 4 a window of 4096).
@@ -199,6 +197,8 @@ FAMILIES: list[tuple[str, dict]] = [
     (r"glm-4\.7-flash", dict(family="glm-4.7-flash MoE (MLA)", params_total_b=29.9, params_active_b=3.6, layers=47,
                               attn_layers=47, mla_dim=576, q_heads=20, head_dim=256, n_experts=64, top_k=4,
                               moe_layers=46)),
+    # GLM-4.5-Air (config.json of zai-org/GLM-4.5-Air): 106B total, 12B active; the first layer dense, the other 45
+    # 128 routed experts top-8 (and a shared one); 96 query heads, 8 KV heads of 128. No size in its name.
     (r"glm-4\.5-air", dict(family="glm-4.5-air MoE", params_total_b=106.0, params_active_b=12.0, layers=46,
                            attn_layers=46, kv_heads=8, head_dim=128, q_heads=96, n_experts=128, top_k=8,
                            moe_layers=45)),

@@ -194,7 +194,9 @@ def acceptance_note(run: OpenRun, profile: Profile) -> str | None:
 def failed_note(run: OpenRun) -> str | None:
     """What the server's failed requests do to a test's comparison: vllm bench serve computes every
     figure over the requests that completed, the simulated server completes them all."""
-    failed, done = int(run.result.get("failed") or 0), int(run.result.get("completed") or 0)
+    failed, done = int(run.result.get("failed") or 0), run.result.get("completed")
+    if done is None:  # a source that does not count them
+        return None
     if not done:
         return f"{run.test}: no request completed ({failed} failed on the server): not validated"
     if failed:
@@ -218,7 +220,7 @@ def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, toke
         note = failed_note(run)
         if note:
             out.notes.append(note)
-        if not run.result.get("completed"):
+        if run.result.get("completed") == 0:
             continue  # no request came back: nothing measured to hold a prediction against
         pred, lo, hi, med = predict_run(run, profile, replications, tokenizer, n_jobs)
         preds[(run.source, run.test)] = pred

@@ -10,7 +10,8 @@ from calibrate.architectures import architecture_for, kv_dtype_bytes, name_param
 from calibrate.fit import DECODE_SIGMA_FLOOR_GUESSED, fit_closed, single_user_decode
 from calibrate.importers import ImporterError, closed_runs, load_meta, open_runs
 from calibrate.priors import ROOFLINE_BW, prior_profile
-from calibrate.validate import validate, workload_for
+from calibrate.results import OpenRun
+from calibrate.validate import failed_note, validate, workload_for
 from simulator.profile import Profile, ProfileError, load_profile
 from simulator.uncertainty import Uncertainty, draw_profile
 from simulator.whatif import apply_edits
@@ -329,6 +330,15 @@ def test_a_run_with_failed_open_loop_tests_validates_what_is_there(tmp_path):
         js.write_text("")
     with pytest.raises(ImporterError, match="no open-loop results: "):
         open_runs(run)
+
+
+@pytest.mark.parametrize("result, note", [
+    ({"completed": 0, "failed": 5}, "T: no request completed (5 failed on the server): not validated"),
+    ({"completed": 7, "failed": 3}, "T: 3 of 10 requests failed on the server; its figures are the 7 completed "
+                                    "ones', the prediction's all 10"),
+    ({"completed": 7}, None), ({}, None)])  # a source that does not count requests is validated as it is
+def test_failed_requests_are_named(result, note):
+    assert failed_note(OpenRun(source="s", test="T", path=None, dataset="random", result=result)) == note
 
 
 @needs_data
