@@ -182,6 +182,9 @@ def test_a_hybrid_family_in_the_table_keeps_its_own_facts():
     a = architecture_for({"model": "Qwen/Qwen3-Next-80B-A3B-Instruct"})
     assert a.family.startswith("qwen3-next") and not any("the name says so" in x for x in a.assumed)
     assert (a.layers, a.attn_layers, a.state_layers) == (48, 12, 36)
+    coder = architecture_for({"model": "Qwen/Qwen3-Coder-Next-FP8"})  # the same model, no size in its name
+    assert coder.family == a.family and (coder.params_total_b, coder.params_active_b) == (80.0, 3.0)
+    assert (coder.layers, coder.attn_layers, coder.n_experts) == (48, 12, 512) and not coder.assumed
     # a hybrid's listed depth keeps the family's share of attention layers; an unlisted size guesses the depth
     big = architecture_for({"model": "Qwen/Qwen3.5-122B-A10B"})
     assert big.attn_layers == round(big.layers / 4) and big.state_layers == big.layers - big.attn_layers
