@@ -239,3 +239,9 @@ def test_families_from_config_classes_that_match_their_checkpoint(model, layers,
     assert (a.layers, a.attn_layers, a.kv_heads, a.q_heads, a.window_layers) == (layers, attn_layers, kv_heads,
                                                                                  q_heads, window_layers)
     assert not a.kv_layout_assumed and not a.assumed and a.family != "unknown"
+
+
+@pytest.mark.parametrize("variant, base", [("openai/gpt-oss-safeguard-20b", "openai/gpt-oss-20b"),
+                                           ("openai/gpt-oss-safeguard-120b", "openai/gpt-oss-120b")])
+def test_a_fine_tuned_variant_keeps_its_base_models_facts(variant, base):
+    assert architecture_for({"model": variant}) == architecture_for({"model": base})
