@@ -114,12 +114,10 @@ FAMILIES: list[tuple[str, dict]] = [
                                 9: dict(layers=32),
                                 27: dict(layers=64, q_heads=24, state_elems_layer=48 * 128 * 128)})),
     # Qwen3-Next-80B-A3B (its only size; transformers' Qwen3NextConfig): 48 layers, 12 x (3 + 1) as above.
-    (r"qwen3-next", dict(family="qwen3-next hybrid MoE", hybrid_attn_fraction=0.25, layers=48, kv_heads=2,
-                         head_dim=256, q_heads=16, state_elems_layer=32 * 128 * 128, n_experts=512, top_k=10)),
     # Qwen3-Coder-Next is that model trained for code, with no size in its name.
-    (r"qwen3-coder-next", dict(family="qwen3-next hybrid MoE", params_total_b=80.0, params_active_b=3.0,
-                               hybrid_attn_fraction=0.25, layers=48, kv_heads=2, head_dim=256, q_heads=16,
-                               state_elems_layer=32 * 128 * 128, n_experts=512, top_k=10)),
+    (r"qwen3-(?:coder-)?next", dict(family="qwen3-next hybrid MoE", params_total_b=80.0, params_active_b=3.0,
+                                    hybrid_attn_fraction=0.25, layers=48, kv_heads=2, head_dim=256, q_heads=16,
+                                    state_elems_layer=32 * 128 * 128, n_experts=512, top_k=10)),
     # Qwen3 (config.json of Qwen/Qwen3-30B-A3B, -235B-A22B and the dense Qwen/Qwen3-0.6B .. -32B): head_dim 128;
     # the MoE 128 experts, top-8, in every layer; the dense 8 KV heads at every size.
     (r"qwen3-.*a\d+(\.\d+)?b", dict(family="qwen3 MoE", head_dim=128, q_heads=32, n_experts=128, top_k=8, sizes={

@@ -246,10 +246,10 @@ def capacity_rows(runs: list[OpenRun], preds: dict) -> list[dict]:
     out = []
     by_source: dict[str, list[OpenRun]] = {}
     for r in runs:
-        if r.test.startswith("11-rate-sweep@"):
+        # a step where no request completed has no prediction and is left out
+        if r.test.startswith("11-rate-sweep@") and (r.source, r.test) in preds:
             by_source.setdefault(r.source, []).append(r)
     for source, sweep in by_source.items():
-        sweep = [r for r in sweep if (source, r.test) in preds]  # a step where no request completed is out
         meas = [(float(r.params["request_rate"]), float(r.result["p95_ttft_ms"])) for r in sweep]
         pred = [(float(r.params["request_rate"]), preds[(source, r.test)]["p95_ttft_ms"]) for r in sweep]
         for t in CAPACITY_THRESHOLDS_S:

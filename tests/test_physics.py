@@ -301,9 +301,8 @@ def test_a_run_with_failed_open_loop_tests_validates_what_is_there(tmp_path):
     test whose requests all failed is not held against a prediction; failed requests are named."""
     run = tmp_path / "broken"
     shutil.copytree(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16", run)
-    for name in ("07-office-baseline.json", "08-sharegpt.json", "09-reasoning.json", "10-monday-peak.json"):
-        if name != "10-monday-peak.json":
-            (run / name).unlink()
+    for name in ("07-office-baseline.json", "08-sharegpt.json", "09-reasoning.json"):
+        (run / name).unlink()
     sweep = sorted(run.glob("11-rate-sweep-*.json"))
     sweep[0].write_text(sweep[0].read_text()[:300])
     sweep[1].write_text("")
