@@ -45,6 +45,11 @@ def _read_text(path: Path) -> str:
     return text
 
 
+def _text_if_any(path: Path) -> str:
+    """A report's text, or "" where the file is missing or blank (a test that died before writing it)."""
+    return _read_text(path) if path.is_file() and path.read_bytes().strip() else ""
+
+
 def _load_json(path: Path):
     text = _read_text(path)
     try:
@@ -361,6 +366,12 @@ _SERVE_LABELS = {
     "Peak output token throughput (tok/s)": ("max_output_tokens_per_s", float),
     "Peak concurrent requests": ("max_concurrent_requests", int),
     "Total token throughput (tok/s)": ("total_token_throughput", float),
+    # the server's speculative-decoding counters over the run (from its /metrics)
+    "Acceptance rate (%)": ("spec_decode_acceptance_rate", float),
+    "Acceptance length": ("spec_decode_acceptance_length", float),
+    "Drafts": ("spec_decode_num_drafts", int),
+    "Draft tokens": ("spec_decode_draft_tokens", int),
+    "Accepted tokens": ("spec_decode_accepted_tokens", int),
 }
 _STAT_RE = re.compile(r"^(Mean|Median|Std|P(\d+(?:\.\d+)?)) (TTFT|TPOT|ITL|E2EL) \(ms\)$")
 
@@ -566,14 +577,23 @@ def _split_result(d: dict) -> tuple[dict, dict | None]:
     return result, arrays or None
 
 
+def _log_runs(log: Path) -> dict[str, tuple[dict, str]]:
+    """result_filename -> (settings, what the run printed), per Namespace(...) line of a vllm bench serve log."""
+    out = {}
+    text = _text_if_any(log)
+    if text:
+        found = list(_NAMESPACE_RE.finditer(text))
+        for i, m in enumerate(found):
+            line = m.group(0)
+            name = re.search(r"result_filename='([^']*)'", line)
+            printed = text[m.end():found[i + 1].start() if i + 1 < len(found) else len(text)]
+            out[name.group(1) if name else ""] = (_namespace_params(line, log), printed)
+    return out
+
+
 def _log_params(log: Path) -> dict[str, dict]:
     """result_filename -> settings, from each Namespace(...) line of a vllm bench serve log."""
-    out = {}
-    if log.is_file():
-        for line in _NAMESPACE_RE.findall(_read_text(log)):
-            m = re.search(r"result_filename='([^']*)'", line)
-            out[m.group(1) if m else ""] = _namespace_params(line, log)
-    return out
+    return {k: params for k, (params, _) in _log_runs(log).items()}
 
 
 def _open_run(js: Path, test: str, params: dict | None, source: str, server: dict) -> OpenRun:
@@ -593,9 +613,7 @@ def _open_run(js: Path, test: str, params: dict | None, source: str, server: dic
 
 
 def _md_params(md: Path) -> dict | None:
-    if not md.is_file():
-        return None
-    text = _read_text(md)
+    text = _text_if_any(md)
     if "## Command" not in text:
         return None
     try:
@@ -615,25 +633,45 @@ def open_runs(run_dir) -> list[OpenRun]:
     runs: list[OpenRun] = []
     skipped: list[str] = []
 
-    def add(js: Path, test: str, params: dict | None) -> None:
-        try:
-            runs.append(_open_run(js, test, params, source, server))
-        except ImporterError as e:
-            # a test that failed on the box leaves an empty or cut-off result: the others still validate
-            if not any(w in str(e) for w in ("empty file", "truncated JSON")):
-                raise
-            skipped.append(f"{js.name}: {str(e).partition(': ')[2]} (the test failed on the box?)")
+    def add(js: Path | None, test: str, params: dict | None, printed: tuple[Path, str]) -> None:
+        problem = f"{test}: no result JSON"
+        if js is not None:
+            try:
+                runs.append(_open_run(js, test, params, source, server))
+                return
+            except ImporterError as e:
+                # a test that failed on the box leaves an empty or cut-off result: the others still validate
+                if not any(w in str(e) for w in ("empty file", "truncated JSON")):
+                    raise
+                problem = f"{js.name}: {str(e).partition(': ')[2]}"
+        where, text = printed
+        if "Serving Benchmark Result" not in text:
+            skipped.append(f"{problem} and no printed report (the test failed on the box?)" if js is None
+                           else f"{problem} (the test failed on the box?)")
+            return
+        # the report the run printed holds the same figures, rounded to 0.01, without per-request data
+        params = dict(params) if params else serve_params({"dataset_name": "unknown"}, where)
+        runs.append(OpenRun(source=source, test=test, path=str(where), dataset=params["dataset_name"] or "unknown",
+                            params=params, result=parse_bench_serve_text(text, where), detailed=None, server=server))
 
-    for js in sorted(p for p in run_dir.glob("*.json") if _OPEN_RE.match(p.name)):
-        add(js, js.stem, _md_params(js.with_suffix(".md")) or _log_params(js.with_suffix(".log")).get(js.name))
-    sweep = sorted((float(m.group(1)), m.group(1), p) for p in run_dir.glob("11-rate-sweep-*.json")
-                   if (m := _SWEEP_RE.match(p.name)))
-    if sweep:
-        # 11-rate-sweep.md holds only the summary; each step's settings are in the log.
+    jsons = {p.stem: p for p in run_dir.glob("*.json") if _OPEN_RE.match(p.name)}
+    reports = {p.stem for p in run_dir.glob("*") if p.suffix in (".md", ".log") and _OPEN_RE.match(p.stem + ".json")}
+    for stem in sorted(set(jsons) | reports):
+        md, log = run_dir / f"{stem}.md", run_dir / f"{stem}.log"
+        logged = _log_runs(log).get(f"{stem}.json")
+        text = _text_if_any(md)
+        printed = (md, text) if "Serving Benchmark Result" in text else (log, logged[1] if logged else "")
+        add(jsons.get(stem), stem, _md_params(md) or (logged[0] if logged else None), printed)
+    sweep = {m.group(1): p for p in run_dir.glob("11-rate-sweep-*.json") if (m := _SWEEP_RE.match(p.name))}
+    # 11-rate-sweep.md holds only the summary; each step's settings (and printed report) are in the log
+    log = run_dir / "11-rate-sweep.log"
+    logged = _log_runs(log)
+    steps = {m.group(1) for name in logged if (m := _SWEEP_RE.match(name))}
+    if sweep or steps:
         base = _md_params(run_dir / "11-rate-sweep.md")
-        logged = _log_params(run_dir / "11-rate-sweep.log")
-        for _, rate, js in sweep:
-            add(js, f"11-rate-sweep@{rate}", logged.get(js.name) or base)
+        for rate in sorted(set(sweep) | steps, key=float):
+            params, text = logged.get(f"11-rate-sweep-{rate}.json", (None, ""))
+            add(sweep.get(rate), f"11-rate-sweep@{rate}", params or base, (log, text))
     if skipped and not runs:
         raise _err(run_dir, "no open-loop results: " + "; ".join(skipped))
     if skipped:

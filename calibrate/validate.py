@@ -205,6 +205,14 @@ def failed_note(run: OpenRun) -> str | None:
     return None
 
 
+def printout_note(run: OpenRun) -> str | None:
+    """A test read from the report vllm bench serve printed, where its result JSON is missing."""
+    if run.path and Path(run.path).suffix in (".md", ".log"):
+        return (f"{run.test}: read from the report printed in {Path(run.path).name} (its result JSON is missing or "
+                "cut off): figures rounded to 0.01")
+    return None
+
+
 def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, tokenizer: str | None = None,
              progress=None, n_jobs: int | None = None) -> Validation:
     out = Validation()
@@ -217,9 +225,9 @@ def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, toke
         out.notes.append(f"validated without {skipped}")
     preds = {}
     for i, run in enumerate(runs):
-        note = failed_note(run)
-        if note:
-            out.notes.append(note)
+        for note in (printout_note(run), failed_note(run)):
+            if note:
+                out.notes.append(note)
         if run.result.get("completed") == 0:
             continue  # no request came back: nothing measured to hold a prediction against
         pred, lo, hi, med = predict_run(run, profile, replications, tokenizer, n_jobs)

@@ -188,15 +188,19 @@ def test_open_exact_numbers_gemma26():
 
 
 @needs_data
-def test_printed_block_matches_json():
-    text = (G26 / "07-office-baseline.md").read_text()
-    printed = parse_bench_serve_text(text, G26 / "07-office-baseline.md")
-    saved = parse_bench_serve_json(G26 / "07-office-baseline.json")
+@pytest.mark.parametrize("run", ["gemma-4/gemma-4-26b-a4b-it/bf16", "muse-glimmer/muse-glimmer-30b/bf16-spec"])
+def test_printed_block_matches_json(run):
+    text = (RESULTS / run / "07-office-baseline.md").read_text()
+    printed = parse_bench_serve_text(text, RESULTS / run / "07-office-baseline.md")
+    saved = parse_bench_serve_json(RESULTS / run / "07-office-baseline.json")
     assert printed["request_rate"] == 0.3
     for k, v in printed.items():
         assert v == pytest.approx(saved[k], abs=0.006), k
     assert "std_ttft_ms" not in printed        # the printout has no std lines
     assert {"p95_itl_ms", "median_e2el_ms", "max_output_tokens_per_s"} <= printed.keys()
+    # the server's speculative-decoding counters, where it ran with them (all but the per-position rates)
+    spec = {k for k in saved if k.startswith("spec_decode_")} - {"spec_decode_per_position_acceptance_rates"}
+    assert spec <= printed.keys() and ("spec" in run) == bool(spec)
 
 
 @needs_data

@@ -2,6 +2,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -301,8 +302,11 @@ def test_a_run_with_failed_open_loop_tests_validates_what_is_there(tmp_path):
     test whose requests all failed is not held against a prediction; failed requests are named."""
     run = tmp_path / "broken"
     shutil.copytree(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16", run)
-    for name in ("07-office-baseline.json", "08-sharegpt.json", "09-reasoning.json"):
-        (run / name).unlink()
+    for stem in ("07-office-baseline", "08-sharegpt", "09-reasoning"):
+        for f in run.glob(f"{stem}.*"):
+            f.unlink()
+    log = run / "11-rate-sweep.log"  # no printed reports either: nothing to read the broken steps from
+    log.write_text(log.read_text().replace("Serving Benchmark Result", "(aborted)"))
     sweep = sorted(run.glob("11-rate-sweep-*.json"))
     sweep[0].write_text(sweep[0].read_text()[:300])
     sweep[1].write_text("")
@@ -325,10 +329,56 @@ def test_a_run_with_failed_open_loop_tests_validates_what_is_there(tmp_path):
     assert any(n.startswith("10-monday-peak: 3 of ") for n in v.notes)
     assert sum(n.startswith("validated without ") for n in v.notes) == 2
     assert all(c["measured_rps"] != failed["request_rate"] for c in v.capacity)
-    for js in sweep[2:] + [run / "10-monday-peak.json"]:
-        js.write_text("")
+    for f in sweep[2:] + [run / "10-monday-peak.json", run / "10-monday-peak.md", run / "10-monday-peak.log"]:
+        f.write_text("")
     with pytest.raises(ImporterError, match="no open-loop results: "):
         open_runs(run)
+
+
+@needs_data
+def test_a_missing_or_cut_off_result_json_is_read_from_the_printed_report(tmp_path):
+    """vllm bench serve prints its report before it saves the JSON: a JSON that was never saved or is cut
+    off is read from the report in the test's .md, or in the log (each rate-sweep step's own), and named."""
+    run = tmp_path / "nojson"
+    shutil.copytree(NEMOTRON, run)
+    whole = {r.test: r for r in open_runs(NEMOTRON)}
+    (run / "07-office-baseline.json").unlink()
+    (run / "09-reasoning.json").write_text((run / "09-reasoning.json").read_text()[:200])
+    (run / "10-monday-peak.json").unlink()
+    (run / "10-monday-peak.md").write_text("# Test 10\n")  # no report there: the log's is read
+    for js in run.glob("11-rate-sweep-*.json"):
+        js.unlink()
+    runs = {r.test: r for r in open_runs(run)}
+    assert set(runs) == set(whole) and "skipped_tests" not in runs["08-sharegpt"].server
+    for test, name in [("07-office-baseline", "07-office-baseline.md"), ("09-reasoning", "09-reasoning.md"),
+                       ("10-monday-peak", "10-monday-peak.log"), ("11-rate-sweep@0.5", "11-rate-sweep.log")]:
+        r, w = runs[test], whole[test]
+        assert Path(r.path).name == name and r.detailed is None
+        assert r.params == w.params  # the command as read from the .md or the log
+        for k, v in r.result.items():
+            assert v == pytest.approx(w.result[k], abs=0.006), (test, k)  # printed to 0.01
+        assert {k for k in w.result if not k.startswith("std_")} - set(r.result) <= {
+            "date", "endpoint_type", "backend", "label", "model_id", "tokenizer_id", "num_prompts", "burstiness",
+            "max_concurrency", "rtfx", "request_goodput"}
+    v = validate([runs["07-office-baseline"], runs["11-rate-sweep@0.5"]], load_profile(None), replications=1,
+                 n_jobs=1)
+    assert [n for n in v.notes if "printed" in n] == [
+        f"{t}: read from the report printed in {f} (its result JSON is missing or cut off): figures rounded to 0.01"
+        for t, f in [("07-office-baseline", "07-office-baseline.md"), ("11-rate-sweep@0.5", "11-rate-sweep.log")]]
+    assert {r.test for r in v.rows} == {"07-office-baseline", "11-rate-sweep@0.5"}
+
+
+@needs_data
+def test_a_test_with_neither_result_json_nor_report_is_named(tmp_path):
+    run = tmp_path / "died"
+    shutil.copytree(NEMOTRON, run)
+    (run / "08-sharegpt.json").unlink()
+    (run / "08-sharegpt.md").write_text("# Test 08\n\nERROR: the server died\n")
+    (run / "08-sharegpt.log").write_text("Traceback (most recent call last):\n")
+    runs = open_runs(run)
+    assert "08-sharegpt" not in {r.test for r in runs}
+    assert runs[0].server["skipped_tests"] == ["08-sharegpt: no result JSON and no printed report (the test "
+                                               "failed on the box?)"]
 
 
 @pytest.mark.parametrize("result, note", [
