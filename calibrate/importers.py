@@ -418,6 +418,7 @@ def _flag_int(args: str, flag: str) -> int | None:
 # Server flags calibration reads (the scheduler's limits, speculative decoding, dtypes, memory) or that
 # do not touch serving speed (formats, parsers, names); any other flag is said to be not modelled.
 MODELLED_FLAGS = {"--max-num-batched-tokens", "--max-num-seqs", "--speculative-config", "--speculative_config",
+                  "--spec-method", "--spec-model", "--spec-tokens",
                   "--quantization", "--kv-cache-dtype", "--max-model-len", "--gpu-memory-utilization",
                   "--enable-prefix-caching", "--no-enable-prefix-caching", "--async-scheduling",
                   "--mamba-ssm-cache-dtype", "--mamba_ssm_cache_dtype"}
@@ -433,20 +434,37 @@ def unmodelled_flags(args: str) -> list[str]:
     return sorted({n.split("=")[0] for n in names} - MODELLED_FLAGS - INERT_FLAGS)
 
 
+# vLLM takes a speculative config as JSON (--speculative-config / -sc), key by key in its dotted form
+# (--speculative-config.method ngram) and as the shorthands --spec-method, --spec-model, --spec-tokens.
+_SPEC_JSON = re.compile(r"(?:--speculative[-_]config|(?<!\S)-sc)(?:=|\s+)")
+_SPEC_KEY = re.compile(r"--speculative[-_]config\.([\w-]+)(?:=|\s+)(\"[^\"]*\"|'[^']*'|\S+)")
+_SPEC_SHORT = re.compile(r"--spec-(method|model|tokens)(?:=|\s+)(\"[^\"]*\"|'[^']*'|\S+)")
+_SPEC_SHORT_KEYS = {"method": "method", "model": "model", "tokens": "num_speculative_tokens"}
+
+
 def speculative_config(args: str, src=None) -> dict | None:
-    """vLLM's --speculative-config JSON from a server's command line (None when the flag is absent)."""
-    m = re.search(r"--speculative[-_]config(?:=|\s+)", args or "")
-    if not m:
+    """vLLM's speculative config from a server's command line (None when no flag gives one)."""
+    args = args or ""
+    cfg: dict = {}
+    if (m := _SPEC_JSON.search(args)):
+        text = args[m.end():].lstrip().strip("'")
+        try:
+            cfg, _ = json.JSONDecoder().raw_decode(text)
+        except json.JSONDecodeError as e:
+            raise _err(src, f"--speculative-config is not readable JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(cfg, dict):
+            raise _err(src, "--speculative-config must be a JSON object")
+    for key, value in [*_SPEC_KEY.findall(args), *((_SPEC_SHORT_KEYS[k], v) for k, v in _SPEC_SHORT.findall(args))]:
+        value = value.strip("'\"")
+        cfg[key] = int(value) if re.fullmatch(r"\d+", value) else value
+    if not cfg:
         return None
-    text = args[m.end():].lstrip().strip("'")
-    try:
-        cfg, _ = json.JSONDecoder().raw_decode(text)
-    except json.JSONDecodeError as e:
-        raise _err(src, f"--speculative-config is not readable JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(cfg, dict):
-        raise _err(src, "--speculative-config must be a JSON object")
+    cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
     k = cfg.get("num_speculative_tokens")
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 64:
+    if k is None and re.search(r"mtp$", str(cfg.get("method") or "")):
+        # vLLM then drafts as many tokens as the model has MTP layers: one in the published MTP models
+        cfg.update(num_speculative_tokens=1, num_speculative_tokens_assumed=True)
+    elif not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 64:
         raise _err(src, f"--speculative-config needs num_speculative_tokens in 1..64, got {k!r}")
     return cfg
 

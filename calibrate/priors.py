@@ -105,6 +105,9 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
     spec = server.get("speculative_config")
     if spec:
         limits["num_speculative_tokens"] = int(spec["num_speculative_tokens"])
+        if spec.get("num_speculative_tokens_assumed"):
+            origin["num_speculative_tokens"] = (f"not given: 1 assumed (with method {spec.get('method')!r} vLLM drafts as "
+                                                "many tokens as the model has MTP layers, one in the published ones)")
         limits["spec_acceptance"], origin["spec_acceptance"] = spec_acceptance_prior(spec, server.get("tokens_per_chunk"))
     if "gemma-4-26b-a4b" in model.lower():
         p = gemma4_spark_physics()

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from calibrate.importers import ImporterError, load_meta, speculative_config
+from calibrate.importers import ImporterError, load_meta, speculative_config, unmodelled_flags
 from calibrate.priors import acceptance_for_length, prior_profile
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.profile import ProfileError, load_profile
@@ -106,6 +106,24 @@ def test_speculative_config_is_read_from_the_command_line():
         speculative_config('--speculative-config {"method": "eagle"')
     with pytest.raises(ImporterError, match="num_speculative_tokens"):
         speculative_config('--speculative-config {"method": "eagle"}')
+
+
+@pytest.mark.parametrize("args", [
+    "--speculative_config='{\"method\": \"eagle3\", \"num_speculative_tokens\": 3}'",
+    "-sc '{\"method\":\"eagle3\",\"num-speculative-tokens\":3}'",  # vLLM's short flag, a dashed key
+    "--speculative-config.method eagle3 --speculative-config.num_speculative_tokens=3",  # dotted keys
+    "--spec-method eagle3 --spec-tokens 3"])  # the shorthands
+def test_every_spelling_vllm_takes_gives_the_same_config(args):
+    assert speculative_config(f"--max-num-seqs 8 {args} --max-num-batched-tokens 8192") == {
+        "method": "eagle3", "num_speculative_tokens": 3}
+    assert unmodelled_flags(args) == []
+
+
+def test_a_models_mtp_heads_without_a_token_count_draft_one():
+    cfg = speculative_config('--speculative-config {"method": "qwen3_5_mtp"}')
+    assert cfg["num_speculative_tokens"] == 1
+    p, origin = prior_profile({"model": "Qwen/Qwen3.5-4B", "speculative_config": cfg}, 30.0)
+    assert p.engine.num_speculative_tokens == 1 and "1 assumed" in origin["num_speculative_tokens"]
 
 
 def test_prior_takes_the_measured_tokens_per_chunk_when_a_run_gives_them():
