@@ -411,19 +411,21 @@ def parse_bench_serve_text(text: str, path=None) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def _flag_int(args: str, flag: str) -> int | None:
-    m = re.search(rf"{flag}(?:=|\s+)(\d+)", args or "")
+    # vLLM's parser takes --max_num_seqs for --max-num-seqs
+    m = re.search(rf"(?<![\w-]){flag.replace('-', '[-_]').replace('[-_][-_]', '--', 1)}(?:=|\s+)(\d+)", args or "")
     return int(m.group(1)) if m else None
 
 
 # Server flags calibration reads (the scheduler's limits, speculative decoding, dtypes, memory) or that
 # do not touch serving speed (formats, parsers, names); any other flag is said to be not modelled.
-MODELLED_FLAGS = {"--max-num-batched-tokens", "--max-num-seqs", "--speculative-config", "--speculative_config",
+# Named with dashes; vLLM's parser takes underscores for them as well (--max_num_seqs).
+MODELLED_FLAGS = {"--max-num-batched-tokens", "--max-num-seqs", "--speculative-config",
                   "--spec-method", "--spec-model", "--spec-tokens",
                   "--quantization", "--kv-cache-dtype", "--max-model-len", "--gpu-memory-utilization",
                   "--enable-prefix-caching", "--no-enable-prefix-caching", "--async-scheduling",
-                  "--mamba-ssm-cache-dtype", "--mamba_ssm_cache_dtype"}
-INERT_FLAGS = {"--language-model-only", "--tokenizer-mode", "--tokenizer_mode", "--config-format", "--config_format",
-               "--load-format", "--load_format", "--trust-remote-code", "--reasoning-parser", "--tool-call-parser",
+                  "--mamba-ssm-cache-dtype"}
+INERT_FLAGS = {"--language-model-only", "--tokenizer-mode", "--config-format",
+               "--load-format", "--trust-remote-code", "--reasoning-parser", "--tool-call-parser",
                "--enable-auto-tool-choice", "--generation-config", "--served-model-name", "--host", "--port",
                "--chat-template", "--api-key", "--disable-log-requests", "--disable-log-stats", "--uvicorn-log-level"}
 
@@ -431,7 +433,7 @@ INERT_FLAGS = {"--language-model-only", "--tokenizer-mode", "--tokenizer_mode", 
 def unmodelled_flags(args: str) -> list[str]:
     """The flags of a server command line that calibration neither reads nor knows to be inert."""
     names = re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", re.sub(r"\{.*?\}", "", args or ""))
-    return sorted({n.split("=")[0] for n in names} - MODELLED_FLAGS - INERT_FLAGS)
+    return sorted({n for n in names if "--" + n[2:].replace("_", "-") not in MODELLED_FLAGS | INERT_FLAGS})
 
 
 # vLLM takes a speculative config as JSON (--speculative-config / -sc), key by key in its dotted form

@@ -505,3 +505,14 @@ def test_missing_paths(tmp_path):
     with pytest.raises(ImporterError) as e:
         parse_bench_serve_text("nothing printed", "07-office-baseline.log")
     _one_line(e, "07-office-baseline.log", "no 'Serving Benchmark Result' block")
+
+
+@pytest.mark.parametrize("args, seqs, unmodelled", [
+    ("--max-num-batched-tokens 8192 --max-num-seqs=64 --tokenizer-mode mistral", 64, []),
+    ("--max_num_batched_tokens=8192 --max_num_seqs 64 --tokenizer_mode mistral", 64, []),
+    ("--max-num-batched-tokens 8192 --xmax-num-seqs 5 --enforce_eager", None, ["--enforce_eager", "--xmax-num-seqs"])])
+def test_scheduler_flags_are_read_in_either_spelling(tmp_path, args, seqs, unmodelled):
+    """vLLM's parser takes --max_num_seqs for --max-num-seqs: both are read, neither is called unmodelled."""
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": {"extra_vllm_args": args}}))
+    s = load_meta(tmp_path)
+    assert (s["max_num_batched_tokens"], s["max_num_seqs"], s["unmodelled_flags"]) == (8192, seqs, unmodelled)
