@@ -410,10 +410,21 @@ def parse_bench_serve_text(text: str, path=None) -> dict:
 # suite run folders
 # ---------------------------------------------------------------------------------------------
 
-def _flag_int(args: str, flag: str) -> int | None:
+def _flag_value(args: str, flag: str) -> str | None:
     # vLLM's parser takes --max_num_seqs for --max-num-seqs
-    m = re.search(rf"(?<![\w-]){flag.replace('-', '[-_]').replace('[-_][-_]', '--', 1)}(?:=|\s+)(\d+)", args or "")
-    return int(m.group(1)) if m else None
+    m = re.search(rf"(?<![\w-]){flag.replace('-', '[-_]').replace('[-_][-_]', '--', 1)}(?:=|\s+)['\"]?([^\s'\"]+)",
+                  args or "")
+    return m.group(1) if m else None
+
+
+def _flag_int(args: str, flag: str) -> int | None:
+    v = _flag_value(args, flag)
+    return int(v) if v is not None and v.isdigit() else None
+
+
+def _flag_float(args: str, flag: str) -> float | None:
+    v = _flag_value(args, flag)
+    return float(v) if v is not None and re.fullmatch(r"\d*\.?\d+", v) else None
 
 
 # Server flags calibration reads (the scheduler's limits, speculative decoding, dtypes, memory) or that
@@ -479,6 +490,17 @@ def load_meta(run_dir) -> dict:
         raise _err(path, "expected a JSON object")
     sc = meta.get("server_config") or {}
     extra = sc.get("extra_vllm_args") or ""
+    spec = sc.get("speculative_config")
+    if spec and not speculative_config(extra):  # a runner that keeps it beside the other settings
+        extra_spec = f"--speculative-config {spec if isinstance(spec, str) else json.dumps(spec)}"
+    else:
+        extra_spec = extra
+
+    def setting(key: str, from_flag):
+        """server_config's value, else the flag's on the command line (None: vLLM's default applies)."""
+        v = sc.get(key)
+        return v if v is not None else from_flag(extra, "--" + key.replace("_", "-"))
+
     return {
         "model": meta.get("model"),
         "served_name": meta.get("served_name"),
@@ -486,15 +508,14 @@ def load_meta(run_dir) -> dict:
         "vllm_version": meta.get("vllm_version_reported"),
         "vllm_image": meta.get("vllm_image"),
         "hardware": meta.get("hardware"),
-        "max_model_len": sc.get("max_model_len"),
-        "gpu_memory_utilization": sc.get("gpu_memory_utilization"),
-        "kv_cache_dtype": sc.get("kv_cache_dtype"),
+        "max_model_len": setting("max_model_len", _flag_int),
+        "gpu_memory_utilization": setting("gpu_memory_utilization", _flag_float),
+        "kv_cache_dtype": setting("kv_cache_dtype", _flag_value),
         "enable_prefix_caching": sc.get("enable_prefix_caching"),
         "async_scheduling": sc.get("async_scheduling"),
-        # None = flag not given, so vLLM's own default for the platform applies.
-        "max_num_batched_tokens": _flag_int(extra, "--max-num-batched-tokens"),
-        "max_num_seqs": _flag_int(extra, "--max-num-seqs"),
-        "speculative_config": speculative_config(extra, path),
+        "max_num_batched_tokens": setting("max_num_batched_tokens", _flag_int),
+        "max_num_seqs": setting("max_num_seqs", _flag_int),
+        "speculative_config": speculative_config(extra_spec, path),
         "unmodelled_flags": unmodelled_flags(extra),
         "extra_args": extra,
     }

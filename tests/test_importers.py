@@ -516,3 +516,22 @@ def test_scheduler_flags_are_read_in_either_spelling(tmp_path, args, seqs, unmod
     (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": {"extra_vllm_args": args}}))
     s = load_meta(tmp_path)
     assert (s["max_num_batched_tokens"], s["max_num_seqs"], s["unmodelled_flags"]) == (8192, seqs, unmodelled)
+
+
+@pytest.mark.parametrize("server_config", [
+    {"extra_vllm_args": "--gpu-memory-utilization 0.85 --kv-cache-dtype=fp8 --max-model-len 32768 "
+                        "--max-num-batched-tokens 4096 --max-num-seqs 32 "
+                        "--speculative-config '{\"method\": \"eagle3\", \"num_speculative_tokens\": 3}'"},
+    {"gpu_memory_utilization": 0.85, "kv_cache_dtype": "fp8", "max_model_len": 32768, "max_num_batched_tokens": 4096,
+     "max_num_seqs": 32, "speculative_config": {"method": "eagle3", "num_speculative_tokens": 3}},
+    {"gpu_memory_utilization": 0.85, "kv_cache_dtype": "fp8", "max_model_len": 32768, "max_num_batched_tokens": 4096,
+     "max_num_seqs": 32, "speculative_config": '{"method": "eagle3", "num_speculative_tokens": 3}'}])
+def test_server_settings_are_read_from_the_command_line_or_beside_it(tmp_path, server_config):
+    """A runner may keep a setting in server_config or only on the server's command line: either is read."""
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": server_config}))
+    s = load_meta(tmp_path)
+    assert {k: s[k] for k in ("gpu_memory_utilization", "kv_cache_dtype", "max_model_len", "max_num_batched_tokens",
+                              "max_num_seqs", "speculative_config", "unmodelled_flags")} == {
+        "gpu_memory_utilization": 0.85, "kv_cache_dtype": "fp8", "max_model_len": 32768,
+        "max_num_batched_tokens": 4096, "max_num_seqs": 32,
+        "speculative_config": {"method": "eagle3", "num_speculative_tokens": 3}, "unmodelled_flags": []}
