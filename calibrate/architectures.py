@@ -272,8 +272,9 @@ NAME_DTYPES = [("nvfp4", "nvfp4"), ("mxfp4", "mxfp4"), ("fp8", "fp8"), ("w4a16",
 
 def weight_dtype(server: dict) -> tuple[str, str]:
     """The weights' dtype from what the run says (model id, the run's profile name, --quantization)."""
-    text = " ".join(str(server.get(k) or "") for k in ("model", "weights_profile", "served_name", "extra_args")).lower()
-    m = re.search(r"(?:--quantization|(?<!\S)-q)[ =]['\"]?([\w-]+)", text)
+    # names only: the command line's other flags name other dtypes (--kv-cache-dtype fp8)
+    text = " ".join(str(server.get(k) or "") for k in ("model", "weights_profile", "served_name")).lower()
+    m = re.search(r"(?:--quantization|(?<!\S)-q)[ =]['\"]?([\w-]+)", str(server.get("extra_args") or "").lower())
     if m:
         q = QUANTIZATION_ALIASES.get(m.group(1), m.group(1))
         if q in WEIGHT_BITS:

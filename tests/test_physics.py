@@ -57,6 +57,9 @@ def test_weight_dtype_from_what_the_run_says():
     assert weight_dtype({"model": "RedHatAI/gemma-3-27b-it-FP8-dynamic"})[0] == "fp8"
     assert weight_dtype({"model": "unsloth/Qwen3-14B-bnb-4bit"})[0] == "int4"
     assert weight_dtype({"model": "x/y-q", "extra_args": "--max-model-len 8192"})[0] == "bf16"  # no -q flag
+    # the command line's other dtypes are not the weights'
+    assert weight_dtype({"model": "x/y", "extra_args": "--kv-cache-dtype fp8 --mamba-ssm-cache-dtype float32"})[0] \
+        == "bf16"
 
 
 def test_kv_bytes_from_vllms_cache_dtypes():
