@@ -31,7 +31,7 @@ def _err(path, problem: str) -> ImporterError:
     return ImporterError(f"{path if path is not None else '<text>'}: {problem}")
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, blank_ok: bool = False) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -41,13 +41,15 @@ def _read_text(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as e:
         raise _err(path, f"cannot read ({e.__class__.__name__}: {e})") from None
     if not text.strip():
+        if blank_ok:
+            return ""
         raise _err(path, "empty file")
     return text
 
 
 def _text_if_any(path: Path) -> str:
     """A report's text, or "" where the file is missing or blank (a test that died before writing it)."""
-    return _read_text(path) if path.is_file() and path.read_bytes().strip() else ""
+    return _read_text(path, blank_ok=True) if path.is_file() else ""
 
 
 def _load_json(path: Path):
@@ -490,11 +492,10 @@ def load_meta(run_dir) -> dict:
         raise _err(path, "expected a JSON object")
     sc = meta.get("server_config") or {}
     extra = sc.get("extra_vllm_args") or ""
-    spec = sc.get("speculative_config")
-    if spec and not speculative_config(extra):  # a runner that keeps it beside the other settings
-        extra_spec = f"--speculative-config {spec if isinstance(spec, str) else json.dumps(spec)}"
-    else:
-        extra_spec = extra
+    spec = speculative_config(extra, path)
+    if spec is None and (beside := sc.get("speculative_config")):  # a runner that keeps it with the other settings
+        spec = speculative_config(f"--speculative-config {beside if isinstance(beside, str) else json.dumps(beside)}",
+                                  path)
 
     def setting(key: str, from_flag):
         """server_config's value, else the flag's on the command line (None: vLLM's default applies)."""
@@ -515,7 +516,7 @@ def load_meta(run_dir) -> dict:
         "async_scheduling": sc.get("async_scheduling"),
         "max_num_batched_tokens": setting("max_num_batched_tokens", _flag_int),
         "max_num_seqs": setting("max_num_seqs", _flag_int),
-        "speculative_config": speculative_config(extra_spec, path),
+        "speculative_config": spec,
         "unmodelled_flags": unmodelled_flags(extra),
         "extra_args": extra,
     }
@@ -654,7 +655,11 @@ def _open_run(js: Path, test: str, params: dict | None, source: str, server: dic
 
 
 def _md_params(md: Path) -> dict | None:
-    text = _text_if_any(md)
+    return _command_params(_text_if_any(md), md)
+
+
+def _command_params(text: str, md: Path) -> dict | None:
+    """The vllm bench serve command of a test's report (its `## Command` section), as settings."""
     if "## Command" not in text:
         return None
     try:
@@ -675,7 +680,7 @@ def open_runs(run_dir) -> list[OpenRun]:
     skipped: list[str] = []
 
     def add(js: Path | None, test: str, params: dict | None, printed: tuple[Path, str]) -> None:
-        problem = f"{test}: no result JSON"
+        problem = f"{test}: no result JSON and no printed report"
         if js is not None:
             try:
                 runs.append(_open_run(js, test, params, source, server))
@@ -687,8 +692,7 @@ def open_runs(run_dir) -> list[OpenRun]:
                 problem = f"{js.name}: {str(e).partition(': ')[2]}"
         where, text = printed
         if "Serving Benchmark Result" not in text:
-            skipped.append(f"{problem} and no printed report (the test failed on the box?)" if js is None
-                           else f"{problem} (the test failed on the box?)")
+            skipped.append(f"{problem} (the test failed on the box?)")
             return
         # the report the run printed holds the same figures, rounded to 0.01, without per-request data
         params = dict(params) if params else serve_params({"dataset_name": "unknown"}, where)
@@ -698,11 +702,16 @@ def open_runs(run_dir) -> list[OpenRun]:
     jsons = {p.stem: p for p in run_dir.glob("*.json") if _OPEN_RE.match(p.name)}
     reports = {p.stem for p in run_dir.glob("*") if p.suffix in (".md", ".log") and _OPEN_RE.match(p.stem + ".json")}
     for stem in sorted(set(jsons) | reports):
-        md, log = run_dir / f"{stem}.md", run_dir / f"{stem}.log"
-        logged = _log_runs(log).get(f"{stem}.json")
+        md = run_dir / f"{stem}.md"
         text = _text_if_any(md)
-        printed = (md, text) if "Serving Benchmark Result" in text else (log, logged[1] if logged else "")
-        add(jsons.get(stem), stem, _md_params(md) or (logged[0] if logged else None), printed)
+        params, printed = _command_params(text, md), (md, text)
+        if params is None or "Serving Benchmark Result" not in text:  # the log has what the report lacks
+            log = run_dir / f"{stem}.log"
+            logged_params, logged_text = _log_runs(log).get(f"{stem}.json", (None, ""))
+            params = params or logged_params
+            if "Serving Benchmark Result" not in text:
+                printed = (log, logged_text)
+        add(jsons.get(stem), stem, params, printed)
     sweep = {m.group(1): p for p in run_dir.glob("11-rate-sweep-*.json") if (m := _SWEEP_RE.match(p.name))}
     # 11-rate-sweep.md holds only the summary; each step's settings (and printed report) are in the log
     log = run_dir / "11-rate-sweep.log"
