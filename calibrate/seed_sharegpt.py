@@ -58,6 +58,7 @@ class ShippedShareGPTWorkload(Workload):
     test: str = "I"
     fmt: PromptFormat = field(default_factory=PromptFormat)
     output_fraction: float = 1.0
+    mixed_topics = True
     name = "sharegpt"
 
     def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:

@@ -50,6 +50,7 @@ class ShareGPTLike(Workload):
     max_prompt: int = 1024
     max_total: int = 2048
     name = "chat"
+    mixed_topics = True
 
     def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
         rng = np.random.default_rng([seed, 0x5ade])
@@ -578,10 +579,11 @@ def _at(env: simpy.Environment, t: float, fn: Callable[[], None]):
 def simulate_office(profile: Profile, office: Office, staff: int | None = None, seed: int = 0, boxes: int = 1,
                     routing: str = "round-robin", prefix_hit: float = 0.0, noise_seed: int | None = None,
                     script: SessionScript | None = None) -> RunResult:
-    """One replication of the office on the model (staff defaults to office.staff)."""
+    """One replication of the office on the model (staff defaults to office.staff). Staff ask about
+    unrelated things: their traffic has mixed topics (Profile.for_traffic)."""
     n = office.staff if staff is None else staff
     sessions = office_sessions(office, n, seed, profile.prompt_format, script)
-    return simulate_sessions(profile, sessions, boxes=boxes, routing=routing, prefix_hit=prefix_hit,
+    return simulate_sessions(profile.for_traffic(True), sessions, boxes=boxes, routing=routing, prefix_hit=prefix_hit,
                              max_concurrency=office.max_concurrency, queue_in_ttft=office.queue_in_ttft,
                              noise_seed=seed if noise_seed is None else noise_seed, measure_from=office.warmup(profile.prompt_format),
                              staff=n, request_rate=office.office_rps(n), burstiness=office.burstiness)

@@ -245,11 +245,12 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
     settings = replace(settings, n_jobs=None if custom_backend() else resolve_jobs(settings.n_jobs))
     need = settings.need
     staff_ref = max(1, office.staff)
-    ev = Evaluator(_office_rep, lambda n, r: (prof, office, n, scenario, settings.seed + r, pcts, n == staff_ref),
+    staff_prof = prof.for_traffic(True)  # staff ask about unrelated things (simulate_office)
+    ev = Evaluator(_office_rep, lambda n, r: (staff_prof, office, n, scenario, settings.seed + r, pcts, n == staff_ref),
                    settings.replications, "staff", settings.batch)
     if cache is not None:
         ev.cache = cache
-    ev_u = Evaluator(_office_rep_drawn, lambda n, r: (prof, office, n, scenario, settings.seed + r, pcts, False),
+    ev_u = Evaluator(_office_rep_drawn, lambda n, r: (staff_prof, office, n, scenario, settings.seed + r, pcts, False),
                      settings.replications, "staff (fit uncertainty)", settings.batch)
     uncertain = prof.uncertainty is not None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CapsimError
-from .stepmodel import PhysicalStepModel, StepModel, step_model_from_json
+from .stepmodel import CHAT_ROUTING_SPREAD, PhysicalStepModel, StepModel, step_model_from_json
 from .uncertainty import Uncertainty
 from .workload import PromptFormat
 
@@ -156,6 +156,16 @@ class Profile:
 
     def copy(self) -> "Profile":
         return copy.deepcopy(self)
+
+    def for_traffic(self, mixed_topics: bool) -> "Profile":
+        """The profile serving this traffic: unrelated conversations (`Workload.mixed_topics`) route a
+        mixture of experts' decode steps CHAT_ROUTING_SPREAD of the way to independent tokens; other
+        traffic, and models without experts, are the profile itself."""
+        if not mixed_topics or not getattr(self.step_model, "n_experts", 0):
+            return self
+        p = self.copy()
+        p.step_model.routing_spread = CHAT_ROUTING_SPREAD
+        return p
 
     # ----------------------------------------------------------- JSON
     def to_json(self) -> dict[str, Any]:

@@ -34,7 +34,8 @@ def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r
               summary_kw: dict | None = None) -> dict:
     pat = replace(pattern, seed=pattern.seed + r)
     # replication 0 is the fitted profile itself; the others draw what the fit left uncertain
-    prof = profile if r == 0 else draw_profile(profile, r)
+    prof = profile.for_traffic(workload.mixed_topics)
+    prof = prof if r == 0 else draw_profile(prof, r)
     run = simulate_open(prof, workload.sample(n, seed=pat.seed), pat, noise_seed=r)
     s = summarize_open(run, **(summary_kw or {}))
     s["num_preemptions"] = run.num_preemptions

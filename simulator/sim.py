@@ -217,4 +217,5 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
 def simulate_workload_open(profile: Profile, workload: Workload, num_prompts: int, pattern: OpenLoop,
                            **kw) -> RunResult:
     """Sample the workload with the pattern's seed (as vllm bench serve does) and simulate."""
-    return simulate_open(profile, workload.sample(num_prompts, seed=pattern.seed), pattern, **kw)
+    return simulate_open(profile.for_traffic(workload.mixed_topics), workload.sample(num_prompts, seed=pattern.seed),
+                         pattern, **kw)

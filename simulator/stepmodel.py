@@ -14,6 +14,15 @@ from typing import ClassVar
 import numpy as np
 
 
+# Unrelated conversations (ShareGPT's first turns, an office's staff) route their decode tokens half way
+# from the calibration text's correlation to independent tokens. llama-benchy's prompts are excerpts of
+# one book, and the answers to vllm bench serve's random-token prompts route like them; ShareGPT's
+# decode steps cost more on every mixture of experts of docs/physics.md ("Routing of unrelated
+# conversations"), as half way gives. Replications draw it over the range.
+CHAT_ROUTING_SPREAD = 0.5
+CHAT_ROUTING_SPREAD_RANGE = (0.25, 0.75)
+
+
 @dataclass(frozen=True, slots=True)
 class StepFeatures:
     """Integer summary of one step's batch.
@@ -168,6 +177,12 @@ class PhysicalStepModel(StepModel):
     # Share of the experts the text routes to at all (1: every expert in play): routing favours some
     # experts, so the experts a batch touches level off below n_experts.
     expert_pool: float = 1.0
+    # How far the served text's routing across requests goes from the calibration text's (alpha and
+    # expert_pool, fitted on llama-benchy's book excerpts) towards independent routing (1 and 1): 0 for
+    # text like that, CHAT_ROUTING_SPREAD for unrelated conversations. Only decode steps move: a prompt's
+    # tokens are one text. A property of the traffic, not of the box: not a field (profiles do not save
+    # it); Profile.for_traffic sets it per simulation.
+    routing_spread = 0.0
     bw_weights: float = 200e9  # B/s, effective
     bw_kv: float = 150e9  # B/s, effective
     kv_bytes_full: float = 10240.0  # KV bytes per context token on full-attention layers
@@ -224,19 +239,25 @@ class PhysicalStepModel(StepModel):
             self._factor_cache[n_seqs] = f
         return f
 
-    def experts_touched(self, n_tokens: int) -> float:
+    def experts_touched(self, n_tokens: int, spread: float = 0.0) -> float:
+        """Experts one MoE layer reads for n_tokens tokens, routed `spread` of the way from the
+        calibration text's correlation towards independent tokens."""
         if self.n_experts <= 0 or n_tokens <= 0:
             return 0.0
         k = float(self.top_k)
-        e = max(k, float(self.n_experts) * self.expert_pool)
-        return e * (1.0 - (1.0 - k / e) ** (float(n_tokens) ** self.alpha))
+        pool, alpha = self.expert_pool, self.alpha
+        if spread:
+            pool, alpha = pool + (1.0 - pool) * spread, max(alpha, alpha + (1.0 - alpha) * spread)
+        e = max(k, float(self.n_experts) * pool)
+        return e * (1.0 - (1.0 - k / e) ** (float(n_tokens) ** alpha))
 
-    def _weights_time(self, n_tokens: int) -> float:
-        wt = self._weights_cache.get(n_tokens)
+    def _weights_time(self, n_tokens: int, decode: bool = False) -> float:
+        key = -n_tokens if decode and self.routing_spread else n_tokens
+        wt = self._weights_cache.get(key)
         if wt is None:
-            wt = (self.weight_bytes_fixed + self.moe_layers * self.experts_touched(n_tokens) * self.expert_bytes) \
-                / self.bw_weights
-            self._weights_cache[n_tokens] = wt
+            touched = self.experts_touched(n_tokens, self.routing_spread if key < 0 else 0.0)
+            wt = (self.weight_bytes_fixed + self.moe_layers * touched * self.expert_bytes) / self.bw_weights
+            self._weights_cache[key] = wt
         return wt
 
     def time_of(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window) -> float:
@@ -248,7 +269,7 @@ class PhysicalStepModel(StepModel):
         way, and math.sqrt, like np.sqrt, is correctly rounded. tests/test_stepmodel_scalar.py holds
         the two equal (==).
         """
-        wt = float(self._weights_time(n_tokens))
+        wt = float(self._weights_time(n_tokens, n_tokens == n_seqs))
         cf = float(ctx_full)
         mem = wt + (float(self.kv_bytes_full) * cf + float(self.kv_bytes_window) * float(ctx_window)
                     + float(self.state_bytes_seq * float(n_seqs))) / float(self.bw_kv)
@@ -273,7 +294,7 @@ class PhysicalStepModel(StepModel):
         return t
 
     def times(self, n_tokens, n_seqs, ctx_full, ctx_window, attn_full, attn_window):
-        wt = self._weights_time(n_tokens)
+        wt = self._weights_time(n_tokens, n_tokens == n_seqs)
         cf = ctx_full.astype(np.float64)
         mem = wt + (self.kv_bytes_full * cf + self.kv_bytes_window * ctx_window.astype(np.float64)
                     + self.state_bytes_seq * float(n_seqs)) / self.bw_kv

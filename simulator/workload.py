@@ -62,9 +62,14 @@ class PromptFormat:
 
 
 class Workload:
-    """Base: `sample(n, seed)` returns n RequestSpecs, reproducibly."""
+    """Base: `sample(n, seed)` returns n RequestSpecs, reproducibly.
+
+    `mixed_topics`: the requests are unrelated people's conversations (ShareGPT, an office), whose
+    decode steps route a mixture of experts more widely than the calibration's text (Profile.for_traffic).
+    """
 
     name = "workload"
+    mixed_topics = False
 
     def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
         raise NotImplementedError
@@ -298,6 +303,7 @@ class ShareGPTWorkload(Workload):
 
     path: str | None = None
     fmt: PromptFormat = field(default_factory=PromptFormat)
+    mixed_topics = True
     count_tokens: Callable[[str], int] | None = None
     output_len: int | None = None
     output_fraction: float = 1.0
@@ -347,6 +353,10 @@ class MixtureWorkload(Workload):
 
     components: Sequence[tuple[float, Workload]]
     name = "mixture"
+
+    @property
+    def mixed_topics(self) -> bool:  # one conversation among many makes the whole traffic mixed
+        return any(c.mixed_topics for w, c in self.components if w > 0)
 
     def __post_init__(self):
         if not self.components:

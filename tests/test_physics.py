@@ -13,6 +13,7 @@ from calibrate.importers import ImporterError, closed_runs, load_meta, open_runs
 from calibrate.priors import ROOFLINE_BW, prior_profile
 from calibrate.results import OpenRun
 from calibrate.validate import failed_note, validate, workload_for
+from simulator.load import OpenLoop
 from simulator.profile import Profile, ProfileError, load_profile
 from simulator.uncertainty import Uncertainty, draw_profile
 from simulator.whatif import apply_edits
@@ -95,6 +96,55 @@ def test_the_experts_a_batch_touches_level_off_at_the_pool_in_play():
     for bad in ("1.5", "0"):  # a what-if edit meets the same check as a profile file
         with pytest.raises(ProfileError, match=r"step_model\.expert_pool must be in \(0, 1\]"):
             apply_edits(load_profile(), [f"step_model.expert_pool={bad}"])
+
+
+def test_unrelated_conversations_route_decode_steps_wider_than_the_calibration_text():
+    from simulator.office import ShareGPTLike
+    from simulator.replicate import replicate_open
+    from simulator.stepmodel import CHAT_ROUTING_SPREAD, CHAT_ROUTING_SPREAD_RANGE
+    from simulator.workload import MixtureWorkload
+    prof = load_profile()  # Gemma-4-26B: 128 experts, top-8
+    prof.step_model.alpha, prof.step_model.expert_pool = 0.6, 0.5
+    assert prof.for_traffic(False) is prof
+    chat = prof.for_traffic(True)
+    m0, m = prof.step_model, chat.step_model
+    assert (m0.routing_spread, m.routing_spread) == (0.0, CHAT_ROUTING_SPREAD)
+    assert "routing_spread" not in chat.to_json()["step_model"]["params"]  # the traffic's, not the box's
+    one = np.array([0])
+    for n in (1, 4, 16, 64):
+        # decode steps: half way to independent tokens; spread 1 is independent tokens over every expert
+        t0, t = (x.times(n, n, np.array([1000 * n]), one, one, one)[0] for x in (m0, m))
+        assert (t > t0) if n > 1 else t == pytest.approx(t0, rel=1e-12)  # one token: its top-k, whatever the routing
+        assert m.experts_touched(n, 1.0) == pytest.approx(128 * (1 - (1 - 8 / 128) ** n))
+        assert m.experts_touched(n, 0.5) == pytest.approx(96 * (1 - (1 - 8 / 96) ** (n ** 0.8)))
+        # a prompt's tokens are one text: a step with a chunk routes as the calibration's
+        assert m.times(n + 256, n + 1, np.array([1000 * n]), one, one, one)[0] == \
+            m0.times(n + 256, n + 1, np.array([1000 * n]), one, one, one)[0]
+        assert m.time_of(n, n, 1000 * n, 0, 0, 0) == m.times(n, n, np.array([1000 * n]), one, one, one)[0]
+    dense = prof.copy()
+    dense.step_model.n_experts = 0
+    assert dense.for_traffic(True) is dense
+    # which traffic is mixed
+    assert ShareGPTWorkload.mixed_topics and ShareGPTLike().mixed_topics
+    from calibrate.seed_sharegpt import ShippedShareGPTWorkload  # the seed's test I
+    assert ShippedShareGPTWorkload.mixed_topics and not RandomWorkload(4000, 500).mixed_topics
+    assert MixtureWorkload([(0.5, RandomWorkload(4000, 500)), (0.5, ShareGPTLike())]).mixed_topics
+    assert not MixtureWorkload([(1.0, RandomWorkload(4000, 500)), (0.0, ShareGPTLike())]).mixed_topics
+    # replication 0 serves at the spread, the others draw it over its range, drawn last
+    drawn = [draw_profile(chat, r).step_model.routing_spread for r in range(1, 40)]
+    lo, hi = CHAT_ROUTING_SPREAD_RANGE
+    assert all(lo <= x <= hi for x in drawn) and max(drawn) - min(drawn) > 0.3
+    other = draw_profile(prof, 3).step_model
+    assert other.routing_spread == 0.0 and other.bw_weights == draw_profile(chat, 3).step_model.bw_weights
+    # the simulation of chat traffic costs more decode time than the same requests as random text
+    pat = OpenLoop(rate=2.0, seed=1)
+    s_chat = replicate_open(prof, ShareGPTLike(), 60, pat)[3][0]
+    specs = ShareGPTLike().sample(60, seed=1)
+    from simulator.sim import simulate_open
+    from simulator.summary import summarize_open
+    s_text = summarize_open(simulate_open(prof, specs, pat))
+    assert summarize_open(simulate_open(chat, specs, pat))["median_tpot_ms"] == s_chat["median_tpot_ms"]
+    assert s_chat["median_tpot_ms"] > 1.05 * s_text["median_tpot_ms"]
 
 
 def test_a_share_of_experts_is_fitted_only_where_the_runs_pin_it_and_the_experts_are_known():
