@@ -484,9 +484,36 @@ def speculative_config(args: str, src=None) -> dict | None:
     return cfg
 
 
+_HEADER_RE = re.compile(r"^\*\*(Model|Profile|Hardware):\*\*\s*(\S.*?)\s*$", re.M)
+
+
+def is_suite_dir(p: Path) -> bool:
+    """A spark-bench run folder: its meta.json, or (where that was lost) the suite's numbered reports."""
+    return (p / "meta.json").is_file() or (p.is_dir() and any(p.glob("[01][0-9]-*.md")))
+
+
+def _report_header(run_dir: Path) -> dict:
+    """Model, profile and hardware from the header the suite writes atop each report ({} if none has it).
+    Only the closed-loop reports are opened: calibration reads no open-loop file."""
+    for md in sorted(run_dir.glob("0[1-6]-*.md")):
+        found = dict(_HEADER_RE.findall(_text_if_any(md)[:2000]))
+        if found.get("Model"):
+            return found
+    return {}
+
+
 def load_meta(run_dir) -> dict:
-    """Server settings of a suite run from its meta.json."""
+    """Server settings of a suite run from its meta.json. Without one, the model and profile come from
+    the reports' headers, the settings are vLLM's defaults, and `skipped_tests` says so."""
     path = Path(run_dir) / "meta.json"
+    if not path.is_file():
+        header = _report_header(Path(run_dir))
+        if not header:
+            raise _err(path, "file not found, and no report names the model")
+        return {"model": header["Model"], "weights_profile": header.get("Profile"), "hardware": header.get("Hardware"),
+                "unmodelled_flags": [], "extra_args": "",
+                "skipped_tests": ["meta.json: missing (model and profile from the reports' headers; server "
+                                  "settings at vLLM's defaults)"]}
     meta = _load_json(path)
     if not isinstance(meta, dict):
         raise _err(path, "expected a JSON object")
@@ -503,7 +530,7 @@ def load_meta(run_dir) -> dict:
         return v if v is not None else from_flag(extra, "--" + key.replace("_", "-"))
 
     return {
-        "model": meta.get("model"),
+        "model": meta.get("model") or _report_header(Path(run_dir)).get("Model"),
         "served_name": meta.get("served_name"),
         "weights_profile": meta.get("profile"),
         "vllm_version": meta.get("vllm_version_reported"),
@@ -524,7 +551,7 @@ def load_meta(run_dir) -> dict:
 
 def _source_name(run_dir: Path) -> str:
     # Suite layout: results/<family>/<model-dir>/<profile>/
-    if (run_dir / "meta.json").is_file():
+    if is_suite_dir(run_dir):
         return f"spark-bench/{run_dir.parent.name}/{run_dir.name}"
     return str(run_dir)
 
@@ -587,8 +614,8 @@ def closed_runs(run_dir) -> list[ClosedRun]:
         run.wall_s = walls.get(run.test[:2])
     if not runs:
         raise _err(run_dir, "no closed-loop results: " + "; ".join(skipped))
-    if skipped:
-        server["skipped_tests"] = skipped  # calibration says what it went without
+    if skipped:  # calibration says what it went without
+        server["skipped_tests"] = server.get("skipped_tests", []) + skipped
     return runs
 
 
@@ -724,8 +751,8 @@ def open_runs(run_dir) -> list[OpenRun]:
             add(sweep.get(rate), f"11-rate-sweep@{rate}", params or base, (log, text))
     if skipped and not runs:
         raise _err(run_dir, "no open-loop results: " + "; ".join(skipped))
-    if skipped:
-        server["skipped_tests"] = skipped  # validation says what it went without
+    if skipped:  # validation says what it went without
+        server["skipped_tests"] = server.get("skipped_tests", []) + skipped
     return runs
 
 
@@ -735,9 +762,9 @@ def load_source(path) -> list[ClosedRun | OpenRun]:
     if p.is_dir():
         if (p / "run.json").is_file():
             raise _err(p, "capsim run folders are read by measure.runfiles")
-        if (p / "meta.json").is_file():
+        if is_suite_dir(p):
             return [*closed_runs(p), *open_runs(p)]
-        raise _err(p, "not a suite run folder (no meta.json) nor a capsim run folder (no run.json)")
+        raise _err(p, "not a suite run folder (no meta.json nor numbered reports) nor a capsim run folder (no run.json)")
     if not p.exists():
         raise _err(p, "file not found")
     server = load_meta(p.parent) if (p.parent / "meta.json").is_file() else {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from simulator.records import ClosedLoopFacts, LiveFacts
 
-from .importers import ImporterError, closed_runs, load_source, open_runs
+from .importers import ImporterError, closed_runs, is_suite_dir, load_source, open_runs
 from .results import ClosedRun, OpenRun
 from .seed import seed_closed_runs, seed_open_runs
 
@@ -77,7 +77,7 @@ def load_closed(sources: list[str]) -> list[ClosedRun]:
         p = Path(s)
         if s == "seed":
             out += seed_closed_runs()
-        elif (p / "meta.json").is_file():
+        elif is_suite_dir(p):
             out += closed_runs(p)
         elif (p / "run.json").is_file():
             out += _capsim_run(p, "closed")
@@ -96,7 +96,7 @@ def load_open(sources: list[str]) -> list[OpenRun]:
         p = Path(s)
         if s == "seed":
             out += seed_open_runs()
-        elif (p / "meta.json").is_file():
+        elif is_suite_dir(p):
             out += open_runs(p)
         elif (p / "run.json").is_file():
             out += _capsim_run(p, "open")

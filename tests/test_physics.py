@@ -9,7 +9,7 @@ import pytest
 
 from calibrate.architectures import architecture_for, kv_dtype_bytes, name_params, step_quantities, weight_dtype
 from calibrate.fit import DECODE_SIGMA_FLOOR_GUESSED, fit_closed, single_user_decode
-from calibrate.importers import ImporterError, closed_runs, load_meta, open_runs
+from calibrate.importers import ImporterError, closed_runs, load_meta, load_source, open_runs
 from calibrate.priors import ROOFLINE_BW, prior_profile
 from calibrate.results import OpenRun
 from calibrate.validate import failed_note, validate, workload_for
@@ -201,6 +201,32 @@ def test_a_renamed_model_in_no_table_still_calibrates_and_validates(tmp_path):
     v = validate([r for r in open_runs(run) if r.test == "08-sharegpt"], fr.profile, replications=2, n_jobs=1)
     assert v.rows and all(math.isfinite(r.predicted) for r in v.rows)
     assert any("no family table" in n and "guessed" in n for n in v.notes)
+
+
+@needs_data
+def test_a_suite_folder_without_its_meta_json_calibrates_from_the_reports_headers(tmp_path):
+    from calibrate.sources import load_closed, load_open
+    run = tmp_path / "nometa"
+    shutil.copytree(GPT_OSS, run)
+    (run / "meta.json").unlink()
+    server = load_meta(run)
+    assert (server["model"], server["weights_profile"]) == ("openai/gpt-oss-20b", "mxfp4")
+    closed, opened = load_closed([str(run)]), load_open([str(run)])
+    assert len(closed) == 6 and any(r.test == "08-sharegpt" for r in opened)
+    assert any(s.startswith("meta.json: missing") for s in closed[0].server["skipped_tests"])
+    fr = fit_closed(closed, max_nfev=2)
+    assert fr.profile.model["architecture"]["source"] != "inferred from the model name"  # gpt-oss's table entry
+    assert "meta.json: missing" in fr.origin["calibrated_without"]
+    v = validate([r for r in opened if r.test == "08-sharegpt"], fr.profile, replications=1, n_jobs=1)
+    assert any(n.startswith("validated without meta.json: missing") for n in v.notes)
+    # a meta.json that does not name the model: the reports' headers do
+    (run / "meta.json").write_text(json.dumps({"profile": "mxfp4", "server_config": {}}))
+    assert load_meta(run)["model"] == "openai/gpt-oss-20b" and "skipped_tests" not in load_meta(run)
+    # a folder with neither says what a suite folder needs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ImporterError, match="no meta.json nor numbered reports"):
+        load_source(empty)
 
 
 @needs_data
