@@ -160,8 +160,9 @@ class Profile:
     def for_traffic(self, mixed_topics: bool) -> "Profile":
         """The profile serving this traffic: unrelated conversations (`Workload.mixed_topics`) route a
         mixture of experts' decode steps CHAT_ROUTING_SPREAD of the way to independent tokens; other
-        traffic, and models without experts, are the profile itself."""
-        if not mixed_topics or not getattr(self.step_model, "n_experts", 0):
+        traffic, models without experts, and a profile whose spread is set already (drawn for a
+        replication) are the profile itself."""
+        if not mixed_topics or not getattr(self.step_model, "n_experts", 0) or self.step_model.routing_spread:
             return self
         p = self.copy()
         p.step_model.routing_spread = CHAT_ROUTING_SPREAD

@@ -134,6 +134,7 @@ def test_unrelated_conversations_route_decode_steps_wider_than_the_calibration_t
     drawn = [draw_profile(chat, r).step_model.routing_spread for r in range(1, 40)]
     lo, hi = CHAT_ROUTING_SPREAD_RANGE
     assert all(lo <= x <= hi for x in drawn) and max(drawn) - min(drawn) > 0.3
+    assert draw_profile(chat, 5).for_traffic(True).step_model.routing_spread == drawn[4]  # a draw stays drawn
     other = draw_profile(prof, 3).step_model
     assert other.routing_spread == 0.0 and other.bw_weights == draw_profile(chat, 3).step_model.bw_weights
     # the simulation of chat traffic costs more decode time than the same requests as random text
