@@ -289,6 +289,11 @@ def noise_floor(runs_a: list[OpenRun], runs_b: list[OpenRun]) -> Validation:
     return out
 
 
+def _fit(text: str, width: int = 34) -> str:
+    """A source name cut to the column from the left, marked where it was cut (its end says most)."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
 def format_validation(v: Validation, floor: Validation | None = None) -> str:
     floor_err = {(r.test, r.metric): r.error_pct for r in (floor.rows if floor else [])}
     lines = [f"{'source':<34} {'test':<22} {'metric':<24} {'measured':>11} {'predicted':>11} {'band 5-95%':>23} "
@@ -296,7 +301,7 @@ def format_validation(v: Validation, floor: Validation | None = None) -> str:
     for r in v.rows:
         band = f"[{r.band_lo:.4g}, {r.band_hi:.4g}]"
         nf = floor_err.get((r.test, r.metric))
-        lines.append(f"{r.source[-34:]:<34} {r.test:<22} {r.metric:<24} {r.measured:>11.4g} {r.predicted:>11.4g} "
+        lines.append(f"{_fit(r.source):<34} {r.test:<22} {r.metric:<24} {r.measured:>11.4g} {r.predicted:>11.4g} "
                      f"{band:>23} {r.error_pct:>+7.1f}% {'yes' if r.in_band else 'no':>5}"
                      + (f"  {nf:+.1f}%" if nf is not None else ""))
     lines.append("")
@@ -307,7 +312,7 @@ def format_validation(v: Validation, floor: Validation | None = None) -> str:
         lines.append("")
         lines.append("capacity (highest swept rate with p95 TTFT under the threshold):")
         for c in v.capacity:
-            lines.append(f"  {c['source'][-34:]:<34} p95 TTFT < {c['threshold_s']:>4.0f} s: measured {c['measured_rps']}, "
+            lines.append(f"  {_fit(c['source']):<34} p95 TTFT < {c['threshold_s']:>4.0f} s: measured {c['measured_rps']}, "
                          f"predicted {c['predicted_rps']}  {'match' if c['match'] else 'MISS'}")
     for n in v.notes:
         lines.append(f"note: {n}")

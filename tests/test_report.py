@@ -229,3 +229,17 @@ def test_damaged_run_still_writes_what_it_read_and_exits_1(tmp_path):
     assert res.exit_code == 1 and "is damaged" in res.stderr.strip().splitlines()[-1]
     header, rows = read_csv(out)
     assert header == list(RECORD_FIELDS) and [int(r["request_id"]) for r in rows] == [0, 1]
+
+
+def test_validate_report_cuts_long_source_names_visibly():
+    from calibrate.validate import Row, Validation, format_validation
+    long = "spark-bench/gemma-4-26b-a4b-it/bf16-v23-and-more"
+    v = Validation(rows=[Row(long, "08-sharegpt", "median_tpot_ms", 96.4, 94.7, 64.0, 109.4, 95.0)],
+                   capacity=[{"source": long, "threshold_s": 5.0, "measured_rps": 0.7, "predicted_rps": 0.7,
+                              "match": True}])
+    lines = format_validation(v).splitlines()
+    row, cap = lines[1], next(x for x in lines if "p95 TTFT <" in x)
+    assert row.startswith("…" + long[-33:] + " ") and cap.startswith("  …" + long[-33:] + " ")
+    short = "seed"
+    assert format_validation(Validation(rows=[Row(short, "H", "median_tpot_ms", 1, 1, 1, 1, 1)])).splitlines()[1] \
+        .startswith("seed ")
