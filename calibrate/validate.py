@@ -236,14 +236,14 @@ def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, toke
         except WorkloadError as e:  # one test this install cannot rebuild (a ShareGPT file missing): the others stand
             unbuilt.append(e)
             out.notes.append(f"not validated: {e}")
-            continue
-        preds[(run.source, run.test)] = pred
-        for note in (outside_envelope(run.test, pred, profile), acceptance_note(run, profile)):
-            if note:
-                out.notes.append(note)
-        for m in METRICS:
-            if m in run.result and m in pred and run.result[m] is not None:
-                out.rows.append(Row(run.source, run.test, m, float(run.result[m]), pred[m], lo[m], hi[m], med[m]))
+        else:
+            preds[(run.source, run.test)] = pred
+            for note in (outside_envelope(run.test, pred, profile), acceptance_note(run, profile)):
+                if note:
+                    out.notes.append(note)
+            for m in METRICS:
+                if m in run.result and m in pred and run.result[m] is not None:
+                    out.rows.append(Row(run.source, run.test, m, float(run.result[m]), pred[m], lo[m], hi[m], med[m]))
         if progress:
             progress(i + 1, len(runs), run)
     if unbuilt and not out.rows:
