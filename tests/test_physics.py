@@ -12,7 +12,7 @@ from calibrate.fit import DECODE_SIGMA_FLOOR_GUESSED, fit_closed, single_user_de
 from calibrate.importers import ImporterError, closed_runs, load_meta, load_source, open_runs
 from calibrate.priors import ROOFLINE_BW, prior_profile
 from calibrate.results import OpenRun
-from calibrate.validate import failed_note, validate, workload_for
+from calibrate.validate import failed_note, stream_note, validate, workload_for
 from simulator.load import OpenLoop
 from simulator.profile import Profile, ProfileError, load_profile
 from simulator.uncertainty import Uncertainty, draw_profile
@@ -468,6 +468,38 @@ def test_a_test_with_neither_result_json_nor_report_is_named(tmp_path):
     ({"completed": 7}, None), ({}, None)])  # a source that does not count requests is validated as it is
 def test_failed_requests_are_named(result, note):
     assert failed_note(OpenRun(source="s", test="T", path=None, dataset="random", result=result)) == note
+
+
+STREAM = {"completed": 10, "total_output_tokens": 4000, "mean_ttft_ms": 500.0, "mean_e2el_ms": 20480.0}
+
+
+@pytest.mark.parametrize("itl, note", [
+    (50.0, None),  # 400 chunks for 400 tokens a request: the stream capsim simulates
+    (45.0, None),  # 445: within 20 %
+    (100.0, "T: the server streamed about 201 chunks a request for 400 counted tokens (0.50 a token); capsim streams "
+            "a chunk a token, so ITL's mean and tail (and TPOT, where chunks outnumber counted tokens) measure a "
+            "stream it does not simulate"),
+    (20.0, "T: the server streamed about 1000 chunks a request for 400 counted tokens (2.50 a token); capsim streams "
+           "a chunk a token, so ITL's mean and tail (and TPOT, where chunks outnumber counted tokens) measure a "
+           "stream it does not simulate")])
+def test_a_stream_of_other_than_a_chunk_a_token_is_named(itl, note):
+    run = OpenRun(source="s", test="T", path=None, dataset="random", result=STREAM | {"mean_itl_ms": itl})
+    assert stream_note(run, load_profile()) == note
+    spec = load_profile()
+    spec.engine.num_speculative_tokens, spec.engine.spec_acceptance = 3, 0.6
+    assert stream_note(run, spec) is None  # several tokens a chunk by design: the acceptance note's business
+    assert stream_note(OpenRun(source="s", test="T", path=None, dataset="random", result={"completed": 10}),
+                       load_profile()) is None  # a source without the figures
+
+
+@needs_data
+def test_gpt_oss_streams_fewer_chunks_than_its_usage_counts_and_the_others_one_a_token():
+    """Every run of the suite streams a chunk per counted token but gpt-oss's (harmony) and the speculative one."""
+    prof = load_profile()
+    named = {(r.source.split("/")[-2], r.test) for d in sorted(RESULTS.glob("*/*/*"))
+             if "spec" not in d.name for r in open_runs(d) if stream_note(r, prof)}
+    assert {m for m, _ in named} == {"gpt-oss-20b"}
+    assert ("gpt-oss-20b", "09-reasoning") in named and ("gpt-oss-20b", "08-sharegpt") not in named
 
 
 @needs_data
