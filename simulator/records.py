@@ -194,7 +194,8 @@ class LiveFacts:
     stop_reason: str | None = None  # why an unfinished run stopped (Ctrl-C, SIGTERM, --exit-on-first-fail, error)
     stopped_in: str | None = None  # the setup step a run stopped in before sending anything
     failed: int | None = None  # measured requests that failed
-    warmup_failed: int | None = None  # warmup requests that failed (closed loop), when any did
+    warmup_failed: int | None = None  # warmup requests that failed, when any did
+    warmup_requests: int | None = None  # open loop: requests sent before the run and not recorded (--num-warmups)
     first_error: str | None = None  # the first failed request's error
     prompts: dict | None = None  # how the prompts were made (measure.prompts.PromptBuilder.describe, + seconds)
     workload: dict | None = None  # the workload as adapted to the server (Workload.describe)
@@ -229,7 +230,7 @@ _CLOSED_KEYS = ("tests", "latency_s", "latency_mode", "runs", "warmup")
 _CLIENT_KEYS = ("client_cpu_s", "client_cpu_util", "send_lag_s", "loop_lag_s", "client_stalls") + CLIENT_WARNINGS
 _SERVER_KEYS = ("server_delta", "server_cache_config", "metrics_samples", "metrics_available")
 _LIVE_KEYS = ("model", "endpoint", "url", "server", "wall_start", "wall_end", "status", "stop_reason", "stopped_in",
-              "failed", "warmup_failed", "first_error", "prompts", "workload", "sent_or_queued", "random_format",
+              "failed", "warmup_failed", "warmup_requests", "first_error", "prompts", "workload", "sent_or_queued", "random_format",
               "sharegpt_records", "sharegpt_dropped_records")
 
 
@@ -310,6 +311,7 @@ class RunResult:
         if live is not None:
             put("failed", live.failed)
             put("warmup_failed", live.warmup_failed)
+            put("warmup_requests", live.warmup_requests)
             put("first_error", live.first_error)
         if srv is not None:
             put("metrics_samples", srv.samples)

@@ -319,6 +319,7 @@ class ShareGPTWorkload(Workload):
     output_len: int | None = None
     output_fraction: float = 1.0
     prompt_scale: float = 1.0
+    shuffle: bool = True  # False: the file's order (vllm bench serve --disable-shuffle)
     name = "sharegpt"
     _records: list | None = field(default=None, repr=False)
     dropped: int = 0
@@ -335,7 +336,8 @@ class ShareGPTWorkload(Workload):
     def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
         counter = self.count_tokens or approx_token_count
         out: list[RequestSpec] = []
-        for prompt, p_len, o_len in sharegpt_pairs(self._records, seed, counter, output_len=self.output_len):
+        for prompt, p_len, o_len in sharegpt_pairs(self._records, seed, counter, shuffle=self.shuffle,
+                                                   output_len=self.output_len):
             out.append(sharegpt_spec(p_len, o_len, self.fmt, self.output_fraction, self.prompt_scale, prompt))
             if len(out) == n:
                 return out
@@ -350,7 +352,9 @@ class ShareGPTWorkload(Workload):
 
     def describe(self) -> dict:
         return {"dataset": "sharegpt", "dataset_path": self.path, "output_fraction": self.output_fraction} | (
-            {"prompt_scale": self.prompt_scale} if self.prompt_scale != 1.0 else {})
+            {"prompt_scale": self.prompt_scale} if self.prompt_scale != 1.0 else {}) | (
+            {"sharegpt_output_len": self.output_len} if self.output_len is not None else {}) | (
+            {"disable_shuffle": True} if not self.shuffle else {})
 
 
 @dataclass

@@ -58,8 +58,8 @@ RANDOM = [
 # could sample 0 tokens is refused, one that cannot is not.
 EDGES = [(1, 0.0, 0), (2, 0.0, 0), (2, 0.5, 0), (3, 0.5, 0), (1, 0.0, 1), (20, 0.99, 0), (200, 0.99, 0)]
 
-# (seed, num_prompts, sharegpt_output_len)
-SHAREGPT = [(0, 10, None), (7, 10, None), (0, 60, None), (3, 12, 5)]
+# (seed, num_prompts, sharegpt_output_len, --disable-shuffle)
+SHAREGPT = [(0, 10, None, False), (7, 10, None, False), (0, 60, None, False), (3, 12, 5, False), (7, 10, None, True)]
 
 PERCENTILES = [50, 90, 95, 99, 99.9, 10]
 
@@ -212,11 +212,13 @@ def oracle(sharegpt_path):
         jobs[("edge", case)] = {"kind": "pipeline", "tokenizer": TOK, "may_fail": True,
                                 "argv": _random_argv(inp, 8, rr, prefix, 0, 20)}
     for case in SHAREGPT:
-        seed, n, out_len = case
+        seed, n, out_len, unshuffled = case
         argv = ["--model", "gemma3-dummy", "--tokenizer", TOK, "--dataset-name", "sharegpt",
                 "--dataset-path", str(sharegpt_path), "--num-prompts", str(n), "--seed", str(seed)]
         if out_len is not None:
             argv += ["--sharegpt-output-len", str(out_len)]
+        if unshuffled:
+            argv += ["--disable-shuffle"]
         jobs[("sharegpt", case)] = {"kind": "pipeline", "tokenizer": TOK, "argv": argv, "prompts": True}
     for name, (reqs, run) in METRIC_RUNS.items():
         jobs[("metrics", name)] = {"kind": "metrics", "outputs": _vllm_outputs(reqs), "dur_s": run.duration,
@@ -316,13 +318,13 @@ def test_the_edge_cases_have_teeth(oracle):
     assert {"error" in oracle[("edge", c)] for c in EDGES} == {True, False}
 
 
-@pytest.mark.parametrize("case", SHAREGPT, ids=[f"seed{s}-n{n}-out{o}" for s, n, o in SHAREGPT])
+@pytest.mark.parametrize("case", SHAREGPT, ids=[f"seed{s}-n{n}-out{o}" + ("-in-file-order" if f else "")
+                                                 for s, n, o, f in SHAREGPT])
 def test_sharegpt_sample_equals_vllm(oracle, sharegpt_path, case):
-    seed, n, out_len = case
+    seed, n, out_len, unshuffled = case
     v = oracle[("sharegpt", case)]
     wl = build_open_workload("sharegpt", 0, 0, 0.0, 0, str(sharegpt_path), str(Path(TOK) / "tokenizer.json"), 1.0,
-                             FMT)
-    wl.output_len = out_len
+                             FMT, sharegpt_output_len=out_len, shuffle=not unshuffled)
     specs = wl.sample(n, seed)
     assert len(v["prompts"]) == n
     assert [s.prompt_text for s in specs] == v["prompts"]
@@ -332,7 +334,9 @@ def test_sharegpt_sample_equals_vllm(oracle, sharegpt_path, case):
     data = json.loads(sharegpt_path.read_text(encoding="utf-8"))
     in_file_order = [d["conversations"][0]["value"] for d in data if len(d.get("conversations", [])) >= 2]
     distinct = list(dict.fromkeys(v["prompts"]))
-    if len(distinct) == n:
+    if unshuffled:  # --disable-shuffle: the passing conversations in the file's order
+        assert v["prompts"] == [p for p in in_file_order if p in set(distinct)][:n]
+    elif len(distinct) == n:
         assert v["prompts"] != [p for p in in_file_order if p in set(distinct)]
     else:  # fewer pass vLLM's filter than asked for: vLLM repeats some, seeded
         assert n > len(distinct) and len(distinct) < len(in_file_order)

@@ -207,6 +207,39 @@ def test_vllm_bench_serve_line_in_simulate_open(tmp_path):
     assert json.loads(same.stdout)["mean_ttft_ms"] == printed["mean_ttft_ms"]
 
 
+def test_the_rest_of_a_vllm_bench_serve_line_in_simulate_open():
+    """vllm bench serve's flags beyond the shared ones: --input-len/--output-len are the random lengths'
+    general spelling, sampling and warmups change no simulated step (sampling says so), the tokenizer
+    and ready-check flags are no-ops, the plots are named as not drawn; --ignore-eos contradicts a
+    fraction of each answer."""
+    base = ["simulate", "open", "--num-prompts", "40", "--request-rate", "2", "--seed", "3", "--json"]
+    plain = cap([*base, "--random-input-len", "300", "--random-output-len", "20"])
+    assert plain.exit_code == 0, plain.output
+    general = cap([*base, "--random-input-len", "999", "--input-len", "300", "--output-len", "20", "--ignore-eos",
+                   "--num-warmups", "3", "--temperature", "0", "--top-k", "1", "--trust-remote-code",
+                   "--tokenizer-mode", "auto", "--ready-check-timeout-sec", "30", "--request-id-prefix", "b-",
+                   "--skip-chat-template", "--plot-timeline"])
+    assert general.exit_code == 0, general.output
+    ours, theirs = json.loads(plain.stdout), json.loads(general.stdout)
+    assert 40 * 300 < ours["total_input_tokens"] < 40 * 400  # --input-len wins over --random-input-len 999
+    assert theirs == ours
+    notes = general.stderr.strip().splitlines()
+    assert notes == ["note: --plot-timeline: vllm bench serve's plots are not drawn (capsim report RUN --plot draws "
+                     "a measured run)",
+                     "note: --temperature, --top-k: a simulated step takes as long whatever the sampling"]
+    bad = CliRunner().invoke(main, [*base, "--ignore-eos", "--dataset-name", "sharegpt", "--output-fraction", "0.8"])
+    assert bad.exit_code == 2 and "--ignore-eos and --output-fraction 0.8 contradict" in bad.stderr
+
+
+def test_serve_extras_body_in_vllm_bench_serve_order():
+    """Sampling flags go in every request, --extra-body over them (vllm bench serve: {**sampling, **extra})."""
+    from capsim.flags import ServeExtras
+    ex = ServeExtras(ignore_eos=True, sampling={"temperature": 0.0, "top_p": 0.9})
+    assert ex.request_body({"top_p": 0.5, "chat_template_kwargs": {"enable_thinking": False}}) == \
+        {"temperature": 0.0, "top_p": 0.5, "chat_template_kwargs": {"enable_thinking": False}, "ignore_eos": True}
+    assert ServeExtras().request_body({}) == {}
+
+
 def test_save_result_bare_flag_default_name_and_detailed(fake, tmp_path, monkeypatch):
     srv = fake(itl=0.0005)
     monkeypatch.chdir(tmp_path)
@@ -233,6 +266,12 @@ def test_save_result_bare_flag_default_name_and_detailed(fake, tmp_path, monkeyp
     (["--metric-percentiles", "101"], "--metric-percentiles"),
     (["--percentile-metrics", "ttft,bogus"], "--percentile-metrics"),
     (["--metadata", "novalue"], "--metadata"),
+    (["--no-stream"], "--no-stream: TTFT and ITL are read off the stream"),
+    (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "4"], "--ramp-up-"),
+    (["--use-beam-search"], "--use-beam-search: beam search is not modelled"),
+    (["--header", "x-team=a"], "--header: extra HTTP headers are not sent"),
+    (["--num-warmups", "-1"], "--num-warmups"),
+    (["--input-len", "0"], "--input-len"),
 ])
 def test_vllm_flag_errors_one_line(args, needle):
     with refused_port() as port:  # were a flag let through, measure finds nothing there, and no other process can

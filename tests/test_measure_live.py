@@ -282,6 +282,48 @@ def test_sharegpt_same_requests_as_vllm_bench_serve(vllm_server, tmp_path):  # n
     assert [r.output_tokens for r in recs] == theirs["output_lens"] == [4] * 5
 
 
+def _finished(url: str) -> float:
+    """Requests the server has finished (vllm:request_success_total, every finish reason)."""
+    import httpx
+    text = httpx.get(url.rstrip("/") + "/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total"))
+
+
+def test_warmups_sampling_and_ignore_eos_as_vllm_bench_serve_sends_them(vllm_server, tmp_path):  # noqa: F811
+    """vllm bench serve's --num-warmups, --temperature and --ignore-eos (and --output-len, its general
+    spelling of the length) on a ShareGPT load, run by vLLM's own benchmark and pasted into capsim
+    measure against one server: the server finishes the warmups beside the measured requests for
+    both and capsim records only the measured ones; greedy sampling, one request at a time, gives
+    both the same answers to the same prompts; every answer runs to its length."""
+    from simulator.workload import bundled_sharegpt_path, load_sharegpt_json
+
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(load_sharegpt_json(bundled_sharegpt_path())[0][:2000]))
+    flags = ["--backend", "openai", "--base-url", vllm_server.url, "--model", "gemma3-dummy",
+             "--dataset-name", "sharegpt", "--dataset-path", str(path), "--output-len", "6", "--num-prompts", "3",
+             "--max-concurrency", "1", "--seed", "5", "--num-warmups", "2", "--temperature", "0", "--ignore-eos",
+             "--trust-remote-code"]
+    n0 = _finished(vllm_server.url)
+    vllm_bench_serve(flags, tmp_path / "vllm.json")
+    n1 = _finished(vllm_server.url)
+    res = CliRunner().invoke(measure_cli, ["open", *flags, "--no-progress", "-o", str(tmp_path / "c"),
+                                           "--save-result", "--save-detailed", "--result-dir", str(tmp_path),
+                                           "--result-filename", "capsim.json"])
+    assert res.exit_code == 0, res.output
+    n2 = _finished(vllm_server.url)
+    assert n1 - n0 == n2 - n1 == 3 + 2  # the warmups reached the server, from both
+    run = load_run(tmp_path / "c")
+    assert len(run.records) == 3 and all(r.ok for r in run.records) and run.live.warmup_requests == 2
+    assert run.server_metrics.delta["ttft_count"] == 3  # the run's own counters start after the warmups
+    theirs = json.loads((tmp_path / "vllm.json").read_text())
+    ours = json.loads((tmp_path / "capsim.json").read_text())
+    assert ours["input_lens"] == theirs["input_lens"]
+    assert ours["output_lens"] == theirs["output_lens"] == [6] * 3
+    assert ours["generated_texts"] == theirs["generated_texts"]  # temperature 0 reached the server
+    assert len(set(theirs["generated_texts"])) == 3
+
+
 def test_max_concurrency_holds_on_the_server(vllm_server, tmp_path):  # noqa: F811
     """--max-concurrency 2 with every request due at once: never more than two in flight, at the
     client (vllm bench serve's peak) and in the server's own running count."""
