@@ -185,6 +185,8 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
     warmup = flags.warmup_setting(no_warmup, warmup_runs)
     flags.parse_extra_body(extra_body)  # checked; a simulated request has no body
+    for note in flags.flag_notes():
+        click.echo(note, err=True)
     if as_json and out_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {out_format} contradict each other")
     fmt = "json" if as_json else (out_format or "md")
@@ -295,11 +297,9 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     random_input_len = ex.input_len or random_input_len
     random_output_len = ex.output_len or random_output_len
     sharegpt_output_len = ex.output_len or sharegpt_output_len
-    for note in (flags.not_drawn_note(),
-                 f"note: {', '.join('--' + k.replace('_', '-') for k in ex.sampling)}: a simulated step takes as "
-                 "long whatever the sampling" if ex.sampling else None):
-        if note:
-            click.echo(note, err=True)
+    for note in flags.flag_notes() + ([f"note: {', '.join('--' + k.replace('_', '-') for k in ex.sampling)}: a "
+                                       "simulated step takes as long whatever the sampling"] if ex.sampling else []):
+        click.echo(note, err=True)
     rate = parse_rate(request_rate)
     endpoint = flags.resolve_endpoint(backend, endpoint)
     skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)

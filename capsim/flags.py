@@ -331,7 +331,7 @@ def vllm_serve_options(f):
                                          "simulated step takes as long whatever the sampling)." if n == "--temperature"
                        else None) for n, t in SAMPLING_FLAGS.items()),
         *(_flag_option(n, t) for n, t in NO_OP_FLAGS.items()),
-        *(_flag_option(n, t, _remember) for n, t in NOT_DRAWN_FLAGS.items()),
+        *(_flag_option(n, t, _note(why)) for n, (t, why) in SERVE_NOTED_FLAGS.items()),
         *(_flag_option(n, t, _refuse(why)) for n, (t, why) in REFUSED_FLAGS.items()),
     ]
     for o in reversed(opts):
@@ -348,7 +348,10 @@ SAMPLING_FLAGS = {"--temperature": float, "--top-p": float, "--top-k": int, "--m
 NO_OP_FLAGS = {"--trust-remote-code": None, "--skip-tokenizer-init": None, "--skip-chat-template": None,
                "--tokenizer-mode": str, "--request-id-prefix": str, "--ready-check-timeout-sec": int,
                "--chat-template-kwargs": str}  # client-side templates of datasets capsim does not run
-NOT_DRAWN_FLAGS = {"--plot-timeline": None, "--plot-dataset-stats": None, "--timeline-itl-thresholds": str}
+# Flags accepted with a note: what they ask for is not done, and the note says what capsim does instead.
+_NOT_DRAWN = "vllm bench serve's plots are not drawn (capsim report RUN --plot draws a measured run)"
+SERVE_NOTED_FLAGS = {"--plot-timeline": (None, _NOT_DRAWN), "--plot-dataset-stats": (None, _NOT_DRAWN),
+                     "--timeline-itl-thresholds": (str, _NOT_DRAWN)}
 # Flags of loads capsim does not run: refused with the reason, never dropped silently.
 REFUSED_FLAGS = {
     "--no-stream": (None, "TTFT and ITL are read off the stream: capsim sends and simulates streamed requests only"),
@@ -395,6 +398,14 @@ def _remember(ctx, param, value):
     return value
 
 
+def _note(reason: str):
+    def cb(ctx, param, value):
+        if value is not None and value is not False:
+            ctx.meta.setdefault("capsim.flag_notes", {})[param.opts[0]] = reason
+        return value
+    return cb
+
+
 def _refuse(reason: str):
     def cb(ctx, param, value):
         if value is not None and value is not False:
@@ -422,11 +433,13 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
                        disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling)
 
 
-def not_drawn_note(ctx: click.Context | None = None) -> str | None:
+def flag_notes(ctx: click.Context | None = None) -> list[str]:
+    """One line per reason for the accepted flags whose request capsim does not carry out."""
     ctx = ctx or click.get_current_context()
-    asked = [n for n in NOT_DRAWN_FLAGS if ctx.meta.get("capsim.serve_extras", {}).get(n.lstrip("-").replace("-", "_"))]
-    return (f"note: {', '.join(asked)}: vllm bench serve's plots are not drawn (capsim report RUN --plot draws a "
-            "measured run)") if asked else None
+    by_reason: dict[str, list[str]] = {}
+    for flag, why in ctx.meta.get("capsim.flag_notes", {}).items():
+        by_reason.setdefault(why, []).append(flag)
+    return [f"note: {', '.join(fl)}: {why}" for why, fl in by_reason.items()]
 
 
 def result_path(save_result: str | None, append: bool, result_dir: str | None, result_filename: str | None,
@@ -514,10 +527,38 @@ def llama_benchy_options(f):
                      help="Write the --format output to FILE (llama-benchy's --save-result FILE)."),
         click.option("--served-model-name", default=None,
                      help="The model name sent in requests (default: --model), as llama-benchy."),
+        *(_flag_option(n, None) for n in BENCHY_NO_OP_FLAGS),
+        *(_flag_option(n, t, _note(why)) for n, (t, why) in BENCHY_NOTED_FLAGS.items()),
+        *(_flag_option(n, t, _refuse(why)) for n, (t, why) in BENCHY_REFUSED_FLAGS.items()),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+# llama-benchy's flags beyond the shared ones. No-ops: capsim's closed-loop answers always run to --tg
+# (ignore_eos; --exact-tg), its prompts start at a random place of its text (--no-cache), are sized with
+# the server's own /tokenize (--adapt-prompt) and get no coherence check.
+BENCHY_NO_OP_FLAGS = ("--exact-tg", "--no-cache", "--adapt-prompt", "--no-adapt-prompt", "--skip-coherence")
+_NOT_SAVED = "not saved (capsim report RUN --csv writes every request's times)"
+BENCHY_NOTED_FLAGS = {
+    "--book-url": (str, "capsim's prompts are its own pseudo-English text (measure sizes them with the server's "
+                        "tokenizer)"),
+    "--save-total-throughput-timeseries": (None, _NOT_SAVED),
+    "--save-all-throughput-timeseries": (None, _NOT_SAVED),
+    "--emit-progress": (str, "progress is shown on the terminal only"),
+    "--no-results-on-fail": (None, "taken as --exit-on-first-fail; what was measured before the failure is kept"),
+}
+BENCHY_REFUSED_FLAGS = {
+    "--enable-prefix-caching": (None, "prefix-cache runs are not supported: capsim's prompts share no prefix"),
+    "--post-run-cmd": (str, "capsim runs no command between tests"),
+}
+
+
+def benchy_exit_on_first_fail(exit_on_first_fail: bool, ctx: click.Context | None = None) -> bool:
+    """--exit-on-first-fail, or llama-benchy's --no-results-on-fail, which turns it on."""
+    ctx = ctx or click.get_current_context()
+    return exit_on_first_fail or "--no-results-on-fail" in ctx.meta.get("capsim.flag_notes", {})
 
 
 def warmup_setting(no_warmup: bool, warmup_runs: int | None) -> int:

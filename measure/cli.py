@@ -186,6 +186,9 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
     server = flags.resolve_url(url, base_url, None, None)
     warmup = flags.warmup_setting(no_warmup, warmup_runs)
     body = flags.parse_extra_body(extra_body)
+    exit_on_first_fail = flags.benchy_exit_on_first_fail(exit_on_first_fail)
+    for note in flags.flag_notes():
+        click.echo(f"capsim measure: {note.removeprefix('note: ')}", err=True)
     if as_json and out_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {out_format} contradict each other")
     fmt = "json" if as_json else out_format
@@ -251,7 +254,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     random_output_len = ex.output_len or random_output_len
     sharegpt_output_len = ex.output_len or sharegpt_output_len
     flags.check_result_dest(save_result, append_result, result_dir, result_filename)
-    if note := flags.not_drawn_note():
+    for note in flags.flag_notes():
         click.echo(f"capsim measure: {note.removeprefix('note: ')}", err=True)
 
     def go():

@@ -428,6 +428,40 @@ def test_exit_on_first_fail(fake, tmp_path):
     assert len(err) == 1 and "--exit-on-first-fail" in err[0]
     run = load_run(tmp_path / "stop")
     assert run.live.status == "aborted" and len(run.records) < n_all
+    # llama-benchy's --no-results-on-fail turns --exit-on-first-fail on; what was measured is kept all the same
+    res = cap([*base, "--no-results-on-fail", "-o", str(tmp_path / "stop2")])
+    assert res.exit_code == 1
+    err = res.stderr.strip().splitlines()
+    assert err[0] == ("capsim measure: --no-results-on-fail: taken as --exit-on-first-fail; what was measured "
+                      "before the failure is kept") and len(err) == 2 and "--exit-on-first-fail" in err[1]
+    assert len(load_run(tmp_path / "stop2").records) == len(run.records)
+
+
+def test_the_rest_of_a_llama_benchy_line():
+    """llama-benchy's flags beyond the shared ones: no-ops where capsim does that already (answers to
+    --tg, unique prompts sized by the server), a note where it does something else, the reason where
+    it cannot run the load."""
+    base = ["simulate", "closed", "--pp", "256", "--tg", "8", "--concurrency", "1", "2", "--format", "json"]
+    plain = cap(base)
+    given = cap([*base, "--exact-tg", "--no-cache", "--skip-coherence", "--no-adapt-prompt", "--adapt-prompt",
+                 "--book-url", "https://www.gutenberg.org/files/1661/1661-0.txt", "--save-total-throughput-timeseries",
+                 "--save-all-throughput-timeseries", "--emit-progress", "p.jsonl"])
+    assert plain.exit_code == given.exit_code == 0, given.output
+    assert json.loads(plain.stdout) == json.loads(given.stdout)
+    assert given.stderr.strip().splitlines() == [
+        "note: --book-url: capsim's prompts are its own pseudo-English text (measure sizes them with the server's "
+        "tokenizer)",
+        "note: --save-total-throughput-timeseries, --save-all-throughput-timeseries: not saved (capsim report RUN "
+        "--csv writes every request's times)",
+        "note: --emit-progress: progress is shown on the terminal only"]
+    with refused_port() as port:
+        for cmd in (["simulate", "closed"], ["measure", "closed", f"http://127.0.0.1:{port}"]):
+            for args, needle in ((["--enable-prefix-caching"], "--enable-prefix-caching: prefix-cache runs are not "
+                                                                "supported"),
+                                 (["--post-run-cmd", "nvidia-smi"], "--post-run-cmd: capsim runs no command")):
+                res = CliRunner().invoke(main, [*cmd, *args])
+                err = res.stderr.strip().splitlines()
+                assert res.exit_code == 2 and len(err) == 1 and needle in err[0], res.stderr
 
 
 def test_help_says_where_defaults_differ():
