@@ -210,7 +210,7 @@ def stream_note(run: OpenRun, profile: Profile) -> str | None:
         e2e, ttft, itl = float(res["mean_e2el_ms"]), float(res["mean_ttft_ms"]), float(res["mean_itl_ms"])
     except (KeyError, TypeError, ValueError):
         return None
-    if done <= 0 or tokens <= done or not itl > 0 or not e2e > ttft:
+    if done <= 0 or not tokens > done or not itl > 0 or not e2e > ttft:  # NaN fails every comparison
         return None
     chunks = (e2e - ttft) / itl + 1.0  # a request's chunks: its first, then one per inter-chunk gap
     per = chunks / (tokens / done)

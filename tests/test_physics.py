@@ -490,6 +490,9 @@ def test_a_stream_of_other_than_a_chunk_a_token_is_named(itl, note):
     assert stream_note(run, spec) is None  # several tokens a chunk by design: the acceptance note's business
     assert stream_note(OpenRun(source="s", test="T", path=None, dataset="random", result={"completed": 10}),
                        load_profile()) is None  # a source without the figures
+    for bad in ({"total_output_tokens": float("nan")}, {"mean_itl_ms": float("nan")}, {"mean_itl_ms": 0.0}):
+        assert stream_note(OpenRun(source="s", test="T", path=None, dataset="random",
+                                   result=STREAM | {"mean_itl_ms": itl} | bad), load_profile()) is None
 
 
 @needs_data
