@@ -185,8 +185,7 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
     warmup = flags.warmup_setting(no_warmup, warmup_runs)
     flags.parse_extra_body(extra_body)  # checked; a simulated request has no body
-    for note in flags.flag_notes():
-        click.echo(note, err=True)
+    flags.echo_flag_notes("note: ")
     if as_json and out_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {out_format} contradict each other")
     fmt = "json" if as_json else (out_format or "md")
@@ -273,10 +272,10 @@ def open_workload_options(f):
 @click.option("--extra-body", default=None, hidden=True)
 @friendly
 def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
-                      dataset_path, sharegpt_output_len, tokenizer, output_fraction, num_prompts, request_rate, burstiness,
-                      max_concurrency, seed, profile_path, sets, replications, as_json, base_url, host, port, backend,
-                      endpoint, served_model_name, save_result, save_detailed, append_result, result_dir,
-                      result_filename, percentile_metrics, metric_percentiles, goodput, metadata, label,
+                      dataset_path, sharegpt_output_len, tokenizer, output_fraction, num_prompts, request_rate,
+                      burstiness, max_concurrency, seed, profile_path, sets, replications, as_json, base_url, host,
+                      port, backend, endpoint, served_model_name, save_result, save_detailed, append_result,
+                      result_dir, result_filename, percentile_metrics, metric_percentiles, goodput, metadata, label,
                       disable_tqdm, model, api_key, extra_body):
     """vllm bench serve's open loop: gamma arrivals, optional client max concurrency.
 
@@ -294,12 +293,11 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     if ex.ignore_eos and output_fraction != 1.0:
         raise click.UsageError(f"--ignore-eos and --output-fraction {output_fraction:g} contradict each other "
                                "(with --ignore-eos every answer runs to its max_tokens)")
-    random_input_len = ex.input_len or random_input_len
-    random_output_len = ex.output_len or random_output_len
-    sharegpt_output_len = ex.output_len or sharegpt_output_len
-    for note in flags.flag_notes() + ([f"note: {', '.join('--' + k.replace('_', '-') for k in ex.sampling)}: a "
-                                       "simulated step takes as long whatever the sampling"] if ex.sampling else []):
-        click.echo(note, err=True)
+    random_input_len, random_output_len, sharegpt_output_len = ex.lengths(random_input_len, random_output_len,
+                                                                           sharegpt_output_len)
+    sampled = ", ".join("--" + k.replace("_", "-") for k in ex.sampling)
+    flags.echo_flag_notes("note: ", [f"{sampled}: a simulated step takes as long whatever the sampling"]
+                          if ex.sampling else [])
     rate = parse_rate(request_rate)
     endpoint = flags.resolve_endpoint(backend, endpoint)
     skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)

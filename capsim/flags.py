@@ -383,6 +383,11 @@ class ServeExtras:
     disable_shuffle: bool = False
     sampling: dict = dataclasses.field(default_factory=dict)  # --temperature ... as vllm bench serve sends them
 
+    def lengths(self, random_input_len: int, random_output_len: int, sharegpt_output_len: int | None):
+        """The dataset lengths, --input-len / --output-len over the dataset flags (vllm bench serve's order)."""
+        return (self.input_len or random_input_len, self.output_len or random_output_len,
+                self.output_len or sharegpt_output_len)
+
     def request_body(self, extra_body: dict) -> dict:
         """The fields added to every request: sampling first, --extra-body over them (vllm bench serve's
         order), ignore_eos where asked."""
@@ -433,13 +438,15 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
                        disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling)
 
 
-def flag_notes(ctx: click.Context | None = None) -> list[str]:
-    """One line per reason for the accepted flags whose request capsim does not carry out."""
+def echo_flag_notes(prefix: str, extra: Sequence[str] = (), ctx: click.Context | None = None) -> None:
+    """On stderr, one line per reason for the accepted flags whose request capsim does not carry out
+    (then `extra`), each after `prefix`."""
     ctx = ctx or click.get_current_context()
     by_reason: dict[str, list[str]] = {}
     for flag, why in ctx.meta.get("capsim.flag_notes", {}).items():
         by_reason.setdefault(why, []).append(flag)
-    return [f"note: {', '.join(fl)}: {why}" for why, fl in by_reason.items()]
+    for line in [f"{', '.join(fl)}: {why}" for why, fl in by_reason.items()] + list(extra):
+        click.echo(prefix + line, err=True)
 
 
 def result_path(save_result: str | None, append: bool, result_dir: str | None, result_filename: str | None,

@@ -187,8 +187,7 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
     warmup = flags.warmup_setting(no_warmup, warmup_runs)
     body = flags.parse_extra_body(extra_body)
     exit_on_first_fail = flags.benchy_exit_on_first_fail(exit_on_first_fail)
-    for note in flags.flag_notes():
-        click.echo(f"capsim measure: {note.removeprefix('note: ')}", err=True)
+    flags.echo_flag_notes("capsim measure: ")
     if as_json and out_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {out_format} contradict each other")
     fmt = "json" if as_json else out_format
@@ -250,12 +249,10 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     meta_kv = flags.parse_metadata(metadata)
     ex = flags.serve_extras()
     body = ex.request_body(flags.parse_extra_body([extra_body]) if extra_body else {})
-    random_input_len = ex.input_len or random_input_len
-    random_output_len = ex.output_len or random_output_len
-    sharegpt_output_len = ex.output_len or sharegpt_output_len
+    random_input_len, random_output_len, sharegpt_output_len = ex.lengths(random_input_len, random_output_len,
+                                                                           sharegpt_output_len)
     flags.check_result_dest(save_result, append_result, result_dir, result_filename)
-    for note in flags.flag_notes():
-        click.echo(f"capsim measure: {note.removeprefix('note: ')}", err=True)
+    flags.echo_flag_notes("capsim measure: ")
 
     def go():
         if tokenizer or output_fraction is not None:

@@ -178,11 +178,15 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                                    sharegpt_dropped_records=live.sharegpt_dropped_records)
         arrivals = OpenLoopFacts(request_rate=pattern.rate, burstiness=pattern.burstiness,
                                  max_concurrency=pattern.max_concurrency, num_prompts=num_prompts, seed=pattern.seed)
-        if prepared is None:  # stopped while preparing: the folder is closed as interrupted, nothing sent
+
+        async def stopped_before_the_run() -> RunResult:  # the folder is closed as interrupted, nothing measured
             now = perf_counter()
             live.stopped_in = S.stopper.phase
             run = RunResult([], now, now, "open", open_loop=arrivals, live=live)
             return await S.finish(run, None, None, save_result, save_detailed)
+
+        if prepared is None:  # stopped while preparing: nothing sent
+            return await stopped_before_the_run()
         wl, specs, prompts = prepared
         live.prompts = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
         live.workload = wl.describe()
@@ -200,10 +204,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                 S.send(dataclasses.replace(prompts[0], request=None), -1 - k, t_w, record=False, sem=wsem)
                 for k in range(num_warmups))))
             if warm is None:
-                now = perf_counter()
-                live.stopped_in = S.stopper.phase
-                return await S.finish(RunResult([], now, now, "open", open_loop=arrivals, live=live), None, None,
-                                      save_result, save_detailed)
+                return await stopped_before_the_run()
             live.warmup_requests = num_warmups
         before = await S.setup_step("reading the server's /metrics", S.start_metrics())
         S.stopper.phase = None  # requests go out from here: a Ctrl-C gives those in flight --grace s

@@ -230,8 +230,8 @@ _CLOSED_KEYS = ("tests", "latency_s", "latency_mode", "runs", "warmup")
 _CLIENT_KEYS = ("client_cpu_s", "client_cpu_util", "send_lag_s", "loop_lag_s", "client_stalls") + CLIENT_WARNINGS
 _SERVER_KEYS = ("server_delta", "server_cache_config", "metrics_samples", "metrics_available")
 _LIVE_KEYS = ("model", "endpoint", "url", "server", "wall_start", "wall_end", "status", "stop_reason", "stopped_in",
-              "failed", "warmup_failed", "warmup_requests", "first_error", "prompts", "workload", "sent_or_queued", "random_format",
-              "sharegpt_records", "sharegpt_dropped_records")
+              "failed", "warmup_failed", "warmup_requests", "first_error", "prompts", "workload", "sent_or_queued",
+              "random_format", "sharegpt_records", "sharegpt_dropped_records")
 
 
 @dataclass(slots=True, eq=False)
