@@ -148,6 +148,13 @@ def _parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, di
     rows: list[ClosedRow] = []
     pending: ClosedRow | None = None   # pp row waiting for its tg row
     model = None
+    footer: dict = {}
+    lines = text.splitlines()
+    if body and len(body[-1][1]) < len(header) and not "".join(lines[body[-1][0]:]).strip():
+        # the file ends inside the table's last row: the writer stopped there (a test that died
+        # mid-print, a full disk, a cut copy); the rows before it are whole
+        lineno, cells = body.pop()
+        footer["cut"] = f"line {lineno}: {len(cells)} cells, header has {len(header)}"
     for lineno, cells in body:
         if len(cells) != len(header):
             raise _err(path, f"line {lineno}: {len(cells)} cells, header has {len(header)}")
@@ -166,6 +173,8 @@ def _parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, di
             val = _parse_cell(cells[i], path, f"line {lineno} ({test!r}, {header[i]!r})")
             if val is None:
                 continue
+            if val[0] < 0 and rs != ("est_ppt",):  # est_ppt is ttfr less the latency probe: it may dip under 0
+                raise _err(path, f"line {lineno} ({test!r}, {header[i]!r}): a negative {cells[i]!r}")
             for r in rs:
                 key = {"tp": f"{kind}_throughput", "tp_req": f"{kind}_req_throughput"}.get(r, r)
                 metrics[key] = val
@@ -185,11 +194,10 @@ def _parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, di
                 rows.append(pending)
                 pending = None
             rows.append(ClosedRow(pp=0, tg=n, depth=depth, concurrency=conc, metrics=metrics))
-    if pending is not None:
+    if pending is not None and "cut" not in footer:  # cut, a last pp row lost its tg row: the shape is incomplete
         rows.append(pending)
     if not rows:
-        raise _err(path, "llama-benchy table has no pp/tg rows")
-    footer = {}
+        raise _err(path, f"llama-benchy table has no pp/tg rows{' before its cut ' + footer['cut'] if footer else ''}")
     if (v := _VERSION_RE.search(text)):
         footer["version"] = v.group(1)
     if (lm := _LATMODE_RE.search(text)):
@@ -198,8 +206,11 @@ def _parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, di
 
 
 def parse_benchy_markdown(text: str, path=None) -> list[ClosedRow]:
-    """Parse a llama-benchy markdown table (bare, or inside a report) into ClosedRows."""
-    return _parse_benchy(text, path)[0]
+    """Parse a llama-benchy markdown table (bare, or inside a report) into ClosedRows; a cut table is an error."""
+    rows, _, footer = _parse_benchy(text, path)
+    if "cut" in footer:
+        raise _err(path, footer["cut"])
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,6 +337,8 @@ def _namespace_params(line: str, src) -> dict:
 # vllm bench serve results
 # ---------------------------------------------------------------------------------------------
 
+# the result's figures (latencies, throughputs, counts)
+_FIGURE_RE = re.compile(r"(_ms|_throughput|_tokens|_requests|_per_s)$|^(completed|failed|duration)$")
 _REQUIRED_SERVE = ("completed", "duration", "total_input_tokens", "total_output_tokens",
                    "request_throughput", "output_throughput", "mean_ttft_ms")
 
@@ -341,6 +354,9 @@ def _check_serve(d: dict, src) -> dict:
             raise _err(src, f"missing key {k!r}")
         if isinstance(d[k], bool) or not isinstance(d[k], (int, float)):
             raise _err(src, f"key {k!r} is not a number: {d[k]!r}")
+    for k, v in d.items():  # the other figures may be absent or null, never of another type
+        if v is not None and _FIGURE_RE.search(k) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise _err(src, f"key {k!r} is not a number: {v!r}")
     if d.get("request_rate") in ("inf", "Infinity"):
         d["request_rate"] = math.inf
     return d
@@ -419,14 +435,45 @@ def _flag_value(args: str, flag: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _flag_int(args: str, flag: str) -> int | None:
-    v = _flag_value(args, flag)
-    return int(v) if v is not None and v.isdigit() else None
+def human_readable_int(value: str) -> int:
+    """vLLM's reading of its token-count flags (vllm.utils.argparse_utils.human_readable_int): '1k' is
+    1000, '1K' 1024, '25.6k' 25600; a decimal takes only a decimal suffix."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT])", value.strip())
+    if not m:
+        return int(value)
+    number, suffix = m.groups()
+    if suffix.islower():
+        return int(float(number) * 10 ** (3 * ("kmgt".index(suffix) + 1)))
+    return int(number) * 2 ** (10 * ("KMGT".index(suffix) + 1))  # int('2.5') raises, as vLLM refuses it
 
 
-def _flag_float(args: str, flag: str) -> float | None:
-    v = _flag_value(args, flag)
-    return float(v) if v is not None and re.fullmatch(r"\d*\.?\d+", v) else None
+def _server_number(key: str, value, path) -> int | float | None:
+    """A numeric server setting as vLLM reads it, from meta.json's server_config or the command line.
+
+    A value vLLM would refuse to start with is a clear error naming it, never dropped for the default:
+    the default is another server than the one measured."""
+    if value is None:
+        return None
+    frac = key == "gpu_memory_utilization"
+    what = "a fraction in (0, 1]" if frac else "a positive integer"
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, (int, float)):
+            x = float(value) if frac else int(value) if float(value).is_integer() else None
+            if x is None:
+                raise ValueError
+        elif frac:
+            x = float(value)
+        elif key == "max_model_len" and value.strip().lower() in ("-1", "auto"):
+            return None  # vLLM fits the longest context the memory holds: capsim takes the model's
+        else:
+            x = human_readable_int(value) if key != "max_num_seqs" else int(value)
+    except (ValueError, AttributeError):
+        raise _err(path, f"{key} is {value!r}: vLLM takes {what}") from None
+    if not (0 < x <= 1 if frac else x >= 1):
+        raise _err(path, f"{key} is {value!r}: vLLM takes {what}")
+    return x
 
 
 # Server flags calibration reads (the scheduler's limits, speculative decoding, dtypes, memory) or that
@@ -525,10 +572,11 @@ def load_meta(run_dir) -> dict:
         spec = speculative_config(f"--speculative-config {beside if isinstance(beside, str) else json.dumps(beside)}",
                                   path)
 
-    def setting(key: str, from_flag):
+    def setting(key: str):
         """server_config's value, else the flag's on the command line (None: vLLM's default applies)."""
         v = sc.get(key)
-        return v if v is not None else from_flag(extra, "--" + key.replace("_", "-"))
+        v = v if v is not None else _flag_value(extra, "--" + key.replace("_", "-"))
+        return v if key == "kv_cache_dtype" else _server_number(key, v, path)
 
     return {
         "model": meta.get("model") or _report_header(run_dir).get("Model"),
@@ -537,13 +585,13 @@ def load_meta(run_dir) -> dict:
         "vllm_version": meta.get("vllm_version_reported"),
         "vllm_image": meta.get("vllm_image"),
         "hardware": meta.get("hardware"),
-        "max_model_len": setting("max_model_len", _flag_int),
-        "gpu_memory_utilization": setting("gpu_memory_utilization", _flag_float),
-        "kv_cache_dtype": setting("kv_cache_dtype", _flag_value),
+        "max_model_len": setting("max_model_len"),
+        "gpu_memory_utilization": setting("gpu_memory_utilization"),
+        "kv_cache_dtype": setting("kv_cache_dtype"),
         "enable_prefix_caching": sc.get("enable_prefix_caching"),
         "async_scheduling": sc.get("async_scheduling"),
-        "max_num_batched_tokens": setting("max_num_batched_tokens", _flag_int),
-        "max_num_seqs": setting("max_num_seqs", _flag_int),
+        "max_num_batched_tokens": setting("max_num_batched_tokens"),
+        "max_num_seqs": setting("max_num_seqs"),
         "speculative_config": spec,
         "unmodelled_flags": unmodelled_flags(extra),
         "extra_args": extra,
@@ -582,7 +630,12 @@ def _closed_run_from_md(md: Path, source: str, server: dict) -> ClosedRun:
         source=source, test=md.stem, model=model or cmd.get("model"),
         runs=cmd.get("runs"), latency_mode=footer.get("latency_mode") or cmd.get("latency_mode"),
         latency_ms=latency_ms, version=footer.get("version") or cmd.get("version"),
-        rows=rows, server=server, path=str(md))
+        rows=rows, server=server, path=str(md), cut=footer.get("cut"))
+
+
+def cut_note(md: Path, run: ClosedRun) -> str:
+    n = len(run.rows)
+    return f"the rest of {md.name} after its first {n} shape{'s' if n != 1 else ''} (the table is cut at {run.cut})"
 
 
 def closed_runs(run_dir) -> list[ClosedRun]:
@@ -607,6 +660,8 @@ def closed_runs(run_dir) -> list[ClosedRun]:
         if not run.rows:
             skipped.append(f"{md.stem}: an empty results table")
             continue
+        if run.cut:
+            skipped.append(cut_note(md, run))
         runs.append(run)
     have = {md.name[:2] for md in mds}
     skipped += [f"{t}: no report" for t in SUITE_CLOSED_TESTS if t[:2] not in have]
@@ -778,7 +833,10 @@ def load_source(path) -> list[ClosedRun | OpenRun]:
             params = _md_params(p) or serve_params({"dataset_name": "unknown"}, p)
             return [OpenRun(source=source, test=p.stem, path=str(p), dataset=params["dataset_name"],
                             params=params, result=result, detailed=None, server=server)]
-        return [_closed_run_from_md(p, source, server)]
+        run = _closed_run_from_md(p, source, server)
+        if run.cut:
+            server["skipped_tests"] = server.get("skipped_tests", []) + [cut_note(p, run)]
+        return [run]
     if p.suffix == ".json":
         m = _SWEEP_RE.match(p.name)
         params = (_log_params(p.parent / "11-rate-sweep.log").get(p.name) if m

@@ -46,6 +46,8 @@ class ClosedRun:
     # (tokens) and the gamma shape of their law (simulator.workload.stop_lengths)
     stop_mean: float | None = None
     stop_shape: float = 1.0
+    # where the report's table was cut (the writer stopped inside its last row), which is left out
+    cut: str | None = None
 
 
 @dataclass

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calibrate.importers import ImporterError, load_meta
 from capsim.cli import build_open_workload
 from simulator.load import OpenLoop
 from simulator.records import RequestRecord, RunResult
@@ -227,6 +228,8 @@ def oracle(sharegpt_path):
                            "keys": ["dataset_name", "random_input_len", "random_output_len", "random_range_ratio",
                                     "random_prefix_len", "num_prompts", "request_rate", "burstiness", "seed",
                                     "max_concurrency"]}
+    for case in ENGINE_FLAGS:
+        jobs[("engine", case)] = {"kind": "engine_flags", "argv": list(case), "keys": ENGINE_KEYS}
     keys = list(jobs)
     env = clean_env()
     env["HF_HUB_OFFLINE"] = "1"
@@ -235,6 +238,45 @@ def oracle(sharegpt_path):
     assert proc.returncode == 0, f"vLLM oracle failed:\n{proc.stderr[-4000:]}"
     answers = json.loads(proc.stdout)
     return dict(zip(keys, answers))
+
+
+# ------------------------------------------------------------------ server flags in a run's meta.json
+
+ENGINE_KEYS = ["max_model_len", "max_num_batched_tokens", "max_num_seqs", "gpu_memory_utilization"]
+# the forms vLLM's token-count flags take (decimal and binary suffixes, auto), and ones its parser refuses
+ENGINE_FLAGS = [("--max-num-batched-tokens", "8192", "--max-num-seqs", "128"),
+                ("--max-num-batched-tokens", "8k", "--max-model-len", "25.6k"),
+                ("--max-num-batched-tokens", "16K", "--max-model-len", "128K", "--gpu-memory-utilization", "0.85"),
+                ("--max_num_batched_tokens=2048", "--max-model-len=auto"),
+                ("--max-model-len", "-1", "--max-num-seqs", "1"),
+                ("--max-num-batched-tokens", "1.5m"),
+                ("--max-num-batched-tokens", "2.5K"),
+                ("--max-num-seqs", "1k"),
+                ("--gpu-memory-utilization", "most")]
+
+
+@pytest.mark.parametrize("case", ENGINE_FLAGS, ids=lambda c: " ".join(c))
+def test_server_flags_read_as_vllm_serve_reads_them(oracle, case, tmp_path):
+    """A run's meta.json command line gives the scheduler limits `vllm serve` took from it; a value its
+    parser refuses is refused with the flag named (a server that never started measured nothing)."""
+    v = oracle[("engine", case)]
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "acme/Foo-8B",
+                                                    "server_config": {"extra_vllm_args": " ".join(case)}}))
+    if "error" in v:
+        with pytest.raises(ImporterError, match="meta.json: .* is '.*': vLLM takes"):
+            load_meta(tmp_path)
+        return
+    got = load_meta(tmp_path)
+    for k in ENGINE_KEYS:
+        named = any(a.lstrip("-").replace("-", "_").split("=")[0] == k for a in case)
+        if not named:
+            continue  # vLLM's own default: capsim leaves it to the profile (None)
+        want = None if v[k] == -1 else v[k]  # -1: "auto", the longest context the memory holds
+        assert got[k] == want, (k, got[k], v[k])
+
+
+def test_the_server_flag_cases_have_teeth(oracle):
+    assert {"error" in oracle[("engine", c)] for c in ENGINE_FLAGS} == {True, False}
 
 
 # ------------------------------------------------------------------ a. arrival offsets

@@ -457,6 +457,14 @@ def test_missing_key_and_bad_value(tmp_path):
     with pytest.raises(ImporterError) as e:
         parse_bench_serve_json(p)
     _one_line(e, "x.json", "missing key 'mean_ttft_ms'")
+    good = {"completed": 1, "duration": 1.0, "total_input_tokens": 1, "total_output_tokens": 1,
+            "request_throughput": 1.0, "output_throughput": 1.0, "mean_ttft_ms": 1.0}
+    p.write_text(json.dumps(good | {"median_tpot_ms": "abc", "p99_itl_ms": None, "label": "x"}))
+    with pytest.raises(ImporterError) as e:  # any figure, not only the required ones; null and labels pass
+        parse_bench_serve_json(p)
+    _one_line(e, "x.json", "key 'median_tpot_ms' is not a number: 'abc'")
+    p.write_text(json.dumps(good | {"p99_itl_ms": None, "label": "x", "max_concurrent_requests": 3}))
+    assert parse_bench_serve_json(p)["max_concurrent_requests"] == 3
     p.write_text(json.dumps({"completed": "many"}))
     with pytest.raises(ImporterError) as e:
         parse_bench_serve_json(p)
@@ -535,3 +543,38 @@ def test_server_settings_are_read_from_the_command_line_or_beside_it(tmp_path, s
         "gpu_memory_utilization": 0.85, "kv_cache_dtype": "fp8", "max_model_len": 32768,
         "max_num_batched_tokens": 4096, "max_num_seqs": 32,
         "speculative_config": {"method": "eagle3", "num_speculative_tokens": 3}, "unmodelled_flags": []}
+
+
+@pytest.mark.parametrize("config, what", [
+    ({"gpu_memory_utilization": 1.7}, "gpu_memory_utilization is 1.7: vLLM takes a fraction in (0, 1]"),
+    ({"gpu_memory_utilization": "abc"}, "gpu_memory_utilization is 'abc'"),
+    ({"max_num_batched_tokens": 2048.5}, "max_num_batched_tokens is 2048.5: vLLM takes a positive integer"),
+    ({"max_model_len": True}, "max_model_len is True"),
+    ({"extra_vllm_args": "--max-num-seqs 0"}, "max_num_seqs is '0': vLLM takes a positive integer"),
+    ({"extra_vllm_args": "--max-num-batched-tokens -1"}, "max_num_batched_tokens is '-1'"),
+])
+def test_a_server_setting_vllm_would_not_start_with_is_named(tmp_path, config, what):
+    """Dropping it for vLLM's default would calibrate another server than the one measured."""
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "acme/Foo-8B", "server_config": config}))
+    with pytest.raises(ImporterError) as e:
+        load_meta(tmp_path)
+    _one_line(e, "meta.json", what)
+
+
+def test_server_settings_as_json_numbers_and_flags(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "acme/Foo-8B", "server_config": {
+        "max_model_len": 32768.0, "gpu_memory_utilization": 1, "extra_vllm_args": "--max-num-batched-tokens 4k"}}))
+    m = load_meta(tmp_path)
+    assert (m["max_model_len"], m["gpu_memory_utilization"], m["max_num_batched_tokens"], m["max_num_seqs"]) == (
+        32768, 1.0, 4000, None)
+
+
+def test_a_negative_figure_in_a_benchy_table_is_named(tmp_path):
+    bad = C1_ONLY.replace("| m | tg256 @ d4096 | 24.10 ± 0.05", "| m | tg256 @ d4096 | -24.10 ± 0.05")
+    assert bad != C1_ONLY
+    with pytest.raises(ImporterError) as e:
+        parse_benchy_markdown(bad, tmp_path / "x.md")
+    _one_line(e, "x.md", "('tg256 @ d4096', 't/s'): a negative '-24.10 ± 0.05'")
+    # est_ppt is ttfr less the latency probe: under 0 for a prompt faster than the probe, and read
+    rows = parse_benchy_markdown(C1_ONLY.replace("| 200.00 ± 2.00 |", "| -2.00 ± 2.00 |"))
+    assert rows[-1].metrics["est_ppt"] == (-2.0, 2.0)

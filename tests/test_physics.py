@@ -9,7 +9,7 @@ import pytest
 
 from calibrate.architectures import architecture_for, kv_dtype_bytes, name_params, step_quantities, weight_dtype
 from calibrate.fit import DECODE_SIGMA_FLOOR_GUESSED, fit_closed, single_user_decode
-from calibrate.importers import ImporterError, closed_runs, load_meta, load_source, open_runs
+from calibrate.importers import ImporterError, closed_runs, load_meta, load_source, open_runs, parse_benchy_markdown
 from calibrate.priors import ROOFLINE_BW, prior_profile
 from calibrate.results import OpenRun
 from calibrate.validate import failed_note, stream_note, validate, workload_for
@@ -377,6 +377,33 @@ def test_a_run_with_failed_closed_loop_tests_calibrates_from_what_is_there(tmp_p
 
 
 @needs_data
+def test_a_report_cut_inside_its_table_calibrates_from_its_whole_shapes(tmp_path):
+    """A report that ends inside a row of its table (the writer stopped there): the whole shapes before
+    it are used, the cut row and a pp row left without its tg row are not, and calibration says so. A
+    short row with more after it is a broken file, and stays an error."""
+    run = tmp_path / "cut"
+    shutil.copytree(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16", run)
+    md = run / "02-rag-8k.md"
+    text = md.read_text()
+    whole = [r for r in closed_runs(run) if r.test == "02-rag-8k"][0].rows
+    line = next(ln for ln in text.splitlines() if "tg512 (c10)" in ln)
+    md.write_text(text[:text.index(line)] + line[:len(line) // 2] + "\n")
+    runs = closed_runs(run)
+    rows = [r for r in runs if r.test == "02-rag-8k"][0].rows
+    assert rows == [r for r in whole if r.concurrency < 10]  # c10's pp row lost its tg row: left out too
+    assert len(rows) == 1 and rows[0].tg == 512
+    skipped = runs[0].server["skipped_tests"]
+    assert len(skipped) == 1 and skipped[0].startswith("the rest of 02-rag-8k.md after its first 1 shape (the table "
+                                                       "is cut at line ")
+    assert len(load_source(md)) == 1 and "the rest of 02-rag-8k.md" in load_source(md)[0].server["skipped_tests"][0]
+    with pytest.raises(ImporterError, match="cells, header has 9"):
+        parse_benchy_markdown(md.read_text(), md)
+    md.write_text(text[:text.index(line)] + line[:len(line) // 2] + "\n" + text[text.index(line) + len(line):])
+    with pytest.raises(ImporterError, match="02-rag-8k.md: line .*cells, header has 9"):
+        closed_runs(run)
+
+
+@needs_data
 def test_a_run_with_failed_open_loop_tests_validates_what_is_there(tmp_path):
     """The open side as the closed: a result cut off or empty (the box died) is skipped and named; a
     test whose requests all failed is not held against a prediction; failed requests are named."""
@@ -394,7 +421,7 @@ def test_a_run_with_failed_open_loop_tests_validates_what_is_there(tmp_path):
     failed.update(completed=0, failed=failed["num_prompts"])
     sweep[2].write_text(json.dumps(failed))
     part = json.loads((run / "10-monday-peak.json").read_text())
-    part.update(completed=part["completed"] - 3, failed=3)
+    part.update(completed=part["completed"] - 3, failed=3, median_tpot_ms=math.nan)  # json writes NaN
     (run / "10-monday-peak.json").write_text(json.dumps(part))
     runs = open_runs(run)
     assert len(runs) == len(sweep) - 2 + 1
@@ -407,6 +434,10 @@ def test_a_run_with_failed_open_loop_tests_validates_what_is_there(tmp_path):
     assert all(r.measured > 0 for r in v.rows if r.metric.endswith("_ms"))
     assert any(n.startswith(f"{gone}: no request completed") for n in v.notes)
     assert any(n.startswith("10-monday-peak: 3 of ") for n in v.notes)
+    # a figure the file gives as NaN is no measurement: not a row (nor a band miss), and said so
+    assert ("10-monday-peak", "median_tpot_ms") not in {(r.test, r.metric) for r in v.rows}
+    assert ("10-monday-peak", "median_ttft_ms") in {(r.test, r.metric) for r in v.rows}
+    assert "10-monday-peak: median_tpot_ms not a number in the result: not compared" in v.notes
     assert sum(n.startswith("validated without ") for n in v.notes) == 2
     assert all(c["measured_rps"] != failed["request_rate"] for c in v.capacity)
     for f in sweep[2:] + [run / "10-monday-peak.json", run / "10-monday-peak.md", run / "10-monday-peak.log"]:

@@ -16,6 +16,8 @@ Jobs:
           "prompts": [...] if job["prompts"]}   (vllm bench serve's samples and send schedule)
       (+ "input_lens", "output_lens", "token_offsets" for the random dataset: its raw draw)
   {"kind": "defaults", "argv": [...], "keys": [...]} -> {flag: parsed value}
+  {"kind": "engine_flags", "argv": [...vllm serve flags...], "keys": [...]}
+      -> {key: parsed value} or {"error": "refused"}   (EngineArgs' parser: what `vllm serve` reads)
   {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
    "percentiles": [...], "tokenizer": DIR | null}
       -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
@@ -164,7 +166,24 @@ def metrics(job):
     return res
 
 
-KINDS = {"pipeline": pipeline, "defaults": defaults, "metrics": metrics}
+def engine_flags(job):
+    """`vllm serve`'s reading of its engine flags (EngineArgs' parser), or the parser's refusal."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    real_stderr, sys.stderr = sys.stderr, open(os.devnull, "w")  # argparse prints its usage on a refusal
+    try:
+        args = parser.parse_args(job["argv"])
+    except SystemExit:
+        return {"error": "refused"}
+    finally:
+        sys.stderr.close()
+        sys.stderr = real_stderr
+    return {k: getattr(args, k) for k in job["keys"]}
+
+
+KINDS = {"pipeline": pipeline, "defaults": defaults, "metrics": metrics, "engine_flags": engine_flags}
 
 
 def _answer(job):
