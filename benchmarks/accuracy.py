@@ -88,7 +88,7 @@ def score_one(source: str, replications: int, profiles: str | None = None) -> di
     from calibrate.validate import validate
 
     t0 = time.perf_counter()
-    fr = fit_closed(load_closed([source]))
+    fr = fit_closed(load_closed([source]), n_jobs=1)  # this script's workers fill the cores already
     t_fit = time.perf_counter() - t0
     if profiles:
         Path(profiles).mkdir(parents=True, exist_ok=True)

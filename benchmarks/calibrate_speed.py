@@ -1,5 +1,9 @@
 """Time to fit one suite (01-06 closed-loop tests) on this machine; target (the accuracy issue): under 60 s each on 2 cores.
 
+Each suite is fitted twice, side by side in one run: its two combine rules one after the other
+(n_jobs=1) and on two cores (the second rule in a forked process, what `capsim calibrate` does where
+two cores are idle); the ratio is the speed-up, and the two profiles must be the same.
+
 Usage: python benchmarks/calibrate_speed.py [SHARED_DIR]
 Reads shared/data/spark-bench (CC-BY-4.0, djangodevreng/dgx-spark-benchmarks) and the seed's runs.
 """
@@ -26,13 +30,19 @@ def main():
     for d in sorted(results.glob("*/*/*")):
         if (d / "meta.json").is_file():
             sources.append((str(d.relative_to(results)), closed_runs(d)))
-    print(f"{'source':<40} {'seconds':>8} {'simulations':>12} {'median |err|':>13}  target < 60 s")
+    print(f"{'source':<40} {'1 core s':>9} {'2 cores s':>10} {'ratio':>6} {'simulations':>12} {'median |err|':>13}"
+          "  target < 60 s")
     for name, runs in sources:
         t = time.perf_counter()
-        fr = fit_closed(runs)
+        one = fit_closed(runs, n_jobs=1)
+        wall1 = time.perf_counter() - t
+        t = time.perf_counter()
+        fr = fit_closed(runs, n_jobs=2)
         wall = time.perf_counter() - t
+        same = "" if fr.profile.to_json() == one.profile.to_json() else "  PROFILES DIFFER"
         err = np.median([abs(r.error_pct) for r in fr.residuals])
-        print(f"{name:<40} {wall:>8.1f} {fr.evaluations:>12d} {err:>12.1f}%  {'ok' if wall < 60 else 'SLOW'}")
+        print(f"{name:<40} {wall1:>9.1f} {wall:>10.1f} {wall1 / wall:>6.2f} {fr.evaluations:>12d} {err:>12.1f}%  "
+              f"{'ok' if wall < 60 else 'SLOW'}{same}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from simulator.evaluator import resolve_jobs
 from simulator.load import ClosedLoop
 from simulator.profile import Profile
 from simulator.sim import simulate_closed
@@ -365,9 +366,52 @@ def single_user_decode(runs: list[ClosedRun]) -> float | None:
     return float(np.median(c1)) if c1 else None
 
 
+def _forked(fn: Callable[[], object]) -> Callable[[], object] | None:
+    """Start fn() in a forked process and return a call that waits for its result (raising its error);
+    None where no process can be forked (no fork on the platform, or this is a daemonic worker).
+
+    A fork inherits fn with everything imported, so nothing of it is pickled but its result."""
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
+        return None
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def run():
+        try:
+            out = (True, fn())
+        except Exception as e:  # noqa: BLE001 -- handed to the parent, which raises it
+            out = (False, e)
+        try:
+            send.send(out)
+        except Exception as e:  # noqa: BLE001 -- an error that does not pickle: its words
+            send.send((False, RuntimeError(f"{type(out[1]).__name__}: {out[1]}" if not out[0] else str(e))))
+
+    proc = ctx.Process(target=run, daemon=True)
+    proc.start()
+    send.close()
+
+    def result():
+        try:
+            ok, value = recv.recv()
+        except EOFError:  # the process died without a word (killed, out of memory)
+            raise RuntimeError(f"a calibration worker died (exit code {proc.exitcode})") from None
+        finally:
+            proc.join()
+        if not ok:
+            raise value
+        return value
+
+    return result
+
+
 def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int = 30,
-               progress: Callable[[int, float], None] | None = None, combine: str | None = None) -> FitResult:
-    """Fit a profile to closed-loop runs (one server configuration)."""
+               progress: Callable[[int, float], None] | None = None, combine: str | None = None,
+               n_jobs: int | None = None) -> FitResult:
+    """Fit a profile to closed-loop runs (one server configuration).
+
+    n_jobs: processes for the two combine rules' fits (None: the idle cores; 1: one after the other).
+    The fits are independent, so the profile is the same either way."""
     if not runs:
         raise ValueError("calibration needs at least one closed-loop run")
     t_start = time.perf_counter()
@@ -391,42 +435,60 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
         # (benchmarks/accuracy.py --anonymize: TPOT 13.5 -> 14.8 %, unnamed Nemotron +28 -> +40 %)
         params.pop("expert_pool")
 
-    def fit_rule(p: Profile, rule: str, runs: list[ClosedRun]):
+    def fit_rule(p: Profile, rule: str, runs: list[ClosedRun], progress=progress):
+        """(profile, residuals, evaluations, what was refitted under T_SEQ_MAX or None)"""
         p = p.copy()
         p.step_model.combine = rule
         b, r, e = fit_parameters(p, runs, scale, params, API_PARAMS, START, max_nfev, progress)
+        note = None
         if b.step_model.t_seq > T_SEQ_MAX:
-            origin["t_seq"] = (f"refitted under {T_SEQ_MAX * 1e3:g} ms: the first fit put {b.step_model.t_seq * 1e3:.2f} ms "
-                               "of host work on every request's step")
+            note = (f"refitted under {T_SEQ_MAX * 1e3:g} ms: the first fit put {b.step_model.t_seq * 1e3:.2f} ms "
+                    "of host work on every request's step")
             p = prof.copy()
             p.step_model.combine = rule
             bounds = params | {"t_seq": (params["t_seq"][0], T_SEQ_MAX)}
             b, r, e2 = fit_parameters(p, runs, scale, bounds, API_PARAMS, START, max_nfev, progress)
             e += e2
-        return b, r, e
+        return b, r, e, note
 
-    for rule in ([combine] if combine else COMBINE_RULES):
-        b, r, e = fit_rule(prof, rule, runs)
+    rules = [combine] if combine else list(COMBINE_RULES)
+    # each rule's fit on a core of its own where two are idle: the other rules in forked processes
+    # (their progress unshown), the first here
+    others, t_seq_notes = {}, {}
+    if len(rules) > 1 and resolve_jobs(n_jobs) > 1:
+        for rule in rules[1:]:
+            others[rule] = _forked(lambda rule=rule: fit_rule(prof, rule, runs, None))
+    for rule in rules:
+        wait = others.get(rule)
+        b, r, e, note = wait() if wait is not None else fit_rule(prof, rule, runs)
+        if note:
+            t_seq_notes[rule] = note
         fits[rule] = (robust_loss(r), b, r)
         evals += e
     rule = min(fits, key=lambda k: fits[k][0])
     _, best, res = fits[rule]
+    if rule in t_seq_notes:
+        origin["t_seq"] = t_seq_notes[rule]
     if "expert_pool" in params and unidentified(best.uncertainty, "step_model.expert_pool"):
         # a pool the runs do not pin trades off against the bandwidth (the seed's fit took 0.46 of the
         # experts at 194 GB/s where 259 GB/s and every expert fit as well, and its TPOT fell 5 -> 17 %
         # short): every expert stays in play, as a prior that a batch can reach them all
         params.pop("expert_pool")
         origin["expert_pool"] = "not identified by the runs: every expert in play (1.0)"
-        best, res, e = fit_rule(prof, rule, runs)
+        best, res, e, note = fit_rule(prof, rule, runs)
         evals += e
+        if note:
+            origin["t_seq"] = note
     # Answers that stopped at EOS before tg (known from the tests' wall times) decoded part of the
     # time in smaller batches than the table's concurrency: fitted as if they had not, a batch
     # would look cheaper than it is. Refit with the answer lengths the first fit implies.
     stopped = with_answer_lengths(best, runs, scale, lambda rs: robust_loss(compare(best, rs, scale)))
     if stopped is not None:
         runs = stopped
-        best, res, e = fit_rule(best, rule, runs)
+        best, res, e, note = fit_rule(best, rule, runs)
         evals += e
+        if note:
+            origin["t_seq"] = note
         origin["answer_lengths"] = (
             "llama-benchy sends no ignore_eos; from the tests' wall times the model stopped at about "
             + ", ".join(f"{r.stop_mean:.0f} tokens in {r.test}" for r in runs if r.stop_mean is not None)
