@@ -292,7 +292,12 @@ def weight_dtype(server: dict) -> tuple[str, str]:
 def kv_dtype_bytes(server: dict, weights: str) -> tuple[float, str]:
     kv = str(server.get("kv_cache_dtype") or "auto").lower()
     if kv == "auto":
-        return (2.0 if weights not in ("fp8",) else 1.0), "kv_cache_dtype auto: the model's dtype"
+        # vLLM's "auto" is the model's dtype (vllm.utils.torch_utils.kv_cache_dtype_str_to_dtype), 16-bit
+        # whatever the weights' quantization, unless the checkpoint's quantization config declares a
+        # quantized KV cache (resolve_kv_cache_dtype_string), which no file of a run shows
+        why = "kv_cache_dtype auto: the model's dtype (16-bit"
+        why += (f"; a {weights} checkpoint that declares an fp8 KV cache holds half)" if weights != "bf16" else ")")
+        return 2.0, why
     if kv not in KV_BYTES:
         return 2.0, f"kv_cache_dtype {kv} (not a dtype capsim knows: 2 bytes assumed)"
     return KV_BYTES[kv], f"kv_cache_dtype {kv}"

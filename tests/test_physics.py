@@ -65,6 +65,8 @@ def test_weight_dtype_from_what_the_run_says():
 
 def test_kv_bytes_from_vllms_cache_dtypes():
     assert kv_dtype_bytes({"kv_cache_dtype": "fp8_e4m3"}, "bf16")[0] == 1.0
+    # "auto" is the model's (16-bit) dtype in vLLM, fp8 weights or not
+    assert kv_dtype_bytes({"kv_cache_dtype": "auto"}, "fp8")[0] == kv_dtype_bytes({}, "bf16")[0] == 2.0
     assert kv_dtype_bytes({"kv_cache_dtype": "bfloat16"}, "bf16")[0] == 2.0
     assert kv_dtype_bytes({"kv_cache_dtype": "nvfp4"}, "bf16")[0] == 0.5625  # 4 bits and a scale per 16
     assert kv_dtype_bytes({"kv_cache_dtype": "int4_per_token_head"}, "bf16")[0] == 0.5
