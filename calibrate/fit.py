@@ -419,6 +419,13 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     prof, origin = prior_profile(server, single_user_decode(runs))
     if server.get("skipped_tests"):
         origin["calibrated_without"] = "; ".join(server["skipped_tests"])
+    if server.get("enable_prefix_caching"):
+        # llama_benchy/prompts.py: each prompt is an excerpt of one book from a random place, so two share
+        # no more than the chat template's first tokens (under a 16-token block)
+        origin["prefix_caching"] = (
+            "on at the server; capsim simulates no prefix cache. llama-benchy's prompts (book excerpts from random "
+            "places) share no prefix to hit, so calibration loses nothing; traffic that repeats a long prefix (a "
+            "shared system prompt) prefills faster on the server than simulated")
     if server.get("unmodelled_flags"):
         origin["flags_not_modelled"] = (", ".join(server["unmodelled_flags"]) + ": what they do to step time is in "
                                         "the fitted rates; to the scheduler, nothing is assumed")

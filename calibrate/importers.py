@@ -490,6 +490,15 @@ INERT_FLAGS = {"--language-model-only", "--tokenizer-mode", "--config-format",
                "--chat-template", "--api-key", "--disable-log-requests", "--disable-log-stats", "--uvicorn-log-level"}
 
 
+def prefix_caching(setting, args: str) -> bool | None:
+    """Whether the server cached prompt prefixes: the runner's setting, else the command line's flag
+    (the last one given wins, as in vLLM's parser); None where neither says."""
+    if setting is not None:
+        return bool(setting)
+    flags = re.findall(r"(?<![\w-])--(no[-_])?enable[-_]prefix[-_]caching(?![\w-])", args or "")
+    return (not flags[-1]) if flags else None
+
+
 def unmodelled_flags(args: str) -> list[str]:
     """The flags of a server command line that calibration neither reads nor knows to be inert."""
     names = re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", re.sub(r"\{.*?\}", "", args or ""))
@@ -588,7 +597,7 @@ def load_meta(run_dir) -> dict:
         "max_model_len": setting("max_model_len"),
         "gpu_memory_utilization": setting("gpu_memory_utilization"),
         "kv_cache_dtype": setting("kv_cache_dtype"),
-        "enable_prefix_caching": sc.get("enable_prefix_caching"),
+        "enable_prefix_caching": prefix_caching(sc.get("enable_prefix_caching"), extra),
         "async_scheduling": sc.get("async_scheduling"),
         "max_num_batched_tokens": setting("max_num_batched_tokens"),
         "max_num_seqs": setting("max_num_seqs"),

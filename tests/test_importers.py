@@ -578,3 +578,18 @@ def test_a_negative_figure_in_a_benchy_table_is_named(tmp_path):
     # est_ppt is ttfr less the latency probe: under 0 for a prompt faster than the probe, and read
     rows = parse_benchy_markdown(C1_ONLY.replace("| 200.00 ± 2.00 |", "| -2.00 ± 2.00 |"))
     assert rows[-1].metrics["est_ppt"] == (-2.0, 2.0)
+
+
+def test_prefix_caching_from_the_runner_or_the_command_line(tmp_path):
+    from calibrate.fit import fit_closed
+    from calibrate.importers import prefix_caching
+    assert prefix_caching(None, "--max-num-seqs 8 --enable-prefix-caching") is True
+    assert prefix_caching(None, "--enable_prefix_caching --no-enable-prefix-caching") is False  # the last wins
+    assert prefix_caching(None, "--enable-prefix-caching-hash-algo sha256") is None  # another flag
+    assert prefix_caching(False, "--enable-prefix-caching") is False  # the runner's setting is what ran
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "google/gemma-4-26B-A4B-it", "server_config": {
+        "extra_vllm_args": "--enable-prefix-caching"}}))
+    server = load_meta(tmp_path)
+    assert server["enable_prefix_caching"] is True
+    fr = fit_closed(seed_closed_runs()[:1], server=server, max_nfev=1, combine="sum")
+    assert "simulates no prefix cache" in fr.origin["prefix_caching"]
