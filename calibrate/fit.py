@@ -366,7 +366,7 @@ def single_user_decode(runs: list[ClosedRun]) -> float | None:
     return float(np.median(c1)) if c1 else None
 
 
-def _forked(fn: Callable[[], object]) -> Callable[[], object] | None:
+def in_fork(fn: Callable[[], object]) -> Callable[[], object] | None:
     """Start fn() in a forked process and return a call that waits for its result (raising its error);
     None where no process can be forked (no fork on the platform, or this is a daemonic worker).
 
@@ -464,7 +464,7 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     others, t_seq_notes = {}, {}
     if len(rules) > 1 and resolve_jobs(n_jobs) > 1:
         for rule in rules[1:]:
-            others[rule] = _forked(lambda rule=rule: fit_rule(prof, rule, runs, None))
+            others[rule] = in_fork(lambda rule=rule: fit_rule(prof, rule, runs, None))
     for rule in rules:
         wait = others.get(rule)
         b, r, e, note = wait() if wait is not None else fit_rule(prof, rule, runs)

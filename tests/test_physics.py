@@ -582,7 +582,7 @@ def test_a_fit_that_puts_milliseconds_on_each_sequence_is_redone_under_the_bound
 def test_the_combine_rules_fitted_side_by_side_give_the_profile_one_after_the_other_gives():
     """Two idle cores fit the two rules at once (the second in a forked process); the rules' fits are
     independent, so the profile and what calibration says of it are the very same."""
-    from calibrate.fit import _forked
+    from calibrate.fit import in_fork
     runs = closed_runs(MISTRAL)
     one = fit_closed(runs, max_nfev=4, n_jobs=1)
     two = fit_closed(runs, max_nfev=4, n_jobs=2)
@@ -590,5 +590,5 @@ def test_the_combine_rules_fitted_side_by_side_give_the_profile_one_after_the_ot
     assert one.origin == two.origin and one.evaluations == two.evaluations
     assert [r.to_json() for r in one.residuals] == [r.to_json() for r in two.residuals]
     with pytest.raises(ZeroDivisionError):  # a worker's error is raised where its result is awaited
-        _forked(lambda: 1 / 0)()
-    assert _forked(lambda: {"x": [1, 2]})() == {"x": [1, 2]}
+        in_fork(lambda: 1 / 0)()
+    assert in_fork(lambda: {"x": [1, 2]})() == {"x": [1, 2]}
