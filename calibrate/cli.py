@@ -12,7 +12,7 @@ from simulator.profile import load_profile
 
 from .fit import fit_closed
 from .live import live_limit_options, run_calibrate_live, run_validate_live
-from .importers import ImporterError
+from .files import ImporterError
 from .sources import load_closed, load_open, server_key
 from .store import stored_profile_path
 from .validate import format_validation, noise_floor, validate

@@ -1,8 +1,9 @@
 """Read published benchmark results into calibrate.results records.
 
-llama-benchy tables (closed loop), vllm bench serve JSON and printed blocks (open loop) and
-spark-bench run folders. closed_runs() never opens an open-loop file; every failure is an
-ImporterError naming its file. Design: docs/design/calibration.md.
+spark-bench run folders (closed_runs, open_runs, load_meta) and single sources (load_source): vllm
+bench serve result JSON, its printed blocks and command lines here; llama-benchy tables in
+benchy_tables, the server's command line in server_flags. closed_runs() never opens an open-loop file;
+every failure is an ImporterError naming its file. Design: docs/design/calibration.md.
 """
 
 from __future__ import annotations
@@ -13,204 +14,18 @@ import re
 import shlex
 from pathlib import Path
 
-from simulator.errors import CapsimError
-
-from .results import DETAILED_KEYS, ClosedRow, ClosedRun, OpenRun
-
-
-class ImporterError(CapsimError):
-    """A source file is missing, empty or malformed. Message: '<file>: <problem>'."""
+from .benchy_tables import NO_TABLE, find_table, parse_benchy
+from .files import ImporterError, file_error, load_json, read_text, text_if_any
+from .results import DETAILED_KEYS, ClosedRun, OpenRun
+from .server_flags import flag_value, prefix_caching, server_number, speculative_config, unmodelled_flags
 
 
 SUITE_CLOSED_TESTS = ("01-chat", "02-rag-8k", "03-long-output", "04-multi-turn", "05-big-context",
                       "06-concurrency-stress")
-NO_TABLE = "no llama-benchy table found"
 
-
-def _err(path, problem: str) -> ImporterError:
-    return ImporterError(f"{path if path is not None else '<text>'}: {problem}")
-
-
-def _read_text(path: Path, blank_ok: bool = False) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _err(path, "file not found") from None
-    except IsADirectoryError:
-        raise _err(path, "is a directory, expected a file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise _err(path, f"cannot read ({e.__class__.__name__}: {e})") from None
-    if not text.strip():
-        if blank_ok:
-            return ""
-        raise _err(path, "empty file")
-    return text
-
-
-def _text_if_any(path: Path) -> str:
-    """A report's text, or "" where the file is missing or blank (a test that died before writing it)."""
-    return _read_text(path, blank_ok=True) if path.is_file() else ""
-
-
-def _load_json(path: Path):
-    text = _read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        # An error at the very end means the writer stopped early (crash, full disk, cut copy).
-        # (a string that never closes runs to the end: cut inside it, the error points at its start)
-        cut = e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
-        kind = "truncated JSON" if cut else f"invalid JSON ({e.msg})"
-        raise _err(path, f"{kind} at line {e.lineno} col {e.colno}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# llama-benchy markdown
-# ---------------------------------------------------------------------------------------------
-
-# "pp2048 @ d4 (c10)", "tg256", "pp4096 (c1)"; ctx_pp/ctx_tg rows (prefix-caching phase 1) are skipped.
-_TEST_RE = re.compile(r"^(pp|tg)(\d+)(?:\s*@\s*d(\d+))?(?:\s*\(c(\d+)\))?$")
-_CELL_RE = re.compile(r"^([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?:\s*(?:±|\+/-)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))?$")
-_VERSION_RE = re.compile(r"llama-benchy \(([^)]+)\)")
-_LATMODE_RE = re.compile(r"latency mode:\s*(\w+)")
 _LOG_LATENCY_RE = re.compile(r"Average latency \((\w+)\):\s*([-\d.]+)\s*ms")
 # the suite runner's log: "[10:13:22] ── END 01 (475s) ──", one line per test it ran
 _RUNNER_END_RE = re.compile(r"END (0[1-6]) \((\d+)s\)")
-
-
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def _find_table(text: str):
-    """Return (header, [(lineno, cells)]) of the first pipe table with 'test' and a t/s column."""
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        if not lines[i].lstrip().startswith("|"):
-            i += 1
-            continue
-        start = i
-        while i < len(lines) and lines[i].lstrip().startswith("|"):
-            i += 1
-        block = lines[start:i]
-        header = _cells(block[0])
-        if "test" in header and any(h.startswith("t/s") for h in header):
-            body = [(start + k + 1, _cells(l)) for k, l in enumerate(block[1:], start=1)
-                    if not set(l.replace("|", "").strip()) <= set("-: ")]
-            return header, body
-    return None
-
-
-def _column_roles(header: list[str]) -> dict[int, tuple[str, ...]]:
-    """Map column index -> metric roles. 'tp'/'tp_req' become pp_* or tg_* per row.
-
-    A lone 't/s' column (c=1 tables, v0.1.x) is both total and per request, because one request
-    is the whole batch; likewise a lone 'peak t/s'.
-    """
-    has_req, has_peak_req = "t/s (req)" in header, "peak t/s (req)" in header
-    roles = {}
-    for i, h in enumerate(header):
-        if h == "t/s (total)" or (h == "t/s" and has_req):
-            roles[i] = ("tp",)
-        elif h == "t/s":
-            roles[i] = ("tp", "tp_req")
-        elif h == "t/s (req)":
-            roles[i] = ("tp_req",)
-        elif h == "peak t/s":
-            roles[i] = ("peak_throughput",) if has_peak_req else ("peak_throughput", "peak_req_throughput")
-        elif h == "peak t/s (req)":
-            roles[i] = ("peak_req_throughput",)
-        elif h in ("ttfr (ms)", "est_ppt (ms)", "e2e_ttft (ms)"):
-            roles[i] = (h.split(" ")[0],)
-    return roles
-
-
-def _parse_cell(cell: str, path, where: str) -> tuple[float, float] | None:
-    if cell == "":
-        return None
-    m = _CELL_RE.match(cell)
-    if not m:
-        raise _err(path, f"bad number {cell!r} in {where}")
-    # A mean without '±' has an unknown spread: NaN, never a made-up 0.
-    return float(m.group(1)), (float(m.group(2)) if m.group(2) is not None else math.nan)
-
-
-def _parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, dict]:
-    """Rows, the model column's value, and footer facts (version, latency_mode)."""
-    found = _find_table(text)
-    if found is None:
-        raise _err(path, NO_TABLE)
-    header, body = found
-    roles = _column_roles(header)
-    t_col = header.index("test")
-    m_col = header.index("model") if "model" in header else None
-    rows: list[ClosedRow] = []
-    pending: ClosedRow | None = None   # pp row waiting for its tg row
-    model = None
-    footer: dict = {}
-    lines = text.splitlines()
-    if body and len(body[-1][1]) < len(header) and not "".join(lines[body[-1][0]:]).strip():
-        # the file ends inside the table's last row: the writer stopped there (a test that died
-        # mid-print, a full disk, a cut copy); the rows before it are whole
-        lineno, cells = body.pop()
-        footer["cut"] = f"line {lineno}: {len(cells)} cells, header has {len(header)}"
-    for lineno, cells in body:
-        if len(cells) != len(header):
-            raise _err(path, f"line {lineno}: {len(cells)} cells, header has {len(header)}")
-        test = cells[t_col]
-        if test.startswith("ctx_"):
-            continue
-        m = _TEST_RE.match(test)
-        if not m:
-            raise _err(path, f"line {lineno}: unknown test name {test!r}")
-        if m_col is not None and model is None:
-            model = cells[m_col] or None
-        kind, n = m.group(1), int(m.group(2))
-        depth, conc = int(m.group(3) or 0), int(m.group(4) or 1)
-        metrics: dict[str, tuple[float, float]] = {}
-        for i, rs in roles.items():
-            val = _parse_cell(cells[i], path, f"line {lineno} ({test!r}, {header[i]!r})")
-            if val is None:
-                continue
-            if val[0] < 0 and rs != ("est_ppt",):  # est_ppt is ttfr less the latency probe: it may dip under 0
-                raise _err(path, f"line {lineno} ({test!r}, {header[i]!r}): a negative {cells[i]!r}")
-            for r in rs:
-                key = {"tp": f"{kind}_throughput", "tp_req": f"{kind}_req_throughput"}.get(r, r)
-                metrics[key] = val
-        if kind == "pp":
-            if pending is not None:
-                rows.append(pending)
-            pending = ClosedRow(pp=n, tg=0, depth=depth, concurrency=conc, metrics=metrics)
-        elif pending is not None and (pending.depth, pending.concurrency) == (depth, conc):
-            # llama-benchy prints each shape's pp row immediately followed by its tg row.
-            pending.tg = n
-            # Peak t/s belongs to decode: the tg row's value wins over anything on the pp row.
-            pending.metrics.update(metrics)
-            rows.append(pending)
-            pending = None
-        else:
-            if pending is not None:
-                rows.append(pending)
-                pending = None
-            rows.append(ClosedRow(pp=0, tg=n, depth=depth, concurrency=conc, metrics=metrics))
-    if pending is not None and "cut" not in footer:  # cut, a last pp row lost its tg row: the shape is incomplete
-        rows.append(pending)
-    if not rows:
-        raise _err(path, f"llama-benchy table has no pp/tg rows{' before its cut ' + footer['cut'] if footer else ''}")
-    if (v := _VERSION_RE.search(text)):
-        footer["version"] = v.group(1)
-    if (lm := _LATMODE_RE.search(text)):
-        footer["latency_mode"] = lm.group(1)
-    return rows, model, footer
-
-
-def parse_benchy_markdown(text: str, path=None) -> list[ClosedRow]:
-    """Parse a llama-benchy markdown table (bare, or inside a report) into ClosedRows; a cut table is an error."""
-    rows, _, footer = _parse_benchy(text, path)
-    if "cut" in footer:
-        raise _err(path, footer["cut"])
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +83,7 @@ def _typed(key: str, raw, src) -> object:
     try:
         return typ(float(raw)) if typ is int else typ(raw)
     except (TypeError, ValueError):
-        raise _err(src, f"bad value {raw!r} for {key}") from None
+        raise file_error(src, f"bad value {raw!r} for {key}") from None
 
 
 def serve_params(raw: dict, src) -> dict:
@@ -292,11 +107,11 @@ def parse_command(cmd: str) -> dict:
     """
     body = _command_text(cmd)
     if body is None:
-        raise _err(None, "no command block found")
+        raise file_error(None, "no command block found")
     try:
         tokens = shlex.split(body.replace("\\\n", " "))
     except ValueError as e:
-        raise _err(None, f"cannot split command ({e})") from None
+        raise file_error(None, f"cannot split command ({e})") from None
     benchy = next((i for i, t in enumerate(tokens) if t.startswith("llama-benchy")), None)
     serve = next((i for i in range(len(tokens) - 1) if tokens[i] == "bench" and tokens[i + 1] == "serve"), None)
     if benchy is not None:
@@ -314,12 +129,12 @@ def parse_command(cmd: str) -> dict:
                 "enable_prefix_caching": "enable_prefix_caching" in o,
             }
         except ValueError as e:
-            raise _err(None, f"bad llama-benchy argument ({e})") from None
+            raise file_error(None, f"bad llama-benchy argument ({e})") from None
     if serve is not None:
         o = _options(tokens[serve + 2:])
         raw = {k: (v[0] if v else "True") for k, v in o.items()}
         return {"tool": "vllm bench serve", **serve_params(raw, None)}
-    raise _err(None, "neither a llama-benchy nor a vllm bench serve command")
+    raise file_error(None, "neither a llama-benchy nor a vllm bench serve command")
 
 
 def _namespace_params(line: str, src) -> dict:
@@ -345,18 +160,18 @@ _REQUIRED_SERVE = ("completed", "duration", "total_input_tokens", "total_output_
 
 def _check_serve(d: dict, src) -> dict:
     if not isinstance(d, dict):
-        raise _err(src, f"expected a JSON object, got {type(d).__name__}")
+        raise file_error(src, f"expected a JSON object, got {type(d).__name__}")
     d = dict(d)
     if "request_goodput:" in d:           # legacy benchmark_serving.py typo key
         d.setdefault("request_goodput", d.pop("request_goodput:"))
     for k in _REQUIRED_SERVE:
         if k not in d:
-            raise _err(src, f"missing key {k!r}")
+            raise file_error(src, f"missing key {k!r}")
         if isinstance(d[k], bool) or not isinstance(d[k], (int, float)):
-            raise _err(src, f"key {k!r} is not a number: {d[k]!r}")
+            raise file_error(src, f"key {k!r} is not a number: {d[k]!r}")
     for k, v in d.items():  # the other figures may be absent or null, never of another type
         if v is not None and _FIGURE_RE.search(k) and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise _err(src, f"key {k!r} is not a number: {v!r}")
+            raise file_error(src, f"key {k!r} is not a number: {v!r}")
     if d.get("request_rate") in ("inf", "Infinity"):
         d["request_rate"] = math.inf
     return d
@@ -367,7 +182,7 @@ def parse_bench_serve_json(path_or_dict) -> dict:
     if isinstance(path_or_dict, dict):
         return _check_serve(path_or_dict, "<dict>")
     path = Path(path_or_dict)
-    return _check_serve(_load_json(path), path)
+    return _check_serve(load_json(path), path)
 
 
 _SERVE_LABELS = {
@@ -401,7 +216,7 @@ def parse_bench_serve_text(text: str, path=None) -> dict:
     """
     start = text.find("Serving Benchmark Result")
     if start < 0:
-        raise _err(path, "no 'Serving Benchmark Result' block found")
+        raise file_error(path, "no 'Serving Benchmark Result' block found")
     out: dict = {}
     for line in text[start:].splitlines()[1:]:
         if line.startswith("=="):
@@ -420,125 +235,13 @@ def parse_bench_serve_text(text: str, path=None) -> dict:
         try:
             out[key] = typ(float(value)) if typ is int else typ(value)
         except ValueError:
-            raise _err(path, f"bad number {value!r} for {label!r}") from None
+            raise file_error(path, f"bad number {value!r} for {label!r}") from None
     return _check_serve(out, path)
 
 
 # ---------------------------------------------------------------------------------------------
 # suite run folders
 # ---------------------------------------------------------------------------------------------
-
-def _flag_value(args: str, flag: str) -> str | None:
-    # vLLM's parser takes --max_num_seqs for --max-num-seqs
-    m = re.search(rf"(?<![\w-]){flag.replace('-', '[-_]').replace('[-_][-_]', '--', 1)}(?:=|\s+)['\"]?([^\s'\"]+)",
-                  args or "")
-    return m.group(1) if m else None
-
-
-def human_readable_int(value: str) -> int:
-    """vLLM's reading of its token-count flags (vllm.utils.argparse_utils.human_readable_int): '1k' is
-    1000, '1K' 1024, '25.6k' 25600; a decimal takes only a decimal suffix."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT])", value.strip())
-    if not m:
-        return int(value)
-    number, suffix = m.groups()
-    if suffix.islower():
-        return int(float(number) * 10 ** (3 * ("kmgt".index(suffix) + 1)))
-    return int(number) * 2 ** (10 * ("KMGT".index(suffix) + 1))  # int('2.5') raises, as vLLM refuses it
-
-
-def _server_number(key: str, value, path) -> int | float | None:
-    """A numeric server setting as vLLM reads it, from meta.json's server_config or the command line.
-
-    A value vLLM would refuse to start with is a clear error naming it, never dropped for the default:
-    the default is another server than the one measured."""
-    if value is None:
-        return None
-    frac = key == "gpu_memory_utilization"
-    what = "a fraction in (0, 1]" if frac else "a positive integer"
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, (int, float)):
-            x = float(value) if frac else int(value) if float(value).is_integer() else None
-            if x is None:
-                raise ValueError
-        elif frac:
-            x = float(value)
-        elif key == "max_model_len" and value.strip().lower() in ("-1", "auto"):
-            return None  # vLLM fits the longest context the memory holds: capsim takes the model's
-        else:
-            x = human_readable_int(value) if key != "max_num_seqs" else int(value)
-    except (ValueError, AttributeError):
-        raise _err(path, f"{key} is {value!r}: vLLM takes {what}") from None
-    if not (0 < x <= 1 if frac else x >= 1):
-        raise _err(path, f"{key} is {value!r}: vLLM takes {what}")
-    return x
-
-
-# Server flags calibration reads (the scheduler's limits, speculative decoding, dtypes, memory) or that
-# do not touch serving speed (formats, parsers, names); any other flag is said to be not modelled.
-# Named with dashes; vLLM's parser takes underscores for them as well (--max_num_seqs).
-MODELLED_FLAGS = {"--max-num-batched-tokens", "--max-num-seqs", "--speculative-config",
-                  "--spec-method", "--spec-model", "--spec-tokens",
-                  "--quantization", "--kv-cache-dtype", "--max-model-len", "--gpu-memory-utilization",
-                  "--enable-prefix-caching", "--no-enable-prefix-caching", "--async-scheduling",
-                  "--mamba-ssm-cache-dtype"}
-INERT_FLAGS = {"--language-model-only", "--tokenizer-mode", "--config-format",
-               "--load-format", "--trust-remote-code", "--reasoning-parser", "--tool-call-parser",
-               "--enable-auto-tool-choice", "--generation-config", "--served-model-name", "--host", "--port",
-               "--chat-template", "--api-key", "--disable-log-requests", "--disable-log-stats", "--uvicorn-log-level"}
-
-
-def prefix_caching(setting, args: str) -> bool | None:
-    """Whether the server cached prompt prefixes: the runner's setting, else the command line's flag
-    (the last one given wins, as in vLLM's parser); None where neither says."""
-    if setting is not None:
-        return bool(setting)
-    flags = re.findall(r"(?<![\w-])--(no[-_])?enable[-_]prefix[-_]caching(?![\w-])", args or "")
-    return (not flags[-1]) if flags else None
-
-
-def unmodelled_flags(args: str) -> list[str]:
-    """The flags of a server command line that calibration neither reads nor knows to be inert."""
-    names = re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", re.sub(r"\{.*?\}", "", args or ""))
-    return sorted({n for n in names if "--" + n[2:].replace("_", "-") not in MODELLED_FLAGS | INERT_FLAGS})
-
-
-# vLLM takes a speculative config as JSON (--speculative-config / -sc), key by key in its dotted form
-# (--speculative-config.method ngram) and as the shorthands --spec-method, --spec-model, --spec-tokens.
-_SPEC_JSON = re.compile(r"(?:--speculative[-_]config|(?<!\S)-sc)(?:=|\s+)")
-_SPEC_KEY = re.compile(r"--speculative[-_]config\.([\w-]+)(?:=|\s+)(\"[^\"]*\"|'[^']*'|\S+)")
-_SPEC_SHORT = re.compile(r"--spec-(method|model|tokens)(?:=|\s+)(\"[^\"]*\"|'[^']*'|\S+)")
-_SPEC_SHORT_KEYS = {"method": "method", "model": "model", "tokens": "num_speculative_tokens"}
-
-
-def speculative_config(args: str, src=None) -> dict | None:
-    """vLLM's speculative config from a server's command line (None when no flag gives one)."""
-    args = args or ""
-    cfg: dict = {}
-    if (m := _SPEC_JSON.search(args)):
-        text = args[m.end():].lstrip().strip("'")
-        try:
-            cfg, _ = json.JSONDecoder().raw_decode(text)
-        except json.JSONDecodeError as e:
-            raise _err(src, f"--speculative-config is not readable JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(cfg, dict):
-            raise _err(src, "--speculative-config must be a JSON object")
-    for key, value in [*_SPEC_KEY.findall(args), *((_SPEC_SHORT_KEYS[k], v) for k, v in _SPEC_SHORT.findall(args))]:
-        value = value.strip("'\"")
-        cfg[key] = int(value) if re.fullmatch(r"\d+", value) else value
-    if not cfg:
-        return None
-    cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
-    k = cfg.get("num_speculative_tokens")
-    if k is None and re.search(r"mtp$", str(cfg.get("method") or "")):
-        # vLLM then drafts as many tokens as the model has MTP layers: one in the published MTP models
-        cfg.update(num_speculative_tokens=1, num_speculative_tokens_assumed=True)
-    elif not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 64:
-        raise _err(src, f"--speculative-config needs num_speculative_tokens in 1..64, got {k!r}")
-    return cfg
-
 
 _HEADER_RE = re.compile(r"^\*\*(Model|Profile|Hardware):\*\*\s*(\S.*?)\s*$", re.M)
 
@@ -552,7 +255,7 @@ def _report_header(run_dir: Path) -> dict:
     """Model, profile and hardware from the header the suite writes atop each report ({} if none has it).
     Only the closed-loop reports are opened: calibration reads no open-loop file."""
     for md in sorted(run_dir.glob("0[1-6]-*.md")):
-        found = dict(_HEADER_RE.findall(_text_if_any(md)[:2000]))
+        found = dict(_HEADER_RE.findall(text_if_any(md)[:2000]))
         if found.get("Model"):
             return found
     return {}
@@ -566,14 +269,14 @@ def load_meta(run_dir) -> dict:
     if not path.is_file():
         header = _report_header(run_dir)
         if not header:
-            raise _err(path, "file not found, and no report names the model")
+            raise file_error(path, "file not found, and no report names the model")
         return {"model": header["Model"], "weights_profile": header.get("Profile"), "hardware": header.get("Hardware"),
                 "unmodelled_flags": [], "extra_args": "",
                 "skipped_tests": ["meta.json: missing (model and profile from the reports' headers; server "
                                   "settings at vLLM's defaults)"]}
-    meta = _load_json(path)
+    meta = load_json(path)
     if not isinstance(meta, dict):
-        raise _err(path, "expected a JSON object")
+        raise file_error(path, "expected a JSON object")
     sc = meta.get("server_config") or {}
     extra = sc.get("extra_vllm_args") or ""
     spec = speculative_config(extra, path)
@@ -584,8 +287,8 @@ def load_meta(run_dir) -> dict:
     def setting(key: str):
         """server_config's value, else the flag's on the command line (None: vLLM's default applies)."""
         v = sc.get(key)
-        v = v if v is not None else _flag_value(extra, "--" + key.replace("_", "-"))
-        return v if key == "kv_cache_dtype" else _server_number(key, v, path)
+        v = v if v is not None else flag_value(extra, "--" + key.replace("_", "-"))
+        return v if key == "kv_cache_dtype" else server_number(key, v, path)
 
     return {
         "model": meta.get("model") or _report_header(run_dir).get("Model"),
@@ -617,23 +320,23 @@ def _source_name(run_dir: Path) -> str:
 def _check_dir(run_dir) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise _err(run_dir, "no such run directory")
+        raise file_error(run_dir, "no such run directory")
     return run_dir
 
 
 def _closed_run_from_md(md: Path, source: str, server: dict) -> ClosedRun:
-    text = _read_text(md)
-    rows, model, footer = _parse_benchy(text, md)
+    text = read_text(md)
+    rows, model, footer = parse_benchy(text, md)
     cmd = {}
     if "## Command" in text:
         try:
             cmd = parse_command(text)
         except ImporterError as e:
-            raise _err(md, str(e).partition(": ")[2]) from None
+            raise file_error(md, str(e).partition(": ")[2]) from None
     latency_ms = None
     log = md.with_suffix(".log")
     if log.is_file():
-        if (m := _LOG_LATENCY_RE.search(_read_text(log))):
+        if (m := _LOG_LATENCY_RE.search(read_text(log))):
             latency_ms = float(m.group(2))
     return ClosedRun(
         source=source, test=md.stem, model=model or cmd.get("model"),
@@ -654,7 +357,7 @@ def closed_runs(run_dir) -> list[ClosedRun]:
     source = _source_name(run_dir)
     mds = sorted(run_dir.glob("0[1-6]-*.md"))
     if not mds:
-        raise _err(run_dir, "no closed-loop reports (01-*.md … 06-*.md)")
+        raise file_error(run_dir, "no closed-loop reports (01-*.md … 06-*.md)")
     runs, skipped = [], []
     for md in mds:
         try:
@@ -678,7 +381,7 @@ def closed_runs(run_dir) -> list[ClosedRun]:
     for run in runs:
         run.wall_s = walls.get(run.test[:2])
     if not runs:
-        raise _err(run_dir, "no closed-loop results: " + "; ".join(skipped))
+        raise file_error(run_dir, "no closed-loop results: " + "; ".join(skipped))
     if skipped:  # calibration says what it went without
         server["skipped_tests"] = server.get("skipped_tests", []) + skipped
     return runs
@@ -691,7 +394,7 @@ def closed_test_walls(run_dir: Path) -> dict[str, float]:
     skipped logs 0 s). The times only refine the fit, so a log that cannot be read counts as none."""
     log = run_dir / "_runner.log"
     try:
-        text = _read_text(log) if log.is_file() else ""
+        text = read_text(log) if log.is_file() else ""
     except ImporterError:
         return {}
     walls: dict[str, float] = {}
@@ -714,7 +417,7 @@ def _split_result(d: dict) -> tuple[dict, dict | None]:
 def _log_runs(log: Path) -> dict[str, tuple[dict, str]]:
     """result_filename -> (settings, what the run printed), per Namespace(...) line of a vllm bench serve log."""
     out = {}
-    text = _text_if_any(log)
+    text = text_if_any(log)
     if text:
         found = list(_NAMESPACE_RE.finditer(text))
         for i, m in enumerate(found):
@@ -740,14 +443,14 @@ def _open_run(js: Path, test: str, params: dict | None, source: str, server: dic
         if k in data:
             v = _typed(k, data[k], js)
             if from_cmd and k != "backend" and params.get(k) != v:
-                raise _err(js, f"{k} is {v!r} but the command says {params.get(k)!r}")
+                raise file_error(js, f"{k} is {v!r} but the command says {params.get(k)!r}")
             params[k] = v
     return OpenRun(source=source, test=test, path=str(js), dataset=params["dataset_name"] or "unknown",
                    params=params, result=result, detailed=detailed, server=server)
 
 
 def _md_params(md: Path) -> dict | None:
-    return _command_params(_text_if_any(md), md)
+    return _command_params(text_if_any(md), md)
 
 
 def _command_params(text: str, md: Path) -> dict | None:
@@ -757,7 +460,7 @@ def _command_params(text: str, md: Path) -> dict | None:
     try:
         p = parse_command(text)
     except ImporterError as e:
-        raise _err(md, str(e).partition(": ")[2]) from None
+        raise file_error(md, str(e).partition(": ")[2]) from None
     if p.pop("tool") != "vllm bench serve":
         return None
     return p
@@ -795,7 +498,7 @@ def open_runs(run_dir) -> list[OpenRun]:
     reports = {p.stem for p in run_dir.glob("*") if p.suffix in (".md", ".log") and _OPEN_RE.match(p.stem + ".json")}
     for stem in sorted(set(jsons) | reports):
         md = run_dir / f"{stem}.md"
-        text = _text_if_any(md)
+        text = text_if_any(md)
         params, printed = _command_params(text, md), (md, text)
         if params is None or "Serving Benchmark Result" not in text:  # the log has what the report lacks
             log = run_dir / f"{stem}.log"
@@ -815,7 +518,7 @@ def open_runs(run_dir) -> list[OpenRun]:
             params, text = logged.get(f"11-rate-sweep-{rate}.json", (None, ""))
             add(sweep.get(rate), f"11-rate-sweep@{rate}", params or base, (log, text))
     if skipped and not runs:
-        raise _err(run_dir, "no open-loop results: " + "; ".join(skipped))
+        raise file_error(run_dir, "no open-loop results: " + "; ".join(skipped))
     if skipped:  # validation says what it went without
         server["skipped_tests"] = server.get("skipped_tests", []) + skipped
     return runs
@@ -826,17 +529,17 @@ def load_source(path) -> list[ClosedRun | OpenRun]:
     p = Path(path)
     if p.is_dir():
         if (p / "run.json").is_file():
-            raise _err(p, "capsim run folders are read by measure.runfiles")
+            raise file_error(p, "capsim run folders are read by measure.runfiles")
         if is_suite_dir(p):
             return [*closed_runs(p), *open_runs(p)]
-        raise _err(p, "not a suite run folder (no meta.json nor numbered reports) nor a capsim run folder (no run.json)")
+        raise file_error(p, "not a suite run folder (no meta.json nor numbered reports) nor a capsim run folder (no run.json)")
     if not p.exists():
-        raise _err(p, "file not found")
+        raise file_error(p, "file not found")
     server = load_meta(p.parent) if (p.parent / "meta.json").is_file() else {}
     source = _source_name(p.parent)
     if p.suffix == ".md":
-        text = _read_text(p)
-        if _find_table(text) is None and "Serving Benchmark Result" in text:
+        text = read_text(p)
+        if find_table(text) is None and "Serving Benchmark Result" in text:
             # A vllm bench serve report without its JSON: only the rounded printout.
             result = parse_bench_serve_text(text, p)
             params = _md_params(p) or serve_params({"dataset_name": "unknown"}, p)
@@ -852,4 +555,4 @@ def load_source(path) -> list[ClosedRun | OpenRun]:
                   else _md_params(p.with_suffix(".md")) or _log_params(p.with_suffix(".log")).get(p.name))
         test = f"11-rate-sweep@{m.group(1)}" if m else p.stem
         return [_open_run(p, test, params, source, server)]
-    raise _err(p, "unknown source type (expected a run folder, .md or .json)")
+    raise file_error(p, "unknown source type (expected a run folder, .md or .json)")

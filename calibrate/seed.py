@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from importlib.resources import files
 
-from .importers import ImporterError, serve_params
+from .files import ImporterError
+from .importers import serve_params
 from .results import ClosedRow, ClosedRun, OpenRun
 
 _DATA = files("calibrate") / "data" / "seed"

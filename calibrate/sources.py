@@ -11,7 +11,8 @@ from pathlib import Path
 
 from simulator.records import ClosedLoopFacts, LiveFacts
 
-from .importers import ImporterError, closed_runs, is_suite_dir, load_source, open_runs
+from .files import ImporterError
+from .importers import closed_runs, is_suite_dir, load_source, open_runs
 from .results import ClosedRun, OpenRun
 from .seed import seed_closed_runs, seed_open_runs
 

@@ -3,7 +3,8 @@ family and size, the fallback for a size the table lacks, and the nine spark-ben
 import pytest
 
 from calibrate.architectures import Architecture, architecture_for, step_quantities
-from calibrate.importers import load_meta, unmodelled_flags
+from calibrate.importers import load_meta
+from calibrate.server_flags import unmodelled_flags
 from tests.test_importers import RESULTS, shared_missing
 
 # model id -> facts its config.json gives (a sample per family, not every size)

@@ -56,7 +56,7 @@ LIBRARY_ERRORS = {k: v for k, v in EXCEPTIONS.items() if k not in OUTSIDE_THE_TR
 def test_the_walk_sees_every_package_s_errors():
     assert {"simulator.profile.ProfileError", "simulator.workload.WorkloadError", "simulator.load.LoadError",
             "simulator.office.OfficeError", "simulator.sla.PlanError", "measure.errors.MeasureError",
-            "calibrate.importers.ImporterError", "calibrate.live.messages.LiveError"} <= set(LIBRARY_ERRORS)
+            "calibrate.files.ImporterError", "calibrate.live.messages.LiveError"} <= set(LIBRARY_ERRORS)
     assert set(OUTSIDE_THE_TREE) <= set(EXCEPTIONS), "a class named in OUTSIDE_THE_TREE is gone: drop it there"
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from calibrate.benchy_tables import parse_benchy_markdown
 from calibrate.importers import (
     ImporterError, closed_runs, load_meta, load_source, open_runs, parse_bench_serve_json,
-    parse_bench_serve_text, parse_benchy_markdown, parse_command,
+    parse_bench_serve_text, parse_command,
 )
 from calibrate.results import ClosedRun, OpenRun
 from calibrate.seed import seed_closed_runs, seed_open_runs, seed_runs
@@ -582,7 +583,7 @@ def test_a_negative_figure_in_a_benchy_table_is_named(tmp_path):
 
 def test_prefix_caching_from_the_runner_or_the_command_line(tmp_path):
     from calibrate.fit import fit_closed
-    from calibrate.importers import prefix_caching
+    from calibrate.server_flags import prefix_caching
     assert prefix_caching(None, "--max-num-seqs 8 --enable-prefix-caching") is True
     assert prefix_caching(None, "--enable_prefix_caching --no-enable-prefix-caching") is False  # the last wins
     assert prefix_caching(None, "--enable-prefix-caching-hash-algo sha256") is None  # another flag

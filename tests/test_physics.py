@@ -9,7 +9,8 @@ import pytest
 
 from calibrate.architectures import architecture_for, kv_dtype_bytes, name_params, step_quantities, weight_dtype
 from calibrate.fit import DECODE_SIGMA_FLOOR_GUESSED, fit_closed, single_user_decode
-from calibrate.importers import ImporterError, closed_runs, load_meta, load_source, open_runs, parse_benchy_markdown
+from calibrate.benchy_tables import parse_benchy_markdown
+from calibrate.importers import ImporterError, closed_runs, load_meta, load_source, open_runs
 from calibrate.priors import ROOFLINE_BW, prior_profile
 from calibrate.results import OpenRun
 from calibrate.validate import failed_note, stream_note, validate, workload_for

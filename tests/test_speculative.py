@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from calibrate.importers import ImporterError, load_meta, speculative_config, unmodelled_flags
+from calibrate.importers import ImporterError, load_meta
+from calibrate.server_flags import speculative_config, unmodelled_flags
 from calibrate.priors import acceptance_for_length, prior_profile
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.profile import ProfileError, load_profile
