@@ -366,43 +366,58 @@ def single_user_decode(runs: list[ClosedRun]) -> float | None:
     return float(np.median(c1)) if c1 else None
 
 
-def in_fork(fn: Callable[[], object]) -> Callable[[], object] | None:
-    """Start fn() in a forked process and return a call that waits for its result (raising its error);
-    None where no process can be forked (no fork on the platform, or this is a daemonic worker).
+class Forked:
+    """fn() running in a forked process: `result()` waits for its value (raising its error), `cancel()`
+    stops it where its value is no longer wanted. A fork inherits fn with everything imported, so
+    nothing of it is pickled but its result."""
 
-    A fork inherits fn with everything imported, so nothing of it is pickled but its result."""
-    import multiprocessing as mp
-    if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
-        return None
-    ctx = mp.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
+    def __init__(self, fn: Callable[[], object]):
+        import multiprocessing as mp
+        ctx = mp.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
 
-    def run():
+        def run():
+            try:
+                out = (True, fn())
+            except Exception as e:  # noqa: BLE001 -- handed to the parent, which raises it
+                out = (False, e)
+            try:
+                send.send(out)
+            except Exception as e:  # noqa: BLE001 -- a value or error that does not pickle: its words
+                send.send((False, RuntimeError(f"{type(out[1]).__name__}: {out[1]}" if not out[0] else str(e))))
+
+        self._proc = ctx.Process(target=run, daemon=True)
+        self._proc.start()
+        send.close()
+
+    def result(self):
         try:
-            out = (True, fn())
-        except Exception as e:  # noqa: BLE001 -- handed to the parent, which raises it
-            out = (False, e)
-        try:
-            send.send(out)
-        except Exception as e:  # noqa: BLE001 -- an error that does not pickle: its words
-            send.send((False, RuntimeError(f"{type(out[1]).__name__}: {out[1]}" if not out[0] else str(e))))
-
-    proc = ctx.Process(target=run, daemon=True)
-    proc.start()
-    send.close()
-
-    def result():
-        try:
-            ok, value = recv.recv()
+            ok, value = self._recv.recv()
         except EOFError:  # the process died without a word (killed, out of memory)
-            raise RuntimeError(f"a calibration worker died (exit code {proc.exitcode})") from None
+            raise RuntimeError(f"a calibration worker died (exit code {self._proc.exitcode})") from None
         finally:
-            proc.join()
+            self._proc.join()
         if not ok:
             raise value
         return value
 
-    return result
+    @property
+    def running(self) -> bool:
+        return self._proc.is_alive()
+
+    def cancel(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join()
+
+
+def in_fork(fn: Callable[[], object]) -> Forked | None:
+    """fn() started in a forked process; None where none can be forked (no fork on the platform, or
+    this is a daemonic worker, which may not have children)."""
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
+        return None
+    return Forked(fn)
 
 
 def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int = 30,
@@ -465,13 +480,18 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     if len(rules) > 1 and resolve_jobs(n_jobs) > 1:
         for rule in rules[1:]:
             others[rule] = in_fork(lambda rule=rule: fit_rule(prof, rule, runs, None))
-    for rule in rules:
-        wait = others.get(rule)
-        b, r, e, note = wait() if wait is not None else fit_rule(prof, rule, runs)
-        if note:
-            t_seq_notes[rule] = note
-        fits[rule] = (robust_loss(r), b, r)
-        evals += e
+    try:
+        for rule in rules:
+            worker = others.get(rule)
+            b, r, e, note = worker.result() if worker is not None else fit_rule(prof, rule, runs)
+            if note:
+                t_seq_notes[rule] = note
+            fits[rule] = (robust_loss(r), b, r)
+            evals += e
+    finally:  # a fit here that failed (or was interrupted) leaves no worker computing for nobody
+        for worker in others.values():
+            if worker is not None:
+                worker.cancel()
     rule = min(fits, key=lambda k: fits[k][0])
     _, best, res = fits[rule]
     if rule in t_seq_notes:

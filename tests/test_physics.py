@@ -2,6 +2,7 @@
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -591,5 +592,9 @@ def test_the_combine_rules_fitted_side_by_side_give_the_profile_one_after_the_ot
     assert one.origin == two.origin and one.evaluations == two.evaluations
     assert [r.to_json() for r in one.residuals] == [r.to_json() for r in two.residuals]
     with pytest.raises(ZeroDivisionError):  # a worker's error is raised where its result is awaited
-        in_fork(lambda: 1 / 0)()
-    assert in_fork(lambda: {"x": [1, 2]})() == {"x": [1, 2]}
+        in_fork(lambda: 1 / 0).result()
+    assert in_fork(lambda: {"x": [1, 2]}).result() == {"x": [1, 2]}
+    slow = in_fork(lambda: time.sleep(60))
+    t = time.perf_counter()
+    slow.cancel()  # a result nobody waits for any more: the worker stops at once
+    assert time.perf_counter() - t < 5 and not slow.running
