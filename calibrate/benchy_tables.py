@@ -92,15 +92,18 @@ def parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, dic
     pending: ClosedRow | None = None   # pp row waiting for its tg row
     model = None
     footer: dict = {}
+
+    def short(lineno: int, cells: list[str]) -> str:
+        return f"line {lineno}: {len(cells)} cells, header has {len(header)}"
+
     lines = text.splitlines()
     if body and len(body[-1][1]) < len(header) and not "".join(lines[body[-1][0]:]).strip():
         # the file ends inside the table's last row: the writer stopped there (a test that died
         # mid-print, a full disk, a cut copy); the rows before it are whole
-        lineno, cells = body.pop()
-        footer["cut"] = f"line {lineno}: {len(cells)} cells, header has {len(header)}"
+        footer["cut"] = short(*body.pop())
     for lineno, cells in body:
         if len(cells) != len(header):
-            raise file_error(path, f"line {lineno}: {len(cells)} cells, header has {len(header)}")
+            raise file_error(path, short(lineno, cells))
         test = cells[t_col]
         if test.startswith("ctx_"):
             continue
@@ -140,7 +143,8 @@ def parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, dic
     if pending is not None and "cut" not in footer:  # cut, a last pp row lost its tg row: the shape is incomplete
         rows.append(pending)
     if not rows:
-        raise file_error(path, f"llama-benchy table has no pp/tg rows{' before its cut ' + footer['cut'] if footer else ''}")
+        cut = f" before its cut {footer['cut']}" if "cut" in footer else ""
+        raise file_error(path, f"llama-benchy table has no pp/tg rows{cut}")
     if (v := _VERSION_RE.search(text)):
         footer["version"] = v.group(1)
     if (lm := _LATMODE_RE.search(text)):

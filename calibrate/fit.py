@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from simulator.evaluator import resolve_jobs
+from simulator.evaluator import in_fork, resolve_jobs
 from simulator.load import ClosedLoop
 from simulator.profile import Profile
 from simulator.sim import simulate_closed
@@ -366,60 +366,6 @@ def single_user_decode(runs: list[ClosedRun]) -> float | None:
     return float(np.median(c1)) if c1 else None
 
 
-class Forked:
-    """fn() running in a forked process: `result()` waits for its value (raising its error), `cancel()`
-    stops it where its value is no longer wanted. A fork inherits fn with everything imported, so
-    nothing of it is pickled but its result."""
-
-    def __init__(self, fn: Callable[[], object]):
-        import multiprocessing as mp
-        ctx = mp.get_context("fork")
-        self._recv, send = ctx.Pipe(duplex=False)
-
-        def run():
-            try:
-                out = (True, fn())
-            except Exception as e:  # noqa: BLE001 -- handed to the parent, which raises it
-                out = (False, e)
-            try:
-                send.send(out)
-            except Exception as e:  # noqa: BLE001 -- a value or error that does not pickle: its words
-                send.send((False, RuntimeError(f"{type(out[1]).__name__}: {out[1]}" if not out[0] else str(e))))
-
-        self._proc = ctx.Process(target=run, daemon=True)
-        self._proc.start()
-        send.close()
-
-    def result(self):
-        try:
-            ok, value = self._recv.recv()
-        except EOFError:  # the process died without a word (killed, out of memory)
-            raise RuntimeError(f"a calibration worker died (exit code {self._proc.exitcode})") from None
-        finally:
-            self._proc.join()
-        if not ok:
-            raise value
-        return value
-
-    @property
-    def running(self) -> bool:
-        return self._proc.is_alive()
-
-    def cancel(self) -> None:
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join()
-
-
-def in_fork(fn: Callable[[], object]) -> Forked | None:
-    """fn() started in a forked process; None where none can be forked (no fork on the platform, or
-    this is a daemonic worker, which may not have children)."""
-    import multiprocessing as mp
-    if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
-        return None
-    return Forked(fn)
-
-
 def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int = 30,
                progress: Callable[[int, float], None] | None = None, combine: str | None = None,
                n_jobs: int | None = None) -> FitResult:
@@ -476,26 +422,23 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     rules = [combine] if combine else list(COMBINE_RULES)
     # each rule's fit on a core of its own where two are idle: the other rules in forked processes
     # (their progress unshown), the first here
-    others, t_seq_notes = {}, {}
+    others = {}
     if len(rules) > 1 and resolve_jobs(n_jobs) > 1:
         for rule in rules[1:]:
-            others[rule] = in_fork(lambda rule=rule: fit_rule(prof, rule, runs, None))
+            if (worker := in_fork(lambda rule=rule: fit_rule(prof, rule, runs, None))) is not None:
+                others[rule] = worker
     try:
         for rule in rules:
-            worker = others.get(rule)
-            b, r, e, note = worker.result() if worker is not None else fit_rule(prof, rule, runs)
-            if note:
-                t_seq_notes[rule] = note
-            fits[rule] = (robust_loss(r), b, r)
+            b, r, e, note = others[rule].result() if rule in others else fit_rule(prof, rule, runs)
+            fits[rule] = (robust_loss(r), b, r, note)
             evals += e
     finally:  # a fit here that failed (or was interrupted) leaves no worker computing for nobody
         for worker in others.values():
-            if worker is not None:
-                worker.cancel()
+            worker.cancel()
     rule = min(fits, key=lambda k: fits[k][0])
-    _, best, res = fits[rule]
-    if rule in t_seq_notes:
-        origin["t_seq"] = t_seq_notes[rule]
+    _, best, res, note = fits[rule]
+    if note:
+        origin["t_seq"] = note
     if "expert_pool" in params and unidentified(best.uncertainty, "step_model.expert_pool"):
         # a pool the runs do not pin trades off against the bandwidth (the seed's fit took 0.46 of the
         # experts at 194 GB/s where 259 GB/s and every expert fit as well, and its TPOT fell 5 -> 17 %

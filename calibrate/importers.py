@@ -158,6 +158,10 @@ _REQUIRED_SERVE = ("completed", "duration", "total_input_tokens", "total_output_
                    "request_throughput", "output_throughput", "mean_ttft_ms")
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _check_serve(d: dict, src) -> dict:
     if not isinstance(d, dict):
         raise file_error(src, f"expected a JSON object, got {type(d).__name__}")
@@ -167,10 +171,10 @@ def _check_serve(d: dict, src) -> dict:
     for k in _REQUIRED_SERVE:
         if k not in d:
             raise file_error(src, f"missing key {k!r}")
-        if isinstance(d[k], bool) or not isinstance(d[k], (int, float)):
+        if not _number(d[k]):
             raise file_error(src, f"key {k!r} is not a number: {d[k]!r}")
     for k, v in d.items():  # the other figures may be absent or null, never of another type
-        if v is not None and _FIGURE_RE.search(k) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        if v is not None and _FIGURE_RE.search(k) and not _number(v):
             raise file_error(src, f"key {k!r} is not a number: {v!r}")
     if d.get("request_rate") in ("inf", "Infinity"):
         d["request_rate"] = math.inf

@@ -41,12 +41,10 @@ def server_number(key: str, value, path) -> int | float | None:
     frac = key == "gpu_memory_utilization"
     what = "a fraction in (0, 1]" if frac else "a positive integer"
     try:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, float) and not frac and not value.is_integer()):
             raise ValueError
         if isinstance(value, (int, float)):
-            x = float(value) if frac else int(value) if float(value).is_integer() else None
-            if x is None:
-                raise ValueError
+            x = float(value) if frac else int(value)
         elif frac:
             x = float(value)
         elif key == "max_model_len" and value.strip().lower() in ("-1", "auto"):

@@ -275,10 +275,11 @@ def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, toke
             unmeasured = []
             for m in METRICS:
                 if m in run.result and m in pred and run.result[m] is not None:
-                    if not math.isfinite(float(run.result[m])):  # NaN: no figure to hold a prediction against
+                    measured = float(run.result[m])
+                    if not math.isfinite(measured):  # NaN: no figure to hold a prediction against
                         unmeasured.append(m)
                         continue
-                    out.rows.append(Row(run.source, run.test, m, float(run.result[m]), pred[m], lo[m], hi[m], med[m]))
+                    out.rows.append(Row(run.source, run.test, m, measured, pred[m], lo[m], hi[m], med[m]))
             if unmeasured:
                 out.notes.append(f"{run.test}: {', '.join(unmeasured)} not a number in the result: not compared")
         if progress:

@@ -260,6 +260,60 @@ class _PoolRunner:
         self.pool.join()
 
 
+class Forked:
+    """fn() running in a forked process: `result()` waits for its value (raising its error), `cancel()`
+    stops it where its value is no longer wanted. A fork inherits fn with everything imported, so
+    nothing of it is pickled but its result."""
+
+    def __init__(self, fn: Callable[[], object]):
+        import multiprocessing as mp
+        ctx = mp.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
+
+        def run():
+            try:
+                out = (True, fn())
+            except Exception as e:  # noqa: BLE001 -- handed to the parent, which raises it
+                out = (False, e)
+            try:
+                send.send(out)
+            except Exception as e:  # noqa: BLE001 -- a value or error that does not pickle: its words
+                send.send((False, RuntimeError(f"{type(out[1]).__name__}: {out[1]}" if not out[0] else str(e))))
+
+        self._proc = ctx.Process(target=run, daemon=True)
+        self._proc.start()
+        send.close()
+
+    def result(self):
+        try:
+            ok, value = self._recv.recv()
+        except EOFError:  # the process died without a word (killed, out of memory)
+            raise RuntimeError(f"a worker process died (exit code {self._proc.exitcode})") from None
+        finally:
+            self._proc.join()
+        if not ok:
+            raise value
+        return value
+
+    @property
+    def running(self) -> bool:
+        return self._proc.is_alive()
+
+    def cancel(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join()
+
+
+def in_fork(fn: Callable[[], object]) -> Forked | None:
+    """fn() started in a forked process; None where none can be forked (no fork on the platform, or
+    this is a daemonic worker, which may not have children)."""
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
+        return None
+    return Forked(fn)
+
+
 class _BackendRunner:
     """A joblib backend the caller set (joblib.parallel_config(backend="dask"), Ray, ...):
     rounds of work through joblib, each with every replication of every point a

@@ -584,7 +584,7 @@ def test_a_fit_that_puts_milliseconds_on_each_sequence_is_redone_under_the_bound
 def test_the_combine_rules_fitted_side_by_side_give_the_profile_one_after_the_other_gives():
     """Two idle cores fit the two rules at once (the second in a forked process); the rules' fits are
     independent, so the profile and what calibration says of it are the very same."""
-    from calibrate.fit import in_fork
+    from simulator.evaluator import in_fork
     runs = closed_runs(MISTRAL)
     one = fit_closed(runs, max_nfev=4, n_jobs=1)
     two = fit_closed(runs, max_nfev=4, n_jobs=2)
