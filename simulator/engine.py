@@ -154,6 +154,10 @@ class Engine:
     """The engine. `submit()` a request at an exact time; `on_done(req)` fires when it ends."""
 
     MIN_RUN = 3  # shorter decode runs are stepped one by one
+    # A plain decode (one token, its block held) and a speculative decode whose blocks fit are taken
+    # inline by the scheduler, without the general path's calls. False sends every request through the
+    # general path: the reference the inline code must equal, step for step (tests/test_engine_spec.py).
+    INLINE_DECODES = True
 
     def __init__(self, env: simpy.Environment, profile: Profile, fast_forward: bool = True, seed: int = 0,
                  trace: Callable[[dict], None] | None = None,
@@ -396,10 +400,11 @@ class Engine:
         preempted = False
         running = self.running
         spec_k = self.spec_k
-        plain = not spec_k
+        inline = self.INLINE_DECODES
+        plain = inline and not spec_k
         thr = L.long_prefill_token_threshold
         # speculative decodes whose blocks fit are taken inline too (what the general path does for them)
-        fast_spec = spec_k and (thr <= 0 or thr >= 1)
+        fast_spec = inline and spec_k and (thr <= 0 or thr >= 1)
         kv = self.kv
         cap = kv.capacity
         a = L.spec_acceptance

@@ -58,6 +58,15 @@ def test_each_verify_step_takes_the_next_draw(k, a, out):
     assert rec.output_tokens == out
 
 
+@pytest.mark.parametrize("prompt,budget", [(301, 100), (300, 100), (7, 3)])
+def test_a_prompt_chunked_to_its_last_token_drafts_nothing_before_its_first_token(prompt, budget):
+    """Drafts follow a sampled token: the step that computes a prompt's last token (a chunk of one here)
+    verifies none, so the first chunk carries one token, as vLLM's first sample does."""
+    p = spec_profile(4, 0.7, max_num_batched_tokens=budget)
+    rec = _one_request(p, prompt, 400, seed=3)
+    assert rec.chunk_tokens.tolist() == _expected(4, 0.7, budget, prompt, 400, seed=3)
+
+
 @pytest.mark.parametrize("at", [2, 30, 65, 66, 200])
 def test_an_acceptance_changed_mid_run_continues_the_same_generator(at):
     k = 4
@@ -88,3 +97,62 @@ def test_speculative_runs_identical_with_and_without_fast_forward(blocks, budget
     assert all(r.chunk_tokens is not None for r in a.records if r.ok)
     if blocks == 900 and budget == 2048:
         assert a.num_preemptions > 0  # the small cache did preempt
+
+
+@pytest.mark.parametrize("k,a", [(0, 0.0), (4, 0.6), (15, 0.85), (3, 0.0)])
+@pytest.mark.parametrize("blocks", [None, 900])
+@pytest.mark.parametrize("budget,thr,mml", [(2048, 0, 100000), (96, 64, 100000), (7, 0, 100000), (2048, 0, 1700)])
+def test_decodes_taken_inline_are_what_the_general_path_takes(monkeypatch, k, a, blocks, budget, thr, mml):
+    """The scheduler's inline decodes (plain, and speculative whose blocks fit) equal the general path's
+    _drafts / _alloc / _take_spec / _take, step for step: drafts capped by budget, max_tokens and
+    max_model_len, blocks allocated for the drafts, accepted drafts drawn in schedule order."""
+    p = spec_profile(k, a, num_blocks=blocks, max_num_batched_tokens=budget, long_prefill_token_threshold=thr,
+                     max_model_len=mml)
+    specs = RandomWorkload(1200, 300, 0.6, fmt=p.prompt_format).sample(30, 7)
+    pat = OpenLoop(rate=4.0, burstiness=0.7, seed=5)
+    stats: list = []
+    inline = simulate_open(p, specs, pat, fast_forward=False, stats=stats)
+    monkeypatch.setattr(Engine, "INLINE_DECODES", False)
+    general = simulate_open(p, specs, pat, fast_forward=False, stats=stats)
+    same_records(inline, general)
+    assert stats[0].steps == stats[1].steps
+    assert any(r.ok for r in inline.records)
+    if blocks and budget == 2048 and mml > 2000:
+        assert inline.num_preemptions > 0  # the small cache did preempt
+    if k and a and budget == 2048:
+        assert any(r.chunk_tokens is not None and r.chunk_tokens.max() > 1 for r in inline.records if r.ok)
+
+
+@pytest.mark.parametrize("inline", [True, False])
+@pytest.mark.parametrize("k,a,budget", [(0, 0.0, 2048), (4, 0.6, 2048), (4, 0.6, 7), (15, 0.9, 96)])
+@pytest.mark.parametrize("async_", [True, False])
+def test_every_kv_block_is_held_by_a_request_and_returned_when_it_ends(monkeypatch, inline, k, a, budget, async_):
+    """At every step the cache's used blocks are the blocks the requests hold, a running request holds
+    the blocks of every token it has computed (drafts included), a waiting one (preempted) none and has
+    computed nothing (vLLM V1 preempts by recomputing the prompt and the tokens it had sampled), and
+    the cache is empty once every request has ended: under a cache small enough to preempt."""
+    monkeypatch.setattr(Engine, "INLINE_DECODES", inline)
+    p = spec_profile(k, a, num_blocks=1000, max_num_batched_tokens=budget, async_scheduling=async_)
+    env = simpy.Environment()
+    seen = {"steps": 0, "preempted": 0}
+    eng = None
+
+    def check(s):
+        seen["steps"] += 1
+        seen["preempted"] += s["preempted"]
+        held = [r.held for r in eng.running] + [r.held for r in eng.waiting]
+        assert eng.kv.used == sum(held) == s["kv_used"] <= eng.kv.capacity
+        assert all(r.held >= eng.kv.blocks(r.computed, 1) for r in eng.running)
+        assert all(r.held == 0 and r.computed == 0 for r in eng.waiting)  # recompute preemption: from scratch
+
+    eng = Engine(env, p, fast_forward=False, seed=1, trace=check)
+    specs = RandomWorkload(1500, 300, 0.6, fmt=p.prompt_format).sample(24, 3)
+    done = []
+    for i, sp in enumerate(specs):
+        rec = RequestRecord(request_id=i, prompt_tokens=sp.prompt_tokens, output_tokens=0, scheduled_time=0.0,
+                            start_time=0.0, max_tokens=sp.max_tokens)
+        eng.submit(sp, 0.0, rec, done.append)
+    env.run()
+    assert len(done) == len(specs) and seen["steps"] > 100
+    assert seen["preempted"] > 0 or budget == 7  # the cache did bind (a budget of 7 tokens keeps few running)
+    assert eng.kv.used == 0 and not eng.running and not eng.waiting
