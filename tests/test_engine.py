@@ -68,6 +68,21 @@ def test_requests_too_long_are_rejected_like_vllm():
     assert "KV blocks" in r2.records[0].error
 
 
+def test_the_limits_a_request_may_reach_are_served():
+    """A prompt and max_tokens that fill max_model_len exactly are served, one more token is refused;
+    a request whose KV (prompt + max_tokens - 1 computed tokens: the last sampled one never is) fills
+    the cache exactly is served, one block more is refused; an empty prompt or max_tokens is refused."""
+    at_len = run(tiny_profile(max_model_len=100, num_blocks=50, block=4), [spec(60, 40), spec(60, 41, 41)])
+    assert at_len.records[0].ok and at_len.records[0].output_tokens == 40
+    assert "maximum context length" in at_len.records[1].error
+    at_cache = run(tiny_profile(num_blocks=10, block=4), [spec(20, 21), spec(20, 22)])
+    assert at_cache.records[0].ok and at_cache.records[0].output_tokens == 21
+    assert "needs 11 KV blocks but the cache holds 10" in at_cache.records[1].error
+    empty = run(tiny_profile(), [RequestSpec(prompt_tokens=0, max_tokens=5, output_tokens=5),
+                                 RequestSpec(prompt_tokens=5, max_tokens=0, output_tokens=0)])
+    assert all("must be >= 1" in r.error for r in empty.records)
+
+
 def test_async_scheduling_adds_one_step_for_a_busy_engine_and_wastes_one_at_eos():
     sync = tiny_profile(async_=False, c0=0.1, c_tok=0, c_seq=0, c_ctx=0)
     asyn = tiny_profile(async_=True, c0=0.1, c_tok=0, c_seq=0, c_ctx=0)
