@@ -47,8 +47,10 @@ def _expected(k, a, budget, prompt, out, seed=0, switch=None):
     return chunks
 
 
+@pytest.mark.parametrize("inline", [True, False])
 @pytest.mark.parametrize("k,a,out", [(4, 0.7, 900), (15, 0.85, 3000), (3, 0.3, 200), (1, 0.5, 700)])
-def test_each_verify_step_takes_the_next_draw(k, a, out):
+def test_each_verify_step_takes_the_next_draw(monkeypatch, inline, k, a, out):
+    monkeypatch.setattr(Engine, "INLINE_DECODES", inline)
     p = spec_profile(k, a)
     rec = _one_request(p, 300, out, seed=5)
     want = _expected(k, a, p.engine.max_num_batched_tokens, 300, out, seed=5)
@@ -67,8 +69,10 @@ def test_a_prompt_chunked_to_its_last_token_drafts_nothing_before_its_first_toke
     assert rec.chunk_tokens.tolist() == _expected(4, 0.7, budget, prompt, 400, seed=3)
 
 
+@pytest.mark.parametrize("inline", [True, False])
 @pytest.mark.parametrize("at", [2, 30, 65, 66, 200])
-def test_an_acceptance_changed_mid_run_continues_the_same_generator(at):
+def test_an_acceptance_changed_mid_run_continues_the_same_generator(monkeypatch, inline, at):
+    monkeypatch.setattr(Engine, "INLINE_DECODES", inline)
     k = 4
     p = spec_profile(k, 0.7)
     rec = _one_request(p, 100, 2000, switch=(at, 0.2))
