@@ -103,15 +103,15 @@ def main(argv=None) -> int:
         todo = [m for m in todo if m[0] in again]
     print(f"{len(todo)} mutants of {a.target} {a.lines}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        copies: queue.Queue = queue.Queue()
         ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.pyc")
-        for w in range(a.workers):
-            dst = Path(tmp) / f"w{w}" / ROOT.name
+        roots = [Path(tmp) / f"w{w}" / ROOT.name for w in range(a.workers)]
+        copies: queue.Queue = queue.Queue()
+        for dst in roots:
             shutil.copytree(ROOT, dst, ignore=ignore)
             if (ROOT.parent / "shared").exists():  # the tests find the suite runs beside the repository
                 (dst.parent / "shared").symlink_to(ROOT.parent / "shared")
             copies.put(dst)
-        base = run_tests(copies.queue[0], a.target, ast.unparse(ast.parse(source)), a.tests, a.k, a.timeout)
+        base = run_tests(roots[0], a.target, ast.unparse(ast.parse(source)), a.tests, a.k, a.timeout)
         if base != "SURVIVED":
             print(f"the unmutated module does not pass these tests ({base}): nothing to measure", file=sys.stderr)
             return 2

@@ -25,10 +25,16 @@ def _one_request(p, prompt, out, seed=0, switch=None):
             p.engine.spec_acceptance = switch[1]
 
     eng = Engine(env, p, seed=seed, on_emit=on_emit)
-    rec = RequestRecord(request_id=0, prompt_tokens=prompt, output_tokens=0, scheduled_time=0.0, start_time=0.0,
-                        max_tokens=out)
-    eng.submit(RequestSpec(prompt_tokens=prompt, max_tokens=out, output_tokens=out), 0.0, rec, lambda r: None)
+    rec = _submit_at_zero(eng, 0, RequestSpec(prompt_tokens=prompt, max_tokens=out, output_tokens=out), lambda r: None)
     env.run()
+    return rec
+
+
+def _submit_at_zero(eng, i, spec, on_done):
+    """Submit `spec` at time 0 with a fresh record (returned), the engine filling it in."""
+    rec = RequestRecord(request_id=i, prompt_tokens=spec.prompt_tokens, output_tokens=0, scheduled_time=0.0,
+                        start_time=0.0, max_tokens=spec.max_tokens)
+    eng.submit(spec, 0.0, rec, on_done)
     return rec
 
 
@@ -139,7 +145,6 @@ def test_every_kv_block_is_held_by_a_request_and_returned_when_it_ends(monkeypat
     p = spec_profile(k, a, num_blocks=1000, max_num_batched_tokens=budget, async_scheduling=async_)
     env = simpy.Environment()
     seen = {"steps": 0, "preempted": 0}
-    eng = None
 
     def check(s):
         seen["steps"] += 1
@@ -153,9 +158,7 @@ def test_every_kv_block_is_held_by_a_request_and_returned_when_it_ends(monkeypat
     specs = RandomWorkload(1500, 300, 0.6, fmt=p.prompt_format).sample(24, 3)
     done = []
     for i, sp in enumerate(specs):
-        rec = RequestRecord(request_id=i, prompt_tokens=sp.prompt_tokens, output_tokens=0, scheduled_time=0.0,
-                            start_time=0.0, max_tokens=sp.max_tokens)
-        eng.submit(sp, 0.0, rec, done.append)
+        _submit_at_zero(eng, i, sp, done.append)
     env.run()
     assert len(done) == len(specs) and seen["steps"] > 100
     assert seen["preempted"] > 0 or budget == 7  # the cache did bind (a budget of 7 tokens keeps few running)
