@@ -48,7 +48,9 @@ def _capsim_run(path: Path, kind: str) -> list:
               "max_model_len": x.get("max_model_len") or _count(facts.get("max_model_len")),
               "max_num_batched_tokens": x.get("max_num_batched_tokens"), "max_num_seqs": x.get("max_num_seqs"),
               "num_gpu_blocks": _count(cache.get("num_gpu_blocks")),
-              "kv_cache_size_tokens": _count(cache.get("kv_cache_size_tokens")), "block_size": _count(cache.get("block_size"))}
+              "kv_cache_size_tokens": _count(cache.get("kv_cache_size_tokens")), "block_size": _count(cache.get("block_size")),
+              "vllm_version": str(facts["server_version"]) if facts.get("server") == "vllm" and facts.get("server_version")
+              else None}
     ok = [r for r in run.records if r.ok]
     chunks = sum(len(r.chunk_times) for r in ok)
     if chunks:  # usage tokens per streamed chunk: above 1 with speculative decoding

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from simulator.errors import CapsimError
+from simulator.profile import clamps_max_tokens, refused_for_length
 from simulator.records import ClientHealth, LiveFacts, RequestRecord, RunResult, ServerMetrics
 from simulator.workload import RandomWorkload, random_length_bounds
 
@@ -224,14 +225,20 @@ class Session:
                   f"{lag['max']:.2f} s, first {stalls[0][0] - start:.1f} s into the run): tokens that arrived "
                   "meanwhile were stamped late, so TTFT, ITL and E2EL of the requests in flight are too long")
 
+    def _clamps(self) -> bool:
+        return clamps_max_tokens(self.server.get("server_version"))
+
     def check_fits(self, shapes) -> None:
-        """One clear error instead of N HTTP 400s when prompts cannot fit the model."""
+        """One clear error instead of N HTTP 400s when prompts cannot fit the model (by the server's
+        version's rule: vLLM >= 0.32 cuts max_tokens to the context left instead of refusing)."""
         mml = self.server.get("max_model_len")
         if not isinstance(mml, int):
             return
-        worst = max(((p + m), p, m) for p, m in shapes)
-        if worst[0] > mml:
-            raise MeasureError(f"a request of {worst[1]} prompt + {worst[2]} output tokens exceeds the server's "
+        clamp = self._clamps()
+        bad = [(p + m, p, m) for p, m in shapes if refused_for_length(p, m, mml, clamp)]
+        if bad:
+            _, p, m = max(bad)
+            raise MeasureError(f"a request of {p} prompt + {m} output tokens exceeds the server's "
                                f"max_model_len of {mml}")
 
     def check_random_fits(self, wl: RandomWorkload) -> None:
@@ -244,7 +251,7 @@ class Session:
         if not isinstance(mml, int):
             return
         in_lo, _, out_lo, _ = random_length_bounds(wl.input_len, wl.output_len, wl.range_ratio, wl.fmt.special_tokens)
-        if in_lo + wl.prefix_len + out_lo > mml:
+        if refused_for_length(in_lo + wl.prefix_len, out_lo, mml, self._clamps()):
             raise MeasureError(f"every request exceeds the server's max_model_len of {mml}: the smallest has at least "
                                f"{in_lo + wl.prefix_len} prompt + {out_lo} output tokens")
 

@@ -17,7 +17,7 @@ import simpy
 import simpy.rt
 
 from .kvcache import KVCache
-from .profile import Profile
+from .profile import Profile, refused_for_length
 from .records import RequestRecord
 from .stepmodel import window_pairs, window_sums
 from .workload import RequestSpec
@@ -78,11 +78,12 @@ class _Req:
                  "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub",
                  "m_id", "m_f", "m_oj", "m_cj", "m_base", "m_stop", "m_fs", "m_in")
 
-    def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int):
+    def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int,
+                 max_tokens: int):
         self.spec = spec
         self.prompt = spec.prompt_tokens
-        self.max_tokens = spec.max_tokens
-        self.target = min(spec.output_tokens, spec.max_tokens)
+        self.max_tokens = max_tokens
+        self.target = min(spec.output_tokens, max_tokens)
         self.computed = 0
         self.out_sched = 0
         self.emitted = 0
@@ -215,15 +216,22 @@ class Engine:
         env.process(self._loop())
 
     # ------------------------------------------------------------------ input
+    def served_max_tokens(self, spec: RequestSpec) -> int:
+        """The max_tokens the engine runs the request with: vLLM >= 0.32 cuts it to the context left."""
+        if self.lim.clamp_max_tokens:
+            return min(spec.max_tokens, self.lim.max_model_len - spec.prompt_tokens)
+        return spec.max_tokens
+
     def reject_reason(self, spec: RequestSpec) -> str | None:
         L = self.lim
-        if spec.prompt_tokens + spec.max_tokens > L.max_model_len:
+        if refused_for_length(spec.prompt_tokens, spec.max_tokens, L.max_model_len, L.clamp_max_tokens):
             return (f"HTTP 400: This model's maximum context length is {L.max_model_len} tokens; the request "
                     f"has {spec.prompt_tokens} prompt tokens and max_tokens {spec.max_tokens}")
         if spec.prompt_tokens < 1 or spec.max_tokens < 1:
             return "HTTP 400: prompt and max_tokens must be >= 1"
+        m = self.served_max_tokens(spec)
         if not self._any_fits:
-            need = self.kv.blocks(spec.prompt_tokens + spec.max_tokens - 1, 1)
+            need = self.kv.blocks(spec.prompt_tokens + m - 1, 1)
             need = max(need, self.kv.blocks(spec.prompt_tokens, min(spec.prompt_tokens, L.max_num_batched_tokens)))
             if need > self.kv.capacity:
                 return f"request needs {need} KV blocks but the cache holds {self.kv.capacity}"
@@ -231,10 +239,10 @@ class Engine:
 
     def submit(self, spec: RequestSpec, t: float, record: RequestRecord, on_done) -> None:
         """Queue a request arriving at exact time t (== env.now up to rounding)."""
-        req = _Req(spec, record, t, on_done, self._order)
+        req = _Req(spec, record, t, on_done, self._order, self.served_max_tokens(spec))
         self._order += 1
         if self.kv.capacity is not None:
-            req.ub = self.kv.blocks(spec.prompt_tokens + spec.max_tokens, self.lim.max_num_batched_tokens)
+            req.ub = self.kv.blocks(spec.prompt_tokens + req.max_tokens, self.lim.max_num_batched_tokens)
             self._ub_total += req.ub
         self.waiting.append(req)
         if self._pending is None or t < self._pending:

@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import numbers
+import re
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -49,6 +50,9 @@ class EngineLimits:
     num_speculative_tokens: int = 0
     # Chance that a draft token is accepted given the one before it was (per-position, geometric).
     spec_acceptance: float = 0.0
+    # A request whose prompt + max_tokens passes max_model_len: vLLM >= 0.32 serves it with max_tokens cut
+    # to the context left; up to 0.31 it was refused (HTTP 400). See clamps_max_tokens.
+    clamp_max_tokens: bool = False
 
     def validate(self) -> None:
         if self.max_num_batched_tokens < 1:
@@ -83,6 +87,28 @@ class EngineLimits:
         per_token_blocks = sum(g.count / g.block_size for g in full)
         fixed = sum(g.count * (math.ceil(g.window / g.block_size) + 1) for g in self.kv_groups if g.window)
         return int(max(0, self.num_blocks - fixed) / per_token_blocks)
+
+
+def clamps_max_tokens(vllm_version: str | None) -> bool:
+    """Whether a vLLM of this version serves prompt + max_tokens past max_model_len, cutting max_tokens.
+
+    vLLM 0.32.0 stopped subtracting max_tokens from the prompt's allowance (renderers/params.py
+    TokenizeParams.max_input_tokens) and clamps it in entrypoints/serve/utils/api_utils.get_max_tokens;
+    0.31.0 still refused the request. A version that does not read as one (None, "fake-0.1") is
+    taken for the older rule, which refuses what the newer might serve: an unknown server is not
+    credited with answers it may refuse.
+    """
+    m = re.match(r"\s*v?(\d+)\.(\d+)", str(vllm_version or ""))
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (0, 32)
+
+
+def refused_for_length(prompt_tokens: int, max_tokens: int, max_model_len: int, clamp_max_tokens: bool) -> bool:
+    """Whether vLLM refuses a request for its length alone (HTTP 400). Clamping (>= 0.32), it refuses a
+    max_tokens past max_model_len (TokenizeParams), a prompt past it, and a prompt that fills it (max_tokens
+    cut to 0 fails SamplingParams); before, any prompt + max_tokens past it."""
+    if clamp_max_tokens:
+        return max_tokens > max_model_len or prompt_tokens >= max_model_len
+    return prompt_tokens + max_tokens > max_model_len
 
 
 @dataclass

@@ -32,8 +32,10 @@ from calibrate.importers import ImporterError, load_meta
 from capsim.cli import build_open_workload
 from simulator.load import OpenLoop
 from simulator.records import RequestRecord, RunResult
+from simulator.sim import simulate_open
 from simulator.summary import summarize_open
-from simulator.workload import PromptFormat, WorkloadError
+from simulator.workload import PromptFormat, RequestSpec, WorkloadError
+from tests.helpers import tiny_profile
 from tests.live_server import clean_env, model_dir, venv_python, vllm_available, vllm_home
 
 ORACLE = Path(__file__).with_name("vllm_oracle.py")
@@ -230,6 +232,8 @@ def oracle(sharegpt_path):
                                     "max_concurrency"]}
     for case in ENGINE_FLAGS:
         jobs[("engine", case)] = {"kind": "engine_flags", "argv": list(case), "keys": ENGINE_KEYS}
+    for mml, p, m in CONTEXT:
+        jobs[("context", mml, p, m)] = {"kind": "context_limit", "max_model_len": mml, "prompt": p, "max_tokens": m}
     keys = list(jobs)
     env = clean_env()
     env["HF_HUB_OFFLINE"] = "1"
@@ -253,6 +257,40 @@ ENGINE_FLAGS = [("--max-num-batched-tokens", "8192", "--max-num-seqs", "128"),
                 ("--max-num-batched-tokens", "2.5K"),
                 ("--max-num-seqs", "1k"),
                 ("--gpu-memory-utilization", "most")]
+
+
+# ------------------------------------------------------------------ prompt + max_tokens past max_model_len
+
+# (max_model_len, prompt tokens, max_tokens): each side of every boundary of vLLM 0.32's rule (a prompt that
+# fills the context, max_tokens of the whole context) and of the older one (prompt + max_tokens = max_model_len)
+CONTEXT = [(100, 60, 40), (100, 60, 41), (100, 99, 100), (100, 99, 1), (100, 100, 1), (100, 101, 5),
+           (100, 1, 100), (100, 1, 101), (100, 10, 0), (4096, 4000, 500), (4096, 3000, 2000), (4096, 96, 4000)]
+
+
+@pytest.mark.parametrize("case", CONTEXT, ids=lambda c: "mml%d-p%d-m%d" % c)
+def test_max_tokens_past_the_context_as_vllm_serves_it(oracle, case):
+    """The simulated server (clamp_max_tokens, as vLLM >= 0.32) refuses what vLLM's chat endpoint refuses
+    and runs the rest with the max_tokens it runs them with, to the token (ignore_eos). vLLM 0.31 and
+    before refused prompt + max_tokens past max_model_len (renderers/params.py: max_input_tokens was
+    max_total_tokens - max_output_tokens), which is clamp_max_tokens False (tests/test_engine.py)."""
+    mml, p, m = case
+    v = oracle[("context", mml, p, m)]
+    prof = tiny_profile(max_model_len=mml, budget=4096)
+    prof.engine.clamp_max_tokens = True
+    r = simulate_open(prof, [RequestSpec(prompt_tokens=p, max_tokens=m, output_tokens=m)], OpenLoop())
+    rec = r.records[0]
+    if "error" in v:
+        assert rec.error and rec.error.startswith("HTTP 400"), (v, rec.error)
+    else:
+        assert rec.ok and rec.output_tokens == v["max_tokens"], (v, rec.error, rec.output_tokens)
+
+
+def test_the_context_cases_have_teeth(oracle):
+    """Some cases vLLM refuses, some it clamps, some it serves as asked."""
+    answers = [oracle[("context",) + c] for c in CONTEXT]
+    assert any("error" in a for a in answers)
+    assert any(a.get("max_tokens") not in (None, c[2]) for a, c in zip(answers, CONTEXT))
+    assert any(a.get("max_tokens") == c[2] for a, c in zip(answers, CONTEXT))
 
 
 @pytest.mark.parametrize("case", ENGINE_FLAGS, ids=lambda c: " ".join(c))

@@ -78,6 +78,12 @@ def test_the_limits_a_request_may_reach_are_served():
     at_cache = run(tiny_profile(num_blocks=10, block=4), [spec(20, 21), spec(20, 22)])
     assert at_cache.records[0].ok and at_cache.records[0].output_tokens == 21
     assert "needs 11 KV blocks but the cache holds 10" in at_cache.records[1].error
+    # vLLM >= 0.32 cuts max_tokens to the context left: the cut request's KV is what must fit
+    cut = tiny_profile(max_model_len=100, num_blocks=25, block=4)
+    cut.engine.clamp_max_tokens = True
+    at_cut = run(cut, [spec(60, 100), spec(60, 40, 41), spec(60, 101)])
+    assert [r.output_tokens for r in at_cut.records[:2]] == [40, 40] and all(r.ok for r in at_cut.records[:2])
+    assert "maximum context length" in at_cut.records[2].error  # max_tokens past max_model_len itself
     empty = run(tiny_profile(), [RequestSpec(prompt_tokens=0, max_tokens=5, output_tokens=5),
                                  RequestSpec(prompt_tokens=5, max_tokens=0, output_tokens=0)])
     assert all("must be >= 1" in r.error for r in empty.records)

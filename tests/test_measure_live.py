@@ -405,3 +405,32 @@ def test_report_of_a_damaged_live_run(open_run, tmp_path):
     res = CliRunner().invoke(measure_cli, ["report", str(cut), "--json"])
     assert res.exit_code == 1
     assert "is damaged" in res.stderr.strip().splitlines()[-1]
+
+
+def test_max_tokens_past_the_context_is_cut_as_the_server_cuts_it(vllm_server, tmp_path):  # noqa: F811
+    """vLLM >= 0.32 serves a prompt + max_tokens past max_model_len with max_tokens cut to the context
+    left: measure sends such a load (its check follows the server's version), every answer runs to
+    the end of the context, and the profile calibration's prior takes from this run cuts them alike."""
+    from calibrate.priors import prior_profile
+    from calibrate.sources import load_open
+    from simulator.engine import Engine
+    from simulator.workload import RequestSpec
+
+    d = tmp_path / "clamp"
+    res = CliRunner().invoke(measure_cli, [
+        "open", vllm_server.url, "--random-input-len", "4080", "--random-output-len", "64",
+        "--random-range-ratio", "0", "--num-prompts", "2", "--endpoint", "completions", "--no-progress",
+        "-o", str(d)])
+    assert res.exit_code == 0, res.output
+    run = load_run(d)
+    mml = 4096  # tests/live_server.py's --max-model-len
+    assert len(run.records) == 2
+    assert all(r.ok and 0 < r.output_tokens == mml - r.prompt_tokens < 64 for r in run.records), run.records
+    (src,) = load_open([str(d)])
+    prof, origin = prior_profile(src.server)
+    assert prof.engine.clamp_max_tokens and prof.engine.max_model_len == mml, origin["clamp_max_tokens"]
+    import simpy
+    eng = Engine(simpy.Environment(), prof)
+    for r in run.records:
+        spec = RequestSpec(prompt_tokens=r.prompt_tokens, max_tokens=64, output_tokens=64)
+        assert eng.reject_reason(spec) is None and eng.served_max_tokens(spec) == r.output_tokens

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from simulator.profile import ProfileError, gemma4_spark_physics, load_profile
+from simulator.profile import Profile, ProfileError, gemma4_spark_physics, load_profile
 from simulator.stepmodel import EmpiricalStepModel, PhysicalStepModel, features
 from simulator.whatif import apply_edits
 
@@ -103,3 +103,30 @@ def test_decode_factors_correct_pure_decode_steps_only(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ProfileError, match="decode_factors"):
         load_profile(str(tmp_path / "bad.json"))
+
+
+@pytest.mark.parametrize("version, clamps", [
+    ("0.32.0", True), ("0.32.0+cpu", True), ("v0.34.1", True), ("1.0.0", True),
+    ("0.31.0", False), ("0.26.1rc1.dev608+g99a10304d", False), ("0.9.2", False),
+    (None, False), ("", False), ("fake-0.1", False), ("capsim-twin", False)])
+def test_the_vllm_versions_that_cut_max_tokens_to_the_context(version, clamps):
+    """vLLM 0.32.0 is the first to serve prompt + max_tokens past max_model_len (tests/test_conformance_vllm.py
+    holds the rule to its code); a version that does not read as one keeps the older rule. Calibration's
+    prior takes it from the run's vllm_version and says which rule it took."""
+    from calibrate.priors import prior_profile
+    from simulator.profile import clamps_max_tokens
+    assert clamps_max_tokens(version) is clamps
+    prof, origin = prior_profile({"model": "Qwen/Qwen3-8B", "vllm_version": version})
+    assert prof.engine.clamp_max_tokens is clamps
+    assert ("cut to the context left" in origin["clamp_max_tokens"]) is clamps
+    assert ("is refused" in origin["clamp_max_tokens"]) is not clamps
+
+
+def test_a_profile_without_the_rule_keeps_refusing_and_round_trips_it(tmp_path):
+    """A profile saved before the field existed reads as the older rule; a saved one keeps its rule."""
+    prof = gemma4_spark_physics()
+    d = prof.to_json()
+    d["engine"].pop("clamp_max_tokens")
+    assert Profile.from_json(d).engine.clamp_max_tokens is False
+    prof.engine.clamp_max_tokens = True
+    assert Profile.from_json(json.loads(json.dumps(prof.to_json()))).engine.clamp_max_tokens is True

@@ -18,6 +18,8 @@ Jobs:
   {"kind": "defaults", "argv": [...], "keys": [...]} -> {flag: parsed value}
   {"kind": "engine_flags", "argv": [...vllm serve flags...], "keys": [...]}
       -> {key: parsed value} or {"error": "refused"}   (EngineArgs' parser: what `vllm serve` reads)
+  {"kind": "context_limit", "max_model_len": N, "prompt": P, "max_tokens": M}
+      -> {"max_tokens": served} or {"error": ...}   (the chat endpoint's length checks and clamp)
   {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
    "percentiles": [...], "tokenizer": DIR | null}
       -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
@@ -183,7 +185,30 @@ def engine_flags(job):
     return {k: getattr(args, k) for k in job["keys"]}
 
 
-KINDS = {"pipeline": pipeline, "defaults": defaults, "metrics": metrics, "engine_flags": engine_flags}
+def context_limit(job):
+    """What `vllm serve`'s chat endpoint does with a prompt of `prompt` tokens and `max_tokens` on a
+    server of `max_model_len`: the max_tokens it runs the request with, or its refusal (HTTP 400).
+    The path of chat_completion/serving.py: the request's TokenizeParams check the prompt's tokens,
+    get_max_tokens clamps, to_sampling_params builds (and checks) the SamplingParams."""
+    from types import SimpleNamespace
+
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
+    from vllm.exceptions import VLLMValidationError
+
+    mml = job["max_model_len"]
+    req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=job["max_tokens"])
+    try:
+        params = req.build_tok_params(SimpleNamespace(max_model_len=mml))
+        params.apply_post_tokenization(None, {"prompt_token_ids": list(range(job["prompt"]))})
+        max_tokens = get_max_tokens(mml, req.max_tokens, job["prompt"], {})
+        return {"max_tokens": req.to_sampling_params(max_tokens, {}).max_tokens}
+    except (VLLMValidationError, ValueError) as ex:  # the server answers either with HTTP 400
+        return {"error": str(ex).splitlines()[0]}
+
+
+KINDS = {"pipeline": pipeline, "defaults": defaults, "metrics": metrics, "engine_flags": engine_flags,
+         "context_limit": context_limit}
 
 
 def _answer(job):

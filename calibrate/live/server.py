@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from simulator.profile import EngineLimits, KVGroup, Profile
+from simulator.profile import EngineLimits, KVGroup, Profile, clamps_max_tokens
 
 from .messages import LiveError
 
@@ -45,7 +45,7 @@ class ServerFacts:
         return EngineLimits(max_num_batched_tokens=self.max_num_batched_tokens, max_num_seqs=self.max_num_seqs,
                             max_model_len=self.max_model_len, num_blocks=self.num_blocks,
                             kv_groups=self.kv_groups or (KVGroup(self.block_size or 16),),
-                            async_scheduling=self.async_scheduling)
+                            async_scheduling=self.async_scheduling, clamp_max_tokens=clamps_max_tokens(self.version))
 
     def server_dict(self) -> dict:
         """The `server` dict of ClosedRun / prior_profile."""
