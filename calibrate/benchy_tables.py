@@ -12,11 +12,14 @@ from .files import file_error
 from .results import ClosedRow
 
 NO_TABLE = "no llama-benchy table found"
+NO_ROWS = "llama-benchy table has no pp/tg rows"
 
 
 # "pp2048 @ d4 (c10)", "tg256", "pp4096 (c1)"; ctx_pp/ctx_tg rows (prefix-caching phase 1) are skipped.
 _TEST_RE = re.compile(r"^(pp|tg)(\d+)(?:\s*@\s*d(\d+))?(?:\s*\(c(\d+)\))?$")
-_CELL_RE = re.compile(r"^([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?:\s*(?:±|\+/-)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))?$")
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf)"
+# llama-benchy prints Python's nan / inf for a figure it had no samples for ("nan ± nan")
+_CELL_RE = re.compile(rf"^({_NUM})(?:\s*(?:±|\+/-)\s*({_NUM}))?$", re.IGNORECASE)
 _VERSION_RE = re.compile(r"llama-benchy \(([^)]+)\)")
 _LATMODE_RE = re.compile(r"latency mode:\s*(\w+)")
 
@@ -75,8 +78,11 @@ def _parse_cell(cell: str, path, where: str) -> tuple[float, float] | None:
     m = _CELL_RE.match(cell)
     if not m:
         raise file_error(path, f"bad number {cell!r} in {where}")
+    mean = float(m.group(1))
+    if not math.isfinite(mean):
+        return None  # no samples: the figure is missing, as an empty cell is
     # A mean without '±' has an unknown spread: NaN, never a made-up 0.
-    return float(m.group(1)), (float(m.group(2)) if m.group(2) is not None else math.nan)
+    return mean, (float(m.group(2)) if m.group(2) is not None else math.nan)
 
 
 def parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, dict]:
@@ -144,7 +150,7 @@ def parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, dic
         rows.append(pending)
     if not rows:
         cut = f" before its cut {footer['cut']}" if "cut" in footer else ""
-        raise file_error(path, f"llama-benchy table has no pp/tg rows{cut}")
+        raise file_error(path, f"{NO_ROWS}{cut}")
     if (v := _VERSION_RE.search(text)):
         footer["version"] = v.group(1)
     if (lm := _LATMODE_RE.search(text)):

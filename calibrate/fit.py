@@ -16,7 +16,7 @@ import numpy as np
 
 from simulator.evaluator import in_fork, resolve_jobs
 from simulator.load import ClosedLoop
-from simulator.profile import Profile
+from simulator.profile import Profile, refused_for_length
 from simulator.sim import simulate_closed
 from simulator.uncertainty import Uncertainty
 from simulator.summary import summarize_closed
@@ -366,6 +366,23 @@ def single_user_decode(runs: list[ClosedRun]) -> float | None:
     return float(np.median(c1)) if c1 else None
 
 
+def _max_model_len_from_runs(prof, origin: dict, runs: list[ClosedRun]) -> None:
+    """The runs decide: a max_model_len under which the box could not have served what the tables show
+    measured (a flag copied wrong, a default assumed) is raised to what they needed, and the origin says so."""
+    lim, fmt = prof.engine, prof.prompt_format
+    extra = fmt.special_tokens + fmt.chat_template_tokens
+    served = [(r.pp + r.depth + extra, r.tg, run.test) for run in runs for r in run.rows
+              if r.metrics and r.pp + r.depth + r.tg > 0]
+    bad = [x for x in served if refused_for_length(x[0], x[1], lim.max_model_len, lim.clamp_max_tokens)]
+    if not bad:
+        return
+    need = max(p + m for p, m, _ in bad)
+    p, m, test = max(bad, key=lambda x: x[0] + x[1])
+    origin["max_model_len"] = (f"{lim.max_model_len} ({origin.get('max_model_len', 'server flag')}) is too short for "
+                               f"what {test} measured (about {p} prompt + {m} output tokens): raised to {need}")
+    lim.max_model_len = need
+
+
 def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int = 30,
                progress: Callable[[int, float], None] | None = None, combine: str | None = None,
                n_jobs: int | None = None) -> FitResult:
@@ -378,6 +395,7 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
     t_start = time.perf_counter()
     server = server or runs[0].server
     prof, origin = prior_profile(server, single_user_decode(runs))
+    _max_model_len_from_runs(prof, origin, runs)
     if server.get("skipped_tests"):
         origin["calibrated_without"] = "; ".join(server["skipped_tests"])
     if server.get("enable_prefix_caching"):

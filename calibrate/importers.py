@@ -14,7 +14,7 @@ import re
 import shlex
 from pathlib import Path
 
-from .benchy_tables import NO_TABLE, find_table, parse_benchy
+from .benchy_tables import NO_ROWS, NO_TABLE, find_table, parse_benchy
 from .files import ImporterError, file_error, load_json, read_text, text_if_any
 from .results import DETAILED_KEYS, ClosedRun, OpenRun
 from .server_flags import flag_value, prefix_caching, server_number, speculative_config, unmodelled_flags
@@ -282,7 +282,13 @@ def load_meta(run_dir) -> dict:
     if not isinstance(meta, dict):
         raise file_error(path, "expected a JSON object")
     sc = meta.get("server_config") or {}
+    if not isinstance(sc, dict):
+        raise file_error(path, f"server_config is {type(sc).__name__}, expected a JSON object")
     extra = sc.get("extra_vllm_args") or ""
+    if isinstance(extra, list) and all(isinstance(a, str) for a in extra):
+        extra = shlex.join(extra)  # the command line as its argv
+    elif not isinstance(extra, str):
+        raise file_error(path, f"extra_vllm_args is {type(extra).__name__}, expected the command line as a string")
     spec = speculative_config(extra, path)
     if spec is None and (beside := sc.get("speculative_config")):  # a runner that keeps it with the other settings
         spec = speculative_config(f"--speculative-config {beside if isinstance(beside, str) else json.dumps(beside)}",
@@ -368,7 +374,7 @@ def closed_runs(run_dir) -> list[ClosedRun]:
             run = _closed_run_from_md(md, source, server)
         except ImporterError as e:
             # a test that failed on the box leaves a report without a table, or an empty file
-            why = next((w for w in (NO_TABLE, "empty file") if str(e).endswith(w)), None)
+            why = next((w for w in (NO_TABLE, NO_ROWS, "empty file") if str(e).endswith(w)), None)
             if why is None:
                 raise
             skipped.append(f"{md.name}: {why} (the test failed on the box?)")

@@ -117,6 +117,35 @@ def test_a_family_model_calibrates_from_family_facts_and_its_memory_figure():
 
 
 @needs_data
+@pytest.mark.parametrize("version, mml, need", [("0.26.0", 8192, 25267), ("0.32.0", 8192, 25267),
+                                                ("0.26.0", 25100, 25267), ("0.32.0", 25100, None)])
+def test_a_max_model_len_the_runs_contradict_gives_way_to_them(version, mml, need):
+    """A max_model_len under which the server (by its version's rule) would have refused what the box
+    measured (a flag copied wrong) is raised to what the runs needed, 25000-token prompts with BOS and
+    chat template and their tg256, and the origin says so. One vLLM 0.32 would serve (cutting answers
+    the closed loop lets stop early anyway) stays, as does the run's own."""
+    import dataclasses
+    runs = closed_runs(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16")
+    assert max(r.pp + r.depth for run in runs for r in run.rows) == 25000
+    short = [dataclasses.replace(run, server=run.server | {"max_model_len": mml, "vllm_version": version})
+             for run in runs]
+    fr = fit_closed(short, max_nfev=1)
+    assert fr.profile.engine.max_model_len == (need or mml), fr.origin["max_model_len"]
+    if need:
+        assert fr.origin["max_model_len"].startswith(f"{mml} (server flag) is too short for what ")
+        assert fr.origin["max_model_len"].endswith(f"raised to {need}")
+    else:
+        assert fr.origin["max_model_len"] == "server flag"
+    assert all(r.simulated > 0 for r in fr.residuals)
+
+
+@needs_data
+def test_the_runs_own_max_model_len_holds_them():
+    held = fit_closed(closed_runs(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16"), max_nfev=1)
+    assert held.profile.engine.max_model_len == 131072 and held.origin["max_model_len"] == "server flag"
+
+
+@needs_data
 @pytest.mark.parametrize("suite", ["gemma-4/gemma-4-26b-a4b-it/bf16", "gemma-4/gemma-4-26b-a4b-it/bf16-v23",
                                    "gemma-4/gemma-4-31b-it/bf16", "qwen-3.6/qwen-3.6-35b-a3b/bf16"])
 def test_random_dataset_is_the_very_sample_vllm_drew(suite):

@@ -496,6 +496,45 @@ def test_empty_md_and_garbage_number(tmp_path):
     _one_line(e, "01-chat.md", "bad number '84.5x ± 1.70'")
 
 
+@needs_data
+def test_a_header_without_rows_or_a_nan_figure_loses_only_that(tmp_path):
+    """A test whose table kept its header and lost every row (it failed on the box) is left out and
+    named, as one with no table is; a figure llama-benchy had no samples for ("nan ± nan") is missing
+    from its row, as an empty cell is; the rest calibrates."""
+    run = tmp_path / "bf16"
+    run.mkdir()
+    for f in ("meta.json", "01-chat.md", "03-long-output.md"):
+        (run / f).write_text((G26 / f).read_text())
+    lines = (G26 / "03-long-output.md").read_text().splitlines()
+    (run / "03-long-output.md").write_text("\n".join(x for x in lines if not re.search(r" \(c\d+\) \|", x)))
+    text = (G26 / "01-chat.md").read_text().replace("|     84.56 ± 1.70 |", "|     nan ± nan |")
+    (run / "01-chat.md").write_text(text)
+    runs = closed_runs(run)
+    assert [r.test for r in runs] == ["01-chat"]
+    assert any(x.startswith("03-long-output.md: llama-benchy table has no pp/tg rows") for x in
+               runs[0].server["skipped_tests"]), runs[0].server["skipped_tests"]
+    c10 = next(r for r in runs[0].rows if (r.tg, r.concurrency) == (1024, 10))
+    assert "tg_throughput" not in c10.metrics and c10.metrics["tg_req_throughput"] == (10.89, 0.60)
+
+
+def test_extra_args_as_an_argv_list_read_as_the_command_line(tmp_path):
+    """A runner that keeps the extra flags as a list (its argv) means the same command line; a value of
+    another kind is one clear line."""
+    argv = ["--max-num-seqs", "64", "--speculative-config", '{"method": "mtp", "num_speculative_tokens": 2}']
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": {"extra_vllm_args": argv}}))
+    s = load_meta(tmp_path)
+    assert s["max_num_seqs"] == 64 and s["speculative_config"]["num_speculative_tokens"] == 2
+    for bad in ({"--max-num-seqs": 64}, ["--max-num-seqs", 64], 7):
+        (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": {"extra_vllm_args": bad}}))
+        with pytest.raises(ImporterError) as e:
+            load_meta(tmp_path)
+        _one_line(e, "meta.json", "extra_vllm_args is ")
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": ["--max-num-seqs", "64"]}))
+    with pytest.raises(ImporterError) as e:
+        load_meta(tmp_path)
+    _one_line(e, "meta.json", "server_config is list, expected a JSON object")
+
+
 def test_missing_paths(tmp_path):
     with pytest.raises(ImporterError) as e:
         closed_runs(tmp_path / "no-such-run")
