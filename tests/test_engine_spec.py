@@ -163,3 +163,28 @@ def test_every_kv_block_is_held_by_a_request_and_returned_when_it_ends(monkeypat
     assert len(done) == len(specs) and seen["steps"] > 100
     assert seen["preempted"] > 0 or budget == 7  # the cache did bind (a budget of 7 tokens keeps few running)
     assert eng.kv.used == 0 and not eng.running and not eng.waiting
+
+
+@pytest.mark.parametrize("inline", [True, False])
+@pytest.mark.parametrize("k,a", [(0, 0.0), (4, 0.6), (15, 0.85)])
+@pytest.mark.parametrize("budget", [2048, 6])
+@pytest.mark.parametrize("ff", [True, False])
+def test_every_answer_is_whole_and_ends_at_its_last_chunk(monkeypatch, inline, k, a, budget, ff):
+    """Every answer, stopping at its EOS or running to max_tokens, plain or speculative, preempted or not,
+    taken step by step or in decode runs: its chunks carry exactly the tokens it generates (a verify
+    step's accepted drafts past the EOS are not streamed), their times rise, and the request ends at its
+    last chunk. A budget of 6 leaves the second decoding request one token: a verify step with no
+    drafts after steps with them."""
+    monkeypatch.setattr(Engine, "INLINE_DECODES", inline)
+    p = spec_profile(k, a, num_blocks=900, max_num_batched_tokens=budget)
+    specs = RandomWorkload(1200, 300, 0.6, fmt=p.prompt_format).sample(30, 7)
+    specs = [s if i % 2 else RequestSpec(s.prompt_tokens, s.max_tokens, max(1, s.max_tokens // 3))
+             for i, s in enumerate(specs)]  # half stop early, at EOS
+    r = simulate_open(p, specs, OpenLoop(rate=4.0, burstiness=0.7, seed=5), fast_forward=ff)
+    assert all(x.ok for x in r.records)
+    if budget == 2048:
+        assert r.num_preemptions > 0  # the small cache did preempt
+    for x, s in zip(r.records, specs):
+        tokens = int(x.chunk_tokens.sum()) if x.chunk_tokens is not None else len(x.chunk_times)
+        assert tokens == x.output_tokens == min(s.output_tokens, s.max_tokens), x.request_id
+        assert np.all(np.diff(x.chunk_times) > 0) and x.end_time == x.chunk_times[-1], x.request_id
