@@ -198,6 +198,13 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
         runs = load_open(list(sources) or ["seed"])
         if not runs:
             raise ImporterError("no open-loop runs in the sources given")
+        if not profile_path:
+            mine = str(prof.model.get("name")).lower()
+            other = sorted({str(r.server["model"]) for r in runs if r.server.get("model")
+                            and str(r.server["model"]).lower() != mine})
+            if other:  # another model's box is no prediction of this one
+                raise click.UsageError(f"no calibrated profile for {', '.join(other)}: run `capsim calibrate` on these "
+                                       f"sources first, or give --profile (the shipped profile is {prof.model.get('name')})")
         if note:  # once the sources read: an error stays one line
             click.echo(note, err=True)
         progress = None if as_json else (lambda i, n, run: click.echo(f"\r  predicting {i}/{n}: {run.test:<24}",

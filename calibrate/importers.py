@@ -17,7 +17,8 @@ from pathlib import Path
 from .benchy_tables import NO_ROWS, NO_TABLE, find_table, parse_benchy
 from .files import ImporterError, file_error, load_json, read_text, text_if_any
 from .results import DETAILED_KEYS, ClosedRun, OpenRun
-from .server_flags import flag_value, prefix_caching, server_number, speculative_config, unmodelled_flags
+from .server_flags import (flag_value, prefix_caching, server_number, server_switch, speculative_config,
+                           unmodelled_flags)
 
 
 SUITE_CLOSED_TESTS = ("01-chat", "02-rag-8k", "03-long-output", "04-multi-turn", "05-big-context",
@@ -311,7 +312,7 @@ def load_meta(run_dir) -> dict:
         "gpu_memory_utilization": setting("gpu_memory_utilization"),
         "kv_cache_dtype": setting("kv_cache_dtype"),
         "enable_prefix_caching": prefix_caching(sc.get("enable_prefix_caching"), extra),
-        "async_scheduling": sc.get("async_scheduling"),
+        "async_scheduling": server_switch("async_scheduling", sc.get("async_scheduling"), extra, path),
         "max_num_batched_tokens": setting("max_num_batched_tokens"),
         "max_num_seqs": setting("max_num_seqs"),
         "speculative_config": spec,

@@ -98,6 +98,8 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
         "max_num_batched_tokens": "server flag" if budget else "vLLM default on GB10 (NVML reports no memory)",
         "max_num_seqs": "server flag" if seqs else "vLLM default",
         "max_model_len": "server flag" if server.get("max_model_len") else "unknown: 131072 assumed",
+        "async_scheduling": ("server flag" if server.get("async_scheduling") is not None
+                             else "not given: on, vLLM's default on a GPU"),
         "clamp_max_tokens": (f"vLLM {server.get('vllm_version')}: " if server.get("vllm_version") else "vLLM version unknown: ")
         + ("max_tokens past max_model_len is cut to the context left (vLLM >= 0.32)"
            if clamps_max_tokens(server.get("vllm_version")) else "prompt + max_tokens past max_model_len is refused"
@@ -105,7 +107,7 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
     }
     limits = dict(max_num_batched_tokens=int(budget or GB10_DEFAULT_BUDGET), max_num_seqs=int(seqs or DEFAULT_MAX_NUM_SEQS),
                   max_model_len=int(server.get("max_model_len") or 131072),
-                  async_scheduling=bool(server.get("async_scheduling", True)),
+                  async_scheduling=server.get("async_scheduling") is not False,
                   clamp_max_tokens=clamps_max_tokens(server.get("vllm_version")))
     spec = server.get("speculative_config")
     if spec:

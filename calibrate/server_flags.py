@@ -31,6 +31,28 @@ def human_readable_int(value: str) -> int:
     return int(number) * 2 ** (10 * ("KMGT".index(suffix) + 1))  # int('2.5') raises, as vLLM refuses it
 
 
+def server_switch(key: str, value, args: str, path) -> bool | None:
+    """An on/off server setting (async_scheduling): meta.json's server_config value, else --key / --no-key
+    on the command line; None when neither says (vLLM's default applies). A value that is neither is a
+    clear error, never read as on."""
+    if value is None:
+        name = key.replace("_", "[-_]")
+        if re.search(rf"(?<![\w-])--no[-_]{name}(?![\w-])", args or ""):
+            return False
+        m = re.search(rf"(?<![\w-])--{name}(?:=(\S+))?(?![\w-])", args or "")
+        if not m:
+            return None
+        value = True if m.group(1) is None else m.group(1)
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise file_error(path, f"{key} is {value!r}: vLLM takes true or false")
+
+
 def server_number(key: str, value, path) -> int | float | None:
     """A numeric server setting as vLLM reads it, from meta.json's server_config or the command line.
 
@@ -65,7 +87,7 @@ MODELLED_FLAGS = {"--max-num-batched-tokens", "--max-num-seqs", "--speculative-c
                   "--spec-method", "--spec-model", "--spec-tokens",
                   "--quantization", "--kv-cache-dtype", "--max-model-len", "--gpu-memory-utilization",
                   "--enable-prefix-caching", "--no-enable-prefix-caching", "--async-scheduling",
-                  "--mamba-ssm-cache-dtype"}
+                  "--no-async-scheduling", "--mamba-ssm-cache-dtype"}
 INERT_FLAGS = {"--language-model-only", "--tokenizer-mode", "--config-format",
                "--load-format", "--trust-remote-code", "--reasoning-parser", "--tool-call-parser",
                "--enable-auto-tool-choice", "--generation-config", "--served-model-name", "--host", "--port",

@@ -49,6 +49,16 @@ def test_calibrate_cli_opens_no_open_loop_file(tmp_path, monkeypatch):
 
 
 @needs_data
+def test_validate_of_another_model_without_its_profile_is_one_clear_line(tmp_path, monkeypatch):
+    """No --profile and nothing calibrated from these sources: another model's run is not scored against
+    the shipped Gemma-4 profile (a median miss of 80 %), it is told to calibrate first."""
+    monkeypatch.setenv("CAPSIM_PROFILE_DIR", str(tmp_path / "store"))
+    res = CliRunner().invoke(validate_cmd, [str(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16"), "--json"])
+    assert res.exit_code == 2 and not res.stdout.strip(), res.output
+    assert "no calibrated profile for Qwen/Qwen3.5-4B: run `capsim calibrate`" in res.output
+
+
+@needs_data
 def test_plain_calibrate_then_validate_validates_that_profile(tmp_path, monkeypatch):
     """`capsim calibrate RUN && capsim validate RUN`, no -o and no --profile: validate uses the
     profile calibrate fitted from RUN, not the shipped Spark one."""

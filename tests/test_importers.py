@@ -535,6 +535,26 @@ def test_extra_args_as_an_argv_list_read_as_the_command_line(tmp_path):
     _one_line(e, "meta.json", "server_config is list, expected a JSON object")
 
 
+@pytest.mark.parametrize("sc, args, want", [
+    ({}, "", None), ({"async_scheduling": "false"}, "", False), ({"async_scheduling": "True"}, "", True),
+    ({}, "--no-async-scheduling", False), ({}, "--async_scheduling", True), ({}, "--async-scheduling=false", False),
+    ({"async_scheduling": False}, "--async-scheduling", False)])
+def test_async_scheduling_as_the_run_says_and_on_where_it_is_silent(tmp_path, sc, args, want):
+    """server_config's value, else the command line's --async-scheduling / --no-async-scheduling; where
+    neither says, vLLM's default on a GPU (on), and the origin says it was not given. "false" is off."""
+    from calibrate.priors import prior_profile
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": sc | {"extra_vllm_args": args}}))
+    s = load_meta(tmp_path)
+    assert s["async_scheduling"] is want and not s["unmodelled_flags"]
+    prof, origin = prior_profile(s)
+    assert prof.engine.async_scheduling is (want is not False)
+    assert origin["async_scheduling"] == ("server flag" if want is not None else "not given: on, vLLM's default on a GPU")
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": {"async_scheduling": "sometimes"}}))
+    with pytest.raises(ImporterError) as e:
+        load_meta(tmp_path)
+    _one_line(e, "meta.json", "async_scheduling is 'sometimes': vLLM takes true or false")
+
+
 def test_missing_paths(tmp_path):
     with pytest.raises(ImporterError) as e:
         closed_runs(tmp_path / "no-such-run")
