@@ -376,8 +376,8 @@ def _max_model_len_from_runs(prof, origin: dict, runs: list[ClosedRun]) -> None:
     bad = [x for x in served if refused_for_length(x[0], x[1], lim.max_model_len, lim.clamp_max_tokens)]
     if not bad:
         return
-    need = max(p + m for p, m, _ in bad)
     p, m, test = max(bad, key=lambda x: x[0] + x[1])
+    need = p + m
     origin["max_model_len"] = (f"{lim.max_model_len} ({origin.get('max_model_len', 'server flag')}) is too short for "
                                f"what {test} measured (about {p} prompt + {m} output tokens): raised to {need}")
     lim.max_model_len = need
