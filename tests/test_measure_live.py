@@ -247,9 +247,15 @@ def test_the_same_load_as_vllm_bench_serve_reaches_the_server(vllm_server, tmp_p
     assert len(keys) >= 9  # vLLM's default --percentile-metrics: ttft, tpot, itl
     for k in keys + ["request_throughput", "output_throughput", "total_token_throughput"]:
         assert m[k] == pytest.approx(theirs[k], rel=1e-6), k
-    # and the two runs of one load on one server agree within this box's noise
+    # and the two runs of one load on one server agree within this box's noise: both send on one schedule,
+    # so each lasts its span plus how long the last answers took; on two cores the vllm bench serve process
+    # (torch imported, its own event loop) shares a core with the server's frontend, and CI saw the two
+    # runs 30 % apart (1.63 vs 2.12 req/s). Twice or half would be a different load.
     mine = summarize_open(ours)
-    assert mine["request_throughput"] == pytest.approx(theirs["request_throughput"], rel=0.25)
+    span = sched[-1]
+    for res in (mine, theirs):
+        assert 12 / res["request_throughput"] >= span
+    assert mine["request_throughput"] == pytest.approx(theirs["request_throughput"], rel=0.5)
     print(f"\nvllm bench serve vs capsim measure, same load: TTFT p50 {theirs['median_ttft_ms']:.0f} vs "
           f"{mine['median_ttft_ms']:.0f} ms, TPOT p50 {theirs['median_tpot_ms']:.0f} vs {mine['median_tpot_ms']:.0f} ms")
 
