@@ -405,6 +405,8 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
             "on at the server; capsim simulates no prefix cache. llama-benchy's prompts (book excerpts from random "
             "places) share no prefix to hit, so calibration loses nothing; traffic that repeats a long prefix (a "
             "shared system prompt) prefills faster on the server than simulated")
+    if server.get("setting_conflicts"):
+        origin["settings_in_conflict"] = "; ".join(server["setting_conflicts"])
     if server.get("unmodelled_flags"):
         origin["flags_not_modelled"] = (", ".join(server["unmodelled_flags"]) + ": what they do to step time is in "
                                         "the fitted rates; to the scheduler, nothing is assumed")

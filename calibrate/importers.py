@@ -17,7 +17,7 @@ from pathlib import Path
 from .benchy_tables import NO_ROWS, NO_TABLE, find_table, parse_benchy
 from .files import ImporterError, file_error, load_json, read_text, text_if_any
 from .results import DETAILED_KEYS, ClosedRun, OpenRun
-from .server_flags import (flag_value, prefix_caching, server_number, server_switch, speculative_config,
+from .server_flags import (flag_value, server_number, server_switch, speculative_config, switch_flag,
                            unmodelled_flags)
 
 
@@ -295,11 +295,23 @@ def load_meta(run_dir) -> dict:
         spec = speculative_config(f"--speculative-config {beside if isinstance(beside, str) else json.dumps(beside)}",
                                   path)
 
-    def setting(key: str):
-        """server_config's value, else the flag's on the command line (None: vLLM's default applies)."""
-        v = sc.get(key)
-        v = v if v is not None else flag_value(extra, "--" + key.replace("_", "-"))
-        return v if key == "kv_cache_dtype" else server_number(key, v, path)
+    conflicts = []
+
+    def setting(key: str, switch: bool = False):
+        """The flag's value on the command line, else server_config's (None: vLLM's default applies).
+        The command line wins where both say: a runner's extra arguments follow the flags it writes from
+        its settings, and vLLM's parser keeps the last. Where they disagree, the origin says so."""
+        def read(v):
+            if switch:
+                return server_switch(key, v, path)
+            return v if key == "kv_cache_dtype" or v is None else server_number(key, v, path)
+        given = sc.get(key)
+        flag = switch_flag(key, extra) if switch else flag_value(extra, "--" + key.replace("_", "-"))
+        ours, theirs = read(given), read(flag)
+        if ours is not None and theirs is not None and ours != theirs:
+            conflicts.append(f"{key}: server_config has {given!r}, the command line {flag!r}; the command line's "
+                             "is taken (vLLM keeps the last flag, and extra arguments come after the runner's)")
+        return theirs if theirs is not None else ours
 
     return {
         "model": meta.get("model") or _report_header(run_dir).get("Model"),
@@ -311,12 +323,13 @@ def load_meta(run_dir) -> dict:
         "max_model_len": setting("max_model_len"),
         "gpu_memory_utilization": setting("gpu_memory_utilization"),
         "kv_cache_dtype": setting("kv_cache_dtype"),
-        "enable_prefix_caching": prefix_caching(sc.get("enable_prefix_caching"), extra),
-        "async_scheduling": server_switch("async_scheduling", sc.get("async_scheduling"), extra, path),
+        "enable_prefix_caching": setting("enable_prefix_caching", switch=True),
+        "async_scheduling": setting("async_scheduling", switch=True),
         "max_num_batched_tokens": setting("max_num_batched_tokens"),
         "max_num_seqs": setting("max_num_seqs"),
         "speculative_config": spec,
         "unmodelled_flags": unmodelled_flags(extra),
+        "setting_conflicts": conflicts,
         "extra_args": extra,
     }
 

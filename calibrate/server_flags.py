@@ -13,10 +13,22 @@ from .files import file_error
 
 
 def flag_value(args: str, flag: str) -> str | None:
+    """A flag's value on a command line; the last one given, which is the one vLLM's parser keeps."""
     # vLLM's parser takes --max_num_seqs for --max-num-seqs
-    m = re.search(rf"(?<![\w-]){flag.replace('-', '[-_]').replace('[-_][-_]', '--', 1)}(?:=|\s+)['\"]?([^\s'\"]+)",
-                  args or "")
-    return m.group(1) if m else None
+    found = re.findall(rf"(?<![\w-]){flag.replace('-', '[-_]').replace('[-_][-_]', '--', 1)}(?:=|\s+)['\"]?([^\s'\"]+)",
+                       args or "")
+    return found[-1] if found else None
+
+
+def switch_flag(key: str, args: str) -> bool | str | None:
+    """An on/off flag on a command line, the last one given: --key (on), --key=VALUE, --no-key (off);
+    None where none is."""
+    name = key.replace("_", "[-_]")
+    found = re.findall(rf"(?<![\w-])--(no[-_])?{name}(?:=(\S+))?(?![\w-])", args or "")
+    if not found:
+        return None
+    no, value = found[-1]
+    return False if no else (value or True)
 
 
 def human_readable_int(value: str) -> int:
@@ -31,19 +43,10 @@ def human_readable_int(value: str) -> int:
     return int(number) * 2 ** (10 * ("KMGT".index(suffix) + 1))  # int('2.5') raises, as vLLM refuses it
 
 
-def server_switch(key: str, value, args: str, path) -> bool | None:
-    """An on/off server setting (async_scheduling): meta.json's server_config value, else --key / --no-key
-    on the command line; None when neither says (vLLM's default applies). A value that is neither is a
-    clear error, never read as on."""
-    if value is None:
-        name = key.replace("_", "[-_]")
-        if re.search(rf"(?<![\w-])--no[-_]{name}(?![\w-])", args or ""):
-            return False
-        m = re.search(rf"(?<![\w-])--{name}(?:=(\S+))?(?![\w-])", args or "")
-        if not m:
-            return None
-        value = True if m.group(1) is None else m.group(1)
-    if isinstance(value, bool):
+def server_switch(key: str, value, path) -> bool | None:
+    """An on/off server setting (async_scheduling, enable_prefix_caching) as vLLM reads it; None stays
+    None (vLLM's default applies). A value that is neither on nor off is a clear error, never read as on."""
+    if value is None or isinstance(value, bool):
         return value
     word = str(value).strip().lower()
     if word in ("true", "1", "yes", "on"):
@@ -92,15 +95,6 @@ INERT_FLAGS = {"--language-model-only", "--tokenizer-mode", "--config-format",
                "--load-format", "--trust-remote-code", "--reasoning-parser", "--tool-call-parser",
                "--enable-auto-tool-choice", "--generation-config", "--served-model-name", "--host", "--port",
                "--chat-template", "--api-key", "--disable-log-requests", "--disable-log-stats", "--uvicorn-log-level"}
-
-
-def prefix_caching(setting, args: str) -> bool | None:
-    """Whether the server cached prompt prefixes: the runner's setting, else the command line's flag
-    (the last one given wins, as in vLLM's parser); None where neither says."""
-    if setting is not None:
-        return bool(setting)
-    flags = re.findall(r"(?<![\w-])--(no[-_])?enable[-_]prefix[-_]caching(?![\w-])", args or "")
-    return (not flags[-1]) if flags else None
 
 
 def unmodelled_flags(args: str) -> list[str]:

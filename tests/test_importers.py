@@ -538,9 +538,9 @@ def test_extra_args_as_an_argv_list_read_as_the_command_line(tmp_path):
 @pytest.mark.parametrize("sc, args, want", [
     ({}, "", None), ({"async_scheduling": "false"}, "", False), ({"async_scheduling": "True"}, "", True),
     ({}, "--no-async-scheduling", False), ({}, "--async_scheduling", True), ({}, "--async-scheduling=false", False),
-    ({"async_scheduling": False}, "--async-scheduling", False)])
+    ({"async_scheduling": False}, "--async-scheduling", True), ({"async_scheduling": True}, "--async-scheduling", True)])
 def test_async_scheduling_as_the_run_says_and_on_where_it_is_silent(tmp_path, sc, args, want):
-    """server_config's value, else the command line's --async-scheduling / --no-async-scheduling; where
+    """The command line's --async-scheduling / --no-async-scheduling, else server_config's value; where
     neither says, vLLM's default on a GPU (on), and the origin says it was not given. "false" is off."""
     from calibrate.priors import prior_profile
     (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": sc | {"extra_vllm_args": args}}))
@@ -553,6 +553,31 @@ def test_async_scheduling_as_the_run_says_and_on_where_it_is_silent(tmp_path, sc
     with pytest.raises(ImporterError) as e:
         load_meta(tmp_path)
     _one_line(e, "meta.json", "async_scheduling is 'sometimes': vLLM takes true or false")
+
+
+def test_a_setting_given_twice_is_the_command_lines_and_the_disagreement_is_said(tmp_path):
+    """vLLM keeps the last of a flag given twice, and a runner's extra arguments follow the flags it
+    writes from its settings: the command line's value is what the server ran with. Where server_config
+    says otherwise, calibration's origin names both; where they agree, nothing is said."""
+    from calibrate.fit import fit_closed
+    from calibrate.priors import prior_profile
+    sc = {"max_model_len": 32768, "max_num_seqs": "64", "enable_prefix_caching": "false", "async_scheduling": True,
+          "extra_vllm_args": "--max-model-len 16384 --max-num-seqs 8 --max-num-seqs 64 --enable-prefix-caching "
+                             "--async-scheduling --max-num-batched-tokens 4096 --max-num-batched-tokens=2k"}
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "google/gemma-4-26B-A4B-it", "server_config": sc}))
+    s = load_meta(tmp_path)
+    assert (s["max_model_len"], s["max_num_seqs"], s["max_num_batched_tokens"]) == (16384, 64, 2000)
+    assert s["enable_prefix_caching"] is True and s["async_scheduling"] is True
+    assert [c.split(":")[0] for c in s["setting_conflicts"]] == ["max_model_len", "enable_prefix_caching"]
+    assert "server_config has 32768, the command line '16384'" in s["setting_conflicts"][0]
+    prof, _ = prior_profile(s)
+    assert prof.engine.max_model_len == 16384 and prof.engine.max_num_batched_tokens == 2000
+    fr = fit_closed(seed_closed_runs()[:1], server=s, max_nfev=1, combine="sum")
+    assert fr.origin["settings_in_conflict"].startswith("max_model_len: server_config has 32768")
+    # server_config alone: its "false" is off (it was read as on), and nothing is in conflict
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": {"enable_prefix_caching": "false"}}))
+    s = load_meta(tmp_path)
+    assert s["enable_prefix_caching"] is False and s["setting_conflicts"] == []
 
 
 def test_missing_paths(tmp_path):
@@ -642,11 +667,10 @@ def test_a_negative_figure_in_a_benchy_table_is_named(tmp_path):
 
 def test_prefix_caching_from_the_runner_or_the_command_line(tmp_path):
     from calibrate.fit import fit_closed
-    from calibrate.server_flags import prefix_caching
-    assert prefix_caching(None, "--max-num-seqs 8 --enable-prefix-caching") is True
-    assert prefix_caching(None, "--enable_prefix_caching --no-enable-prefix-caching") is False  # the last wins
-    assert prefix_caching(None, "--enable-prefix-caching-hash-algo sha256") is None  # another flag
-    assert prefix_caching(False, "--enable-prefix-caching") is False  # the runner's setting is what ran
+    from calibrate.server_flags import switch_flag
+    assert switch_flag("enable_prefix_caching", "--max-num-seqs 8 --enable-prefix-caching") is True
+    assert switch_flag("enable_prefix_caching", "--enable_prefix_caching --no-enable-prefix-caching") is False  # last
+    assert switch_flag("enable_prefix_caching", "--enable-prefix-caching-hash-algo sha256") is None  # another flag
     (tmp_path / "meta.json").write_text(json.dumps({"model": "google/gemma-4-26B-A4B-it", "server_config": {
         "extra_vllm_args": "--enable-prefix-caching"}}))
     server = load_meta(tmp_path)
