@@ -17,7 +17,7 @@ from time import monotonic
 from typing import Any
 
 from simulator.kvcache import kv_cache_size_tokens
-from simulator.profile import Profile
+from simulator.profile import Profile, refused_for_length
 from simulator.workload import RequestSpec
 
 from .httpwire import Connection, Server, error_body
@@ -38,6 +38,9 @@ class TwinServer(Server):
                  model: str | None = None, seed: int = 0):
         super().__init__(host, port)
         self.profile = profile
+        # the vLLM whose length rule the twin follows, as a local version: a client that reads /version
+        # (capsim measure's check, calibrate --live) then expects the refusals the twin makes
+        self.version = ("0.32.0" if profile.engine.clamp_max_tokens else "0.31.0") + "+capsim.twin"
         self.speed = float(speed)
         self.model = model or DEFAULT_MODEL_NAME
         fmt = profile.prompt_format
@@ -84,7 +87,7 @@ class TwinServer(Server):
             ok = self.engine.error is None
             return await self._send(http, 200 if ok else 503, b"", ctype="text/plain")
         if method == "GET" and path == "/version":
-            return await self._send(http, 200, {"version": "capsim-twin"})
+            return await self._send(http, 200, {"version": self.version})
         if method == "GET" and path == "/metrics":
             return await self._send(http, 200, self.metrics_text().encode(),
                                     ctype="text/plain; version=0.0.4; charset=utf-8")
@@ -149,7 +152,7 @@ class TwinServer(Server):
         if isinstance(mt, bool) or not (isinstance(mt, int) or isinstance(mt, float) and mt.is_integer()):
             return await self._send(http, 400, error_body(400, "max_tokens must be an integer"))
         mt = int(mt)
-        if pt + max(mt, 0) > mml or mt < 1:
+        if mt < 1 or refused_for_length(pt, mt, mml, self.profile.engine.clamp_max_tokens):
             msg = (f"This model's maximum context length is {mml} tokens. However, you requested {pt + mt} tokens "
                    f"({pt} in the messages, {mt} in the completion). Please reduce the length of the messages "
                    f"or completion." if mt >= 1 else "max_tokens must be at least 1")
@@ -165,7 +168,8 @@ class TwinServer(Server):
         include_usage = bool(so.get("include_usage")) if isinstance(so, dict) else False
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         done = self._loop.create_future()
-        gen = Generation(rid, chat, stream, include_usage, http, pt, mt, done, str(req.get("model") or self.model))
+        gen = Generation(rid, chat, stream, include_usage, http, pt, self.engine.served_max_tokens(spec), done,
+                         str(req.get("model") or self.model))
         gen.wall_in = wall_in
         if stream:  # chunked: each SSE event is one chunk, written when the engine makes it
             http.start(200, "text/event-stream; charset=utf-8")

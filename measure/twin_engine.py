@@ -254,6 +254,9 @@ class TwinEngine:
     def reject_reason(self, spec: RequestSpec) -> str | None:
         return self._checker.reject_reason(spec)
 
+    def served_max_tokens(self, spec: RequestSpec) -> int:
+        return self._checker.served_max_tokens(spec)
+
     def submit(self, gen: Generation, spec: RequestSpec, wall: float) -> None:
         self._inbox.put(("gen", gen, spec, wall))
         self._wake.set()

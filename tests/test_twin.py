@@ -83,7 +83,7 @@ def test_models_tokenize_detokenize_version_health(twin):
     assert ids == [5, 77, 9]
     text = c.post("/detokenize", json={"tokens": [11, 12, 13]}).json()["prompt"]
     assert c.post("/tokenize", json={"prompt": text, "add_special_tokens": False}).json()["tokens"] == [11, 12, 13]
-    assert c.get("/version").json()["version"] == "capsim-twin"
+    assert c.get("/version").json()["version"] == "0.31.0+capsim.twin"  # the length rule it follows
     assert c.get("/health").status_code == 200
     assert c.get("/nope").status_code == 404
     assert c.get("/v1/completions").status_code == 405
@@ -129,6 +129,34 @@ def test_default_max_tokens_fills_the_context():
     with TwinServer(twin_profile(max_model_len=64), speed=200.0).start() as tw:
         r = httpx.post(tw.url + "/v1/completions", json={"prompt": "a " * 10}).json()
     assert r["usage"]["completion_tokens"] == 64 - 11
+
+
+def test_a_twin_follows_its_profiles_length_rule_and_says_which(tmp_path):
+    """A profile calibrated on vLLM >= 0.32 (clamp_max_tokens) makes a twin that serves prompt + max_tokens
+    past max_model_len with max_tokens cut to the context left, as that vLLM does; its /version says so,
+    so capsim measure's check lets such a load through and calibrate --live reads the rule back."""
+    from measure.cli import measure as measure_cli
+    from measure.runfiles import load_run
+    with TwinServer(twin_profile(max_model_len=256, clamp_max_tokens=True), speed=200.0).start() as tw:
+        c = httpx.Client(base_url=tw.url)
+        assert c.get("/version").json()["version"] == "0.32.0+capsim.twin"
+        r = c.post("/v1/completions", json={"prompt": "a " * 200, "max_tokens": 100}).json()
+        assert (r["usage"]["prompt_tokens"], r["usage"]["completion_tokens"], r["usage"]["total_tokens"]) == (201, 55, 256)
+        for body in ({"prompt": "a " * 255, "max_tokens": 5}, {"prompt": "a", "max_tokens": 257}):
+            assert c.post("/v1/completions", json=body).status_code == 400  # a prompt filling it; max_tokens past it
+        assert read_server(tw.url).engine_limits().clamp_max_tokens
+        res = CliRunner().invoke(measure_cli, ["open", tw.url, "--random-input-len", "240", "--random-output-len", "64",
+                                               "--random-range-ratio", "0", "--num-prompts", "3", "--endpoint",
+                                               "completions", "--no-progress", "-o", str(tmp_path / "m")])
+        assert res.exit_code == 0, res.output
+        recs = load_run(tmp_path / "m").records
+        assert len(recs) == 3 and all(r.ok and r.output_tokens == 256 - r.prompt_tokens < 64 for r in recs)
+    with TwinServer(twin_profile(max_model_len=256), speed=200.0).start() as tw:  # the older rule refuses
+        assert httpx.post(tw.url + "/v1/completions", json={"prompt": "a " * 200, "max_tokens": 100}).status_code == 400
+        res = CliRunner().invoke(measure_cli, ["open", tw.url, "--random-input-len", "240", "--random-output-len", "64",
+                                               "--random-range-ratio", "0", "--num-prompts", "3", "--endpoint",
+                                               "completions", "--no-progress", "-o", str(tmp_path / "n")])
+        assert res.exit_code != 0 and "exceeds the server's max_model_len of 256" in res.output
 
 
 def test_errors_are_vllm_shaped(twin):
