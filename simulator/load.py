@@ -108,7 +108,6 @@ class ClosedLoop:
     runs: int = 3
     latency_mode: str = "generation"  # llama-benchy's --latency-mode: api | generation | none
     warmup: bool | int = True  # warmup batches per test (True = 1), excluded from results
-    seed: int = 0
     # Explicit (pp, tg, depth, concurrency) tests instead of the full product, in order.
     combos: Sequence[tuple[int, int, int, int]] | None = None
     prompt_scale: float = 1.0

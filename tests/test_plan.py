@@ -363,7 +363,7 @@ def test_durations_plan_and_live_budget_share_one_parser():
              "0s": 0, 2.5: 2.5}
     for text, secs in cases.items():
         assert parse_duration(text) == pytest.approx(secs), text
-    for bad in ("-5", "abc", "m", "1x", "nan", "inf", -1, "1h-3m"):
+    for bad in ("-5", "abc", "m", "1x", "nan", "inf", -1, "1h-3m", True, math.nan):
         with pytest.raises(LoadError, match="--think: expected a duration"):
             parse_duration(bad, "--think")
     assert parse_budget("10m") == 600 and parse_budget(120) == 120
