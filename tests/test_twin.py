@@ -232,7 +232,11 @@ def test_timing_follows_the_simulator():
     a, b = summarize_open(run), summarize_open(sim)
     print(f"\ntwin vs simulator (burst of 6): TTFT mean {a['mean_ttft_ms']:.1f}/{b['mean_ttft_ms']:.1f} ms, "
           f"TPOT mean {a['mean_tpot_ms']:.2f}/{b['mean_tpot_ms']:.2f} ms, E2EL {a['mean_e2el_ms']:.0f}/{b['mean_e2el_ms']:.0f}")
-    assert a["mean_tpot_ms"] == pytest.approx(b["mean_tpot_ms"], rel=0.03)
+    # a step's tokens reach the client when the model says: the median gap between chunks holds to 3 %.
+    # TPOT is (E2EL - TTFT) / (tokens - 1): a first chunk the test machine delayed (CI, the full suite:
+    # 45.7 against 47.5 ms) shortens it for the whole request, so it holds to 6 %
+    assert a["median_itl_ms"] == pytest.approx(b["median_itl_ms"], rel=0.03)
+    assert a["mean_tpot_ms"] == pytest.approx(b["mean_tpot_ms"], rel=0.06)
     assert a["mean_e2el_ms"] == pytest.approx(b["mean_e2el_ms"], rel=0.03)
     assert abs(a["mean_ttft_ms"] - b["mean_ttft_ms"]) < 0.08 * b["mean_ttft_ms"] + 25  # + loopback x speed
 
