@@ -304,7 +304,7 @@ def load_meta(run_dir) -> dict:
         def read(v):
             if switch:
                 return server_switch(key, v, path)
-            return v if key == "kv_cache_dtype" or v is None else server_number(key, v, path)
+            return v if key == "kv_cache_dtype" else server_number(key, v, path)
         given = sc.get(key)
         flag = switch_flag(key, extra) if switch else flag_value(extra, "--" + key.replace("_", "-"))
         ours, theirs = read(given), read(flag)
