@@ -265,9 +265,17 @@ def test_calibration_fits_its_own_runs(roundtrip):
 
 
 def _service_bound(rt, load: str) -> bool:
-    """Whether the server could not follow the load's arrival rate (it achieved less than 80% of it)."""
+    """Whether the server fell behind the load's arrivals. A server that keeps up ends the run about
+    one request latency after the last arrival, so its achieved rate is n / (arrival span + mean
+    E2EL); one that falls behind ends later, as its queue grows (a burst: about half that rate).
+    Measured here: 0.99-1.13 on the light and near-saturation loads, 0.54-0.64 on the bursts. Not
+    achieved / arrival rate: 40 requests at 0.8 of capacity achieve 0.82-0.85 of their rate while the
+    server keeps up (the last one's latency is a tenth of the run), so a cut at 0.8 of it was noise."""
     r = rt["runs"][load][0]
-    return summarize_open(r.run)["request_throughput"] < 0.8 * r.load.rate
+    m = summarize_open(r.run)
+    sched = [x.scheduled_time for x in r.run.records]
+    kept_up = len([x for x in r.run.records if x.ok]) / (max(sched) - min(sched) + m["mean_e2el_ms"] / 1e3)
+    return m["request_throughput"] < 0.8 * kept_up
 
 
 LOADS = ("light", "near-saturation", "max-num-seqs-2", "max-num-batched-tokens-64", "small-kv-cache")
