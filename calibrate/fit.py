@@ -8,13 +8,14 @@ Design: docs/design/calibration.md.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from simulator.evaluator import in_fork, resolve_jobs
+from simulator.evaluator import fork_map, in_fork, resolve_jobs
 from simulator.load import ClosedLoop
 from simulator.profile import Profile, refused_for_length
 from simulator.sim import simulate_closed
@@ -178,8 +179,11 @@ def residual_vector(res: list[Residual]) -> np.ndarray:
 
 def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: dict[str, tuple[float, float]],
                    api_params: dict[str, tuple[float, float]], start: dict[str, float], max_nfev: int,
-                   progress: Callable[[int, float], None] | None = None):
+                   progress: Callable[[int, float], None] | None = None, jobs: int = 1):
     """Least-squares fit of step-model and API parameters (log space, within bounds) to closed-loop runs.
+
+    jobs: processes for each finite-difference Jacobian (its points split over forks, simulator.evaluator.
+    fork_map); the points and the results are scipy's own either way, so the fit is too.
 
     `params` are step-model attributes; unless `bw_kv` is among them it is tied to `bw_weights`:
     KV and weights stream from the same memory, closed-loop runs rarely batch enough long
@@ -209,16 +213,27 @@ def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: d
     x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
     evals = [0]
 
-    def fun(x):
+    here = os.getpid()
+
+    def counted(v: np.ndarray) -> None:
+        if os.getpid() != here:  # a fork of fork_map: its results are counted when they reach us
+            return
         evals[0] += 1
-        v = residual_vector(compare(apply(x), runs, scale))
         if progress:
             progress(evals[0], float(np.sum(v ** 2)))
+
+    def fun(x):
+        v = residual_vector(compare(apply(x), runs, scale))
+        counted(v)
         return v
+
+    def workers(fn, points):  # what a fork computed is counted here
+        return fork_map(fn, points, jobs, on_remote=lambda v: counted(np.asarray(v)))
 
     from scipy.optimize import least_squares  # here, not at import: `capsim --help` stays fast
 
-    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=F_SCALE, diff_step=0.03, max_nfev=max_nfev)
+    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=F_SCALE, diff_step=0.03, max_nfev=max_nfev,
+                        workers=workers)
     best = apply(sol.x)
     res = compare(best, runs, scale)
     best.uncertainty = fit_uncertainty(sol, [f"step_model.{n}" for n in names] + [f"api.{n}" for n in api_names],
@@ -388,8 +403,9 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
                n_jobs: int | None = None) -> FitResult:
     """Fit a profile to closed-loop runs (one server configuration).
 
-    n_jobs: processes for the two combine rules' fits (None: the idle cores; 1: one after the other).
-    The fits are independent, so the profile is the same either way."""
+    n_jobs: processes (None: the idle cores; 1: everything here, one fit after the other). The two
+    combine rules' fits run side by side, and the fits after them spread each finite-difference
+    Jacobian over the processes. Every simulation is the same either way, so the profile is."""
     if not runs:
         raise ValueError("calibration needs at least one closed-loop run")
     t_start = time.perf_counter()
@@ -423,11 +439,13 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
         # (benchmarks/accuracy.py --anonymize: TPOT 13.5 -> 14.8 %, unnamed Nemotron +28 -> +40 %)
         params.pop("expert_pool")
 
-    def fit_rule(p: Profile, rule: str, runs: list[ClosedRun], progress=progress):
+    jobs = resolve_jobs(n_jobs)
+
+    def fit_rule(p: Profile, rule: str, runs: list[ClosedRun], progress=progress, jobs=jobs):
         """(profile, residuals, evaluations, what was refitted under T_SEQ_MAX or None)"""
         p = p.copy()
         p.step_model.combine = rule
-        b, r, e = fit_parameters(p, runs, scale, params, API_PARAMS, START, max_nfev, progress)
+        b, r, e = fit_parameters(p, runs, scale, params, API_PARAMS, START, max_nfev, progress, jobs)
         note = None
         if b.step_model.t_seq > T_SEQ_MAX:
             note = (f"refitted under {T_SEQ_MAX * 1e3:g} ms: the first fit put {b.step_model.t_seq * 1e3:.2f} ms "
@@ -435,21 +453,22 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
             p = prof.copy()
             p.step_model.combine = rule
             bounds = params | {"t_seq": (params["t_seq"][0], T_SEQ_MAX)}
-            b, r, e2 = fit_parameters(p, runs, scale, bounds, API_PARAMS, START, max_nfev, progress)
+            b, r, e2 = fit_parameters(p, runs, scale, bounds, API_PARAMS, START, max_nfev, progress, jobs)
             e += e2
         return b, r, e, note
 
     rules = [combine] if combine else list(COMBINE_RULES)
     # each rule's fit on a core of its own where two are idle: the other rules in forked processes
-    # (their progress unshown), the first here
+    # (their progress unshown), the first here; the fits after these spread each Jacobian instead
     others = {}
-    if len(rules) > 1 and resolve_jobs(n_jobs) > 1:
+    if len(rules) > 1 and jobs > 1:
         for rule in rules[1:]:
-            if (worker := in_fork(lambda rule=rule: fit_rule(prof, rule, runs, None))) is not None:
+            if (worker := in_fork(lambda rule=rule: fit_rule(prof, rule, runs, None, 1))) is not None:
                 others[rule] = worker
     try:
         for rule in rules:
-            b, r, e, note = others[rule].result() if rule in others else fit_rule(prof, rule, runs)
+            b, r, e, note = (others[rule].result() if rule in others
+                             else fit_rule(prof, rule, runs, jobs=max(1, jobs - len(others))))
             fits[rule] = (robust_loss(r), b, r, note)
             evals += e
     finally:  # a fit here that failed (or was interrupted) leaves no worker computing for nobody

@@ -314,6 +314,36 @@ def in_fork(fn: Callable[[], object]) -> Forked | None:
     return Forked(fn)
 
 
+def fork_map(fn: Callable, items, jobs: int, on_remote: Callable[[object], None] | None = None) -> list:
+    """[fn(x) for x in items], the items split into `jobs` runs in order, all but the first in forked
+    processes (a map for scipy's finite differences: `least_squares(..., workers=...)`). Each fn(x)
+    depends on x alone, so the list is the one a plain map gives. What fn does besides returning is
+    lost in a fork: `on_remote` is called here, in order, with each result computed there."""
+    items = list(items)
+    jobs = max(1, min(int(jobs), len(items)))
+    if jobs == 1:
+        return [fn(x) for x in items]
+    cut = [round(i * len(items) / jobs) for i in range(jobs + 1)]
+    parts = [items[a:b] for a, b in zip(cut, cut[1:])]
+    forks = [in_fork(lambda part=part: [fn(x) for x in part]) for part in parts[1:]]
+    try:
+        out = [fn(x) for x in parts[0]]
+        for part, worker in zip(parts[1:], forks):
+            if worker is None:  # nowhere to fork (a daemonic worker): here
+                out += [fn(x) for x in part]
+                continue
+            got = worker.result()
+            for value in got:
+                if on_remote is not None:
+                    on_remote(value)
+            out += got
+    finally:  # an error (or an interrupt) here leaves no worker computing for nobody
+        for worker in forks:
+            if worker is not None:
+                worker.cancel()
+    return out
+
+
 class _BackendRunner:
     """A joblib backend the caller set (joblib.parallel_config(backend="dask"), Ray, ...):
     rounds of work through joblib, each with every replication of every point a

@@ -598,3 +598,36 @@ def test_the_combine_rules_fitted_side_by_side_give_the_profile_one_after_the_ot
     t = time.perf_counter()
     slow.cancel()  # a result nobody waits for any more: the worker stops at once
     assert time.perf_counter() - t < 5 and not slow.running
+
+
+@needs_data
+def test_a_fit_with_its_jacobians_spread_over_forks_is_the_fit_done_here():
+    """fit_parameters(jobs=2) hands half of each finite-difference Jacobian to a forked process
+    (scipy's least_squares(workers=...)): the same points, the same simulations, so the same profile,
+    residuals and evaluation count, and the progress counts the fork's evaluations too, in order."""
+    from calibrate.fit import API_PARAMS, FIT_PARAMS, START, compare, estimate_prompt_scale, fit_parameters
+    from simulator.evaluator import fork_map
+    from simulator.load import ClosedLoop
+    from simulator.sim import simulate_closed
+    runs = closed_runs(GPT_OSS)
+    prof, _ = prior_profile(load_meta(GPT_OSS), single_user_decode(runs))
+    probe = simulate_closed(prof, ClosedLoop(combos=[(1, 1, 0, 1)], runs=1, warmup=False)).closed_loop.latency_s * 1e3
+    scale = estimate_prompt_scale(runs, probe)
+    fits, seen = {}, {}
+    for jobs in (1, 2):
+        seen[jobs] = []
+        fits[jobs] = fit_parameters(prof, runs, scale, dict(FIT_PARAMS), API_PARAMS, START, 2,
+                                    lambda i, loss, jobs=jobs: seen[jobs].append((i, loss)), jobs)
+    (one, r1, e1), (two, r2, e2) = fits[1], fits[2]
+    assert one.to_json() == two.to_json()
+    assert [r.to_json() for r in r1] == [r.to_json() for r in r2]
+    assert e1 == e2 == len(seen[1]) > len(FIT_PARAMS)  # a Jacobian's points at least
+    assert seen[1] == seen[2] and [i for i, _ in seen[2]] == list(range(1, e2 + 1))
+    assert compare(two, runs, scale)[0].to_json() == r2[0].to_json()
+    # fork_map: in order, whatever the split; a fork's results reach on_remote here, in order
+    got = []
+    assert fork_map(lambda x: x * x, range(7), 3, on_remote=got.append) == [x * x for x in range(7)]
+    assert got == [x * x for x in range(2, 7)]  # the first run of items is computed here
+    assert fork_map(lambda x: -x, [5], 4) == [-5]
+    with pytest.raises(ZeroDivisionError):  # a fork's error is raised here
+        fork_map(lambda x: 1 / x, [1, 2, 0], 2)
