@@ -228,7 +228,7 @@ def fit_parameters(prof: Profile, runs: list[ClosedRun], scale: float, params: d
         return v
 
     def workers(fn, points):  # what a fork computed is counted here
-        return fork_map(fn, points, jobs, on_remote=lambda v: counted(np.asarray(v)))
+        return fork_map(fn, points, jobs, on_remote=counted)
 
     from scipy.optimize import least_squares  # here, not at import: `capsim --help` stays fast
 
