@@ -290,11 +290,14 @@ def test_measure_open_needs_a_server():
 
 
 def test_goodput_as_vllm_defines_it(fake, tmp_path):
-    srv = fake(itl=0.002, ttft=0.005)
+    # One request at a time, all arriving within ~0.1 s: the first waits for nobody (TTFT ~5 ms, good unless the
+    # machine is ~10x slow) and the last waits behind eleven that each sleep >= 11 ms (TTFT > 120 ms, never good),
+    # so goodput lies strictly between 0 and throughput however busy the machine is.
+    srv = fake(itl=0.002, ttft=0.005, max_running=1)
     d = tmp_path / "g"
     res = cap(["measure", "open", "--base-url", srv.url + "/v1", "--random-input-len", "16", "--random-output-len",
                "8", "--random-range-ratio", "0.5", "--num-prompts", "12", "--request-rate", "200",
-               "--goodput", "ttft:40", "tpot:3", "--metric-percentiles", "50,99", "--percentile-metrics",
+               "--goodput", "ttft:60", "tpot:50", "--metric-percentiles", "50,99", "--percentile-metrics",
                "ttft,e2el", "--json", "--no-progress", "-o", str(d)])
     assert res.exit_code == 0, res.output + res.stderr
     printed = json.loads(res.stdout)
@@ -305,9 +308,9 @@ def test_goodput_as_vllm_defines_it(fake, tmp_path):
         ttft = r.chunk_times[0] - r.start_time
         e2el = r.chunk_times[-1] - r.start_time
         tpot = (e2el - ttft) / (r.output_tokens - 1) if r.output_tokens > 1 else 0.0
-        good += 0.040 >= ttft and 0.003 >= tpot
+        good += 0.060 >= ttft and 0.050 >= tpot
     assert printed["request_goodput"] == pytest.approx(good / run.duration)
-    assert 0 < printed["request_goodput"] <= printed["request_throughput"]
+    assert 0 < printed["request_goodput"] < printed["request_throughput"]
     assert {"p50_ttft_ms", "p99_ttft_ms", "p50_e2el_ms", "p99_e2el_ms"} <= set(printed)
     assert not any(k.startswith(("mean_tpot", "mean_itl", "p90_")) for k in printed)
     # a goodput SLO nothing meets gives 0
