@@ -307,11 +307,14 @@ def load_meta(run_dir) -> dict:
             return v if key == "kv_cache_dtype" else server_number(key, v, path)
         given = sc.get(key)
         flag = switch_flag(key, extra) if switch else flag_value(extra, "--" + key.replace("_", "-"))
-        ours, theirs = read(given), read(flag)
-        if ours is not None and theirs is not None and ours != theirs:
+        ours = read(given)
+        if flag is None:
+            return ours
+        theirs = read(flag)  # None where the flag leaves it to vLLM (--max-model-len auto): that is the setting
+        if ours is not None and ours != theirs:
             conflicts.append(f"{key}: server_config has {given!r}, the command line {flag!r}; the command line's "
                              "is taken (vLLM keeps the last flag, and extra arguments come after the runner's)")
-        return theirs if theirs is not None else ours
+        return theirs
 
     return {
         "model": meta.get("model") or _report_header(run_dir).get("Model"),

@@ -574,6 +574,16 @@ def test_a_setting_given_twice_is_the_command_lines_and_the_disagreement_is_said
     assert prof.engine.max_model_len == 16384 and prof.engine.max_num_batched_tokens == 2000
     fr = fit_closed(seed_closed_runs()[:1], server=s, max_nfev=1, combine="sum")
     assert fr.origin["settings_in_conflict"].startswith("max_model_len: server_config has 32768")
+    # --max-model-len auto on the command line leaves the length to vLLM, over server_config's number
+    sc = {"max_model_len": 32768, "extra_vllm_args": "--max-model-len auto"}
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "google/gemma-4-26B-A4B-it", "server_config": sc}))
+    s = load_meta(tmp_path)
+    assert s["max_model_len"] is None
+    assert s["setting_conflicts"] == ["max_model_len: server_config has 32768, the command line 'auto'; the command "
+                                      "line's is taken (vLLM keeps the last flag, and extra arguments come after "
+                                      "the runner's)"]
+    (tmp_path / "meta.json").write_text(json.dumps({"model": "google/gemma-4-26B-A4B-it", "server_config": {}}))
+    assert prior_profile(s)[0].engine.max_model_len == prior_profile(load_meta(tmp_path))[0].engine.max_model_len
     # server_config alone: its "false" is off (it was read as on), and nothing is in conflict
     (tmp_path / "meta.json").write_text(json.dumps({"model": "m", "server_config": {"enable_prefix_caching": "false"}}))
     s = load_meta(tmp_path)
