@@ -16,15 +16,25 @@ class KVCache:
         self.groups = [(g.block_size, g.count, g.window) for g in limits.kv_groups]
         self.capacity = limits.num_blocks  # None: unlimited
         self.used = 0
+        # called for every request of every step: the full-attention groups as (block size, count), and
+        # each sliding group's cap in blocks remembered per chunk length (a handful of lengths recur)
+        self._full = [(bs, count) for bs, count, window in self.groups if window is None]
+        self._sliding = [(bs, count, window) for bs, count, window in self.groups if window is not None]
+        self._caps: dict[int, list[tuple[int, int, int]]] = {}
 
     def blocks(self, tokens: int, chunk: int) -> int:
         """Blocks one request holds with `tokens` computed, `chunk` of them new."""
         total = 0
-        for bs, count, window in self.groups:
-            full = -(-tokens // bs)
-            if window is not None:
-                full = min(full, -(-(window - 1 + chunk) // bs) + 1)
-            total += count * full
+        for bs, count in self._full:
+            total += count * -(-tokens // bs)
+        if self._sliding:
+            caps = self._caps.get(chunk)
+            if caps is None:
+                caps = self._caps[chunk] = [(bs, count, -(-(window - 1 + chunk) // bs) + 1)
+                                            for bs, count, window in self._sliding]
+            for bs, count, cap in caps:
+                full = -(-tokens // bs)
+                total += count * (full if full < cap else cap)
         return total
 
     def stable_until(self, tokens: int) -> float:
