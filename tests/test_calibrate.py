@@ -259,6 +259,13 @@ def test_live_load_behind_schedule_is_run_again(tmp_path, monkeypatch, caplog):
         (aside,) = run.live.set_aside
         assert "stamped late" in aside["warning"] and aside["loop_lag_s"]["max"] > 0.35
         assert (tmp_path / "s-set-aside-1" / "records.jsonl").is_file()
+        # a caller's own check (a box that ran slower than calibrated) sets the first run aside
+        seen = []
+        run, _ = measure_load(srv.url, load, tmp_path / "c", retries=2,
+                              check=lambda r: seen.append(r) or ("box slow" if len(seen) == 1 else None))
+        (aside,) = run.live.set_aside
+        assert aside["warning"] == "box slow" and len(seen) == 2 and seen[1] is run
+        assert (tmp_path / "c-set-aside-1" / "records.jsonl").is_file()
         with pytest.raises(LiveError, match="retries must be 0 or more"):
             measure_load(srv.url, load, None, retries=-1)
     finally:

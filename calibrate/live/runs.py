@@ -63,17 +63,19 @@ def measured_prompt_scale(runs: list[RunResult]) -> float:
 
 
 def until_free(attempt: Callable[[], tuple[RunResult, Any]], out_dir, retries: int,
-                aside_dir: Callable[[int], Path], name: str) -> tuple[RunResult, Any, list[dict]]:
+                aside_dir: Callable[[int], Path], name: str,
+                check: Callable[[RunResult], str | None] | None = None) -> tuple[RunResult, Any, list[dict]]:
     """`attempt()` -> (run, extra), made again while capsim measure says the run's client was
-    held up (its timings are the client's), at most `retries` more times. The K-th held-up run's
-    folder moves to aside_dir(K), and is told (logging, "capsim.calibrate.live.runs", INFO).
-    Returns (run, extra, one record per set-aside run)."""
+    held up (its timings are the client's), or `check(run)` gives a reason the run does not
+    stand for the box (a caller's own test of it, run after each attempt), at most `retries`
+    more times. The K-th set-aside run's folder moves to aside_dir(K), and is told (logging,
+    "capsim.calibrate.live.runs", INFO). Returns (run, extra, one record per set-aside run)."""
     from measure.session import held_up
 
     set_aside: list[dict] = []
     while True:
         run, extra = attempt()
-        warning = held_up(run.client)
+        warning = held_up(run.client) or (check(run) if check is not None else None)
         if warning is None or len(set_aside) == retries:
             return run, extra, set_aside
         aside = None

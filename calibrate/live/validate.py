@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -150,14 +150,16 @@ def predict_live(profile: Profile, run: RunResult, load: LiveLoad, replications:
 
 
 def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = None, clock_scale: float = 1.0,
-                 api_key: str | None = None, retries: int = 0) -> tuple[RunResult, float | None]:
+                 api_key: str | None = None, retries: int = 0,
+                 check: Callable[[RunResult], str | None] | None = None) -> tuple[RunResult, float | None]:
     """Run one open-loop load live; returns (run in model time, engine steps during it or None).
 
     A run whose client was held up is run again, up to `retries` times: measure's
     schedule_warning (sends fell behind the arrival schedule, so the server got another load
     than the one predicted) or client_stall_warning (the client's event loop stalled, so the
     tokens of the requests in flight were stamped late). The set-aside runs keep their folders
-    (NAME-set-aside-K) and are listed in the kept run's live.set_aside.
+    (NAME-set-aside-K) and are listed in the kept run's live.set_aside. `check(run)`, run after
+    each attempt, may give another reason to run it again (runs.until_free).
     """
     from measure import run_open
 
@@ -175,7 +177,7 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
 
     run, (steps0, steps1), set_aside = until_free(
         attempt, out_dir, retries, lambda k: Path(out_dir).with_name(f"{Path(out_dir).name}-set-aside-{k}"),
-        load.name)
+        load.name, check)
     if set_aside:
         run.live.set_aside = set_aside
     scale_run(run, clock_scale)
@@ -236,9 +238,10 @@ def _open_run(res: LiveResult, source: str) -> OpenRun:
 
 def live_validate(url: str, profile: Profile, loads: Sequence[LiveLoad], out_dir=None, *, model: str | None = None,
                   clock_scale: float = 1.0, replications: int = 5, repeat: bool = False, api_key: str | None = None,
-                  retries: int = 1) -> LiveValidation:
+                  retries: int = 1, check: Callable[[RunResult], str | None] | None = None) -> LiveValidation:
     """Run each load live, predict it on the model, and score (docs/design/live-calibration.md).
-    Each load is told as it starts (logging, "capsim.calibrate.live.validate", INFO)."""
+    Each load is told as it starts (logging, "capsim.calibrate.live.validate", INFO); `check`: see
+    measure_load."""
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"validate-live-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     source = f"live {url}"
@@ -249,7 +252,7 @@ def live_validate(url: str, profile: Profile, loads: Sequence[LiveLoad], out_dir
             d = out / (load.name + ("" if rep == 0 else "-repeat"))
             log.info(f"  {d.name}: {load.num_prompts} requests of ~{load.input_len}+{load.output_len} tokens at "
                      f"{load.rate:.3g}/s" + (f", max concurrency {load.max_concurrency}" if load.max_concurrency else ""))
-            run, steps = measure_load(url, load, d, model or None, clock_scale, api_key, retries)
+            run, steps = measure_load(url, load, d, model or None, clock_scale, api_key, retries, check)
             res = compare_load(profile, load, run, d, steps, replications, clock_scale)
             (results if rep == 0 else repeats).append(res)
             if rep == 0:
