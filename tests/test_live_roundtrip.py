@@ -24,9 +24,10 @@ DRIFT off its speed just after calibration (BoxSpeed); a pair of runs that disag
 the usual noise gets a third run and the median one counts (RETRIES, DISAGREE below).
 TTFT p50 and TPOT p50 are held to 20% as the median over the five loads (as capsim
 validate scores a family) and to twice that per load (see
-test_timing_targets_across_the_five_loads for why). Achieved RPS is held to 10% where the server follows the arrival rate (light, near saturation); where it
-cannot (the burst, the chunking and small-KV loads arrive faster than the server serves
-them) achieved RPS is one over the service time, a timing figure like TPOT.
+test_timing_targets_across_the_five_loads for why). Achieved RPS is held to 10% where
+the server follows the arrival rate (light, near saturation); where it cannot (the burst,
+the chunking and small-KV loads arrive faster than the server serves them) achieved RPS is
+one over the service time, a timing figure like TPOT.
 Preemptions: within 25%.
 Everything is printed (pytest -s); CAPSIM_LIVE_KEEP=DIR keeps the run folders. The
 module starts four servers and takes 22-24 minutes here; it skips when the vLLM
@@ -143,7 +144,7 @@ class BoxSpeed:
 
     def check(self, run) -> str | None:
         reason = None
-        for k in range(self.WAITS):
+        for _ in range(self.WAITS):
             drift = self.tpot() / self.ref - 1.0
             if abs(drift) <= DRIFT:
                 return reason
