@@ -169,10 +169,11 @@ class Engine:
         self.model = profile.step_model
         self.window = getattr(self.model, "window", None)
         self.kv = KVCache(self.lim)
-        # blocks() grows with both its arguments, so when the longest request's blocks fit, every
-        # request's do, and reject_reason need not count them
-        self._any_fits = self.kv.capacity is None or self.kv.blocks(
-            self.lim.max_model_len, self.lim.max_num_batched_tokens) <= self.kv.capacity
+        # blocks() grows with both its arguments and admission_blocks() with its one, so when the longest
+        # request's blocks fit, every request's do, and reject_reason need not count them
+        self._any_fits = self.kv.capacity is None or max(
+            self.kv.blocks(self.lim.max_model_len, self.lim.max_num_batched_tokens),
+            self.kv.admission_blocks(self.lim.max_model_len)) <= self.kv.capacity
         self._blocks1: dict[int, tuple] = {}
         self.spec_k = self.lim.num_speculative_tokens
         self._spec_rng = np.random.default_rng([seed, 0x5BEC])
@@ -233,6 +234,8 @@ class Engine:
         if not self._any_fits:
             need = self.kv.blocks(spec.prompt_tokens + m - 1, 1)
             need = max(need, self.kv.blocks(spec.prompt_tokens, min(spec.prompt_tokens, L.max_num_batched_tokens)))
+            if L.reserve_full_prompt:  # (re)admitted only with its whole sequence's blocks free
+                need = max(need, self.kv.admission_blocks(spec.prompt_tokens + m - 1))
             if need > self.kv.capacity:
                 return f"request needs {need} KV blocks but the cache holds {self.kv.capacity}"
         return None
@@ -242,7 +245,9 @@ class Engine:
         req = _Req(spec, record, t, on_done, self._order, self.served_max_tokens(spec))
         self._order += 1
         if self.kv.capacity is not None:
-            req.ub = self.kv.blocks(spec.prompt_tokens + req.max_tokens, self.lim.max_num_batched_tokens)
+            most = spec.prompt_tokens + req.max_tokens
+            # what it can ever hold, and what its admission (or readmission after a preemption) asks free
+            req.ub = max(self.kv.blocks(most, self.lim.max_num_batched_tokens), self.kv.admission_blocks(most))
             self._ub_total += req.ub
         self.waiting.append(req)
         if self._pending is None or t < self._pending:
@@ -513,7 +518,7 @@ class Engine:
                 if L.long_prefill_token_threshold > 0:
                     n = min(n, L.long_prefill_token_threshold)
                 n = min(n, budget)
-                if L.reserve_full_prompt and not self.kv.fits(self.kv.blocks(req.known, n)):
+                if L.reserve_full_prompt and not self.kv.fits(self.kv.admission_blocks(req.known)):
                     break
                 if not self._alloc(req, n):
                     break

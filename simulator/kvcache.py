@@ -2,7 +2,8 @@
 
 Each KV-cache group (vLLM's hybrid allocator) holds ceil(tokens / block_size)
 blocks; sliding-window groups drop blocks that fell out of the window and keep
-about ceil((window - 1 + chunk) / block_size) + 1 while a chunk is computed.
+about ceil((window - 1 + chunk) / block_size) + 1 while a chunk is computed, and
+admission asks them for the window plus every batch in flight (docs/design/engine.md).
 """
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ class KVCache:
         self._full = [(bs, count) for bs, count, window in self.groups if window is None]
         self._sliding = [(bs, count, window) for bs, count, window in self.groups if window is not None]
         self._caps: dict[int, list[tuple[int, int, int]]] = {}
+        # vLLM's admission cap of a sliding group (SlidingWindowSpec.max_admission_blocks_per_request): the
+        # window plus every batch in flight, as kv_cache_size_tokens counts them
+        in_flight = in_flight_tokens(limits)
+        self._admit = [(bs, count, admission_cap(bs, window, in_flight, limits.max_model_len))
+                       for bs, count, window in self._sliding]
 
     def blocks(self, tokens: int, chunk: int) -> int:
         """Blocks one request holds with `tokens` computed, `chunk` of them new."""
@@ -35,6 +41,17 @@ class KVCache:
             for bs, count, cap in caps:
                 full = -(-tokens // bs)
                 total += count * (full if full < cap else cap)
+        return total
+
+    def admission_blocks(self, tokens: int) -> int:
+        """Free blocks vLLM's scheduler asks of a waiting request of `tokens` before it admits it
+        (scheduler_reserve_full_isl): its whole sequence, each sliding group capped at its admission cap."""
+        total = 0
+        for bs, count in self._full:
+            total += count * -(-tokens // bs)
+        for bs, count, cap in self._admit:
+            full = -(-tokens // bs)
+            total += count * (full if full < cap else cap)
         return total
 
     def stable_until(self, tokens: int) -> float:
@@ -78,21 +95,37 @@ def hybrid_layout(pool_bytes: float, full_layers: int, full_bytes: float, window
     return max(1, int(pool_bytes // (g * page_layer))), groups
 
 
-def kv_cache_size_tokens(limits) -> int | None:
+def in_flight_tokens(limits, batches_in_flight: int | None = None) -> int:
+    """vLLM 0.32's VllmConfig.max_in_flight_tokens: max_num_batched_tokens for every batch that can be in
+    flight at once (2 with async scheduling, 1 without; batches_in_flight overrides)."""
+    if batches_in_flight is None:
+        batches_in_flight = 2 if limits.async_scheduling else 1
+    return batches_in_flight * limits.max_num_batched_tokens
+
+
+def admission_cap(block_size: int, window: int, in_flight: int, max_model_len: int) -> int:
+    """SlidingWindowSpec.max_admission_blocks_per_request: the blocks of the window and the tokens in
+    flight (never more than max_model_len), +1 as the window need not start at a block's start."""
+    return -(-min(window - 1 + in_flight, max_model_len) // block_size) + 1
+
+
+def kv_cache_size_tokens(limits, batches_in_flight: int | None = None) -> int | None:
     """vLLM's figure: max_model_len x how many max_model_len requests fit the block pool.
 
-    vllm/v1/core/kv_cache_utils.py get_max_concurrency_for_kv_cache_config: a full
-    attention group needs cdiv(max_model_len, block) blocks per request, a sliding one
-    cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), block) + 1.
+    vllm/v1/core/kv_cache_utils.py get_kv_cache_capacity: a full attention group needs
+    cdiv(max_model_len, block) blocks per request, a sliding one its admission cap
+    cdiv(min(window - 1 + in-flight tokens, max_model_len), block) + 1, where vLLM 0.32 counts
+    max_num_batched_tokens for every batch in flight (VllmConfig.max_in_flight_tokens: 2 with
+    async scheduling, 1 without; batches_in_flight overrides). Earlier builds counted one batch.
     """
     L = getattr(limits, "engine", limits)  # a Profile or its EngineLimits
     if L.num_blocks is None:
         return None
+    in_flight = in_flight_tokens(L, batches_in_flight)
     per_req = 0
     for g in L.kv_groups:
         if g.window is None:
             per_req += g.count * -(-L.max_model_len // g.block_size)
         else:
-            n = min(g.window - 1 + L.max_num_batched_tokens, L.max_model_len)
-            per_req += g.count * (-(-n // g.block_size) + 1)
+            per_req += g.count * admission_cap(g.block_size, g.window, in_flight, L.max_model_len)
     return int(L.num_blocks / per_req * L.max_model_len) if per_req else None

@@ -30,7 +30,9 @@ import pytest
 
 from calibrate.importers import ImporterError, load_meta
 from capsim.cli import build_open_workload
+from simulator.kvcache import kv_cache_size_tokens
 from simulator.load import OpenLoop
+from simulator.profile import EngineLimits, KVGroup
 from simulator.records import RequestRecord, RunResult
 from simulator.sim import simulate_open
 from simulator.summary import summarize_open
@@ -234,6 +236,11 @@ def oracle(sharegpt_path):
         jobs[("engine", case)] = {"kind": "engine_flags", "argv": list(case), "keys": ENGINE_KEYS}
     for mml, p, m in CONTEXT:
         jobs[("context", mml, p, m)] = {"kind": "context_limit", "max_model_len": mml, "prompt": p, "max_tokens": m}
+    for case in KV_CAPACITY:
+        groups, blocks, mml, budget, asyn = case
+        jobs[("kv", case)] = {"kind": "kv_capacity", "model": TOK, "groups": [list(g) for g in groups],
+                              "num_blocks": blocks, "max_model_len": mml, "max_num_batched_tokens": budget,
+                              "async_scheduling": asyn}
     keys = list(jobs)
     env = clean_env()
     env["HF_HUB_OFFLINE"] = "1"
@@ -257,6 +264,37 @@ ENGINE_FLAGS = [("--max-num-batched-tokens", "8192", "--max-num-seqs", "128"),
                 ("--max-num-batched-tokens", "2.5K"),
                 ("--max-num-seqs", "1k"),
                 ("--gpu-memory-utilization", "most")]
+
+
+# ------------------------------------------------------------------ the KV cache's size in tokens
+
+# (groups as (block_size, count, window), num_blocks, max_model_len, max_num_batched_tokens, async scheduling):
+# Gemma-4-26B-A4B's layout (1 full group of 32-token blocks, 5 sliding of 16 at a 1024 window), Gemma 3's on
+# vLLM's CPU build, a dense model, and windows the in-flight tokens reach past max_model_len
+KV_CAPACITY = [(((32, 1, None), (16, 5, 1024)), 50610, 131072, 2048, False),
+               (((32, 1, None), (16, 5, 1024)), 50610, 131072, 2048, True),
+               (((32, 1, None), (16, 5, 1024)), 38000, 262144, 8192, True),
+               (((128, 1, None), (128, 5, 512)), 2730, 4096, 2048, False),
+               (((128, 1, None), (128, 5, 512)), 136, 4096, 256, True),
+               (((16, 1, None),), 9000, 32768, 8192, True),
+               (((16, 2, None), (16, 3, 4096)), 5000, 8192, 4096, True),
+               (((16, 1, None), (16, 1, 128)), 777, 1000, 600, False)]
+
+
+@pytest.mark.parametrize("case", KV_CAPACITY, ids=lambda c: "%d-%d-%d-%s" % (c[1], c[2], c[3], c[4]))
+def test_kv_cache_size_tokens_is_vllms_figure(oracle, case):
+    """The KV cache's size in tokens, as vLLM's startup log and cache_config_info report it
+    (get_kv_cache_capacity): sliding-window groups sized for every batch in flight."""
+    groups, blocks, mml, budget, asyn = case
+    lim = EngineLimits(num_blocks=blocks, kv_groups=tuple(KVGroup(*g) for g in groups), max_model_len=mml,
+                       max_num_batched_tokens=budget, async_scheduling=asyn)
+    assert kv_cache_size_tokens(lim) == oracle[("kv", case)]["kv_cache_size_tokens"]
+
+
+def test_the_kv_cases_have_teeth(oracle):
+    """Async scheduling moves vLLM's figure where a window is in the layout (the in-flight tokens count twice)."""
+    a, b = (oracle[("kv", c)]["kv_cache_size_tokens"] for c in KV_CAPACITY[:2])
+    assert a > b
 
 
 # ------------------------------------------------------------------ prompt + max_tokens past max_model_len

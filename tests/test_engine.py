@@ -68,6 +68,27 @@ def test_requests_too_long_are_rejected_like_vllm():
     assert "KV blocks" in r2.records[0].error
 
 
+def test_a_long_prompt_waits_for_the_window_plus_every_batch_in_flight():
+    """vLLM 0.32 admits a prompt longer than its sliding window only with blocks free for the window plus
+    the tokens of every batch in flight (twice the budget with async scheduling), not for the chunk it
+    takes: a cache one block short of that serves nothing of it, whatever the chunk would hold."""
+    # window 16, blocks of 4, budget 8: a 100-token prompt asks 25 full blocks + 2 sliding groups x
+    # (ceil((15 + 16) / 4) + 1 = 9) = 43 blocks with async scheduling, 39 without; its chunks hold 39
+    for async_, need in ((True, 43), (False, 39)):
+        prof = tiny_profile(budget=8, block=4, window=16, num_blocks=need, async_=async_)
+        assert run(prof, [spec(100, 1)]).records[0].ok
+        prof = tiny_profile(budget=8, block=4, window=16, num_blocks=need - 1, async_=async_)
+        assert f"needs {need} KV blocks but the cache holds {need - 1}" in run(prof, [spec(100, 1)]).records[0].error
+    # beside a request holding 20 of 60 blocks, 40 are free: the 39 its chunks come to hold, not the 43 it
+    # asks. It waits for the first to end; taken in on its chunk's count, it ran out of blocks and was preempted
+    for ff in (True, False):
+        prof = tiny_profile(budget=8, block=4, window=16, num_blocks=60, async_=True)
+        r = run(prof, [spec(40, 60), spec(100, 1)], ff=ff)
+        a, b = r.records
+        assert a.ok and b.ok and b.chunk_times[0] > a.end_time, (a.end_time, b.chunk_times)
+        assert r.num_preemptions == 0
+
+
 def test_the_limits_a_request_may_reach_are_served():
     """A prompt and max_tokens that fill max_model_len exactly are served, one more token is refused;
     a request whose KV (prompt + max_tokens - 1 computed tokens: the last sampled one never is) fills
@@ -149,10 +170,10 @@ def test_fast_forward_gives_identical_records_under_preemption(async_):
 
 @pytest.mark.parametrize("seed, seqs, blocks, block, window, async_", [
     (2, 8, 40, 16, None, True),  # a preempting step was once taken as the start of a run: the victim's
-    (2, 5, 60, 8, 16, True),     # re-admission one step later was skipped (async drops its in-flight tokens,
+    (2, 5, 80, 8, 16, True),     # re-admission one step later was skipped (async drops its in-flight tokens,
     (1, 3, 30, 4, None, True),   # so it can need fewer blocks than it gave up)
     (2, 8, 30, 8, None, False),
-    (2, 4, 50, 4, 16, False)])
+    (2, 4, 90, 4, 16, False)])
 def test_fast_forward_gives_identical_records_under_kv_pressure(seed, seqs, blocks, block, window, async_):
     prof = tiny_profile(budget=64, seqs=seqs, num_blocks=blocks, block=block, window=window, async_=async_,
                         noise=0.1)

@@ -138,6 +138,24 @@ def test_a_request_that_exactly_fills_the_pool():
     assert kv.fits(kv.blocks(64, 64)) and not kv.fits(kv.blocks(65, 65))
 
 
+@pytest.mark.parametrize("async_, tokens, expected", [
+    # Gemma-4-26B-A4B at budget 2048: a full group of ceil(t/32) blocks and 5 sliding groups each capped
+    # at ceil((1023 + in-flight tokens)/16) + 1 = 193 blocks (one batch) or 321 (two, async scheduling)
+    (False, 1000, 32 + 5 * 63),       # under the window: every block of the sequence
+    (False, 3071, 96 + 5 * 192),      # ceil(3071/16) = 192, one under the cap
+    (False, 3088, 97 + 5 * 193),      # at the cap of one batch in flight
+    (False, 100000, 3125 + 5 * 193),
+    (True, 3088, 97 + 5 * 193),       # two batches in flight: the same sequence is under their cap
+    (True, 100000, 3125 + 5 * 321),
+])
+def test_admission_asks_the_window_plus_every_batch_in_flight(async_, tokens, expected):
+    """SlidingWindowSpec.max_admission_blocks_per_request (vLLM 0.32): not the chunk being admitted."""
+    kv = cache(GEMMA4, max_num_batched_tokens=2048, max_model_len=131072, async_scheduling=async_)
+    assert kv.admission_blocks(tokens) == expected
+    # what the request then holds while its first chunk (the whole budget) is computed is capped lower
+    assert kv.blocks(tokens, 2048) <= expected
+
+
 # ------------------------------------------------------------------ hybrid allocator layout
 
 def test_hybrid_layout_gemma4_26b_a4b_at_0_9():
@@ -190,7 +208,13 @@ def test_kv_cache_size_tokens_is_vllms_max_concurrency_figure():
     # Reference 2.2: a 131,072-token request needs 131072/32 = 4096 full blocks + 5 sliding groups x
     # (ceil((1024 - 1 + 2048)/16) + 1 = 193) = 4096 + 965 = 5061 blocks at budget 2048.
     # 50,610 blocks hold 10 such requests: 10 x 131,072 = 1,310,720 tokens.
-    lim = EngineLimits(num_blocks=50610, kv_groups=GEMMA4, max_model_len=131072, max_num_batched_tokens=2048)
+    lim = EngineLimits(num_blocks=50610, kv_groups=GEMMA4, max_model_len=131072, max_num_batched_tokens=2048,
+                       async_scheduling=False)
     assert kv_cache_size_tokens(lim) == 1310720
+    # vLLM 0.32 with async scheduling sizes the window for two batches in flight: ceil((1023 + 4096)/16) + 1
+    # = 321 a sliding group, 4096 + 1605 = 5701 blocks a request; 50,610 / 5701 x 131,072 = 1,163,577
+    lim.async_scheduling = True
+    assert kv_cache_size_tokens(lim) == 1163577
+    assert kv_cache_size_tokens(lim, batches_in_flight=1) == 1310720  # a build that counts one batch
     lim.num_blocks = None
     assert kv_cache_size_tokens(lim) is None

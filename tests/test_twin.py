@@ -16,8 +16,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from calibrate.live import (LiveLoad, compare_load, load_calibration_runs, measure_load, read_server,
-                            scale_run)
+from calibrate.live import (LiveLoad, apply_server_limits, compare_load, load_calibration_runs, measure_load,
+                            read_server, scale_run)
 from calibrate.priors import prior_profile
 from measure import run_closed, run_open
 from measure.prom import parse_metrics
@@ -203,12 +203,42 @@ def test_metrics_use_vllm_names_and_count(twin):
 
 
 def test_kv_cache_size_tokens_is_vllms_formula():
-    # vLLM 0.32 CPU, Gemma 3 270M (1 full + 5 sliding-window groups, block 128), as its log says
+    # vLLM 0.32 CPU, Gemma 3 270M (1 full + 5 sliding-window groups, block 128), as its log says (the CPU
+    # platform runs without async scheduling: one batch in flight)
     groups = (KVGroup(128, 1, None), KVGroup(128, 5, 512))
-    lim = EngineLimits(max_num_batched_tokens=2048, max_model_len=4096, num_blocks=2730, kv_groups=groups)
+    lim = EngineLimits(max_num_batched_tokens=2048, max_model_len=4096, num_blocks=2730, kv_groups=groups,
+                       async_scheduling=False)
     assert kv_cache_size_tokens(lim) == 81621
-    lim = EngineLimits(max_num_batched_tokens=256, max_model_len=4096, num_blocks=136, kv_groups=groups)
+    lim = EngineLimits(max_num_batched_tokens=256, max_model_len=4096, num_blocks=136, kv_groups=groups,
+                       async_scheduling=False)
     assert kv_cache_size_tokens(lim) == 8314
+
+
+def test_read_server_checks_the_layout_against_either_builds_kv_figure(monkeypatch):
+    """vLLM 0.32 sizes sliding-window groups for every batch in flight (two with async scheduling), earlier
+    builds for one: a sliding layout given as a flag is consistent with a server's figure of either kind,
+    and a layout that explains neither is flagged."""
+    import measure.twin as twin_mod
+
+    sliding = (KVGroup(16, 1, None), KVGroup(16, 5, 512))
+    prof = twin_profile(max_model_len=8192, kv_groups=sliding)
+    figures = {b: kv_cache_size_tokens(prof, b) for b in (1, 2)}
+    assert figures[1] != figures[2]
+    for b in (2, 1):
+        monkeypatch.setattr(twin_mod, "kv_cache_size_tokens", lambda p, b=b: kv_cache_size_tokens(p, b))
+        tw = TwinServer(prof, speed=50.0).start()
+        try:
+            facts = read_server(tw.url, kv_groups=sliding)
+            assert facts.async_scheduling and facts.kv_cache_size_tokens == figures[b]
+            assert f"consistent with kv_cache_size_tokens {figures[b]}" in facts.origin["kv_groups"], facts.origin
+            assert facts.num_blocks == 4000
+            wrong = read_server(tw.url, kv_groups=(KVGroup(16, 1, None), KVGroup(16, 5, 4096)))
+            assert "WARNING" in wrong.origin["kv_groups"], wrong.origin
+            # no layout given: the profile's own explains the server's pool, so it stays
+            told = apply_server_limits(prof, read_server(tw.url))
+            assert told.engine.kv_groups == sliding and told.engine.num_blocks == 4000
+        finally:
+            tw.stop()
 
 
 def test_tokenizer_counts():

@@ -20,6 +20,9 @@ Jobs:
       -> {key: parsed value} or {"error": "refused"}   (EngineArgs' parser: what `vllm serve` reads)
   {"kind": "context_limit", "max_model_len": N, "prompt": P, "max_tokens": M}
       -> {"max_tokens": served} or {"error": ...}   (the chat endpoint's length checks and clamp)
+  {"kind": "kv_capacity", "model": DIR, "groups": [[block_size, count, window | null], ...],
+   "num_blocks": N, "max_model_len": M, "max_num_batched_tokens": B, "async_scheduling": bool}
+      -> {"kv_cache_size_tokens": tokens, "in_flight_tokens": ...}   (get_kv_cache_capacity)
   {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
    "percentiles": [...], "tokenizer": DIR | null}
       -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
@@ -207,8 +210,43 @@ def context_limit(job):
         return {"error": str(ex).splitlines()[0]}
 
 
+_VLLM_CONFIGS: dict = {}
+
+
+def kv_capacity(job):
+    """vLLM's KV-cache figure (the "KV cache size: N tokens" of its startup log and cache_config_info's
+    kv_cache_size_tokens) for a block pool of `num_blocks` shared by `groups` ([block_size, count, window
+    or null]), from get_kv_cache_capacity with a VllmConfig of those limits. The CPU platform turns async
+    scheduling off when the config is built, so it is set afterwards, as a GPU build keeps it."""
+    import torch
+    from vllm.config import ModelConfig, SchedulerConfig, VllmConfig
+    from vllm.v1.core.kv_cache_utils import get_kv_cache_capacity
+    from vllm.v1.kv_cache_interface import (FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec,
+                                            SlidingWindowSpec)
+
+    # the figure is arithmetic on the limits: the small model's 32k positions need not hold a 262k context
+    os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+    mml, budget = job["max_model_len"], job["max_num_batched_tokens"]
+    key = (mml, budget)
+    if key not in _VLLM_CONFIGS:
+        mc = ModelConfig(model=job["model"], max_model_len=mml)
+        sc = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=8, max_model_len=mml,
+                             is_encoder_decoder=False)
+        _VLLM_CONFIGS[key] = VllmConfig(model_config=mc, scheduler_config=sc)
+    vc = _VLLM_CONFIGS[key]
+    vc.scheduler_config.async_scheduling = job["async_scheduling"]
+    groups = []
+    for i, (bs, count, window) in enumerate(job["groups"]):
+        kw = dict(block_size=bs, num_kv_heads=1, head_size=64, dtype=torch.bfloat16)
+        spec = FullAttentionSpec(**kw) if window is None else SlidingWindowSpec(**kw, sliding_window=window)
+        groups += [KVCacheGroupSpec([f"g{i}.{j}"], spec) for j in range(count)]
+    cfg = KVCacheConfig(num_blocks=job["num_blocks"], kv_cache_tensors=[], kv_cache_groups=groups)
+    tokens, concurrency = get_kv_cache_capacity(vc, cfg)
+    return {"kv_cache_size_tokens": tokens, "in_flight_tokens": vc.max_in_flight_tokens}
+
+
 KINDS = {"pipeline": pipeline, "defaults": defaults, "metrics": metrics, "engine_flags": engine_flags,
-         "context_limit": context_limit}
+         "context_limit": context_limit, "kv_capacity": kv_capacity}
 
 
 def _answer(job):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from simulator.kvcache import kv_cache_size_tokens
 from simulator.profile import EngineLimits, KVGroup, Profile, clamps_max_tokens
 
 from .messages import LiveError
@@ -135,7 +136,6 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
     import httpx
 
     from measure.client import split_url
-    from simulator.kvcache import kv_cache_size_tokens
 
     base, public, auth = split_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -204,7 +204,7 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
     origin["num_blocks"] = "/metrics vllm:cache_config_info num_gpu_blocks"
     if facts.kv_cache_size_tokens:
         want = facts.kv_cache_size_tokens
-        got = kv_cache_size_tokens(facts.engine_limits())
+        got = _kv_figure(facts.engine_limits(), want)
         if got is not None and abs(got - want) > max(0.03 * want, facts.max_model_len * 0.05):
             if origin["kv_groups"].startswith("one full"):
                 # a hybrid cache the flags did not describe: the single-group equivalent
@@ -217,6 +217,16 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
         else:
             origin["kv_groups"] += f" (consistent with kv_cache_size_tokens {want})"
     return facts
+
+
+def _kv_figure(limits, want: int | None) -> int | None:
+    """The KV-cache figure (kv_cache_size_tokens) these limits give, as the server's build counts it: vLLM
+    0.32 sizes sliding-window groups for every batch in flight (two with async scheduling), earlier builds
+    for one, and the version alone does not say which a build does. The one nearer the server's."""
+    figures = [f for f in (kv_cache_size_tokens(limits), kv_cache_size_tokens(limits, 1)) if f is not None]
+    if not figures:
+        return None
+    return min(figures, key=lambda f: abs(f - want)) if want else figures[0]
 
 
 def apply_server_limits(profile: Profile, facts: ServerFacts) -> Profile:
@@ -235,11 +245,9 @@ def apply_server_limits(profile: Profile, facts: ServerFacts) -> Profile:
         e.kv_groups = facts.kv_groups
         e.num_blocks = facts.num_blocks
     elif facts.num_gpu_blocks is not None:
-        from simulator.kvcache import kv_cache_size_tokens
-
         trial = dataclasses.replace(e, num_blocks=facts.num_gpu_blocks)
         want = facts.kv_cache_size_tokens
-        got = kv_cache_size_tokens(trial)
+        got = _kv_figure(trial, want)
         # the profile's own layout, if it explains the server's pool; else the single-group equivalent
         if want is None or got is None or abs(got - want) <= max(0.03 * want, 0.05 * e.max_model_len):
             e.num_blocks = facts.num_gpu_blocks
