@@ -30,7 +30,7 @@ import pytest
 
 from calibrate.importers import ImporterError, load_meta
 from capsim.cli import build_open_workload
-from simulator.kvcache import kv_cache_size_tokens
+from simulator.kvcache import KVCache, kv_cache_size_tokens
 from simulator.load import OpenLoop
 from simulator.profile import EngineLimits, KVGroup
 from simulator.records import RequestRecord, RunResult
@@ -241,6 +241,9 @@ def oracle(sharegpt_path):
         jobs[("kv", case)] = {"kind": "kv_capacity", "model": TOK, "groups": [list(g) for g in groups],
                               "num_blocks": blocks, "max_model_len": mml, "max_num_batched_tokens": budget,
                               "async_scheduling": asyn}
+    for case in KV_HOLDS:
+        bs, window, chunks = case
+        jobs[("holds", case)] = {"kind": "kv_holds", "block_size": bs, "window": window, "chunks": list(chunks)}
     keys = list(jobs)
     env = clean_env()
     env["HF_HUB_OFFLINE"] = "1"
@@ -295,6 +298,44 @@ def test_the_kv_cases_have_teeth(oracle):
     """Async scheduling moves vLLM's figure where a window is in the layout (the in-flight tokens count twice)."""
     a, b = (oracle[("kv", c)]["kv_cache_size_tokens"] for c in KV_CAPACITY[:2])
     assert a > b
+
+
+# (block_size, window or None, the tokens of each step): prompts in chunks, then decodes, past the window
+KV_HOLDS = [(16, 1024, (512,) * 4 + (1,) * 100),
+            (16, 1024, (2048, 2048, 100) + (1,) * 40),
+            (16, 128, (100, 7, 300, 1, 1, 64) + (1,) * 40),
+            (128, 512, (2048,) + (1,) * 300),
+            (4, 16, (8,) * 12 + (1,) * 30),
+            (32, None, (512,) * 4 + (1,) * 70),
+            (16, 4096, (8192,) + (1,) * 20)]
+
+
+@pytest.mark.parametrize("case", KV_HOLDS, ids=lambda c: "b%d-w%s-%d" % (c[0], c[1], sum(c[2])))
+def test_kv_blocks_a_request_holds_are_vllms_or_one_more(oracle, case):
+    """After each step (sync scheduling) a full-attention group holds exactly vLLM's blocks; a sliding-window
+    group capsim's `ceil((window - 1 + chunk) / block) + 1` cap, which is vLLM's count or one more (vLLM's
+    depends on where the window starts in a block)."""
+    bs, window, chunks = case
+    kv = KVCache(EngineLimits(kv_groups=(KVGroup(bs, 1, window),), max_model_len=1 << 20))
+    ours, t = [], 0
+    for n in chunks:
+        t += n
+        ours.append(kv.blocks(t, n))
+    extra = [a - b for a, b in zip(ours, oracle[("holds", case)]["held"])]
+    assert set(extra) <= ({0} if window is None else {0, 1}), extra
+
+
+def test_the_kv_holds_have_teeth(oracle):
+    """The sliding cases reach the window (vLLM frees blocks) and show both the same count and one more."""
+    extra = []
+    for case in KV_HOLDS:
+        bs, window, chunks = case
+        held = oracle[("holds", case)]["held"]
+        if window is not None:
+            assert max(held) > held[-1]  # blocks behind the window were freed
+            kv = KVCache(EngineLimits(kv_groups=(KVGroup(bs, 1, window),), max_model_len=1 << 20))
+            extra += [kv.blocks(t, n) - h for t, n, h in zip(np.cumsum(chunks), chunks, held)]
+    assert 0 in extra and 1 in extra
 
 
 # ------------------------------------------------------------------ prompt + max_tokens past max_model_len

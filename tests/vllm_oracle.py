@@ -23,6 +23,8 @@ Jobs:
   {"kind": "kv_capacity", "model": DIR, "groups": [[block_size, count, window | null], ...],
    "num_blocks": N, "max_model_len": M, "max_num_batched_tokens": B, "async_scheduling": bool}
       -> {"kv_cache_size_tokens": tokens, "in_flight_tokens": ...}   (get_kv_cache_capacity)
+  {"kind": "kv_holds", "block_size": B, "window": W | null, "chunks": [...]}
+      -> {"held": [...]}   (blocks one request holds after each step, vLLM's KV-cache manager)
   {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
    "percentiles": [...], "tokenizer": DIR | null}
       -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
@@ -245,8 +247,37 @@ def kv_capacity(job):
     return {"kv_cache_size_tokens": tokens, "in_flight_tokens": vc.max_in_flight_tokens}
 
 
+def kv_holds(job):
+    """The blocks one request holds in a KV-cache group of vLLM's own manager (FullAttentionManager or
+    SlidingWindowManager) after each step of `chunks` new tokens, as allocate_slots takes them without
+    async scheduling: the blocks behind the window freed first (remove_skipped_blocks at the tokens
+    computed), then the blocks for the step's tokens allocated. Null blocks (freed) are not counted."""
+    import torch
+    from vllm.v1.core.block_pool import BlockPool
+    from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager, SlidingWindowManager
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
+
+    bs, window = job["block_size"], job["window"]
+    kw = dict(block_size=bs, num_kv_heads=1, head_size=64, dtype=torch.bfloat16)
+    pool = BlockPool(num_gpu_blocks=1 << 20, enable_caching=False, hash_block_size=bs)
+    if window is None:
+        m = FullAttentionManager(FullAttentionSpec(**kw), block_pool=pool, enable_caching=False,
+                                 kv_cache_group_id=0, scheduler_block_size=bs)
+    else:
+        m = SlidingWindowManager(SlidingWindowSpec(**kw, sliding_window=window), block_pool=pool,
+                                 enable_caching=False, kv_cache_group_id=0, scheduler_block_size=bs)
+    computed, held = 0, []
+    for n in job["chunks"]:
+        m.remove_skipped_blocks("r", computed)
+        m.allocate_new_blocks("r", computed + n, computed + n)
+        computed += n
+        held.append(sum(1 for b in m.req_to_blocks["r"] if b is not pool.null_block))
+    return {"held": held}
+
+
 KINDS = {"pipeline": pipeline, "defaults": defaults, "metrics": metrics, "engine_flags": engine_flags,
-         "context_limit": context_limit, "kv_capacity": kv_capacity}
+         "context_limit": context_limit, "kv_capacity": kv_capacity,
+         "kv_holds": kv_holds}
 
 
 def _answer(job):
