@@ -28,6 +28,7 @@ from simulator.workload import RandomWorkload, random_length_bounds
 from . import prom
 from .client import Client, Inflight
 from .errors import Interrupted, MeasureError
+from .hoststat import cpu_ticks, steal_share
 from .loopwatch import LoopWatch, lag_summary
 from .progress import Progress
 from .prompts import LivePrompt, PromptBuilder
@@ -132,6 +133,7 @@ class Session:
         self._signals: list[int] = []
         self.watch = LoopWatch(HELD_UP_S)
         self._froze = False
+        self._ticks0: tuple[int, int] | None = None  # /proc/stat when the measured window opened
 
     # ------------------------------------------------------------ setup
     async def connect(self) -> None:
@@ -193,6 +195,7 @@ class Session:
             gc.collect()
             gc.freeze()
             self._froze = True
+        self._ticks0 = cpu_ticks()
         self.watch.start()
 
     async def close_window(self) -> None:
@@ -204,7 +207,7 @@ class Session:
 
     async def wrap_up(self, start: float, end: float, cpu0: float) -> tuple[ClientHealth, list[RequestRecord]]:
         """The measured window [start, end] is over: the client's health and the records in request order."""
-        client = ClientHealth()
+        client = ClientHealth(steal_share=steal_share(self._ticks0, cpu_ticks()))
         self.note_cpu(client, time.process_time() - cpu0, end - start)
         await self.close_window()
         self.note_stalls(client, start)

@@ -165,6 +165,8 @@ class ClientHealth:
     send_lag_s: dict | None = None  # start_time - scheduled_time over the requests (measure.loopwatch.lag_summary)
     loop_lag_s: dict | None = None  # the event loop's tick lateness (lag_summary)
     stalls: list | None = None  # up to 20 [seconds into the run, stall seconds] past measure's HELD_UP_S
+    # the box's CPU time its hypervisor gave to others over the run (/proc/stat steal over all; None: untold)
+    steal_share: float | None = None
     # warning key (one of CLIENT_WARNINGS: "client_warning" CPU, "schedule_warning" sends late,
     # "client_stall_warning" loop stalls) -> the text told on stderr
     warnings: dict[str, str] = field(default_factory=dict)
@@ -227,7 +229,8 @@ class OfficeFacts:
 # run.json meta keys that belong to a typed field (the rest of a loaded meta is kept in RunResult.extra)
 _OPEN_KEYS = ("request_rate", "burstiness", "max_concurrency", "num_prompts", "seed")
 _CLOSED_KEYS = ("tests", "latency_s", "latency_mode", "runs", "warmup")
-_CLIENT_KEYS = ("client_cpu_s", "client_cpu_util", "send_lag_s", "loop_lag_s", "client_stalls") + CLIENT_WARNINGS
+_CLIENT_KEYS = ("client_cpu_s", "client_cpu_util", "send_lag_s", "loop_lag_s", "client_stalls",
+                "box_steal_share") + CLIENT_WARNINGS
 _SERVER_KEYS = ("server_delta", "server_cache_config", "metrics_samples", "metrics_available")
 _LIVE_KEYS = ("model", "endpoint", "url", "server", "wall_start", "wall_end", "status", "stop_reason", "stopped_in",
               "failed", "warmup_failed", "warmup_requests", "first_error", "prompts", "workload", "sent_or_queued",
@@ -298,6 +301,7 @@ class RunResult:
             put("client_warning", cli.warnings.get("client_warning"))
             put("loop_lag_s", cli.loop_lag_s)
             put("client_stalls", cli.stalls)
+            put("box_steal_share", cli.steal_share)
             put("client_stall_warning", cli.warnings.get("client_stall_warning"))
             put("send_lag_s", cli.send_lag_s)
             put("schedule_warning", cli.warnings.get("schedule_warning"))
@@ -347,7 +351,7 @@ class RunResult:
         if any(k in m for k in _CLIENT_KEYS):
             out["client"] = ClientHealth(cpu_s=m.get("client_cpu_s"), cpu_util=m.get("client_cpu_util"),
                                          send_lag_s=m.get("send_lag_s"), loop_lag_s=m.get("loop_lag_s"),
-                                         stalls=m.get("client_stalls"),
+                                         stalls=m.get("client_stalls"), steal_share=m.get("box_steal_share"),
                                          warnings={k: m[k] for k in CLIENT_WARNINGS if k in m})
         if any(k in m for k in _SERVER_KEYS):
             out["server_metrics"] = ServerMetrics(delta=m.get("server_delta"), cache_config=m.get("server_cache_config"),

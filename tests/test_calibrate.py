@@ -15,6 +15,7 @@ from calibrate.fit import estimate_prompt_scale, fit_closed
 from calibrate.importers import closed_runs, open_runs
 from calibrate.seed import seed_closed_runs, seed_open_runs
 from calibrate.validate import capacity, validate, workload_for
+from measure.hoststat import cpu_ticks
 from simulator.profile import load_profile
 from tests.test_importers import RESULTS, needs_data
 
@@ -246,6 +247,8 @@ def test_live_load_behind_schedule_is_run_again(tmp_path, monkeypatch, caplog):
         assert "schedule_warning" not in run.client.warnings and run.client.send_lag_s["max"] < 0.25
         (aside,) = run.live.set_aside
         assert aside["run_dir"] == str(tmp_path / "l-set-aside-1") and aside["send_lag_s"]["max"] > 0.3
+        st = aside["steal_share"]  # the box's steal over the set-aside run, where /proc/stat tells it
+        assert st is None if cpu_ticks() is None else 0.0 <= st <= 1.0
         assert (tmp_path / "l-set-aside-1" / "records.jsonl").is_file() and (tmp_path / "l" / "run.json").is_file()
         assert len(said) == 1 and "run again" in said[0]
         # no retries left: the late run is what comes back, with its warning

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from measure import MeasureError, run_closed, run_open
 from measure.cli import measure as measure_cli
 from measure.cli import report as report_cli
+from measure.hoststat import cpu_ticks, steal_share
 from measure.session import HELD_UP_S
 from measure.client import public_url, split_url
 from measure.fakeserver import FakeConfig, FakeServer
@@ -139,6 +140,8 @@ def test_open_run_records_files_and_summary(fake, tmp_path):
     assert run.open_loop.max_concurrency is None and "mean_client_queue_time_ms" not in summarize_open(run)
     lags = [r.start_time - r.scheduled_time for r in run.records]
     assert run.client.send_lag_s["max"] == pytest.approx(max(lags), abs=1e-4)
+    if cpu_ticks() is not None:  # Linux: the box's steal over the run, a share of its CPU time
+        assert 0.0 <= run.client.steal_share <= 1.0
     assert ("schedule_warning" in run.client.warnings) == (max(lags) > HELD_UP_S)
     assert ("client_stall_warning" in run.client.warnings) == (run.client.loop_lag_s["max"] > HELD_UP_S)
     # files
@@ -1059,3 +1062,18 @@ def test_twin_log_stays_quiet_on_resets_and_bad_framing(caplog):
     gc.collect()
     noise = [f"{r.name}: {r.getMessage()}" for r in caplog.records]
     assert noise == []
+
+
+def test_steal_share_reads_proc_stat(tmp_path):
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal (guest after, inside user)."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 20 0\ncpu0 50 0 25 400 5 0 2 18 10 0\n")
+    assert cpu_ticks(str(stat)) == (35, 1000)
+    assert steal_share((35, 1000), (135, 2000)) == 0.1
+    assert steal_share((35, 1000), (35, 1000)) is None  # no tick between the readings
+    assert steal_share(None, (35, 1000)) is None
+    assert cpu_ticks(str(tmp_path / "missing")) is None
+    stat.write_text("cpu  100 0 50 800\n")  # a kernel without the steal column
+    assert cpu_ticks(str(stat)) is None
+    stat.write_text("intr 1 2 3 4 5 6 7 8 9\n")
+    assert cpu_ticks(str(stat)) is None

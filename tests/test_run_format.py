@@ -54,11 +54,13 @@ def test_rare_keys_nulls_and_unknown_keys_round_trip():
             "sharegpt_dropped_records": 1, "sharegpt_records": 11, "stopped_in": "preparing prompts",
             "client_cpu_s": 0.0, "client_cpu_util": None, "client_warning": "cpu", "loop_lag_s": {"max": 0.5},
             "client_stalls": [[1.0, 0.5]], "client_stall_warning": "stalled", "send_lag_s": {"max": 0.4},
+            "box_steal_share": 0.0132,
             "schedule_warning": "late", "status": "interrupted", "stop_reason": "interrupted by Ctrl-C",
             "failed": 0, "warmup_failed": 2, "wall_end": 2.0, "max_num_seqs": 4, "something_new": {"a": [1]}}
     assert _round_trip(meta) == meta
     facts = RunResult.facts_from_json(meta)
     assert facts["open_loop"].request_rate == math.inf
+    assert facts["client"].steal_share == 0.0132
     assert facts["client"].warnings == {"client_warning": "cpu", "client_stall_warning": "stalled",
                                         "schedule_warning": "late"}
     assert facts["extra"] == {"max_num_seqs": 4, "something_new": {"a": [1]}}

@@ -62,6 +62,13 @@ def measured_prompt_scale(runs: list[RunResult]) -> float:
     return float(np.median(ratios)) if ratios else 1.0
 
 
+def client_figures(run: RunResult) -> dict:
+    """How freely a live run's client ran, for a report: its send and event-loop lags, and the box's steal."""
+    c = run.client
+    return {"send_lag_s": c.send_lag_s if c else None, "loop_lag_s": c.loop_lag_s if c else None,
+            "steal_share": c.steal_share if c else None}
+
+
 def until_free(attempt: Callable[[], tuple[RunResult, Any]], out_dir, retries: int,
                 aside_dir: Callable[[int], Path], name: str,
                 check: Callable[[RunResult], str | None] | None = None) -> tuple[RunResult, Any, list[dict]]:
@@ -83,7 +90,5 @@ def until_free(attempt: Callable[[], tuple[RunResult, Any]], out_dir, retries: i
             aside = aside_dir(len(set_aside) + 1)
             aside.parent.mkdir(parents=True, exist_ok=True)
             Path(out_dir).rename(aside)
-        set_aside.append({"run_dir": str(aside) if aside else None, "warning": warning,
-                          "send_lag_s": run.client.send_lag_s if run.client else None,
-                          "loop_lag_s": run.client.loop_lag_s if run.client else None})
+        set_aside.append({"run_dir": str(aside) if aside else None, "warning": warning} | client_figures(run))
         log.info(f"  {name}: set aside and run again: {warning}")

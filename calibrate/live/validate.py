@@ -26,7 +26,7 @@ from ..validate import METRICS, Row, Validation, format_validation, noise_floor
 from .loads import LiveLoad
 from .messages import LiveError
 from .replay import replay_specs, simulate_replay
-from .runs import scale_run, until_free
+from .runs import client_figures, scale_run, until_free
 
 log = logging.getLogger("capsim.calibrate.live.validate")
 
@@ -114,10 +114,8 @@ class LiveValidation:
         if self.floor is not None:
             out["noise_floor"] = self.floor.to_json()
         out["loads"] = [{"load": r.load.to_json(), "run_dir": str(r.run_dir) if r.run_dir else None,
-                         "extras": {k: {"measured": a, "predicted": b} for k, (a, b) in r.extras.items()},
-                         "send_lag_s": r.run.client.send_lag_s if r.run.client else None,
-                         "loop_lag_s": r.run.client.loop_lag_s if r.run.client else None,
-                         "set_aside": r.run.live.set_aside if r.run.live else []}
+                         "extras": {k: {"measured": a, "predicted": b} for k, (a, b) in r.extras.items()}}
+                        | client_figures(r.run) | {"set_aside": r.run.live.set_aside if r.run.live else []}
                         for r in self.results + self.repeats]
         return out
 
