@@ -30,26 +30,23 @@ class KVCache:
 
     def blocks(self, tokens: int, chunk: int) -> int:
         """Blocks one request holds with `tokens` computed, `chunk` of them new."""
-        total = 0
-        for bs, count in self._full:
-            total += count * -(-tokens // bs)
-        if self._sliding:
-            caps = self._caps.get(chunk)
-            if caps is None:
-                caps = self._caps[chunk] = [(bs, count, -(-(window - 1 + chunk) // bs) + 1)
-                                            for bs, count, window in self._sliding]
-            for bs, count, cap in caps:
-                full = -(-tokens // bs)
-                total += count * (full if full < cap else cap)
-        return total
+        caps = self._caps.get(chunk) if self._sliding else ()
+        if caps is None:
+            caps = self._caps[chunk] = [(bs, count, -(-(window - 1 + chunk) // bs) + 1)
+                                        for bs, count, window in self._sliding]
+        return self._capped(tokens, caps)
 
     def admission_blocks(self, tokens: int) -> int:
         """Free blocks vLLM's scheduler asks of a waiting request of `tokens` before it admits it
         (scheduler_reserve_full_isl): its whole sequence, each sliding group capped at its admission cap."""
+        return self._capped(tokens, self._admit)
+
+    def _capped(self, tokens: int, caps) -> int:
+        """Every full group's blocks of `tokens`, each sliding group's capped at its (bs, count, cap)."""
         total = 0
         for bs, count in self._full:
             total += count * -(-tokens // bs)
-        for bs, count, cap in self._admit:
+        for bs, count, cap in caps:
             full = -(-tokens // bs)
             total += count * (full if full < cap else cap)
         return total
