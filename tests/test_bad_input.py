@@ -269,6 +269,8 @@ def test_a_loaded_profile_is_checked_like_an_edit(tmp_path):
     (["calibrate", "seed", "-o", "p.json", "--max-evals", "0"], ["--max-evals", ">= 1"]),
     (["simulate", "open", "--num-prompts", "-5"], ["--num-prompts", ">= 1"]),
     (["simulate", "open", "--request-rate", "0"], ["--request-rate", "> 0"]),
+    (["simulate", "open", "--random-input-len", "0", "--num-prompts", "5"], ["lengths must be >= 1", "got 0/128"]),
+    (["simulate", "open", "--random-output-len", "0", "--num-prompts", "5"], ["lengths must be >= 1", "got 1024/0"]),
     (["simulate", "open", "--request-rate", "fast"], ["--request-rate", "not a number"]),
     (["simulate", "closed", "--replications", "0"], ["--replications", ">= 1"]),
     (["simulate", "open", "--num-prompts", "abc"], ["--num-prompts", "not a valid integer"]),
