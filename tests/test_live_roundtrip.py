@@ -30,7 +30,7 @@ the chunking and small-KV loads arrive faster than the server serves them) achie
 one over the service time, a timing figure like TPOT.
 Preemptions: within 25%.
 Everything is printed (pytest -s); CAPSIM_LIVE_KEEP=DIR keeps the run folders. The
-module starts four servers and takes 22-24 minutes here; it skips when the vLLM
+module starts four servers and takes 18-24 minutes here; it skips when the vLLM
 CPU install is missing (fails instead with CAPSIM_REQUIRE_VLLM=1).
 """
 from __future__ import annotations
