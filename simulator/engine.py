@@ -16,7 +16,7 @@ import numpy as np
 import simpy
 import simpy.rt
 
-from .kvcache import KVCache
+from .kvcache import KVCache, window_cap
 from .profile import Profile, refused_for_length
 from .records import RequestRecord
 from .stepmodel import window_pairs, window_sums
@@ -169,11 +169,9 @@ class Engine:
         self.model = profile.step_model
         self.window = getattr(self.model, "window", None)
         self.kv = KVCache(self.lim)
-        # blocks() grows with both its arguments and admission_blocks() with its one, so when the longest
-        # request's blocks fit, every request's do, and reject_reason need not count them
-        self._any_fits = self.kv.capacity is None or max(
-            self.kv.blocks(self.lim.max_model_len, self.lim.max_num_batched_tokens),
-            self.kv.admission_blocks(self.lim.max_model_len)) <= self.kv.capacity
+        # most_blocks() grows with its tokens, so when the longest request's blocks fit, every request's
+        # do, and reject_reason need not count them
+        self._any_fits = self.kv.capacity is None or self.kv.most_blocks(self.lim.max_model_len) <= self.kv.capacity
         self._blocks1: dict[int, tuple] = {}
         self.spec_k = self.lim.num_speculative_tokens
         self._spec_rng = np.random.default_rng([seed, 0x5BEC])
@@ -245,9 +243,7 @@ class Engine:
         req = _Req(spec, record, t, on_done, self._order, self.served_max_tokens(spec))
         self._order += 1
         if self.kv.capacity is not None:
-            most = spec.prompt_tokens + req.max_tokens
-            # what it can ever hold, and what its admission (or readmission after a preemption) asks free
-            req.ub = max(self.kv.blocks(most, self.lim.max_num_batched_tokens), self.kv.admission_blocks(most))
+            req.ub = self.kv.most_blocks(spec.prompt_tokens + req.max_tokens)
             self._ub_total += req.ub
         self.waiting.append(req)
         if self._pending is None or t < self._pending:
@@ -622,7 +618,7 @@ class Engine:
             free = self.kv.capacity - self.kv.used + held
 
             def need(j):  # blocks all requests hold after block step j (>= 1)
-                return sum(count * (np.minimum(-(-(c + j - 1) // bs), -(-(w - 1 + 1) // bs) + 1) if w else
+                return sum(count * (np.minimum(-(-(c + j - 1) // bs), window_cap(bs, w, 1)) if w else
                                     -(-(c + j - 1) // bs)).sum() for bs, count, w in self.kv.groups)
 
             if need(k) > free:

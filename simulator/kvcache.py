@@ -25,14 +25,15 @@ class KVCache:
         # vLLM's admission cap of a sliding group (SlidingWindowSpec.max_admission_blocks_per_request): the
         # window plus every batch in flight, as kv_cache_size_tokens counts them
         in_flight = in_flight_tokens(limits)
-        self._admit = [(bs, count, admission_cap(bs, window, in_flight, limits.max_model_len))
+        self._admit = [(bs, count, window_cap(bs, window, in_flight, limits.max_model_len))
                        for bs, count, window in self._sliding]
+        self._budget = limits.max_num_batched_tokens
 
     def blocks(self, tokens: int, chunk: int) -> int:
         """Blocks one request holds with `tokens` computed, `chunk` of them new."""
         caps = self._caps.get(chunk) if self._sliding else ()
         if caps is None:
-            caps = self._caps[chunk] = [(bs, count, -(-(window - 1 + chunk) // bs) + 1)
+            caps = self._caps[chunk] = [(bs, count, window_cap(bs, window, chunk))
                                         for bs, count, window in self._sliding]
         return self._capped(tokens, caps)
 
@@ -40,6 +41,11 @@ class KVCache:
         """Free blocks vLLM's scheduler asks of a waiting request of `tokens` before it admits it
         (scheduler_reserve_full_isl): its whole sequence, each sliding group capped at its admission cap."""
         return self._capped(tokens, self._admit)
+
+    def most_blocks(self, tokens: int) -> int:
+        """The most blocks a request that reaches `tokens` can hold (a chunk of the whole budget) or ask
+        free to be admitted: while the sum of every request's fits the cache, no block is ever refused."""
+        return max(self.blocks(tokens, self._budget), self.admission_blocks(tokens))
 
     def _capped(self, tokens: int, caps) -> int:
         """Every full group's blocks of `tokens`, each sliding group's capped at its (bs, count, cap)."""
@@ -55,7 +61,7 @@ class KVCache:
         """Largest token count whose decode-time block count equals that at `tokens`."""
         until = math.inf
         for bs, _count, window in self.groups:
-            if window is not None and -(-tokens // bs) >= -(-window // bs) + 1:
+            if window is not None and -(-tokens // bs) >= window_cap(bs, window, 1):
                 continue  # capped: a sliding group never grows again
             until = min(until, -(-tokens // bs) * bs)
         return until
@@ -100,10 +106,15 @@ def in_flight_tokens(limits, batches_in_flight: int | None = None) -> int:
     return batches_in_flight * limits.max_num_batched_tokens
 
 
-def admission_cap(block_size: int, window: int, in_flight: int, max_model_len: int) -> int:
-    """SlidingWindowSpec.max_admission_blocks_per_request: the blocks of the window and the tokens in
-    flight (never more than max_model_len), +1 as the window need not start at a block's start."""
-    return -(-min(window - 1 + in_flight, max_model_len) // block_size) + 1
+def window_cap(block_size: int, window: int, unfreed: int, max_model_len: int | None = None) -> int:
+    """Blocks a sliding-window group keeps for its window plus `unfreed` tokens whose blocks are not freed
+    yet (the chunk being computed; for admission, every batch in flight: vLLM's
+    SlidingWindowSpec.max_admission_blocks_per_request, whose tokens stop at max_model_len), +1 as the
+    window need not start at a block's start."""
+    n = window - 1 + unfreed
+    if max_model_len is not None and max_model_len < n:
+        n = max_model_len
+    return -(-n // block_size) + 1
 
 
 def kv_cache_size_tokens(limits, batches_in_flight: int | None = None) -> int | None:
@@ -124,5 +135,5 @@ def kv_cache_size_tokens(limits, batches_in_flight: int | None = None) -> int | 
         if g.window is None:
             per_req += g.count * -(-L.max_model_len // g.block_size)
         else:
-            per_req += g.count * admission_cap(g.block_size, g.window, in_flight, L.max_model_len)
+            per_req += g.count * window_cap(g.block_size, g.window, in_flight, L.max_model_len)
     return int(L.num_blocks / per_req * L.max_model_len) if per_req else None

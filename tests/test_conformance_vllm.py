@@ -315,27 +315,26 @@ def test_kv_blocks_a_request_holds_are_vllms_or_one_more(oracle, case):
     """After each step (sync scheduling) a full-attention group holds exactly vLLM's blocks; a sliding-window
     group capsim's `ceil((window - 1 + chunk) / block) + 1` cap, which is vLLM's count or one more (vLLM's
     depends on where the window starts in a block)."""
-    bs, window, chunks = case
-    kv = KVCache(EngineLimits(kv_groups=(KVGroup(bs, 1, window),), max_model_len=1 << 20))
-    ours, t = [], 0
-    for n in chunks:
-        t += n
-        ours.append(kv.blocks(t, n))
-    extra = [a - b for a, b in zip(ours, oracle[("holds", case)]["held"])]
-    assert set(extra) <= ({0} if window is None else {0, 1}), extra
+    extra = _extra_holds(oracle, case)
+    assert set(extra) <= ({0} if case[1] is None else {0, 1}), extra
 
 
 def test_the_kv_holds_have_teeth(oracle):
     """The sliding cases reach the window (vLLM frees blocks) and show both the same count and one more."""
     extra = []
     for case in KV_HOLDS:
-        bs, window, chunks = case
         held = oracle[("holds", case)]["held"]
-        if window is not None:
+        if case[1] is not None:
             assert max(held) > held[-1]  # blocks behind the window were freed
-            kv = KVCache(EngineLimits(kv_groups=(KVGroup(bs, 1, window),), max_model_len=1 << 20))
-            extra += [kv.blocks(t, n) - h for t, n, h in zip(np.cumsum(chunks), chunks, held)]
+            extra += _extra_holds(oracle, case)
     assert 0 in extra and 1 in extra
+
+
+def _extra_holds(oracle, case) -> list[int]:
+    """capsim's blocks after each step of the case less vLLM's."""
+    bs, window, chunks = case
+    kv = KVCache(EngineLimits(kv_groups=(KVGroup(bs, 1, window),), max_model_len=1 << 20))
+    return [kv.blocks(int(t), n) - h for t, n, h in zip(np.cumsum(chunks), chunks, oracle[("holds", case)]["held"])]
 
 
 # ------------------------------------------------------------------ prompt + max_tokens past max_model_len

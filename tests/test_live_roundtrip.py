@@ -269,6 +269,10 @@ def _all_errors(rt) -> dict:
     return {name: _score(results) for name, results in rt["runs"].items()}
 
 
+def _share(x: float | None) -> str:
+    return "untold" if x is None else f"{100 * x:.1f}%"
+
+
 def test_report(roundtrip):
     """Print everything first (so a failing target below still shows the whole picture)."""
     rt = roundtrip
@@ -290,15 +294,12 @@ def test_report(roundtrip):
         for r in results:
             lag = r.run.client.send_lag_s or {}
             for a in r.run.live.set_aside:
-                st = a.get("steal_share")
                 say(f"{name}: set aside and run again: {a['warning']} ({a['run_dir']}; box steal "
-                    + ("untold" if st is None else f"{100 * st:.1f}%") + ")")
+                    f"{_share(a.get('steal_share'))})")
             loop = r.run.client.loop_lag_s or {}
-            steal = r.run.client.steal_share
             say(f"{name:<26} client send lag behind schedule: p50 {1e3 * lag.get('p50', math.nan):.1f} ms, "
                 f"max {1e3 * lag.get('max', math.nan):.1f} ms; event loop lag max "
-                f"{1e3 * loop.get('max', math.nan):.1f} ms; box steal "
-                + ("untold" if steal is None else f"{100 * steal:.1f}%"))
+                f"{1e3 * loop.get('max', math.nan):.1f} ms; box steal {_share(r.run.client.steal_share)}")
     say(f"\n{'load':<26} {'metric':<18} {'measured':>9} {'predicted':>9} {'error':>7} {'noise':>7}  per run   "
         f"(two runs: error of their mean; three: the median run)")
     for load, rows in _all_errors(rt).items():

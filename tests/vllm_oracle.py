@@ -215,16 +215,24 @@ def context_limit(job):
 _VLLM_CONFIGS: dict = {}
 
 
+def _kv_spec(block_size, window):
+    """A full-attention (window None) or sliding-window layer spec of one KV head: block counts do not
+    depend on the bytes a block holds."""
+    import torch
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
+
+    kw = dict(block_size=block_size, num_kv_heads=1, head_size=64, dtype=torch.bfloat16)
+    return FullAttentionSpec(**kw) if window is None else SlidingWindowSpec(**kw, sliding_window=window)
+
+
 def kv_capacity(job):
     """vLLM's KV-cache figure (the "KV cache size: N tokens" of its startup log and cache_config_info's
     kv_cache_size_tokens) for a block pool of `num_blocks` shared by `groups` ([block_size, count, window
     or null]), from get_kv_cache_capacity with a VllmConfig of those limits. The CPU platform turns async
     scheduling off when the config is built, so it is set afterwards, as a GPU build keeps it."""
-    import torch
     from vllm.config import ModelConfig, SchedulerConfig, VllmConfig
     from vllm.v1.core.kv_cache_utils import get_kv_cache_capacity
-    from vllm.v1.kv_cache_interface import (FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec,
-                                            SlidingWindowSpec)
+    from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheGroupSpec
 
     # the figure is arithmetic on the limits: the small model's 32k positions need not hold a 262k context
     os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
@@ -239,8 +247,7 @@ def kv_capacity(job):
     vc.scheduler_config.async_scheduling = job["async_scheduling"]
     groups = []
     for i, (bs, count, window) in enumerate(job["groups"]):
-        kw = dict(block_size=bs, num_kv_heads=1, head_size=64, dtype=torch.bfloat16)
-        spec = FullAttentionSpec(**kw) if window is None else SlidingWindowSpec(**kw, sliding_window=window)
+        spec = _kv_spec(bs, window)
         groups += [KVCacheGroupSpec([f"g{i}.{j}"], spec) for j in range(count)]
     cfg = KVCacheConfig(num_blocks=job["num_blocks"], kv_cache_tensors=[], kv_cache_groups=groups)
     tokens, concurrency = get_kv_cache_capacity(vc, cfg)
@@ -252,20 +259,14 @@ def kv_holds(job):
     SlidingWindowManager) after each step of `chunks` new tokens, as allocate_slots takes them without
     async scheduling: the blocks behind the window freed first (remove_skipped_blocks at the tokens
     computed), then the blocks for the step's tokens allocated. Null blocks (freed) are not counted."""
-    import torch
     from vllm.v1.core.block_pool import BlockPool
     from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager, SlidingWindowManager
-    from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
 
     bs, window = job["block_size"], job["window"]
-    kw = dict(block_size=bs, num_kv_heads=1, head_size=64, dtype=torch.bfloat16)
     pool = BlockPool(num_gpu_blocks=1 << 20, enable_caching=False, hash_block_size=bs)
-    if window is None:
-        m = FullAttentionManager(FullAttentionSpec(**kw), block_pool=pool, enable_caching=False,
-                                 kv_cache_group_id=0, scheduler_block_size=bs)
-    else:
-        m = SlidingWindowManager(SlidingWindowSpec(**kw, sliding_window=window), block_pool=pool,
-                                 enable_caching=False, kv_cache_group_id=0, scheduler_block_size=bs)
+    manager = FullAttentionManager if window is None else SlidingWindowManager
+    m = manager(_kv_spec(bs, window), block_pool=pool, enable_caching=False, kv_cache_group_id=0,
+                scheduler_block_size=bs)
     computed, held = 0, []
     for n in job["chunks"]:
         m.remove_skipped_blocks("r", computed)
