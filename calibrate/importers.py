@@ -157,6 +157,8 @@ def _namespace_params(line: str, src) -> dict:
 _FIGURE_RE = re.compile(r"(_ms|_throughput|_tokens|_requests|_per_s)$|^(completed|failed|duration)$")
 _REQUIRED_SERVE = ("completed", "duration", "total_input_tokens", "total_output_tokens",
                    "request_throughput", "output_throughput", "mean_ttft_ms")
+# what a test that failed on the box can leave as its result: the suite writes `{}` (as its 11-rate-sweep.json)
+EMPTY_RESULT = "an empty result object ({})"
 
 
 def _number(v) -> bool:
@@ -166,6 +168,8 @@ def _number(v) -> bool:
 def _check_serve(d: dict, src) -> dict:
     if not isinstance(d, dict):
         raise file_error(src, f"expected a JSON object, got {type(d).__name__}")
+    if not d:
+        raise file_error(src, EMPTY_RESULT)
     d = dict(d)
     if "request_goodput:" in d:           # legacy benchmark_serving.py typo key
         d.setdefault("request_goodput", d.pop("request_goodput:"))
@@ -509,7 +513,7 @@ def open_runs(run_dir) -> list[OpenRun]:
                 return
             except ImporterError as e:
                 # a test that failed on the box leaves an empty or cut-off result: the others still validate
-                if not any(w in str(e) for w in ("empty file", "truncated JSON")):
+                if not any(w in str(e) for w in ("empty file", "truncated JSON", EMPTY_RESULT)):
                     raise
                 problem = f"{js.name}: {str(e).partition(': ')[2]}"
         where, text = printed

@@ -459,13 +459,15 @@ def test_a_missing_or_cut_off_result_json_is_read_from_the_printed_report(tmp_pa
     whole = {r.test: r for r in open_runs(NEMOTRON)}
     (run / "07-office-baseline.json").unlink()
     (run / "09-reasoning.json").write_text((run / "09-reasoning.json").read_text()[:200])
+    (run / "08-sharegpt.json").write_text("{}")  # what the suite leaves of a test that failed (its 11-rate-sweep.json)
     (run / "10-monday-peak.json").unlink()
     (run / "10-monday-peak.md").write_text("# Test 10\n")  # no report there: the log's is read
     for js in run.glob("11-rate-sweep-*.json"):
         js.unlink()
     runs = {r.test: r for r in open_runs(run)}
     assert set(runs) == set(whole) and "skipped_tests" not in runs["08-sharegpt"].server
-    for test, name in [("07-office-baseline", "07-office-baseline.md"), ("09-reasoning", "09-reasoning.md"),
+    for test, name in [("07-office-baseline", "07-office-baseline.md"), ("08-sharegpt", "08-sharegpt.md"),
+                       ("09-reasoning", "09-reasoning.md"),
                        ("10-monday-peak", "10-monday-peak.log"), ("11-rate-sweep@0.5", "11-rate-sweep.log")]:
         r, w = runs[test], whole[test]
         assert Path(r.path).name == name and r.detailed is None
@@ -484,16 +486,20 @@ def test_a_missing_or_cut_off_result_json_is_read_from_the_printed_report(tmp_pa
 
 
 @needs_data
-def test_a_test_with_neither_result_json_nor_report_is_named(tmp_path):
+@pytest.mark.parametrize("result, why", [(None, "08-sharegpt: no result JSON and no printed report"),
+                                         ("{}", "08-sharegpt.json: an empty result object ({})")])
+def test_a_test_with_neither_result_json_nor_report_is_named(tmp_path, result, why):
     run = tmp_path / "died"
     shutil.copytree(NEMOTRON, run)
-    (run / "08-sharegpt.json").unlink()
+    if result is None:
+        (run / "08-sharegpt.json").unlink()
+    else:
+        (run / "08-sharegpt.json").write_text(result)
     (run / "08-sharegpt.md").write_text("# Test 08\n\nERROR: the server died\n")
     (run / "08-sharegpt.log").write_text("Traceback (most recent call last):\n")
     runs = open_runs(run)
     assert "08-sharegpt" not in {r.test for r in runs}
-    assert runs[0].server["skipped_tests"] == ["08-sharegpt: no result JSON and no printed report (the test "
-                                               "failed on the box?)"]
+    assert runs[0].server["skipped_tests"] == [f"{why} (the test failed on the box?)"]
 
 
 @pytest.mark.parametrize("result, note", [
