@@ -103,10 +103,15 @@ def parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, dic
         return f"line {lineno}: {len(cells)} cells, header has {len(header)}"
 
     lines = text.splitlines()
-    if body and len(body[-1][1]) < len(header) and not "".join(lines[body[-1][0]:]).strip():
+    # a row cut inside its last cell has every cell but not the closing pipe its header has
+    header_line = next((lines[i] for i in range(body[0][0] - 2, -1, -1)
+                        if not set(lines[i].replace("|", "").strip()) <= set("-: ")), "") if body else ""
+    open_end = header_line.rstrip().endswith("|") and body and not lines[body[-1][0] - 1].rstrip().endswith("|")
+    if body and (len(body[-1][1]) < len(header) or open_end) and not "".join(lines[body[-1][0]:]).strip():
         # the file ends inside the table's last row: the writer stopped there (a test that died
         # mid-print, a full disk, a cut copy); the rows before it are whole
-        footer["cut"] = short(*body.pop())
+        lineno, cells = body.pop()
+        footer["cut"] = short(lineno, cells) if len(cells) < len(header) else f"line {lineno}: its last cell has no closing '|'"
     for lineno, cells in body:
         if len(cells) != len(header):
             raise file_error(path, short(lineno, cells))

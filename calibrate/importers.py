@@ -396,6 +396,8 @@ def closed_runs(run_dir) -> list[ClosedRun]:
         except ImporterError as e:
             # a test that failed on the box leaves a report without a table, or an empty file
             why = next((w for w in (NO_TABLE, NO_ROWS, "empty file") if str(e).endswith(w)), None)
+            if why is None and f"{NO_ROWS} before its cut " in str(e):  # the file ends inside its first row
+                why = f"{NO_ROWS} before its cut {str(e).rpartition(' before its cut ')[2]}"
             if why is None:
                 raise
             skipped.append(f"{md.name}: {why} (the test failed on the box?)")

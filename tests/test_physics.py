@@ -408,6 +408,32 @@ def test_a_report_cut_inside_its_table_calibrates_from_its_whole_shapes(tmp_path
 
 
 @needs_data
+def test_a_report_cut_inside_a_rows_last_cell_or_its_first_row(tmp_path):
+    """A report that ends inside the last cell of a row (every cell there, the closing pipe not) is cut
+    there too; one cut inside its first row has nothing whole, and is left out and named as an empty
+    table is, while the other tests calibrate."""
+    run = tmp_path / "cut"
+    shutil.copytree(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16", run)
+    md = run / "02-rag-8k.md"
+    text = md.read_text()
+    whole = [r for r in closed_runs(run) if r.test == "02-rag-8k"][0].rows
+    line = next(ln for ln in text.splitlines() if "pp8192 (c10)" in ln)
+    md.write_text(text[:text.index(line)] + line[:line.rindex("±") + 3])  # inside the last cell, no newline
+    rows = [r for r in closed_runs(run) if r.test == "02-rag-8k"][0].rows
+    assert rows == [r for r in whole if r.concurrency < 10] and len(rows) == 1
+    with pytest.raises(ImporterError, match="line 25: its last cell has no closing '[|]'"):
+        parse_benchy_markdown(md.read_text(), md)
+    first = next(ln for ln in text.splitlines() if "pp8192 (c5)" in ln)
+    md.write_text(text[:text.index(first)] + first[:len(first) // 2])
+    runs = closed_runs(run)
+    assert "02-rag-8k" not in {r.test for r in runs} and len({r.test for r in runs}) == 5
+    assert runs[0].server["skipped_tests"] == [
+        "02-rag-8k.md: llama-benchy table has no pp/tg rows before its cut line "
+        f"{text[:text.index(first)].count(chr(10)) + 1}: {len(first[:len(first) // 2].split('|')) - 2} cells, "
+        "header has 9 (the test failed on the box?)"]
+
+
+@needs_data
 def test_a_run_with_failed_open_loop_tests_validates_what_is_there(tmp_path):
     """The open side as the closed: a result cut off or empty (the box died) is skipped and named; a
     test whose requests all failed is not held against a prediction; failed requests are named."""
