@@ -159,6 +159,7 @@ _REQUIRED_SERVE = ("completed", "duration", "total_input_tokens", "total_output_
                    "request_throughput", "output_throughput", "mean_ttft_ms")
 # what a test that failed on the box can leave as its result: the suite writes `{}` (as its 11-rate-sweep.json)
 EMPTY_RESULT = "an empty result object ({})"
+REPORT_CUT = "its 'Serving Benchmark Result' block is cut off (no closing '=====' line)"
 
 
 def _number(v) -> bool:
@@ -245,6 +246,8 @@ def parse_bench_serve_text(text: str, path=None) -> dict:
             out[key] = typ(float(value)) if typ is int else typ(value)
         except ValueError:
             raise file_error(path, f"bad number {value!r} for {label!r}") from None
+    else:  # the text stops inside the block: its last number may be cut
+        raise file_error(path, REPORT_CUT)
     return _check_serve(out, path)
 
 
@@ -523,9 +526,17 @@ def open_runs(run_dir) -> list[OpenRun]:
             skipped.append(f"{problem} (the test failed on the box?)")
             return
         # the report the run printed holds the same figures, rounded to 0.01, without per-request data
+        try:
+            result = parse_bench_serve_text(text, where)
+        except ImporterError as e:
+            if not str(e).endswith(REPORT_CUT):
+                raise
+            lacking = problem if js is not None else f"{test}: no result JSON"
+            skipped.append(f"{lacking}; {where.name}: {REPORT_CUT} (the test failed on the box?)")
+            return
         params = dict(params) if params else serve_params({"dataset_name": "unknown"}, where)
         runs.append(OpenRun(source=source, test=test, path=str(where), dataset=params["dataset_name"] or "unknown",
-                            params=params, result=parse_bench_serve_text(text, where), detailed=None, server=server))
+                            params=params, result=result, detailed=None, server=server))
 
     jsons = {p.stem: p for p in run_dir.glob("*.json") if _OPEN_RE.match(p.name)}
     reports = {p.stem for p in run_dir.glob("*") if p.suffix in (".md", ".log") and _OPEN_RE.match(p.stem + ".json")}

@@ -512,6 +512,26 @@ def test_a_missing_or_cut_off_result_json_is_read_from_the_printed_report(tmp_pa
 
 
 @needs_data
+@needs_data
+def test_a_printed_report_cut_inside_its_block_is_not_read(tmp_path):
+    """A report whose block has no closing ruler stops mid-print: its last number may be cut ("1234.5" read
+    as "12"), so a test with no JSON and such a report is left out and named; the others validate."""
+    run = tmp_path / "cut"
+    shutil.copytree(NEMOTRON, run)
+    (run / "07-office-baseline.json").unlink()
+    md = run / "07-office-baseline.md"
+    text = md.read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("Median TTFT (ms):"))
+    md.write_text(text[:text.index(line) + len(line) - 6])
+    runs = open_runs(run)
+    assert "07-office-baseline" not in {r.test for r in runs} and len(runs) == len(open_runs(NEMOTRON)) - 1
+    assert runs[0].server["skipped_tests"] == [
+        "07-office-baseline: no result JSON; 07-office-baseline.md: its 'Serving Benchmark "
+        "Result' block is cut off (no closing '=====' line) (the test failed on the box?)"]
+    with pytest.raises(ImporterError, match="07-office-baseline.md: its 'Serving Benchmark Result' block is cut off"):
+        load_source(md)
+
+
 @pytest.mark.parametrize("result, why", [(None, "08-sharegpt: no result JSON and no printed report"),
                                          ("{}", "08-sharegpt.json: an empty result object ({})")])
 def test_a_test_with_neither_result_json_nor_report_is_named(tmp_path, result, why):
