@@ -79,6 +79,10 @@ def test_a_long_prompt_waits_for_the_window_plus_every_batch_in_flight():
         assert run(prof, [spec(100, 1)]).records[0].ok
         prof = tiny_profile(budget=8, block=4, window=16, num_blocks=need - 1, async_=async_)
         assert f"needs {need} KV blocks but the cache holds {need - 1}" in run(prof, [spec(100, 1)]).records[0].error
+    # max_model_len 100 keeps what any request holds (39 blocks) within 42, not what the longest asks (43): it is
+    # refused still, where taking the held count for the most it can need left it waiting for ever
+    prof = tiny_profile(budget=8, block=4, window=16, num_blocks=42, async_=True, max_model_len=100)
+    assert "needs 43 KV blocks but the cache holds 42" in run(prof, [spec(99, 1)]).records[0].error
     # beside a request holding 20 of 60 blocks, 40 are free: the 39 its chunks come to hold, not the 43 it
     # asks. It waits for the first to end; taken in on its chunk's count, it ran out of blocks and was preempted
     for ff in (True, False):

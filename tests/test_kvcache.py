@@ -109,6 +109,22 @@ def test_stable_until_with_sliding_groups():
     assert cache((KVGroup(16, 1, 64),)).stable_until(1000) == math.inf  # 63 >= 64/16 + 1 = 5
 
 
+@pytest.mark.parametrize("groups", [(KVGroup(16),), GEMMA4, (KVGroup(4, 1, None), KVGroup(4, 2, 17)),
+                                    (KVGroup(4, 2, 16),), (KVGroup(8, 1, 9),), (KVGroup(4, 1, 3),)])
+def test_stable_until_is_exactly_where_the_decode_blocks_change(groups):
+    """The engine reuses a decode's block count up to stable_until: the count must hold to it and change just
+    after it. Windows one past a block's end (17 over blocks of 4, 9 over 8) cap a block later than others."""
+    kv = cache(groups)
+    for t in range(0, 400):
+        until = kv.stable_until(t)
+        last = min(until, 2000)
+        assert all(kv.blocks(u, 1) == kv.blocks(t, 1) for u in range(t, int(last) + 1)), (t, until)
+        if until != math.inf:
+            assert kv.blocks(int(until) + 1, 1) != kv.blocks(t, 1), (t, until)
+        else:
+            assert kv.blocks(2000, 1) == kv.blocks(t, 1)
+
+
 # ------------------------------------------------------------------ pool accounting
 
 def test_fits_and_free_count_the_shared_pool():
@@ -193,6 +209,14 @@ def test_hybrid_layout_of_a_dense_model():
     # base_block 32 doubles the page: 32 x 4096 x 32 = 4 MiB a block, 256 in 1 GiB
     n, groups = hybrid_layout(2 ** 30, 32, 4096, base_block=32)
     assert (n, groups) == (256, (KVGroup(32, 1, None),))
+
+
+def test_hybrid_layout_of_a_single_full_attention_layer():
+    # a hybrid of one attention layer (the rest Mamba, held apart) lays that layer out, as one of 32 is
+    n, groups = hybrid_layout(2 ** 30, 1, 4096)
+    assert (n, groups) == (2 ** 30 // (16 * 4096), (KVGroup(16, 1, None),))
+    n, groups = hybrid_layout(2 ** 30, 1, 2048, 3, 4096, 512)
+    assert groups == (KVGroup(32, 1, None), KVGroup(16, 3, 512)) and n == 2 ** 30 // (16 * 4096)
 
 
 def test_hybrid_layout_edge_cases():
