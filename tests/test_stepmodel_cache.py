@@ -32,3 +32,38 @@ def test_scale_after_use_gives_a_fresh_models_times():
     fresh = PhysicalStepModel()
     fresh.scale(memory=2.0, compute=1.5)
     assert _all_times(m) == _all_times(fresh)
+
+
+def test_decode_factors_set_after_use_give_a_fresh_models_times():
+    """The interpolated decode factors are cached per batch size too: new factors (a what-if) replace them."""
+    m = PhysicalStepModel(decode_factors=[[1, 1.2], [4, 0.8]])
+    before = _all_times(m)
+    m.decode_factors = [[1, 0.9], [8, 1.3]]
+    fresh = PhysicalStepModel(decode_factors=[[1, 0.9], [8, 1.3]])
+    assert _all_times(m) == _all_times(fresh) != before
+
+
+def test_decode_factors_interpolate_in_log2_batch_and_hold_past_the_ends():
+    m = PhysicalStepModel(decode_factors=[[4, 0.8], [1, 1.2], [16, 1.1]])  # sorted on construction
+    assert m.decode_factors == [[1, 1.2], [4, 0.8], [16, 1.1]]
+    assert m.decode_factor(1) == 1.2 and m.decode_factor(4) == 0.8 and m.decode_factor(16) == 1.1
+    assert m.decode_factor(2) == pytest.approx(1.0) and m.decode_factor(8) == pytest.approx(0.95)
+    assert m.decode_factor(0) == 1.2 and m.decode_factor(64) == 1.1  # held past the ends
+    assert PhysicalStepModel().decode_factor(3) == 1.0  # none: no correction
+    # only pure decode steps are corrected: a step with prompt tokens is the roofline's
+    plain = PhysicalStepModel()
+    assert m.time_of(4, 4, 900, 900, 900, 900) == pytest.approx(0.8 * plain.time_of(4, 4, 900, 900, 900, 900))
+    assert m.time_of(40, 4, 900, 900, 9000, 9000) == plain.time_of(40, 4, 900, 900, 9000, 9000)
+    for bad in ([], [[0, 1.0]], [[2, 0.0]], [[2, -1.0]]):
+        with pytest.raises(ValueError, match="decode_factors must be"):
+            PhysicalStepModel(decode_factors=bad)
+
+
+def test_one_token_reads_top_k_experts_and_more_tokens_read_more():
+    m = PhysicalStepModel(n_experts=128, top_k=8, expert_pool=1.0, alpha=0.63)
+    assert m.experts_touched(0) == 0.0 and m.experts_touched(1) == pytest.approx(8.0)
+    assert 8.0 < m.experts_touched(2) < m.experts_touched(64) < 128.0
+    # independent tokens (alpha 1): the expected number of distinct experts of n draws of k from E
+    ind = PhysicalStepModel(n_experts=128, top_k=8, expert_pool=1.0, alpha=1.0)
+    assert ind.experts_touched(10) == pytest.approx(128 * (1 - (1 - 8 / 128) ** 10))
+    assert PhysicalStepModel(n_experts=0, top_k=0, moe_layers=0).experts_touched(10) == 0.0
