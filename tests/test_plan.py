@@ -203,6 +203,79 @@ def test_search_is_monotone_for_nested_predicates_even_when_noisy(a, b, start, t
     assert s <= lo
 
 
+@pytest.mark.parametrize("t, start, n_max, tol, visited", [
+    (37, 10, 100, 0.0, [10, 20, 40, 30, 35, 37, 38]),  # gallop up from the office, then bisect
+    (3, 10, 100, 0.0, [10, 5, 2, 3, 4]),                # halve down until one passes, then bisect
+    (0, 10, 100, 0.0, [10, 5, 2, 1]),                   # nothing passes: down to 1, never 0
+    (500, 10, 100, 0.0, [10, 20, 40, 80, 100]),         # n_max passes: no bracket
+    (37, 300, 100, 0.0, [100, 50, 25, 37, 43, 40, 38]), # a start past n_max starts at n_max
+    (37, 0, 100, 0.0, [1, 2, 4, 8, 16, 32, 64, 48, 40, 36, 38, 37]),  # a start of 0 starts at 1
+    (70, 10, 1000, 0.1, [10, 20, 40, 80, 60, 70, 75]),  # stops within tol x lo (7) of the answer
+])
+def test_search_visits_exactly_these_staff_counts(t, start, n_max, tol, visited):
+    """The points the search simulates are the plan's cost and its curve: gallop, halving and bisection
+    visit exactly these, and the answer is the bracket they leave."""
+    seen = []
+    lo, hi = search_max(lambda n: seen.append(n) or n <= t, start, n_max, tol)
+    assert seen == visited
+    assert lo == max((n for n in seen if n <= t), default=0)
+    assert hi == min((n for n in seen if n > t), default=None)
+
+
+@pytest.mark.parametrize("reps, conf, need", [(10, 0.9, 9), (10, 1.0, 10), (1, 0.9, 1), (3, 0.5, 2), (10, 0.05, 1),
+                                              (20, 0.95, 19), (7, 0.3, 3)])
+def test_replications_that_must_pass(reps, conf, need):
+    """ceil(confidence x replications), at least one: the SLA's 'in >= 9 of 10 replications'."""
+    assert PlanSettings(replications=reps, confidence=conf).need == need
+
+
+@pytest.mark.parametrize("reps, need", [(1, 1), (2, 2), (3, 2), (5, 3)])
+def test_capacity_replications_pass_by_their_median(reps, need):
+    assert PlanSettings(capacity_replications=reps).capacity_need == need
+
+
+@pytest.mark.parametrize("field, bad, good", [("replications", 0, 1), ("confidence", 0.0, 1.0),
+                                              ("confidence", 1.01, 0.01), ("capacity_replications", 0, 1),
+                                              ("staff_max", 0, 1), ("batch", 0, 1)])
+def test_plan_settings_refuse_only_past_their_bounds(field, bad, good):
+    with pytest.raises(PlanError, match=field.split("_")[0] if field != "staff_max" else "staff search bound"):
+        PlanSettings(**{field: bad})
+    assert getattr(PlanSettings(**{field: good}), field) == good
+
+
+def test_capacity_runs_the_suites_number_of_prompts_and_reads_its_ladder():
+    """The suite's 11-rate-sweep sends 250 x rate prompts, at least 100 (its runs: 100, 100, 100, 125, 175 and
+    250 at 0.1-1.0 req/s); capsim caps a step at 500. A capacity is read on the suite's ladder as the highest
+    step at or under it."""
+    from simulator.plan import _capacity_answer, sweep_prompts
+    assert [sweep_prompts(r) for r in (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)] == [100, 100, 100, 125, 175, 250]
+    assert sweep_prompts(0.41) == 102 and sweep_prompts(2.0) == 500 and sweep_prompts(3.0) == 500
+    rps, ladder = _capacity_answer(PlanSettings(), [6, 82, 105])
+    assert rps == {"2s": 0.06, "5s": 0.82, "10s": 1.05}
+    assert ladder == {"2s": None, "5s": 0.7, "10s": 1.0}
+    rps, ladder = _capacity_answer(PlanSettings(), [0, 10, 30])
+    assert rps == {"2s": None, "5s": 0.1, "10s": 0.3} and ladder == {"2s": None, "5s": 0.1, "10s": 0.3}
+    rps, ladder = _capacity_answer(PlanSettings(), [20, 50, 70])
+    assert ladder == {"2s": 0.2, "5s": 0.5, "10s": 0.7}
+
+
+def test_each_capacity_keeps_p95_ttft_under_its_threshold():
+    """Re-simulated at the rate each threshold's search found, the suite's sweep keeps p95 TTFT under that
+    threshold, and a rate 10 % higher does not (the search stops within 8 %)."""
+    from simulator.plan import _rate_rep
+    rps, _ = predicted_capacity(PROFILE, settings=replace(PlanSettings(), n_jobs=1))
+    for key, rate in rps.items():
+        thr_ms = float(key[:-1]) * 1000.0
+        assert rate is not None
+        assert _rate_rep(PROFILE, rate, Scenario(), 42, 0)["p95_ttft_ms"] < thr_ms
+        assert _rate_rep(PROFILE, round(rate * 1.1 + 0.01, 2), Scenario(), 42, 0)["p95_ttft_ms"] >= thr_ms
+
+
+def test_a_gateway_wait_constraint_needs_a_concurrency_cap():
+    with pytest.raises(PlanError, match="gateway_wait constraints need a concurrency cap"):
+        plan(PROFILE, small_office(), ["p95_gateway_wait<=2s"], settings=FAST)
+
+
 # ------------------------------------------------------------------ plan: answers and monotonicity
 
 def test_plan_answer_is_consistent_and_stricter_slas_never_give_more_staff():
