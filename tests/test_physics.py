@@ -380,16 +380,20 @@ def test_a_run_with_failed_closed_loop_tests_calibrates_from_what_is_there(tmp_p
     assert "06-concurrency-stress: no report" in fr.origin["calibrated_without"]
 
 
+def _rag_report_copy(tmp_path):
+    """A copy of Qwen3.5-4B's run to cut: (its folder, its 02-rag-8k.md, that report's text, its rows)."""
+    run = tmp_path / "cut"
+    shutil.copytree(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16", run)
+    md = run / "02-rag-8k.md"
+    return run, md, md.read_text(), [r for r in closed_runs(run) if r.test == "02-rag-8k"][0].rows
+
+
 @needs_data
 def test_a_report_cut_inside_its_table_calibrates_from_its_whole_shapes(tmp_path):
     """A report that ends inside a row of its table (the writer stopped there): the whole shapes before
     it are used, the cut row and a pp row left without its tg row are not, and calibration says so. A
     short row with more after it is a broken file, and stays an error."""
-    run = tmp_path / "cut"
-    shutil.copytree(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16", run)
-    md = run / "02-rag-8k.md"
-    text = md.read_text()
-    whole = [r for r in closed_runs(run) if r.test == "02-rag-8k"][0].rows
+    run, md, text, whole = _rag_report_copy(tmp_path)
     line = next(ln for ln in text.splitlines() if "tg512 (c10)" in ln)
     md.write_text(text[:text.index(line)] + line[:len(line) // 2] + "\n")
     runs = closed_runs(run)
@@ -412,11 +416,7 @@ def test_a_report_cut_inside_a_rows_last_cell_or_its_first_row(tmp_path):
     """A report that ends inside the last cell of a row (every cell there, the closing pipe not) is cut
     there too; one cut inside its first row has nothing whole, and is left out and named as an empty
     table is, while the other tests calibrate."""
-    run = tmp_path / "cut"
-    shutil.copytree(RESULTS / "qwen-3.5" / "qwen-3.5-4b" / "bf16", run)
-    md = run / "02-rag-8k.md"
-    text = md.read_text()
-    whole = [r for r in closed_runs(run) if r.test == "02-rag-8k"][0].rows
+    run, md, text, whole = _rag_report_copy(tmp_path)
     line = next(ln for ln in text.splitlines() if "pp8192 (c10)" in ln)
     md.write_text(text[:text.index(line)] + line[:line.rindex("±") + 3])  # inside the last cell, no newline
     rows = [r for r in closed_runs(run) if r.test == "02-rag-8k"][0].rows
