@@ -325,9 +325,14 @@ def _capacity_answer(settings: PlanSettings, los: Sequence[int]) -> tuple[dict, 
     for thr, lo in zip(settings.capacity_thresholds_s, los):
         key = f"{thr:g}s"
         out[key] = lo / 100.0 if lo > 0 else None
-        below = [x for x in SUITE_LADDER if out[key] is not None and x <= out[key] + 1e-9]
-        ladder[key] = max(below) if below else None
+        ladder[key] = ladder_step(out[key])
     return out, ladder
+
+
+def ladder_step(rate: float | None) -> float | None:
+    """The step of the suite's 11-rate-sweep a capacity of `rate` req/s reads as: the highest at or under it."""
+    below = [x for x in SUITE_LADDER if rate is not None and x <= rate + 1e-9]
+    return max(below) if below else None
 
 
 def predicted_capacity(profile: Profile, scenario: Scenario | None = None,

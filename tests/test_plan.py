@@ -15,10 +15,11 @@ from hypothesis import given, settings, strategies as st
 from simulator.load import OpenLoop
 from simulator.office import (DEFAULT_MIX, Office, OfficeError, Session, ShareGPTLike, office_sessions,
                               parse_mix, simulate_office, simulate_sessions, summarize_office)
-from simulator.plan import (PlanError, PlanSettings, Scenario, parse_scenario, parse_sla, plan, predicted_capacity,
-                            search_max)
+from simulator.plan import (PlanError, PlanSettings, Scenario, ladder_step, parse_scenario, parse_sla, plan,
+                            predicted_capacity, search_max, sweep_prompts, sweep_workload)
 from simulator.profile import load_profile
 from simulator.sim import simulate_open
+from simulator.summary import summarize_open
 from simulator.workload import PromptFormat, RandomWorkload
 
 PROFILE = load_profile()
@@ -247,28 +248,25 @@ def test_capacity_runs_the_suites_number_of_prompts_and_reads_its_ladder():
     """The suite's 11-rate-sweep sends 250 x rate prompts, at least 100 (its runs: 100, 100, 100, 125, 175 and
     250 at 0.1-1.0 req/s); capsim caps a step at 500. A capacity is read on the suite's ladder as the highest
     step at or under it."""
-    from simulator.plan import _capacity_answer, sweep_prompts
     assert [sweep_prompts(r) for r in (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)] == [100, 100, 100, 125, 175, 250]
     assert sweep_prompts(0.41) == 102 and sweep_prompts(2.0) == 500 and sweep_prompts(3.0) == 500
-    rps, ladder = _capacity_answer(PlanSettings(), [6, 82, 105])
-    assert rps == {"2s": 0.06, "5s": 0.82, "10s": 1.05}
-    assert ladder == {"2s": None, "5s": 0.7, "10s": 1.0}
-    rps, ladder = _capacity_answer(PlanSettings(), [0, 10, 30])
-    assert rps == {"2s": None, "5s": 0.1, "10s": 0.3} and ladder == {"2s": None, "5s": 0.1, "10s": 0.3}
-    rps, ladder = _capacity_answer(PlanSettings(), [20, 50, 70])
-    assert ladder == {"2s": 0.2, "5s": 0.5, "10s": 0.7}
+    assert [ladder_step(r) for r in (None, 0.06, 0.1, 0.19, 0.2, 0.3, 0.49, 0.5, 0.82, 1.0, 1.05)] == \
+        [None, None, 0.1, 0.1, 0.2, 0.3, 0.3, 0.5, 0.7, 1.0, 1.0]
 
 
 def test_each_capacity_keeps_p95_ttft_under_its_threshold():
-    """Re-simulated at the rate each threshold's search found, the suite's sweep keeps p95 TTFT under that
-    threshold, and a rate 10 % higher does not (the search stops within 8 %)."""
-    from simulator.plan import _rate_rep
-    rps, _ = predicted_capacity(PROFILE, settings=replace(PlanSettings(), n_jobs=1))
+    """Re-simulated at the rate each threshold's search found (the suite's requests and arrivals, seed 42),
+    the sweep keeps p95 TTFT under that threshold, and a rate 10 % higher does not (the search stops
+    within 8 %); its ladder is the step under it."""
+    def p95_ttft_ms(rate):
+        n = sweep_prompts(rate)
+        run = simulate_open(PROFILE, sweep_workload(PROFILE).sample(n, seed=42), OpenLoop(rate, 0.7, seed=42))
+        return summarize_open(run)["p95_ttft_ms"]
+    rps, ladder = predicted_capacity(PROFILE, settings=replace(PlanSettings(), n_jobs=1))
     for key, rate in rps.items():
         thr_ms = float(key[:-1]) * 1000.0
-        assert rate is not None
-        assert _rate_rep(PROFILE, rate, Scenario(), 42, 0)["p95_ttft_ms"] < thr_ms
-        assert _rate_rep(PROFILE, round(rate * 1.1 + 0.01, 2), Scenario(), 42, 0)["p95_ttft_ms"] >= thr_ms
+        assert rate is not None and ladder[key] == ladder_step(rate)
+        assert p95_ttft_ms(rate) < thr_ms <= p95_ttft_ms(round(rate * 1.1 + 0.01, 2))
 
 
 def test_a_gateway_wait_constraint_needs_a_concurrency_cap():
