@@ -269,6 +269,18 @@ def test_each_capacity_keeps_p95_ttft_under_its_threshold():
         assert p95_ttft_ms(rate) < thr_ms <= p95_ttft_ms(round(rate * 1.1 + 0.01, 2))
 
 
+def test_the_office_as_sized_is_what_the_report_says_it_feels_like():
+    """'How N staff feel it' and the SLAs at the office are the office's own staff count; a profile with
+    fitted uncertainty adds the answer's spread, one without does not."""
+    o = small_office(staff=60)
+    r = plan(PROFILE, o, ["p95_ttft<=3s", "p50_tpot<=150ms"], settings=FAST)
+    at = next(c for c in r.curve if c["staff"] == 60)
+    assert {k: v["median_ms"] for k, v in r.at_office.items()} == {k: v["median_ms"] for k, v in at["metrics"].items()}
+    assert PROFILE.uncertainty is not None and set(r.at_answer_uncertain) == set(r.at_answer)
+    bare = replace(PROFILE, uncertainty=None)
+    assert plan(bare, o, ["p95_ttft<=3s", "p50_tpot<=150ms"], settings=FAST).at_answer_uncertain == {}
+
+
 def test_a_gateway_wait_constraint_needs_a_concurrency_cap():
     with pytest.raises(PlanError, match="gateway_wait constraints need a concurrency cap"):
         plan(PROFILE, small_office(), ["p95_gateway_wait<=2s"], settings=FAST)
