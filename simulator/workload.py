@@ -240,6 +240,7 @@ def load_sharegpt_json(path: str | Path) -> tuple[list[dict], int]:
     out: list[dict] = []
     i = start + 1
     n = len(text)
+    dropped = 0
     while i < n:
         while i < n and text[i] in " \t\r\n,":
             i += 1
@@ -248,12 +249,12 @@ def load_sharegpt_json(path: str | Path) -> tuple[list[dict], int]:
         try:
             obj, i = dec.raw_decode(text, i)
         except json.JSONDecodeError:
-            # the cut record: everything after it is lost
-            return out, 1
+            dropped = 1  # the cut record: everything after it is lost
+            break
         out.append(obj)
-    if not out:
+    if not out:  # a file cut inside its first record too
         raise WorkloadError(f"{p}: no complete ShareGPT conversation in the file")
-    return out, 0
+    return out, dropped
 
 
 def approx_token_count(text: str) -> int:
