@@ -259,35 +259,39 @@ def validate(runs: list[OpenRun], profile: Profile, replications: int = 10, toke
         for note in (printout_note(run), failed_note(run)):
             if note:
                 out.notes.append(note)
-        if run.result.get("completed") == 0:
-            continue  # no request came back: nothing measured to hold a prediction against
-        try:
-            pred, lo, hi, med = predict_run(run, profile, replications, tokenizer, n_jobs)
-        except WorkloadError as e:  # one test this install cannot rebuild (a ShareGPT file missing): the others stand
-            unbuilt.append(e)
-            out.notes.append(f"not validated: {e}")
-        else:
-            preds[(run.source, run.test)] = pred
-            for note in (outside_envelope(run.test, pred, profile), acceptance_note(run, profile),
-                         stream_note(run, profile)):
-                if note:
-                    out.notes.append(note)
-            unmeasured = []
-            for m in METRICS:
-                if m in run.result and m in pred and run.result[m] is not None:
-                    measured = float(run.result[m])
-                    if not math.isfinite(measured):  # NaN: no figure to hold a prediction against
-                        unmeasured.append(m)
-                        continue
-                    out.rows.append(Row(run.source, run.test, m, measured, pred[m], lo[m], hi[m], med[m]))
-            if unmeasured:
-                out.notes.append(f"{run.test}: {', '.join(unmeasured)} not a number in the result: not compared")
+        if run.result.get("completed") != 0:  # else no request came back: nothing to hold a prediction against
+            _compare(run, profile, replications, tokenizer, n_jobs, out, preds, unbuilt)
         if progress:
             progress(i + 1, len(runs), run)
     if unbuilt and not out.rows:
         raise unbuilt[0]
     out.capacity = capacity_rows(runs, preds)
     return out
+
+
+def _compare(run: OpenRun, profile: Profile, replications: int, tokenizer: str | None, n_jobs: int | None,
+             out: Validation, preds: dict, unbuilt: list[WorkloadError]) -> None:
+    """One test predicted and held against what it measured: its rows and notes go to `out`."""
+    try:
+        pred, lo, hi, med = predict_run(run, profile, replications, tokenizer, n_jobs)
+    except WorkloadError as e:  # one test this install cannot rebuild (a ShareGPT file missing): the others stand
+        unbuilt.append(e)
+        out.notes.append(f"not validated: {e}")
+        return
+    preds[(run.source, run.test)] = pred
+    for note in (outside_envelope(run.test, pred, profile), acceptance_note(run, profile), stream_note(run, profile)):
+        if note:
+            out.notes.append(note)
+    unmeasured = []
+    for m in METRICS:
+        if m in run.result and m in pred and run.result[m] is not None:
+            measured = float(run.result[m])
+            if not math.isfinite(measured):  # NaN: no figure to hold a prediction against
+                unmeasured.append(m)
+                continue
+            out.rows.append(Row(run.source, run.test, m, measured, pred[m], lo[m], hi[m], med[m]))
+    if unmeasured:
+        out.notes.append(f"{run.test}: {', '.join(unmeasured)} not a number in the result: not compared")
 
 
 def capacity(rates_p95: list[tuple[float, float]], threshold_s: float) -> float | None:

@@ -1,0 +1,224 @@
+"""Validation's own rules on runs built here: what a run sent is rebuilt from its parameters, the
+notes say when and why a comparison is weaker, capacity follows 11-rate-sweep's rule, and a row's
+error and band mean what the scoreboard says they mean."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from calibrate.results import OpenRun
+from calibrate.validate import (Row, Validation, acceptance_note, capacity, capacity_rows, format_validation,
+                                noise_floor, outside_envelope, pattern_for, predict_run, validate, workload_for)
+from simulator.profile import load_profile
+from simulator.workload import RandomWorkload, WorkloadError
+
+PROFILE = load_profile()
+FMT = PROFILE.prompt_format
+
+
+def random_run(test="T", n=12, input_len=64, output_len=16, result=None, **params) -> OpenRun:
+    p = {"dataset_name": "random", "random_input_len": input_len, "random_output_len": output_len,
+         "num_prompts": n, "seed": 3, "request_rate": 2.0} | params
+    return OpenRun(source="s", test=test, path=None, dataset="random", params=p,
+                   result={"completed": n} | (result or {}))
+
+
+def with_envelope(profile, **env):
+    return dataclasses.replace(profile, provenance=dict(profile.provenance, envelope=env))
+
+
+# ------------------------------------------------------------------ rows and families
+
+def test_a_rows_error_is_signed_against_the_measured_value_and_its_band_is_closed():
+    r = Row("s", "T", "median_ttft_ms", measured=200.0, predicted=230.0, band_lo=150.0, band_hi=200.0)
+    assert r.error_pct == pytest.approx(15.0)
+    assert Row("s", "T", "m", 200.0, 170.0, 0, 0).error_pct == pytest.approx(-15.0)
+    assert r.in_band  # the measured value on the band's edge is inside it
+    assert Row("s", "T", "m", 150.0, 1.0, 150.0, 300.0).in_band
+    assert not Row("s", "T", "m", 149.9, 1.0, 150.0, 300.0).in_band
+    assert not Row("s", "T", "m", 300.1, 1.0, 150.0, 300.0).in_band
+    assert math.isnan(Row("s", "T", "m", 0.0, 5.0, 0, 10).error_pct)  # no error against nothing measured
+    js = r.to_json()
+    assert js["error_pct"] == pytest.approx(15.0) and js["in_band"] is True and js["measured"] == 200.0
+
+
+def test_families_are_the_median_absolute_error_of_their_metrics():
+    rows = [Row("s", "T", "median_ttft_ms", 100, 110, 0, 0), Row("s", "T", "p95_ttft_ms", 100, 70, 0, 0),
+            Row("s", "T", "p99_ttft_ms", 100, 105, 0, 0), Row("s", "T", "median_tpot_ms", 100, 90, 0, 0),
+            Row("s", "T", "mean_e2el_ms", 0, 90, 0, 0)]  # NaN error: left out
+    fam = Validation(rows=rows).families()
+    assert fam["ttft"] == pytest.approx(10.0)  # median of 10, 30, 5
+    assert fam["tpot"] == pytest.approx(10.0)
+    assert math.isnan(fam["e2el"]) and math.isnan(fam["throughput"])
+
+
+# ------------------------------------------------------------------ the load a run sent
+
+def test_pattern_reads_rate_burstiness_cap_and_seed():
+    run = random_run(request_rate=0.7, burstiness=0.5, max_concurrency=8, seed=11)
+    lp = pattern_for(run)
+    assert (lp.rate, lp.burstiness, lp.max_concurrency, lp.seed) == (0.7, 0.5, 8, 11)
+    for rate in ("inf", None):
+        lp = pattern_for(random_run(request_rate=rate, burstiness=None, max_concurrency=None, seed=None))
+        assert lp.rate == math.inf and lp.burstiness == 1.0 and lp.max_concurrency is None and lp.seed == 0
+    assert pattern_for(OpenRun("s", "T", None, "random", params={})).rate == math.inf  # the tool's default
+
+
+@pytest.mark.parametrize("params, chat", [({"backend": "openai-chat"}, True),  # a bare result JSON: no endpoint
+                                          ({"backend": "openai", "endpoint": "/v1/chat/completions"}, True),
+                                          ({"backend": "openai", "endpoint": "/v1/completions"}, False),
+                                          ({}, True)])  # neither named: the suite's openai-chat
+def test_the_chat_template_is_counted_when_the_backend_or_the_endpoint_is_chat(params, chat):
+    wl = workload_for(random_run(**params), PROFILE)
+    assert wl.fmt.chat_template_tokens == (FMT.chat_template_tokens if chat else 0)
+
+
+def test_the_template_is_read_off_the_runs_input_total_when_plausible():
+    base = random_run(n=20)
+    raw, _, _ = RandomWorkload(64, 16, fmt=FMT).lengths(20, 3)
+    for per in (0, 7, 499):  # template tokens a request, as the run's total says
+        total = int(raw.sum()) + 20 * (FMT.special_tokens + per)
+        wl = workload_for(random_run(n=20, result={"total_input_tokens": total}), PROFILE)
+        assert wl.fmt.chat_template_tokens == per
+        assert sum(s.prompt_tokens for s in wl.sample(20, 3)) == total
+    for per in (-1, 500):  # not a template: the profile's own stands
+        total = int(raw.sum()) + 20 * (FMT.special_tokens + per)
+        wl = workload_for(random_run(n=20, result={"total_input_tokens": total}), PROFILE)
+        assert wl.fmt.chat_template_tokens == FMT.chat_template_tokens
+    assert workload_for(base, PROFILE).fmt.chat_template_tokens == FMT.chat_template_tokens
+
+
+def test_answers_shorter_than_max_tokens_are_read_as_stopping_early_only_below_98_percent():
+    _, outs, _ = RandomWorkload(64, 16, range_ratio=0.5, fmt=FMT).lengths(20, 3)
+    full = int(outs.sum())
+    for got, frac in ((full, 1.0), (math.ceil(0.98 * full), 1.0), (full // 2, (full // 2) / full)):
+        wl = workload_for(random_run(n=20, random_range_ratio=0.5, result={"total_output_tokens": got}), PROFILE)
+        assert wl.output_fraction == pytest.approx(frac)
+    wl = workload_for(random_run(n=20, random_range_ratio=0.5, result={"total_output_tokens": 0.0001}), PROFILE)
+    assert wl.output_fraction == pytest.approx(1e-3)  # floored: a request writes at least a token
+
+
+def test_a_dataset_validation_cannot_rebuild_is_one_clear_error():
+    with pytest.raises(WorkloadError, match="T: cannot rebuild a 'sonnet' workload"):
+        workload_for(OpenRun("s", "T", None, "sonnet", params={"num_prompts": 3}), PROFILE)
+
+
+def test_the_prediction_knows_the_longest_request_it_ran():
+    run = random_run(n=10, input_len=200, output_len=40, random_range_ratio=0.5)
+    pred, lo, hi, med = predict_run(run, PROFILE, replications=1, n_jobs=1)
+    specs = workload_for(run, PROFILE).sample(10, 3)
+    assert pred["_max_context"] == max(s.prompt_tokens + s.output_tokens for s in specs)
+    assert pred["_max_context"] > min(s.prompt_tokens + s.output_tokens for s in specs)
+
+
+# ------------------------------------------------------------------ notes
+
+def test_the_envelope_note_names_what_went_beyond_calibration():
+    prof = with_envelope(PROFILE, max_concurrency=20, max_context=4000)
+    assert outside_envelope("T", {"max_concurrent_requests": 20, "_max_context": 4000}, prof) is None  # at the edge
+    assert outside_envelope("T", {"max_concurrent_requests": 21, "_max_context": 100}, prof) == (
+        "T: outside the calibrated envelope (21 requests in flight at the peak, calibration ran at most 20): "
+        "extrapolated")
+    assert outside_envelope("T", {"max_concurrent_requests": 3, "_max_context": 4001}, prof) == (
+        "T: outside the calibrated envelope (requests of up to 4001 tokens, calibration's longest was 4000): "
+        "extrapolated")
+    both = outside_envelope("T", {"max_concurrent_requests": 30, "_max_context": 9000}, prof)
+    assert "30 requests in flight" in both and "; requests of up to 9000 tokens" in both
+    # an envelope the profile does not carry (an older profile) says nothing either way
+    bare = dataclasses.replace(PROFILE, provenance={})
+    assert outside_envelope("T", {"max_concurrent_requests": 300, "_max_context": 90000}, bare) is None
+    assert outside_envelope("T", {"max_concurrent_requests": 300, "_max_context": 90000},
+                            with_envelope(PROFILE, max_context=4000)) == (
+        "T: outside the calibrated envelope (requests of up to 90000 tokens, calibration's longest was 4000): "
+        "extrapolated")
+    assert outside_envelope("T", {"max_concurrent_requests": 300, "_max_context": 90000},
+                            with_envelope(PROFILE, max_concurrency=20)).count("requests of up to") == 0
+
+
+def test_the_acceptance_note_leaves_a_fifth_either_way_unsaid():
+    spec = dataclasses.replace(PROFILE, engine=dataclasses.replace(PROFILE.engine, num_speculative_tokens=2))
+    assumed = spec.engine.tokens_per_spec_step
+    run = lambda kept: OpenRun("s", "T", None, "random", result={"spec_decode_acceptance_length": kept})  # noqa: E731
+    assert acceptance_note(run(assumed / 1.19), spec) is None
+    assert acceptance_note(run(assumed * 1.19), spec) is None
+    assert acceptance_note(run(assumed / 1.21), spec) is not None
+    assert acceptance_note(run(assumed * 1.21), spec) is not None
+    assert acceptance_note(run(0), spec) is None and acceptance_note(run("n/a"), spec) is None
+
+
+# ------------------------------------------------------------------ capacity
+
+def test_capacity_is_the_highest_rate_strictly_under_the_threshold():
+    assert capacity([(0.1, 1000.0), (0.3, 2000.0), (0.5, 1999.9)], 2.0) == 0.5  # not the last under, the highest
+    assert capacity([(0.1, 2000.0)], 2.0) is None  # at the threshold is not under it
+    assert capacity([], 2.0) is None
+
+
+def test_capacity_rows_compare_the_sweep_steps_that_were_predicted():
+    def step(rate, p95):
+        return OpenRun("src", f"11-rate-sweep@{rate}", None, "random", params={"request_rate": rate},
+                       result={"p95_ttft_ms": p95})
+    runs = [step(0.1, 1500.0), step(0.3, 4000.0), step(0.5, 9000.0), step(0.7, 30.0),
+            OpenRun("src", "07-office-baseline", None, "random", params={"request_rate": 9.0},
+                    result={"p95_ttft_ms": 1.0})]
+    preds = {("src", "11-rate-sweep@0.1"): {"p95_ttft_ms": 1900.0}, ("src", "11-rate-sweep@0.3"): {"p95_ttft_ms": 5100.0},
+             ("src", "11-rate-sweep@0.5"): {"p95_ttft_ms": 9500.0},
+             ("src", "07-office-baseline"): {"p95_ttft_ms": 1.0}}  # not a sweep step
+    # 0.7 has no prediction (no request completed there): left out, so its 30 ms counts for nothing
+    rows = capacity_rows(runs, preds)
+    assert [(r["threshold_s"], r["measured_rps"], r["predicted_rps"], r["match"]) for r in rows] == [
+        (2.0, 0.1, 0.1, True), (5.0, 0.3, 0.1, False), (10.0, 0.5, 0.5, True)]
+    assert all(r["source"] == "src" for r in rows)
+    assert capacity_rows(runs[-1:], preds) == []
+
+
+def test_noise_floor_scores_one_measurement_against_another():
+    a = [random_run("07", result={"median_ttft_ms": 100.0, "p99_ttft_ms": None}),
+         random_run("08", result={"median_ttft_ms": 50.0})]
+    b = [random_run("07", result={"median_ttft_ms": 110.0, "p99_ttft_ms": 3.0})]
+    v = noise_floor(a, b)
+    assert [(r.test, r.metric, r.measured, r.predicted, r.error_pct) for r in v.rows] == [
+        ("07", "median_ttft_ms", 100.0, 110.0, pytest.approx(10.0))]
+
+
+# ------------------------------------------------------------------ validate end to end
+
+def test_validate_compares_each_metric_the_run_measured_and_skips_what_it_could_not():
+    measured = {"median_ttft_ms": 100.0, "median_tpot_ms": float("nan"), "mean_e2el_ms": 900.0,
+                "p99_ttft_ms": None}
+    runs = [random_run("A", result=measured), random_run("B", result={"completed": 0, "median_ttft_ms": 5.0})]
+    seen = []
+    v = validate(runs, PROFILE, replications=2, n_jobs=1, progress=lambda i, n, run: seen.append((i, n, run.test)))
+    assert sorted(r.metric for r in v.rows) == ["mean_e2el_ms", "median_ttft_ms"]
+    assert all(r.test == "A" and r.band_lo <= r.band_hi for r in v.rows)
+    assert "A: median_tpot_ms not a number in the result: not compared" in v.notes
+    assert "B: no request completed (0 failed on the server): not validated" in v.notes
+    assert seen == [(1, 2, "A"), (2, 2, "B")]
+    one = validate(runs[:1], PROFILE, replications=1, n_jobs=1)
+    assert [r.predicted for r in one.rows] == [r.predicted for r in v.rows]  # replication 0 is the prediction
+
+
+def test_validate_raises_only_when_no_test_could_be_rebuilt():
+    bad = OpenRun("s", "X", None, "sonnet", params={"num_prompts": 3}, result={"completed": 3})
+    with pytest.raises(WorkloadError, match="cannot rebuild"):
+        validate([bad], PROFILE, replications=1, n_jobs=1)
+    v = validate([bad, random_run("A", result={"median_ttft_ms": 100.0})], PROFILE, replications=1, n_jobs=1)
+    assert [r.test for r in v.rows] == ["A"] and "not validated: X: cannot rebuild a 'sonnet' workload" in v.notes
+
+
+def test_the_report_prints_rows_families_capacity_and_notes():
+    v = Validation(rows=[Row("a-very-long-source-name-that-runs-past-the-column", "T", "median_ttft_ms",
+                             100.0, 110.0, 90.0, 105.0), Row("s", "T", "p95_ttft_ms", 100.0, 110.0, 101.0, 120.0)],
+                   capacity=[{"source": "s", "threshold_s": 2.0, "measured_rps": 0.3, "predicted_rps": 0.5,
+                              "match": False}], notes=["T: something to say"])
+    text = format_validation(v)
+    first, second = text.splitlines()[1:3]
+    assert first.startswith("…ce-name-that-runs-past-the-column T ") and first.endswith("+10.0%   yes")
+    assert second.endswith("[101, 120]   +10.0%    no")
+    assert "median |error| per family: ttft 10.0%" in text
+    assert "measured 0.3, predicted 0.5  MISS" in text and "note: T: something to say" in text
+    floor = Validation(rows=[Row("x", "T", "median_ttft_ms", 100.0, 96.0, 96.0, 96.0)])
+    assert "  -4.0%" in format_validation(v, floor) and "noise floor (repeat measurement):  ttft 4.0%" in \
+        format_validation(v, floor)
+    assert np.isfinite(v.families()["ttft"])
