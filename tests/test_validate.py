@@ -2,6 +2,7 @@
 notes say when and why a comparison is weaker, capacity follows 11-rate-sweep's rule, and a row's
 error and band mean what the scoreboard says they mean."""
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -72,6 +73,7 @@ def test_pattern_reads_rate_burstiness_cap_and_seed():
 def test_the_chat_template_is_counted_when_the_backend_or_the_endpoint_is_chat(params, chat):
     wl = workload_for(random_run(**params), PROFILE)
     assert wl.fmt.chat_template_tokens == (FMT.chat_template_tokens if chat else 0)
+    assert wl.prefix_len == 0 and wl.range_ratio == 0.0  # the tool's defaults where the run names none
 
 
 def test_the_template_is_read_off_the_runs_input_total_when_plausible():
@@ -222,3 +224,134 @@ def test_the_report_prints_rows_families_capacity_and_notes():
     assert "  -4.0%" in format_validation(v, floor) and "noise floor (repeat measurement):  ttft 4.0%" in \
         format_validation(v, floor)
     assert np.isfinite(v.families()["ttft"])
+
+
+# ------------------------------------------------------------------ edges the first sweep found unpinned
+
+def test_the_template_read_off_the_total_leaves_out_the_random_prefix():
+    raw, _, _ = RandomWorkload(64, 16, fmt=FMT).lengths(20, 3)
+    total = int(raw.sum()) + 20 * (FMT.special_tokens + 9 + 30)  # 9 template tokens beside a prefix of 30
+    wl = workload_for(random_run(n=20, random_prefix_len=30, result={"total_input_tokens": total}), PROFILE)
+    assert wl.fmt.chat_template_tokens == 9 and wl.prefix_len == 30
+
+
+def test_answers_at_exactly_98_percent_of_max_tokens_are_whole():
+    full = 20 * 16  # range ratio 0: every request asks 16
+    assert workload_for(random_run(n=20, result={"total_output_tokens": 0.98 * full}), PROFILE).output_fraction == 1.0
+    assert workload_for(random_run(n=20, result={"total_output_tokens": 0.98 * full - 1}),
+                        PROFILE).output_fraction == pytest.approx((0.98 * full - 1) / full)
+
+
+def test_a_run_that_counts_neither_prompts_nor_completions_rebuilds_the_profiles_template():
+    run = OpenRun("s", "T", None, "random", params={"random_input_len": 64, "random_output_len": 16},
+                  result={"total_input_tokens": 70})  # one request of 63 + 1 + 6 would read as 6 template tokens
+    assert workload_for(run, PROFILE).fmt.chat_template_tokens == FMT.chat_template_tokens
+
+
+def test_a_run_without_num_prompts_predicts_the_requests_it_completed_and_seed_zero():
+    run = random_run(n=9, input_len=100, output_len=30, random_range_ratio=0.5)
+    del run.params["num_prompts"], run.params["seed"]
+    pred, _, _, _ = predict_run(run, PROFILE, replications=1, n_jobs=1)
+    specs = workload_for(run, PROFILE).sample(9, 0)
+    assert pred["completed"] == 9
+    assert pred["_max_context"] == max(s.prompt_tokens + s.output_tokens for s in specs)
+    assert pred["_max_context"] != max(s.prompt_tokens + s.output_tokens
+                                       for s in workload_for(run, PROFILE).sample(9, 1))
+
+
+def sharegpt_run(tmp_path, backend="openai-chat", **result) -> OpenRun:
+    p = tmp_path / "sg.json"
+    p.write_text(json.dumps([{"conversations": [{"value": f"question {i} " + "word " * (5 + i)},
+                                                {"value": "answer " * (20 + 3 * i)}]} for i in range(30)]))
+    return OpenRun("s", "08", None, "sharegpt",
+                   params={"dataset_name": "sharegpt", "dataset_path": str(p), "num_prompts": 12, "seed": 0,
+                           "backend": backend},
+                   result={"completed": 12} | result)
+
+
+def test_a_sharegpt_run_is_rebuilt_from_its_totals_with_whichever_it_has(tmp_path):
+    plain = workload_for(sharegpt_run(tmp_path), PROFILE, tokenizer=None)
+    specs = plain.sample(12, 0)
+    outs, raws = sum(s.max_tokens for s in specs), sum(s.raw_prompt_tokens for s in specs)
+    assert plain.output_fraction == 1.0 and plain.prompt_scale == 1.0
+    assert all(s.prompt_tokens == s.raw_prompt_tokens + FMT.chat_template_tokens for s in specs)
+    only_out = workload_for(sharegpt_run(tmp_path, total_output_tokens=outs // 2), PROFILE)
+    assert only_out.output_fraction == pytest.approx((outs // 2) / outs) and only_out.prompt_scale == 1.0
+    only_in = workload_for(sharegpt_run(tmp_path, total_input_tokens=2 * raws), PROFILE)
+    assert only_in.prompt_scale == pytest.approx(2.0) and only_in.output_fraction == 1.0
+    completions = workload_for(sharegpt_run(tmp_path, backend="openai"), PROFILE)
+    assert completions.fmt.chat_template_tokens == 0
+    uncounted = sharegpt_run(tmp_path, total_output_tokens=outs // 2)
+    del uncounted.params["num_prompts"], uncounted.result["completed"]
+    assert workload_for(uncounted, PROFILE).output_fraction == 1.0  # no count of requests: nothing to share out
+
+
+def test_sharegpt_prompts_are_counted_with_the_default_tokenizer_when_none_is_given(tmp_path):
+    from calibrate.validate import default_tokenizer
+    if default_tokenizer() is None:
+        pytest.skip("no tokenizer set up (scripts/setup_vllm_cpu.sh makes the test server's)")
+    wl = workload_for(sharegpt_run(tmp_path), PROFILE)
+    assert wl.count_tokens is not None
+
+
+def test_the_acceptance_note_says_how_many_times_the_tokens_the_profile_keeps():
+    spec = dataclasses.replace(PROFILE, engine=dataclasses.replace(PROFILE.engine, num_speculative_tokens=2))
+    assumed = spec.engine.tokens_per_spec_step
+    note = acceptance_note(OpenRun("s", "T", None, "random", result={"spec_decode_acceptance_length": assumed / 2}),
+                           spec)
+    assert note.startswith(f"T: the server kept {assumed / 2:.2f} tokens a speculative step "
+                           f"(spec_decode_acceptance_length) where the profile assumes {assumed:.2f}, "
+                           "so its steps keep 2.0x the tokens the server's did")
+
+
+@pytest.mark.parametrize("change, named", [({"completed": 1, "total_output_tokens": 400}, True),  # one request counts
+                                           ({"completed": 0}, False), ({"completed": -1}, False),
+                                           ({"total_output_tokens": 10}, False),  # a token a request: nothing between
+                                           ({"mean_e2el_ms": 500.0}, False),  # no time after the first chunk
+                                           ({"mean_itl_ms": 0.5}, True)])  # gaps under a millisecond are gaps
+def test_the_stream_note_at_its_guards(change, named):
+    from calibrate.validate import stream_note
+    base = {"completed": 10, "total_output_tokens": 4000, "mean_ttft_ms": 500.0, "mean_e2el_ms": 20480.0,
+            "mean_itl_ms": 100.0}
+    run = OpenRun("s", "T", None, "random", result=base | change)
+    assert (stream_note(run, PROFILE) is not None) == named
+
+
+def test_a_source_name_that_fits_its_column_is_not_cut():
+    name = "x" * 34
+    text = format_validation(Validation(rows=[Row(name, "T", "median_ttft_ms", 100.0, 100.0, 90.0, 110.0)]))
+    assert text.splitlines()[1].startswith(name + " ")
+    assert format_validation(Validation(rows=[Row(name + "y", "T", "median_ttft_ms", 1.0, 1.0, 1.0, 1.0)])
+                             ).splitlines()[1].startswith("…" + "x" * 32 + "y ")
+
+
+def test_a_run_without_a_seed_is_read_as_seed_zero_when_its_totals_are_read():
+    raw, _, _ = RandomWorkload(64, 16, range_ratio=0.5, fmt=FMT).lengths(20, 0)
+    run = random_run(n=20, random_range_ratio=0.5,
+                     result={"total_input_tokens": int(raw.sum()) + 20 * (FMT.special_tokens + 9)})
+    del run.params["seed"]
+    assert workload_for(run, PROFILE).fmt.chat_template_tokens == 9
+
+
+def test_a_sharegpt_run_without_a_seed_reads_its_totals_against_seed_zero(tmp_path):
+    run = sharegpt_run(tmp_path)
+    del run.params["seed"]
+    specs = workload_for(run, PROFILE, tokenizer=None).sample(12, 0)
+    outs, raws = sum(s.max_tokens for s in specs), sum(s.raw_prompt_tokens for s in specs)
+    run.result |= {"total_output_tokens": outs // 2, "total_input_tokens": raws}
+    wl = workload_for(run, PROFILE, tokenizer=None)
+    assert wl.output_fraction == pytest.approx((outs // 2) / outs) and wl.prompt_scale == pytest.approx(1.0)
+
+
+def test_a_guessed_layout_is_named_even_without_a_model_name_or_its_guesses():
+    model = {"architecture": {"family": "unknown", "assumed": []}}
+    prof = dataclasses.replace(PROFILE, name="my-box", model=model)
+    v = validate([random_run("A", result={"median_ttft_ms": 100.0})], prof, replications=1, n_jobs=1)
+    assert v.notes[0] == ("my-box is in no family table, so its layout is guessed (from its name): the decode band "
+                          "is wider for it")
+    prof = dataclasses.replace(PROFILE, model={"name": "acme/M-7B", "architecture": {
+        "family": "unknown", "assumed": ["28 layers", "8 KV heads"]}})
+    v = validate([random_run("A", result={"median_ttft_ms": 100.0})], prof, replications=1, n_jobs=1)
+    assert v.notes[0].startswith("acme/M-7B is in no family table, so its layout is guessed (28 layers; 8 KV heads)")
+    assert not any("family table" in n for n in validate([random_run("A", result={"median_ttft_ms": 1.0})], PROFILE,
+                                                        replications=1, n_jobs=1).notes)
