@@ -8,7 +8,7 @@ import pytest
 
 from simulator.workload import (FixedWorkload, MixtureWorkload, PromptFormat, RandomWorkload, RequestSpec,
                                 ShareGPTWorkload, WorkloadError, approx_token_count, load_sharegpt_json,
-                                random_length_bounds, sharegpt_pairs, sharegpt_spec, tokenizer_counter)
+                                random_length_bounds, sharegpt_pairs, sharegpt_spec, stop_lengths, tokenizer_counter)
 
 
 def conv(prompt: str, answer: str) -> dict:
@@ -122,8 +122,9 @@ def test_an_unusable_sharegpt_file_is_one_clear_error(tmp_path, text, word):
 
 
 def test_an_unreadable_sharegpt_path_is_one_clear_error(tmp_path):
-    with pytest.raises(WorkloadError, match="cannot read ShareGPT file"):
+    with pytest.raises(WorkloadError) as e:
         load_sharegpt_json(tmp_path / "missing.json")
+    assert str(e.value) == f"{tmp_path / 'missing.json'}: cannot read ShareGPT file (No such file or directory)"
     with pytest.raises(WorkloadError, match="needs --dataset-path"):
         ShareGPTWorkload(path=None)
 
@@ -175,6 +176,7 @@ def test_too_few_passing_conversations_are_repeated_seeded_from_those_that_pass(
     d = ShareGPTWorkload(path=str(p), output_len=9, prompt_scale=1.2, shuffle=False, output_fraction=0.5).describe()
     assert d == {"dataset": "sharegpt", "dataset_path": str(p), "output_fraction": 0.5, "prompt_scale": 1.2,
                  "sharegpt_output_len": 9, "disable_shuffle": True}
+    assert wl.describe() == {"dataset": "sharegpt", "dataset_path": str(p), "output_fraction": 1.0}  # defaults unsaid
     for kw in (dict(output_fraction=0.0), dict(prompt_scale=0.0)):
         with pytest.raises(WorkloadError):
             ShareGPTWorkload(path=str(p), **kw)
@@ -216,3 +218,25 @@ def test_a_tokenizer_that_cannot_be_loaded_is_one_clear_error(tmp_path):
 
 def test_request_spec_stops_early_only_below_its_max_tokens():
     assert RequestSpec(10, 5, 4).stops_early and not RequestSpec(10, 5, 5).stops_early
+
+
+@pytest.mark.parametrize("shape, mean, cap, n", [(1.0, 300.0, 256, 10), (4.0, 300.0, 256, 7), (2.0, 100.0, 400, 6),
+                                                 (32.0, 300.0, 310, 5)])
+def test_each_answer_length_is_its_slices_mean_of_the_capped_law(shape, mean, cap, n):
+    """Slice i of n of the gamma law, as a length: n x E[min(X, cap); i/n < F(X) < (i+1)/n], by quadrature."""
+    from scipy import integrate, stats
+    law = stats.gamma(shape, scale=mean / shape)
+    want = []
+    for i in range(n):
+        lo, hi = law.ppf(i / n), law.ppf((i + 1) / n)
+        below = integrate.quad(lambda x: x * law.pdf(x), lo, min(hi, cap), limit=200)[0] if lo < cap else 0.0
+        part = below + cap * max(0.0, law.cdf(hi) - law.cdf(max(lo, cap)))  # the capped answers: cap tokens each
+        want.append(int(min(cap, max(1, round(part * n)))))
+    assert stop_lengths(mean, cap, n, shape) == want
+
+
+def test_the_library_defaults_are_the_tools():
+    assert stop_lengths(300.0, 1000, 5) == stop_lengths(300.0, 1000, 5, 1.0)  # a constant chance of EOS a token
+    assert PromptFormat() == PromptFormat(special_tokens=1, chat_template_tokens=0, vocab_size=262144)
+    r = RandomWorkload()  # vllm bench serve's --random-input-len and --random-output-len
+    assert (r.input_len, r.output_len, r.range_ratio, r.prefix_len) == (1024, 128, 0.0, 0)
