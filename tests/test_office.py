@@ -49,6 +49,12 @@ def test_an_impossible_office_is_refused_at_its_bound_and_its_edge_is_not(bad, g
     Office(**good)
 
 
+def test_a_refused_burst_says_its_minutes():
+    with pytest.raises(OfficeError) as e:
+        Office(burst_factor=2.0, burst_s=-90.0)
+    assert str(e.value) == "a burst needs factor > 0 and minutes >= 0 (got 2.0, -1.5 min)"
+
+
 def test_a_window_of_fixed_length_needs_no_request_count():
     Office(duration_s=60.0, requests=0)  # the count is not read
 
@@ -182,13 +188,14 @@ def test_an_office_opening_later_waits_for_its_first_working_hour():
 
 
 def test_a_mix_shares_requests_by_class_counting_a_conversations_turns():
-    o = Office(mix=(("chat", 0.5), ("multiturn", 0.5)), turns=5, requests=6000, warmup_s=0.0)
+    o = Office(mix=(("chat", 0.45), ("multiturn", 0.45), ("rag", 0.1)), turns=5, requests=6000, warmup_s=0.0)
     s = office_sessions(o, 25, seed=3)
-    per = {"chat": 0, "multiturn": 0}
+    per = {"chat": 0, "multiturn": 0, "rag": 0}
     for x in s:
         per[x.tag] += len(x.specs)
         assert all(sp.tag == x.tag for sp in x.specs)
-    assert per["chat"] / sum(per.values()) == pytest.approx(0.5, abs=0.03)
+    assert per["chat"] / sum(per.values()) == pytest.approx(0.45, abs=0.03)
+    assert per["rag"] / sum(per.values()) == pytest.approx(0.1, abs=0.02)
 
 
 def test_a_conversations_turns_carry_the_history():
@@ -265,3 +272,87 @@ def test_a_class_whose_every_request_failed_counts_none():
     huge = RequestSpec(prompt_tokens=PROFILE.engine.max_model_len + 1, max_tokens=4, output_tokens=4)
     run = simulate_sessions(PROFILE, [Session(0.0, (huge,), (), "big")])
     assert not run.records[0].ok and per_class(run) == {"big": {"requests": 0}}
+
+
+# ------------------------------------------------------------------ edges the sweep found unpinned
+
+def test_the_default_office_is_the_seeds():
+    o = Office()
+    assert o.office_rps() == pytest.approx(0.3)  # 25 people at the seed's 0.3 req/s
+    assert (o.staff, o.burstiness, o.turns, o.think_s, o.requests) == (25, 0.7, 5, 30.0, 250)
+    assert preset_class("multiturn", 1.0, FMT).turns == 5 and preset_class("multiturn", 1.0, FMT).think_s == 30.0
+
+
+def test_sharegpt_like_keeps_prompts_and_totals_at_vllms_bounds():
+    at_bounds = ShareGPTLike(fmt=FMT, prompt_mu=math.log(1024), prompt_sigma=0.0, output_mu=math.log(1024),
+                             output_sigma=0.0, max_total=2048)
+    s = at_bounds.sample(3, seed=0)  # prompt 1024 and prompt + output 2048: both kept, as vLLM keeps them
+    assert [(x.raw_prompt_tokens, x.output_tokens) for x in s] == [(1024, 1024)] * 3
+    shortest = ShareGPTLike(fmt=FMT, prompt_mu=math.log(4), prompt_sigma=0.0, output_mu=math.log(4),
+                            output_sigma=0.0)  # 4 and 4: vLLM's shortest prompt and answer
+    assert [(x.raw_prompt_tokens, x.output_tokens) for x in shortest.sample(2, seed=0)] == [(4, 4)] * 2
+
+
+def test_shares_are_read_relative_to_their_sum():
+    a = office_sessions(Office(mix=(("chat", 2.0), ("multiturn", 2.0)), requests=300, warmup_s=0.0), 25, seed=4)
+    b = office_sessions(Office(mix=(("chat", 0.5), ("multiturn", 0.5)), requests=300, warmup_s=0.0), 25, seed=4)
+    assert [(x.time, x.specs) for x in a] == [(x.time, x.specs) for x in b]
+
+
+def test_a_warm_up_of_conversations_presses_the_windows_request_rate():
+    o = Office(mix=(("multiturn", 1.0),), turns=5, think_s=0.0, requests=5, warmup_s=2000.0)
+    warm = [x for x in office_sessions(o, 25, seed=1) if x.time < 2000.0]
+    assert sum(len(x.specs) for x in warm) == pytest.approx(2000 * 0.3, rel=0.2)  # requests, a conversation's five
+
+
+def test_a_class_drawn_once_in_a_block_is_drawn():
+    s = office_sessions(Office(mix=(("chat", 255.0), ("rag", 1.0)), requests=3000, warmup_s=0.0), 25, seed=0)
+    assert {x.tag for x in s} == {"chat", "rag"} and all(x.specs for x in s)
+
+
+def test_arrivals_follow_the_rate_across_the_hours_of_the_window():
+    o = Office(per_day=100.0, at_hour=16.5, mix=CHAT, duration_s=5400.0, warmup_s=0.0)  # 16:30 to 18:00
+    s = office_sessions(o, 100, seed=2)
+    first = sum(x.time < 1800.0 for x in s)  # 16:30-17:00 at 16:00's weight, then 17:00's
+    second = sum(x.time >= 1800.0 for x in s)
+    assert first == pytest.approx(1800 * 100 * o.person_rate_at_hour(16), rel=0.15)
+    assert second == pytest.approx(3600 * 100 * o.person_rate_at_hour(17), rel=0.15)
+
+
+def test_round_robin_and_least_loaded_differ_where_a_box_has_emptied():
+    spec = RequestSpec(prompt_tokens=50, max_tokens=4, output_tokens=4)
+    sessions = [Session(100.0 * i, (spec,)) for i in range(4)]  # each ends long before the next
+    assert simulate_sessions(PROFILE, sessions, boxes=2).office.requests_per_box == [2, 2]
+    assert simulate_sessions(PROFILE, sessions, boxes=2, routing="least-loaded").office.requests_per_box == [4, 0]
+
+
+def test_the_gateway_fills_to_its_cap_and_frees_a_slot_per_answer():
+    spec = RequestSpec(prompt_tokens=50, max_tokens=200, output_tokens=200)
+    sessions = [Session(0.0, (spec,)) for _ in range(3)] + [Session(1000.0, (spec,))]
+    run = simulate_sessions(PROFILE, sessions, max_concurrency=2, queue_in_ttft=False)
+    waits = run.office.gateway_wait_s
+    assert list(waits[:2]) == [0.0, 0.0] and waits[2] > 0 and waits[3] == 0.0  # the late one finds the box idle
+    r = run.records
+    assert waits[2] == pytest.approx(min(r[0].end_time, r[1].end_time) - r[2].scheduled_time)
+    assert all(w == pytest.approx(x.start_time - x.scheduled_time) for w, x in zip(waits, r))  # vLLM's clock
+    assert all(x.ok for x in r)
+    assert run.open_loop.max_concurrency == 2  # vLLM's clock: the cap is the load's, as vllm bench serve's
+    users = simulate_sessions(PROFILE, sessions, max_concurrency=2)
+    assert users.open_loop.max_concurrency is None  # the user's clock: the gateway is part of the server
+    assert all(x.start_time == x.scheduled_time for x in users.records)
+
+
+def test_a_prefix_hit_leaves_the_engine_the_uncached_share_of_the_prompt():
+    full = RequestSpec(prompt_tokens=4000, max_tokens=2, output_tokens=2)
+    half = RequestSpec(prompt_tokens=2000, max_tokens=2, output_tokens=2)
+    hit = simulate_sessions(PROFILE, [Session(0.0, (full,))], prefix_hit=0.5).records[0]
+    cold = simulate_sessions(PROFILE, [Session(0.0, (half,))]).records[0]
+    assert hit.chunk_times[0] == pytest.approx(cold.chunk_times[0])
+    assert hit.prompt_tokens == 4000
+
+
+def test_the_office_summary_counts_its_preemptions():
+    small = replace(PROFILE, engine=replace(PROFILE.engine, num_blocks=300))
+    spec = RequestSpec(prompt_tokens=300, max_tokens=400, output_tokens=400)
+    run = simulate_sessions(small, [Session(0.0, (spec,)) for _ in range(6)])
+    assert run.num_preemptions > 0 and summarize_office(run)["num_preemptions"] == run.num_preemptions
