@@ -4,6 +4,7 @@ error and band mean what the scoreboard says they mean."""
 import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -289,7 +290,10 @@ def test_a_sharegpt_run_is_rebuilt_from_its_totals_with_whichever_it_has(tmp_pat
 def test_sharegpt_prompts_are_counted_with_the_default_tokenizer_when_none_is_given(tmp_path):
     from calibrate.validate import default_tokenizer
     if default_tokenizer() is None:
-        pytest.skip("no tokenizer set up (scripts/setup_vllm_cpu.sh makes the test server's)")
+        msg = "no tokenizer set up (scripts/setup_vllm_cpu.sh makes the test server's)"
+        if os.environ.get("CAPSIM_REQUIRE_VLLM") == "1":
+            pytest.fail(msg + " [CAPSIM_REQUIRE_VLLM=1]", pytrace=False)
+        pytest.skip(msg)
     wl = workload_for(sharegpt_run(tmp_path), PROFILE)
     assert wl.count_tokens is not None
 
