@@ -2,7 +2,7 @@
 family and size, the fallback for a size the table lacks, and the nine spark-bench models unchanged."""
 import pytest
 
-from calibrate.architectures import Architecture, architecture_for, step_quantities
+from calibrate.architectures import Architecture, architecture_for, layout_guessed, name_params, step_quantities
 from calibrate.importers import load_meta
 from calibrate.server_flags import unmodelled_flags
 from tests.test_importers import RESULTS, shared_missing
@@ -172,7 +172,7 @@ def test_a_name_that_says_hybrid_holds_kv_on_few_layers(model):
     a = architecture_for({"model": model})
     assert a.family == "unknown" and a.kv_layout_assumed
     assert a.attn_layers == max(1, round(a.layers / 8)) and a.state_layers == a.layers - a.attn_layers
-    assert any("hybrid" in x for x in a.assumed)
+    assert any("hybrid (the name says so): full attention on 1 layer in 8" in x for x in a.assumed)
     plain = architecture_for({"model": "acme/Plain-9B"})
     assert plain.attn_layers == plain.layers and plain.state_layers == 0
     assert step_quantities(a, "bf16", 2.0)["kv_bytes_full"] < step_quantities(plain, "bf16", 2.0)["kv_bytes_full"]
@@ -246,3 +246,86 @@ def test_families_from_config_classes_that_match_their_checkpoint(model, layers,
                                            ("openai/gpt-oss-safeguard-120b", "openai/gpt-oss-120b")])
 def test_a_fine_tuned_variant_keeps_its_base_models_facts(variant, base):
     assert architecture_for({"model": variant}) == architecture_for({"model": base})
+
+
+def _arch(**kw) -> Architecture:
+    facts = dict(family="t", params_total_b=10.0, params_active_b=3.0, layers=4, attn_layers=3, kv_heads=2,
+                 head_dim=64, q_heads=8)
+    facts.update(kw)
+    return Architecture(**facts)
+
+
+def test_step_quantities_of_a_mixture_of_experts_by_hand():
+    # 4 MoE layers of 10 experts, top-2: the 7B of inactive parameters are 4 x 8 experts of 0.21875B, and the
+    # 3B active hold 4 x 2 of them, leaving 1.25B that every token reads
+    moe = _arch(n_experts=10, top_k=2, moe_layers=4, window_layers=1, window=100, window_kv_heads=4, window_head_dim=32)
+    q = step_quantities(moe, "bf16", 1.0)
+    assert q == pytest.approx(dict(
+        weight_bytes_fixed=2 * 1.25e9, expert_bytes=2 * 0.21875e9, moe_layers=4, n_experts=10, top_k=2,
+        kv_bytes_full=3 * 2 * 2 * 64, kv_bytes_window=1 * 2 * 4 * 32, window=100, state_bytes_seq=0.0,
+        flops_per_token=6e9, attn_flops_full=4 * 8 * 64 * 3, attn_flops_window=4 * 8 * 32 * 1))
+    fp8 = step_quantities(moe, "fp8", 2.0)  # 8.5 bits a weight as read (scales); KV at the cache's own bytes
+    assert fp8["weight_bytes_fixed"] == pytest.approx(1.25e9 * 8.5 / 8)
+    assert fp8["expert_bytes"] == pytest.approx(0.21875e9 * 8.5 / 8)
+    assert fp8["kv_bytes_full"] == 3 * 2 * 2 * 64 * 2.0 and fp8["kv_bytes_window"] == 2 * 4 * 32 * 2.0
+    assert step_quantities(moe, "no-such-dtype", 1.0)["weight_bytes_fixed"] == pytest.approx(2 * 1.25e9)  # 16-bit
+
+
+def test_experts_quantised_apart_read_their_own_bits_only_under_mxfp4():
+    moe = _arch(n_experts=10, top_k=2, moe_layers=4, expert_bits=4.25)
+    mx = step_quantities(moe, "mxfp4", 1.0)
+    assert mx["expert_bytes"] == pytest.approx(0.21875e9 * 4.25 / 8)
+    assert mx["weight_bytes_fixed"] == pytest.approx(1.25e9 * 2)  # attention, router, embeddings stay bf16
+    bf = step_quantities(moe, "bf16", 1.0)  # a bf16 copy of the same model reads 16 bits everywhere
+    assert bf["expert_bytes"] == pytest.approx(0.21875e9 * 2) and bf["weight_bytes_fixed"] == pytest.approx(1.25e9 * 2)
+
+
+def test_a_mixture_whose_experts_outweigh_its_active_count_reads_no_dense_part():
+    # top-5 of 10 experts over 9B inactive: 9B of experts per token, more than the 1B active; the dense part is 0
+    q = step_quantities(_arch(params_active_b=1.0, n_experts=10, top_k=5, moe_layers=4), "bf16", 1.0)
+    assert q["weight_bytes_fixed"] == 0.0 and q["expert_bytes"] == pytest.approx(2 * 9e9 / 20)
+
+
+@pytest.mark.parametrize("kw", [dict(n_experts=10, top_k=2, moe_layers=0),  # experts on no layer
+                                dict(params_active_b=10.0, n_experts=10, top_k=2, moe_layers=4)])  # all active
+def test_a_model_that_is_not_a_mixture_reads_all_its_weights_every_step(kw):
+    q = step_quantities(_arch(**kw), "nvfp4", 1.0)
+    assert q["weight_bytes_fixed"] == pytest.approx(10e9 * 4.5 / 8)
+    assert (q["expert_bytes"], q["moe_layers"], q["n_experts"], q["top_k"]) == (0.0, 0, 0, 0)
+
+
+def test_mla_state_and_window_quantities_by_hand():
+    mla = step_quantities(_arch(params_active_b=10.0, mla_dim=320), "bf16", 1.0)
+    assert mla["kv_bytes_full"] == 3 * 320  # the latent and the rope key, not 2 x heads x head_dim
+    assert mla["attn_flops_full"] == 4 * 8 * 192 * 3  # a query-key pair over qk's 192 dims a head
+    state = step_quantities(_arch(params_active_b=10.0, state_layers=2, state_elems_layer=1000.0,
+                                  state_elem_bytes=4.0), "bf16", 2.0)
+    assert state["state_bytes_seq"] == 2 * 1000 * 4.0 * 2  # read and written back every step
+    no_size = step_quantities(_arch(params_active_b=10.0, window_layers=2), "bf16", 1.0)  # windowed, no size
+    assert (no_size["kv_bytes_window"], no_size["window"]) == (0.0, None)
+    own_heads = step_quantities(_arch(params_active_b=10.0, window_layers=2, window=64), "bf16", 1.0)
+    assert own_heads["kv_bytes_window"] == 2 * 2 * 2 * 64  # the full layers' KV heads and head size
+    assert own_heads["attn_flops_window"] == 4 * 8 * 64 * 2
+
+
+def test_what_a_name_without_facts_gets():
+    none = architecture_for({"model": "acme/mystery"})  # no size: a depth of 8B, the size left to the decode speed
+    assert (none.params_total_b, none.params_active_b, none.layers) == (0.0, 0.0, 41)
+    assert architecture_for({"model": "acme/Giant-1000B"}).layers == 96  # 16 + 9 x sqrt(B), within 16-96
+    assert architecture_for({"model": "acme/Tiny-0.001B"}).layers == 16
+    moe = architecture_for({"model": "acme/Model-35B-A3B"})
+    assert (moe.n_experts, moe.top_k, moe.moe_layers) == (128, 8, moe.layers)
+    assert name_params("acme-3b-a3b") == (3.0, None)  # an active count that is the total is no mixture
+
+
+def test_a_table_entry_with_windowed_layers_attends_fully_on_the_rest(monkeypatch):
+    entry = dict(family="w", params_total_b=8.0, params_active_b=8.0, layers=30, window_layers=24, window=512)
+    monkeypatch.setattr("calibrate.architectures.FAMILIES", [(r"windowed", entry)])
+    a = architecture_for({"model": "acme/windowed-8b"})
+    assert (a.layers, a.attn_layers, a.window_layers) == (30, 6, 24)
+
+
+def test_a_profile_without_a_known_layout_is_not_a_guessed_one():
+    assert layout_guessed({"architecture": {"family": "unknown"}})
+    assert not layout_guessed({"architecture": {"family": "qwen3 dense"}})
+    assert not layout_guessed({}) and not layout_guessed({"architecture": None})  # a live profile's bare model

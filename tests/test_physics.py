@@ -74,6 +74,9 @@ def test_kv_bytes_from_vllms_cache_dtypes():
     assert kv_dtype_bytes({"kv_cache_dtype": "int4_per_token_head"}, "bf16")[0] == 0.5
     b, why = kv_dtype_bytes({"kv_cache_dtype": "fp3_future"}, "bf16")
     assert b == 2.0 and "not a dtype capsim knows" in why
+    # a quantized checkpoint may declare an fp8 cache, which no file of a run shows: the note says so
+    assert "fp8 checkpoint that declares" in kv_dtype_bytes({}, "fp8")[1]
+    assert "declares" not in kv_dtype_bytes({}, "bf16")[1]
 
 
 def test_moe_bytes_add_up_to_the_parameter_counts():
