@@ -127,8 +127,8 @@ def estimate_prompt_scale(runs: list[ClosedRun], latency_ms: float) -> float:
             if r.concurrency != 1 or "pp_throughput" not in m:
                 continue
             tps, sd = m["pp_throughput"]
-            if sd == sd and tps > 0 and sd / tps > 0.2:
-                continue  # a noisy row (e.g. a cold first run) says little
+            if not tps > 0 or (sd == sd and sd / tps > 0.2):
+                continue  # no throughput (a failed row), or a noisy one (e.g. a cold first run): says little
             if "est_ppt" in m:
                 est = m["est_ppt"][0]
             else:
@@ -148,7 +148,6 @@ def compare(profile: Profile, runs: list[ClosedRun], prompt_scale: float) -> lis
         sim = simulate_closed(profile, closed_pattern(run, prompt_scale))
         rows = summarize_closed(sim)
         for meas, got in zip(run.rows, rows):
-            cv_noise = 1.0
             for metric, w in WEIGHTS.items():
                 if metric == "e2e_ttft" and "ttfr" in meas.metrics:
                     continue
@@ -157,8 +156,8 @@ def compare(profile: Profile, runs: list[ClosedRun], prompt_scale: float) -> lis
                 mu, sd = meas.metrics[metric]
                 if not (mu > 0):
                     continue
-                if meas.concurrency == 1 and sd == sd:
-                    cv_noise = 1.0 / (1.0 + (sd / mu) / 0.1)  # trust noisy single-user rows less
+                # trust noisy single-user figures less, each by its own spread (none given: in full)
+                cv_noise = 1.0 / (1.0 + (sd / mu) / 0.1) if sd == sd else 1.0
                 if metric == "peak_throughput":
                     # a count of tokens in one 1-s window is known to a token: 5 of them say little
                     w = w * min(1.0, mu / PEAK_FULL_WEIGHT_COUNT)
