@@ -4,7 +4,6 @@ import pytest
 
 from calibrate.architectures import architecture_for
 from calibrate.priors import GB10_MEMORY_GIB, OTHER_GIB, ROOFLINE_BW, acceptance_for_length, prior_profile
-from simulator.kvcache import hybrid_layout
 from simulator.profile import KVGroup
 
 GIB = 2 ** 30
@@ -36,13 +35,10 @@ def test_the_servers_own_block_count_replaces_the_prior_at_its_block_size():
                                    "block_size": 32}, 8.0)
     assert (plain.engine.num_blocks, plain.engine.kv_groups) == (5000, (KVGroup(32),))
     assert origin["num_blocks"].startswith("measured: 5000 blocks of 32 tokens")
-    # a known layout of windowed layers keeps its groups, at the server's block size
-    server = {"model": "google/gemma-3-27b-it", "num_gpu_blocks": 5000, "block_size": 32}
-    windowed, _ = prior_profile(server, 20.0)
-    a = architecture_for(server)
-    full, win = 2 * a.kv_heads * a.head_dim * 2.0, 2 * (a.window_kv_heads or a.kv_heads) * a.head_dim * 2.0
-    assert windowed.engine.kv_groups == hybrid_layout(1.0, a.attn_layers, full, a.window_layers, win, a.window,
-                                                      base_block=32)[1]
+    # a known layout of windowed layers keeps its groups, at the server's block size: Gemma-3-27B's 10 full
+    # and 52 sliding layers (window 1024) of equal bytes, in groups of 10 layers
+    windowed, _ = prior_profile({"model": "google/gemma-3-27b-it", "num_gpu_blocks": 5000, "block_size": 32}, 20.0)
+    assert windowed.engine.kv_groups == (KVGroup(32, 1, None), KVGroup(32, 5, 1024))
     assert windowed.engine.num_blocks == 5000
     # not a count: the prior stands
     assert prior_profile({"model": "Qwen/Qwen3-14B", "num_gpu_blocks": 0}, 8.0)[0].engine.num_blocks is None
