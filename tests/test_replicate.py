@@ -7,6 +7,7 @@ profile drawn with key r. Runs go to joblib workers when n_jobs > 1, which must 
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from simulator.load import ClosedLoop, OpenLoop
@@ -147,3 +148,51 @@ def test_default_jobs_is_replications_capped_by_cores(monkeypatch):
     assert default_jobs(0) == 1  # never zero workers
     monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one worker
     assert default_jobs(20) == 1
+
+
+def test_one_replication_is_the_default():
+    prof = uncertain_profile()
+    assert all(same(a, b) for a, b in zip(replicate_open(prof, WORKLOAD, N, PATTERN)[3],
+                                          replicate_open(prof, WORKLOAD, N, PATTERN, replications=1)[3]))
+    assert len(replicate_open(prof, WORKLOAD, N, PATTERN)[3]) == 1
+    assert [r.metrics for r in replicate_closed(prof, CLOSED)[0]] == \
+        [r.metrics for r in replicate_closed(prof, CLOSED, replications=1)[0]]
+
+
+def test_closed_replications_give_medians_and_a_band_of_the_means():
+    """Replication r of the closed loop: the profile drawn with key r (0: itself), noise seed r; the
+    merged row holds the median mean and the median std, the band the 5th and 95th percentiles of
+    the means (and no std of its own)."""
+    prof = uncertain_profile()
+    R = 4
+    merged, lo, hi, latency = replicate_closed(prof, CLOSED, replications=R, n_jobs=1)
+    runs = [simulate_closed(prof if r == 0 else draw_profile(prof, r), CLOSED, noise_seed=r) for r in range(R)]
+    rows = [summarize_closed(run) for run in runs]
+    spread = 0
+    for i, row in enumerate(merged):
+        for name in row.metrics:
+            means = np.array([rs[i].metrics[name][0] for rs in rows])
+            stds = np.array([rs[i].metrics[name][1] for rs in rows])
+            assert row.metrics[name] == (float(np.median(means)), float(np.median(stds)))
+            assert lo[i].metrics[name] == (float(np.percentile(means, 5)), 0.0)
+            assert hi[i].metrics[name] == (float(np.percentile(means, 95)), 0.0)
+            spread += np.ptp(means) > 0
+    assert spread  # the draws differ, so the percentiles above are not the median by accident
+    assert latency == float(np.median([run.closed_loop.latency_s for run in runs]))
+
+
+def test_one_worker_or_one_replication_runs_here(monkeypatch):
+    """No worker processes are started for work one process does (joblib's start-up costs seconds)."""
+    import joblib
+
+    def refuse(*a, **k):
+        raise AssertionError("joblib.Parallel started")
+
+    monkeypatch.setattr(joblib, "Parallel", refuse)
+    prof = uncertain_profile()
+    assert len(replicate_open(prof, WORKLOAD, N, PATTERN, replications=3, n_jobs=1)[3]) == 3
+    assert len(replicate_open(prof, WORKLOAD, N, PATTERN, replications=1, n_jobs=4)[3]) == 1
+    assert len(replicate_closed(prof, CLOSED, replications=3, n_jobs=1)[0]) == 2
+    assert len(replicate_closed(prof, CLOSED, replications=1, n_jobs=4)[0]) == 2
+    with pytest.raises(AssertionError, match="joblib.Parallel started"):
+        replicate_open(prof, WORKLOAD, N, PATTERN, replications=2, n_jobs=2)
