@@ -83,7 +83,7 @@ def test_the_answer_length_is_recovered_from_the_wall_time():
     assert estimate_stop_mean(profile, replace(run, wall_s=None), 1.0) is None
 
 
-@pytest.mark.parametrize("shape", [1.0, 32.0])
+@pytest.mark.parametrize("shape", [1.0, 4.0, 32.0])
 def test_the_shape_is_the_one_whose_figures_match_the_table(shape):
     profile = load_profile()
     run = _synthetic_run(profile, 300.0, shape)
@@ -105,3 +105,62 @@ def test_walls_do_not_depend_on_the_open_loop_tests(tmp_path):
     assert open_loop.search(log.read_text())  # the log holds the open-loop tests' times too
     log.write_text("\n".join(line for line in log.read_text().splitlines() if not open_loop.search(line)))
     assert [r.wall_s for r in closed_runs(copy)] == [r.wall_s for r in runs]
+
+
+def _one_row_run(tg=256, runs=2, rows=((128, 256, 0, 1),)):
+    return ClosedRun(source="synthetic", test="03-long-output", model=None, runs=runs, latency_mode="generation",
+                     latency_ms=None, version="0.4.0",
+                     rows=summarize_closed(simulate_closed(load_profile(), ClosedLoop(combos=list(rows), runs=1,
+                                                                                       warmup=False))))
+
+
+def test_a_simulated_wall_is_each_tests_span_once_per_run_and_once_for_its_warmup():
+    profile = load_profile()
+    rows = ((128, 256, 0, 1), (512, 64, 0, 4))
+    for runs, times in ((2, 3), (5, 6), (None, 4)):  # llama-benchy's default is 3 runs
+        run = _one_row_run(runs=runs, rows=rows)
+        spans = {}
+        for r in simulate_closed(profile, closed_pattern(run)).records:
+            lo, hi = spans.get(r.test, (np.inf, -np.inf))
+            spans[r.test] = (min(lo, r.start_time), max(hi, r.end_time))
+        assert len(spans) == 2 and all(hi > lo for lo, hi in spans.values())
+        assert simulated_wall(profile, run, 1.0, None) == pytest.approx(times * sum(hi - lo for lo, hi in spans.values()))
+    # answers that stop early take less time
+    assert simulated_wall(profile, run, 1.0, 20.0) < simulated_wall(profile, run, 1.0, None)
+
+
+def test_the_wall_time_less_ten_seconds_is_what_the_answers_take():
+    """The runner's log times the whole invocation: ten seconds of it are tokenizer, warmup and probes."""
+    profile = load_profile()
+    run = _synthetic_run(profile, 300.0, 4.0)
+    run = replace(run, stop_shape=4.0, wall_s=simulated_wall(profile, replace(run, stop_shape=4.0), 1.0, 300.0) + 10.0)
+    assert estimate_stop_mean(profile, run, 1.0) == pytest.approx(300.0, rel=0.003)
+
+
+def test_only_a_test_that_took_at_most_half_of_full_answers_is_read():
+    profile = load_profile()
+    run = replace(_synthetic_run(profile, 300.0, 4.0), stop_shape=4.0)
+    full = simulated_wall(profile, run, 1.0, None)
+    shortest = simulated_wall(profile, run, 1.0, 1.0)
+    assert shortest < 0.3 * full
+    for share, read in ((0.4, True), (0.49, True), (0.51, False), (0.9, False)):
+        got = estimate_stop_mean(profile, replace(run, wall_s=share * full + OVERHEAD_S), 1.0)
+        assert (got is not None) == read, share
+        if read:  # the length that takes that share
+            assert simulated_wall(profile, run, 1.0, got) == pytest.approx(share * full, rel=0.01)
+    # no faster than the shortest answers: no reading
+    assert estimate_stop_mean(profile, replace(run, wall_s=shortest + OVERHEAD_S), 1.0) is None
+    assert estimate_stop_mean(profile, replace(run, wall_s=0.5 * shortest + OVERHEAD_S), 1.0) is None
+
+
+def test_lengths_are_found_from_one_token_to_eight_times_the_longest_tg():
+    profile = load_profile()
+    rows = ((256, 64, 0, 1), (256, 8192, 0, 1))
+    run = replace(_one_row_run(runs=1, rows=rows), stop_shape=32.0)
+    # lengths are whole tokens: a mean of 1.6 is found between one and two, below e (a log-length of 1)
+    got = estimate_stop_mean(profile, replace(run, wall_s=simulated_wall(profile, run, 1.0, 1.6) + OVERHEAD_S), 1.0)
+    assert 1.0 <= got < 2.7
+    # and one above 8 x the shortest tg (the bracket is 8 x the longest)
+    truth = simulated_wall(profile, run, 1.0, 1500.0)
+    got = estimate_stop_mean(profile, replace(run, wall_s=truth + OVERHEAD_S), 1.0)
+    assert got == pytest.approx(1500.0, rel=0.01) and simulated_wall(profile, run, 1.0, got) == pytest.approx(truth, rel=0.01)
