@@ -264,9 +264,11 @@ def test_step_quantities_of_a_mixture_of_experts_by_hand():
         weight_bytes_fixed=2 * 1.25e9, expert_bytes=2 * 0.21875e9, moe_layers=4, n_experts=10, top_k=2,
         kv_bytes_full=3 * 2 * 2 * 64, kv_bytes_window=1 * 2 * 4 * 32, window=100, state_bytes_seq=0.0,
         flops_per_token=6e9, attn_flops_full=4 * 8 * 64 * 3, attn_flops_window=4 * 8 * 32 * 1))
-    fp8 = step_quantities(moe, "fp8", 2.0)  # 8.5 bits a weight as read (scales); KV at the cache's own bytes
-    assert fp8["weight_bytes_fixed"] == pytest.approx(1.25e9 * 8.5 / 8)
-    assert fp8["expert_bytes"] == pytest.approx(0.21875e9 * 8.5 / 8)
+    fp8 = step_quantities(moe, "fp8", 2.0)  # a byte a weight (its scales are per block); KV at the cache's own bytes
+    assert fp8["weight_bytes_fixed"] == pytest.approx(1.25e9)
+    assert fp8["expert_bytes"] == pytest.approx(0.21875e9)
+    nvfp4 = step_quantities(moe, "nvfp4", 1.0)  # 4 bits and an fp8 scale per 16
+    assert nvfp4["weight_bytes_fixed"] == pytest.approx(1.25e9 * 4.5 / 8)
     assert fp8["kv_bytes_full"] == 3 * 2 * 2 * 64 * 2.0 and fp8["kv_bytes_window"] == 2 * 4 * 32 * 2.0
     assert step_quantities(moe, "no-such-dtype", 1.0)["weight_bytes_fixed"] == pytest.approx(2 * 1.25e9)  # 16-bit
 

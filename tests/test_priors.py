@@ -71,7 +71,7 @@ def test_a_name_a_little_too_big_for_its_speed_has_its_weights_scaled():
     assert drafts.step_model.weight_bytes_fixed == pytest.approx(60e9) and "architecture_scaled" not in origin
 
 
-@pytest.mark.parametrize("model, tps, bits", [("acme/mystery", 20.0, 16.0), ("acme/mystery-fp8", 20.0, 8.5),
+@pytest.mark.parametrize("model, tps, bits", [("acme/mystery", 20.0, 16.0), ("acme/mystery-fp8", 20.0, 8.0),
                                               ("acme/mystery", None, 16.0)])
 def test_a_name_without_a_size_reads_what_the_single_user_speed_allows(model, tps, bits):
     prof, _ = prior_profile({"model": model}, tps)
