@@ -10,13 +10,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 
-from simulator.whatif import KV_BYTES
-
-# Bits per weight as read from memory, scales included: NVFP4 an fp8 scale per 16 weights, MXFP4 an
-# 8-bit one per 32, int4 (AWQ, GPTQ) a 16-bit scale and zero per 128. FP8 and int8 checkpoints scale
-# per tensor, per output channel or per 128 x 128 block: under 0.01 bit a weight.
-WEIGHT_BITS = {"bf16": 16.0, "fp16": 16.0, "fp8": 8.0, "int8": 8.0, "nvfp4": 4.5, "mxfp4": 4.25, "int4": 4.25,
-               "awq": 4.25, "gptq": 4.25}
+from simulator.whatif import KV_BYTES, WEIGHT_BITS
 
 
 @dataclass

@@ -8,9 +8,10 @@ import re
 from simulator.kvcache import hybrid_layout
 from simulator.profile import ApiOverhead, EngineLimits, KVGroup, Profile, clamps_max_tokens, gemma4_spark_physics
 from simulator.stepmodel import PhysicalStepModel
+from simulator.whatif import WEIGHT_BITS
 from simulator.workload import PromptFormat
 
-from .architectures import WEIGHT_BITS, architecture_for, kv_dtype_bytes, step_quantities, weight_dtype
+from .architectures import architecture_for, kv_dtype_bytes, step_quantities, weight_dtype
 
 GB10_MEMORY_GIB = 121.69  # what torch reports on a DGX Spark (NVML reports nothing)
 ROOFLINE_BW = 273e9  # B/s: the DGX Spark's LPDDR5x peak, the roofline every fitted bandwidth is held under

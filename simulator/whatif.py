@@ -13,7 +13,12 @@ from __future__ import annotations
 from .profile import Profile, ProfileError
 from .stepmodel import PhysicalStepModel
 
-WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "nvfp4": 0.5625, "fp4": 0.5625, "int4": 0.5625}
+# Bits per weight as read from memory, scales included: NVFP4 an fp8 scale per 16 weights, MXFP4 an
+# 8-bit one per 32, int4 (AWQ, GPTQ) a 16-bit scale and zero per 128. FP8 and int8 checkpoints scale
+# per tensor, per output channel or per 128 x 128 block: under 0.01 bit a weight.
+WEIGHT_BITS = {"bf16": 16.0, "fp16": 16.0, "fp8": 8.0, "int8": 8.0, "nvfp4": 4.5, "mxfp4": 4.25, "int4": 4.25,
+               "awq": 4.25, "gptq": 4.25}
+WEIGHT_ALIASES = {"fp4": "nvfp4"}  # weights=fp4 in a what-if
 # Bytes per KV-cache element by vLLM's --kv-cache-dtype (vllm/config/cache.py CacheDType), and bf16/fp16.
 # NVFP4 carries an fp8 scale per 16 elements (4.5 bits); the turboquant / ultraquant and int4 layouts
 # count the bits their names state, without their scales.
@@ -48,15 +53,16 @@ def _coerce(value: str, current):
 def _scenario(p: Profile, key: str, value: str) -> bool:
     m = p.step_model
     if key == "weights":
-        if value not in WEIGHT_BYTES:
-            raise ProfileError(f"weights must be one of {', '.join(WEIGHT_BYTES)}, got {value!r}")
+        value = WEIGHT_ALIASES.get(value, value)
+        if value not in WEIGHT_BITS:
+            raise ProfileError(f"weights must be one of {', '.join([*WEIGHT_BITS, *WEIGHT_ALIASES])}, got {value!r}")
         if not isinstance(m, PhysicalStepModel):
             raise ProfileError("weights=... needs a physical step model")
-        cur = p.model.get("weights", "bf16")
-        f = WEIGHT_BYTES[value] / WEIGHT_BYTES.get(cur, 2.0)
+        now = WEIGHT_BITS.get(WEIGHT_ALIASES.get(p.model.get("weights", "bf16"), p.model.get("weights", "bf16")), 16.0)
+        f = WEIGHT_BITS[value] / now
         m.weight_bytes_fixed *= f
         m.expert_bytes *= f
-        if WEIGHT_BYTES[value] < 2.0 <= WEIGHT_BYTES.get(cur, 2.0):
+        if WEIGHT_BITS[value] < 16.0 <= now:
             m.flops *= 2.0  # fp8/fp4 tensor cores run linear layers about twice as fast
         p.model["weights"] = value
         return True

@@ -67,6 +67,25 @@ def test_what_if_edits():
         apply_edits(p, ["max_num_seqs=0"])
 
 
+def test_a_weights_what_if_scales_from_the_profiles_own_format():
+    """weights=X moves the weights' bytes by X's bits over the profile's own (scales included, as
+    calibration reads them), and only a move off 16 bits doubles the linear layers' FLOP rate."""
+    p = load_profile()
+    sm = p.step_model
+    nv = apply_edits(p, ["weights=fp4"])  # NVFP4: 4 bits and an fp8 scale per 16
+    assert nv.model["weights"] == "nvfp4" and nv.step_model.expert_bytes == pytest.approx(sm.expert_bytes * 4.5 / 16)
+    assert nv.step_model.flops == pytest.approx(2 * sm.flops)
+    mx = p.copy()
+    mx.model["weights"] = "mxfp4"
+    back = apply_edits(mx, ["weights=fp8"])  # from 4.25 bits to 8: more bytes, no faster compute
+    assert back.step_model.weight_bytes_fixed == pytest.approx(sm.weight_bytes_fixed * 8 / 4.25)
+    assert back.step_model.flops == sm.flops
+    assert apply_edits(p, ["weights=bf16"]).step_model.weight_bytes_fixed == sm.weight_bytes_fixed
+    with pytest.raises(ProfileError, match="weights must be one of bf16, fp16, fp8, int8, nvfp4, mxfp4, int4, awq, "
+                                           "gptq, fp4, got 'fp2'"):
+        apply_edits(p, ["weights=fp2"])
+
+
 def test_faster_profile_is_faster():
     from simulator.load import OpenLoop
     from simulator.sim import simulate_open
