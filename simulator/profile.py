@@ -167,10 +167,14 @@ class Profile:
 
     def validate(self) -> "Profile":
         for k in ("max_num_batched_tokens", "max_num_seqs", "max_model_len", "num_blocks",
-                  "long_prefill_token_threshold"):
+                  "long_prefill_token_threshold", "num_speculative_tokens"):
             v = getattr(self.engine, k)
-            if v is not None and not (_number(v) and float(v).is_integer()):
+            if v is None and k == "num_blocks":  # capacity not known: not binding
+                continue
+            if not (_number(v) and float(v).is_integer()):
                 raise ProfileError(f"{k} must be a whole number, got {v!r}")
+        if not _number(self.engine.spec_acceptance):
+            raise ProfileError(f"spec_acceptance must be a number in [0, 1), got {self.engine.spec_acceptance!r}")
         self.engine.validate()
         if not _number(self.step_noise_cv) or self.step_noise_cv < 0:
             raise ProfileError(f"step_noise_cv must be a finite number >= 0, got {self.step_noise_cv!r}")
