@@ -6,6 +6,7 @@ import math
 import pytest
 
 from calibrate.importers import ImporterError, parse_command, serve_params
+from calibrate.server_flags import human_readable_int, server_number
 
 
 def test_vllm_bench_serve_defaults_fill_what_the_line_leaves_out():
@@ -77,3 +78,25 @@ def test_a_reports_command_block_is_the_one_under_its_heading():
     assert (p["num_prompts"], p["request_rate"]) == (5, 0.3)
     # with no heading, the first fenced block
     assert parse_command("```\nvllm bench serve --seed 4\n```\n```\nllama-benchy --pp 1\n```")["seed"] == 4
+
+
+def test_token_counts_on_a_server_command_line_read_as_vllm_reads_them():
+    """vllm.utils.argparse_utils.human_readable_int: lower-case suffixes are powers of 1000 (and take a
+    decimal), upper-case ones powers of 1024 (and do not); tests/test_conformance_vllm.py asks vLLM itself."""
+    for text, want in (("8192", 8192), ("1k", 1000), ("25.6k", 25600), ("1m", 10 ** 6), ("2g", 2 * 10 ** 9),
+                       ("1t", 10 ** 12), ("1K", 1024), ("16K", 16384), ("2M", 2 * 2 ** 20), ("3G", 3 * 2 ** 30),
+                       ("1T", 2 ** 40)):
+        got = human_readable_int(text)
+        assert got == want and type(got) is int, text
+    with pytest.raises(ValueError):
+        human_readable_int("2.5K")
+
+
+def test_server_numbers_at_the_edges_vllm_takes():
+    assert server_number("gpu_memory_utilization", 1.0, None) == 1.0
+    assert server_number("gpu_memory_utilization", "0.01", None) == 0.01
+    assert server_number("max_num_seqs", "1", None) == 1
+    for key, value in (("gpu_memory_utilization", 0), ("gpu_memory_utilization", "1.01"), ("max_num_seqs", "0"),
+                       ("max_num_batched_tokens", 0.5)):
+        with pytest.raises(ImporterError, match=f"{key} is {value!r}: vLLM takes"):
+            server_number(key, value, None)

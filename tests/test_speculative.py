@@ -109,6 +109,16 @@ def test_speculative_config_is_read_from_the_command_line():
         speculative_config('--speculative-config {"method": "eagle"}')
 
 
+@pytest.mark.parametrize("k, ok", [(1, True), (64, True), (0, False), (65, False), ("true", False), ('"3"', False)])
+def test_the_draft_count_is_one_vllm_takes(k, ok):
+    args = '--speculative-config {"method": "eagle3", "num_speculative_tokens": %s}' % k
+    if ok:
+        assert speculative_config(args)["num_speculative_tokens"] == k
+    else:
+        with pytest.raises(ImporterError, match="needs num_speculative_tokens in 1..64, got"):
+            speculative_config(args)
+
+
 @pytest.mark.parametrize("args", [
     "--speculative_config='{\"method\": \"eagle3\", \"num_speculative_tokens\": 3}'",
     "-sc '{\"method\":\"eagle3\",\"num-speculative-tokens\":3}'",  # vLLM's short flag, a dashed key
