@@ -67,8 +67,8 @@ class EngineLimits:
             raise ProfileError("kv_groups need block_size >= 1 and count >= 1")
         if not 0 <= self.num_speculative_tokens <= 64:
             raise ProfileError(f"num_speculative_tokens must be in 0..64, got {self.num_speculative_tokens}")
-        if not 0.0 <= self.spec_acceptance < 1.0:
-            raise ProfileError(f"spec_acceptance must be in [0, 1), got {self.spec_acceptance}")
+        if not (_number(self.spec_acceptance) and 0.0 <= self.spec_acceptance < 1.0):
+            raise ProfileError(f"spec_acceptance must be a number in [0, 1), got {self.spec_acceptance!r}")
 
     @property
     def tokens_per_spec_step(self) -> float:
@@ -173,8 +173,6 @@ class Profile:
                 continue
             if not (_number(v) and float(v).is_integer()):
                 raise ProfileError(f"{k} must be a whole number, got {v!r}")
-        if not _number(self.engine.spec_acceptance):
-            raise ProfileError(f"spec_acceptance must be a number in [0, 1), got {self.engine.spec_acceptance!r}")
         self.engine.validate()
         if not _number(self.step_noise_cv) or self.step_noise_cv < 0:
             raise ProfileError(f"step_noise_cv must be a finite number >= 0, got {self.step_noise_cv!r}")

@@ -58,7 +58,8 @@ def _scenario(p: Profile, key: str, value: str) -> bool:
             raise ProfileError(f"weights must be one of {', '.join([*WEIGHT_BITS, *WEIGHT_ALIASES])}, got {value!r}")
         if not isinstance(m, PhysicalStepModel):
             raise ProfileError("weights=... needs a physical step model")
-        now = WEIGHT_BITS.get(WEIGHT_ALIASES.get(p.model.get("weights", "bf16"), p.model.get("weights", "bf16")), 16.0)
+        cur = p.model.get("weights", "bf16")
+        now = WEIGHT_BITS.get(WEIGHT_ALIASES.get(cur, cur), 16.0)
         f = WEIGHT_BITS[value] / now
         m.weight_bytes_fixed *= f
         m.expert_bytes *= f
