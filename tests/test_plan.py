@@ -177,6 +177,10 @@ def test_parse_mix_and_scenarios():
     sc = parse_scenario("two:boxes=2,routing=least-loaded,weights=fp8,prefix_hit=0.3")
     assert (sc.name, sc.boxes, sc.routing, sc.prefix_hit, sc.edits) == ("two", 2, "least-loaded", 0.3, ("weights=fp8",))
     assert parse_scenario("base").edits == ()
+    # rejected where the scenario is made, before any office is simulated
+    assert Scenario(boxes=1).boxes == 1
+    with pytest.raises(PlanError, match="boxes must be >= 1, got 0"):
+        Scenario(boxes=0)
     with pytest.raises(OfficeError):
         Office(staff=-1)
 
