@@ -280,7 +280,7 @@ def format_card(card: dict) -> str:
         for d in meas["decode"]:
             pts.setdefault((d["test"], d["requested"], d["concurrency"]), {}).update(
                 tg=d["per_user_tokens_per_s"], peak=d["peak_per_user_tokens_per_s"])
-        for (test, req, c), v in sorted(pts.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+        for (test, req, c), v in sorted(pts.items()):  # by test, prompt, users (the keys are unique)
             lines.append(f"  {test:<24} {req:>8,} {c:>5} {_f(v.get('pp')):>8} {_f(v.get('tg'), '{:.1f}'):>11} "
                          f"{_f(v.get('peak'), '{:.1f}'):>9}")
     return "\n".join(lines)
