@@ -2,16 +2,24 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from calibrate.card import CONCURRENCY, DECODE_CONTEXTS, PREFILL_CONTEXTS, format_card, profile_card
+from calibrate.card import (CONCURRENCY, DECODE_CONTEXTS, PREFILL_CONTEXTS, ctx_label, decode_table, format_card,
+                            kv_blocks_needed, measured_points, memory_roofline, prefill_curve, profile_card,
+                            weight_bytes_per_step)
 from calibrate.sources import load_closed
 from capsim.cli import main
-from simulator.profile import EngineLimits, Profile, load_profile
-from simulator.stepmodel import EmpiricalStepModel
+from simulator.load import ClosedLoop
+from simulator.profile import EngineLimits, KVGroup, Profile, load_profile
+from simulator.sim import simulate_closed
+from simulator.stepmodel import EmpiricalStepModel, PhysicalStepModel
+from simulator.summary import ClosedRow, summarize_closed
 
 SHIPPED = ["spark-gemma4-26b-a4b", "spark-bench-gemma-4-31b-it-bf16", "spark-bench-qwen-3.6-35b-a3b-bf16",
            "spark-gemma4-26b-a4b-physics"]
@@ -160,3 +168,226 @@ def test_calibrate_plot(tmp_path):
     res = invoke(["calibrate", "seed", "-o", str(tmp_path / "q.json"), "--plot", str(tmp_path / "no" / "c.png")])
     assert res.exit_code == 1 and "does not exist" in res.output
     assert not (tmp_path / "q.json").exists()  # checked before fitting
+
+
+# ------------------------------------------------------------------ each figure by its definition
+
+GEMMA4 = EngineLimits(max_model_len=1024, max_num_seqs=4, num_blocks=2 * (32 + 325),
+                      kv_groups=(KVGroup(32, 1, None), KVGroup(16, 5, 1024)))
+
+
+def test_kv_blocks_a_batch_holds_count_each_group_and_each_windows_straddled_block():
+    # 2000 tokens: 63 blocks of 32 in the full group; each of 5 sliding groups keeps its 1024-token window
+    # (64 blocks of 16) plus the block it straddles
+    assert kv_blocks_needed(GEMMA4, 3, 2000) == 3 * (63 + 5 * 65)
+    # 100 tokens: 4 full blocks; the windows hold only the 100 tokens (7 blocks) plus one
+    assert kv_blocks_needed(GEMMA4, 1, 100) == 4 + 5 * 8
+    assert kv_blocks_needed(EngineLimits(), 2, 17) == 2 * 2
+    assert kv_blocks_needed(EngineLimits(kv_groups=()), 2, 17) is None
+
+
+def test_each_limit_binds_one_past_what_the_engine_holds():
+    p = Profile(name="p", engine=GEMMA4, step_model=PhysicalStepModel())
+    rows = {(d["context"], d["concurrency"]): d["limit"]
+            for d in decode_table(p, contexts=(1024, 1025), concurrency=(2, 4, 5))}
+    assert rows[1024, 2] is None  # 2 x (32 + 325) blocks: the pool exactly
+    assert rows[1024, 4] == "exceeds the KV cache"
+    assert rows[1024, 5] == "concurrency > max_num_seqs 4"
+    assert rows[1025, 2] == "context > max_model_len 1024"
+    unknown = Profile(name="p", engine=EngineLimits(num_blocks=None), step_model=PhysicalStepModel())
+    assert all(d["limit"] is None for d in decode_table(unknown, contexts=(100_000,), concurrency=(256,)))
+
+
+def test_a_prefill_row_is_the_simulated_llama_benchy_pp_row_in_seconds():
+    """One request per prompt, tg 1: the prompt and its one answer token must fit max_model_len."""
+    p = load_profile("spark-gemma4-26b-a4b")
+    p.engine.max_model_len = 2048
+    assert prefill_curve(Profile(name="p", engine=replace(GEMMA4, num_blocks=356), step_model=p.step_model),
+                         contexts=(1023,))[0]["limit"] == "exceeds the KV cache"  # 1024 tokens need 32 + 325
+    curve = prefill_curve(p, contexts=(1024, 2047, 2048))
+    assert curve[2] == {"context": 2048, "tokens_per_s": None, "ttft_s": None,
+                        "limit": "context > max_model_len 2048"}
+    rows = summarize_closed(simulate_closed(p, ClosedLoop(combos=[(1024, 1, 0, 1), (2047, 1, 0, 1)], runs=1,
+                                                          warmup=False, latency_mode="generation")))
+    for row, item in zip(rows, curve):
+        assert item["limit"] is None
+        assert item["tokens_per_s"] == row.metrics["pp_throughput"][0]
+        assert item["ttft_s"] == row.metrics["ttfr"][0] / 1000
+
+
+def test_a_decode_row_is_one_step_of_the_step_model():
+    p = load_profile("spark-gemma4-26b-a4b")
+    (d,) = decode_table(p, contexts=(8192,), concurrency=(16,))
+    step = float(p.step_model.decode_run(np.full(16, 8192), 1)[0])
+    assert d["step_ms"] == pytest.approx(1000 * step)
+    assert d["per_user_tokens_per_s"] == pytest.approx(1 / step)
+    assert d["total_tokens_per_s"] == pytest.approx(16 / step)
+
+
+@pytest.mark.parametrize("step", [0.0, math.inf, math.nan, -1.0])
+def test_a_step_model_that_gives_no_time_leaves_the_decode_row_empty(step):
+    p = Profile(name="p", engine=EngineLimits(), step_model=SimpleNamespace(decode_run=lambda ctx, n: [step]))
+    (d,) = decode_table(p, contexts=(1024,), concurrency=(1,))
+    assert (d["step_ms"], d["per_user_tokens_per_s"], d["total_tokens_per_s"]) == (None, None, None)
+
+
+def test_weights_read_per_step_count_the_dense_part_and_the_top_k_experts_of_each_moe_layer():
+    moe = PhysicalStepModel(weight_bytes_fixed=4e9, expert_bytes=10e6, moe_layers=30, top_k=8, n_experts=128)
+    assert weight_bytes_per_step(moe) == 4e9 + 8 * 30 * 10e6
+    assert weight_bytes_per_step(replace(moe, n_experts=0)) == 4e9  # dense: the expert fields mean nothing
+    assert weight_bytes_per_step(replace(moe, expert_bytes=0.0)) == 4e9
+    assert weight_bytes_per_step(SimpleNamespace(weight_bytes_fixed=3e9)) == 3e9  # no expert fields at all
+    assert weight_bytes_per_step(SimpleNamespace(weight_bytes_fixed=3e9, expert_bytes=1e6, moe_layers=2,
+                                                 top_k=4, n_experts=None)) == 3e9 + 8e6
+    for missing in ("expert_bytes", "moe_layers", "top_k"):  # an expert term needs all three
+        fields = dict(weight_bytes_fixed=3e9, expert_bytes=1e6, moe_layers=2, top_k=4)
+        del fields[missing]
+        assert weight_bytes_per_step(SimpleNamespace(**fields)) == 3e9
+    assert weight_bytes_per_step(replace(moe, moe_layers=0)) == weight_bytes_per_step(replace(moe, top_k=0)) == 4e9
+    assert weight_bytes_per_step(replace(moe, n_experts=1, top_k=1)) == 4e9 + 30 * 10e6
+    assert weight_bytes_per_step(EmpiricalStepModel()) is None
+
+
+def test_memory_roofline_by_its_definitions():
+    sm = PhysicalStepModel(weight_bytes_fixed=4e9, n_experts=0, bw_weights=200e9)
+    p = Profile(name="p", engine=EngineLimits(), step_model=sm, model={"roofline_bw": 400e9})
+    decode = [{"context": 8192, "concurrency": 1, "per_user_tokens_per_s": 40.0},
+              {"context": 1024, "concurrency": 2, "per_user_tokens_per_s": 45.0},
+              {"context": 1024, "concurrency": 1, "per_user_tokens_per_s": 50.0},
+              {"context": 512, "concurrency": 1, "per_user_tokens_per_s": None}]
+    m = memory_roofline(p, decode)
+    assert m == {"peak_bw": 400e9, "bw_weights": 200e9, "bw_weights_pct_of_peak": 50.0,
+                 "weight_bytes_per_decode_step": 4e9, "weight_read_ms": 20.0,
+                 "roofline_decode_tokens_per_s": 100.0,
+                 # one user at the shortest context with a speed: 50 t/s x 4 GB = 200 GB/s, half the peak
+                 "single_user_decode_tokens_per_s": 50.0, "single_user_decode_pct_of_roofline": 50.0,
+                 "single_user_context": 1024}
+    p.model = None
+    assert memory_roofline(p)["peak_bw"] == 273e9
+    p.step_model = SimpleNamespace(weight_bytes_fixed=4e9)  # bytes, but no bandwidth to read them at
+    m = memory_roofline(p)
+    assert (m["bw_weights"], m["weight_read_ms"], m["roofline_decode_tokens_per_s"]) == (None, None, 273e9 / 4e9)
+
+
+def _run(test, rows):
+    return SimpleNamespace(test=test, rows=rows)
+
+
+def test_measured_points_read_server_tokens_and_a_decode_rows_mean_context():
+    pp_row = ClosedRow(pp=1000, tg=0, depth=3000, concurrency=1, metrics={"pp_throughput": (2000.0, 5.0)})
+    tg_row = ClosedRow(pp=1000, tg=200, depth=0, concurrency=4,
+                       metrics={"tg_req_throughput": (10.0, 1.0), "peak_throughput": (48.0, 2.0),
+                                "tg_throughput": (38.0, 1.0)})
+    bare = ClosedRow(pp=500, tg=100, depth=0, concurrency=2, metrics={"tg_req_throughput": (12.0, 0.0)})
+    m = measured_points([_run("06-rag", [pp_row]), _run("01-chat", [tg_row, bare])], prompt_scale=1.1)
+    assert m["prefill"] == [{"test": "06-rag", "requested": 4000, "context": pytest.approx(4400.0),
+                             "tokens_per_s": 2000.0}]
+    assert m["decode"] == [
+        {"test": "01-chat", "requested": 500, "context": pytest.approx(550 + 50), "concurrency": 2,
+         "per_user_tokens_per_s": 12.0, "peak_per_user_tokens_per_s": None, "total_tokens_per_s": None,
+         "peak_tokens_per_s": None},
+        {"test": "01-chat", "requested": 1000, "context": pytest.approx(1100 + 100), "concurrency": 4,
+         "per_user_tokens_per_s": 10.0, "peak_per_user_tokens_per_s": 12.0, "total_tokens_per_s": 38.0,
+         "peak_tokens_per_s": 48.0}]  # the pp row has no decode figure
+    assert measured_points(None) == {"prompt_scale": 1.0, "prefill": [], "decode": []}
+
+
+def test_the_card_names_the_model_and_reads_points_at_scale_1_without_a_fitted_scale():
+    p = load_profile("spark-gemma4-26b-a4b")
+    p.provenance = {}
+    c = profile_card(p, [_run("01", [ClosedRow(pp=100, tg=0, depth=0, concurrency=1,
+                                               metrics={"pp_throughput": (900.0, 0.0)})])],
+                     prefill_contexts=(512,), decode_contexts=(1024,), concurrency=(1,))
+    assert c["model"] == "google/gemma-4-26B-A4B-it" and c["measured"]["prompt_scale"] == 1.0
+    assert c["measured"]["prefill"][0]["context"] == 100
+
+
+@pytest.mark.parametrize("tokens, label", [(512, "512"), (1000, "1,000"), (1024, "1k"), (1536, "1,536"),
+                                           (2048, "2k"), (32768, "32k"), (0, "0")])
+def test_context_labels(tokens, label):
+    assert ctx_label(tokens) == label
+
+
+CARD = {
+    "profile": "box", "model": "org/model", "box": "a box", "step_model": "physical",
+    "prefill": [{"context": 1024, "tokens_per_s": 5000.4, "ttft_s": 0.2049, "limit": None},
+                {"context": 65536, "tokens_per_s": None, "ttft_s": None, "limit": "context > max_model_len 32768"}],
+    "decode": [{"context": 1024, "concurrency": 1, "per_user_tokens_per_s": 50.04, "total_tokens_per_s": 50.04,
+                "limit": None},
+               {"context": 1024, "concurrency": 8, "per_user_tokens_per_s": 20.0, "total_tokens_per_s": 160.0,
+                "limit": "exceeds the KV cache"},
+               {"context": 8192, "concurrency": 1, "per_user_tokens_per_s": None, "total_tokens_per_s": None,
+                "limit": None}],
+    "kv_cache": {"capacity_tokens": 1_234_567, "num_blocks": 77_160, "origin": "fitted from 05's knee"},
+    "engine": {"max_num_batched_tokens": 2048, "max_num_seqs": 256, "max_model_len": 32768},
+    "memory": {"peak_bw": 273e9, "bw_weights": 300e9, "bw_weights_pct_of_peak": 109.89,
+               "weight_bytes_per_decode_step": 5.5e9, "roofline_decode_tokens_per_s": 49.636,
+               "single_user_decode_tokens_per_s": 50.04, "single_user_decode_pct_of_roofline": 100.8,
+               "single_user_context": 1024},
+    "measured": {"prompt_scale": 1.0123, "prefill": [{"test": "02-long", "requested": 512, "tokens_per_s": 5100.0},
+                                                     {"test": "01-chat", "requested": 2048, "tokens_per_s": 4500.0},
+                                                     {"test": "01-chat", "requested": 1024, "tokens_per_s": 4800.0}],
+                 "decode": [{"test": "01-chat", "requested": 1024, "concurrency": 4, "per_user_tokens_per_s": 25.25,
+                             "peak_per_user_tokens_per_s": None},
+                            {"test": "01-chat", "requested": 1024, "concurrency": 1, "per_user_tokens_per_s": 48.0,
+                             "peak_per_user_tokens_per_s": 49.5}]},
+}
+
+CARD_TEXT = """\
+profile card: box
+org/model, a box
+step model: physical
+
+prefill, one request (llama-benchy pp t/s)
+  prompt tokens   tokens/s   TTFT s
+          1,024      5,000     0.20
+         65,536          -        -  (context > max_model_len 32768)
+
+decode, pure decode steps: tokens/s per user and in total, by context and users (* = the engine cannot hold them)
+             1k context          8k context    
+  users   per user    total   per user    total
+      1       50.0      50           -        -
+      8       20.0     160*          -        -
+
+engine
+  KV-cache capacity        1,234,567 tokens (77,160 blocks)
+  max_num_batched_tokens   2,048
+  max_num_seqs             256
+  max_model_len            32,768
+  (KV capacity: fitted from 05's knee)
+
+memory roofline
+  box peak bandwidth       273 GB/s
+  fitted weight bandwidth  300 GB/s (110% of peak)
+    (above the box's peak: the fit traded bandwidth for fixed step time; the one-user share below is the physical one)
+  weights read per step    5.50 GB (single-request decode)
+  roofline decode speed    49.6 tokens/s (peak bandwidth / weight bytes)
+  one user decodes         50.0 tokens/s at 1,024 tokens (101% of the roofline)
+
+measured closed-loop points (prompt tokens x 1.012 = server count)
+  test                       prompt users   pp t/s tg t/s/user peak/user
+  01-chat                     1,024     1    4,800        48.0      49.5
+  01-chat                     1,024     4        -        25.2         -
+  01-chat                     2,048     1    4,500           -         -
+  02-long                       512     1    5,100           -         -"""
+
+
+def test_the_card_text_line_by_line():
+    assert format_card(CARD).split("\n") == CARD_TEXT.split("\n")
+
+
+def test_a_card_with_no_capacity_bandwidth_or_measured_points():
+    card = dict(CARD, model=None, box=None, kv_cache={"capacity_tokens": None, "num_blocks": 10, "origin": None},
+                memory={"peak_bw": 500e9, "bw_weights": 100e9, "bw_weights_pct_of_peak": 100.0,
+                        "weight_bytes_per_decode_step": None, "single_user_decode_tokens_per_s": 10.0,
+                        "single_user_decode_pct_of_roofline": None, "single_user_context": 512})
+    del card["measured"]
+    lines = format_card(card).split("\n")
+    assert lines[:3] == ["profile card: box", "step model: physical", ""]
+    assert "  KV-cache capacity        unknown (not binding in the runs)" in lines
+    assert not any("KV capacity:" in x or "above the box's peak" in x or "weights read" in x for x in lines)
+    assert "  box peak bandwidth       500 GB/s" in lines
+    assert "  fitted weight bandwidth  100 GB/s (100% of peak)" in lines
+    assert lines[-1] == "  one user decodes         10.0 tokens/s at 512 tokens"
+    card["memory"] = dict(card["memory"], single_user_decode_tokens_per_s=None)
+    assert "one user decodes" not in format_card(card)
