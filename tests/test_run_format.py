@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from measure.runfiles import json_dumps, load_run, load_run_info, run_summary
-from simulator.records import RunResult
+from simulator.records import OfficeFacts, RunResult
 
 OLD = Path(__file__).parent / "data" / "old_run_format"
 
@@ -69,6 +69,21 @@ def test_rare_keys_nulls_and_unknown_keys_round_trip():
     assert _round_trip(failed) == failed
 
 
+def test_the_defaults_of_facts_a_meta_leaves_out():
+    assert RunResult.facts_from_json({"request_rate": 2.0})["open_loop"].burstiness == 1.0  # Poisson
+    assert RunResult.facts_from_json({"seed": 3})["open_loop"].request_rate == math.inf
+    closed = RunResult.facts_from_json({"tests": {"t": [1, 2, 0, 1]}})["closed_loop"]
+    assert closed.tests == {"t": (1, 2, 0, 1)} and closed.latency_s == 0.0
+    assert RunResult.facts_from_json({"latency_s": 0.2})["closed_loop"].tests == {}
+    facts = RunResult.facts_from_json({"num_preemptions": 7})
+    assert facts["num_preemptions"] == 7 and facts["extra"] == {} and "open_loop" not in facts
+    assert RunResult.facts_from_json(None) == {"extra": {}}
+
+
 def test_a_simulated_run_keeps_its_facts_typed():
     run = RunResult([], 0.0, 1.0, "closed")
     assert run.status == "complete" and run.meta_json() == {}
+    office = RunResult([], 0.0, 1.0, "open", office=OfficeFacts()).meta_json()
+    assert (office["boxes"], office["routing"], office["prefix_hit"], office["gateway_cap"]) == \
+        (1, "round-robin", 0.0, None)
+    assert "staff" not in office

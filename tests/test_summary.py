@@ -108,6 +108,28 @@ def test_open_summary_block_has_every_metric():
         assert label in text
 
 
+def test_a_request_is_ok_with_no_error_and_a_chunk_and_its_ttft_and_e2el_run_from_its_send():
+    r = rec(0, 1.0, [1.5, 2.0, 3.25], scheduled=0.5)
+    assert r.ok and (r.ttft, r.e2el) == (0.5, 2.25)  # from start_time (sent), not scheduled_time
+    silent = rec(1, 1.0, [])  # vllm bench serve: "Never received a valid chunk to calculate TTFT."
+    assert not silent.ok and (silent.ttft, silent.e2el) == (None, None)
+    failed = rec(2, 1.0, [1.5], error="HTTP 500")
+    assert not failed.ok and (failed.ttft, failed.e2el) == (None, None)
+
+
+def test_token_times_of_chunks_of_several_tokens_and_of_none():
+    """llama-benchy 0.4.0 stamps a chunk's k tokens evenly after the token before; the first content chunk's
+    all at its own time; a chunk of no tokens stamps nothing and is no token before."""
+    r = rec(0, 0.0, [1.0, 1.4])
+    r.chunk_tokens = np.array([2, 2])
+    np.testing.assert_allclose(r.content_token_times(), [1.0, 1.0, 1.2, 1.4])
+    r = rec(0, 0.0, [1.0, 1.2, 1.4])
+    r.chunk_tokens = np.array([1, 0, 2])
+    np.testing.assert_allclose(r.content_token_times(), [1.0, 1.2, 1.4])
+    r.chunk_tokens = np.array([0, 0, 0])
+    assert len(r.content_token_times()) == 0
+
+
 def test_record_json_round_trip():
     r = rec(3, 1.0, [1.5, 2.0], mask=[False, True])
     r2 = RequestRecord.from_json(r.to_json())
@@ -116,6 +138,10 @@ def test_record_json_round_trip():
     assert r2.chunk_tokens is None and "chunk_tokens" not in r.to_json()
     r.chunk_tokens = np.array([0, 4])
     assert np.array_equal(RequestRecord.from_json(r.to_json()).chunk_tokens, [0, 4])
+    # the optional keys a records.jsonl line may lack
+    bare = RequestRecord.from_json({"request_id": 1, "prompt_tokens": 5, "output_tokens": 0, "scheduled_time": 0.0,
+                                    "start_time": 0.0})
+    assert (bare.batch, bare.preemptions, bare.test, bare.error, len(bare.chunk_times)) == (0, 0, "", None, 0)
 
 
 def test_pooled_equals_numpy_on_the_expanded_sample():
