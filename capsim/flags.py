@@ -252,8 +252,8 @@ def parse_extra_body(values: Sequence[str]) -> dict[str, Any]:
         for entry in (e.strip() for e in s.split(",")):
             if not entry:
                 continue
-            m = re.match(r"([^=:]+)[=:](.*)", entry)
-            if not m or not m.group(1).strip():
+            m = re.match(r"([^=:]+)[=:](.*)", entry)  # the entry is stripped: a match has a key
+            if not m:
                 raise click.BadParameter(f"{entry!r}: use a JSON object, key=value or key:value",
                                          param_hint="--extra-body")
             try:
