@@ -61,6 +61,7 @@ def _num(s: str) -> Any:
 def parse_metrics(text: str) -> dict[str, Any]:
     """The sample fields found in a Prometheus text exposition (see module doc)."""
     out: dict[str, Any] = {}
+    older: dict[str, float] = {}  # vllm:gpu_cache_usage_perc, read only where vllm:kv_cache_usage_perc is not
     for line in text.splitlines():
         if not line or line[0] == "#":
             continue
@@ -90,9 +91,12 @@ def parse_metrics(text: str) -> dict[str, Any]:
         except ValueError:
             continue
         out["server"] = "vllm" if name.startswith("vllm:") else "llama.cpp"
-        if key == "kv_cache_usage_perc" and name == "vllm:gpu_cache_usage_perc" and key in out:
+        if name == "vllm:gpu_cache_usage_perc":
+            older[key] = older.get(key, 0.0) + v
             continue
         out[key] = out.get(key, 0.0) + v
+    for key, v in older.items():
+        out.setdefault(key, v)
     return out
 
 
