@@ -11,6 +11,11 @@ from simulator.records import RequestRecord, RunResult
 from simulator.stepmodel import EmpiricalStepModel
 
 
+# Gemma 4's KV cache: 1 full-attention group (blocks of 32) and 5 sliding-window groups (blocks of 16,
+# a 1024-token window) sharing one block pool (reference/vllm-and-spark-physics.md)
+GEMMA4_KV_GROUPS = (KVGroup(32, 1, None), KVGroup(16, 5, 1024))
+
+
 def sharegpt_conversation(prompt: str, answer: str) -> dict:
     """One ShareGPT record: a question and its reply, the first turn pair vLLM samples."""
     return {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]}

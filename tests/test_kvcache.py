@@ -16,10 +16,7 @@ import pytest
 
 from simulator.kvcache import KVCache, hybrid_layout, kv_cache_size_tokens
 from simulator.profile import EngineLimits, KVGroup
-
-# Gemma-4-26B-A4B with fp8 KV (reference section 2.2): 1 full-attention group of 32-token blocks and
-# 5 sliding-window groups (window 1024) of 16-token blocks.
-GEMMA4 = (KVGroup(32, 1, None), KVGroup(16, 5, 1024))
+from tests.helpers import GEMMA4_KV_GROUPS as GEMMA4  # Gemma-4-26B-A4B with fp8 KV (reference section 2.2)
 
 
 def cache(groups=(KVGroup(16),), num_blocks=None, **kw) -> KVCache:

@@ -16,10 +16,11 @@ from calibrate.card import (CONCURRENCY, DECODE_CONTEXTS, PREFILL_CONTEXTS, ctx_
 from calibrate.sources import load_closed
 from capsim.cli import main
 from simulator.load import ClosedLoop
-from simulator.profile import EngineLimits, KVGroup, Profile, load_profile
+from simulator.profile import EngineLimits, Profile, load_profile
 from simulator.sim import simulate_closed
 from simulator.stepmodel import EmpiricalStepModel, PhysicalStepModel
 from simulator.summary import ClosedRow, summarize_closed
+from tests.helpers import GEMMA4_KV_GROUPS
 
 SHIPPED = ["spark-gemma4-26b-a4b", "spark-bench-gemma-4-31b-it-bf16", "spark-bench-qwen-3.6-35b-a3b-bf16",
            "spark-gemma4-26b-a4b-physics"]
@@ -173,7 +174,7 @@ def test_calibrate_plot(tmp_path):
 # ------------------------------------------------------------------ each figure by its definition
 
 GEMMA4 = EngineLimits(max_model_len=1024, max_num_seqs=4, num_blocks=2 * (32 + 325),
-                      kv_groups=(KVGroup(32, 1, None), KVGroup(16, 5, 1024)))
+                      kv_groups=GEMMA4_KV_GROUPS)
 
 
 def test_kv_blocks_a_batch_holds_count_each_group_and_each_windows_straddled_block():

@@ -12,8 +12,8 @@ import pytest
 from simulator.profile import (ApiOverhead, EngineLimits, KVGroup, Profile, ProfileError, load_profile,
                                refused_for_length)
 from simulator.stepmodel import CHAT_ROUTING_SPREAD, EmpiricalStepModel, PhysicalStepModel
+from tests.helpers import GEMMA4_KV_GROUPS
 
-GEMMA4_GROUPS = (KVGroup(32, 1, None), KVGroup(16, 5, 1024))  # 1 full-attention group, 5 sliding
 
 
 @pytest.mark.parametrize("field, lowest", [("max_num_batched_tokens", 1), ("max_num_seqs", 1),
@@ -50,11 +50,11 @@ def test_kv_capacity_in_tokens_of_one_long_request():
     assert EngineLimits(num_blocks=1000).kv_capacity_tokens == 16_000
     # Gemma 4: a token takes 1/32 of a block (the full group); the 5 sliding groups hold their window
     # (1024 tokens: 64 blocks of 16, plus the one a window straddles) whatever the length
-    assert EngineLimits(num_blocks=211_371, kv_groups=GEMMA4_GROUPS).kv_capacity_tokens == (211_371 - 5 * 65) * 32
+    assert EngineLimits(num_blocks=211_371, kv_groups=GEMMA4_KV_GROUPS).kv_capacity_tokens == (211_371 - 5 * 65) * 32
     # two full groups of 16 share the pool: 2/16 of a block a token
     assert EngineLimits(num_blocks=1000, kv_groups=(KVGroup(16, 2),)).kv_capacity_tokens == 8000
     # a pool the windows alone fill holds no context
-    assert EngineLimits(num_blocks=300, kv_groups=GEMMA4_GROUPS).kv_capacity_tokens == 0
+    assert EngineLimits(num_blocks=300, kv_groups=GEMMA4_KV_GROUPS).kv_capacity_tokens == 0
 
 
 def test_kv_capacity_unknown_without_blocks_or_a_full_attention_group():
