@@ -225,6 +225,67 @@ def test_a_capsim_open_run_folder(tmp_path):
     assert load_closed([str(folder)]) == []  # an open-loop run never reaches calibration
 
 
+def rewrite_meta(folder, change):
+    """Edit a capsim run folder's run.json meta in place (an older or other server's run)."""
+    info = json.loads((folder / "run.json").read_text())
+    change(info["meta"])
+    (folder / "run.json").write_text(json.dumps(info))
+
+
+def test_a_capsim_open_runs_arrivals_become_vllm_bench_serves_keys(tmp_path):
+    """validate re-simulates a live open-loop run from these keys: each one comes from run.json's meta."""
+    folder, _ = capsim_run(tmp_path / "arrivals", "open")
+    rewrite_meta(folder, lambda m: m.update(endpoint="completions", request_rate=2.0, burstiness=0.5,
+                                            max_concurrency=3, num_prompts=7, seed=11))
+    (o,) = load_open([str(folder)])
+    assert o.params == {"backend": "openai", "endpoint": "/v1/completions", "num_prompts": 7, "request_rate": 2.0,
+                        "burstiness": 0.5, "max_concurrency": 3, "seed": 11, "random_input_len": 32,
+                        "random_output_len": 8}
+
+
+def test_a_capsim_open_run_without_arrival_facts_takes_vllm_bench_serves_defaults(tmp_path):
+    """An older run.json without the arrival keys: all its records at once (no rate), Poisson, seed 0, as
+    many prompts as records."""
+    folder, run = capsim_run(tmp_path / "older", "open")
+    rewrite_meta(folder, lambda m: [m.pop(k) for k in ("request_rate", "burstiness", "max_concurrency",
+                                                        "num_prompts", "seed")])
+    (o,) = load_open([str(folder)])
+    assert {k: o.params[k] for k in ("backend", "endpoint", "num_prompts", "request_rate", "burstiness",
+                                     "max_concurrency", "seed")} == {
+        "backend": "openai-chat", "endpoint": "/v1/chat/completions", "num_prompts": len(run.records),
+        "request_rate": None, "burstiness": 1.0, "max_concurrency": None, "seed": 0}
+
+
+def test_a_capsim_open_run_with_null_prompts_and_seed(tmp_path):
+    """measure writes the arrival keys together, num_prompts and seed null where it had none."""
+    folder, run = capsim_run(tmp_path / "nulls", "open")
+    rewrite_meta(folder, lambda m: m.update(num_prompts=None, seed=None))
+    (o,) = load_open([str(folder)])
+    assert (o.params["num_prompts"], o.params["seed"]) == (len(run.records), 0)
+
+
+def test_a_capsim_closed_runs_latency_and_server_facts(tmp_path):
+    """No latency measured reads 0 ms in "generation" mode (llama-benchy's default); a server's version is
+    taken only where /v1/models said vLLM; a count of 0 blocks (a server that had not sized its cache) is no
+    count."""
+    folder, _ = capsim_run(tmp_path / "facts", "closed")
+    rewrite_meta(folder, lambda m: (m.update(latency_s=0.0, server_cache_config={"num_gpu_blocks": "0",
+                                                                                 "block_size": "16"}),
+                                    m.pop("latency_mode", None)))
+    info = json.loads((folder / "run.json").read_text())
+    info["server"] = {"server": "llama.cpp", "server_version": "b5000"}
+    (folder / "run.json").write_text(json.dumps(info))
+    (c,) = load_closed([str(folder)])
+    assert (c.latency_ms, c.latency_mode) == (0.0, "generation")
+    assert (c.server["num_gpu_blocks"], c.server["block_size"], c.server["vllm_version"]) == (None, 16, None)
+    rewrite_meta(folder, lambda m: m.update(latency_mode="api"))
+    info = json.loads((folder / "run.json").read_text())
+    info["server"] = {"server": "vllm", "server_version": "0.32.0"}
+    (folder / "run.json").write_text(json.dumps(info))
+    (c,) = load_closed([str(folder)])
+    assert (c.latency_mode, c.server["vllm_version"]) == ("api", "0.32.0")
+
+
 def test_an_unreadable_capsim_run_is_an_importer_error(tmp_path):
     d = tmp_path / "broken"
     d.mkdir()
