@@ -1,0 +1,101 @@
+"""`capsim calibrate` and `capsim validate` offline (calibrate/cli.py): the report a user reads, the
+defaults the help promises, and which profile validate says it scores.
+
+Each test runs the command through click on the seed or one spark-bench run; where only the
+default handed to the fit or the validation is checked, the library call is wrapped to record it
+and runs with a small budget.
+"""
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+import calibrate.cli as ccli
+from capsim.cli import main
+from simulator.profile import load_profile
+from tests.helpers import refused_port
+from tests.test_importers import RESULTS, needs_data
+
+SUITE = RESULTS / "gemma-4" / "gemma-4-26b-a4b-it" / "bf16"
+
+
+def invoke(args):
+    return CliRunner().invoke(main, args)
+
+
+def test_calibrate_reports_the_roofline_share_and_the_misfit_of_the_profile_it_wrote(tmp_path):
+    out = tmp_path / "p.json"
+    res = invoke(["calibrate", "seed", "-o", str(out), "--max-evals", "2"])
+    assert res.exit_code == 0, res.output
+    prof = load_profile(str(out))
+    bw, roof, u = prof.step_model.bw_weights, prof.model["roofline_bw"], prof.uncertainty
+    assert roof == 273e9 and 0 < bw < roof
+    assert (f"effective memory bandwidth {bw / 1e9:.0f} GB/s: {100 * bw / roof:.0f}% of the box's 273 GB/s roofline"
+            in res.stdout)
+    assert (f"model misfit on these runs (log RMS): decode {100 * u.model_sigma:.1f}%, prefill "
+            f"{100 * u.model_sigma_prefill:.1f}%" in res.stdout)
+    assert res.stdout.rstrip().endswith(f"wrote {out}")  # -o given: no hint of where validate looks
+
+
+def test_json_reports_are_indented_by_two(tmp_path):
+    res = invoke(["calibrate", "seed", "-o", str(tmp_path / "p.json"), "--max-evals", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith('{\n  "profile": ') and json.loads(res.stdout)["evaluations"] >= 1
+    res = invoke(["validate", "seed", "--replications", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith('{\n  "rows": [\n    {\n      "source": ')
+
+
+def test_calibrate_fits_with_30_evaluations_unless_told(tmp_path, monkeypatch):
+    asked = []
+    real = ccli.fit_closed
+
+    def fit(runs, max_nfev, progress=None):
+        asked.append(max_nfev)
+        return real(runs, max_nfev=1, progress=progress)
+
+    monkeypatch.setattr(ccli, "fit_closed", fit)
+    for extra in ([], ["--max-evals", "1"]):
+        res = invoke(["calibrate", "seed", "-o", str(tmp_path / "p.json"), "--json", *extra])
+        assert res.exit_code == 0, res.output
+    assert asked == [30, 1]  # --max-evals 1 is the smallest allowed
+
+
+def test_validate_runs_10_replications_unless_told(monkeypatch):
+    asked = []
+    real = ccli.validate
+
+    def validate(runs, prof, replications, **kw):
+        asked.append(replications)
+        return real(runs[:1], prof, replications=1, **kw)
+
+    monkeypatch.setattr(ccli, "validate", validate)
+    for extra in ([], ["--replications", "1"]):
+        res = invoke(["validate", "seed", "--json", *extra])
+        assert res.exit_code == 0, res.output
+    assert asked == [10, 1]
+
+
+def test_validate_live_takes_no_retries_but_not_fewer():
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        res = invoke(["validate", "--live", url, "--profile", "spark-gemma4-26b-a4b", "--retries", "-1"])
+        assert res.exit_code == 2 and "--retries must be 0 or more, not -1" in res.output
+        res = invoke(["validate", "--live", url, "--profile", "spark-gemma4-26b-a4b", "--retries", "0"])
+    assert res.exit_code == 1 and "cannot reach the server" in res.output  # accepted: it went on to the server
+
+
+@needs_data
+def test_validate_names_the_shipped_profile_where_nothing_was_calibrated(tmp_path, monkeypatch):
+    """A run of the shipped profile's model, never calibrated: validate says it scores the shipped profile;
+    the seed, which the shipped profile was fitted on, needs no such word."""
+    monkeypatch.setenv("CAPSIM_PROFILE_DIR", str(tmp_path / "store"))
+    real = ccli.validate
+    monkeypatch.setattr(ccli, "validate", lambda runs, prof, **kw: real(runs[:1], prof, **kw))
+    res = invoke(["validate", str(SUITE), "--replications", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines()[0] == "profile: the shipped Spark profile (no `capsim calibrate` of these sources yet)"
+    res = invoke(["validate", "seed", "--replications", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert not re.search("^profile:", res.stderr, re.M)
