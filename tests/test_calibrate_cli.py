@@ -8,7 +8,6 @@ and runs with a small budget.
 import json
 import re
 
-import pytest
 from click.testing import CliRunner
 
 import calibrate.cli as ccli

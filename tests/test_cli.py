@@ -78,6 +78,7 @@ DEAD = "http://dead.invalid"  # stands for a refused_port() URL, filled in by th
     (["simulate", "open", "--dataset-name", "foo"], "unknown dataset"),
     (["simulate", "open", "--profile", "/nonexistent/p.json"], "cannot read profile"),
     (["simulate", "open", "--max-concurrency", "0"], "--max-concurrency"),
+    (["simulate", "open", "--dataset-name", "sharegpt", "--sharegpt-output-len", "0"], "--sharegpt-output-len"),
     (["simulate", "open", "--set", "bogus=1"], "unknown profile key"),
     (["calibrate"], "no SOURCES"),
     (["calibrate", "/nonexistent/run"], "/nonexistent/run"),
@@ -110,3 +111,93 @@ def test_malformed_profile_and_unreadable_sharegpt(tmp_path):
     assert res.exit_code != 0 and "sg.json" in res.output
     res = CliRunner().invoke(main, ["simulate", "open", "--dataset-name", "sharegpt", "--dataset-path", str(tmp_path / "no.json")])
     assert res.exit_code != 0 and "cannot read ShareGPT file" in res.output
+
+
+def test_simulate_closed_prints_the_librarys_rows_for_its_defaults(monkeypatch):
+    """No flags: pp 512, tg 32, depth 0, c1, 3 runs and a warmup; --json is the rows the library returned,
+    llama-benchy's (mean, std) pairs and its latency in ms, indented by two."""
+    import simulator.replicate as rep
+
+    seen = {}
+    real = rep.replicate_closed
+
+    def spy(prof, pattern, replications):
+        seen["pattern"], seen["out"] = pattern, real(prof, pattern, replications)
+        return seen["out"]
+
+    monkeypatch.setattr(rep, "replicate_closed", spy)
+    res = run(["simulate", "closed", "--json"])
+    assert res.exit_code == 0, res.output
+    p = seen["pattern"]
+    assert (p.pp, p.tg, p.depth, p.concurrency, p.runs, p.warmup) == ((512,), (32,), (0,), (1,), 3, 1)
+    rows, _, _, latency = seen["out"]
+    assert res.output.startswith('{\n  "version": "capsim",')
+    out = json.loads(res.output)
+    assert out["latency_ms"] == latency * 1000 and latency > 0
+    (b,) = out["benchmarks"]
+    (row,) = rows
+    assert (b["prompt_size"], b["response_size"], b["context_size"], b["concurrency"]) == (512, 32, 0, 1)
+    assert {k: v for k, v in b.items() if isinstance(v, dict)} == {
+        k: {"mean": m, "std": s} for k, (m, s) in row.metrics.items()}  # one replication: no band
+    res = run(["simulate", "closed", "--json", "--replications", "2"])
+    (b,) = json.loads(res.output)["benchmarks"]
+    (_, (lo,), (hi,), _) = seen["out"]
+    assert {k: (v["lo"], v["hi"]) for k, v in b.items() if isinstance(v, dict)} == {
+        k: (lo.metrics[k][0], hi.metrics[k][0]) for k in lo.metrics}  # the band of the means
+
+
+def test_simulate_open_titles_one_run_as_vllm_does_and_replications_as_a_median():
+    args = ["simulate", "open", "--num-prompts", "20", "--request-rate", "4", "--random-input-len", "200",
+            "--random-output-len", "20"]
+    one = run(args)
+    assert one.exit_code == 0 and "Serving Benchmark Result (capsim)" in one.output and "median of" not in one.output
+    two = run([*args, "--replications", "2"])
+    assert two.exit_code == 0 and "capsim: median of 2 [5%-95%]" in two.output
+    one = json.loads(run([*args, "--json"]).output)
+    two = json.loads(run([*args, "--json", "--replications", "2"]).output)
+    assert not [k for k in one if k.endswith(("_lo", "_hi"))]
+    assert all(two[f"{k}_lo"] <= two[k] <= two[f"{k}_hi"] for k in one if f"{k}_lo" in two) and "p99_ttft_ms_lo" in two
+
+
+def test_chat_prompts_carry_the_template_and_completions_prompts_do_not():
+    """The server prefills the chat template's tokens too, and its usage counts them, which vllm bench serve
+    reports as each request's prompt length."""
+    from simulator.profile import load_profile
+
+    fmt = load_profile().prompt_format
+    assert fmt.chat_template_tokens > 0
+    args = ["simulate", "open", "--num-prompts", "10", "--request-rate", "4", "--random-input-len", "200",
+            "--random-output-len", "8", "--json"]
+    chat = json.loads(run(args).output)  # capsim's default (vllm bench serve's is /v1/completions)
+    plain = json.loads(run([*args, "--backend", "openai", "--endpoint", "/v1/completions"]).output)
+    assert chat["total_input_tokens"] - plain["total_input_tokens"] == 10 * fmt.chat_template_tokens
+    assert chat["mean_ttft_ms"] > plain["mean_ttft_ms"]
+
+
+def test_a_tokenizer_counts_sharegpt_prompts(tmp_path):
+    """--tokenizer sizes ShareGPT's prompts (here: one token a word), where the default estimates them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(vocab={"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    f = tmp_path / "sg.json"
+    f.write_text(json.dumps([sharegpt_conversation("Tell me about the sea " * 5, "The sea is large and blue. " * 8)]
+                            * 30))
+    args = ["simulate", "open", "--dataset-name", "sharegpt", "--dataset-path", str(f), "--num-prompts", "10",
+            "--request-rate", "4", "--json"]
+    words = json.loads(run([*args, "--tokenizer", str(tmp_path / "tokenizer.json")]).output)
+    estimated = json.loads(run(args).output)
+    assert words["total_input_tokens"] != estimated["total_input_tokens"]
+    assert words["total_input_tokens"] % 10 == 0  # ten copies of one conversation, counted alike
+
+
+def test_a_saved_result_names_the_tokenizer_as_vllm_does(tmp_path):
+    """vllm bench serve's tokenizer_id is --tokenizer, else the model's id."""
+    base = ["simulate", "open", "--num-prompts", "5", "--request-rate", "4", "--random-input-len", "100",
+            "--random-output-len", "8", "--result-dir", str(tmp_path), "--save-result"]
+    assert run([*base, "--model", "acme/m", "--result-filename", "a.json"]).exit_code == 0
+    assert run([*base, "--model", "acme/m", "--tokenizer", "acme/tok", "--result-filename", "b.json"]).exit_code == 0
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert (a["model_id"], a["tokenizer_id"]) == ("acme/m", "acme/m")
+    assert (b["model_id"], b["tokenizer_id"]) == ("acme/m", "acme/tok")

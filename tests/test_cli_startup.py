@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pytest
 
-from capsim.cli import LAZY_COMMANDS, main
+from capsim.cli import LAZY_COMMANDS, LazyGroup, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,3 +63,44 @@ def test_unknown_command_is_still_one_line():
     res = CliRunner().invoke(main, ["nosuch"], prog_name="capsim")
     assert res.exit_code == 2
     assert res.output == "Error: No such command 'nosuch'. (see 'capsim --help')\n"
+
+
+def groups():
+    """(`capsim` as it starts: the other modules' commands not yet imported, plus a hidden command;
+    the same commands in a plain click.Group with every one imported)."""
+    hidden = click.Command("secret", hidden=True, help="Not listed.")
+    lazy = LazyGroup(name="capsim", lazy=LAZY_COMMANDS)
+    plain = click.Group(name="capsim")
+    with click.Context(main) as ctx:
+        for name in main.list_commands(ctx):
+            if name not in LAZY_COMMANDS:
+                lazy.add_command(main.commands[name], name)
+            plain.add_command(main.get_command(ctx, name), name)
+    for g in (lazy, plain):
+        g.add_command(hidden)
+    return lazy, plain
+
+
+@pytest.mark.parametrize("width", [50, 80, 120])
+def test_the_command_list_is_what_click_prints_with_every_command_loaded(width):
+    def listing(group):
+        ctx = click.Context(group, terminal_width=width)
+        formatter = ctx.make_formatter()
+        group.format_commands(ctx, formatter)
+        return formatter.getvalue()
+
+    lazy, plain = groups()
+    text = listing(lazy)
+    assert text == listing(plain) and "secret" not in text
+    assert all(f"  {name} " in text for name in LAZY_COMMANDS)
+    assert "calibrate" not in lazy.commands  # listed without importing it
+
+
+def test_completion_is_what_click_offers_with_every_command_loaded():
+    def offered(group, incomplete):
+        return [(c.value, c.help) for c in group.shell_complete(click.Context(group), incomplete)]
+
+    lazy, plain = groups()
+    for incomplete in ("", "s", "va", "se"):
+        assert offered(lazy, incomplete) == offered(plain, incomplete)
+    assert [v for v, _ in offered(lazy, "")] == sorted([*LAZY_COMMANDS, "simulate"])
