@@ -134,6 +134,7 @@ def test_cli_text_and_json(tmp_path):
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
     assert d["engine"]["max_num_batched_tokens"] == 2048 and len(d["decode"]) == 21
+    assert res.output == json.dumps(d, indent=2) + "\n"  # indented by two, as every capsim JSON
 
 
 def test_cli_plot_with_runs(tmp_path):
