@@ -336,7 +336,7 @@ def report(run_dir, as_json, csv_path, plot_path):
             status = run.live.status if run.live is not None and run.live.status else info.get("status")
             click.echo(f"run {run_dir}: {run.kind} loop, {info.get('model')} at {info.get('url')}, "
                        f"status {status}{' but DAMAGED' if damage else ''}, {len(run.records)} records")
-            click.echo(format_report(run, info))
+            click.echo(format_report(run))
             for d in damage:
                 click.echo(f"damaged: {d}")
         from .exports import plot_run, write_records_csv

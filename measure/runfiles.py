@@ -251,8 +251,7 @@ def run_summary(run: RunResult, summary_kw: dict | None = None) -> dict:
     return out
 
 
-def format_report(run: RunResult, info: dict | None = None, summary_kw: dict | None = None) -> str:
-    info = info or {}
+def format_report(run: RunResult, summary_kw: dict | None = None) -> str:
     s = run_summary(run, summary_kw)
     lines = []
     if run.kind == "closed":
