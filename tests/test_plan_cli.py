@@ -111,6 +111,14 @@ def test_parse_burst():
 
 @pytest.mark.parametrize("args, words", [
     (["--staff", "0"], "--staff must be >= 1"),
+    (["--staff", "-3"], "--staff must be >= 1"),
+    (["--sla", "p95_latency<=3s"], "unknown metric"),
+    (["--sla", "p95_ttft=3s"], "expected STAT_METRIC<=VALUE"),
+    (["--sla", "p95_ttft<=3"], "give a unit"),
+    (["--mix", "poetry"], "unknown work class"),
+    (["--burst", "lots"], "--burst"),
+    (["--compare", "a:boxes=0"], "boxes must be >= 1"),
+    (["--profile", "no-such-box"], "no profile file"),
     (["--rps", "1", "--per-hour", "2"], "only one of --rps, --per-hour and --per-day"),
     (["--per-day", "3", "--per-hour", "2"], "only one of --rps, --per-hour and --per-day"),
     (["--rps", "1", "--per-hour", "2", "--per-day", "3"], "only one of --rps, --per-hour and --per-day"),
@@ -121,7 +129,7 @@ def test_parse_burst():
     (["--burst", "2x0m"], "factor and duration must be > 0"),
     (["--day-profile", "nosuch"], "--day-profile: unknown profile 'nosuch'"),
 ])
-def test_contradictions_are_one_line(asked, args, words):
+def test_bad_input_is_one_line_before_any_search(asked, args, words):
     res = plan(*args)
     assert res.exit_code == 1 and res.output.startswith("Error: ") and res.output.count("\n") == 1
     assert words in res.output and not asked
