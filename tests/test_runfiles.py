@@ -8,40 +8,49 @@ import numpy as np
 import pytest
 
 from measure.runfiles import cli_json, format_report, json_dumps, load_run, load_run_info, run_damage, vllm_bench_result
-from tests.test_sources import capsim_run, rewrite_meta
+from tests.test_sources import capsim_run, rewrite_meta, rewrite_run_json
 
 
 def record_lines(folder):
     return (folder / "records.jsonl").read_text().splitlines()
 
 
+def records(folder) -> list[dict]:
+    return [json.loads(line) for line in record_lines(folder)]
+
+
+def write_records(folder, recs: list[dict]) -> None:
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def forget_times(info):
+    """run.json as a run that crashed before writing its start and end left it."""
+    info.pop("start_time"), info.pop("end_time")
+
+
 def test_a_run_that_never_wrote_its_times_spans_its_records(tmp_path):
     """A crash before run.json's end: the run starts at its first request and ends at the last thing seen, a
     stream's close, else its last chunk, else (no chunk at all) the request's start."""
     folder, run = capsim_run(tmp_path / "cut", "open")
-    info = json.loads((folder / "run.json").read_text())
-    info.pop("start_time"), info.pop("end_time")
-    (folder / "run.json").write_text(json.dumps(info))
-    recs = [json.loads(line) for line in record_lines(folder)]
+    rewrite_run_json(folder, forget_times)
+    recs = records(folder)
     last_chunk = max(r["chunk_times"][-1] for r in recs)
     recs[0]["end_time"] = None  # ended at its last chunk
     recs[1].update(end_time=None, chunk_times=[], error="boom", start_time=last_chunk + 5.0)  # never streamed
-    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_records(folder, recs)
     got = load_run(folder)
     assert got.start_time == min(r["start_time"] for r in recs)
     assert got.end_time == recs[1]["start_time"]  # the latest: a failed request's start
     recs[1]["start_time"] = recs[0]["start_time"]
     for r in recs:
         r["end_time"] = None
-    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_records(folder, recs)
     assert load_run(folder).end_time == max(r["chunk_times"][-1] for r in recs if r["chunk_times"])
 
 
 def test_an_empty_run_starts_and_ends_at_zero(tmp_path):
     folder, _ = capsim_run(tmp_path / "empty", "open")
-    info = json.loads((folder / "run.json").read_text())
-    info.pop("start_time"), info.pop("end_time")
-    (folder / "run.json").write_text(json.dumps(info))
+    rewrite_run_json(folder, forget_times)
     (folder / "records.jsonl").unlink()  # a run stopped before its first request
     got = load_run(folder)
     assert (got.start_time, got.end_time, got.records) == (0.0, 0.0, [])
@@ -50,9 +59,7 @@ def test_an_empty_run_starts_and_ends_at_zero(tmp_path):
 
 def test_unreadable_lines_of_a_run_without_live_facts(tmp_path):
     folder, _ = capsim_run(tmp_path / "bare", "open")
-    info = json.loads((folder / "run.json").read_text())
-    info["meta"] = {"request_rate": 10.0, "burstiness": 1.0}  # arrival facts only
-    (folder / "run.json").write_text(json.dumps(info))
+    rewrite_run_json(folder, lambda info: info.update(meta={"request_rate": 10.0, "burstiness": 1.0}))  # arrivals only
     got = load_run(folder)
     assert got.live is None and run_damage(got, {}) == []
     with open(folder / "records.jsonl", "a") as f:
@@ -84,9 +91,7 @@ def test_the_report_says_how_a_run_stopped(tmp_path):
     folder, _ = capsim_run(tmp_path / "stopped", "open")
     assert "run status" not in format_report(load_run(folder))
     rewrite_meta(folder, lambda m: m.update(status="interrupted", stop_reason="Ctrl-C"))
-    info = json.loads((folder / "run.json").read_text())
-    info["status"] = "interrupted"
-    (folder / "run.json").write_text(json.dumps(info))
+    rewrite_run_json(folder, lambda info: info.update(status="interrupted"))
     assert format_report(load_run(folder)).splitlines()[-1] == "run status: interrupted (Ctrl-C)"
     rewrite_meta(folder, lambda m: m.pop("stop_reason"))
     assert format_report(load_run(folder)).splitlines()[-1] == "run status: interrupted"
@@ -150,10 +155,10 @@ def test_an_open_run_without_arrival_facts(tmp_path):
 
 def test_the_report_groups_errors_by_their_first_60_characters_and_shows_the_servers_ttft(tmp_path):
     folder, _ = capsim_run(tmp_path / "errors", "open")
-    recs = [json.loads(line) for line in record_lines(folder)]
+    recs = records(folder)
     for r, tail in zip(recs[:2], ("one", "two")):
         r.update(error="x" * 60 + tail, chunk_times=[])
-    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_records(folder, recs)
     rewrite_meta(folder, lambda m: m.update(server_delta={"mean_ttft_ms": 100.0, "ttft_count": 3.0}))
     got = load_run(folder)
     report = format_report(got)
@@ -165,7 +170,7 @@ def test_the_report_groups_errors_by_their_first_60_characters_and_shows_the_ser
     assert "(vllm:time_to_first_token_seconds, 0 req)" in format_report(load_run(folder))
     for r in recs:
         r.update(error="boom", chunk_times=[])
-    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    write_records(folder, recs)
     assert "server TTFT" not in format_report(load_run(folder))  # no client TTFT to set beside it
 
 

@@ -225,11 +225,16 @@ def test_a_capsim_open_run_folder(tmp_path):
     assert load_closed([str(folder)]) == []  # an open-loop run never reaches calibration
 
 
-def rewrite_meta(folder, change):
-    """Edit a capsim run folder's run.json meta in place (an older or other server's run)."""
+def rewrite_run_json(folder, change):
+    """Edit a capsim run folder's run.json in place (an older or other server's run, a crashed one)."""
     info = json.loads((folder / "run.json").read_text())
-    change(info["meta"])
+    change(info)
     (folder / "run.json").write_text(json.dumps(info))
+
+
+def rewrite_meta(folder, change):
+    """Edit a capsim run folder's run.json meta in place."""
+    rewrite_run_json(folder, lambda info: change(info["meta"]))
 
 
 def test_a_capsim_open_runs_arrivals_become_vllm_bench_serves_keys(tmp_path):
@@ -272,16 +277,12 @@ def test_a_capsim_closed_runs_latency_and_server_facts(tmp_path):
     rewrite_meta(folder, lambda m: (m.update(latency_s=0.0, server_cache_config={"num_gpu_blocks": "0",
                                                                                  "block_size": "16"}),
                                     m.pop("latency_mode", None)))
-    info = json.loads((folder / "run.json").read_text())
-    info["server"] = {"server": "llama.cpp", "server_version": "b5000"}
-    (folder / "run.json").write_text(json.dumps(info))
+    rewrite_run_json(folder, lambda info: info.update(server={"server": "llama.cpp", "server_version": "b5000"}))
     (c,) = load_closed([str(folder)])
     assert (c.latency_ms, c.latency_mode) == (0.0, "generation")
     assert (c.server["num_gpu_blocks"], c.server["block_size"], c.server["vllm_version"]) == (None, 16, None)
     rewrite_meta(folder, lambda m: m.update(latency_mode="api"))
-    info = json.loads((folder / "run.json").read_text())
-    info["server"] = {"server": "vllm", "server_version": "0.32.0"}
-    (folder / "run.json").write_text(json.dumps(info))
+    rewrite_run_json(folder, lambda info: info.update(server={"server": "vllm", "server_version": "0.32.0"}))
     (c,) = load_closed([str(folder)])
     assert (c.latency_mode, c.server["vllm_version"]) == ("api", "0.32.0")
 
