@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from simulator.records import RequestRecord, RunResult
+from simulator.summary import request_times
 
 from .runfiles import atomic_write
 
@@ -88,14 +89,10 @@ def in_flight(run: RunResult) -> tuple[np.ndarray, np.ndarray]:
 def latency_series(run: RunResult) -> dict[str, np.ndarray]:
     """Per-request TTFT, TPOT and E2EL and the pooled ITLs of the completed requests, in ms (as summarize_open)."""
     ok = sorted((r for r in run.records if r.ok), key=lambda r: r.request_id)
-    sent = np.array([r.start_time - run.start_time for r in ok])
-    ttft = np.array([r.chunk_times[0] - r.start_time for r in ok]) * 1000
-    e2el = np.array([r.chunk_times[-1] - r.start_time for r in ok]) * 1000
-    outs = np.array([r.output_tokens for r in ok], dtype=np.int64)
-    multi = outs > 1
-    tpot = (e2el[multi] - ttft[multi]) / (outs[multi] - 1) if len(ok) else np.zeros(0)
+    t = request_times(ok)
     itl = np.concatenate([np.diff(r.chunk_times) for r in ok]) * 1000 if ok else np.zeros(0)
-    return {"sent_s": sent, "ttft_ms": ttft, "e2el_ms": e2el, "tpot_ms": tpot, "itl_ms": itl}
+    return {"sent_s": t.starts - run.start_time, "ttft_ms": t.ttft * 1000, "e2el_ms": t.e2el * 1000,
+            "tpot_ms": t.tpot * 1000, "itl_ms": itl}
 
 
 def read_metrics(run_dir: str | os.PathLike, run: RunResult) -> dict[str, np.ndarray]:

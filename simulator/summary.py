@@ -249,6 +249,42 @@ def _pool_chunks(ok: list[RequestRecord], itls: Pooled, per_second: np.ndarray, 
             parts, n_parts = [], 0
 
 
+@dataclass(frozen=True)
+class RequestTimes:
+    """Per-request times of completed requests, in seconds, as vllm bench serve computes them.
+
+    starts / lasts / scheds: send, last chunk and scheduled send; ttft = first chunk - send;
+    e2el = last chunk - send; outs: output tokens; tpot = (e2el - ttft) / (outs - 1) over the
+    requests of more than one output token only (vllm bench serve leaves the others out).
+    """
+
+    starts: np.ndarray
+    lasts: np.ndarray
+    scheds: np.ndarray
+    ttft: np.ndarray
+    e2el: np.ndarray
+    outs: np.ndarray
+    tpot: np.ndarray
+
+
+def request_times(ok: Sequence[RequestRecord]) -> RequestTimes:
+    """RequestTimes of completed records (each with at least one chunk), in their order."""
+    # one pass over the records (a pass per field was a slow part of 100k requests); the differences
+    # below are the same float subtractions a request at a time would make. fromiter frees each row's
+    # tuple as it goes: 100k of them alive at once made the cyclic collector walk every object of the
+    # run, several times.
+    firsts, lasts, starts, scheds = np.fromiter(
+        ((r.chunk_times[0], r.chunk_times[-1], r.start_time, r.scheduled_time) for r in ok),
+        dtype=np.dtype((np.float64, 4)), count=len(ok)
+    ).reshape(-1, 4).T.copy()  # rows of a C-ordered table: contiguous, as the per-field arrays were
+    ttft = firsts - starts
+    e2el = lasts - starts
+    outs = np.array([r.output_tokens for r in ok], dtype=np.int64)
+    multi = outs > 1
+    tpot = (e2el[multi] - ttft[multi]) / (outs[multi] - 1)
+    return RequestTimes(starts, lasts, scheds, ttft, e2el, outs, tpot)
+
+
 def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
                    metrics: Sequence[str] | None = None, goodput: dict[str, float] | None = None) -> dict[str, float]:
     """vllm bench serve's result-JSON keys for one run.
@@ -261,20 +297,9 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
     """
     ok = [r for r in run.records if r.ok]
     dur = run.duration
-    # the per-request times in one pass over the records (a pass per field was a slow part of 100k requests);
-    # the differences below are the same float subtractions a request at a time would make. fromiter
-    # frees each row's tuple as it goes: 100k of them alive at once made the cyclic collector walk every
-    # object of the run, several times.
-    firsts, lasts, starts, scheds = np.fromiter(
-        ((r.chunk_times[0], r.chunk_times[-1], r.start_time, r.scheduled_time) for r in ok),
-        dtype=np.dtype((np.float64, 4)), count=len(ok)
-    ).reshape(-1, 4).T.copy()  # rows of a C-ordered table: contiguous, as the per-field arrays were
-    ttfts = firsts - starts
-    e2els = lasts - starts
-    outs = np.array([r.output_tokens for r in ok], dtype=np.int64)
+    t = request_times(ok)
+    starts, lasts, scheds, ttfts, e2els, outs, tpots = t.starts, t.lasts, t.scheds, t.ttft, t.e2el, t.outs, t.tpot
     ins = np.array([r.prompt_tokens for r in ok], dtype=np.int64)
-    multi = outs > 1
-    tpots = (e2els[multi] - ttfts[multi]) / (outs[multi] - 1) if len(ok) else np.zeros(0)
     itls = Pooled()
     total_out = int(outs.sum())
     total_in = int(ins.sum())

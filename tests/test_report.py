@@ -185,6 +185,26 @@ def test_in_flight_of_an_empty_run():
     assert latency_series(RunResult([], 0.0, 0.0, "open"))["itl_ms"].tolist() == []
 
 
+def test_series_of_a_run_whose_first_send_comes_late_and_whose_answers_are_short():
+    """Sends 0.5 s and 2 s into the run; answers of 1 and 2 tokens: TPOT (vllm bench serve's) has the second only.
+    A third request's stream broke (no end time), between them."""
+    from simulator.records import RunResult
+
+    one = RequestRecord(0, 5, 1, 10.5, 10.5, np.array([10.75]), end_time=10.75, max_tokens=1)
+    two = RequestRecord(1, 5, 2, 12.0, 12.0, np.array([12.25, 13.0]), end_time=13.0, max_tokens=2)
+    broken = RequestRecord(2, 5, 0, 11.0, 11.0, np.array([11.25, 11.5]), error="stream cut", max_tokens=3)
+    run = RunResult([two, broken, one], 10.0, 13.0, "open")
+    lat = latency_series(run)
+    assert lat["sent_s"].tolist() == [0.5, 2.0]  # request order, on the run's clock
+    assert lat["ttft_ms"].tolist() == [250.0, 250.0] and lat["e2el_ms"].tolist() == [250.0, 1000.0]
+    assert lat["tpot_ms"].tolist() == [750.0] and lat["itl_ms"].tolist() == [750.0]
+    assert np.median(lat["tpot_ms"]) == summarize_open(run)["median_tpot_ms"]
+    # nothing in flight before the first send, from the run's start on; the stream cut without an
+    # end time was held open to its last chunk
+    t, n = in_flight(run)
+    assert t.tolist() == [0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0] and n.tolist() == [0, 1, 0, 1, 0, 1, 0]
+
+
 def test_plot_of_a_live_run_has_the_server_series(fake, tmp_path):
     srv = fake(itl=0.01)
     d = tmp_path / "live"
