@@ -40,7 +40,6 @@ class Request:
     path: str          # without the query string
     headers: dict      # lower-case names (the last value of a repeated header)
     body: bytes
-    keep_alive: bool   # the client did not ask to close (HTTP/1.1 default)
 
 
 def error_body(status: int, message: str, typ: str = "BadRequestError") -> dict:
@@ -124,9 +123,8 @@ class Connection:
                 return None
         method = ev.method.decode("latin-1").upper()
         self._head = method == "HEAD"
-        conn = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-        keep = "close" not in conn and ev.http_version != b"1.0"
-        return Request(method, ev.target.decode("latin-1").split("?", 1)[0], headers, bytes(body), keep)
+        # keep-alive is h11's to decide (Connection: close, HTTP/1.0): serve_connection reads its states
+        return Request(method, ev.target.decode("latin-1").split("?", 1)[0], headers, bytes(body))
 
     async def until_closed(self) -> None:
         """Return when the client closes or resets the connection (for a server to abort work meant for it).

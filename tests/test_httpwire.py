@@ -146,6 +146,44 @@ def test_a_body_over_the_limit_gets_413_before_it_is_sent(server, quiet):
     still_serves(server)
 
 
+@pytest.fixture
+def small_limits(monkeypatch):
+    """A fake server whose head and body limits are 600 and 1000 bytes, so their edges are cheap to reach."""
+    monkeypatch.setattr(httpwire, "MAX_HEAD", 600)
+    monkeypatch.setattr(httpwire, "MAX_BODY", 1000)
+    with FakeServer(FakeConfig(ttft=0.0, itl=0.0)) as f:
+        yield f
+
+
+def completion_body(size: int) -> bytes:
+    """A completions request of exactly `size` bytes of JSON."""
+    body = b'{"prompt": "", "max_tokens": 1}'
+    return body[:12] + b"a" * (size - len(body)) + body[12:]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_of_the_limit_is_served_and_one_byte_more_gets_413(small_limits, quiet, chunked):
+    for size, want in ((1000, 200), (1001, 413)):
+        body = completion_body(size)
+        if chunked:  # no length up front: the body is counted as it arrives
+            req = CHUNKED.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n") + b"%x\r\n%s\r\n0\r\n\r\n" % (size, body)
+        else:
+            req = post("/v1/completions", body, b"connection: close\r\n")
+        status, _, got = split(exchange(small_limits.port, req))
+        assert status == want, (size, got)
+
+
+def test_a_head_of_the_limit_is_served_and_one_byte_more_gets_400(small_limits, quiet):
+    # the limit counts the target and each header as name, value, ": " and CRLF
+    def head(pad: int) -> bytes:
+        return b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-pad: " + b"p" * pad + b"\r\n\r\n"
+
+    fixed = len(b"/v1/models") + len(b"host") + len(b"x") + 4 + len(b"connection") + len(b"close") + 4 + len(b"x-pad") + 4
+    assert split(exchange(small_limits.port, head(600 - fixed)))[0] == 200
+    status, _, body = split(exchange(small_limits.port, head(601 - fixed)))
+    assert status == 400 and "over 600 bytes" in json.loads(body)["error"]["message"]
+
+
 def test_a_client_that_shuts_its_side_after_garbage_still_reads_the_400(twin, quiet):
     status, _, _ = split(exchange(twin.port, b"GARBAGE\r\n\r\n", shut=True))
     assert status == 400
@@ -282,6 +320,21 @@ def test_a_server_bug_is_a_500_and_one_logged_error(caplog):
         assert httpx.get(srv.url + "/fine").json() == {"ok": True}
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
         ("capsim.http", "ERROR", "GET /bug failed")]
+
+
+def test_stop_and_kill_are_no_ops_before_start_and_after_stop_and_start_twice_is_one_server():
+    srv = _Broken()
+    srv.kill()
+    srv.stop()  # never started: nothing to stop
+    assert srv.start() is srv
+    port = srv.port
+    assert srv.start() is srv and srv.port == port  # already listening: the same server
+    assert httpx.get(srv.url + "/fine").json() == {"ok": True}
+    srv.stop()
+    srv.kill()
+    srv.stop()  # stopped already: its loop is closed
+    with pytest.raises(httpx.TransportError):
+        httpx.get(srv.url + "/fine", timeout=2)
 
 
 # ---------------------------------------------------------------- property: any bytes
