@@ -1,9 +1,12 @@
-"""Incremental server-sent-events parsing, as vllm bench serve reads a stream.
+"""Incremental server-sent-events parsing: bytes go in as they arrive from the socket, complete
+`data:` payloads come out.
 
-Bytes go in as they arrive from the socket; complete `data:` payloads come out.
-Events end at a blank line; `:` comment lines and other fields (`event:`,
-`id:`, `retry:`) are skipped; several `data:` lines of one event are joined
-with a newline; CRLF and LF line ends both work.
+Events end at a blank line; `:` comment lines and other fields (`event:`, `id:`, `retry:`) are
+skipped; several `data:` lines of one event are joined with a newline; CRLF and LF line ends both
+work. Where reads end at events' ends (vLLM's server writes an event at a time), each event comes out
+in the read in which vllm bench serve and llama-benchy take it (tests/test_conformance_vllm.py and
+test_conformance_benchy.py run their own clients on the same reads); where a read ends inside an
+event, it comes out at most one read later than in theirs, and whole where vLLM's loses it.
 """
 from __future__ import annotations
 
@@ -49,7 +52,3 @@ class SSEParser:
         out = [b"\n".join(self._data)] if self._data else []
         self._data = []
         return out
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._buf.strip() or self._data)

@@ -6,7 +6,8 @@ latency) with its runs' requests as a client saw them: start and end times, ever
 choices (time, whether it had content, how many token_ids it carried) and the usage counts. Each
 request goes through llama-benchy's LLMClient._finalize_stream_tokens (how 0.4.0 turns chunks into
 token timestamps) and the test through BenchmarkResults.add (its table values). Writes, per case,
-every metric's (mean, std) or null.
+every metric's (mean, std) or null. A case with "reads" instead is a stream: LLMClient.run_generation
+reads those bytes (stream()).
 """
 from llama_benchy.client import LLMClient, RequestResult
 from llama_benchy.results import BenchmarkResults
@@ -41,7 +42,56 @@ def case(c: dict) -> dict:
     return out
 
 
+def stream(job: dict) -> dict:
+    """LLMClient.run_generation reading a stream whose bytes come in the given reads, each one second
+    after the one before on its clock (the request is sent at 0): when it saw the first response, the
+    first token, each content chunk and the end."""
+    import asyncio
+    import types
+
+    from llama_benchy import client as benchy_client
+
+    clock = types.SimpleNamespace(t=0.0)
+    reads = [r.encode("latin-1") for r in job["reads"]]
+
+    async def iter_any():
+        for r in reads:
+            clock.t += 1.0
+            yield r
+
+    class Response:
+        status = 200
+        content = types.SimpleNamespace(iter_any=iter_any)
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+    seen = []  # the content chunks it streamed, as it hands them to _finalize_stream_tokens
+
+    class Client(LLMClient):
+        def _finalize_stream_tokens(self, result, content_chunks, *rest):
+            seen.extend(c["timestamp"] for c in content_chunks)
+            return super()._finalize_stream_tokens(result, content_chunks, *rest)
+
+    session = types.SimpleNamespace(post=lambda *a, **kw: Response())
+    real_time, benchy_client.time = benchy_client.time, types.SimpleNamespace(perf_counter=lambda: clock.t)
+    try:
+        res = asyncio.run(Client("http://unused", "none", "m").run_generation(session, "", "x", 8, False))
+    finally:
+        benchy_client.time = real_time
+    return {"start": res.start_ts, "end": res.end_ts, "first_response": res.first_response_ts,
+            "first_token": res.first_token_ts, "total_tokens": res.total_tokens, "chunk_times": seen,
+            "error": res.error}
+
+
+def answer(job: dict) -> dict:
+    return stream(job) if "reads" in job else case(job)
+
+
 if __name__ == "__main__":
     from oracle_io import serve  # this script's folder is on sys.path when run as a script
 
-    serve(case)
+    serve(answer)

@@ -21,6 +21,7 @@ import pytest
 from simulator.records import ClosedLoopFacts, RequestRecord, RunResult
 from simulator.summary import BENCHY_METRICS, peak_window_rate, summarize_closed
 from tests.live_server import SETUP_SCRIPT, clean_env, venv_python, vllm_available
+from tests.stream_cases import STREAMS, capsim_reads
 
 ORACLE = Path(__file__).with_name("benchy_oracle.py")
 
@@ -121,3 +122,43 @@ def test_the_cases_have_teeth(oracle):
     ts = _records(grid).records[0].content_token_times()
     closed = (np.arange(len(ts)) - np.searchsorted(ts, ts - 1.0, side="left") + 1).max()
     assert closed == peak_window_rate(ts) + 1
+
+
+# ------------------------------------------------------------------ the stream, read
+
+CHAT_STREAMS = {k: v for k, v in STREAMS.items() if k[0] == "chat"}
+
+
+@pytest.fixture(scope="module")
+def stream_oracle():
+    if not vllm_available():
+        pytest.skip(f"the vLLM venv with llama-benchy is missing: run {SETUP_SCRIPT}")
+    jobs = [{"reads": [r.decode("latin-1") for r in reads]} for reads in CHAT_STREAMS.values()]
+    proc = subprocess.run([str(venv_python()), str(ORACLE)], input=json.dumps(jobs), capture_output=True,
+                          text=True, env=clean_env(), timeout=300)
+    assert proc.returncode == 0, f"llama-benchy oracle failed (run {SETUP_SCRIPT}):\n{proc.stderr[-3000:]}"
+    return dict(zip(CHAT_STREAMS, json.loads(proc.stdout)))
+
+
+@pytest.mark.parametrize("case", list(CHAT_STREAMS), ids=lambda c: c[1])
+def test_a_stream_reads_as_llama_benchy_reads_it(stream_oracle, case, monkeypatch):
+    """The same bytes in the same reads through llama-benchy 0.4.0's LLMClient.run_generation and
+    capsim's client: the first response (a chunk with choices), the first token, each content chunk
+    and the end in the same read (how 0.4.0 then spreads a chunk's tokens is the summary's, above). llama-benchy takes a `data:` line when its newline comes and capsim (the SSE rule)
+    at the blank line after it, so a read cut between the two newlines is the one case where capsim
+    takes the event a read later."""
+    v = stream_oracle[case]
+    rec, text = capsim_reads("chat", CHAT_STREAMS[case], monkeypatch)
+    assert v["error"] is None and rec.ok and text == "abc"
+    content = [t for t, c in zip(rec.chunk_times, rec.content_mask if rec.content_mask is not None
+                                 else [True] * len(rec.chunk_times)) if c]
+    assert v["total_tokens"] == rec.output_tokens == len(content) == 3
+    ours = [rec.start_time, rec.chunk_times[0], content[0], *content, rec.end_time]
+    theirs = [v["start"], v["first_response"], v["first_token"], *v["chunk_times"], v["end"]]
+    if case[1] in ("cut between the newlines", "cut every 7 bytes"):
+        lag = np.array(ours) - np.array(theirs)
+        assert set(lag.tolist()) <= {0.0, 1.0}
+        if case[1] == "cut between the newlines":
+            assert lag[1:-1].tolist() == [1.0] * (len(lag) - 2)  # every event; the end is the last read
+    else:
+        assert ours == theirs

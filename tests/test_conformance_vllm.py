@@ -38,6 +38,7 @@ from simulator.sim import simulate_open
 from simulator.summary import summarize_open
 from simulator.workload import PromptFormat, RequestSpec, WorkloadError
 from tests.helpers import tiny_profile
+from tests.stream_cases import STREAM_SPLITS, STREAMS, capsim_reads
 from tests.live_server import clean_env, model_dir, venv_python, vllm_available, vllm_home
 
 ORACLE = Path(__file__).with_name("vllm_oracle.py")
@@ -244,6 +245,8 @@ def oracle(sharegpt_path):
     for case in KV_HOLDS:
         bs, window, chunks = case
         jobs[("holds", case)] = {"kind": "kv_holds", "block_size": bs, "window": window, "chunks": list(chunks)}
+    for case, reads in STREAMS.items():
+        jobs[("stream", case)] = {"kind": "stream", "endpoint": case[0], "reads": [r.decode("latin-1") for r in reads]}
     keys = list(jobs)
     env = clean_env()
     env["HF_HUB_OFFLINE"] = "1"
@@ -532,3 +535,56 @@ def test_synthetic_metrics_case_has_teeth(oracle):
     rel = np.concatenate([r.chunk_times - t_min for r in ok] + [np.array([r.start_time - t_min for r in ok])])
     rel = rel[rel != 0.0]  # the earliest start is the origin of the buckets in both
     assert np.min(np.abs(rel - np.round(rel))) > 1e-6
+
+
+# ------------------------------------------------------------------ d. the stream, read
+
+def _times(rec) -> list[float]:
+    """TTFT then each ITL, as vLLM's request function keeps them (seconds: reads, here)."""
+    return np.diff(np.concatenate([[rec.start_time], rec.chunk_times])).tolist()
+
+
+@pytest.mark.parametrize("case", list(STREAMS), ids=lambda c: f"{c[0]}: {c[1]}")
+def test_a_stream_reads_as_vllm_bench_serve_reads_it(oracle, case, monkeypatch):
+    """The same bytes in the same reads through vllm bench serve's request function and capsim's client.
+
+    Where every read ends at an event's end (vLLM's server writes an event at a time), each chunk is
+    taken in the same read, so TTFT, ITL and E2EL agree to the read, with the same text and usage.
+    Elsewhere capsim reads the stream by the SSE rule, where vLLM's client strips each read first:
+    an event cut after its JSON comes a read later in capsim; a read cut after `data:` fails the
+    request in vLLM (the space it strips is its prefix's), and a comment in a read of its own loses
+    vLLM every chunk after it (its blank line is stripped), where capsim reads them all."""
+    v = oracle[("stream", case)]
+    rec, text = capsim_reads(case[0], STREAMS[case], monkeypatch)
+    n = 5 if case[0] == "chat" else 4
+    assert rec.ok and text == "abc" and rec.output_tokens == 3 and len(rec.chunk_times) == n, rec.error
+    theirs = [v["ttft"]] + v["itl"] if v["success"] else []
+    if case[1] == "a ping between":
+        assert v["generated_text"] == "ab" and v["output_tokens"] == 0  # the ping's read ended its stream
+        assert _times(rec)[:len(theirs)] == theirs and len(theirs) == n - 2  # the chunks before it
+    elif case in STREAM_SPLITS:
+        if not v["success"]:
+            assert "JSONDecodeError" in v["error"]
+            return
+        assert v["generated_text"] == text and v["output_tokens"] == 3 and len(theirs) == n
+        lag = np.cumsum(_times(rec)) - np.cumsum(theirs)
+        assert set(lag.tolist()) <= {0.0, 1.0}
+    else:
+        assert v["success"] and v["generated_text"] == text and v["output_tokens"] == 3
+        assert _times(rec) == theirs
+        assert rec.chunk_times[-1] - rec.start_time == v["latency"]
+
+
+def test_the_stream_cases_have_teeth(oracle, monkeypatch):
+    """Each way the two readers part is met by some case; the whole-event cases differ in their ITLs."""
+    lagged, failed = set(), set()
+    for case in STREAM_SPLITS:
+        v = oracle[("stream", case)]
+        if not v["success"]:
+            failed.add(case[1])
+            continue
+        rec, _ = capsim_reads(case[0], STREAMS[case], monkeypatch)
+        if _times(rec) != [v["ttft"]] + v["itl"]:
+            lagged.add(case[1])
+    assert {"cut after each JSON", "cut between the newlines"} <= lagged and failed
+    assert len({tuple(oracle[("stream", c)]["itl"]) for c in STREAMS if c not in STREAM_SPLITS}) >= 3

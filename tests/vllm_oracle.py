@@ -28,6 +28,9 @@ Jobs:
   {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
    "percentiles": [...], "tokenizer": DIR | null}
       -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
+  {"kind": "stream", "endpoint": "chat" | "completions", "reads": [latin-1 text of each read]}
+      -> {"success", "ttft", "itl", "latency", "output_tokens", "generated_text", "error"}
+         (the request function's RequestFuncOutput, each read one second after the one before)
 """
 from __future__ import annotations
 
@@ -276,9 +279,52 @@ def kv_holds(job):
     return {"held": held}
 
 
+def stream(job):
+    """vllm bench serve's request function reading a stream whose bytes come in the given reads.
+
+    A session that answers 200 and hands the reads to `response.content.iter_any()` one by one, on a
+    clock that moves one second before each read: the times it records say which read each chunk
+    came in (the request is sent at 0)."""
+    from vllm.benchmarks.lib import endpoint_request_func as erf
+
+    clock = types.SimpleNamespace(t=0.0)
+    reads = [r.encode("latin-1") for r in job["reads"]]
+
+    async def iter_any():
+        for r in reads:
+            clock.t += 1.0
+            yield r
+
+    class Response:
+        status = 200
+        reason = "OK"
+        content = types.SimpleNamespace(iter_any=iter_any)
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+    session = types.SimpleNamespace(post=lambda **kw: Response())
+    real_time, erf.time = erf.time, types.SimpleNamespace(perf_counter=lambda: clock.t)
+    try:
+        fn = (erf.async_request_openai_chat_completions if job["endpoint"] == "chat"
+              else erf.async_request_openai_completions)
+        path = "/v1/chat/completions" if job["endpoint"] == "chat" else "/v1/completions"
+        inp = erf.RequestFuncInput(prompt="x", api_url="http://127.0.0.1:1" + path, prompt_len=1, output_len=8,
+                                   model="m")
+        out = asyncio.run(fn(inp, session))
+    finally:
+        erf.time = real_time
+    return {"success": out.success, "ttft": out.ttft, "itl": out.itl, "latency": out.latency,
+            "output_tokens": out.output_tokens, "generated_text": out.generated_text,
+            "error": out.error.strip().splitlines()[-1] if out.error else ""}
+
+
 KINDS = {"pipeline": pipeline, "defaults": defaults, "metrics": metrics, "engine_flags": engine_flags,
          "context_limit": context_limit, "kv_capacity": kv_capacity,
-         "kv_holds": kv_holds}
+         "kv_holds": kv_holds, "stream": stream}
 
 
 def _answer(job):
