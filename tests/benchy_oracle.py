@@ -50,25 +50,9 @@ def stream(job: dict) -> dict:
     import types
 
     from llama_benchy import client as benchy_client
+    from oracle_io import stream_session
 
-    clock = types.SimpleNamespace(t=0.0)
-    reads = [r.encode("latin-1") for r in job["reads"]]
-
-    async def iter_any():
-        for r in reads:
-            clock.t += 1.0
-            yield r
-
-    class Response:
-        status = 200
-        content = types.SimpleNamespace(iter_any=iter_any)
-
-        async def __aenter__(self):
-            return self
-
-        async def __aexit__(self, *exc):
-            return False
-
+    session, clock = stream_session(job["reads"])
     seen = []  # the content chunks it streamed, as it hands them to _finalize_stream_tokens
 
     class Client(LLMClient):
@@ -76,7 +60,6 @@ def stream(job: dict) -> dict:
             seen.extend(c["timestamp"] for c in content_chunks)
             return super()._finalize_stream_tokens(result, content_chunks, *rest)
 
-    session = types.SimpleNamespace(post=lambda *a, **kw: Response())
     real_time, benchy_client.time = benchy_client.time, types.SimpleNamespace(perf_counter=lambda: clock.t)
     try:
         res = asyncio.run(Client("http://unused", "none", "m").run_generation(session, "", "x", 8, False))

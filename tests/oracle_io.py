@@ -3,6 +3,7 @@ list of jobs on stdin, the list of answers as JSON on stdout, and whatever the l
 prints sent to stderr so that it cannot corrupt the answer."""
 import json
 import sys
+import types
 
 
 def serve(answer) -> None:
@@ -13,3 +14,30 @@ def serve(answer) -> None:
     finally:
         sys.stdout = real_stdout
     json.dump(answers, sys.stdout)
+
+
+def stream_session(reads: list[str]):
+    """(session, clock): an aiohttp-like session whose every post() answers 200 and hands `reads`
+    (latin-1 text of each read) to `response.content.iter_any()`, moving `clock.t` one second before
+    each read; a tool's `time` module replaced by `types.SimpleNamespace(perf_counter=lambda: clock.t)`
+    then records the read each chunk came in (sent at 0)."""
+    clock = types.SimpleNamespace(t=0.0)
+    data = [r.encode("latin-1") for r in reads]
+
+    async def iter_any():
+        for r in data:
+            clock.t += 1.0
+            yield r
+
+    class Response:
+        status = 200
+        reason = "OK"
+        content = types.SimpleNamespace(iter_any=iter_any)
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+    return types.SimpleNamespace(post=lambda *a, **kw: Response()), clock

@@ -285,28 +285,10 @@ def stream(job):
     A session that answers 200 and hands the reads to `response.content.iter_any()` one by one, on a
     clock that moves one second before each read: the times it records say which read each chunk
     came in (the request is sent at 0)."""
+    from oracle_io import stream_session
     from vllm.benchmarks.lib import endpoint_request_func as erf
 
-    clock = types.SimpleNamespace(t=0.0)
-    reads = [r.encode("latin-1") for r in job["reads"]]
-
-    async def iter_any():
-        for r in reads:
-            clock.t += 1.0
-            yield r
-
-    class Response:
-        status = 200
-        reason = "OK"
-        content = types.SimpleNamespace(iter_any=iter_any)
-
-        async def __aenter__(self):
-            return self
-
-        async def __aexit__(self, *exc):
-            return False
-
-    session = types.SimpleNamespace(post=lambda **kw: Response())
+    session, clock = stream_session(job["reads"])
     real_time, erf.time = erf.time, types.SimpleNamespace(perf_counter=lambda: clock.t)
     try:
         fn = (erf.async_request_openai_chat_completions if job["endpoint"] == "chat"
