@@ -68,8 +68,10 @@ STREAMS = stream_cases()
 STREAM_SPLITS = {k for k in STREAMS if k[1].startswith("cut")}
 
 
-def capsim_reads(endpoint: str, reads: list[bytes], monkeypatch) -> tuple[RequestRecord, str]:
-    """capsim's client streaming the same reads, on the same clock: one second before each read."""
+def capsim_reads(endpoint: str, reads: list[bytes], monkeypatch,
+                 headers: dict | None = None) -> tuple[RequestRecord, str]:
+    """capsim's client streaming the same reads, on the same clock: one second before each read
+    (`headers`: the response's, beside its content-type)."""
     clock = [0.0]
     monkeypatch.setattr(client_mod, "perf_counter", lambda: clock[0])
 
@@ -80,7 +82,7 @@ def capsim_reads(endpoint: str, reads: list[bytes], monkeypatch) -> tuple[Reques
                 yield r
 
     def answer(request):
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Reads())
+        return httpx.Response(200, headers={"content-type": "text/event-stream", **(headers or {})}, stream=Reads())
 
     async def go():
         c = client_mod.Client("http://127.0.0.1:1")
