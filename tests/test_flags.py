@@ -419,20 +419,30 @@ def test_llama_benchy_save_result_warmup_runs_and_extra_body(tmp_path):
 
 
 def test_exit_on_first_fail(fake, tmp_path):
-    srv = fake(itl=0.0005, fault="http500", fault_after=3, fault_every=1)
-    base = ["measure", "closed", srv.url, "--pp", "16", "24", "32", "--tg", "2", "--runs", "2",
-            "--latency-mode", "none", "--no-progress"]
-    res = cap([*base, "-o", str(tmp_path / "keep")])
+    # every request from the 9th on fails: the warmups and the first five measured requests get through
+    def server():
+        return fake(itl=0.0005, fault="http500", fault_after=8, fault_every=1)
+
+    def base(srv):
+        return ["measure", "closed", srv.url, "--pp", "16", "24", "32", "--tg", "2", "--runs", "2",
+                "--latency-mode", "none", "--no-progress"]
+
+    res = cap([*base(server()), "-o", str(tmp_path / "keep")])
     assert res.exit_code == 0 and "requests failed" in res.stderr  # llama-benchy's default: carry on
-    n_all = len(load_run(tmp_path / "keep").records)
-    res = cap([*base, "--exit-on-first-fail", "-o", str(tmp_path / "stop")])
+    assert [r.ok for r in load_run(tmp_path / "keep").records] == [True] * 5 + [False]
+    res = cap([*base(server()), "--exit-on-first-fail", "-o", str(tmp_path / "stop")])
     assert res.exit_code == 1
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and "--exit-on-first-fail" in err[0]
     run = load_run(tmp_path / "stop")
-    assert run.live.status == "aborted" and len(run.records) < n_all
+    # it stops after the batch of the first failure, not before: here the last one, so all was measured
+    assert run.live.status == "aborted" and [r.ok for r in run.records] == [True] * 5 + [False]
+    srv = fake(itl=0.0005, fault="http500", fault_after=6, fault_every=1)  # pp32's warmup fails: no pp32 row
+    res = cap([*base(srv), "--exit-on-first-fail", "-o", str(tmp_path / "early")])
+    assert res.exit_code == 1 and [r.test for r in load_run(tmp_path / "early").records] == \
+        ["pp16 tg2 d0 c1"] * 2 + ["pp24 tg2 d0 c1"] * 2
     # llama-benchy's --no-results-on-fail turns --exit-on-first-fail on; what was measured is kept all the same
-    res = cap([*base, "--no-results-on-fail", "-o", str(tmp_path / "stop2")])
+    res = cap([*base(server()), "--no-results-on-fail", "-o", str(tmp_path / "stop2")])
     assert res.exit_code == 1
     err = res.stderr.strip().splitlines()
     assert err[0] == ("capsim measure: --no-results-on-fail: taken as --exit-on-first-fail; what was measured "

@@ -370,6 +370,7 @@ def test_closed_run_exact_shapes(fake, tmp_path, endpoint):
     run = run_closed(srv.url, None, pattern, out_dir=tmp_path / "c", endpoint=endpoint, progress=False)
     assert run.live.status == "complete" and run.kind == "closed"
     assert len(run.records) == 2 * (1 + 3) * 2  # depths x concurrency x runs, warmups excluded
+    assert sorted(r.request_id for r in run.records) == list(range(len(run.records)))  # one id a request
     for r in run.records:
         pp, tg, depth, c = run.closed_loop.tests[r.test]
         assert r.ok and r.prompt_tokens == pp + depth and r.output_tokens == tg
