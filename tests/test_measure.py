@@ -24,7 +24,6 @@ from measure.cli import report as report_cli
 from measure.hoststat import cpu_ticks, steal_share
 from measure.session import HELD_UP_S
 from measure.client import public_url, split_url
-from measure.fakeserver import FakeConfig, FakeServer
 from measure.prom import delta, parse_metrics
 from measure.runfiles import format_report, load_run, vllm_bench_result
 from measure.sse import SSEParser
