@@ -83,13 +83,17 @@ def _records(case) -> RunResult:
     return RunResult(recs, 0.0, max(r.end_time for r in recs), "closed", closed_loop=loop)
 
 
-@pytest.fixture(scope="module")
-def oracle():
+def _require_benchy():
     if not vllm_available():
         msg = f"the vLLM venv with llama-benchy is missing: run {SETUP_SCRIPT}"
         if os.environ.get("CAPSIM_REQUIRE_VLLM") == "1":
             pytest.fail(msg + " [CAPSIM_REQUIRE_VLLM=1]", pytrace=False)
         pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    _require_benchy()
     env = clean_env()
     proc = subprocess.run([str(venv_python()), str(ORACLE)], input=json.dumps(CASES), capture_output=True,
                           text=True, env=env, timeout=300)
@@ -131,8 +135,7 @@ CHAT_STREAMS = {k: v for k, v in STREAMS.items() if k[0] == "chat"}
 
 @pytest.fixture(scope="module")
 def stream_oracle():
-    if not vllm_available():
-        pytest.skip(f"the vLLM venv with llama-benchy is missing: run {SETUP_SCRIPT}")
+    _require_benchy()
     jobs = [{"reads": [r.decode("latin-1") for r in reads]} for reads in CHAT_STREAMS.values()]
     proc = subprocess.run([str(venv_python()), str(ORACLE)], input=json.dumps(jobs), capture_output=True,
                           text=True, env=clean_env(), timeout=300)
