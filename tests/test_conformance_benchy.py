@@ -147,9 +147,10 @@ def stream_oracle():
 def test_a_stream_reads_as_llama_benchy_reads_it(stream_oracle, case, monkeypatch):
     """The same bytes in the same reads through llama-benchy 0.4.0's LLMClient.run_generation and
     capsim's client: the first response (a chunk with choices), the first token, each content chunk
-    and the end in the same read (how 0.4.0 then spreads a chunk's tokens is the summary's, above). llama-benchy takes a `data:` line when its newline comes and capsim (the SSE rule)
-    at the blank line after it, so a read cut between the two newlines is the one case where capsim
-    takes the event a read later."""
+    and the end in the same read (how 0.4.0 then spreads a chunk's tokens is the summary's, above).
+    llama-benchy takes a `data:` line when its newline comes and capsim (the SSE rule) at the blank
+    line after it: a read that ends between the two newlines (every event of one cut here, some of
+    the 7-byte cut's) gives capsim the event a read later; no other cut parts them."""
     v = stream_oracle[case]
     rec, text = capsim_reads("chat", CHAT_STREAMS[case], monkeypatch)
     assert v["error"] is None and rec.ok and text == "abc"

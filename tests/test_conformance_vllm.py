@@ -246,7 +246,8 @@ def oracle(sharegpt_path):
         bs, window, chunks = case
         jobs[("holds", case)] = {"kind": "kv_holds", "block_size": bs, "window": window, "chunks": list(chunks)}
     for case, reads in STREAMS.items():
-        jobs[("stream", case)] = {"kind": "stream", "endpoint": case[0], "reads": [r.decode("latin-1") for r in reads]}
+        jobs[("stream", case)] = {"kind": "stream", "endpoint": case[0],
+                                  "reads": [r.decode("latin-1") for r in reads]}
     keys = list(jobs)
     env = clean_env()
     env["HF_HUB_OFFLINE"] = "1"
