@@ -1,6 +1,7 @@
 """measure/runfiles.py read back: a run folder's times, damage, report, `--json` and vllm bench serve result,
 from records written here (the live and twin tests write real ones, and are slow).
 """
+import datetime
 import json
 import math
 
@@ -148,7 +149,7 @@ def test_an_open_run_without_arrival_facts(tmp_path):
     assert (out["num_prompts"], out["request_rate"], out["burstiness"], out["max_concurrency"]) == (
         len(got.records), "inf", 1.0, None)
     assert "Request rate configured" not in format_report(got)
-    assert vllm_bench_result(got)["date"] == __import__("datetime").datetime.fromtimestamp(0).strftime("%Y%m%d-%H%M%S")
+    assert vllm_bench_result(got)["date"] == datetime.datetime.fromtimestamp(0).strftime("%Y%m%d-%H%M%S")
     rewrite_meta(folder, lambda m: m.update(request_rate=2.0))
     assert "Request rate configured (RPS):           2.00" in format_report(load_run(folder))
 
