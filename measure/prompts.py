@@ -164,21 +164,28 @@ class PromptBuilder:
                 "prompts_off_target": self.mismatches, "tokenizer_calls": self.tok.calls, "notes": self.notes}
 
     # ------------------------------------------------------------ exact fitting
-    async def fit_ids(self, ids: list[int], n: int, vocab: int) -> tuple[str, int]:
-        """vLLM's gen_prompt_decode_to_target_len over the server's tokenizer."""
-        text = ""
-        got = -1
+    async def fit_ids(self, ids: list[int], n: int, vocab: int, rng: np.random.Generator | None = None,
+                      first: tuple[str, list[int]] | None = None) -> tuple[str, list[int]]:
+        """vLLM's gen_prompt_decode_to_target_len over the server's tokenizer.
+
+        Returns the text and its ids as re-encoded (n of them, unless ten retries could not get there).
+        Filler tokens come from `rng` (the dataset's generator, where vLLM draws them); `first` is the
+        first decode and re-encode when the caller made it already."""
+        rng = self.rng if rng is None else rng
+        text, new = "", []
         for attempt in range(11):
-            text = await self.tok.detokenize(ids)
-            new = await self.tok.ids(text, add_special=False)
-            got = len(new)
-            if got == n or attempt == 10:
+            if attempt == 0 and first is not None:
+                text, new = first
+            else:
+                text = await self.tok.detokenize(ids)
+                new = await self.tok.ids(text, add_special=False)
+            if len(new) == n or attempt == 10:
                 break
-            if got > n:
+            if len(new) > n:
                 ids = new[:n]
             else:
-                ids = new + self.rng.integers(0, vocab, size=n - got).tolist()
-        return text, got
+                ids = new + rng.integers(0, vocab, size=n - len(new)).tolist()
+        return text, new
 
     def _words(self, start: int, count: int) -> str:
         c = pseudo_corpus()
@@ -213,7 +220,8 @@ class PromptBuilder:
         if len(ids) == n:
             return text, n
         if self.tok.can_detokenize:
-            return await self.fit_ids(ids[:n], n, max(ids) + 1)
+            text, ids = await self.fit_ids(ids[:n], n, max(ids) + 1)
+            return text, len(ids)
         # no /detokenize: drop words until it fits (may stop a token short)
         lo, hi = 1, words
         best = (text, len(ids))
@@ -231,43 +239,58 @@ class PromptBuilder:
         return best
 
     # ------------------------------------------------------------ per workload
-    async def random_prompts(self, specs: list[RequestSpec], vocab: int, prefix_len: int, seed: int,
-                             fmt_special: int) -> list[LivePrompt]:
-        prefix = (np.random.default_rng([seed, 17]).integers(0, vocab, size=prefix_len).tolist()
-                  if prefix_len > 0 else [])
+    async def random_prompts(self, specs: list[RequestSpec], *, vocab: int, special_ids=(), prefix_len: int = 0,
+                             rng: np.random.Generator | None = None) -> list[LivePrompt]:
+        """vllm bench serve's RandomDataset.sample, through the server's /tokenize and /detokenize.
 
-        async def fit(i: int, spec: RequestSpec, raw: int) -> tuple[str, int | None]:
-            inner_len = max(0, raw - prefix_len)
-            inner = ((spec.offset + i + np.arange(inner_len)) % vocab).tolist()
-            if self.tok.available and self.tok.can_detokenize:
-                try:
-                    return await self.fit_ids((prefix + inner)[:raw], raw, vocab)
-                except TokenizeFailed:
-                    pass
-            return await self.text_of_tokens(raw)
+        Token ids run over `range(vocab)` less `special_ids`; the shared prefix and every prompt's
+        filler tokens are drawn from `rng`, in request order, as vLLM draws them from its dataset's
+        generator (RandomWorkload.prompt_rng). With the tokenizer's real vocab size and special ids
+        the texts are vLLM's to the character (tests/test_conformance_vllm.py)."""
+        rng = self.rng if rng is None else rng
+        raws = [s.raw_prompt_tokens if s.raw_prompt_tokens is not None else s.prompt_tokens for s in specs]
+        fitted: list[tuple[str, int | None]] = []
+        if self.tok.available and self.tok.can_detokenize:
+            allowed = np.setdiff1d(np.arange(vocab), np.asarray(special_ids, dtype=np.int64))
+            try:
+                prefix: list[int] = []
+                if prefix_len > 0:
+                    drawn = allowed[rng.integers(0, len(allowed), size=prefix_len)].tolist()
+                    prefix = (await self.fit_ids(drawn, prefix_len, vocab, rng))[1]
+                seqs = [prefix + allowed[(s.offset + i + np.arange(max(0, raw - prefix_len))) % len(allowed)].tolist()
+                        for i, (s, raw) in enumerate(zip(specs, raws))]
 
-        async def one(i: int, spec: RequestSpec) -> LivePrompt:
-            async with self._sem:
-                raw = spec.raw_prompt_tokens if spec.raw_prompt_tokens is not None else spec.prompt_tokens
-                text, got = await fit(i, spec, raw)
-                ok = got is not None and got == raw
-                if ok and self.endpoint == "chat" and self.tok.can_chat:
-                    # inside the chat template the text's edges can tokenize differently
-                    # (vllm bench serve leaves that); nudge the raw length until the
-                    # server's count of the templated request is the target
-                    target = spec.prompt_tokens
-                    for _ in range(4):
-                        c = await self.tok.count_chat([{"role": "user", "content": text}])
-                        ok = c is None or c == target
-                        if ok or raw + (target - c) < 1:
-                            break
-                        raw += target - c
-                        text, got = await fit(i, spec, raw)
-                if got is not None and not ok:
-                    self.mismatches += 1
-                return self._single(text, spec, fitted=got is not None)
+                async def first_round(ids: list[int]) -> tuple[str, list[int]]:
+                    async with self._sem:
+                        text = await self.tok.detokenize(ids)
+                        return text, await self.tok.ids(text, add_special=False)
 
-        return await asyncio.gather(*(one(i, s) for i, s in enumerate(specs)))
+                # the first decode and re-encode draw nothing, so they run side by side; the rest go in
+                # request order, so that the filler tokens come off `rng` in vLLM's order
+                firsts = await asyncio.gather(*(first_round(q) for q in seqs))
+                for q, raw, first in zip(seqs, raws, firsts):
+                    text, ids = await self.fit_ids(q, raw, vocab, rng, first=first)
+                    fitted.append((text, len(ids)))
+            except TokenizeFailed as e:
+                self.notes.append(f"the server's tokenizer refused random token ids ({e}): the random prompts "
+                                  "are pseudo-English text of the same lengths")
+                fitted = []
+        if not fitted:
+            fitted = list(await asyncio.gather(*(self.text_of_tokens(raw) for raw in raws)))
+
+        async def one(spec: RequestSpec, raw: int, text: str, got: int | None) -> LivePrompt:
+            ok = got == raw
+            if ok and self.endpoint == "chat" and self.tok.can_chat:
+                # inside the chat template a text's edges can tokenize otherwise; vllm bench serve sends it
+                # as it is, and so does capsim: counted, not nudged
+                async with self._sem:
+                    c = await self.tok.count_chat([{"role": "user", "content": text}])
+                ok = c is None or c == spec.prompt_tokens
+            if got is not None and not ok:
+                self.mismatches += 1
+            return self._single(text, spec, fitted=got is not None)
+
+        return list(await asyncio.gather(*(one(s, raw, t, g) for s, raw, (t, g) in zip(specs, raws, fitted))))
 
     def _single(self, text: str, spec: RequestSpec, fitted: bool) -> LivePrompt:
         ignore_eos = spec.prompt_text is None
@@ -317,14 +340,14 @@ class PromptBuilder:
                 self.mismatches += 1
             return LivePrompt(msgs, None, max_tokens, True, total, count is not None)
 
-    async def spec_prompts(self, specs: list[RequestSpec], *, vocab: int = 262144, prefix_len: int = 0,
-                           seed: int = 0) -> list[LivePrompt]:
+    async def spec_prompts(self, specs: list[RequestSpec], *, vocab: int = 262144, special_ids=(),
+                           prefix_len: int = 0, rng: np.random.Generator | None = None) -> list[LivePrompt]:
         """Prompts for any workload's specs (text, random-style or sized)."""
         out: list[LivePrompt | None] = [None] * len(specs)
         rand_idx = [i for i, s in enumerate(specs) if s.prompt_text is None and s.tag == "random"]
         if rand_idx:
-            rp = await self.random_prompts([specs[i] for i in rand_idx], vocab, prefix_len, seed,
-                                           self.special_tokens)
+            rp = await self.random_prompts([specs[i] for i in rand_idx], vocab=vocab, special_ids=special_ids,
+                                           prefix_len=prefix_len, rng=rng)
             for i, p in zip(rand_idx, rp):
                 out[i] = p
         todo = []

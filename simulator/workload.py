@@ -190,9 +190,18 @@ class RandomWorkload(Workload):
             raise WorkloadError(f"output_fraction must be in (0, 1], got {self.output_fraction}")
 
     def lengths(self, n: int, seed: int):
+        return self._draw(np.random.default_rng(seed), n)
+
+    def prompt_rng(self, n: int, seed: int) -> np.random.Generator:
+        """The generator as vLLM's RandomDataset leaves it after drawing n requests' lengths: it draws
+        the shared prefix and the filler tokens of each prompt's re-encoding next."""
+        rng = np.random.default_rng(seed)
+        self._draw(rng, n)
+        return rng
+
+    def _draw(self, rng: np.random.Generator, n: int):
         in_lo, in_hi, out_lo, out_hi = random_length_bounds(
             self.input_len, self.output_len, self.range_ratio, self.fmt.special_tokens)
-        rng = np.random.default_rng(seed)
         input_lens = rng.integers(in_lo, in_hi + 1, size=n)
         output_lens = rng.integers(out_lo, out_hi + 1, size=n)
         offsets = rng.integers(0, self.fmt.vocab_size, size=n)

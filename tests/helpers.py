@@ -90,3 +90,40 @@ def spec_profile(k: int, a: float, **engine) -> Profile:
     for key, v in engine.items():
         setattr(p.engine, key, v)
     return p.validate()
+
+
+class TokenizerEndpoints:
+    """A stand-in for measure.client.Client's `post_json` that answers vLLM's /tokenize and
+    /detokenize as vLLM's server does (serve/tokenize/serving.py), with a HuggingFace tokenizer.json
+    (the `tokenizers` library, which transformers' fast tokenizers run): encode with or without the
+    special tokens, decode keeping them. Chat bodies get a 400, as from a model without a template.
+    `calls` lists (path, body) in order."""
+
+    def __init__(self, tokenizer_json, max_model_len: int = 8192, template: tuple[str, str] | None = None,
+                 detokenize: bool = True, refuse_ids_from: int | None = None):
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(tokenizer_json))
+        self.max_model_len = max_model_len
+        self.template = template  # (before, after) each message's trimmed content: a chat template
+        self.detokenize = detokenize
+        self.refuse_ids_from = refuse_ids_from  # /detokenize answers 400 for ids from here up
+        self.calls: list[tuple[str, dict]] = []
+
+    def _ids(self, text: str, special: bool) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=special).ids
+
+    async def post_json(self, path: str, body: dict, timeout=None):
+        self.calls.append((path, body))
+        if path == "/tokenize" and isinstance(body.get("prompt"), str):
+            ids = self._ids(body["prompt"], body.get("add_special_tokens", True))
+            return 200, {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids}
+        if path == "/tokenize" and self.template and isinstance(body.get("messages"), list):
+            before, after = self.template
+            ids = self._ids("".join(before + m["content"].strip() + after for m in body["messages"]), True)
+            return 200, {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids}
+        if path == "/detokenize" and self.detokenize and isinstance(body.get("tokens"), list):
+            if self.refuse_ids_from is not None and max(body["tokens"], default=0) >= self.refuse_ids_from:
+                return 400, {"error": {"message": "Token id out of vocabulary"}}
+            return 200, {"prompt": self.tok.decode(body["tokens"], skip_special_tokens=False)}
+        return 400, {"error": {"message": f"{path}: not served"}}

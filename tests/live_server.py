@@ -37,6 +37,7 @@ tests/test_live_server_util.py tests this without vLLM.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -467,6 +468,15 @@ def _start_once(port: int, args: list[str], kv_desc: str, full_env: dict, log_pa
         handle.stop()
         raise
     return handle
+
+
+def oracle_answers(script: str, jobs: list, timeout: float = 900.0, env: Mapping[str, str] | None = None,
+                   hint: str = "") -> list:
+    """Run an oracle of tests/ (vllm_oracle.py, benchy_oracle.py) in the vLLM venv on `jobs`: its answers."""
+    proc = subprocess.run([str(venv_python()), str(Path(__file__).with_name(script))], input=json.dumps(jobs),
+                          capture_output=True, text=True, env=clean_env() | dict(env or {}), timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed{hint}:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout)
 
 
 def vllm_bench_serve(flags: list[str], result: Path, timeout: float = 600.0) -> None:

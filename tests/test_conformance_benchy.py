@@ -10,20 +10,16 @@ Needs the vLLM venv with llama-benchy (scripts/setup_vllm_cpu.sh); fails without
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from simulator.records import ClosedLoopFacts, RequestRecord, RunResult
 from simulator.summary import BENCHY_METRICS, peak_window_rate, summarize_closed
-from tests.live_server import SETUP_SCRIPT, clean_env, venv_python, vllm_available
+from tests.live_server import SETUP_SCRIPT, oracle_answers, vllm_available
 from tests.stream_cases import STREAMS, capsim_reads
 
-ORACLE = Path(__file__).with_name("benchy_oracle.py")
 
 
 def _request(rng, start, ttfr, n_chunks, itl, tokens=lambda rng: 1, role=True, empty_every=0, grid=None):
@@ -94,11 +90,8 @@ def _require_benchy():
 @pytest.fixture(scope="module")
 def oracle():
     _require_benchy()
-    env = clean_env()
-    proc = subprocess.run([str(venv_python()), str(ORACLE)], input=json.dumps(CASES), capture_output=True,
-                          text=True, env=env, timeout=300)
-    assert proc.returncode == 0, f"llama-benchy oracle failed (run {SETUP_SCRIPT}):\n{proc.stderr[-3000:]}"
-    return dict(zip([c["name"] for c in CASES], json.loads(proc.stdout)))
+    answers = oracle_answers("benchy_oracle.py", CASES, timeout=300, hint=f" (run {SETUP_SCRIPT})")
+    return dict(zip([c["name"] for c in CASES], answers))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
@@ -137,10 +130,7 @@ CHAT_STREAMS = {k: v for k, v in STREAMS.items() if k[0] == "chat"}
 def stream_oracle():
     _require_benchy()
     jobs = [{"reads": [r.decode("latin-1") for r in reads]} for reads in CHAT_STREAMS.values()]
-    proc = subprocess.run([str(venv_python()), str(ORACLE)], input=json.dumps(jobs), capture_output=True,
-                          text=True, env=clean_env(), timeout=300)
-    assert proc.returncode == 0, f"llama-benchy oracle failed (run {SETUP_SCRIPT}):\n{proc.stderr[-3000:]}"
-    return dict(zip(CHAT_STREAMS, json.loads(proc.stdout)))
+    return dict(zip(CHAT_STREAMS, oracle_answers("benchy_oracle.py", jobs, timeout=300, hint=f" (run {SETUP_SCRIPT})")))
 
 
 @pytest.mark.parametrize("case", list(CHAT_STREAMS), ids=lambda c: c[1])

@@ -19,10 +19,10 @@ Without the vLLM venv the tests skip (one line); with CAPSIM_REQUIRE_VLLM=1 (CI)
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ import pytest
 
 from calibrate.importers import ImporterError, load_meta
 from capsim.cli import build_open_workload
+from measure.prompts import PromptBuilder
+from measure.vocab import read_vocab
 from simulator.kvcache import KVCache, kv_cache_size_tokens
 from simulator.load import OpenLoop
 from simulator.profile import EngineLimits, KVGroup
@@ -37,11 +39,10 @@ from simulator.records import RequestRecord, RunResult
 from simulator.sim import simulate_open
 from simulator.summary import summarize_open
 from simulator.workload import PromptFormat, RequestSpec, WorkloadError
-from tests.helpers import tiny_profile
+from tests.helpers import TokenizerEndpoints, tiny_profile
 from tests.stream_cases import STREAM_SPLITS, STREAMS, capsim_reads
-from tests.live_server import clean_env, model_dir, venv_python, vllm_available, vllm_home
+from tests.live_server import model_dir, oracle_answers, vllm_available, vllm_home
 
-ORACLE = Path(__file__).with_name("vllm_oracle.py")
 TOK = str(model_dir())
 FMT = PromptFormat(special_tokens=1, chat_template_tokens=13, vocab_size=262144)  # Gemma 3 / 4
 
@@ -202,8 +203,58 @@ def sharegpt_path(tmp_path_factory):
     return _sharegpt_file(tmp_path_factory.mktemp("sharegpt") / "sharegpt.json")
 
 
+# Tokenizer folders in the layouts transformers reads special tokens from: (model, tokenizer_config.json,
+# special_tokens_map.json or None). Their vocabulary: w0..w49, then the added tokens <s> </s> <pad> <x1>
+# <x2> (special) and `plain`.
+_AT = {"content": "<s>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+       "__type": "AddedToken"}
+VOCAB_FOLDERS = {
+    "named": ("wordlevel", {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, None),
+    "added-token-dicts": ("wordlevel", {"bos_token": _AT, "eos_token": dict(_AT, content="</s>")}, None),
+    "additional": ("wordlevel", {"eos_token": "</s>", "additional_special_tokens": ["<x1>", "<x2>"]}, None),
+    "extra-list": ("wordlevel", {"unk_token": "w0", "extra_special_tokens": ["<x2>"]}, None),
+    "extra-dict": ("wordlevel", {"bos_token": "<s>", "extra_special_tokens": {"image_token": "<x1>"}}, None),
+    "map-only": ("wordlevel", {}, {"bos_token": "<s>", "additional_special_tokens": ["<x1>"]}),
+    "map-over-config": ("wordlevel", {"eos_token": "</s>"}, {"eos_token": "<pad>", "pad_token": "<x2>"}),
+    "extra-lists-joined": ("wordlevel", {"extra_special_tokens": ["<x1>"]}, {"extra_special_tokens": ["<x2>", "<x1>"]}),
+    "decoder-without-map": ("wordlevel", {"eos_token": "</s>", "added_tokens_decoder": {
+        "51": {"content": "</s>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+               "special": True}}}, {"eos_token": "<pad>", "bos_token": "<s>"}),
+    "repeated": ("wordlevel", {"bos_token": "<s>", "eos_token": "<s>", "additional_special_tokens": ["<s>", "<x1>"]},
+                 None),
+    "unigram": ("unigram", {"bos_token": "<s>", "eos_token": "</s>"}, None),
+}
+
+
+def _vocab_folder(root: Path, name: str) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    kind, config, smap = VOCAB_FOLDERS[name]
+    words = [f"w{i}" for i in range(50)]
+    if kind == "unigram":
+        tok = Tokenizer(models.Unigram([(w, -1.0 - i / 100) for i, w in enumerate(words)], unk_id=0))
+    else:
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<s>", "</s>", "<pad>", "<x1>", "<x2>"])
+    tok.add_tokens(["plain"])
+    d = root / name
+    d.mkdir()
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config}))
+    if smap is not None:
+        (d / "special_tokens_map.json").write_text(json.dumps(smap))
+    return d
+
+
 @pytest.fixture(scope="module")
-def oracle(sharegpt_path):
+def vocab_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vocab")
+    return {name: _vocab_folder(root, name) for name in VOCAB_FOLDERS}
+
+
+@pytest.fixture(scope="module")
+def oracle(sharegpt_path, vocab_folders):
     """Every job in one run of vLLM's venv (starting it costs ~10 s): job id -> vLLM's answer."""
     _require_vllm()
     jobs = {}
@@ -212,7 +263,7 @@ def oracle(sharegpt_path):
         jobs[("arrival", case)] = {"kind": "pipeline", "tokenizer": TOK,
                                    "argv": _random_argv(16, 4, 0.0, 0, seed, n, rate, b)}
     for case in RANDOM:
-        jobs[("random", case)] = {"kind": "pipeline", "tokenizer": TOK, "argv": _random_argv(*case)}
+        jobs[("random", case)] = {"kind": "pipeline", "tokenizer": TOK, "argv": _random_argv(*case), "prompts": True}
     for case in EDGES:
         inp, rr, prefix = case
         jobs[("edge", case)] = {"kind": "pipeline", "tokenizer": TOK, "may_fail": True,
@@ -245,16 +296,14 @@ def oracle(sharegpt_path):
     for case in KV_HOLDS:
         bs, window, chunks = case
         jobs[("holds", case)] = {"kind": "kv_holds", "block_size": bs, "window": window, "chunks": list(chunks)}
+    for name, folder in vocab_folders.items():
+        jobs[("vocab", name)] = {"kind": "vocab", "tokenizer": str(folder)}
+    jobs[("vocab", "gemma3")] = {"kind": "vocab", "tokenizer": TOK}
     for case, reads in STREAMS.items():
         jobs[("stream", case)] = {"kind": "stream", "endpoint": case[0],
                                   "reads": [r.decode("latin-1") for r in reads]}
     keys = list(jobs)
-    env = clean_env()
-    env["HF_HUB_OFFLINE"] = "1"
-    proc = subprocess.run([str(venv_python()), str(ORACLE)], input=json.dumps([jobs[k] for k in keys]),
-                          capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, f"vLLM oracle failed:\n{proc.stderr[-4000:]}"
-    answers = json.loads(proc.stdout)
+    answers = oracle_answers("vllm_oracle.py", [jobs[k] for k in keys], env={"HF_HUB_OFFLINE": "1"})
     return dict(zip(keys, answers))
 
 
@@ -462,6 +511,64 @@ def test_cli_defaults_match_vllm_bench_serve(oracle):
 
 
 # ------------------------------------------------------------------ d. ShareGPT
+
+@pytest.mark.parametrize("name", [*VOCAB_FOLDERS, "gemma3"])
+def test_vocab_is_the_tokenizers_own(oracle, vocab_folders, name):
+    """read_vocab's size and special ids are tokenizer.vocab_size and all_special_ids as vllm bench serve
+    loads the folder (transformers), in each layout the special tokens are saved in."""
+    v = oracle[("vocab", name)]
+    ours = read_vocab(TOK if name == "gemma3" else vocab_folders[name])
+    assert (ours.size, list(ours.special_ids)) == (v["vocab_size"], v["all_special_ids"])
+
+
+def test_the_vocab_cases_have_teeth(oracle):
+    answers = [oracle[("vocab", name)] for name in VOCAB_FOLDERS]
+    assert len({tuple(a["all_special_ids"]) for a in answers}) >= 7
+    assert {a["vocab_size"] for a in answers} == {50}  # added tokens left out
+
+
+def _capsim_random_prompts(case, exact: bool = True):
+    """capsim's live random prompts for a RANDOM case, built through vLLM's /tokenize and /detokenize as
+    its server answers them; `exact=False` leaves out the vocabulary's special ids and vLLM's draws."""
+    inp, out, rr, prefix, seed, n = case
+    wl = build_open_workload("random", inp, out, rr, prefix, None, None, 1.0,
+                             PromptFormat(FMT.special_tokens, 0, FMT.vocab_size))
+    vocab = read_vocab(TOK)
+    ends = TokenizerEndpoints(Path(TOK) / "tokenizer.json")
+    b = PromptBuilder(ends, "gemma3-dummy", "completions")
+
+    async def build():
+        await b.setup()
+        return await b.spec_prompts(wl.sample(n, seed), vocab=vocab.size,
+                                    special_ids=vocab.special_ids if exact else (), prefix_len=prefix,
+                                    rng=wl.prompt_rng(n, seed) if exact else None)
+
+    return [p.prompt for p in asyncio.run(build())], ends.calls, b
+
+
+@pytest.mark.parametrize("case", RANDOM, ids=[f"in{i}-out{o}-rr{r}-prefix{p}-seed{s}" for i, o, r, p, s, _ in RANDOM])
+def test_random_prompts_are_vllms_to_the_character(oracle, case):
+    """vllm bench serve's prompt texts, in order: its ids (the vocabulary less its special ids), its
+    shared prefix, and the filler tokens of each re-encoding drawn from its dataset's generator."""
+    theirs = oracle[("random", case)]["prompts"]
+    ours, calls, b = _capsim_random_prompts(case)
+    assert ours == theirs
+    assert b.mismatches == 0 and b.describe()["prompts_off_target"] == 0
+
+
+def test_the_random_prompt_cases_have_teeth(oracle):
+    """The cases re-encode prompts to other lengths (so filler tokens are drawn), hold a prefix, and
+    come out otherwise without vLLM's vocabulary and draws."""
+    refits = 0
+    for case in RANDOM:
+        _, calls, _ = _capsim_random_prompts(case)
+        n = case[-1]
+        refits += sum(1 for path, _ in calls if path == "/detokenize") - n - 1  # less setup's probe
+    assert refits >= 5
+    assert any(case[3] > 0 for case in RANDOM)
+    differ = [case for case in RANDOM if _capsim_random_prompts(case, exact=False)[0] != oracle[("random", case)]["prompts"]]
+    assert len(differ) >= 3, differ
+
 
 @pytest.mark.parametrize("case", EDGES, ids=[f"in{i}-rr{r}-prefix{p}" for i, r, p in EDGES])
 def test_random_lengths_vllm_refuses_are_refused(oracle, case):

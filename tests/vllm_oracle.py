@@ -16,6 +16,7 @@ Jobs:
           "prompts": [...] if job["prompts"]}   (vllm bench serve's samples and send schedule)
       (+ "input_lens", "output_lens", "token_offsets" for the random dataset: its raw draw)
   {"kind": "defaults", "argv": [...], "keys": [...]} -> {flag: parsed value}
+  {"kind": "vocab", "tokenizer": DIR} -> {"vocab_size", "all_special_ids"}   (the tokenizer's own figures)
   {"kind": "engine_flags", "argv": [...vllm serve flags...], "keys": [...]}
       -> {key: parsed value} or {"error": "refused"}   (EngineArgs' parser: what `vllm serve` reads)
   {"kind": "context_limit", "max_model_len": N, "prompt": P, "max_tokens": M}
@@ -304,7 +305,13 @@ def stream(job):
             "error": out.error.strip().splitlines()[-1] if out.error else ""}
 
 
-KINDS = {"pipeline": pipeline, "defaults": defaults, "metrics": metrics, "engine_flags": engine_flags,
+def vocab(job):
+    """The two facts RandomDataset reads off the tokenizer vllm bench serve loads."""
+    tok = tokenizer(job["tokenizer"])
+    return {"vocab_size": int(tok.vocab_size), "all_special_ids": [int(i) for i in tok.all_special_ids]}
+
+
+KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "metrics": metrics, "engine_flags": engine_flags,
          "context_limit": context_limit, "kv_capacity": kv_capacity,
          "kv_holds": kv_holds, "stream": stream}
 

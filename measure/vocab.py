@@ -1,0 +1,97 @@
+"""The two facts of a local tokenizer that vllm bench serve's random dataset reads: the base
+vocabulary's size and the special tokens' ids.
+
+`vllm bench serve --tokenizer DIR` draws random prompts from `range(tokenizer.vocab_size)` less
+`tokenizer.all_special_ids`. The server's /tokenize does not say either, so `capsim measure`
+reads them from the same files transformers reads (tokenizer.json, tokenizer_config.json,
+special_tokens_map.json). Design: docs/design/measure.md.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MeasureError
+
+# transformers' PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES: the named special tokens
+NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """`size`: tokenizer.vocab_size (added tokens left out); `special_ids`: all_special_ids, in order."""
+
+    size: int
+    special_ids: tuple[int, ...] = ()
+    source: str = ""
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise MeasureError(f"--tokenizer: cannot read {path} ({e.strerror or e})") from None
+    except ValueError as e:
+        raise MeasureError(f"--tokenizer: {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise MeasureError(f"--tokenizer: {path} holds no {what} object")
+    return data
+
+
+def _content(value) -> str | None:
+    if isinstance(value, dict):  # a saved AddedToken
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def special_token_strings(config: dict, special_map: dict) -> list[str]:
+    """all_special_tokens as transformers 5 builds them: the named ones, then the extra ones, each once.
+
+    special_tokens_map.json counts only beside a config without `added_tokens_decoder` (an older
+    save), and there its values win, its extra tokens joining the config's; `additional_special_tokens`
+    is the older name of `extra_special_tokens`, and a dict of extra tokens names more of them."""
+    merged = {k: v for k, v in config.items() if v}
+    if "added_tokens_decoder" not in config:
+        for k, v in special_map.items():
+            if k == "extra_special_tokens" and isinstance(v, list):
+                old = list(merged.get(k) or [])
+                v = old + [t for t in v if t not in old]
+            if v:
+                merged[k] = v
+    extra = merged.get("extra_special_tokens") or merged.get("additional_special_tokens") or []
+    named = list(NAMED_SPECIAL)
+    if isinstance(extra, dict):  # model-specific named tokens (e.g. image_token)
+        named += [k for k in extra if k not in named]
+        merged = extra | merged
+        extra = []
+    out: list[str] = []
+    for s in [_content(merged.get(k)) for k in named] + [_content(t) for t in extra]:
+        if s is not None and s not in out:
+            out.append(s)
+    return out
+
+
+def read_vocab(path: str | Path) -> Vocab:
+    """The vocabulary facts of a tokenizer directory (or its tokenizer.json)."""
+    p = Path(path)
+    tj = p / "tokenizer.json" if p.is_dir() else p
+    if not tj.is_file():
+        raise MeasureError(f"--tokenizer: {p} has no tokenizer.json (a HuggingFace tokenizer directory or its "
+                           "tokenizer.json file)")
+    tok = _read_json(tj, "tokenizer")
+    model_vocab = (tok.get("model") or {}).get("vocab")
+    if not isinstance(model_vocab, (dict, list)) or not model_vocab:
+        raise MeasureError(f"--tokenizer: {tj} has no model vocabulary")
+    ids = {t["content"]: t["id"] for t in tok.get("added_tokens") or []
+           if isinstance(t, dict) and isinstance(t.get("content"), str) and isinstance(t.get("id"), int)}
+    if isinstance(model_vocab, dict):
+        ids = {k: v for k, v in model_vocab.items() if isinstance(v, int)} | ids
+    else:  # Unigram: [piece, score] rows, the id is the row
+        ids = {row[0]: i for i, row in enumerate(model_vocab) if isinstance(row, list) and row} | ids
+    side = tj.parent
+    config = _read_json(side / "tokenizer_config.json", "config") if (side / "tokenizer_config.json").is_file() else {}
+    smap = (_read_json(side / "special_tokens_map.json", "special-token map")
+            if (side / "special_tokens_map.json").is_file() else {})
+    special = tuple(ids[s] for s in special_token_strings(config, smap) if s in ids)
+    return Vocab(size=len(model_vocab), special_ids=special, source=str(tj))

@@ -1,0 +1,103 @@
+"""measure/vocab.py: a tokenizer folder's vocabulary size and special ids, and its bad input.
+
+That the figures are transformers' own is proven against it in tests/test_conformance_vllm.py.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from measure.errors import MeasureError
+from measure.vocab import read_vocab, special_token_strings
+from tests.helpers import refused_port
+from tests.test_bad_input import invoke, one_clear_line
+
+
+def _folder(tmp_path, tokenizer, config=None, smap=None):
+    d = tmp_path / "tok"
+    d.mkdir(exist_ok=True)
+    (d / "tokenizer.json").write_text(tokenizer if isinstance(tokenizer, str) else json.dumps(tokenizer))
+    if config is not None:
+        (d / "tokenizer_config.json").write_text(json.dumps(config))
+    if smap is not None:
+        (d / "special_tokens_map.json").write_text(json.dumps(smap))
+    return d
+
+
+BPE = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "<s>": 2, "</s>": 3}},
+       "added_tokens": [{"id": 4, "content": "<img>", "special": True}, {"id": 5, "content": "x", "special": False}]}
+
+
+def test_size_is_the_models_vocabulary_and_ids_come_from_added_tokens_or_the_vocabulary(tmp_path):
+    v = read_vocab(_folder(tmp_path, BPE, {"bos_token": "<s>", "eos_token": {"content": "</s>"},
+                                           "additional_special_tokens": ["<img>"]}))
+    assert (v.size, v.special_ids) == (4, (2, 3, 4))
+    assert v.source.endswith("tokenizer.json")
+    assert read_vocab(tmp_path / "tok" / "tokenizer.json") == v  # the file itself does as well as its folder
+
+
+def test_unigram_ids_are_the_rows(tmp_path):
+    uni = {"model": {"type": "Unigram", "vocab": [["<unk>", 0.0], ["<s>", 0.0], ["a", -1.0]]}}
+    assert read_vocab(_folder(tmp_path, uni, {"bos_token": "<s>", "unk_token": "<unk>"})).special_ids == (1, 0)
+
+
+def test_a_token_the_vocabulary_lacks_is_left_out_and_no_config_means_none(tmp_path):
+    assert read_vocab(_folder(tmp_path, BPE, {"bos_token": "<nowhere>", "eos_token": "</s>"})).special_ids == (3,)
+    (tmp_path / "tok" / "tokenizer_config.json").unlink()
+    assert read_vocab(tmp_path / "tok").special_ids == ()
+
+
+def test_special_token_order_and_precedence():
+    # named tokens in transformers' order, then the extra ones, each once
+    assert special_token_strings({"eos_token": "E", "bos_token": "B", "extra_special_tokens": ["X", "B"]}, {}) == \
+        ["B", "E", "X"]
+    # an older save (no added_tokens_decoder): the map wins and its extra tokens join the config's
+    assert special_token_strings({"eos_token": "E", "extra_special_tokens": ["X"]},
+                                 {"eos_token": "F", "extra_special_tokens": ["Y", "X"]}) == ["F", "X", "Y"]
+    # a newer one: the map is not read
+    assert special_token_strings({"eos_token": "E", "added_tokens_decoder": {}}, {"eos_token": "F"}) == ["E"]
+    # a dict of extra tokens names them; additional_special_tokens is their older name
+    assert special_token_strings({"extra_special_tokens": {"image_token": "I"}}, {}) == ["I"]
+    assert special_token_strings({"additional_special_tokens": ["A"]}, {}) == ["A"]
+
+
+@pytest.mark.parametrize("how, words", [
+    ("missing", ["no tokenizer.json"]),
+    ("truncated", ["not valid JSON", "tokenizer.json"]),
+    ("a list", ["holds no tokenizer object"]),
+    ("no vocabulary", ["has no model vocabulary"]),
+    ("bad config", ["not valid JSON", "tokenizer_config.json"]),
+])
+def test_bad_folders_are_one_clear_error(tmp_path, how, words):
+    if how == "missing":
+        path = tmp_path / "nothing-here"
+        path.mkdir()
+    elif how == "bad config":
+        path = _folder(tmp_path, BPE)
+        (path / "tokenizer_config.json").write_text('{"bos_token": "<s>"')
+    else:
+        path = _folder(tmp_path, {"truncated": json.dumps(BPE)[:40], "a list": "[1, 2]",
+                                  "no vocabulary": json.dumps({"model": {"type": "BPE"}})}[how])
+    with pytest.raises(MeasureError) as e:
+        read_vocab(path)
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value)
+
+
+def test_measure_open_names_a_broken_tokenizer_folder_before_connecting(tmp_path):
+    d = _folder(tmp_path, json.dumps(BPE)[:30])
+    with refused_port() as port:
+        res = invoke(["measure", "open", f"http://127.0.0.1:{port}", "--tokenizer", str(d), "--no-progress",
+                      "-o", str(tmp_path / "run")])
+    one_clear_line(res, "--tokenizer", "not valid JSON")
+    assert not (tmp_path / "run").exists()
+
+
+def test_measure_open_says_a_hub_name_is_not_read(tmp_path):
+    with refused_port() as port:
+        res = invoke(["measure", "open", f"http://127.0.0.1:{port}", "--tokenizer", "acme/no-such-folder",
+                      "--no-progress", "-o", str(tmp_path / "run")])
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 2 and "--tokenizer acme/no-such-folder is not a local directory" in lines[0]
+    assert f"cannot connect to http://127.0.0.1:{port}: connection refused" in lines[1]
