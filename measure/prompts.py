@@ -299,9 +299,6 @@ class PromptBuilder:
                               spec.prompt_tokens, fitted)
         return LivePrompt(None, text, spec.max_tokens, ignore_eos, spec.prompt_tokens, fitted)
 
-    async def text_prompts(self, specs: list[RequestSpec]) -> list[LivePrompt]:
-        return [self._single(s.prompt_text or "", s, fitted=False) for s in specs]
-
     async def sized_prompt(self, total: int, max_tokens: int, depth: int = 0) -> LivePrompt:
         """A prompt the server counts as `total` tokens (template and specials included).
 
