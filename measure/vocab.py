@@ -9,6 +9,7 @@ special_tokens_map.json). Design: docs/design/measure.md.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +96,29 @@ def read_vocab(path: str | Path) -> Vocab:
             if (side / "special_tokens_map.json").is_file() else {})
     special = tuple(ids[s] for s in special_token_strings(config, smap) if s in ids)
     return Vocab(size=len(model_vocab), special_ids=special, source=str(tj))
+
+
+def hub_cache() -> Path:
+    """Where huggingface_hub keeps downloaded models (HF_HUB_CACHE, else HF_HOME/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def find_tokenizer(name: str) -> Path | None:
+    """The folder vllm bench serve would load `--tokenizer name` from on this machine: a local path, or
+    the hub cache's snapshot of a model id (the one refs/main names, else the newest), or None."""
+    p = Path(name).expanduser()
+    if p.exists():
+        return p
+    if name.count("/") != 1:
+        return None
+    repo = hub_cache() / ("models--" + name.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snap = repo / "snapshots" / ref.read_text(encoding="utf-8").strip()
+        if (snap / "tokenizer.json").is_file():
+            return snap
+    snaps = [d for d in (repo / "snapshots").glob("*") if (d / "tokenizer.json").is_file()]
+    return max(snaps, key=lambda d: d.stat().st_mtime) if snaps else None

@@ -5,11 +5,13 @@ That the figures are transformers' own is proven against it in tests/test_confor
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from measure.errors import MeasureError
-from measure.vocab import read_vocab, special_token_strings
+from measure.prompts import PromptBuilder
+from measure.vocab import find_tokenizer, hub_cache, read_vocab, special_token_strings
 from tests.helpers import refused_port
 from tests.test_bad_input import invoke, one_clear_line
 
@@ -93,11 +95,56 @@ def test_measure_open_names_a_broken_tokenizer_folder_before_connecting(tmp_path
     assert not (tmp_path / "run").exists()
 
 
-def test_measure_open_says_a_hub_name_is_not_read(tmp_path):
+def test_model_ids_are_found_in_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--acme--m"
+    for rev in ("old", "new", "main-rev"):
+        (repo / "snapshots" / rev).mkdir(parents=True)
+        (repo / "snapshots" / rev / "tokenizer.json").write_text(json.dumps(BPE))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("main-rev\n")
+    assert find_tokenizer("acme/m") == repo / "snapshots" / "main-rev"
+    (repo / "refs" / "main").unlink()  # no ref: the newest snapshot
+    os.utime(repo / "snapshots" / "old", (1, 1))
+    os.utime(repo / "snapshots" / "main-rev", (2, 2))
+    assert find_tokenizer("acme/m") == repo / "snapshots" / "new"
+    assert find_tokenizer("acme/other") is None and find_tokenizer("no-org") is None
+    assert find_tokenizer(str(repo)) == repo  # a local path is itself
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert hub_cache() == tmp_path / "home" / "hub"
+
+
+def test_measure_open_reads_the_tokenizer_of_model_as_vllm_bench_serve_does(fake, tmp_path, monkeypatch):
+    """No --tokenizer: --model's folder (served under its path, as `vllm serve DIR` serves it) is the
+    tokenizer. The fake server detokenizes id i as `ti`, so the prompts show the ids drawn: below the
+    folder's vocabulary size, none of its special ids."""
+    words = {"model": {"type": "WordLevel", "vocab": {f"w{i}": i for i in range(1000)}}}
+    d = _folder(tmp_path, words, {"bos_token": "w0", "eos_token": "w1", "pad_token": "w999"})
+    sent = []
+    real = PromptBuilder.spec_prompts
+
+    async def spy(self, specs, **kw):
+        sent.extend(await real(self, specs, **kw))
+        return sent
+
+    monkeypatch.setattr(PromptBuilder, "spec_prompts", spy)
+    res = invoke(["measure", "open", fake(itl=0.001, model=str(d)).url, "--model", str(d), "--endpoint", "completions",
+                  "--random-input-len", "300", "--random-output-len", "2", "--num-prompts", "6", "--no-progress",
+                  "--no-metrics", "-o", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    ids = [int(w[1:]) for p in sent for w in p.prompt.split()]
+    assert len(ids) == 6 * 299 and max(ids) < 1000 and not {0, 1, 999} & set(ids)
+    assert max(ids) > 900  # the case has teeth: without the folder ids would run to 262144
+
+
+def test_measure_open_says_a_hub_name_is_not_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with refused_port() as port:
         res = invoke(["measure", "open", f"http://127.0.0.1:{port}", "--tokenizer", "acme/no-such-folder",
                       "--no-progress", "-o", str(tmp_path / "run")])
     assert res.exit_code == 1
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 2 and "--tokenizer acme/no-such-folder is not a local directory" in lines[0]
+    assert len(lines) == 2 and "--tokenizer acme/no-such-folder is neither a local folder nor in the " \
+        "HuggingFace cache" in lines[0]
     assert f"cannot connect to http://127.0.0.1:{port}: connection refused" in lines[1]
