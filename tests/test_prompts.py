@@ -187,3 +187,61 @@ def test_without_a_tokenizer_prompts_are_estimates_and_say_so(bpe):
     wl = RandomWorkload(40, 4, fmt=PromptFormat(1, 0, 600))
     out = asyncio.run(b.spec_prompts(wl.sample(2, 0), vocab=600))
     assert all(not p.fitted for p in out) and b.mismatches == 0
+
+
+class ChatUsage(TokenizerEndpoints):
+    """A server whose /tokenize takes no messages but whose chat endpoint reports usage (llama-benchy's
+    probe): the templated count of a one-token answer."""
+
+    async def post_json(self, path, body, timeout=None):
+        if path == "/v1/chat/completions":
+            self.calls.append((path, body))
+            text = "".join(TEMPLATE[0] + m["content"].strip() + TEMPLATE[1] for m in body["messages"])
+            return 200, {"usage": {"prompt_tokens": len(self._ids(text, True)), "completion_tokens": 1}}
+        return await super().post_json(path, body, timeout)
+
+
+def test_the_probe_reads_the_templates_cost_from_usage(bpe):
+    probed = PromptBuilder(ChatUsage(bpe), "m", "chat")
+    asyncio.run(probed.setup())
+    counted, _ = built(bpe, "chat", template=TEMPLATE)  # the same template, counted by /tokenize
+    assert not probed.tok.can_chat and counted.tok.can_chat
+    assert (probed.delta_user, probed.delta_ctx) == (counted.delta_user, counted.delta_ctx) != (0, 0)
+
+
+def test_payloads_are_the_endpoints_bodies(bpe):
+    chat = PromptBuilder(TokenizerEndpoints(bpe), "m", "chat")._single("hi", RandomWorkload(8, 3).sample(1)[0], True)
+    done = PromptBuilder(TokenizerEndpoints(bpe), "m", "completions")._single("hi", RandomWorkload(8, 3).sample(1)[0],
+                                                                              True)
+    assert chat.payload("m", "chat") == {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "max_completion_tokens": 3,
+        "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+    assert done.payload("m", "completions") == {
+        "model": "m", "prompt": "hi", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True},
+        "ignore_eos": True}
+
+
+def test_text_of_tokens_grows_a_short_first_guess(bpe):
+    b, ends = built(bpe)
+    assert asyncio.run(b.text_of_tokens(0)) == ("", 0)
+    b.words_per_token = 0.01  # a first guess far too short: the text grows until it is long enough
+    ends.calls.clear()
+    text, got = asyncio.run(b.text_of_tokens(300, start=len(pseudo_corpus()) - 20))
+    assert got == 300 and count(ends, text) == 300
+    assert sum(1 for path, _ in ends.calls if path == "/tokenize") > 3
+
+
+def test_without_detokenize_the_longest_text_that_fits_is_taken(bpe):
+    b, ends = built(bpe, detokenize=False)
+    for n, start in ((37, 100), (200, 5), (64, 1234)):
+        text, got = asyncio.run(b.text_of_tokens(n, start=start))
+        fits = [k for k in range(1, 3 * n) if count(ends, " ".join(b._words(start, k).split())) <= n]
+        assert text == b._words(start, max(fits)) and got == count(ends, text)
+
+
+def test_random_prompts_without_detokenize_are_text_with_no_refusal_noted(bpe):
+    wl = RandomWorkload(40, 4, fmt=PromptFormat(1, 0, 600))
+    b, ends = built(bpe, detokenize=False)
+    out = asyncio.run(b.spec_prompts(wl.sample(3, 0), vocab=600, rng=wl.prompt_rng(3, 0)))
+    assert not any("refused" in n for n in b.notes)
+    assert all(abs(count(ends, p.prompt) - 39) <= 2 for p in out)
