@@ -49,18 +49,24 @@ def _content(value) -> str | None:
 def special_token_strings(config: dict, special_map: dict) -> list[str]:
     """all_special_tokens as transformers 5 builds them: the named ones, then the extra ones, each once.
 
-    special_tokens_map.json counts only beside a config without `added_tokens_decoder` (an older
-    save), and there its values win, its extra tokens joining the config's; `additional_special_tokens`
-    is the older name of `extra_special_tokens`, and a dict of extra tokens names more of them."""
-    merged = {k: v for k, v in config.items() if v}
+    The steps of PreTrainedTokenizerBase.from_pretrained and __init__, in their order: the config's
+    `additional_special_tokens` (the older name) become its `extra_special_tokens` unless it has
+    some; special_tokens_map.json counts only beside a config without `added_tokens_decoder` (an
+    older save), and there its values win, its extra tokens joining the config's; its own
+    `additional_special_tokens` count only where no extra ones are set; a dict of extra tokens
+    names more of them."""
+    merged = dict(config)
+    if "additional_special_tokens" in merged and not merged.get("extra_special_tokens"):
+        merged["extra_special_tokens"] = merged.pop("additional_special_tokens")
     if "added_tokens_decoder" not in config:
         for k, v in special_map.items():
             if k == "extra_special_tokens" and isinstance(v, list):
                 old = list(merged.get(k) or [])
                 v = old + [t for t in v if t not in old]
-            if v:
-                merged[k] = v
-    extra = merged.get("extra_special_tokens") or merged.get("additional_special_tokens") or []
+            merged[k] = v
+    if "additional_special_tokens" in merged and "extra_special_tokens" not in merged:
+        merged["extra_special_tokens"] = merged.pop("additional_special_tokens")
+    extra = merged.get("extra_special_tokens") or []
     named = list(NAMED_SPECIAL)
     if isinstance(extra, dict):  # model-specific named tokens (e.g. image_token)
         named += [k for k in extra if k not in named]

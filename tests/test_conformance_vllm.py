@@ -216,6 +216,10 @@ VOCAB_FOLDERS = {
     "extra-dict": ("wordlevel", {"bos_token": "<s>", "extra_special_tokens": {"image_token": "<x1>"}}, None),
     "map-only": ("wordlevel", {}, {"bos_token": "<s>", "additional_special_tokens": ["<x1>"]}),
     "map-over-config": ("wordlevel", {"eos_token": "</s>"}, {"eos_token": "<pad>", "pad_token": "<x2>"}),
+    "additional-in-both": ("wordlevel", {"additional_special_tokens": ["<x1>"]}, {"additional_special_tokens": ["<x2>"]}),
+    "additional-in-map": ("wordlevel", {"eos_token": "</s>"}, {"additional_special_tokens": ["<x2>", "<x1>"]}),
+    "extra-and-additional": ("wordlevel", {"extra_special_tokens": ["<x2>"], "additional_special_tokens": ["<x1>"]},
+                             None),
     "extra-lists-joined": ("wordlevel", {"extra_special_tokens": ["<x1>"]}, {"extra_special_tokens": ["<x2>", "<x1>"]}),
     "decoder-without-map": ("wordlevel", {"eos_token": "</s>", "added_tokens_decoder": {
         "51": {"content": "</s>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,

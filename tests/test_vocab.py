@@ -50,6 +50,17 @@ def test_a_token_the_vocabulary_lacks_is_left_out_and_no_config_means_none(tmp_p
     assert read_vocab(tmp_path / "tok").special_ids == ()
 
 
+def test_a_special_token_map_beside_an_older_config_is_read_and_malformed_entries_are_passed_over(tmp_path):
+    odd = {"model": {"type": "Unigram", "vocab": [["<unk>", 0.0], "junk", ["<s>", 0.0], []]},
+           "added_tokens": [{"id": 9, "content": "<x>"}, {"content": "<no-id>"}, "junk"]}
+    d = _folder(tmp_path, odd, {"additional_special_tokens": ["<x>", "<no-id>"]},
+                {"bos_token": "<s>", "unk_token": "<unk>"})
+    assert read_vocab(d) == read_vocab(d / "tokenizer.json")
+    assert (read_vocab(d).size, read_vocab(d).special_ids) == (4, (2, 0, 9))
+    with pytest.raises(MeasureError, match="has no model vocabulary"):
+        read_vocab(_folder(tmp_path, {"model": {"type": "BPE", "vocab": {}}}))
+
+
 def test_special_token_order_and_precedence():
     # named tokens in transformers' order, then the extra ones, each once
     assert special_token_strings({"eos_token": "E", "bos_token": "B", "extra_special_tokens": ["X", "B"]}, {}) == \
@@ -59,6 +70,10 @@ def test_special_token_order_and_precedence():
                                  {"eos_token": "F", "extra_special_tokens": ["Y", "X"]}) == ["F", "X", "Y"]
     # a newer one: the map is not read
     assert special_token_strings({"eos_token": "E", "added_tokens_decoder": {}}, {"eos_token": "F"}) == ["E"]
+    # the config's additional tokens are its extra ones, which the map's additional tokens do not replace;
+    # beside none, they count
+    assert special_token_strings({"additional_special_tokens": ["A"]}, {"additional_special_tokens": ["B"]}) == ["A"]
+    assert special_token_strings({"eos_token": "E"}, {"additional_special_tokens": ["B"]}) == ["E", "B"]
     # a dict of extra tokens names them; additional_special_tokens is their older name
     assert special_token_strings({"extra_special_tokens": {"image_token": "I"}}, {}) == ["I"]
     assert special_token_strings({"additional_special_tokens": ["A"]}, {}) == ["A"]
@@ -113,6 +128,9 @@ def test_model_ids_are_found_in_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     assert hub_cache() == tmp_path / "home" / "hub"
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub_cache() == tmp_path / "xdg" / "huggingface" / "hub"
 
 
 def test_measure_open_reads_the_tokenizer_of_model_as_vllm_bench_serve_does(fake, tmp_path, monkeypatch):
