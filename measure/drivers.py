@@ -263,11 +263,9 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
     if not isinstance(pattern, ClosedLoop):
         raise MeasureError("run_closed needs a ClosedLoop pattern")
     batches = pattern.batches(include_warmup=True)
-    if endpoint == "chat":  # llama-benchy 0.4.0 asks for each chunk's token_ids and counts them
-        extra_body = {"return_token_ids": True} | (extra_body or {})
     S = Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
                  max_connections=max(pattern.concurrency) + 5, grace=grace, keep_text=keep_text,
-                 extra_body=extra_body)
+                 extra_body=extra_body, tool="llama-benchy")
     try:
         S.install_signals()
         connecting = f"connecting to {S.client.public_url}"

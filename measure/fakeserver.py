@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 from .httpwire import Connection, Server
+from .twin_engine import TwinTokenizer
 
 
 @dataclass
@@ -61,6 +62,7 @@ class _Stats:
     auth_failures: int = 0
     completed: int = 0  # streams that reached [DONE]
     seen_auth: list = field(default_factory=list)
+    bodies: list = field(default_factory=list)  # the generation requests' JSON bodies (the first 10000)
 
 
 class FakeServer(Server):
@@ -115,7 +117,8 @@ class FakeServer(Server):
             return await self._send(http, 200, self._metrics_text().encode(), ctype="text/plain")
         if method == "POST" and path == "/tokenize" and c.tokenize:
             if "messages" in req:
-                n = sum(len(_tok_ids(str(m.get("content", "")))) for m in req["messages"]) + c.template_tokens
+                n = sum(len(_tok_ids(TwinTokenizer.content_text(m.get("content")))) for m in req["messages"]) \
+                    + c.template_tokens
                 return await self._send(http, 200, {"count": n, "max_model_len": c.max_model_len,
                                                       "tokens": list(range(n))})
             if "prompt" not in req:
@@ -139,7 +142,7 @@ class FakeServer(Server):
         if method == "POST" and path == "/detokenize" and c.tokenize:
             return await self._send(http, 200, {"content": " ".join(f"t{i}" for i in req.get("tokens", []))})
         if method == "POST" and path == "/apply-template":
-            words = " ".join(str(m.get("content", "")) for m in req.get("messages", []))
+            words = " ".join(TwinTokenizer.content_text(m.get("content")) for m in req.get("messages", []))
             tmpl = [f"tmpl{k}" for k in range(c.template_tokens - 1)]  # + the BOS /tokenize adds
             return await self._send(http, 200, {"prompt": " ".join(tmpl[:1] + [words] + tmpl[1:])})
         if method == "GET" and path == "/props":
@@ -183,6 +186,8 @@ class FakeServer(Server):
         idx = self._gen_index
         self._gen_index += 1
         self.stats.requests += 1
+        if len(self.stats.bodies) < 10000:
+            self.stats.bodies.append(req)
         fault = None
         if c.fault and idx >= c.fault_after and (c.fault_every <= 0 or idx % c.fault_every == 0):
             fault = c.fault
@@ -191,8 +196,8 @@ class FakeServer(Server):
         if fault == "http429":
             return await self._send(http, 429, {"error": {"message": "rate limited (fake)", "code": 429}})
         if chat:
-            prompt_tokens = sum(len(_tok_ids(str(m.get("content", "")))) for m in req.get("messages", [])) \
-                + c.template_tokens
+            prompt_tokens = sum(len(_tok_ids(TwinTokenizer.content_text(m.get("content"))))
+                                for m in req.get("messages", [])) + c.template_tokens
         else:
             prompt_tokens = len(_tok_ids(str(req.get("prompt", "")))) + 1
         n_out = req.get("max_completion_tokens") or req.get("max_tokens") or 16

@@ -104,7 +104,7 @@ class Session:
 
     def __init__(self, url: str, model: str | None, endpoint: str, api_key: str | None, timeout: float,
                  out_dir, progress: bool, scrape_metrics: bool, max_connections: int, grace: float,
-                 keep_text: bool, extra_body: dict | None = None):
+                 keep_text: bool, extra_body: dict | None = None, tool: str = "vllm"):
         if endpoint not in ("chat", "completions"):
             raise MeasureError(f"--endpoint must be chat or completions, got {endpoint!r}")
         if not (grace >= 0):
@@ -118,6 +118,7 @@ class Session:
         self.grace = float(grace)
         self.keep_text = keep_text
         self.extra_body = dict(extra_body or {})  # --extra-body: merged into every request
+        self.tool = tool  # whose request bodies: "vllm" (bench serve) or "llama-benchy"
         self.stopper = Stopper()
         self.writer: RunWriter | None = None
         self.scraper: prom.MetricsScraper | None = None
@@ -151,9 +152,7 @@ class Session:
             lp.request = self.client.build(self.endpoint, self.payload(lp))
 
     def payload(self, lp: LivePrompt) -> dict:
-        body = lp.payload(self.model, self.endpoint)
-        body.update(self.extra_body)
-        return body
+        return lp.payload(self.model, self.endpoint, self.tool, self.extra_body)
 
     def note_cpu(self, client: ClientHealth, cpu_s: float, wall_s: float) -> None:
         """The client's own CPU during the run: near one core means it may have been the bottleneck."""

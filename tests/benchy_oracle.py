@@ -7,7 +7,7 @@ choices (time, whether it had content, how many token_ids it carried) and the us
 request goes through llama-benchy's LLMClient._finalize_stream_tokens (how 0.4.0 turns chunks into
 token timestamps) and the test through BenchmarkResults.add (its table values). Writes, per case,
 every metric's (mean, std) or null. A case with "reads" instead is a stream: LLMClient.run_generation
-reads those bytes (stream()).
+reads those bytes (stream()); one with "body" gives the request body it posts (body()).
 """
 from llama_benchy.client import LLMClient, RequestResult
 from llama_benchy.results import BenchmarkResults
@@ -70,7 +70,31 @@ def stream(job: dict) -> dict:
             "error": res.error}
 
 
+def body(job: dict) -> dict:
+    """The body LLMClient.run_generation posts (llama-benchy's --exact-tg and --extra-body as its CLI
+    passes them to LLMClient) for a context, a prompt and a length."""
+    import asyncio
+
+    from oracle_io import stream_session
+
+    session, _clock = stream_session(["data: [DONE]\n\n"])
+    posted = []
+    real_post = session.post
+
+    def post(*a, **kw):
+        posted.append(kw["json"])
+        return real_post(*a, **kw)
+
+    session.post = post
+    j = job["body"]
+    client = LLMClient("http://unused", "none", j["model"], extra_body=j["extra_body"], exact_tg=True)
+    asyncio.run(client.run_generation(session, j["context"], j["prompt"], j["max_tokens"], False))
+    return posted[0]
+
+
 def answer(job: dict) -> dict:
+    if "body" in job:
+        return body(job)
     return stream(job) if "reads" in job else case(job)
 
 

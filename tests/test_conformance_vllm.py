@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from calibrate.importers import ImporterError, load_meta
 from capsim.cli import build_open_workload
+from measure.cli import measure as measure_cli
 from measure.prompts import PromptBuilder
 from measure.vocab import read_vocab
 from simulator.kvcache import KVCache, kv_cache_size_tokens
@@ -41,7 +43,7 @@ from simulator.summary import summarize_open
 from simulator.workload import PromptFormat, RequestSpec, WorkloadError
 from tests.helpers import TokenizerEndpoints, tiny_profile
 from tests.stream_cases import STREAM_SPLITS, STREAMS, capsim_reads
-from tests.live_server import model_dir, oracle_answers, vllm_available, vllm_home
+from tests.live_server import model_dir, oracle_answers, vllm_available, vllm_bench_serve, vllm_home
 
 TOK = str(model_dir())
 FMT = PromptFormat(special_tokens=1, chat_template_tokens=13, vocab_size=262144)  # Gemma 3 / 4
@@ -466,6 +468,54 @@ def test_arrival_offsets_equal_vllm_get_request(oracle, case):
     if math.isfinite(rate):
         assert theirs[-1] == pytest.approx(n / rate, rel=1e-12)  # the case really is a rescaled schedule
         assert len(set(np.diff(theirs).round(12))) > (1 if math.isfinite(b) else 0)
+
+
+# ------------------------------------------------------------------ request bodies
+
+# vllm bench serve command lines (less --base-url): a random load on each endpoint with sampling flags and
+# --extra-body, and a ShareGPT one (its texts are the dataset's, so they must match too)
+BODY_LOADS = {
+    "completions-random": ["--backend", "openai", "--dataset-name", "random", "--random-input-len", "24",
+                           "--random-output-len", "3", "--temperature", "0.5", "--top-p", "0.9",
+                           "--repetition-penalty", "1.1", "--extra-body", '{"seed": 7}'],
+    "chat-random": ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "random",
+                    "--random-input-len", "24", "--random-output-len", "3", "--top-k", "20",
+                    "--extra-body", '{"chat_template_kwargs": {"enable_thinking": false}}'],
+    "chat-sharegpt": ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "sharegpt",
+                      "--sharegpt-output-len", "3", "--temperature", "0"],
+}
+
+
+def _texts_out(body: dict, keep: bool) -> str:
+    """A body as sorted JSON, its prompt text blanked unless `keep` (random texts are built with the
+    fake server's own tokenizer by capsim, with Gemma 3's by vllm bench serve; proven equal above)."""
+    b = json.loads(json.dumps(body))
+    if not keep:
+        if "prompt" in b:
+            b["prompt"] = "TEXT"
+        for m in b.get("messages", []):
+            for part in m["content"]:
+                part["text"] = "TEXT"
+    return json.dumps(b, sort_keys=True)
+
+
+@pytest.mark.parametrize("load", list(BODY_LOADS))
+def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_path):
+    """The same command line run by vLLM's own `vllm bench serve` and by capsim measure, each against a
+    fake server that keeps every body it is sent: the same bodies (keys, values, content parts)."""
+    _require_vllm()
+    flags = ["--model", "gemma3-dummy", *BODY_LOADS[load], "--num-prompts", "4", "--seed", "3"]
+    if "sharegpt" in load:
+        flags += ["--dataset-path", str(sharegpt_path)]
+    theirs_srv, ours_srv = fake(model="gemma3-dummy", itl=0.001), fake(model="gemma3-dummy", itl=0.001)
+    vllm_bench_serve([*flags, "--base-url", theirs_srv.url], tmp_path / "vllm.json")
+    res = CliRunner().invoke(measure_cli, ["open", *flags, "--base-url", ours_srv.url, "--no-progress",
+                                           "--no-metrics", "-o", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    keep = "sharegpt" in load
+    theirs = sorted(_texts_out(b, keep) for b in theirs_srv.stats.bodies)
+    ours = sorted(_texts_out(b, keep) for b in ours_srv.stats.bodies)
+    assert len(theirs) == 4 and ours == theirs
 
 
 # ------------------------------------------------------------------ b. random dataset

@@ -214,16 +214,28 @@ def test_the_probe_reads_the_templates_cost_from_usage(bpe):
     assert (probed.delta_user, probed.delta_ctx) == (counted.delta_user, counted.delta_ctx) != (0, 0)
 
 
-def test_payloads_are_the_endpoints_bodies(bpe):
-    chat = PromptBuilder(TokenizerEndpoints(bpe), "m", "chat")._single("hi", RandomWorkload(8, 3).sample(1)[0], True)
-    done = PromptBuilder(TokenizerEndpoints(bpe), "m", "completions")._single("hi", RandomWorkload(8, 3).sample(1)[0],
-                                                                              True)
-    assert chat.payload("m", "chat") == {
-        "model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "max_completion_tokens": 3,
-        "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+def test_payloads_are_the_tools_bodies(bpe):
+    """vllm bench serve's bodies for the open loop, llama-benchy's --exact-tg body for the closed one; that
+    they are the tools' own is proven against their code (tests/test_conformance_vllm.py, _benchy.py)."""
+    spec = RandomWorkload(8, 3).sample(1)[0]
+    chat = PromptBuilder(TokenizerEndpoints(bpe), "m", "chat")._single("hi", spec, True)
+    done = PromptBuilder(TokenizerEndpoints(bpe), "m", "completions")._single("hi", spec, True)
+    stream = {"stream": True, "stream_options": {"include_usage": True}}
+    assert chat.payload("m", "chat", extra={"temperature": 0.5}) == {
+        "model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "max_completion_tokens": 3, **stream, "ignore_eos": True, "temperature": 0.5}
     assert done.payload("m", "completions") == {
-        "model": "m", "prompt": "hi", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True},
+        "model": "m", "prompt": "hi", "repetition_penalty": 1.0, "max_tokens": 3, "logprobs": None, **stream,
         "ignore_eos": True}
+    # llama-benchy sets --exact-tg's three over its extra body
+    assert chat.payload("m", "chat", "llama-benchy", {"max_tokens": 99, "top_k": 5}) == {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True,
+        "return_token_ids": True, "stream_options": {"include_usage": True}, "top_k": 5, "min_tokens": 3,
+        "ignore_eos": True}
+    # an answer left to stop at EOS (ShareGPT) asks for nothing more
+    free = PromptBuilder(TokenizerEndpoints(bpe), "m", "chat")._single("hi", RandomWorkload(8, 3).sample(1)[0], True)
+    free.ignore_eos = False
+    assert "ignore_eos" not in free.payload("m", "chat") and "min_tokens" not in free.payload("m", "chat", "llama-benchy")
 
 
 def test_text_of_tokens_grows_a_short_first_guess(bpe):
