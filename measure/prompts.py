@@ -1,8 +1,8 @@
-"""Live prompts whose server-side token counts hit the workload's targets.
+"""Live prompts whose server-side token counts hit the workload's targets, and the tools' request bodies.
 
-Random (vllm bench serve's decode-to-target-length), fixed (llama-benchy's book-like text and its
-chat-template delta) and text (ShareGPT's first turn), checked against the server's /tokenize
-where it has one. Design: docs/design/measure.md.
+Random (vllm bench serve's RandomDataset, its very texts given the tokenizer's vocabulary), fixed
+(llama-benchy's book-like text and its chat-template delta) and text (ShareGPT's first turn),
+checked against the server's /tokenize where it has one. Design: docs/design/measure.md.
 """
 from __future__ import annotations
 
@@ -288,7 +288,11 @@ class PromptBuilder:
                                   "are pseudo-English text of the same lengths")
                 fitted = []
         if not fitted:
-            fitted = list(await asyncio.gather(*(self.text_of_tokens(raw) for raw in raws)))
+            async def text(raw: int) -> tuple[str, int | None]:
+                async with self._sem:
+                    return await self.text_of_tokens(raw)
+
+            fitted = list(await asyncio.gather(*(text(raw) for raw in raws)))
 
         async def one(spec: RequestSpec, raw: int, text: str, got: int | None) -> LivePrompt:
             ok = got == raw
