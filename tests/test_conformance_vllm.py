@@ -1,4 +1,4 @@
-"""Conformance with vLLM's own benchmark code (issue 14): no server, vLLM 0.32's code as the oracle.
+"""Conformance with vLLM's own benchmark code (issue 14): no vLLM server, vLLM 0.32's code as the oracle.
 
 `tests/vllm_oracle.py` runs in the vLLM venv (scripts/setup_vllm_cpu.sh) and answers with
 what `vllm bench serve`'s own functions produce: its CLI parser and seeding, `get_samples`
@@ -10,6 +10,12 @@ Each test puts capsim's code in this venv beside the answer:
 * random dataset: `RandomWorkload` (built as `capsim simulate` builds it) against
   RandomDataset's draw, to the token (input lengths, output lengths, token offsets, and
   vLLM's prompt_len after its decode/re-encode);
+* random prompts: the texts capsim measure builds through a server's /tokenize and /detokenize
+  (here the Gemma 3 tokenizer answering as vLLM's server does) against RandomDataset's, to the
+  character; the vocabulary size and special ids `measure/vocab.py` reads against the tokenizer's own
+  on fourteen folder layouts;
+* request bodies: vLLM's own `vllm bench serve` and capsim measure on the same command lines against
+  fake servers that keep every body;
 * ShareGPT: `ShareGPTWorkload` with the same tokenizer against ShareGPTDataset: the chosen
   prompts, in order, with their lengths (filter, shuffle, oversampling, fixed output length);
 * metrics: every key of vLLM's result JSON from `calculate_metrics` against
@@ -218,7 +224,8 @@ VOCAB_FOLDERS = {
     "extra-dict": ("wordlevel", {"bos_token": "<s>", "extra_special_tokens": {"image_token": "<x1>"}}, None),
     "map-only": ("wordlevel", {}, {"bos_token": "<s>", "additional_special_tokens": ["<x1>"]}),
     "map-over-config": ("wordlevel", {"eos_token": "</s>"}, {"eos_token": "<pad>", "pad_token": "<x2>"}),
-    "additional-in-both": ("wordlevel", {"additional_special_tokens": ["<x1>"]}, {"additional_special_tokens": ["<x2>"]}),
+    "additional-in-both": ("wordlevel", {"additional_special_tokens": ["<x1>"]},
+                           {"additional_special_tokens": ["<x2>"]}),
     "additional-in-map": ("wordlevel", {"eos_token": "</s>"}, {"additional_special_tokens": ["<x2>", "<x1>"]}),
     "extra-and-additional": ("wordlevel", {"extra_special_tokens": ["<x2>"], "additional_special_tokens": ["<x1>"]},
                              None),
@@ -564,7 +571,7 @@ def test_cli_defaults_match_vllm_bench_serve(oracle):
     assert float(kw["request_rate"]) == v["request_rate"]
 
 
-# ------------------------------------------------------------------ d. ShareGPT
+# ------------------------------------------------------------------ b2. random prompts, to the character
 
 @pytest.mark.parametrize("name", [*VOCAB_FOLDERS, "gemma3"])
 def test_vocab_is_the_tokenizers_own(oracle, vocab_folders, name):
@@ -618,10 +625,11 @@ def test_the_random_prompt_cases_have_teeth(oracle):
         _, calls, _ = _capsim_random_prompts(case)
         n = case[-1]
         refits += sum(1 for path, _ in calls if path == "/detokenize") - n - 1  # less setup's probe
-    assert refits >= 5
+    assert refits >= sum(case[-1] for case in RANDOM) // 2
     assert any(case[3] > 0 for case in RANDOM)
-    differ = [case for case in RANDOM if _capsim_random_prompts(case, exact=False)[0] != oracle[("random", case)]["prompts"]]
-    assert len(differ) >= 3, differ
+    for case in RANDOM:
+        inexact = _capsim_random_prompts(case, exact=False)[0]
+        assert not set(inexact) & set(oracle[("random", case)]["prompts"]), case
 
 
 @pytest.mark.parametrize("case", EDGES, ids=[f"in{i}-rr{r}-prefix{p}" for i, r, p in EDGES])
@@ -640,6 +648,8 @@ def test_random_lengths_vllm_refuses_are_refused(oracle, case):
 def test_the_edge_cases_have_teeth(oracle):
     assert {"error" in oracle[("edge", c)] for c in EDGES} == {True, False}
 
+
+# ------------------------------------------------------------------ d. ShareGPT
 
 @pytest.mark.parametrize("case", SHAREGPT, ids=[f"seed{s}-n{n}-out{o}" + ("-in-file-order" if f else "")
                                                  for s, n, o, f in SHAREGPT])

@@ -1,5 +1,6 @@
 """measure/prompts.py on a server tokenizer stand-in (tests.helpers.TokenizerEndpoints): a BPE with
-SentencePiece's spaces trained here, whose decode and re-encode do not give back the ids they started from, as real ones do not.
+SentencePiece's spaces trained here, whose decode and re-encode do not give back the ids they started
+from, as real ones do not.
 
 That the random prompts are vllm bench serve's own texts is proven against vLLM's code in
 tests/test_conformance_vllm.py and through the live server in tests/test_measure_live.py.
@@ -235,7 +236,8 @@ def test_payloads_are_the_tools_bodies(bpe):
     # an answer left to stop at EOS (ShareGPT) asks for nothing more
     free = PromptBuilder(TokenizerEndpoints(bpe), "m", "chat")._single("hi", RandomWorkload(8, 3).sample(1)[0], True)
     free.ignore_eos = False
-    assert "ignore_eos" not in free.payload("m", "chat") and "min_tokens" not in free.payload("m", "chat", "llama-benchy")
+    assert "ignore_eos" not in free.payload("m", "chat")
+    assert "min_tokens" not in free.payload("m", "chat", "llama-benchy")
 
 
 def test_text_of_tokens_grows_a_short_first_guess(bpe):
