@@ -105,7 +105,8 @@ def read_vocab(path: str | Path) -> Vocab:
 
 
 def hub_cache() -> Path:
-    """Where huggingface_hub keeps downloaded models (HF_HUB_CACHE, else HF_HOME/hub)."""
+    """Where huggingface_hub keeps downloaded models: HF_HUB_CACHE, else HF_HOME/hub, else
+    $XDG_CACHE_HOME (or ~/.cache)/huggingface/hub."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")

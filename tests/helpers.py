@@ -96,7 +96,9 @@ class TokenizerEndpoints:
     """A stand-in for measure.client.Client's `post_json` that answers vLLM's /tokenize and
     /detokenize as vLLM's server does (serve/tokenize/serving.py), with a HuggingFace tokenizer.json
     (the `tokenizers` library, which transformers' fast tokenizers run): encode with or without the
-    special tokens, decode keeping them. Chat bodies get a 400, as from a model without a template.
+    special tokens, decode keeping them. Chat bodies are counted through `template` (the text before
+    and after each message's trimmed content) or, without one, get a 400 as from a model without a
+    template; `detokenize=False` serves no /detokenize, `refuse_ids_from` refuses ids from there up.
     `calls` lists (path, body) in order."""
 
     def __init__(self, tokenizer_json, max_model_len: int = 8192, template: tuple[str, str] | None = None,
@@ -105,9 +107,9 @@ class TokenizerEndpoints:
 
         self.tok = Tokenizer.from_file(str(tokenizer_json))
         self.max_model_len = max_model_len
-        self.template = template  # (before, after) each message's trimmed content: a chat template
+        self.template = template
         self.detokenize = detokenize
-        self.refuse_ids_from = refuse_ids_from  # /detokenize answers 400 for ids from here up
+        self.refuse_ids_from = refuse_ids_from
         self.calls: list[tuple[str, dict]] = []
 
     def _ids(self, text: str, special: bool) -> list[int]:
