@@ -22,7 +22,6 @@ from tests.live_server import SETUP_SCRIPT, oracle_answers, vllm_available
 from tests.stream_cases import STREAMS, capsim_reads
 
 
-
 def _request(rng, start, ttfr, n_chunks, itl, tokens=lambda rng: 1, role=True, empty_every=0, grid=None):
     """One request: a role chunk (no content) at ttfr, then content chunks, some empty ones carrying
     held-back tokens; times on `grid` (exact multiples) when given, so ties and 1-s edges occur."""
@@ -131,7 +130,8 @@ CHAT_STREAMS = {k: v for k, v in STREAMS.items() if k[0] == "chat"}
 def stream_oracle():
     _require_benchy()
     jobs = [{"reads": [r.decode("latin-1") for r in reads]} for reads in CHAT_STREAMS.values()]
-    return dict(zip(CHAT_STREAMS, oracle_answers("benchy_oracle.py", jobs, timeout=300, hint=f" (run {SETUP_SCRIPT})")))
+    answers = oracle_answers("benchy_oracle.py", jobs, timeout=300, hint=f" (run {SETUP_SCRIPT})")
+    return dict(zip(CHAT_STREAMS, answers))
 
 
 @pytest.mark.parametrize("case", list(CHAT_STREAMS), ids=lambda c: c[1])
