@@ -176,6 +176,11 @@ class PromptBuilder:
                 "prompts_off_target": self.mismatches, "tokenizer_calls": self.tok.calls, "notes": self.notes}
 
     # ------------------------------------------------------------ exact fitting
+    async def _round_trip(self, ids: list[int]) -> tuple[str, list[int]]:
+        """The server's text for `ids` and that text's own ids (no special tokens added)."""
+        text = await self.tok.detokenize(ids)
+        return text, await self.tok.ids(text, add_special=False)
+
     async def fit_ids(self, ids: list[int], n: int, vocab: int, rng: np.random.Generator | None = None,
                       first: tuple[str, list[int]] | None = None) -> tuple[str, list[int]]:
         """vLLM's gen_prompt_decode_to_target_len over the server's tokenizer.
@@ -186,11 +191,7 @@ class PromptBuilder:
         rng = self.rng if rng is None else rng
         text, new = "", []
         for attempt in range(11):
-            if attempt == 0 and first is not None:
-                text, new = first
-            else:
-                text = await self.tok.detokenize(ids)
-                new = await self.tok.ids(text, add_special=False)
+            text, new = first if attempt == 0 and first is not None else await self._round_trip(ids)
             if len(new) == n or attempt == 10:
                 break
             if len(new) > n:
@@ -274,8 +275,7 @@ class PromptBuilder:
 
                 async def first_round(ids: list[int]) -> tuple[str, list[int]]:
                     async with self._sem:
-                        text = await self.tok.detokenize(ids)
-                        return text, await self.tok.ids(text, add_special=False)
+                        return await self._round_trip(ids)
 
                 # the first decode and re-encode draw nothing, so they run side by side; the rest go in
                 # request order, so that the filler tokens come off `rng` in vLLM's order
