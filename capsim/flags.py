@@ -327,6 +327,12 @@ def vllm_serve_options(f):
                      "Requests of the first prompt sent before the measured run, not counted (a simulated "
                      "server is warm already)."),
         _flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
+        click.option("--header", cls=MultiValue, item=click.STRING, sep=None, accept=r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*=.*",
+                     metavar="KEY=VALUE", expose_value=False, callback=_remember,
+                     help="HTTP headers sent with every request, e.g. x-team=ops (vllm bench serve)."),
+        _flag_option("--request-id-prefix", str, _remember,
+                     "Measured requests are named PREFIX + their index in an x-request-id header (vllm bench "
+                     "serve's default: bench-XXXXXXXX-, random)."),
         *(_flag_option(n, t, _remember, "Sampling, sent in every request as vllm bench serve does (a "
                                          "simulated step takes as long whatever the sampling)." if n == "--temperature"
                        else None) for n, t in SAMPLING_FLAGS.items()),
@@ -346,7 +352,7 @@ SAMPLING_FLAGS = {"--temperature": float, "--top-p": float, "--top-k": int, "--m
 # Flags that change nothing capsim measures or simulates: prompt lengths come from the server's /tokenize
 # (measure) or the profile (simulate), and capsim checks the server before sending anything.
 NO_OP_FLAGS = {"--trust-remote-code": None, "--skip-tokenizer-init": None, "--skip-chat-template": None,
-               "--tokenizer-mode": str, "--request-id-prefix": str, "--ready-check-timeout-sec": int,
+               "--tokenizer-mode": str, "--ready-check-timeout-sec": int,
                "--chat-template-kwargs": str}  # client-side templates of datasets capsim does not run
 # Flags accepted with a note: what they ask for is not done, and the note says what capsim does instead.
 _NOT_DRAWN = "vllm bench serve's plots are not drawn (capsim report RUN --plot draws a measured run)"
@@ -363,7 +369,6 @@ REFUSED_FLAGS = {
     "--lora-modules": (str, "LoRA adapters are not modelled"),
     "--lora-assignment": (str, "LoRA adapters are not modelled"),
     "--logprobs": (int, "logprobs are not modelled"),
-    "--header": (str, "extra HTTP headers are not sent: --api-key sends the bearer token"),
     "--insecure": (None, "TLS certificates are always verified"),
     "--probe-request-rate": (None, "the rate probe is not supported: run steps of --request-rate"),
     "--self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
@@ -382,6 +387,8 @@ class ServeExtras:
     num_warmups: int = 0
     disable_shuffle: bool = False
     sampling: dict = dataclasses.field(default_factory=dict)  # --temperature ... as vllm bench serve sends them
+    headers: dict = dataclasses.field(default_factory=dict)  # --header KEY=VALUE
+    request_id_prefix: str | None = None
 
     def lengths(self, random_input_len: int, random_output_len: int, sharegpt_output_len: int | None):
         """The dataset lengths, --input-len / --output-len over the dataset flags (vllm bench serve's order)."""
@@ -433,9 +440,16 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
     ctx = ctx or click.get_current_context()
     got = ctx.meta.get("capsim.serve_extras", {})
     sampling = {k: got[k] for k in (n.lstrip("-").replace("-", "_") for n in SAMPLING_FLAGS) if k in got}
+    headers = {}
+    for item in got.get("header") or ():
+        if "=" not in item:  # vllm bench serve's check
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--header")
+        key, value = item.split("=", 1)
+        headers[key.strip()] = value.strip()
     return ServeExtras(input_len=got.get("input_len"), output_len=got.get("output_len"),
                        ignore_eos=bool(got.get("ignore_eos")), num_warmups=int(got.get("num_warmups") or 0),
-                       disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling)
+                       disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling, headers=headers,
+                       request_id_prefix=got.get("request_id_prefix"))
 
 
 def echo_flag_notes(prefix: str, extra: Sequence[str] = (), ctx: click.Context | None = None) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -166,20 +167,28 @@ class Inflight:
         return "".join(self.texts or ())
 
 
+# header names whose values are kept out of messages, as the API key is
+_SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie|password")
+
+
 class Client:
     """One shared connection pool to one server; never logs or stores the key."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 1800.0,
-                 max_connections: int = 100):
+                 max_connections: int = 100, headers: dict[str, str] | None = None):
+        """`headers`: sent with every request, over capsim's own (vllm bench serve's --header)."""
         if not (timeout > 0) or math.isnan(timeout):
             raise MeasureError(f"--timeout must be > 0 seconds, got {timeout}")
         self.base, self.public_url, auth = split_url(url)
         self.api_key = api_key or None
         self.timeout = float(timeout)
+        extra = dict(headers or {})
         headers = {"User-Agent": "capsim-measure", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        self._secrets = [s for s in (self.api_key, *(auth or ())) if s]
+        headers |= extra
+        told = [v for k, v in extra.items() if _SECRET_HEADER.search(k)]
+        self._secrets = [s for s in (self.api_key, *(auth or ()), *told) if s]
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
                               keepalive_expiry=600.0)
         from .netbackend import make_transport
@@ -264,9 +273,11 @@ class Client:
         raise MeasureError(f"model {model!r} is not served by {self.public_url} (it serves: {ids})")
 
     # ------------------------------------------------------------ streaming
-    def build(self, endpoint: str, payload: dict) -> httpx.Request:
-        """A ready request (JSON encoded, headers merged): built before a run, sent during it."""
-        return self.http.build_request("POST", ENDPOINT_PATHS[endpoint], json=payload, timeout=self._stream_timeout)
+    def build(self, endpoint: str, payload: dict, request_id: str | None = None) -> httpx.Request:
+        """A ready request (JSON encoded, headers merged): built before a run, sent during it.
+        `request_id`: its x-request-id header, the name the server gives it (vllm bench serve's)."""
+        return self.http.build_request("POST", ENDPOINT_PATHS[endpoint], json=payload, timeout=self._stream_timeout,
+                                       headers=None if request_id is None else {"x-request-id": request_id})
 
     async def stream(self, endpoint: str, payload: dict | httpx.Request, req: Inflight) -> Inflight:
         """Send one streaming request and fill `req`; never raises for server faults.

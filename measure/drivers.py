@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import threading
 import time
+import uuid
 from time import perf_counter
 from typing import Any
 
@@ -134,9 +135,12 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                          progress: bool = True, timeout: float = 1800.0, scrape_metrics: bool = True,
                          grace: float = 10.0, keep_text: bool = False, save_result: str | None = None,
                          save_detailed: bool = False, extra_body: dict | None = None,
-                         num_warmups: int = 0, vocab: Vocab | None = None) -> RunResult:
+                         num_warmups: int = 0, vocab: Vocab | None = None, headers: dict[str, str] | None = None,
+                         request_id_prefix: str | None = None) -> RunResult:
     """`vocab`: the tokenizer's vocabulary size and special ids (`--tokenizer`), which make random
-    prompts vllm bench serve's to the character; without it, ids run over the workload's vocab_size."""
+    prompts vllm bench serve's to the character; without it, ids run over the workload's vocab_size.
+    `headers` go with every request (--header); each measured request is named `request_id_prefix` + its
+    index in its x-request-id header (the warmups are not), by default vllm bench serve's `bench-XXXXXXXX-`."""
     if not isinstance(pattern, OpenLoop):
         raise MeasureError("run_open needs an OpenLoop pattern")
     if vocab is not None and isinstance(workload, RandomWorkload):  # its offsets run over the vocabulary
@@ -144,7 +148,10 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
     delays = pattern.arrival_times(num_prompts)  # validates num_prompts
     conc = pattern.max_concurrency or num_prompts
     S = Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
-                 max_connections=conc + 5, grace=grace, keep_text=keep_text or save_detailed, extra_body=extra_body)
+                 max_connections=conc + 5, grace=grace, keep_text=keep_text or save_detailed, extra_body=extra_body,
+                 headers=headers)
+    if request_id_prefix is None:
+        request_id_prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     live = LiveFacts()
     counters: list[_SyncCounter] = []
     try:
@@ -201,7 +208,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         live.prompts = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
         live.workload = wl.describe()
         S.info["prompts"] = live.prompts
-        S.prebuild(prompts)
+        S.prebuild(prompts, request_id_prefix)
         if num_warmups and prompts:
             # vllm bench serve's --num-warmups: the first prompt that many times, under the client's
             # concurrency limit, before the server's counters are read and the run starts; not recorded

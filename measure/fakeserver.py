@@ -14,8 +14,7 @@ import zlib
 from dataclasses import dataclass, field
 from time import perf_counter
 
-from .httpwire import Connection, Server
-from .twin_engine import TwinTokenizer
+from .httpwire import Connection, Server, message_text
 
 
 @dataclass
@@ -63,6 +62,7 @@ class _Stats:
     completed: int = 0  # streams that reached [DONE]
     seen_auth: list = field(default_factory=list)
     bodies: list = field(default_factory=list)  # the generation requests' JSON bodies (the first 10000)
+    headers: list = field(default_factory=list)  # and their headers (lower-case names), in the same order
 
 
 class FakeServer(Server):
@@ -117,7 +117,7 @@ class FakeServer(Server):
             return await self._send(http, 200, self._metrics_text().encode(), ctype="text/plain")
         if method == "POST" and path == "/tokenize" and c.tokenize:
             if "messages" in req:
-                n = sum(len(_tok_ids(TwinTokenizer.content_text(m.get("content")))) for m in req["messages"]) \
+                n = sum(len(_tok_ids(message_text(m.get("content")))) for m in req["messages"]) \
                     + c.template_tokens
                 return await self._send(http, 200, {"count": n, "max_model_len": c.max_model_len,
                                                       "tokens": list(range(n))})
@@ -129,6 +129,9 @@ class FakeServer(Server):
         if method == "POST" and path == "/detokenize" and c.tokenize:
             return await self._send(http, 200, {"prompt": " ".join(f"t{i}" for i in req.get("tokens", []))})
         if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+            if len(self.stats.bodies) < 10000:
+                self.stats.bodies.append(req)
+                self.stats.headers.append(dict(headers))
             return await self._generate(path.endswith("chat/completions"), req, http)
         return await self._send(http, 404, {"detail": "Not Found"})
 
@@ -142,7 +145,7 @@ class FakeServer(Server):
         if method == "POST" and path == "/detokenize" and c.tokenize:
             return await self._send(http, 200, {"content": " ".join(f"t{i}" for i in req.get("tokens", []))})
         if method == "POST" and path == "/apply-template":
-            words = " ".join(TwinTokenizer.content_text(m.get("content")) for m in req.get("messages", []))
+            words = " ".join(message_text(m.get("content")) for m in req.get("messages", []))
             tmpl = [f"tmpl{k}" for k in range(c.template_tokens - 1)]  # + the BOS /tokenize adds
             return await self._send(http, 200, {"prompt": " ".join(tmpl[:1] + [words] + tmpl[1:])})
         if method == "GET" and path == "/props":
@@ -186,8 +189,6 @@ class FakeServer(Server):
         idx = self._gen_index
         self._gen_index += 1
         self.stats.requests += 1
-        if len(self.stats.bodies) < 10000:
-            self.stats.bodies.append(req)
         fault = None
         if c.fault and idx >= c.fault_after and (c.fault_every <= 0 or idx % c.fault_every == 0):
             fault = c.fault
@@ -196,7 +197,7 @@ class FakeServer(Server):
         if fault == "http429":
             return await self._send(http, 429, {"error": {"message": "rate limited (fake)", "code": 429}})
         if chat:
-            prompt_tokens = sum(len(_tok_ids(TwinTokenizer.content_text(m.get("content"))))
+            prompt_tokens = sum(len(_tok_ids(message_text(m.get("content"))))
                                 for m in req.get("messages", [])) + c.template_tokens
         else:
             prompt_tokens = len(_tok_ids(str(req.get("prompt", "")))) + 1

@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import h11
 
@@ -45,6 +45,17 @@ class Request:
 def error_body(status: int, message: str, typ: str = "BadRequestError") -> dict:
     """OpenAI's (and vLLM's) error shape."""
     return {"error": {"message": message, "type": typ, "param": None, "code": status}}
+
+
+def message_text(content: Any) -> str:
+    """An OpenAI chat message's text: a string, or content parts ({"type": "text", "text": ...})."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content)
 
 
 def _reason(status: int) -> bytes:

@@ -56,31 +56,34 @@ class LivePrompt:
     fitted: bool  # True when the server's tokenizer confirmed the count
     request: Any = None  # an httpx.Request built before the run (sent once)
 
-    def payload(self, model: str, endpoint: str, tool: str = "vllm", extra: dict | None = None) -> dict[str, Any]:
-        """The request body the tool sends: vllm bench serve's request functions (`tool="vllm"`) or
-        llama-benchy 0.4.0's with --exact-tg (`"llama-benchy"`: answers run to their length), `extra`
-        (--extra-body, sampling flags) merged where the tool merges it."""
-        n = self.max_tokens
+    def vllm_body(self, model: str, endpoint: str, extra: dict | None = None) -> dict[str, Any]:
+        """vllm bench serve's request body (async_request_openai_completions / _chat_completions), `extra`
+        (sampling flags, --extra-body) merged last."""
         body: dict[str, Any] = {"model": model}
-        if endpoint == "completions":  # async_request_openai_completions (llama-benchy has none)
-            body |= {"prompt": self.prompt, "repetition_penalty": 1.0, "max_tokens": n, "logprobs": None}
-        elif tool == "llama-benchy":  # LLMClient._build_generation_payload
-            body |= {"messages": self.messages, "max_tokens": n}
-        else:  # async_request_openai_chat_completions: each message's text as one content part
+        if endpoint == "completions":
+            body |= {"prompt": self.prompt, "repetition_penalty": 1.0, "max_tokens": self.max_tokens,
+                     "logprobs": None}
+        else:  # each message's text as one content part
             body |= {"messages": [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]}
-                                  for m in self.messages or []], "max_completion_tokens": n}
-        body["stream"] = True
-        if tool == "llama-benchy" and endpoint == "chat":
-            body["return_token_ids"] = True  # it counts each chunk's token ids
-        body["stream_options"] = {"include_usage": True}
-        if tool == "llama-benchy":
-            body.update(extra or {})
-            if self.ignore_eos:  # --exact-tg, set over the extra body
-                body |= {"max_tokens": n, "min_tokens": n, "ignore_eos": True}
-            return body
+                                  for m in self.messages or []], "max_completion_tokens": self.max_tokens}
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
         if self.ignore_eos:
             body["ignore_eos"] = True
-        body.update(extra or {})
+        return body | (extra or {})
+
+    def benchy_body(self, model: str, endpoint: str, extra: dict | None = None) -> dict[str, Any]:
+        """llama-benchy 0.4.0's (LLMClient._build_generation_payload) with --exact-tg: `extra` (--extra-body)
+        merged, then the answer held to its length over it."""
+        n = self.max_tokens
+        if endpoint == "completions":  # llama-benchy posts chat only; the completions body is vLLM's
+            body: dict[str, Any] = {"model": model, "prompt": self.prompt, "repetition_penalty": 1.0,
+                                    "max_tokens": n, "logprobs": None, "stream": True}
+        else:  # it counts each chunk's token ids
+            body = {"model": model, "messages": self.messages, "max_tokens": n, "stream": True,
+                    "return_token_ids": True}
+        body = body | {"stream_options": {"include_usage": True}} | (extra or {})
+        if self.ignore_eos:
+            body |= {"max_tokens": n, "min_tokens": n, "ignore_eos": True}
         return body
 
 

@@ -104,12 +104,13 @@ class Session:
 
     def __init__(self, url: str, model: str | None, endpoint: str, api_key: str | None, timeout: float,
                  out_dir, progress: bool, scrape_metrics: bool, max_connections: int, grace: float,
-                 keep_text: bool, extra_body: dict | None = None, tool: str = "vllm"):
+                 keep_text: bool, extra_body: dict | None = None, tool: str = "vllm",
+                 headers: dict[str, str] | None = None):
         if endpoint not in ("chat", "completions"):
             raise MeasureError(f"--endpoint must be chat or completions, got {endpoint!r}")
         if not (grace >= 0):
             raise MeasureError(f"grace period must be >= 0 s, got {grace}")
-        self.client = Client(url, api_key=api_key, timeout=timeout, max_connections=max_connections)
+        self.client = Client(url, api_key=api_key, timeout=timeout, max_connections=max_connections, headers=headers)
         self.model = model
         self.endpoint = endpoint
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -146,13 +147,16 @@ class Session:
         self.server = server
         self.builder = PromptBuilder(self.client, self.model, self.endpoint)
 
-    def prebuild(self, prompts: list[LivePrompt]) -> None:
-        """Encode every request before the clock starts (about 0.2 ms each, off the event loop's hot path)."""
-        for lp in prompts:
-            lp.request = self.client.build(self.endpoint, self.payload(lp))
+    def prebuild(self, prompts: list[LivePrompt], request_id_prefix: str | None = None) -> None:
+        """Encode every request before the clock starts (about 0.2 ms each, off the event loop's hot path).
+        `request_id_prefix`: each is named PREFIX + its index (x-request-id), as vllm bench serve names them."""
+        for i, lp in enumerate(prompts):
+            rid = None if request_id_prefix is None else f"{request_id_prefix}{i}"
+            lp.request = self.client.build(self.endpoint, self.payload(lp), rid)
 
     def payload(self, lp: LivePrompt) -> dict:
-        return lp.payload(self.model, self.endpoint, self.tool, self.extra_body)
+        body = lp.benchy_body if self.tool == "llama-benchy" else lp.vllm_body
+        return body(self.model, self.endpoint, self.extra_body)
 
     def note_cpu(self, client: ClientHealth, cpu_s: float, wall_s: float) -> None:
         """The client's own CPU during the run: near one core means it may have been the bottleneck."""

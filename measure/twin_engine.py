@@ -17,7 +17,6 @@ import zlib
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Any
 
 import simpy
 import simpy.rt
@@ -27,6 +26,8 @@ from simulator.profile import Profile, ProfileError
 from simulator.records import RequestRecord
 from simulator.sim import Frontend
 from simulator.workload import RequestSpec
+
+from .httpwire import message_text
 
 INF = float("inf")
 
@@ -67,29 +68,18 @@ class TwinTokenizer:
     def count(self, text: str, add_special: bool = True) -> int:
         return len(_WORD.findall(text or "")) + (self.special if add_special else 0)
 
-    @staticmethod
-    def content_text(content: Any) -> str:
-        """A message's text: a string, or OpenAI content parts ({"type": "text", "text": ...})."""
-        if content is None:
-            return ""
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list):
-            return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        return str(content)
-
     def chat_ids(self, messages: list, add_generation_prompt: bool = True) -> list[int]:
         out = [BOS_ID] * self.special + [BOS_ID + 1] * self.template
         for m in messages or []:
             if isinstance(m, dict):
-                out += self.ids(self.content_text(m.get("content")), add_special=False)
+                out += self.ids(message_text(m.get("content")), add_special=False)
         return out
 
     def chat_count(self, messages: list) -> int:
         n = self.special + self.template
         for m in messages or []:
             if isinstance(m, dict):
-                n += len(_WORD.findall(self.content_text(m.get("content"))))
+                n += len(_WORD.findall(message_text(m.get("content"))))
         return n
 
     @staticmethod

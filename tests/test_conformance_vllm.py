@@ -29,6 +29,7 @@ import asyncio
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -480,17 +481,21 @@ def test_arrival_offsets_equal_vllm_get_request(oracle, case):
 # ------------------------------------------------------------------ request bodies
 
 # vllm bench serve command lines (less --base-url): a random load on each endpoint with sampling flags and
-# --extra-body, and a ShareGPT one (its texts are the dataset's, so they must match too)
+# --extra-body, and a ShareGPT one (its texts are the dataset's, so they must match too); headers and
+# request ids given and left to their defaults
 BODY_LOADS = {
     "completions-random": ["--backend", "openai", "--dataset-name", "random", "--random-input-len", "24",
                            "--random-output-len", "3", "--temperature", "0.5", "--top-p", "0.9",
-                           "--repetition-penalty", "1.1", "--extra-body", '{"seed": 7}'],
+                           "--repetition-penalty", "1.1", "--extra-body", '{"seed": 7}',
+                           "--header", "x-office=ny", "x-floor = 3 ", "--request-id-prefix", "r-"],
     "chat-random": ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "random",
                     "--random-input-len", "24", "--random-output-len", "3", "--top-k", "20",
                     "--extra-body", '{"chat_template_kwargs": {"enable_thinking": false}}'],
     "chat-sharegpt": ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "sharegpt",
-                      "--sharegpt-output-len", "3", "--temperature", "0"],
+                      "--sharegpt-output-len", "3", "--temperature", "0", "--request-id-prefix", "s-"],
 }
+# the headers a test compares (the rest are each HTTP client's own: User-Agent, Accept, ...)
+SENT_HEADERS = ("x-office", "x-floor", "authorization", "content-type")
 
 
 def _texts_out(body: dict, keep: bool) -> str:
@@ -507,9 +512,10 @@ def _texts_out(body: dict, keep: bool) -> str:
 
 
 @pytest.mark.parametrize("load", list(BODY_LOADS))
-def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_path):
+def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_path, monkeypatch):
     """The same command line run by vLLM's own `vllm bench serve` and by capsim measure, each against a
-    fake server that keeps every body it is sent: the same bodies (keys, values, content parts)."""
+    fake server that keeps every body it is sent: the same bodies (keys, values, content parts) under the
+    same request ids (x-request-id), with the same headers."""
     _require_vllm()
     flags = ["--model", "gemma3-dummy", *BODY_LOADS[load], "--num-prompts", "4", "--seed", "3"]
     if "sharegpt" in load:
@@ -520,9 +526,22 @@ def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_pat
                                            "--no-metrics", "-o", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     keep = "sharegpt" in load
-    theirs = sorted(_texts_out(b, keep) for b in theirs_srv.stats.bodies)
-    ours = sorted(_texts_out(b, keep) for b in ours_srv.stats.bodies)
+
+    def sent(srv):
+        return sorted((h.get("x-request-id"), {k: h[k] for k in SENT_HEADERS if k in h}, _texts_out(b, keep))
+                      for b, h in zip(srv.stats.bodies, srv.stats.headers))
+
+    theirs, ours = sent(theirs_srv), sent(ours_srv)
+    prefix = BODY_LOADS[load][BODY_LOADS[load].index("--request-id-prefix") + 1] \
+        if "--request-id-prefix" in BODY_LOADS[load] else None
+    if prefix is None:  # each run's own random prefix: vLLM's form, the same indices
+        assert all(re.fullmatch(r"bench-[0-9a-f]{8}-[0-3]", r[0]) for r in theirs + ours), (theirs, ours)
+        theirs, ours = ([(r[0].rsplit("-", 1)[1], *r[1:]) for r in x] for x in (theirs, ours))
+    else:
+        assert [r[0] for r in theirs] == [f"{prefix}{i}" for i in range(4)]
     assert len(theirs) == 4 and ours == theirs
+    if "--header" in BODY_LOADS[load]:
+        assert theirs[0][1] == {"x-office": "ny", "x-floor": "3", "content-type": "application/json"}
 
 
 # ------------------------------------------------------------------ b. random dataset

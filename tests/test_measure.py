@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import signal
 import socket
@@ -604,6 +605,31 @@ def test_api_key_never_written(fake, tmp_path):
                   "-o", str(tmp_path / "s3")])
     assert res.exit_code == 1 and res.stderr.strip().splitlines() == [
         f"Error: GET /v1/models at {srv.url}: HTTP 401: invalid API key"]
+
+
+def test_headers_go_with_every_request_and_ids_with_the_measured(fake, tmp_path):
+    """--header as vllm bench serve sends it (over capsim's own Authorization: a key given as a header is
+    kept out of every file as --api-key is); the measured requests named PREFIX + index, warmups not."""
+    key = "sk-HEADER-1a2b3c"
+    srv = fake(itl=0.001, api_key=key)
+    d = tmp_path / "h"
+    res = invoke(["open", srv.url, "--random-input-len", "16", "--random-output-len", "3", "--num-prompts", "3",
+                  "--num-warmups", "2", "--header", f"Authorization=Bearer {key}", "x-team=ops",
+                  "--request-id-prefix", "q-", "--no-progress", "-o", str(d), "--save-detailed"])
+    assert res.exit_code == 0, res.output
+    assert srv.stats.auth_failures == 0 and len(srv.stats.headers) == 5
+    assert all(h["x-team"] == "ops" for h in srv.stats.headers)
+    assert [h.get("x-request-id") for h in srv.stats.headers[:2]] == [None, None]  # the warmups
+    assert sorted(h["x-request-id"] for h in srv.stats.headers[2:]) == ["q-0", "q-1", "q-2"]
+    for p in [p for p in d.rglob("*") if p.is_file()]:
+        assert key not in p.read_text(), p
+    # without a prefix, vllm bench serve's random one
+    res = invoke(["open", srv.url, "--random-input-len", "16", "--random-output-len", "3", "--num-prompts", "2",
+                  "--api-key", key, "--no-progress", "-o", str(tmp_path / "h2")])
+    assert res.exit_code == 0, res.output
+    ids = [h["x-request-id"] for h in srv.stats.headers[5:]]
+    assert len(ids) == 2 and all(re.fullmatch(r"bench-[0-9a-f]{8}-[01]", i) for i in ids)
+    assert ids[0][:14] == ids[1][:14]
 
 
 def test_url_credentials_not_stored(fake, tmp_path):

@@ -222,22 +222,22 @@ def test_payloads_are_the_tools_bodies(bpe):
     chat = PromptBuilder(TokenizerEndpoints(bpe), "m", "chat")._single("hi", spec, True)
     done = PromptBuilder(TokenizerEndpoints(bpe), "m", "completions")._single("hi", spec, True)
     stream = {"stream": True, "stream_options": {"include_usage": True}}
-    assert chat.payload("m", "chat", extra={"temperature": 0.5}) == {
+    assert chat.vllm_body("m", "chat", extra={"temperature": 0.5}) == {
         "model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
         "max_completion_tokens": 3, **stream, "ignore_eos": True, "temperature": 0.5}
-    assert done.payload("m", "completions") == {
+    assert done.vllm_body("m", "completions") == {
         "model": "m", "prompt": "hi", "repetition_penalty": 1.0, "max_tokens": 3, "logprobs": None, **stream,
         "ignore_eos": True}
     # llama-benchy sets --exact-tg's three over its extra body
-    assert chat.payload("m", "chat", "llama-benchy", {"max_tokens": 99, "top_k": 5}) == {
+    assert chat.benchy_body("m", "chat", {"max_tokens": 99, "top_k": 5}) == {
         "model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True,
         "return_token_ids": True, "stream_options": {"include_usage": True}, "top_k": 5, "min_tokens": 3,
         "ignore_eos": True}
     # an answer left to stop at EOS (ShareGPT) asks for nothing more
     free = PromptBuilder(TokenizerEndpoints(bpe), "m", "chat")._single("hi", RandomWorkload(8, 3).sample(1)[0], True)
     free.ignore_eos = False
-    assert "ignore_eos" not in free.payload("m", "chat")
-    assert "min_tokens" not in free.payload("m", "chat", "llama-benchy")
+    assert "ignore_eos" not in free.vllm_body("m", "chat")
+    assert "min_tokens" not in free.benchy_body("m", "chat")
 
 
 def test_text_of_tokens_grows_a_short_first_guess(bpe):
