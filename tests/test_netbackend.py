@@ -6,6 +6,8 @@ asyncio servers for socket-level behaviour (silence, a close). No mocks.
 """
 import asyncio
 import json
+import socket
+import struct
 import time
 
 import httpcore
@@ -106,6 +108,35 @@ def test_concurrent_requests_queue_for_max_connections():
         assert asyncio.run(go()) == [200] * 8
         # all 8 answered, never more than 2 at once, over at most 2 connections
         assert len(srv.ports) == 8 and srv.most_active == 2 and len(set(srv.ports)) <= 2
+
+
+def test_idle_connections_are_kept_to_the_keepalive_limit_and_expire():
+    """The pool's sweep (at most once a second, or when full) closes idle connections past
+    max_keepalive_connections and expired ones, as httpcore's pool does on every call."""
+    with Recorder(delay=0.1) as srv:
+        async def burst(c, n):
+            before = len(srv.ports)
+            await asyncio.gather(*(c.get(f"/{i}") for i in range(n)))
+            return set(srv.ports[before:])
+
+        async def go():
+            t = make_transport(httpx.Limits(max_connections=3, max_keepalive_connections=1, keepalive_expiry=60))
+            async with httpx.AsyncClient(base_url=srv.url, transport=t, timeout=10) as c:
+                first = await burst(c, 3)
+                await asyncio.sleep(1.1)  # the next request sweeps: one idle connection is kept
+                one = await burst(c, 1)
+                again = await burst(c, 3)
+            t2 = make_transport(httpx.Limits(max_connections=3, max_keepalive_connections=3, keepalive_expiry=0.2))
+            async with httpx.AsyncClient(base_url=srv.url, transport=t2, timeout=10) as c:
+                fresh = await burst(c, 1)
+                await asyncio.sleep(0.4)  # idle past its expiry: not used again
+                later = await burst(c, 1)
+            return first, one, again, fresh, later
+
+        first, one, again, fresh, later = asyncio.run(go())
+        assert len(first) == 3 and one <= first
+        assert len(again & first) == 1  # the kept one; the two closed at the sweep are new connections
+        assert fresh.isdisjoint(later)
 
 
 # ------------------------------------------------------------------ failures, through httpx
@@ -215,6 +246,158 @@ def test_stream_read_timeout_and_connect_errors():
         return waited
 
     assert 0.15 < asyncio.run(go()) < 5.0
+
+
+def loop_errors() -> list:
+    """Install a handler on the running loop that keeps what its callbacks raise (a protocol callback's
+    error is otherwise only logged, and the stream goes on as if nothing happened)."""
+    errors: list = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    return errors
+
+
+def reset(writer) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a crashed server or a proxy's drop does."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def test_data_before_a_read_is_kept_and_a_reset_is_a_read_error():
+    """Bytes that arrive while nobody reads wait in the buffer; a reset is a ReadError whether it comes
+    while a read waits or before the read, never an end of stream (b"") that reads as a short answer."""
+    go_on = None
+
+    async def talk_then_reset(reader, writer):
+        writer.write(b"hello")
+        await writer.drain()
+        await go_on.wait()
+        reset(writer)
+
+    async def go():
+        nonlocal go_on
+        errors, go_on = loop_errors(), asyncio.Event()
+        server, port = await serve(talk_then_reset)
+        try:
+            s = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5, local_address="127.0.0.1")
+            await asyncio.sleep(0.1)  # the greeting arrives with no read waiting
+            assert await s.read(100, timeout=5) == b"hello"
+            asyncio.get_running_loop().call_later(0.05, go_on.set)
+            with pytest.raises(httpcore.ReadError, match="reset by peer"):  # comes while this read waits
+                await s.read(100)  # no timeout: as httpx reads a stream
+            with pytest.raises(httpcore.ReadError):  # and stays what the stream says
+                await s.read(100, timeout=5)
+            await s.aclose()
+            s2 = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+            go_on.set()  # this one resets at once: the read comes after the reset
+            await asyncio.sleep(0.1)
+            with pytest.raises(httpcore.ReadError, match="reset by peer"):
+                while True:
+                    assert await s2.read(100, timeout=5) == b"hello"
+        finally:
+            server.close()
+        return errors
+
+    assert asyncio.run(go()) == []
+
+
+def test_a_read_of_exactly_what_arrived_leaves_the_stream_open():
+    """A read whose max_bytes is exactly what is buffered returns it all and leaves nothing behind: the
+    next read waits for the server (an empty leftover would read as the end of the stream)."""
+    more = None
+
+    async def two_parts(reader, writer):
+        writer.write(b"abcd")
+        await writer.drain()
+        await more.wait()
+        writer.write(b"efgh")
+        await writer.drain()
+        writer.close()
+
+    async def go():
+        nonlocal more
+        more = asyncio.Event()
+        server, port = await serve(two_parts)
+        try:
+            s = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+            got = await s.read(4, timeout=5)
+            while len(got) < 4:
+                got += await s.read(4 - len(got), timeout=5)
+            asyncio.get_running_loop().call_later(0.05, more.set)
+            rest = await s.read(100, timeout=5)
+            await s.aclose()
+        finally:
+            server.close()
+        return got, rest
+
+    assert asyncio.run(go()) == (b"abcd", b"efgh")
+
+
+def test_socket_options_are_set_and_a_closed_stream_refuses_writes():
+    async def idle(reader, writer):
+        await reader.read()
+
+    async def go():
+        server, port = await serve(idle)
+        try:
+            s = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5,
+                                                   socket_options=[(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)])
+            assert s.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            plain = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+            assert plain.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+            await s.aclose()  # closed on our side, the server still there
+            with pytest.raises(httpcore.WriteError):
+                await s.write(b"x")
+            await plain.aclose()
+        finally:
+            server.close()
+
+    asyncio.run(go())
+
+
+def test_a_write_waits_for_a_slow_reader_and_times_out_on_none():
+    """Past the transport's buffer a write waits until the server reads (it is not lost, and no error is
+    raised in the loop's callbacks); a server that never reads is a WriteTimeout."""
+    start_reading = stop = None
+    got = bytearray()
+
+    async def slow(reader, writer):
+        await start_reading.wait()
+        while chunk := await reader.read(1 << 16):
+            got.extend(chunk)
+
+    async def deaf(reader, writer):
+        await stop.wait()
+
+    async def go():
+        nonlocal start_reading, stop
+        errors, start_reading, stop = loop_errors(), asyncio.Event(), asyncio.Event()
+        big = b"x" * (16 << 20)  # past both sockets' buffers and the transport's high-water mark
+        server, port = await serve(slow)
+        deaf_server, deaf_port = await serve(deaf)
+        try:
+            s = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+            asyncio.get_running_loop().call_later(0.2, start_reading.set)
+            t0 = time.perf_counter()
+            await s.write(big)  # no timeout: as httpx writes a request
+            waited = time.perf_counter() - t0
+            await s.aclose()
+            d = await AsyncioBackend().connect_tcp("127.0.0.1", deaf_port, timeout=5)
+            with pytest.raises(httpcore.WriteTimeout):
+                await d.write(big, timeout=0.2)
+            await d.aclose()
+            for _ in range(100):
+                if len(got) == len(big):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.sleep(0.05)
+            server.close()
+            deaf_server.close()
+        return errors, waited
+
+    errors, waited = asyncio.run(go())
+    assert errors == [] and waited >= 0.15 and len(got) == 16 << 20
 
 
 def test_backend_sleep_sleeps():
