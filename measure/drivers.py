@@ -208,6 +208,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         live.prompts = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
         live.workload = wl.describe()
         S.info["prompts"] = live.prompts
+        S.info["request_id_prefix"] = request_id_prefix  # the server's logs name the requests by it
         S.prebuild(prompts, request_id_prefix)
         if num_warmups and prompts:
             # vllm bench serve's --num-warmups: the first prompt that many times, under the client's

@@ -42,9 +42,15 @@ class Request:
     body: bytes
 
 
-def error_body(status: int, message: str, typ: str = "BadRequestError") -> dict:
-    """OpenAI's (and vLLM's) error shape."""
-    return {"error": {"message": message, "type": typ, "param": None, "code": status}}
+def error_body(status: int, message: str, typ: str = "BadRequestError", param: str | None = None) -> dict:
+    """OpenAI's (and vLLM's) error shape. vLLM's `type` is "BadRequestError" for a value it refuses (with the
+    parameter's name) and "Bad Request" for a body its schema refuses (`param` "body.FIELD")."""
+    return {"error": {"message": message, "type": typ, "param": param, "code": status}}
+
+
+def invalid_body(field: str, message: str) -> dict:
+    """A 400 for a body vLLM's request schema refuses (FastAPI's validation error, as vLLM maps it)."""
+    return error_body(400, message, "Bad Request", f"body.{field}" if field else "body")
 
 
 def message_text(content: Any) -> str:

@@ -20,7 +20,7 @@ from simulator.kvcache import kv_cache_size_tokens
 from simulator.profile import Profile, refused_for_length
 from simulator.workload import RequestSpec
 
-from .httpwire import Connection, Server, error_body
+from .httpwire import Connection, Server, error_body, invalid_body
 from .twin_engine import Generation, TwinEngine, TwinTokenizer
 
 DEFAULT_MODEL_NAME = "capsim-twin"
@@ -41,6 +41,7 @@ class TwinServer(Server):
         # the vLLM whose length rule the twin follows, as a local version: a client that reads /version
         # (capsim measure's check, calibrate --live) then expects the refusals the twin makes
         self.version = ("0.32.0" if profile.engine.clamp_max_tokens else "0.31.0") + "+capsim.twin"
+        self.fingerprint = f"vllm-{self.version}"  # vLLM's: vllm-VERSION-HASH
         self.speed = float(speed)
         self.model = model or DEFAULT_MODEL_NAME
         fmt = profile.prompt_format
@@ -74,15 +75,17 @@ class TwinServer(Server):
         if body:
             try:
                 req = json.loads(body)
-            except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
-                return await self._send(http, 400, error_body(400, "request body is not valid JSON"))
+            except (ValueError, RecursionError) as e:  # RecursionError: arrays nested thousands deep
+                # pydantic's location of a JSON error: the body and the character it stopped at
+                at = str(e.pos) if isinstance(e, json.JSONDecodeError) else ""
+                return await self._send(http, 400, invalid_body(at, "request body is not valid JSON"))
             if not isinstance(req, dict):
-                return await self._send(http, 400, error_body(400, "request body must be a JSON object"))
+                return await self._send(http, 400, invalid_body("", "request body must be a JSON object"))
         if method == "GET" and path == "/v1/models":
             mml = self.profile.engine.max_model_len
             return await self._send(http, 200, {"object": "list", "data": [
-                {"id": self.model, "object": "model", "created": int(time.time()), "owned_by": "capsim",
-                 "root": self.model, "parent": None, "max_model_len": mml, "permission": []}]})
+                {"id": self.model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
+                 "root": self.model, "parent": None, "max_model_len": mml, "permission": [self._permission()]}]})
         if method == "GET" and path == "/health":
             ok = self.engine.error is None
             return await self._send(http, 200 if ok else 503, b"", ctype="text/plain")
@@ -96,7 +99,7 @@ class TwinServer(Server):
         if method == "POST" and path == "/detokenize":
             toks = req.get("tokens")
             if not isinstance(toks, list) or not all(isinstance(t, int) for t in toks):
-                return await self._send(http, 400, error_body(400, "tokens must be a list of integers"))
+                return await self._send(http, 400, invalid_body("tokens", "tokens must be a list of integers"))
             return await self._send(http, 200, {"prompt": self.tok.detokenize(toks)})
         if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             return await self._generate(path == "/v1/chat/completions", req, http)
@@ -109,21 +112,25 @@ class TwinServer(Server):
         mml = self.profile.engine.max_model_len
         if "messages" in req:
             if not isinstance(req["messages"] or [], list):
-                return await self._send(http, 400, error_body(400, "messages must be a list"))
+                return await self._send(http, 400, invalid_body("messages", "messages must be a list"))
             ids = self.tok.chat_ids(req.get("messages") or [], bool(req.get("add_generation_prompt", True)))
         elif "prompt" in req:
             ids = self.tok.ids(str(req.get("prompt") or ""), bool(req.get("add_special_tokens", True)))
         else:
-            return await self._send(http, 400, error_body(400, "either prompt or messages is required"))
+            return await self._send(http, 400, invalid_body("prompt", "either prompt or messages is required"))
         return await self._send(http, 200, {"count": len(ids), "max_model_len": mml, "tokens": ids,
                                               "token_strs": None})
 
     # ------------------------------------------------------------ generation
-    def _prompt_tokens(self, chat: bool, req: dict) -> int | str:
+    def _prompt_tokens(self, chat: bool, req: dict) -> int | dict:
+        """The prompt's tokens, or the error body vLLM answers the request with."""
         if chat:
             msgs = req.get("messages")
-            if not isinstance(msgs, list) or not msgs:
-                return "messages must be a non-empty list"
+            if not isinstance(msgs, list):
+                return invalid_body("messages", "messages must be a list")
+            if not msgs:
+                return error_body(400, "Cannot apply chat template to an empty conversation. Provide at least "
+                                       "one message.")
             return self.tok.chat_count(msgs)
         p = req.get("prompt")
         if isinstance(p, list):
@@ -132,36 +139,41 @@ class TwinServer(Server):
             if len(p) == 1 and isinstance(p[0], str):
                 p = p[0]
             else:
-                return "the twin serves one prompt per request"
+                return error_body(400, "the twin serves one prompt per request", param="prompt")
         if not isinstance(p, str):
-            return "prompt must be a string"
+            return invalid_body("prompt", "prompt must be a string")
         return self.tok.count(p, add_special=True)
 
     async def _generate(self, chat: bool, req: dict, http) -> bool:
         wall_in = monotonic()
         mml = self.profile.engine.max_model_len
         pt = self._prompt_tokens(chat, req)
-        if isinstance(pt, str):
-            return await self._send(http, 400, error_body(400, pt))
-        mt = req.get("max_completion_tokens") if chat else None
-        if mt is None:
-            mt = req.get("max_tokens")
+        if isinstance(pt, dict):
+            return await self._send(http, 400, pt)
+        name = "max_completion_tokens" if chat and req.get("max_completion_tokens") is not None else "max_tokens"
+        mt = req.get(name)
         if mt is None:
             mt = mml - pt
         # an integer, or a float that is one (JSON's 1e400 parses as inf, 2.5 is no token count)
         if isinstance(mt, bool) or not (isinstance(mt, int) or isinstance(mt, float) and mt.is_integer()):
-            return await self._send(http, 400, error_body(400, "max_tokens must be an integer"))
+            return await self._send(http, 400, invalid_body(name, f"{name} must be an integer"))
         mt = int(mt)
-        if mt < 1 or refused_for_length(pt, mt, mml, self.profile.engine.clamp_max_tokens):
-            msg = (f"This model's maximum context length is {mml} tokens. However, you requested {pt + mt} tokens "
-                   f"({pt} in the messages, {mt} in the completion). Please reduce the length of the messages "
-                   f"or completion." if mt >= 1 else "max_tokens must be at least 1")
-            self.stats.rejected += 1
-            return await self._send(http, 400, error_body(400, msg))
+        clamp = self.profile.engine.clamp_max_tokens
+        if mt < 1:  # SamplingParams' check, as vLLM words it
+            return await self._send(http, 400, error_body(
+                400, f"max_tokens must be at least 1, got {mt}. (parameter=max_tokens, value={mt})", param="max_tokens"))
+        if clamp and mt > mml:  # vLLM >= 0.32's TokenizeParams
+            return await self._send(http, 400, error_body(
+                400, f"{name}={mt} cannot be greater than max_model_len={mml}. Please request fewer output tokens. "
+                     f"(parameter={name}, value={mt})", param=name))
+        if refused_for_length(pt, mt, mml, clamp):
+            return await self._send(http, 400, error_body(
+                400, f"This model's maximum context length is {mml} tokens. However, you requested {pt + mt} tokens "
+                     f"({pt} in the messages, {mt} in the completion). Please reduce the length of the messages or "
+                     f"completion."))
         spec = RequestSpec(prompt_tokens=pt, max_tokens=mt, output_tokens=mt, tag="twin")
         why = self.engine.reject_reason(spec)
         if why is not None:
-            self.stats.rejected += 1
             return await self._send(http, 400, error_body(400, why.removeprefix("HTTP 400: ")))
         stream = bool(req.get("stream"))
         so = req.get("stream_options") or {}
@@ -198,19 +210,31 @@ class TwinServer(Server):
         return await self._send(http, 200, self._full_response(gen))
 
     def _full_response(self, gen: Generation) -> dict:
+        """vLLM 0.32's response body, key for key (its unset fields null)."""
         text = "".join(gen.texts)
         usage = {"prompt_tokens": gen.prompt_tokens, "total_tokens": gen.prompt_tokens + gen.sent,
-                 "completion_tokens": gen.sent, "prompt_tokens_details": None}
+                 "completion_tokens": gen.sent, "prompt_tokens_details": None, "completion_tokens_details": None}
+        top = {"id": gen.rid, "object": "chat.completion" if gen.chat else "text_completion", "created": gen.created,
+               "model": gen.model}
+        done = {"service_tier": None, "system_fingerprint": self.fingerprint, "usage": usage}
+        tail = {"kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
         if gen.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None,
-                                              "tool_calls": [], "reasoning_content": None},
-                      "logprobs": None, "finish_reason": "length", "stop_reason": None}
-            return {"id": gen.rid, "object": "chat.completion", "created": gen.created, "model": gen.model,
-                    "choices": [choice], "usage": usage, "prompt_logprobs": None}
+            message = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "audio": None,
+                       "function_call": None, "reasoning": None}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length",
+                      "stop_reason": None, "token_ids": None, "routed_experts": None}
+            return {**top, "choices": [choice], **done, "prompt_logprobs": None, "prompt_token_ids": None,
+                    "prompt_text": None, **tail}
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "stop_reason": None,
-                  "prompt_logprobs": None}
-        return {"id": gen.rid, "object": "text_completion", "created": gen.created, "model": gen.model,
-                "choices": [choice], "usage": usage}
+                  "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None}
+        return {**top, "choices": [choice], **done, **tail}
+
+    @staticmethod
+    def _permission() -> dict:
+        return {"id": f"modelperm-{uuid.uuid4().hex[:16]}", "object": "model_permission", "created": int(time.time()),
+                "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False, "organization": "*",
+                "group": None, "is_blocking": False}
 
     # ------------------------------------------------------------ delivery (asyncio thread)
     def _deliver(self, batch: list) -> None:
@@ -272,26 +296,35 @@ class TwinServer(Server):
         gen.http.end(self._sse(b"[DONE]"))  # the last chunk and the end of the body in one write
 
     def _stream_chunk(self, gen: Generation, text: str, first: bool, final: bool) -> None:
+        """vLLM 0.32's chunks, key for key: the chat stream opens with a role-only delta; the last chunk (or
+        the usage chunk after it) carries the system fingerprint."""
         if gen.http.gone:
             raise ConnectionError("client gone")
         finish = "length" if final else None
+        fp = {"system_fingerprint": self.fingerprint}
         if gen.chat:
             base = {"id": gen.rid, "object": "chat.completion.chunk", "created": gen.created, "model": gen.model}
             if first:
                 self._event(gen, {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                       "logprobs": None, "finish_reason": None}]})
+                                                       "logprobs": None, "finish_reason": None}],
+                                  "prompt_token_ids": None, "prompt_text": None})
             ch = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": finish}
+            if final:
+                ch["stop_reason"] = None
+            ch["token_ids"] = None
         else:
             base = {"id": gen.rid, "object": "text_completion", "created": gen.created, "model": gen.model}
-            ch = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        if final:
-            ch["stop_reason"] = None
-        self._event(gen, {**base, "choices": [ch]})
+            ch = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None,
+                  "prompt_token_ids": None, "token_ids": None}
+        last = {**base, "choices": [ch]}
+        if final and not gen.include_usage:
+            last |= fp
+        self._event(gen, last)
         if final:
             if gen.include_usage:
                 self._event(gen, {**base, "choices": [], "usage": {
                     "prompt_tokens": gen.prompt_tokens, "total_tokens": gen.prompt_tokens + gen.sent,
-                    "completion_tokens": gen.sent}})
+                    "completion_tokens": gen.sent}, **fp})
             self._end(gen)
             gen.done.set_result(True)
 

@@ -124,7 +124,6 @@ class TwinStats:
     requests: int = 0
     finished: int = 0
     aborted: int = 0
-    rejected: int = 0
     steps: int = 0
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
@@ -292,7 +291,6 @@ class TwinEngine:
         if gen is None:
             return
         if rec.error:
-            st.rejected += 1
             self._out.append((gen, rec.end_time or self.env.now, -1))
             return
         st.finished += 1

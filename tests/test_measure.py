@@ -621,6 +621,7 @@ def test_headers_go_with_every_request_and_ids_with_the_measured(fake, tmp_path)
     assert all(h["x-team"] == "ops" for h in srv.stats.headers)
     assert [h.get("x-request-id") for h in srv.stats.headers[:2]] == [None, None]  # the warmups
     assert sorted(h["x-request-id"] for h in srv.stats.headers[2:]) == ["q-0", "q-1", "q-2"]
+    assert json.loads((d / "run.json").read_text())["request_id_prefix"] == "q-"
     for p in [p for p in d.rglob("*") if p.is_file()]:
         assert key not in p.read_text(), p
     # without a prefix, vllm bench serve's random one

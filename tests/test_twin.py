@@ -117,7 +117,8 @@ def test_completions_stream_and_non_stream(twin):
     assert ev[-2]["choices"][0]["finish_reason"] == "length"
     r = c.post("/v1/completions", json={"model": "x", "prompt": "a b c d", "max_tokens": 4}).json()
     assert r["object"] == "text_completion" and r["usage"] == {"prompt_tokens": 5, "completion_tokens": 4,
-                                                               "total_tokens": 9, "prompt_tokens_details": None}
+                                                               "total_tokens": 9, "prompt_tokens_details": None,
+                                                               "completion_tokens_details": None}
     assert len(r["choices"][0]["text"].split()) == 4 and r["choices"][0]["finish_reason"] == "length"
     r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
                                              "max_completion_tokens": 2, "max_tokens": 9}).json()

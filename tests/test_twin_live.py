@@ -1,0 +1,144 @@
+"""The twin answers as vLLM answers: the same requests to the real vLLM CPU server (gemma3-dummy, started
+by the session's fixture) and to a twin of the same max_model_len and length rule, compared answer by
+answer: status codes, every key of every JSON body and SSE event (values where they are the API's, not
+the model's: objects, finish reasons, error types and parameters, the length errors' texts), and the
+/metrics names the twin exports. Texts, ids, token counts and times are the model's and differ."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from measure.twin import TwinServer
+from tests.live_server import vllm_server  # noqa: F401  (the session-scoped server)
+from tests.test_twin import twin_profile
+
+pytestmark = pytest.mark.live
+
+M = "gemma3-dummy"
+MSGS = [{"role": "user", "content": "hello there"}]
+
+
+def skeleton(v):
+    """A JSON value's shape: dicts by key, lists of objects item by item, other lists by the kinds they
+    hold (a list of token ids is as long as the model's tokens), other values by JSON kind."""
+    if isinstance(v, dict):
+        return {k: skeleton(x) for k, x in v.items()}
+    if isinstance(v, list):
+        items = [skeleton(x) for x in v]
+        return items if any(isinstance(x, dict) for x in v) else sorted(set(map(str, items)))
+    if isinstance(v, bool) or v is None:
+        return v if v is None else "bool"
+    return "number" if isinstance(v, (int, float)) else type(v).__name__
+
+
+@pytest.fixture(scope="module")
+def pair(vllm_server):  # noqa: F811
+    mml = httpx.get(vllm_server.url + "/v1/models", timeout=30).json()["data"][0]["max_model_len"]
+    tw = TwinServer(twin_profile(max_model_len=mml, clamp_max_tokens=True), speed=50.0, model=M).start()
+    yield vllm_server.url, tw.url, mml
+    tw.stop()
+
+
+def both(pair, method, path, body=None):
+    out = []
+    for url in pair[:2]:
+        kw = ({"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes)
+              else {"json": body} if body is not None else {})
+        r = httpx.request(method, url + path, timeout=120, **kw)
+        out.append((r.status_code, r.json() if r.content else None))
+    return out
+
+
+OK = [("GET", "/v1/models", None),
+      ("POST", "/tokenize", {"model": M, "prompt": "hello world"}),
+      ("POST", "/tokenize", {"model": M, "messages": MSGS, "add_generation_prompt": True}),
+      ("POST", "/detokenize", {"model": M, "tokens": [5, 6]}),
+      ("POST", "/v1/completions", {"model": M, "prompt": "hello world", "max_tokens": 3}),
+      ("POST", "/v1/completions", {"model": M, "prompt": [5, 6, 7], "max_tokens": 2}),
+      ("POST", "/v1/completions", {"model": M, "prompt": ["hello world"], "max_tokens": 2}),
+      ("POST", "/v1/chat/completions", {"model": M, "messages": MSGS, "max_tokens": 3}),
+      ("POST", "/v1/chat/completions", {"model": M, "messages": MSGS, "max_completion_tokens": 2, "max_tokens": 9})]
+
+
+@pytest.mark.parametrize("method, path, body", OK, ids=[f"{m} {p} {i}" for i, (m, p, _) in enumerate(OK)])
+def test_answers_have_vllms_keys(pair, method, path, body):
+    (s1, theirs), (s2, ours) = both(pair, method, path, body)
+    assert s1 == s2 == 200
+    assert skeleton(ours) == skeleton(theirs), (theirs, ours)
+    if "choices" in theirs:
+        api = [{k: c.get(k) for k in ("index", "finish_reason", "stop_reason", "logprobs")} for c in theirs["choices"]]
+        assert [{k: c.get(k) for k in ("index", "finish_reason", "stop_reason", "logprobs")}
+                for c in ours["choices"]] == api
+        assert (ours["object"], ours["model"]) == (theirs["object"], theirs["model"])
+        assert ours["usage"]["completion_tokens"] == theirs["usage"]["completion_tokens"]
+    if path == "/v1/models":
+        assert ours["data"][0]["max_model_len"] == theirs["data"][0]["max_model_len"]
+
+
+def bad_cases(mml):
+    return [
+        ("/v1/completions", {"model": M, "prompt": "hello", "max_tokens": mml + 5}),  # past max_model_len (>= 0.32)
+        ("/v1/chat/completions", {"model": M, "messages": MSGS, "max_completion_tokens": mml + 1}),
+        ("/v1/completions", {"model": M, "prompt": "hello", "max_tokens": 0}),
+        ("/v1/chat/completions", {"model": M, "messages": MSGS, "max_tokens": 0}),
+        ("/v1/completions", {"model": M, "prompt": 5, "max_tokens": 2}),
+        ("/v1/completions", {"model": M, "prompt": "hello", "max_tokens": 2.5}),
+        ("/v1/chat/completions", {"model": M, "messages": [], "max_tokens": 3}),
+        ("/v1/completions", b"{nope"),
+        ("/v1/completions", b"[1, 2]"),
+        ("/tokenize", {"model": M}),
+        ("/detokenize", {"model": M, "tokens": "x"})]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_refusals_are_vllms(pair, case):
+    """The same status, error type, parameter and code; the texts of the refusals vLLM itself words (the
+    length rule, max_tokens below 1, an empty conversation) word for word. Schema errors are pydantic's
+    listing in vLLM; the twin names the field in a sentence."""
+    path, body = bad_cases(pair[2])[case]
+    (s1, theirs), (s2, ours) = both(pair, "POST", path, body)
+    assert s1 == s2 == 400
+    t, o = theirs["error"], ours["error"]
+    assert (o["type"], o["param"], o["code"], sorted(o)) == (t["type"], t["param"], t["code"], sorted(t)), (t, o)
+    if t["type"] == "BadRequestError":
+        assert o["message"] == t["message"]
+
+
+def test_unknown_routes_and_methods_are_vllms(pair):
+    for method, path in (("GET", "/v1/completions"), ("GET", "/nowhere"), ("GET", "/health"),
+                         ("POST", "/v1/models")):
+        (s1, theirs), (s2, ours) = both(pair, method, path)
+        assert s1 == s2 and ours == theirs, (method, path, theirs, ours)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"prompt": "hello world", "max_tokens": 3, "stream_options": {"include_usage": True}}),
+    ("/v1/completions", {"prompt": "hello world", "max_tokens": 3}),
+    ("/v1/chat/completions", {"messages": MSGS, "max_tokens": 3, "stream_options": {"include_usage": True}}),
+    ("/v1/chat/completions", {"messages": MSGS, "max_tokens": 3})])
+def test_streams_have_vllms_events(pair, path, body):
+    """Event for event (a token a chunk on both: gemma3-dummy's 3 tokens are 3 chunks): the same keys,
+    the same finish reasons, the usage chunk and the fingerprint where vLLM puts them, then [DONE]."""
+    got = []
+    for url in pair[:2]:
+        with httpx.stream("POST", url + path, json={"model": M, "stream": True, **body}, timeout=120) as r:
+            assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream; charset=utf-8"
+            lines = [x[6:] for x in r.iter_lines() if x.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+        got.append([json.loads(x) for x in lines[:-1]])
+    theirs, ours = got
+    assert [skeleton(e) for e in ours] == [skeleton(e) for e in theirs], (theirs, ours)
+    assert [[c.get("finish_reason") for c in e["choices"]] for e in ours] == \
+        [[c.get("finish_reason") for c in e["choices"]] for e in theirs]
+
+
+def test_the_twins_metrics_are_vllms_names(pair):
+    names = []
+    for url in pair[:2]:
+        text = httpx.get(url + "/metrics", timeout=30).text
+        names.append({x.split("{")[0].split(" ")[0] for x in text.splitlines() if x and not x.startswith("#")})
+    theirs, ours = names
+    ours = {n for n in ours if not n.startswith("capsim:")}  # the scheduler limits vLLM does not export
+    assert ours and ours <= theirs, sorted(ours - theirs)
