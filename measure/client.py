@@ -187,7 +187,7 @@ class Client:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         headers |= extra
-        told = [v for k, v in extra.items() if _SECRET_HEADER.search(k)]
+        told = [x for k, v in extra.items() if _SECRET_HEADER.search(k) for x in (v, v.removeprefix("Bearer "))]
         self._secrets = [s for s in (self.api_key, *(auth or ()), *told) if s]
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
                               keepalive_expiry=600.0)

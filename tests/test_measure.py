@@ -24,7 +24,7 @@ from measure.cli import measure as measure_cli
 from measure.cli import report as report_cli
 from measure.hoststat import cpu_ticks, steal_share
 from measure.session import HELD_UP_S
-from measure.client import public_url, split_url
+from measure.client import Client, public_url, split_url
 from measure.prom import delta, parse_metrics
 from measure.runfiles import format_report, load_run, vllm_bench_result
 from measure.sse import SSEParser
@@ -185,8 +185,6 @@ def test_open_max_concurrency_semaphore(fake):
 
 def hold_up_client(monkeypatch, seconds: float, times: int = 1) -> None:
     """Block the client's event loop for `seconds` in its next `times` sends (a stalled box)."""
-    from measure.client import Client
-
     real, left = Client.stream, [times]
 
     async def stream(self, endpoint, payload, req):
@@ -631,6 +629,10 @@ def test_headers_go_with_every_request_and_ids_with_the_measured(fake, tmp_path)
     ids = [h["x-request-id"] for h in srv.stats.headers[5:]]
     assert len(ids) == 2 and all(re.fullmatch(r"bench-[0-9a-f]{8}-[01]", i) for i in ids)
     assert ids[0][:14] == ids[1][:14]
+    # a header that carries a credential is kept out of messages, with or without its scheme
+    c = Client(srv.url, headers={"Authorization": f"Bearer {key}", "x-team": "ops"})
+    assert c.redact(f"sent Bearer {key} and {key} to ops") == "sent *** and *** to ops"
+    asyncio.run(c.aclose())
 
 
 def test_url_credentials_not_stored(fake, tmp_path):
