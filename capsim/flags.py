@@ -327,8 +327,9 @@ def vllm_serve_options(f):
                      "Requests of the first prompt sent before the measured run, not counted (a simulated "
                      "server is warm already)."),
         _flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
-        click.option("--header", cls=MultiValue, item=click.STRING, sep=None, accept=r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*=.*",
-                     metavar="KEY=VALUE", expose_value=False, callback=_remember,
+        click.option("--header", cls=MultiValue, item=click.STRING, sep=None,
+                     accept=r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*=.*", metavar="KEY=VALUE", expose_value=False,
+                     callback=_remember,
                      help="HTTP headers sent with every request, e.g. x-team=ops (vllm bench serve)."),
         _flag_option("--request-id-prefix", str, _remember,
                      "Measured requests are named PREFIX + their index in an x-request-id header (vllm bench "

@@ -161,7 +161,8 @@ class TwinServer(Server):
         clamp = self.profile.engine.clamp_max_tokens
         if mt < 1:  # SamplingParams' check, as vLLM words it
             return await self._send(http, 400, error_body(
-                400, f"max_tokens must be at least 1, got {mt}. (parameter=max_tokens, value={mt})", param="max_tokens"))
+                400, f"max_tokens must be at least 1, got {mt}. (parameter=max_tokens, value={mt})",
+                param="max_tokens"))
         if clamp and mt > mml:  # vLLM >= 0.32's TokenizeParams
             return await self._send(http, 400, error_body(
                 400, f"{name}={mt} cannot be greater than max_model_len={mml}. Please request fewer output tokens. "

@@ -210,8 +210,8 @@ def test_vllm_bench_serve_line_in_simulate_open(tmp_path):
 def test_the_rest_of_a_vllm_bench_serve_line_in_simulate_open():
     """vllm bench serve's flags beyond the shared ones: --input-len/--output-len are the random lengths'
     general spelling, sampling and warmups change no simulated step (sampling says so), the tokenizer
-    and ready-check flags, headers and request ids are no-ops, the plots are named as not drawn; --ignore-eos contradicts a
-    fraction of each answer."""
+    and ready-check flags, headers and request ids are no-ops, the plots are named as not drawn;
+    --ignore-eos contradicts a fraction of each answer."""
     base = ["simulate", "open", "--num-prompts", "40", "--request-rate", "2", "--seed", "3", "--json"]
     plain = cap([*base, "--random-input-len", "300", "--random-output-len", "20"])
     assert plain.exit_code == 0, plain.output
