@@ -124,7 +124,6 @@ class TwinStats:
     requests: int = 0
     finished: int = 0
     aborted: int = 0
-    steps: int = 0
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
@@ -264,7 +263,6 @@ class TwinEngine:
 
     # ------------------------------------------------------------ engine-thread side
     def _trace(self, d: dict) -> None:
-        self.stats.steps += int(d.get("k", 1))
         # vLLM's gauges as it sets them after each step's outputs: finished requests gone, the next
         # step's admissions not in yet; waiting as the last schedule left it
         self._g_running = d["running"] - len(d.get("admitted") or ())

@@ -512,7 +512,7 @@ def _texts_out(body: dict, keep: bool) -> str:
 
 
 @pytest.mark.parametrize("load", list(BODY_LOADS))
-def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_path, monkeypatch):
+def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_path):
     """The same command line run by vLLM's own `vllm bench serve` and by capsim measure, each against a
     fake server that keeps every body it is sent: the same bodies (keys, values, content parts) under the
     same request ids (x-request-id), with the same headers."""
