@@ -216,12 +216,13 @@ def parse_goodput(pairs: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def parse_metadata(items: Sequence[str]) -> dict[str, str]:
+def parse_metadata(items: Sequence[str], hint: str = "--metadata") -> dict[str, str]:
+    """KEY=VALUE words (--metadata, --header) as a dict, keys and values stripped as vllm bench serve strips them."""
     out = {}
     for item in items:
         k, sep, v = item.partition("=")
         if not sep or not k.strip():
-            raise click.BadParameter(f"{item!r}: give KEY=VALUE", param_hint="--metadata")
+            raise click.BadParameter(f"{item!r}: give KEY=VALUE", param_hint=hint)
         out[k.strip()] = v.strip()
     return out
 
@@ -441,12 +442,7 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
     ctx = ctx or click.get_current_context()
     got = ctx.meta.get("capsim.serve_extras", {})
     sampling = {k: got[k] for k in (n.lstrip("-").replace("-", "_") for n in SAMPLING_FLAGS) if k in got}
-    headers = {}
-    for item in got.get("header") or ():
-        if "=" not in item:  # vllm bench serve's check
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--header")
-        key, value = item.split("=", 1)
-        headers[key.strip()] = value.strip()
+    headers = parse_metadata(got.get("header") or (), "--header")
     return ServeExtras(input_len=got.get("input_len"), output_len=got.get("output_len"),
                        ignore_eos=bool(got.get("ignore_eos")), num_warmups=int(got.get("num_warmups") or 0),
                        disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling, headers=headers,
