@@ -21,7 +21,9 @@ differs from the other by up to 15-25% on this 2-core machine (the noise floor, 
 beside every error), a two-run mean by less. A run whose client fell behind its arrival
 schedule is run again; so is a run after which the box's own reference speed is more than
 DRIFT off its speed just after calibration (BoxSpeed); a pair of runs that disagree beyond
-the usual noise gets a third run and the median one counts (RETRIES, DISAGREE below).
+the usual noise gets a third run and the median one counts (RETRIES, DISAGREE below); a
+calibration whose profile puts those reference probes more than CALIBRATION_DRIFT off their
+measure was taken on a slowed box, and the server is calibrated once more.
 TTFT p50 and TPOT p50 are held to 20% as the median over the five loads (as capsim
 validate scores a family) and to twice that per load (see
 test_timing_targets_across_the_five_loads for why). Achieved RPS is held to 10% where
@@ -30,7 +32,8 @@ the chunking and small-KV loads arrive faster than the server serves them) achie
 one over the service time, a timing figure like TPOT.
 Preemptions: within 25%.
 Everything is printed (pytest -s); CAPSIM_LIVE_KEEP=DIR keeps the run folders. The
-module starts four servers and takes 18-24 minutes here; it skips when the vLLM
+module starts four servers and takes 18-24 minutes here (5-6 more with a second
+calibration); it skips when the vLLM
 CPU install is missing (fails instead with CAPSIM_REQUIRE_VLLM=1).
 """
 from __future__ import annotations
@@ -44,7 +47,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibrate.live import LiveLoad, compare_load, live_calibrate, live_validate, measure_load, read_server
+from calibrate.live import (LiveLoad, compare_load, live_calibrate, live_validate, measure_load, predict_live,
+                            read_server)
 from capsim.logs import stderr_lines
 from simulator.load import OpenLoop
 from simulator.sim import simulate_open
@@ -103,6 +107,12 @@ DISAGREE = 1.5
 # is off by more than DRIFT from its first measure (just after calibration) is set aside and
 # run again once the box is back (BoxSpeed).
 DRIFT = 0.2
+# The box can be slowed during the calibration's minutes as well: CI's box once ran the ladder's c2-c16
+# stages 12-17% slower than the prompt stages after them, and the profile fitted to that mix put the
+# reference probe at 92.5 ms against 72.7 measured (+27%; calm calibrations put it within +2 to +12%),
+# and every decode-bound load 20-42% slow. A profile that misses the probes by more than this is set
+# aside and the server calibrated once more (the second one counts whatever its error; both are printed).
+CALIBRATION_DRIFT = 0.2
 PROBE = LiveLoad("box-speed", 128, 32, 2, rate=math.inf, max_concurrency=1, seed=9, endpoint="chat")
 
 
@@ -128,9 +138,16 @@ class BoxSpeed:
     WAITS, WAIT_S = 4, 20.0
 
     def __init__(self, url: str, out: Path):
-        self.url, self.out, self.seen = url, out, []
+        self.url, self.out, self.seen, self.runs = url, out, [], []
         # three: one calm probe is 98-120 ms on this box (a single reference at its edge left 15% of the 20%)
         self.ref = float(np.median([self.tpot() for _ in range(3)]))
+
+    def profile_error(self, profile) -> float:
+        """How far `profile` puts the reference probes' TPOT from their measure (their median, as a
+        fraction): a profile fitted while the box ran at its usual speed predicts them within a few
+        percent, one fitted while it was slowed does not (see CALIBRATION_DRIFT)."""
+        pred = [predict_live(profile, run, PROBE, replications=1)[0]["median_tpot_ms"] for run in self.runs[:3]]
+        return float(np.median(pred)) / self.ref - 1.0
 
     def rebind(self, url: str) -> None:
         """Another server of the same model on the same box: the same reference speed."""
@@ -140,6 +157,7 @@ class BoxSpeed:
         run, _ = measure_load(self.url, PROBE, self.out / f"{len(self.seen):03d}")
         t = summarize_open(run)["median_tpot_ms"]
         self.seen.append(t)
+        self.runs.append(run)
         return t
 
     def check(self, run) -> str | None:
@@ -187,6 +205,15 @@ def roundtrip(tmp_path_factory):
                                        runs=CAL_RUNS)
         timings["calibrate"] = time.monotonic() - t
         box = BoxSpeed(h.url, out / "box-speed")
+        calibrations = [(cal_dir, box.profile_error(prof))]
+        if abs(calibrations[0][1]) > CALIBRATION_DRIFT:
+            print(f"the calibrated profile puts the box's reference TPOT {100 * calibrations[0][1]:+.0f}% off its "
+                  f"measure ({box.ref:.0f} ms): the box was not at its usual speed while calibrating; once more")
+            t = time.monotonic()
+            prof, cal_dir = live_calibrate(h.url, budget_s=CAL_BUDGET, out_dir=out / "calibrate-again", facts=facts,
+                                           runs=CAL_RUNS)
+            timings["calibrate again"] = time.monotonic() - t
+            calibrations.append((cal_dir, box.profile_error(prof)))
         specs = RandomWorkload(**SHAPE).sample(60, seed=0)
         mu = summarize_open(simulate_open(prof, specs, OpenLoop(rate=math.inf)))["request_throughput"]
         loads = [LiveLoad("light", num_prompts=20, rate=0.35 * mu, seed=1, endpoint="chat", **SHAPE),
@@ -217,7 +244,7 @@ def roundtrip(tmp_path_factory):
         finally:
             h.stop()
     timings["total"] = time.monotonic() - t0
-    return {"profile": prof, "cal_dir": cal_dir, "mu": mu, "validation": lv, "limits": limits, "runs": runs,
+    return {"profile": prof, "cal_dir": cal_dir, "calibrations": calibrations, "mu": mu, "validation": lv, "limits": limits, "runs": runs,
             "timings": timings, "out": out, "box": box}
 
 
@@ -280,6 +307,8 @@ def test_report(roundtrip):
     prof = rt["profile"]
     pv = prof.provenance
     say(f"\n=== vLLM round trip (CPU build, gemma3-dummy) ===\ncalibration folder {rt['cal_dir']}")
+    say("the profile's reference TPOT against its measure, by calibration: "
+        + ", ".join(f"{Path(d).name} {100 * e:+.1f}%" for d, e in rt["calibrations"]))
     say(f"fit: median |error| {pv['median_abs_error_pct']:.1f}% over {len(pv['residuals'])} figures; "
           f"combine {prof.step_model.combine}; " + ", ".join(f"{k}={v:.4g}" for k, v in pv["fitted_parameters"].items()))
     say(f"decode factors by batch size: {prof.step_model.decode_factors}")
