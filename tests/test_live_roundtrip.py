@@ -308,7 +308,8 @@ def test_report(roundtrip):
     pv = prof.provenance
     say(f"\n=== vLLM round trip (CPU build, gemma3-dummy) ===\ncalibration folder {rt['cal_dir']}")
     say("the profile's reference TPOT against its measure, by calibration: "
-        + ", ".join(f"{Path(d).name} {100 * e:+.1f}%" for d, e in rt["calibrations"]))
+        + ", ".join(f"{Path(d).name} {100 * e:+.1f}%" for d, e in rt["calibrations"])
+        + f"; the kept calibration's steadiness (its probe again after the grid): {pv['steadiness']}")
     say(f"fit: median |error| {pv['median_abs_error_pct']:.1f}% over {len(pv['residuals'])} figures; "
           f"combine {prof.step_model.combine}; " + ", ".join(f"{k}={v:.4g}" for k, v in pv["fitted_parameters"].items()))
     say(f"decode factors by batch size: {prof.step_model.decode_factors}")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from calibrate.live import (LiveLoad, apply_server_limits, compare_load, load_calibration_runs, measure_load,
+from calibrate.live import (STEADY, LiveLoad, apply_server_limits, compare_load, load_calibration_runs, measure_load,
                             read_server, scale_run)
 from calibrate.priors import prior_profile
 from measure import run_closed, run_open
@@ -410,6 +410,7 @@ def test_twin_round_trip(tmp_path):
     t_cal = time.monotonic() - t0
     say("\n" + "\n".join(out.splitlines()[-6:]))
     prof = Profile.from_json(json.loads((tmp_path / "fit.json").read_text()))
+    assert abs(prof.provenance["steadiness"]["drift_pct"]) < 100 * STEADY  # a twin runs at one speed
     # loads relative to the recovered profile's capacity for the shape
     # (prompts of ~1000 tokens: TTFT is mostly prefill, which the grid pins down best)
     specs = RandomWorkload(1024, 64, 0.5).sample(64, seed=0)
@@ -464,6 +465,12 @@ def test_live_commands_on_a_twin(tmp_path, monkeypatch):
     loads = tmp_path / "loads.json"
     loads.write_text(json.dumps([{"name": "tiny", "input_len": 256, "output_len": 16, "num_prompts": 12,
                                   "rate": 2.0, "seed": 1}]))
+    def slowed_check(url, model, pattern, out_dir, **kw):
+        """The box 25% slower for the probe measured again after the grid: a speed that moved."""
+        run = run_closed(url, model, pattern, out_dir=out_dir, **kw)
+        return scale_run(run, 1.25) if out_dir.name == "probe-again" else run
+
+    monkeypatch.setattr("measure.run_closed", slowed_check)
     with TwinProcess(str(box), speed=10) as tw:
         stall_client(monkeypatch, 0.4, at=0.03)  # the probe's client stalls: that stage is set aside and run again
         r = CliRunner().invoke(main, ["calibrate", "--live", tw.url, "--budget", "40s", "--pp-max", "512", "--tg", "16",
@@ -475,7 +482,12 @@ def test_live_commands_on_a_twin(tmp_path, monkeypatch):
         plan = json.loads((tmp_path / "cal" / "plan.json").read_text())
         assert (tmp_path / "cal" / "set-aside" / "01-probe" / "records.jsonl").is_file()
         assert "01-probe: set aside and run again" in r.output and "set aside once" in plan["stages"][0]["note"]
-        assert sorted(load_calibration_runs(tmp_path / "cal")[2])[0] == "01-probe"  # refit reads the kept run only
+        fitted = sorted(load_calibration_runs(tmp_path / "cal")[2])
+        assert fitted[0] == "01-probe" and "check" not in fitted  # refit reads the kept run only, and no check
+        assert (tmp_path / "cal" / "check" / "probe-again" / "records.jsonl").is_file()
+        assert plan["steadiness"]["drift_pct"] == pytest.approx(-20.0, abs=4.0), plan["steadiness"]
+        assert "decode speed moved -2" in r.output and "calibrate again when it is quiet" in r.output
+        assert f"{plan['steadiness']['drift_pct']:+.1f}%)" in r.output  # the summary's steadiness line
         c2 = next(st for st in plan["stages"] if st["name"] == "c2")
         assert "past the knee" not in c2["note"] and plan["ladder"][:3] == [2, 4, 8], plan["ladder"]
         r = CliRunner().invoke(main, ["validate", "--live", tw.url, "--profile", str(tmp_path / "fit.json"), "--loads", str(loads),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .cli import live_limit_options, run_calibrate_live, run_validate_live
 from .fit import LIVE_API_PARAMS, LIVE_FIT_PARAMS, fit_live, load_calibration_runs, refit
-from .ladder import MIN_RUNGS, Stage, live_calibrate, parse_budget, predict_seconds, prompt_sizes, rough_profile
+from .ladder import (MIN_RUNGS, STEADY, Stage, live_calibrate, parse_budget, predict_seconds, prompt_sizes, rough_profile,
+                     steadiness)
 from .loads import LiveLoad, load_loads, seed_loads, single_request_seconds
 from .messages import LiveError
 from .replay import replay_specs, simulate_replay
@@ -26,6 +27,7 @@ __all__ = [
     "scale_run", "closed_run_from_result", "measured_prompt_scale", "until_free",
     # the calibration ladder and the live fit
     "live_calibrate", "parse_budget", "Stage", "rough_profile", "predict_seconds", "prompt_sizes", "MIN_RUNGS",
+    "steadiness", "STEADY",
     "fit_live", "refit", "load_calibration_runs", "LIVE_FIT_PARAMS", "LIVE_API_PARAMS",
     # live validation
     "LiveLoad", "seed_loads", "load_loads", "single_request_seconds", "replay_specs", "simulate_replay",

@@ -87,7 +87,8 @@ def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json,
     if as_json:
         click.echo(json.dumps({"profile": out_path or str(d / "profile.json"), "run_dir": str(d),
                                "fitted": pv["fitted_parameters"], "median_abs_error_pct": pv["median_abs_error_pct"],
-                               "engine_limits_origin": pv["engine_limits_origin"], "residuals": pv["residuals"]},
+                               "engine_limits_origin": pv["engine_limits_origin"], "steadiness": pv["steadiness"],
+                               "residuals": pv["residuals"]},
                               indent=2, default=str))
         return prof, d
     click.echo(f"{'run':<22} {'shape':<26} {'metric':<20} {'measured':>10} {'simulated':>10} {'error':>8}")
@@ -95,6 +96,9 @@ def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json,
         click.echo(f"{r['test']:<22} {r['shape']:<26} {r['metric']:<20} {r['measured']:>10.2f} {r['simulated']:>10.2f} "
                    f"{r['error_pct']:>+7.1f}%")
     click.echo(f"\nmedian |error| {pv['median_abs_error_pct']:.1f}% over {len(pv['residuals'])} figures")
+    st = pv["steadiness"]
+    click.echo(f"box steadiness: single-user decode {st['start_tok_s']:.3g} tok/s at the start, "
+               f"{st['end_tok_s']:.3g} at the end ({st['drift_pct']:+.1f}%)")
     for k, v in pv["engine_limits_origin"].items():
         click.echo(f"{k}: {v}")
     click.echo("fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in pv["fitted_parameters"].items()))

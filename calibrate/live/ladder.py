@@ -121,6 +121,21 @@ def _decode_tps(run: RunResult, c: int | None = None) -> dict[tuple, float]:
             if "tg_req_throughput" in r.metrics and (c is None or r.concurrency == c)}
 
 
+# The probe measured again after the grid: a box whose single-user decode speed moved by more than
+# this between the two ran another job for part of the grid, and the profile fits neither speed. On a
+# calm box the second reads a few % faster (a server just started warms up over its first stage: the
+# CPU server's 12.73 then 13.69 tok/s, +7.6%); one CI calibration whose first stages ran slow measured
+# its probe at 10.70 tok/s where calm probes read 12.1-13.7 after it (+13% to +28%).
+STEADY = 0.15
+
+
+def steadiness(first: RunResult, again: RunResult) -> dict:
+    """The single-user decode speed (llama-benchy's tg per request) of the grid's probe and of the
+    same test measured again after the grid, and how far the second moved from the first."""
+    a, b = (float(np.mean(list(_decode_tps(r, 1).values()))) for r in (first, again))
+    return {"start_tok_s": a, "end_tok_s": b, "drift_pct": 100.0 * (b / a - 1.0)}
+
+
 def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 600.0, out_dir=None,
                    limits: dict | None = None, *, clock_scale: float = 1.0, endpoint: str = "chat", tg: int | None = None,
                    pp_max: int | None = None, runs: int = 1, falloff: float = 0.5, max_nfev: int = 150,
@@ -176,7 +191,8 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     # 1. probe: single user, small prompt, with a warmup batch
     p0 = min(128, max(16, facts.max_model_len // 8))
     tg_probe = min(tg_, 16)
-    probe = run_stage(Stage("probe", [(p0, tg_probe, 0, 1)], predicted_s=math.nan), warmup=True)
+    probe_combos = [(p0, tg_probe, 0, 1)]
+    probe = run_stage(Stage("probe", probe_combos, predicted_s=math.nan), warmup=True)
     row = summarize_closed(probe)[0].metrics
     decode_s = 1.0 / row["tg_req_throughput"][0]
     latency_s = float(probe.closed_loop.latency_s or 0.0)
@@ -241,7 +257,17 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
                     break
                 run_stage(Stage(f"c{cc}-pp{p}", combos, est))
 
-    # 5. fit
+    # 5. the probe once more, kept apart from the fit (OUT/check/): the box's speed at the end of
+    #    the grid against its start
+    again = _measure_closed(url, facts.model, probe_combos, out / "check" / "probe-again", clock_scale, endpoint,
+                            api_key, runs=runs)
+    steady = steadiness(probe, again)
+    if abs(steady["drift_pct"]) > 100 * STEADY:
+        log.warning(f"  the box's single-user decode speed moved {steady['drift_pct']:+.0f}% during calibration "
+                    f"({steady['start_tok_s']:.3g} tok/s at the start, {steady['end_tok_s']:.3g} at the end): "
+                    f"something else ran on it, and the profile fits neither speed; calibrate again when it is quiet")
+
+    # 6. fit
     runs_c = [closed_run_from_result(r, facts, source=str(out / f), test=f) for r, f in zip(measured, folders)]
     scale = measured_prompt_scale(measured)
     log.info(f"  fitting on {sum(len(r.rows) for r in runs_c)} measured tests ({time.monotonic() - t_begin:.0f} s so far)")
@@ -252,11 +278,13 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     prof.provenance["clock_scale"] = clock_scale
     prof.provenance["run_dir"] = str(out)
     prof.provenance["wall_s"] = time.monotonic() - t_begin
+    prof.provenance["steadiness"] = steady
     prof.save(out / "profile.json")
     (out / "plan.json").write_text(json.dumps({"budget_s": budget, "wall_s": time.monotonic() - t_begin,
                                                "clock_scale": clock_scale,
                                                "tg": tg_, "prompt_sizes": pps, "ladder": ladder,
-                                               "stages": [s.to_json() for s in stages]}, indent=2) + "\n")
+                                               "stages": [s.to_json() for s in stages], "steadiness": steady},
+                                              indent=2) + "\n")
     (out / "fit.json").write_text(json.dumps({"seconds": fr.seconds, "evaluations": fr.evaluations,
                                               "prompt_scale": fr.prompt_scale, "origin": fr.origin,
                                               "fitted": prof.provenance["fitted_parameters"],
