@@ -335,6 +335,10 @@ def vllm_serve_options(f):
         _flag_option("--request-id-prefix", str, _remember,
                      "Measured requests are named PREFIX + their index in an x-request-id header (vllm bench "
                      "serve's default: bench-XXXXXXXX-, random)."),
+        _flag_option("--ready-check-timeout-sec", int, _remember,
+                     "Wait up to this many seconds for a server that does not answer yet (still starting), "
+                     "asking every 5 s; 0 or less: no wait [capsim default: 0, its first error is the "
+                     "command's; vllm bench serve's: 600]."),
         *(_flag_option(n, t, _remember, "Sampling, sent in every request as vllm bench serve does (a "
                                          "simulated step takes as long whatever the sampling)." if n == "--temperature"
                        else None) for n, t in SAMPLING_FLAGS.items()),
@@ -354,8 +358,7 @@ SAMPLING_FLAGS = {"--temperature": float, "--top-p": float, "--top-k": int, "--m
 # Flags that change nothing capsim measures or simulates: prompt lengths come from the server's /tokenize
 # (measure) or the profile (simulate), and capsim checks the server before sending anything.
 NO_OP_FLAGS = {"--trust-remote-code": None, "--skip-tokenizer-init": None, "--skip-chat-template": None,
-               "--tokenizer-mode": str, "--ready-check-timeout-sec": int,
-               "--chat-template-kwargs": str}  # client-side templates of datasets capsim does not run
+               "--tokenizer-mode": str, "--chat-template-kwargs": str}  # client-side templates of datasets capsim does not run
 # Flags accepted with a note: what they ask for is not done, and the note says what capsim does instead.
 _NOT_DRAWN = "vllm bench serve's plots are not drawn (capsim report RUN --plot draws a measured run)"
 SERVE_NOTED_FLAGS = {"--plot-timeline": (None, _NOT_DRAWN), "--plot-dataset-stats": (None, _NOT_DRAWN),
@@ -391,6 +394,7 @@ class ServeExtras:
     sampling: dict = dataclasses.field(default_factory=dict)  # --temperature ... as vllm bench serve sends them
     headers: dict = dataclasses.field(default_factory=dict)  # --header KEY=VALUE
     request_id_prefix: str | None = None
+    ready_check_timeout_sec: int = 0  # --ready-check-timeout-sec
 
     def lengths(self, random_input_len: int, random_output_len: int, sharegpt_output_len: int | None):
         """The dataset lengths, --input-len / --output-len over the dataset flags (vllm bench serve's order)."""
@@ -446,7 +450,8 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
     return ServeExtras(input_len=got.get("input_len"), output_len=got.get("output_len"),
                        ignore_eos=bool(got.get("ignore_eos")), num_warmups=int(got.get("num_warmups") or 0),
                        disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling, headers=headers,
-                       request_id_prefix=got.get("request_id_prefix"))
+                       request_id_prefix=got.get("request_id_prefix"),
+                       ready_check_timeout_sec=int(got.get("ready_check_timeout_sec") or 0))
 
 
 def echo_flag_notes(prefix: str, extra: Sequence[str] = (), ctx: click.Context | None = None) -> None:

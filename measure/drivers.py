@@ -136,11 +136,12 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                          grace: float = 10.0, keep_text: bool = False, save_result: str | None = None,
                          save_detailed: bool = False, extra_body: dict | None = None,
                          num_warmups: int = 0, vocab: Vocab | None = None, headers: dict[str, str] | None = None,
-                         request_id_prefix: str | None = None) -> RunResult:
+                         request_id_prefix: str | None = None, ready_s: float = 0.0) -> RunResult:
     """`vocab`: the tokenizer's vocabulary size and special ids (`--tokenizer`), which make random
     prompts vllm bench serve's to the character; without it, ids run over the workload's vocab_size.
     `headers` go with every request (--header); each measured request is named `request_id_prefix` + its
-    index in its x-request-id header (the warmups are not), by default vllm bench serve's `bench-XXXXXXXX-`."""
+    index in its x-request-id header (the warmups are not), by default vllm bench serve's `bench-XXXXXXXX-`.
+    `ready_s`: how long to wait for a server that does not answer yet (--ready-check-timeout-sec)."""
     if not isinstance(pattern, OpenLoop):
         raise MeasureError("run_open needs an OpenLoop pattern")
     if vocab is not None and isinstance(workload, RandomWorkload):  # its offsets run over the vocabulary
@@ -157,7 +158,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
     try:
         S.install_signals()
         connecting = f"connecting to {S.client.public_url}"
-        await S.setup_step(connecting, S.connect())
+        await S.setup_step(connecting, S.connect(ready_s))
         S.stop_setup(connecting)  # no run folder yet: nothing to close
         if isinstance(workload, RandomWorkload):
             S.check_random_fits(workload)  # before the folder exists

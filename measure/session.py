@@ -37,6 +37,7 @@ from .runfiles import RunWriter, run_summary, vllm_bench_result
 UNREACHABLE_AFTER = 3  # consecutive refused connections that end a run
 HELD_UP_S = 0.25  # a send this late, or a loop stall this long: the client was held up (free-running: a few ms)
 HELD_UP_WARNINGS = ("schedule_warning", "client_stall_warning")  # the client, not the server, was slow
+READY_RETRY_S = 5.0  # vllm bench serve's wait between ready checks (benchmarks/lib/ready_checker.py)
 
 # What the drivers tell the user while a run goes (warnings, Ctrl-C, a setup step): one line per record,
 # the text after "capsim measure: ". The command line decides where it goes (measure.cli.stderr_lines);
@@ -138,8 +139,23 @@ class Session:
         self._ticks0: tuple[int, int] | None = None  # /proc/stat when the measured window opened
 
     # ------------------------------------------------------------ setup
-    async def connect(self) -> None:
-        self.model, _entry = await self.client.resolve_model(self.model)
+    async def connect(self, ready_s: float = 0.0) -> None:
+        """The served model and the server's facts. `ready_s` > 0: a server that does not answer yet (still
+        starting, or failing) is asked again every READY_RETRY_S for up to that long, as vllm bench serve's
+        --ready-check-timeout-sec waits for it; 0: its first error is the command's."""
+        deadline = time.monotonic() + ready_s
+        while True:
+            try:
+                self.model, _entry = await self.client.resolve_model(self.model)
+                break
+            except MeasureError as e:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if ready_s > 0:
+                        raise MeasureError(f"not ready within --ready-check-timeout-sec {ready_s:g}: {e}") from None
+                    raise
+                log.info("not ready (%s); asking again, %.0f s left", e, left)
+                await asyncio.sleep(min(READY_RETRY_S, left))
         server = await self.client.server_info()
         mml = _entry.get("max_model_len")
         if mml is not None:

@@ -489,6 +489,46 @@ def test_cli_connection_refused(tmp_path):
     assert err == [f"Error: cannot connect to http://127.0.0.1:{port}: connection refused"]
 
 
+def test_ready_check_waits_for_a_server_still_starting(tmp_path, monkeypatch):
+    """--ready-check-timeout-sec N: a server not listening yet is asked again until it answers (vllm bench
+    serve's wait for a starting server), each wait told; one that never answers is an error after N s."""
+    from measure.fakeserver import FakeConfig, FakeServer
+    monkeypatch.setattr("measure.session.READY_RETRY_S", 0.2)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))  # refuses connects until the server starts on it
+    port, started = holder.getsockname()[1], []
+
+    def start_late():
+        time.sleep(1.0)
+        holder.close()
+        started.append(FakeServer(FakeConfig(), port=port).start())
+
+    th = threading.Thread(target=start_late)
+    t0 = time.monotonic()
+    th.start()
+    try:
+        res = invoke(["open", f"http://127.0.0.1:{port}", "--random-input-len", "16", "--random-output-len", "4",
+                      "--num-prompts", "3", "--ready-check-timeout-sec", "60", "--no-progress", "-o",
+                      str(tmp_path / "r")])
+    finally:
+        th.join()
+        for srv in started:
+            srv.stop()
+    assert res.exit_code == 0, res.output
+    assert time.monotonic() - t0 >= 1.0 and len(load_run(tmp_path / "r").records) == 3
+    assert f"capsim measure: not ready (cannot connect to http://127.0.0.1:{port}: connection refused); " \
+           "asking again" in res.stderr
+    with refused_port() as port:
+        t0 = time.monotonic()
+        res = invoke(["open", f"http://127.0.0.1:{port}", "--num-prompts", "3", "--ready-check-timeout-sec", "1",
+                      "--no-progress", "-o", str(tmp_path / "never")])
+        waited = time.monotonic() - t0
+    assert res.exit_code == 1 and 1.0 <= waited < 10.0
+    assert res.stderr.strip().splitlines()[-1] == (f"Error: not ready within --ready-check-timeout-sec 1: cannot "
+                                                   f"connect to http://127.0.0.1:{port}: connection refused")
+    assert not (tmp_path / "never").exists()
+
+
 # ---------------------------------------------------------------- faults
 
 def _fault_run(fake, tmp_path, n=8, extra=(), **cfg):
