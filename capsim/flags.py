@@ -358,7 +358,8 @@ SAMPLING_FLAGS = {"--temperature": float, "--top-p": float, "--top-k": int, "--m
 # Flags that change nothing capsim measures or simulates: prompt lengths come from the server's /tokenize
 # (measure) or the profile (simulate), and capsim checks the server before sending anything.
 NO_OP_FLAGS = {"--trust-remote-code": None, "--skip-tokenizer-init": None, "--skip-chat-template": None,
-               "--tokenizer-mode": str, "--chat-template-kwargs": str}  # client-side templates of datasets capsim does not run
+               "--tokenizer-mode": str,
+               "--chat-template-kwargs": str}  # client-side templates of datasets capsim does not run
 # Flags accepted with a note: what they ask for is not done, and the note says what capsim does instead.
 _NOT_DRAWN = "vllm bench serve's plots are not drawn (capsim report RUN --plot draws a measured run)"
 SERVE_NOTED_FLAGS = {"--plot-timeline": (None, _NOT_DRAWN), "--plot-dataset-stats": (None, _NOT_DRAWN),

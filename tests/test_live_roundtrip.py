@@ -32,9 +32,9 @@ the chunking and small-KV loads arrive faster than the server serves them) achie
 one over the service time, a timing figure like TPOT.
 Preemptions: within 25%.
 Everything is printed (pytest -s); CAPSIM_LIVE_KEEP=DIR keeps the run folders. The
-module starts four servers and takes 18-24 minutes here (5-6 more with a second
-calibration); it skips when the vLLM
-CPU install is missing (fails instead with CAPSIM_REQUIRE_VLLM=1).
+module starts four servers and takes 16-24 minutes here (5-6 more with a second
+calibration); it skips when the vLLM CPU install is missing (fails instead with
+CAPSIM_REQUIRE_VLLM=1).
 """
 from __future__ import annotations
 
@@ -244,8 +244,8 @@ def roundtrip(tmp_path_factory):
         finally:
             h.stop()
     timings["total"] = time.monotonic() - t0
-    return {"profile": prof, "cal_dir": cal_dir, "calibrations": calibrations, "mu": mu, "validation": lv, "limits": limits, "runs": runs,
-            "timings": timings, "out": out, "box": box}
+    return {"profile": prof, "cal_dir": cal_dir, "calibrations": calibrations, "mu": mu, "validation": lv,
+            "limits": limits, "runs": runs, "timings": timings, "out": out, "box": box}
 
 
 def _run_load(url, profile, load, d, box: BoxSpeed):

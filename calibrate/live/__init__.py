@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from .cli import live_limit_options, run_calibrate_live, run_validate_live
 from .fit import LIVE_API_PARAMS, LIVE_FIT_PARAMS, fit_live, load_calibration_runs, refit
-from .ladder import (MIN_RUNGS, STEADY, Stage, live_calibrate, parse_budget, predict_seconds, prompt_sizes, rough_profile,
-                     steadiness)
+from .ladder import (MIN_RUNGS, STEADY, Stage, live_calibrate, parse_budget, predict_seconds, prompt_sizes,
+                     rough_profile, steadiness)
 from .loads import LiveLoad, load_loads, seed_loads, single_request_seconds
 from .messages import LiveError
 from .replay import replay_specs, simulate_replay
