@@ -131,7 +131,7 @@ class TwinServer(Server):
             if not msgs:
                 return error_body(400, "Cannot apply chat template to an empty conversation. Provide at least "
                                        "one message.")
-            return self.tok.chat_count(msgs)
+            return self._text_tokens(self.tok.chat_count(msgs))
         p = req.get("prompt")
         if isinstance(p, list):
             if p and all(isinstance(x, int) for x in p):
@@ -142,7 +142,13 @@ class TwinServer(Server):
                 return error_body(400, "the twin serves one prompt per request", param="prompt")
         if not isinstance(p, str):
             return invalid_body("prompt", "prompt must be a string")
-        return self.tok.count(p, add_special=True)
+        return self._text_tokens(self.tok.count(p, add_special=True))
+
+    def _text_tokens(self, n: int) -> int:
+        """A text prompt's count as vLLM >= 0.32 takes it: its tokenizer stops at max_model_len + 1
+        (TokenizeParams.get_encode_kwargs), enough to refuse it."""
+        L = self.profile.engine
+        return min(n, L.max_model_len + 1) if L.clamp_max_tokens else n
 
     async def _generate(self, chat: bool, req: dict, http) -> bool:
         wall_in = monotonic()
@@ -159,14 +165,25 @@ class TwinServer(Server):
             return await self._send(http, 400, invalid_body(name, f"{name} must be an integer"))
         mt = int(mt)
         clamp = self.profile.engine.clamp_max_tokens
-        if mt < 1:  # SamplingParams' check, as vLLM words it
-            return await self._send(http, 400, error_body(
-                400, f"max_tokens must be at least 1, got {mt}. (parameter=max_tokens, value={mt})",
-                param="max_tokens"))
-        if clamp and mt > mml:  # vLLM >= 0.32's TokenizeParams
+        # vLLM >= 0.32 checks in this order: max_tokens against max_model_len (TokenizeParams), the prompt's
+        # tokens (the renderer: a text prompt is tokenized to at most max_model_len + 1, and that count is
+        # "at least"), then max_tokens cut to the context left (SamplingParams: a prompt that fills the
+        # context leaves 0)
+        if clamp and mt > mml:
             return await self._send(http, 400, error_body(
                 400, f"{name}={mt} cannot be greater than max_model_len={mml}. Please request fewer output tokens. "
                      f"(parameter={name}, value={mt})", param=name))
+        if clamp and pt > mml:
+            return await self._send(http, 400, error_body(
+                400, f"This model's maximum context length is {mml} tokens. However, your prompt contains "
+                     f"{'at least ' if pt == mml + 1 else ''}{pt} input tokens, which exceeds this limit even without "
+                     f"any output tokens. Please reduce the length of the input prompt. (parameter=input_tokens, "
+                     f"value={pt})", param="input_tokens"))
+        left = min(mt, mml - pt) if clamp else mt
+        if left < 1:
+            return await self._send(http, 400, error_body(
+                400, f"max_tokens must be at least 1, got {left}. (parameter=max_tokens, value={left})",
+                param="max_tokens"))
         if refused_for_length(pt, mt, mml, clamp):
             return await self._send(http, 400, error_body(
                 400, f"This model's maximum context length is {mml} tokens. However, you requested {pt + mt} tokens "

@@ -89,10 +89,16 @@ def bad_cases(mml):
         ("/v1/completions", b"{nope"),
         ("/v1/completions", b"[1, 2]"),
         ("/tokenize", {"model": M}),
-        ("/detokenize", {"model": M, "tokens": "x"})]
+        ("/detokenize", {"model": M, "tokens": "x"}),
+        # prompts past max_model_len (>= 0.32: the prompt's own check), one that fills it (0 tokens left)
+        ("/v1/completions", {"model": M, "prompt": [5] * (mml + 3), "max_tokens": 2}),
+        ("/v1/completions", {"model": M, "prompt": [5] * (mml + 1), "max_tokens": 2}),
+        ("/v1/completions", {"model": M, "prompt": [5] * mml, "max_tokens": 2}),
+        ("/v1/completions", {"model": M, "prompt": "hello " * (mml + 50), "max_tokens": 2}),
+        ("/v1/chat/completions", {"model": M, "messages": [{"role": "user", "content": "hello " * (mml + 50)}]})]
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(len(bad_cases(0))))
 def test_refusals_are_vllms(pair, case):
     """The same status, error type, parameter and code; the texts of the refusals vLLM itself words (the
     length rule, max_tokens below 1, an empty conversation) word for word. Schema errors are pydantic's
