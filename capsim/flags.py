@@ -356,10 +356,10 @@ def vllm_serve_options(f):
 SAMPLING_FLAGS = {"--temperature": float, "--top-p": float, "--top-k": int, "--min-p": float,
                   "--frequency-penalty": float, "--presence-penalty": float, "--repetition-penalty": float}
 # Flags that change nothing capsim measures or simulates: prompt lengths come from the server's /tokenize
-# (measure) or the profile (simulate), and capsim checks the server before sending anything.
+# (measure) or the profile (simulate); --chat-template-kwargs is for client-side templates of datasets capsim
+# does not run.
 NO_OP_FLAGS = {"--trust-remote-code": None, "--skip-tokenizer-init": None, "--skip-chat-template": None,
-               "--tokenizer-mode": str,
-               "--chat-template-kwargs": str}  # client-side templates of datasets capsim does not run
+               "--tokenizer-mode": str, "--chat-template-kwargs": str}
 # Flags accepted with a note: what they ask for is not done, and the note says what capsim does instead.
 _NOT_DRAWN = "vllm bench serve's plots are not drawn (capsim report RUN --plot draws a measured run)"
 SERVE_NOTED_FLAGS = {"--plot-timeline": (None, _NOT_DRAWN), "--plot-dataset-stats": (None, _NOT_DRAWN),

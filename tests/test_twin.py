@@ -488,6 +488,7 @@ def test_live_commands_on_a_twin(tmp_path, monkeypatch):
     loads = tmp_path / "loads.json"
     loads.write_text(json.dumps([{"name": "tiny", "input_len": 256, "output_len": 16, "num_prompts": 12,
                                   "rate": 2.0, "seed": 1}]))
+
     def slowed_check(url, model, pattern, out_dir, **kw):
         """The box 25% slower for the probe measured again after the grid: a speed that moved."""
         run = run_closed(url, model, pattern, out_dir=out_dir, **kw)
