@@ -489,8 +489,15 @@ def test_live_commands_on_a_twin(tmp_path, monkeypatch):
     loads.write_text(json.dumps([{"name": "tiny", "input_len": 256, "output_len": 16, "num_prompts": 12,
                                   "rate": 2.0, "seed": 1}]))
 
+    checks = []
+
     def slowed_check(url, model, pattern, out_dir, **kw):
-        """The box 25% slower for the probe measured again after the grid: a speed that moved."""
+        """The box 25% slower for the probe measured again after the grid: a speed that moved. The
+        check's first run has its client held up, as the probe's has."""
+        if out_dir.name == "probe-again":
+            checks.append(out_dir)
+            if len(checks) == 1:
+                stall_client(monkeypatch, 0.4, at=0.03)
         run = run_closed(url, model, pattern, out_dir=out_dir, **kw)
         return scale_run(run, 1.25) if out_dir.name == "probe-again" else run
 
@@ -509,6 +516,10 @@ def test_live_commands_on_a_twin(tmp_path, monkeypatch):
         fitted = sorted(load_calibration_runs(tmp_path / "cal")[2])
         assert fitted[0] == "01-probe" and "check" not in fitted  # refit reads the kept run only, and no check
         assert (tmp_path / "cal" / "check" / "probe-again" / "records.jsonl").is_file()
+        # the check's held-up run is set aside and made again; the drift is the second's
+        assert len(checks) == 2 and "probe-again: set aside and run again" in r.output
+        assert plan["steadiness"]["set_aside"] == str(tmp_path / "cal" / "set-aside" / "probe-again")
+        assert (tmp_path / "cal" / "set-aside" / "probe-again" / "records.jsonl").is_file()
         assert plan["steadiness"]["drift_pct"] == pytest.approx(-20.0, abs=4.0), plan["steadiness"]
         assert (f"decode speed moved {plan['steadiness']['drift_pct']:+.0f}% during calibration" in r.output
                 and "calibrate again when it is quiet" in r.output)

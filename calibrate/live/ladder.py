@@ -258,10 +258,15 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
                 run_stage(Stage(f"c{cc}-pp{p}", combos, est))
 
     # 5. the probe once more, kept apart from the fit (OUT/check/): the box's speed at the end of
-    #    the grid against its start
-    again = _measure_closed(url, facts.model, probe_combos, out / "check" / "probe-again", clock_scale, endpoint,
-                            api_key, runs=runs)
+    #    the grid against its start; a held-up client's run is set aside and made again, as a stage's
+    check = out / "check" / "probe-again"
+    again, _, aside = until_free(
+        lambda: (_measure_closed(url, facts.model, probe_combos, check, clock_scale, endpoint, api_key, runs=runs),
+                 None),
+        check, 1, lambda k: out / "set-aside" / check.name, check.name)
     steady = steadiness(probe, again)
+    if aside:
+        steady["set_aside"] = aside[0]["run_dir"]
     if abs(steady["drift_pct"]) > 100 * STEADY:
         log.warning(f"  the box's single-user decode speed moved {steady['drift_pct']:+.0f}% during calibration "
                     f"({steady['start_tok_s']:.3g} tok/s at the start, {steady['end_tok_s']:.3g} at the end): "
