@@ -344,6 +344,9 @@ def vllm_serve_options(f):
                        else None) for n, t in SAMPLING_FLAGS.items()),
         *(_flag_option(n, t) for n, t in NO_OP_FLAGS.items()),
         *(_flag_option(n, t, _note(why)) for n, (t, why) in SERVE_NOTED_FLAGS.items()),
+        *(_flag_option(n, t, _note(OTHER_DATASET.format(ds))) for n, (t, ds) in OTHER_DATASET_FLAGS.items()),
+        _flag_option("--random-batch-size", int, _refuse_unless(1, "batched prompts (vllm bench serve's embeddings "
+                                                                   "benchmark) are not supported: one prompt a request")),
         *(_flag_option(n, t, _refuse(why)) for n, (t, why) in REFUSED_FLAGS.items()),
     ]
     for o in reversed(opts):
@@ -363,7 +366,30 @@ NO_OP_FLAGS = {"--trust-remote-code": None, "--skip-tokenizer-init": None, "--sk
 # Flags accepted with a note: what they ask for is not done, and the note says what capsim does instead.
 _NOT_DRAWN = "vllm bench serve's plots are not drawn (capsim report RUN --plot draws a measured run)"
 SERVE_NOTED_FLAGS = {"--plot-timeline": (None, _NOT_DRAWN), "--plot-dataset-stats": (None, _NOT_DRAWN),
-                     "--timeline-itl-thresholds": (str, _NOT_DRAWN)}
+                     "--timeline-itl-thresholds": (str, _NOT_DRAWN),
+                     "--enable-multimodal-chat": (None, "multimodal chat shapes image and video entries, which "
+                                                        "capsim does not send (text prompts only)")}
+# Flags of vllm bench serve's other datasets (capsim runs random and sharegpt, and refuses any other
+# --dataset-name): vllm bench serve reads each for its own dataset only and takes it unread with any other,
+# so a line that carries one runs, with a note.
+OTHER_DATASET = "only vllm bench serve's {} dataset reads it (capsim runs random and sharegpt): unread, as in vllm bench serve"
+OTHER_DATASET_FLAGS = {
+    "--custom-output-len": (int, "custom"), "--custom-ensure-client-side-data": (None, "custom"),
+    "--spec-bench-output-len": (int, "spec_bench"), "--spec-bench-category": (str, "spec_bench"),
+    **{f"--timed-trace-{k}": (str, "timed trace") for k in ("chunk-hash-size", "sec-multiplier", "label-timestamp",
+                                                            "label-input-length", "label-output-length",
+                                                            "label-hash-ids")},
+    "--blazedit-min-distance": (float, "blazedit"), "--blazedit-max-distance": (float, "blazedit"),
+    "--asr-max-audio-len-sec": (float, "ASR"), "--asr-min-audio-len-sec": (float, "ASR"),
+    "--no-reranker": (None, "random-rerank"),
+    **{f"--random-mm-{k}": (str, "random-mm") for k in ("base-items-per-request", "num-mm-items-range-ratio",
+                                                        "limit-mm-per-prompt", "bucket-config")},
+    **{f"--hf-{k}": (str, "hf") for k in ("subset", "split", "name", "output-len")},
+    "--bfcl-categories": (str, "BFCL"),
+    **{f"--prefix-repetition-{k}": (int, "prefix_repetition") for k in ("prefix-len", "suffix-len", "num-prefixes",
+                                                                         "output-len")},
+    **{f"--speed-bench-{k}": (str, "speed_bench") for k in ("dataset-subset", "output-len", "category")},
+}
 # Flags of loads capsim does not run: refused with the reason, never dropped silently.
 REFUSED_FLAGS = {
     "--no-stream": (None, "TTFT and ITL are read off the stream: capsim sends and simulates streamed requests only"),
@@ -429,6 +455,22 @@ def _refuse(reason: str):
     def cb(ctx, param, value):
         if value is not None and value is not False:
             raise click.UsageError(f"{param.opts[0]}: {reason}")
+        return value
+    return cb
+
+
+def vllm_profiler_option(f):
+    """vllm bench serve's --profile (the server's profiler around the run), refused: `capsim measure open`
+    only, since `capsim simulate open`'s --profile is the box's profile."""
+    return _flag_option("--profile", None, _refuse("capsim measure does not start the server's profiler "
+                                                   "(run it with vllm bench serve)"))(f)
+
+
+def _refuse_unless(default, reason: str):
+    """Refuse the flag with `reason` unless it is given its default (vllm bench serve's, a no-op)."""
+    def cb(ctx, param, value):
+        if value is not None and value != default:
+            raise click.UsageError(f"{param.opts[0]} {value}: {reason}")
         return value
     return cb
 

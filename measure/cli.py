@@ -235,6 +235,7 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--extra-body", default=None, metavar="JSON", help="A JSON object merged into every request body.")
 @flags.vllm_serve_options
+@flags.vllm_profiler_option
 @_with_common
 def open_cmd(url, dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
              dataset_path, sharegpt_output_len, tokenizer, output_fraction, num_prompts, request_rate, burstiness,

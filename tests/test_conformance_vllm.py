@@ -294,6 +294,7 @@ def oracle(sharegpt_path, vocab_folders):
     for name, (reqs, run) in METRIC_RUNS.items():
         jobs[("metrics", name)] = {"kind": "metrics", "outputs": _vllm_outputs(reqs), "dur_s": run.duration,
                                    "percentiles": PERCENTILES, "tokenizer": TOK}
+    jobs[("serve_flags",)] = {"kind": "serve_flags"}
     jobs[("defaults",)] = {"kind": "defaults", "argv": ["--model", "gemma3-dummy"],
                            "keys": ["dataset_name", "random_input_len", "random_output_len", "random_range_ratio",
                                     "random_prefix_len", "num_prompts", "request_rate", "burstiness", "seed",
@@ -588,6 +589,92 @@ def test_cli_defaults_match_vllm_bench_serve(oracle):
         theirs = float(v[k]) if k == "random_range_ratio" else v[k]  # vLLM parses "0.0" in get_samples
         assert kw[k] == theirs, k
     assert float(kw["request_rate"]) == v["request_rate"]
+
+
+# Values for vllm bench serve's options whose default is none or not a word on a command line
+FLAG_SAMPLES = {"--header": "x-team=ops", "--metadata": "tp=1", "--goodput": "ttft:500", "--lora-modules": "a",
+                "--percentile-metrics": "ttft,tpot,itl"}
+
+
+def _parse_vllm_flag(command, flag: dict):
+    """`command`'s reading of one vllm bench serve option (with its default, or a sample value): None, or the
+    click error it raised."""
+    import click
+
+    argv = [flag["opts"][-1]]
+    if flag["takes_value"]:
+        default = flag["default"]
+        word = FLAG_SAMPLES.get(argv[0]) or (default.strip("'") if re.fullmatch(r"'[^']*'|-?[\d.]+|inf", default)
+                                             else "1")
+        argv.append(word)
+    try:
+        command.make_context("open", argv)
+    except click.ClickException as ex:
+        return ex
+    return None
+
+
+def _open_commands():
+    from capsim.cli import main
+    import click
+
+    ctx = click.Context(main)
+    return {"measure": main.get_command(ctx, "measure").get_command(ctx, "open"),
+            "simulate": main.get_command(ctx, "simulate").get_command(ctx, "open")}
+
+
+def test_every_vllm_bench_serve_flag_pastes_in(oracle):
+    """Each option of vllm bench serve's own parser, given its default (or a sample value), is read by
+    `capsim measure open` and `capsim simulate open`, or refused with a line that names it: none is an
+    unknown option. (`-h` aside; simulate's --profile is the box's profile, so vLLM's profiler flag is
+    measure's only.)"""
+    import click
+    from capsim.flags import REFUSED_FLAGS
+
+    refused = set(REFUSED_FLAGS) | {"--profile"}
+    wrong = []
+    for name, command in _open_commands().items():
+        for flag in oracle[("serve_flags",)]:
+            if flag["opts"][-1] == "--help" or (name == "simulate" and flag["opts"] == ["--profile"]):
+                continue
+            err = _parse_vllm_flag(command, flag)
+            if err is not None and (isinstance(err, click.NoSuchOption) or not refused & set(flag["opts"])
+                                    or not err.format_message().startswith(flag["opts"][-1] + ":")):
+                wrong.append((name, flag["opts"], err.format_message()))
+    assert not wrong, wrong
+
+
+def test_the_flag_cases_have_teeth(oracle):
+    """The oracle lists vllm bench serve's options, and an option capsim does not know fails the check."""
+    import click
+
+    flags = oracle[("serve_flags",)]
+    opts = {o for f in flags for o in f["opts"]}
+    assert len(flags) > 90 and {"--random-input-len", "--hf-split", "--profile", "--ready-check-timeout-sec"} <= opts
+    err = _parse_vllm_flag(_open_commands()["measure"], {"opts": ["--no-such-flag"], "takes_value": False})
+    assert isinstance(err, click.NoSuchOption)
+    err = _parse_vllm_flag(_open_commands()["measure"], {"opts": ["--profile"], "takes_value": False})
+    assert err is not None and "profiler" in err.format_message()
+
+
+def test_other_datasets_flags_run_with_a_note():
+    """vllm bench serve's flags of datasets capsim does not run are taken unread, as vllm bench serve takes
+    them with random or sharegpt, and said so once per dataset; --random-batch-size runs at its default 1
+    only (above it, the embeddings benchmark's batched prompts)."""
+    from capsim.cli import main
+
+    base = ["simulate", "open", "--num-prompts", "20", "--request-rate", "2", "--seed", "3", "--json"]
+    plain = CliRunner().invoke(main, base)
+    pasted = CliRunner().invoke(main, [*base, "--hf-split", "train", "--hf-name", "x/y", "--spec-bench-category",
+                                       "qa", "--random-batch-size", "1", "--no-reranker",
+                                       "--random-mm-limit-mm-per-prompt", '{"image": 3}'])
+    assert plain.exit_code == 0 and pasted.exit_code == 0, pasted.output
+    assert json.loads(pasted.stdout) == json.loads(plain.stdout)
+    notes = pasted.stderr.strip().splitlines()
+    assert len(notes) == 4 and notes[0].startswith("note: --hf-split, --hf-name: only vllm bench serve's hf dataset")
+    assert all("(capsim runs random and sharegpt): unread, as in vllm bench serve" in n for n in notes)
+    bad = CliRunner().invoke(main, [*base, "--random-batch-size", "4"])
+    assert bad.exit_code == 2 and "--random-batch-size 4: batched prompts" in bad.stderr
 
 
 # ------------------------------------------------------------------ b2. random prompts, to the character

@@ -139,6 +139,17 @@ def pipeline(job):
     return out
 
 
+def serve_flags(job):
+    """Every option of vllm bench serve's parser: its spellings, whether it takes a value, and its default."""
+    from vllm.benchmarks import serve
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    serve.add_cli_args(parser)
+    return [{"opts": list(a.option_strings), "takes_value": a.nargs != 0, "default": repr(a.default)}
+            for a in parser._actions if a.option_strings]
+
+
 def defaults(job):
     """vllm bench serve's parsed flags (its defaults when argv names only the model)."""
     args = _parse(job["argv"])
@@ -311,7 +322,7 @@ def vocab(job):
     return {"vocab_size": int(tok.vocab_size), "all_special_ids": [int(i) for i in tok.all_special_ids]}
 
 
-KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "metrics": metrics, "engine_flags": engine_flags,
+KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "serve_flags": serve_flags, "metrics": metrics, "engine_flags": engine_flags,
          "context_limit": context_limit, "kv_capacity": kv_capacity,
          "kv_holds": kv_holds, "stream": stream}
 
