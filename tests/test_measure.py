@@ -142,6 +142,8 @@ def test_open_run_records_files_and_summary(fake, tmp_path):
     assert run.client.send_lag_s["max"] == pytest.approx(max(lags), abs=1e-4)
     if cpu_ticks() is not None:  # Linux: the box's steal over the run, a share of its CPU time
         assert 0.0 <= run.client.steal_share <= 1.0
+    # the client's CPU over the measured window (the run's duration)
+    assert run.client.cpu_util == pytest.approx(run.client.cpu_s / run.duration, abs=2e-4)
     assert ("schedule_warning" in run.client.warnings) == (max(lags) > HELD_UP_S)
     assert ("client_stall_warning" in run.client.warnings) == (run.client.loop_lag_s["max"] > HELD_UP_S)
     # files
@@ -162,6 +164,9 @@ def test_open_run_records_files_and_summary(fake, tmp_path):
     samples = read_lines(d / "metrics.jsonl")
     assert samples and all("cache_config" in s for s in samples)
     assert samples[0]["cache_config"]["num_gpu_blocks"] == 1000
+    # the run counts every sample the file holds (before, during, after) and keeps the server's cache facts
+    sm = run.server_metrics
+    assert sm.samples == len(samples) and sm.available and sm.cache_config["num_gpu_blocks"] == 1000
 
 
 def test_open_chat_prompt_counts_include_template(fake):

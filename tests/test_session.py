@@ -4,12 +4,14 @@ tests/test_measure.py (fake servers) and tests/test_measure_live.py (vLLM)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import time
 
 import pytest
 
 from measure.errors import MeasureError
-from measure.session import HELD_UP_S, UNREACHABLE_AFTER, Session, held_up
+from measure.session import HELD_UP_S, UNREACHABLE_AFTER, Session, Stopper, held_up
 from simulator.records import ClientHealth
 from simulator.workload import RandomWorkload
 
@@ -34,6 +36,7 @@ def test_held_up_joins_the_clients_own_warnings_only():
     (1.7, 2.0, 0.85, True),
     (1.6, 2.0, 0.8, False),  # 80% of a core exactly is not past the line
     (0.123456, 0.0, None, False),
+    (1.23456, 2.0, 0.6173, False),  # to 0.1 ms of CPU a second
 ])
 def test_the_clients_cpu(session, cpu_s, wall_s, util, warned):
     c = ClientHealth()
@@ -145,3 +148,76 @@ def test_loop_stalls_are_told_from_the_runs_start(session):
     assert len(c.stalls) == 20 and c.stalls[0] == [1.5, 0.3] and c.stalls[19] == [3.4, 0.319]
     assert (f"held up 25 time(s) for more than {HELD_UP_S:g} s (up to 0.40 s, first 1.5 s into the run)"
             in c.warnings["client_stall_warning"])
+
+
+def test_a_request_cancelled_in_flight_is_recorded_as_interrupted(session, monkeypatch):
+    async def stream(endpoint, body, inf):
+        inf.start_time = 0.0
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(session.client, "stream", stream)
+
+    async def go():
+        task = asyncio.ensure_future(session.send(_Prompt(), 7, 0.0))
+        await asyncio.sleep(0.05)
+        assert session.inflight == 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
+    (rec,) = session.records
+    assert rec.request_id == 7 and rec.error == "interrupted: cancelled while in flight"
+    assert session.inflight == 0 and session.n_fail == 1
+
+
+def test_a_stop_gives_requests_in_flight_the_grace_period(session):
+    """drain: after a stop, in-flight requests have `grace` s to end; one that ends early ends the wait, a
+    second (hard) stop or the period's end cancels the rest."""
+    async def go(grace, hard, ends_after):
+        session.grace = grace
+        session.stopper = Stopper()
+        tasks = [asyncio.ensure_future(asyncio.sleep(t)) for t in ends_after]
+        session.stopper.request("stop asked")
+        if hard:
+            session.stopper.hard.set()
+        t0 = time.monotonic()
+        await session.drain(tasks)
+        return time.monotonic() - t0, [t.cancelled() for t in tasks]
+
+    took, cancelled = asyncio.run(go(5.0, False, [0.2]))
+    assert cancelled == [False] and took < 3.0  # ended within the grace: the wait ends with it
+    took, cancelled = asyncio.run(go(0.3, False, [0.05, 30]))
+    assert cancelled == [False, True] and 0.25 < took < 3.0
+    took, cancelled = asyncio.run(go(5.0, True, [30]))
+    assert cancelled == [True] and took < 3.0
+
+
+def test_a_run_that_fails_is_closed_with_its_reason(tmp_path):
+    s = Session("http://127.0.0.1:9", "m", "chat", None, 5.0, tmp_path / "run", False, False, 4, 0.0, False)
+    try:
+        s.fail(MeasureError("too early"))  # before the folder exists: nothing to close
+        assert not (tmp_path / "run").exists()
+        s.server = {"server": "vllm"}
+        info = s.base_info("open", {"name": "random"}, {"rate": 1.0})
+        assert info["capsim_run"] == 1 and info["status"] == "running" and info["kind"] == "open"
+        info["meta"] = {"model": "m"}
+        s.open_files(info)
+        s.fail(KeyboardInterrupt())
+        got = json.loads((tmp_path / "run" / "run.json").read_text())
+        assert got["status"] == "interrupted" and got["failure"] == "interrupted (KeyboardInterrupt)"
+        assert got["meta"] == {"model": "m", "status": "interrupted", "stop_reason": "interrupted (KeyboardInterrupt)"}
+        s.fail(MeasureError("later"))  # closed already: the first reason stands
+        assert json.loads((tmp_path / "run" / "run.json").read_text())["failure"] == "interrupted (KeyboardInterrupt)"
+        s.info["status"] = "running"
+        s.fail(ValueError("bad value"))
+        got = json.loads((tmp_path / "run" / "run.json").read_text())
+        assert got["status"] == "failed" and got["failure"] == "ValueError: bad value"
+    finally:
+        s.writer.close()
+        asyncio.run(s.client.aclose())
+
+
+def test_a_run_without_a_folder_fails_quietly(session):
+    session.info = {"status": "running"}
+    session.fail(MeasureError("no folder"))  # nothing to write, nothing raised
+    assert session.info == {"status": "running"}
