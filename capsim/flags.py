@@ -345,8 +345,9 @@ def vllm_serve_options(f):
         *(_flag_option(n, t) for n, t in NO_OP_FLAGS.items()),
         *(_flag_option(n, t, _note(why)) for n, (t, why) in SERVE_NOTED_FLAGS.items()),
         *(_flag_option(n, t, _note(OTHER_DATASET.format(ds))) for n, (t, ds) in OTHER_DATASET_FLAGS.items()),
-        _flag_option("--random-batch-size", int, _refuse_unless(1, "batched prompts (vllm bench serve's embeddings "
-                                                                   "benchmark) are not supported: one prompt a request")),
+        _flag_option("--random-batch-size", int,
+                     _refuse_unless(1, "batched prompts (vllm bench serve's embeddings benchmark) are not supported: "
+                                       "one prompt a request")),
         *(_flag_option(n, t, _refuse(why)) for n, (t, why) in REFUSED_FLAGS.items()),
     ]
     for o in reversed(opts):
@@ -372,23 +373,26 @@ SERVE_NOTED_FLAGS = {"--plot-timeline": (None, _NOT_DRAWN), "--plot-dataset-stat
 # Flags of vllm bench serve's other datasets (capsim runs random and sharegpt, and refuses any other
 # --dataset-name): vllm bench serve reads each for its own dataset only and takes it unread with any other,
 # so a line that carries one runs, with a note.
-OTHER_DATASET = "only vllm bench serve's {} dataset reads it (capsim runs random and sharegpt): unread, as in vllm bench serve"
-OTHER_DATASET_FLAGS = {
+OTHER_DATASET = ("only vllm bench serve's {} dataset reads it (capsim runs random and sharegpt): unread, as in "
+                 "vllm bench serve")
+OTHER_DATASET_FLAGS = {  # each with vLLM's type, so that a value vllm bench serve refuses is refused
     "--custom-output-len": (int, "custom"), "--custom-ensure-client-side-data": (None, "custom"),
     "--spec-bench-output-len": (int, "spec_bench"), "--spec-bench-category": (str, "spec_bench"),
-    **{f"--timed-trace-{k}": (str, "timed trace") for k in ("chunk-hash-size", "sec-multiplier", "label-timestamp",
-                                                            "label-input-length", "label-output-length",
-                                                            "label-hash-ids")},
+    "--timed-trace-chunk-hash-size": (int, "timed trace"), "--timed-trace-sec-multiplier": (float, "timed trace"),
+    **{f"--timed-trace-label-{k}": (str, "timed trace") for k in ("timestamp", "input-length", "output-length",
+                                                                  "hash-ids")},
     "--blazedit-min-distance": (float, "blazedit"), "--blazedit-max-distance": (float, "blazedit"),
     "--asr-max-audio-len-sec": (float, "ASR"), "--asr-min-audio-len-sec": (float, "ASR"),
     "--no-reranker": (None, "random-rerank"),
-    **{f"--random-mm-{k}": (str, "random-mm") for k in ("base-items-per-request", "num-mm-items-range-ratio",
-                                                        "limit-mm-per-prompt", "bucket-config")},
-    **{f"--hf-{k}": (str, "hf") for k in ("subset", "split", "name", "output-len")},
+    "--random-mm-base-items-per-request": (int, "random-mm"),
+    "--random-mm-num-mm-items-range-ratio": (float, "random-mm"),
+    "--random-mm-limit-mm-per-prompt": (str, "random-mm"), "--random-mm-bucket-config": (str, "random-mm"),
+    **{f"--hf-{k}": (str, "hf") for k in ("subset", "split", "name")}, "--hf-output-len": (int, "hf"),
     "--bfcl-categories": (str, "BFCL"),
     **{f"--prefix-repetition-{k}": (int, "prefix_repetition") for k in ("prefix-len", "suffix-len", "num-prefixes",
                                                                          "output-len")},
-    **{f"--speed-bench-{k}": (str, "speed_bench") for k in ("dataset-subset", "output-len", "category")},
+    "--speed-bench-dataset-subset": (str, "speed_bench"), "--speed-bench-output-len": (int, "speed_bench"),
+    "--speed-bench-category": (str, "speed_bench"),
 }
 # Flags of loads capsim does not run: refused with the reason, never dropped silently.
 REFUSED_FLAGS = {
