@@ -1,6 +1,7 @@
 """measure/session.py's bookkeeping on its own: the client's health figures and warnings, the length checks
-made before any request, and the counters a finished request moves. The runs that go through them are in
-tests/test_measure.py (fake servers) and tests/test_measure_live.py (vLLM)."""
+made before any request, the counters a finished or cancelled request moves, a stop's grace period and a
+failed run's run.json. The runs that go through them are in tests/test_measure.py (fake servers) and
+tests/test_measure_live.py (vLLM)."""
 from __future__ import annotations
 
 import asyncio
