@@ -32,12 +32,13 @@ import os
 import re
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from calibrate.importers import ImporterError, load_meta
-from capsim.cli import build_open_workload
+from capsim.cli import build_open_workload, main
 from measure.cli import measure as measure_cli
 from measure.prompts import PromptBuilder
 from measure.vocab import read_vocab
@@ -574,7 +575,6 @@ def test_cli_defaults_match_vllm_bench_serve(oracle):
     from capsim.cli import open_workload_options
 
     v = oracle[("defaults",)]
-    import click
 
     @click.command()
     @open_workload_options
@@ -599,8 +599,6 @@ FLAG_SAMPLES = {"--header": "x-team=ops", "--metadata": "tp=1", "--goodput": "tt
 def _parse_vllm_flag(command, flag: dict):
     """`command`'s reading of one vllm bench serve option (with its default, or a sample value): None, or the
     click error it raised."""
-    import click
-
     argv = [flag["opts"][-1]]
     if flag["takes_value"]:
         default = flag["default"]
@@ -615,9 +613,6 @@ def _parse_vllm_flag(command, flag: dict):
 
 
 def _open_commands():
-    from capsim.cli import main
-    import click
-
     ctx = click.Context(main)
     return {"measure": main.get_command(ctx, "measure").get_command(ctx, "open"),
             "simulate": main.get_command(ctx, "simulate").get_command(ctx, "open")}
@@ -628,7 +623,6 @@ def test_every_vllm_bench_serve_flag_pastes_in(oracle):
     `capsim measure open` and `capsim simulate open`, or refused with a line that names it: none is an
     unknown option. (`-h` aside; simulate's --profile is the box's profile, so vLLM's profiler flag is
     measure's only.)"""
-    import click
     from capsim.flags import REFUSED_FLAGS
 
     refused = set(REFUSED_FLAGS) | {"--profile"}
@@ -646,8 +640,6 @@ def test_every_vllm_bench_serve_flag_pastes_in(oracle):
 
 def test_the_flag_cases_have_teeth(oracle):
     """The oracle lists vllm bench serve's options, and an option capsim does not know fails the check."""
-    import click
-
     flags = oracle[("serve_flags",)]
     opts = {o for f in flags for o in f["opts"]}
     assert len(flags) > 90 and {"--random-input-len", "--hf-split", "--profile", "--ready-check-timeout-sec"} <= opts
@@ -661,8 +653,6 @@ def test_other_datasets_flags_run_with_a_note():
     """vllm bench serve's flags of datasets capsim does not run are taken unread, as vllm bench serve takes
     them with random or sharegpt, and said so once per dataset; --random-batch-size runs at its default 1
     only (above it, the embeddings benchmark's batched prompts)."""
-    from capsim.cli import main
-
     base = ["simulate", "open", "--num-prompts", "20", "--request-rate", "2", "--seed", "3", "--json"]
     plain = CliRunner().invoke(main, base)
     pasted = CliRunner().invoke(main, [*base, "--hf-split", "train", "--hf-name", "x/y", "--spec-bench-category",

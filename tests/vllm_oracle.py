@@ -322,8 +322,8 @@ def vocab(job):
     return {"vocab_size": int(tok.vocab_size), "all_special_ids": [int(i) for i in tok.all_special_ids]}
 
 
-KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "serve_flags": serve_flags, "metrics": metrics, "engine_flags": engine_flags,
-         "context_limit": context_limit, "kv_capacity": kv_capacity,
+KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "serve_flags": serve_flags, "metrics": metrics,
+         "engine_flags": engine_flags, "context_limit": context_limit, "kv_capacity": kv_capacity,
          "kv_holds": kv_holds, "stream": stream}
 
 
