@@ -88,13 +88,18 @@ def send_offsets(serve, requests, rate, burstiness):
     return offsets
 
 
-def _parse(argv):
+def _parser():
+    """vllm bench serve's own argument parser."""
     from vllm.benchmarks import serve
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = FlexibleArgumentParser()
     serve.add_cli_args(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def _parse(argv):
+    return _parser().parse_args(argv)
 
 
 def pipeline(job):
@@ -141,13 +146,8 @@ def pipeline(job):
 
 def serve_flags(job):
     """Every option of vllm bench serve's parser: its spellings, whether it takes a value, and its default."""
-    from vllm.benchmarks import serve
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = FlexibleArgumentParser()
-    serve.add_cli_args(parser)
     return [{"opts": list(a.option_strings), "takes_value": a.nargs != 0, "default": repr(a.default)}
-            for a in parser._actions if a.option_strings]
+            for a in _parser()._actions if a.option_strings]
 
 
 def defaults(job):

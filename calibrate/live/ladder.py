@@ -169,17 +169,21 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     def remaining() -> float:
         return budget - (time.monotonic() - t_begin)
 
+    def measure_freely(combos, folder: Path, warmup: bool = False) -> tuple[RunResult, list[dict]]:
+        """`combos` measured into `folder`; a run whose client was held up is made once more, the first
+        moving to OUT/set-aside/, where refit does not read it. Returns (run, the set-aside runs)."""
+        run, _, aside = until_free(
+            lambda: (_measure_closed(url, facts.model, combos, folder, clock_scale, endpoint, api_key, runs=runs,
+                                     warmup=warmup), None),
+            folder, 1, lambda k: out / "set-aside" / folder.name, folder.name)
+        return run, aside
+
     def run_stage(stage: Stage, warmup: bool = False) -> RunResult:
         folder = out / f"{len(stages) + 1:02d}-{stage.name}"
         log.info(f"  {folder.name}: {len(stage.combos)} test(s), predicted {stage.predicted_s:.0f} s "
                  f"({remaining():.0f} s of budget left)")
         t0 = time.monotonic()
-        # a stage whose client was held up is run once more; the first run moves to OUT/set-aside/,
-        # where refit does not read it
-        run, _, aside = until_free(
-            lambda: (_measure_closed(url, facts.model, stage.combos, folder, clock_scale, endpoint, api_key,
-                                     runs=runs, warmup=warmup), None),
-            folder, 1, lambda k: out / "set-aside" / folder.name, folder.name)
+        run, aside = measure_freely(stage.combos, folder, warmup)
         if aside:
             stage.note += f" set aside once: {aside[0]['run_dir']}"
         stage.measured_s = time.monotonic() - t0
@@ -259,11 +263,7 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
 
     # 5. the probe once more, kept apart from the fit (OUT/check/): the box's speed at the end of
     #    the grid against its start; a held-up client's run is set aside and made again, as a stage's
-    check = out / "check" / "probe-again"
-    again, _, aside = until_free(
-        lambda: (_measure_closed(url, facts.model, probe_combos, check, clock_scale, endpoint, api_key, runs=runs),
-                 None),
-        check, 1, lambda k: out / "set-aside" / check.name, check.name)
+    again, aside = measure_freely(probe_combos, out / "check" / "probe-again")
     steady = steadiness(probe, again)
     if aside:
         steady["set_aside"] = aside[0]["run_dir"]
