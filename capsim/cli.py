@@ -131,7 +131,8 @@ def load_edited(profile_path, sets) -> Profile:
     return apply_sets(p, sets) if sets else p
 
 
-@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
+# -h as well: vllm bench serve's and llama-benchy's parsers take it, and subcommands inherit it
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="capsim")
 def main():
     """capsim: how many staff can this LLM box serve, and how will it feel?"""

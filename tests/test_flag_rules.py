@@ -236,3 +236,10 @@ def test_only_temperature_of_the_sampling_flags_shows_in_help():
     out = CliRunner().invoke(main, ["simulate", "open", "--help"]).output
     assert "--temperature" in out and "--top-p" not in out and "--trust-remote-code" not in out
     assert "--input-len" in out
+
+
+@pytest.mark.parametrize("cmd", [[], ["simulate", "open"], ["measure", "closed"], ["calibrate"], ["plan"]])
+def test_dash_h_is_help_as_in_the_tools_parsers(cmd):
+    """vllm bench serve's and llama-benchy's parsers take -h; so does every capsim command."""
+    long, short = (CliRunner().invoke(main, [*cmd, h]) for h in ("--help", "-h"))
+    assert short.exit_code == long.exit_code == 0 and short.output == long.output and "Usage:" in short.output
