@@ -77,12 +77,22 @@ class KVCache:
         return 0.0 if not self.capacity else self.used / self.capacity
 
 
+def layer_groups(counts) -> tuple[int, list[int]]:
+    """How vLLM's get_kv_cache_groups groups a hybrid model's layers (all of one page size), given each
+    attention kind's layer count: G layers a group, the fewest of any kind, or the most where every
+    kind's count is under 1.5x the fewest (the smaller kinds padded: 12 full + 13 sliding layers are one
+    group of each), and ceil(count / G) groups a kind. -> (G, groups of each kind)."""
+    lo, hi = min(counts), max(counts)
+    g = hi if hi < 1.5 * lo else lo
+    return g, [-(-n // g) for n in counts]
+
+
 def hybrid_layout(pool_bytes: float, full_layers: int, full_bytes: float, window_layers: int = 0,
                   window_bytes: float = 0.0, window: int | None = None, base_block: int = 16):
     """(num_blocks, kv_groups) of vLLM's hybrid allocator for a KV pool of `pool_bytes`.
 
     full_bytes / window_bytes: KV bytes per token of one full-attention / sliding-window layer.
-    Layers are grouped in groups of equal size; every page (one block of one group) has the same
+    Layers are grouped as `layer_groups` says; every page (one block of one group) has the same
     size, so each kind's block size is chosen to fill `base_block` tokens of the widest layer
     (Gemma-4-26B-A4B: 1 full group of 32-token blocks + 5 sliding groups of 16, pages of 5 x 64 KiB).
     """
@@ -92,9 +102,9 @@ def hybrid_layout(pool_bytes: float, full_layers: int, full_bytes: float, window
              if n > 0 and b > 0]
     if not kinds or pool_bytes <= 0:
         return None, (KVGroup(base_block),)
-    g = min(n for n, _, _ in kinds)  # layers per group
+    g, counts = layer_groups([n for n, _, _ in kinds])
     page_layer = base_block * max(b for _, b, _ in kinds)
-    groups = tuple(KVGroup(max(1, int(page_layer // b)), max(1, round(n / g)), w) for n, b, w in kinds)
+    groups = tuple(KVGroup(max(1, int(page_layer // b)), c, w) for (_, b, w), c in zip(kinds, counts))
     return max(1, int(pool_bytes // (g * page_layer))), groups
 
 

@@ -36,9 +36,9 @@ def test_the_servers_own_block_count_replaces_the_prior_at_its_block_size():
     assert (plain.engine.num_blocks, plain.engine.kv_groups) == (5000, (KVGroup(32),))
     assert origin["num_blocks"].startswith("measured: 5000 blocks of 32 tokens")
     # a known layout of windowed layers keeps its groups, at the server's block size: Gemma-3-27B's 10 full
-    # and 52 sliding layers (window 1024) of equal bytes, in groups of 10 layers
+    # and 52 sliding layers (window 1024) of equal bytes, in groups of 10 layers (vLLM pads the 52 to 6 groups)
     windowed, _ = prior_profile({"model": "google/gemma-3-27b-it", "num_gpu_blocks": 5000, "block_size": 32}, 20.0)
-    assert windowed.engine.kv_groups == (KVGroup(32, 1, None), KVGroup(32, 5, 1024))
+    assert windowed.engine.kv_groups == (KVGroup(32, 1, None), KVGroup(32, 6, 1024))
     assert windowed.engine.num_blocks == 5000
     # not a count: the prior stands
     assert prior_profile({"model": "Qwen/Qwen3-14B", "num_gpu_blocks": 0}, 8.0)[0].engine.num_blocks is None

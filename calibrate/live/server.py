@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from simulator.kvcache import kv_cache_size_tokens
+from simulator.kvcache import kv_cache_size_tokens, layer_groups
 from simulator.profile import EngineLimits, KVGroup, Profile, clamps_max_tokens
 
 from .messages import LiveError
@@ -80,9 +80,9 @@ def parse_kv_groups(spec: str) -> tuple[KVGroup, ...]:
 def kv_groups_from_hf_config(config: dict | str | Path, block_size: int) -> tuple[KVGroup, ...]:
     """vLLM's KV-cache groups of a hybrid model from its config.json (layer_types, sliding_window).
 
-    Layers of one attention kind share groups of equal size; with G layers per group (the
-    smallest count of any kind), each kind gets count / G groups (Gemma 3 270M: 3 full +
-    15 sliding layers -> 1 full group and 5 sliding-window groups).
+    Layers of one attention kind share groups of equal size, as vLLM groups them
+    (simulator.kvcache.layer_groups): Gemma 3 270M's 3 full + 15 sliding layers make 1 full
+    group and 5 sliding-window groups.
     """
     if not isinstance(config, dict):
         try:
@@ -100,8 +100,8 @@ def kv_groups_from_hf_config(config: dict | str | Path, block_size: int) -> tupl
         return (KVGroup(block_size),)
     if not full:
         return (KVGroup(block_size, 1, int(window)),)
-    g = min(full, sliding)
-    return (KVGroup(block_size, -(-full // g), None), KVGroup(block_size, -(-sliding // g), int(window)))
+    _, (n_full, n_sliding) = layer_groups([full, sliding])
+    return (KVGroup(block_size, n_full, None), KVGroup(block_size, n_sliding, int(window)))
 
 
 def _get(http, path: str):
