@@ -21,7 +21,7 @@ from simulator.profile import Profile, refused_for_length
 from simulator.workload import RequestSpec
 
 from .httpwire import Connection, Server, error_body, invalid_body
-from .twin_engine import Generation, TwinEngine, TwinTokenizer
+from .twin_engine import Generation, TwinEngine, TwinTokenizer, label_text
 
 DEFAULT_MODEL_NAME = "capsim-twin"
 
@@ -200,7 +200,6 @@ class TwinServer(Server):
         done = self._loop.create_future()
         gen = Generation(rid, chat, stream, include_usage, http, pt, self.engine.served_max_tokens(spec), done,
                          str(req.get("model") or self.model))
-        gen.wall_in = wall_in
         if stream:  # chunked: each SSE event is one chunk, written when the engine makes it
             http.start(200, "text/event-stream; charset=utf-8")
         self.engine.submit(gen, spec, wall_in)
@@ -270,7 +269,6 @@ class TwinServer(Server):
                 loop.call_at(when, self._write, items)
 
     def _write(self, items: list) -> None:
-        now = self._loop.time()
         for gen, _t, tokens in items:
             if gen.dead or gen.done.done():
                 continue
@@ -290,7 +288,6 @@ class TwinServer(Server):
             first = gen.sent == 0
             gen.sent += n
             final = gen.sent >= gen.max_tokens
-            gen.last_wall = now
             if not gen.stream:
                 gen.texts.append(text)
                 if final:
@@ -350,7 +347,8 @@ class TwinServer(Server):
     def metrics_text(self) -> str:
         s = self.stats
         g = self.engine.gauges()
-        lab = f'engine="0",model_name="{self.model}"'
+        labels = {"engine": "0", "model_name": self.model}
+        lab = label_text(labels)
         L = self.profile.engine
         kvt = kv_cache_size_tokens(self.profile)
         bs = L.kv_groups[0].block_size
@@ -375,7 +373,7 @@ class TwinServer(Server):
             f"vllm:generation_tokens_total{{{lab}}} {float(s.generation_tokens)}",
             "# HELP vllm:request_success_total Count of successfully processed requests.",
             "# TYPE vllm:request_success_total counter",
-            f'vllm:request_success_total{{{lab},finished_reason="length"}} {float(s.finished)}',
+            f'vllm:request_success_total{{{label_text(labels | {"finished_reason": "length"})}}} {float(s.finished)}',
             "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig",
             "# TYPE vllm:cache_config_info gauge",
             f'vllm:cache_config_info{{block_size="{bs}",cache_dtype="auto",enable_prefix_caching="False",'
@@ -391,7 +389,7 @@ class TwinServer(Server):
                              ("vllm:inter_token_latency_seconds", s.itl, "Histogram of inter-token latency in seconds."),
                              ("vllm:e2e_request_latency_seconds", s.e2e, "Histogram of e2e request latency in seconds."),
                              ("vllm:iteration_tokens_total", s.iteration_tokens, "Histogram of number of tokens per engine_step.")):
-            out += [f"# HELP {name} {doc}", f"# TYPE {name} histogram"] + h.lines(name, lab)
+            out += [f"# HELP {name} {doc}", f"# TYPE {name} histogram"] + h.lines(name, labels)
         return "\n".join(out) + "\n"
 
 

@@ -103,16 +103,25 @@ class Histogram:
         self.sum += v
         self.count += 1
 
-    def lines(self, name: str, labels: str) -> list[str]:
+    def lines(self, name: str, labels: dict[str, str]) -> list[str]:
+        """Its /metrics lines, the labels sorted by name with `le` among them, as prometheus_client writes."""
+        def series(suffix: str, **le) -> str:
+            return f"{name}_{suffix}{{{label_text(labels | le)}}}"
+
         out = []
         acc = 0
         for b, c in zip(self.bounds, self.counts):
             acc += c
-            out.append(f'{name}_bucket{{{labels},le="{float(b)}"}} {float(acc)}')
-        out.append(f'{name}_bucket{{{labels},le="+Inf"}} {float(self.count)}')
-        out.append(f"{name}_count{{{labels}}} {float(self.count)}")
-        out.append(f"{name}_sum{{{labels}}} {self.sum}")
+            out.append(f"{series('bucket', le=str(float(b)))} {float(acc)}")
+        out.append(f"{series('bucket', le='+Inf')} {float(self.count)}")
+        out.append(f"{series('count')} {float(self.count)}")
+        out.append(f"{series('sum')} {self.sum}")
         return out
+
+
+def label_text(labels: dict[str, str]) -> str:
+    """A series' labels as prometheus_client writes them: sorted by name."""
+    return ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
 
 
 @dataclass
@@ -136,7 +145,7 @@ class Generation:
     """A request being generated: owned by the asyncio thread, named by the engine thread."""
 
     __slots__ = ("rid", "chat", "stream", "include_usage", "http", "prompt_tokens", "max_tokens", "sent",
-                 "done", "model", "created", "texts", "dead", "wall_in", "last_wall", "word0", "record")
+                 "done", "model", "created", "texts", "dead", "word0", "record")
 
     def __init__(self, rid, chat, stream, include_usage, http, prompt_tokens, max_tokens, done, model):
         self.rid = rid
@@ -152,8 +161,6 @@ class Generation:
         self.created = int(time.time())
         self.texts: list[str] = []
         self.dead = False
-        self.wall_in = 0.0
-        self.last_wall = None
         self.word0 = zlib.crc32(rid.encode()) % len(_OUT_WORDS)
         self.record: RequestRecord | None = None
 

@@ -19,7 +19,9 @@ Each test puts capsim's code in this venv beside the answer:
 * ShareGPT: `ShareGPTWorkload` with the same tokenizer against ShareGPTDataset: the chosen
   prompts, in order, with their lengths (filter, shuffle, oversampling, fixed output length);
 * metrics: every key of vLLM's result JSON from `calculate_metrics` against
-  `summarize_open` on the same requests, within 1e-9 relative.
+  `summarize_open` on the same requests, within 1e-9 relative;
+* the twin's /metrics histograms: bucket bounds, counts and sums against vLLM's bucket families in the
+  prometheus_client Histogram its stat logger uses.
 
 Without the vLLM venv the tests skip (one line); with CAPSIM_REQUIRE_VLLM=1 (CI) they fail.
 """
@@ -38,11 +40,13 @@ import pytest
 from click.testing import CliRunner
 
 from calibrate.importers import ImporterError, load_meta
+from calibrate.live import kv_groups_from_hf_config
 from capsim.cli import build_open_workload, main
 from measure.cli import measure as measure_cli
 from measure.prompts import PromptBuilder
+from measure.twin_engine import TwinStats
 from measure.vocab import read_vocab
-from simulator.kvcache import KVCache, kv_cache_size_tokens
+from simulator.kvcache import KVCache, hybrid_layout, kv_cache_size_tokens
 from simulator.load import OpenLoop
 from simulator.profile import EngineLimits, KVGroup
 from simulator.records import RequestRecord, RunResult
@@ -309,6 +313,10 @@ def oracle(sharegpt_path, vocab_folders):
         jobs[("kv", case)] = {"kind": "kv_capacity", "model": TOK, "groups": [list(g) for g in groups],
                               "num_blocks": blocks, "max_model_len": mml, "max_num_batched_tokens": budget,
                               "async_scheduling": asyn}
+    for case in KV_GROUP_LAYOUTS:
+        full, sliding, window = case
+        jobs[("kv_groups", case)] = {"kind": "kv_groups", "model": TOK, "layer_types": _layer_types(full, sliding),
+                                     "window": window, "block_size": 16}
     for case in KV_HOLDS:
         bs, window, chunks = case
         jobs[("holds", case)] = {"kind": "kv_holds", "block_size": bs, "window": window, "chunks": list(chunks)}
@@ -318,6 +326,9 @@ def oracle(sharegpt_path, vocab_folders):
     for case, reads in STREAMS.items():
         jobs[("stream", case)] = {"kind": "stream", "endpoint": case[0],
                                   "reads": [r.decode("latin-1") for r in reads]}
+    stats = TwinStats()
+    jobs[("histograms",)] = {"kind": "histograms", "observe": {
+        family: _histogram_values(getattr(stats, attr).bounds) for attr, family in TWIN_HISTOGRAMS.items()}}
     keys = list(jobs)
     answers = oracle_answers("vllm_oracle.py", [jobs[k] for k in keys], env={"HF_HUB_OFFLINE": "1"})
     return dict(zip(keys, answers))
@@ -367,6 +378,39 @@ def test_the_kv_cases_have_teeth(oracle):
     """Async scheduling moves vLLM's figure where a window is in the layout (the in-flight tokens count twice)."""
     a, b = (oracle[("kv", c)]["kv_cache_size_tokens"] for c in KV_CAPACITY[:2])
     assert a > b
+
+
+# (full layers, sliding layers, window): Gemma 3 270M, Gemma-4-26B-A4B, gpt-oss (12 + 12), and counts on each
+# side of vLLM's 1.5x rule (one group a kind where the counts are within 1.5x of each other), one kind alone
+KV_GROUP_LAYOUTS = [(3, 15, 512), (5, 25, 1024), (12, 12, 128), (12, 13, 128), (10, 14, 256), (4, 6, 256),
+                    (20, 30, 4096), (7, 20, 1024), (24, 0, 1024), (0, 10, 1024)]
+
+
+def _layer_types(full: int, sliding: int) -> list[str]:
+    """A config's layer_types: `full` full-attention layers spread evenly among the sliding ones."""
+    n = full + sliding
+    marks = {round((i + 1) * n / full) - 1 for i in range(full)}
+    return ["full_attention" if i in marks else "sliding_attention" for i in range(n)]
+
+
+@pytest.mark.parametrize("case", KV_GROUP_LAYOUTS, ids=lambda c: "%dfull-%dsliding" % c[:2])
+def test_kv_groups_from_a_models_config_are_vllms(oracle, case):
+    """The KV-cache groups calibrate --live --hf-config reads off a config, and the offline priors' layout
+    (hybrid_layout, layers of equal bytes): the groups vLLM's get_kv_cache_groups makes of those layers
+    (order aside: the simulator's groups share one pool)."""
+    full, sliding, window = case
+    theirs = sorted((b, c, w or 0) for b, c, w in oracle[("kv_groups", case)]["groups"])
+    cfg = {"text_config": {"layer_types": _layer_types(full, sliding), "sliding_window": window}}
+    assert sorted((g.block_size, g.count, g.window or 0) for g in kv_groups_from_hf_config(cfg, 16)) == theirs
+    _, groups = hybrid_layout(1e9, full, 1.0, sliding, 1.0, window)
+    assert sorted((g.block_size, g.count, g.window or 0) for g in groups) == theirs
+
+
+def test_the_kv_group_layouts_have_teeth(oracle):
+    """The cases have one group a kind, several of one kind, and vLLM padding the smaller kind up."""
+    counts = {case: [c for _, c, _ in oracle[("kv_groups", case)]["groups"]] for case in KV_GROUP_LAYOUTS}
+    assert counts[(12, 13, 128)] == [1, 1] and sorted(counts[(4, 6, 256)]) == [1, 2]
+    assert sorted(counts[(3, 15, 512)]) == [1, 5] and counts[(24, 0, 1024)] == [1]
 
 
 # (block_size, window or None, the tokens of each step): prompts in chunks, then decodes, past the window
@@ -621,8 +665,8 @@ def _open_commands():
 def test_every_vllm_bench_serve_flag_pastes_in(oracle):
     """Each option of vllm bench serve's own parser, given its default (or a sample value), is read by
     `capsim measure open` and `capsim simulate open`, or refused with a line that names it: none is an
-    unknown option. (`-h` aside; simulate's --profile is the box's profile, so vLLM's profiler flag is
-    measure's only.)"""
+    unknown option. (`-h/--help` aside: it prints help, and test_flag_rules checks both spellings; simulate's
+    --profile is the box's profile, so vLLM's profiler flag is measure's only.)"""
     from capsim.flags import REFUSED_FLAGS
 
     refused = set(REFUSED_FLAGS) | {"--profile"}
@@ -803,6 +847,31 @@ def test_synthetic_metrics_case_has_teeth(oracle):
     rel = np.concatenate([r.chunk_times - t_min for r in ok] + [np.array([r.start_time - t_min for r in ok])])
     rel = rel[rel != 0.0]  # the earliest start is the origin of the buckets in both
     assert np.min(np.abs(rel - np.round(rel))) > 1e-6
+
+
+# ------------------------------------------------------------------ c2. the twin's /metrics histograms
+
+# TwinStats' histograms and the bucket family vLLM's stat logger gives the series of the same name
+TWIN_HISTOGRAMS = {"ttft": "time_to_first_token", "itl": "inter_token_latency", "e2e": "request_latency",
+                   "iteration_tokens": "iteration_tokens"}
+
+
+def _histogram_values(bounds) -> list[float]:
+    """Each bound itself (vLLM counts a value on a bound in that bucket), the points between, 0 and past
+    the last bound: a bound moved, added or dropped, or a value on a bound binned above it, changes a count."""
+    b = sorted(float(x) for x in bounds)
+    return [0.0, *b, *((x + y) / 2 for x, y in zip(b, b[1:])), b[-1] * 3]
+
+
+def test_twin_histograms_are_vllms(oracle):
+    """The twin's /metrics histograms after the same observations: vLLM's bucket bounds, counts and sums,
+    line for line as vLLM's exposition writes them."""
+    stats = TwinStats()
+    for attr, family in TWIN_HISTOGRAMS.items():
+        h = getattr(stats, attr)
+        for v in _histogram_values(h.bounds):
+            h.observe(v)
+        assert h.lines("h", {"m": "x"}) == oracle[("histograms",)][family], attr
 
 
 # ------------------------------------------------------------------ d. the stream, read

@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 import httpx
 import pytest
 from click.testing import CliRunner
 
-from calibrate.live import (STEADY, LiveLoad, apply_server_limits, compare_load, load_calibration_runs, measure_load,
-                            read_server, scale_run)
+from calibrate.live import (STEADY, LiveError, LiveLoad, apply_server_limits, compare_load, kv_groups_from_hf_config,
+                            load_calibration_runs, measure_load, parse_kv_groups, read_server, scale_run)
 from calibrate.priors import prior_profile
 from measure import run_closed, run_open
 from measure.prom import parse_metrics
 from measure.twin import TwinProcess, TwinServer
-from measure.twin_engine import TwinTokenizer
+from measure.twin_engine import TwinEngine, TwinTokenizer
 from measure.twin_cli import twin_cmd
 from simulator.kvcache import kv_cache_size_tokens
 from simulator.load import ClosedLoop, OpenLoop
-from simulator.profile import EngineLimits, KVGroup, Profile
+from simulator.profile import EngineLimits, KVGroup, Profile, ProfileError
 from simulator.sim import simulate_open
 from simulator.stepmodel import features
 from simulator.summary import summarize_closed, summarize_open
@@ -265,6 +266,44 @@ def test_read_server_checks_the_layout_against_either_builds_kv_figure(monkeypat
             tw.stop()
 
 
+@pytest.mark.parametrize("spec, groups", [
+    ("1x128,5x128@512", (KVGroup(128, 1, None), KVGroup(128, 5, 512))),
+    ("16", (KVGroup(16),)),
+    (" 2x16 , 3x16@4096,", (KVGroup(16, 2, None), KVGroup(16, 3, 4096)))])
+def test_kv_groups_flag_reads_count_block_and_window(spec, groups):
+    assert parse_kv_groups(spec) == groups
+
+
+@pytest.mark.parametrize("spec, said", [("", "--kv-groups is empty"), (",", "--kv-groups is empty"),
+                                        ("1x128,5y128", "cannot read '5y128'"), ("x16", "cannot read 'x16'"),
+                                        ("16@", "cannot read '16@'")])
+def test_kv_groups_flag_refuses_what_it_cannot_read(spec, said):
+    with pytest.raises(LiveError, match=re.escape(said)):
+        parse_kv_groups(spec)
+
+
+def test_kv_groups_from_a_config_file_and_configs_without_a_hybrid_layout(tmp_path):
+    """A config.json by path, text_config or flat; no layer kinds or no window: one full-attention group.
+    (The grouping itself is held to vLLM's in test_conformance_vllm.)"""
+    cfg = {"layer_types": ["sliding_attention"] * 5 + ["full_attention"], "sliding_window": 512}
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": cfg}))
+    assert kv_groups_from_hf_config(tmp_path / "config.json", 32) == (KVGroup(32, 1, None), KVGroup(32, 5, 512))
+    assert kv_groups_from_hf_config(cfg, 16) == (KVGroup(16, 1, None), KVGroup(16, 5, 512))
+    assert kv_groups_from_hf_config(dict(cfg, sliding_window=None), 16) == (KVGroup(16),)
+    assert kv_groups_from_hf_config({"sliding_window": 512}, 16) == (KVGroup(16),)
+    with pytest.raises(LiveError, match="--hf-config: cannot read"):
+        kv_groups_from_hf_config(tmp_path / "missing.json", 16)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(LiveError, match="--hf-config: cannot read"):
+        kv_groups_from_hf_config(str(tmp_path / "bad.json"), 16)
+
+
+@pytest.mark.parametrize("speed", [0.0, -1.0, math.inf, math.nan])
+def test_a_twin_refuses_a_speed_it_cannot_keep(speed):
+    with pytest.raises(ProfileError, match=f"--speed must be a positive number, got {speed}"):
+        TwinEngine(twin_profile(), speed=speed)
+
+
 def test_tokenizer_counts():
     tok = TwinTokenizer(special_tokens=1, chat_template_tokens=9)
     assert tok.count("  a\tb\nc ") == 4 and tok.count("", add_special=False) == 0
@@ -295,6 +334,40 @@ def test_timing_follows_the_simulator():
     assert abs(a["mean_ttft_ms"] - b["mean_ttft_ms"]) < 0.08 * b["mean_ttft_ms"] + 25  # + loopback x speed
 
 
+def _exposition(text: str) -> dict[str, float]:
+    """/metrics series by name and labels (the model's and engine's labels dropped)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[re.sub(r'(model_name|engine)="[^"]*",?', "", key).replace("{}", "")] = float(value)
+    return out
+
+
+def test_the_twins_metrics_start_at_zero_and_hold_the_simulators_times():
+    """A fresh twin's counters, gauges and histograms are 0, as a fresh vLLM's; after a lone request the
+    histograms hold the simulated request's TTFT, E2E and gaps (x speed) and its tokens, and the gauges
+    are back at 0."""
+    speed, prof = 20.0, twin_profile()
+    with TwinServer(prof, speed=speed).start() as tw:
+        fresh = _exposition(httpx.get(tw.url + "/metrics").text)
+        run = run_open(tw.url, None, RandomWorkload(300, 12, 0.0), OpenLoop(rate=math.inf), 1, progress=False)
+        m = _exposition(httpx.get(tw.url + "/metrics").text)
+    assert len(fresh) > 90 and {k: v for k, v in fresh.items() if v and "config_info" not in k} == {}
+    rec = scale_run(run, speed).records[0]
+    sim = simulate_open(prof, [RequestSpec(rec.prompt_tokens, rec.max_tokens, rec.max_tokens)],
+                        OpenLoop(rate=math.inf)).records[0]
+    ttft, e2e = sim.first_token_time - sim.start_time, sim.chunk_times[-1] - sim.start_time
+    h = "vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds", "vllm:inter_token_latency_seconds"
+    assert [m[n + "_count"] for n in h] == [1, 1, rec.output_tokens - 1] and rec.output_tokens == 12
+    assert [m[n + "_sum"] * speed for n in h] == pytest.approx([ttft, e2e, e2e - ttft], rel=1e-9)
+    assert m["vllm:prompt_tokens_total"] == rec.prompt_tokens and m["vllm:generation_tokens_total"] == 12
+    # one observation per step that returned tokens, the prompt's counted with its first token
+    assert m["vllm:iteration_tokens_total_count"] == 12
+    assert m["vllm:iteration_tokens_total_sum"] == rec.prompt_tokens + 12
+    assert m["vllm:num_requests_running"] == m["vllm:num_requests_waiting"] == m["vllm:kv_cache_usage_perc"] == 0
+
+
 def test_twin_queues_preempts_and_reports_it(tmp_path):
     """max_num_seqs 3 and a 30-block KV cache: the twin queues and preempts as the simulator does."""
     speed = 2.0  # the /metrics series is scraped once a wall second
@@ -316,6 +389,32 @@ def test_twin_queues_preempts_and_reports_it(tmp_path):
     assert res.extras["mean_waiting"][0] == pytest.approx(res.extras["mean_waiting"][1], rel=0.25, abs=0.3)
     assert res.extras["output_steps"][0] == pytest.approx(res.extras["output_steps"][1], rel=0.05)
     assert res.predicted["median_ttft_ms"] == pytest.approx(summarize_open(run)["median_ttft_ms"], rel=0.1)
+
+
+def _wait_for(cond, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cond()
+
+
+def test_client_disconnect_aborts_a_waiting_request():
+    """A request waiting for the only slot whose client hangs up leaves the queue (vLLM's abort); the
+    running one goes on."""
+    with TwinServer(twin_profile(max_num_seqs=1), speed=20.0).start() as tw:
+        body = {"prompt": "a", "max_tokens": 2000, "stream": True}
+        gauges = tw.engine.gauges
+        with httpx.Client(base_url=tw.url) as c1, httpx.Client(base_url=tw.url) as c2:
+            with c1.stream("POST", "/v1/completions", json=body) as first:
+                lines = first.iter_lines()
+                next(lines)
+                with c2.stream("POST", "/v1/completions", json=body):
+                    _wait_for(lambda: gauges()["waiting"] == 1)
+                _wait_for(lambda: gauges()["waiting"] == 0)
+                assert tw.stats.aborted == 1 and gauges()["running"] == 1
+                assert next(x for x in lines if x.startswith("data: "))  # the first goes on
+        _wait_for(lambda: not gauges()["running"])
+        assert tw.stats.aborted == 2 and tw.stats.requests == 2 and tw.stats.finished == 0
 
 
 def test_client_disconnect_aborts_the_request():

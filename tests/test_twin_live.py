@@ -6,6 +6,7 @@ the model's: objects, finish reasons, error types and parameters, the length err
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -140,11 +141,21 @@ def test_streams_have_vllms_events(pair, path, body):
         [[c.get("finish_reason") for c in e["choices"]] for e in theirs]
 
 
-def test_the_twins_metrics_are_vllms_names(pair):
-    names = []
+def test_the_twins_metrics_are_vllms_names_and_buckets(pair):
+    """Every series the twin exports is one of vLLM's, and each histogram has vLLM's bucket bounds, as
+    vLLM's exposition writes them (`le="2560.0"`)."""
+    names, bounds = [], []
     for url in pair[:2]:
-        text = httpx.get(url + "/metrics", timeout=30).text
-        names.append({x.split("{")[0].split(" ")[0] for x in text.splitlines() if x and not x.startswith("#")})
+        lines = [x for x in httpx.get(url + "/metrics", timeout=30).text.splitlines() if x and not x.startswith("#")]
+        names.append({x.split("{")[0].split(" ")[0] for x in lines})
+        les: dict[str, list[str]] = {}
+        for x in lines:
+            if m := re.match(r'([^{ ]+)_bucket\{.*\ble="([^"]+)"', x):
+                les.setdefault(m[1], []).append(m[2])
+        bounds.append(les)
     theirs, ours = names
     ours = {n for n in ours if not n.startswith("capsim:")}  # the scheduler limits vLLM does not export
     assert ours and ours <= theirs, sorted(ours - theirs)
+    assert len(bounds[1]) == 4
+    for name, les in bounds[1].items():
+        assert les == bounds[0][name], name

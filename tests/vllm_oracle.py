@@ -24,11 +24,16 @@ Jobs:
   {"kind": "kv_capacity", "model": DIR, "groups": [[block_size, count, window | null], ...],
    "num_blocks": N, "max_model_len": M, "max_num_batched_tokens": B, "async_scheduling": bool}
       -> {"kv_cache_size_tokens": tokens, "in_flight_tokens": ...}   (get_kv_cache_capacity)
+  {"kind": "kv_groups", "model": DIR, "layer_types": [...], "window": W, "block_size": B}
+      -> {"groups": [[block_size, count, window | null], ...]}   (get_kv_cache_groups on such layers)
   {"kind": "kv_holds", "block_size": B, "window": W | null, "chunks": [...]}
       -> {"held": [...]}   (blocks one request holds after each step, vLLM's KV-cache manager)
   {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
    "percentiles": [...], "tokenizer": DIR | null}
       -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
+  {"kind": "histograms", "observe": {family: [values]}}
+      -> {family: [exposition lines]}   (the family's bucket bounds from vllm.v1.metrics.buckets, in the
+         prometheus_client Histogram vLLM's stat logger uses, as /metrics writes it: series `h`, label m="x")
   {"kind": "stream", "endpoint": "chat" | "completions", "reads": [latin-1 text of each read]}
       -> {"success", "ttft", "itl", "latency", "output_tokens", "generated_text", "error"}
          (the request function's RequestFuncOutput, each read one second after the one before)
@@ -240,25 +245,51 @@ def _kv_spec(block_size, window):
     return FullAttentionSpec(**kw) if window is None else SlidingWindowSpec(**kw, sliding_window=window)
 
 
+def _vllm_config(model, mml, budget):
+    """A VllmConfig of these limits (built once per limits: it loads the model's config)."""
+    from vllm.config import ModelConfig, SchedulerConfig, VllmConfig
+
+    # the figures are arithmetic on the limits: the small model's 32k positions need not hold a 262k context
+    os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+    key = (model, mml, budget)
+    if key not in _VLLM_CONFIGS:
+        mc = ModelConfig(model=model, max_model_len=mml)
+        sc = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=8, max_model_len=mml,
+                             is_encoder_decoder=False)
+        _VLLM_CONFIGS[key] = VllmConfig(model_config=mc, scheduler_config=sc)
+    return _VLLM_CONFIGS[key]
+
+
+def kv_groups(job):
+    """vLLM's KV-cache groups of a model whose layers are of `layer_types` (a sliding kind at `window`,
+    the rest full attention), from get_kv_cache_groups: [[block_size, count, window | null], ...] in
+    vLLM's order, a kind's groups counted."""
+    from vllm.v1.core.kv_cache_utils import get_kv_cache_groups
+
+    specs = {f"model.layers.{i}.attn": _kv_spec(job["block_size"], job["window"] if "sliding" in t else None)
+             for i, t in enumerate(job["layer_types"])}
+    vc = _vllm_config(job["model"], 4096, 2048)
+    # the engine core resolves the layout from its attention backends; NHD, the default, packs no groups
+    vc.cache_config.kv_cache_layout = vc.cache_config.kv_cache_layout or "NHD"
+    out: list = []
+    for g in get_kv_cache_groups(vc, specs):
+        kind = [g.kv_cache_spec.block_size, getattr(g.kv_cache_spec, "sliding_window", None)]
+        if out and out[-1][::2] == kind:
+            out[-1][1] += 1
+        else:
+            out.append([kind[0], 1, kind[1]])
+    return {"groups": out}
+
+
 def kv_capacity(job):
     """vLLM's KV-cache figure (the "KV cache size: N tokens" of its startup log and cache_config_info's
     kv_cache_size_tokens) for a block pool of `num_blocks` shared by `groups` ([block_size, count, window
     or null]), from get_kv_cache_capacity with a VllmConfig of those limits. The CPU platform turns async
     scheduling off when the config is built, so it is set afterwards, as a GPU build keeps it."""
-    from vllm.config import ModelConfig, SchedulerConfig, VllmConfig
     from vllm.v1.core.kv_cache_utils import get_kv_cache_capacity
     from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheGroupSpec
 
-    # the figure is arithmetic on the limits: the small model's 32k positions need not hold a 262k context
-    os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
-    mml, budget = job["max_model_len"], job["max_num_batched_tokens"]
-    key = (mml, budget)
-    if key not in _VLLM_CONFIGS:
-        mc = ModelConfig(model=job["model"], max_model_len=mml)
-        sc = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=8, max_model_len=mml,
-                             is_encoder_decoder=False)
-        _VLLM_CONFIGS[key] = VllmConfig(model_config=mc, scheduler_config=sc)
-    vc = _VLLM_CONFIGS[key]
+    vc = _vllm_config(job["model"], job["max_model_len"], job["max_num_batched_tokens"])
     vc.scheduler_config.async_scheduling = job["async_scheduling"]
     groups = []
     for i, (bs, count, window) in enumerate(job["groups"]):
@@ -316,6 +347,22 @@ def stream(job):
             "error": out.error.strip().splitlines()[-1] if out.error else ""}
 
 
+def histograms(job):
+    """What vLLM's /metrics writes for a histogram family after the job's observations."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+    from vllm.v1.metrics.buckets import histogram_buckets
+
+    out = {}
+    for family, values in job["observe"].items():
+        registry = CollectorRegistry()
+        h = Histogram("h", "doc", labelnames=["m"], buckets=histogram_buckets(family), registry=registry).labels("x")
+        for v in values:
+            h.observe(v)
+        out[family] = [x for x in generate_latest(registry).decode().splitlines()
+                       if x.startswith(("h_bucket", "h_count", "h_sum"))]
+    return out
+
+
 def vocab(job):
     """The two facts RandomDataset reads off the tokenizer vllm bench serve loads."""
     tok = tokenizer(job["tokenizer"])
@@ -324,7 +371,7 @@ def vocab(job):
 
 KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "serve_flags": serve_flags, "metrics": metrics,
          "engine_flags": engine_flags, "context_limit": context_limit, "kv_capacity": kv_capacity,
-         "kv_holds": kv_holds, "stream": stream}
+         "kv_holds": kv_holds, "kv_groups": kv_groups, "stream": stream, "histograms": histograms}
 
 
 def _answer(job):
