@@ -417,6 +417,22 @@ def test_client_disconnect_aborts_a_waiting_request():
         assert tw.stats.aborted == 2 and tw.stats.requests == 2 and tw.stats.finished == 0
 
 
+def test_a_later_request_joins_the_running_batch_at_its_arrival():
+    """Continuous batching in real time: a request sent while another decodes (about 1.5 s of steps at
+    x20) joins the batch and is answered within a few steps, with the first still running."""
+    with TwinServer(twin_profile(), speed=20.0).start() as tw, httpx.Client(base_url=tw.url, timeout=30) as c:
+        body = {"prompt": "a", "max_tokens": 1000, "stream": True}
+        with c.stream("POST", "/v1/completions", json=body) as first:
+            lines = first.iter_lines()  # held: a generator dropped closes the stream, which aborts the request
+            assert next(x for x in lines if x.startswith("data: "))
+            time.sleep(0.2)
+            t0 = time.monotonic()
+            r = httpx.post(tw.url + "/v1/completions", json={"prompt": "b", "max_tokens": 1}, timeout=30)
+            took = time.monotonic() - t0
+            assert r.status_code == 200 and tw.engine.gauges()["running"] == 1  # the first still decodes
+    assert took < 0.5
+
+
 def test_client_disconnect_aborts_the_request():
     prof = twin_profile(max_num_seqs=1)
     with TwinServer(prof, speed=20.0).start() as tw:
