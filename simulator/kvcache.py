@@ -77,7 +77,7 @@ class KVCache:
         return 0.0 if not self.capacity else self.used / self.capacity
 
 
-def layer_groups(counts) -> tuple[int, list[int]]:
+def layer_groups(counts: list[int]) -> tuple[int, list[int]]:
     """How vLLM's get_kv_cache_groups groups a hybrid model's layers (all of one page size), given each
     attention kind's layer count: G layers a group, the fewest of any kind, or the most where every
     kind's count is under 1.5x the fewest (the smaller kinds padded: 12 full + 13 sliding layers are one

@@ -20,6 +20,8 @@ Each test puts capsim's code in this venv beside the answer:
   prompts, in order, with their lengths (filter, shuffle, oversampling, fixed output length);
 * metrics: every key of vLLM's result JSON from `calculate_metrics` against
   `summarize_open` on the same requests, within 1e-9 relative;
+* the KV cache: its size in tokens (get_kv_cache_capacity), the blocks a request holds (vLLM's
+  managers) and the groups a hybrid model's layers make (get_kv_cache_groups);
 * the twin's /metrics histograms: bucket bounds, counts and sums against vLLM's bucket families in the
   prometheus_client Histogram its stat logger uses.
 
