@@ -58,6 +58,15 @@ def _num(s: str) -> Any:
     return v
 
 
+def info_labels(text: str, name: str) -> dict[str, str] | None:
+    """The labels (as text) of the first sample of the info series `name` (vllm:cache_config_info and
+    its kind: a gauge of 1 whose labels carry the facts); None where the exposition has no such sample."""
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            return dict(_LABEL.findall(line[len(name) + 1:line.rfind("}")]))
+    return None
+
+
 def parse_metrics(text: str) -> dict[str, Any]:
     """The sample fields found in a Prometheus text exposition (see module doc)."""
     out: dict[str, Any] = {}

@@ -1,8 +1,11 @@
 """Small builders shared by the simulator tests."""
 from __future__ import annotations
 
+import json
 import socket
+import threading
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
@@ -80,6 +83,33 @@ def refused_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
+
+
+@contextmanager
+def canned_server(routes: dict[str, tuple[int, dict | str]]):
+    """A loopback HTTP server that answers a GET of each path in `routes` with its (status, body): a dict
+    as JSON, a str as text (a /metrics exposition); any other path gets a 404. Yields its URL."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, body = routes.get(self.path, (404, {"detail": "Not Found"}))
+            data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json" if isinstance(body, dict) else "text/plain")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def spec_profile(k: int, a: float, **engine) -> Profile:

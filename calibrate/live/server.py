@@ -112,14 +112,6 @@ def _get(http, path: str):
     return r
 
 
-def _info_labels(text: str, name: str) -> dict | None:
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            labels = line[len(name) + 1:line.rfind("}")]
-            return {k: v for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)}
-    return None
-
-
 def _num(v) -> int | None:
     try:
         f = float(v)
@@ -136,6 +128,7 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
     import httpx
 
     from measure.client import split_url
+    from measure.prom import info_labels
 
     base, public, auth = split_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -161,8 +154,8 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
                 pass
         r = _get(http, "/metrics")
         text = r.text if r.status_code == 200 else ""
-    cc = _info_labels(text, "vllm:cache_config_info") or {}
-    sc = _info_labels(text, "capsim:scheduler_config_info") or {}
+    cc = info_labels(text, "vllm:cache_config_info") or {}
+    sc = info_labels(text, "capsim:scheduler_config_info") or {}
     facts.server = "capsim-twin" if sc else ("vllm" if cc or "vllm:" in text else None)
     facts.block_size = _num(cc.get("block_size"))
     facts.num_gpu_blocks = _num(cc.get("num_gpu_blocks"))
@@ -184,6 +177,7 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
             origin[key] = f"not exported: {kind} default {defaults[key]} assumed (pass it as a flag)"
     if "max_model_len" in sc and not mml:
         facts.max_model_len = int(sc["max_model_len"])
+        origin["max_model_len"] = "/metrics capsim:scheduler_config_info"
     # KV cache layout
     bs = facts.block_size or 16
     if kv_groups is not None:
@@ -205,7 +199,7 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
     if facts.kv_cache_size_tokens:
         want = facts.kv_cache_size_tokens
         got = _kv_figure(facts.engine_limits(), want)
-        if got is not None and abs(got - want) > max(0.03 * want, facts.max_model_len * 0.05):
+        if got is not None and not _agree(got, want, facts.max_model_len):
             if origin["kv_groups"].startswith("one full"):
                 # a hybrid cache the flags did not describe: the single-group equivalent
                 facts.num_blocks = max(1, want // bs)
@@ -219,14 +213,18 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
     return facts
 
 
-def _kv_figure(limits, want: int | None) -> int | None:
+def _kv_figure(limits, want: int) -> int | None:
     """The KV-cache figure (kv_cache_size_tokens) these limits give, as the server's build counts it: vLLM
     0.32 sizes sliding-window groups for every batch in flight (two with async scheduling), earlier builds
-    for one, and the version alone does not say which a build does. The one nearer the server's."""
+    for one, and the version alone does not say which a build does. The one nearer the server's `want`."""
     figures = [f for f in (kv_cache_size_tokens(limits), kv_cache_size_tokens(limits, 1)) if f is not None]
-    if not figures:
-        return None
-    return min(figures, key=lambda f: abs(f - want)) if want else figures[0]
+    return min(figures, key=lambda f: abs(f - want), default=None)
+
+
+def _agree(got: int, want: int, max_model_len: int) -> bool:
+    """A layout's KV-cache figure is the server's: within the larger of 3 % of it and 5 % of max_model_len
+    (a small pool, whose figure the rounding of whole blocks moves by a larger share)."""
+    return abs(got - want) <= max(0.03 * want, 0.05 * max_model_len)
 
 
 def apply_server_limits(profile: Profile, facts: ServerFacts) -> Profile:
@@ -247,9 +245,9 @@ def apply_server_limits(profile: Profile, facts: ServerFacts) -> Profile:
     elif facts.num_gpu_blocks is not None:
         trial = dataclasses.replace(e, num_blocks=facts.num_gpu_blocks)
         want = facts.kv_cache_size_tokens
-        got = _kv_figure(trial, want)
+        got = _kv_figure(trial, want) if want else None
         # the profile's own layout, if it explains the server's pool; else the single-group equivalent
-        if want is None or got is None or abs(got - want) <= max(0.03 * want, 0.05 * e.max_model_len):
+        if got is None or _agree(got, want, e.max_model_len):
             e.num_blocks = facts.num_gpu_blocks
         else:
             e.kv_groups = facts.kv_groups
