@@ -12,14 +12,14 @@ from simulator.whatif import WEIGHT_BITS
 from simulator.workload import PromptFormat
 
 from .architectures import architecture_for, kv_dtype_bytes, step_quantities, weight_dtype
+from .server_flags import GB10_BATCH_DEFAULTS
 
 GB10_MEMORY_GIB = 121.69  # what torch reports on a DGX Spark (NVML reports nothing)
 ROOFLINE_BW = 273e9  # B/s: the DGX Spark's LPDDR5x peak, the roofline every fitted bandwidth is held under
 
 # vLLM's API-server defaults when NVML cannot read device memory (GB10): see
 # reference/vllm-and-spark-physics.md section 1.6.
-GB10_DEFAULT_BUDGET = 2048
-DEFAULT_MAX_NUM_SEQS = 256
+GB10_DEFAULT_BUDGET, DEFAULT_MAX_NUM_SEQS = GB10_BATCH_DEFAULTS
 
 
 # Per-position acceptance of draft tokens by method, as priors: llama-benchy counts one token per

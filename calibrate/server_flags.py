@@ -12,6 +12,26 @@ import re
 from .files import file_error
 
 
+# vLLM 0.32's `vllm serve` batch defaults where no flag sets them (EngineArgs.get_batch_defaults): by the
+# device memory NVML reads. (max_num_batched_tokens, max_num_seqs) of each kind of GPU server.
+GB10_BATCH_DEFAULTS = (2048, 256)  # no memory read (the GB10's unified memory), under 70 GiB, or an A100
+H100_BATCH_DEFAULTS = (8192, 1024)  # 70 GiB or more: H100, H200
+B200_BATCH_DEFAULTS = (16384, 1024)  # 160 GiB or more
+
+
+def vllm_batch_defaults(memory_bytes: int | None, device_name: str = "", cpu: bool = False) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) that vLLM 0.32's `vllm serve` runs with where no flag sets
+    them, on a device of `memory_bytes` (None: NVML cannot read it) named `device_name`, or on the CPU
+    build."""
+    if cpu:
+        return 2048, 128
+    if memory_bytes is not None and memory_bytes >= 160 * 2**30:
+        return B200_BATCH_DEFAULTS
+    if memory_bytes is not None and memory_bytes >= 70 * 2**30 and "a100" not in device_name.lower():
+        return H100_BATCH_DEFAULTS
+    return GB10_BATCH_DEFAULTS
+
+
 def flag_value(args: str, flag: str) -> str | None:
     """A flag's value on a command line; the last one given, which is the one vLLM's parser keeps."""
     # vLLM's parser takes --max_num_seqs for --max-num-seqs

@@ -42,7 +42,9 @@ import pytest
 from click.testing import CliRunner
 
 from calibrate.importers import ImporterError, load_meta
-from calibrate.live import kv_groups_from_hf_config
+from calibrate.live import VLLM_DEFAULTS, kv_groups_from_hf_config
+from calibrate.priors import DEFAULT_MAX_NUM_SEQS, GB10_DEFAULT_BUDGET
+from calibrate.server_flags import vllm_batch_defaults
 from capsim.cli import build_open_workload, main
 from measure.cli import measure as measure_cli
 from measure.prompts import PromptBuilder
@@ -331,6 +333,8 @@ def oracle(sharegpt_path, vocab_folders):
     stats = TwinStats()
     jobs[("histograms",)] = {"kind": "histograms", "observe": {
         family: _histogram_values(getattr(stats, attr).bounds) for attr, family in TWIN_HISTOGRAMS.items()}}
+    for case in BATCH_DEVICES:
+        jobs[("batch_defaults", case)] = {"kind": "batch_defaults", "memory": case[0], "name": case[1], "cpu": case[2]}
     keys = list(jobs)
     answers = oracle_answers("vllm_oracle.py", [jobs[k] for k in keys], env={"HF_HUB_OFFLINE": "1"})
     return dict(zip(keys, answers))
@@ -413,6 +417,28 @@ def test_the_kv_group_layouts_have_teeth(oracle):
     counts = {case: [c for _, c, _ in oracle[("kv_groups", case)]["groups"]] for case in KV_GROUP_LAYOUTS}
     assert counts[(12, 13, 128)] == [1, 1] and sorted(counts[(4, 6, 256)]) == [1, 2]
     assert sorted(counts[(3, 15, 512)]) == [1, 5] and counts[(24, 0, 1024)] == [1]
+
+
+GIB = 2**30
+# (device memory in bytes or None where NVML reads none, device name, the CPU build)
+BATCH_DEVICES = [(None, "NVIDIA GB10", False), (24 * GIB, "NVIDIA L4", False), (80 * GIB, "NVIDIA H100 80GB HBM3", False),
+                 (80 * GIB, "NVIDIA A100-SXM4-80GB", False), (141 * GIB, "NVIDIA H200", False),
+                 (180 * GIB, "NVIDIA B200", False), (70 * GIB, "x", False), (70 * GIB - 1, "x", False),
+                 (160 * GIB, "NVIDIA A100 lookalike", False), (160 * GIB - 1, "x", False), (None, "cpu", True)]
+
+
+@pytest.mark.parametrize("case", BATCH_DEVICES, ids=lambda c: f"{c[1]}-{c[0]}")
+def test_batch_defaults_are_vllm_serves(oracle, case):
+    """max_num_batched_tokens and max_num_seqs where no flag sets them, as `vllm serve` picks them by the
+    device (EngineArgs.get_batch_defaults); calibrate --live assumes a GPU's to be the GB10's, the offline
+    priors likewise."""
+    theirs = oracle[("batch_defaults", case)]
+    assert vllm_batch_defaults(*case) == (theirs["max_num_batched_tokens"], theirs["max_num_seqs"])
+    if case[1] in ("NVIDIA GB10", "cpu"):
+        ours = VLLM_DEFAULTS["cpu" if case[2] else "gpu"]
+        assert (ours["max_num_batched_tokens"], ours["max_num_seqs"]) == vllm_batch_defaults(*case)
+    if case[1] == "NVIDIA GB10":
+        assert (GB10_DEFAULT_BUDGET, DEFAULT_MAX_NUM_SEQS) == vllm_batch_defaults(*case)
 
 
 # (block_size, window or None, the tokens of each step): prompts in chunks, then decodes, past the window

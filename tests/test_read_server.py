@@ -76,9 +76,10 @@ def test_a_layout_that_explains_the_pool_keeps_the_servers_blocks(layout):
 def test_the_cpu_build_is_told_by_its_128_token_blocks_and_byte_budget_together(block, budget, kind):
     with canned_server(routes(exposition(cache_info(block, 10000, 10000 * block, budget)))) as url:
         f = read_server(url)
-    want = (128, 2048, False) if kind == "CPU" else (1024, 8192, True)
+    want = (128, 2048, False) if kind == "CPU" else (256, 2048, True)
     assert (f.max_num_seqs, f.max_num_batched_tokens, f.async_scheduling) == want
-    assert f.origin["max_num_batched_tokens"] == f"not exported: vLLM {kind} default {want[1]} assumed (pass it as a flag)"
+    device = "" if kind == "CPU" else "a GB10's; "  # a GPU's defaults depend on the device, which vLLM does not tell
+    assert f.origin["max_num_batched_tokens"] == f"not exported: vLLM {kind} default 2048 assumed ({device}pass it as a flag)"
 
 
 def test_flags_fill_what_vllm_does_not_export():
@@ -98,10 +99,12 @@ def test_a_layouts_figure_agrees_within_3_percent_of_the_servers(tokens, agrees)
                                      "flag -- WARNING: implies 160000 KV tokens, the server reports %d" % tokens)
 
 
-@pytest.mark.parametrize("tokens, agrees", [(1800, True), (1810, False), (1400, True), (1390, False)])
-def test_a_small_pools_figure_agrees_within_5_percent_of_the_context(tokens, agrees):
-    """100 blocks of 16 hold 1600 tokens; 5 % of a 4096-token context is 204.8 of them."""
-    with canned_server(routes(exposition(cache_info(16, 100, tokens)))) as url:
+@pytest.mark.parametrize("tokens, agrees, context", [(1800, True, 4096), (1810, False, 4096), (1400, True, 4096),
+                                                     (1390, False, 4096), (1800, True, 4000), (1801, False, 4000)])
+def test_a_small_pools_figure_agrees_within_5_percent_of_the_context(tokens, agrees, context):
+    """100 blocks of 16 hold 1600 tokens; 5 % of a 4096-token context is 204.8 of them, of 4000 200."""
+    models = ({"id": "m", "max_model_len": context},)
+    with canned_server(routes(exposition(cache_info(16, 100, tokens)), models=models)) as url:
         f = read_server(url, kv_groups="16")
     assert ("WARNING" not in f.origin["kv_groups"]) is agrees, f.origin
 
@@ -113,7 +116,7 @@ def test_a_server_that_exports_no_kv_cache_leaves_capacity_unbound():
         assert f.server == ("vllm" if metrics else None), metrics
         assert f.block_size is None and f.num_blocks is None and f.kv_groups == (KVGroup(16),)
         assert f.origin["num_blocks"] == "not exported: KV capacity treated as not binding"
-        assert f.origin["max_num_seqs"].startswith("not exported: vLLM GPU default 1024")
+        assert f.origin["max_num_seqs"] == "not exported: vLLM GPU default 256 assumed (a GB10's; pass it as a flag)"
 
 
 def test_the_model_asked_for_among_several_and_one_not_served():

@@ -159,3 +159,30 @@ def test_the_twins_metrics_are_vllms_names_and_buckets(pair):
     assert len(bounds[1]) == 4
     for name, les in bounds[1].items():
         assert les == bounds[0][name], name
+
+
+def _step_counts(url: str) -> dict[str, float]:
+    """vllm:iteration_tokens_total's bucket counts, count and sum, as /metrics has them now."""
+    out = {}
+    for x in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if m := re.match(r'vllm:iteration_tokens_total(_bucket\{.*\ble="[^"]+"|_count|_sum)\S* (\S+)$', x):
+            out[m[1].split("le=")[-1]] = float(m[2])
+    return out
+
+
+def test_a_chunked_prompt_is_one_engine_step_observation_as_in_vllm(pair):
+    """vLLM counts a prompt's tokens in vllm:iteration_tokens_total at the step of its first token, even
+    where it ran in chunks (3000 tokens past the CPU build's budget of 2048, the twin's too): one observation
+    of 3001 tokens, then one a token, and none for the chunk that gave no token. So the histogram cannot
+    tell a server's token budget (calibrate --live takes it from a flag or vLLM's default)."""
+    deltas = []
+    for url in pair[:2]:
+        before = _step_counts(url)
+        r = httpx.post(url + "/v1/completions", json={"model": M, "prompt": list(range(100, 3100)), "max_tokens": 3,
+                                                      "ignore_eos": True}, timeout=120)
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 3000
+        after = _step_counts(url)
+        deltas.append({k: after[k] - before.get(k, 0.0) for k in after})
+    theirs, ours = deltas
+    assert theirs["_count"] == 3 and theirs["_sum"] == 3003 and theirs['"2048.0"'] == 2, theirs
+    assert ours == theirs

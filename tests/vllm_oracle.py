@@ -34,6 +34,8 @@ Jobs:
   {"kind": "histograms", "observe": {family: [values]}}
       -> {family: [exposition lines]}   (the family's bucket bounds from vllm.v1.metrics.buckets, in the
          prometheus_client Histogram vLLM's stat logger uses, as /metrics writes it: series `h`, label m="x")
+  {"kind": "batch_defaults", "memory": BYTES | null, "name": DEVICE, "cpu": bool}
+      -> {"max_num_batched_tokens", "max_num_seqs"}   (vllm serve's defaults on such a device)
   {"kind": "stream", "endpoint": "chat" | "completions", "reads": [latin-1 text of each read]}
       -> {"success", "ttft", "itl", "latency", "output_tokens", "generated_text", "error"}
          (the request function's RequestFuncOutput, each read one second after the one before)
@@ -363,6 +365,39 @@ def histograms(job):
     return out
 
 
+def batch_defaults(job):
+    """`vllm serve`'s max_num_batched_tokens and max_num_seqs when no flag sets them
+    (EngineArgs.get_batch_defaults, the API server's entries) on a device of `memory` bytes named `name`
+    (memory null: NVML cannot read it, as on the GB10), or on the CPU platform (`cpu`)."""
+    from vllm.engine import arg_utils
+    from vllm.usage.usage_lib import UsageContext
+
+    class Device:
+        """The platform as get_batch_defaults asks it."""
+
+        def get_device_total_memory(self):
+            if job["memory"] is None:
+                raise RuntimeError("NVML: Not Supported")
+            return job["memory"]
+
+        def get_device_name(self):
+            return job["name"]
+
+        def is_tpu(self):
+            return False
+
+        def is_cpu(self):
+            return job["cpu"]
+
+    real, arg_utils.current_platform = arg_utils.current_platform, Device()
+    try:
+        tokens, seqs = arg_utils.EngineArgs.get_batch_defaults(world_size=1)
+    finally:
+        arg_utils.current_platform = real
+    return {"max_num_batched_tokens": tokens[UsageContext.OPENAI_API_SERVER],
+            "max_num_seqs": seqs[UsageContext.OPENAI_API_SERVER]}
+
+
 def vocab(job):
     """The two facts RandomDataset reads off the tokenizer vllm bench serve loads."""
     tok = tokenizer(job["tokenizer"])
@@ -371,7 +406,8 @@ def vocab(job):
 
 KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "serve_flags": serve_flags, "metrics": metrics,
          "engine_flags": engine_flags, "context_limit": context_limit, "kv_capacity": kv_capacity,
-         "kv_holds": kv_holds, "kv_groups": kv_groups, "stream": stream, "histograms": histograms}
+         "kv_holds": kv_holds, "kv_groups": kv_groups, "stream": stream, "histograms": histograms,
+         "batch_defaults": batch_defaults}
 
 
 def _answer(job):

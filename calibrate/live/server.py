@@ -16,11 +16,14 @@ from typing import Sequence
 from simulator.kvcache import kv_cache_size_tokens, layer_groups
 from simulator.profile import EngineLimits, KVGroup, Profile, clamps_max_tokens
 
+from ..server_flags import GB10_BATCH_DEFAULTS, vllm_batch_defaults
 from .messages import LiveError
 
-# vLLM 0.32's API-server defaults (engine/arg_utils.py) when the user gives no flag
-VLLM_DEFAULTS = {"cpu": {"max_num_batched_tokens": 2048, "max_num_seqs": 128, "async_scheduling": False},
-                 "gpu": {"max_num_batched_tokens": 8192, "max_num_seqs": 1024, "async_scheduling": True}}
+# vLLM 0.32's API-server defaults (calibrate.server_flags.vllm_batch_defaults) when the user gives no flag.
+# A GPU's depend on its device, which the server does not tell (nor any of its figures: vLLM counts a
+# prompt's tokens in vllm:iteration_tokens_total at its last chunk): the GB10's, the box capsim is for.
+VLLM_DEFAULTS = {kind: {"max_num_batched_tokens": budget, "max_num_seqs": seqs, "async_scheduling": kind == "gpu"}
+                 for kind, (budget, seqs) in (("cpu", vllm_batch_defaults(None, cpu=True)), ("gpu", GB10_BATCH_DEFAULTS))}
 
 
 @dataclass
@@ -174,7 +177,8 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
             origin[key] = "/metrics capsim:scheduler_config_info"
         else:
             setattr(facts, key, defaults[key])
-            origin[key] = f"not exported: {kind} default {defaults[key]} assumed (pass it as a flag)"
+            device = "" if cpu or key == "async_scheduling" else "a GB10's; "
+            origin[key] = f"not exported: {kind} default {defaults[key]} assumed ({device}pass it as a flag)"
     if "max_model_len" in sc and not mml:
         facts.max_model_len = int(sc["max_model_len"])
         origin["max_model_len"] = "/metrics capsim:scheduler_config_info"
