@@ -109,6 +109,21 @@ def load_loads(path: str) -> list[LiveLoad]:
     """Loads from a JSON file: a list of LiveLoad fields."""
     try:
         items = json.loads(Path(path).read_text())
-        return [LiveLoad(**d) for d in items]
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise LiveError(f"--loads {path}: {e}") from None
+    fields = [f.name for f in dataclasses.fields(LiveLoad)]
+    required = [f.name for f in dataclasses.fields(LiveLoad) if f.default is dataclasses.MISSING]
+    if not isinstance(items, list) or not items:
+        raise LiveError(f"--loads {path}: expected a non-empty JSON list of loads, each an object of "
+                        f"{', '.join(fields)}")
+    for i, d in enumerate(items, 1):
+        if not isinstance(d, dict):
+            said = "is not a JSON object"
+        elif missing := [k for k in required if k not in d]:
+            said = "has no " + ", ".join(missing)
+        elif unknown := [k for k in d if k not in fields]:
+            said = "has unknown " + ", ".join(unknown)
+        else:
+            continue
+        raise LiveError(f"--loads {path}: load {i} {said} (a load's fields: {', '.join(fields)})")
+    return [LiveLoad(**d) for d in items]
