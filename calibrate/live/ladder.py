@@ -57,10 +57,10 @@ def rough_profile(facts: ServerFacts, decode_s: float, prefill_s_per_token: floa
 
 def predict_seconds(profile: Profile, combos: list[tuple[int, int, int, int]], runs: int = 1,
                     per_call_s: float = 1.0) -> float:
-    """Wall seconds one measure call of these tests takes (simulated on the planning profile)."""
+    """Wall seconds one measure call of these tests takes: simulated on the planning profile (its three
+    latency probes, then the tests), and `per_call_s` of the call's own (connecting, preparing prompts)."""
     pat = ClosedLoop(combos=combos, runs=runs, warmup=False, latency_mode="generation")
-    sim = simulate_closed(profile, pat)
-    return sim.duration + 3 * sim.closed_loop.latency_s + per_call_s
+    return simulate_closed(profile, pat).duration + per_call_s
 
 
 def prompt_sizes(facts: ServerFacts, tg: int, pp_max: int | None = None, first: int = 32,
