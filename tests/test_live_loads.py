@@ -50,8 +50,9 @@ def test_a_load_as_vllm_bench_serve_runs_it():
                              "random_input_len": 100, "random_output_len": 20, "random_range_ratio": 0.5,
                              "random_prefix_len": 0, "num_prompts": 50, "request_rate": 2.0, "burstiness": 0.5,
                              "max_concurrency": 4, "seed": 3, "ignore_eos": True}
-    pat = load.pattern(clock_scale=3.0)
+    pat = load.pattern(clock_scale=3.0)  # a twin at speed 3 runs three times the model's rate
     assert (pat.rate, pat.burstiness, pat.max_concurrency, pat.seed) == (6.0, 0.5, 4, 3)
+    assert load.pattern().rate == 2.0
     w = load.workload()
     assert (w.input_len, w.output_len, w.range_ratio) == (100, 20, 0.5)
 

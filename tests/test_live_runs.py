@@ -42,6 +42,9 @@ def test_the_prompt_scale_is_the_median_of_served_over_asked():
     for r in stray.records:
         r.test = "another"
     assert measured_prompt_scale([stray]) == 1.0 and measured_prompt_scale([]) == 1.0
+    deep = closed_run(prompts=(140, 140, 140), pp=96)
+    deep.closed_loop.tests["pp96 tg3 d0 c1"] = (96, 3, 32, 1)  # a context of 32 tokens before the prompt
+    assert measured_prompt_scale([deep]) == pytest.approx(140 / 128)
 
 
 def test_a_measured_run_as_calibrates_closed_run():
@@ -51,6 +54,10 @@ def test_a_measured_run_as_calibrates_closed_run():
     assert (c.source, c.test, c.model, c.runs, c.latency_mode, c.latency_ms) == ("/runs/x", "02-single", "m", 3,
                                                                                  "generation", 20.0)
     assert c.server == facts.server_dict() and [(r.pp, r.tg, r.concurrency) for r in c.rows] == [(96, 3, 1)]
+    bare = closed_run()
+    bare.closed_loop = ClosedLoopFacts(tests=bare.closed_loop.tests)  # no runs or latency mode recorded
+    c = closed_run_from_result(bare, facts, source="/runs/x", test="02-single")
+    assert (c.runs, c.latency_mode, c.latency_ms) == (1, "generation", 0.0)
 
 
 def held(run: RunResult) -> RunResult:
