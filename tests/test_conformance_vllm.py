@@ -421,8 +421,8 @@ def test_the_kv_group_layouts_have_teeth(oracle):
 
 GIB = 2**30
 # (device memory in bytes or None where NVML reads none, device name, the CPU build)
-BATCH_DEVICES = [(None, "NVIDIA GB10", False), (24 * GIB, "NVIDIA L4", False), (80 * GIB, "NVIDIA H100 80GB HBM3", False),
-                 (80 * GIB, "NVIDIA A100-SXM4-80GB", False), (141 * GIB, "NVIDIA H200", False),
+BATCH_DEVICES = [(None, "NVIDIA GB10", False), (24 * GIB, "NVIDIA L4", False),
+                 (80 * GIB, "NVIDIA H100 80GB HBM3", False), (80 * GIB, "NVIDIA A100-SXM4-80GB", False), (141 * GIB, "NVIDIA H200", False),
                  (180 * GIB, "NVIDIA B200", False), (70 * GIB, "x", False), (70 * GIB - 1, "x", False),
                  (160 * GIB, "NVIDIA A100 lookalike", False), (160 * GIB - 1, "x", False), (None, "cpu", True)]
 

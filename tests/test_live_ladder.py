@@ -38,6 +38,9 @@ def test_the_planning_profile_takes_the_probes_decode_step():
     assert p.api.request_s == pytest.approx(0.002) and p.engine.max_model_len == 4096
     tiny = rough_profile(facts(), decode_s=1e-5, prefill_s_per_token=0.0, latency_s=0.0).step_model
     assert (tiny.c0, tiny.c_tok) == (1e-4, 1e-7)
+    # before the ladder has measured a rung, a request's share of the step is taken as a tenth
+    assert rough_profile(facts(), decode_s=0.05, prefill_s_per_token=2e-4, latency_s=0.0).step_model.c_seq == \
+        pytest.approx(0.005)
 
 
 def test_a_stage_is_predicted_as_simulated_with_its_latency_probes_once():

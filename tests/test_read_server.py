@@ -79,7 +79,8 @@ def test_the_cpu_build_is_told_by_its_128_token_blocks_and_byte_budget_together(
     want = (128, 2048, False) if kind == "CPU" else (256, 2048, True)
     assert (f.max_num_seqs, f.max_num_batched_tokens, f.async_scheduling) == want
     device = "" if kind == "CPU" else "a GB10's; "  # a GPU's defaults depend on the device, which vLLM does not tell
-    assert f.origin["max_num_batched_tokens"] == f"not exported: vLLM {kind} default 2048 assumed ({device}pass it as a flag)"
+    assert f.origin["max_num_batched_tokens"] == (f"not exported: vLLM {kind} default 2048 assumed "
+                                                  f"({device}pass it as a flag)")
 
 
 def test_flags_fill_what_vllm_does_not_export():

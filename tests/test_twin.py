@@ -647,3 +647,30 @@ def test_live_commands_on_a_twin(tmp_path, monkeypatch):
         assert {row["metric"] for row in out["rows"]} >= {"median_ttft_ms", "median_tpot_ms", "num_preemptions"}
         bad = CliRunner().invoke(main, ["validate", "--live", tw.url, "--profile", str(tmp_path / "nope.json")])
         assert bad.exit_code != 0 and "nope.json" in bad.output
+
+
+@pytest.mark.parametrize("engine, factors, stages, stop", [
+    # the ladder at 128-token prompts; then the larger prompt (256) at its middle and top rungs
+    ({"max_num_seqs": 4}, None, ["c2", "c4", "c4-pp256"], "ladder stops: max_num_seqs 4"),
+    # 60 blocks of 16 tokens: 8 x (128 + 16) is past 80 % of them, and 4 x (256 + 16) too
+    ({"num_blocks": 60}, None, ["c2", "c4"], "ladder stops: KV cache"),
+    # every rung past the knee (decode per user under half the single user's): the third ends the ladder
+    ({}, [[1, 1.0], [2, 3.0], [4, 6.0], [8, 12.0], [16, 24.0]], ["c2", "c4", "c8", "c4-pp256", "c8-pp256"],
+     "past the knee"),
+])
+def test_the_calibration_ladder_stops_at_the_servers_limits_and_past_the_knee(tmp_path, engine, factors, stages,
+                                                                              stop):
+    from calibrate.live import live_calibrate
+
+    prof = twin_profile(**engine)
+    prof.step_model.decode_factors = factors
+    with TwinServer(prof, speed=50.0).start() as tw:
+        _, out = live_calibrate(tw.url, budget_s=60, out_dir=tmp_path / "cal", tg=16, pp_max=256, max_nfev=5)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["prompt_sizes"] == [32, 64, 128, 256] and plan["tg"] == 16
+    assert [s["name"] for s in plan["stages"]] == ["probe", "single"] + stages, plan["stages"]
+    assert plan["stages"][0]["tests"] == [[128, 16, 0, 1]] and plan["stages"][1]["tests"] == [[p, 16, 0, 1] for p in
+                                                                                             plan["prompt_sizes"]]
+    assert plan["ladder"] == [int(s[1:]) for s in stages if "-" not in s]
+    rung = next(s for s in plan["stages"] if s["name"] == f"c{plan['ladder'][-1]}")
+    assert stop in rung["note"], plan["stages"]

@@ -23,7 +23,8 @@ from .messages import LiveError
 # A GPU's depend on its device, which the server does not tell (nor any of its figures: vLLM counts a
 # prompt's tokens in vllm:iteration_tokens_total at its last chunk): the GB10's, the box capsim is for.
 VLLM_DEFAULTS = {kind: {"max_num_batched_tokens": budget, "max_num_seqs": seqs, "async_scheduling": kind == "gpu"}
-                 for kind, (budget, seqs) in (("cpu", vllm_batch_defaults(None, cpu=True)), ("gpu", GB10_BATCH_DEFAULTS))}
+                 for kind, (budget, seqs) in (("cpu", vllm_batch_defaults(None, cpu=True)),
+                                              ("gpu", GB10_BATCH_DEFAULTS))}
 
 
 @dataclass
