@@ -2,7 +2,7 @@
 profile takes a restarted server's limits (apply_server_limits), against canned answers: vLLM 0.32
 CPU's own cache_config_info line (taken from the real server: block_size 128, kv_cache_memory_bytes
 set, the CPU build's defaults), a GPU build's (block 16, no byte budget), servers that leave facts
-out. tests/test_twin_live.py reads the real vLLM server the same way."""
+out. tests/test_twin_live.py reads the real vLLM CPU server the same way."""
 from __future__ import annotations
 
 import pytest

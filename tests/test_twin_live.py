@@ -2,7 +2,8 @@
 by the session's fixture) and to a twin of the same max_model_len and length rule, compared answer by
 answer: status codes, every key of every JSON body and SSE event (values where they are the API's, not
 the model's: objects, finish reasons, error types and parameters, the length errors' texts), and the
-/metrics names the twin exports. Texts, ids, token counts and times are the model's and differ."""
+/metrics names the twin exports. Texts, ids, token counts and times are the model's and differ. Also here,
+as it needs the same server: what calibrate --live reads off the real vLLM (read_server)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,11 @@ import re
 import httpx
 import pytest
 
+from calibrate.live import read_server
+from measure.prom import info_labels
 from measure.twin import TwinServer
-from tests.live_server import vllm_server  # noqa: F401  (the session-scoped server)
+from simulator.profile import KVGroup
+from tests.live_server import model_dir, vllm_server  # noqa: F401  (the session-scoped server)
 from tests.test_twin import twin_profile
 
 pytestmark = pytest.mark.live
@@ -186,3 +190,21 @@ def test_a_chunked_prompt_is_one_engine_step_observation_as_in_vllm(pair):
     theirs, ours = deltas
     assert theirs["_count"] == 3 and theirs["_sum"] == 3003 and theirs['"2048.0"'] == 2, theirs
     assert ours == theirs
+
+
+def test_read_server_reads_the_real_vllm(pair):
+    """calibrate --live's reading of the real vLLM 0.32 CPU server (tests/test_read_server.py holds the same
+    against canned answers): its version, context and KV cache as its own endpoints give them, the CPU
+    build's defaults, and Gemma 3 270M's KV groups from its config.json explaining the pool."""
+    url = pair[0]
+    cc = info_labels(httpx.get(url + "/metrics", timeout=30).text, "vllm:cache_config_info")
+    f = read_server(url)
+    assert f.server == "vllm" and f.version == httpx.get(url + "/version", timeout=30).json()["version"]
+    assert (f.model, f.max_model_len) == (M, pair[2])
+    assert (f.block_size, f.num_gpu_blocks, f.kv_cache_size_tokens) == (128, int(cc["num_gpu_blocks"]),
+                                                                       int(cc["kv_cache_size_tokens"]))
+    assert (f.max_num_seqs, f.max_num_batched_tokens, f.async_scheduling) == (128, 2048, False)
+    assert f.kv_groups == (KVGroup(128),) and f.num_blocks == f.kv_cache_size_tokens // 128  # no layout given
+    g = read_server(url, hf_config=str(model_dir() / "config.json"))
+    assert g.kv_groups == (KVGroup(128, 1, None), KVGroup(128, 5, 512)) and g.num_blocks == f.num_gpu_blocks
+    assert g.origin["kv_groups"].endswith(f"(consistent with kv_cache_size_tokens {f.kv_cache_size_tokens})")
