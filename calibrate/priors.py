@@ -19,7 +19,6 @@ ROOFLINE_BW = 273e9  # B/s: the DGX Spark's LPDDR5x peak, the roofline every fit
 
 # vLLM's API-server defaults when NVML cannot read device memory (GB10): see
 # reference/vllm-and-spark-physics.md section 1.6.
-GB10_DEFAULT_BUDGET, DEFAULT_MAX_NUM_SEQS = GB10_BATCH_DEFAULTS
 
 
 # Per-position acceptance of draft tokens by method, as priors: llama-benchy counts one token per
@@ -106,7 +105,8 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
            if clamps_max_tokens(server.get("vllm_version")) else "prompt + max_tokens past max_model_len is refused"
                                                                  " (vLLM <= 0.31)"),
     }
-    limits = dict(max_num_batched_tokens=int(budget or GB10_DEFAULT_BUDGET), max_num_seqs=int(seqs or DEFAULT_MAX_NUM_SEQS),
+    limits = dict(max_num_batched_tokens=int(budget or GB10_BATCH_DEFAULTS[0]),
+                  max_num_seqs=int(seqs or GB10_BATCH_DEFAULTS[1]),
                   max_model_len=int(server.get("max_model_len") or 131072),
                   async_scheduling=server.get("async_scheduling") is not False,
                   clamp_max_tokens=clamps_max_tokens(server.get("vllm_version")))

@@ -17,6 +17,7 @@ from .files import file_error
 GB10_BATCH_DEFAULTS = (2048, 256)  # no memory read (the GB10's unified memory), under 70 GiB, or an A100
 H100_BATCH_DEFAULTS = (8192, 1024)  # 70 GiB or more: H100, H200
 B200_BATCH_DEFAULTS = (16384, 1024)  # 160 GiB or more
+CPU_BATCH_DEFAULTS = (2048, 128)  # the CPU build
 
 
 def vllm_batch_defaults(memory_bytes: int | None, device_name: str = "", cpu: bool = False) -> tuple[int, int]:
@@ -24,7 +25,7 @@ def vllm_batch_defaults(memory_bytes: int | None, device_name: str = "", cpu: bo
     them, on a device of `memory_bytes` (None: NVML cannot read it) named `device_name`, or on the CPU
     build."""
     if cpu:
-        return 2048, 128
+        return CPU_BATCH_DEFAULTS
     if memory_bytes is not None and memory_bytes >= 160 * 2**30:
         return B200_BATCH_DEFAULTS
     if memory_bytes is not None and memory_bytes >= 70 * 2**30 and "a100" not in device_name.lower():

@@ -43,7 +43,7 @@ from click.testing import CliRunner
 
 from calibrate.importers import ImporterError, load_meta
 from calibrate.live import VLLM_DEFAULTS, kv_groups_from_hf_config
-from calibrate.priors import DEFAULT_MAX_NUM_SEQS, GB10_DEFAULT_BUDGET
+from calibrate.priors import prior_profile
 from calibrate.server_flags import vllm_batch_defaults
 from capsim.cli import build_open_workload, main
 from measure.cli import measure as measure_cli
@@ -438,7 +438,8 @@ def test_batch_defaults_are_vllm_serves(oracle, case):
         ours = VLLM_DEFAULTS["cpu" if case[2] else "gpu"]
         assert (ours["max_num_batched_tokens"], ours["max_num_seqs"]) == vllm_batch_defaults(*case)
     if case[1] == "NVIDIA GB10":
-        assert (GB10_DEFAULT_BUDGET, DEFAULT_MAX_NUM_SEQS) == vllm_batch_defaults(*case)
+        prof, _ = prior_profile({"model": "google/gemma-4-26B-A4B-it"})
+        assert (prof.engine.max_num_batched_tokens, prof.engine.max_num_seqs) == vllm_batch_defaults(*case)
 
 
 # (block_size, window or None, the tokens of each step): prompts in chunks, then decodes, past the window
