@@ -283,10 +283,10 @@ def _compare(run: OpenRun, profile: Profile, replications: int, tokenizer: str |
         if note:
             out.notes.append(note)
     unmeasured = []
-    for m in METRICS:
-        if m in run.result and m in pred and run.result[m] is not None:
-            measured = float(run.result[m])
-            if not math.isfinite(measured):  # NaN: no figure to hold a prediction against
+    for m in METRICS:  # vllm bench serve writes only the percentiles it was asked for: an absent one is no news
+        if m in run.result and m in pred:
+            measured = float("nan") if run.result[m] is None else float(run.result[m])
+            if not math.isfinite(measured):  # NaN or null: no figure to hold a prediction against
                 unmeasured.append(m)
                 continue
             out.rows.append(Row(run.source, run.test, m, measured, pred[m], lo[m], hi[m], med[m]))

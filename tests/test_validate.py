@@ -200,7 +200,7 @@ def test_validate_compares_each_metric_the_run_measured_and_skips_what_it_could_
     v = validate(runs, PROFILE, replications=2, n_jobs=1, progress=lambda i, n, run: seen.append((i, n, run.test)))
     assert sorted(r.metric for r in v.rows) == ["mean_e2el_ms", "median_ttft_ms"]
     assert all(r.test == "A" and r.band_lo <= r.band_hi for r in v.rows)
-    assert "A: median_tpot_ms not a number in the result: not compared" in v.notes
+    assert "A: p99_ttft_ms, median_tpot_ms not a number in the result: not compared" in v.notes  # null too
     assert "B: no request completed (0 failed on the server): not validated" in v.notes
     assert seen == [(1, 2, "A"), (2, 2, "B")]
     one = validate(runs[:1], PROFILE, replications=1, n_jobs=1)
