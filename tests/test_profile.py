@@ -34,15 +34,20 @@ def test_decode_run_matches_single_steps():
     assert np.array_equal(run, np.array(single))
 
 
-def test_empirical_fit_recovers_coefficients():
+@pytest.mark.parametrize("window", [None, 1024])
+def test_empirical_fit_recovers_coefficients(window):
+    """Every coefficient, the sliding-window ones where the layers have a window."""
     rng = np.random.default_rng(0)
-    true = EmpiricalStepModel(c0=0.02, c_tok=1e-4, c_seq=2e-3, c_ctx=3e-4, c_ctxw=0.0, c_attn=1e-3, c_attnw=0.0)
-    feats = [features([(int(rng.integers(0, 3000)), int(rng.choice([1, 1, 1, 256]))) for _ in range(int(k))], None)
+    w = 1.0 if window else 0.0
+    true = EmpiricalStepModel(c0=0.02, c_tok=1e-4, c_seq=2e-3, c_ctx=3e-4, c_ctxw=5e-4 * w, c_attn=1e-3,
+                              c_attnw=2e-3 * w, window=window)
+    feats = [features([(int(rng.integers(0, 3000)), int(rng.choice([1, 1, 1, 256]))) for _ in range(int(k))], window)
              for k in rng.integers(1, 30, 300)]
     y = [true.time(f) for f in feats]
-    fit = EmpiricalStepModel.fit(feats, y)
-    for name in ("c0", "c_tok", "c_seq", "c_ctx", "c_attn"):
-        assert getattr(fit, name) == pytest.approx(getattr(true, name), rel=1e-6)
+    fit = EmpiricalStepModel.fit(feats, y, window=window)
+    assert fit.window == window
+    for name in EmpiricalStepModel.FEATURES:
+        assert getattr(fit, name) == pytest.approx(getattr(true, name), rel=1e-6, abs=1e-12)
 
 
 def test_moe_expert_coverage_saturates():

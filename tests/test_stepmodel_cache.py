@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from simulator.stepmodel import PhysicalStepModel
+from simulator.stepmodel import EmpiricalStepModel, PhysicalStepModel
 
 
 def _all_times(m):
@@ -32,6 +32,20 @@ def test_scale_after_use_gives_a_fresh_models_times():
     fresh = PhysicalStepModel()
     fresh.scale(memory=2.0, compute=1.5)
     assert _all_times(m) == _all_times(fresh)
+
+
+@pytest.mark.parametrize("model", [PhysicalStepModel(t_ctx=1e-7), EmpiricalStepModel(c_ctx=1e-4, c_attn=1e-3)])
+def test_scale_makes_each_side_that_many_times_faster(model):
+    """scale(memory=2, compute=4): rates of the memory side doubled and its times halved, the compute
+    side's 4x; a step of the memory side alone then takes half as long."""
+    m = dataclasses.replace(model)
+    m.scale(memory=2.0, compute=4.0)
+    for names, f in ((m.MEMORY_RATES, 2.0), (m.MEMORY_TIMES, 0.5), (m.COMPUTE_RATES, 4.0), (m.COMPUTE_TIMES, 0.25)):
+        for n in names:
+            assert getattr(m, n) == pytest.approx(getattr(model, n) * f), n
+    memory_only = (1, 1, 5000, 0, 0, 0) if isinstance(m, EmpiricalStepModel) else None
+    if memory_only:  # t0, a sequence and its context: no attention term
+        assert m.time_of(*memory_only) == pytest.approx(model.time_of(*memory_only) / 2)
 
 
 def test_decode_factors_set_after_use_give_a_fresh_models_times():
