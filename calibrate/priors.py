@@ -17,9 +17,6 @@ from .server_flags import GB10_BATCH_DEFAULTS
 GB10_MEMORY_GIB = 121.69  # what torch reports on a DGX Spark (NVML reports nothing)
 ROOFLINE_BW = 273e9  # B/s: the DGX Spark's LPDDR5x peak, the roofline every fitted bandwidth is held under
 
-# vLLM's API-server defaults when NVML cannot read device memory (GB10): see
-# reference/vllm-and-spark-physics.md section 1.6.
-
 
 # Per-position acceptance of draft tokens by method, as priors: llama-benchy counts one token per
 # streamed chunk, so its tables cannot tell how many tokens a speculative step kept.
@@ -105,6 +102,7 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
            if clamps_max_tokens(server.get("vllm_version")) else "prompt + max_tokens past max_model_len is refused"
                                                                  " (vLLM <= 0.31)"),
     }
+    # vLLM's defaults where NVML cannot read device memory, the GB10's (reference/vllm-and-spark-physics.md 1.6)
     limits = dict(max_num_batched_tokens=int(budget or GB10_BATCH_DEFAULTS[0]),
                   max_num_seqs=int(seqs or GB10_BATCH_DEFAULTS[1]),
                   max_model_len=int(server.get("max_model_len") or 131072),

@@ -84,7 +84,8 @@ def test_the_queue_gauges_read_over_the_run_only(tmp_path):
 
 def test_the_replays_gauges_are_vllms_after_each_step(tmp_path, monkeypatch):
     """vLLM sets its gauges after a step's outputs: running less the requests the next schedule admits,
-    waiting as the last schedule left it; before the first step both 0, after the last the queue empty."""
+    waiting as the last schedule left it; before the first step both 0; after the last the queue empty
+    and running as the last step left it."""
     trace = [{"time": 1.0, "running": 3, "waiting": 2, "admitted": [7]},
              {"time": 2.0, "running": 5, "waiting": 1, "admitted": []},
              {"time": 3.0, "running": 4, "waiting": 6, "admitted": None}]
@@ -136,7 +137,7 @@ def test_live_validate_scores_each_load_and_its_repeat(tmp_path, monkeypatch):
     assert (len(once.results), once.repeats, once.floor) == (1, [], None)
 
 
-def test_preemptions_get_the_replications_band_and_the_step_count_none(tmp_path, monkeypatch):
+def test_preemptions_get_the_redrawn_loads_band_and_engine_steps_a_point(tmp_path, monkeypatch):
     """A cache that preempts: the preemptions' band is the redrawn loads' (5-95 %), held to take in the
     replay's count; the engine steps are counted on the replay only."""
     small = PROFILE.copy()

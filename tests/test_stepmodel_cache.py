@@ -43,9 +43,8 @@ def test_scale_makes_each_side_that_many_times_faster(model):
     for names, f in ((m.MEMORY_RATES, 2.0), (m.MEMORY_TIMES, 0.5), (m.COMPUTE_RATES, 4.0), (m.COMPUTE_TIMES, 0.25)):
         for n in names:
             assert getattr(m, n) == pytest.approx(getattr(model, n) * f), n
-    memory_only = (1, 1, 5000, 0, 0, 0) if isinstance(m, EmpiricalStepModel) else None
-    if memory_only:  # t0, a sequence and its context: no attention term
-        assert m.time_of(*memory_only) == pytest.approx(model.time_of(*memory_only) / 2)
+    if isinstance(m, EmpiricalStepModel):  # a step of one sequence and its context: no attention term
+        assert m.time_of(1, 1, 5000, 0, 0, 0) == pytest.approx(model.time_of(1, 1, 5000, 0, 0, 0) / 2)
 
 
 def test_decode_factors_set_after_use_give_a_fresh_models_times():
