@@ -50,9 +50,9 @@ def fit_live(runs: list[ClosedRun], facts: ServerFacts, max_nfev: int = 150, pro
     """
     if combine is not None and not isinstance(combine, str):
         fits = [fit_live(runs, facts, max_nfev, prompt_scale, start, progress, c, decode_factors) for c in combine]
-        best = min(fits, key=lambda f: float(np.sum(residual_vector(f.residuals) ** 2)))
-        best.profile.provenance["combine_losses"] = {f.profile.step_model.combine: float(np.sum(residual_vector(f.residuals) ** 2))
-                                                     for f in fits}
+        losses = {f.profile.step_model.combine: float(np.sum(residual_vector(f.residuals) ** 2)) for f in fits}
+        best = min(fits, key=lambda f: losses[f.profile.step_model.combine])
+        best.profile.provenance["combine_losses"] = losses
         return best
     if not runs:
         raise LiveError("calibration needs at least one closed-loop run")
