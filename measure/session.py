@@ -399,7 +399,8 @@ class Session:
                 self.stopper.request(f"server unreachable ({rec.error}); stopped sending", "aborted")
         elif rec.ok:
             self._refused = 0
-        self.progress.update(done=self.n_ok + self.n_fail, failed=self.n_fail, inflight=self.inflight)
+        self.progress.update(done=self.n_ok + self.n_fail, failed=self.n_fail, inflight=self.inflight,
+                             latency=rec.end_time - rec.scheduled_time if record and rec.ok and rec.end_time else None)
         return rec
 
     async def wait_stop(self, delay: float) -> bool:
