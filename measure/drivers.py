@@ -320,7 +320,8 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         before = await S.setup_step("reading the server's /metrics", S.start_metrics())
         S.stopper.phase = None  # requests go out from here: a Ctrl-C gives those in flight --grace s
         measured_total = sum(bt.concurrency for bt in batches if bt.run >= 0)
-        S.progress = Progress(measured_total, enabled=S.show_progress)
+        S.progress = Progress(measured_total, enabled=S.show_progress,
+                              warmups=sum(bt.concurrency for bt in batches if bt.run < 0))
         server_acc: dict[str, Any] = {}
         rid = 0
         S.open_window()

@@ -24,10 +24,13 @@ class Progress:
 
     `schedule_end`: an open loop's last arrival, in seconds after the start (its arrivals
     are drawn up front); `limit`: its --max-concurrency. The ETA then reads the schedule (`eta`).
+    `warmups`: requests sent among the counted ones but not counted (a closed loop's warmup
+    batches), whose time the pace spends too.
     """
 
     def __init__(self, total: int, enabled: bool = True, label: str = "requests",
                  stream: TextIO | None = None, schedule_end: float | None = None, limit: int | None = None,
+                 warmups: int = 0,
                  clock: Callable[[], float] = time.monotonic):
         self.total = max(0, int(total))
         self.enabled = enabled
@@ -42,14 +45,19 @@ class Progress:
         self.note = ""
         self.schedule_end = schedule_end if schedule_end is not None and math.isfinite(schedule_end) else None
         self.limit = limit
+        self.warmups = warmups
+        self.warmups_done = 0
         self._latency_sum = 0.0  # arrival to end, over the requests finished
         self._latencies = 0
         self._first_done: float | None = None
         self._drawn = False
 
     def update(self, done: int | None = None, failed: int | None = None, inflight: int | None = None,
-               note: str | None = None, force: bool = False, latency: float | None = None) -> None:
+               note: str | None = None, force: bool = False, latency: float | None = None,
+               warmups_done: int | None = None) -> None:
         """`latency`: a request just finished, this many seconds after its arrival."""
+        if warmups_done is not None:
+            self.warmups_done = warmups_done
         if done is not None:
             if done > 0 and self._first_done is None:
                 self._first_done = self.clock()
@@ -75,18 +83,19 @@ class Progress:
         """Seconds left, None while there is nothing to go on.
 
         Without a schedule, or at the concurrency limit (sends wait on it, as in a closed loop),
-        the pace so far. With one, the last arrival plus the mean latency so far, or where more
-        is left, the pace since the first answer: an open loop's answers come a latency after
-        their sends, so early on the pace reads a fraction of the rate while the schedule is
-        known; a server falling behind shows in the pace.
+        the pace so far, warmups counted. With one, the last arrival plus the mean latency so
+        far, or where more is left, the pace since the first answer: an open loop's answers come
+        a latency after their sends, so early on the pace reads a fraction of the rate while the
+        schedule is known; a server falling behind shows in the pace.
         """
         now = self.clock() if now is None else now
         el = now - self.t0
-        if self.done <= 0 or self.total <= 0:
+        spent = self.done + self.warmups_done
+        if spent <= 0 or self.total <= 0:
             return None
         left = self.total - self.done
         if self.schedule_end is None or (self.limit is not None and self.inflight >= self.limit):
-            return el / self.done * left
+            return el / spent * (left + self.warmups - self.warmups_done)
         pace = None
         if self.done >= 2 and self._first_done is not None and now > self._first_done:
             pace = (now - self._first_done) / (self.done - 1) * left

@@ -10,9 +10,9 @@ import io
 import numpy as np
 import pytest
 
-from measure import run_open
+from measure import run_closed, run_open
 from measure.progress import Progress
-from simulator.load import OpenLoop
+from simulator.load import ClosedLoop, OpenLoop
 from simulator.profile import load_profile
 from simulator.sim import simulate_workload_open
 from simulator.workload import RandomWorkload
@@ -140,6 +140,19 @@ def test_the_eta_rules_one_by_one():
     assert pair.eta() == pytest.approx(10.0)
 
 
+def test_a_closed_loops_warmups_count_in_its_pace():
+    """A closed loop's warmup batches take time as its counted ones do: with one warmup before every
+    two runs, the pace over the counted answers alone would say half as much again."""
+    clock = Clock()
+    prog = Progress(4, enabled=False, warmups=2, clock=clock)
+    clock.at(10.0)
+    prog.update(warmups_done=2)  # the warmup batch: 5 s a request, 4 to go
+    assert prog.eta() == pytest.approx(20.0)
+    clock.at(20.0)
+    prog.update(done=2, warmups_done=2)
+    assert prog.eta() == pytest.approx(10.0)
+
+
 def test_the_line():
     """A log (not a terminal) gets a full line at most every 10 s, and one at close if anything changed;
     the bar, counts, elapsed time and ETA read as written, a floor with '>'."""
@@ -215,3 +228,22 @@ def test_a_live_run_tells_the_line_each_answers_latency(fake, monkeypatch):
     assert prog.schedule_end == pytest.approx(float(OpenLoop(rate=50.0, seed=4).arrival_times(6)[-1]))
     want = sorted(r.end_time - r.scheduled_time for r in run.records)
     assert sorted(prog.latencies) == pytest.approx(want)
+
+
+def test_a_closed_loop_tells_the_line_its_warmups(fake, monkeypatch):
+    """The closed loop counts its warmup batches (one a test, of the test's concurrency) beside the
+    measured requests, and tells the line each warmup answer."""
+    seen: list[Progress] = []
+
+    class Kept(Progress):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.append(self)
+
+    monkeypatch.setattr("measure.drivers.Progress", Kept)
+    srv = fake(itl=0.001)
+    run = run_closed(srv.url, None, ClosedLoop(pp=[16], tg=[4], depth=[0], concurrency=[1, 2], runs=2,
+                                               latency_mode="none"), progress=False)
+    prog = seen[-1]
+    assert len(run.records) == prog.total == 6 and prog.done == 6
+    assert prog.warmups == prog.warmups_done == 3
