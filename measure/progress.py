@@ -30,8 +30,7 @@ class Progress:
 
     def __init__(self, total: int, enabled: bool = True, label: str = "requests",
                  stream: TextIO | None = None, schedule_end: float | None = None, limit: int | None = None,
-                 warmups: int = 0,
-                 clock: Callable[[], float] = time.monotonic):
+                 warmups: int = 0, clock: Callable[[], float] = time.monotonic):
         self.total = max(0, int(total))
         self.enabled = enabled
         self.label = label
