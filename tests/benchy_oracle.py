@@ -92,7 +92,31 @@ def body(job: dict) -> dict:
     return posted[0]
 
 
+def defaults() -> dict:
+    """Every option of llama-benchy's own parser (BenchmarkConfig.from_args), by its first flag: its flags
+    and default. The parser is caught as it parses (from_args builds it inside)."""
+    import argparse
+
+    from llama_benchy.config import BenchmarkConfig
+
+    class Parsed(Exception):
+        pass
+
+    def stop(parser, *a, **kw):
+        raise Parsed(parser)
+
+    argparse.ArgumentParser.parse_args = stop
+    try:
+        BenchmarkConfig.from_args()
+    except Parsed as e:
+        parser = e.args[0]
+    return {a.option_strings[0]: {"flags": list(a.option_strings), "default": a.default} for a in parser._actions
+            if a.option_strings and a.dest != "help"}
+
+
 def answer(job: dict) -> dict:
+    if job.get("defaults"):
+        return defaults()
     if "body" in job:
         return body(job)
     return stream(job) if "reads" in job else case(job)

@@ -180,3 +180,54 @@ def test_request_bodies_are_llama_benchys(fake, tmp_path):
                       "prompt": b["messages"][-1]["content"]}} for b in ours]
     theirs = oracle_answers("benchy_oracle.py", jobs, timeout=300, hint=f" (run {SETUP_SCRIPT})")
     assert ours == theirs
+
+
+# ------------------------------------------------------------------ the command line, pasted
+
+# llama-benchy options whose default capsim's differs from without a word in --help, and why that is the same run
+SAME_RUN = {"--api-key": "no key: capsim sends no Authorization header where llama-benchy sends 'Bearer EMPTY', "
+                         "which a server without --api-key ignores",
+            "--format": "none given prints the md table, as --help says"}
+
+
+def _plain(v):
+    """A default as a command line would spell it: lists and tuples of one value as that value, the
+    empty ones (None, False, (), []) as None."""
+    if isinstance(v, (list, tuple)):
+        v = list(v)
+        v = v[0] if len(v) == 1 else (v or None)
+    return None if v is False or v == [] else v
+
+
+def test_every_llama_benchy_flag_pastes_in_with_its_default():
+    """Every option of llama-benchy 0.4.0's own parser (caught as BenchmarkConfig.from_args parses) is
+    an option of `capsim measure closed` and `capsim simulate closed`; each one capsim runs (not a
+    no-op, noted or refused flag) starts from llama-benchy's default, or says in --help what that
+    default is ('[llama-benchy's default: 2048]'), or is in SAME_RUN."""
+    import click
+
+    from capsim import flags
+    from capsim.cli import main
+    from measure.cli import measure as measure_cli
+
+    _require_benchy()
+    theirs = oracle_answers("benchy_oracle.py", [{"defaults": True}], timeout=300,
+                            hint=f" (run {SETUP_SCRIPT})")[0]
+    assert {"--pp", "--tg", "--depth", "--concurrency", "--runs", "--latency-mode"} <= set(theirs)
+    taken_unread = set(flags.BENCHY_NO_OP_FLAGS) | set(flags.BENCHY_NOTED_FLAGS) | set(flags.BENCHY_REFUSED_FLAGS)
+    stated = 0
+    for cmd in (measure_cli.commands["closed"], main.commands["simulate"].commands["closed"]):
+        ours = {o: p for p in cmd.params if isinstance(p, click.Option) for o in p.opts + p.secondary_opts}
+        for first, opt in theirs.items():
+            if first == "--version":  # capsim --version is capsim's
+                continue
+            assert all(f in ours for f in opt["flags"]), (cmd.name, opt["flags"])
+            p = ours[first]
+            if first in taken_unread or first in SAME_RUN:
+                continue
+            mine = p.default is True if p.is_flag else p.default  # click keeps an unset flag's default apart
+            if _plain(mine) == _plain(opt["default"]):
+                continue
+            assert f"[llama-benchy's default: {_plain(opt['default'])}]" in (p.help or ""), (cmd.name, first)
+            stated += 1
+    assert stated == 4  # --pp (512: a quicker first run) and --latency-mode (generation), in both commands

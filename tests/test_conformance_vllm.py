@@ -644,7 +644,8 @@ def test_random_dataset_lengths_equal_vllm_to_the_token(oracle, case):
 
 
 def test_cli_defaults_match_vllm_bench_serve(oracle):
-    """`capsim simulate open` / `measure open` start from vllm bench serve's defaults."""
+    """`capsim simulate open` and `capsim measure open` (options of their own) start from vllm bench
+    serve's defaults."""
     from capsim.cli import open_workload_options
 
     v = oracle[("defaults",)]
@@ -654,14 +655,17 @@ def test_cli_defaults_match_vllm_bench_serve(oracle):
     def probe(**kw):
         probe.kw = kw
 
+    from measure.cli import measure as measure_cli
+
     probe.main([], standalone_mode=False)
-    kw = probe.kw
-    assert kw["dataset_name"] == "random" and v["dataset_name"] == "random"
-    for k in ("random_input_len", "random_output_len", "random_range_ratio", "random_prefix_len", "num_prompts",
-              "burstiness", "seed", "max_concurrency"):
-        theirs = float(v[k]) if k == "random_range_ratio" else v[k]  # vLLM parses "0.0" in get_samples
-        assert kw[k] == theirs, k
-    assert float(kw["request_rate"]) == v["request_rate"]
+    live = {p.name: p.default for p in measure_cli.commands["open"].params}  # measure open's own options
+    for kw in (probe.kw, live):
+        assert kw["dataset_name"] == "random" and v["dataset_name"] == "random"
+        for k in ("random_input_len", "random_output_len", "random_range_ratio", "random_prefix_len", "num_prompts",
+                  "burstiness", "seed", "max_concurrency"):
+            theirs = float(v[k]) if k == "random_range_ratio" else v[k]  # vLLM parses "0.0" in get_samples
+            assert kw[k] == theirs, k
+        assert float(kw["request_rate"]) == v["request_rate"]
 
 
 # Values for vllm bench serve's options whose default is none or not a word on a command line
