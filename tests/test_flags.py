@@ -332,12 +332,20 @@ def test_partial_failure_exit_0_and_max_failures(fake, tmp_path):
     assert res.exit_code == 0, res.output  # as vllm bench serve: failures reported, exit 0
     failed = sum(not r.ok for r in load_run(tmp_path / "a").records)
     assert failed >= 1 and f"{failed} of 9 requests failed" in res.stderr and "Failed requests:" in res.stdout
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"capsim measure: {failed} of 9 requests failed (first: HTTP 500")
+    assert res.stderr.strip().endswith(f"the summary counts the {9 - failed} completed; run folder {tmp_path / 'a'} "
+                                       "(--max-failures N: exit 1 above N)")
     res = cap([*base, "--max-failures", str(failed), "-o", str(tmp_path / "b")])
     assert res.exit_code == 0
     res = cap([*base, "--max-failures", str(failed - 1), "-o", str(tmp_path / "c")])
     assert res.exit_code == 1
     err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("Error: more than --max-failures")
+    assert len(err) == 1 and err[0].startswith(f"Error: more than --max-failures {failed - 1}: {failed} of 9 requests "
+                                               "failed (first: HTTP 500")
+    assert err[0].endswith(f"; {9 - failed} completed records kept; run folder {tmp_path / 'c'}")
+    res = cap([*base, "--max-failures", "-1", "-o", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "--max-failures" in res.stderr and not (tmp_path / "d").exists()
 
 
 def test_every_request_failed_exits_1(fake, tmp_path):

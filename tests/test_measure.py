@@ -756,6 +756,26 @@ def test_load_run_tolerates_cut_last_line(fake, tmp_path):
     assert summarize_open(run)["completed"] == 4
 
 
+def test_measure_refuses_before_it_sends(fake, tmp_path):
+    """Flags that contradict, a --save-result that cannot be written and --num-prompts under 1 stop in
+    one line before a request is sent; one prompt runs."""
+    srv = fake(itl=0.001)
+    closed = ["closed", srv.url, "--pp", "16", "--tg", "2", "--runs", "1", "--no-warmup", "--latency-mode", "none",
+              "--no-progress"]
+    res = invoke([*closed, "--json", "--format", "csv", "-o", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "--json and --format csv contradict each other" in res.stderr
+    bad = tmp_path / "no" / "x.json"
+    res = invoke([*closed, "--save-result", str(bad), "-o", str(tmp_path / "b")])
+    assert res.exit_code == 1 and res.stderr.strip() == f"Error: --save-result {bad}: no such folder {bad.parent}"
+    opened = ["open", srv.url, "--random-input-len", "16", "--random-output-len", "2", "--no-progress"]
+    res = invoke([*opened, "--num-prompts", "0", "-o", str(tmp_path / "c")])
+    assert res.exit_code == 1 and res.stderr.strip() == "Error: --num-prompts must be >= 1, got 0"
+    assert srv.stats.requests == 0 and not any((tmp_path / k).exists() for k in "abc")
+    res = invoke([*opened, "--num-prompts", "1", "-o", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    assert len(load_run(tmp_path / "d").records) == 1
+
+
 def test_report_on_missing_folder_is_one_line(tmp_path):
     res = CliRunner().invoke(report_cli, [str(tmp_path / "none")])
     assert res.exit_code == 1 and res.stderr.strip() == f"Error: {tmp_path / 'none'}: no such run folder"
@@ -763,8 +783,13 @@ def test_report_on_missing_folder_is_one_line(tmp_path):
 
 # ---------------------------------------------------------------- Ctrl-C
 
-@pytest.mark.parametrize("grace, itl, expect_interrupted_records", [(5.0, 0.03, False), (0.2, 0.2, True)])
-def test_ctrl_c_writes_valid_partial_run(fake, tmp_path, grace, itl, expect_interrupted_records):
+@pytest.mark.parametrize("grace, itl, expect_interrupted_records, sig, code, name",
+                         [(5.0, 0.03, False, signal.SIGINT, 130, "Ctrl-C"),
+                          (0.2, 0.2, True, signal.SIGINT, 130, "Ctrl-C"),
+                          (5.0, 0.03, False, signal.SIGTERM, 143, "SIGTERM")])
+def test_ctrl_c_writes_valid_partial_run(fake, tmp_path, grace, itl, expect_interrupted_records, sig, code, name):
+    """Ctrl-C or SIGTERM while requests are in flight: those get --grace s, the partial run is written
+    and valid, the exit status is 130 or 143."""
     srv = fake(itl=itl)  # 8 tokens: 0.24 s or 1.6 s per request
     d = tmp_path / "int"
     cmd = [sys.executable, "-m", "measure.cli", "open", srv.url, "--random-input-len", "16",
@@ -779,13 +804,14 @@ def test_ctrl_c_writes_valid_partial_run(fake, tmp_path, grace, itl, expect_inte
                     srv.stats.requests >= 3:
                 break
             time.sleep(0.05)
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         out, err = p.communicate(timeout=grace + 20)
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130, err
-    assert "Traceback" not in err and "Ctrl-C" in err
+    assert p.returncode == code, err
+    assert "Traceback" not in err
+    assert f"capsim measure: interrupted by {name}: partial run of {len(load_run(d).records)} requests" in err
     info = json.loads((d / "run.json").read_text())
     assert info["status"] == "interrupted"
     run = load_run(d)
