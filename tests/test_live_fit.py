@@ -93,3 +93,64 @@ def test_no_runs_and_no_folder_are_one_line(tmp_path):
         fit_live([], FACTS, combine="sum")
     with pytest.raises(LiveError, match=f"^{tmp_path}: not a live calibration folder"):
         load_calibration_runs(tmp_path)
+
+
+def write_folder(d, runs, clock_scale=None):
+    """A live calibration's folder as the ladder leaves it: server.json, plan.json and a run folder a stage."""
+    import json
+
+    from measure.runfiles import RunWriter
+
+    d.mkdir()
+    (d / "server.json").write_text(json.dumps(FACTS.to_json()))
+    if clock_scale is not None:
+        (d / "plan.json").write_text(json.dumps({"clock_scale": clock_scale}))
+    for name, run in runs.items():
+        w = RunWriter(d / name)
+        for r in run.records:
+            w.append_record(r)
+        w.write_json("run.json", {"kind": run.kind, "status": "complete", "start_time": run.start_time,
+                                  "end_time": run.end_time, "meta": run.meta_json()})
+        w.close()
+
+
+def test_a_kept_folder_reads_back_in_model_time(tmp_path):
+    """load_calibration_runs: the server facts as written, each stage folder's run (sorted by name; a
+    folder without run.json and a loose file left out) with its times multiplied by the plan's clock
+    scale, or by the one given."""
+    truth = box()
+    sims = {name: simulate_closed(truth, ClosedLoop(combos=[(256, 8, 0, c)], runs=1, warmup=False))
+            for name, c in (("2-c2", 2), ("1-c1", 1))}
+    d = tmp_path / "cal"
+    write_folder(d, sims, clock_scale=2.0)
+    (d / "set-aside").mkdir()
+    (d / "notes.txt").write_text("x")
+    facts, runs, folders = load_calibration_runs(d)
+    assert facts == FACTS and folders == ["1-c1", "2-c2"]
+    for run, name in zip(runs, folders):
+        want = sims[name]
+        assert len(run.records) == len(want.records)
+        assert run.end_time - run.start_time == pytest.approx(2.0 * (want.end_time - want.start_time))
+        for got, rec in zip(run.records, want.records):
+            assert got.chunk_times == pytest.approx(2.0 * rec.chunk_times)
+    _, runs, _ = load_calibration_runs(d, clock_scale=1.0)
+    assert runs[0].end_time - runs[0].start_time == pytest.approx(sims["1-c1"].end_time - sims["1-c1"].start_time)
+
+
+@pytest.mark.parametrize("server, plan", [("[1, 2]", None), ('{"url": "u", "model": "m", "max_model_len": 8, '
+                                                              '"colour": "red"}', None),
+                                          ('{"url": "u", "model": "m", "max_model_len": 8, "kv_groups": [3]}', None),
+                                          (None, '{"clock_scale": {"x": 1}}'), (None, "[]")])
+def test_a_damaged_folder_is_one_line(tmp_path, server, plan):
+    """server.json that is not the facts a calibration writes is one LiveError naming the file; a
+    plan.json without a clock scale in it reads as wall time (1), as a folder without one does."""
+    d = tmp_path / "cal"
+    write_folder(d, {"1-c1": simulate_closed(box(), ClosedLoop(combos=[(256, 8, 0, 1)], runs=1, warmup=False))})
+    if server is not None:
+        (d / "server.json").write_text(server)
+        with pytest.raises(LiveError, match=f"^{d / 'server.json'}: not the server facts a live calibration writes"):
+            load_calibration_runs(d)
+    else:
+        (d / "plan.json").write_text(plan)
+        facts, runs, _ = load_calibration_runs(d)
+        assert facts == FACTS and len(runs) == 1

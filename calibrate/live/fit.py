@@ -98,12 +98,15 @@ def load_calibration_runs(run_dir, clock_scale: float | None = None) -> tuple[Se
         sj = json.loads((d / "server.json").read_text())
     except (OSError, ValueError) as e:
         raise LiveError(f"{d}: not a live calibration folder ({e})") from None
-    sj["kv_groups"] = tuple(KVGroup(**g) for g in sj.get("kv_groups", []))
-    facts = ServerFacts(**sj)
+    try:
+        sj["kv_groups"] = tuple(KVGroup(**g) for g in sj.get("kv_groups", []))
+        facts = ServerFacts(**sj)
+    except (TypeError, AttributeError) as e:  # not an object, or keys ServerFacts / KVGroup do not have
+        raise LiveError(f"{d / 'server.json'}: not the server facts a live calibration writes ({e})") from None
     if clock_scale is None:
         try:
             clock_scale = float(json.loads((d / "plan.json").read_text()).get("clock_scale", 1.0))
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError, AttributeError):  # no plan, or no number in it: wall time
             clock_scale = 1.0
     folders = sorted(p.name for p in d.iterdir() if p.is_dir() and (p / "run.json").is_file())
     runs = [scale_run(load_run(d / f), clock_scale) for f in folders]
