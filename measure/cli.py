@@ -271,8 +271,6 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
                 click.echo(f"capsim measure: --tokenizer {tokenizer} is neither a local folder nor in the "
                            f"HuggingFace cache ({hub_cache()}): random prompts draw token ids without its "
                            "vocabulary size and special ids", err=True)
-        if num_prompts is None or num_prompts < 1:
-            raise MeasureError(f"--num-prompts must be >= 1, got {num_prompts}")
         pattern = OpenLoop(rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed)
         if dataset_name == "random":
             wl = RandomWorkload(random_input_len, random_output_len, random_range_ratio, random_prefix_len)
