@@ -425,6 +425,7 @@ def test_cli_open_json_keys_match_simulate_keys(fake, tmp_path):
     res = invoke(["open", srv.url, "--random-input-len", "24", "--random-output-len", "4", "--num-prompts", "5",
                   "--request-rate", "inf", "--json", "--no-progress", "-o", str(d)])
     assert res.exit_code == 0, res.output
+    assert "run folder" not in res.stderr  # --json: stdout is the JSON, stderr quiet
     printed = json.loads(res.stdout)
     run = load_run(d)
     assert set(summarize_open(run)) < set(printed)
@@ -774,6 +775,7 @@ def test_measure_refuses_before_it_sends(fake, tmp_path):
     res = invoke([*opened, "--num-prompts", "1", "-o", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     assert len(load_run(tmp_path / "d").records) == 1
+    assert res.stderr.strip().splitlines()[-1] == f"capsim measure: run folder {tmp_path / 'd'}"
 
 
 def test_report_on_missing_folder_is_one_line(tmp_path):
@@ -789,12 +791,12 @@ def test_report_on_missing_folder_is_one_line(tmp_path):
                           (5.0, 0.03, False, signal.SIGTERM, 143, "SIGTERM")])
 def test_ctrl_c_writes_valid_partial_run(fake, tmp_path, grace, itl, expect_interrupted_records, sig, code, name):
     """Ctrl-C or SIGTERM while requests are in flight: those get --grace s, the partial run is written
-    and valid, the exit status is 130 or 143."""
+    and valid (and its --save-result), the exit status is 130 or 143."""
     srv = fake(itl=itl)  # 8 tokens: 0.24 s or 1.6 s per request
     d = tmp_path / "int"
     cmd = [sys.executable, "-m", "measure.cli", "open", srv.url, "--random-input-len", "16",
            "--random-output-len", "8", "--num-prompts", "50", "--request-rate", "8", "--grace", str(grace),
-           "-o", str(d)]
+           "-o", str(d), "--save-result", "--result-dir", str(tmp_path / "res")]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -818,6 +820,8 @@ def test_ctrl_c_writes_valid_partial_run(fake, tmp_path, grace, itl, expect_inte
     assert 0 < len(run.records) < 50
     summ = json.loads((d / "summary.json").read_text())
     assert summ["status"] == "interrupted" and summ["summary"]["completed"] == sum(r.ok for r in run.records)
+    saved = list((tmp_path / "res").iterdir())  # --save-result: the partial run's result, as the run folder's
+    assert len(saved) == 1 and json.loads(saved[0].read_text())["completed"] == summ["summary"]["completed"]
     interrupted = [r for r in run.records if r.error and r.error.startswith("interrupted")]
     assert bool(interrupted) == expect_interrupted_records
     if not expect_interrupted_records:

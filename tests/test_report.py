@@ -240,6 +240,11 @@ def test_bad_output_path_is_one_line_before_any_work(tmp_path, flag, path, says)
     assert res.stdout == "" and not (tmp_path / "x.txt").exists()
 
 
+def test_an_empty_csv_name_is_one_line(tmp_path):
+    res = invoke([tmp_path / "no-such-run", "--csv", " "])
+    assert res.exit_code == 1 and res.stderr.strip().splitlines() == ["Error: --csv needs a FILE"]
+
+
 def test_damaged_run_still_writes_what_it_read_and_exits_1(tmp_path):
     d = write_run(tmp_path / "r")
     lines = (d / "records.jsonl").read_text().splitlines(keepends=True)
