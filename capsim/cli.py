@@ -232,8 +232,7 @@ def build_open_workload(dataset_name, random_input_len, random_output_len, rando
         wl = ShareGPTWorkload(path=path, fmt=fmt, count_tokens=counter, output_fraction=output_fraction,
                               output_len=sharegpt_output_len, shuffle=shuffle)
         if wl.dropped:
-            click.echo(f"note: {path} is cut short; recovered {len(wl._records)} conversations, dropped {wl.dropped} "
-                       f"partial record", err=True)
+            click.echo(f"note: {wl.cut_note()}", err=True)
         return wl
     raise WorkloadError(f"unknown dataset {dataset_name!r} (known: random, sharegpt)")
 

@@ -280,9 +280,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
             path = sharegpt_path(dataset_path)
             wl = ShareGPTWorkload(path=str(path), output_len=sharegpt_output_len, shuffle=not ex.disable_shuffle)
             if wl.dropped:
-                click.echo(f"capsim measure: {path.name} is cut short mid-record: recovered "
-                           f"{len(wl._records or [])} complete conversations, dropped {wl.dropped} partial "
-                           f"record{'s' if wl.dropped != 1 else ''}", err=True)
+                click.echo(f"capsim measure: {wl.cut_note()}", err=True)
         od = Path(out_dir) if out_dir else _default_dir("open")
         run = run_open(server, _model_for_requests(model, served_model_name), wl, pattern, num_prompts, out_dir=od,
                        endpoint=ep, api_key=api_key, progress=not (no_progress or disable_tqdm), timeout=timeout,

@@ -78,7 +78,7 @@ async def _adapt(workload: Workload, builder: PromptBuilder, client: Client, liv
     if isinstance(workload, ShareGPTWorkload):
         if workload.dropped:
             live.sharegpt_dropped_records = workload.dropped
-        live.sharegpt_records = len(workload._records or [])
+        live.sharegpt_records = workload.conversations
         if tok.available:
             workload.fmt = dataclasses.replace(workload.fmt, chat_template_tokens=chat_extra)
             if workload.count_tokens is None:

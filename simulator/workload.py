@@ -343,6 +343,18 @@ class ShareGPTWorkload(Workload):
             raise WorkloadError(f"prompt_scale must be > 0, got {self.prompt_scale}")
         self._records, self.dropped = load_sharegpt_json(self.path)
 
+    @property
+    def conversations(self) -> int:
+        """The complete records read from the file, before vLLM's filters."""
+        return len(self._records or [])
+
+    def cut_note(self) -> str | None:
+        """One line where the file was cut short inside a record (what was kept), else None."""
+        if not self.dropped:
+            return None
+        return (f"{self.path} is cut short mid-record: recovered {self.conversations} complete conversations, "
+                f"dropped {self.dropped} partial record{'s' if self.dropped != 1 else ''}")
+
     def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
         counter = self.count_tokens or approx_token_count
         out: list[RequestSpec] = []

@@ -710,7 +710,14 @@ def test_sharegpt_cut_file_recovered(fake, tmp_path):
     res = invoke(["open", srv.url, "--dataset-name", "sharegpt", "--dataset-path", str(f), "--num-prompts", "5",
                   "--no-progress", "-o", str(d)])
     assert res.exit_code == 0, res.output
-    assert "recovered 11 complete conversations, dropped 1 partial record" in res.stderr
+    assert f"capsim measure: {f} is cut short mid-record: recovered 11 complete conversations, dropped 1 partial " \
+           "record\n" in res.stderr
+    from capsim.cli import main as capsim_main
+
+    sim = CliRunner().invoke(capsim_main, ["simulate", "open", "--dataset-name", "sharegpt", "--dataset-path", str(f),
+                                           "--num-prompts", "5"])
+    assert sim.exit_code == 0 and sim.stderr.splitlines()[0] == (
+        f"note: {f} is cut short mid-record: recovered 11 complete conversations, dropped 1 partial record")
     run = load_run(d)
     assert run.live.sharegpt_dropped_records == 1 and run.live.sharegpt_records == 11
     # ShareGPT: reference output lengths as max_tokens, EOS allowed (no ignore_eos)
