@@ -53,10 +53,10 @@ class Progress:
 
     def update(self, done: int | None = None, failed: int | None = None, inflight: int | None = None,
                note: str | None = None, force: bool = False, latency: float | None = None,
-               warmups_done: int | None = None) -> None:
-        """`latency`: a request just finished, this many seconds after its arrival."""
-        if warmups_done is not None:
-            self.warmups_done = warmups_done
+               warmup: bool = False) -> None:
+        """`latency`: a request just finished, this many seconds after its arrival; `warmup`: a warmup
+        request just finished (one the line was started to count, a closed loop's)."""
+        self.warmups_done += warmup
         if done is not None:
             if done > 0 and self._first_done is None:
                 self._first_done = self.clock()

@@ -127,7 +127,7 @@ class Session:
         self.progress = Progress(0, enabled=False)
         self.records: list[RequestRecord] = []
         self.texts: dict[int, str] = {}
-        self.n_ok = self.n_fail = self.warmup_fail = self.warmup_done = 0
+        self.n_ok = self.n_fail = self.warmup_fail = 0
         self.inflight = 0
         self.first_error: str | None = None
         self._refused = 0
@@ -389,9 +389,8 @@ class Session:
                 self.n_ok += 1
             else:
                 self.n_fail += 1
-        else:
-            self.warmup_done += 1
-            self.warmup_fail += not rec.ok
+        elif not rec.ok:
+            self.warmup_fail += 1
         if not rec.ok and self.first_error is None:
             self.first_error = rec.error
         if inf.connect_failed:
@@ -400,8 +399,9 @@ class Session:
                 self.stopper.request(f"server unreachable ({rec.error}); stopped sending", "aborted")
         elif rec.ok:
             self._refused = 0
+        # an open loop's warmups finish before its line starts; a closed loop's among its runs, in its pace
         self.progress.update(done=self.n_ok + self.n_fail, failed=self.n_fail, inflight=self.inflight,
-                             warmups_done=self.warmup_done,
+                             warmup=not record,
                              latency=rec.end_time - rec.scheduled_time if record and rec.ok and rec.end_time else None)
         return rec
 

@@ -146,10 +146,11 @@ def test_a_closed_loops_warmups_count_in_its_pace():
     clock = Clock()
     prog = Progress(4, enabled=False, warmups=2, clock=clock)
     clock.at(10.0)
-    prog.update(warmups_done=2)  # the warmup batch: 5 s a request, 4 to go
+    prog.update(warmup=True)
+    prog.update(warmup=True)  # the warmup batch: 5 s a request, 4 to go
     assert prog.eta() == pytest.approx(20.0)
     clock.at(20.0)
-    prog.update(done=2, warmups_done=2)
+    prog.update(done=2)
     assert prog.eta() == pytest.approx(10.0)
 
 
@@ -205,7 +206,8 @@ def test_a_terminal_line_is_redrawn_in_place():
 
 def test_a_live_run_tells_the_line_each_answers_latency(fake, monkeypatch):
     """The open loop gives the line its schedule's last arrival and limit, and each answer's time from
-    arrival to end, as its record has them."""
+    arrival to end, as its record has them; its warmups (--num-warmups), done before the line starts,
+    are not the line's."""
     seen: list[Progress] = []
 
     class Kept(Progress):
@@ -222,9 +224,9 @@ def test_a_live_run_tells_the_line_each_answers_latency(fake, monkeypatch):
     monkeypatch.setattr("measure.drivers.Progress", Kept)
     srv = fake(itl=0.001)
     pattern = OpenLoop(rate=50.0, max_concurrency=3, seed=4)
-    run = run_open(srv.url, None, RandomWorkload(16, 4), pattern, 6, progress=False)
+    run = run_open(srv.url, None, RandomWorkload(16, 4), pattern, 6, progress=False, num_warmups=2)
     prog = seen[-1]
-    assert prog.total == 6 and prog.limit == 3
+    assert prog.total == 6 and prog.limit == 3 and prog.warmups == prog.warmups_done == 0
     assert prog.schedule_end == pytest.approx(float(OpenLoop(rate=50.0, seed=4).arrival_times(6)[-1]))
     want = sorted(r.end_time - r.scheduled_time for r in run.records)
     assert sorted(prog.latencies) == pytest.approx(want)
