@@ -105,11 +105,13 @@ def defaults() -> dict:
     def stop(parser, *a, **kw):
         raise Parsed(parser)
 
-    argparse.ArgumentParser.parse_args = stop
+    parse, argparse.ArgumentParser.parse_args = argparse.ArgumentParser.parse_args, stop
     try:
         BenchmarkConfig.from_args()
     except Parsed as e:
         parser = e.args[0]
+    finally:  # the jobs after this one in the same process parse as argparse does
+        argparse.ArgumentParser.parse_args = parse
     return {a.option_strings[0]: {"flags": list(a.option_strings), "default": a.default} for a in parser._actions
             if a.option_strings and a.dest != "help"}
 

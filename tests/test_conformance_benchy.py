@@ -184,7 +184,7 @@ def test_request_bodies_are_llama_benchys(fake, tmp_path):
 
 # ------------------------------------------------------------------ the command line, pasted
 
-# llama-benchy options whose default capsim's differs from without a word in --help, and why that is the same run
+# llama-benchy options whose default capsim does not share and --help does not name: why each runs the same
 SAME_RUN = {"--api-key": "no key: capsim sends no Authorization header where llama-benchy sends 'Bearer EMPTY', "
                          "which a server without --api-key ignores",
             "--format": "none given prints the md table, as --help says"}
@@ -194,9 +194,8 @@ def _plain(v):
     """A default as a command line would spell it: lists and tuples of one value as that value, the
     empty ones (None, False, (), []) as None."""
     if isinstance(v, (list, tuple)):
-        v = list(v)
-        v = v[0] if len(v) == 1 else (v or None)
-    return None if v is False or v == [] else v
+        v = v[0] if len(v) == 1 else (list(v) or None)
+    return None if v is False else v
 
 
 def test_every_llama_benchy_flag_pastes_in_with_its_default():
