@@ -228,7 +228,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         before = await S.setup_step("reading the server's /metrics", S.start_metrics())
         S.stopper.phase = None  # requests go out from here: a Ctrl-C gives those in flight --grace s
         S.progress = Progress(num_prompts, enabled=S.show_progress, limit=pattern.max_concurrency,
-                              schedule_end=float(delays[-1]) if len(delays) else None)
+                              schedule_end=float(delays[-1]))  # num_prompts >= 1: arrival_times checked it
         sem = asyncio.Semaphore(pattern.max_concurrency) if pattern.max_concurrency else None
         tasks: list[asyncio.Task] = []
         S.open_window()

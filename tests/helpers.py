@@ -159,3 +159,17 @@ class TokenizerEndpoints:
                 return 400, {"error": {"message": "Token id out of vocabulary"}}
             return 200, {"prompt": self.tok.decode(body["tokens"], skip_special_tokens=False)}
         return 400, {"error": {"message": f"{path}: not served"}}
+
+
+def write_run_folder(folder, run: RunResult, meta: dict | None = None) -> None:
+    """A run folder of `run` (a simulated one) as `capsim measure` writes it: records.jsonl, then
+    run.json with the run's facts (`meta`: those, with more)."""
+    from measure.runfiles import RunWriter
+
+    w = RunWriter(folder)
+    for r in run.records:
+        w.append_record(r)
+    w.write_json("run.json", {"capsim_run": 1, "kind": run.kind, "status": "complete", "start_time": run.start_time,
+                              "end_time": run.end_time, "records": len(run.records),
+                              "meta": run.meta_json() if meta is None else meta})
+    w.close()

@@ -9,6 +9,7 @@ from calibrate.priors import prior_profile
 from simulator.load import ClosedLoop
 from simulator.profile import KVGroup
 from simulator.sim import simulate_closed
+from tests.helpers import write_run_folder
 
 FACTS = ServerFacts(url="http://127.0.0.1:1", model="google/gemma-3-270m-it", max_model_len=4096, block_size=16,
                     num_gpu_blocks=2000, max_num_seqs=8, max_num_batched_tokens=512, async_scheduling=False,
@@ -99,19 +100,12 @@ def write_folder(d, runs, clock_scale=None):
     """A live calibration's folder as the ladder leaves it: server.json, plan.json and a run folder a stage."""
     import json
 
-    from measure.runfiles import RunWriter
-
     d.mkdir()
     (d / "server.json").write_text(json.dumps(FACTS.to_json()))
     if clock_scale is not None:
         (d / "plan.json").write_text(json.dumps({"clock_scale": clock_scale}))
     for name, run in runs.items():
-        w = RunWriter(d / name)
-        for r in run.records:
-            w.append_record(r)
-        w.write_json("run.json", {"kind": run.kind, "status": "complete", "start_time": run.start_time,
-                                  "end_time": run.end_time, "meta": run.meta_json()})
-        w.close()
+        write_run_folder(d / name, run)
 
 
 def test_a_kept_folder_reads_back_in_model_time(tmp_path):

@@ -17,11 +17,10 @@ import pytest
 from calibrate.importers import ImporterError
 from calibrate.results import ClosedRun, OpenRun
 from calibrate.sources import load_closed, load_open, server_key
-from measure.runfiles import RunWriter
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.sim import simulate_closed, simulate_open
 from simulator.workload import RandomWorkload
-from tests.helpers import tiny_profile
+from tests.helpers import tiny_profile, write_run_folder
 from tests.test_importers import SUITES, needs_data
 
 META = {
@@ -88,12 +87,7 @@ def capsim_run(folder, kind):
     meta = run.meta_json() | dict(model="Acme/Tiny-1B", endpoint="chat", url="http://127.0.0.1:1", max_num_seqs=4,
                                   max_num_batched_tokens=64, max_model_len=100000, num_prompts=5, seed=0,
                                   workload={"dataset": "random", "random_input_len": 32, "random_output_len": 8})
-    w = RunWriter(folder)
-    for r in run.records:
-        w.append_record(r)
-    w.write_json("run.json", {"capsim_run": 1, "kind": kind, "status": "complete", "start_time": run.start_time,
-                              "end_time": run.end_time, "records": len(run.records), "meta": meta})
-    w.close()
+    write_run_folder(folder, run, meta)
     return folder, run
 
 
