@@ -223,7 +223,8 @@ def build_open_workload(dataset_name, random_input_len, random_output_len, rando
                                     tokenizer_counter)
 
     if dataset_name == "random":
-        return RandomWorkload(random_input_len, random_output_len, random_range_ratio, random_prefix_len, fmt=fmt)
+        return RandomWorkload(random_input_len, random_output_len, random_range_ratio, random_prefix_len, fmt=fmt,
+                              output_fraction=output_fraction)
     if dataset_name == "sharegpt":
         path = dataset_path or bundled_sharegpt_path()
         if path is None:
@@ -248,8 +249,9 @@ def open_workload_options(f):
         click.option("--sharegpt-output-len", type=click.IntRange(min=1), default=None,
                      help="Fixed output length for ShareGPT."),
         click.option("--tokenizer", default=None, help="tokenizer.json for ShareGPT lengths (default: an estimate)."),
-        click.option("--output-fraction", type=float, default=1.0, show_default=True,
-                     help="ShareGPT: mean actual/reference output length (EOS allowed)."),
+        click.option("--output-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+                     help="Mean share of the output length the model writes before it stops (ShareGPT: of "
+                          "the reference answer; random: of --random-output-len)."),
         click.option("--num-prompts", type=int, default=1000, show_default=True),
         click.option("--request-rate", default="inf", show_default=True, help="Requests per second (inf = all at once)."),
         click.option("--burstiness", type=float, default=1.0, show_default=True),

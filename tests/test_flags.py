@@ -231,6 +231,18 @@ def test_the_rest_of_a_vllm_bench_serve_line_in_simulate_open():
     assert bad.exit_code == 2 and "--ignore-eos and --output-fraction 0.8 contradict" in bad.stderr
 
 
+@pytest.mark.parametrize("dataset", ["random", "sharegpt"])
+def test_simulate_open_output_fraction_shortens_the_answers_of_either_dataset(dataset):
+    """A random load's answers stop early too where the server ends them (gpt-oss at EOS despite ignore_eos)."""
+    base = ["simulate", "open", "--dataset-name", dataset, "--num-prompts", "20", "--random-output-len", "100",
+            "--json"]
+    full, half = (json.loads(CliRunner().invoke(main, [*base, "--output-fraction", f]).stdout) for f in ("1", "0.5"))
+    assert half["total_output_tokens"] == pytest.approx(full["total_output_tokens"] / 2, rel=0.05)
+    for bad in ("0", "-1", "1.5"):
+        res = CliRunner().invoke(main, [*base, "--output-fraction", bad])
+        assert res.exit_code == 2 and "'--output-fraction'" in res.stderr and "0<x<=1" in res.stderr
+
+
 def test_serve_extras_body_in_vllm_bench_serve_order():
     """Sampling flags go in every request, --extra-body over them (vllm bench serve: {**sampling, **extra})."""
     from capsim.flags import ServeExtras
