@@ -42,6 +42,9 @@ def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns
     given = [x is not None for x in (rps, per_hour, per_day)]
     if sum(given) > 1:
         raise PlanError("give only one of --rps, --per-hour and --per-day")
+    if at_hour is not None and per_day is None and day_profile is None:
+        raise PlanError("--at needs --per-day or --day-profile: a rate per hour (--rps, --per-hour) is the same at "
+                        "every hour")
     staff = 25 if staff is None else staff
     kw: dict = {}
     if per_day is not None:

@@ -183,6 +183,12 @@ class Office:
             raise OfficeError(f"requests per person per day must be > 0, got {self.per_day}")
         if self.profile_name() is not None and self.profile_name() not in DAY_PROFILES:
             raise OfficeError(f"unknown day profile {self.day_profile!r} (known: {', '.join(DAY_PROFILES)})")
+        if self.at_hour is not None:
+            if self.profile_name() is None:  # a constant rate has no clock for the hour to move
+                raise OfficeError("a start hour needs a day profile (per_day or day_profile): a rate per hour "
+                                  "is the same at every hour")
+            if not 0 <= self.at_hour < 24:
+                raise OfficeError(f"the start hour must be a clock hour in [0, 24), got {self.at_hour}")
         if not self.burstiness > 0:
             raise OfficeError(f"burstiness must be > 0, got {self.burstiness}")
         if not self.burst_factor > 0 or self.burst_s < 0:

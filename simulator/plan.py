@@ -13,7 +13,7 @@ import numpy as np
 
 from .evaluator import Evaluator, custom_backend, drive, resolve_jobs
 from .load import OpenLoop
-from .office import Office, Session, office_sessions, per_class, simulate_sessions, summarize_office
+from .office import DAY_PROFILES, Office, Session, office_sessions, per_class, simulate_sessions, summarize_office
 from .plan_report import PlanResult
 from .profile import Profile
 from .scenario import Scenario
@@ -234,6 +234,10 @@ def plan(profile: Profile, office: Office, slas: Sequence[Constraint] | Sequence
     slas = [c if isinstance(c, Constraint) else parse_sla(c) for c in (slas if slas else DEFAULT_SLA)]
     if office.max_concurrency is None and any(c.metric == "gateway_wait" for c in slas):
         raise PlanError("gateway_wait constraints need a concurrency cap (--max-concurrency)")
+    if office.office_rps(1) == 0:  # the simulated window would wait for a working hour, or hold nothing
+        hours = sorted(h for h, w in DAY_PROFILES[office.profile_name()].items() if w > 0)
+        raise PlanError(f"nobody asks at {office.start_hour():g}h on the {office.profile_name()} day profile, which "
+                        f"has requests from {hours[0]}h to {hours[-1] + 1}h: plan for an hour of the working day")
     prof = scenario.apply(profile)
     pcts = summary_percentiles(slas)
     _refuse_if_refused(prof, [q for ses in office_sessions(office, max(1, office.staff), settings.seed,

@@ -91,6 +91,11 @@ def test_the_window_starts_at_the_busiest_hour_or_where_it_is_told():
     assert Office(per_day=50).start_hour() == 9.0  # "office": 1.5 at 9:00
     assert Office(per_hour=5, day_profile="flat").start_hour() == 9.0  # all 1.0: the earliest
     assert Office(per_day=50, at_hour=13.5).start_hour() == 13.5
+    for hour in (-3, 24, 25.5, float("nan")):  # a clock hour, not one to wrap: -3 read as 21h is nobody's intent
+        with pytest.raises(OfficeError, match="clock hour in \\[0, 24\\)"):
+            Office(per_day=50, at_hour=hour)
+    with pytest.raises(OfficeError, match="needs a day profile"):
+        Office(per_hour=50, at_hour=13.5)  # a constant rate: the hour would be silently ignored
 
 
 def test_a_persons_rate_by_the_clock():

@@ -185,6 +185,15 @@ def test_parse_mix_and_scenarios():
         Office(staff=-1)
 
 
+@pytest.mark.parametrize("office", [Office(per_day=20, at_hour=3), Office(per_day=20, at_hour=3, duration_s=600.0),
+                                    Office(per_hour=10, day_profile="flat", at_hour=17.5)])
+def test_a_plan_for_an_hour_nobody_asks_is_refused(office):
+    """A window from a quiet hour either waits for the morning (an answer for 8h labelled 3h, at "0 req/s") or
+    holds no request at all (every percentile 0 ms, "ok")."""
+    with pytest.raises(PlanError, match=f"nobody asks at {office.at_hour:g}h on the"):
+        plan(PROFILE, office)
+
+
 # ------------------------------------------------------------------ search
 
 @given(st.integers(0, 300), st.integers(1, 300), st.integers(1, 300))

@@ -128,6 +128,9 @@ def test_parse_burst():
     (["--burst", "0x15m"], "factor and duration must be > 0"),
     (["--burst", "2x0m"], "factor and duration must be > 0"),
     (["--day-profile", "nosuch"], "--day-profile: unknown profile 'nosuch'"),
+    (["--at", "12"], "--at needs --per-day or --day-profile"),
+    (["--rps", "1", "--at", "12"], "--at needs --per-day or --day-profile"),
+    (["--per-day", "20", "--at", "25"], "clock hour in [0, 24), got 25.0"),
 ])
 def test_bad_input_is_one_line_before_any_search(asked, args, words):
     res = plan(*args)
