@@ -141,6 +141,13 @@ def parse_mix(text: str) -> tuple[tuple[str, float], ...]:
 # ------------------------------------------------------------------ the office
 
 WARMUP_MIN_S, WARMUP_MAX_S = 150.0, 1800.0
+# A warm-up of more sessions than this only deepens an overloaded box's queue (at 50 req/s a
+# 414-s warm-up drew 16 000 sessions a replication; at 1e9 req/s it never ended): a busier
+# office's warm-up starts later and holds about this many. It binds from ~12 sessions/s on
+# the default mix, where a box that keeps up ends a 5-turn conversation well within it.
+WARMUP_MAX_SESSIONS = 5000
+# One window's requests at most: a duration at an absurd rate would fill memory before the box ran.
+WINDOW_MAX_REQUESTS = 1_000_000
 
 # Relative request rate by clock hour of a working day (rush after arrival, lunch dip,
 # a second peak after lunch, a tail at the end of the day). Hours not listed: 0.
@@ -199,8 +206,8 @@ class Office:
             raise OfficeError(f"turns must be >= 1, got {self.turns}")
         if self.think_s < 0:
             raise OfficeError(f"think time must be >= 0, got {self.think_s}")
-        if self.duration_s is None and self.requests < 1:
-            raise OfficeError(f"requests per window must be >= 1, got {self.requests}")
+        if self.duration_s is None and not 1 <= self.requests <= WINDOW_MAX_REQUESTS:
+            raise OfficeError(f"requests per window must be in [1, {WINDOW_MAX_REQUESTS:,}], got {self.requests}")
         if self.warmup_s is not None and not self.warmup_s >= 0:
             raise OfficeError(f"warm-up must be >= 0 s, got {self.warmup_s}")
         if self.duration_s is not None and not self.duration_s > 0:
@@ -399,7 +406,8 @@ def office_sessions(office: Office, staff: int, seed: int, fmt: PromptFormat | N
                     script: SessionScript | None = None) -> list[Session]:
     """The sessions of one replication (`seed`) for `staff` people, in simulation time.
 
-    The first office.warmup() seconds are warm-up at the window's starting rate,
+    The first office.warmup() seconds are warm-up at the window's starting rate
+    (about WARMUP_MAX_SESSIONS sessions at most: a busier office's starts later),
     drawn from a stream of their own, so the measured window holds the very same
     sessions at every staff count (only their pace changes); the window follows,
     with the day profile and burst counted from its start. Requests pressed in the
@@ -415,10 +423,11 @@ def office_sessions(office: Office, staff: int, seed: int, fmt: PromptFormat | N
     if w > 0:
         warm = SessionScript(office, fmt, seed, stream=1)
         rate0 = staff * spr * office.person_rate_at_hour(int(math.floor(office.start_hour())))
+        start = max(0.0, w - WARMUP_MAX_SESSIONS / rate0) if rate0 > 0 else w
         i = 0
         while rate0 > 0:
             u, (specs, thinks, tag) = warm.get(i)
-            t = u / rate0
+            t = start + u / rate0
             if t >= w:
                 break
             out.append(Session(t, specs, thinks, tag))
@@ -454,6 +463,9 @@ def office_sessions(office: Office, staff: int, seed: int, fmt: PromptFormat | N
             break
         out.append(Session(w + t, specs, thinks, tag))
         n_requests += len(specs)
+        if n_requests > WINDOW_MAX_REQUESTS:
+            raise OfficeError(f"the window holds more than {WINDOW_MAX_REQUESTS:,} requests at {staff} staff "
+                              f"({staff * office.peak_person_rate():.3g} req/s): shorten it or lower the rate")
         i += 1
     return out
 

@@ -7,8 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from simulator.office import (DAY_PROFILES, WARMUP_MAX_S, WARMUP_MIN_S, Office, OfficeError, Session,
-                              ShareGPTLike, WorkClass, office_sessions, parse_mix, per_class, preset_class,
+from simulator import office as office_module
+from simulator.office import (DAY_PROFILES, WARMUP_MAX_S, WARMUP_MAX_SESSIONS, WARMUP_MIN_S, Office, OfficeError,
+                              Session, ShareGPTLike, WorkClass, office_sessions, parse_mix, per_class, preset_class,
                               simulate_office, simulate_sessions, summarize_office)
 from simulator.profile import load_profile
 from simulator.workload import FixedWorkload, PromptFormat, RandomWorkload, RequestSpec
@@ -32,7 +33,11 @@ CHAT = (("chat", 1.0),)
     (dict(max_concurrency=0), dict(max_concurrency=1), "max concurrency must be >= 1"),
     (dict(turns=0), dict(turns=1), "turns must be >= 1"),
     (dict(think_s=-0.1), dict(think_s=0.0), "think time must be >= 0"),
-    (dict(requests=0), dict(requests=1), "requests per window must be >= 1"),
+    (dict(requests=0), dict(requests=1), "requests per window must be in \\[1, 1,000,000\\], got 0"),
+    (dict(requests=1_000_001), dict(requests=1_000_000), "requests per window must be in"),
+    (dict(at_hour=13.0), dict(at_hour=13.0, day_profile="flat"), "a start hour needs a day profile"),
+    (dict(at_hour=24.0, per_day=5.0), dict(at_hour=23.99, per_day=5.0), "a clock hour in"),
+    (dict(at_hour=-0.01, per_day=5.0), dict(at_hour=0.0, per_day=5.0), "a clock hour in"),
     (dict(warmup_s=-1.0), dict(warmup_s=0.0), "warm-up must be >= 0 s"),
     (dict(duration_s=0.0), dict(duration_s=0.1), "window duration must be > 0"),
     (dict(mix=()), dict(mix=CHAT), "the mix needs at least one work class"),
@@ -183,6 +188,28 @@ def test_warm_up_sessions_run_at_the_windows_first_rate_and_end_before_it():
     window = [x for x in s if x.time >= 400.0]
     assert len(window) == 20 and window[0].time > 400.0
     assert [x.specs for x in window] == [x.specs for x in office_sessions(replace(o, warmup_s=0.0), 25, seed=1)]
+
+
+def test_a_busy_offices_warm_up_starts_later_and_holds_a_bounded_number_of_sessions():
+    """At 50 req/s a 400-s warm-up drew 20 000 sessions a replication, at 1e9 req/s it never ended; an overloaded
+    box only queues them deeper. The window keeps its sessions."""
+    o = Office(mix=CHAT, requests=20, warmup_s=400.0, per_hour=50 / 25 * 3600)
+    s = office_sessions(o, 25, seed=1)
+    warm = [x for x in s if x.time < 400.0]
+    assert len(warm) == pytest.approx(WARMUP_MAX_SESSIONS, rel=0.05)
+    assert warm[0].time == pytest.approx(400.0 - WARMUP_MAX_SESSIONS / 50, rel=0.01)
+    window = [x for x in s if x.time >= 400.0]
+    assert [x.specs for x in window] == [x.specs for x in office_sessions(replace(o, warmup_s=0.0), 25, seed=1)]
+    absurd = office_sessions(replace(o, per_hour=1e9 * 3600), 25, seed=1)
+    assert len(absurd) == pytest.approx(WARMUP_MAX_SESSIONS + 20, rel=0.05)
+
+
+def test_a_window_of_more_requests_than_can_be_held_is_refused(monkeypatch):
+    monkeypatch.setattr(office_module, "WINDOW_MAX_REQUESTS", 1000)
+    o = Office(mix=CHAT, duration_s=60.0, warmup_s=0.0, per_hour=3600.0)  # 60 s at 25 req/s: 1500 requests
+    with pytest.raises(OfficeError, match="the window holds more than 1,000 requests at 25 staff \\(25 req/s\\)"):
+        office_sessions(o, 25, seed=0)
+    assert len(office_sessions(o, 15, seed=0)) == pytest.approx(900, rel=0.1)
 
 
 def test_an_office_opening_later_waits_for_its_first_working_hour():
