@@ -1,4 +1,4 @@
-"""`capsim profile show`: the profile card (calibrate.card.profile_card) as a table, JSON or PNG.
+"""`capsim profile show` and `list`: the profile card (calibrate.card.profile_card) as a table, JSON or PNG.
 
 Loaded on first use by the `capsim` group (capsim/cli.py's `LazyGroup`): its `LAZY_COMMANDS` entry
 "profile" names `capsim.profile_cli:profile_group` and carries the help line `capsim --help` shows
@@ -10,7 +10,7 @@ import json
 
 import click
 
-from simulator.profile import load_profile
+from simulator.profile import DEFAULT_PROFILE, load_profile, shipped_profiles
 
 from .errors import friendly
 from .flags import MultiValue
@@ -54,3 +54,21 @@ def show_cmd(profile, plot_path, run_sources, as_json):
         click.echo(format_card(card))
         if plot_path:
             click.echo(f"\nwrote {plot_path}")
+
+
+@profile_group.command("list")
+@friendly
+def list_cmd():
+    """The shipped profiles: what --profile NAME takes without a file."""
+    rows = []
+    for name in shipped_profiles():
+        prof = load_profile(name)
+        m = prof.model or {}
+        runs = prof.provenance.get("fitted_on") or []
+        where = sorted({str(r).rsplit(":", 1)[0] for r in runs})
+        what = ", ".join(x for x in (m.get("name"), m.get("weights")) if x)
+        fitted = f"fitted on {', '.join(where)}" if where else prof.provenance.get("source", "set by hand")
+        rows.append((name + (" (default)" if name == DEFAULT_PROFILE else ""), what, fitted))
+    width = max(len(r[0]) for r in rows)
+    for name, what, fitted in rows:
+        click.echo(f"{name:<{width}}  {what}; {fitted}")

@@ -237,20 +237,31 @@ class Profile:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
 
+def shipped_profiles() -> dict:
+    """The shipped profiles by name: calibrate's (fitted from the spark-bench runs) first, then the simulator's."""
+    out = {}
+    for pkg in ("calibrate", "simulator"):
+        try:
+            folder = resources.files(pkg).joinpath("profiles")
+        except ModuleNotFoundError:  # the simulator alone, without calibrate
+            continue
+        for f in sorted(folder.iterdir(), key=lambda f: f.name) if folder.is_dir() else ():
+            if f.name.endswith(".json"):
+                out.setdefault(f.name[:-len(".json")], f)
+    return out
+
+
 def load_profile(path_or_name: str | Path | None = None) -> Profile:
     """A profile from a JSON file, or a shipped one by name (default: the seed's Spark)."""
     if path_or_name is None:
         path_or_name = DEFAULT_PROFILE
     p = Path(path_or_name)
     if p.suffix != ".json" and not p.exists():
-        for pkg in ("calibrate", "simulator"):
-            try:
-                cand = resources.files(pkg).joinpath("profiles", f"{p.name}.json")
-            except ModuleNotFoundError:
-                continue
-            if cand.is_file():
-                return Profile.from_json(json.loads(cand.read_text()), where=p.name)
-        raise ProfileError(f"no profile file or shipped profile named {str(path_or_name)!r}")
+        shipped = shipped_profiles()
+        if p.name in shipped:
+            return Profile.from_json(json.loads(shipped[p.name].read_text()), where=p.name)
+        raise ProfileError(f"no profile file or shipped profile named {str(path_or_name)!r} "
+                           f"(shipped: {', '.join(shipped)})")
     try:
         text = p.read_text()
     except OSError as ex:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +17,7 @@ from calibrate.card import (CONCURRENCY, DECODE_CONTEXTS, PREFILL_CONTEXTS, ctx_
 from calibrate.sources import load_closed
 from capsim.cli import main
 from simulator.load import ClosedLoop
-from simulator.profile import EngineLimits, Profile, load_profile
+from simulator.profile import EngineLimits, Profile, ProfileError, load_profile
 from simulator.sim import simulate_closed
 from simulator.stepmodel import EmpiricalStepModel, PhysicalStepModel
 from simulator.summary import ClosedRow, summarize_closed
@@ -135,6 +136,22 @@ def test_cli_text_and_json(tmp_path):
     d = json.loads(res.output)
     assert d["engine"]["max_num_batched_tokens"] == 2048 and len(d["decode"]) == 21
     assert res.output == json.dumps(d, indent=2) + "\n"  # indented by two, as every capsim JSON
+
+
+def test_cli_lists_every_shipped_profile_and_each_loads_by_its_name():
+    res = invoke(["profile", "list"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    names = [ln.split()[0] for ln in lines]
+    assert set(names) == {p.stem for pkg in ("calibrate", "simulator")
+                          for p in (Path(__file__).parents[1] / pkg / "profiles").glob("*.json")}
+    assert "spark-gemma4-26b-a4b (default)  " in res.output
+    assert any(ln.startswith("spark-bench-gemma-4-31b-it-bf16 ") and "google/gemma-4-31B-it, bf16; fitted on "
+               "spark-bench/gemma-4-31b-it/bf16" in ln for ln in lines)
+    for name in names:
+        assert load_profile(name).name  # what the list shows, --profile takes
+    with pytest.raises(ProfileError, match="shipped: spark-bench-gemma-4-26b-a4b-it-bf16-v23, .*spark-gemma4-26b-a4b,"):
+        load_profile("no-such-profile")
 
 
 def test_cli_plot_with_runs(tmp_path):
