@@ -151,9 +151,11 @@ def peak_concurrency_bucket(starts: np.ndarray, ends: np.ndarray) -> int:
     t0 = starts.min()
     lo = (starts - t0).astype(np.int64)
     hi = (ends - t0).astype(np.int64)
-    diff = np.zeros(int(hi.max()) + 2, dtype=np.int64)
-    np.add.at(diff, lo, 1)
-    np.add.at(diff, hi + 1, -1)
+    # the bucket counts change only where a request enters (lo) or has left (hi + 1): summed there, in
+    # order, they reach the same peak as vLLM's array over every second, without one (a run at a request
+    # a day spans millions of seconds)
+    where, first = np.unique(np.concatenate([lo, hi + 1]), return_inverse=True)
+    diff = np.bincount(first, weights=np.concatenate([np.ones(len(lo)), -np.ones(len(hi))]), minlength=len(where))
     return int(np.cumsum(diff).max())
 
 
@@ -167,7 +169,39 @@ def peak_concurrency_sweep(starts: np.ndarray, ends: np.ndarray) -> int:
     return int(np.cumsum(deltas[order]).max())
 
 
-def _pool_chunks(ok: list[RequestRecord], itls: Pooled, per_second: np.ndarray, t_min: float) -> None:
+# Seconds a run may span for its 1-s buckets to be one array (32 MB); a longer one (a request an hour
+# for a year) counts only the seconds that hold a chunk.
+DENSE_SECONDS = 1 << 22
+
+
+class SecondBuckets:
+    """Output tokens in 1-s buckets counted from `t_min` (vllm bench serve's peak output throughput)."""
+
+    def __init__(self, t_min: float, t_max: float):
+        self.t_min = t_min
+        self.span = int(t_max - t_min) + 1
+        self.dense = np.zeros(self.span, dtype=np.int64) if self.span <= DENSE_SECONDS else None
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, times: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """A token at each of `times` (`counts` tokens each, if given)."""
+        idx = (times - self.t_min).astype(np.int64)
+        idx[idx < 0] += self.span  # np.add.at's wrap-around on negative buckets, kept
+        if self.dense is None:
+            self.parts.append((idx, np.ones(len(idx), np.int64) if counts is None else counts.astype(np.int64)))
+        elif counts is None:
+            self.dense += np.bincount(idx, minlength=self.span)
+        else:
+            self.dense += np.bincount(idx, weights=counts, minlength=self.span).astype(np.int64)
+
+    def peak(self) -> int:
+        if self.dense is not None:
+            return int(self.dense.max())
+        _, bucket = np.unique(np.concatenate([x[0] for x in self.parts]), return_inverse=True)
+        return int(np.bincount(bucket, weights=np.concatenate([x[1] for x in self.parts])).max())
+
+
+def _pool_chunks(ok: list[RequestRecord], itls: Pooled, per_second: SecondBuckets) -> None:
     """Every request's inter-chunk gaps into `itls`, and its chunks into the 1-s buckets of `per_second`.
 
     Records that view a common array (a simulated run's chunk-time pages) are taken a page at a time:
@@ -198,15 +232,6 @@ def _pool_chunks(ok: list[RequestRecord], itls: Pooled, per_second: np.ndarray, 
                     continue
         loose.append(ct)
 
-    def count_seconds(times: np.ndarray, counts: np.ndarray | None) -> None:
-        idx = (times - t_min).astype(np.int64)
-        if len(idx) and idx.min() < 0:  # np.add.at's wrap-around on negative buckets, kept
-            np.add.at(per_second, idx if counts is None else np.repeat(idx, counts), 1)
-        elif counts is None:
-            per_second[:] += np.bincount(idx, minlength=len(per_second))
-        else:
-            per_second[:] += np.bincount(idx, weights=counts, minlength=len(per_second)).astype(np.int64)
-
     batch: list[tuple[np.ndarray, np.ndarray]] = []
     n_batch = 0
     for g in pages.values():
@@ -229,7 +254,7 @@ def _pool_chunks(ok: list[RequestRecord], itls: Pooled, per_second: np.ndarray, 
             itls.add_counted(np.concatenate([x[0] for x in batch]), np.concatenate([x[1] for x in batch]))
             batch, n_batch = [], 0
         keep = held > 0
-        count_seconds(seg[keep], held[keep])
+        per_second.add(seg[keep], held[keep])
     if batch:
         itls.add_counted(np.concatenate([x[0] for x in batch]), np.concatenate([x[1] for x in batch]))
 
@@ -245,7 +270,7 @@ def _pool_chunks(ok: list[RequestRecord], itls: Pooled, per_second: np.ndarray, 
                 ends = np.cumsum([len(x) for x in parts[:-1]])  # each request's first chunk but the first's
                 gaps = np.delete(gaps, ends - 1)
             itls.add(gaps)
-            count_seconds(times, None)
+            per_second.add(times)
             parts, n_parts = [], 0
 
 
@@ -314,10 +339,9 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
         "total_token_throughput": (total_in + total_out) / dur if dur > 0 else 0.0,
     }
     if ok:
-        t_min = starts.min()
-        per_second = np.zeros(int(max(r.chunk_times[-1] for r in ok) - t_min) + 1, dtype=np.int64)
-        _pool_chunks(ok, itls, per_second, t_min)
-        res["max_output_tokens_per_s"] = float(per_second.max())
+        per_second = SecondBuckets(starts.min(), max(r.chunk_times[-1] for r in ok))
+        _pool_chunks(ok, itls, per_second)
+        res["max_output_tokens_per_s"] = float(per_second.peak())
         res["max_concurrent_requests"] = peak_concurrency_bucket(starts, starts + e2els)
         # the ends themselves, not start + e2el: that sum can land an ulp past the end, and a request
         # sent the instant another finished (a client semaphore) would count as overlapping it

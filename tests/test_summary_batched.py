@@ -5,8 +5,11 @@ batch, so several batches (and one-chunk requests at their edges) are taken."""
 import numpy as np
 import pytest
 
+from collections import Counter
+
+from simulator import summary
 from simulator.records import RunResult
-from simulator.summary import Pooled, summarize_open
+from simulator.summary import Pooled, peak_concurrency_bucket, summarize_open
 from tests.helpers import rec
 
 
@@ -38,3 +41,45 @@ def test_batched_gaps_and_buckets_equal_request_by_request(seed, n, mean_len):
     for r in ok:
         np.add.at(per_second, (r.chunk_times - t_min).astype(np.int64), 1)
     assert got["max_output_tokens_per_s"] == float(per_second.max())
+
+
+def _per_second_peak(ok):
+    """vllm bench serve's peak output throughput by its definition: chunks per whole second since the first send."""
+    t_min = min(r.start_time for r in ok)
+    return max(Counter(int(t - t_min) for r in ok for t in r.chunk_times).values())
+
+
+@pytest.mark.parametrize("seed,n,mean_len", [(2, 7, 3), (3, 3000, 40)])
+def test_seconds_counted_one_by_one_past_the_dense_bound_give_the_same_peak(monkeypatch, seed, n, mean_len):
+    run = _run(seed, n, mean_len)
+    dense = summarize_open(run)
+    monkeypatch.setattr(summary, "DENSE_SECONDS", 0)
+    sparse = summarize_open(run)
+    assert sparse == dense and dense["max_output_tokens_per_s"] == _per_second_peak([r for r in run.records if r.ok])
+
+
+def test_a_run_over_a_year_is_summarized_without_an_array_over_its_seconds():
+    """At a request a day an array of its seconds held 10^7 counts; at 1e-9 req/s (3e9 s) it never came back."""
+    rng = np.random.default_rng(5)
+    recs = []
+    for i, start in enumerate(np.sort(rng.uniform(0, 3e9, 40))):
+        chunks = start + 0.3 + np.cumsum(rng.exponential(0.05, 30))
+        recs.append(rec(i, float(start), chunks, out=30))
+    recs.append(rec(40, float(recs[-1].start_time) + 0.5, recs[-1].chunk_times + 0.01, out=30))  # two at once
+    run = RunResult(records=recs, start_time=0.0, end_time=max(float(r.end_time) for r in recs), kind="open")
+    got = summarize_open(run)
+    assert got["max_output_tokens_per_s"] == _per_second_peak(recs) > 20
+    assert got["max_concurrent_requests"] == 2 and got["completed"] == 41
+
+
+def test_peak_concurrency_buckets_as_vllm_counts_them_second_by_second():
+    rng = np.random.default_rng(8)
+    for span in (3.0, 40.0, 1e4):
+        starts = rng.uniform(0, span, 60)
+        ends = starts + rng.exponential(span / 20, 60)
+        t0 = starts.min()
+        lo, hi = (starts - t0).astype(int), (ends - t0).astype(int)
+        per_second = np.zeros(hi.max() + 1, dtype=int)  # vLLM's: every second from the first send, ends inclusive
+        for a, b in zip(lo, hi):
+            per_second[a:b + 1] += 1
+        assert peak_concurrency_bucket(starts, ends) == per_second.max()
