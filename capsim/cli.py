@@ -256,7 +256,7 @@ def open_workload_options(f):
         click.option("--request-rate", default="inf", show_default=True, help="Requests per second (inf = all at once)."),
         click.option("--burstiness", type=float, default=1.0, show_default=True),
         click.option("--max-concurrency", type=int, default=None),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
     ]
     for o in reversed(opts):
         f = o(f)

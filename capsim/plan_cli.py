@@ -123,7 +123,7 @@ def build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns
 @click.option("--capacity-replications", type=int, default=1, show_default=True,
               help="Seeds per rate of the capacity search: 1 is the suite's own run (seed 42); more take the median.")
 @click.option("--staff-max", type=int, default=5000, show_default=True, help="Upper bound of the staff search.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--jobs", type=int, default=None, help="Worker processes (default: the idle cores; -1: every core).")
 @click.option("--dask", "dask_address", default=None, metavar="tcp://HOST:PORT",
               help="Run the simulations on a Dask cluster: its scheduler's address (needs pip install "

@@ -232,7 +232,7 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
 @click.option("--request-rate", type=float, default=math.inf, show_default=True, help="Requests/s (inf: all at once).")
 @click.option("--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape (1 = Poisson).")
 @click.option("--max-concurrency", type=int, default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--extra-body", default=None, metavar="JSON", help="A JSON object merged into every request body.")
 @flags.vllm_serve_options
 @flags.vllm_profiler_option

@@ -23,7 +23,7 @@ from .twin import DEFAULT_MODEL_NAME, TwinServer
 @click.option("--speed", type=float, default=1.0, show_default=True,
               help="Run the model this many times faster than real time (latencies shrink by it).")
 @click.option("--model", "model_name", default=None, help=f"Served model name (default: {DEFAULT_MODEL_NAME}).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the profile's step-time noise.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the profile's step-time noise.")
 def twin_cmd(profile_path, sets, host, port, speed, model_name, seed):
     """Serve the simulator as an OpenAI-compatible endpoint, in real time (x --speed).
 

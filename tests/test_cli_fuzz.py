@@ -162,6 +162,8 @@ PLAN_BAD = st.sampled_from([["--staff", v] for v in ("0", "-3", "x", "1e9")]
                            + [["--rps", v] for v in ("0", "-1", "nan", "inf")]
                            + [["--mix", v] for v in ("bogus=1", "chat=-1", "chat=x")]
                            + [["--burstiness", v] for v in ("0", "-1", "nan")]
+                           + [["--seed", "-1"], ["--at", "12"], ["--per-day", "5", "--at", "25"],
+                              ["--per-day", "5", "--at", "3"], ["--requests", "2000000"]]
                            + [["--profile", p] for p in PATHS if p not in ("", "-")]
                            + [["--set", s] for s in SETS if s not in ("step_model.flops=nan",)])
 
@@ -182,6 +184,7 @@ def test_measure_against_a_dead_server_never_tracebacks(argv):
 
 # twin: only values it must refuse, so no example starts serving
 TWIN_BAD = st.sampled_from([["--port", v] for v in ("70000", "-1", "x")] + [["--speed", v] for v in ("0", "-1", "nan", "x")]
+                           + [["--seed", "-1"]]
                            + [["--profile", p] for p in PATHS if p not in ("", "-", "seed")]
                            + [["--set", s] for s in ("bogus=1", "noequals", "max_num_seqs=0")])
 
