@@ -18,6 +18,18 @@ from .store import stored_profile_path
 from .validate import format_validation, noise_floor, validate
 
 
+def refuse_live_only_options(live_url) -> None:
+    """Options whose help begins "--live:" do nothing without --live: named without it, they are a mistake."""
+    if live_url:
+        return
+    ctx = click.get_current_context()
+    given = [p.opts[-1] for p in ctx.command.params if isinstance(p, click.Option)
+             and (p.help or "").startswith("--live:")
+             and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: only with --live URL (a run on a server now)")
+
+
 @click.command("calibrate")
 @click.argument("sources", nargs=-1)
 @click.option("-o", "--output", "out_path", default=None,
@@ -32,8 +44,10 @@ from .validate import format_validation, noise_floor, validate
               help="Measure a closed-loop grid on this server within --budget, then fit (instead of SOURCES).")
 @click.option("--budget", default="10m", show_default=True, help="--live: time budget of the grid (10m, 90s, ...).")
 @click.option("--run-dir", default=None, help="--live: folder for the measured runs (default runs/calibrate-live-DATE).")
-@click.option("--tg", type=int, default=None, help="--live: generated tokens per request of the grid (default 32).")
-@click.option("--pp-max", type=int, default=None, help="--live: largest prompt of the grid (default: half the context).")
+@click.option("--tg", type=click.IntRange(min=1), default=None,
+              help="--live: generated tokens per request of the grid (default 32).")
+@click.option("--pp-max", type=click.IntRange(min=16), default=None,
+              help="--live: largest prompt of the grid (default: half the context).")
 @click.option("--runs", type=int, default=1, show_default=True,
               help="--live: runs of every grid test (2 on a noisy server; the budget then buys fewer tests).")
 @click.option("--plot", "plot_path", default=None, metavar="CARD.PNG",
@@ -45,6 +59,7 @@ def calibrate_cmd(sources, out_path, name, max_evals, as_json, live_url, budget,
     or measure them first on a live server (--live URL)."""
     if max_evals is not None and max_evals < 1:
         raise click.BadParameter(f"must be >= 1, got {max_evals}", param_hint="--max-evals")
+    refuse_live_only_options(live_url)
     check_writable(out_path, "-o/--output")  # before any work is done
     out_given = bool(out_path)
     if plot_path:
@@ -147,11 +162,11 @@ def _plot_card(prof, runs, plot_path: str) -> None:
               help="Run open-loop loads on this server now and compare them with the profile's predictions.")
 @click.option("--loads", "loads_path", default=None,
               help="--live: JSON list of loads (LiveLoad fields); default: the seed's H and J scaled to the server.")
-@click.option("--scale", type=float, default=None,
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True, max=1e9), default=None,
               help="--live: multiply the seed loads' request rates by this (default: the seed box's single-request "
                    "latency over this box's, so the loads are as heavy relative to the box).")
-@click.option("--length-scale", type=float, default=None,
-              help="--live: multiply the seed loads' token lengths by this (default: fit 45%% of max_model_len).")
+@click.option("--length-scale", type=click.FloatRange(min=0, min_open=True, max=1e9), default=None,
+              help="--live: multiply the seed loads' token lengths by this (default: fit 45 % of max_model_len).")
 @click.option("--budget", default="10m", show_default=True, help="--live: rough time budget for all loads.")
 @click.option("--repeat", is_flag=True, help="--live: run every load twice; the second run gives the noise floor.")
 @click.option("--retries", type=int, default=1, show_default=True,
@@ -167,6 +182,7 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
     with --live URL, run the open-loop loads on a server now."""
     if replications is not None and replications < 1:
         raise click.BadParameter(f"must be >= 1, got {replications}", param_hint="--replications")
+    refuse_live_only_options(live_url)
     if plot_path:  # before any work is done
         from .plots import check_plot_path
         with user_errors():

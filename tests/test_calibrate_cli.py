@@ -8,6 +8,7 @@ and runs with a small budget.
 import json
 import re
 
+import pytest
 from click.testing import CliRunner
 
 import calibrate.cli as ccli
@@ -83,6 +84,40 @@ def test_validate_live_takes_no_retries_but_not_fewer():
         assert res.exit_code == 2 and "--retries must be 0 or more, not -1" in res.output
         res = invoke(["validate", "--live", url, "--profile", "spark-gemma4-26b-a4b", "--retries", "0"])
     assert res.exit_code == 1 and "cannot reach the server" in res.output  # accepted: it went on to the server
+
+
+@pytest.mark.parametrize("command, flags", [
+    ("validate", ["--loads", "l.json"]), ("validate", ["--scale", "2"]), ("validate", ["--length-scale", "0.5"]),
+    ("validate", ["--budget", "5m"]), ("validate", ["--repeat"]), ("validate", ["--retries", "2"]),
+    ("validate", ["--endpoint", "chat"]), ("validate", ["--run-dir", "x"]),
+    ("calibrate", ["--budget", "5m"]), ("calibrate", ["--run-dir", "x"]), ("calibrate", ["--tg", "64"]),
+    ("calibrate", ["--pp-max", "4096"]), ("calibrate", ["--runs", "2"])])
+def test_a_live_option_without_live_is_refused_not_ignored(command, flags):
+    """Each did nothing offline: a user who meant a live run got an offline one without a word."""
+    res = invoke([command, "seed", *flags])
+    assert res.exit_code == 2 and f"{flags[0]}: only with --live URL" in res.stderr
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--scale", "nan"], "--scale must be a finite number > 0, got nan"),
+    (["--scale", "0"], "'--scale': 0.0 is not in the range"),
+    (["--length-scale", "-1"], "'--length-scale': -1.0 is not in the range"),
+    (["--scale", "2", "--loads", "l.json"], "--scale scales the default loads; --loads gives its own"),
+    (["--budget", "-5m"], "--budget: cannot read the duration '-5m'"),
+    (["--loads", "no-such-loads.json"], "--loads no-such-loads.json:")])
+def test_validate_live_reads_its_flags_before_it_asks_the_server(flags, words):
+    with refused_port() as port:
+        res = invoke(["validate", "--live", f"http://127.0.0.1:{port}", "--profile", "spark-gemma4-26b-a4b", *flags])
+    assert res.exit_code in (1, 2) and words in res.output and "cannot reach" not in res.output
+
+
+@pytest.mark.parametrize("flags, words", [(["--tg", "0"], "'--tg': 0 is not in the range x>=1"),
+                                          (["--pp-max", "8"], "'--pp-max': 8 is not in the range x>=16")])
+def test_calibrate_live_refuses_a_grid_it_would_have_changed_silently(flags, words):
+    """--tg 0 ran the default 32, --pp-max 8 ran 16."""
+    with refused_port() as port:
+        res = invoke(["calibrate", "--live", f"http://127.0.0.1:{port}", *flags])
+    assert res.exit_code == 2 and words in res.output
 
 
 @needs_data

@@ -7,11 +7,13 @@ line and exit 1 here (capsim.errors.user_errors).
 from __future__ import annotations
 
 import json
+import math
 
 from simulator.profile import load_profile
 
 from .ladder import live_calibrate, parse_budget
 from .loads import load_loads, seed_loads
+from .messages import LiveError
 from .server import apply_server_limits, read_server
 from .validate import live_validate
 
@@ -111,18 +113,24 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
     """What `capsim validate --live URL --profile P` does (calibrate/cli.py calls this)."""
     click = _click()
     with _user_errors(), _messages(as_json):
+        # everything the command line says is read before the server is asked anything
         prof = load_profile(profile_path)
         lim = _limits(kw.get("max_num_seqs"), kw.get("max_num_batched_tokens"), kw.get("async_scheduling"),
                       kw.get("kv_groups"), kw.get("hf_config"))
+        budget_s = parse_budget(budget)
+        for flag, x in (("--scale", scale), ("--length-scale", length_scale)):
+            if x is not None and not (0 < x < math.inf):
+                raise LiveError(f"{flag} must be a finite number > 0, got {x}")
+            if x is not None and loads_path:
+                raise LiveError(f"{flag} scales the default loads; --loads gives its own")
+        loads = load_loads(loads_path) if loads_path else None
         facts = read_server(url, kw.get("model"), api_key=kw.get("api_key"), **lim)
         prof = apply_server_limits(prof, facts)  # e.g. a server restarted with other limits
-        if loads_path:
-            loads = load_loads(loads_path)
-        else:
+        if loads is None:
             if not as_json:
                 click.echo("default loads: the seed's H and J scaled to this server (see calibrate.live.seed_loads)",
                            err=True)
-            loads = seed_loads(prof, facts.max_model_len, scale, length_scale, parse_budget(budget), endpoint)
+            loads = seed_loads(prof, facts.max_model_len, scale, length_scale, budget_s, endpoint)
         lv = live_validate(url, prof, loads, run_dir, model=facts.model, clock_scale=kw.get("clock_scale", 1.0),
                            replications=replications, repeat=repeat, api_key=kw.get("api_key"),
                            retries=kw.get("retries", 1))

@@ -92,7 +92,7 @@ def parse_budget(text: str | float | int) -> float:
     except LoadError:
         secs = 0.0
     if not secs > 0:
-        raise LiveError(f"cannot read the duration {text!r} (e.g. 10m, 90s, 1h)")
+        raise LiveError(f"--budget: cannot read the duration {text!r} (e.g. 10m, 90s, 1h)")
     return secs
 
 
