@@ -1129,6 +1129,42 @@ def test_crash_mid_run_keeps_every_completed_record(fake, tmp_path):
     assert res.exit_code == 0 and "status running, 5 records" in res.stdout
 
 
+
+def test_a_closed_loop_killed_mid_run_is_read_test_by_test(fake, tmp_path):
+    """run.json carries the tests' shapes from the start: killed (SIGKILL) in its second test, a closed-loop
+    run's records still sort into their tests (calibrate needs the shapes, report prints by test)."""
+    srv = fake(itl=0.002, fault="hang", fault_after=6, fault_chunk=1)  # 3 latency probes, then 3 records
+    d = tmp_path / "killed"
+    p = _measure_proc(["closed", srv.url, "--pp", "16", "--tg", "6", "--concurrency", "1", "2", "--runs", "2",
+                       "--no-warmup", "--no-progress", "-o", d])
+    rec = d / "records.jsonl"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and p.poll() is None and not (
+                rec.exists() and len(rec.read_text().splitlines()) >= 3):
+            time.sleep(0.05)
+    finally:
+        p.kill()
+        p.communicate()
+    info = json.loads((d / "run.json").read_text())
+    tests = {"pp16 tg6 d0 c1": (16, 6, 0, 1), "pp16 tg6 d0 c2": (16, 6, 0, 2)}
+    assert info["status"] == "running" and info["meta"]["tests"] == {k: list(v) for k, v in tests.items()}
+    run = load_run(d)
+    assert run.closed_loop.tests == tests
+    assert [r.test for r in run.records] == ["pp16 tg6 d0 c1"] * 2 + ["pp16 tg6 d0 c2"]
+    res = CliRunner().invoke(report_cli, [str(d)])
+    assert res.exit_code == 0 and "status running, 3 records" in res.stdout
+
+
+def test_a_run_json_that_is_not_a_capsim_run_is_one_line(tmp_path):
+    for text, words in (("[]", "run.json must be a JSON object, not a list"),
+                        ('{"kind": "sideways"}', "unknown run kind 'sideways' (open or closed)"),
+                        ('{"kind": "closed"}', "a closed-loop run without its tests (meta.tests")):
+        (tmp_path / "run.json").write_text(text)
+        res = CliRunner().invoke(report_cli, [str(tmp_path)])
+        assert res.exit_code == 1 and words in res.output and "Traceback" not in res.output, text
+
+
 # ---------------------------------------------------------------- the twin's log (issue 11, item 8)
 
 def test_twin_log_stays_quiet_on_resets_and_bad_framing(caplog):
