@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulator.records import ClosedLoopFacts, LiveFacts
+from simulator.records import LiveFacts
 
 from .files import ImporterError
 from .importers import closed_runs, is_suite_dir, load_source, open_runs
@@ -56,7 +56,11 @@ def _capsim_run(path: Path, kind: str) -> list:
     if chunks:  # usage tokens per streamed chunk: above 1 with speculative decoding
         server["tokens_per_chunk"] = sum(r.output_tokens for r in ok) / chunks
     if kind == "closed":
-        cl = run.closed_loop or ClosedLoopFacts()
+        if run.closed_loop is None or not run.closed_loop.tests:
+            # a run.json not written by capsim measure (it writes them from the start)
+            raise ImporterError(f"{path}: a closed-loop run without its tests' shapes (run.json's meta.tests: "
+                                "each test's pp, tg, depth and concurrency)")
+        cl = run.closed_loop
         return [ClosedRun(source=str(path), test=path.name, model=str(live.model), runs=cl.runs,
                           latency_mode=cl.latency_mode if cl.latency_mode is not None else "generation",
                           latency_ms=1000.0 * float(cl.latency_s or 0.0), version="capsim measure",

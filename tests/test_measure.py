@@ -1158,11 +1158,21 @@ def test_a_closed_loop_killed_mid_run_is_read_test_by_test(fake, tmp_path):
 
 def test_a_run_json_that_is_not_a_capsim_run_is_one_line(tmp_path):
     for text, words in (("[]", "run.json must be a JSON object, not a list"),
-                        ('{"kind": "sideways"}', "unknown run kind 'sideways' (open or closed)"),
-                        ('{"kind": "closed"}', "a closed-loop run without its tests (meta.tests")):
+                        ('{"kind": "sideways"}', "unknown run kind 'sideways' (open or closed)")):
         (tmp_path / "run.json").write_text(text)
         res = CliRunner().invoke(report_cli, [str(tmp_path)])
         assert res.exit_code == 1 and words in res.output and "Traceback" not in res.output, text
+
+
+def test_a_closed_loop_run_without_its_tests_is_reported_but_not_calibrated_on(tmp_path):
+    """report prints what a run.json without the tests' shapes holds; calibrate, which reads a run by its
+    shapes, names what is missing (it printed a traceback)."""
+    from capsim.cli import main
+
+    (tmp_path / "run.json").write_text('{"kind": "closed"}')
+    assert CliRunner().invoke(report_cli, [str(tmp_path)]).exit_code == 0
+    res = CliRunner().invoke(main, ["calibrate", str(tmp_path)])
+    assert res.exit_code == 1 and "a closed-loop run without its tests' shapes (run.json's meta.tests" in res.output
 
 
 # ---------------------------------------------------------------- the twin's log (issue 11, item 8)
