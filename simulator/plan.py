@@ -64,6 +64,8 @@ class PlanSettings:
             raise PlanError(f"the staff search bound must be >= 1, got {self.staff_max}")
         if self.batch < 1:
             raise PlanError(f"the replication batch must be >= 1, got {self.batch}")
+        if self.n_jobs is not None and self.n_jobs < 1 and self.n_jobs != -1:  # 0 ran one, -2 every core
+            raise PlanError(f"worker processes (--jobs) must be >= 1, or -1 for every core, got {self.n_jobs}")
 
     @property
     def need(self) -> int:

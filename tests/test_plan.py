@@ -250,9 +250,11 @@ def test_capacity_replications_pass_by_their_median(reps, need):
 
 @pytest.mark.parametrize("field, bad, good", [("replications", 0, 1), ("confidence", 0.0, 1.0),
                                               ("confidence", 1.01, 0.01), ("capacity_replications", 0, 1),
-                                              ("staff_max", 0, 1), ("batch", 0, 1)])
+                                              ("staff_max", 0, 1), ("batch", 0, 1), ("n_jobs", 0, 1),
+                                              ("n_jobs", -2, -1)])
 def test_plan_settings_refuse_only_past_their_bounds(field, bad, good):
-    with pytest.raises(PlanError, match=field.split("_")[0] if field != "staff_max" else "staff search bound"):
+    words = {"staff_max": "staff search bound", "n_jobs": "worker processes"}.get(field, field.split("_")[0])
+    with pytest.raises(PlanError, match=words):
         PlanSettings(**{field: bad})
     assert getattr(PlanSettings(**{field: good}), field) == good
 
