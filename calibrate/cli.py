@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -16,6 +17,19 @@ from .files import ImporterError
 from .sources import load_closed, load_open, server_key
 from .store import stored_profile_path
 from .validate import format_validation, noise_floor, validate
+
+
+def validate_progress(clock=time.monotonic):
+    """validate's progress line: tests predicted, the last one, time spent and left at the pace so far."""
+    from measure.progress import fmt_clock
+
+    t0 = clock()
+
+    def told(i: int, n: int, run) -> None:
+        spent = clock() - t0
+        click.echo(f"\r  predicted {i}/{n} tests ({run.test}), {fmt_clock(spent)} elapsed, ETA "
+                   f"{fmt_clock(spent / i * (n - i))}\x1b[K", nl=False, err=True)
+    return told
 
 
 def refuse_live_only_options(live_url) -> None:
@@ -223,8 +237,7 @@ def validate_cmd(sources, profile_path, replications, floor_sources, tokenizer, 
                                        f"sources first, or give --profile (the shipped profile is {prof.model.get('name')})")
         if note:  # once the sources read: an error stays one line
             click.echo(note, err=True)
-        progress = None if as_json else (lambda i, n, run: click.echo(f"\r  predicting {i}/{n}: {run.test:<24}",
-                                                                        nl=False, err=True))
+        progress = None if as_json else validate_progress()
         v = validate(runs, prof, replications=replications, tokenizer=tokenizer, progress=progress)
         floor = noise_floor(runs, load_open(list(floor_sources))) if floor_sources else None
     if progress:

@@ -7,7 +7,8 @@ import time
 from typing import Callable, TextIO
 
 
-def _fmt_s(s: float | None) -> str:
+def fmt_clock(s: float | None) -> str:
+    """Seconds as mm:ss (h:mm:ss from an hour); --:-- where unknown."""
     if s is None or s != s or s == float("inf"):
         return "--:--"
     s = int(max(0, s))
@@ -116,7 +117,7 @@ class Progress:
         fill = int(round(width * min(1.0, frac)))
         bar = "#" * fill + "." * (width - fill)
         line = (f"[{bar}] {self.done}/{self.total} {self.label} done, {self.failed} failed, "
-                f"{self.inflight} in flight, {_fmt_s(now - self.t0)} elapsed, ETA {self._eta_text(now)}")
+                f"{self.inflight} in flight, {fmt_clock(now - self.t0)} elapsed, ETA {self._eta_text(now)}")
         if self.note:
             line += f"  {self.note}"
         try:
@@ -133,8 +134,8 @@ class Progress:
     def _eta_text(self, now: float) -> str:
         floor = self.floor(now)
         if floor:
-            return f"> {_fmt_s(floor)}"
-        return _fmt_s(self.eta(now))
+            return f"> {fmt_clock(floor)}"
+        return fmt_clock(self.eta(now))
 
     def close(self) -> None:
         if not self.enabled:

@@ -133,3 +133,15 @@ def test_validate_names_the_shipped_profile_where_nothing_was_calibrated(tmp_pat
     res = invoke(["validate", "seed", "--replications", "1", "--json"])
     assert res.exit_code == 0, res.output
     assert not re.search("^profile:", res.stderr, re.M)
+
+
+def test_validates_progress_line_tells_the_time_left_at_the_pace_so_far(capsys):
+    from types import SimpleNamespace
+
+    now = iter([100.0, 130.0, 190.0])  # made at 100; tests done at 130 and 190
+    told = ccli.validate_progress(clock=lambda: next(now))
+    told(1, 4, SimpleNamespace(test="07-office-baseline"))
+    told(2, 4, SimpleNamespace(test="08-sharegpt"))
+    err = capsys.readouterr().err
+    assert "predicted 1/4 tests (07-office-baseline), 00:30 elapsed, ETA 01:30" in err
+    assert "predicted 2/4 tests (08-sharegpt), 01:30 elapsed, ETA 01:30" in err
