@@ -153,6 +153,16 @@ class TwinServer(Server):
     async def _generate(self, chat: bool, req: dict, http) -> bool:
         wall_in = monotonic()
         mml = self.profile.engine.max_model_len
+        model = req.get("model")
+        if model is not None and not isinstance(model, str):
+            return await self._send(http, 400, invalid_body("model", "model must be a string"))
+        if model and model != self.model:  # vLLM's _check_model, before any value is read ("": the served one)
+            return await self._send(http, 404, error_body(
+                404, f"The model `{model}` does not exist. Valid aliases: {self.model}.", "NotFoundError", "model"))
+        n = req.get("n")
+        if n is not None and n != 1:  # vLLM would decode n sequences; answering one would miscount them
+            return await self._send(http, 400, error_body(400, f"the twin serves one sequence per request, not n={n}",
+                                                          param="n"))
         pt = self._prompt_tokens(chat, req)
         if isinstance(pt, dict):
             return await self._send(http, 400, pt)
@@ -199,7 +209,7 @@ class TwinServer(Server):
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         done = self._loop.create_future()
         gen = Generation(rid, chat, stream, include_usage, http, pt, self.engine.served_max_tokens(spec), done,
-                         str(req.get("model") or self.model))
+                         self.model)
         if stream:  # chunked: each SSE event is one chunk, written when the engine makes it
             http.start(200, "text/event-stream; charset=utf-8")
         self.engine.submit(gen, spec, wall_in)

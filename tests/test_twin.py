@@ -116,7 +116,7 @@ def test_completions_stream_and_non_stream(twin):
     assert ev[-1] == "[DONE]" and len(ev) == 4  # no usage chunk without include_usage
     assert all(e["object"] == "text_completion" and e["choices"][0]["text"] for e in ev[:-1])
     assert ev[-2]["choices"][0]["finish_reason"] == "length"
-    r = c.post("/v1/completions", json={"model": "x", "prompt": "a b c d", "max_tokens": 4}).json()
+    r = c.post("/v1/completions", json={"model": "capsim-twin", "prompt": "a b c d", "max_tokens": 4}).json()
     assert r["object"] == "text_completion" and r["usage"] == {"prompt_tokens": 5, "completion_tokens": 4,
                                                                "total_tokens": 9, "prompt_tokens_details": None,
                                                                "completion_tokens_details": None}
@@ -125,6 +125,22 @@ def test_completions_stream_and_non_stream(twin):
                                              "max_completion_tokens": 2, "max_tokens": 9}).json()
     assert r["object"] == "chat.completion" and r["usage"]["completion_tokens"] == 2  # max_completion_tokens wins
     assert r["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_a_model_it_does_not_serve_is_vllms_404_and_n_above_one_is_refused(twin):
+    """vLLM answers a model it does not serve with 404 before reading the request (the twin served any name as
+    its own); an empty name is the served model. n > 1 would decode n sequences, which the twin does not."""
+    c = httpx.Client(base_url=twin.url)
+    for path, body in (("/v1/completions", {"prompt": "a b", "max_tokens": 2}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})):
+        r = c.post(path, json=body | {"model": "gpt-4o"})
+        assert r.status_code == 404 and r.json() == {"error": {
+            "message": "The model `gpt-4o` does not exist. Valid aliases: capsim-twin.", "type": "NotFoundError",
+            "param": "model", "code": 404}}
+        assert c.post(path, json=body | {"model": ""}).json()["model"] == "capsim-twin"
+        r = c.post(path, json=body | {"n": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+        assert c.post(path, json=body | {"n": 1}).status_code == 200
 
 
 def test_default_max_tokens_fills_the_context():
