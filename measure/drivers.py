@@ -283,15 +283,14 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         S.stop_setup(connecting)  # no run folder yet: nothing to close
         S.check_fits((bt.pp + bt.depth, bt.tg) for bt in batches)  # before the folder exists
         tests = {bt.test: (bt.pp, bt.tg, bt.depth, bt.concurrency) for bt in batches}
+        loop = ClosedLoopFacts(tests=tests, latency_mode=pattern.latency_mode, runs=pattern.runs,
+                               warmup=pattern.warmup)
         # the tests' shapes go in from the start: a run killed before its end is still read test by test
-        meta = {"tests": {k: list(v) for k, v in tests.items()}, "latency_mode": pattern.latency_mode,
-                "runs": pattern.runs, "warmup": pattern.warmup}
+        meta = {"tests": loop.tests, "latency_mode": loop.latency_mode, "runs": loop.runs, "warmup": loop.warmup}
         S.open_files(S.base_info("closed", {"dataset": "fixed", "pp": list(pattern.pp), "tg": list(pattern.tg),
                                             "depth": list(pattern.depth)}, pattern.describe()) | {"meta": meta})
         b = S.builder
         live = S.base_live()
-        loop = ClosedLoopFacts(tests=tests, latency_mode=pattern.latency_mode, runs=pattern.runs,
-                               warmup=pattern.warmup)
         prep_t0 = perf_counter()
 
         async def prepare():
