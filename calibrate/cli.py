@@ -37,7 +37,7 @@ def refuse_live_only_options(live_url) -> None:
     if live_url:
         return
     ctx = click.get_current_context()
-    given = [p.opts[-1] for p in ctx.command.params if isinstance(p, click.Option)
+    given = ["/".join(p.opts[-1:] + p.secondary_opts) for p in ctx.command.params if isinstance(p, click.Option)
              and (p.help or "").startswith("--live:")
              and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
     if given:

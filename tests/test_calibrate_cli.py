@@ -91,11 +91,28 @@ def test_validate_live_takes_no_retries_but_not_fewer():
     ("validate", ["--budget", "5m"]), ("validate", ["--repeat"]), ("validate", ["--retries", "2"]),
     ("validate", ["--endpoint", "chat"]), ("validate", ["--run-dir", "x"]),
     ("calibrate", ["--budget", "5m"]), ("calibrate", ["--run-dir", "x"]), ("calibrate", ["--tg", "64"]),
-    ("calibrate", ["--pp-max", "4096"]), ("calibrate", ["--runs", "2"])])
+    ("calibrate", ["--pp-max", "4096"]), ("calibrate", ["--runs", "2"]),
+    # what the server does not export (calibrate.live.live_limit_options), on both commands
+    *[(c, f) for c in ("calibrate", "validate") for f in (
+        ["--model", "m"], ["--max-num-seqs", "64"], ["--max-num-batched-tokens", "8192"], ["--kv-groups", "1x16"],
+        ["--hf-config", "config.json"], ["--speed", "2"], ["--api-key", "k"])]])
 def test_a_live_option_without_live_is_refused_not_ignored(command, flags):
     """Each did nothing offline: a user who meant a live run got an offline one without a word."""
     res = invoke([command, "seed", *flags])
     assert res.exit_code == 2 and f"{flags[0]}: only with --live URL" in res.stderr
+
+
+@pytest.mark.parametrize("flag", ["--async-scheduling", "--no-async-scheduling"])
+def test_a_live_switch_without_live_is_refused_under_both_its_names(flag):
+    res = invoke(["calibrate", "seed", flag])
+    assert res.exit_code == 2 and "--async-scheduling/--no-async-scheduling: only with --live URL" in res.stderr
+
+
+def test_the_api_key_from_the_environment_is_no_live_option_given(monkeypatch):
+    """OPENAI_API_KEY is set for other tools too: an offline run with it set is no mistake."""
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    res = invoke(["calibrate", "seed", "--max-evals", "1", "-o", "/dev/null"])
+    assert res.exit_code == 0, res.output
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -109,6 +126,20 @@ def test_validate_live_reads_its_flags_before_it_asks_the_server(flags, words):
     with refused_port() as port:
         res = invoke(["validate", "--live", f"http://127.0.0.1:{port}", "--profile", "spark-gemma4-26b-a4b", *flags])
     assert res.exit_code in (1, 2) and words in res.output and "cannot reach" not in res.output
+
+
+@pytest.mark.parametrize("command", ["calibrate", "validate"])
+@pytest.mark.parametrize("flags, words", [
+    (["--speed", "0"], "'--speed': must be a finite number > 0, got 0.0"),
+    (["--speed", "nan"], "'--speed': must be a finite number > 0, got nan"),
+    (["--speed", "-2"], "'--speed': must be a finite number > 0, got -2.0"),
+    (["--max-num-seqs", "0"], "'--max-num-seqs': 0 is not in the range x>=1"),
+    (["--max-num-batched-tokens", "-8"], "'--max-num-batched-tokens': -8 is not in the range x>=1")])
+def test_a_live_run_refuses_impossible_server_facts_before_it_asks_the_server(command, flags, words):
+    with refused_port() as port:
+        res = invoke([command, "--live", f"http://127.0.0.1:{port}", "--profile", "spark-gemma4-26b-a4b", *flags]
+                     if command == "validate" else [command, "--live", f"http://127.0.0.1:{port}", *flags])
+    assert res.exit_code == 2 and words in res.output and "cannot reach" not in res.output
 
 
 @pytest.mark.parametrize("flags, words", [(["--tg", "0"], "'--tg': 0 is not in the range x>=1"),

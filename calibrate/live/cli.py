@@ -47,22 +47,33 @@ def _messages(as_json: bool):
     return stack
 
 
+def _finite_positive(ctx, param, value):
+    if value is not None and not 0 < value < math.inf:
+        raise _click().BadParameter(f"must be a finite number > 0, got {value}")
+    return value
+
+
 def live_limit_options(f):
-    """Flags for what the server may not export; shared by calibrate --live and validate --live."""
+    """Flags for what the server may not export; shared by calibrate --live and validate --live. Each
+    help begins "--live:", so that calibrate/cli.refuse_live_only_options refuses them without --live."""
     click = _click()
+    count = click.IntRange(min=1)
     opts = [
-        click.option("--model", default=None, help="Model id (default: the first one /v1/models lists)."),
-        click.option("--max-num-seqs", type=int, default=None, help="The server's --max-num-seqs (vLLM does not export it)."),
-        click.option("--max-num-batched-tokens", type=int, default=None,
-                     help="The server's --max-num-batched-tokens (vLLM does not export it)."),
+        click.option("--model", default=None, help="--live: model id (default: the first one /v1/models lists)."),
+        click.option("--max-num-seqs", type=count, default=None,
+                     help="--live: the server's --max-num-seqs (vLLM does not export it)."),
+        click.option("--max-num-batched-tokens", type=count, default=None,
+                     help="--live: the server's --max-num-batched-tokens (vLLM does not export it)."),
         click.option("--async-scheduling/--no-async-scheduling", default=None,
-                     help="Whether the server schedules asynchronously (vLLM GPU default on, CPU off)."),
+                     help="--live: whether the server schedules asynchronously (vLLM GPU default on, CPU off)."),
         click.option("--kv-groups", default=None,
-                     help="KV-cache groups COUNTxBLOCK[@WINDOW], e.g. 1x128,5x128@512 (hybrid models)."),
-        click.option("--hf-config", default=None, help="The model's config.json: KV-cache groups from its layer types."),
+                     help="--live: KV-cache groups COUNTxBLOCK[@WINDOW], e.g. 1x128,5x128@512 (hybrid models)."),
+        click.option("--hf-config", default=None,
+                     help="--live: the model's config.json: KV-cache groups from its layer types."),
         click.option("--speed", "clock_scale", type=float, default=1.0, show_default=True,
-                     help="A capsim twin's --speed: measured times are multiplied by it (model time)."),
-        click.option("--api-key", envvar="OPENAI_API_KEY", default=None, help="Bearer token."),
+                     callback=_finite_positive,
+                     help="--live: a capsim twin's --speed: measured times are multiplied by it (model time)."),
+        click.option("--api-key", envvar="OPENAI_API_KEY", default=None, help="--live: bearer token."),
     ]
     for o in reversed(opts):
         f = o(f)
