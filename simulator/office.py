@@ -310,9 +310,17 @@ class Office:
             out.append(c if isinstance(c, WorkClass) else preset_class(c[0], c[1], fmt, self.turns, self.think_s))
         return out
 
+    def shares(self) -> list[tuple[str, float]]:
+        """(class, share of requests) of the mix, as the office draws them: a mix may be given in any
+        proportions (chat=2,rag=1), the shares here sum to 1."""
+        named = [(c.name, c.share) if isinstance(c, WorkClass) else (c[0], c[1]) for c in self.mix]
+        total = sum(s for _, s in named)
+        return [(n, s / total) for n, s in named]
+
     def describe(self) -> dict:
-        mix = [{"class": c.name, "share": c.share, "turns": c.turns} if isinstance(c, WorkClass) else
-               {"class": c[0], "share": c[1]} for c in self.mix]
+        turns = [c.turns if isinstance(c, WorkClass) else None for c in self.mix]
+        mix = [{"class": n, "share": s} | ({"turns": t} if t is not None else {})
+               for (n, s), t in zip(self.shares(), turns)]
         return {"staff": self.staff, "per_hour": self.per_hour, "per_day": self.per_day,
                 "day_profile": self.profile_name(), "at_hour": self.start_hour(), "mix": mix, "turns": self.turns,
                 "think_s": self.think_s, "burstiness": self.burstiness, "burst_factor": self.burst_factor,

@@ -63,7 +63,7 @@ class PlanResult:
 
 def format_plan(r: PlanResult) -> str:
     o = r.office
-    mix = ", ".join(f"{c[0]} {c[1]:g}" if not hasattr(c, "name") else f"{c.name} {c.share:g}" for c in o.mix)
+    mix = ", ".join(f"{name} {share:.3g}" for name, share in o.shares())
     per_h = o.office_rps(1) * 3600
     lines = [f"capsim plan: profile {r.profile_name}" + (f", scenario {r.scenario.name}" if r.scenario.name != "base" else "")
              + (f" ({', '.join(r.scenario.edits)})" if r.scenario.edits else "")

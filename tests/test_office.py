@@ -156,6 +156,18 @@ def test_describe_says_what_the_office_is():
     assert d["office_rps"] == pytest.approx(7 * Office(per_day=80.0).person_rate_at_hour(9))
 
 
+def test_a_mix_in_any_proportions_is_told_as_the_shares_the_office_draws():
+    """chat=2,rag=6 draws a quarter chat: the text and JSON said 'chat 2, rag 6' (or 0.5 and 0.6 for
+    shares summing to 1.1), the shares as typed."""
+    o = Office(mix=parse_mix("chat=2,rag=6"), requests=4000, warmup_s=0.0)
+    assert o.shares() == [("chat", 0.25), ("rag", 0.75)]
+    assert o.describe()["mix"] == [{"class": "chat", "share": 0.25}, {"class": "rag", "share": 0.75}]
+    per = {"chat": 0, "rag": 0}
+    for x in office_sessions(o, 25, seed=1):
+        per[x.tag] += len(x.specs)
+    assert per["chat"] / sum(per.values()) == pytest.approx(0.25, abs=0.03)
+
+
 # ------------------------------------------------------------------ sessions
 
 def test_no_staff_no_sessions():

@@ -136,3 +136,9 @@ def test_plan_json_carries_the_answer_its_bound_and_the_setup():
     assert d["office"]["max_concurrency"] == 16 and d["profile"] == "spark"
     assert d["capacity_rps"] == {"2s": 0.52, "5s": 0.71, "10s": None}
     assert d["at_staff_with_fit_uncertainty"]["p50_tpot"] == {"lo_ms": 120.0, "hi_ms": 170.0}
+
+
+def test_the_office_line_gives_the_mix_as_the_shares_the_office_draws():
+    """--mix chat=0.5,rag=0.6 said 'mix chat 0.5, rag 0.6' where the office drew 0.455 and 0.545."""
+    r = result(office=Office(staff=25, mix=(("chat", 0.5), ("rag", 0.6))))
+    assert "mix chat 0.455, rag 0.545, burstiness 0.7" in format_plan(r).split("\n")[1]
