@@ -366,8 +366,7 @@ class SessionScript:
     def __init__(self, office: Office, fmt: PromptFormat, seed: int, stream: int = 0):
         self.office = office
         self.classes = office.classes(fmt)
-        shares = np.array([c.share for c in self.classes], dtype=float)
-        shares = shares / shares.sum()
+        shares = np.array([share for _, share in office.shares()])
         turns = np.array([c.turns for c in self.classes], dtype=float)
         w = shares / turns  # sessions per request of each class
         self.sessions_per_request = float(w.sum())
