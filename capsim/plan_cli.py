@@ -144,6 +144,7 @@ def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profil
     if plot_path:  # before any work is done
         from calibrate.plots import check_plot_path
         check_plot_path(plot_path)
+    refuse_idle_options(dask_address, no_capacity)
     constraints = parse_slas(slas)
     office = build_office(staff, rps, per_hour, per_day, day_profile, at_hour, mix, turns, think, burstiness, burst,
                           monday, max_concurrency, gateway_wait, requests, duration, warmup)
@@ -173,6 +174,19 @@ def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profil
         click.echo(format_plan(results[0]) if not compares else format_compare(results))
         if plot_path:
             click.echo(f"\nplot: {plot_path}")
+
+
+def refuse_idle_options(dask_address, no_capacity) -> None:
+    """An option that another turns off did nothing without a word: typed, it is a mistake."""
+    ctx = click.get_current_context()
+
+    def typed(name: str) -> bool:
+        return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+    if typed("dask_timeout") and not dask_address:
+        raise PlanError("--dask-timeout: only with --dask (the simulations run on this machine)")
+    if typed("capacity_replications") and no_capacity:
+        raise PlanError("--capacity-replications: the capacity search is off (--no-capacity)")
 
 
 @contextlib.contextmanager

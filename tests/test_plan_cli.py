@@ -131,6 +131,9 @@ def test_parse_burst():
     (["--at", "12"], "--at needs --per-day or --day-profile"),
     (["--rps", "1", "--at", "12"], "--at needs --per-day or --day-profile"),
     (["--per-day", "20", "--at", "25"], "clock hour in [0, 24), got 25.0"),
+    # options another turns off, which did nothing without a word
+    (["--dask-timeout", "30s"], "--dask-timeout: only with --dask"),
+    (["--no-capacity", "--capacity-replications", "3"], "--capacity-replications: the capacity search is off"),
 ])
 def test_bad_input_is_one_line_before_any_search(asked, args, words):
     res = plan(*args)
