@@ -23,11 +23,21 @@ from tests.test_engine import spec
 MEMBERS, GENERAL = True, False
 
 
+class _Launches(dict):
+    def __init__(self):
+        super().__init__()
+        self.shrunk: set[int] = set()
+
+    def clear(self) -> None:
+        super().clear()
+        self.shrunk.clear()
+
+
 @pytest.fixture
 def launches(monkeypatch):
     """Every step or decode run the engine launches: first step index -> [k, batch size, members path];
-    k as an arrival may have shrunk it."""
-    log = {}
+    k as an arrival may have shrunk it (.shrunk: the first step indices of the runs an arrival shrank)."""
+    log = _Launches()
     launch, shrink = Engine._launch, Engine._shrink
 
     def spy_launch(self, sched, start):
@@ -39,6 +49,7 @@ def launches(monkeypatch):
     def spy_shrink(self, step, k_new):
         shrink(self, step, k_new)
         log[step.first_idx][0] = k_new
+        log.shrunk.add(step.first_idx)
 
     monkeypatch.setattr(Engine, "_launch", spy_launch)
     monkeypatch.setattr(Engine, "_shrink", spy_shrink)
@@ -52,10 +63,11 @@ def _tiny(async_=True, budget=64, seqs=8, blocks=None, block=8, window=None, thr
     return prof
 
 
-def _specs(seed, n, pmax=200, omax=120):
+def _specs(seed, n, pmax=200, omax=120, spare=3):
+    """Prompts below pmax, answers below omax, each stopping up to spare - 1 tokens before its max_tokens."""
     rng = np.random.default_rng(seed)
     return [spec(int(p), int(o), int(o) + int(e)) for p, o, e in
-            zip(rng.integers(1, pmax, n), rng.integers(1, omax, n), rng.integers(0, 3, n))]
+            zip(rng.integers(1, pmax, n), rng.integers(1, omax, n), rng.integers(0, spare, n))]
 
 
 def _shipped_chat():
@@ -94,6 +106,15 @@ CASES = [
      lambda: (_tiny(True, seqs=8, blocks=40, block=16), _specs(2, 40, 120, 120)),
      OpenLoop(4.0, seed=2), True, {GENERAL}, True),
     ("members, shipped profile, chat-like", _shipped_chat, OpenLoop(2.0, 0.7, seed=7), False, {MEMBERS}, False),
+    # answers that stop at EOS long before max_tokens: the run ends at the step that emits the last token
+    ("members, answers stop early, async", lambda: (_tiny(True), _specs(8, 60, spare=150)), OpenLoop(4.0, seed=8),
+     False, {MEMBERS}, False),
+    ("members, answers stop early, sync", lambda: (_tiny(False), _specs(9, 60, spare=150)), OpenLoop(4.0, seed=9),
+     False, {MEMBERS}, False),
+    ("general, answers stop early (a trace turns members off), async",
+     lambda: (_tiny(True, blocks=5000), _specs(10, 60, spare=150)), OpenLoop(4.0, seed=10), True, {GENERAL}, False),
+    ("general, answers stop early (a trace turns members off), sync",
+     lambda: (_tiny(False, blocks=5000), _specs(11, 60, spare=150)), OpenLoop(4.0, seed=11), True, {GENERAL}, False),
 ]
 
 
@@ -109,6 +130,7 @@ def test_every_decode_run_is_a_run_of_identical_steps_when_stepping(launches, ma
     stats, trace_step = [], []
     a = sim(True, [].append if trace_ff else None, stats)
     runs = {i: v for i, v in launches.items() if v[0] > 1}
+    shrunk = set(launches.shrunk)
     launches.clear()
     b = sim(False, trace_step.append, stats)
     same_records(a, b)
@@ -123,3 +145,9 @@ def test_every_decode_run_is_a_run_of_identical_steps_when_stepping(launches, ma
         # the run's first step is scheduled as usual (it may admit a one-token prompt), the rest repeat it
         for j, s in enumerate(trace_step[i:i + k]):
             assert (s["tokens"], s["preempted"]) == (n, False) and (j == 0 or not s["admitted"]), (i, k, mem, s)
+        # and it is as long as it may be: where no arrival cut it short and no tight cache makes the run's
+        # block count careful, the step after it is not one more of the same (a shorter run only costs
+        # speed, which no record shows)
+        if not preempts and i not in shrunk and i + k < len(trace_step):
+            s = trace_step[i + k]
+            assert (s["tokens"], s["preempted"], bool(s["admitted"])) != (n, False, False), (i, k, mem, s)
