@@ -319,7 +319,8 @@ class Office:
 
     def describe(self) -> dict:
         turns = [c.turns if isinstance(c, WorkClass) else None for c in self.mix]
-        mix = [{"class": n, "share": s} | ({"turns": t} if t is not None else {})
+        # (to 12 digits: shares typed to sum to 1 stay as typed, not 0.6000000000000001)
+        mix = [{"class": n, "share": round(s, 12)} | ({"turns": t} if t is not None else {})
                for (n, s), t in zip(self.shares(), turns)]
         return {"staff": self.staff, "per_hour": self.per_hour, "per_day": self.per_day,
                 "day_profile": self.profile_name(), "at_hour": self.start_hour(), "mix": mix, "turns": self.turns,

@@ -162,6 +162,9 @@ def test_a_mix_in_any_proportions_is_told_as_the_shares_the_office_draws():
     o = Office(mix=parse_mix("chat=2,rag=6"), requests=4000, warmup_s=0.0)
     assert o.shares() == [("chat", 0.25), ("rag", 0.75)]
     assert o.describe()["mix"] == [{"class": "chat", "share": 0.25}, {"class": "rag", "share": 0.75}]
+    # shares typed to sum to 1 are told as typed (their float sum is 0.9999999999999999)
+    typed = Office(mix=parse_mix("chat=0.6,rag=0.3,code=0.1")).describe()["mix"]
+    assert [m["share"] for m in typed] == [0.6, 0.3, 0.1]
     per = {"chat": 0, "rag": 0}
     for x in office_sessions(o, 25, seed=1):
         per[x.tag] += len(x.specs)
