@@ -286,9 +286,9 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         loop = ClosedLoopFacts(tests=tests, latency_mode=pattern.latency_mode, runs=pattern.runs,
                                warmup=pattern.warmup)
         # the tests' shapes go in from the start: a run killed before its end is still read test by test
-        meta = {"tests": loop.tests, "latency_mode": loop.latency_mode, "runs": loop.runs, "warmup": loop.warmup}
         S.open_files(S.base_info("closed", {"dataset": "fixed", "pp": list(pattern.pp), "tg": list(pattern.tg),
-                                            "depth": list(pattern.depth)}, pattern.describe()) | {"meta": meta})
+                                            "depth": list(pattern.depth)}, pattern.describe())
+                     | {"meta": loop.meta_json()})
         b = S.builder
         live = S.base_live()
         prep_t0 = perf_counter()

@@ -152,6 +152,16 @@ class ClosedLoopFacts:
     runs: int | None = None  # measured runs per test (live runs)
     warmup: bool | None = None  # whether each test began with a warmup batch (live runs)
 
+    def meta_json(self) -> dict[str, Any]:
+        """These facts under run.json's meta keys (RunResult.meta_json; a closed loop writes them at its
+        start too); a fact that is None was not recorded and is left out."""
+        out: dict[str, Any] = {"tests": self.tests}
+        for key in ("latency_mode", "runs", "warmup"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["latency_s"] = self.latency_s
+        return out
+
 
 CLIENT_WARNINGS = ("client_warning", "schedule_warning", "client_stall_warning")
 
@@ -286,11 +296,7 @@ class RunResult:
             out |= {"request_rate": op.request_rate, "burstiness": op.burstiness,
                     "max_concurrency": op.max_concurrency, "num_prompts": op.num_prompts, "seed": op.seed}
         if cl is not None:
-            out["tests"] = cl.tests
-            put("latency_mode", cl.latency_mode)
-            put("runs", cl.runs)
-            put("warmup", cl.warmup)
-            out["latency_s"] = cl.latency_s
+            out |= cl.meta_json()
         if live is not None:
             for key in ("random_format", "sharegpt_dropped_records", "sharegpt_records", "stopped_in", "prompts",
                         "workload", "sent_or_queued"):
