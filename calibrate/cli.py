@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from capsim.errors import USER_ERRORS, check_writable, user_errors
-from capsim.flags import MultiValue
+from capsim.flags import MultiValue, typed
 from simulator.profile import load_profile
 
 from .fit import fit_closed
@@ -38,8 +38,7 @@ def refuse_live_only_options(live_url) -> None:
         return
     ctx = click.get_current_context()
     given = ["/".join(p.opts[-1:] + p.secondary_opts) for p in ctx.command.params if isinstance(p, click.Option)
-             and (p.help or "").startswith("--live:")
-             and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+             and (p.help or "").startswith("--live:") and typed(ctx, p.name)]
     if given:
         raise click.UsageError(f"{', '.join(given)}: only with --live URL (a run on a server now)")
 

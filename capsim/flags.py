@@ -29,6 +29,11 @@ import click
 
 # --------------------------------------------------------------------------- one multi-value parser
 
+def typed(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave the parameter `name` on the command line (not a default, not the environment)."""
+    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+
 class _Split(click.ParamType):
     """One command-line word -> a tuple of items (split on `sep`, each converted by `item`)."""
 

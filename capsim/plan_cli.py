@@ -21,7 +21,7 @@ from simulator.plan import (DEFAULT_SLA, PlanError, PlanSettings, Scenario, form
 from simulator.profile import load_profile
 
 from .errors import friendly
-from .flags import SET_VALUE, MultiValue
+from .flags import SET_VALUE, MultiValue, typed
 
 def parse_burst(text: str) -> tuple[float, float]:
     """'5x15m' -> (factor 5, 900 s)."""
@@ -179,13 +179,9 @@ def plan_cmd(profile_path, sets, slas, staff, rps, per_hour, per_day, day_profil
 def refuse_idle_options(dask_address, no_capacity) -> None:
     """An option that another turns off did nothing without a word: typed, it is a mistake."""
     ctx = click.get_current_context()
-
-    def typed(name: str) -> bool:
-        return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-
-    if typed("dask_timeout") and not dask_address:
+    if typed(ctx, "dask_timeout") and not dask_address:
         raise PlanError("--dask-timeout: only with --dask (the simulations run on this machine)")
-    if typed("capacity_replications") and no_capacity:
+    if typed(ctx, "capacity_replications") and no_capacity:
         raise PlanError("--capacity-replications: the capacity search is off (--no-capacity)")
 
 
