@@ -318,10 +318,9 @@ class Office:
         return [(n, s / total) for n, s in named]
 
     def describe(self) -> dict:
-        turns = [c.turns if isinstance(c, WorkClass) else None for c in self.mix]
         # (to 12 digits: shares typed to sum to 1 stay as typed, not 0.6000000000000001)
-        mix = [{"class": n, "share": round(s, 12)} | ({"turns": t} if t is not None else {})
-               for (n, s), t in zip(self.shares(), turns)]
+        mix = [{"class": n, "share": round(s, 12)} | ({"turns": c.turns} if isinstance(c, WorkClass) else {})
+               for c, (n, s) in zip(self.mix, self.shares())]
         return {"staff": self.staff, "per_hour": self.per_hour, "per_day": self.per_day,
                 "day_profile": self.profile_name(), "at_hour": self.start_hour(), "mix": mix, "turns": self.turns,
                 "think_s": self.think_s, "burstiness": self.burstiness, "burst_factor": self.burst_factor,
