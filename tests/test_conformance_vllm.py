@@ -683,7 +683,8 @@ def _parse_vllm_flag(command, flag: dict):
                                              else "1")
         argv.append(word)
     try:
-        command.make_context("open", argv)
+        # with capsim's context settings: a command keeps the first help option it is given (-h included)
+        command.make_context("open", argv, **main.context_settings)
     except click.ClickException as ex:
         return ex
     return None
