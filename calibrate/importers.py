@@ -14,6 +14,8 @@ import re
 import shlex
 from pathlib import Path
 
+from simulator.records import RAMP_KEYS
+
 from .benchy_tables import NO_ROWS, NO_TABLE, find_table, parse_benchy
 from .files import ImporterError, file_error, load_json, read_text, text_if_any
 from .results import DETAILED_KEYS, ClosedRun, OpenRun
@@ -40,12 +42,14 @@ _SERVE_DEFAULTS = {
     "backend": "openai", "endpoint": "/v1/completions", "model": None, "num_prompts": 1000,
     "request_rate": math.inf, "burstiness": 1.0, "max_concurrency": None, "seed": 0,
     "dataset_name": "random", "dataset_path": None, "ignore_eos": False,
+    "ramp_up_strategy": None, "ramp_up_start_rps": None, "ramp_up_end_rps": None,
 }
 _RANDOM_DEFAULTS = {"random_input_len": 1024, "random_output_len": 128,
                     "random_range_ratio": 0.0, "random_prefix_len": 0}
 _SERVE_TYPES = {"num_prompts": int, "max_concurrency": int, "seed": int, "random_input_len": int,
                 "random_output_len": int, "random_prefix_len": int, "request_rate": float,
-                "burstiness": float, "random_range_ratio": float}
+                "burstiness": float, "random_range_ratio": float, "ramp_up_start_rps": float,
+                "ramp_up_end_rps": float}
 
 
 def _command_text(text: str) -> str | None:
@@ -474,7 +478,7 @@ def _open_run(js: Path, test: str, params: dict | None, source: str, server: dic
     from_cmd = params is not None
     params = dict(params) if from_cmd else serve_params({"dataset_name": "unknown"}, js)
     # The result JSON records what actually ran; a command that disagrees means mixed-up files.
-    for k in ("num_prompts", "request_rate", "burstiness", "max_concurrency", "backend"):
+    for k in ("num_prompts", "request_rate", "burstiness", "max_concurrency", "backend", *RAMP_KEYS):
         if k in data:
             v = _typed(k, data[k], js)
             if from_cmd and k != "backend" and params.get(k) != v:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.load import OpenLoop
+from simulator.load import OpenLoop, RampUp
 from simulator.profile import Profile
 from simulator.replicate import replicate_open
 from simulator.workload import (PromptFormat, RandomWorkload, ShareGPTWorkload, Workload, WorkloadError,
@@ -150,7 +150,7 @@ def pattern_for(run: OpenRun) -> OpenLoop:
     rate = math.inf if rate in (None, "inf") else float(rate)
     mc = p.get("max_concurrency")
     return OpenLoop(rate=rate, burstiness=float(p.get("burstiness") or 1.0), max_concurrency=int(mc) if mc else None,
-                    seed=int(p.get("seed") or 0))
+                    seed=int(p.get("seed") or 0), ramp_up=RampUp.from_keys(p))
 
 
 def predict_run(run: OpenRun, profile: Profile, replications: int = 10, tokenizer: str | None = None,

@@ -283,7 +283,6 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
 
     A vllm bench serve command line runs as it is: the server flags (--base-url, --host/--port,
     --model) are ignored, the profile is the server; --save-result writes the predicted result JSON."""
-    from simulator.load import OpenLoop
     from simulator.replicate import replicate_open
     from simulator.summary import format_open_summary
     from simulator.workload import PromptFormat
@@ -314,7 +313,7 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     wl = build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
                              dataset_path, tokenizer if dataset_name == "sharegpt" else None, output_fraction, fmt,
                              sharegpt_output_len=sharegpt_output_len, shuffle=not ex.disable_shuffle)
-    pattern = OpenLoop(rate=rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed)
+    pattern = ex.open_loop(rate, burstiness, max_concurrency, seed)
     check_open(prof, wl)
     med, lo, hi, _ = replicate_open(prof, wl, num_prompts, pattern, replications, summary_kw=skw)
     check_served(med)
@@ -325,20 +324,23 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
         result = flags.result_header(backend=bk, label=label, model_id=model_id,
                                      tokenizer_id=tokenizer or model_id, num_prompts=num_prompts, rate=rate,
                                      burstiness=burstiness, max_concurrency=max_concurrency, metadata=meta_kv,
-                                     date=date)
+                                     date=date, ramp_up=pattern.ramp_up)
         result["request_goodput"] = None
         result.update(med)
+        if pattern.ramp_up is not None:  # stamped from now, as if the simulated run started as it was saved
+            result["rps_change_events"] = pattern.ramp_up.change_events(
+                pattern.arrival_times(num_prompts), num_prompts, datetime.datetime.now().timestamp())
         result["capsim_profile"] = prof.name
         result["replications"] = replications
         if save_detailed:
             click.echo("note: --save-detailed: a simulated result has no per-request arrays", err=True)
         path = flags.result_path(save_result, append_result, result_dir, result_filename, label, bk, rate,
-                                 max_concurrency, model_id, date)
+                                 max_concurrency, model_id, date, ramp_up=pattern.ramp_up)
         flags.write_result(path, result, append_result)
     if as_json:
         out = {"date": None, "backend": "capsim", "model_id": prof.name, "num_prompts": num_prompts,
                "request_rate": "inf" if math.isinf(rate) else rate, "burstiness": burstiness,
-               "max_concurrency": max_concurrency, "replications": replications, **med}
+               "max_concurrency": max_concurrency, **pattern.ramp_keys(), "replications": replications, **med}
         if replications > 1:
             for k in med:
                 out[f"{k}_lo"], out[f"{k}_hi"] = lo[k], hi[k]

@@ -333,6 +333,12 @@ def vllm_serve_options(f):
                      "Requests of the first prompt sent before the measured run, not counted (a simulated "
                      "server is warm already)."),
         _flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
+        _flag_option("--ramp-up-strategy", click.Choice(["linear", "exponential"]), _remember,
+                     "A rate that grows over the run, request by request, from --ramp-up-start-rps to "
+                     "--ramp-up-end-rps (in place of --request-rate; vllm bench serve)."),
+        _flag_option("--ramp-up-start-rps", click.FLOAT, _remember,
+                     "The ramp's first rate, req/s (vllm bench serve takes whole numbers; capsim also 0.5)."),
+        _flag_option("--ramp-up-end-rps", click.FLOAT, _remember, "The ramp's last rate, req/s."),
         click.option("--header", cls=MultiValue, item=click.STRING, sep=None,
                      accept=r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*=.*", metavar="KEY=VALUE", expose_value=False,
                      callback=_remember,
@@ -403,10 +409,6 @@ OTHER_DATASET_FLAGS = {  # each with vLLM's type, so that a value vllm bench ser
 REFUSED_FLAGS = {
     "--no-stream": (None, "TTFT and ITL are read off the stream: capsim sends and simulates streamed requests only"),
     "--use-beam-search": (None, "beam search is not modelled"),
-    "--ramp-up-strategy": (str, "a request rate that ramps is not supported: run steps of --request-rate "
-                                "(capsim plan sweeps rates)"),
-    "--ramp-up-start-rps": (float, "a request rate that ramps is not supported: run steps of --request-rate"),
-    "--ramp-up-end-rps": (float, "a request rate that ramps is not supported: run steps of --request-rate"),
     "--lora-modules": (str, "LoRA adapters are not modelled"),
     "--lora-assignment": (str, "LoRA adapters are not modelled"),
     "--logprobs": (int, "logprobs are not modelled"),
@@ -431,6 +433,16 @@ class ServeExtras:
     headers: dict = dataclasses.field(default_factory=dict)  # --header KEY=VALUE
     request_id_prefix: str | None = None
     ready_check_timeout_sec: int = 0  # --ready-check-timeout-sec
+    ramp_up_strategy: str | None = None  # --ramp-up-strategy and its rates
+    ramp_up_start_rps: float | None = None
+    ramp_up_end_rps: float | None = None
+
+    def open_loop(self, rate: float, burstiness: float, max_concurrency: int | None, seed: int):
+        """The run's arrivals: --request-rate's, or the ramp's where --ramp-up-strategy names one."""
+        from simulator.load import OpenLoop, RampUp
+
+        return OpenLoop(rate=rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed,
+                        ramp_up=RampUp.from_keys(dataclasses.asdict(self)))
 
     def lengths(self, random_input_len: int, random_output_len: int, sharegpt_output_len: int | None):
         """The dataset lengths, --input-len / --output-len over the dataset flags (vllm bench serve's order)."""
@@ -495,15 +507,23 @@ def _flag_option(name: str, kind, callback=None, help_text: str | None = None):
 
 def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
     """The values of vllm bench serve's further flags given to this command (all defaults if none)."""
+    from simulator.records import RAMP_KEYS
+
     ctx = ctx or click.get_current_context()
     got = ctx.meta.get("capsim.serve_extras", {})
     sampling = {k: got[k] for k in (n.lstrip("-").replace("-", "_") for n in SAMPLING_FLAGS) if k in got}
     headers = parse_metadata(got.get("header") or (), "--header")
+    if "ramp_up_strategy" not in got:  # vllm bench serve reads the ramp's rates only with a strategy
+        for k in ("ramp_up_start_rps", "ramp_up_end_rps"):
+            if k in got:
+                ctx.meta.setdefault("capsim.flag_notes", {})["--" + k.replace("_", "-")] = \
+                    "unread without --ramp-up-strategy, as in vllm bench serve"
     return ServeExtras(input_len=got.get("input_len"), output_len=got.get("output_len"),
                        ignore_eos=bool(got.get("ignore_eos")), num_warmups=int(got.get("num_warmups") or 0),
                        disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling, headers=headers,
                        request_id_prefix=got.get("request_id_prefix"),
-                       ready_check_timeout_sec=int(got.get("ready_check_timeout_sec") or 0))
+                       ready_check_timeout_sec=int(got.get("ready_check_timeout_sec") or 0),
+                       **{k: got.get(k) for k in RAMP_KEYS})
 
 
 def echo_flag_notes(prefix: str, extra: Sequence[str] = (), ctx: click.Context | None = None) -> None:
@@ -519,8 +539,9 @@ def echo_flag_notes(prefix: str, extra: Sequence[str] = (), ctx: click.Context |
 
 def result_path(save_result: str | None, append: bool, result_dir: str | None, result_filename: str | None,
                 label: str | None, backend: str, rate: float, max_concurrency: int | None, model_id: str,
-                date: str) -> Path | None:
-    """Where vllm bench serve writes its result JSON (compute_result_filename), or None."""
+                date: str, ramp_up=None) -> Path | None:
+    """Where vllm bench serve writes its result JSON (compute_result_filename), or None. `ramp_up`: the
+    run's simulator.load.RampUp, which names the file in place of the rate."""
     if save_result is None and not append:
         return None
     if save_result:  # an explicit FILE
@@ -529,7 +550,12 @@ def result_path(save_result: str | None, append: bool, result_dir: str | None, r
         name = result_filename
     else:
         conc = f"-concurrency{max_concurrency}" if max_concurrency is not None else ""
-        name = f"{label or backend}-{float(rate)}qps{conc}-{str(model_id).split('/')[-1]}-{date}.json"
+        if ramp_up is not None:
+            r = ramp_up.keys()
+            traffic = f"ramp-up-{r['ramp_up_strategy']}-{r['ramp_up_start_rps']}qps-{r['ramp_up_end_rps']}qps"
+        else:
+            traffic = f"{float(rate)}qps"
+        name = f"{label or backend}-{traffic}{conc}-{str(model_id).split('/')[-1]}-{date}.json"
     p = Path(name)
     if result_dir and not p.is_absolute():
         p = Path(result_dir) / p
@@ -571,14 +597,16 @@ def write_result(path: Path, result: dict, append: bool, redact: Callable[[str],
 
 def result_header(*, backend: str, label: str | None, model_id: str | None, tokenizer_id: str | None,
                   num_prompts: int, rate: float, burstiness: float, max_concurrency: int | None,
-                  metadata: dict[str, str], date: str | None = None) -> dict:
-    """The top of vllm bench serve's result JSON (main_async), in its order."""
+                  metadata: dict[str, str], date: str | None = None, ramp_up=None) -> dict:
+    """The top of vllm bench serve's result JSON (main_async), in its order; `ramp_up` as result_path's."""
     out: dict[str, Any] = {"date": date or _dt.datetime.now().strftime("%Y%m%d-%H%M%S"), "endpoint_type": backend,
                            "backend": backend, "label": label, "model_id": model_id, "tokenizer_id": tokenizer_id,
                            "num_prompts": num_prompts}
     out.update(metadata)
     out.update({"request_rate": "inf" if math.isinf(rate) else rate, "burstiness": burstiness,
                 "max_concurrency": max_concurrency})
+    if ramp_up is not None:
+        out.update(ramp_up.keys())
     return out
 
 

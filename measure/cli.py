@@ -28,7 +28,7 @@ from capsim.errors import user_errors
 from capsim.flags import MultiValue
 from capsim.logs import stderr_lines as log_lines
 from simulator.errors import CapsimError
-from simulator.load import ClosedLoop, OpenLoop
+from simulator.load import ClosedLoop
 from simulator.records import LiveFacts
 from simulator.workload import RandomWorkload, ShareGPTWorkload
 
@@ -258,6 +258,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
                                                                            sharegpt_output_len)
     flags.check_result_dest(save_result, append_result, result_dir, result_filename)
     flags.echo_flag_notes("capsim measure: ")
+    pattern = _run_guarded(lambda: ex.open_loop(request_rate, burstiness, max_concurrency, seed))  # before the server
 
     def go():
         if output_fraction is not None:
@@ -271,7 +272,6 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
                 click.echo(f"capsim measure: --tokenizer {tokenizer} is neither a local folder nor in the "
                            f"HuggingFace cache ({hub_cache()}): random prompts draw token ids without its "
                            "vocabulary size and special ids", err=True)
-        pattern = OpenLoop(rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed)
         if dataset_name == "random":
             wl = RandomWorkload(random_input_len, random_output_len, random_range_ratio, random_prefix_len)
         else:
@@ -298,11 +298,12 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
             .strftime("%Y%m%d-%H%M%S")
         header = flags.result_header(backend=bk, label=label, model_id=model_id, tokenizer_id=tokenizer or model_id,
                                      num_prompts=num_prompts, rate=request_rate, burstiness=burstiness,
-                                     max_concurrency=max_concurrency, metadata=meta_kv, date=date)
+                                     max_concurrency=max_concurrency, metadata=meta_kv, date=date,
+                                     ramp_up=pattern.ramp_up)
         result = _run_guarded(lambda: vllm_bench_result(run, detailed=save_detailed, texts=run.live.texts,
                                                         header=header, summary_kw=skw))
         path = flags.result_path(save_result, append_result, result_dir, result_filename, label, bk, request_rate,
-                                 max_concurrency, model_id, date)
+                                 max_concurrency, model_id, date, ramp_up=pattern.ramp_up)
         redact = (lambda t: t.replace(api_key, "***")) if api_key else (lambda t: t)
         flags.write_result(path, result, append_result, redact)
         click.echo(f"capsim measure: result JSON {path}", err=True)

@@ -195,7 +195,8 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                                    sharegpt_records=live.sharegpt_records,
                                    sharegpt_dropped_records=live.sharegpt_dropped_records)
         arrivals = OpenLoopFacts(request_rate=pattern.rate, burstiness=pattern.burstiness,
-                                 max_concurrency=pattern.max_concurrency, num_prompts=num_prompts, seed=pattern.seed)
+                                 max_concurrency=pattern.max_concurrency, num_prompts=num_prompts, seed=pattern.seed,
+                                 **pattern.ramp_keys())
 
         async def stopped_before_the_run() -> RunResult:  # the folder is closed as interrupted, nothing measured
             now = perf_counter()
@@ -233,7 +234,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         tasks: list[asyncio.Task] = []
         S.open_window()
         cpu0 = time.process_time()
-        start = perf_counter()
+        start, wall0 = perf_counter(), time.time()
         for i, (lp, d) in enumerate(zip(prompts, delays)):
             target = start + float(d)
             if await S.wait_stop(target - perf_counter()) or S.stopper.event.is_set():
@@ -245,6 +246,8 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         client, recs = await S.wrap_up(start, end, cpu0)
         S.note_schedule(client, recs, queued=sem is not None)
         run = RunResult(recs, start, end, "open", open_loop=arrivals, live=live, client=client)
+        if pattern.ramp_up is not None:  # vllm bench serve's record of the rates the ramp passed, as sent
+            run.extra["rps_change_events"] = pattern.ramp_up.change_events(delays[:len(tasks)], num_prompts, wall0)
         return await S.finish(run, before, None, save_result, save_detailed)
     except BaseException as e:
         S.fail(e)

@@ -319,11 +319,11 @@ def _server_delta(run: RunResult) -> dict:
 
 
 def _open_run_keys(run: RunResult) -> dict[str, Any]:
-    """vllm bench serve's num_prompts, request_rate, burstiness and max_concurrency of an open run."""
+    """vllm bench serve's num_prompts, request_rate, burstiness, max_concurrency (and ramp-up) of an open run."""
     op = run.open_loop or OpenLoopFacts()
     return {"num_prompts": op.num_prompts if op.num_prompts is not None else len(run.records),
             "request_rate": "inf" if op.request_rate in (math.inf, None) else op.request_rate,
-            "burstiness": op.burstiness, "max_concurrency": op.max_concurrency}
+            "burstiness": op.burstiness, "max_concurrency": op.max_concurrency, **op.ramp_keys()}
 
 
 def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, str] | None = None,
@@ -362,4 +362,6 @@ def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, s
         res["start_times"] = [r.start_time for r in ok]
         res["generated_texts"] = [(texts or {}).get(r.request_id, "") for r in ok]
         res["errors"] = [r.error or "" for r in run.records]
+    if run.extra.get("rps_change_events"):
+        res["rps_change_events"] = run.extra["rps_change_events"]
     return res

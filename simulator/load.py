@@ -2,12 +2,14 @@
 
 `OpenLoop` is vllm bench serve's arrival process (precomputed gamma gaps,
 rescaled so the last arrival lands at exactly N/rate, a client semaphore for
---max-concurrency while the arrival clock keeps running). `ClosedLoop` is
+--max-concurrency while the arrival clock keeps running; `RampUp` its
+--ramp-up-strategy, a rate that grows request by request). `ClosedLoop` is
 llama-benchy 0.4.0's: for every (depth, pp, tg, concurrency) it sends N requests
 at once, waits for all, and repeats `runs` times.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import re
 from dataclasses import dataclass
@@ -43,16 +45,88 @@ def parse_duration(text: str | float, what: str = "duration") -> float:
     return secs
 
 
+RAMP_STRATEGIES = ("linear", "exponential")
+
+
+def _rps(x: float) -> float | int:
+    """A rate as vllm bench serve writes it: its flags take whole numbers (capsim's also fractions)."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
+@dataclass(frozen=True)
+class RampUp:
+    """vllm bench serve's --ramp-up-strategy: request i of n is sent at the rate `start_rps` grown
+    towards `end_rps` by i / (n - 1), linearly or geometrically (`_get_current_request_rate`)."""
+
+    strategy: str
+    start_rps: float
+    end_rps: float
+
+    def __post_init__(self):
+        if self.strategy not in RAMP_STRATEGIES:
+            raise LoadError(f"--ramp-up-strategy must be linear or exponential, got {self.strategy!r}")
+        start, end = self.start_rps, self.end_rps
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise LoadError(f"--ramp-up-start-rps and --ramp-up-end-rps must be finite, got {start} and {end}")
+        if not start > 0:  # vllm bench serve refuses < 0, and stops at its first request on 0
+            raise LoadError(f"--ramp-up-start-rps must be > 0 (the first request is sent at it), got {start}")
+        if start > end:
+            raise LoadError(f"--ramp-up-start-rps {start:g} is above --ramp-up-end-rps {end:g}: a ramp goes up")
+
+    @classmethod
+    def from_keys(cls, d: dict) -> "RampUp | None":
+        """The ramp of vllm bench serve's result keys (records.RAMP_KEYS), or None where no strategy is named."""
+        if d.get("ramp_up_strategy") in (None, ""):
+            return None
+        start, end = d.get("ramp_up_start_rps"), d.get("ramp_up_end_rps")
+        if start is None or end is None:
+            raise LoadError("--ramp-up-strategy needs both --ramp-up-start-rps and --ramp-up-end-rps")
+        return cls(str(d["ramp_up_strategy"]), float(start), float(end))
+
+    def keys(self) -> dict:
+        return {"ramp_up_strategy": self.strategy, "ramp_up_start_rps": _rps(self.start_rps),
+                "ramp_up_end_rps": _rps(self.end_rps)}
+
+    def rates(self, n: int) -> list[float]:
+        """Each request's rate, in vLLM's float operations (Python floats: numpy's power may differ by an ulp)."""
+        start, end = float(self.start_rps), float(self.end_rps)
+        progress = [i / max(n - 1, 1) for i in range(n)]
+        if self.strategy == "linear":
+            return [start + (end - start) * p for p in progress]
+        ratio = end / start
+        return [start * (ratio ** p) for p in progress]
+
+    def change_events(self, offsets: Sequence[float], n: int, wall_start: float) -> list[dict]:
+        """vllm bench serve's `rps_change_events` for the first len(offsets) of n requests sent from
+        `wall_start` (epoch seconds): the start rate, then each whole rate the ramp passes, stamped
+        (local ISO time, as vLLM's datetime.now()) at the send of the first request that reaches it."""
+        def stamp(t: float) -> str:
+            return _dt.datetime.fromtimestamp(wall_start + float(t)).isoformat()
+
+        events = [{"rps": _rps(self.start_rps), "timestamp": stamp(0.0)}]
+        last = math.floor(self.start_rps)
+        for rate, t in zip(self.rates(n), offsets):
+            now = int(rate)
+            if now > last:
+                events += [{"rps": v, "timestamp": stamp(t)} for v in range(last + 1, now + 1)]
+                last = now
+        return events
+
+
 @dataclass
 class OpenLoop:
     rate: float = math.inf  # requests per second; inf sends everything at t=0
     burstiness: float = 1.0  # gamma shape; 1.0 is Poisson
     max_concurrency: int | None = None
     seed: int = 0
+    ramp_up: RampUp | None = None  # a rate that grows over the run, in place of `rate`
 
     def __post_init__(self):
         if not (self.rate > 0):
             raise LoadError(f"--request-rate must be > 0 (or inf), got {self.rate}")
+        if self.ramp_up is not None and math.isfinite(self.rate):
+            raise LoadError(f"--request-rate {self.rate:g} and --ramp-up-strategy: the ramp sets the rate "
+                            "(vllm bench serve takes one or the other)")
         if not (self.burstiness > 0):
             raise LoadError(f"--burstiness must be > 0, got {self.burstiness}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -66,6 +140,13 @@ class OpenLoop:
         """
         if n < 1:
             raise LoadError(f"--num-prompts must be >= 1, got {n}")
+        if self.ramp_up is not None:
+            # one gap per request at its own rate, not rescaled (vLLM rescales a fixed rate only)
+            rates = np.array(self.ramp_up.rates(n))
+            if math.isinf(self.burstiness):
+                return np.cumsum(1.0 / rates)
+            theta = 1.0 / (rates * self.burstiness)  # a gamma of array scale draws as one call a request
+            return np.cumsum(np.random.RandomState(self.seed).gamma(shape=self.burstiness, scale=theta))
         if math.isinf(self.rate):
             return np.zeros(n)
         if math.isinf(self.burstiness):
@@ -79,9 +160,13 @@ class OpenLoop:
             delays = delays * ((n / self.rate) / delays[-1])
         return delays
 
+    def ramp_keys(self) -> dict:
+        """vllm bench serve's ramp-up keys of its result JSON, or none without a ramp."""
+        return self.ramp_up.keys() if self.ramp_up is not None else {}
+
     def describe(self) -> dict:
         return {"pattern": "open", "request_rate": self.rate, "burstiness": self.burstiness,
-                "max_concurrency": self.max_concurrency, "seed": self.seed}
+                "max_concurrency": self.max_concurrency, "seed": self.seed, **self.ramp_keys()}
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,17 @@ class OpenLoopFacts:
     max_concurrency: int | None = None  # client-side cap on requests in flight (--max-concurrency); None: none
     num_prompts: int | None = None  # requests asked for (live runs; a simulation counts its records)
     seed: int | None = None  # the sampling and arrival seed (live runs)
+    # --ramp-up-strategy (linear | exponential) and its rates, in place of request_rate (inf then); None: no ramp
+    ramp_up_strategy: str | None = None
+    ramp_up_start_rps: float | None = None
+    ramp_up_end_rps: float | None = None
+
+    def ramp_keys(self) -> dict[str, Any]:
+        """vllm bench serve's ramp-up keys, or none where the run had no ramp."""
+        if self.ramp_up_strategy is None:
+            return {}
+        return {"ramp_up_strategy": self.ramp_up_strategy, "ramp_up_start_rps": self.ramp_up_start_rps,
+                "ramp_up_end_rps": self.ramp_up_end_rps}
 
 
 @dataclass(slots=True)
@@ -237,7 +248,8 @@ class OfficeFacts:
 
 
 # run.json meta keys that belong to a typed field (the rest of a loaded meta is kept in RunResult.extra)
-_OPEN_KEYS = ("request_rate", "burstiness", "max_concurrency", "num_prompts", "seed")
+RAMP_KEYS = ("ramp_up_strategy", "ramp_up_start_rps", "ramp_up_end_rps")  # vllm bench serve's result keys
+_OPEN_KEYS = ("request_rate", "burstiness", "max_concurrency", "num_prompts", "seed") + RAMP_KEYS
 _CLOSED_KEYS = ("tests", "latency_s", "latency_mode", "runs", "warmup")
 _CLIENT_KEYS = ("client_cpu_s", "client_cpu_util", "send_lag_s", "loop_lag_s", "client_stalls",
                 "box_steal_share") + CLIENT_WARNINGS
@@ -294,7 +306,8 @@ class RunResult:
                     "wall_start": live.wall_start}
         if op is not None:  # written together; max_concurrency and seed may be null
             out |= {"request_rate": op.request_rate, "burstiness": op.burstiness,
-                    "max_concurrency": op.max_concurrency, "num_prompts": op.num_prompts, "seed": op.seed}
+                    "max_concurrency": op.max_concurrency, "num_prompts": op.num_prompts, "seed": op.seed,
+                    **op.ramp_keys()}
         if cl is not None:
             out |= cl.meta_json()
         if live is not None:
@@ -347,7 +360,8 @@ class RunResult:
             out["open_loop"] = OpenLoopFacts(request_rate=math.inf if rate in ("inf", None) else rate,
                                              burstiness=m.get("burstiness", 1.0),
                                              max_concurrency=m.get("max_concurrency"),
-                                             num_prompts=m.get("num_prompts"), seed=m.get("seed"))
+                                             num_prompts=m.get("num_prompts"), seed=m.get("seed"),
+                                             **{k: m.get(k) for k in RAMP_KEYS})
         if "tests" in m or "latency_s" in m:
             tests = m.get("tests")
             out["closed_loop"] = ClosedLoopFacts(

@@ -146,7 +146,7 @@ def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenL
         stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions, engine.max_members))
     return RunResult(recs, 0.0, max(end, float(arrivals[-1])), "open",
                      open_loop=OpenLoopFacts(request_rate=pattern.rate, burstiness=pattern.burstiness,
-                                             max_concurrency=cap),
+                                             max_concurrency=cap, **pattern.ramp_keys()),
                      num_preemptions=engine.num_preemptions)
 
 

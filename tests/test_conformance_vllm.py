@@ -6,7 +6,8 @@ with RandomDataset / ShareGPTDataset, `get_request`'s send schedule and `calcula
 Each test puts capsim's code in this venv beside the answer:
 
 * arrival offsets: `OpenLoop(...).arrival_times(n)` against get_request, burstiness 0.7, 1.0
-  and inf, several rates and seeds;
+  and inf, several rates and seeds, and with --ramp-up-strategy (linear, exponential) the rate of
+  each request as get_request yields it;
 * random dataset: `RandomWorkload` (built as `capsim simulate` builds it) against
   RandomDataset's draw, to the token (input lengths, output lengths, token offsets, and
   vLLM's prompt_len after its decode/re-encode);
@@ -51,7 +52,7 @@ from measure.prompts import PromptBuilder
 from measure.twin_engine import TwinStats
 from measure.vocab import read_vocab
 from simulator.kvcache import KVCache, hybrid_layout, kv_cache_size_tokens
-from simulator.load import OpenLoop
+from simulator.load import OpenLoop, RampUp
 from simulator.profile import EngineLimits, KVGroup
 from simulator.records import RequestRecord, RunResult
 from simulator.sim import simulate_open
@@ -69,6 +70,9 @@ FMT = PromptFormat(special_tokens=1, chat_template_tokens=13, vocab_size=262144)
 # (rate, burstiness, seed, n)
 ARRIVALS = [(r, b, s, 60) for b in (0.7, 1.0) for r in (0.5, 4.0, 37.5) for s in (0, 42)]
 ARRIVALS += [(4.0, math.inf, 0, 20), (math.inf, 1.0, 0, 20), (1000.0, 0.7, 123, 500)]
+# (strategy, start rps, end rps, burstiness, seed, n): --ramp-up-strategy, whose rate grows request by request
+RAMPS = [("linear", 1, 8, 1.0, 0, 60), ("linear", 2, 2, 0.7, 42, 40), ("exponential", 1, 30, 0.7, 7, 80),
+         ("exponential", 3, 5, math.inf, 0, 25), ("linear", 1, 9, 1.0, 3, 1)]
 
 # (input_len, output_len, range_ratio, prefix_len, seed, n)
 RANDOM = [
@@ -285,6 +289,12 @@ def oracle(sharegpt_path, vocab_folders):
         rate, b, seed, n = case
         jobs[("arrival", case)] = {"kind": "pipeline", "tokenizer": TOK,
                                    "argv": _random_argv(16, 4, 0.0, 0, seed, n, rate, b)}
+    for case in RAMPS:
+        strategy, start, end, b, seed, n = case
+        jobs[("ramp", case)] = {"kind": "pipeline", "tokenizer": TOK,
+                                "argv": _random_argv(16, 4, 0.0, 0, seed, n, burst=b)
+                                + ["--ramp-up-strategy", strategy, "--ramp-up-start-rps", str(start),
+                                   "--ramp-up-end-rps", str(end)]}
     for case in RANDOM:
         jobs[("random", case)] = {"kind": "pipeline", "tokenizer": TOK, "argv": _random_argv(*case), "prompts": True}
     for case in EDGES:
@@ -553,6 +563,20 @@ def test_arrival_offsets_equal_vllm_get_request(oracle, case):
         assert len(set(np.diff(theirs).round(12))) > (1 if math.isfinite(b) else 0)
 
 
+@pytest.mark.parametrize("case", RAMPS, ids=[f"{k}{a}-{b}-b{u}-seed{s}-n{n}" for k, a, b, u, s, n in RAMPS])
+def test_ramp_up_offsets_and_rates_equal_vllm_get_request(oracle, case):
+    strategy, start, end, b, seed, n = case
+    v = oracle[("ramp", case)]
+    ramp = RampUp(strategy, start, end)
+    np.testing.assert_allclose(OpenLoop(burstiness=b, seed=seed, ramp_up=ramp).arrival_times(n),
+                               np.array(v["offsets"]), rtol=1e-12, atol=0)
+    assert ramp.rates(n) == v["rates"]  # the very floats vLLM computes
+    assert v["rates"][0] == start and (n == 1 or v["rates"][-1] == pytest.approx(end, rel=1e-12))
+    if n > 2 and math.isfinite(b):  # a ramp is not rescaled to n / rate: the schedule is its own
+        gaps = np.diff(v["offsets"])
+        assert gaps[: n // 3].mean() > gaps[-(n // 3):].mean() or start == end
+
+
 # ------------------------------------------------------------------ request bodies
 
 # vllm bench serve command lines (less --base-url): a random load on each endpoint with sampling flags and
@@ -670,7 +694,7 @@ def test_cli_defaults_match_vllm_bench_serve(oracle):
 
 # Values for vllm bench serve's options whose default is none or not a word on a command line
 FLAG_SAMPLES = {"--header": "x-team=ops", "--metadata": "tp=1", "--goodput": "ttft:500", "--lora-modules": "a",
-                "--percentile-metrics": "ttft,tpot,itl"}
+                "--percentile-metrics": "ttft,tpot,itl", "--ramp-up-strategy": "linear"}
 
 
 def _parse_vllm_flag(command, flag: dict):

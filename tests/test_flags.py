@@ -21,6 +21,7 @@ from capsim.cli import main
 from capsim.flags import MultiValue, OptionalValue, parse_extra_body
 from measure.fakeserver import FakeConfig, FakeServer
 from measure.runfiles import load_run
+from simulator.load import OpenLoop, RampUp
 from tests.helpers import refused_port
 
 OFFICE = Path("/work/shared/data/spark-bench/results/gemma-4/gemma-4-26b-a4b-it/bf16/07-office-baseline.md")
@@ -231,6 +232,31 @@ def test_the_rest_of_a_vllm_bench_serve_line_in_simulate_open():
     assert bad.exit_code == 2 and "--ignore-eos and --output-fraction 0.8 contradict" in bad.stderr
 
 
+def test_a_ramp_up_line_in_simulate_open(tmp_path):
+    """--ramp-up-strategy: the ramp's keys, file name and rate steps as vllm bench serve writes them; a rate that
+    grows meets a busier box at the end of the run than at its start; the ramp's rates alone are noted unread."""
+    base = ["simulate", "open", "--num-prompts", "120", "--random-input-len", "200", "--random-output-len", "20",
+            "--seed", "3"]
+    ramp = ["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "6"]
+    res = cap([*base, *ramp, "--save-result", "--result-dir", str(tmp_path), "--label", "lab", "--json"])
+    assert res.exit_code == 0, res.output + res.stderr
+    printed = json.loads(res.stdout)
+    (path,) = tmp_path.glob("lab-ramp-up-linear-1qps-6qps-*.json")
+    out = json.loads(path.read_text())
+    for got in (printed, out):
+        assert (got["request_rate"], got["ramp_up_strategy"], got["ramp_up_start_rps"], got["ramp_up_end_rps"]) == \
+            ("inf", "linear", 1, 6)
+    assert [e["rps"] for e in out["rps_change_events"]] == [1, 2, 3, 4, 5, 6]
+    # the run lasts the ramp's own schedule (the last send, then its answer), not a burst's
+    span = OpenLoop(seed=3, ramp_up=RampUp("linear", 1, 6)).arrival_times(120)[-1]
+    assert span < printed["duration"] < span + 5 and json.loads(cap([*base, "--json"]).stdout)["duration"] < span / 3
+    fixed = json.loads(cap([*base, "--request-rate", "3.5", "--json"]).stdout)
+    alone = cap([*base, "--ramp-up-start-rps", "1", "--request-rate", "3.5", "--json"])
+    assert json.loads(alone.stdout) == fixed
+    assert alone.stderr.strip() == ("note: --ramp-up-start-rps: unread without --ramp-up-strategy, as in vllm "
+                                    "bench serve")
+
+
 @pytest.mark.parametrize("dataset", ["random", "sharegpt"])
 def test_simulate_open_output_fraction_shortens_the_answers_of_either_dataset(dataset):
     """A random load's answers stop early too where the server ends them (gpt-oss at EOS despite ignore_eos)."""
@@ -279,7 +305,13 @@ def test_save_result_bare_flag_default_name_and_detailed(fake, tmp_path, monkeyp
     (["--percentile-metrics", "ttft,bogus"], "--percentile-metrics"),
     (["--metadata", "novalue"], "--metadata"),
     (["--no-stream"], "--no-stream: TTFT and ITL are read off the stream"),
-    (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "4"], "--ramp-up-"),
+    (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1"], "needs both --ramp-up-start-rps and"),
+    (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "0", "--ramp-up-end-rps", "4"],
+     "--ramp-up-start-rps must be > 0"),
+    (["--ramp-up-strategy", "exponential", "--ramp-up-start-rps", "5", "--ramp-up-end-rps", "4"], "a ramp goes up"),
+    (["--ramp-up-strategy", "step", "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "4"], "--ramp-up-strategy"),
+    (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "4", "--request-rate", "2"],
+     "the ramp sets the rate"),
     (["--use-beam-search"], "--use-beam-search: beam search is not modelled"),
     (["--header", "x-team"], "--header"),
     (["--num-warmups", "-1"], "--num-warmups"),

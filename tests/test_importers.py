@@ -21,7 +21,7 @@ import pytest
 from calibrate.benchy_tables import parse_benchy_markdown
 from calibrate.importers import (
     ImporterError, closed_runs, load_meta, load_source, open_runs, parse_bench_serve_json,
-    parse_bench_serve_text, parse_command,
+    parse_bench_serve_text, parse_command, serve_params,
 )
 from calibrate.results import ClosedRun, OpenRun
 from calibrate.seed import seed_closed_runs, seed_open_runs, seed_runs
@@ -687,3 +687,32 @@ def test_prefix_caching_from_the_runner_or_the_command_line(tmp_path):
     assert server["enable_prefix_caching"] is True
     fr = fit_closed(seed_closed_runs()[:1], server=server, max_nfev=1, combine="sum")
     assert "simulates no prefix cache" in fr.origin["prefix_caching"]
+
+
+def test_a_ramp_up_result_validates_as_the_ramp_it_ran(tmp_path):
+    """vllm bench serve writes request_rate "inf" beside its --ramp-up-* keys: read as a burst, validate would
+    predict a different load. The keys come from the result JSON, the command and a logged Namespace alike,
+    and a result that disagrees with its command is refused."""
+    from calibrate.validate import pattern_for
+
+    data = json.loads((G26 / "07-office-baseline.json").read_text())
+    data.update(request_rate="inf", ramp_up_strategy="exponential", ramp_up_start_rps=1, ramp_up_end_rps=8)
+    bare = tmp_path / "ramp.json"
+    bare.write_text(json.dumps(data))
+    (run,) = load_source(bare)
+    pat = pattern_for(run)
+    assert math.isinf(pat.rate) and pat.ramp_up is not None and pat.ramp_up.rates(3) == [1.0, 2.0 ** 1.5, 8.0]
+    assert pat.arrival_times(50)[-1] > 10.0  # not a burst at t = 0: 50 requests at 1-8 req/s
+    line = ("vllm bench serve --model m --num-prompts 90 --burstiness 0.7 --ramp-up-strategy linear "
+            "--ramp-up-start-rps 1 --ramp-up-end-rps 4")
+    p = parse_command(line)
+    assert (p["ramp_up_strategy"], p["ramp_up_start_rps"], p["ramp_up_end_rps"]) == ("linear", 1.0, 4.0)
+    assert parse_command("vllm bench serve --model m")["ramp_up_strategy"] is None
+    assert serve_params({"ramp_up_strategy": "'linear'", "ramp_up_end_rps": "4"}, None)["ramp_up_strategy"] == "linear"
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "meta.json").write_text((G26 / "meta.json").read_text())
+    (suite / "07-office-baseline.md").write_text(f"## Command\n```\n{line}\n```\n")
+    (suite / "07-office-baseline.json").write_text(json.dumps(data | {"num_prompts": 90}))
+    with pytest.raises(ImporterError, match="ramp_up_strategy is 'exponential' but the command says 'linear'"):
+        open_runs(suite)

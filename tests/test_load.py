@@ -2,12 +2,13 @@
 row names. A mutation sweep of simulator/load.py (scripts/mutation_sweep.py) found these unpinned."""
 from __future__ import annotations
 
+import datetime
 import math
 
 import numpy as np
 import pytest
 
-from simulator.load import ClosedLoop, LoadError, OpenLoop
+from simulator.load import ClosedLoop, LoadError, OpenLoop, RampUp
 
 
 @pytest.mark.parametrize("kw, says", [
@@ -31,6 +32,48 @@ def test_the_smallest_open_loop_runs():
                                                                                                     None, 0)
     # a constant rate (burstiness inf): evenly spaced, the last at n / rate
     np.testing.assert_allclose(OpenLoop(rate=4.0, burstiness=math.inf).arrival_times(4), [0.25, 0.5, 0.75, 1.0])
+
+
+@pytest.mark.parametrize("args, says", [
+    (("step", 1, 4), "must be linear or exponential"), (("linear", 0, 4), "--ramp-up-start-rps must be > 0"),
+    (("exponential", -1, 4), "--ramp-up-start-rps must be > 0"), (("linear", 5, 4), "a ramp goes up"),
+    (("linear", 1, math.inf), "must be finite"), (("linear", math.nan, 4), "must be finite")])
+def test_a_ramp_vllm_would_not_run_is_refused(args, says):
+    with pytest.raises(LoadError, match=says):
+        RampUp(*args)
+
+
+def test_a_ramp_sets_each_requests_rate_and_its_own_schedule():
+    lin, exp = RampUp("linear", 1, 5), RampUp("exponential", 1, 16)
+    assert lin.rates(5) == [1.0, 2.0, 3.0, 4.0, 5.0] and exp.rates(5) == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert lin.rates(1) == [1.0]  # one request: progress 0 of max(n - 1, 1)
+    # a constant gap a request at its own rate, summed: not rescaled to n / rate as a fixed rate is
+    np.testing.assert_allclose(OpenLoop(burstiness=math.inf, ramp_up=lin).arrival_times(5),
+                               np.cumsum([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5]))
+    drawn = OpenLoop(seed=3, ramp_up=exp).arrival_times(400)
+    gaps = np.diff(drawn)
+    assert gaps[:100].mean() > 4 * gaps[-100:].mean()  # 1-2 req/s at the start, 8-16 at the end
+    with pytest.raises(LoadError, match="the ramp sets the rate"):
+        OpenLoop(rate=2.0, ramp_up=lin)
+    assert OpenLoop(ramp_up=lin).describe()["ramp_up_strategy"] == "linear"
+    assert OpenLoop(ramp_up=RampUp("linear", 0.5, 2)).ramp_keys() == {
+        "ramp_up_strategy": "linear", "ramp_up_start_rps": 0.5, "ramp_up_end_rps": 2}  # vLLM writes whole ints
+
+
+def test_a_ramps_rate_steps_are_stamped_at_the_first_send_that_reaches_them():
+    ramp = RampUp("linear", 1, 5)  # rates 1, 2, 3, 4, 5 at sends 0.0, 0.5, 0.8, 1.0, 1.2 s
+    ev = ramp.change_events([0.0, 0.5, 0.8, 1.0, 1.2], 5, wall_start=1_000_000.0)
+    assert [e["rps"] for e in ev] == [1, 2, 3, 4, 5]
+    sent = [datetime.datetime.fromisoformat(e["timestamp"]).timestamp() - 1_000_000.0 for e in ev]
+    np.testing.assert_allclose(sent, [0.0, 0.5, 0.8, 1.0, 1.2], atol=1e-6)
+    # a ramp that jumps several whole rates between two sends names each, at that send; one cut short stops
+    ev = RampUp("linear", 1, 9).change_events([0.0, 2.0], 3, wall_start=0.0)
+    assert [e["rps"] for e in ev] == [1, 2, 3, 4, 5]
+    assert len({e["timestamp"] for e in ev[1:]}) == 1
+    assert [e["rps"] for e in RampUp("linear", 0.5, 2.5).change_events([0, 1, 2], 3, 0.0)] == [0.5, 1, 2]
+    assert RampUp.from_keys({"ramp_up_strategy": None, "ramp_up_start_rps": 3}) is None
+    with pytest.raises(LoadError, match="needs both"):
+        RampUp.from_keys({"ramp_up_strategy": "linear", "ramp_up_end_rps": 3})
 
 
 @pytest.mark.parametrize("kw, says", [

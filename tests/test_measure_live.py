@@ -17,7 +17,7 @@ from measure import run_closed, run_open
 from measure.session import held_up
 from measure.cli import measure as measure_cli
 from measure.runfiles import load_run
-from simulator.load import ClosedLoop, OpenLoop
+from simulator.load import ClosedLoop, OpenLoop, RampUp
 from simulator.summary import summarize_closed, summarize_open
 from simulator.workload import RandomWorkload
 # vllm_server: the session-scoped server
@@ -263,6 +263,36 @@ def test_the_same_load_as_vllm_bench_serve_reaches_the_server(vllm_server, tmp_p
     assert mine["request_throughput"] == pytest.approx(theirs["request_throughput"], rel=0.5)
     print(f"\nvllm bench serve vs capsim measure, same load: TTFT p50 {theirs['median_ttft_ms']:.0f} vs "
           f"{mine['median_ttft_ms']:.0f} ms, TPOT p50 {theirs['median_tpot_ms']:.0f} vs {mine['median_tpot_ms']:.0f} ms")
+
+
+def test_a_ramp_up_as_vllm_bench_serve_runs_it(vllm_server, tmp_path):  # noqa: F811
+    """--ramp-up-strategy pasted in: the result file carries vLLM's ramp keys and the same rate steps
+    (rps_change_events) as vLLM's own run of the line, and capsim sends on the ramp's schedule (each
+    request at its own rate, not rescaled; proven against get_request offline in test_conformance_vllm)."""
+    flags = ["--backend", "openai", "--base-url", vllm_server.url, "--model", "gemma3-dummy",
+             "--dataset-name", "random", "--random-input-len", "32", "--random-output-len", "4",
+             "--num-prompts", "10", "--ramp-up-strategy", "exponential", "--ramp-up-start-rps", "2",
+             "--ramp-up-end-rps", "12", "--seed", "5"]
+    vllm_bench_serve(flags, tmp_path / "vllm.json")
+    theirs = json.loads((tmp_path / "vllm.json").read_text())
+    d = tmp_path / "capsim"
+    res = CliRunner().invoke(measure_cli, ["open", *flags, "--no-progress", "-o", str(d), "--save-result",
+                                           "--result-dir", str(tmp_path), "--result-filename", "capsim.json"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "capsim.json").read_text())
+    assert set(theirs) - {"input_lens", "output_lens", "ttfts", "itls", "start_times", "generated_texts",
+                          "errors"} <= set(saved)  # the per-request arrays without --save-detailed
+    for k in ("request_rate", "ramp_up_strategy", "ramp_up_start_rps", "ramp_up_end_rps", "completed"):
+        assert saved[k] == theirs[k], k
+    assert [e["rps"] for e in saved["rps_change_events"]] == [e["rps"] for e in theirs["rps_change_events"]] \
+        == list(range(2, 13))
+    run = load_run(d)
+    assert (run.open_loop.ramp_up_strategy, run.open_loop.ramp_up_end_rps) == ("exponential", 12)  # run.json
+    recs = sorted(run.records, key=lambda r: r.request_id)
+    sched = OpenLoop(burstiness=1.0, seed=5, ramp_up=RampUp("exponential", 2, 12)).arrival_times(10)
+    np.testing.assert_allclose([r.scheduled_time - run.start_time for r in recs], sched, atol=1e-6)
+    t_v = np.array(theirs["start_times"]) - theirs["start_times"][0]  # vLLM's sends, from its first one
+    assert np.abs(t_v - (sched - sched[0])).max() < 0.5
 
 
 def test_random_prompts_are_vllm_bench_serves_to_the_character(vllm_server, tmp_path, monkeypatch):  # noqa: F811

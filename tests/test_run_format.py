@@ -67,6 +67,14 @@ def test_rare_keys_nulls_and_unknown_keys_round_trip():
     # a run that failed before it finished: run.json's meta holds its status and reason only
     failed = {"status": "failed", "stop_reason": "MeasureError: boom"}
     assert _round_trip(failed) == failed
+    # a ramp: its three keys after the rest of the arrival process, and the rates it passed as sent
+    ramp = {"request_rate": "inf", "burstiness": 1.0, "max_concurrency": None, "num_prompts": 9, "seed": 0,
+            "ramp_up_strategy": "linear", "ramp_up_start_rps": 1, "ramp_up_end_rps": 4,
+            "rps_change_events": [{"rps": 1, "timestamp": "2026-12-06T20:00:00"}]}
+    assert _round_trip(ramp) == ramp
+    op = RunResult.facts_from_json(ramp)["open_loop"]
+    assert (op.ramp_up_strategy, op.ramp_up_start_rps, op.ramp_up_end_rps) == ("linear", 1, 4)
+    assert "ramp_up_strategy" not in _round_trip({"request_rate": 2.0})  # none without a ramp
 
 
 def test_the_defaults_of_facts_a_meta_leaves_out():

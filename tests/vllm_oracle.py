@@ -12,7 +12,7 @@ schedule and `calculate_metrics` for the metrics. Nothing here re-implements a r
 
 Jobs:
   {"kind": "pipeline", "argv": [...bench serve flags...], "tokenizer": DIR}
-      -> {"offsets": [...], "prompt_len": [...], "expected_output_len": [...],
+      -> {"offsets": [...], "rates": [...], "prompt_len": [...], "expected_output_len": [...],
           "prompts": [...] if job["prompts"]}   (vllm bench serve's samples and send schedule)
       (+ "input_lens", "output_lens", "token_offsets" for the random dataset: its raw draw)
   {"kind": "defaults", "argv": [...], "keys": [...]} -> {flag: parsed value}
@@ -66,11 +66,13 @@ def tokenizer(path):
     return _TOKENIZERS[path]
 
 
-def send_offsets(serve, requests, rate, burstiness):
+def send_offsets(serve, requests, rate, burstiness, ramp=(None, None, None), rates=None):
     """get_request's schedule: the sleep target of every request on a frozen clock.
 
     With `time.time()` frozen at 0, get_request sleeps exactly `delay_ts[i]` before
-    yielding request i (and does not sleep when delay_ts[i] == 0).
+    yielding request i (and does not sleep when delay_ts[i] == 0). `ramp`: its
+    ramp-up strategy, start and end rps; the rate it yields with each request is
+    appended to `rates` where one is given.
     """
     slept: list[float] = []
 
@@ -84,8 +86,10 @@ def send_offsets(serve, requests, rate, burstiness):
 
     async def drive():
         seen = 0
-        async for _req, _rate in serve.get_request(requests, rate, burstiness):
+        async for _req, yielded in serve.get_request(requests, rate, burstiness, *ramp):
             offsets.append(slept[-1] if len(slept) > seen else 0.0)
+            if rates is not None:
+                rates.append(float(yielded))
             seen = len(slept)
 
     try:
@@ -135,9 +139,11 @@ def pipeline(job):
         samples = dmod.get_samples(args, tok)
     finally:
         dmod.get_sampling_params = real
-    offsets = send_offsets(serve, samples, args.request_rate, args.burstiness)
+    rates: list[float] = []
+    offsets = send_offsets(serve, samples, args.request_rate, args.burstiness,
+                           (args.ramp_up_strategy, args.ramp_up_start_rps, args.ramp_up_end_rps), rates)
     out = {
-        "offsets": offsets,
+        "offsets": offsets, "rates": rates,
         "prompt_len": [int(s.prompt_len) for s in samples],
         "expected_output_len": [int(s.expected_output_len) for s in samples],
         "seed": args.seed, "request_rate": args.request_rate, "burstiness": args.burstiness,
