@@ -333,6 +333,9 @@ def vllm_serve_options(f):
                      "Requests of the first prompt sent before the measured run, not counted (a simulated "
                      "server is warm already)."),
         _flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
+        _flag_option("--insecure", None, _remember,
+                     "Do not check the server's TLS certificate (a self-signed one; vllm bench serve's). Without "
+                     "it an https URL is checked against the system's trust store (SSL_CERT_FILE honoured)."),
         _flag_option("--ramp-up-strategy", click.Choice(["linear", "exponential"]), _remember,
                      "A rate that grows over the run, request by request, from --ramp-up-start-rps to "
                      "--ramp-up-end-rps (in place of --request-rate; vllm bench serve)."),
@@ -412,7 +415,6 @@ REFUSED_FLAGS = {
     "--lora-modules": (str, "LoRA adapters are not modelled"),
     "--lora-assignment": (str, "LoRA adapters are not modelled"),
     "--logprobs": (int, "logprobs are not modelled"),
-    "--insecure": (None, "TLS certificates are always verified"),
     "--probe-request-rate": (None, "the rate probe is not supported: run steps of --request-rate"),
     "--self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
     "--no-self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
@@ -433,6 +435,7 @@ class ServeExtras:
     headers: dict = dataclasses.field(default_factory=dict)  # --header KEY=VALUE
     request_id_prefix: str | None = None
     ready_check_timeout_sec: int = 0  # --ready-check-timeout-sec
+    insecure: bool = False  # --insecure: the server's TLS certificate is not checked
     ramp_up_strategy: str | None = None  # --ramp-up-strategy and its rates
     ramp_up_start_rps: float | None = None
     ramp_up_end_rps: float | None = None
@@ -523,6 +526,7 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
                        disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling, headers=headers,
                        request_id_prefix=got.get("request_id_prefix"),
                        ready_check_timeout_sec=int(got.get("ready_check_timeout_sec") or 0),
+                       insecure=bool(got.get("insecure")),
                        **{k: got.get(k) for k in RAMP_KEYS})
 
 

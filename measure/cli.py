@@ -286,7 +286,8 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
                        endpoint=ep, api_key=api_key, progress=not (no_progress or disable_tqdm), timeout=timeout,
                        scrape_metrics=not no_metrics, grace=grace, keep_text=save_detailed, extra_body=body,
                        num_warmups=ex.num_warmups, vocab=vocab, headers=ex.headers,
-                       request_id_prefix=ex.request_id_prefix, ready_s=ex.ready_check_timeout_sec)
+                       request_id_prefix=ex.request_id_prefix, ready_s=ex.ready_check_timeout_sec,
+                       insecure=ex.insecure)
         return run, od
 
     run, od = _run_guarded(go)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -84,6 +85,8 @@ def connect_reason(e: BaseException) -> str:
 
         if isinstance(x, socket.gaierror):
             return "unknown host"
+        if isinstance(x, ssl.SSLCertVerificationError):
+            return f"its TLS certificate did not verify ({x.verify_message}; --insecure skips the check)"
         x = x.__cause__ or x.__context__
     txt = str(e)
     if "refused" in txt.lower() or "all connection attempts failed" in txt.lower():
@@ -171,15 +174,26 @@ class Inflight:
 _SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie|password")
 
 
+def tls_check(url: str, verify: bool = True) -> ssl.SSLContext | bool:
+    """How the clients of one server check its TLS certificate: against the system's trust store, as vllm
+    bench serve's aiohttp does (SSL_CERT_FILE / SSL_CERT_DIR honoured: an office's own CA), or not at all
+    (`verify` False: its --insecure). httpx's default would read certifi's bundle alone."""
+    if not verify:
+        return False
+    return ssl.create_default_context() if url.lower().startswith("https:") else True
+
+
 class Client:
     """One shared connection pool to one server; never logs or stores the key."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 1800.0,
-                 max_connections: int = 100, headers: dict[str, str] | None = None):
-        """`headers`: sent with every request, over capsim's own (vllm bench serve's --header)."""
+                 max_connections: int = 100, headers: dict[str, str] | None = None, verify: bool = True):
+        """`headers`: sent with every request, over capsim's own (vllm bench serve's --header); `verify`
+        False: the server's TLS certificate is not checked (vllm bench serve's --insecure)."""
         if not (timeout > 0) or math.isnan(timeout):
             raise MeasureError(f"--timeout must be > 0 seconds, got {timeout}")
         self.base, self.public_url, auth = split_url(url)
+        self.verify = tls_check(self.base, verify)  # for every client of this server (metrics, /tokenize)
         self.api_key = api_key or None
         self.timeout = float(timeout)
         extra = dict(headers or {})
@@ -199,7 +213,8 @@ class Client:
                                              pool=None)
 
         self.http = httpx.AsyncClient(
-            base_url=self.base, headers=headers, auth=auth, transport=make_transport(limits), trust_env=False,
+            base_url=self.base, headers=headers, auth=auth, transport=make_transport(limits, verify=self.verify),
+            trust_env=False,
             timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 30.0), pool=None))
 
     async def aclose(self) -> None:

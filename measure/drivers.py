@@ -39,7 +39,7 @@ class _SyncCounter:
 
     def __init__(self, client: Client, dialect: str, model: str):
         self.http = httpx.Client(base_url=client.base, headers=dict(client.http.headers), auth=client.http.auth,
-                                 trust_env=False, timeout=60.0)
+                                 trust_env=False, timeout=60.0, verify=client.verify)
         self.dialect, self.model = dialect, model
         self.stopped = False
 
@@ -136,12 +136,14 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                          grace: float = 10.0, keep_text: bool = False, save_result: str | None = None,
                          save_detailed: bool = False, extra_body: dict | None = None,
                          num_warmups: int = 0, vocab: Vocab | None = None, headers: dict[str, str] | None = None,
-                         request_id_prefix: str | None = None, ready_s: float = 0.0) -> RunResult:
+                         request_id_prefix: str | None = None, ready_s: float = 0.0,
+                         insecure: bool = False) -> RunResult:
     """`vocab`: the tokenizer's vocabulary size and special ids (`--tokenizer`), which make random
     prompts vllm bench serve's to the character; without it, ids run over the workload's vocab_size.
     `headers` go with every request (--header); each measured request is named `request_id_prefix` + its
     index in its x-request-id header (the warmups are not), by default vllm bench serve's `bench-XXXXXXXX-`.
-    `ready_s`: how long to wait for a server that does not answer yet (--ready-check-timeout-sec)."""
+    `ready_s`: how long to wait for a server that does not answer yet (--ready-check-timeout-sec); `insecure`:
+    its TLS certificate is not checked (--insecure)."""
     if not isinstance(pattern, OpenLoop):
         raise MeasureError("run_open needs an OpenLoop pattern")
     if vocab is not None and isinstance(workload, RandomWorkload):  # its offsets run over the vocabulary
@@ -150,7 +152,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
     conc = pattern.max_concurrency or num_prompts
     S = Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
                  max_connections=conc + 5, grace=grace, keep_text=keep_text or save_detailed, extra_body=extra_body,
-                 headers=headers)
+                 headers=headers, verify=not insecure)
     if request_id_prefix is None:
         request_id_prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     live = LiveFacts()

@@ -146,8 +146,8 @@ class MetricsScraper:
 
     def __init__(self, base_url: str, headers: dict, interval: float = 1.0,
                  sink: Callable[[dict], None] | None = None, extra: dict | None = None,
-                 auth=None):
-        self.http = httpx.AsyncClient(base_url=base_url, headers=headers, auth=auth, trust_env=False,
+                 auth=None, verify=True):
+        self.http = httpx.AsyncClient(base_url=base_url, headers=headers, auth=auth, trust_env=False, verify=verify,
                                       timeout=httpx.Timeout(5.0),
                                       limits=httpx.Limits(max_connections=2, max_keepalive_connections=1))
         self.interval = interval

@@ -106,12 +106,13 @@ class Session:
     def __init__(self, url: str, model: str | None, endpoint: str, api_key: str | None, timeout: float,
                  out_dir, progress: bool, scrape_metrics: bool, max_connections: int, grace: float,
                  keep_text: bool, extra_body: dict | None = None, tool: str = "vllm",
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, verify: bool = True):
         if endpoint not in ("chat", "completions"):
             raise MeasureError(f"--endpoint must be chat or completions, got {endpoint!r}")
         if not (grace >= 0):
             raise MeasureError(f"grace period must be >= 0 s, got {grace}")
-        self.client = Client(url, api_key=api_key, timeout=timeout, max_connections=max_connections, headers=headers)
+        self.client = Client(url, api_key=api_key, timeout=timeout, max_connections=max_connections, headers=headers,
+                             verify=verify)
         self.model = model
         self.endpoint = endpoint
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -340,7 +341,7 @@ class Session:
             extra = {k: self.server[k] for k in ("n_ctx", "total_slots") if self.server.get(k) is not None}
         self.scraper = prom.MetricsScraper(self.client.base, dict(self.client.http.headers),
                                            sink=self.writer.append_metrics if self.writer else None,
-                                           extra=extra, auth=self.client.http.auth)
+                                           extra=extra, auth=self.client.http.auth, verify=self.client.verify)
         before = await self.scraper.snapshot()
         if before is not None:
             if self.writer:

@@ -112,6 +112,54 @@ def canned_server(routes: dict[str, tuple[int, dict | str]]):
         srv.server_close()
 
 
+@contextmanager
+def tls_front(port: int, cert_pem: str):
+    """An HTTPS front on loopback for the plain HTTP server at `port`: TLS ends here with the certificate and
+    key of the file `cert_pem`, and the bytes go on both ways unchanged. Yields the front's port."""
+    import asyncio
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_pem)
+    loop = asyncio.new_event_loop()
+
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(client_r, client_w):
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            client_w.close()
+            return
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+    front = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    async def shut():  # the connections still open end with the front, none left pending
+        front.close()
+        open_ = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in open_:
+            t.cancel()
+        await asyncio.gather(*open_, return_exceptions=True)
+
+    try:
+        yield front.sockets[0].getsockname()[1]
+    finally:
+        asyncio.run_coroutine_threadsafe(shut(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
 def spec_profile(k: int, a: float, **engine) -> Profile:
     """The shipped profile with speculative decoding: k drafts a step, per-position acceptance a."""
     p = load_profile()

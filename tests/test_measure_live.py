@@ -20,6 +20,7 @@ from measure.runfiles import load_run
 from simulator.load import ClosedLoop, OpenLoop, RampUp
 from simulator.summary import summarize_closed, summarize_open
 from simulator.workload import RandomWorkload
+from tests.helpers import tls_front
 # vllm_server: the session-scoped server
 from tests.live_server import (model_dir, oracle_answers, vllm_bench_serve, vllm_server,  # noqa: F401
                                vllm_server_fixture)
@@ -293,6 +294,39 @@ def test_a_ramp_up_as_vllm_bench_serve_runs_it(vllm_server, tmp_path):  # noqa: 
     np.testing.assert_allclose([r.scheduled_time - run.start_time for r in recs], sched, atol=1e-6)
     t_v = np.array(theirs["start_times"]) - theirs["start_times"][0]  # vLLM's sends, from its first one
     assert np.abs(t_v - (sched - sched[0])).max() < 0.5
+
+
+def test_https_checked_against_the_trust_store_or_not_with_insecure(vllm_server, tmp_path, monkeypatch):  # noqa: F811
+    """The server behind TLS with an office's own CA: refused in one line while the CA is not trusted, measured
+    once SSL_CERT_FILE names it (the system's trust store, as vllm bench serve's), and with --insecure
+    (vllm bench serve's) without any check; the /metrics scrape and /tokenize go through the same TLS."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with tls_front(int(vllm_server.url.rsplit(":", 1)[1]), str(tmp_path / "server.pem")) as port:
+        def measure(name, *extra):
+            return CliRunner().invoke(measure_cli, [
+                "open", f"https://127.0.0.1:{port}", "--random-input-len", "24", "--random-output-len", "3",
+                "--num-prompts", "3", "--request-rate", "20", "--no-progress", "--json", "-o", str(tmp_path / name),
+                *extra])
+
+        res = measure("untrusted")
+        assert res.exit_code == 1 and not (tmp_path / "untrusted").exists()
+        (line,) = res.stderr.strip().splitlines()
+        assert "its TLS certificate did not verify" in line and "--insecure skips the check" in line, line
+        for name, extra in (("insecure", ["--insecure"]), ("trusted", [])):
+            if name == "trusted":
+                monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+            res = measure(name, *extra)
+            assert res.exit_code == 0, res.output
+            assert json.loads(res.stdout)["completed"] == 3
+            run = load_run(tmp_path / name)
+            assert run.live.url == f"https://127.0.0.1:{port}" and run.live.prompts["tokenizer_calls"] > 0  # /tokenize
+            assert run.server_metrics is not None and run.server_metrics.samples > 0  # scraped over TLS
 
 
 def test_random_prompts_are_vllm_bench_serves_to_the_character(vllm_server, tmp_path, monkeypatch):  # noqa: F811

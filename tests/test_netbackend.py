@@ -7,6 +7,7 @@ asyncio servers for socket-level behaviour (silence, a close). No mocks.
 import asyncio
 import json
 import socket
+import ssl
 import struct
 import time
 
@@ -16,7 +17,7 @@ import pytest
 
 from measure.httpwire import Server
 from measure.netbackend import AsyncioBackend, FastPool, make_transport
-from tests.helpers import refused_port
+from tests.helpers import refused_port, tls_front
 
 BODY = {"model": "fake-model", "prompt": "t1 t2 t3", "stream": True}
 
@@ -67,6 +68,45 @@ def test_make_transport_streams_through_the_asyncio_backend(fake):
     # server sends the last content chunk 5 x 80 ms = 400 ms after the first (250 ms leaves the
     # client 150 ms of scheduling delay on a busy machine)
     assert chunks[5][0] - chunks[0][0] >= 0.25
+
+
+def test_tls_through_the_asyncio_backend_checked_as_vllm_bench_serve_checks_it(fake, tmp_path, monkeypatch):
+    """https: the backend's start_tls carries the stream; the certificate is checked against the system's
+    trust store (SSL_CERT_FILE names an office's own CA), or not at all (--insecure); an unknown CA is one
+    MeasureError line that names --insecure."""
+    import trustme
+
+    from measure.client import Client, tls_check
+    from measure.errors import MeasureError
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    srv = fake(itl=0.0)
+    assert tls_check(srv.url) is True and tls_check(srv.url, verify=False) is False  # plain http: nothing to check
+
+    async def models(url: str, verify: bool = True):
+        c = Client(url, timeout=10.0, verify=verify)
+        try:
+            return [m["id"] for m in await c.list_models()]
+        finally:
+            await c.aclose()
+
+    with tls_front(srv.port, str(tmp_path / "server.pem")) as port:
+        url = f"https://127.0.0.1:{port}"
+        assert tls_check(url).verify_mode == ssl.CERT_REQUIRED
+        with pytest.raises(MeasureError) as e:
+            asyncio.run(models(url))
+        assert "its TLS certificate did not verify (unable to get local issuer certificate; --insecure skips " \
+               "the check)" in str(e.value) and "\n" not in str(e.value)
+        assert asyncio.run(models(url, verify=False)) == ["fake-model"]
+        t = make_transport(httpx.Limits(max_connections=2), verify=tls_check(url, verify=False))
+        chunks = asyncio.run(stream_chunks(url, t, max_tokens=3))
+        assert t.network_backend == "asyncio" and chunks[-1][1] == b"[DONE]" and len(chunks) == 4
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        assert asyncio.run(models(url)) == ["fake-model"]
 
 
 def test_the_escape_hatch_gives_httpx_as_shipped(fake, monkeypatch):
