@@ -298,7 +298,8 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
                                                                            sharegpt_output_len)
     sampled = ", ".join("--" + k.replace("_", "-") for k in ex.sampling)
     flags.echo_flag_notes("note: ", [f"{sampled}: a simulated step takes as long whatever the sampling"]
-                          if ex.sampling else [])
+                          * bool(ex.sampling) + ["--logprobs: a simulated step takes as long whatever the logprobs"]
+                          * (ex.logprobs is not None))
     rate = parse_rate(request_rate)
     endpoint = flags.resolve_endpoint(backend, endpoint)
     skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)

@@ -333,6 +333,9 @@ def vllm_serve_options(f):
                      "Requests of the first prompt sent before the measured run, not counted (a simulated "
                      "server is warm already)."),
         _flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
+        _flag_option("--logprobs", int, _remember,
+                     "Log-probabilities per token the server computes and returns (completions; vllm bench serve "
+                     "sends none with chat). A simulated step takes as long whatever the logprobs."),
         _flag_option("--insecure", None, _remember,
                      "Do not check the server's TLS certificate (a self-signed one; vllm bench serve's). Without "
                      "it an https URL is checked against the system's trust store (SSL_CERT_FILE honoured)."),
@@ -414,7 +417,6 @@ REFUSED_FLAGS = {
     "--use-beam-search": (None, "beam search is not modelled"),
     "--lora-modules": (str, "LoRA adapters are not modelled"),
     "--lora-assignment": (str, "LoRA adapters are not modelled"),
-    "--logprobs": (int, "logprobs are not modelled"),
     "--probe-request-rate": (None, "the rate probe is not supported: run steps of --request-rate"),
     "--self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
     "--no-self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
@@ -436,6 +438,7 @@ class ServeExtras:
     request_id_prefix: str | None = None
     ready_check_timeout_sec: int = 0  # --ready-check-timeout-sec
     insecure: bool = False  # --insecure: the server's TLS certificate is not checked
+    logprobs: int | None = None  # --logprobs: in every completions request, as vllm bench serve's
     ramp_up_strategy: str | None = None  # --ramp-up-strategy and its rates
     ramp_up_start_rps: float | None = None
     ramp_up_end_rps: float | None = None
@@ -452,10 +455,12 @@ class ServeExtras:
         return (self.input_len or random_input_len, self.output_len or random_output_len,
                 self.output_len or sharegpt_output_len)
 
-    def request_body(self, extra_body: dict) -> dict:
-        """The fields added to every request: sampling first, --extra-body over them (vllm bench serve's
+    def request_body(self, extra_body: dict, endpoint: str = "chat") -> dict:
+        """The fields added to every request: --logprobs in a completions body (its base, where vllm bench serve
+        writes it; its chat body has none), sampling over it, --extra-body over them (vllm bench serve's
         order), ignore_eos where asked."""
-        body = {**self.sampling, **extra_body}
+        base = {"logprobs": self.logprobs} if endpoint == "completions" and self.logprobs is not None else {}
+        body = {**base, **self.sampling, **extra_body}
         if self.ignore_eos:
             body["ignore_eos"] = True
         return body
@@ -526,7 +531,7 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
                        disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling, headers=headers,
                        request_id_prefix=got.get("request_id_prefix"),
                        ready_check_timeout_sec=int(got.get("ready_check_timeout_sec") or 0),
-                       insecure=bool(got.get("insecure")),
+                       insecure=bool(got.get("insecure")), logprobs=got.get("logprobs"),
                        **{k: got.get(k) for k in RAMP_KEYS})
 
 

@@ -253,11 +253,12 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)
     meta_kv = flags.parse_metadata(metadata)
     ex = flags.serve_extras()
-    body = ex.request_body(flags.parse_extra_body([extra_body]) if extra_body else {})
+    body = ex.request_body(flags.parse_extra_body([extra_body]) if extra_body else {}, ep)
     random_input_len, random_output_len, sharegpt_output_len = ex.lengths(random_input_len, random_output_len,
                                                                            sharegpt_output_len)
     flags.check_result_dest(save_result, append_result, result_dir, result_filename)
-    flags.echo_flag_notes("capsim measure: ")
+    flags.echo_flag_notes("capsim measure: ", ["--logprobs: unread with the chat endpoint, as in vllm bench serve"]
+                          * (ex.logprobs is not None and ep == "chat"))
     pattern = _run_guarded(lambda: ex.open_loop(request_rate, burstiness, max_concurrency, seed))  # before the server
 
     def go():

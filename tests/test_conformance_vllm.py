@@ -585,10 +585,10 @@ def test_ramp_up_offsets_and_rates_equal_vllm_get_request(oracle, case):
 BODY_LOADS = {
     "completions-random": ["--backend", "openai", "--dataset-name", "random", "--random-input-len", "24",
                            "--random-output-len", "3", "--temperature", "0.5", "--top-p", "0.9",
-                           "--repetition-penalty", "1.1", "--extra-body", '{"seed": 7}',
+                           "--repetition-penalty", "1.1", "--extra-body", '{"seed": 7}', "--logprobs", "2",
                            "--header", "x-office=ny", "x-floor = 3 ", "--request-id-prefix", "r-"],
     "chat-random": ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "random",
-                    "--random-input-len", "24", "--random-output-len", "3", "--top-k", "20",
+                    "--random-input-len", "24", "--random-output-len", "3", "--top-k", "20", "--logprobs", "3",
                     "--extra-body", '{"chat_template_kwargs": {"enable_thinking": false}}'],
     "chat-sharegpt": ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "sharegpt",
                       "--sharegpt-output-len", "3", "--temperature", "0", "--request-id-prefix", "s-"],
@@ -639,6 +639,9 @@ def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_pat
     else:
         assert [r[0] for r in theirs] == [f"{prefix}{i}" for i in range(4)]
     assert len(theirs) == 4 and ours == theirs
+    if "--logprobs" in BODY_LOADS[load]:  # the completions body carries it; vLLM's chat body has no such key
+        assert all(('"logprobs": 2' in r[2]) == (load == "completions-random") for r in theirs)
+        assert load == "completions-random" or all("logprobs" not in r[2] for r in theirs)
     if "--header" in BODY_LOADS[load]:
         assert theirs[0][1] == {"x-office": "ny", "x-floor": "3", "content-type": "application/json"}
 

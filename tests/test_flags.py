@@ -276,6 +276,14 @@ def test_serve_extras_body_in_vllm_bench_serve_order():
     assert ex.request_body({"top_p": 0.5, "chat_template_kwargs": {"enable_thinking": False}}) == \
         {"temperature": 0.0, "top_p": 0.5, "chat_template_kwargs": {"enable_thinking": False}, "ignore_eos": True}
     assert ServeExtras().request_body({}) == {}
+    # --logprobs: in the completions body's base (sampling and --extra-body over it), none in the chat body
+    lp = ServeExtras(logprobs=3, sampling={"temperature": 0.0})
+    assert lp.request_body({}, "completions") == {"logprobs": 3, "temperature": 0.0}
+    assert lp.request_body({"logprobs": 1}, "completions") == {"logprobs": 1, "temperature": 0.0}
+    assert lp.request_body({}, "chat") == {"temperature": 0.0}
+    res = cap(["simulate", "open", "--num-prompts", "4", "--logprobs", "5", "--json"])
+    assert res.exit_code == 0 and res.stderr.strip() == "note: --logprobs: a simulated step takes as long whatever " \
+                                                        "the logprobs"
 
 
 def test_save_result_bare_flag_default_name_and_detailed(fake, tmp_path, monkeypatch):
@@ -536,3 +544,16 @@ def test_help_says_where_defaults_differ():
     for cmd in (["measure", "open"], ["simulate", "open"]):
         h = " ".join(cap([*cmd, "--help"]).stdout.split())
         assert "vllm bench serve's: 99" in h and "vllm bench serve's default: /v1/completions" in h
+
+
+def test_logprobs_go_in_a_measured_completions_body_and_are_named_unread_with_chat(fake, tmp_path):
+    srv = fake(itl=0.0005)
+    for endpoint, sent in (("completions", 2), ("chat", None)):
+        res = cap(["measure", "open", srv.url, "--endpoint", endpoint, "--random-input-len", "16",
+                   "--random-output-len", "2", "--num-prompts", "2", "--logprobs", "2", "--no-progress",
+                   "--no-metrics", "-o", str(tmp_path / endpoint)])
+        assert res.exit_code == 0, res.output + res.stderr
+        assert ("--logprobs: unread with the chat endpoint, as in vllm bench serve" in res.stderr) == (sent is None)
+    bodies = srv.stats.bodies
+    assert [b.get("logprobs", "absent") for b in bodies if "prompt" in b and b.get("stream")] == [2, 2]
+    assert all("logprobs" not in b for b in bodies if "messages" in b)
