@@ -21,6 +21,7 @@ def test_an_open_loop_vllm_would_not_run_is_refused(kw, says):
 
 
 def test_the_smallest_open_loop_runs():
+    assert OpenLoop(rate=0.05).arrival_times(2)[-1] == pytest.approx(40.0)  # an office's rate, below 1 req/s
     one = OpenLoop(rate=2.0, burstiness=1e-3, max_concurrency=1)
     assert one.arrival_times(1) == pytest.approx([0.5])  # one request: its gap scaled to n / rate
     with pytest.raises(LoadError, match="--num-prompts must be >= 1, got 0"):
@@ -44,9 +45,13 @@ def test_a_ramp_vllm_would_not_run_is_refused(args, says):
 
 
 def test_a_ramp_sets_each_requests_rate_and_its_own_schedule():
-    lin, exp = RampUp("linear", 1, 5), RampUp("exponential", 1, 16)
-    assert lin.rates(5) == [1.0, 2.0, 3.0, 4.0, 5.0] and exp.rates(5) == [1.0, 2.0, 4.0, 8.0, 16.0]
+    lin, exp = RampUp("linear", 1, 5), RampUp("exponential", 2, 32)
+    assert lin.rates(5) == [1.0, 2.0, 3.0, 4.0, 5.0] and exp.rates(5) == [2.0, 4.0, 8.0, 16.0, 32.0]
     assert lin.rates(1) == [1.0]  # one request: progress 0 of max(n - 1, 1)
+    assert RampUp("linear", 2, 2).rates(3) == [2.0] * 3  # a flat ramp is one vllm bench serve runs
+    # gamma gaps of mean 1 / rate at any burstiness: 4000 requests at 4 req/s span about 1000 s
+    assert OpenLoop(burstiness=0.5, seed=1, ramp_up=RampUp("linear", 4, 4)).arrival_times(4000)[-1] == \
+        pytest.approx(1000, rel=0.05)
     # a constant gap a request at its own rate, summed: not rescaled to n / rate as a fixed rate is
     np.testing.assert_allclose(OpenLoop(burstiness=math.inf, ramp_up=lin).arrival_times(5),
                                np.cumsum([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5]))
