@@ -139,7 +139,10 @@ def tls_front(port: int, cert_pem: str):
         except OSError:
             client_w.close()
             return
-        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+        try:
+            await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+        except asyncio.CancelledError:  # the front closing: ended, not an error for asyncio to log
+            pass
 
     front = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx))
     thread = threading.Thread(target=loop.run_forever, daemon=True)

@@ -73,9 +73,10 @@ def test_make_transport_streams_through_the_asyncio_backend(fake):
 def test_tls_through_the_asyncio_backend_checked_as_vllm_bench_serve_checks_it(fake, tmp_path, monkeypatch):
     """https: the backend's start_tls carries the stream; the certificate is checked against the system's
     trust store (SSL_CERT_FILE names an office's own CA), or not at all (--insecure); an unknown CA is one
-    MeasureError line that names --insecure."""
+    MeasureError line that names --insecure. calibrate --live's first look at the server checks alike."""
     import trustme
 
+    from calibrate.live import LiveError, read_server
     from measure.client import Client, tls_check
     from measure.errors import MeasureError
 
@@ -105,8 +106,10 @@ def test_tls_through_the_asyncio_backend_checked_as_vllm_bench_serve_checks_it(f
         t = make_transport(httpx.Limits(max_connections=2), verify=tls_check(url, verify=False))
         chunks = asyncio.run(stream_chunks(url, t, max_tokens=3))
         assert t.network_backend == "asyncio" and chunks[-1][1] == b"[DONE]" and len(chunks) == 4
+        with pytest.raises(LiveError, match="certificate verify failed"):  # calibrate --live's server facts
+            read_server(url)
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
-        assert asyncio.run(models(url)) == ["fake-model"]
+        assert asyncio.run(models(url)) == ["fake-model"] and read_server(url).model == "fake-model"
 
 
 def test_the_escape_hatch_gives_httpx_as_shipped(fake, monkeypatch):

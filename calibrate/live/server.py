@@ -131,13 +131,14 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
     """Ask the server what it is; flags fill what it does not tell (see ServerFacts.origin)."""
     import httpx
 
-    from measure.client import split_url
+    from measure.client import split_url, tls_check
     from measure.prom import info_labels
 
     base, public, auth = split_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     origin: dict[str, str] = {}
-    with httpx.Client(base_url=base, headers=headers, auth=auth, timeout=timeout, trust_env=False) as http:
+    with httpx.Client(base_url=base, headers=headers, auth=auth, timeout=timeout, trust_env=False,
+                      verify=tls_check(base)) as http:
         r = _get(http, "/v1/models")
         if r.status_code != 200:
             raise LiveError(f"GET /v1/models at {public}: HTTP {r.status_code}")

@@ -66,11 +66,11 @@ def _scrape_steps(url: str, api_key: str | None = None) -> float | None:
     """vllm:iteration_tokens_total's count: engine steps that returned tokens (None if not exported)."""
     import httpx
 
-    from measure.client import split_url
+    from measure.client import split_url, tls_check
 
     base, _pub, auth = split_url(url)
     try:
-        r = httpx.get(base + "/metrics", auth=auth, timeout=10, trust_env=False,
+        r = httpx.get(base + "/metrics", auth=auth, timeout=10, trust_env=False, verify=tls_check(base),
                       headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
     except httpx.HTTPError:
         return None
