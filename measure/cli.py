@@ -175,10 +175,12 @@ def _model_for_requests(model, served_model_name):
 @click.option("--no-warmup", is_flag=True, help="Skip the warmup batch of each test.")
 @click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", show_default=True)
 @click.option("--tokenizer", default=None, hidden=True)  # llama-benchy's; the server's /tokenize counts here
+@click.option("--insecure", is_flag=True, help="Do not check an https server's TLS certificate (capsim's; "
+                                               "measure open takes vllm bench serve's flag of that name).")
 @flags.llama_benchy_options
 @_with_common
 def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no_warmup, endpoint, tokenizer,
-               out_format, warmup_runs, exit_on_first_fail, extra_body, benchy_save, served_model_name, model,
+               insecure, out_format, warmup_runs, exit_on_first_fail, extra_body, benchy_save, served_model_name, model,
                out_dir, as_json, api_key, timeout, grace, no_metrics, no_progress, max_failures):
     """llama-benchy's closed loop: N requests at once per batch, --runs batches per test.
 
@@ -206,7 +208,7 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
         run = run_closed(server, _model_for_requests(model, served_model_name), pattern, out_dir=od,
                          endpoint=endpoint, api_key=api_key, progress=not no_progress, timeout=timeout,
                          scrape_metrics=not no_metrics, grace=grace, extra_body=body,
-                         stop_on_fail=exit_on_first_fail)
+                         stop_on_fail=exit_on_first_fail, insecure=insecure)
         return run, od
 
     run, od = _run_guarded(go)

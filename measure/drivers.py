@@ -272,15 +272,16 @@ def run_open(url: str, model: str | None, workload: Workload, pattern: OpenLoop,
 async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out_dir=None, endpoint: str = "chat",
                            api_key: str | None = None, progress: bool = True, timeout: float = 1800.0,
                            scrape_metrics: bool = True, grace: float = 10.0, keep_text: bool = False,
-                           extra_body: dict | None = None, stop_on_fail: bool = False) -> RunResult:
+                           extra_body: dict | None = None, stop_on_fail: bool = False,
+                           insecure: bool = False) -> RunResult:
     """stop_on_fail: llama-benchy's --exit-on-first-fail, the run stops (status aborted) after the
-    first batch with a failed request."""
+    first batch with a failed request; `insecure`: the server's TLS certificate is not checked."""
     if not isinstance(pattern, ClosedLoop):
         raise MeasureError("run_closed needs a ClosedLoop pattern")
     batches = pattern.batches(include_warmup=True)
     S = Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
                  max_connections=max(pattern.concurrency) + 5, grace=grace, keep_text=keep_text,
-                 extra_body=extra_body, tool="llama-benchy")
+                 extra_body=extra_body, tool="llama-benchy", verify=not insecure)
     try:
         S.install_signals()
         connecting = f"connecting to {S.client.public_url}"

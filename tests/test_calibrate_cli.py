@@ -95,7 +95,7 @@ def test_validate_live_takes_no_retries_but_not_fewer():
     # what the server does not export (calibrate.live.live_limit_options), on both commands
     *[(c, f) for c in ("calibrate", "validate") for f in (
         ["--model", "m"], ["--max-num-seqs", "64"], ["--max-num-batched-tokens", "8192"], ["--kv-groups", "1x16"],
-        ["--hf-config", "config.json"], ["--speed", "2"], ["--api-key", "k"])]])
+        ["--hf-config", "config.json"], ["--speed", "2"], ["--api-key", "k"], ["--insecure"])]])
 def test_a_live_option_without_live_is_refused_not_ignored(command, flags):
     """Each did nothing offline: a user who meant a live run got an offline one without a word."""
     res = invoke([command, "seed", *flags])

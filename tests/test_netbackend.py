@@ -14,9 +14,12 @@ import time
 import httpcore
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from capsim.cli import main
 from measure.httpwire import Server
 from measure.netbackend import AsyncioBackend, FastPool, make_transport
+from measure.runfiles import load_run
 from tests.helpers import refused_port, tls_front
 
 BODY = {"model": "fake-model", "prompt": "t1 t2 t3", "stream": True}
@@ -108,6 +111,13 @@ def test_tls_through_the_asyncio_backend_checked_as_vllm_bench_serve_checks_it(f
         assert t.network_backend == "asyncio" and chunks[-1][1] == b"[DONE]" and len(chunks) == 4
         with pytest.raises(LiveError, match="certificate verify failed"):  # calibrate --live's server facts
             read_server(url)
+        assert read_server(url, insecure=True).model == "fake-model"  # calibrate / validate --live --insecure
+        closed = ["measure", "closed", url, "--pp", "16", "--tg", "2", "--runs", "1", "--no-warmup", "--no-progress",
+                  "--no-metrics"]  # measure closed, capsim's own --insecure (llama-benchy has none)
+        res = CliRunner().invoke(main, [*closed, "-o", str(tmp_path / "checked")])
+        assert res.exit_code == 1 and "did not verify" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        res = CliRunner().invoke(main, [*closed, "--insecure", "-o", str(tmp_path / "unchecked")])
+        assert res.exit_code == 0 and load_run(tmp_path / "unchecked").records[0].ok, res.output
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
         assert asyncio.run(models(url)) == ["fake-model"] and read_server(url).model == "fake-model"
 

@@ -74,6 +74,9 @@ def live_limit_options(f):
                      callback=_finite_positive,
                      help="--live: a capsim twin's --speed: measured times are multiplied by it (model time)."),
         click.option("--api-key", envvar="OPENAI_API_KEY", default=None, help="--live: bearer token."),
+        click.option("--insecure", is_flag=True,
+                     help="--live: do not check an https server's TLS certificate (checked against the system's "
+                          "trust store otherwise, SSL_CERT_FILE honoured)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -92,7 +95,8 @@ def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json,
                   kw.pop("async_scheduling", None), kw.pop("kv_groups", None), kw.pop("hf_config", None))
     with _user_errors(), _messages(as_json):
         prof, d = live_calibrate(url, kw.get("model"), budget, run_dir, lim, clock_scale=kw.get("clock_scale", 1.0),
-                                 api_key=kw.get("api_key"), max_nfev=max_evals, name=name, tg=tg,
+                                 api_key=kw.get("api_key"), insecure=bool(kw.get("insecure")), max_nfev=max_evals,
+                                 name=name, tg=tg,
                                  pp_max=pp_max, runs=runs)
     if out_path:
         prof.save(out_path)
@@ -135,7 +139,8 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
             if x is not None and loads_path:
                 raise LiveError(f"{flag} scales the default loads; --loads gives its own")
         loads = load_loads(loads_path) if loads_path else None
-        facts = read_server(url, kw.get("model"), api_key=kw.get("api_key"), **lim)
+        facts = read_server(url, kw.get("model"), api_key=kw.get("api_key"), insecure=bool(kw.get("insecure")),
+                            **lim)
         prof = apply_server_limits(prof, facts)  # e.g. a server restarted with other limits
         if loads is None:
             if not as_json:
@@ -144,6 +149,7 @@ def run_validate_live(url, profile_path, loads_path, scale, length_scale, budget
             loads = seed_loads(prof, facts.max_model_len, scale, length_scale, budget_s, endpoint)
         lv = live_validate(url, prof, loads, run_dir, model=facts.model, clock_scale=kw.get("clock_scale", 1.0),
                            replications=replications, repeat=repeat, api_key=kw.get("api_key"),
+                           insecure=bool(kw.get("insecure")),
                            retries=kw.get("retries", 1))
     click.echo(json.dumps(lv.to_json(), indent=2, default=str) if as_json else lv.format())
     return lv

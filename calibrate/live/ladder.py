@@ -96,13 +96,15 @@ def parse_budget(text: str | float | int) -> float:
     return secs
 
 
-def _measure_closed(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs=1, warmup=False) -> RunResult:
+def _measure_closed(url, model, combos, out_dir, clock_scale, endpoint, api_key, runs=1, warmup=False,
+                    insecure=False) -> RunResult:
     from measure import run_closed
 
     # concurrency= as well as combos=: measure sizes its connection pool by max(pattern.concurrency)
     pat = ClosedLoop(combos=combos, concurrency=sorted({c[3] for c in combos}), runs=runs, warmup=warmup,
                      latency_mode="generation")
-    run = run_closed(url, model, pat, out_dir=out_dir, endpoint=endpoint, api_key=api_key, progress=False)
+    run = run_closed(url, model, pat, out_dir=out_dir, endpoint=endpoint, api_key=api_key, progress=False,
+                     insecure=insecure)
     if run.status != "complete":
         raise LiveError(f"measure stopped: {run.live.stop_reason or run.status}")
     bad = [r for r in run.records if not r.ok]
@@ -140,7 +142,8 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
                    limits: dict | None = None, *, clock_scale: float = 1.0, endpoint: str = "chat", tg: int | None = None,
                    pp_max: int | None = None, runs: int = 1, falloff: float = 0.5, max_nfev: int = 150,
                    api_key: str | None = None, fit_start: Profile | None = None,
-                   name: str | None = None, facts: ServerFacts | None = None) -> tuple[Profile, Path]:
+                   name: str | None = None, facts: ServerFacts | None = None,
+                   insecure: bool = False) -> tuple[Profile, Path]:
     """Measure a closed-loop grid that fits `budget_s` on the live server and fit a profile.
 
     `limits`: what the server does not export, as read_server's keyword arguments
@@ -156,7 +159,7 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"calibrate-live-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     if facts is None:
-        facts = read_server(url, model, api_key=api_key, **(limits or {}))
+        facts = read_server(url, model, api_key=api_key, insecure=insecure, **(limits or {}))
     (out / "server.json").write_text(json.dumps(facts.to_json(), indent=2) + "\n")
     log.info(f"server: {facts.model} at {facts.url}: max_model_len {facts.max_model_len}, KV {facts.num_gpu_blocks} blocks "
              f"of {facts.block_size} ({facts.kv_cache_size_tokens} tokens), max_num_seqs {facts.max_num_seqs}, "
@@ -174,7 +177,7 @@ def live_calibrate(url: str, model: str | None = None, budget_s: float | str = 6
         moving to OUT/set-aside/, where refit does not read it. Returns (run, the set-aside runs)."""
         run, _, aside = until_free(
             lambda: (_measure_closed(url, facts.model, combos, folder, clock_scale, endpoint, api_key, runs=runs,
-                                     warmup=warmup), None),
+                                     warmup=warmup, insecure=insecure), None),
             folder, 1, lambda k: out / "set-aside" / folder.name, folder.name)
         return run, aside
 

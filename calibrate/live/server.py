@@ -127,7 +127,7 @@ def _num(v) -> int | None:
 def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None = None,
                 max_num_batched_tokens: int | None = None, async_scheduling: bool | None = None,
                 kv_groups: str | Sequence[KVGroup] | None = None, hf_config: str | dict | None = None,
-                api_key: str | None = None, timeout: float = 30.0) -> ServerFacts:
+                api_key: str | None = None, timeout: float = 30.0, insecure: bool = False) -> ServerFacts:
     """Ask the server what it is; flags fill what it does not tell (see ServerFacts.origin)."""
     import httpx
 
@@ -138,7 +138,7 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     origin: dict[str, str] = {}
     with httpx.Client(base_url=base, headers=headers, auth=auth, timeout=timeout, trust_env=False,
-                      verify=tls_check(base)) as http:
+                      verify=tls_check(base, not insecure)) as http:
         r = _get(http, "/v1/models")
         if r.status_code != 200:
             raise LiveError(f"GET /v1/models at {public}: HTTP {r.status_code}")

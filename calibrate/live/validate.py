@@ -62,7 +62,7 @@ def _trace_at(trace: list[dict], key: str, times: np.ndarray) -> np.ndarray:
     return out
 
 
-def _scrape_steps(url: str, api_key: str | None = None) -> float | None:
+def _scrape_steps(url: str, api_key: str | None = None, insecure: bool = False) -> float | None:
     """vllm:iteration_tokens_total's count: engine steps that returned tokens (None if not exported)."""
     import httpx
 
@@ -70,7 +70,7 @@ def _scrape_steps(url: str, api_key: str | None = None) -> float | None:
 
     base, _pub, auth = split_url(url)
     try:
-        r = httpx.get(base + "/metrics", auth=auth, timeout=10, trust_env=False, verify=tls_check(base),
+        r = httpx.get(base + "/metrics", auth=auth, timeout=10, trust_env=False, verify=tls_check(base, not insecure),
                       headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
     except httpx.HTTPError:
         return None
@@ -149,7 +149,8 @@ def predict_live(profile: Profile, run: RunResult, load: LiveLoad, replications:
 
 def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = None, clock_scale: float = 1.0,
                  api_key: str | None = None, retries: int = 0,
-                 check: Callable[[RunResult], str | None] | None = None) -> tuple[RunResult, float | None]:
+                 check: Callable[[RunResult], str | None] | None = None,
+                 insecure: bool = False) -> tuple[RunResult, float | None]:
     """Run one open-loop load live; returns (run in model time, engine steps during it or None).
 
     A run whose client was held up is run again, up to `retries` times: measure's
@@ -165,10 +166,10 @@ def measure_load(url: str, load: LiveLoad, out_dir=None, model: str | None = Non
         raise LiveError(f"retries must be 0 or more, not {retries}")
 
     def attempt():
-        steps0 = _scrape_steps(url, api_key)
+        steps0 = _scrape_steps(url, api_key, insecure)
         run = run_open(url, model, load.workload(), load.pattern(clock_scale), load.num_prompts, out_dir=out_dir,
-                       endpoint=load.endpoint, api_key=api_key, progress=False)
-        steps1 = _scrape_steps(url, api_key)
+                       endpoint=load.endpoint, api_key=api_key, progress=False, insecure=insecure)
+        steps1 = _scrape_steps(url, api_key, insecure)
         if run.status != "complete":
             raise LiveError(f"{load.name}: measure stopped: {run.live.stop_reason or run.status}")
         return run, (steps0, steps1)
@@ -236,7 +237,8 @@ def _open_run(res: LiveResult, source: str) -> OpenRun:
 
 def live_validate(url: str, profile: Profile, loads: Sequence[LiveLoad], out_dir=None, *, model: str | None = None,
                   clock_scale: float = 1.0, replications: int = 5, repeat: bool = False, api_key: str | None = None,
-                  retries: int = 1, check: Callable[[RunResult], str | None] | None = None) -> LiveValidation:
+                  retries: int = 1, check: Callable[[RunResult], str | None] | None = None,
+                  insecure: bool = False) -> LiveValidation:
     """Run each load live, predict it on the model, and score (docs/design/live-calibration.md).
     Each load is told as it starts (logging, "capsim.calibrate.live.validate", INFO); `check`: see
     measure_load."""
@@ -250,7 +252,7 @@ def live_validate(url: str, profile: Profile, loads: Sequence[LiveLoad], out_dir
             d = out / (load.name + ("" if rep == 0 else "-repeat"))
             log.info(f"  {d.name}: {load.num_prompts} requests of ~{load.input_len}+{load.output_len} tokens at "
                      f"{load.rate:.3g}/s" + (f", max concurrency {load.max_concurrency}" if load.max_concurrency else ""))
-            run, steps = measure_load(url, load, d, model or None, clock_scale, api_key, retries, check)
+            run, steps = measure_load(url, load, d, model or None, clock_scale, api_key, retries, check, insecure)
             res = compare_load(profile, load, run, d, steps, replications, clock_scale)
             (results if rep == 0 else repeats).append(res)
             if rep == 0:
