@@ -296,10 +296,13 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
                                "(with --ignore-eos every answer runs to its max_tokens)")
     random_input_len, random_output_len, sharegpt_output_len = ex.lengths(random_input_len, random_output_len,
                                                                            sharegpt_output_len)
-    sampled = ", ".join("--" + k.replace("_", "-") for k in ex.sampling)
-    flags.echo_flag_notes("note: ", [f"{sampled}: a simulated step takes as long whatever the sampling"]
-                          * bool(ex.sampling) + ["--logprobs: a simulated step takes as long whatever the logprobs"]
-                          * (ex.logprobs is not None))
+    unmodelled = []
+    if ex.sampling:
+        sampled = ", ".join("--" + k.replace("_", "-") for k in ex.sampling)
+        unmodelled.append(f"{sampled}: a simulated step takes as long whatever the sampling")
+    if ex.logprobs is not None:
+        unmodelled.append("--logprobs: a simulated step takes as long whatever the logprobs")
+    flags.echo_flag_notes("note: ", unmodelled)
     rate = parse_rate(request_rate)
     endpoint = flags.resolve_endpoint(backend, endpoint)
     skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)

@@ -259,8 +259,9 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     random_input_len, random_output_len, sharegpt_output_len = ex.lengths(random_input_len, random_output_len,
                                                                            sharegpt_output_len)
     flags.check_result_dest(save_result, append_result, result_dir, result_filename)
-    flags.echo_flag_notes("capsim measure: ", ["--logprobs: unread with the chat endpoint, as in vllm bench serve"]
-                          * (ex.logprobs is not None and ep == "chat"))
+    unread = ["--logprobs: unread with the chat endpoint, as in vllm bench serve"] if ex.logprobs is not None \
+        and ep == "chat" else []
+    flags.echo_flag_notes("capsim measure: ", unread)
     pattern = _run_guarded(lambda: ex.open_loop(request_rate, burstiness, max_concurrency, seed))  # before the server
 
     def go():

@@ -147,6 +147,7 @@ def tls_front(port: int, cert_pem: str):
     front = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+
     async def shut():  # the connections still open end with the front, none left pending
         front.close()
         open_ = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

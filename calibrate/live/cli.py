@@ -96,8 +96,7 @@ def run_calibrate_live(url, out_path, budget, run_dir, name, max_evals, as_json,
     with _user_errors(), _messages(as_json):
         prof, d = live_calibrate(url, kw.get("model"), budget, run_dir, lim, clock_scale=kw.get("clock_scale", 1.0),
                                  api_key=kw.get("api_key"), insecure=bool(kw.get("insecure")), max_nfev=max_evals,
-                                 name=name, tg=tg,
-                                 pp_max=pp_max, runs=runs)
+                                 name=name, tg=tg, pp_max=pp_max, runs=runs)
     if out_path:
         prof.save(out_path)
     pv = prof.provenance
