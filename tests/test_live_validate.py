@@ -108,7 +108,8 @@ def test_live_validate_scores_each_load_and_its_repeat(tmp_path, monkeypatch):
     again = {ld.name: measured(ld, preemptions=2.0) for ld in loads}
     seen = []
 
-    def measure_load(url, load, out_dir, model, clock_scale, api_key, retries, check):
+    def measure_load(url, load, out_dir, model, clock_scale, api_key, retries, check, insecure):
+        assert insecure is False  # certificates checked unless --insecure
         seen.append((url, load.name, out_dir.name, retries))
         return (again if out_dir.name.endswith("-repeat") else runs)[load.name], 50.0
 
@@ -144,7 +145,7 @@ def test_preemptions_get_the_redrawn_loads_band_and_engine_steps_a_point(tmp_pat
     small.engine = dataclasses.replace(small.engine, num_blocks=900)
     run = measured(preemptions=7.0, profile=small)
     assert run.num_preemptions > 0
-    monkeypatch.setattr(live_validation, "measure_load", lambda *a: (run, 50.0))
+    monkeypatch.setattr(live_validation, "measure_load", lambda *a, **kw: (run, 50.0))
     lv = live_validate("http://box:8000", small, [LOAD], tmp_path, replications=4)
     rows = {r.metric: r for r in lv.validation.rows}
     pre, steps = rows["num_preemptions"], rows["output_steps"]

@@ -252,7 +252,8 @@ def live_validate(url: str, profile: Profile, loads: Sequence[LiveLoad], out_dir
             d = out / (load.name + ("" if rep == 0 else "-repeat"))
             log.info(f"  {d.name}: {load.num_prompts} requests of ~{load.input_len}+{load.output_len} tokens at "
                      f"{load.rate:.3g}/s" + (f", max concurrency {load.max_concurrency}" if load.max_concurrency else ""))
-            run, steps = measure_load(url, load, d, model or None, clock_scale, api_key, retries, check, insecure)
+            run, steps = measure_load(url, load, d, model or None, clock_scale, api_key, retries, check,
+                                      insecure=insecure)
             res = compare_load(profile, load, run, d, steps, replications, clock_scale)
             (results if rep == 0 else repeats).append(res)
             if rep == 0:
