@@ -42,14 +42,14 @@ _SERVE_DEFAULTS = {
     "backend": "openai", "endpoint": "/v1/completions", "model": None, "num_prompts": 1000,
     "request_rate": math.inf, "burstiness": 1.0, "max_concurrency": None, "seed": 0,
     "dataset_name": "random", "dataset_path": None, "ignore_eos": False,
-    "ramp_up_strategy": None, "ramp_up_start_rps": None, "ramp_up_end_rps": None,
+    "ramp_up_strategy": None, "ramp_up_start_rps": None, "ramp_up_end_rps": None, "probe_request_rate": 0.0,
 }
 _RANDOM_DEFAULTS = {"random_input_len": 1024, "random_output_len": 128,
                     "random_range_ratio": 0.0, "random_prefix_len": 0}
 _SERVE_TYPES = {"num_prompts": int, "max_concurrency": int, "seed": int, "random_input_len": int,
                 "random_output_len": int, "random_prefix_len": int, "request_rate": float,
                 "burstiness": float, "random_range_ratio": float, "ramp_up_start_rps": float,
-                "ramp_up_end_rps": float}
+                "ramp_up_end_rps": float, "probe_request_rate": float}
 
 
 def _command_text(text: str) -> str | None:
@@ -219,6 +219,12 @@ _SERVE_LABELS = {
     "Drafts": ("spec_decode_num_drafts", int),
     "Draft tokens": ("spec_decode_draft_tokens", int),
     "Accepted tokens": ("spec_decode_accepted_tokens", int),
+    # --probe-request-rate's one-token requests beside the load
+    "Probe requests completed": ("probe_completed", int),
+    "Probe requests failed": ("probe_failed", int),
+    "Median probe E2EL (ms)": ("probe_median_e2el_ms", float),
+    "P99 probe E2EL (ms)": ("probe_p99_e2el_ms", float),
+    "Max probe E2EL (ms)": ("probe_max_e2el_ms", float),
 }
 _STAT_RE = re.compile(r"^(Mean|Median|Std|P(\d+(?:\.\d+)?)) (TTFT|TPOT|ITL|E2EL) \(ms\)$")
 

@@ -8,11 +8,12 @@ from simulator.plotting import IMAGE_SUFFIXES, check_plot_path, pyplot  # noqa: 
 
 def plot_validation(v, path: str, title: str = "measured vs predicted") -> None:
     """One panel per metric family: predicted (median, 5-95% band) against measured, log-log."""
-    from .validate import FAMILIES, FAMILY_OF
+    from .validate import FAMILY_OF
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(FAMILIES), figsize=(4.2 * len(FAMILIES), 4.2))
-    for ax, fam in zip(axes, FAMILIES):
+    families = list(v.families())
+    fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 4.2))
+    for ax, fam in zip(axes, families):
         rows = [r for r in v.rows if FAMILY_OF.get(r.metric) == fam and r.measured > 0]
         if not rows:
             ax.set_visible(False)

@@ -28,7 +28,9 @@ FAMILIES = {
              "mean_itl_ms", "median_itl_ms", "p90_itl_ms", "p95_itl_ms", "p99_itl_ms"),
     "e2el": ("mean_e2el_ms", "median_e2el_ms", "p90_e2el_ms", "p95_e2el_ms", "p99_e2el_ms"),
     "throughput": ("request_throughput", "output_throughput", "total_token_throughput", "max_concurrent_requests"),
+    "probe": ("probe_median_e2el_ms", "probe_p99_e2el_ms", "probe_max_e2el_ms"),  # --probe-request-rate's
 }
+OPTIONAL_FAMILIES = ("probe",)  # told only where a run has them
 METRICS = [m for fam in FAMILIES.values() for m in fam]
 FAMILY_OF = {m: f for f, ms in FAMILIES.items() for m in ms}
 CAPACITY_THRESHOLDS_S = (2.0, 5.0, 10.0)
@@ -72,7 +74,8 @@ class Validation:
         out = {}
         for fam in FAMILIES:
             errs = [abs(r.error_pct) for r in self.rows if FAMILY_OF.get(r.metric) == fam and r.error_pct == r.error_pct]
-            out[fam] = float(np.median(errs)) if errs else math.nan
+            if errs or fam not in OPTIONAL_FAMILIES:
+                out[fam] = float(np.median(errs)) if errs else math.nan
         return out
 
     def to_json(self) -> dict:
@@ -150,7 +153,8 @@ def pattern_for(run: OpenRun) -> OpenLoop:
     rate = math.inf if rate in (None, "inf") else float(rate)
     mc = p.get("max_concurrency")
     return OpenLoop(rate=rate, burstiness=float(p.get("burstiness") or 1.0), max_concurrency=int(mc) if mc else None,
-                    seed=int(p.get("seed") or 0), ramp_up=RampUp.from_keys(p))
+                    seed=int(p.get("seed") or 0), ramp_up=RampUp.from_keys(p),
+                    probe_rate=float(p.get("probe_request_rate") or 0.0))
 
 
 def predict_run(run: OpenRun, profile: Profile, replications: int = 10, tokenizer: str | None = None,
@@ -292,6 +296,9 @@ def _compare(run: OpenRun, profile: Profile, replications: int, tokenizer: str |
             out.rows.append(Row(run.source, run.test, m, measured, pred[m], lo[m], hi[m], med[m]))
     if unmeasured:
         out.notes.append(f"{run.test}: {', '.join(unmeasured)} not a number in the result: not compared")
+    if "probe_completed" in run.result and "probe_completed" not in pred:
+        out.notes.append(f"{run.test}: its probe keys are not compared: the result does not say the probe's rate "
+                         "(vllm bench serve writes no --probe-request-rate; its command or log does)")
 
 
 def capacity(rates_p95: list[tuple[float, float]], threshold_s: float) -> float | None:

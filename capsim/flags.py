@@ -345,6 +345,10 @@ def vllm_serve_options(f):
         _flag_option("--ramp-up-start-rps", click.FLOAT, _remember,
                      "The ramp's first rate, req/s (vllm bench serve takes whole numbers; capsim also 0.5)."),
         _flag_option("--ramp-up-end-rps", click.FLOAT, _remember, "The ramp's last rate, req/s."),
+        _flag_option("--probe-request-rate", click.FLOAT, _remember,
+                     "Beside the load, one-token \"Hi\" requests, each 1/RATE s after the last one ended, outside "
+                     "--max-concurrency: how long a quick question waits on the busy box (probe_* keys; vllm "
+                     "bench serve's). 0: none."),
         click.option("--header", cls=MultiValue, item=click.STRING, sep=None,
                      accept=r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*=.*", metavar="KEY=VALUE", expose_value=False,
                      callback=_remember,
@@ -417,7 +421,6 @@ REFUSED_FLAGS = {
     "--use-beam-search": (None, "beam search is not modelled"),
     "--lora-modules": (str, "LoRA adapters are not modelled"),
     "--lora-assignment": (str, "LoRA adapters are not modelled"),
-    "--probe-request-rate": (None, "the rate probe is not supported: run steps of --request-rate"),
     "--self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
     "--no-self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
     "--no-oversample": (None, "capsim oversamples ShareGPT as vllm bench serve does by default"),
@@ -442,13 +445,16 @@ class ServeExtras:
     ramp_up_strategy: str | None = None  # --ramp-up-strategy and its rates
     ramp_up_start_rps: float | None = None
     ramp_up_end_rps: float | None = None
+    probe_request_rate: float = 0.0  # --probe-request-rate: the one-token probe beside the load; 0: none
 
     def open_loop(self, rate: float, burstiness: float, max_concurrency: int | None, seed: int):
-        """The run's arrivals: --request-rate's, or the ramp's where --ramp-up-strategy names one."""
+        """The run's arrivals: --request-rate's, or the ramp's where --ramp-up-strategy names one; and the probe."""
         from simulator.load import OpenLoop, RampUp
+        from simulator.records import RAMP_KEYS
 
         return OpenLoop(rate=rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed,
-                        ramp_up=RampUp.from_keys(dataclasses.asdict(self)))
+                        ramp_up=RampUp.from_keys({k: getattr(self, k) for k in RAMP_KEYS}),
+                        probe_rate=self.probe_request_rate)
 
     def lengths(self, random_input_len: int, random_output_len: int, sharegpt_output_len: int | None):
         """The dataset lengths, --input-len / --output-len over the dataset flags (vllm bench serve's order)."""
@@ -532,7 +538,7 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
                        request_id_prefix=got.get("request_id_prefix"),
                        ready_check_timeout_sec=int(got.get("ready_check_timeout_sec") or 0),
                        insecure=bool(got.get("insecure")), logprobs=got.get("logprobs"),
-                       **{k: got.get(k) for k in RAMP_KEYS})
+                       probe_request_rate=got.get("probe_request_rate") or 0.0, **{k: got.get(k) for k in RAMP_KEYS})
 
 
 def echo_flag_notes(prefix: str, extra: Sequence[str] = (), ctx: click.Context | None = None) -> None:

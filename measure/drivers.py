@@ -130,6 +130,8 @@ async def _sample(workload: Workload, n: int, seed: int):
 
 # ---------------------------------------------------------------- open loop
 
+PROBE_TEXT = "Hi"  # vllm bench serve's --probe-request-rate prompt
+
 async def run_open_async(url: str, model: str | None, workload: Workload, pattern: OpenLoop, num_prompts: int,
                          out_dir=None, endpoint: str = "chat", api_key: str | None = None,
                          progress: bool = True, timeout: float = 1800.0, scrape_metrics: bool = True,
@@ -198,7 +200,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                                    sharegpt_dropped_records=live.sharegpt_dropped_records)
         arrivals = OpenLoopFacts(request_rate=pattern.rate, burstiness=pattern.burstiness,
                                  max_concurrency=pattern.max_concurrency, num_prompts=num_prompts, seed=pattern.seed,
-                                 **pattern.ramp_keys())
+                                 **pattern.ramp_keys(), **pattern.probe_keys())
 
         async def stopped_before_the_run() -> RunResult:  # the folder is closed as interrupted, nothing measured
             now = perf_counter()
@@ -235,6 +237,12 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         sem = asyncio.Semaphore(pattern.max_concurrency) if pattern.max_concurrency else None
         tasks: list[asyncio.Task] = []
         S.open_window()
+        load_done, probing = asyncio.Event(), None
+        if pattern.probe_rate > 0:  # vllm bench serve's probe: the first request's body with "Hi" and one token
+            probing = asyncio.create_task(S.probe_loop(
+                dataclasses.replace(prompts[0], messages=[{"role": "user", "content": PROBE_TEXT}], prompt=PROBE_TEXT,
+                                    max_tokens=1, target_prompt_tokens=1, fitted=False, request=None),
+                1.0 / pattern.probe_rate, load_done))
         cpu0 = time.process_time()
         start, wall0 = perf_counter(), time.time()
         for i, (lp, d) in enumerate(zip(prompts, delays)):
@@ -244,10 +252,14 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
             tasks.append(asyncio.create_task(S.send(lp, i, target, sem=sem)))
         live.sent_or_queued = len(tasks)
         await S.drain(tasks)
+        if probing is not None:  # the run lasts until the probe loop's next wake, as vllm bench serve's
+            load_done.set()
+            await S.drain([probing])
         end = perf_counter()
         client, recs = await S.wrap_up(start, end, cpu0)
         S.note_schedule(client, recs, queued=sem is not None)
-        run = RunResult(recs, start, end, "open", open_loop=arrivals, live=live, client=client)
+        run = RunResult(recs, start, end, "open", open_loop=arrivals, live=live, client=client,
+                        probes=S.probes if probing is not None else None)
         if pattern.ramp_up is not None:  # vllm bench serve's record of the rates the ramp passed, as sent
             run.extra["rps_change_events"] = pattern.ramp_up.change_events(delays[:len(tasks)], num_prompts, wall0)
         return await S.finish(run, before, None, save_result, save_detailed)

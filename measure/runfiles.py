@@ -10,6 +10,8 @@
                         Rewritten atomically at start and at the end.
     RUN/records.jsonl   one RequestRecord.to_json() per line, appended and
                         flushed as each request completes (failures included).
+    RUN/probes.jsonl    --probe-request-rate's requests, as records.jsonl's (only
+                        where a probe ran).
     RUN/metrics.jsonl   the server's /metrics once a second (see measure.prom).
     RUN/summary.json    {"kind", "status", "summary" (open: vllm bench serve's
                         keys, as `--json` prints), "rows" (closed: llama-benchy
@@ -104,6 +106,7 @@ class RunWriter:
         self._secrets = [s for s in secrets if s]
         self._rec = open(rec, "a", encoding="utf-8")
         self._met = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._probes = None  # probes.jsonl, opened at the first probe
         self.n_records = 0
 
     def _clean(self, text: str) -> str:
@@ -112,10 +115,15 @@ class RunWriter:
                 text = text.replace(s, "***")
         return text
 
-    def append_record(self, rec: RequestRecord) -> None:
-        self._rec.write(self._clean(json_dumps(rec.to_json())) + "\n")
-        self._rec.flush()
-        self.n_records += 1
+    def append_record(self, rec: RequestRecord, probe: bool = False) -> None:
+        """To records.jsonl, or a probe's to probes.jsonl; flushed at once."""
+        if probe and self._probes is None:
+            self._probes = open(self.dir / "probes.jsonl", "a", encoding="utf-8")
+        f = self._probes if probe else self._rec
+        f.write(self._clean(json_dumps(rec.to_json())) + "\n")
+        f.flush()
+        if not probe:
+            self.n_records += 1
 
     def append_metrics(self, sample: dict) -> None:
         if self._met.closed:
@@ -129,8 +137,8 @@ class RunWriter:
         return p
 
     def close(self) -> None:
-        for f in (self._rec, self._met):
-            if not f.closed:
+        for f in (self._rec, self._met, self._probes):
+            if f is not None and not f.closed:
                 f.flush()
                 os.fsync(f.fileno())
                 f.close()
@@ -190,6 +198,11 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
         end = max(ends, default=start)
     run = RunResult(records=recs, start_time=float(start), end_time=float(end), kind=info.get("kind", "open"),
                     **RunResult.facts_from_json(info.get("meta") or {}))
+    op = run.open_loop
+    if op is not None and op.probe_request_rate:
+        run.probes, bad_probes = read_records(d / "probes.jsonl")
+        run.probes.sort(key=lambda r: r.request_id)
+        bad += bad_probes
     if bad:
         if run.live is None:
             run.live = LiveFacts()
@@ -202,7 +215,8 @@ def run_damage(run: RunResult, info: dict) -> list[str]:
     out = []
     bad = run.live.unreadable_record_lines if run.live is not None else 0
     if bad:
-        out.append(f"{bad} unreadable line{'s' if bad != 1 else ''} in records.jsonl")
+        where = "records.jsonl" if run.probes is None else "records.jsonl and probes.jsonl"
+        out.append(f"{bad} unreadable line{'s' if bad != 1 else ''} in {where}")
     want = info.get("records")
     have = len(run.records)
     if isinstance(want, int) and not isinstance(want, bool) and have != want:

@@ -22,7 +22,7 @@ import numpy as np
 
 from simulator.errors import CapsimError
 from simulator.profile import clamps_max_tokens, refused_for_length
-from simulator.records import ClientHealth, LiveFacts, RequestRecord, RunResult, ServerMetrics
+from simulator.records import PROBE_TAG, ClientHealth, LiveFacts, RequestRecord, RunResult, ServerMetrics
 from simulator.workload import RandomWorkload, random_length_bounds
 
 from . import prom
@@ -127,6 +127,7 @@ class Session:
         self.scraper: prom.MetricsScraper | None = None
         self.progress = Progress(0, enabled=False)
         self.records: list[RequestRecord] = []
+        self.probes: list[RequestRecord] = []  # --probe-request-rate's, apart from the run's
         self.texts: dict[int, str] = {}
         self.n_ok = self.n_fail = self.warmup_fail = 0
         self.inflight = 0
@@ -359,7 +360,16 @@ class Session:
                 return await self._send(lp, rid, scheduled, test, batch, record)
         return await self._send(lp, rid, scheduled, test, batch, record)
 
-    async def _send(self, lp, rid, scheduled, test, batch, record) -> RequestRecord:
+    async def probe_loop(self, lp: LivePrompt, interval: float, load_done: asyncio.Event) -> None:
+        """vllm bench serve's --probe-request-rate loop: `lp` sent, awaited, then a sleep of `interval`, until
+        `load_done` is set by the time a sleep ends (so the run lasts to that wake, as vLLM's does); outside any
+        semaphore. A stop (Ctrl-C) ends the sleep at once. The records go to `probes` and probes.jsonl."""
+        while not load_done.is_set():
+            await self._send(lp, len(self.probes), time.perf_counter(), PROBE_TAG, 0, False, probe=True)
+            if await self.wait_stop(interval):
+                return
+
+    async def _send(self, lp, rid, scheduled, test, batch, record, probe: bool = False) -> RequestRecord:
         inf = Inflight(rid, scheduled, lp.target_prompt_tokens, lp.max_tokens, test, batch,
                        texts=[] if self.keep_text else None)
         self.inflight += 1
@@ -371,15 +381,20 @@ class Session:
             self.inflight -= 1
             if inf.start_time is not None:
                 inf.error = inf.error or "interrupted: cancelled while in flight"
-                self._finish(inf, record)
+                self._finish(inf, record, probe)
             raise
         except Exception as e:  # a client bug must not lose the run
             inf.error = f"client error: {type(e).__name__}: {self.client.redact(str(e))[:160]}"
         self.inflight -= 1
-        return self._finish(inf, record)
+        return self._finish(inf, record, probe)
 
-    def _finish(self, inf: Inflight, record: bool) -> RequestRecord:
+    def _finish(self, inf: Inflight, record: bool, probe: bool = False) -> RequestRecord:
         rec = inf.to_record()
+        if probe:  # counted by the probe's own keys, not the run's
+            self.probes.append(rec)
+            if self.writer:
+                self.writer.append_record(rec, probe=True)
+            return rec
         if record:
             self.records.append(rec)
             if self.keep_text:
@@ -455,7 +470,9 @@ class Session:
             hurry = self.stopper.status == "interrupted"
             await self.scraper.stop(timeout=0.5 if hurry else 6.0)
             if before is not None and server_delta is None:
-                want = before.get("ttft_count", 0) + self.n_ok if "ttft_count" in before else None
+                # the server counts the probes' first tokens too
+                done = self.n_ok + sum(r.ok for r in self.probes)
+                want = before.get("ttft_count", 0) + done if "ttft_count" in before else None
                 try:
                     after = await asyncio.wait_for(self.scraper.snapshot(expect_ttft_count=None if hurry else want),
                                                    timeout=2.0 if hurry else None)

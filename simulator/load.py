@@ -120,6 +120,9 @@ class OpenLoop:
     max_concurrency: int | None = None
     seed: int = 0
     ramp_up: RampUp | None = None  # a rate that grows over the run, in place of `rate`
+    # --probe-request-rate: one-token "Hi" requests sent one after another beside the load, each `1 / probe_rate`
+    # s after the last one ended, outside --max-concurrency; 0: none (vllm bench serve's default)
+    probe_rate: float = 0.0
 
     def __post_init__(self):
         if not (self.rate > 0):
@@ -131,6 +134,9 @@ class OpenLoop:
             raise LoadError(f"--burstiness must be > 0, got {self.burstiness}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise LoadError(f"--max-concurrency must be >= 1, got {self.max_concurrency}")
+        # vllm bench serve runs no probe at 0 or below, and back to back at inf; capsim refuses both
+        if not (0 <= self.probe_rate < math.inf):
+            raise LoadError(f"--probe-request-rate must be a finite rate >= 0 (0: no probe), got {self.probe_rate}")
 
     def arrival_times(self, n: int) -> np.ndarray:
         """Offsets from the benchmark start, as vllm bench serve's `get_request`.
@@ -164,9 +170,13 @@ class OpenLoop:
         """vllm bench serve's ramp-up keys of its result JSON, or none without a ramp."""
         return self.ramp_up.keys() if self.ramp_up is not None else {}
 
+    def probe_keys(self) -> dict:
+        """run.json's probe_request_rate, or nothing where no probe runs."""
+        return {"probe_request_rate": self.probe_rate} if self.probe_rate > 0 else {}
+
     def describe(self) -> dict:
         return {"pattern": "open", "request_rate": self.rate, "burstiness": self.burstiness,
-                "max_concurrency": self.max_concurrency, "seed": self.seed, **self.ramp_keys()}
+                "max_concurrency": self.max_concurrency, "seed": self.seed, **self.ramp_keys(), **self.probe_keys()}
 
 
 @dataclass(frozen=True)

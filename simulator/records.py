@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 _EMPTY = np.empty(0, dtype=np.float64)
+PROBE_TAG = "probe"  # the `test` of --probe-request-rate's records (RunResult.probes)
 
 
 @dataclass(slots=True, eq=False)
@@ -143,13 +144,17 @@ class OpenLoopFacts:
     ramp_up_strategy: str | None = None
     ramp_up_start_rps: float | None = None
     ramp_up_end_rps: float | None = None
+    probe_request_rate: float | None = None  # --probe-request-rate's one-token probe beside the load; None: none
 
     def ramp_keys(self) -> dict[str, Any]:
         """vllm bench serve's ramp-up keys, or none where the run had no ramp."""
         if self.ramp_up_strategy is None:
             return {}
-        return {"ramp_up_strategy": self.ramp_up_strategy, "ramp_up_start_rps": self.ramp_up_start_rps,
-                "ramp_up_end_rps": self.ramp_up_end_rps}
+        return {k: getattr(self, k) for k in RAMP_KEYS}
+
+    def probe_keys(self) -> dict[str, Any]:
+        """The probe's rate, or nothing where the run had no probe."""
+        return {"probe_request_rate": self.probe_request_rate} if self.probe_request_rate else {}
 
 
 @dataclass(slots=True)
@@ -249,7 +254,8 @@ class OfficeFacts:
 
 # run.json meta keys that belong to a typed field (the rest of a loaded meta is kept in RunResult.extra)
 RAMP_KEYS = ("ramp_up_strategy", "ramp_up_start_rps", "ramp_up_end_rps")  # vllm bench serve's result keys
-_OPEN_KEYS = ("request_rate", "burstiness", "max_concurrency", "num_prompts", "seed") + RAMP_KEYS
+_OPEN_KEYS = ("request_rate", "burstiness", "max_concurrency", "num_prompts", "seed") + RAMP_KEYS + \
+    ("probe_request_rate",)
 _CLOSED_KEYS = ("tests", "latency_s", "latency_mode", "runs", "warmup")
 _CLIENT_KEYS = ("client_cpu_s", "client_cpu_util", "send_lag_s", "loop_lag_s", "client_stalls",
                 "box_steal_share") + CLIENT_WARNINGS
@@ -281,6 +287,8 @@ class RunResult:
     num_preemptions: int | None = None  # simulated runs: the engines' preemptions (live: server_metrics.delta)
     office: OfficeFacts | None = None  # simulated office and plan runs
     extra: dict[str, Any] = field(default_factory=dict)  # run.json meta keys of no field above, kept as read
+    # --probe-request-rate's requests, apart from `records` (whose summary they are not part of); None: no probe
+    probes: list[RequestRecord] | None = None
 
     @property
     def duration(self) -> float:
@@ -307,7 +315,7 @@ class RunResult:
         if op is not None:  # written together; max_concurrency and seed may be null
             out |= {"request_rate": op.request_rate, "burstiness": op.burstiness,
                     "max_concurrency": op.max_concurrency, "num_prompts": op.num_prompts, "seed": op.seed,
-                    **op.ramp_keys()}
+                    **op.ramp_keys(), **op.probe_keys()}
         if cl is not None:
             out |= cl.meta_json()
         if live is not None:
@@ -361,6 +369,7 @@ class RunResult:
                                              burstiness=m.get("burstiness", 1.0),
                                              max_concurrency=m.get("max_concurrency"),
                                              num_prompts=m.get("num_prompts"), seed=m.get("seed"),
+                                             probe_request_rate=m.get("probe_request_rate"),
                                              **{k: m.get(k) for k in RAMP_KEYS})
         if "tests" in m or "latency_s" in m:
             tests = m.get("tests")

@@ -36,7 +36,7 @@ def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r
     # replication 0 is the fitted profile itself; the others draw what the fit left uncertain
     prof = profile.for_traffic(workload.mixed_topics)
     prof = prof if r == 0 else draw_profile(prof, r)
-    run = simulate_open(prof, workload.sample(n, seed=pat.seed), pat, noise_seed=r)
+    run = simulate_open(prof, workload.sample(n, seed=pat.seed), pat, noise_seed=r, probe_format=workload.fmt)
     s = summarize_open(run, **(summary_kw or {}))
     s["num_preemptions"] = run.num_preemptions
     return s

@@ -19,8 +19,8 @@ import simpy
 from .engine import Engine
 from .load import ClosedLoop, OpenLoop
 from .profile import Profile
-from .records import ClosedLoopFacts, OpenLoopFacts, RequestRecord, RunResult
-from .workload import RequestSpec, Workload
+from .records import PROBE_TAG, ClosedLoopFacts, OpenLoopFacts, RequestRecord, RunResult
+from .workload import PromptFormat, RequestSpec, Workload
 
 
 @dataclass
@@ -84,9 +84,14 @@ def _collector_off():
             gc.enable()
 
 
+PROBE_PROMPT = 1  # --probe-request-rate's "Hi", before the special and chat-template tokens
+
+
 def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenLoop, fast_forward: bool = True,
-                  noise_seed: int = 0, trace=None, stats: list | None = None) -> RunResult:
-    """vllm bench serve on the model: returns every request's record."""
+                  noise_seed: int = 0, trace=None, stats: list | None = None,
+                  probe_format: PromptFormat | None = None) -> RunResult:
+    """vllm bench serve on the model: returns every request's record. `probe_format`: the tokens the server adds
+    around --probe-request-rate's "Hi" (the workload's; default the profile's chat format)."""
     env = simpy.Environment()
     engine = Engine(env, profile, fast_forward=fast_forward, seed=noise_seed, trace=trace)
     front = Frontend(engine, profile)
@@ -105,8 +110,12 @@ def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenL
         records[i] = rec
         front.submit(spec, rec, done)
 
+    left = [len(specs), 0.0]  # load requests not yet done, and the last end so far: the probe loop's stop
+
     def done(_req, rec: RequestRecord) -> None:
         in_flight[0] -= 1
+        left[0] -= 1
+        left[1] = max(left[1], rec.end_time)
         if queue:
             # the semaphore passes to the oldest waiter the moment this stream ends
             start(queue.popleft(), rec.end_time)
@@ -137,17 +146,50 @@ def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenL
         return
         yield
 
+    probes: list[RequestRecord] | None = None
+    if pattern.probe_rate > 0:
+        probes = []
+        fmt = probe_format or profile.prompt_format
+        probe = RequestSpec(prompt_tokens=PROBE_PROMPT + fmt.special_tokens + fmt.chat_template_tokens, max_tokens=1,
+                            output_tokens=1, tag=PROBE_TAG)
+        interval = 1.0 / pattern.probe_rate
+
+        def send_probe(t: float) -> None:
+            rec = RequestRecord(request_id=len(probes), prompt_tokens=probe.prompt_tokens, output_tokens=0,
+                                scheduled_time=t, start_time=t, max_tokens=1, test=PROBE_TAG)
+            probes.append(rec)
+            front.submit(probe, rec, lambda _r, rec: _at(env, rec.end_time + interval, wake))
+
+        def wake() -> None:  # the probe loop's check after its sleep: stop once the load is done
+            if left[0] > 0 or env.now < left[1]:  # an end may be told before its time (the chunk's delay)
+                send_probe(env.now)
+
+        send_probe(0.0)  # before the load's first request: vLLM's probe task is created, and runs, first
     env.process(dispatcher())
     with _collector_off():
         env.run()
     recs = [r for r in records if r is not None]
-    end = max((r.end_time for r in recs if r.end_time is not None), default=0.0)
+    end = max(max((r.end_time for r in recs if r.end_time is not None), default=0.0), float(arrivals[-1]))
+    if probes is not None:
+        probes, end = _probe_loop_until(probes, end, interval)
     if stats is not None:
         stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions, engine.max_members))
-    return RunResult(recs, 0.0, max(end, float(arrivals[-1])), "open",
+    return RunResult(recs, 0.0, end, "open",
                      open_loop=OpenLoopFacts(request_rate=pattern.rate, burstiness=pattern.burstiness,
-                                             max_concurrency=cap, **pattern.ramp_keys()),
-                     num_preemptions=engine.num_preemptions)
+                                             max_concurrency=cap, **pattern.ramp_keys(), **pattern.probe_keys()),
+                     num_preemptions=engine.num_preemptions, probes=probes)
+
+
+def _probe_loop_until(probes: list[RequestRecord], load_end: float, interval: float):
+    """The probes vllm bench serve's loop sends before it stops, and the run's end: the loop checks its stop
+    after each sleep, so it stops at the first wake (a probe's end + interval) at or past the load's end, and
+    the benchmark's duration runs to there. The simulation may have sent one more, when the engine told the
+    load's last end after that wake: sent after every load request ended, it changed none of theirs."""
+    for k, rec in enumerate(probes):
+        wake = rec.end_time + interval
+        if wake >= load_end:
+            return probes[:k + 1], wake
+    return probes, load_end  # unreachable: the loop runs until a wake past the load's end
 
 
 LATENCY_PROBE_PROMPT = 2  # "hello" plus BOS, before the chat template
@@ -216,6 +258,8 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
 
 def simulate_workload_open(profile: Profile, workload: Workload, num_prompts: int, pattern: OpenLoop,
                            **kw) -> RunResult:
-    """Sample the workload with the pattern's seed (as vllm bench serve does) and simulate."""
+    """Sample the workload with the pattern's seed (as vllm bench serve does) and simulate; a probe's "Hi" is
+    framed as the workload's prompts are (its endpoint's chat template, or none)."""
+    kw.setdefault("probe_format", workload.fmt)
     return simulate_open(profile.for_traffic(workload.mixed_topics), workload.sample(num_prompts, seed=pattern.seed),
                          pattern, **kw)

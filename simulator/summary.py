@@ -357,6 +357,8 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
             if name in goodput:
                 good &= goodput[name] / 1000.0 >= vals
         res["request_goodput"] = int(good.sum()) / dur if dur > 0 else 0.0
+    if run.probes is not None:
+        res.update(probe_stats(run.probes))
     queue = starts - scheds
     want = tuple(metrics) if metrics else \
         OPEN_METRICS + (("client_queue_time",) if run.open_loop is not None and run.open_loop.max_concurrency else ())
@@ -365,6 +367,17 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
     for name in want:
         res.update(itls.stats("itl", percentiles) if name == "itl" else _stats(name, values[name], percentiles))
     return res
+
+
+def probe_stats(probes: Sequence[RequestRecord]) -> dict[str, float]:
+    """vllm bench serve's probe keys of --probe-request-rate's requests: their end-to-end latencies (start to
+    last chunk), at numpy's median, 99th percentile and max; none at all where no probe succeeded, as there."""
+    lats = [r.e2el for r in probes if r.ok]
+    if not lats:
+        return {}
+    return {"probe_completed": len(lats), "probe_failed": len(probes) - len(lats),
+            "probe_median_e2el_ms": float(np.median(lats)) * 1000,
+            "probe_p99_e2el_ms": float(np.percentile(lats, 99)) * 1000, "probe_max_e2el_ms": float(max(lats)) * 1000}
 
 
 def _percentiles_in(s: dict) -> list[float]:
@@ -410,6 +423,11 @@ def format_open_summary(s: dict, rate: float | None = None, title: str = "Servin
             line("Peak output token throughput (tok/s):", "max_output_tokens_per_s"),
             line("Peak concurrent requests:", "max_concurrent_requests"),
             line("Total token throughput (tok/s):", "total_token_throughput")]
+    if "probe_completed" in s:
+        out += [f"{'Probe Requests':-^50}", line("Probe requests completed:", "probe_completed", "{:.0f}"),
+                line("Probe requests failed:", "probe_failed", "{:.0f}"),
+                line("Median probe E2EL (ms):", "probe_median_e2el_ms"),
+                line("P99 probe E2EL (ms):", "probe_p99_e2el_ms"), line("Max probe E2EL (ms):", "probe_max_e2el_ms")]
     names = {"ttft": ("Time to First Token", "TTFT"), "tpot": ("Time per Output Token (excl. 1st token)", "TPOT"),
              "itl": ("Inter-token Latency", "ITL"), "e2el": ("End-to-end Latency", "E2EL"),
              "client_queue_time": ("Client Queue Time", "Client Queue Time"),

@@ -70,6 +70,7 @@ class Workload:
 
     name = "workload"
     mixed_topics = False
+    fmt: PromptFormat | None = None  # the tokens the server adds around its prompts; None: not one format
 
     def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
         raise NotImplementedError

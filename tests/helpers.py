@@ -214,13 +214,15 @@ class TokenizerEndpoints:
 
 
 def write_run_folder(folder, run: RunResult, meta: dict | None = None) -> None:
-    """A run folder of `run` (a simulated one) as `capsim measure` writes it: records.jsonl, then
-    run.json with the run's facts (`meta`: those, with more)."""
+    """A run folder of `run` (a simulated one) as `capsim measure` writes it: records.jsonl (and probes.jsonl),
+    then run.json with the run's facts (`meta`: those, with more)."""
     from measure.runfiles import RunWriter
 
     w = RunWriter(folder)
     for r in run.records:
         w.append_record(r)
+    for r in run.probes or ():
+        w.append_record(r, probe=True)
     w.write_json("run.json", {"capsim_run": 1, "kind": run.kind, "status": "complete", "start_time": run.start_time,
                               "end_time": run.end_time, "records": len(run.records),
                               "meta": run.meta_json() if meta is None else meta})

@@ -15,8 +15,8 @@ def test_vllm_bench_serve_defaults_fill_what_the_line_leaves_out():
                  "num_prompts": 1000, "request_rate": math.inf, "burstiness": 1.0, "max_concurrency": None,
                  "seed": 0, "dataset_name": "random", "dataset_path": None, "ignore_eos": False,
                  "ramp_up_strategy": None, "ramp_up_start_rps": None, "ramp_up_end_rps": None,
-                 "random_input_len": 1024, "random_output_len": 128, "random_range_ratio": 0.0,
-                 "random_prefix_len": 0}
+                 "probe_request_rate": 0.0, "random_input_len": 1024, "random_output_len": 128,
+                 "random_range_ratio": 0.0, "random_prefix_len": 0}
     # the random lengths mean nothing for another dataset: none, not vLLM's unused defaults
     s = parse_command("vllm bench serve --dataset-name sharegpt --dataset-path /d/sg.json")
     assert (s["dataset_name"], s["dataset_path"]) == ("sharegpt", "/d/sg.json")

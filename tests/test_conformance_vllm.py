@@ -49,6 +49,7 @@ from calibrate.server_flags import vllm_batch_defaults
 from capsim.cli import build_open_workload, main
 from measure.cli import measure as measure_cli
 from measure.prompts import PromptBuilder
+from measure.runfiles import load_run
 from measure.twin_engine import TwinStats
 from measure.vocab import read_vocab
 from simulator.kvcache import KVCache, hybrid_layout, kv_cache_size_tokens
@@ -644,6 +645,42 @@ def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_pat
         assert load == "completions-random" or all("logprobs" not in r[2] for r in theirs)
     if "--header" in BODY_LOADS[load]:
         assert theirs[0][1] == {"x-office": "ny", "x-floor": "3", "content-type": "application/json"}
+
+
+PROBE_LOADS = {k: BODY_LOADS[k] for k in ("completions-random", "chat-random")}
+
+
+@pytest.mark.parametrize("load", list(PROBE_LOADS))
+def test_probe_requests_are_vllm_bench_serves(load, fake, tmp_path):
+    """--probe-request-rate 2 beside a burst of 4 short requests, run by vLLM's own `vllm bench serve` and by
+    capsim measure: each sends one probe (the burst is over long before the loop's half-second sleep ends), with
+    the same body ("Hi", one token, the run's other fields), the same headers and no request id; each result has
+    vLLM's five probe keys for it, and the duration runs to the loop's wake, past the sleep."""
+    _require_vllm()
+    flags = ["--model", "gemma3-dummy", *PROBE_LOADS[load], "--num-prompts", "4", "--seed", "3",
+             "--probe-request-rate", "2"]
+    theirs_srv, ours_srv = fake(model="gemma3-dummy", itl=0.001), fake(model="gemma3-dummy", itl=0.001)
+    vllm_bench_serve([*flags, "--base-url", theirs_srv.url], tmp_path / "vllm.json")
+    res = CliRunner().invoke(measure_cli, ["open", *flags, "--base-url", ours_srv.url, "--no-progress",
+                                           "--no-metrics", "-o", str(tmp_path / "c"), "--save-result",
+                                           str(tmp_path / "ours.json")])
+    assert res.exit_code == 0, res.output
+
+    def probes(srv):
+        return [(h.get("x-request-id"), {k: h[k] for k in SENT_HEADERS if k in h}, _texts_out(b, True))
+                for b, h in zip(srv.stats.bodies, srv.stats.headers) if h.get("x-request-id") is None]
+
+    theirs, ours = probes(theirs_srv), probes(ours_srv)
+    assert len(theirs) == 1 and ours == theirs
+    body = json.loads(theirs[0][2])
+    assert (body.get("prompt") or body["messages"][0]["content"][0]["text"]) == "Hi"
+    assert body.get("max_tokens", body.get("max_completion_tokens")) == 1
+    v, c = (json.loads((tmp_path / f).read_text()) for f in ("vllm.json", "ours.json"))
+    keys = ["probe_completed", "probe_failed", "probe_median_e2el_ms", "probe_p99_e2el_ms", "probe_max_e2el_ms"]
+    assert [k for k in v if k.startswith("probe_")] == keys == [k for k in c if k.startswith("probe_")]
+    assert (v["probe_completed"], v["probe_failed"]) == (c["probe_completed"], c["probe_failed"]) == (1, 0)
+    assert 0.5 <= v["duration"] < 2.0 and 0.5 <= c["duration"] < 2.0
+    assert len(load_run(tmp_path / "c").probes) == 1 and len(load_run(tmp_path / "c").records) == 4
 
 
 # ------------------------------------------------------------------ b. random dataset

@@ -257,6 +257,35 @@ def test_a_ramp_up_line_in_simulate_open(tmp_path):
                                     "bench serve")
 
 
+def test_a_probe_line_in_simulate_open(tmp_path):
+    """--probe-request-rate: the probe's keys in the printout, --json and the result file, its one-token
+    latency far below the load's; a box busier with load keeps the probe waiting longer; the load's own keys
+    are the same figures as a run without the probe would give but for the probe's share of the engine; a
+    negative rate is one line."""
+    base = ["simulate", "open", "--num-prompts", "200", "--random-input-len", "1000", "--random-output-len", "100",
+            "--seed", "3"]
+    res = cap([*base, "--request-rate", "1", "--probe-request-rate", "2", "--save-result", "--result-dir",
+               str(tmp_path), "--label", "lab", "--json"])
+    assert res.exit_code == 0, res.output + res.stderr
+    printed = json.loads(res.stdout)
+    (path,) = tmp_path.glob("lab-1.0qps-*.json")
+    saved = json.loads(path.read_text())
+    keys = ["probe_completed", "probe_failed", "probe_median_e2el_ms", "probe_p99_e2el_ms", "probe_max_e2el_ms"]
+    assert [k for k in printed if k.startswith("probe_")] == keys == [k for k in saved if k.startswith("probe_")]
+    assert printed["probe_failed"] == 0 and printed["probe_completed"] > 50
+    assert printed["probe_median_e2el_ms"] < printed["median_e2el_ms"] / 10
+    busy = json.loads(cap([*base, "--request-rate", "4", "--probe-request-rate", "2", "--json"]).stdout)
+    assert busy["probe_median_e2el_ms"] > printed["probe_median_e2el_ms"]
+    text = cap([*base, "--request-rate", "1", "--probe-request-rate", "2"]).stdout
+    assert "------------------Probe Requests------------------" in text and "Median probe E2EL (ms):" in text
+    plain = json.loads(cap([*base, "--request-rate", "1", "--json"]).stdout)
+    assert not any(k.startswith("probe_") for k in plain)
+    assert plain["median_ttft_ms"] == pytest.approx(printed["median_ttft_ms"], rel=0.1)
+    bad = cap([*base, "--probe-request-rate", "-1"])
+    assert bad.exit_code != 0 and bad.stderr.strip() == ("Error: --probe-request-rate must be a finite rate >= 0 "
+                                                         "(0: no probe), got -1.0")
+
+
 @pytest.mark.parametrize("dataset", ["random", "sharegpt"])
 def test_simulate_open_output_fraction_shortens_the_answers_of_either_dataset(dataset):
     """A random load's answers stop early too where the server ends them (gpt-oss at EOS despite ignore_eos)."""

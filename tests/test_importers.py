@@ -716,3 +716,42 @@ def test_a_ramp_up_result_validates_as_the_ramp_it_ran(tmp_path):
     (suite / "07-office-baseline.json").write_text(json.dumps(data | {"num_prompts": 90}))
     with pytest.raises(ImporterError, match="ramp_up_strategy is 'exponential' but the command says 'linear'"):
         open_runs(suite)
+
+
+def test_a_probe_run_reads_its_rate_from_the_command_and_its_keys_from_the_printout(tmp_path):
+    """vllm bench serve writes the probe's keys but not its rate: a suite report's command gives the rate, so
+    validate predicts the probe; its printed 'Probe Requests' lines (vLLM's labels) read as the JSON's keys."""
+    from calibrate.validate import pattern_for
+
+    data = json.loads((G26 / "07-office-baseline.json").read_text())
+    data.update(probe_completed=40, probe_failed=0, probe_median_e2el_ms=61.5, probe_p99_e2el_ms=190.25,
+                probe_max_e2el_ms=201.0)
+    line = "vllm bench serve --model m --num-prompts 90 --request-rate 0.3 --burstiness 0.7 --probe-request-rate 0.5"
+    assert parse_command(line)["probe_request_rate"] == 0.5
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "meta.json").write_text((G26 / "meta.json").read_text())
+    (suite / "07-office-baseline.md").write_text(f"## Command\n```\n{line}\n```\n")
+    (suite / "07-office-baseline.json").write_text(json.dumps(data | {"num_prompts": 90}))
+    (run,) = [r for r in open_runs(suite) if r.test.startswith("07")]
+    assert pattern_for(run).probe_rate == 0.5 and run.result["probe_median_e2el_ms"] == 61.5
+    text = "\n".join(["============ Serving Benchmark Result ============",
+                      "Successful requests:                     90        ",
+                      "Benchmark duration (s):                  300.50    ",
+                      "Total input tokens:                      92160     ",
+                      "Total generated tokens:                  11520     ",
+                      "Request throughput (req/s):              0.30      ",
+                      "Output token throughput (tok/s):         38.34     ",
+                      "------------------Probe Requests------------------",
+                      "Probe requests completed:                40        ",
+                      "Probe requests failed:                   1         ",
+                      "Median probe E2EL (ms):                  61.50     ",
+                      "P99 probe E2EL (ms):                     190.25    ",
+                      "Max probe E2EL (ms):                     201.00    ",
+                      "---------------Time to First Token----------------",
+                      "Mean TTFT (ms):                          80.00     ",
+                      "=================================================="])
+    printed = parse_bench_serve_text(text)
+    assert {k: v for k, v in printed.items() if k.startswith("probe_")} == {
+        "probe_completed": 40, "probe_failed": 1, "probe_median_e2el_ms": 61.5, "probe_p99_e2el_ms": 190.25,
+        "probe_max_e2el_ms": 201.0}

@@ -296,6 +296,37 @@ def test_a_ramp_up_as_vllm_bench_serve_runs_it(vllm_server, tmp_path):  # noqa: 
     assert np.abs(t_v - (sched - sched[0])).max() < 0.5
 
 
+def test_the_rate_probe_as_vllm_bench_serve_runs_it(vllm_server, tmp_path):  # noqa: F811
+    """--probe-request-rate pasted in, on the real server, run by vLLM's own vllm bench serve and by capsim: the
+    server finishes the load and every probe for both; both results carry vLLM's probe keys; capsim's probes
+    are one-token answers the server counted as "Hi" and its BOS, kept apart from the load's records, each sent
+    a quarter second after the last one ended, one beside a load request though --max-concurrency 1 holds
+    the load to one at a time; the run's duration runs to the probe loop's last wake."""
+    flags = ["--backend", "openai", "--base-url", vllm_server.url, "--model", "gemma3-dummy",
+             "--dataset-name", "random", "--random-input-len", "32", "--random-output-len", "24",
+             "--num-prompts", "3", "--max-concurrency", "1", "--seed", "5", "--probe-request-rate", "4"]
+    n0 = _finished(vllm_server.url)
+    vllm_bench_serve(flags, tmp_path / "vllm.json")
+    n1 = _finished(vllm_server.url)
+    theirs = json.loads((tmp_path / "vllm.json").read_text())
+    res = CliRunner().invoke(measure_cli, ["open", *flags, "--no-progress", "-o", str(tmp_path / "c"),
+                                           "--save-result", "--result-dir", str(tmp_path), "--result-filename",
+                                           "capsim.json"])
+    assert res.exit_code == 0, res.output
+    n2 = _finished(vllm_server.url)
+    saved = json.loads((tmp_path / "capsim.json").read_text())
+    keys = ["probe_completed", "probe_failed", "probe_median_e2el_ms", "probe_p99_e2el_ms", "probe_max_e2el_ms"]
+    assert [k for k in theirs if k.startswith("probe_")] == keys == [k for k in saved if k.startswith("probe_")]
+    assert n1 - n0 == 3 + theirs["probe_completed"] + theirs["probe_failed"]
+    run = load_run(tmp_path / "c")
+    probes = run.probes
+    assert len(run.records) == 3 and n2 - n1 == 3 + len(probes) and saved["probe_completed"] == len(probes)
+    assert all(p.ok and p.output_tokens == 1 and p.prompt_tokens == 2 for p in probes) and len(probes) >= 2
+    assert all(b.start_time - a.end_time >= 0.25 for a, b in zip(probes, probes[1:]))
+    assert any(r.start_time < p.start_time < r.end_time for p in probes for r in run.records)
+    assert run.end_time >= probes[-1].end_time + 0.25 and run.open_loop.probe_request_rate == 4.0
+
+
 def test_https_checked_against_the_trust_store_or_not_with_insecure(vllm_server, tmp_path, monkeypatch):  # noqa: F811
     """The server behind TLS with an office's own CA: refused in one line while the CA is not trusted, measured
     once SSL_CERT_FILE names it (the system's trust store, as vllm bench serve's), and with --insecure

@@ -178,3 +178,34 @@ def test_the_report_groups_errors_by_their_first_60_characters_and_shows_the_ser
 def test_infinities_are_written_as_vllm_bench_serve_spells_them():
     assert json.loads(json_dumps({"a": math.inf, "b": -math.inf, "c": math.nan, "d": np.float32(2.5)})) == {
         "a": "inf", "b": "-inf", "c": None, "d": 2.5}
+
+
+def test_a_probed_run_folder_keeps_its_probes_apart_and_validates_with_the_probe(tmp_path):
+    """probes.jsonl holds the rate probe's records and records.jsonl the load's alone; read back, the summary,
+    report and result carry vLLM's probe keys; a cut probe line is counted as damage; `capsim validate RUN`'s
+    source carries the probe rate, so the prediction runs the probe too."""
+    from calibrate.sources import load_open
+    from calibrate.validate import pattern_for
+    from simulator.load import OpenLoop
+    from simulator.sim import simulate_open
+    from simulator.workload import RandomWorkload
+    from tests.helpers import tiny_profile, write_run_folder
+
+    run = simulate_open(tiny_profile(), RandomWorkload(input_len=32, output_len=8).sample(5, seed=0),
+                        OpenLoop(rate=10.0, probe_rate=5.0))
+    workload = {"dataset": "random", "random_input_len": 32, "random_output_len": 8}
+    meta = run.meta_json() | dict(model="Acme/Tiny-1B", endpoint="chat", url="http://127.0.0.1:1", num_prompts=5,
+                                  seed=0, workload=workload)
+    write_run_folder(tmp_path / "r", run, meta)
+    assert len(record_lines(tmp_path / "r")) == 5
+    back = load_run(tmp_path / "r")
+    assert [p.to_json() for p in back.probes] == [p.to_json() for p in run.probes] and len(run.probes) >= 2
+    keys = {k: v for k, v in vllm_bench_result(back).items() if k.startswith("probe_")}
+    assert keys["probe_completed"] == len(run.probes) and keys["probe_failed"] == 0
+    assert "Probe requests completed:" in format_report(back)
+    assert pattern_for(load_open([str(tmp_path / "r")])[0]).probe_rate == 5.0
+    with open(tmp_path / "r" / "probes.jsonl", "a") as f:
+        f.write('{"request_id": 9, "prompt')
+    cut = load_run(tmp_path / "r")
+    assert len(cut.probes) == len(run.probes) and cut.live.unreadable_record_lines == 1
+    assert run_damage(cut, load_run_info(tmp_path / "r")) == ["1 unreadable line in records.jsonl and probes.jsonl"]

@@ -95,3 +95,67 @@ def test_a_concurrent_batch_ends_with_its_last_request_and_the_probe_carries_the
     # b passes the frontend after a (0.154 s in, not 0.104), so the batch ends with b; the next batch starts
     # there, with no gap by default
     assert b.end_time > a.end_time and c.start_time == d.start_time == pytest.approx(b.end_time)
+
+
+def test_the_rate_probe_sleeps_after_each_answer_and_the_run_lasts_to_its_wake():
+    """--probe-request-rate 10: one "Hi" at the run's start, done in the first step (10 ms) beside the load's
+    prefill; the loop sleeps 0.1 s, wakes after the load's last token (0.03 s) and stops there: one probe,
+    and a benchmark duration of 0.11 s, as vllm bench serve's clock stops after it awaits the loop."""
+    prof = tiny_profile(c0=0.01, c_tok=0.0, c_seq=0.0, c_ctx=0.0, async_=False)
+    fmt = PromptFormat(special_tokens=1, chat_template_tokens=6)
+    run = simulate_open(prof, [_spec()], OpenLoop(rate=math.inf, probe_rate=10.0), probe_format=fmt)
+    (p,) = run.probes
+    assert (p.start_time, p.prompt_tokens, p.output_tokens, p.test, p.max_tokens) == (0.0, 1 + 1 + 6, 1, "probe", 1)
+    assert list(p.chunk_times) == pytest.approx([0.01])
+    assert list(run.records[0].chunk_times) == pytest.approx([0.01, 0.02, 0.03])
+    assert run.end_time == pytest.approx(0.11) and run.open_loop.probe_request_rate == 10.0
+    plain = simulate_open(prof, [_spec()], OpenLoop(rate=math.inf))
+    assert plain.probes is None and plain.end_time == pytest.approx(0.03) and plain.open_loop.probe_request_rate is None
+
+
+def test_the_rate_probe_is_serial_outside_the_semaphore_and_stops_at_its_first_wake_past_the_load():
+    """Probes one after another, each sent `1 / rate` after the last one ended, while requests queue behind
+    --max-concurrency 1 (the probe takes no slot); every probe but the first was sent before the load ended,
+    and the run ends at the first wake past that end."""
+    prof = _profile()
+    specs = [RequestSpec(prompt_tokens=30, max_tokens=20, output_tokens=20) for _ in range(4)]
+    run = simulate_open(prof, specs, OpenLoop(rate=math.inf, max_concurrency=1, probe_rate=20.0))
+    probes, interval = run.probes, 1 / 20.0
+    load_end = max(r.end_time for r in run.records)
+    assert len(probes) >= 4 and probes[0].start_time == 0.0 and all(p.ok for p in probes)
+    for a, b in zip(probes, probes[1:]):
+        assert b.start_time == pytest.approx(a.end_time + interval) and b.start_time < load_end
+    assert probes[-1].end_time + interval >= load_end and run.end_time == pytest.approx(probes[-1].end_time + interval)
+    # a probe in flight beside a load request, though the semaphore's one slot is the load's
+    assert any(r.start_time < p.start_time < r.end_time for p in probes[1:] for r in run.records)
+    assert [r.request_id for r in run.records] == [0, 1, 2, 3]  # the load's records only
+    # the default probe frame is the profile's chat format
+    assert probes[0].prompt_tokens == 1 + prof.prompt_format.special_tokens + prof.prompt_format.chat_template_tokens
+
+
+@pytest.mark.parametrize("interval, sent, end", [(0.129, [0.0, 0.293], 0.457 + 0.129), (0.131, [0.0], 0.295)])
+def test_the_probe_loop_stops_on_the_loads_last_chunk_at_the_client_not_its_last_step(interval, sent, end):
+    """The probe goes first through the frontend (at the server 0.05, out at 0.152, its token at 0.164), the load
+    after it (out at 0.262, tokens at 0.274, 0.284, 0.294: each step's end + 2 ms). A wake at 0.293 falls
+    after the load's last step (0.292) but before its last chunk reaches the client: the load is not over,
+    so the loop sends again (out of the frontend at 0.445, answered at 0.457) and the run ends at that
+    probe's end + the interval; a wake at 0.295 stops the loop there."""
+    run = simulate_open(_profile(), [_spec()], OpenLoop(rate=math.inf, probe_rate=1 / interval))
+    assert list(run.records[0].chunk_times) == pytest.approx([0.274, 0.284, 0.294])
+    assert [p.start_time for p in run.probes] == pytest.approx(sent)
+    assert run.probes[0].end_time == pytest.approx(0.164) and run.end_time == pytest.approx(end)
+
+
+def test_a_simulated_workload_frames_the_probe_as_its_prompts():
+    wl = RandomWorkload(input_len=40, output_len=4, fmt=PromptFormat(special_tokens=1, chat_template_tokens=0))
+    run = simulate_workload_open(_profile(), wl, 3, OpenLoop(rate=5.0, probe_rate=0.5))
+    assert len(run.probes) == 1 and run.probes[0].prompt_tokens == 2  # completions: "Hi" and the BOS
+
+
+def test_a_negative_probe_rate_is_refused():
+    from simulator.load import LoadError
+    with pytest.raises(LoadError, match=r"--probe-request-rate must be a finite rate >= 0 \(0: no probe\), got -1"):
+        OpenLoop(probe_rate=-1.0)
+    for bad in (math.nan, math.inf):  # inf: vllm bench serve's back-to-back probes, refused here
+        with pytest.raises(LoadError, match="--probe-request-rate must be a finite rate"):
+            OpenLoop(probe_rate=bad)

@@ -173,3 +173,23 @@ def test_sweep_peak_counts_a_request_sent_as_another_finished_once():
             RequestRecord(request_id=1, prompt_tokens=4, output_tokens=2, scheduled_time=s0, start_time=end,
                           chunk_times=np.array([15.5, 16.0]))]
     assert summarize_open(RunResult(recs, s0, 16.0, "open"))["max_concurrent_requests_sweep"] == 1
+
+
+def test_probe_keys_by_hand_and_none_without_a_successful_probe():
+    """vllm bench serve's probe keys: successes and failures counted, then numpy's median, 99th percentile and
+    max of the successes' end-to-end latencies (start to last chunk), in ms; the load's own keys unchanged."""
+    load = [rec(0, 0.0, [1.0, 2.0]), rec(1, 0.5, [1.5, 3.0])]
+    probes = [rec(0, 0.0, [0.2], test="probe"), rec(1, 0.7, [1.6], test="probe"),
+              rec(2, 2.1, [], out=0, error="HTTP 503", test="probe"), rec(3, 2.4, [2.5], test="probe")]
+    s = summarize_open(RunResult(load, 0.0, 3.0, "open", probes=probes))
+    lats = [0.2, 0.9, 0.1]
+    assert (s["probe_completed"], s["probe_failed"]) == (3, 1)
+    assert s["probe_median_e2el_ms"] == pytest.approx(200.0)
+    assert s["probe_p99_e2el_ms"] == pytest.approx(1000 * np.percentile(lats, 99))
+    assert s["probe_max_e2el_ms"] == pytest.approx(900.0)
+    plain = summarize_open(RunResult(load, 0.0, 3.0, "open"))
+    assert {k: v for k, v in s.items() if not k.startswith("probe_")} == plain
+    assert "Probe requests completed:                3" in format_open_summary(s)
+    assert "Probe" not in format_open_summary(plain)
+    failed = summarize_open(RunResult(load, 0.0, 3.0, "open", probes=[probes[2]]))
+    assert not any(k.startswith("probe_") for k in failed)  # as vLLM: no probe keys when none succeeded

@@ -351,3 +351,18 @@ def test_a_guessed_layout_is_named_even_without_a_model_name_or_its_guesses():
     assert v.notes[0].startswith("acme/M-7B is in no family table, so its layout is guessed (28 layers; 8 KV heads)")
     assert not any("family table" in n for n in validate([random_run("A", result={"median_ttft_ms": 1.0})], PROFILE,
                                                         replications=1, n_jobs=1).notes)
+
+
+def test_a_run_with_the_rate_probe_is_predicted_with_it_and_its_probe_keys_compared():
+    """A run measured with --probe-request-rate is predicted with the same probe beside the same load, and its
+    probe keys are a family of their own; a result with probe keys but no rate (vllm bench serve's JSON writes
+    none) is predicted without the probe, and a note says why its probe keys are not compared."""
+    measured = {"median_ttft_ms": 100.0, "probe_median_e2el_ms": 50.0, "probe_p99_e2el_ms": 90.0}  # no max: not asked
+    v = validate([random_run("P", result=measured, probe_request_rate=2.0)], PROFILE, replications=2, n_jobs=1)
+    assert sorted(r.metric for r in v.rows) == ["median_ttft_ms", "probe_median_e2el_ms", "probe_p99_e2el_ms"]
+    assert "probe" in v.families() and "probe" in format_validation(v)
+    plain = validate([random_run("P", result=measured | {"probe_completed": 9})], PROFILE, replications=1, n_jobs=1)
+    assert [r.metric for r in plain.rows] == ["median_ttft_ms"] and "probe" not in plain.families()
+    assert list(plain.families()) == ["ttft", "tpot", "e2el", "throughput"]
+    assert plain.notes == ["P: its probe keys are not compared: the result does not say the probe's rate (vllm bench "
+                           "serve writes no --probe-request-rate; its command or log does)"]
