@@ -41,13 +41,14 @@ _FENCE_RE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 _SERVE_DEFAULTS = {
     "backend": "openai", "endpoint": "/v1/completions", "model": None, "num_prompts": 1000,
     "request_rate": math.inf, "burstiness": 1.0, "max_concurrency": None, "seed": 0,
-    "dataset_name": "random", "dataset_path": None, "ignore_eos": False,
+    "dataset_name": "random", "dataset_path": None, "ignore_eos": False, "sharegpt_output_len": None,
+    "disable_shuffle": False, "no_oversample": False,
     "ramp_up_strategy": None, "ramp_up_start_rps": None, "ramp_up_end_rps": None, "probe_request_rate": 0.0,
 }
 _RANDOM_DEFAULTS = {"random_input_len": 1024, "random_output_len": 128,
                     "random_range_ratio": 0.0, "random_prefix_len": 0}
 _SERVE_TYPES = {"num_prompts": int, "max_concurrency": int, "seed": int, "random_input_len": int,
-                "random_output_len": int, "random_prefix_len": int, "request_rate": float,
+                "sharegpt_output_len": int, "random_output_len": int, "random_prefix_len": int, "request_rate": float,
                 "burstiness": float, "random_range_ratio": float, "ramp_up_start_rps": float,
                 "ramp_up_end_rps": float, "probe_request_rate": float}
 
@@ -80,7 +81,7 @@ def _typed(key: str, raw, src) -> object:
         return None
     if isinstance(raw, str):
         raw = raw.strip("'\"")
-    if key in ("ignore_eos",):
+    if key in ("ignore_eos", "disable_shuffle", "no_oversample"):
         return raw not in (False, "False", "false", "0")
     typ = _SERVE_TYPES.get(key)
     if typ is None:

@@ -132,7 +132,10 @@ def workload_for(run: OpenRun, profile: Profile, tokenizer: str | None = None) -
             from .seed_sharegpt import shipped_sharegpt
             wl = shipped_sharegpt(run, sub, tok)
         else:
-            wl = ShareGPTWorkload(path=path, fmt=sub, count_tokens=tokenizer_counter(tok) if tok else None)
+            # the run's --sharegpt-output-len, --disable-shuffle and --no-oversample pick which requests it sent
+            wl = ShareGPTWorkload(path=path, fmt=sub, count_tokens=tokenizer_counter(tok) if tok else None,
+                                  output_len=p.get("sharegpt_output_len"), shuffle=not p.get("disable_shuffle"),
+                                  oversample=not p.get("no_oversample"))
         total_out, total_in = res.get("total_output_tokens"), res.get("total_input_tokens")
         if (total_out or total_in) and n:
             sample = wl.sample(n, int(p.get("seed") or 0))

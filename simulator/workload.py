@@ -331,6 +331,7 @@ class ShareGPTWorkload(Workload):
     output_fraction: float = 1.0
     prompt_scale: float = 1.0
     shuffle: bool = True  # False: the file's order (vllm bench serve --disable-shuffle)
+    oversample: bool = True  # False: fewer requests where too few pass the filter (--no-oversample)
     name = "sharegpt"
     _records: list | None = field(default=None, repr=False)
     dropped: int = 0
@@ -366,6 +367,8 @@ class ShareGPTWorkload(Workload):
                 return out
         if not out:
             raise WorkloadError(f"{self.path}: no ShareGPT conversation passes vLLM's length filter")
+        if not self.oversample:
+            return out
         # vLLM oversamples with duplicates when too few pass: `random.seed(seed)`, then
         # `random.choice` over the passing requests only (a list, not a generator: extending
         # `out` from a generator would let later picks land on earlier duplicates).
@@ -377,7 +380,8 @@ class ShareGPTWorkload(Workload):
         return {"dataset": "sharegpt", "dataset_path": self.path, "output_fraction": self.output_fraction} | (
             {"prompt_scale": self.prompt_scale} if self.prompt_scale != 1.0 else {}) | (
             {"sharegpt_output_len": self.output_len} if self.output_len is not None else {}) | (
-            {"disable_shuffle": True} if not self.shuffle else {})
+            {"disable_shuffle": True} if not self.shuffle else {}) | (
+            {"no_oversample": True} if not self.oversample else {})
 
 
 @dataclass

@@ -14,6 +14,7 @@ def test_vllm_bench_serve_defaults_fill_what_the_line_leaves_out():
     assert p == {"tool": "vllm bench serve", "backend": "openai", "endpoint": "/v1/completions", "model": "m",
                  "num_prompts": 1000, "request_rate": math.inf, "burstiness": 1.0, "max_concurrency": None,
                  "seed": 0, "dataset_name": "random", "dataset_path": None, "ignore_eos": False,
+                 "sharegpt_output_len": None, "disable_shuffle": False, "no_oversample": False,
                  "ramp_up_strategy": None, "ramp_up_start_rps": None, "ramp_up_end_rps": None,
                  "probe_request_rate": 0.0, "random_input_len": 1024, "random_output_len": 128,
                  "random_range_ratio": 0.0, "random_prefix_len": 0}

@@ -59,7 +59,7 @@ from simulator.records import RequestRecord, RunResult
 from simulator.sim import simulate_open
 from simulator.summary import summarize_open
 from simulator.workload import PromptFormat, RequestSpec, WorkloadError
-from tests.helpers import TokenizerEndpoints, tiny_profile
+from tests.helpers import TokenizerEndpoints, sharegpt_conversation, tiny_profile
 from tests.stream_cases import STREAM_SPLITS, STREAMS, capsim_reads
 from tests.live_server import model_dir, oracle_answers, vllm_available, vllm_bench_serve, vllm_home
 
@@ -89,7 +89,9 @@ RANDOM = [
 EDGES = [(1, 0.0, 0), (2, 0.0, 0), (2, 0.5, 0), (3, 0.5, 0), (1, 0.0, 1), (20, 0.99, 0), (200, 0.99, 0)]
 
 # (seed, num_prompts, sharegpt_output_len, --disable-shuffle)
-SHAREGPT = [(0, 10, None, False), (7, 10, None, False), (0, 60, None, False), (3, 12, 5, False), (7, 10, None, True)]
+# (seed, num_prompts, --sharegpt-output-len, --disable-shuffle, --no-oversample)
+SHAREGPT = [(0, 10, None, False, False), (7, 10, None, False, False), (0, 60, None, False, False),
+            (3, 12, 5, False, False), (7, 10, None, True, False), (0, 60, None, False, True)]
 
 PERCENTILES = [50, 90, 95, 99, 99.9, 10]
 
@@ -303,13 +305,15 @@ def oracle(sharegpt_path, vocab_folders):
         jobs[("edge", case)] = {"kind": "pipeline", "tokenizer": TOK, "may_fail": True,
                                 "argv": _random_argv(inp, 8, rr, prefix, 0, 20)}
     for case in SHAREGPT:
-        seed, n, out_len, unshuffled = case
+        seed, n, out_len, unshuffled, no_oversample = case
         argv = ["--model", "gemma3-dummy", "--tokenizer", TOK, "--dataset-name", "sharegpt",
                 "--dataset-path", str(sharegpt_path), "--num-prompts", str(n), "--seed", str(seed)]
         if out_len is not None:
             argv += ["--sharegpt-output-len", str(out_len)]
         if unshuffled:
             argv += ["--disable-shuffle"]
+        if no_oversample:
+            argv += ["--no-oversample"]
         jobs[("sharegpt", case)] = {"kind": "pipeline", "tokenizer": TOK, "argv": argv, "prompts": True}
     for name, (reqs, run) in METRIC_RUNS.items():
         jobs[("metrics", name)] = {"kind": "metrics", "outputs": _vllm_outputs(reqs), "dur_s": run.duration,
@@ -611,6 +615,18 @@ def _texts_out(body: dict, keep: bool) -> str:
     return json.dumps(b, sort_keys=True)
 
 
+def _run_both(fake, tmp_path, flags: list[str]):
+    """`flags` run by vLLM's own `vllm bench serve` and by capsim measure, each against a fake server of its own
+    that keeps every body it is sent: (their server, ours, their result JSON, ours)."""
+    theirs_srv, ours_srv = fake(model="gemma3-dummy", itl=0.001), fake(model="gemma3-dummy", itl=0.001)
+    vllm_bench_serve([*flags, "--base-url", theirs_srv.url], tmp_path / "vllm.json")
+    res = CliRunner().invoke(measure_cli, ["open", *flags, "--base-url", ours_srv.url, "--no-progress",
+                                           "--no-metrics", "-o", str(tmp_path / "c"), "--save-result",
+                                           str(tmp_path / "ours.json")])
+    assert res.exit_code == 0, res.output
+    return theirs_srv, ours_srv, *(json.loads((tmp_path / f).read_text()) for f in ("vllm.json", "ours.json"))
+
+
 @pytest.mark.parametrize("load", list(BODY_LOADS))
 def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_path):
     """The same command line run by vLLM's own `vllm bench serve` and by capsim measure, each against a
@@ -620,11 +636,7 @@ def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_pat
     flags = ["--model", "gemma3-dummy", *BODY_LOADS[load], "--num-prompts", "4", "--seed", "3"]
     if "sharegpt" in load:
         flags += ["--dataset-path", str(sharegpt_path)]
-    theirs_srv, ours_srv = fake(model="gemma3-dummy", itl=0.001), fake(model="gemma3-dummy", itl=0.001)
-    vllm_bench_serve([*flags, "--base-url", theirs_srv.url], tmp_path / "vllm.json")
-    res = CliRunner().invoke(measure_cli, ["open", *flags, "--base-url", ours_srv.url, "--no-progress",
-                                           "--no-metrics", "-o", str(tmp_path / "c")])
-    assert res.exit_code == 0, res.output
+    theirs_srv, ours_srv, _, _ = _run_both(fake, tmp_path, flags)
     keep = "sharegpt" in load
 
     def sent(srv):
@@ -647,6 +659,29 @@ def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_pat
         assert theirs[0][1] == {"x-office": "ny", "x-floor": "3", "content-type": "application/json"}
 
 
+def test_no_oversample_sends_what_passes_as_vllm_bench_serve_does(fake, tmp_path):
+    """--no-oversample with more --num-prompts than the ShareGPT file has passing conversations: vLLM's own
+    vllm bench serve and capsim measure send the same requests, each once, and report num_prompts as asked.
+    Each conversation passes or fails vLLM's length filter by a wide margin, so the fake server's word count
+    (capsim's /tokenize here) and Gemma 3's tokenizer (vLLM's) keep the same 20."""
+    _require_vllm()
+    path = tmp_path / "short.json"
+    words = ["alpha", "network", "tokenizer", "request", "latency", "model", "queue", "zebra"]
+    passing = [sharegpt_conversation(f"question {i} " + " ".join(words[(i + k) % 8] for k in range(12)),
+                                     " ".join(words[(i * k) % 8] for k in range(10))) for i in range(20)]
+    path.write_text(json.dumps(passing + [sharegpt_conversation("hi", "ok")] * 10))
+    flags = ["--model", "gemma3-dummy", *BODY_LOADS["chat-sharegpt"], "--dataset-path", str(path),
+             "--num-prompts", "60", "--seed", "3", "--no-oversample", "--request-rate", "200"]
+    theirs_srv, ours_srv, v, c = _run_both(fake, tmp_path, flags)
+
+    def sent(srv):
+        return sorted((h.get("x-request-id"), _texts_out(b, True)) for b, h in zip(srv.stats.bodies, srv.stats.headers))
+
+    theirs, ours = sent(theirs_srv), sent(ours_srv)
+    assert len(theirs) == len({b for _, b in theirs}) == 20 and ours == theirs
+    assert (v["num_prompts"], v["completed"]) == (c["num_prompts"], c["completed"]) == (60, len(theirs))
+
+
 PROBE_LOADS = {k: BODY_LOADS[k] for k in ("completions-random", "chat-random")}
 
 
@@ -659,12 +694,7 @@ def test_probe_requests_are_vllm_bench_serves(load, fake, tmp_path):
     _require_vllm()
     flags = ["--model", "gemma3-dummy", *PROBE_LOADS[load], "--num-prompts", "4", "--seed", "3",
              "--probe-request-rate", "2"]
-    theirs_srv, ours_srv = fake(model="gemma3-dummy", itl=0.001), fake(model="gemma3-dummy", itl=0.001)
-    vllm_bench_serve([*flags, "--base-url", theirs_srv.url], tmp_path / "vllm.json")
-    res = CliRunner().invoke(measure_cli, ["open", *flags, "--base-url", ours_srv.url, "--no-progress",
-                                           "--no-metrics", "-o", str(tmp_path / "c"), "--save-result",
-                                           str(tmp_path / "ours.json")])
-    assert res.exit_code == 0, res.output
+    theirs_srv, ours_srv, v, c = _run_both(fake, tmp_path, flags)
 
     def probes(srv):
         return [(h.get("x-request-id"), {k: h[k] for k in SENT_HEADERS if k in h}, _texts_out(b, True))
@@ -675,7 +705,6 @@ def test_probe_requests_are_vllm_bench_serves(load, fake, tmp_path):
     body = json.loads(theirs[0][2])
     assert (body.get("prompt") or body["messages"][0]["content"][0]["text"]) == "Hi"
     assert body.get("max_tokens", body.get("max_completion_tokens")) == 1
-    v, c = (json.loads((tmp_path / f).read_text()) for f in ("vllm.json", "ours.json"))
     keys = ["probe_completed", "probe_failed", "probe_median_e2el_ms", "probe_p99_e2el_ms", "probe_max_e2el_ms"]
     assert [k for k in v if k.startswith("probe_")] == keys == [k for k in c if k.startswith("probe_")]
     assert (v["probe_completed"], v["probe_failed"]) == (c["probe_completed"], c["probe_failed"]) == (1, 0)
@@ -889,15 +918,19 @@ def test_the_edge_cases_have_teeth(oracle):
 
 # ------------------------------------------------------------------ d. ShareGPT
 
-@pytest.mark.parametrize("case", SHAREGPT, ids=[f"seed{s}-n{n}-out{o}" + ("-in-file-order" if f else "")
-                                                 for s, n, o, f in SHAREGPT])
+@pytest.mark.parametrize("case", SHAREGPT, ids=[f"seed{s}-n{n}-out{o}" + ("-in-file-order" if f else "") +
+                                                 ("-no-oversample" if x else "") for s, n, o, f, x in SHAREGPT])
 def test_sharegpt_sample_equals_vllm(oracle, sharegpt_path, case):
-    seed, n, out_len, unshuffled = case
+    seed, n, out_len, unshuffled, no_oversample = case
     v = oracle[("sharegpt", case)]
     wl = build_open_workload("sharegpt", 0, 0, 0.0, 0, str(sharegpt_path), str(Path(TOK) / "tokenizer.json"), 1.0,
-                             FMT, sharegpt_output_len=out_len, shuffle=not unshuffled)
+                             FMT, sharegpt_output_len=out_len, shuffle=not unshuffled, oversample=not no_oversample)
     specs = wl.sample(n, seed)
-    assert len(v["prompts"]) == n
+    if no_oversample:  # fewer pass vLLM's filter than asked for: vLLM sends those, each once
+        assert len(v["prompts"]) == len(set(v["prompts"])) < n
+        assert v["prompts"] == oracle[("sharegpt", (seed, n, out_len, unshuffled, False))]["prompts"][:len(specs)]
+    else:
+        assert len(v["prompts"]) == n
     assert [s.prompt_text for s in specs] == v["prompts"]
     assert [s.raw_prompt_tokens for s in specs] == v["prompt_len"]
     assert [s.max_tokens for s in specs] == v["expected_output_len"]

@@ -257,6 +257,22 @@ def test_a_ramp_up_line_in_simulate_open(tmp_path):
                                     "bench serve")
 
 
+def test_no_oversample_in_simulate_open(tmp_path):
+    """--no-oversample on a ShareGPT file with fewer passing conversations than --num-prompts: those only, each
+    once, on a schedule over their number (vllm bench serve's get_request spans the list it has); the
+    default repeats some up to --num-prompts."""
+    from tests.helpers import sharegpt_conversation
+
+    p = tmp_path / "sg.json"
+    p.write_text(json.dumps([sharegpt_conversation(f"question {i} " + "word " * 8, "answer " * 30)
+                             for i in range(20)]))
+    base = ["simulate", "open", "--dataset-name", "sharegpt", "--dataset-path", str(p), "--num-prompts", "50",
+            "--request-rate", "2", "--json"]
+    short, full = (json.loads(cap([*base, *x]).stdout) for x in (["--no-oversample"], []))
+    assert (short["num_prompts"], short["completed"]) == (50, 20) and full["completed"] == 50
+    assert 20 / 2 < short["duration"] < full["duration"] and full["duration"] > 50 / 2
+
+
 def test_a_probe_line_in_simulate_open(tmp_path):
     """--probe-request-rate: the probe's keys in the printout, --json and the result file, its one-token
     latency far below the load's; a box busier with load keeps the probe waiting longer; the load's own keys

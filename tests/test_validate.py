@@ -292,6 +292,22 @@ def test_a_sharegpt_run_is_rebuilt_from_its_totals_with_whichever_it_has(tmp_pat
     assert workload_for(uncounted, PROFILE).output_fraction == 1.0  # no count of requests: nothing to share out
 
 
+def test_a_sharegpt_run_is_rebuilt_with_the_requests_it_chose(tmp_path):
+    """--sharegpt-output-len, --disable-shuffle and --no-oversample choose which requests a ShareGPT run sent;
+    the rebuilt workload makes the same choice (it once rebuilt the default sample whatever the run had
+    asked for)."""
+    run = sharegpt_run(tmp_path)
+    default = workload_for(run, PROFILE, tokenizer=None).sample(40, 0)
+    run.params |= {"sharegpt_output_len": 7, "disable_shuffle": True, "no_oversample": True, "num_prompts": 40}
+    wl = workload_for(run, PROFILE, tokenizer=None)
+    chosen = wl.sample(40, 0)
+    assert (wl.output_len, wl.shuffle, wl.oversample) == (7, False, False)
+    assert len(default) == 40 and len(chosen) == 30 and {s.max_tokens for s in chosen} == {7}
+    assert [s.prompt_text for s in chosen] == [f"question {i} " + "word " * (5 + i) for i in range(30)]
+    assert len({s.prompt_text for s in default}) == 30  # the default repeats ten of them, shuffled
+    assert [s.prompt_text for s in default[:30]] != [s.prompt_text for s in chosen]
+
+
 def test_sharegpt_prompts_are_counted_with_the_default_tokenizer_when_none_is_given(tmp_path):
     from calibrate.validate import default_tokenizer
     if default_tokenizer() is None:
