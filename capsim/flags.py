@@ -412,6 +412,7 @@ OTHER_DATASET_FLAGS = {  # each with vLLM's type, so that a value vllm bench ser
     "--random-mm-num-mm-items-range-ratio": (float, "random-mm"),
     "--random-mm-limit-mm-per-prompt": (str, "random-mm"), "--random-mm-bucket-config": (str, "random-mm"),
     **{f"--hf-{k}": (str, "hf") for k in ("subset", "split", "name")}, "--hf-output-len": (int, "hf"),
+    "--no-stream": (None, "hf"),  # loads an HF dataset without streaming it; the requests stream regardless
     "--bfcl-categories": (str, "BFCL"),
     **{f"--prefix-repetition-{k}": (int, "prefix_repetition") for k in ("prefix-len", "suffix-len", "num-prefixes",
                                                                          "output-len")},
@@ -420,7 +421,6 @@ OTHER_DATASET_FLAGS = {  # each with vLLM's type, so that a value vllm bench ser
 }
 # Flags of loads capsim does not run: refused with the reason, never dropped silently.
 REFUSED_FLAGS = {
-    "--no-stream": (None, "TTFT and ITL are read off the stream: capsim sends and simulates streamed requests only"),
     "--use-beam-search": (None, "beam search is not modelled"),
     "--lora-modules": (str, "LoRA adapters are not modelled"),
     "--lora-assignment": (str, "LoRA adapters are not modelled"),

@@ -586,7 +586,7 @@ def test_ramp_up_offsets_and_rates_equal_vllm_get_request(oracle, case):
 
 # vllm bench serve command lines (less --base-url): a random load on each endpoint with sampling flags and
 # --extra-body, and a ShareGPT one (its texts are the dataset's, so they must match too); headers and
-# request ids given and left to their defaults
+# request ids given and left to their defaults; --no-stream (vLLM's HF datasets' loading, not the requests')
 BODY_LOADS = {
     "completions-random": ["--backend", "openai", "--dataset-name", "random", "--random-input-len", "24",
                            "--random-output-len", "3", "--temperature", "0.5", "--top-p", "0.9",
@@ -594,7 +594,7 @@ BODY_LOADS = {
                            "--header", "x-office=ny", "x-floor = 3 ", "--request-id-prefix", "r-"],
     "chat-random": ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "random",
                     "--random-input-len", "24", "--random-output-len", "3", "--top-k", "20", "--logprobs", "3",
-                    "--extra-body", '{"chat_template_kwargs": {"enable_thinking": false}}'],
+                    "--extra-body", '{"chat_template_kwargs": {"enable_thinking": false}}', "--no-stream"],
     "chat-sharegpt": ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "sharegpt",
                       "--sharegpt-output-len", "3", "--temperature", "0", "--request-id-prefix", "s-"],
 }
@@ -826,13 +826,14 @@ def test_other_datasets_flags_run_with_a_note():
     only (above it, the embeddings benchmark's batched prompts)."""
     base = ["simulate", "open", "--num-prompts", "20", "--request-rate", "2", "--seed", "3", "--json"]
     plain = CliRunner().invoke(main, base)
-    pasted = CliRunner().invoke(main, [*base, "--hf-split", "train", "--hf-name", "x/y", "--spec-bench-category",
-                                       "qa", "--random-batch-size", "1", "--no-reranker",
+    pasted = CliRunner().invoke(main, [*base, "--hf-split", "train", "--hf-name", "x/y", "--no-stream",
+                                       "--spec-bench-category", "qa", "--random-batch-size", "1", "--no-reranker",
                                        "--random-mm-limit-mm-per-prompt", '{"image": 3}'])
     assert plain.exit_code == 0 and pasted.exit_code == 0, pasted.output
     assert json.loads(pasted.stdout) == json.loads(plain.stdout)
     notes = pasted.stderr.strip().splitlines()
-    assert len(notes) == 4 and notes[0].startswith("note: --hf-split, --hf-name: only vllm bench serve's hf dataset")
+    assert len(notes) == 4
+    assert notes[0].startswith("note: --hf-split, --hf-name, --no-stream: only vllm bench serve's hf dataset")
     assert all("(capsim runs random and sharegpt): unread, as in vllm bench serve" in n for n in notes)
     bad = CliRunner().invoke(main, [*base, "--random-batch-size", "4"])
     assert bad.exit_code == 2 and "--random-batch-size 4: batched prompts" in bad.stderr

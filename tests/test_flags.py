@@ -357,7 +357,6 @@ def test_save_result_bare_flag_default_name_and_detailed(fake, tmp_path, monkeyp
     (["--metric-percentiles", "101"], "--metric-percentiles"),
     (["--percentile-metrics", "ttft,bogus"], "--percentile-metrics"),
     (["--metadata", "novalue"], "--metadata"),
-    (["--no-stream"], "--no-stream: TTFT and ITL are read off the stream"),
     (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1"], "needs both --ramp-up-start-rps and"),
     (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "0", "--ramp-up-end-rps", "4"],
      "--ramp-up-start-rps must be > 0"),
