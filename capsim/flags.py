@@ -392,6 +392,9 @@ NO_OP_FLAGS = {"--trust-remote-code": None, "--skip-tokenizer-init": None, "--sk
 _NOT_DRAWN = "vllm bench serve's plots are not drawn (capsim report RUN --plot draws a measured run)"
 SERVE_NOTED_FLAGS = {"--plot-timeline": (None, _NOT_DRAWN), "--plot-dataset-stats": (None, _NOT_DRAWN),
                      "--timeline-itl-thresholds": (str, _NOT_DRAWN),
+                     # vLLM 0.32 parses it and reads it nowhere: its requests carry no beam search, nor capsim's
+                     "--use-beam-search": (None, "vllm bench serve reads it nowhere and its requests sample as "
+                                                 "ever; so do capsim's"),
                      "--enable-multimodal-chat": (None, "multimodal chat shapes image and video entries, which "
                                                         "capsim does not send (text prompts only)")}
 # Flags of vllm bench serve's other datasets (capsim runs random and sharegpt, and refuses any other
@@ -421,7 +424,6 @@ OTHER_DATASET_FLAGS = {  # each with vLLM's type, so that a value vllm bench ser
 }
 # Flags of loads capsim does not run: refused with the reason, never dropped silently.
 REFUSED_FLAGS = {
-    "--use-beam-search": (None, "beam search is not modelled"),
     "--lora-modules": (str, "LoRA adapters are not modelled"),
     "--lora-assignment": (str, "LoRA adapters are not modelled"),
     "--self-timed": (None, "timed traces are not supported (random and sharegpt are)"),

@@ -587,11 +587,13 @@ def test_ramp_up_offsets_and_rates_equal_vllm_get_request(oracle, case):
 # vllm bench serve command lines (less --base-url): a random load on each endpoint with sampling flags and
 # --extra-body, and a ShareGPT one (its texts are the dataset's, so they must match too); headers and
 # request ids given and left to their defaults; --no-stream (vLLM's HF datasets' loading, not the requests')
+# and --use-beam-search (which vLLM 0.32 parses and reads nowhere) change no body
 BODY_LOADS = {
     "completions-random": ["--backend", "openai", "--dataset-name", "random", "--random-input-len", "24",
                            "--random-output-len", "3", "--temperature", "0.5", "--top-p", "0.9",
                            "--repetition-penalty", "1.1", "--extra-body", '{"seed": 7}', "--logprobs", "2",
-                           "--header", "x-office=ny", "x-floor = 3 ", "--request-id-prefix", "r-"],
+                           "--header", "x-office=ny", "x-floor = 3 ", "--request-id-prefix", "r-",
+                           "--use-beam-search"],
     "chat-random": ["--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--dataset-name", "random",
                     "--random-input-len", "24", "--random-output-len", "3", "--top-k", "20", "--logprobs", "3",
                     "--extra-body", '{"chat_template_kwargs": {"enable_thinking": false}}', "--no-stream"],

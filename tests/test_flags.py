@@ -219,7 +219,7 @@ def test_the_rest_of_a_vllm_bench_serve_line_in_simulate_open():
     general = cap([*base, "--random-input-len", "999", "--input-len", "300", "--output-len", "20", "--ignore-eos",
                    "--num-warmups", "3", "--temperature", "0", "--top-k", "1", "--trust-remote-code",
                    "--tokenizer-mode", "auto", "--ready-check-timeout-sec", "30", "--request-id-prefix", "b-",
-                   "--header", "x-team=a", "--skip-chat-template", "--plot-timeline"])
+                   "--header", "x-team=a", "--skip-chat-template", "--plot-timeline", "--use-beam-search"])
     assert general.exit_code == 0, general.output
     ours, theirs = json.loads(plain.stdout), json.loads(general.stdout)
     assert 40 * 300 < ours["total_input_tokens"] < 40 * 400  # --input-len wins over --random-input-len 999
@@ -227,6 +227,8 @@ def test_the_rest_of_a_vllm_bench_serve_line_in_simulate_open():
     notes = general.stderr.strip().splitlines()
     assert notes == ["note: --plot-timeline: vllm bench serve's plots are not drawn (capsim report RUN --plot draws "
                      "a measured run)",
+                     "note: --use-beam-search: vllm bench serve reads it nowhere and its requests sample as ever; so "
+                     "do capsim's",
                      "note: --temperature, --top-k: a simulated step takes as long whatever the sampling"]
     bad = CliRunner().invoke(main, [*base, "--ignore-eos", "--dataset-name", "sharegpt", "--output-fraction", "0.8"])
     assert bad.exit_code == 2 and "--ignore-eos and --output-fraction 0.8 contradict" in bad.stderr
@@ -364,7 +366,6 @@ def test_save_result_bare_flag_default_name_and_detailed(fake, tmp_path, monkeyp
     (["--ramp-up-strategy", "step", "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "4"], "--ramp-up-strategy"),
     (["--ramp-up-strategy", "linear", "--ramp-up-start-rps", "1", "--ramp-up-end-rps", "4", "--request-rate", "2"],
      "the ramp sets the rate"),
-    (["--use-beam-search"], "--use-beam-search: beam search is not modelled"),
     (["--header", "x-team"], "--header"),
     (["--num-warmups", "-1"], "--num-warmups"),
     (["--input-len", "0"], "--input-len"),
