@@ -350,7 +350,6 @@ def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, s
     summary_kw: summarize_open's percentiles, metrics and goodput.
     """
     live = run.live or LiveFacts()
-    ok = [r for r in run.records if r.ok]
     s = summarize_open(run, **(summary_kw or {}))
     res: dict[str, Any] = {
         "date": _dt.datetime.fromtimestamp(live.wall_start or 0).strftime("%Y%m%d-%H%M%S"),
@@ -366,16 +365,21 @@ def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, s
         res = {**header, "request_goodput": None}
     res.update(s)
     res["rtfx"] = 0.0  # vllm's inverse real-time factor: seconds of input audio per second, 0 for text
-    res["latencies"] = [r.e2el for r in ok]
-    res["queue_times"] = [r.start_time - r.scheduled_time for r in ok]
+    # Every request has its entry, as each of vLLM's outputs does. A failed one keeps what its
+    # RequestFuncOutput kept: its prompt length, start and queue time, the first chunk's time and the
+    # gaps its stream got to before it broke; latency 0.0 (set only at a stream's normal end), no output
+    # tokens, no text.
+    recs = run.records
+    res["latencies"] = [r.e2el if r.ok else 0.0 for r in recs]
+    res["queue_times"] = [r.start_time - r.scheduled_time for r in recs]
     if detailed:
-        res["input_lens"] = [r.prompt_tokens for r in ok]
-        res["output_lens"] = [r.output_tokens for r in ok]
-        res["ttfts"] = [r.ttft for r in ok]
-        res["itls"] = [np.diff(r.chunk_times).tolist() for r in ok]
-        res["start_times"] = [r.start_time for r in ok]
-        res["generated_texts"] = [(texts or {}).get(r.request_id, "") for r in ok]
-        res["errors"] = [r.error or "" for r in run.records]
+        res["input_lens"] = [r.prompt_tokens for r in recs]
+        res["output_lens"] = [r.output_tokens if r.ok else 0 for r in recs]
+        res["ttfts"] = [float(r.chunk_times[0]) - r.start_time if len(r.chunk_times) else 0.0 for r in recs]
+        res["itls"] = [np.diff(r.chunk_times).tolist() for r in recs]
+        res["start_times"] = [r.start_time for r in recs]
+        res["generated_texts"] = [(texts or {}).get(r.request_id, "") if r.ok else "" for r in recs]
+        res["errors"] = [r.error or "" for r in recs]
     if run.extra.get("rps_change_events"):
         res["rps_change_events"] = run.extra["rps_change_events"]
     return res

@@ -617,10 +617,11 @@ def _texts_out(body: dict, keep: bool) -> str:
     return json.dumps(b, sort_keys=True)
 
 
-def _run_both(fake, tmp_path, flags: list[str]):
+def _run_both(fake, tmp_path, flags: list[str], **fake_kw):
     """`flags` run by vLLM's own `vllm bench serve` and by capsim measure, each against a fake server of its own
-    that keeps every body it is sent: (their server, ours, their result JSON, ours)."""
-    theirs_srv, ours_srv = fake(model="gemma3-dummy", itl=0.001), fake(model="gemma3-dummy", itl=0.001)
+    that keeps every body it is sent (`fake_kw`: more of its FakeConfig): (their server, ours, their result
+    JSON, ours)."""
+    theirs_srv, ours_srv = (fake(model="gemma3-dummy", itl=0.001, **fake_kw) for _ in range(2))
     vllm_bench_serve([*flags, "--base-url", theirs_srv.url], tmp_path / "vllm.json")
     res = CliRunner().invoke(measure_cli, ["open", *flags, "--base-url", ours_srv.url, "--no-progress",
                                            "--no-metrics", "-o", str(tmp_path / "c"), "--save-result",
@@ -682,6 +683,33 @@ def test_no_oversample_sends_what_passes_as_vllm_bench_serve_does(fake, tmp_path
     theirs, ours = sent(theirs_srv), sent(ours_srv)
     assert len(theirs) == len({b for _, b in theirs}) == 20 and ours == theirs
     assert (v["num_prompts"], v["completed"]) == (c["num_prompts"], c["completed"]) == (60, len(theirs))
+
+
+def test_failed_requests_keep_their_entries_as_in_vllm_bench_serve(fake, tmp_path):
+    """Every third request answered HTTP 500, one at a time: vLLM's own vllm bench serve and capsim measure
+    write detailed results whose per-request arrays hold every request in order, a failed one with its
+    prompt length, start and queue time and 0 for its latency, TTFT and output tokens, no gaps, no text."""
+    _require_vllm()
+    flags = ["--model", "gemma3-dummy", *BODY_LOADS["completions-random"], "--num-prompts", "7", "--seed", "3",
+             "--max-concurrency", "1", "--save-detailed"]
+    _, _, v, c = _run_both(fake, tmp_path, flags, fault="http500", fault_every=3)
+    failed = [i % 3 == 0 for i in range(7)]
+    keys = ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times", "queue_times",
+            "generated_texts", "errors")
+
+    def shape(res):
+        assert all(len(res[k]) == 7 for k in keys), {k: len(res[k]) for k in keys}
+        return {"failed": [bool(e) for e in res["errors"]], "input_lens": [n > 0 for n in res["input_lens"]],
+                "output_lens": res["output_lens"], "itls": [len(x) for x in res["itls"]],
+                **{k: [x == 0 for x in res[k]] for k in ("ttfts", "latencies")},
+                "texts": [t == "" for t in res["generated_texts"]],
+                "queued": [0 <= q < 0.5 for q in res["queue_times"]]}
+
+    assert shape(c) == shape(v) and shape(v)["failed"] == failed and (v["failed"], c["failed"]) == (3, 3)
+    assert shape(v)["latencies"] == failed and shape(v)["itls"] == [0 if f else 2 for f in failed]
+    assert c["input_lens"] == [24] * 7  # the server's count, or the prompt's own where no usage came (vLLM's
+    # prompts are counted by Gemma 3's tokenizer and answered by the fake's word count, so their lengths differ)
+    assert sorted(v["start_times"]) == v["start_times"] and sorted(c["start_times"]) == c["start_times"]
 
 
 PROBE_LOADS = {k: BODY_LOADS[k] for k in ("completions-random", "chat-random")}
