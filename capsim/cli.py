@@ -283,8 +283,8 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
 
     A vllm bench serve command line runs as it is: the server flags (--base-url, --host/--port,
     --model) are ignored, the profile is the server; --save-result writes the predicted result JSON."""
-    from simulator.replicate import replicate_open
-    from simulator.summary import format_open_summary
+    from simulator.replicate import open_run, replicate_open
+    from simulator.summary import DETAILED_ARRAYS, format_open_summary, result_arrays
     from simulator.workload import PromptFormat
     from .checks import MAX_REPLICATIONS, MAX_REQUESTS, check_open, check_range, check_served
 
@@ -309,7 +309,7 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     meta_kv = flags.parse_metadata(metadata)
     if extra_body:
         flags.parse_extra_body([extra_body])  # checked; a simulated request has no body
-    flags.check_result_dest(save_result, append_result, result_dir, result_filename)
+    flags.check_result_dest(save_result, append_result, result_dir, result_filename, ex)
     prof = load_edited(profile_path, sets)
     fmt = prof.prompt_format
     if endpoint == "completions":
@@ -322,10 +322,17 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     check_open(prof, wl)
     med, lo, hi, _ = replicate_open(prof, wl, num_prompts, pattern, replications, summary_kw=skw)
     check_served(med)
-    if save_result is not None or append_result:
+    saving = save_result is not None or append_result
+    if saving or ex.plot_timeline:
         bk = flags.backend_name(backend, endpoint)
         model_id = model or prof.name
         date = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = flags.result_path(save_result if saving else "", append_result, result_dir, result_filename, label,
+                                 bk, rate, max_concurrency, model_id, date, ramp_up=pattern.ramp_up)
+        # the per-request arrays are replication 0's, the run of the given seed (re-run: same records)
+        arrays = result_arrays(open_run(prof, wl, num_prompts, pattern).records) \
+            if save_detailed and saving or ex.plots else None
+    if saving:
         result = flags.result_header(backend=bk, label=label, model_id=model_id,
                                      tokenizer_id=tokenizer or model_id, num_prompts=num_prompts, rate=rate,
                                      burstiness=burstiness, max_concurrency=max_concurrency, metadata=meta_kv,
@@ -338,10 +345,14 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
         result["capsim_profile"] = prof.name
         result["replications"] = replications
         if save_detailed:
-            click.echo("note: --save-detailed: a simulated result has no per-request arrays", err=True)
-        path = flags.result_path(save_result, append_result, result_dir, result_filename, label, bk, rate,
-                                 max_concurrency, model_id, date, ramp_up=pattern.ramp_up)
+            result.update({k: arrays[k] for k in ("latencies", "queue_times", *DETAILED_ARRAYS)})
+        if save_detailed and replications > 1:
+            click.echo(f"note: --save-detailed: the per-request arrays are replication 0's (--seed {seed}); the "
+                       f"metrics are the median of {replications}", err=True)
         flags.write_result(path, result, append_result)
+    if ex.plots:
+        for p in ex.draw_plots(path, arrays):
+            click.echo(f"capsim simulate: plot {p}", err=True)
     if as_json:
         out = {"date": None, "backend": "capsim", "model_id": prof.name, "num_prompts": num_prompts,
                "request_rate": "inf" if math.isinf(rate) else rate, "burstiness": burstiness,

@@ -352,6 +352,14 @@ def vllm_serve_options(f):
                      "Beside the load, one-token \"Hi\" requests, each 1/RATE s after the last one ended, outside "
                      "--max-concurrency: how long a quick question waits on the busy box (probe_* keys; vllm "
                      "bench serve's). 0: none."),
+        _flag_option("--plot-timeline", None, _remember,
+                     "Draw each request's TTFT and gaps, coloured by --timeline-itl-thresholds, beside the result "
+                     "JSON as RESULT.timeline.png (vllm bench serve's segments; it writes plotly HTML)."),
+        _flag_option("--timeline-itl-thresholds", str, _remember,
+                     "The timeline's two ITL bounds in ms, e.g. 25,50 (vllm bench serve's default)."),
+        _flag_option("--plot-dataset-stats", None, _remember,
+                     "Draw vllm bench serve's figure of the requests' prompt and output tokens beside the result "
+                     "JSON as RESULT.dataset_stats.png."),
         click.option("--header", cls=MultiValue, item=click.STRING, sep=None,
                      accept=r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*=.*", metavar="KEY=VALUE", expose_value=False,
                      callback=_remember,
@@ -389,10 +397,7 @@ SAMPLING_FLAGS = {"--temperature": float, "--top-p": float, "--top-k": int, "--m
 NO_OP_FLAGS = {"--trust-remote-code": None, "--skip-tokenizer-init": None, "--skip-chat-template": None,
                "--tokenizer-mode": str, "--chat-template-kwargs": str}
 # Flags accepted with a note: what they ask for is not done, and the note says what capsim does instead.
-_NOT_DRAWN = "vllm bench serve's plots are not drawn (capsim report RUN --plot draws a measured run)"
-SERVE_NOTED_FLAGS = {"--plot-timeline": (None, _NOT_DRAWN), "--plot-dataset-stats": (None, _NOT_DRAWN),
-                     "--timeline-itl-thresholds": (str, _NOT_DRAWN),
-                     # vLLM 0.32 parses it and reads it nowhere: its requests carry no beam search, nor capsim's
+SERVE_NOTED_FLAGS = {# vLLM 0.32 parses it and reads it nowhere: its requests carry no beam search, nor capsim's
                      "--use-beam-search": (None, "vllm bench serve reads it nowhere and its requests sample as "
                                                  "ever; so do capsim's"),
                      "--enable-multimodal-chat": (None, "multimodal chat shapes image and video entries, which "
@@ -451,6 +456,34 @@ class ServeExtras:
     ramp_up_start_rps: float | None = None
     ramp_up_end_rps: float | None = None
     probe_request_rate: float = 0.0  # --probe-request-rate: the one-token probe beside the load; 0: none
+    plot_timeline: bool = False  # --plot-timeline: RESULT.timeline.png
+    plot_dataset_stats: bool = False  # --plot-dataset-stats: RESULT.dataset_stats.png
+    itl_thresholds_s: tuple[float, float] = (0.025, 0.050)  # --timeline-itl-thresholds, in seconds
+
+    @property
+    def plots(self) -> bool:
+        return self.plot_timeline or self.plot_dataset_stats
+
+    def plot_paths(self, result: Path) -> list[Path]:
+        """The figures vllm bench serve draws beside its result file (the timeline as an image here)."""
+        return [result.with_suffix(sfx) for on, sfx in ((self.plot_timeline, ".timeline.png"),
+                                                        (self.plot_dataset_stats, ".dataset_stats.png")) if on]
+
+    def draw_plots(self, result: Path, arrays: dict) -> list[Path]:
+        """Draw the figures asked for from a run's per-request arrays (summary.result_arrays); their paths."""
+        from simulator.bench_plots import plot_dataset_stats, plot_timeline
+
+        paths = self.plot_paths(result)
+        try:
+            result.parent.mkdir(parents=True, exist_ok=True)  # vllm bench serve makes --result-dir
+            for p in paths:
+                if p.name.endswith(".timeline.png"):
+                    plot_timeline(arrays, p, self.itl_thresholds_s)
+                else:
+                    plot_dataset_stats(arrays, p)
+        except OSError as e:
+            raise click.ClickException(f"cannot write the plot beside {result}: {e.strerror or e}") from None
+        return paths
 
     def open_loop(self, rate: float, burstiness: float, max_concurrency: int | None, seed: int):
         """The run's arrivals: --request-rate's, or the ramp's where --ramp-up-strategy names one; and the probe."""
@@ -537,6 +570,19 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
             if k in got:
                 ctx.meta.setdefault("capsim.flag_notes", {})["--" + k.replace("_", "-")] = \
                     "unread without --ramp-up-strategy, as in vllm bench serve"
+    thresholds = got.get("timeline_itl_thresholds")
+    itl_s = ServeExtras.itl_thresholds_s
+    if thresholds is not None and not got.get("plot_timeline"):
+        ctx.meta.setdefault("capsim.flag_notes", {})["--timeline-itl-thresholds"] = \
+            "unread without --plot-timeline, as in vllm bench serve"
+    elif thresholds is not None:  # vllm bench serve checks them before the run, with --plot-timeline only
+        try:
+            ms = [float(t.strip()) for t in thresholds.split(",")]
+        except ValueError:
+            ms = []
+        if len(ms) != 2 or not all(math.isfinite(m) for m in ms):
+            raise click.UsageError(f"--timeline-itl-thresholds {thresholds}: two ITL bounds in ms, e.g. 25,50")
+        itl_s = (ms[0] / 1000.0, ms[1] / 1000.0)
     return ServeExtras(input_len=got.get("input_len"), output_len=got.get("output_len"),
                        ignore_eos=bool(got.get("ignore_eos")), num_warmups=int(got.get("num_warmups") or 0),
                        disable_shuffle=bool(got.get("disable_shuffle")), no_oversample=bool(got.get("no_oversample")),
@@ -544,7 +590,10 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
                        request_id_prefix=got.get("request_id_prefix"),
                        ready_check_timeout_sec=int(got.get("ready_check_timeout_sec") or 0),
                        insecure=bool(got.get("insecure")), logprobs=got.get("logprobs"),
-                       probe_request_rate=got.get("probe_request_rate") or 0.0, **{k: got.get(k) for k in RAMP_KEYS})
+                       probe_request_rate=got.get("probe_request_rate") or 0.0,
+                       plot_timeline=bool(got.get("plot_timeline")),
+                       plot_dataset_stats=bool(got.get("plot_dataset_stats")),
+                       itl_thresholds_s=itl_s, **{k: got.get(k) for k in RAMP_KEYS})
 
 
 def echo_flag_notes(prefix: str, extra: Sequence[str] = (), ctx: click.Context | None = None) -> None:
@@ -583,13 +632,20 @@ def result_path(save_result: str | None, append: bool, result_dir: str | None, r
     return p
 
 
-def check_result_dest(save_result, append, result_dir, result_filename) -> None:
-    """Before any work: the result file's folder can be made and written."""
+def check_result_dest(save_result, append, result_dir, result_filename, ex: ServeExtras | None = None) -> None:
+    """Before any work: the result file's folder can be made and written (where only --plot-timeline is
+    asked for, the folder of the file its figure is named after, as vllm bench serve names it)."""
+    ex = ex or ServeExtras()
+    if ex.plot_dataset_stats and not (ex.plot_timeline or save_result is not None or append):
+        raise click.UsageError("--plot-dataset-stats: needs --save-result or --plot-timeline (the figure is named "
+                               "after the result file; vllm bench serve fails at its end without one)")
     if save_result is None and not append:
-        if result_dir or result_filename:
-            click.echo("note: --result-dir/--result-filename take effect with --save-result "
-                       "(as in vllm bench serve)", err=True)
-        return
+        if not ex.plot_timeline:
+            if result_dir or result_filename:
+                click.echo("note: --result-dir/--result-filename take effect with --save-result "
+                           "(as in vllm bench serve)", err=True)
+            return
+        save_result = ""
     p = result_path(save_result, append, result_dir, result_filename or "x.json", None, "b", 1.0, None, "m", "d")
     folder = p.parent if str(p.parent) else Path(".")
     probe = folder

@@ -34,7 +34,7 @@ from simulator.workload import RandomWorkload, ShareGPTWorkload
 
 from .drivers import run_closed, run_open
 from .errors import Interrupted, MeasureError
-from simulator.summary import summarize_closed
+from simulator.summary import result_arrays, summarize_closed
 
 from .runfiles import json_dumps, cli_json, format_report, load_run, load_run_info, run_damage, vllm_bench_result
 from .vocab import find_tokenizer, hub_cache, read_vocab
@@ -258,7 +258,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     body = ex.request_body(flags.parse_extra_body([extra_body]) if extra_body else {}, ep)
     random_input_len, random_output_len, sharegpt_output_len = ex.lengths(random_input_len, random_output_len,
                                                                            sharegpt_output_len)
-    flags.check_result_dest(save_result, append_result, result_dir, result_filename)
+    flags.check_result_dest(save_result, append_result, result_dir, result_filename, ex)
     unread = ["--logprobs: unread with the chat endpoint, as in vllm bench serve"] if ex.logprobs is not None \
         and ep == "chat" else []
     flags.echo_flag_notes("capsim measure: ", unread)
@@ -297,22 +297,27 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
 
     run, od = _run_guarded(go)
     stopped_early = run.status == "interrupted" and not run.records  # nothing to save
-    if (save_result is not None or append_result) and not stopped_early:
+    saving = save_result is not None or append_result
+    if (saving or ex.plot_timeline) and not stopped_early:
         bk = flags.backend_name(backend, ep)
         model_id = model or run.live.model
         date = _dt.datetime.fromtimestamp(run.live.wall_start or _dt.datetime.now().timestamp()) \
             .strftime("%Y%m%d-%H%M%S")
-        header = flags.result_header(backend=bk, label=label, model_id=model_id, tokenizer_id=tokenizer or model_id,
-                                     num_prompts=num_prompts, rate=request_rate, burstiness=burstiness,
-                                     max_concurrency=max_concurrency, metadata=meta_kv, date=date,
-                                     ramp_up=pattern.ramp_up)
-        result = _run_guarded(lambda: vllm_bench_result(run, detailed=save_detailed, texts=run.live.texts,
-                                                        header=header, summary_kw=skw))
-        path = flags.result_path(save_result, append_result, result_dir, result_filename, label, bk, request_rate,
-                                 max_concurrency, model_id, date, ramp_up=pattern.ramp_up)
-        redact = (lambda t: t.replace(api_key, "***")) if api_key else (lambda t: t)
-        flags.write_result(path, result, append_result, redact)
-        click.echo(f"capsim measure: result JSON {path}", err=True)
+        path = flags.result_path(save_result if saving else "", append_result, result_dir, result_filename, label,
+                                 bk, request_rate, max_concurrency, model_id, date, ramp_up=pattern.ramp_up)
+        if saving:
+            header = flags.result_header(backend=bk, label=label, model_id=model_id,
+                                         tokenizer_id=tokenizer or model_id, num_prompts=num_prompts,
+                                         rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency,
+                                         metadata=meta_kv, date=date, ramp_up=pattern.ramp_up)
+            result = _run_guarded(lambda: vllm_bench_result(run, detailed=save_detailed, texts=run.live.texts,
+                                                            header=header, summary_kw=skw))
+            redact = (lambda t: t.replace(api_key, "***")) if api_key else (lambda t: t)
+            flags.write_result(path, result, append_result, redact)
+            click.echo(f"capsim measure: result JSON {path}", err=True)
+        if ex.plots:
+            for p in ex.draw_plots(path, result_arrays(run.records)):
+                click.echo(f"capsim measure: plot {p}", err=True)
     _run_guarded(lambda: _finish(run, od, as_json, max_failures, summary_kw=skw))
 
 

@@ -34,8 +34,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from simulator.records import LiveFacts, OpenLoopFacts, RequestRecord, RunResult
-from simulator.summary import (ClosedRow, format_closed_table, format_open_summary, summarize_closed,
-                               summarize_open)
+from simulator.summary import (DETAILED_ARRAYS, ClosedRow, format_closed_table, format_open_summary,
+                               result_arrays, summarize_closed, summarize_open)
 
 from .errors import MeasureError
 
@@ -365,21 +365,10 @@ def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, s
         res = {**header, "request_goodput": None}
     res.update(s)
     res["rtfx"] = 0.0  # vllm's inverse real-time factor: seconds of input audio per second, 0 for text
-    # Every request has its entry, as each of vLLM's outputs does. A failed one keeps what its
-    # RequestFuncOutput kept: its prompt length, start and queue time, the first chunk's time and the
-    # gaps its stream got to before it broke; latency 0.0 (set only at a stream's normal end), no output
-    # tokens, no text.
-    recs = run.records
-    res["latencies"] = [r.e2el if r.ok else 0.0 for r in recs]
-    res["queue_times"] = [r.start_time - r.scheduled_time for r in recs]
+    arrays = result_arrays(run.records, texts)
+    res.update({k: arrays[k] for k in ("latencies", "queue_times")})
     if detailed:
-        res["input_lens"] = [r.prompt_tokens for r in recs]
-        res["output_lens"] = [r.output_tokens if r.ok else 0 for r in recs]
-        res["ttfts"] = [float(r.chunk_times[0]) - r.start_time if len(r.chunk_times) else 0.0 for r in recs]
-        res["itls"] = [np.diff(r.chunk_times).tolist() for r in recs]
-        res["start_times"] = [r.start_time for r in recs]
-        res["generated_texts"] = [(texts or {}).get(r.request_id, "") if r.ok else "" for r in recs]
-        res["errors"] = [r.error or "" for r in recs]
+        res.update({k: arrays[k] for k in DETAILED_ARRAYS})
     if run.extra.get("rps_change_events"):
         res["rps_change_events"] = run.extra["rps_change_events"]
     return res

@@ -16,6 +16,7 @@ import numpy as np
 
 from .load import ClosedLoop, OpenLoop
 from .profile import Profile
+from .records import RunResult
 from .sim import simulate_closed, simulate_open
 from .summary import ClosedRow, summarize_closed, summarize_open
 from .uncertainty import draw_profile
@@ -30,13 +31,18 @@ def default_jobs(r: int) -> int:
     return max(1, min(r, os.cpu_count() or 1))
 
 
-def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r: int,
-              summary_kw: dict | None = None) -> dict:
+def open_run(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r: int = 0) -> RunResult:
+    """Replication r's simulated run itself, records and all (replicate_open summarises these)."""
     pat = replace(pattern, seed=pattern.seed + r)
     # replication 0 is the fitted profile itself; the others draw what the fit left uncertain
     prof = profile.for_traffic(workload.mixed_topics)
     prof = prof if r == 0 else draw_profile(prof, r)
-    run = simulate_open(prof, workload.sample(n, seed=pat.seed), pat, noise_seed=r, probe_format=workload.fmt)
+    return simulate_open(prof, workload.sample(n, seed=pat.seed), pat, noise_seed=r, probe_format=workload.fmt)
+
+
+def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r: int,
+              summary_kw: dict | None = None) -> dict:
+    run = open_run(profile, workload, n, pattern, r)
     s = summarize_open(run, **(summary_kw or {}))
     s["num_preemptions"] = run.num_preemptions
     return s

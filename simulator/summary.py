@@ -380,6 +380,28 @@ def probe_stats(probes: Sequence[RequestRecord]) -> dict[str, float]:
             "probe_p99_e2el_ms": float(np.percentile(lats, 99)) * 1000, "probe_max_e2el_ms": float(max(lats)) * 1000}
 
 
+DETAILED_ARRAYS = ("input_lens", "output_lens", "ttfts", "itls", "start_times", "generated_texts", "errors")
+
+
+def result_arrays(records: Sequence[RequestRecord], texts: dict[int, str] | None = None) -> dict[str, list]:
+    """vllm bench serve's per-request arrays of its result (the detailed ones, then `latencies` and
+    `queue_times`, which it keeps without --save-detailed too), an entry for every request, in order.
+
+    A failed request keeps what vLLM's RequestFuncOutput kept: its prompt length, start and queue time, the
+    first chunk's time and the gaps its stream got to before it broke; latency 0.0 (set only at a stream's
+    normal end), no output tokens, no text. `texts`: generated text by request id (else "")."""
+    texts = texts or {}
+    return {"input_lens": [r.prompt_tokens for r in records],
+            "output_lens": [r.output_tokens if r.ok else 0 for r in records],
+            "ttfts": [float(r.chunk_times[0]) - r.start_time if len(r.chunk_times) else 0.0 for r in records],
+            "itls": [np.diff(r.chunk_times).tolist() for r in records],
+            "start_times": [r.start_time for r in records],
+            "generated_texts": [texts.get(r.request_id, "") if r.ok else "" for r in records],
+            "errors": [r.error or "" for r in records],
+            "latencies": [r.e2el if r.ok else 0.0 for r in records],
+            "queue_times": [r.start_time - r.scheduled_time for r in records]}
+
+
 def _percentiles_in(s: dict) -> list[float]:
     found = set()
     for k in s:

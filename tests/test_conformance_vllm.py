@@ -57,7 +57,8 @@ from simulator.load import OpenLoop, RampUp
 from simulator.profile import EngineLimits, KVGroup
 from simulator.records import RequestRecord, RunResult
 from simulator.sim import simulate_open
-from simulator.summary import summarize_open
+from simulator.bench_plots import ITL_COLORS, TTFT_COLOR, itl_labels, timeline_segments
+from simulator.summary import result_arrays, summarize_open
 from simulator.workload import PromptFormat, RequestSpec, WorkloadError
 from tests.helpers import TokenizerEndpoints, sharegpt_conversation, tiny_profile
 from tests.stream_cases import STREAM_SPLITS, STREAMS, capsim_reads
@@ -180,6 +181,16 @@ def _metric_runs():
 
 
 METRIC_RUNS = _metric_runs()
+# --plot-timeline's cases: a metric run and its ITL thresholds (s); "hand" has a gap in every class and a failure
+TIMELINES = [("synthetic", (0.025, 0.050)), ("hand", (0.5, 1.0))]
+
+
+def _timeline_input(run: RunResult) -> list[dict]:
+    """The per-request data vllm bench serve hands generate_timeline_plot, from a run's result arrays."""
+    a = result_arrays(run.records)
+    return [{"start_time": st, "ttft": t, "itl": i, "latency": t + sum(i) if i else t, "prompt_len": p,
+             "output_tokens": o}
+            for st, t, i, p, o in zip(a["start_times"], a["ttfts"], a["itls"], a["input_lens"], a["output_lens"])]
 
 
 # ------------------------------------------------------------------ ShareGPT file
@@ -318,6 +329,9 @@ def oracle(sharegpt_path, vocab_folders):
     for name, (reqs, run) in METRIC_RUNS.items():
         jobs[("metrics", name)] = {"kind": "metrics", "outputs": _vllm_outputs(reqs), "dur_s": run.duration,
                                    "percentiles": PERCENTILES, "tokenizer": TOK}
+    for name, th in TIMELINES:
+        jobs[("timeline", name, th)] = {"kind": "timeline", "results": _timeline_input(METRIC_RUNS[name][1]),
+                                        "thresholds": list(th)}
     jobs[("serve_flags",)] = {"kind": "serve_flags"}
     jobs[("defaults",)] = {"kind": "defaults", "argv": ["--model", "gemma3-dummy"],
                            "keys": ["dataset_name", "random_input_len", "random_output_len", "random_range_ratio",
@@ -989,6 +1003,25 @@ def test_summary_equals_vllm_calculate_metrics(oracle, name):
     bad = {k: (ours[k], v[k]) for k in v if not math.isclose(ours[k], v[k], rel_tol=1e-9, abs_tol=1e-12)}
     assert not bad, f"capsim != vLLM calculate_metrics: {bad}"
     assert len(v) >= 10 + 4 * (3 + len(PERCENTILES))
+
+
+@pytest.mark.parametrize("name, thresholds", TIMELINES)
+def test_timeline_segments_are_vllms(oracle, name, thresholds):
+    """--plot-timeline's bars: each request's TTFT and gaps, their ends and ITL classes, and the legend's names and
+    colours, as vLLM's generate_timeline_plot hands them to plotly (its clock strings, to the millisecond)."""
+    v = oracle[("timeline", name, thresholds)]
+
+    def clock(sec):  # vLLM's HH:MM:SS.mmm
+        return f"{int(sec // 3600):02d}:{int((sec % 3600) // 60):02d}:{sec % 60:06.3f}"
+
+    names = ["TTFT", *itl_labels(thresholds)]
+    ours = [{"request_id": f"Req {g.request}", "start": clock(g.start), "end": clock(g.end), "type": names[g.kind],
+             "duration": f"{g.end - g.start:.3f}s"}
+            for g in timeline_segments(result_arrays(METRIC_RUNS[name][1].records), thresholds)]
+    assert ours == v["segments"]
+    assert v["colors"] == dict(zip(names, [TTFT_COLOR, *ITL_COLORS]))
+    if name == "hand":  # every class, and a failed request's empty TTFT
+        assert {s["type"] for s in v["segments"]} == set(names) and v["segments"][-1]["duration"] == "0.000s"
 
 
 def test_synthetic_metrics_case_has_teeth(oracle):

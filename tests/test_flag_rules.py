@@ -154,11 +154,13 @@ def _serve(**_):
      {"num_warmups": 2, "ignore_eos": True, "disable_shuffle": True}),
     (["--input-len", "100", "--output-len", "7", "--temperature", "0.5", "--top-k", "3"],
      {"input_len": 100, "output_len": 7, "sampling": {"temperature": 0.5, "top_k": 3}}),
+    (["--plot-timeline", "--timeline-itl-thresholds", "10,20"],
+     {"plot_timeline": True, "itl_thresholds_s": [0.01, 0.02]}),
 ])
 def test_vllm_bench_serves_further_flags_reach_the_run(words, got):
     res = CliRunner().invoke(_serve, words)
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output) == {**dataclasses.asdict(ServeExtras()), **got}
+    assert json.loads(res.output) == {**json.loads(json.dumps(dataclasses.asdict(ServeExtras()))), **got}
 
 
 def test_llama_benchys_csv_marks_concurrency_only_when_a_test_has_some():

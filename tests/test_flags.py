@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -219,15 +220,13 @@ def test_the_rest_of_a_vllm_bench_serve_line_in_simulate_open():
     general = cap([*base, "--random-input-len", "999", "--input-len", "300", "--output-len", "20", "--ignore-eos",
                    "--num-warmups", "3", "--temperature", "0", "--top-k", "1", "--trust-remote-code",
                    "--tokenizer-mode", "auto", "--ready-check-timeout-sec", "30", "--request-id-prefix", "b-",
-                   "--header", "x-team=a", "--skip-chat-template", "--plot-timeline", "--use-beam-search"])
+                   "--header", "x-team=a", "--skip-chat-template", "--use-beam-search"])
     assert general.exit_code == 0, general.output
     ours, theirs = json.loads(plain.stdout), json.loads(general.stdout)
     assert 40 * 300 < ours["total_input_tokens"] < 40 * 400  # --input-len wins over --random-input-len 999
     assert theirs == ours
     notes = general.stderr.strip().splitlines()
-    assert notes == ["note: --plot-timeline: vllm bench serve's plots are not drawn (capsim report RUN --plot draws "
-                     "a measured run)",
-                     "note: --use-beam-search: vllm bench serve reads it nowhere and its requests sample as ever; so "
+    assert notes == ["note: --use-beam-search: vllm bench serve reads it nowhere and its requests sample as ever; so "
                      "do capsim's",
                      "note: --temperature, --top-k: a simulated step takes as long whatever the sampling"]
     bad = CliRunner().invoke(main, [*base, "--ignore-eos", "--dataset-name", "sharegpt", "--output-fraction", "0.8"])
@@ -602,3 +601,51 @@ def test_logprobs_go_in_a_measured_completions_body_and_are_named_unread_with_ch
     bodies = srv.stats.bodies
     assert [b.get("logprobs", "absent") for b in bodies if "prompt" in b and b.get("stream")] == [2, 2]
     assert all("logprobs" not in b for b in bodies if "messages" in b)
+
+
+def test_vllm_bench_serves_plots_and_arrays_in_simulate_open(tmp_path, monkeypatch):
+    """--plot-timeline and --plot-dataset-stats draw beside the result file, named as vllm bench serve names it
+    (the timeline alone names it without saving the JSON); --save-detailed writes every request's arrays, of the
+    run of the given seed; --plot-dataset-stats with nothing to name it after, and thresholds that are not two
+    numbers, are refused before the run; thresholds without the timeline are noted unread."""
+    monkeypatch.chdir(tmp_path)
+    base = ["simulate", "open", "--num-prompts", "12", "--request-rate", "3", "--random-input-len", "300",
+            "--random-output-len", "20", "--seed", "3", "--label", "lab"]
+    res = cap([*base, "--save-result", "--save-detailed", "--plot-timeline", "--plot-dataset-stats",
+               "--timeline-itl-thresholds", "30, 60", "--json"])
+    assert res.exit_code == 0, res.output + res.stderr
+    (path,) = tmp_path.glob("lab-3.0qps-*.json")
+    saved = json.loads(path.read_text())
+    assert {p.name for p in tmp_path.iterdir()} == {path.name, path.stem + ".timeline.png",
+                                                   path.stem + ".dataset_stats.png"}
+    keys = ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times", "queue_times",
+            "generated_texts", "errors")
+    assert all(len(saved[k]) == 12 for k in keys) and sum(saved["output_lens"]) == saved["total_output_tokens"]
+    assert sorted(saved["latencies"]) == pytest.approx(sorted(
+        t + sum(i) for t, i in zip(saved["ttfts"], saved["itls"])), rel=1e-9)
+    assert saved["median_ttft_ms"] == pytest.approx(1000 * float(np.median(saved["ttfts"])), rel=1e-9)
+    assert "plot" in res.stderr and path.stem + ".timeline.png" in res.stderr
+    for p in tmp_path.iterdir():
+        p.unlink()
+    alone = cap([*base, "--plot-timeline"])
+    assert alone.exit_code == 0, alone.output + alone.stderr
+    (png,) = tmp_path.iterdir()  # the timeline, named after the result file it did not save
+    assert png.name.startswith("lab-3.0qps-") and png.name.endswith(".timeline.png")
+    bad = cap([*base, "--plot-dataset-stats"])
+    assert bad.exit_code == 2 and "--plot-dataset-stats: needs --save-result or --plot-timeline" in bad.stderr
+    bad = cap([*base, "--plot-timeline", "--timeline-itl-thresholds", "25"])
+    assert bad.exit_code == 2 and "--timeline-itl-thresholds 25: two ITL bounds in ms" in bad.stderr
+    noted = cap([*base, "--timeline-itl-thresholds", "25,50", "--json"])
+    assert noted.exit_code == 0 and "--timeline-itl-thresholds: unread without --plot-timeline" in noted.stderr
+    assert len(list(tmp_path.iterdir())) == 1  # nothing more written
+
+
+def test_vllm_bench_serves_plots_in_measure_open(fake, tmp_path):
+    """capsim measure open draws the same figures from the measured requests, beside --result-dir's file."""
+    srv = fake(itl=0.002)
+    res = cap(["measure", "open", "--base-url", srv.url, "--num-prompts", "5", "--random-input-len", "30",
+               "--random-output-len", "6", "--no-progress", "--no-metrics", "-o", str(tmp_path / "run"),
+               "--plot-timeline", "--plot-dataset-stats", "--result-dir", str(tmp_path / "res"),
+               "--result-filename", "r.json"])
+    assert res.exit_code == 0, res.output + res.stderr
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["r.dataset_stats.png", "r.timeline.png"]

@@ -36,6 +36,9 @@ Jobs:
          prometheus_client Histogram vLLM's stat logger uses, as /metrics writes it: series `h`, label m="x")
   {"kind": "batch_defaults", "memory": BYTES | null, "name": DEVICE, "cpu": bool}
       -> {"max_num_batched_tokens", "max_num_seqs"}   (vllm serve's defaults on such a device)
+  {"kind": "timeline", "results": [per-request dicts], "thresholds": [lo_s, hi_s]}
+      -> {"segments": [{"request_id", "start", "end", "type", "duration"}], "colors": {label: color}}
+         (generate_timeline_plot's data for plotly, the --plot-timeline figure's bars and legend)
   {"kind": "stream", "endpoint": "chat" | "completions", "reads": [latin-1 text of each read]}
       -> {"success", "ttft", "itl", "latency", "output_tokens", "generated_text", "error"}
          (the request function's RequestFuncOutput, each read one second after the one before)
@@ -410,10 +413,33 @@ def vocab(job):
     return {"vocab_size": int(tok.vocab_size), "all_special_ids": [int(i) for i in tok.all_special_ids]}
 
 
+def timeline(job):
+    """generate_timeline_plot's segments and legend for per-request data as vllm bench serve hands it over
+    (start_time, ttft, itl, latency, prompt_len, output_tokens), its thresholds in seconds: what it would
+    hand to plotly's px.timeline, caught there."""
+    from vllm.benchmarks import plot
+
+    caught = {}
+
+    def px_timeline(data, **kw):
+        caught.update(data=data, colors=kw["color_discrete_map"])
+        return types.SimpleNamespace(update_traces=lambda **_: None, update_yaxes=lambda **_: None,
+                                     update_layout=lambda **_: None)
+
+    real = plot.px, plot.pio
+    plot.px, plot.pio = types.SimpleNamespace(timeline=px_timeline), types.SimpleNamespace(write_html=lambda *a: None)
+    try:
+        plot.generate_timeline_plot(job["results"], "unused.html", itl_thresholds=job["thresholds"])
+    finally:
+        plot.px, plot.pio = real
+    return {"segments": [{k: d[k] for k in ("request_id", "start", "end", "type", "duration")}
+                         for d in caught["data"]], "colors": caught["colors"]}
+
+
 KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "serve_flags": serve_flags, "metrics": metrics,
          "engine_flags": engine_flags, "context_limit": context_limit, "kv_capacity": kv_capacity,
          "kv_holds": kv_holds, "kv_groups": kv_groups, "stream": stream, "histograms": histograms,
-         "batch_defaults": batch_defaults}
+         "batch_defaults": batch_defaults, "timeline": timeline}
 
 
 def _answer(job):
