@@ -60,6 +60,11 @@ class _Stats:
     generation_tokens: int = 0
     auth_failures: int = 0
     completed: int = 0  # streams that reached [DONE]
+    # tokens_per_chunk > 1: each chunk a speculative step of tokens_per_chunk - 1 drafts, all but the
+    # chunk's shortfall accepted, counted as vLLM's spec_decode counters count them
+    spec_drafts: int = 0
+    spec_draft_tokens: int = 0
+    spec_accepted_per_pos: list = field(default_factory=list)
     seen_auth: list = field(default_factory=list)
     bodies: list = field(default_factory=list)  # the generation requests' JSON bodies (the first 10000)
     headers: list = field(default_factory=list)  # and their headers (lower-case names), in the same order
@@ -181,7 +186,20 @@ class FakeServer(Server):
             f'vllm:time_to_first_token_seconds_bucket{{{lab},le="+Inf"}} {float(s.ttft_count)}',
             f"vllm:time_to_first_token_seconds_count{{{lab}}} {float(s.ttft_count)}",
             f"vllm:time_to_first_token_seconds_sum{{{lab}}} {s.ttft_sum}",
+            *(self._spec_lines(lab) if self.config.tokens_per_chunk > 1 else ()),
             ""])
+
+    def _spec_lines(self, lab: str) -> list[str]:
+        """vLLM's speculative decoding counters, with the _created samples prometheus_client writes beside them."""
+        s = self.stats
+        out = []
+        for name, v in (("num_drafts", s.spec_drafts), ("num_draft_tokens", s.spec_draft_tokens),
+                        ("num_accepted_tokens", sum(s.spec_accepted_per_pos))):
+            out += [f"# TYPE vllm:spec_decode_{name} counter", f"vllm:spec_decode_{name}_total{{{lab}}} {float(v)}",
+                    f"vllm:spec_decode_{name}_created{{{lab}}} 1.7e9"]
+        out += [f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{{lab},position="{i}"}} {float(v)}'
+                for i, v in enumerate(s.spec_accepted_per_pos)]
+        return out
 
     async def _generate(self, chat: bool, req: dict, http) -> bool:
         c = self.config
@@ -271,6 +289,13 @@ class FakeServer(Server):
                     ch = {"index": 0, "text": txt, "finish_reason": None}
                 if req.get("return_token_ids"):
                     ch["token_ids"] = [i for _, i in pending]
+                if c.tokens_per_chunk > 1:
+                    st = self.stats
+                    st.spec_drafts += 1
+                    st.spec_draft_tokens += c.tokens_per_chunk - 1
+                    st.spec_accepted_per_pos += [0] * (c.tokens_per_chunk - 1 - len(st.spec_accepted_per_pos))
+                    for i in range(len(pending) - 1):
+                        st.spec_accepted_per_pos[i] += 1
                 pending = []
                 if k == n_out - 1:
                     ch["finish_reason"] = "length"

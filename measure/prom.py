@@ -67,9 +67,71 @@ def info_labels(text: str, name: str) -> dict[str, str] | None:
     return None
 
 
+def spec_decode_counters(text: str) -> dict[str, Any] | None:
+    """The speculative decoding counters as vllm bench serve reads them (fetch_spec_decode_metrics): every
+    `vllm:spec_decode*_total` sample summed over its labels, by the first of num_drafts, num_draft_tokens,
+    num_accepted_tokens_per_pos (by its position label) and num_accepted_tokens its name holds; None where
+    the exposition has no such sample (no speculative decoding)."""
+    out: dict[str, Any] = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0, "accepted_per_pos": {}}
+    found = False
+    for line in text.split("\n"):
+        line = line.strip()
+        if not line.startswith("vllm:spec_decode"):
+            continue
+        parts = line.split(None, 1)
+        name = parts[0].split("{")[0]
+        if not name.endswith("_total"):
+            continue
+        found = True
+        try:
+            v = int(float(parts[-1]))
+        except ValueError:
+            continue
+        if "num_drafts" in name:
+            out["num_drafts"] += v
+        elif "num_draft_tokens" in name:
+            out["num_draft_tokens"] += v
+        elif "num_accepted_tokens_per_pos" in name:
+            if 'position="' in line:
+                start = line.index('position="') + len('position="')
+                try:
+                    pos = str(int(line[start:line.index('"', start)]))
+                except ValueError:  # vLLM's reader skips such a line
+                    continue
+                out["accepted_per_pos"][pos] = out["accepted_per_pos"].get(pos, 0) + v
+        elif "num_accepted_tokens" in name:
+            out["num_accepted_tokens"] += v
+    return out if found else None
+
+
+def spec_decode_stats(before: dict | None, after: dict | None) -> dict[str, Any]:
+    """vllm bench serve's spec_decode_* result keys from the counters before and after a run (samples'
+    "spec_decode"), as its benchmark computes them: none unless both were read and drafts were made."""
+    b, a = (before or {}).get("spec_decode"), (after or {}).get("spec_decode")
+    if b is None or a is None:
+        return {}
+    drafts = a["num_drafts"] - b["num_drafts"]
+    draft_tokens = a["num_draft_tokens"] - b["num_draft_tokens"]
+    accepted = a["num_accepted_tokens"] - b["num_accepted_tokens"]
+    if draft_tokens <= 0:
+        return {}
+    per_pos = []
+    if drafts > 0:
+        for pos in sorted({*b["accepted_per_pos"], *a["accepted_per_pos"]}, key=int):
+            was = b["accepted_per_pos"].get(pos, 0)
+            per_pos.append((a["accepted_per_pos"].get(pos, was) - was) / drafts)
+    return {"spec_decode_acceptance_rate": accepted / draft_tokens * 100,
+            "spec_decode_acceptance_length": 1 + accepted / drafts if drafts > 0 else 0.0,
+            "spec_decode_num_drafts": int(drafts), "spec_decode_draft_tokens": int(draft_tokens),
+            "spec_decode_accepted_tokens": int(accepted), "spec_decode_per_position_acceptance_rates": per_pos}
+
+
 def parse_metrics(text: str) -> dict[str, Any]:
     """The sample fields found in a Prometheus text exposition (see module doc)."""
     out: dict[str, Any] = {}
+    spec = spec_decode_counters(text)
+    if spec is not None:
+        out["spec_decode"] = spec
     older: dict[str, float] = {}  # vllm:gpu_cache_usage_perc, read only where vllm:kv_cache_usage_perc is not
     for line in text.splitlines():
         if not line or line[0] == "#":

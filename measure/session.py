@@ -481,6 +481,8 @@ class Session:
                 if after is not None and self.writer:
                     self.writer.append_metrics(after)
                 server_delta = prom.delta(before, after)
+                if run.kind == "open":  # vllm bench serve's figures of the server's speculative decoding
+                    run.extra.update(prom.spec_decode_stats(before, after))
             await self.scraper.aclose()
         live = run.live
         live.status = self.status()

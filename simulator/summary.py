@@ -359,6 +359,8 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
         res["request_goodput"] = int(good.sum()) / dur if dur > 0 else 0.0
     if run.probes is not None:
         res.update(probe_stats(run.probes))
+    # a live run's speculative decoding as the server counted it across the run (measure.prom)
+    res.update({k: v for k, v in run.extra.items() if k.startswith("spec_decode_")})
     queue = starts - scheds
     want = tuple(metrics) if metrics else \
         OPEN_METRICS + (("client_queue_time",) if run.open_loop is not None and run.open_loop.max_concurrency else ())
@@ -464,6 +466,16 @@ def format_open_summary(s: dict, rate: float | None = None, title: str = "Servin
         for p in percentiles:
             k = percentile_key(p)
             out.append(line(f"{k.upper()} {short} (ms):", f"{k}_{m}_ms"))
+    if "spec_decode_acceptance_rate" in s:
+        out += [f"{'Speculative Decoding':-^50}", line("Acceptance rate (%):", "spec_decode_acceptance_rate"),
+                line("Acceptance length:", "spec_decode_acceptance_length"),
+                line("Drafts:", "spec_decode_num_drafts", "{}"),
+                line("Draft tokens:", "spec_decode_draft_tokens", "{}"),
+                line("Accepted tokens:", "spec_decode_accepted_tokens", "{}")]
+        if s.get("spec_decode_per_position_acceptance_rates"):
+            out.append("Per-position acceptance (%):")
+            out += [f"{f'  Position {i}:':<40} {r * 100:<10.2f}"
+                    for i, r in enumerate(s["spec_decode_per_position_acceptance_rates"])]
     out.append("=" * 50)
     return "\n".join(out)
 

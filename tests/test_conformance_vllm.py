@@ -47,6 +47,7 @@ from calibrate.live import VLLM_DEFAULTS, kv_groups_from_hf_config
 from calibrate.priors import prior_profile
 from calibrate.server_flags import vllm_batch_defaults
 from capsim.cli import build_open_workload, main
+from measure import prom
 from measure.cli import measure as measure_cli
 from measure.prompts import PromptBuilder
 from measure.runfiles import load_run
@@ -183,6 +184,31 @@ def _metric_runs():
 METRIC_RUNS = _metric_runs()
 # --plot-timeline's cases: a metric run and its ITL thresholds (s); "hand" has a gap in every class and a failure
 TIMELINES = [("synthetic", (0.025, 0.050)), ("hand", (0.5, 1.0))]
+
+
+# /metrics texts of a speculating server, with what its reader must get past: two engines to sum, the _created
+# samples, an unlabelled counter, values in exponent form, an unreadable value, labels with a space, a position
+# that is no number, another spec_decode counter; then none at all, and only a counter of no known name
+_SPEC_LAB = 'engine="{}",model_name="m"'
+SPEC_METRICS = [
+    "\n".join([
+        "# HELP vllm:spec_decode_num_drafts Number of spec decoding drafts.",
+        "# TYPE vllm:spec_decode_num_drafts counter",
+        *(f"vllm:spec_decode_num_drafts_total{{{_SPEC_LAB.format(e)}}} {n}" for e, n in ((0, "12.0"), (1, "3e1"))),
+        f"vllm:spec_decode_num_drafts_created{{{_SPEC_LAB.format(0)}}} 1.7e9",
+        f"vllm:spec_decode_num_draft_tokens_total{{{_SPEC_LAB.format(0)}}} 60.0",
+        "vllm:spec_decode_num_draft_tokens_total 6",
+        f"vllm:spec_decode_num_accepted_tokens_total{{{_SPEC_LAB.format(0)}}} 41.0",
+        f"vllm:spec_decode_num_accepted_tokens_total{{{_SPEC_LAB.format(1)}}} NaN",
+        *(f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{{_SPEC_LAB.format(0)}, position="{p}"}} {n}'
+          for p, n in ((0, "12.0"), (1, "9.0"), (2, "7.0"))),
+        f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{{_SPEC_LAB.format(1)},position="0"}} 5.0',
+        f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{{_SPEC_LAB.format(1)},position="x"}} 2.0',
+        f"vllm:spec_decode_draft_acceptance_total{{{_SPEC_LAB.format(0)}}} 9.0",
+        "vllm:num_requests_running 2.0"]),
+    "vllm:num_requests_running 2.0\nvllm:generation_tokens_total 100.0",
+    "vllm:spec_decode_other_total 3.0\n",
+]
 
 
 def _timeline_input(run: RunResult) -> list[dict]:
@@ -332,6 +358,7 @@ def oracle(sharegpt_path, vocab_folders):
     for name, th in TIMELINES:
         jobs[("timeline", name, th)] = {"kind": "timeline", "results": _timeline_input(METRIC_RUNS[name][1]),
                                         "thresholds": list(th)}
+    jobs[("spec_metrics",)] = {"kind": "spec_metrics", "texts": SPEC_METRICS}
     jobs[("serve_flags",)] = {"kind": "serve_flags"}
     jobs[("defaults",)] = {"kind": "defaults", "argv": ["--model", "gemma3-dummy"],
                            "keys": ["dataset_name", "random_input_len", "random_output_len", "random_range_ratio",
@@ -631,17 +658,56 @@ def _texts_out(body: dict, keep: bool) -> str:
     return json.dumps(b, sort_keys=True)
 
 
-def _run_both(fake, tmp_path, flags: list[str], **fake_kw):
+def _run_both(fake, tmp_path, flags: list[str], metrics: bool = False, **fake_kw):
     """`flags` run by vLLM's own `vllm bench serve` and by capsim measure, each against a fake server of its own
-    that keeps every body it is sent (`fake_kw`: more of its FakeConfig): (their server, ours, their result
-    JSON, ours)."""
+    that keeps every body it is sent (`fake_kw`: more of its FakeConfig; `metrics`: capsim reads /metrics, as
+    vLLM always does): (their server, ours, their result JSON, ours)."""
     theirs_srv, ours_srv = (fake(model="gemma3-dummy", itl=0.001, **fake_kw) for _ in range(2))
     vllm_bench_serve([*flags, "--base-url", theirs_srv.url], tmp_path / "vllm.json")
     res = CliRunner().invoke(measure_cli, ["open", *flags, "--base-url", ours_srv.url, "--no-progress",
-                                           "--no-metrics", "-o", str(tmp_path / "c"), "--save-result",
-                                           str(tmp_path / "ours.json")])
+                                           *([] if metrics else ["--no-metrics"]), "-o", str(tmp_path / "c"),
+                                           "--save-result", str(tmp_path / "ours.json")])
     assert res.exit_code == 0, res.output
     return theirs_srv, ours_srv, *(json.loads((tmp_path / f).read_text()) for f in ("vllm.json", "ours.json"))
+
+
+def test_spec_decode_counters_read_as_vllm_bench_serve_reads_them(oracle):
+    """capsim reads a /metrics text's speculative decoding counters as vLLM's fetch_spec_decode_metrics does, on
+    texts with every turn its reader takes; the stats of two readings are vLLM's formulas."""
+    theirs = oracle[("spec_metrics",)]["counters"]
+    ours = [prom.spec_decode_counters(t) for t in SPEC_METRICS]
+    assert ours == theirs
+    assert theirs[0]["num_drafts"] == 42 and theirs[1] is None and theirs[2] is not None  # the cases bite
+    before = {"spec_decode": {"num_drafts": 2, "num_draft_tokens": 6, "num_accepted_tokens": 3,
+                              "accepted_per_pos": {"0": 2, "1": 1}}}
+    stats = prom.spec_decode_stats(before, {"spec_decode": ours[0]})
+    assert stats["spec_decode_num_drafts"] == 40 and stats["spec_decode_draft_tokens"] == 60
+    assert stats["spec_decode_acceptance_length"] == pytest.approx(1 + 38 / 40)
+    # engine 0's positions are lost to vLLM's reader (a space before their label splits the line wrongly), and
+    # a position read before but not after is taken as unchanged
+    assert stats["spec_decode_per_position_acceptance_rates"] == [3 / 40, 0.0]
+    assert prom.spec_decode_stats(before, {"spec_decode": ours[2]}) == {}  # no draft tokens across the run
+    assert prom.spec_decode_stats(None, {"spec_decode": ours[0]}) == {}
+
+
+def test_speculative_decoding_figures_are_vllm_bench_serves(fake, tmp_path):
+    """A server that speculates (each chunk a step of 2 drafts, its /metrics counting them as vLLM's do, with
+    the _created samples beside the counters): vLLM's own vllm bench serve and capsim measure read the same
+    spec_decode_* result keys off it across the run, and capsim prints vLLM's block."""
+    _require_vllm()
+    flags = ["--model", "gemma3-dummy", "--backend", "openai", "--dataset-name", "random", "--random-input-len", "24",
+             "--random-output-len", "8", "--num-prompts", "4", "--seed", "3", "--max-concurrency", "2"]
+    _, _, v, c = _run_both(fake, tmp_path, flags, metrics=True, tokens_per_chunk=3)
+    keys = ["spec_decode_acceptance_rate", "spec_decode_acceptance_length", "spec_decode_num_drafts",
+            "spec_decode_draft_tokens", "spec_decode_accepted_tokens", "spec_decode_per_position_acceptance_rates"]
+    assert {k: v[k] for k in keys} == {k: c[k] for k in keys}
+    # 8 tokens a request in chunks of 3, 3, 2: 3 steps of 2 drafts, 5 accepted, position 0 every step
+    assert (c["spec_decode_num_drafts"], c["spec_decode_draft_tokens"], c["spec_decode_accepted_tokens"]) == \
+        (12, 24, 20)
+    assert c["spec_decode_per_position_acceptance_rates"] == [1.0, pytest.approx(2 / 3)]
+    printed = CliRunner().invoke(main, ["report", str(tmp_path / "c")]).output
+    assert "-------------Speculative Decoding---------------" in printed and "Acceptance length:" in printed
+    assert f"{'  Position 1:':<40} {66.67:<10.2f}" in printed
 
 
 @pytest.mark.parametrize("load", list(BODY_LOADS))

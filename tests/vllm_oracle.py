@@ -39,6 +39,9 @@ Jobs:
   {"kind": "timeline", "results": [per-request dicts], "thresholds": [lo_s, hi_s]}
       -> {"segments": [{"request_id", "start", "end", "type", "duration"}], "colors": {label: color}}
          (generate_timeline_plot's data for plotly, the --plot-timeline figure's bars and legend)
+  {"kind": "spec_metrics", "texts": [/metrics text, ...]}
+      -> {"counters": [{"num_drafts", "num_draft_tokens", "num_accepted_tokens", "accepted_per_pos"} | null]}
+         (fetch_spec_decode_metrics: the speculative decoding counters vllm bench serve reads off /metrics)
   {"kind": "stream", "endpoint": "chat" | "completions", "reads": [latin-1 text of each read]}
       -> {"success", "ttft", "itl", "latency", "output_tokens", "generated_text", "error"}
          (the request function's RequestFuncOutput, each read one second after the one before)
@@ -436,10 +439,40 @@ def timeline(job):
                          for d in caught["data"]], "colors": caught["colors"]}
 
 
+def spec_metrics(job):
+    """fetch_spec_decode_metrics on each /metrics text (a session stub answers it): its counters, or None."""
+    from vllm.benchmarks import serve
+
+    class Response:
+        status = 200
+
+        def __init__(self, text):
+            self._text = text
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+        async def text(self):
+            return self._text
+
+    out = []
+    for text in job["texts"]:
+        got = asyncio.run(serve.fetch_spec_decode_metrics("http://x", types.SimpleNamespace(
+            get=lambda url, _t=text: Response(_t))))
+        out.append(None if got is None else {
+            "num_drafts": got.num_drafts, "num_draft_tokens": got.num_draft_tokens,
+            "num_accepted_tokens": got.num_accepted_tokens,
+            "accepted_per_pos": {str(k): v for k, v in got.accepted_per_pos.items()}})
+    return {"counters": out}
+
+
 KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "serve_flags": serve_flags, "metrics": metrics,
          "engine_flags": engine_flags, "context_limit": context_limit, "kv_capacity": kv_capacity,
          "kv_holds": kv_holds, "kv_groups": kv_groups, "stream": stream, "histograms": histograms,
-         "batch_defaults": batch_defaults, "timeline": timeline}
+         "batch_defaults": batch_defaults, "timeline": timeline, "spec_metrics": spec_metrics}
 
 
 def _answer(job):
