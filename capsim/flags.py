@@ -697,6 +697,10 @@ def llama_benchy_options(f):
         click.option("--warmup-runs", type=click.IntRange(0, 100), default=None,
                      help="Warmup batches per test, excluded from results [default: 1, as llama-benchy's "
                           "one warmup run; 0 = --no-warmup]."),
+        click.option("--exact-tg", is_flag=True,
+                     help="Hold every answer to --tg tokens (min_tokens and ignore_eos in each request, "
+                          "llama-benchy's flag); without it an answer may end early at the model's end of "
+                          "text, as llama-benchy's do. A simulated answer runs to --tg either way."),
         click.option("--exit-on-first-fail", is_flag=True,
                      help="Stop at the first batch with a failed request and exit 1 (llama-benchy's flag)."),
         click.option("--extra-body", cls=MultiValue, item=click.STRING, sep=None, spaced=False,
@@ -716,10 +720,9 @@ def llama_benchy_options(f):
     return f
 
 
-# llama-benchy's flags beyond the shared ones. No-ops: capsim's closed-loop answers always run to --tg
-# (ignore_eos; --exact-tg), its prompts start at a random place of its text (--no-cache), are sized with
-# the server's own /tokenize (--adapt-prompt) and get no coherence check.
-BENCHY_NO_OP_FLAGS = ("--exact-tg", "--no-cache", "--adapt-prompt", "--no-adapt-prompt", "--skip-coherence")
+# llama-benchy's flags beyond the shared ones. No-ops: capsim's prompts start at a random place of its text
+# (--no-cache), are sized with the server's own /tokenize (--adapt-prompt) and get no coherence check.
+BENCHY_NO_OP_FLAGS = ("--no-cache", "--adapt-prompt", "--no-adapt-prompt", "--skip-coherence")
 _NOT_SAVED = "not saved (capsim report RUN --csv writes every request's times)"
 BENCHY_NOTED_FLAGS = {
     "--book-url": (str, "capsim's prompts are its own pseudo-English text (measure sizes them with the server's "

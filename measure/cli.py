@@ -180,8 +180,9 @@ def _model_for_requests(model, served_model_name):
 @flags.llama_benchy_options
 @_with_common
 def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no_warmup, endpoint, tokenizer,
-               insecure, out_format, warmup_runs, exit_on_first_fail, extra_body, benchy_save, served_model_name, model,
-               out_dir, as_json, api_key, timeout, grace, no_metrics, no_progress, max_failures):
+               insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, extra_body, benchy_save,
+               served_model_name, model, out_dir, as_json, api_key, timeout, grace, no_metrics, no_progress,
+               max_failures):
     """llama-benchy's closed loop: N requests at once per batch, --runs batches per test.
 
     A llama-benchy command line runs as it is: --base-url, --pp 512 1024, --format md|json|csv,
@@ -208,7 +209,7 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
         run = run_closed(server, _model_for_requests(model, served_model_name), pattern, out_dir=od,
                          endpoint=endpoint, api_key=api_key, progress=not no_progress, timeout=timeout,
                          scrape_metrics=not no_metrics, grace=grace, extra_body=body,
-                         stop_on_fail=exit_on_first_fail, insecure=insecure)
+                         stop_on_fail=exit_on_first_fail, insecure=insecure, exact_tg=exact_tg)
         return run, od
 
     run, od = _run_guarded(go)

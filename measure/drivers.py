@@ -289,9 +289,11 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                            api_key: str | None = None, progress: bool = True, timeout: float = 1800.0,
                            scrape_metrics: bool = True, grace: float = 10.0, keep_text: bool = False,
                            extra_body: dict | None = None, stop_on_fail: bool = False,
-                           insecure: bool = False) -> RunResult:
+                           insecure: bool = False, exact_tg: bool = True) -> RunResult:
     """stop_on_fail: llama-benchy's --exit-on-first-fail, the run stops (status aborted) after the
-    first batch with a failed request; `insecure`: the server's TLS certificate is not checked."""
+    first batch with a failed request; `insecure`: the server's TLS certificate is not checked;
+    `exact_tg`: llama-benchy's --exact-tg, every answer held to its tg (calibration's ladders need it; the
+    command line's default is llama-benchy's, off)."""
     if not isinstance(pattern, ClosedLoop):
         raise MeasureError("run_closed needs a ClosedLoop pattern")
     batches = pattern.batches(include_warmup=True)
@@ -321,8 +323,8 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                 lat = await S.client.probe_latency(pattern.latency_mode, S.model, endpoint)
                 lps = []
                 for bt in batches:
-                    lps.append(await asyncio.gather(*(b.sized_prompt(bt.pp + bt.depth, bt.tg, depth=bt.depth)
-                                                      for _ in range(bt.concurrency))))
+                    lps.append([dataclasses.replace(lp, ignore_eos=exact_tg) for lp in await asyncio.gather(
+                        *(b.sized_prompt(bt.pp + bt.depth, bt.tg, depth=bt.depth) for _ in range(bt.concurrency)))])
             except TokenizeFailed as e:
                 raise MeasureError(f"the server's tokenizer failed while preparing prompts ({e})") from None
             return lat, lps
@@ -337,7 +339,7 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                                   False)
         latency, batch_prompts = prepared
         loop.latency_s = latency
-        live.prompts = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
+        live.prompts = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3), "exact_tg": exact_tg}
         S.info["prompts"] = live.prompts
         for lps in batch_prompts:
             S.prebuild(lps)

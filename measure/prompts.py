@@ -72,8 +72,8 @@ class LivePrompt:
         return body | (extra or {})
 
     def benchy_body(self, model: str, endpoint: str, extra: dict | None = None) -> dict[str, Any]:
-        """llama-benchy 0.4.0's (LLMClient._build_generation_payload) with --exact-tg: `extra` (--extra-body)
-        merged, then the answer held to its length over it."""
+        """llama-benchy 0.4.0's (LLMClient._build_generation_payload): `extra` (--extra-body) merged, then,
+        where the answer is held to its length (--exact-tg, `ignore_eos`), its three fields over it."""
         n = self.max_tokens
         if endpoint == "completions":  # llama-benchy posts chat only; the completions body is vLLM's
             body: dict[str, Any] = {"model": model, "prompt": self.prompt, "repetition_penalty": 1.0,

@@ -555,9 +555,9 @@ def test_exit_on_first_fail(fake, tmp_path):
 
 
 def test_the_rest_of_a_llama_benchy_line():
-    """llama-benchy's flags beyond the shared ones: no-ops where capsim does that already (answers to
-    --tg, unique prompts sized by the server), a note where it does something else, the reason where
-    it cannot run the load."""
+    """llama-benchy's flags beyond the shared ones: no-ops where capsim does that already (unique prompts
+    sized by the server; a simulated answer runs to --tg with or without --exact-tg), a note where it does
+    something else, the reason where it cannot run the load."""
     base = ["simulate", "closed", "--pp", "256", "--tg", "8", "--concurrency", "1", "2", "--format", "json"]
     plain = cap(base)
     given = cap([*base, "--exact-tg", "--no-cache", "--skip-coherence", "--no-adapt-prompt", "--adapt-prompt",
