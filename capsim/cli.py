@@ -172,8 +172,8 @@ def ignored_server_options(f):
 @ignored_server_options
 @friendly
 def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmup, profile_path, sets, replications,
-                        as_json, out_format, exact_tg, warmup_runs, exit_on_first_fail, extra_body, benchy_save,
-                        served_model_name, base_url, model, tokenizer, api_key):
+                        as_json, out_format, exact_tg, warmup_runs, exit_on_first_fail, no_cache, extra_body,
+                        benchy_save, served_model_name, base_url, model, tokenizer, api_key):
     """llama-benchy's closed loop: N requests at once, wait for all, `runs` times.
 
     A llama-benchy command line runs as it is (--base-url and --model are ignored: the

@@ -703,6 +703,9 @@ def llama_benchy_options(f):
                           "text, as llama-benchy's do. A simulated answer runs to --tg either way."),
         click.option("--exit-on-first-fail", is_flag=True,
                      help="Stop at the first batch with a failed request and exit 1 (llama-benchy's flag)."),
+        click.option("--no-cache", is_flag=True,
+                     help="Send cache_prompt: false in every request, as llama-benchy does (llama.cpp's prompt "
+                          "cache; vLLM ignores the field). capsim's prompts are unique either way."),
         click.option("--extra-body", cls=MultiValue, item=click.STRING, sep=None, spaced=False,
                      metavar="JSON|KEY=VALUE",
                      help="Extra fields merged into every request body: a JSON object, or llama-benchy's "
@@ -720,9 +723,9 @@ def llama_benchy_options(f):
     return f
 
 
-# llama-benchy's flags beyond the shared ones. No-ops: capsim's prompts start at a random place of its text
-# (--no-cache), are sized with the server's own /tokenize (--adapt-prompt) and get no coherence check.
-BENCHY_NO_OP_FLAGS = ("--no-cache", "--adapt-prompt", "--no-adapt-prompt", "--skip-coherence")
+# llama-benchy's flags beyond the shared ones. No-ops: capsim's prompts are sized with the server's own
+# /tokenize (--adapt-prompt) and get no coherence check.
+BENCHY_NO_OP_FLAGS = ("--adapt-prompt", "--no-adapt-prompt", "--skip-coherence")
 _NOT_SAVED = "not saved (capsim report RUN --csv writes every request's times)"
 BENCHY_NOTED_FLAGS = {
     "--book-url": (str, "capsim's prompts are its own pseudo-English text (measure sizes them with the server's "

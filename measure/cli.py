@@ -180,7 +180,7 @@ def _model_for_requests(model, served_model_name):
 @flags.llama_benchy_options
 @_with_common
 def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no_warmup, endpoint, tokenizer,
-               insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, extra_body, benchy_save,
+               insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, no_cache, extra_body, benchy_save,
                served_model_name, model, out_dir, as_json, api_key, timeout, grace, no_metrics, no_progress,
                max_failures):
     """llama-benchy's closed loop: N requests at once per batch, --runs batches per test.
@@ -189,7 +189,8 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
     --save-result FILE, --warmup-runs, --exit-on-first-fail, --extra-body."""
     server = flags.resolve_url(url, base_url, None, None)
     warmup = flags.warmup_setting(no_warmup, warmup_runs)
-    body = flags.parse_extra_body(extra_body)
+    # llama-benchy's --no-cache field goes in before --extra-body, which may override it
+    body = ({"cache_prompt": False} if no_cache else {}) | flags.parse_extra_body(extra_body)
     exit_on_first_fail = flags.benchy_exit_on_first_fail(exit_on_first_fail)
     flags.echo_flag_notes("capsim measure: ")
     if as_json and out_format not in (None, "json"):

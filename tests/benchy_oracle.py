@@ -71,8 +71,9 @@ def stream(job: dict) -> dict:
 
 
 def body(job: dict) -> dict:
-    """The body LLMClient.run_generation posts (llama-benchy's --exact-tg, the job's "exact_tg", and
-    --extra-body as its CLI passes them to LLMClient) for a context, a prompt and a length."""
+    """The body LLMClient.run_generation posts (llama-benchy's --exact-tg, --no-cache and --extra-body as its
+    CLI passes them on: the job's "exact_tg", "no_cache" and "extra_body") for a context, a prompt and a
+    length."""
     import asyncio
 
     from oracle_io import stream_session
@@ -88,7 +89,7 @@ def body(job: dict) -> dict:
     session.post = post
     j = job["body"]
     client = LLMClient("http://unused", "none", j["model"], extra_body=j["extra_body"], exact_tg=j["exact_tg"])
-    asyncio.run(client.run_generation(session, j["context"], j["prompt"], j["max_tokens"], False))
+    asyncio.run(client.run_generation(session, j["context"], j["prompt"], j["max_tokens"], j["no_cache"]))
     return posted[0]
 
 

@@ -158,12 +158,12 @@ def test_a_stream_reads_as_llama_benchy_reads_it(stream_oracle, case, monkeypatc
         assert ours == theirs
 
 
-@pytest.mark.parametrize("exact_tg", [False, True])
-def test_request_bodies_are_llama_benchys(fake, tmp_path, exact_tg):
-    """capsim measure closed (--depth, --extra-body, with and without --exact-tg) against a fake server that
-    keeps every body: each body is the one llama-benchy 0.4.0's LLMClient.run_generation posts for the same
-    context, prompt and tg, with the same --exact-tg (min_tokens and ignore_eos, or an answer free to end at
-    the model's end of text) and the same --extra-body."""
+@pytest.mark.parametrize("exact_tg, no_cache", [(False, False), (True, True)])
+def test_request_bodies_are_llama_benchys(fake, tmp_path, exact_tg, no_cache):
+    """capsim measure closed (--depth, --extra-body, with and without --exact-tg and --no-cache) against a fake
+    server that keeps every body: each body is the one llama-benchy 0.4.0's LLMClient.run_generation posts for
+    the same context, prompt and tg, with the same --exact-tg (min_tokens and ignore_eos, or an answer free to
+    end at the model's end of text), --no-cache (cache_prompt: false) and --extra-body."""
     from click.testing import CliRunner
 
     from measure.cli import measure as measure_cli
@@ -174,16 +174,19 @@ def test_request_bodies_are_llama_benchys(fake, tmp_path, exact_tg):
     res = CliRunner().invoke(measure_cli, ["closed", srv.url, "--pp", "40", "--tg", "3", "--depth", "0", "30",
                                            "--concurrency", "1", "2", "--runs", "1", "--no-warmup", "--extra-body",
                                            json.dumps(extra), "--no-progress", "-o", str(tmp_path / "c"),
-                                           *(["--exact-tg"] if exact_tg else [])])
+                                           *(["--exact-tg"] if exact_tg else []),
+                                           *(["--no-cache"] if no_cache else [])])
     assert res.exit_code == 0, res.output
     ours = [b for b in srv.stats.bodies if b["messages"][-1]["content"] != "hello"]  # less the latency probes
     assert len(ours) == 6 and {len(b["messages"]) for b in ours} == {1, 2}
     jobs = [{"body": {"model": "fake-model", "max_tokens": 3, "extra_body": extra, "exact_tg": exact_tg,
+                      "no_cache": no_cache,
                       "context": b["messages"][0]["content"] if len(b["messages"]) == 2 else "",
                       "prompt": b["messages"][-1]["content"]}} for b in ours]
     theirs = oracle_answers("benchy_oracle.py", jobs, timeout=300, hint=f" (run {SETUP_SCRIPT})")
     assert ours == theirs
     assert all(("ignore_eos" in b) == exact_tg and b["max_tokens"] == (3 if exact_tg else 99) for b in ours)
+    assert all(("cache_prompt" in b) == no_cache for b in ours)
 
 
 # ------------------------------------------------------------------ the command line, pasted
