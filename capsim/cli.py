@@ -172,8 +172,8 @@ def ignored_server_options(f):
 @ignored_server_options
 @friendly
 def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmup, profile_path, sets, replications,
-                        as_json, out_format, exact_tg, warmup_runs, exit_on_first_fail, no_cache, extra_body,
-                        benchy_save, served_model_name, base_url, model, tokenizer, api_key):
+                        as_json, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, no_cache,
+                        extra_body, benchy_save, served_model_name, base_url, model, tokenizer, api_key):
     """llama-benchy's closed loop: N requests at once, wait for all, `runs` times.
 
     A llama-benchy command line runs as it is (--base-url and --model are ignored: the
@@ -186,7 +186,8 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
     warmup = flags.warmup_setting(no_warmup, warmup_runs)
     flags.parse_extra_body(extra_body)  # checked; a simulated request has no body
-    flags.echo_flag_notes("note: ")
+    flags.echo_flag_notes("note: ", ["--post-run-cmd: not run (a simulated server has nothing to reset)"]
+                          if post_run_cmd is not None else [])
     if as_json and out_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {out_format} contradict each other")
     fmt = "json" if as_json else (out_format or "md")

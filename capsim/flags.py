@@ -703,6 +703,10 @@ def llama_benchy_options(f):
                           "text, as llama-benchy's do. A simulated answer runs to --tg either way."),
         click.option("--exit-on-first-fail", is_flag=True,
                      help="Stop at the first batch with a failed request and exit 1 (llama-benchy's flag)."),
+        click.option("--post-run-cmd", default=None, metavar="CMD",
+                     help="A shell command run after every run of every test, warmups too (llama-benchy's flag, "
+                          "e.g. to reset a server's cache); one that fails is said and the benchmark goes on. "
+                          "Not run by a simulation."),
         click.option("--no-cache", is_flag=True,
                      help="Send cache_prompt: false in every request, as llama-benchy does (llama.cpp's prompt "
                           "cache; vLLM ignores the field). capsim's prompts are unique either way."),
@@ -737,7 +741,6 @@ BENCHY_NOTED_FLAGS = {
 }
 BENCHY_REFUSED_FLAGS = {
     "--enable-prefix-caching": (None, "prefix-cache runs are not supported: capsim's prompts share no prefix"),
-    "--post-run-cmd": (str, "capsim runs no command between tests"),
 }
 
 

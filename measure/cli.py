@@ -146,7 +146,9 @@ def _with_common(f):
     return f
 
 
-@click.group("measure")
+# -h as the tools' parsers take it, also where this group is invoked on its own (click keeps the help option
+# a command first made, so a direct invocation must not make it without -h)
+@click.group("measure", context_settings={"help_option_names": ["-h", "--help"]})
 def measure():
     """Measure a live OpenAI-compatible server (tested against vLLM).
 
@@ -180,7 +182,8 @@ def _model_for_requests(model, served_model_name):
 @flags.llama_benchy_options
 @_with_common
 def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no_warmup, endpoint, tokenizer,
-               insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, no_cache, extra_body, benchy_save,
+               insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, no_cache, extra_body,
+               benchy_save,
                served_model_name, model, out_dir, as_json, api_key, timeout, grace, no_metrics, no_progress,
                max_failures):
     """llama-benchy's closed loop: N requests at once per batch, --runs batches per test.
@@ -210,7 +213,8 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
         run = run_closed(server, _model_for_requests(model, served_model_name), pattern, out_dir=od,
                          endpoint=endpoint, api_key=api_key, progress=not no_progress, timeout=timeout,
                          scrape_metrics=not no_metrics, grace=grace, extra_body=body,
-                         stop_on_fail=exit_on_first_fail, insecure=insecure, exact_tg=exact_tg)
+                         stop_on_fail=exit_on_first_fail, insecure=insecure, exact_tg=exact_tg,
+                         post_run_cmd=post_run_cmd)
         return run, od
 
     run, od = _run_guarded(go)

@@ -289,11 +289,13 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                            api_key: str | None = None, progress: bool = True, timeout: float = 1800.0,
                            scrape_metrics: bool = True, grace: float = 10.0, keep_text: bool = False,
                            extra_body: dict | None = None, stop_on_fail: bool = False,
-                           insecure: bool = False, exact_tg: bool = True) -> RunResult:
+                           insecure: bool = False, exact_tg: bool = True,
+                           post_run_cmd: str | None = None) -> RunResult:
     """stop_on_fail: llama-benchy's --exit-on-first-fail, the run stops (status aborted) after the
     first batch with a failed request; `insecure`: the server's TLS certificate is not checked;
     `exact_tg`: llama-benchy's --exact-tg, every answer held to its tg (calibration's ladders need it; the
-    command line's default is llama-benchy's, off)."""
+    command line's default is llama-benchy's, off); `post_run_cmd`: its --post-run-cmd, a shell command after
+    every batch."""
     if not isinstance(pattern, ClosedLoop):
         raise MeasureError("run_closed needs a ClosedLoop pattern")
     batches = pattern.batches(include_warmup=True)
@@ -374,6 +376,8 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                 S.stopper.request(f"stopped after the first failed batch ({bt.test}; --exit-on-first-fail)",
                                   "aborted")
                 break
+            if post_run_cmd and not S.stopper.event.is_set():
+                await _post_run(post_run_cmd)
         end = perf_counter()
         client, recs = await S.wrap_up(start, end, cpu0)
         run = RunResult(recs, start, end, "closed", closed_loop=loop, live=live, client=client)
@@ -383,6 +387,20 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         raise
     finally:
         await S.close()
+
+
+async def _post_run(cmd: str) -> None:
+    """llama-benchy's --post-run-cmd after a batch: run in a shell, its output the terminal's; a failure is
+    said and the run goes on, as there. A stop (Ctrl-C) kills it."""
+    proc = await asyncio.create_subprocess_shell(cmd)
+    try:
+        code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if code != 0:
+        log.warning("post-run command failed: %r exited %s", cmd, code)
 
 
 def run_closed(url: str, model: str | None, pattern: ClosedLoop, out_dir=None, endpoint: str = "chat",
