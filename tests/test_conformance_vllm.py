@@ -673,21 +673,13 @@ def _run_both(fake, tmp_path, flags: list[str], metrics: bool = False, **fake_kw
 
 def test_spec_decode_counters_read_as_vllm_bench_serve_reads_them(oracle):
     """capsim reads a /metrics text's speculative decoding counters as vLLM's fetch_spec_decode_metrics does, on
-    texts with every turn its reader takes; the stats of two readings are vLLM's formulas."""
+    texts with every turn its reader takes (tests/test_prom.py holds the stats of two readings to its formulas).
+    Engine 0's positions are lost to vLLM's reader: a space before their label splits the line wrongly."""
     theirs = oracle[("spec_metrics",)]["counters"]
     ours = [prom.spec_decode_counters(t) for t in SPEC_METRICS]
     assert ours == theirs
     assert theirs[0]["num_drafts"] == 42 and theirs[1] is None and theirs[2] is not None  # the cases bite
-    before = {"spec_decode": {"num_drafts": 2, "num_draft_tokens": 6, "num_accepted_tokens": 3,
-                              "accepted_per_pos": {"0": 2, "1": 1}}}
-    stats = prom.spec_decode_stats(before, {"spec_decode": ours[0]})
-    assert stats["spec_decode_num_drafts"] == 40 and stats["spec_decode_draft_tokens"] == 60
-    assert stats["spec_decode_acceptance_length"] == pytest.approx(1 + 38 / 40)
-    # engine 0's positions are lost to vLLM's reader (a space before their label splits the line wrongly), and
-    # a position read before but not after is taken as unchanged
-    assert stats["spec_decode_per_position_acceptance_rates"] == [3 / 40, 0.0]
-    assert prom.spec_decode_stats(before, {"spec_decode": ours[2]}) == {}  # no draft tokens across the run
-    assert prom.spec_decode_stats(None, {"spec_decode": ours[0]}) == {}
+    assert theirs[0]["accepted_per_pos"] == {"0": 5}
 
 
 def test_speculative_decoding_figures_are_vllm_bench_serves(fake, tmp_path):

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from measure.prom import add_deltas, delta, parse_metrics
+from measure.prom import add_deltas, delta, parse_metrics, spec_decode_stats
 
 
 def test_comments_blank_lines_other_metrics_and_unreadable_values_are_skipped():
@@ -73,3 +73,29 @@ def test_differences_of_several_runs_add_and_their_means_come_from_the_sums():
                            "mean_ttft_ms": 1500.0, "mean_e2el_ms": 3000.0})
     assert acc == {"ttft_sum": 8.0, "ttft_count": 8.0, "prompt_tokens_total": 10.0, "e2el_sum": 3.0,
                    "e2el_count": 1.0, "mean_ttft_ms": 1000.0, "mean_e2el_ms": 3000.0}
+
+
+def _spec(drafts, draft_tokens, accepted, per_pos):
+    return {"spec_decode": {"num_drafts": drafts, "num_draft_tokens": draft_tokens, "num_accepted_tokens": accepted,
+                            "accepted_per_pos": per_pos}}
+
+
+def test_spec_decode_stats_are_vllm_bench_serves_formulas():
+    """The spec_decode_* keys of two readings, as vllm bench serve's benchmark computes them: counter deltas;
+    acceptance rate = accepted / draft tokens (%), length = 1 + accepted / drafts (0 without drafts); each
+    position's accepted / drafts, a position read before but not after taken as unchanged, positions in numeric
+    order; no keys at all without both readings or without draft tokens across the run."""
+    before = _spec(2, 6, 3, {"0": 2, "1": 1, "10": 0})
+    after = _spec(42, 66, 41, {"0": 5, "10": 4, "2": 7})
+    assert spec_decode_stats(before, after) == {
+        "spec_decode_acceptance_rate": 38 / 60 * 100, "spec_decode_acceptance_length": 1 + 38 / 40,
+        "spec_decode_num_drafts": 40, "spec_decode_draft_tokens": 60, "spec_decode_accepted_tokens": 38,
+        "spec_decode_per_position_acceptance_rates": [3 / 40, 0.0, 7 / 40, 4 / 40]}
+    one = spec_decode_stats(before, _spec(3, 7, 3, {"0": 2}))  # one draft of one token, rejected
+    assert (one["spec_decode_acceptance_length"], one["spec_decode_per_position_acceptance_rates"]) == (1.0, [0.0] * 3)
+    none = spec_decode_stats(before, _spec(2, 9, 4, {"0": 3}))  # draft tokens but no draft counted
+    assert none["spec_decode_acceptance_length"] == 0.0 and none["spec_decode_per_position_acceptance_rates"] == []
+    assert none["spec_decode_acceptance_rate"] == pytest.approx(100 / 3)
+    assert spec_decode_stats(before, before) == {} and spec_decode_stats(before, _spec(9, 5, 9, {})) == {}
+    assert spec_decode_stats(None, after) == spec_decode_stats(before, {}) == {}
+    assert spec_decode_stats({"spec_decode": None}, after) == {}
