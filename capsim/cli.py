@@ -173,7 +173,8 @@ def ignored_server_options(f):
 @friendly
 def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmup, profile_path, sets, replications,
                         as_json, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, no_cache,
-                        extra_body, benchy_save, served_model_name, base_url, model, tokenizer, api_key):
+                        save_total_throughput_timeseries, save_all_throughput_timeseries, extra_body, benchy_save,
+                        served_model_name, base_url, model, tokenizer, api_key):
     """llama-benchy's closed loop: N requests at once, wait for all, `runs` times.
 
     A llama-benchy command line runs as it is (--base-url and --model are ignored: the
@@ -186,8 +187,12 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
     warmup = flags.warmup_setting(no_warmup, warmup_runs)
     flags.parse_extra_body(extra_body)  # checked; a simulated request has no body
-    flags.echo_flag_notes("note: ", ["--post-run-cmd: not run (a simulated server has nothing to reset)"]
-                          if post_run_cmd is not None else [])
+    saved = [f for f, on in (("--save-total-throughput-timeseries", save_total_throughput_timeseries),
+                             ("--save-all-throughput-timeseries", save_all_throughput_timeseries)) if on]
+    flags.echo_flag_notes("note: ", (["--post-run-cmd: not run (a simulated server has nothing to reset)"]
+                                     if post_run_cmd is not None else [])
+                          + ([f"{', '.join(saved)}: not saved for a simulated run (capsim measure closed saves "
+                              "them)"] if saved else []))
     if as_json and out_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {out_format} contradict each other")
     fmt = "json" if as_json else (out_format or "md")

@@ -707,6 +707,11 @@ def llama_benchy_options(f):
                      help="A shell command run after every run of every test, warmups too (llama-benchy's flag, "
                           "e.g. to reset a server's cache); one that fails is said and the benchmark goes on. "
                           "Not run by a simulation."),
+        click.option("--save-total-throughput-timeseries", is_flag=True,
+                     help="With --format json, each run's tokens/s over time (a 1-s window at every token), as "
+                          "llama-benchy writes it. A simulation names it not saved."),
+        click.option("--save-all-throughput-timeseries", is_flag=True,
+                     help="With --format json, each request's tokens/s over time, as llama-benchy writes it."),
         click.option("--no-cache", is_flag=True,
                      help="Send cache_prompt: false in every request, as llama-benchy does (llama.cpp's prompt "
                           "cache; vLLM ignores the field). capsim's prompts are unique either way."),
@@ -730,12 +735,9 @@ def llama_benchy_options(f):
 # llama-benchy's flags beyond the shared ones. No-ops: capsim's prompts are sized with the server's own
 # /tokenize (--adapt-prompt) and get no coherence check.
 BENCHY_NO_OP_FLAGS = ("--adapt-prompt", "--no-adapt-prompt", "--skip-coherence")
-_NOT_SAVED = "not saved (capsim report RUN --csv writes every request's times)"
 BENCHY_NOTED_FLAGS = {
     "--book-url": (str, "capsim's prompts are its own pseudo-English text (measure sizes them with the server's "
                         "tokenizer)"),
-    "--save-total-throughput-timeseries": (None, _NOT_SAVED),
-    "--save-all-throughput-timeseries": (None, _NOT_SAVED),
     "--emit-progress": (str, "progress is shown on the terminal only"),
     "--no-results-on-fail": (None, "taken as --exit-on-first-fail; what was measured before the failure is kept"),
 }

@@ -74,7 +74,8 @@ def _run_guarded(fn):
 
 
 def _finish(run, out_dir: Path | None, as_json: bool, max_failures: int | None = None,
-            summary_kw: dict | None = None, out_format: str | None = None, save_to: Path | None = None) -> None:
+            summary_kw: dict | None = None, out_format: str | None = None, save_to: Path | None = None,
+            series: tuple[bool, bool] = (False, False)) -> None:
     """Print the summary; exit 130/143 (interrupted), 1 (stopped, nothing completed, or more than
     --max-failures failed) or 0 (failed requests, as vllm bench serve, are reported, not fatal)."""
     status = run.status
@@ -88,7 +89,7 @@ def _finish(run, out_dir: Path | None, as_json: bool, max_failures: int | None =
                    f"{where + ' (closed as interrupted)' if out_dir else ''}", err=True)
         sys.exit(code)
     if run.kind == "closed" and out_format in ("json", "csv"):
-        text = json_dumps(cli_json(run), indent=2) if out_format == "json" else \
+        text = json_dumps(cli_json(run, series=series), indent=2) if out_format == "json" else \
             flags.closed_csv(summarize_closed(run) if run.closed_loop and run.closed_loop.tests else [], str(live.model))
     elif as_json:
         text = json_dumps(cli_json(run, summary_kw), indent=2)
@@ -182,8 +183,8 @@ def _model_for_requests(model, served_model_name):
 @flags.llama_benchy_options
 @_with_common
 def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no_warmup, endpoint, tokenizer,
-               insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, no_cache, extra_body,
-               benchy_save,
+               insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, no_cache,
+               save_total_throughput_timeseries, save_all_throughput_timeseries, extra_body, benchy_save,
                served_model_name, model, out_dir, as_json, api_key, timeout, grace, no_metrics, no_progress,
                max_failures):
     """llama-benchy's closed loop: N requests at once per batch, --runs batches per test.
@@ -218,7 +219,12 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
         return run, od
 
     run, od = _run_guarded(go)
-    _run_guarded(lambda: _finish(run, od, fmt == "json", max_failures, out_format=fmt, save_to=save_to))
+    series = (save_total_throughput_timeseries, save_all_throughput_timeseries)
+    if any(series) and fmt != "json":
+        click.echo("capsim measure: --save-*-throughput-timeseries: written with --format json only, as "
+                   "llama-benchy writes them", err=True)
+    _run_guarded(lambda: _finish(run, od, fmt == "json", max_failures, out_format=fmt, save_to=save_to,
+                                 series=series))
 
 
 @measure.command("open")

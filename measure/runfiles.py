@@ -235,6 +235,9 @@ def closed_rows_json(rows: list[ClosedRow]) -> list[dict]:
                              "response_size": r.tg}
         for k, (mu, sd) in r.metrics.items():
             d[k] = {"mean": mu, "std": sd}
+        for k in ("throughput_over_time", "requests_throughput_over_time"):  # where asked for
+            if getattr(r, k) is not None:
+                d[k] = getattr(r, k)
         out.append(d)
     return out
 
@@ -302,20 +305,22 @@ def format_report(run: RunResult, summary_kw: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def cli_json(run: RunResult, summary_kw: dict | None = None) -> Any:
+def cli_json(run: RunResult, summary_kw: dict | None = None, series: tuple[bool, bool] = (False, False)) -> Any:
     """What `--json` prints, with the keys of `capsim simulate open|closed --json`.
 
     Open: vllm bench serve's run keys (date, backend, model_id, num_prompts,
     request_rate, burstiness, max_concurrency), result keys (summarize_open)
     and num_preemptions (vllm:num_preemptions_total over the run). Closed: llama-benchy's JSON (version, latency_mode,
-    latency_ms, model, benchmarks[] with metric -> {mean, std}).
+    latency_ms, model, benchmarks[] with metric -> {mean, std}, and its throughput time series where `series`
+    asks for them: --save-total-throughput-timeseries, --save-all-throughput-timeseries).
     """
     live = run.live or LiveFacts()
     if run.kind == "closed":
         cl = run.closed_loop
+        rows = summarize_closed(run, *series) if _has_tests(run) else []
         return {"version": "capsim measure", "latency_mode": cl.latency_mode if cl else None,
                 "latency_ms": 1000 * float(cl.latency_s if cl else 0.0), "model": live.model,
-                "benchmarks": closed_rows_json(summarize_closed(run)) if _has_tests(run) else []}
+                "benchmarks": closed_rows_json(rows)}
     return {"date": _dt.datetime.fromtimestamp(live.wall_start).strftime("%Y%m%d-%H%M%S") if live.wall_start else None,
             "backend": "openai-chat" if live.endpoint == "chat" else "vllm", "model_id": live.model,
             **_open_run_keys(run),

@@ -499,6 +499,10 @@ class ClosedRow:
     depth: int
     concurrency: int
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # llama-benchy's --save-total-throughput-timeseries (one series a run: all its requests' tokens) and
+    # --save-all-throughput-timeseries (a series a request, a list a run); None where not asked for
+    throughput_over_time: list | None = None
+    requests_throughput_over_time: list | None = None
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -516,6 +520,16 @@ def peak_window_rate(ts: np.ndarray) -> float:
         return len(ts) / span
     left = np.searchsorted(ts, ts - 1.0, side="right")
     return float((np.arange(len(ts)) - left + 1).max())
+
+
+def peak_window_series(ts: np.ndarray) -> list[list[float]]:
+    """llama-benchy 0.4.0's throughput time series behind peak_window_rate: at each token, [its time since
+    the first token, tokens in the 1-s window (t - 1, t] ending at it, per second]."""
+    if len(ts) == 0:
+        return []
+    ts = np.sort(ts)
+    left = np.searchsorted(ts, ts - 1.0, side="right")
+    return [[float(t), float(n)] for t, n in zip(ts - ts[0], (np.arange(len(ts)) - left + 1) / 1.0)]
 
 
 def decode_tokens(ts: np.ndarray) -> int:
@@ -539,12 +553,13 @@ def _ms(x):
     return np.mean(x), np.std(x)
 
 
-def summarize_closed(run: RunResult) -> list[ClosedRow]:
+def summarize_closed(run: RunResult, total_series: bool = False, request_series: bool = False) -> list[ClosedRow]:
     """llama-benchy 0.4.0's table values from the records of a closed-loop run.
 
     Records carry `test` (one key per pp/tg/depth/concurrency) and `batch`
     (the run index); `run.closed_loop.latency_s` is the latency it subtracts and
     `run.closed_loop.tests` maps each key to (pp, tg, depth, concurrency).
+    `total_series`, `request_series`: its throughput time series too (ClosedRow).
     """
     latency = float(run.closed_loop.latency_s)
     tests = run.closed_loop.tests
@@ -557,8 +572,14 @@ def summarize_closed(run: RunResult) -> list[ClosedRow]:
         batches = by_test.get(key, {})
         per_req = defaultdict(list)
         batch_vals = defaultdict(list)
+        totals, each = [], []
         for recs in batches.values():
             speeds = [_request_speeds(r, latency) for r in recs]
+            tokens = np.concatenate([s[5] for s in speeds])
+            if total_series and len(tokens):  # a run of no token times has no series, as there
+                totals.append(peak_window_series(tokens))
+            if request_series:
+                each.append([peak_window_series(s[5]) for s in speeds])
             for (ttfr, e2e, est, pps, tgs, ct), r in zip(speeds, recs):
                 per_req["ttfr"].append(ttfr * 1000)
                 per_req["e2e_ttft"].append(e2e * 1000)
@@ -578,7 +599,7 @@ def summarize_closed(run: RunResult) -> list[ClosedRow]:
                 n_tok = sum(decode_tokens(s[5]) for s in speeds)
                 if span_tg > 0 and n_tok > 0:
                     batch_vals["tg_throughput"].append(n_tok / span_tg)
-                batch_vals["peak_throughput"].append(peak_window_rate(np.concatenate([s[5] for s in speeds])))
+                batch_vals["peak_throughput"].append(peak_window_rate(tokens))
         m: dict[str, tuple[float, float]] = {}
         for name in ("ttfr", "est_ppt", "e2e_ttft", "pp_req_throughput", "tg_req_throughput", "peak_req_throughput"):
             if per_req[name]:
@@ -593,7 +614,8 @@ def summarize_closed(run: RunResult) -> list[ClosedRow]:
                                ("peak_throughput", "peak_req_throughput")):
                 if req in m:
                     m[total] = m[req]
-        rows.append(ClosedRow(pp, tg, depth, c, m))
+        rows.append(ClosedRow(pp, tg, depth, c, m, totals if total_series else None,
+                              each if request_series else None))
     return rows
 
 

@@ -33,12 +33,16 @@ def request(r: dict) -> RequestResult:
 def case(c: dict) -> dict:
     b = BenchmarkResults()
     b.add("m", c["pp"], c["tg"], c["depth"], c["concurrency"], [[request(r) for r in batch] for batch in c["batches"]],
-          c["latency"], c["expected_pp"])
+          c["latency"], c["expected_pp"], save_total_throughput_timeseries=True, save_all_throughput_timeseries=True)
     run = b.runs[-1]
     out = {}
     for m in METRICS:
         v = getattr(run, m)
         out[m] = None if v is None else [float(v.mean), float(v.std)]
+    # its --save-total-throughput-timeseries and --save-all-throughput-timeseries, and the JSON entry's keys
+    dumped = run.model_dump()
+    out["series"] = {k: dumped[k] for k in ("throughput_over_time", "requests_throughput_over_time")}
+    out["json_keys"] = list(dumped)
     return out
 
 

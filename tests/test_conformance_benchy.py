@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from simulator.records import ClosedLoopFacts, RequestRecord, RunResult
+from measure.runfiles import closed_rows_json
 from simulator.summary import BENCHY_METRICS, peak_window_rate, summarize_closed
 from tests.live_server import SETUP_SCRIPT, oracle_answers, vllm_available
 from tests.stream_cases import STREAMS, capsim_reads
@@ -103,6 +104,22 @@ def test_closed_summary_equals_llama_benchy(oracle, case):
             assert m not in row.metrics, m
         else:
             assert row.metrics[m] == pytest.approx(theirs[m], rel=1e-9, abs=1e-9), m
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_throughput_series_equal_llama_benchys(oracle, case):
+    """--save-total-throughput-timeseries and --save-all-throughput-timeseries: llama-benchy's series behind its
+    peak t/s, a run's of all its tokens and each request's, to the float, under the keys its BenchmarkRun dumps
+    them; a --format json entry has them only where asked for."""
+    theirs = oracle[case["name"]]
+    (row,) = summarize_closed(_records(case), total_series=True, request_series=True)
+    assert row.throughput_over_time == theirs["series"]["throughput_over_time"]
+    assert row.requests_throughput_over_time == theirs["series"]["requests_throughput_over_time"]
+    assert len(row.throughput_over_time) == len(case["batches"]) and row.throughput_over_time[0]
+    (entry,) = closed_rows_json([row])
+    assert {"throughput_over_time", "requests_throughput_over_time"} <= set(entry) <= set(theirs["json_keys"])
+    (plain,) = closed_rows_json(summarize_closed(_records(case)))
+    assert "throughput_over_time" not in plain and "requests_throughput_over_time" not in plain
 
 
 def test_the_cases_have_teeth(oracle):

@@ -568,9 +568,9 @@ def test_the_rest_of_a_llama_benchy_line():
     assert given.stderr.strip().splitlines() == [
         "note: --book-url: capsim's prompts are its own pseudo-English text (measure sizes them with the server's "
         "tokenizer)",
-        "note: --save-total-throughput-timeseries, --save-all-throughput-timeseries: not saved (capsim report RUN "
-        "--csv writes every request's times)",
-        "note: --emit-progress: progress is shown on the terminal only"]
+        "note: --emit-progress: progress is shown on the terminal only",
+        "note: --save-total-throughput-timeseries, --save-all-throughput-timeseries: not saved for a simulated run "
+        "(capsim measure closed saves them)"]
     with refused_port() as port:
         for cmd in (["simulate", "closed"], ["measure", "closed", f"http://127.0.0.1:{port}"]):
             res = CliRunner().invoke(main, [*cmd, "--enable-prefix-caching"])
@@ -665,3 +665,23 @@ def test_vllm_bench_serves_plots_in_measure_open(fake, tmp_path):
                "--result-filename", "r.json"])
     assert res.exit_code == 0, res.output + res.stderr
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["r.dataset_stats.png", "r.timeline.png"]
+
+
+def test_throughput_series_in_measure_closed_json(fake, tmp_path):
+    """measure closed --format json with llama-benchy's series flags: each test's runs carry the series (one a
+    run, a list of one a request), starting at 0 s, counting tokens a second; without the flags, none."""
+    srv = fake(itl=0.01)
+    base = ["measure", "closed", srv.url, "--pp", "16", "--tg", "6", "--concurrency", "2", "--runs", "2",
+            "--no-progress", "--no-metrics", "--format", "json"]
+    res = cap([*base, "--save-total-throughput-timeseries", "--save-all-throughput-timeseries",
+               "-o", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output + res.stderr
+    (b,) = json.loads(res.stdout)["benchmarks"]
+    assert len(b["throughput_over_time"]) == 2 and [len(x) for x in b["requests_throughput_over_time"]] == [2, 2]
+    first = b["throughput_over_time"][0]
+    assert len(first) == 12 and first[0] == [0.0, 1.0] and first[-1][1] == 12.0  # 2 answers of 6 in under 1 s
+    assert all(len(s) == 6 for run in b["requests_throughput_over_time"] for s in run)
+    (plain,) = json.loads(cap([*base, "-o", str(tmp_path / "b")]).stdout)["benchmarks"]
+    assert "throughput_over_time" not in plain
+    md = cap([*base[:-2], "--save-total-throughput-timeseries", "-o", str(tmp_path / "c")])
+    assert md.exit_code == 0 and "written with --format json only" in md.stderr
