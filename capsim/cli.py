@@ -181,7 +181,7 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
     profile is the server); --format md|json|csv, --save-result FILE."""
     from simulator.load import ClosedLoop
     from simulator.replicate import replicate_closed
-    from simulator.summary import format_closed_table
+    from simulator.summary import closed_report_head, closed_rows_json, format_closed_table
     from .checks import MAX_REPLICATIONS, check_closed, check_range
 
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
@@ -205,12 +205,12 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
     check_closed(prof, pattern)
     rows, lo, hi, latency = replicate_closed(prof, pattern, replications)
     if fmt == "json":
-        out = {"version": "capsim", "latency_mode": latency_mode, "latency_ms": latency * 1000, "model": prof.name,
-               "benchmarks": [{"concurrency": r.concurrency, "context_size": r.depth, "prompt_size": r.pp,
-                               "response_size": r.tg,
-                               **{k: {"mean": v[0], "std": v[1],
-                                      **({"lo": l.metrics[k][0], "hi": h.metrics[k][0]} if replications > 1 else {})}
-                                  for k, v in r.metrics.items()}} for r, l, h in zip(rows, lo, hi)]}
+        benchmarks = closed_rows_json(rows)
+        if replications > 1:  # each metric's band of the means over replications
+            for b, l, h in zip(benchmarks, lo, hi):
+                for k in l.metrics:
+                    b[k] |= {"lo": l.metrics[k][0], "hi": h.metrics[k][0]}
+        out = {**closed_report_head(latency_mode, latency, prof.name, rows, "capsim", None), "benchmarks": benchmarks}
         text = json.dumps(out, indent=2)
     elif fmt == "csv":
         text = flags.closed_csv(rows, prof.name)

@@ -34,8 +34,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from simulator.records import LiveFacts, OpenLoopFacts, RequestRecord, RunResult
-from simulator.summary import (DETAILED_ARRAYS, ClosedRow, format_closed_table, format_open_summary,
-                               result_arrays, summarize_closed, summarize_open)
+from simulator.summary import (DETAILED_ARRAYS, closed_report_head, closed_rows_json, format_closed_table,
+                               format_open_summary, result_arrays, summarize_closed, summarize_open)
 
 from .errors import MeasureError
 
@@ -227,21 +227,6 @@ def run_damage(run: RunResult, info: dict) -> list[str]:
 
 # ---------------------------------------------------------------- summaries
 
-def closed_rows_json(rows: list[ClosedRow]) -> list[dict]:
-    """llama-benchy --format json's `benchmarks` entries (metric -> {mean, std})."""
-    out = []
-    for r in rows:
-        d: dict[str, Any] = {"concurrency": r.concurrency, "context_size": r.depth, "prompt_size": r.pp,
-                             "response_size": r.tg}
-        for k, (mu, sd) in r.metrics.items():
-            d[k] = {"mean": mu, "std": sd}
-        for k in ("throughput_over_time", "requests_throughput_over_time"):  # where asked for
-            if getattr(r, k) is not None:
-                d[k] = getattr(r, k)
-        out.append(d)
-    return out
-
-
 def run_summary(run: RunResult, summary_kw: dict | None = None) -> dict:
     """summary.json's content, computed from the records only (+ the server deltas in run.server_metrics).
     summary_kw: summarize_open's percentiles, metrics and goodput (vllm bench serve's flags)."""
@@ -311,16 +296,15 @@ def cli_json(run: RunResult, summary_kw: dict | None = None, series: tuple[bool,
     Open: vllm bench serve's run keys (date, backend, model_id, num_prompts,
     request_rate, burstiness, max_concurrency), result keys (summarize_open)
     and num_preemptions (vllm:num_preemptions_total over the run). Closed: llama-benchy's JSON (version, latency_mode,
-    latency_ms, model, benchmarks[] with metric -> {mean, std}, and its throughput time series where `series`
-    asks for them: --save-total-throughput-timeseries, --save-all-throughput-timeseries).
+    latency_ms, model, ..., benchmarks[] with metric -> {mean, std, values}, and its throughput time series where
+    `series` asks for them: --save-total-throughput-timeseries, --save-all-throughput-timeseries).
     """
     live = run.live or LiveFacts()
     if run.kind == "closed":
         cl = run.closed_loop
         rows = summarize_closed(run, *series) if _has_tests(run) else []
-        return {"version": "capsim measure", "latency_mode": cl.latency_mode if cl else None,
-                "latency_ms": 1000 * float(cl.latency_s if cl else 0.0), "model": live.model,
-                "benchmarks": closed_rows_json(rows)}
+        return {**closed_report_head(cl.latency_mode if cl else None, cl.latency_s if cl else 0.0, live.model, rows,
+                                     "capsim measure", live.wall_start), "benchmarks": closed_rows_json(rows)}
     return {"date": _dt.datetime.fromtimestamp(live.wall_start).strftime("%Y%m%d-%H%M%S") if live.wall_start else None,
             "backend": "openai-chat" if live.endpoint == "chat" else "vllm", "model_id": live.model,
             **_open_run_keys(run),

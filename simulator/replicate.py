@@ -98,7 +98,8 @@ def replicate_closed(profile: Profile, pattern: ClosedLoop, replications: int = 
             m[name] = (float(np.median(means)), float(np.median(stds)))
             lo[name] = (float(np.percentile(means, 5)), 0.0)
             hi[name] = (float(np.percentile(means, 95)), 0.0)
-        merged.append(ClosedRow(row.pp, row.tg, row.depth, row.concurrency, m))
+        # the raw values llama-benchy's JSON lists are replication 0's, the run of the seed
+        merged.append(ClosedRow(row.pp, row.tg, row.depth, row.concurrency, m, values=row.values))
         lo_rows.append(ClosedRow(row.pp, row.tg, row.depth, row.concurrency, lo))
         hi_rows.append(ClosedRow(row.pp, row.tg, row.depth, row.concurrency, hi))
     latency = float(np.median([o[1] for o in outs]))

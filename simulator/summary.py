@@ -11,7 +11,7 @@ import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -503,6 +503,7 @@ class ClosedRow:
     # --save-all-throughput-timeseries (a series a request, a list a run); None where not asked for
     throughput_over_time: list | None = None
     requests_throughput_over_time: list | None = None
+    values: dict[str, list[float]] = field(default_factory=dict)  # each metric's raw values (llama-benchy's JSON)
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -601,22 +602,54 @@ def summarize_closed(run: RunResult, total_series: bool = False, request_series:
                     batch_vals["tg_throughput"].append(n_tok / span_tg)
                 batch_vals["peak_throughput"].append(peak_window_rate(tokens))
         m: dict[str, tuple[float, float]] = {}
+        vals: dict[str, list[float]] = {}
         for name in ("ttfr", "est_ppt", "e2e_ttft", "pp_req_throughput", "tg_req_throughput", "peak_req_throughput"):
             if per_req[name]:
                 m[name] = (float(np.mean(per_req[name])), float(np.std(per_req[name])))
+                vals[name] = [float(v) for v in per_req[name]]
         if c > 1:
             for name in ("pp_throughput", "tg_throughput", "peak_throughput"):
                 if batch_vals[name]:
                     m[name] = (float(np.mean(batch_vals[name])), float(np.std(batch_vals[name])))
+                    vals[name] = [float(v) for v in batch_vals[name]]
         else:
             # c = 1: the single "t/s" column is the per-request speed over runs
             for total, req in (("pp_throughput", "pp_req_throughput"), ("tg_throughput", "tg_req_throughput"),
                                ("peak_throughput", "peak_req_throughput")):
                 if req in m:
-                    m[total] = m[req]
+                    m[total], vals[total] = m[req], vals[req]
         rows.append(ClosedRow(pp, tg, depth, c, m, totals if total_series else None,
-                              each if request_series else None))
+                              each if request_series else None, vals))
     return rows
+
+
+def closed_rows_json(rows: Iterable[ClosedRow]) -> list[dict]:
+    """llama-benchy 0.4.0's --format json `benchmarks` entries (its BenchmarkRun dumped): the test, each
+    metric as {mean, std, values} or null, and the throughput time series (null unless asked for)."""
+    out = []
+    for r in rows:
+        d: dict[str, Any] = {"concurrency": r.concurrency, "context_size": r.depth, "prompt_size": r.pp,
+                             "response_size": r.tg, "is_context_prefill_phase": False}
+        for k in BENCHY_METRICS:
+            d[k] = {"mean": r.metrics[k][0], "std": r.metrics[k][1], "values": r.values.get(k, [])} \
+                if k in r.metrics else None
+        d["throughput_over_time"] = r.throughput_over_time
+        d["requests_throughput_over_time"] = r.requests_throughput_over_time
+        out.append(d)
+    return out
+
+
+def closed_report_head(latency_mode: str, latency_s: float, model: str | None, rows: Sequence[ClosedRow],
+                       version: str, timestamp: float | None) -> dict:
+    """The top of llama-benchy 0.4.0's --format json (its BenchmarkMetadata), in its order; `timestamp`: the
+    run's wall-clock start (None: not known)."""
+    import datetime as _dt
+
+    when = None if timestamp is None else \
+        _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return {"version": version, "timestamp": when, "latency_mode": latency_mode, "latency_ms": 1000 * float(latency_s),
+            "model": model, "prefix_caching_enabled": False,
+            "max_concurrency": max((r.concurrency for r in rows), default=1)}
 
 
 def format_closed_table(rows: Iterable[ClosedRow], model: str = "capsim", concurrent: bool | None = None,

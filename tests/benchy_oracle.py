@@ -10,7 +10,7 @@ every metric's (mean, std) or null. A case with "reads" instead is a stream: LLM
 reads those bytes (stream()); one with "body" gives the request body it posts (body()).
 """
 from llama_benchy.client import LLMClient, RequestResult
-from llama_benchy.results import BenchmarkResults
+from llama_benchy.results import BenchmarkMetadata, BenchmarkResults
 
 METRICS = ("pp_throughput", "pp_req_throughput", "tg_throughput", "tg_req_throughput", "peak_throughput",
            "peak_req_throughput", "ttfr", "est_ppt", "e2e_ttft")
@@ -38,11 +38,12 @@ def case(c: dict) -> dict:
     out = {}
     for m in METRICS:
         v = getattr(run, m)
-        out[m] = None if v is None else [float(v.mean), float(v.std)]
+        out[m] = None if v is None else [float(v.mean), float(v.std), [float(x) for x in v.values]]
     # its --save-total-throughput-timeseries and --save-all-throughput-timeseries, and the JSON entry's keys
     dumped = run.model_dump()
     out["series"] = {k: dumped[k] for k in ("throughput_over_time", "requests_throughput_over_time")}
     out["json_keys"] = list(dumped)
+    out["head_keys"] = list(BenchmarkMetadata.model_fields)  # the top of its --format json, before benchmarks
     return out
 
 

@@ -138,7 +138,8 @@ def test_simulate_closed_prints_the_librarys_rows_for_its_defaults(monkeypatch):
     (row,) = rows
     assert (b["prompt_size"], b["response_size"], b["context_size"], b["concurrency"]) == (512, 32, 0, 1)
     assert {k: v for k, v in b.items() if isinstance(v, dict)} == {
-        k: {"mean": m, "std": s} for k, (m, s) in row.metrics.items()}  # one replication: no band
+        k: {"mean": m, "std": s, "values": row.values[k]} for k, (m, s) in row.metrics.items()}  # one: no band
+    assert all(len(v["values"]) == 3 for v in b.values() if isinstance(v, dict))  # a value a run
     res = run(["simulate", "closed", "--json", "--replications", "2"])
     (b,) = json.loads(res.output)["benchmarks"]
     (_, (lo,), (hi,), _) = seen["out"]

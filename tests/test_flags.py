@@ -669,7 +669,7 @@ def test_vllm_bench_serves_plots_in_measure_open(fake, tmp_path):
 
 def test_throughput_series_in_measure_closed_json(fake, tmp_path):
     """measure closed --format json with llama-benchy's series flags: each test's runs carry the series (one a
-    run, a list of one a request), starting at 0 s, counting tokens a second; without the flags, none."""
+    run, a list of one a request), starting at 0 s, counting tokens a second; without the flags, null."""
     srv = fake(itl=0.01)
     base = ["measure", "closed", srv.url, "--pp", "16", "--tg", "6", "--concurrency", "2", "--runs", "2",
             "--no-progress", "--no-metrics", "--format", "json"]
@@ -682,6 +682,6 @@ def test_throughput_series_in_measure_closed_json(fake, tmp_path):
     assert len(first) == 12 and first[0] == [0.0, 1.0] and first[-1][1] == 12.0  # 2 answers of 6 in under 1 s
     assert all(len(s) == 6 for run in b["requests_throughput_over_time"] for s in run)
     (plain,) = json.loads(cap([*base, "-o", str(tmp_path / "b")]).stdout)["benchmarks"]
-    assert "throughput_over_time" not in plain
+    assert plain["throughput_over_time"] is None and plain["requests_throughput_over_time"] is None
     md = cap([*base[:-2], "--save-total-throughput-timeseries", "-o", str(tmp_path / "c")])
     assert md.exit_code == 0 and "written with --format json only" in md.stderr
