@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from simulator.records import ClosedLoopFacts, RequestRecord, RunResult
-from simulator.summary import BENCHY_METRICS, closed_report_head, closed_rows_json, peak_window_rate, summarize_closed
+from simulator.summary import (BENCHY_METRICS, ClosedRow, closed_report_head, closed_rows_json, peak_window_rate,
+                               peak_window_series, summarize_closed)
 from tests.live_server import SETUP_SCRIPT, oracle_answers, vllm_available
 from tests.stream_cases import STREAMS, capsim_reads
 
@@ -255,3 +256,13 @@ def test_every_llama_benchy_flag_pastes_in_with_its_default():
             assert f"[llama-benchy's default: {_plain(opt['default'])}]" in (p.help or ""), (cmd.name, first)
             stated += 1
     assert stated == 4  # --pp (512: a quicker first run) and --latency-mode (generation), in both commands
+
+
+def test_series_and_head_edges():
+    """One token is a series of one point at one token a second, none is no series (as llama-benchy's
+    _calculate_peak_throughput walks them); the head's max_concurrency is the suite's largest, 1 with no test."""
+    assert peak_window_series(np.array([3.5])) == [[0.0, 1.0]] and peak_window_series(np.array([])) == []
+    rows = [ClosedRow(64, 4, 0, c) for c in (1, 4, 2)]
+    assert closed_report_head("none", 0.0, "m", rows, "v", None)["max_concurrency"] == 4
+    head = closed_report_head("none", 0.0, "m", [], "v", 0.0)
+    assert (head["max_concurrency"], head["timestamp"]) == (1, "1970-01-01 00:00:00Z")
