@@ -390,9 +390,10 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
 
 
 async def _post_run(cmd: str) -> None:
-    """llama-benchy's --post-run-cmd after a batch: run in a shell, its output the terminal's; a failure is
-    said and the run goes on, as there. A stop (Ctrl-C) kills it."""
-    proc = await asyncio.create_subprocess_shell(cmd)
+    """llama-benchy's --post-run-cmd after a batch: run in a shell, its output on stderr (stdout carries the
+    results: --format json stays readable); a failure is said and the run goes on, as there. A stop (Ctrl-C)
+    kills it."""
+    proc = await asyncio.create_subprocess_shell(cmd, stdout=2)
     try:
         code = await proc.wait()
     finally:

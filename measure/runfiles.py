@@ -227,13 +227,20 @@ def run_damage(run: RunResult, info: dict) -> list[str]:
 
 # ---------------------------------------------------------------- summaries
 
+def _summary_rows(rows) -> list[dict]:
+    """summary.json's rows: each test and its metrics' {mean, std} (capsim's own file, kept as it was written;
+    --format json writes llama-benchy's layout, summary.closed_rows_json)."""
+    return [{"concurrency": r.concurrency, "context_size": r.depth, "prompt_size": r.pp, "response_size": r.tg,
+             **{k: {"mean": mu, "std": sd} for k, (mu, sd) in r.metrics.items()}} for r in rows]
+
+
 def run_summary(run: RunResult, summary_kw: dict | None = None) -> dict:
     """summary.json's content, computed from the records only (+ the server deltas in run.server_metrics).
     summary_kw: summarize_open's percentiles, metrics and goodput (vllm bench serve's flags)."""
     out: dict[str, Any] = {"kind": run.kind, "status": run.status}
     ok = [r for r in run.records if r.ok]
     if run.kind == "closed":
-        out["rows"] = closed_rows_json(summarize_closed(run)) if _has_tests(run) else []
+        out["rows"] = _summary_rows(summarize_closed(run)) if _has_tests(run) else []
         out["completed"] = len(ok)
         out["failed"] = len(run.records) - len(ok)
     else:

@@ -589,6 +589,8 @@ def test_post_run_cmd_runs_after_every_batch(fake, tmp_path):
     res = cap([*base, "--post-run-cmd", f"echo ran >> {log}", "-o", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output + res.stderr
     assert log.read_text().split() == ["ran"] * 6  # 2 tests of a warmup and 2 runs
+    js = cap([*base, "--post-run-cmd", "echo not-json", "--format", "json", "-o", str(tmp_path / "j")])
+    assert js.exit_code == 0 and len(json.loads(js.stdout)["benchmarks"]) == 2  # its output kept off stdout
     bad = cap([*base, "--post-run-cmd", "exit 3", "-o", str(tmp_path / "b")])
     assert bad.exit_code == 0 and bad.stderr.count("post-run command failed: 'exit 3' exited 3") == 6
     assert len(load_run(tmp_path / "b").records) == 4
