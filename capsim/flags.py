@@ -464,26 +464,26 @@ class ServeExtras:
     def plots(self) -> bool:
         return self.plot_timeline or self.plot_dataset_stats
 
-    def plot_paths(self, result: Path) -> list[Path]:
-        """The figures vllm bench serve draws beside its result file (the timeline as an image here)."""
-        return [result.with_suffix(sfx) for on, sfx in ((self.plot_timeline, ".timeline.png"),
-                                                        (self.plot_dataset_stats, ".dataset_stats.png")) if on]
+    def _figures(self, result: Path) -> list[tuple[Path, Callable[[dict, Path], None]]]:
+        """The figures asked for: each one's path beside the result file and what draws it from a run's
+        per-request arrays (the timeline as an image here, where vllm bench serve writes HTML)."""
+        from simulator import bench_plots
+
+        return [(result.with_suffix(sfx), draw) for on, sfx, draw in (
+            (self.plot_timeline, ".timeline.png",
+             lambda arrays, p: bench_plots.plot_timeline(arrays, p, self.itl_thresholds_s)),
+            (self.plot_dataset_stats, ".dataset_stats.png", bench_plots.plot_dataset_stats)) if on]
 
     def draw_plots(self, result: Path, arrays: dict) -> list[Path]:
         """Draw the figures asked for from a run's per-request arrays (summary.result_arrays); their paths."""
-        from simulator.bench_plots import plot_dataset_stats, plot_timeline
-
-        paths = self.plot_paths(result)
+        figures = self._figures(result)
         try:
             result.parent.mkdir(parents=True, exist_ok=True)  # vllm bench serve makes --result-dir
-            for p in paths:
-                if p.name.endswith(".timeline.png"):
-                    plot_timeline(arrays, p, self.itl_thresholds_s)
-                else:
-                    plot_dataset_stats(arrays, p)
+            for p, draw in figures:
+                draw(arrays, p)
         except OSError as e:
             raise click.ClickException(f"cannot write the plot beside {result}: {e.strerror or e}") from None
-        return paths
+        return [p for p, _ in figures]
 
     def open_loop(self, rate: float, burstiness: float, max_concurrency: int | None, seed: int):
         """The run's arrivals: --request-rate's, or the ramp's where --ramp-up-strategy names one; and the probe."""
@@ -685,6 +685,32 @@ def result_header(*, backend: str, label: str | None, model_id: str | None, toke
     if ramp_up is not None:
         out.update(ramp_up.keys())
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultFile:
+    """An open-loop run's result JSON: where vllm bench serve's flags put it, and its head."""
+
+    path: Path
+    header: dict
+    saving: bool  # --save-result or --append-result; else only --plot-timeline's figures are named after it
+
+
+def result_file(ex: ServeExtras, *, save_result: str | None, append: bool, result_dir: str | None,
+                result_filename: str | None, label: str | None, backend: str | None, endpoint: str,
+                model_id: str, tokenizer: str | None, num_prompts: int, rate: float, burstiness: float,
+                max_concurrency: int | None, metadata: dict[str, str], date: str, ramp_up=None) -> ResultFile | None:
+    """The run's result file, or None where no flag asks for it or a figure named after it."""
+    saving = save_result is not None or append
+    if not (saving or ex.plot_timeline):
+        return None
+    bk = backend_name(backend, endpoint)
+    path = result_path(save_result if saving else "", append, result_dir, result_filename, label, bk, rate,
+                       max_concurrency, model_id, date, ramp_up=ramp_up)
+    header = result_header(backend=bk, label=label, model_id=model_id, tokenizer_id=tokenizer or model_id,
+                           num_prompts=num_prompts, rate=rate, burstiness=burstiness, max_concurrency=max_concurrency,
+                           metadata=metadata, date=date, ramp_up=ramp_up)
+    return ResultFile(path, header, saving)
 
 
 # --------------------------------------------------------------------------- llama-benchy
