@@ -326,23 +326,19 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
                              oversample=not ex.no_oversample)
     pattern = ex.open_loop(rate, burstiness, max_concurrency, seed)
     check_open(prof, wl)
-    med, lo, hi, _ = replicate_open(prof, wl, num_prompts, pattern, replications, summary_kw=skw)
+    rf = flags.result_file(ex, save_result=save_result, append=append_result, result_dir=result_dir,
+                           result_filename=result_filename, label=label, backend=backend, endpoint=endpoint,
+                           model_id=model or prof.name, tokenizer=tokenizer, num_prompts=num_prompts, rate=rate,
+                           burstiness=burstiness, max_concurrency=max_concurrency, metadata=meta_kv,
+                           date=datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), ramp_up=pattern.ramp_up)
+    # the per-request arrays are replication 0's, the run of the given seed, kept where the file or a figure needs them
+    first = open_run(prof, wl, num_prompts, pattern) if rf is not None and (
+        save_detailed and rf.saving or ex.plots) else None
+    med, lo, hi, _ = replicate_open(prof, wl, num_prompts, pattern, replications, summary_kw=skw, first=first)
     check_served(med)
-    saving = save_result is not None or append_result
-    if saving or ex.plot_timeline:
-        bk = flags.backend_name(backend, endpoint)
-        model_id = model or prof.name
-        date = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = flags.result_path(save_result if saving else "", append_result, result_dir, result_filename, label,
-                                 bk, rate, max_concurrency, model_id, date, ramp_up=pattern.ramp_up)
-        # the per-request arrays are replication 0's, the run of the given seed (re-run: same records)
-        arrays = result_arrays(open_run(prof, wl, num_prompts, pattern).records) \
-            if save_detailed and saving or ex.plots else None
-    if saving:
-        result = flags.result_header(backend=bk, label=label, model_id=model_id,
-                                     tokenizer_id=tokenizer or model_id, num_prompts=num_prompts, rate=rate,
-                                     burstiness=burstiness, max_concurrency=max_concurrency, metadata=meta_kv,
-                                     date=date, ramp_up=pattern.ramp_up)
+    arrays = result_arrays(first.records) if first is not None else None
+    if rf is not None and rf.saving:
+        result = dict(rf.header)
         result["request_goodput"] = None
         result.update(med)
         if pattern.ramp_up is not None:  # stamped from now, as if the simulated run started as it was saved
@@ -355,9 +351,9 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
         if save_detailed and replications > 1:
             click.echo(f"note: --save-detailed: the per-request arrays are replication 0's (--seed {seed}); the "
                        f"metrics are the median of {replications}", err=True)
-        flags.write_result(path, result, append_result)
+        flags.write_result(rf.path, result, append_result)
     if ex.plots:
-        for p in ex.draw_plots(path, arrays):
+        for p in ex.draw_plots(rf.path, arrays):
             click.echo(f"capsim simulate: plot {p}", err=True)
     if as_json:
         out = {"date": None, "backend": "capsim", "model_id": prof.name, "num_prompts": num_prompts,
@@ -372,8 +368,8 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
         title = "Serving Benchmark Result (capsim)" if replications == 1 else \
             f"capsim: median of {replications} [5%-95%]"
         click.echo(format_open_summary(med, rate=rate, title=title, bands=bands, metrics=skw.get("metrics")))
-    if save_result is not None or append_result:
-        click.echo(f"capsim simulate: result JSON {path}", err=True)
+    if rf is not None and rf.saving:
+        click.echo(f"capsim simulate: result JSON {rf.path}", err=True)
 
 
 if __name__ == "__main__":

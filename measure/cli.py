@@ -309,27 +309,23 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
 
     run, od = _run_guarded(go)
     stopped_early = run.status == "interrupted" and not run.records  # nothing to save
-    saving = save_result is not None or append_result
-    if (saving or ex.plot_timeline) and not stopped_early:
-        bk = flags.backend_name(backend, ep)
-        model_id = model or run.live.model
-        date = _dt.datetime.fromtimestamp(run.live.wall_start or _dt.datetime.now().timestamp()) \
-            .strftime("%Y%m%d-%H%M%S")
-        path = flags.result_path(save_result if saving else "", append_result, result_dir, result_filename, label,
-                                 bk, request_rate, max_concurrency, model_id, date, ramp_up=pattern.ramp_up)
-        if saving:
-            header = flags.result_header(backend=bk, label=label, model_id=model_id,
-                                         tokenizer_id=tokenizer or model_id, num_prompts=num_prompts,
-                                         rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency,
-                                         metadata=meta_kv, date=date, ramp_up=pattern.ramp_up)
-            result = _run_guarded(lambda: vllm_bench_result(run, detailed=save_detailed, texts=run.live.texts,
-                                                            header=header, summary_kw=skw))
-            redact = (lambda t: t.replace(api_key, "***")) if api_key else (lambda t: t)
-            flags.write_result(path, result, append_result, redact)
-            click.echo(f"capsim measure: result JSON {path}", err=True)
-        if ex.plots:
-            for p in ex.draw_plots(path, result_arrays(run.records)):
-                click.echo(f"capsim measure: plot {p}", err=True)
+    rf = None
+    if not stopped_early:
+        start = _dt.datetime.fromtimestamp(run.live.wall_start or _dt.datetime.now().timestamp())
+        rf = flags.result_file(ex, save_result=save_result, append=append_result, result_dir=result_dir,
+                               result_filename=result_filename, label=label, backend=backend, endpoint=ep,
+                               model_id=model or run.live.model, tokenizer=tokenizer, num_prompts=num_prompts,
+                               rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency,
+                               metadata=meta_kv, date=start.strftime("%Y%m%d-%H%M%S"), ramp_up=pattern.ramp_up)
+    if rf is not None and rf.saving:
+        result = _run_guarded(lambda: vllm_bench_result(run, detailed=save_detailed, texts=run.live.texts,
+                                                        header=rf.header, summary_kw=skw))
+        redact = (lambda t: t.replace(api_key, "***")) if api_key else (lambda t: t)
+        flags.write_result(rf.path, result, append_result, redact)
+        click.echo(f"capsim measure: result JSON {rf.path}", err=True)
+    if rf is not None and ex.plots:
+        for p in ex.draw_plots(rf.path, result_arrays(run.records)):
+            click.echo(f"capsim measure: plot {p}", err=True)
     _run_guarded(lambda: _finish(run, od, as_json, max_failures, summary_kw=skw))
 
 

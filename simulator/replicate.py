@@ -40,12 +40,15 @@ def open_run(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r:
     return simulate_open(prof, workload.sample(n, seed=pat.seed), pat, noise_seed=r, probe_format=workload.fmt)
 
 
-def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r: int,
-              summary_kw: dict | None = None) -> dict:
-    run = open_run(profile, workload, n, pattern, r)
+def _summary(run: RunResult, summary_kw: dict | None) -> dict:
     s = summarize_open(run, **(summary_kw or {}))
     s["num_preemptions"] = run.num_preemptions
     return s
+
+
+def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r: int,
+              summary_kw: dict | None = None) -> dict:
+    return _summary(open_run(profile, workload, n, pattern, r), summary_kw)
 
 
 def band(values: Sequence[dict], lo: float = 5, hi: float = 95) -> tuple[dict, dict, dict]:
@@ -57,18 +60,23 @@ def band(values: Sequence[dict], lo: float = 5, hi: float = 95) -> tuple[dict, d
 
 
 def replicate_open(profile: Profile, workload: Workload, num_prompts: int, pattern: OpenLoop, replications: int = 1,
-                   n_jobs: int | None = None, summary_kw: dict | None = None) -> tuple[dict, dict, dict, list[dict]]:
+                   n_jobs: int | None = None, summary_kw: dict | None = None,
+                   first: RunResult | None = None) -> tuple[dict, dict, dict, list[dict]]:
     """(median, lo, hi, per-replication summaries) of vllm bench serve keys
-    (summary_kw: summarize_open's percentiles, metrics and goodput)."""
+    (summary_kw: summarize_open's percentiles, metrics and goodput). `first`: replication 0's run
+    (`open_run(..., r=0)`), where the caller keeps its records, summarised in place of a second run."""
     if replications < 1:
         raise ValueError(f"--replications must be >= 1, got {replications}")
-    jobs = n_jobs or default_jobs(replications)
-    if jobs == 1 or replications == 1:
-        runs = [_open_one(profile, workload, num_prompts, pattern, r, summary_kw) for r in range(replications)]
+    rest = range(0 if first is None else 1, replications)
+    jobs = n_jobs or default_jobs(len(rest))
+    if jobs == 1 or len(rest) <= 1:
+        runs = [_open_one(profile, workload, num_prompts, pattern, r, summary_kw) for r in rest]
     else:
         from joblib import Parallel, delayed  # here: every capsim command imports this module
         runs = Parallel(n_jobs=jobs)(delayed(_open_one)(profile, workload, num_prompts, pattern, r, summary_kw)
-                                     for r in range(replications))
+                                     for r in rest)
+    if first is not None:
+        runs.insert(0, _summary(first, summary_kw))
     med, lo, hi = band(runs)
     return med, lo, hi, runs
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from simulator.load import ClosedLoop, OpenLoop
-from simulator.replicate import band, default_jobs, replicate_closed, replicate_open
+import simulator.replicate as replicate
+from simulator.replicate import band, default_jobs, open_run, replicate_closed, replicate_open
 from simulator.sim import simulate_closed, simulate_open
 from simulator.summary import summarize_closed, summarize_open
 from simulator.uncertainty import Uncertainty, draw_profile
@@ -90,6 +91,23 @@ def test_replication_0_is_the_profile_itself_and_the_others_are_drawn():
     # med/lo/hi are band() of the replications
     assert (med, lo, hi) == band(runs)
     assert lo["mean_tpot_ms"] <= med["mean_tpot_ms"] <= hi["mean_tpot_ms"]
+
+
+def test_replication_0_given_is_summarised_in_place_of_a_second_run(monkeypatch):
+    """simulate open keeps replication 0's records for --save-detailed and the figures: replicate_open
+    summarises that run where the caller passes it, runs only the others, and bands the same."""
+    prof = uncertain_profile()
+    want = replicate_open(prof, WORKLOAD, N, PATTERN, replications=3, n_jobs=1)
+    first = open_run(prof, WORKLOAD, N, PATTERN)
+    seeds = []
+    real = replicate.simulate_open
+    monkeypatch.setattr(replicate, "simulate_open", lambda *a, **k: seeds.append(k["noise_seed"]) or real(*a, **k))
+    got = replicate_open(prof, WORKLOAD, N, PATTERN, replications=3, n_jobs=1, first=first)
+    assert seeds == [1, 2]
+    assert all(same(a, b) for a, b in zip(want[3], got[3])) and len(got[3]) == 3
+    assert all(same(a, b) for a, b in zip(want[:3], got[:3]))
+    seeds.clear()
+    assert same(replicate_open(prof, WORKLOAD, N, PATTERN, first=first)[0], want[3][0]) and seeds == []
 
 
 def test_one_replication_is_the_plain_simulation():
