@@ -172,9 +172,9 @@ def ignored_server_options(f):
 @ignored_server_options
 @friendly
 def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmup, profile_path, sets, replications,
-                        as_json, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, no_cache,
-                        save_total_throughput_timeseries, save_all_throughput_timeseries, extra_body, benchy_save,
-                        served_model_name, base_url, model, tokenizer, api_key):
+                        as_json, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, emit_progress,
+                        no_cache, save_total_throughput_timeseries, save_all_throughput_timeseries, extra_body,
+                        benchy_save, served_model_name, base_url, model, tokenizer, api_key):
     """llama-benchy's closed loop: N requests at once, wait for all, `runs` times.
 
     A llama-benchy command line runs as it is (--base-url and --model are ignored: the
@@ -189,10 +189,11 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
     flags.parse_extra_body(extra_body)  # checked; a simulated request has no body
     saved = [f for f, on in (("--save-total-throughput-timeseries", save_total_throughput_timeseries),
                              ("--save-all-throughput-timeseries", save_all_throughput_timeseries)) if on]
-    flags.echo_flag_notes("note: ", (["--post-run-cmd: not run (a simulated server has nothing to reset)"]
-                                     if post_run_cmd is not None else [])
-                          + ([f"{', '.join(saved)}: not saved for a simulated run (capsim measure closed saves "
-                              "them)"] if saved else []))
+    notes = [note for on, note in (
+        (post_run_cmd is not None, "--post-run-cmd: not run (a simulated server has nothing to reset)"),
+        (emit_progress is not None, "--emit-progress: not written (a simulation streams no requests)"),
+        (saved, f"{', '.join(saved)}: not saved for a simulated run (capsim measure closed saves them)")) if on]
+    flags.echo_flag_notes("note: ", notes)
     if as_json and out_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {out_format} contradict each other")
     fmt = "json" if as_json else (out_format or "md")

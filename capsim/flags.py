@@ -733,6 +733,10 @@ def llama_benchy_options(f):
                      help="A shell command run after every run of every test, warmups too (llama-benchy's flag, "
                           "e.g. to reset a server's cache); one that fails is said and the benchmark goes on. "
                           "Not run by a simulation."),
+        click.option("--emit-progress", default=None, metavar="PATH",
+                     help="Write each measured request's progress as JSONL events to PATH, or to stdout for '-' "
+                          "(the results then go to stderr), in llama-benchy's schema (its flag). A simulation "
+                          "writes none."),
         click.option("--save-total-throughput-timeseries", is_flag=True,
                      help="With --format json, each run's tokens/s over time (a 1-s window at every token), as "
                           "llama-benchy writes it. A simulation names it not saved."),
@@ -764,7 +768,6 @@ BENCHY_NO_OP_FLAGS = ("--adapt-prompt", "--no-adapt-prompt", "--skip-coherence")
 BENCHY_NOTED_FLAGS = {
     "--book-url": (str, "capsim's prompts are its own pseudo-English text (measure sizes them with the server's "
                         "tokenizer)"),
-    "--emit-progress": (str, "progress is shown on the terminal only"),
     "--no-results-on-fail": (None, "taken as --exit-on-first-fail; what was measured before the failure is kept"),
 }
 BENCHY_REFUSED_FLAGS = {

@@ -14,6 +14,7 @@ run.json's count), after printing what it could read.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import math
@@ -183,8 +184,8 @@ def _model_for_requests(model, served_model_name):
 @flags.llama_benchy_options
 @_with_common
 def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no_warmup, endpoint, tokenizer,
-               insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, no_cache,
-               save_total_throughput_timeseries, save_all_throughput_timeseries, extra_body, benchy_save,
+               insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, emit_progress,
+               no_cache, save_total_throughput_timeseries, save_all_throughput_timeseries, extra_body, benchy_save,
                served_model_name, model, out_dir, as_json, api_key, timeout, grace, no_metrics, no_progress,
                max_failures):
     """llama-benchy's closed loop: N requests at once per batch, --runs batches per test.
@@ -215,16 +216,19 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
                          endpoint=endpoint, api_key=api_key, progress=not no_progress, timeout=timeout,
                          scrape_metrics=not no_metrics, grace=grace, extra_body=body,
                          stop_on_fail=exit_on_first_fail, insecure=insecure, exact_tg=exact_tg,
-                         post_run_cmd=post_run_cmd)
+                         post_run_cmd=post_run_cmd, emit_progress=events_to)
         return run, od
 
-    run, od = _run_guarded(go)
-    series = (save_total_throughput_timeseries, save_all_throughput_timeseries)
-    if any(series) and fmt != "json":
-        click.echo("capsim measure: --save-*-throughput-timeseries: written with --format json only, as "
-                   "llama-benchy writes them", err=True)
-    _run_guarded(lambda: _finish(run, od, fmt == "json", max_failures, out_format=fmt, save_to=save_to,
-                                 series=series))
+    # --emit-progress -: stdout carries the events alone and the results go to stderr, as llama-benchy's do
+    events_to = sys.stdout if emit_progress == "-" else emit_progress
+    with contextlib.redirect_stdout(sys.stderr) if emit_progress == "-" else contextlib.nullcontext():
+        run, od = _run_guarded(go)
+        series = (save_total_throughput_timeseries, save_all_throughput_timeseries)
+        if any(series) and fmt != "json":
+            click.echo("capsim measure: --save-*-throughput-timeseries: written with --format json only, as "
+                       "llama-benchy writes them", err=True)
+        _run_guarded(lambda: _finish(run, od, fmt == "json", max_failures, out_format=fmt, save_to=save_to,
+                                     series=series))
 
 
 @measure.command("open")

@@ -14,7 +14,7 @@ import re
 import ssl
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -133,6 +133,8 @@ class Inflight:
     end_time: float | None = None
     error: str | None = None
     connect_failed: bool = False  # the server could not be reached at all
+    # called with (this, time, text, token_ids) after each chunk with choices is recorded (--emit-progress)
+    watch: Callable[[Inflight, float, str | None, Any], None] | None = None
 
     def to_record(self) -> RequestRecord:
         ok = self.error is None and len(self.chunk_times) > 0
@@ -307,6 +309,7 @@ class Client:
         content = req.content
         tokens = req.tokens
         texts = req.texts
+        watch = req.watch
         chat = endpoint == "chat"
         done = False
         loads = json.loads
@@ -353,6 +356,8 @@ class Client:
                                 tokens.append(len(tid) if isinstance(tid, list) else -1)
                                 if texts is not None and txt:
                                     texts.append(txt)
+                                if watch is not None:
+                                    watch(req, t, txt, tid)
                             elif "error" in obj or obj.get("object") == "error":
                                 err = obj.get("error", obj)
                                 msg = err.get("message") if isinstance(err, dict) else str(err)

@@ -24,6 +24,7 @@ from . import prom
 from .client import Client
 from .errors import MeasureError
 from .progress import Progress
+from .progress_events import ProgressEvents
 from .prompts import PromptBuilder
 from .tokenizer import TokenizeFailed
 from .vocab import Vocab
@@ -290,19 +291,22 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                            scrape_metrics: bool = True, grace: float = 10.0, keep_text: bool = False,
                            extra_body: dict | None = None, stop_on_fail: bool = False,
                            insecure: bool = False, exact_tg: bool = True,
-                           post_run_cmd: str | None = None) -> RunResult:
+                           post_run_cmd: str | None = None, emit_progress=None) -> RunResult:
     """stop_on_fail: llama-benchy's --exit-on-first-fail, the run stops (status aborted) after the
     first batch with a failed request; `insecure`: the server's TLS certificate is not checked;
     `exact_tg`: llama-benchy's --exact-tg, every answer held to its tg (calibration's ladders need it; the
     command line's default is llama-benchy's, off); `post_run_cmd`: its --post-run-cmd, a shell command after
-    every batch."""
+    every batch; `emit_progress`: its --emit-progress PATH ("-": stdout) or an open text stream, where
+    progress_events' JSONL events go."""
     if not isinstance(pattern, ClosedLoop):
         raise MeasureError("run_closed needs a ClosedLoop pattern")
     batches = pattern.batches(include_warmup=True)
     S = Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
                  max_connections=max(pattern.concurrency) + 5, grace=grace, keep_text=keep_text,
                  extra_body=extra_body, tool="llama-benchy", verify=not insecure)
+    status = "error"  # bench_complete's, where the run ends in an exception
     try:
+        S.events = ProgressEvents(emit_progress) if emit_progress else None
         S.install_signals()
         connecting = f"connecting to {S.client.public_url}"
         await S.setup_step(connecting, S.connect())
@@ -337,10 +341,13 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         if prepared is None:  # stopped while preparing: the folder is closed as interrupted, nothing sent
             now = perf_counter()
             live.stopped_in = S.stopper.phase
+            status = "interrupted"
             return await S.finish(RunResult([], now, now, "closed", closed_loop=loop, live=live), None, None, None,
                                   False)
         latency, batch_prompts = prepared
         loop.latency_s = latency
+        if S.events is not None:
+            S.events.emit("latency_measured", latency_s=latency, mode=pattern.latency_mode)
         live.prompts = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3), "exact_tg": exact_tg}
         S.info["prompts"] = live.prompts
         for lps in batch_prompts:
@@ -361,6 +368,10 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
             measured = bt.run >= 0
             snap0 = await S.scraper.snapshot() if (measured and S.scraper and S.scraper.available) else None
             ok0, fail0 = S.n_ok, S.n_fail + S.warmup_fail
+            if measured and S.events is not None:  # llama-benchy's run_index counts its warmup run
+                for k in range(len(lps)):
+                    S.events.request_start(rid + k, S.model, S.client.public_url, bt.pp, bt.tg, bt.depth,
+                                           bt.concurrency, bt.run + min(pattern.warmup, 1))
             t_batch = perf_counter()
             tasks = [asyncio.create_task(S.send(lp, rid + k, t_batch, bt.test, max(bt.run, 0), record=measured))
                      for k, lp in enumerate(lps)]
@@ -381,11 +392,18 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         end = perf_counter()
         client, recs = await S.wrap_up(start, end, cpu0)
         run = RunResult(recs, start, end, "closed", closed_loop=loop, live=live, client=client)
-        return await S.finish(run, before, server_acc or {}, None, False)
+        run = await S.finish(run, before, server_acc or {}, None, False)
+        status = {"complete": "ok", "interrupted": "interrupted"}.get(run.status, "error")
+        return run
     except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, asyncio.CancelledError)):
+            status = "interrupted"
         S.fail(e)
         raise
     finally:
+        if S.events is not None:
+            S.events.complete(status)
+            S.events.close()
         await S.close()
 
 

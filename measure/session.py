@@ -31,6 +31,7 @@ from .errors import Interrupted, MeasureError
 from .hoststat import cpu_ticks, steal_share
 from .loopwatch import LoopWatch, lag_summary
 from .progress import Progress
+from .progress_events import ProgressEvents
 from .prompts import LivePrompt, PromptBuilder
 from .runfiles import RunWriter, run_summary, vllm_bench_result
 
@@ -126,6 +127,7 @@ class Session:
         self.writer: RunWriter | None = None
         self.scraper: prom.MetricsScraper | None = None
         self.progress = Progress(0, enabled=False)
+        self.events: ProgressEvents | None = None  # llama-benchy's --emit-progress: the measured requests' events
         self.records: list[RequestRecord] = []
         self.probes: list[RequestRecord] = []  # --probe-request-rate's, apart from the run's
         self.texts: dict[int, str] = {}
@@ -370,8 +372,9 @@ class Session:
                 return
 
     async def _send(self, lp, rid, scheduled, test, batch, record, probe: bool = False) -> RequestRecord:
+        events = self.events if record and not probe else None
         inf = Inflight(rid, scheduled, lp.target_prompt_tokens, lp.max_tokens, test, batch,
-                       texts=[] if self.keep_text else None)
+                       texts=[] if self.keep_text else None, watch=events.chunk if events else None)
         self.inflight += 1
         self.progress.update(inflight=self.inflight)
         body, lp.request = lp.request or self.payload(lp), None
@@ -396,6 +399,8 @@ class Session:
                 self.writer.append_record(rec, probe=True)
             return rec
         if record:
+            if self.events is not None:
+                self.events.request_end(inf)
             self.records.append(rec)
             if self.keep_text:
                 self.texts[rec.request_id] = inf.text

@@ -7,7 +7,8 @@ choices (time, whether it had content, how many token_ids it carried) and the us
 request goes through llama-benchy's LLMClient._finalize_stream_tokens (how 0.4.0 turns chunks into
 token timestamps) and the test through BenchmarkResults.add (its table values). Writes, per case,
 every metric's (mean, std) or null. A case with "reads" instead is a stream: LLMClient.run_generation
-reads those bytes (stream()); one with "body" gives the request body it posts (body()).
+reads those bytes (stream()); one with "body" gives the request body it posts (body()); one with
+"progress" the --emit-progress events of such a read (progress()).
 """
 from llama_benchy.client import LLMClient, RequestResult
 from llama_benchy.results import BenchmarkMetadata, BenchmarkResults
@@ -75,6 +76,35 @@ def stream(job: dict) -> dict:
             "error": res.error}
 
 
+def progress(job: dict) -> list[dict]:
+    """The --emit-progress events (ProgressEmitter's JSONL) of LLMClient.run_generation reading a stream in
+    the given reads as stream() does, as measured request 0: each event's fields, less its wall-clock ts."""
+    import asyncio
+    import json
+    import os
+    import tempfile
+    import types
+
+    from llama_benchy import client as benchy_client
+    from llama_benchy.progress import ProgressEmitter
+    from oracle_io import stream_session
+
+    session, clock = stream_session(job["progress"])
+    fd, path = tempfile.mkstemp(suffix=".jsonl")
+    os.close(fd)
+    real_time, benchy_client.time = benchy_client.time, types.SimpleNamespace(perf_counter=lambda: clock.t)
+    try:
+        with ProgressEmitter(path, llama_benchy_version="0.4.0") as emitter:
+            asyncio.run(LLMClient("http://unused", "none", "m").run_generation(session, "", "x", 8, False,
+                                                                              progress=emitter, request_id=0))
+        with open(path) as f:
+            events = [json.loads(line) for line in f]
+    finally:
+        benchy_client.time = real_time
+        os.unlink(path)
+    return [{k: v for k, v in e.items() if k != "ts"} for e in events]
+
+
 def body(job: dict) -> dict:
     """The body LLMClient.run_generation posts (llama-benchy's --exact-tg, --no-cache and --extra-body as its
     CLI passes them on: the job's "exact_tg", "no_cache" and "extra_body") for a context, a prompt and a
@@ -127,6 +157,8 @@ def answer(job: dict) -> dict:
         return defaults()
     if "body" in job:
         return body(job)
+    if "progress" in job:
+        return progress(job)
     return stream(job) if "reads" in job else case(job)
 
 

@@ -68,10 +68,11 @@ STREAMS = stream_cases()
 STREAM_SPLITS = {k for k in STREAMS if k[1].startswith("cut")}
 
 
-def capsim_reads(endpoint: str, reads: list[bytes], monkeypatch,
-                 headers: dict | None = None) -> tuple[RequestRecord, str]:
+def capsim_reads(endpoint: str, reads: list[bytes], monkeypatch, headers: dict | None = None,
+                 events=None) -> tuple[RequestRecord, str]:
     """capsim's client streaming the same reads, on the same clock: one second before each read
-    (`headers`: the response's, beside its content-type)."""
+    (`headers`: the response's, beside its content-type; `events`: a measure.progress_events.ProgressEvents
+    that sees the request as a measured one of a closed-loop run, request 0)."""
     clock = [0.0]
     monkeypatch.setattr(client_mod, "perf_counter", lambda: clock[0])
 
@@ -88,9 +89,11 @@ def capsim_reads(endpoint: str, reads: list[bytes], monkeypatch,
         c = client_mod.Client("http://127.0.0.1:1")
         await c.http.aclose()
         c.http = httpx.AsyncClient(base_url=c.base, transport=httpx.MockTransport(answer))
-        req = client_mod.Inflight(0, 0.0, 1, 8, texts=[])
+        req = client_mod.Inflight(0, 0.0, 1, 8, texts=[], watch=events.chunk if events else None)
         async with c:
             await c.stream(endpoint, {"model": "m", "max_tokens": 8, "stream": True}, req)
+        if events is not None:
+            events.request_end(req)
         return req
 
     req = asyncio.run(go())

@@ -16,11 +16,12 @@ import os
 import numpy as np
 import pytest
 
+from measure.progress_events import ProgressEvents
 from simulator.records import ClosedLoopFacts, RequestRecord, RunResult
 from simulator.summary import (BENCHY_METRICS, ClosedRow, closed_report_head, closed_rows_json, peak_window_rate,
                                peak_window_series, summarize_closed)
 from tests.live_server import SETUP_SCRIPT, oracle_answers, vllm_available
-from tests.stream_cases import STREAMS, capsim_reads
+from tests.stream_cases import STREAMS, capsim_reads, sse_event
 
 
 def _request(rng, start, ttfr, n_chunks, itl, tokens=lambda rng: 1, role=True, empty_every=0, grid=None):
@@ -175,6 +176,44 @@ def test_a_stream_reads_as_llama_benchy_reads_it(stream_oracle, case, monkeypatc
             assert lag[1:-1].tolist() == [1.0] * (len(lag) - 2)  # every event; the end is the last read
     else:
         assert ours == theirs
+
+
+# the chat streams, and one whose content chunks carry token_ids (a speculative step's several tokens)
+PROGRESS_STREAMS = {k[1]: v for k, v in CHAT_STREAMS.items()} | {"token_ids, several a chunk": [
+    sse_event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+    *(sse_event({"choices": [{"index": 0, "delta": {"content": w}, "token_ids": ids}]})
+      for w, ids in (("ab", [7, 8]), ("c", [9]), ("def", [10, 11, 12]))),
+    sse_event({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 6}}), b"data: [DONE]\n\n"]}
+
+
+@pytest.fixture(scope="module")
+def progress_oracle():
+    _require_benchy()
+    jobs = [{"progress": [r.decode("latin-1") for r in reads]} for reads in PROGRESS_STREAMS.values()]
+    answers = oracle_answers("benchy_oracle.py", jobs, timeout=300, hint=f" (run {SETUP_SCRIPT})")
+    return dict(zip(PROGRESS_STREAMS, answers))
+
+
+@pytest.mark.parametrize("case", list(PROGRESS_STREAMS))
+def test_emit_progress_events_are_llama_benchys(progress_oracle, case, monkeypatch, tmp_path):
+    """--emit-progress: the same reads through llama-benchy 0.4.0's run_generation with its ProgressEmitter
+    and through capsim's client with measure.progress_events, request 0: the same JSONL events, field for
+    field (the wall-clock ts aside): the header, first response, first token, a tokens event a content
+    chunk (len(token_ids), or 1 marked estimated), the end with its total and prompt tokens and decode
+    seconds. Where a read ends between an event's two newlines capsim takes it a read later (above), so
+    there the times may differ by that read."""
+    path = tmp_path / "p.jsonl"
+    events = ProgressEvents(str(path))
+    capsim_reads("chat", PROGRESS_STREAMS[case], monkeypatch, events=events)
+    events.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert all(e["schema"] == "llama-benchy-progress.v1" and isinstance(e.pop("ts"), float) for e in lines)
+    theirs = progress_oracle[case]
+    assert [e["type"] for e in theirs][-1] == "request_end" and len(theirs) >= 7
+    if case in ("cut between the newlines", "cut every 7 bytes"):
+        times = ("ttfr_s", "ttft_s", "decode_seconds")
+        lines, theirs = ([{k: v for k, v in e.items() if k not in times} for e in x] for x in (lines, theirs))
+    assert lines == theirs
 
 
 @pytest.mark.parametrize("exact_tg, no_cache", [(False, False), (True, True)])

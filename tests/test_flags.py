@@ -534,13 +534,21 @@ def test_exit_on_first_fail(fake, tmp_path):
     res = cap([*base(server()), "-o", str(tmp_path / "keep")])
     assert res.exit_code == 0 and "requests failed" in res.stderr  # llama-benchy's default: carry on
     assert [r.ok for r in load_run(tmp_path / "keep").records] == [True] * 5 + [False]
-    res = cap([*base(server()), "--exit-on-first-fail", "-o", str(tmp_path / "stop")])
+    res = cap([*base(server()), "--exit-on-first-fail", "-o", str(tmp_path / "stop"), "--emit-progress",
+               str(tmp_path / "p.jsonl")])
     assert res.exit_code == 1
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and "--exit-on-first-fail" in err[0]
     run = load_run(tmp_path / "stop")
     # it stops after the batch of the first failure, not before: here the last one, so all was measured
     assert run.live.status == "aborted" and [r.ok for r in run.records] == [True] * 5 + [False]
+    # --emit-progress: the failed request ends with its error and no tokens; the benchmark with llama-benchy's
+    # status of a run stopped by a failure
+    ev = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    ends = [e for e in ev if e["type"] == "request_end"]
+    assert [e["error"] == "" for e in ends] == [True] * 5 + [False] and ends[-1]["error"].startswith("HTTP 500")
+    assert (ends[-1]["total_tokens"], ends[-1]["decode_seconds"]) == (0, 0.0) and ends[0]["total_tokens"] == 2
+    assert ev[-1]["type"] == "bench_complete" and ev[-1]["status"] == "error"
     srv = fake(itl=0.0005, fault="http500", fault_after=6, fault_every=1)  # pp32's warmup fails: no pp32 row
     res = cap([*base(srv), "--exit-on-first-fail", "-o", str(tmp_path / "early")])
     assert res.exit_code == 1 and [r.test for r in load_run(tmp_path / "early").records] == \
@@ -568,7 +576,7 @@ def test_the_rest_of_a_llama_benchy_line():
     assert given.stderr.strip().splitlines() == [
         "note: --book-url: capsim's prompts are its own pseudo-English text (measure sizes them with the server's "
         "tokenizer)",
-        "note: --emit-progress: progress is shown on the terminal only",
+        "note: --emit-progress: not written (a simulation streams no requests)",
         "note: --save-total-throughput-timeseries, --save-all-throughput-timeseries: not saved for a simulated run "
         "(capsim measure closed saves them)"]
     with refused_port() as port:
@@ -597,6 +605,51 @@ def test_post_run_cmd_runs_after_every_batch(fake, tmp_path):
     sim = cap(["simulate", "closed", "--pp", "256", "--tg", "8", "--post-run-cmd", f"echo ran >> {log}"])
     assert sim.exit_code == 0 and "--post-run-cmd: not run (a simulated server has nothing to reset)" in sim.stderr
     assert log.read_text().split() == ["ran"] * 6
+
+
+def test_emit_progress_streams_the_measured_requests(fake, tmp_path):
+    """llama-benchy's --emit-progress: measure closed writes its JSONL events as the run goes: the header, the
+    latency, and for each measured request (a warmup emits nothing) its start with the test's shape and
+    llama-benchy's run index (its warmup is run 0), first response and token, a tokens event a content chunk
+    and its end; bench_complete ok last. '-' puts them on stdout alone and the results on stderr, as
+    llama-benchy does; a PATH that cannot be written stops the run before any request; a simulation names
+    it not written. (Field for field against llama-benchy's own emitter: test_conformance_benchy.py.)"""
+    srv = fake(itl=0.0005)
+    base = ["measure", "closed", srv.url, "--pp", "16", "--tg", "3", "--concurrency", "1", "2", "--runs", "2",
+            "--no-progress", "--no-metrics"]
+    path = tmp_path / "p.jsonl"
+    res = cap([*base, "--emit-progress", str(path), "-o", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output + res.stderr
+    ev = [json.loads(x) for x in path.read_text().splitlines()]
+    run = load_run(tmp_path / "a")
+    assert [e["type"] for e in ev[:2]] == ["header", "latency_measured"] and ev[-1]["type"] == "bench_complete"
+    assert ev[-1]["status"] == "ok" and ev[1] == {**ev[1], "latency_s": run.closed_loop.latency_s, "mode": "generation"}
+    assert [e["ts"] for e in ev] == sorted(e["ts"] for e in ev)
+    starts = [e for e in ev if e["type"] == "request_start"]
+    assert [(e["request_id"], e["concurrency"], e["run_index"]) for e in starts] == \
+        [(0, 1, 1), (1, 1, 2), (2, 2, 1), (3, 2, 1), (4, 2, 2), (5, 2, 2)]
+    assert {(e["prompt_size"], e["response_size"], e["context_size"], e["model"]) for e in starts} == \
+        {(16, 3, 0, "fake-model")}
+    assert len(run.records) == 6
+    for r in run.records:
+        mine = [e for e in ev if e.get("request_id") == r.request_id]
+        assert [e["type"] for e in mine] == ["request_start", "request_first_response", "request_first_token",
+                                             *["tokens"] * 3, "request_end"]
+        assert mine[1]["ttfr_s"] == r.first_response_time - r.start_time
+        assert mine[2]["ttft_s"] == r.first_token_time - r.start_time
+        assert [e["count"] for e in mine[3:6]] == [1, 1, 1] and not any("estimated" in e for e in mine)
+        assert mine[-1]["total_tokens"] == r.output_tokens == 3 and mine[-1]["error"] == ""
+        assert mine[-1]["prompt_tokens"] == r.prompt_tokens
+    out = cap([*base, "--emit-progress", "-", "--format", "json", "-o", str(tmp_path / "b")])
+    assert out.exit_code == 0, out.stderr
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert lines[0]["type"] == "header" and lines[-1] == {**lines[-1], "type": "bench_complete", "status": "ok"}
+    assert len([e for e in lines if e["type"] == "request_end"]) == 6 and '"benchmarks"' in out.stderr
+    sent = srv.stats.requests
+    bad = cap([*base, "--emit-progress", str(tmp_path / "p.jsonl" / "x"), "-o", str(tmp_path / "c")])
+    assert bad.exit_code == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert f"--emit-progress {tmp_path / 'p.jsonl' / 'x'}: cannot write" in bad.stderr
+    assert srv.stats.requests == sent
 
 
 def test_help_says_where_defaults_differ():

@@ -39,7 +39,8 @@ def closed_run(vllm_server, tmp_path_factory):  # noqa: F811
     d = tmp_path_factory.mktemp("live") / "closed"
     pattern = ClosedLoop(pp=[PP], tg=[TG], depth=[0], concurrency=[1, 4], runs=1, latency_mode="generation",
                          warmup=True)
-    run = run_closed(vllm_server.url, None, pattern, out_dir=d, progress=False)
+    run = run_closed(vllm_server.url, None, pattern, out_dir=d, progress=False,
+                     emit_progress=str(d.parent / "progress.jsonl"))
     return run, d
 
 
@@ -90,6 +91,28 @@ def test_closed_loop_completes_with_exact_shapes(closed_run):
     print(f"\nlive closed: latency {1000 * run.closed_loop.latency_s:.1f} ms; tg t/s c1 {c1['tg_throughput'][0]:.2f}, "
           f"c4 total {c4['tg_throughput'][0]:.2f} (req {c4['tg_req_throughput'][0]:.2f}); pp t/s c1 "
           f"{c1['pp_throughput'][0]:.1f}, c4 {c4['pp_throughput'][0]:.1f}")
+
+
+def test_closed_loop_progress_events_follow_the_requests(closed_run):
+    """--emit-progress on a real vLLM: llama-benchy's events for each measured request (warmups none), their
+    times the records' own, a tokens event a chunk with text (vLLM's token_ids, not estimated; the dummy
+    model's answers hold tokens that decode to no text, whose chunks llama-benchy neither shows nor counts),
+    bench_complete ok."""
+    run, d = closed_run
+    ev = [json.loads(x) for x in (d.parent / "progress.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in ev[:2]] == ["header", "latency_measured"] and ev[-1]["status"] == "ok"
+    assert ev[1]["latency_s"] == run.closed_loop.latency_s
+    for r in run.records:
+        mine = [e for e in ev if e.get("request_id") == r.request_id]
+        texts = r.content_times()
+        assert [e["type"] for e in mine] == ["request_start", "request_first_response", "request_first_token",
+                                             *["tokens"] * len(texts), "request_end"]
+        assert (mine[0]["prompt_size"], mine[0]["response_size"], mine[0]["run_index"]) == (PP, TG, 1)
+        assert mine[1]["ttfr_s"] == r.first_response_time - r.start_time
+        assert mine[2]["ttft_s"] == texts[0] - r.start_time
+        assert all(e["count"] == 1 and "estimated" not in e for e in mine[3:-1])
+        assert (mine[-1]["total_tokens"], mine[-1]["prompt_tokens"], mine[-1]["error"]) == (len(texts), PP, "")
+    assert len([e for e in ev if e["type"] == "request_start"]) == len(run.records) == 5
 
 
 def test_closed_loop_counts_match_server_counters(closed_run):
