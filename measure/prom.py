@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import httpx
 
+from simulator.summary import spec_decode_keys
+
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 VLLM_MAP = {
@@ -110,20 +112,12 @@ def spec_decode_stats(before: dict | None, after: dict | None) -> dict[str, Any]
     b, a = (before or {}).get("spec_decode"), (after or {}).get("spec_decode")
     if b is None or a is None:
         return {}
-    drafts = a["num_drafts"] - b["num_drafts"]
-    draft_tokens = a["num_draft_tokens"] - b["num_draft_tokens"]
-    accepted = a["num_accepted_tokens"] - b["num_accepted_tokens"]
-    if draft_tokens <= 0:
-        return {}
     per_pos = []
-    if drafts > 0:
-        for pos in sorted({*b["accepted_per_pos"], *a["accepted_per_pos"]}, key=int):
-            was = b["accepted_per_pos"].get(pos, 0)
-            per_pos.append((a["accepted_per_pos"].get(pos, was) - was) / drafts)
-    return {"spec_decode_acceptance_rate": accepted / draft_tokens * 100,
-            "spec_decode_acceptance_length": 1 + accepted / drafts if drafts > 0 else 0.0,
-            "spec_decode_num_drafts": int(drafts), "spec_decode_draft_tokens": int(draft_tokens),
-            "spec_decode_accepted_tokens": int(accepted), "spec_decode_per_position_acceptance_rates": per_pos}
+    for pos in sorted({*b["accepted_per_pos"], *a["accepted_per_pos"]}, key=int):
+        was = b["accepted_per_pos"].get(pos, 0)
+        per_pos.append(a["accepted_per_pos"].get(pos, was) - was)
+    return spec_decode_keys(a["num_drafts"] - b["num_drafts"], a["num_draft_tokens"] - b["num_draft_tokens"],
+                            a["num_accepted_tokens"] - b["num_accepted_tokens"], per_pos)
 
 
 def parse_metrics(text: str) -> dict[str, Any]:

@@ -203,6 +203,10 @@ class Engine:
         self.times = _TimeStore()
         self.steps = 0
         self.num_preemptions = 0
+        # speculative decoding as vLLM's spec_decode counters count it: drafts (a request's step with drafts),
+        # draft tokens, accepted tokens, and accepted tokens at each draft position
+        self.spec_counts = [0, 0, 0]
+        self.spec_per_pos = [0] * self.spec_k
         self.events = 0
         self.max_members = 0  # the most requests that were members at once (SimStats.max_members)
         self._wake = env.event()
@@ -980,6 +984,12 @@ class Engine:
                 # the accepted drafts and the token sampled after them: one chunk of several tokens
                 d, a = req.drafts, req.accepted
                 req.drafts = 0
+                sc = self.spec_counts
+                sc[0] += 1
+                sc[1] += d
+                sc[2] += a
+                for j in range(a):
+                    self.spec_per_pos[j] += 1
                 req.computed -= d - a  # the rejected drafts' KV is dropped
                 req.out_sched += a
                 count = 1 + a

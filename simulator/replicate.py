@@ -51,12 +51,23 @@ def _open_one(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r
     return _summary(open_run(profile, workload, n, pattern, r), summary_kw)
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float))
+
+
 def band(values: Sequence[dict], lo: float = 5, hi: float = 95) -> tuple[dict, dict, dict]:
-    """Per key: median, 5th and 95th percentile over replications."""
-    keys = [k for k in values[0] if isinstance(values[0][k], (int, float)) and values[0][k] is not None]
-    arr = {k: np.array([float(v[k]) for v in values]) for k in keys}
-    med = {k: float(np.median(a)) for k, a in arr.items()}
-    return med, {k: float(np.percentile(a, lo)) for k, a in arr.items()}, {k: float(np.percentile(a, hi)) for k, a in arr.items()}
+    """Per key: median, 5th and 95th percentile over replications; of each element where the key holds a
+    list of numbers of one length in every replication (spec_decode_per_position_acceptance_rates)."""
+    first = values[0]
+    keys = [k for k, x in first.items() if _number(x) or (
+        isinstance(x, list) and x and all(_number(e) for e in x)
+        and all(isinstance(v.get(k), list) and len(v[k]) == len(x) for v in values))]
+    arr = {k: np.array([v[k] for v in values], dtype=float) for k in keys}
+
+    def stat(f):
+        return {k: (float(f(a)) if a.ndim == 1 else f(a).tolist()) for k, a in arr.items()}
+    return (stat(lambda a: np.median(a, axis=0)), stat(lambda a: np.percentile(a, lo, axis=0)),
+            stat(lambda a: np.percentile(a, hi, axis=0)))
 
 
 def replicate_open(profile: Profile, workload: Workload, num_prompts: int, pattern: OpenLoop, replications: int = 1,

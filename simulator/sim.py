@@ -20,6 +20,7 @@ from .engine import Engine
 from .load import ClosedLoop, OpenLoop
 from .profile import Profile
 from .records import PROBE_TAG, ClosedLoopFacts, OpenLoopFacts, RequestRecord, RunResult
+from .summary import spec_decode_keys
 from .workload import PromptFormat, RequestSpec, Workload
 
 
@@ -177,7 +178,8 @@ def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenL
     return RunResult(recs, 0.0, end, "open",
                      open_loop=OpenLoopFacts(request_rate=pattern.rate, burstiness=pattern.burstiness,
                                              max_concurrency=cap, **pattern.ramp_keys(), **pattern.probe_keys()),
-                     num_preemptions=engine.num_preemptions, probes=probes)
+                     num_preemptions=engine.num_preemptions, probes=probes,
+                     extra=spec_decode_keys(*engine.spec_counts, engine.spec_per_pos))
 
 
 def _probe_loop_until(probes: list[RequestRecord], load_end: float, interval: float):

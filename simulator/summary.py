@@ -359,7 +359,7 @@ def summarize_open(run: RunResult, percentiles: Sequence[float] = DEFAULT_PERCEN
         res["request_goodput"] = int(good.sum()) / dur if dur > 0 else 0.0
     if run.probes is not None:
         res.update(probe_stats(run.probes))
-    # a live run's speculative decoding as the server counted it across the run (measure.prom)
+    # speculative decoding as the server counted it across the run (measure.prom), or the engine (sim)
     res.update({k: v for k, v in run.extra.items() if k.startswith("spec_decode_")})
     queue = starts - scheds
     want = tuple(metrics) if metrics else \
@@ -383,6 +383,19 @@ def probe_stats(probes: Sequence[RequestRecord]) -> dict[str, float]:
 
 
 DETAILED_ARRAYS = ("input_lens", "output_lens", "ttfts", "itls", "start_times", "generated_texts", "errors")
+
+
+def spec_decode_keys(drafts: int, draft_tokens: int, accepted: int, accepted_per_pos: Sequence[int]) -> dict:
+    """vllm bench serve's spec_decode_* result keys from a run's speculative-decoding counts (vLLM's
+    spec_decode counters over the run: drafts, draft tokens, accepted tokens, and accepted tokens at each
+    draft position), as its benchmark computes them: none unless drafts were made."""
+    if draft_tokens <= 0:
+        return {}
+    return {"spec_decode_acceptance_rate": accepted / draft_tokens * 100,
+            "spec_decode_acceptance_length": 1 + accepted / drafts if drafts > 0 else 0.0,
+            "spec_decode_num_drafts": int(drafts), "spec_decode_draft_tokens": int(draft_tokens),
+            "spec_decode_accepted_tokens": int(accepted),
+            "spec_decode_per_position_acceptance_rates": [n / drafts for n in accepted_per_pos] if drafts > 0 else []}
 
 
 def result_arrays(records: Sequence[RequestRecord], texts: dict[int, str] | None = None) -> dict[str, list]:
@@ -469,9 +482,9 @@ def format_open_summary(s: dict, rate: float | None = None, title: str = "Servin
     if "spec_decode_acceptance_rate" in s:
         out += [f"{'Speculative Decoding':-^50}", line("Acceptance rate (%):", "spec_decode_acceptance_rate"),
                 line("Acceptance length:", "spec_decode_acceptance_length"),
-                line("Drafts:", "spec_decode_num_drafts", "{}"),
-                line("Draft tokens:", "spec_decode_draft_tokens", "{}"),
-                line("Accepted tokens:", "spec_decode_accepted_tokens", "{}")]
+                line("Drafts:", "spec_decode_num_drafts", "{:.0f}"),
+                line("Draft tokens:", "spec_decode_draft_tokens", "{:.0f}"),
+                line("Accepted tokens:", "spec_decode_accepted_tokens", "{:.0f}")]
         if s.get("spec_decode_per_position_acceptance_rates"):
             out.append("Per-position acceptance (%):")
             out += [f"{f'  Position {i}:':<40} {r * 100:<10.2f}"

@@ -10,6 +10,7 @@ from simulator.engine import Engine
 from simulator.load import OpenLoop
 from simulator.records import RequestRecord
 from simulator.sim import simulate_open
+from simulator.summary import spec_decode_keys, summarize_open
 from simulator.workload import RandomWorkload, RequestSpec
 from tests.helpers import same_records, spec_profile
 
@@ -188,3 +189,41 @@ def test_every_answer_is_whole_and_ends_at_its_last_chunk(monkeypatch, inline, k
         tokens = int(x.chunk_tokens.sum()) if x.chunk_tokens is not None else len(x.chunk_times)
         assert tokens == x.output_tokens == min(s.output_tokens, s.max_tokens), x.request_id
         assert np.all(np.diff(x.chunk_times) > 0) and x.end_time == x.chunk_times[-1], x.request_id
+
+
+@pytest.mark.parametrize("inline", [True, False])
+@pytest.mark.parametrize("k,a,out", [(4, 0.7, 900), (3, 0.3, 200), (15, 0.85, 3000)])
+def test_a_simulated_run_counts_its_drafts_as_vllm_counts_them(monkeypatch, inline, k, a, out):
+    """simulate open's spec_decode_* keys: vLLM's spec_decode counters over the run (a draft for each verify
+    step that had drafts, its draft tokens, its accepted ones, and each accepted position), through vllm bench
+    serve's formulas (summary.spec_decode_keys, which measure reads a live server's counters with). One request
+    alone: its verify steps are its chunks after the first, each of 1 + accepted tokens, of drafts capped by the
+    tokens left."""
+    monkeypatch.setattr(Engine, "INLINE_DECODES", inline)
+    p = spec_profile(k, a)
+    run = simulate_open(p, [RequestSpec(prompt_tokens=300, max_tokens=out, output_tokens=out)],
+                        OpenLoop(rate=1.0, seed=3))
+    (rec,) = run.records
+    emitted, counts, per_pos = 1, [0, 0, 0], [0] * k
+    for n in rec.chunk_tokens.tolist()[1:]:
+        d = min(k, p.engine.max_num_batched_tokens - 1, out - emitted - 1)
+        if d > 0:
+            counts = [counts[0] + 1, counts[1] + d, counts[2] + n - 1]
+            for j in range(n - 1):
+                per_pos[j] += 1
+        emitted += n
+    assert emitted == out and counts[0] > 50
+    assert run.extra == spec_decode_keys(*counts, per_pos)
+    s = summarize_open(run)
+    assert {key: s[key] for key in run.extra} == run.extra
+    # per-position acceptance a^(j+1), as the geometric draw of the profile's per-position acceptance makes it
+    rates = s["spec_decode_per_position_acceptance_rates"]
+    assert len(rates) == k and rates == sorted(rates, reverse=True)
+    assert rates[0] == pytest.approx(a, abs=4 / counts[0] ** 0.5)
+    assert s["spec_decode_acceptance_length"] == 1 + counts[2] / counts[0]
+
+
+def test_a_run_without_drafts_has_no_spec_decode_keys():
+    p = spec_profile(0, 0.0)
+    run = simulate_open(p, RandomWorkload(200, 20).sample(5, 1), OpenLoop(rate=2.0, seed=1))
+    assert run.extra == {} and not any(k.startswith("spec_decode") for k in summarize_open(run))
