@@ -309,6 +309,9 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
         unmodelled.append(f"{sampled}: a simulated step takes as long whatever the sampling")
     if ex.logprobs is not None:
         unmodelled.append("--logprobs: a simulated step takes as long whatever the logprobs")
+    if ex.lora_modules:
+        unmodelled.append("--lora-modules: LoRA adapters are not modelled: every request runs on the profile's "
+                          "model")
     flags.echo_flag_notes("note: ", unmodelled)
     rate = parse_rate(request_rate)
     endpoint = flags.resolve_endpoint(backend, endpoint)

@@ -364,6 +364,14 @@ def vllm_serve_options(f):
                      accept=r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*=.*", metavar="KEY=VALUE", expose_value=False,
                      callback=_remember,
                      help="HTTP headers sent with every request, e.g. x-team=ops (vllm bench serve)."),
+        click.option("--lora-modules", cls=MultiValue, item=click.STRING, sep=None, metavar="NAME",
+                     expose_value=False, callback=_remember,
+                     help="LoRA adapters the server serves (names of its --lora-modules): each measured request "
+                          "names one as its model, as vllm bench serve's do. A simulation runs each request on "
+                          "the profile's model (adapters are not modelled)."),
+        _flag_option("--lora-assignment", click.Choice(["random", "round-robin"]), _remember,
+                     "Which adapter a request names: random (drawn as vllm bench serve draws it with --seed) "
+                     "or round-robin."),
         _flag_option("--request-id-prefix", str, _remember,
                      "Measured requests are named PREFIX + their index in an x-request-id header (vllm bench "
                      "serve's default: bench-XXXXXXXX-, random)."),
@@ -429,8 +437,6 @@ OTHER_DATASET_FLAGS = {  # each with vLLM's type, so that a value vllm bench ser
 }
 # Flags of loads capsim does not run: refused with the reason, never dropped silently.
 REFUSED_FLAGS = {
-    "--lora-modules": (str, "LoRA adapters are not modelled"),
-    "--lora-assignment": (str, "LoRA adapters are not modelled"),
     "--self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
     "--no-self-timed": (None, "timed traces are not supported (random and sharegpt are)"),
 }
@@ -459,6 +465,8 @@ class ServeExtras:
     plot_timeline: bool = False  # --plot-timeline: RESULT.timeline.png
     plot_dataset_stats: bool = False  # --plot-dataset-stats: RESULT.dataset_stats.png
     itl_thresholds_s: tuple[float, float] = (0.025, 0.050)  # --timeline-itl-thresholds, in seconds
+    lora_modules: tuple[str, ...] = ()  # --lora-modules: the adapters the measured requests name
+    lora_assignment: str = "random"  # --lora-assignment
 
     @property
     def plots(self) -> bool:
@@ -570,6 +578,9 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
             if k in got:
                 ctx.meta.setdefault("capsim.flag_notes", {})["--" + k.replace("_", "-")] = \
                     "unread without --ramp-up-strategy, as in vllm bench serve"
+    if "lora_assignment" in got and not got.get("lora_modules"):
+        ctx.meta.setdefault("capsim.flag_notes", {})["--lora-assignment"] = \
+            "unread without --lora-modules, as in vllm bench serve"
     thresholds = got.get("timeline_itl_thresholds")
     itl_s = ServeExtras.itl_thresholds_s
     if thresholds is not None and not got.get("plot_timeline"):
@@ -593,7 +604,8 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
                        probe_request_rate=got.get("probe_request_rate") or 0.0,
                        plot_timeline=bool(got.get("plot_timeline")),
                        plot_dataset_stats=bool(got.get("plot_dataset_stats")),
-                       itl_thresholds_s=itl_s, **{k: got.get(k) for k in RAMP_KEYS})
+                       itl_thresholds_s=itl_s, lora_modules=tuple(got.get("lora_modules") or ()),
+                       lora_assignment=got.get("lora_assignment") or "random", **{k: got.get(k) for k in RAMP_KEYS})
 
 
 def echo_flag_notes(prefix: str, extra: Sequence[str] = (), ctx: click.Context | None = None) -> None:

@@ -308,7 +308,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
                        scrape_metrics=not no_metrics, grace=grace, keep_text=save_detailed, extra_body=body,
                        num_warmups=ex.num_warmups, vocab=vocab, headers=ex.headers,
                        request_id_prefix=ex.request_id_prefix, ready_s=ex.ready_check_timeout_sec,
-                       insecure=ex.insecure)
+                       insecure=ex.insecure, lora_modules=ex.lora_modules, lora_assignment=ex.lora_assignment)
         return run, od
 
     run, od = _run_guarded(go)

@@ -12,13 +12,14 @@ import threading
 import time
 import uuid
 from time import perf_counter
-from typing import Any
+from typing import Any, Sequence
 
 import httpx
 
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.records import ClosedLoopFacts, LiveFacts, OpenLoopFacts, RunResult
-from simulator.workload import MixtureWorkload, RandomWorkload, ShareGPTWorkload, Workload, WorkloadError
+from simulator.workload import (MixtureWorkload, RandomWorkload, ShareGPTWorkload, Workload, WorkloadError,
+                                lora_picks)
 
 from . import prom
 from .client import Client
@@ -140,13 +141,16 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                          save_detailed: bool = False, extra_body: dict | None = None,
                          num_warmups: int = 0, vocab: Vocab | None = None, headers: dict[str, str] | None = None,
                          request_id_prefix: str | None = None, ready_s: float = 0.0,
-                         insecure: bool = False) -> RunResult:
+                         insecure: bool = False, lora_modules: Sequence[str] = (),
+                         lora_assignment: str = "random") -> RunResult:
     """`vocab`: the tokenizer's vocabulary size and special ids (`--tokenizer`), which make random
     prompts vllm bench serve's to the character; without it, ids run over the workload's vocab_size.
     `headers` go with every request (--header); each measured request is named `request_id_prefix` + its
     index in its x-request-id header (the warmups are not), by default vllm bench serve's `bench-XXXXXXXX-`.
     `ready_s`: how long to wait for a server that does not answer yet (--ready-check-timeout-sec); `insecure`:
-    its TLS certificate is not checked (--insecure)."""
+    its TLS certificate is not checked (--insecure). `lora_modules`: the server's LoRA adapters, one named in each
+    measured request's body by `lora_assignment` (workload.lora_picks; the warmups and the probe ask for the
+    model)."""
     if not isinstance(pattern, OpenLoop):
         raise MeasureError("run_open needs an OpenLoop pattern")
     if vocab is not None and isinstance(workload, RandomWorkload):  # its offsets run over the vocabulary
@@ -212,6 +216,10 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         if prepared is None:  # stopped while preparing: nothing sent
             return await stopped_before_the_run()
         wl, specs, prompts = prepared
+        if lora_modules:  # vllm bench serve picks them after sampling, from the random state sampling left
+            for lp, name in zip(prompts, lora_picks(lora_modules, lora_assignment, len(prompts),
+                                                    wl.vllm_random(num_prompts, pattern.seed))):
+                lp.model = name
         if len(prompts) < num_prompts:  # --no-oversample: vLLM's schedule spans the requests it has
             delays = pattern.arrival_times(len(prompts))
             log.info("sending %s of %s requests: only that many ShareGPT conversations pass the length filter "
@@ -230,7 +238,8 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                 log.info("sending %s warmup requests (not measured) ...", num_warmups)
             t_w = perf_counter()
             warm = await S.setup_step(f"sending {num_warmups} warmup requests", asyncio.gather(*(
-                S.send(dataclasses.replace(prompts[0], request=None), -1 - k, t_w, record=False, sem=wsem)
+                S.send(dataclasses.replace(prompts[0], request=None, model=None), -1 - k, t_w, record=False,
+                       sem=wsem)
                 for k in range(num_warmups))))
             if warm is None:
                 return await stopped_before_the_run()
@@ -246,7 +255,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         if pattern.probe_rate > 0:  # vllm bench serve's probe: the first request's body with "Hi" and one token
             probing = asyncio.create_task(S.probe_loop(
                 dataclasses.replace(prompts[0], messages=[{"role": "user", "content": PROBE_TEXT}], prompt=PROBE_TEXT,
-                                    max_tokens=1, target_prompt_tokens=1, fitted=False, request=None),
+                                    max_tokens=1, target_prompt_tokens=1, fitted=False, request=None, model=None),
                 1.0 / pattern.probe_rate, load_done))
         cpu0 = time.process_time()
         start, wall0 = perf_counter(), time.time()

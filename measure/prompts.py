@@ -55,6 +55,7 @@ class LivePrompt:
     target_prompt_tokens: int  # the server-side count aimed at
     fitted: bool  # True when the server's tokenizer confirmed the count
     request: Any = None  # an httpx.Request built before the run (sent once)
+    model: str | None = None  # the model its body names where not the run's: a LoRA adapter (--lora-modules)
 
     def vllm_body(self, model: str, endpoint: str, extra: dict | None = None) -> dict[str, Any]:
         """vllm bench serve's request body (async_request_openai_completions / _chat_completions), `extra`

@@ -176,7 +176,7 @@ class Session:
 
     def payload(self, lp: LivePrompt) -> dict:
         body = lp.benchy_body if self.tool == "llama-benchy" else lp.vllm_body
-        return body(self.model, self.endpoint, self.extra_body)
+        return body(lp.model or self.model, self.endpoint, self.extra_body)
 
     def note_cpu(self, client: ClientHealth, cpu_s: float, wall_s: float) -> None:
         """The client's own CPU during the run: near one core means it may have been the bottleneck."""

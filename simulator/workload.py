@@ -78,6 +78,26 @@ class Workload:
     def describe(self) -> dict:
         raise NotImplementedError
 
+    def vllm_random(self, n: int, seed: int) -> random.Random:
+        """Python's global `random` as vllm bench serve leaves it once this dataset's n requests are
+        sampled (its main seeds it with --seed; --lora-assignment random draws from it next). A dataset
+        that draws with its own generator leaves it as seeded."""
+        return random.Random(seed)
+
+
+LORA_ASSIGNMENTS = ("random", "round-robin")
+
+
+def lora_picks(modules: Sequence[str], assignment: str, n: int, rng: random.Random) -> list[str]:
+    """The LoRA adapter each of n requests asks for (its body's model), as vllm bench serve's
+    --lora-modules and --lora-assignment pick them: in turn, or a `random.choice` a request from `rng`
+    (Workload.vllm_random)."""
+    if assignment not in LORA_ASSIGNMENTS:
+        raise WorkloadError(f"--lora-assignment must be one of {', '.join(LORA_ASSIGNMENTS)}, got {assignment!r}")
+    if assignment == "round-robin":
+        return [modules[i % len(modules)] for i in range(n)]
+    return [rng.choice(modules) for _ in range(n)]
+
 
 def stop_lengths(mean: float, cap: int, n: int, shape: float = 1.0) -> list[int]:
     """n answer lengths of a gamma law of `mean` tokens and `shape` (1: a constant chance of EOS
@@ -278,6 +298,11 @@ def approx_token_count(text: str) -> int:
     return 1 + words
 
 
+def _conversations(records: list[dict]) -> list[dict]:
+    """The entries vLLM's ShareGPTDataset keeps, before it shuffles them: two turns or more."""
+    return [r for r in records if isinstance(r, dict) and len(r.get("conversations") or []) >= 2]
+
+
 def sharegpt_pairs(records: list[dict], seed: int, count_tokens: Callable[[str], int],
                    shuffle: bool = True, output_len: int | None = None):
     """vLLM's ShareGPTDataset sampling order and filter, lazily.
@@ -286,7 +311,7 @@ def sharegpt_pairs(records: list[dict], seed: int, count_tokens: Callable[[str],
     first turn pair; `is_valid_sequence`: prompt >= 4, output >= 4 (unless the
     output length is fixed), prompt <= 1024, prompt + output <= 2048.
     """
-    convs = [r for r in records if isinstance(r, dict) and len(r.get("conversations") or []) >= 2]
+    convs = _conversations(records)
     if shuffle:
         random.seed(seed)
         random.shuffle(convs)
@@ -335,6 +360,7 @@ class ShareGPTWorkload(Workload):
     name = "sharegpt"
     _records: list | None = field(default=None, repr=False)
     dropped: int = 0
+    passed: int | None = None  # the last sample's requests that passed vLLM's filter (fewer: it oversampled)
 
     def __post_init__(self):
         if self.path is None:
@@ -364,9 +390,11 @@ class ShareGPTWorkload(Workload):
                                                    output_len=self.output_len):
             out.append(sharegpt_spec(p_len, o_len, self.fmt, self.output_fraction, self.prompt_scale, prompt))
             if len(out) == n:
+                self.passed = n
                 return out
         if not out:
             raise WorkloadError(f"{self.path}: no ShareGPT conversation passes vLLM's length filter")
+        self.passed = len(out)
         if not self.oversample:
             return out
         # vLLM oversamples with duplicates when too few pass: `random.seed(seed)`, then
@@ -375,6 +403,19 @@ class ShareGPTWorkload(Workload):
         rng = random.Random(seed)
         out.extend([rng.choice(out) for _ in range(n - len(out))])
         return out
+
+    def vllm_random(self, n: int, seed: int) -> random.Random:
+        """As Workload.vllm_random: vLLM seeds the global random, shuffles the conversations with it (a draw
+        a conversation but one, whatever they hold) unless --disable-shuffle, and where too few passed
+        its filter for n (`passed` of the sample of n before this), seeds it again and oversamples."""
+        rng = random.Random(seed)
+        if self.shuffle:
+            rng.shuffle([None] * len(_conversations(self._records or [])))
+        if self.oversample and self.passed is not None and self.passed < n:
+            rng = random.Random(seed)
+            for _ in range(n - self.passed):
+                rng.choice(range(self.passed))
+        return rng
 
     def describe(self) -> dict:
         return {"dataset": "sharegpt", "dataset_path": self.path, "output_fraction": self.output_fraction} | (

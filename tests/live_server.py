@@ -48,7 +48,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 MODEL_NAME = "gemma3-dummy"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -497,21 +497,58 @@ def vllm_bench_serve(flags: list[str], result: Path, timeout: float = 600.0) -> 
         raise AssertionError(f"vllm bench serve exited {proc.returncode}: {proc.stderr[-3000:]}")
 
 
+LORA_ADAPTERS = ("ada", "bob")
+
+
+def lora_server_args(rank: int = 8) -> list[str]:
+    """vLLM's flags that serve LORA_ADAPTERS, LoRA adapters of the test model (rank `rank` on every layer's
+    q_proj and v_proj, small random weights in PEFT's layout), written once under the vLLM home."""
+    import numpy as np
+
+    cfg = json.loads((model_dir() / "config.json").read_text())
+    h, hd = cfg["hidden_size"], cfg["head_dim"]
+    outs = {"q_proj": cfg["num_attention_heads"] * hd, "v_proj": cfg["num_key_value_heads"] * hd}
+    mods = []
+    for seed, name in enumerate(LORA_ADAPTERS):
+        folder = vllm_home() / "lora" / f"{name}-r{rank}"
+        if not (folder / "adapter_config.json").is_file():
+            rng = np.random.default_rng(seed)
+            tensors = {f"base_model.model.model.layers.{i}.self_attn.{m}.lora_{ab}.weight":
+                       (rng.standard_normal(shape) * 0.01).astype("<f4")
+                       for i in range(cfg["num_hidden_layers"]) for m, o in outs.items()
+                       for ab, shape in (("A", (rank, h)), ("B", (o, rank)))}
+            header, off = {}, 0
+            for k, a in tensors.items():
+                header[k] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+                off += a.nbytes
+            head = json.dumps(header).encode()
+            head += b" " * (-len(head) % 8)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "adapter_model.safetensors").write_bytes(
+                len(head).to_bytes(8, "little") + head + b"".join(a.tobytes() for a in tensors.values()))
+            (folder / "adapter_config.json").write_text(json.dumps({
+                "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
+                "bias": "none", "target_modules": list(outs), "base_model_name_or_path": str(model_dir())}))
+        mods.append(f"{name}={folder}")
+    return ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(mods)), "--lora-modules", *mods]
+
+
 # ------------------------------------------------------------------ pytest fixtures
 def vllm_server_fixture(
-    extra_args: Iterable[str] = (),
+    extra_args: Iterable[str] | Callable[[], Iterable[str]] = (),
     env: Mapping[str, str] | None = None,
     timeout: float = 900.0,
     scope: str = "session",
     name: str | None = None,
 ):
-    """Make a pytest fixture that yields a :class:`VLLMHandle` on a free port.
+    """Make a pytest fixture that yields a :class:`VLLMHandle` on a free port (``extra_args``, or a function
+    that makes them when the server starts: files the server reads).
 
     Skips when the install is missing (fails instead if ``CAPSIM_REQUIRE_VLLM=1``).
     """
     import pytest
 
-    extra_args = tuple(extra_args)
+    extra_args = extra_args if callable(extra_args) else tuple(extra_args)
     env = dict(env or {})
 
     @pytest.fixture(scope=scope, name=name)
@@ -521,7 +558,8 @@ def vllm_server_fixture(
             if os.environ.get("CAPSIM_REQUIRE_VLLM") == "1":
                 pytest.fail(msg)
             pytest.skip(msg)
-        handle = start_vllm(None, extra_args=extra_args, env=env, timeout=timeout)
+        handle = start_vllm(None, extra_args=extra_args() if callable(extra_args) else extra_args, env=env,
+                            timeout=timeout)
         try:
             yield handle
         finally:

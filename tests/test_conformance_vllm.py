@@ -757,6 +757,50 @@ def test_no_oversample_sends_what_passes_as_vllm_bench_serve_does(fake, tmp_path
     assert (v["num_prompts"], v["completed"]) == (c["num_prompts"], c["completed"]) == (60, len(theirs))
 
 
+LORA_LOADS = {  # (load, how many ShareGPT conversations pass: None the shared file, else a file that oversamples)
+    "random, drawn": ("completions-random", None, ["--lora-modules", "ada", "bob", "cy"]),
+    "random, in turn": ("chat-random", None, ["--lora-modules", "ada", "bob", "--lora-assignment", "round-robin"]),
+    "sharegpt, drawn": ("chat-sharegpt", None, ["--lora-modules", "ada", "bob", "cy", "--lora-assignment", "random"]),
+    "sharegpt oversampled, drawn": ("chat-sharegpt", 9, ["--lora-modules", "ada", "bob", "cy"]),
+}
+
+
+@pytest.mark.parametrize("case", list(LORA_LOADS))
+def test_lora_adapters_are_named_as_vllm_bench_serve_names_them(case, fake, tmp_path, sharegpt_path):
+    """--lora-modules and --lora-assignment run by vLLM's own vllm bench serve and by capsim measure: each
+    measured request names the same adapter as its model (by its x-request-id): in turn, or drawn from the
+    global random where the dataset's sampling left it (seeded, the ShareGPT shuffle, its oversampling); the
+    warmups name the model."""
+    _require_vllm()
+    load, passing, lora = LORA_LOADS[case]
+    flags = ["--model", "gemma3-dummy", *BODY_LOADS[load], "--num-prompts", "14", "--seed", "5", "--num-warmups",
+             "2", "--request-rate", "200", *lora]
+    if passing is not None:
+        path = tmp_path / "short.json"
+        words = ["alpha", "network", "tokenizer", "request", "latency", "model", "queue", "zebra"]
+        path.write_text(json.dumps(
+            [sharegpt_conversation(f"question {i} " + " ".join(words[(i + k) % 8] for k in range(12)),
+                                   " ".join(words[(i * k) % 8] for k in range(10))) for i in range(passing)]
+            + [sharegpt_conversation("hi", "ok")] * 5))
+        flags += ["--dataset-path", str(path)]
+    elif "sharegpt" in load:
+        flags += ["--dataset-path", str(sharegpt_path)]
+    theirs_srv, ours_srv, _, _ = _run_both(fake, tmp_path, flags)
+
+    def models(srv):
+        return sorted((h["x-request-id"].rsplit("-", 1)[1] if "x-request-id" in h else "warmup", b["model"])
+                      for b, h in zip(srv.stats.bodies, srv.stats.headers))
+
+    theirs, ours = models(theirs_srv), models(ours_srv)
+    assert ours == theirs and len(theirs) == 16
+    assert [m for i, m in theirs if i == "warmup"] == ["gemma3-dummy"] * 2
+    picked = [m for i, m in sorted(theirs, key=lambda x: int(x[0]) if x[0] != "warmup" else -1) if i != "warmup"]
+    if "round-robin" in lora:
+        assert picked == ["ada", "bob"] * 7
+    else:  # a draw, not the turn: the cases tell a wrong random state apart
+        assert set(picked) == {"ada", "bob", "cy"} and picked != (["ada", "bob", "cy"] * 5)[:14]
+
+
 def test_failed_requests_keep_their_entries_as_in_vllm_bench_serve(fake, tmp_path):
     """Every third request answered HTTP 500, one at a time: vLLM's own vllm bench serve and capsim measure
     write detailed results whose per-request arrays hold every request in order, a failed one with its

@@ -156,6 +156,8 @@ def _serve(**_):
      {"input_len": 100, "output_len": 7, "sampling": {"temperature": 0.5, "top_k": 3}}),
     (["--plot-timeline", "--timeline-itl-thresholds", "10,20"],
      {"plot_timeline": True, "itl_thresholds_s": [0.01, 0.02]}),
+    (["--lora-modules", "ada", "bob", "--lora-assignment", "round-robin"],
+     {"lora_modules": ["ada", "bob"], "lora_assignment": "round-robin"}),
 ])
 def test_vllm_bench_serves_further_flags_reach_the_run(words, got):
     res = CliRunner().invoke(_serve, words)
@@ -245,3 +247,33 @@ def test_dash_h_is_help_as_in_the_tools_parsers(cmd):
     """vllm bench serve's and llama-benchy's parsers take -h; so does every capsim command."""
     long, short = (CliRunner().invoke(main, [*cmd, h]) for h in ("--help", "-h"))
     assert short.exit_code == long.exit_code == 0 and short.output == long.output and "Usage:" in short.output
+
+
+def test_lora_flags_in_a_simulation_and_alone():
+    """--lora-modules in a simulation: the same prediction, with a note that adapters are not modelled;
+    --lora-assignment without adapters is unread, as in vllm bench serve; an assignment it does not know is
+    refused. (Measured, each request names its adapter as vLLM's do: test_conformance_vllm, test_measure_live.)"""
+    base = ["simulate", "open", "--num-prompts", "10", "--request-rate", "2", "--json"]
+    plain = CliRunner().invoke(main, base)
+    lora = CliRunner().invoke(main, [*base, "--lora-modules", "ada", "bob", "--lora-assignment", "round-robin"])
+    assert plain.exit_code == lora.exit_code == 0, lora.output
+    assert json.loads(lora.stdout) == json.loads(plain.stdout)
+    assert lora.stderr.strip() == ("note: --lora-modules: LoRA adapters are not modelled: every request runs on "
+                                   "the profile's model")
+    alone = CliRunner().invoke(main, [*base, "--lora-assignment", "round-robin"])
+    assert alone.exit_code == 0 and alone.stderr.strip() == \
+        "note: --lora-assignment: unread without --lora-modules, as in vllm bench serve"
+    bad = CliRunner().invoke(main, [*base, "--lora-modules", "ada", "--lora-assignment", "sticky"])
+    assert bad.exit_code == 2 and "--lora-assignment" in bad.stderr
+
+
+def test_lora_picks_in_turn_or_drawn():
+    import random
+
+    from simulator.workload import WorkloadError, lora_picks
+
+    assert lora_picks(["a", "b", "c"], "round-robin", 7, random.Random(0)) == ["a", "b", "c", "a", "b", "c", "a"]
+    rng = random.Random(4)
+    assert lora_picks(["a", "b"], "random", 50, random.Random(4)) == [rng.choice(["a", "b"]) for _ in range(50)]
+    with pytest.raises(WorkloadError, match="--lora-assignment must be one of random, round-robin, got 'x'"):
+        lora_picks(["a"], "x", 1, random.Random(0))

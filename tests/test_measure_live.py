@@ -22,8 +22,8 @@ from simulator.summary import summarize_closed, summarize_open
 from simulator.workload import RandomWorkload
 from tests.helpers import tls_front
 # vllm_server: the session-scoped server
-from tests.live_server import (model_dir, oracle_answers, vllm_bench_serve, vllm_server,  # noqa: F401
-                               vllm_server_fixture)
+from tests.live_server import (LORA_ADAPTERS, lora_server_args, model_dir, oracle_answers,  # noqa: F401
+                               vllm_bench_serve, vllm_server, vllm_server_fixture)
 
 pytestmark = pytest.mark.live
 
@@ -31,6 +31,8 @@ PP, TG = 128, 16
 API_KEY = "sk-capsim-live-5e1f"
 # vLLM started with --api-key: /v1 routes answer 401 without it (module-scoped: stopped after this file)
 keyed_vllm = vllm_server_fixture(["--api-key", API_KEY], scope="module", name="keyed_vllm")
+# vLLM serving two LoRA adapters of the test model (module-scoped, as the keyed one)
+lora_vllm = vllm_server_fixture(lora_server_args, scope="module", name="lora_vllm")
 OPEN_IN, OPEN_OUT, OPEN_N, OPEN_RATE = 128, 16, 20, 2.0
 
 
@@ -522,6 +524,25 @@ def test_closed_depth_and_latency_modes(vllm_server, tmp_path):  # noqa: F811
             # one request a row: llama-benchy's per-request est_ppt = max(0, ttfr - latency)
             assert m["est_ppt"][0] == pytest.approx(max(0.0, m["ttfr"][0] - 1000 * lat[mode]), abs=1e-6)
     assert lat["none"] == 0 and 0 < lat["api"] < lat["generation"], lat
+
+
+def test_lora_adapters_named_request_by_request(lora_vllm, tmp_path):
+    """vllm bench serve's --lora-modules on a vLLM serving LoRA adapters: each measured request asks for its
+    adapter by name (round-robin here) and the server serves it as that adapter; an adapter the server does
+    not serve fails exactly the requests that named it (404), so the names reach the server request by
+    request; the warmup asks for the model."""
+    base = ["open", lora_vllm.url, "--model", "gemma3-dummy", "--backend", "openai", "--random-input-len", "16",
+            "--random-output-len", "3", "--num-prompts", "6", "--num-warmups", "1", "--no-progress"]
+    res = CliRunner().invoke(measure_cli, [*base, "--lora-modules", *LORA_ADAPTERS, "-o", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    run = load_run(tmp_path / "a")
+    assert len(run.records) == 6 and all(r.ok for r in run.records) and run.live.warmup_requests == 1
+    res = CliRunner().invoke(measure_cli, [*base, "--lora-modules", LORA_ADAPTERS[0], "nobody",
+                                           "--lora-assignment", "round-robin", "-o", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    recs = sorted(load_run(tmp_path / "b").records, key=lambda r: r.request_id)
+    assert [r.ok for r in recs] == [True, False] * 3
+    assert all(r.error.startswith("HTTP 404") and "nobody" in r.error for r in recs[1::2]), recs[1].error
 
 
 def test_api_key_on_a_server_that_demands_it(keyed_vllm, tmp_path):
