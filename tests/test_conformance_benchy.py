@@ -146,12 +146,16 @@ def test_the_cases_have_teeth(oracle):
 CHAT_STREAMS = {k: v for k, v in STREAMS.items() if k[0] == "chat"}
 
 
+def _benchy_reads(kind: str, streams: dict) -> dict:
+    """Each stream's reads through llama-benchy's client, as benchy_oracle.py's job `kind` answers them."""
+    _require_benchy()
+    jobs = [{kind: [r.decode("latin-1") for r in reads]} for reads in streams.values()]
+    return dict(zip(streams, oracle_answers("benchy_oracle.py", jobs, timeout=300, hint=f" (run {SETUP_SCRIPT})")))
+
+
 @pytest.fixture(scope="module")
 def stream_oracle():
-    _require_benchy()
-    jobs = [{"reads": [r.decode("latin-1") for r in reads]} for reads in CHAT_STREAMS.values()]
-    answers = oracle_answers("benchy_oracle.py", jobs, timeout=300, hint=f" (run {SETUP_SCRIPT})")
-    return dict(zip(CHAT_STREAMS, answers))
+    return _benchy_reads("reads", CHAT_STREAMS)
 
 
 @pytest.mark.parametrize("case", list(CHAT_STREAMS), ids=lambda c: c[1])
@@ -188,10 +192,7 @@ PROGRESS_STREAMS = {k[1]: v for k, v in CHAT_STREAMS.items()} | {"token_ids, sev
 
 @pytest.fixture(scope="module")
 def progress_oracle():
-    _require_benchy()
-    jobs = [{"progress": [r.decode("latin-1") for r in reads]} for reads in PROGRESS_STREAMS.values()]
-    answers = oracle_answers("benchy_oracle.py", jobs, timeout=300, hint=f" (run {SETUP_SCRIPT})")
-    return dict(zip(PROGRESS_STREAMS, answers))
+    return _benchy_reads("progress", PROGRESS_STREAMS)
 
 
 @pytest.mark.parametrize("case", list(PROGRESS_STREAMS))
