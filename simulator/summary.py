@@ -523,6 +523,11 @@ class ClosedRow:
         return (self.pp, self.tg, self.depth, self.concurrency)
 
 
+def _window_counts(ts: np.ndarray) -> np.ndarray:
+    """At each of the sorted token times `ts`, the tokens in the 1-s window (t - 1, t] ending at it."""
+    return np.arange(len(ts)) - np.searchsorted(ts, ts - 1.0, side="right") + 1
+
+
 def peak_window_rate(ts: np.ndarray) -> float:
     """llama-benchy 0.4.0's peak t/s: most tokens in a 1-s window (t - 1, t] ending at a token; a
     span under a second gives count / span."""
@@ -532,8 +537,7 @@ def peak_window_rate(ts: np.ndarray) -> float:
     span = ts[-1] - ts[0]
     if 0 < span < 1.0:
         return len(ts) / span
-    left = np.searchsorted(ts, ts - 1.0, side="right")
-    return float((np.arange(len(ts)) - left + 1).max())
+    return float(_window_counts(ts).max())
 
 
 def peak_window_series(ts: np.ndarray) -> list[list[float]]:
@@ -542,8 +546,7 @@ def peak_window_series(ts: np.ndarray) -> list[list[float]]:
     if len(ts) == 0:
         return []
     ts = np.sort(ts)
-    left = np.searchsorted(ts, ts - 1.0, side="right")
-    return [[float(t), float(n)] for t, n in zip(ts - ts[0], (np.arange(len(ts)) - left + 1) / 1.0)]
+    return [[float(t), float(n)] for t, n in zip(ts - ts[0], _window_counts(ts) / 1.0)]
 
 
 def decode_tokens(ts: np.ndarray) -> int:
