@@ -734,17 +734,24 @@ def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_pat
         assert theirs[0][1] == {"x-office": "ny", "x-floor": "3", "content-type": "application/json"}
 
 
+def _short_sharegpt(path, passing: int, failing: int):
+    """A ShareGPT file of `passing` conversations that pass vLLM's length filter and `failing` that do not,
+    each by a wide margin, so the fake server's word count (capsim's /tokenize here) and Gemma 3's tokenizer
+    (vLLM's) keep the same ones: the file's path."""
+    words = ["alpha", "network", "tokenizer", "request", "latency", "model", "queue", "zebra"]
+    kept = [sharegpt_conversation(f"question {i} " + " ".join(words[(i + k) % 8] for k in range(12)),
+                                  " ".join(words[(i * k) % 8] for k in range(10))) for i in range(passing)]
+    path.write_text(json.dumps(kept + [sharegpt_conversation("hi", "ok")] * failing))
+    return path
+
+
 def test_no_oversample_sends_what_passes_as_vllm_bench_serve_does(fake, tmp_path):
     """--no-oversample with more --num-prompts than the ShareGPT file has passing conversations: vLLM's own
     vllm bench serve and capsim measure send the same requests, each once, and report num_prompts as asked.
     Each conversation passes or fails vLLM's length filter by a wide margin, so the fake server's word count
     (capsim's /tokenize here) and Gemma 3's tokenizer (vLLM's) keep the same 20."""
     _require_vllm()
-    path = tmp_path / "short.json"
-    words = ["alpha", "network", "tokenizer", "request", "latency", "model", "queue", "zebra"]
-    passing = [sharegpt_conversation(f"question {i} " + " ".join(words[(i + k) % 8] for k in range(12)),
-                                     " ".join(words[(i * k) % 8] for k in range(10))) for i in range(20)]
-    path.write_text(json.dumps(passing + [sharegpt_conversation("hi", "ok")] * 10))
+    path = _short_sharegpt(tmp_path / "short.json", 20, 10)
     flags = ["--model", "gemma3-dummy", *BODY_LOADS["chat-sharegpt"], "--dataset-path", str(path),
              "--num-prompts", "60", "--seed", "3", "--no-oversample", "--request-rate", "200"]
     theirs_srv, ours_srv, v, c = _run_both(fake, tmp_path, flags)
@@ -757,7 +764,9 @@ def test_no_oversample_sends_what_passes_as_vllm_bench_serve_does(fake, tmp_path
     assert (v["num_prompts"], v["completed"]) == (c["num_prompts"], c["completed"]) == (60, len(theirs))
 
 
-LORA_LOADS = {  # (load, how many ShareGPT conversations pass: None the shared file, else a file that oversamples)
+# (load, how many ShareGPT conversations pass: None the shared file, else a file too short, so it oversamples;
+# the LoRA flags)
+LORA_LOADS = {
     "random, drawn": ("completions-random", None, ["--lora-modules", "ada", "bob", "cy"]),
     "random, in turn": ("chat-random", None, ["--lora-modules", "ada", "bob", "--lora-assignment", "round-robin"]),
     "sharegpt, drawn": ("chat-sharegpt", None, ["--lora-modules", "ada", "bob", "cy", "--lora-assignment", "random"]),
@@ -776,13 +785,7 @@ def test_lora_adapters_are_named_as_vllm_bench_serve_names_them(case, fake, tmp_
     flags = ["--model", "gemma3-dummy", *BODY_LOADS[load], "--num-prompts", "14", "--seed", "5", "--num-warmups",
              "2", "--request-rate", "200", *lora]
     if passing is not None:
-        path = tmp_path / "short.json"
-        words = ["alpha", "network", "tokenizer", "request", "latency", "model", "queue", "zebra"]
-        path.write_text(json.dumps(
-            [sharegpt_conversation(f"question {i} " + " ".join(words[(i + k) % 8] for k in range(12)),
-                                   " ".join(words[(i * k) % 8] for k in range(10))) for i in range(passing)]
-            + [sharegpt_conversation("hi", "ok")] * 5))
-        flags += ["--dataset-path", str(path)]
+        flags += ["--dataset-path", str(_short_sharegpt(tmp_path / "short.json", passing, 5))]
     elif "sharegpt" in load:
         flags += ["--dataset-path", str(sharegpt_path)]
     theirs_srv, ours_srv, _, _ = _run_both(fake, tmp_path, flags)
