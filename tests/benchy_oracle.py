@@ -48,17 +48,26 @@ def case(c: dict) -> dict:
     return out
 
 
-def stream(job: dict) -> dict:
-    """LLMClient.run_generation reading a stream whose bytes come in the given reads, each one second
-    after the one before on its clock (the request is sent at 0): when it saw the first response, the
-    first token, each content chunk and the end."""
+def _generate(reads: list[str], client_cls=LLMClient, **kw):
+    """LLMClient.run_generation (or a subclass's) reading a stream whose bytes come in `reads`, each one
+    second after the one before on its clock (the request is sent at 0); `kw`: its progress arguments."""
     import asyncio
     import types
 
     from llama_benchy import client as benchy_client
     from oracle_io import stream_session
 
-    session, clock = stream_session(job["reads"])
+    session, clock = stream_session(reads)
+    real_time, benchy_client.time = benchy_client.time, types.SimpleNamespace(perf_counter=lambda: clock.t)
+    try:
+        return asyncio.run(client_cls("http://unused", "none", "m").run_generation(session, "", "x", 8, False, **kw))
+    finally:
+        benchy_client.time = real_time
+
+
+def stream(job: dict) -> dict:
+    """_generate's read of the job's stream: when it saw the first response, the first token, each content
+    chunk and the end."""
     seen = []  # the content chunks it streamed, as it hands them to _finalize_stream_tokens
 
     class Client(LLMClient):
@@ -66,41 +75,29 @@ def stream(job: dict) -> dict:
             seen.extend(c["timestamp"] for c in content_chunks)
             return super()._finalize_stream_tokens(result, content_chunks, *rest)
 
-    real_time, benchy_client.time = benchy_client.time, types.SimpleNamespace(perf_counter=lambda: clock.t)
-    try:
-        res = asyncio.run(Client("http://unused", "none", "m").run_generation(session, "", "x", 8, False))
-    finally:
-        benchy_client.time = real_time
+    res = _generate(job["reads"], Client)
     return {"start": res.start_ts, "end": res.end_ts, "first_response": res.first_response_ts,
             "first_token": res.first_token_ts, "total_tokens": res.total_tokens, "chunk_times": seen,
             "error": res.error}
 
 
 def progress(job: dict) -> list[dict]:
-    """The --emit-progress events (ProgressEmitter's JSONL) of LLMClient.run_generation reading a stream in
-    the given reads as stream() does, as measured request 0: each event's fields, less its wall-clock ts."""
-    import asyncio
+    """The --emit-progress events (ProgressEmitter's JSONL) of _generate's read of the job's stream, as
+    measured request 0: each event's fields, less its wall-clock ts."""
     import json
     import os
     import tempfile
-    import types
 
-    from llama_benchy import client as benchy_client
     from llama_benchy.progress import ProgressEmitter
-    from oracle_io import stream_session
 
-    session, clock = stream_session(job["progress"])
     fd, path = tempfile.mkstemp(suffix=".jsonl")
     os.close(fd)
-    real_time, benchy_client.time = benchy_client.time, types.SimpleNamespace(perf_counter=lambda: clock.t)
     try:
         with ProgressEmitter(path, llama_benchy_version="0.4.0") as emitter:
-            asyncio.run(LLMClient("http://unused", "none", "m").run_generation(session, "", "x", 8, False,
-                                                                              progress=emitter, request_id=0))
+            _generate(job["progress"], progress=emitter, request_id=0)
         with open(path) as f:
             events = [json.loads(line) for line in f]
     finally:
-        benchy_client.time = real_time
         os.unlink(path)
     return [{k: v for k, v in e.items() if k != "ts"} for e in events]
 
