@@ -184,21 +184,29 @@ def outside_envelope(test: str, pred: dict, profile: Profile) -> str | None:
     return f"{test}: outside the calibrated envelope ({'; '.join(out)}): extrapolated" if out else None
 
 
-def acceptance_note(run: OpenRun, profile: Profile) -> str | None:
-    """A note when the server kept far more or fewer tokens a speculative step than the profile assumes.
+def acceptance_note(run: OpenRun, profile: Profile, pred: dict | None = None) -> str | None:
+    """A note when the server kept far more or fewer tokens a speculative step than the prediction did.
 
     vllm bench serve reads the server's counters into `spec_decode_acceptance_length` (1 + accepted drafts
     per draft step). It is a result of the load, so only reported here, never fed to the prediction: the
-    acceptance depends on the text, and random-token prompts are rejected far more than book excerpts."""
+    acceptance depends on the text, and random-token prompts are rejected far more than book excerpts.
+    The simulated run counts its drafts the same way (`pred`), drafts cut short at an answer's end included;
+    without it the profile's closed-form tokens a step stand in."""
     kept = run.result.get("spec_decode_acceptance_length")
-    if not profile.engine.num_speculative_tokens or not isinstance(kept, (int, float)) or kept <= 0:
+    if not profile.engine.num_speculative_tokens or not _positive(kept):
         return None
-    assumed = profile.engine.tokens_per_spec_step
+    simulated = (pred or {}).get("spec_decode_acceptance_length")
+    assumed = simulated if _positive(simulated) else profile.engine.tokens_per_spec_step
     if abs(math.log(assumed / kept)) < math.log(1.2):
         return None
+    who = "the simulated server kept" if _positive(simulated) else "the profile assumes"
     return (f"{run.test}: the server kept {kept:.2f} tokens a speculative step (spec_decode_acceptance_length) "
-            f"where the profile assumes {assumed:.2f}, so its steps keep {assumed / kept:.1f}x the tokens the "
+            f"where {who} {assumed:.2f}, so its steps keep {assumed / kept:.1f}x the tokens the "
             "server's did (acceptance depends on the text; docs/physics.md, Speculative decoding)")
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 
 def stream_note(run: OpenRun, profile: Profile) -> str | None:
@@ -286,7 +294,8 @@ def _compare(run: OpenRun, profile: Profile, replications: int, tokenizer: str |
         out.notes.append(f"not validated: {e}")
         return
     preds[(run.source, run.test)] = pred
-    for note in (outside_envelope(run.test, pred, profile), acceptance_note(run, profile), stream_note(run, profile)):
+    notes = (outside_envelope(run.test, pred, profile), acceptance_note(run, profile, med), stream_note(run, profile))
+    for note in notes:
         if note:
             out.notes.append(note)
     unmeasured = []

@@ -151,6 +151,21 @@ def test_the_acceptance_note_leaves_a_fifth_either_way_unsaid():
     assert acceptance_note(run(0), spec) is None and acceptance_note(run("n/a"), spec) is None
 
 
+def test_the_acceptance_note_holds_the_server_to_the_simulated_acceptance_where_the_run_counted_it():
+    """The simulated run's spec_decode_acceptance_length (drafts cut short at an answer's end included)
+    stands in for the profile's closed-form tokens a step; a run without it falls back."""
+    spec = dataclasses.replace(PROFILE, engine=dataclasses.replace(PROFILE.engine, num_speculative_tokens=2))
+    assumed = spec.engine.tokens_per_spec_step
+    run = OpenRun("s", "T", None, "random", result={"spec_decode_acceptance_length": assumed})
+    assert acceptance_note(run, spec, {"spec_decode_acceptance_length": assumed}) is None
+    note = acceptance_note(run, spec, {"spec_decode_acceptance_length": assumed * 1.5})
+    assert f"where the simulated server kept {assumed * 1.5:.2f}" in note and "1.5x" in note
+    for pred in ({}, {"spec_decode_acceptance_length": float("nan")}, {"spec_decode_acceptance_length": 0}):
+        assert acceptance_note(run, spec, pred) is None  # the profile's own figure: no gap
+    far = OpenRun("s", "T", None, "random", result={"spec_decode_acceptance_length": assumed * 2})
+    assert "where the profile assumes" in acceptance_note(far, spec, {})
+
+
 # ------------------------------------------------------------------ capacity
 
 def test_capacity_is_the_highest_rate_strictly_under_the_threshold():
