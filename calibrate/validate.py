@@ -294,7 +294,7 @@ def _compare(run: OpenRun, profile: Profile, replications: int, tokenizer: str |
         out.notes.append(f"not validated: {e}")
         return
     preds[(run.source, run.test)] = pred
-    notes = (outside_envelope(run.test, pred, profile), acceptance_note(run, profile, med), stream_note(run, profile))
+    notes = (outside_envelope(run.test, pred, profile), acceptance_note(run, profile, pred), stream_note(run, profile))
     for note in notes:
         if note:
             out.notes.append(note)

@@ -178,7 +178,7 @@ def test_validate_reports_the_acceptance_the_server_kept_but_does_not_predict_wi
     """vllm bench serve's spec_decode_acceptance_length is a result of the load: validate names a gap
     to the profile's tokens a step, and the prediction stays the profile's own."""
     from calibrate.results import OpenRun
-    from calibrate.validate import acceptance_note, predict_run
+    from calibrate.validate import acceptance_note, predict_run, validate
 
     prof = spec_profile(15, 0.7)  # 3.32 tokens a step
     run = OpenRun("s", "07-office-baseline", None, "random", result={"spec_decode_acceptance_length": 1.29})
@@ -192,3 +192,7 @@ def test_validate_reports_the_acceptance_the_server_kept_but_does_not_predict_wi
     told = OpenRun("s", "t", None, "random", params, {"spec_decode_acceptance_length": 1.29, "completed": 6})
     untold = OpenRun("s", "t", None, "random", params, {"completed": 6})
     assert predict_run(told, prof, 2, n_jobs=1)[0] == predict_run(untold, prof, 2, n_jobs=1)[0]
+    pred = predict_run(told, prof, 2, n_jobs=1)[0]
+    (said,) = [n for n in validate([told], prof, 2, n_jobs=1).notes if "speculative step" in n]
+    # the nominal prediction's own count, not the replications' (they draw the acceptance for the band)
+    assert f"where the simulated server kept {pred['spec_decode_acceptance_length']:.2f}" in said
