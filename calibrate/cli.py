@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from capsim.errors import USER_ERRORS, check_writable, user_errors
-from capsim.flags import MultiValue, typed
+from capsim.options import MultiValue, typed
 from simulator.profile import load_profile
 
 from .fit import fit_closed

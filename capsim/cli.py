@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import flags
-from .flags import SET_VALUE, MultiValue
+from . import benchy_flags, options, serve_flags
+from .options import SET_VALUE, MultiValue
 from .errors import OneLineGroup, check_writable, friendly
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ def ignored_server_options(f):
 @profile_option
 @click.option("--replications", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print llama-benchy-style JSON (= --format json).")
-@flags.llama_benchy_options
+@benchy_flags.llama_benchy_options
 @ignored_server_options
 @friendly
 def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmup, profile_path, sets, replications,
@@ -185,15 +185,15 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
     from .checks import MAX_REPLICATIONS, check_closed, check_range
 
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
-    warmup = flags.warmup_setting(no_warmup, warmup_runs)
-    flags.parse_extra_body(extra_body)  # checked; a simulated request has no body
+    warmup = benchy_flags.warmup_setting(no_warmup, warmup_runs)
+    options.parse_extra_body(extra_body)  # checked; a simulated request has no body
     saved = [f for f, on in (("--save-total-throughput-timeseries", save_total_throughput_timeseries),
                              ("--save-all-throughput-timeseries", save_all_throughput_timeseries)) if on]
     notes = [note for on, note in (
         (post_run_cmd is not None, "--post-run-cmd: not run (a simulated server has nothing to reset)"),
         (emit_progress is not None, "--emit-progress: not written (a simulation streams no requests)"),
         (saved, f"{', '.join(saved)}: not saved for a simulated run (capsim measure closed saves them)")) if on]
-    flags.echo_flag_notes("note: ", notes)
+    options.echo_flag_notes("note: ", notes)
     if as_json and out_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {out_format} contradict each other")
     fmt = "json" if as_json else (out_format or "md")
@@ -214,7 +214,7 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
         out = {**closed_report_head(latency_mode, latency, prof.name, rows, "capsim", None), "benchmarks": benchmarks}
         text = json.dumps(out, indent=2)
     elif fmt == "csv":
-        text = flags.closed_csv(rows, prof.name)
+        text = benchy_flags.closed_csv(rows, prof.name)
     else:
         text = format_closed_table(rows, model=prof.name, latency_mode=latency_mode)
     if benchy_save:
@@ -275,7 +275,7 @@ def open_workload_options(f):
 @profile_option
 @click.option("--replications", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print vllm bench serve's result-JSON keys.")
-@flags.vllm_serve_options
+@serve_flags.vllm_serve_options
 @click.option("--model", default=None, help="Ignored (the profile is the model); the result JSON's model_id.")
 @click.option("--api-key", default=None, hidden=True)
 @click.option("--extra-body", default=None, hidden=True)
@@ -297,7 +297,7 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
 
     check_range(num_prompts, "--num-prompts", hi=MAX_REQUESTS, what=" in one run")
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
-    ex = flags.serve_extras()
+    ex = serve_flags.serve_extras()
     if ex.ignore_eos and output_fraction != 1.0:
         raise click.UsageError(f"--ignore-eos and --output-fraction {output_fraction:g} contradict each other "
                                "(with --ignore-eos every answer runs to its max_tokens)")
@@ -312,14 +312,14 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     if ex.lora_modules:
         unmodelled.append("--lora-modules: LoRA adapters are not modelled: every request runs on the profile's "
                           "model")
-    flags.echo_flag_notes("note: ", unmodelled)
+    options.echo_flag_notes("note: ", unmodelled)
     rate = parse_rate(request_rate)
-    endpoint = flags.resolve_endpoint(backend, endpoint)
-    skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)
-    meta_kv = flags.parse_metadata(metadata)
+    endpoint = serve_flags.resolve_endpoint(backend, endpoint)
+    skw = serve_flags.summary_options(percentile_metrics, metric_percentiles, goodput)
+    meta_kv = serve_flags.parse_metadata(metadata)
     if extra_body:
-        flags.parse_extra_body([extra_body])  # checked; a simulated request has no body
-    flags.check_result_dest(save_result, append_result, result_dir, result_filename, ex)
+        options.parse_extra_body([extra_body])  # checked; a simulated request has no body
+    serve_flags.check_result_dest(save_result, append_result, result_dir, result_filename, ex)
     prof = load_edited(profile_path, sets)
     fmt = prof.prompt_format
     if endpoint == "completions":
@@ -330,7 +330,7 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
                              oversample=not ex.no_oversample)
     pattern = ex.open_loop(rate, burstiness, max_concurrency, seed)
     check_open(prof, wl)
-    rf = flags.result_file(ex, save_result=save_result, append=append_result, result_dir=result_dir,
+    rf = serve_flags.result_file(ex, save_result=save_result, append=append_result, result_dir=result_dir,
                            result_filename=result_filename, label=label, backend=backend, endpoint=endpoint,
                            model_id=model or prof.name, tokenizer=tokenizer, num_prompts=num_prompts, rate=rate,
                            burstiness=burstiness, max_concurrency=max_concurrency, metadata=meta_kv,
@@ -355,7 +355,7 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
         if save_detailed and replications > 1:
             click.echo(f"note: --save-detailed: the per-request arrays are replication 0's (--seed {seed}); the "
                        f"metrics are the median of {replications}", err=True)
-        flags.write_result(rf.path, result, append_result)
+        serve_flags.write_result(rf.path, result, append_result)
     if ex.plots:
         for p in ex.draw_plots(rf.path, arrays):
             click.echo(f"capsim simulate: plot {p}", err=True)

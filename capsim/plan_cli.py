@@ -21,7 +21,7 @@ from simulator.plan import (DEFAULT_SLA, PlanError, PlanSettings, Scenario, form
 from simulator.profile import load_profile
 
 from .errors import friendly
-from .flags import SET_VALUE, MultiValue, typed
+from .options import SET_VALUE, MultiValue, typed
 
 def parse_burst(text: str) -> tuple[float, float]:
     """'5x15m' -> (factor 5, 900 s)."""

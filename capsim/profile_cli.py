@@ -13,7 +13,7 @@ import click
 from simulator.profile import DEFAULT_PROFILE, load_profile, shipped_profiles
 
 from .errors import friendly
-from .flags import MultiValue
+from .options import MultiValue
 
 
 @click.group("profile")

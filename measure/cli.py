@@ -1,7 +1,8 @@
 """`capsim measure closed|open URL ...` and `capsim report RUN`: a thin shell over measure.
 
 A `vllm bench serve` command line (open) or a llama-benchy one (closed) pasted
-after `capsim measure` runs as it would there (capsim.flags maps their flags).
+after `capsim measure` runs as it would there (capsim.serve_flags and
+capsim.benchy_flags map their flags).
 
 Exit codes, as vllm bench serve's: 0 the run completed, failed requests included
 (they are counted in the summary and told on stderr); 1 bad input, unreachable
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import click
 
-from capsim import flags
+from capsim import benchy_flags, options, serve_flags
 from capsim.errors import user_errors
-from capsim.flags import MultiValue
+from capsim.options import MultiValue
 from capsim.logs import stderr_lines as log_lines
 from simulator.errors import CapsimError
 from simulator.load import ClosedLoop
@@ -91,7 +92,8 @@ def _finish(run, out_dir: Path | None, as_json: bool, max_failures: int | None =
         sys.exit(code)
     if run.kind == "closed" and out_format in ("json", "csv"):
         text = json_dumps(cli_json(run, series=series), indent=2) if out_format == "json" else \
-            flags.closed_csv(summarize_closed(run) if run.closed_loop and run.closed_loop.tests else [], str(live.model))
+            benchy_flags.closed_csv(summarize_closed(run) if run.closed_loop and run.closed_loop.tests else [],
+                                    str(live.model))
     elif as_json:
         text = json_dumps(cli_json(run, summary_kw), indent=2)
     else:
@@ -181,7 +183,7 @@ def _model_for_requests(model, served_model_name):
 @click.option("--tokenizer", default=None, hidden=True)  # llama-benchy's; the server's /tokenize counts here
 @click.option("--insecure", is_flag=True, help="Do not check an https server's TLS certificate (capsim's; "
                                                "measure open takes vllm bench serve's flag of that name).")
-@flags.llama_benchy_options
+@benchy_flags.llama_benchy_options
 @_with_common
 def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no_warmup, endpoint, tokenizer,
                insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, emit_progress,
@@ -192,12 +194,12 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
 
     A llama-benchy command line runs as it is: --base-url, --pp 512 1024, --format md|json|csv,
     --save-result FILE, --warmup-runs, --exit-on-first-fail, --extra-body."""
-    server = flags.resolve_url(url, base_url, None, None)
-    warmup = flags.warmup_setting(no_warmup, warmup_runs)
+    server = serve_flags.resolve_url(url, base_url, None, None)
+    warmup = benchy_flags.warmup_setting(no_warmup, warmup_runs)
     # llama-benchy's --no-cache field goes in before --extra-body, which may override it
-    body = ({"cache_prompt": False} if no_cache else {}) | flags.parse_extra_body(extra_body)
-    exit_on_first_fail = flags.benchy_exit_on_first_fail(exit_on_first_fail)
-    flags.echo_flag_notes("capsim measure: ")
+    body = ({"cache_prompt": False} if no_cache else {}) | options.parse_extra_body(extra_body)
+    exit_on_first_fail = benchy_flags.benchy_exit_on_first_fail(exit_on_first_fail)
+    options.echo_flag_notes("capsim measure: ")
     if as_json and out_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {out_format} contradict each other")
     fmt = "json" if as_json else out_format
@@ -252,8 +254,8 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
 @click.option("--max-concurrency", type=int, default=None)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--extra-body", default=None, metavar="JSON", help="A JSON object merged into every request body.")
-@flags.vllm_serve_options
-@flags.vllm_profiler_option
+@serve_flags.vllm_serve_options
+@serve_flags.vllm_profiler_option
 @_with_common
 def open_cmd(url, dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
              dataset_path, sharegpt_output_len, tokenizer, output_fraction, num_prompts, request_rate, burstiness,
@@ -266,18 +268,18 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     A vllm bench serve command line runs as it is: --base-url or --host/--port instead of URL,
     --backend/--endpoint, --save-result with --result-dir/--result-filename, --percentile-metrics,
     --metric-percentiles, --goodput, --metadata, --label."""
-    server = flags.resolve_url(url, base_url, host, port)
-    ep = flags.resolve_endpoint(backend, endpoint)
-    skw = flags.summary_options(percentile_metrics, metric_percentiles, goodput)
-    meta_kv = flags.parse_metadata(metadata)
-    ex = flags.serve_extras()
-    body = ex.request_body(flags.parse_extra_body([extra_body]) if extra_body else {}, ep)
+    server = serve_flags.resolve_url(url, base_url, host, port)
+    ep = serve_flags.resolve_endpoint(backend, endpoint)
+    skw = serve_flags.summary_options(percentile_metrics, metric_percentiles, goodput)
+    meta_kv = serve_flags.parse_metadata(metadata)
+    ex = serve_flags.serve_extras()
+    body = ex.request_body(options.parse_extra_body([extra_body]) if extra_body else {}, ep)
     random_input_len, random_output_len, sharegpt_output_len = ex.lengths(random_input_len, random_output_len,
                                                                            sharegpt_output_len)
-    flags.check_result_dest(save_result, append_result, result_dir, result_filename, ex)
+    serve_flags.check_result_dest(save_result, append_result, result_dir, result_filename, ex)
     unread = ["--logprobs: unread with the chat endpoint, as in vllm bench serve"] if ex.logprobs is not None \
         and ep == "chat" else []
-    flags.echo_flag_notes("capsim measure: ", unread)
+    options.echo_flag_notes("capsim measure: ", unread)
     pattern = _run_guarded(lambda: ex.open_loop(request_rate, burstiness, max_concurrency, seed))  # before the server
 
     def go():
@@ -316,7 +318,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     rf = None
     if not stopped_early:
         start = _dt.datetime.fromtimestamp(run.live.wall_start or _dt.datetime.now().timestamp())
-        rf = flags.result_file(ex, save_result=save_result, append=append_result, result_dir=result_dir,
+        rf = serve_flags.result_file(ex, save_result=save_result, append=append_result, result_dir=result_dir,
                                result_filename=result_filename, label=label, backend=backend, endpoint=ep,
                                model_id=model or run.live.model, tokenizer=tokenizer, num_prompts=num_prompts,
                                rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency,
@@ -325,7 +327,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
         result = _run_guarded(lambda: vllm_bench_result(run, detailed=save_detailed, texts=run.live.texts,
                                                         header=rf.header, summary_kw=skw))
         redact = (lambda t: t.replace(api_key, "***")) if api_key else (lambda t: t)
-        flags.write_result(rf.path, result, append_result, redact)
+        serve_flags.write_result(rf.path, result, append_result, redact)
         click.echo(f"capsim measure: result JSON {rf.path}", err=True)
     if rf is not None and ex.plots:
         for p in ex.draw_plots(rf.path, result_arrays(run.records)):

@@ -342,7 +342,7 @@ def vllm_bench_result(run: RunResult, detailed: bool = False, texts: dict[int, s
 
     Without `detailed` the per-request arrays are dropped as vllm does, except
     its quirk: `latencies` and `queue_times` stay. `header` replaces the run keys
-    (capsim.flags.result_header: backend, label, model_id, --metadata ...);
+    (capsim.serve_flags.result_header: backend, label, model_id, --metadata ...);
     summary_kw: summarize_open's percentiles, metrics and goodput.
     """
     live = run.live or LiveFacts()

@@ -6,7 +6,7 @@ import asyncio
 import click
 
 from capsim.errors import user_errors
-from capsim.flags import SET_VALUE, MultiValue
+from capsim.options import SET_VALUE, MultiValue
 from simulator.profile import load_profile
 
 from .twin import DEFAULT_MODEL_NAME, TwinServer

@@ -25,12 +25,12 @@ def test_every_name_in_all_resolves(package):
 
 
 def test_a_submodule_is_still_a_submodule():
-    """A lazy name never shadows a module: `simulator.plan` is the module, `capsim.flags` too."""
+    """A lazy name never shadows a module: `simulator.plan` is the module, `capsim.options` too."""
     import capsim
     import simulator
-    from capsim import flags
+    from capsim import options
     assert importlib.import_module("simulator.plan") is simulator.plan
-    assert flags is importlib.import_module("capsim.flags") and "flags" not in capsim.__all__
+    assert options is importlib.import_module("capsim.options") and "options" not in capsim.__all__
     assert capsim.plan is importlib.import_module("simulator.plan").plan
 
 

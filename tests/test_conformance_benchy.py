@@ -271,7 +271,7 @@ def test_every_llama_benchy_flag_pastes_in_with_its_default():
     default is ('[llama-benchy's default: 2048]'), or is in SAME_RUN."""
     import click
 
-    from capsim import flags
+    from capsim import benchy_flags
     from capsim.cli import main
     from measure.cli import measure as measure_cli
 
@@ -279,7 +279,8 @@ def test_every_llama_benchy_flag_pastes_in_with_its_default():
     theirs = oracle_answers("benchy_oracle.py", [{"defaults": True}], timeout=300,
                             hint=f" (run {SETUP_SCRIPT})")[0]
     assert {"--pp", "--tg", "--depth", "--concurrency", "--runs", "--latency-mode"} <= set(theirs)
-    taken_unread = set(flags.BENCHY_NO_OP_FLAGS) | set(flags.BENCHY_NOTED_FLAGS) | set(flags.BENCHY_REFUSED_FLAGS)
+    taken_unread = (set(benchy_flags.BENCHY_NO_OP_FLAGS) | set(benchy_flags.BENCHY_NOTED_FLAGS)
+                    | set(benchy_flags.BENCHY_REFUSED_FLAGS))
     stated = 0
     for cmd in (measure_cli.commands["closed"], main.commands["simulate"].commands["closed"]):
         ours = {o: p for p in cmd.params if isinstance(p, click.Option) for o in p.opts + p.secondary_opts}

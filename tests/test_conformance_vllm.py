@@ -943,7 +943,7 @@ def test_every_vllm_bench_serve_flag_pastes_in(oracle):
     `capsim measure open` and `capsim simulate open`, or refused with a line that names it: none is an
     unknown option. (`-h/--help` aside: it prints help, and test_flag_rules checks both spellings; simulate's
     --profile is the box's profile, so vLLM's profiler flag is measure's only.)"""
-    from capsim.flags import REFUSED_FLAGS
+    from capsim.serve_flags import REFUSED_FLAGS
 
     refused = set(REFUSED_FLAGS) | {"--profile"}
     wrong = []

@@ -1,8 +1,8 @@
-"""The rules behind the pasted flags (capsim/flags.py), each against what vllm bench serve 0.32 or
-llama-benchy 0.4.0 does: the server's URL, the backend's name, the goodput and percentile bounds,
---extra-body's entries, the result file's name, folder and appending, the result header, warmups,
-the csv of llama-benchy, and which words a spaced list flag takes. tests/test_flags.py runs whole
-command lines; these hold each rule at its edge.
+"""The rules behind the pasted flags (capsim/serve_flags.py, capsim/benchy_flags.py), each against what
+vllm bench serve 0.32 or llama-benchy 0.4.0 does: the server's URL, the backend's name, the goodput
+and percentile bounds, --extra-body's entries, the result file's name, folder and appending, the
+result header, warmups, the csv of llama-benchy, and which words a spaced list flag takes.
+tests/test_flags.py runs whole command lines; these hold each rule at its edge.
 """
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from capsim.benchy_flags import closed_csv, warmup_setting
 from capsim.cli import main
-from capsim.flags import (MultiValue, ServeExtras, backend_name, check_result_dest, closed_csv, parse_extra_body,
-                          parse_goodput, parse_percentiles, result_header, result_path, resolve_url, serve_extras,
-                          vllm_serve_options, warmup_setting, write_result)
+from capsim.options import MultiValue, parse_extra_body
+from capsim.serve_flags import (ServeExtras, backend_name, check_result_dest, parse_goodput, parse_percentiles,
+                                resolve_url, result_header, result_path, serve_extras, vllm_serve_options,
+                                write_result)
 from simulator.summary import ClosedRow
 
 

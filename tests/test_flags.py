@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from capsim.cli import main
-from capsim.flags import MultiValue, OptionalValue, parse_extra_body
+from capsim.options import MultiValue, OptionalValue, parse_extra_body
 from measure.fakeserver import FakeConfig, FakeServer
 from measure.runfiles import load_run
 from simulator.load import OpenLoop, RampUp
@@ -317,7 +317,7 @@ def test_simulate_open_output_fraction_shortens_the_answers_of_either_dataset(da
 
 def test_serve_extras_body_in_vllm_bench_serve_order():
     """Sampling flags go in every request, --extra-body over them (vllm bench serve: {**sampling, **extra})."""
-    from capsim.flags import ServeExtras
+    from capsim.serve_flags import ServeExtras
     ex = ServeExtras(ignore_eos=True, sampling={"temperature": 0.0, "top_p": 0.9})
     assert ex.request_body({"top_p": 0.5, "chat_template_kwargs": {"enable_thinking": False}}) == \
         {"temperature": 0.0, "top_p": 0.5, "chat_template_kwargs": {"enable_thinking": False}, "ignore_eos": True}

@@ -6,7 +6,7 @@ below its next major (minor for 0.x) version; a bump of a pin comes with a look 
 | library  | private name                                            | workaround                               |
 | httpcore | AsyncConnectionPool._assign_requests_to_connections ... | measure/netbackend.py FastPool           |
 | httpx    | AsyncHTTPTransport._pool, AsyncClient._transport        | measure/netbackend.py make_transport; tests/test_measure.py |
-| click    | parser._long_opt / _short_opt, option.process           | capsim/flags.py MultiValue, OptionalValue |
+| click    | parser._long_opt / _short_opt, option.process           | capsim/options.py MultiValue, OptionalValue |
 | simpy    | Environment._now                                        | measure/twin.py TwinEngine._accept; simulator/engine.py Engine._skip_to |
 """
 from __future__ import annotations
@@ -123,9 +123,9 @@ def test_httpx_transport_keeps_its_pool_in_private_pool(monkeypatch):
          "the test checks the client's requests went through FastPool")
 
 
-# ---------------------------------------------------------------- click: capsim/flags.py
+# ---------------------------------------------------------------- click: capsim/options.py
 
-FLAGS = "capsim/flags.py MultiValue.add_to_parser and OptionalValue.add_to_parser"
+FLAGS = "capsim/options.py MultiValue.add_to_parser and OptionalValue.add_to_parser"
 
 
 def test_click_parser_keeps_options_in_long_opt_and_short_opt():
@@ -162,7 +162,7 @@ def test_click_parser_keeps_options_in_long_opt_and_short_opt():
 
 def test_capsim_flags_still_take_spaced_values():
     """The workaround end to end: `--pp 512 1024` (MultiValue) and a bare or valued --save-result."""
-    from capsim.flags import MultiValue, OptionalValue
+    from capsim.options import MultiValue, OptionalValue
 
     @click.command()
     @click.option("--pp", cls=MultiValue)

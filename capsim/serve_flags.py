@@ -1,156 +1,25 @@
-"""Flags shared by capsim's commands, and the flags of the tools people already know.
+"""vllm bench serve's flags on `capsim measure open` and `capsim simulate open`.
 
-`MultiValue` is the one parser for every multi-value flag: `--pp 512,1024`,
-`--pp 512 1024` (argparse's nargs='+', as llama-benchy and vllm bench serve take
-it) and `--pp 512 --pp 1024` all give (512, 1024).
-
-The rest maps `vllm bench serve`'s and llama-benchy's flags (vLLM 0.32's
-vllm/benchmarks/serve.py add_cli_args; llama-benchy 0.4.0's config.py) onto
-capsim's: the server URL (--base-url, --host/--port), the API (--backend,
---endpoint), the result file (--save-result [FILE], --result-dir,
---result-filename, --append-result), --percentile-metrics, --metric-percentiles,
---goodput, --metadata, --label and llama-benchy's --extra-body and --format.
+vLLM 0.32's vllm/benchmarks/serve.py add_cli_args, mapped onto capsim's: the
+server URL (--base-url, --host/--port), the API (--backend, --endpoint), the
+result file (--save-result [FILE], --result-dir, --result-filename,
+--append-result), --percentile-metrics, --metric-percentiles, --goodput,
+--metadata, --label, and the further flags a pasted command line carries
+(`ServeExtras`, read back by `serve_extras`).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as _dt
-import io
-import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
 
+from .options import MultiValue, OptionalValue, flag_option, note_flag, refuse_flag
 
-# --------------------------------------------------------------------------- one multi-value parser
-
-def typed(ctx: click.Context, name: str) -> bool:
-    """Whether the user gave the parameter `name` on the command line (not a default, not the environment)."""
-    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-
-
-class _Split(click.ParamType):
-    """One command-line word -> a tuple of items (split on `sep`, each converted by `item`)."""
-
-    def __init__(self, item: click.ParamType, sep: str | None):
-        self.item, self.sep = item, sep
-        self.name = f"{item.name}s"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (tuple, list)):
-            parts = list(value)
-        elif isinstance(value, str) and self.sep:
-            parts = [p.strip() for p in value.split(self.sep) if p.strip()]
-            if not parts:
-                self.fail(f"no value in {value!r}", param, ctx)
-        else:
-            parts = [value]
-        return tuple(self.item.convert(p, param, ctx) for p in parts)
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-        return True
-    except ValueError:
-        return False
-
-
-class MultiValue(click.Option):
-    """A list flag: `--x a,b`, `--x a b` and `--x a --x b` all give (a, b).
-
-    item:   the type of one value (click.INT, click.FLOAT, click.Choice(...), click.STRING).
-    sep:    the separator inside one word (None: values may hold commas, e.g. JSON).
-    spaced: also take the following words (argparse's nargs='+'), as long as `accept`
-            says they are values: by default a word the item type converts; a word that
-            starts with '-' (another flag) never is, unless a number. So a positional URL
-            or path after `--pp 512 1024` stays positional.
-    accept: a regex (or callable) for the words to take when spaced (string flags).
-    """
-
-    def __init__(self, *decls, item: Any = click.INT, sep: str | None = ",", spaced: bool = True,
-                 accept: str | Callable[[str], bool] | None = None, **kw):
-        self.item = click.types.convert_type(item)
-        self.sep, self.spaced = sep, spaced
-        self._accept = re.compile(accept).fullmatch if isinstance(accept, str) else accept
-        kw["multiple"] = True
-        kw["type"] = _Split(self.item, sep)
-        kw.setdefault("default", ())
-        super().__init__(*decls, **kw)
-
-    def type_cast_value(self, ctx, value):
-        return tuple(x for part in super().type_cast_value(ctx, value) for x in part)
-
-    def accepts(self, token: str) -> bool:
-        if token == "--" or (token.startswith("-") and not _is_number(token)):
-            return False
-        if self._accept is not None:
-            return bool(self._accept(token))
-        try:
-            self.type.convert(token, self, None)
-            return True
-        except click.BadParameter:
-            return False
-
-    def add_to_parser(self, parser, ctx):
-        ret = super().add_to_parser(parser, ctx)
-        if not self.spaced:
-            return ret
-        for name in self.opts:
-            opt = parser._long_opt.get(name) or parser._short_opt.get(name)  # see tests/test_upstream_private_api.py
-            if opt is None:
-                continue
-            prev = opt.process
-
-            def process(value, state, prev=prev):
-                prev(value, state)
-                while state.rargs and self.accepts(state.rargs[0]):
-                    prev(state.rargs.pop(0), state)
-
-            opt.process = process
-        return ret
-
-
-class OptionalValue(click.Option):
-    """A flag that may take one value: `--save-result` (vllm bench serve: a bare flag) or
-    `--save-result out.json` (llama-benchy and older capsim: the file). The next word is the
-    value only if `accept` matches it, so `--save-result --save-detailed` never writes a file
-    named '--save-detailed' and `--save-result http://host` leaves the URL positional."""
-
-    def __init__(self, *decls, accept: str = r"(?i)[^-].*\.(json|md|csv|txt|jsonl)", flag_value: str = "",
-                 **kw):
-        self._accept = re.compile(accept).fullmatch
-        self._bare = flag_value
-        kw.setdefault("default", None)
-        kw["type"] = click.STRING
-        super().__init__(*decls, **kw)
-
-    def add_to_parser(self, parser, ctx):
-        kw = {"dest": self.name, "action": "store_const", "const": self._bare}
-        parser.add_option(obj=self, opts=self.opts, **kw)
-        for name in self.opts:
-            opt = parser._long_opt.get(name)
-            prev = opt.process
-
-            def process(value, state, prev=prev, opt=opt):
-                if state.rargs and self._accept(state.rargs[0]):
-                    state.opts[opt.dest] = state.rargs.pop(0)
-                    state.order.append(opt.obj)
-                    return
-                prev(value, state)
-
-            opt.process = process
-
-
-SET_VALUE = r"[A-Za-z_][\w.]*\s*=.*"  # a --set KEY=VALUE word (what a spaced --set takes)
-
-
-# --------------------------------------------------------------------------- vllm bench serve
 
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el", "client_queue_time", "e2el_including_client_queue")
 GOODPUT_METRICS = ("ttft", "tpot", "e2el")
@@ -239,39 +108,6 @@ def parse_percentiles(values: Sequence[float]) -> tuple[float, ...] | None:
     return tuple(values) or None
 
 
-def parse_extra_body(values: Sequence[str]) -> dict[str, Any]:
-    """--extra-body: a JSON object (vllm bench serve), or llama-benchy's key=value / key:value
-    entries, comma-separated or repeated (values parsed as JSON where they are)."""
-    out: dict[str, Any] = {}
-    for item in values:
-        s = item.strip()
-        if s.startswith("{"):
-            try:
-                obj = json.loads(s)
-            except json.JSONDecodeError as e:
-                raise click.BadParameter(f"not JSON: {e.msg} at character {e.pos}", param_hint="--extra-body") \
-                    from None
-            if not isinstance(obj, dict):
-                raise click.BadParameter("give a JSON object", param_hint="--extra-body")
-            out.update(obj)
-            continue
-        for entry in (e.strip() for e in s.split(",")):
-            if not entry:
-                continue
-            m = re.match(r"([^=:]+)[=:](.*)", entry)  # the entry is stripped: a match has a key
-            if not m:
-                raise click.BadParameter(f"{entry!r}: use a JSON object, key=value or key:value",
-                                         param_hint="--extra-body")
-            try:
-                out[m.group(1).strip()] = json.loads(m.group(2).strip())
-            except json.JSONDecodeError:
-                out[m.group(1).strip()] = m.group(2).strip()
-    for k in ("model", "stream", "messages", "prompt"):
-        if k in out:
-            raise click.BadParameter(f"{k!r} is capsim's to set, not --extra-body's", param_hint="--extra-body")
-    return out
-
-
 def summary_options(percentile_metrics, metric_percentiles, goodput) -> dict:
     """keyword arguments of simulator.summary.summarize_open from the three flags."""
     kw: dict[str, Any] = {}
@@ -323,41 +159,41 @@ def vllm_serve_options(f):
                      metavar="KEY=VALUE", help="Extra keys for the result JSON, e.g. version=0.3.3 tp=1."),
         click.option("--label", default=None, help="The result's label (and file-name prefix; default: --backend)."),
         click.option("--disable-tqdm", is_flag=True, help="No progress bar (vllm bench serve's spelling)."),
-        _flag_option("--input-len", click.IntRange(min=1), _remember,
+        flag_option("--input-len", click.IntRange(min=1), _remember,
                      "Prompt tokens: --random-input-len's general spelling (it wins, as in vllm bench serve)."),
-        _flag_option("--output-len", click.IntRange(min=1), _remember,
+        flag_option("--output-len", click.IntRange(min=1), _remember,
                      "Output tokens: sets --random-output-len and --sharegpt-output-len (vllm bench serve)."),
-        _flag_option("--ignore-eos", None, _remember,
+        flag_option("--ignore-eos", None, _remember,
                      "Every answer runs to its max_tokens (random requests always do, as vllm bench serve's)."),
-        _flag_option("--num-warmups", click.IntRange(min=0), _remember,
+        flag_option("--num-warmups", click.IntRange(min=0), _remember,
                      "Requests of the first prompt sent before the measured run, not counted (a simulated "
                      "server is warm already)."),
-        _flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
-        _flag_option("--no-oversample", None, _remember,
+        flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
+        flag_option("--no-oversample", None, _remember,
                      "Where fewer ShareGPT conversations pass vLLM's length filter than --num-prompts, send those "
                      "only (default: repeat some of them up to --num-prompts, as vllm bench serve does)."),
-        _flag_option("--logprobs", int, _remember,
+        flag_option("--logprobs", int, _remember,
                      "Log-probabilities per token the server computes and returns (completions; vllm bench serve "
                      "sends none with chat). A simulated step takes as long whatever the logprobs."),
-        _flag_option("--insecure", None, _remember,
+        flag_option("--insecure", None, _remember,
                      "Do not check the server's TLS certificate (a self-signed one; vllm bench serve's). Without "
                      "it an https URL is checked against the system's trust store (SSL_CERT_FILE honoured)."),
-        _flag_option("--ramp-up-strategy", click.Choice(["linear", "exponential"]), _remember,
+        flag_option("--ramp-up-strategy", click.Choice(["linear", "exponential"]), _remember,
                      "A rate that grows over the run, request by request, from --ramp-up-start-rps to "
                      "--ramp-up-end-rps (in place of --request-rate; vllm bench serve)."),
-        _flag_option("--ramp-up-start-rps", click.FLOAT, _remember,
+        flag_option("--ramp-up-start-rps", click.FLOAT, _remember,
                      "The ramp's first rate, req/s (vllm bench serve takes whole numbers; capsim also 0.5)."),
-        _flag_option("--ramp-up-end-rps", click.FLOAT, _remember, "The ramp's last rate, req/s."),
-        _flag_option("--probe-request-rate", click.FLOAT, _remember,
+        flag_option("--ramp-up-end-rps", click.FLOAT, _remember, "The ramp's last rate, req/s."),
+        flag_option("--probe-request-rate", click.FLOAT, _remember,
                      "Beside the load, one-token \"Hi\" requests, each 1/RATE s after the last one ended, outside "
                      "--max-concurrency: how long a quick question waits on the busy box (probe_* keys; vllm "
                      "bench serve's). 0: none."),
-        _flag_option("--plot-timeline", None, _remember,
+        flag_option("--plot-timeline", None, _remember,
                      "Draw each request's TTFT and gaps, coloured by --timeline-itl-thresholds, beside the result "
                      "JSON as RESULT.timeline.png (vllm bench serve's segments; it writes plotly HTML)."),
-        _flag_option("--timeline-itl-thresholds", str, _remember,
+        flag_option("--timeline-itl-thresholds", str, _remember,
                      "The timeline's two ITL bounds in ms, e.g. 25,50 (vllm bench serve's default)."),
-        _flag_option("--plot-dataset-stats", None, _remember,
+        flag_option("--plot-dataset-stats", None, _remember,
                      "Draw vllm bench serve's figure of the requests' prompt and output tokens beside the result "
                      "JSON as RESULT.dataset_stats.png."),
         click.option("--header", cls=MultiValue, item=click.STRING, sep=None,
@@ -369,26 +205,26 @@ def vllm_serve_options(f):
                      help="LoRA adapters the server serves (names of its --lora-modules): each measured request "
                           "names one as its model, as vllm bench serve's do. A simulation runs each request on "
                           "the profile's model (adapters are not modelled)."),
-        _flag_option("--lora-assignment", click.Choice(["random", "round-robin"]), _remember,
+        flag_option("--lora-assignment", click.Choice(["random", "round-robin"]), _remember,
                      "Which adapter a request names: random (drawn as vllm bench serve draws it with --seed) "
                      "or round-robin."),
-        _flag_option("--request-id-prefix", str, _remember,
+        flag_option("--request-id-prefix", str, _remember,
                      "Measured requests are named PREFIX + their index in an x-request-id header (vllm bench "
                      "serve's default: bench-XXXXXXXX-, random)."),
-        _flag_option("--ready-check-timeout-sec", int, _remember,
+        flag_option("--ready-check-timeout-sec", int, _remember,
                      "Wait up to this many seconds for a server that does not answer yet (still starting), "
                      "asking every 5 s; 0 or less: no wait [capsim default: 0, its first error is the "
                      "command's; vllm bench serve's: 600]."),
-        *(_flag_option(n, t, _remember, "Sampling, sent in every request as vllm bench serve does (a "
+        *(flag_option(n, t, _remember, "Sampling, sent in every request as vllm bench serve does (a "
                                          "simulated step takes as long whatever the sampling)." if n == "--temperature"
                        else None) for n, t in SAMPLING_FLAGS.items()),
-        *(_flag_option(n, t) for n, t in NO_OP_FLAGS.items()),
-        *(_flag_option(n, t, _note(why)) for n, (t, why) in SERVE_NOTED_FLAGS.items()),
-        *(_flag_option(n, t, _note(OTHER_DATASET.format(ds))) for n, (t, ds) in OTHER_DATASET_FLAGS.items()),
-        _flag_option("--random-batch-size", int,
+        *(flag_option(n, t) for n, t in NO_OP_FLAGS.items()),
+        *(flag_option(n, t, note_flag(why)) for n, (t, why) in SERVE_NOTED_FLAGS.items()),
+        *(flag_option(n, t, note_flag(OTHER_DATASET.format(ds))) for n, (t, ds) in OTHER_DATASET_FLAGS.items()),
+        flag_option("--random-batch-size", int,
                      _refuse_unless(1, "batched prompts (vllm bench serve's embeddings benchmark) are not supported: "
                                        "one prompt a request")),
-        *(_flag_option(n, t, _refuse(why)) for n, (t, why) in REFUSED_FLAGS.items()),
+        *(flag_option(n, t, refuse_flag(why)) for n, (t, why) in REFUSED_FLAGS.items()),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -524,26 +360,10 @@ def _remember(ctx, param, value):
     return value
 
 
-def _note(reason: str):
-    def cb(ctx, param, value):
-        if value is not None and value is not False:
-            ctx.meta.setdefault("capsim.flag_notes", {})[param.opts[0]] = reason
-        return value
-    return cb
-
-
-def _refuse(reason: str):
-    def cb(ctx, param, value):
-        if value is not None and value is not False:
-            raise click.UsageError(f"{param.opts[0]}: {reason}")
-        return value
-    return cb
-
-
 def vllm_profiler_option(f):
     """vllm bench serve's --profile (the server's profiler around the run), refused: `capsim measure open`
     only, since `capsim simulate open`'s --profile is the box's profile."""
-    return _flag_option("--profile", None, _refuse("capsim measure does not start the server's profiler "
+    return flag_option("--profile", None, refuse_flag("capsim measure does not start the server's profiler "
                                                    "(run it with vllm bench serve)"))(f)
 
 
@@ -554,15 +374,6 @@ def _refuse_unless(default, reason: str):
             raise click.UsageError(f"{param.opts[0]} {value}: {reason}")
         return value
     return cb
-
-
-def _flag_option(name: str, kind, callback=None, help_text: str | None = None):
-    kw: dict[str, Any] = {"expose_value": False, "callback": callback, "hidden": help_text is None}
-    if help_text:
-        kw["help"] = help_text
-    if kind is None:
-        return click.option(name, is_flag=True, default=False, **kw)
-    return click.option(name, type=kind, default=None, **kw)
 
 
 def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
@@ -606,17 +417,6 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
                        plot_dataset_stats=bool(got.get("plot_dataset_stats")),
                        itl_thresholds_s=itl_s, lora_modules=tuple(got.get("lora_modules") or ()),
                        lora_assignment=got.get("lora_assignment") or "random", **{k: got.get(k) for k in RAMP_KEYS})
-
-
-def echo_flag_notes(prefix: str, extra: Sequence[str] = (), ctx: click.Context | None = None) -> None:
-    """On stderr, one line per reason for the accepted flags whose request capsim does not carry out
-    (then `extra`), each after `prefix`."""
-    ctx = ctx or click.get_current_context()
-    by_reason: dict[str, list[str]] = {}
-    for flag, why in ctx.meta.get("capsim.flag_notes", {}).items():
-        by_reason.setdefault(why, []).append(flag)
-    for line in [f"{', '.join(fl)}: {why}" for why, fl in by_reason.items()] + list(extra):
-        click.echo(prefix + line, err=True)
 
 
 def result_path(save_result: str | None, append: bool, result_dir: str | None, result_filename: str | None,
@@ -723,112 +523,3 @@ def result_file(ex: ServeExtras, *, save_result: str | None, append: bool, resul
                            num_prompts=num_prompts, rate=rate, burstiness=burstiness, max_concurrency=max_concurrency,
                            metadata=metadata, date=date, ramp_up=ramp_up)
     return ResultFile(path, header, saving)
-
-
-# --------------------------------------------------------------------------- llama-benchy
-
-def llama_benchy_options(f):
-    """llama-benchy's flags that `capsim measure closed` and `capsim simulate closed` share."""
-    opts = [
-        click.option("--format", "out_format", type=click.Choice(["md", "json", "csv"]), default=None,
-                     help="Output as llama-benchy prints it: md (the table; default), json or csv."),
-        click.option("--warmup-runs", type=click.IntRange(0, 100), default=None,
-                     help="Warmup batches per test, excluded from results [default: 1, as llama-benchy's "
-                          "one warmup run; 0 = --no-warmup]."),
-        click.option("--exact-tg", is_flag=True,
-                     help="Hold every answer to --tg tokens (min_tokens and ignore_eos in each request, "
-                          "llama-benchy's flag); without it an answer may end early at the model's end of "
-                          "text, as llama-benchy's do. A simulated answer runs to --tg either way."),
-        click.option("--exit-on-first-fail", is_flag=True,
-                     help="Stop at the first batch with a failed request and exit 1 (llama-benchy's flag)."),
-        click.option("--post-run-cmd", default=None, metavar="CMD",
-                     help="A shell command run after every run of every test, warmups too (llama-benchy's flag, "
-                          "e.g. to reset a server's cache); one that fails is said and the benchmark goes on. "
-                          "Not run by a simulation."),
-        click.option("--emit-progress", default=None, metavar="PATH",
-                     help="Write each measured request's progress as JSONL events to PATH, or to stdout for '-' "
-                          "(the results then go to stderr), in llama-benchy's schema (its flag). A simulation "
-                          "writes none."),
-        click.option("--save-total-throughput-timeseries", is_flag=True,
-                     help="With --format json, each run's tokens/s over time (a 1-s window at every token), as "
-                          "llama-benchy writes it. A simulation names it not saved."),
-        click.option("--save-all-throughput-timeseries", is_flag=True,
-                     help="With --format json, each request's tokens/s over time, as llama-benchy writes it."),
-        click.option("--no-cache", is_flag=True,
-                     help="Send cache_prompt: false in every request, as llama-benchy does (llama.cpp's prompt "
-                          "cache; vLLM ignores the field). capsim's prompts are unique either way."),
-        click.option("--extra-body", cls=MultiValue, item=click.STRING, sep=None, spaced=False,
-                     metavar="JSON|KEY=VALUE",
-                     help="Extra fields merged into every request body: a JSON object, or llama-benchy's "
-                          "key=value / key:value entries (comma-separated or repeated)."),
-        click.option("--save-result", "benchy_save", cls=OptionalValue, metavar="[FILE]",
-                     help="Write the --format output to FILE (llama-benchy's --save-result FILE)."),
-        click.option("--served-model-name", default=None,
-                     help="The model name sent in requests (default: --model), as llama-benchy."),
-        *(_flag_option(n, None) for n in BENCHY_NO_OP_FLAGS),
-        *(_flag_option(n, t, _note(why)) for n, (t, why) in BENCHY_NOTED_FLAGS.items()),
-        *(_flag_option(n, t, _refuse(why)) for n, (t, why) in BENCHY_REFUSED_FLAGS.items()),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-# llama-benchy's flags beyond the shared ones. No-ops: capsim's prompts are sized with the server's own
-# /tokenize (--adapt-prompt) and get no coherence check.
-BENCHY_NO_OP_FLAGS = ("--adapt-prompt", "--no-adapt-prompt", "--skip-coherence")
-BENCHY_NOTED_FLAGS = {
-    "--book-url": (str, "capsim's prompts are its own pseudo-English text (measure sizes them with the server's "
-                        "tokenizer)"),
-    "--no-results-on-fail": (None, "taken as --exit-on-first-fail; what was measured before the failure is kept"),
-}
-BENCHY_REFUSED_FLAGS = {
-    "--enable-prefix-caching": (None, "prefix-cache runs are not supported: capsim's prompts share no prefix"),
-}
-
-
-def benchy_exit_on_first_fail(exit_on_first_fail: bool, ctx: click.Context | None = None) -> bool:
-    """--exit-on-first-fail, or llama-benchy's --no-results-on-fail, which turns it on."""
-    ctx = ctx or click.get_current_context()
-    return exit_on_first_fail or "--no-results-on-fail" in ctx.meta.get("capsim.flag_notes", {})
-
-
-def warmup_setting(no_warmup: bool, warmup_runs: int | None) -> int:
-    if no_warmup and warmup_runs:
-        raise click.UsageError(f"--no-warmup and --warmup-runs {warmup_runs} contradict each other")
-    return 0 if no_warmup else (1 if warmup_runs is None else warmup_runs)
-
-
-CSV_HEADERS = ["model", "test_name", "t_s_mean", "t_s_std", "t_s_req_mean", "t_s_req_std", "peak_ts_mean",
-               "peak_ts_std", "peak_ts_req_mean", "peak_ts_req_std", "ttfr_mean", "ttfr_std", "est_ppt_mean",
-               "est_ppt_std", "e2e_ttft_mean", "e2e_ttft_std"]
-
-
-def closed_csv(rows, model: str) -> str:
-    """llama-benchy 0.4.0's --format csv (results.py save_report): a pp row and a tg row per test."""
-    rows = list(rows)
-    conc = any(r.concurrency > 1 for r in rows)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_HEADERS, lineterminator="\n")
-    w.writeheader()
-
-    def pair(m, k):
-        v = m.get(k)
-        return (None, None) if v is None else (v[0], v[1])
-
-    for r in rows:
-        d = f" @ d{r.depth}" if r.depth else ""
-        c = f" (c{r.concurrency})" if conc else ""
-        m = r.metrics
-        for test, ts, tsr, pk, pkr, lat in ((f"pp{r.pp}{d}{c}", "pp_throughput", "pp_req_throughput", None, None, True),
-                                            (f"tg{r.tg}{d}{c}", "tg_throughput", "tg_req_throughput",
-                                             "peak_throughput", "peak_req_throughput", False)):
-            if m.get(ts) is None and (pk is None or m.get(pk) is None):
-                continue
-            row = {"model": model, "test_name": test}
-            for col, key in (("t_s", ts), ("t_s_req", tsr), ("peak_ts", pk), ("peak_ts_req", pkr),
-                             ("ttfr", "ttfr" if lat else None), ("est_ppt", "est_ppt" if lat else None),
-                             ("e2e_ttft", "e2e_ttft" if lat else None)):
-                row[f"{col}_mean"], row[f"{col}_std"] = pair(m, key) if key else (None, None)
-            w.writerow(row)
-    return buf.getvalue().rstrip("\n")
