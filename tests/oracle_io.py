@@ -17,16 +17,19 @@ def serve(answer) -> None:
 
 
 def stream_session(reads: list[str]):
-    """(session, clock): an aiohttp-like session whose every post() answers 200 and hands `reads`
-    (latin-1 text of each read) to `response.content.iter_any()`, moving `clock.t` one second before
-    each read; a tool's `time` module replaced by `types.SimpleNamespace(perf_counter=lambda: clock.t)`
-    then records the read each chunk came in (sent at 0)."""
+    """(session, clock): an aiohttp-like session whose every post() answers 200 and hands `reads` (latin-1 text
+    of each read; None: the connection breaks there) to `response.content.iter_any()`, moving `clock.t`
+    one second before each read; a tool's `time` module replaced by
+    `types.SimpleNamespace(perf_counter=lambda: clock.t)` then records the read each chunk came in (sent
+    at 0)."""
     clock = types.SimpleNamespace(t=0.0)
-    data = [r.encode("latin-1") for r in reads]
+    data = [None if r is None else r.encode("latin-1") for r in reads]
 
     async def iter_any():
         for r in data:
             clock.t += 1.0
+            if r is None:
+                raise ConnectionResetError("connection reset by peer")
             yield r
 
     class Response:

@@ -70,9 +70,10 @@ STREAM_SPLITS = {k for k in STREAMS if k[1].startswith("cut")}
 
 def capsim_reads(endpoint: str, reads: list[bytes], monkeypatch, headers: dict | None = None,
                  events=None) -> tuple[RequestRecord, str]:
-    """capsim's client streaming the same reads, on the same clock: one second before each read
-    (`headers`: the response's, beside its content-type; `events`: a measure.progress_events.ProgressEvents
-    that sees the request as a measured one of a closed-loop run, request 0)."""
+    """capsim's client streaming the same reads, on the same clock: one second before each read (a read of None: the
+    connection breaks there; `headers`: the response's, beside its content-type; `events`: a
+    measure.progress_events.ProgressEvents that sees the request as a measured one of a closed-loop run, request
+    0)."""
     clock = [0.0]
     monkeypatch.setattr(client_mod, "perf_counter", lambda: clock[0])
 
@@ -80,6 +81,8 @@ def capsim_reads(endpoint: str, reads: list[bytes], monkeypatch, headers: dict |
         async def __aiter__(self):
             for r in reads:
                 clock[0] += 1.0
+                if r is None:
+                    raise httpx.ReadError("connection reset by peer")
                 yield r
 
     def answer(request):

@@ -149,7 +149,7 @@ CHAT_STREAMS = {k: v for k, v in STREAMS.items() if k[0] == "chat"}
 def _benchy_reads(kind: str, streams: dict) -> dict:
     """Each stream's reads through llama-benchy's client, as benchy_oracle.py's job `kind` answers them."""
     _require_benchy()
-    jobs = [{kind: [r.decode("latin-1") for r in reads]} for reads in streams.values()]
+    jobs = [{kind: [None if r is None else r.decode("latin-1") for r in reads]} for reads in streams.values()]
     return dict(zip(streams, oracle_answers("benchy_oracle.py", jobs, timeout=300, hint=f" (run {SETUP_SCRIPT})")))
 
 
@@ -182,12 +182,28 @@ def test_a_stream_reads_as_llama_benchy_reads_it(stream_oracle, case, monkeypatc
         assert ours == theirs
 
 
-# the chat streams, and one whose content chunks carry token_ids (a speculative step's several tokens)
-PROGRESS_STREAMS = {k[1]: v for k, v in CHAT_STREAMS.items()} | {"token_ids, several a chunk": [
-    sse_event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
-    *(sse_event({"choices": [{"index": 0, "delta": {"content": w}, "token_ids": ids}]})
-      for w, ids in (("ab", [7, 8]), ("c", [9]), ("def", [10, 11, 12]))),
-    sse_event({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 6}}), b"data: [DONE]\n\n"]}
+def _answer(chunks, usage: dict | None, done: bool = True) -> list:
+    """A chat stream's reads, an event a read: the role chunk, a content chunk for each (text, token_ids or
+    None), the usage chunk where given, [DONE] where `done` (else the connection breaks: a read of None)."""
+    return [sse_event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+            *(sse_event({"choices": [{"index": 0, "delta": {"content": w}} | ({"token_ids": ids} if ids is not None else {})]})
+              for w, ids in chunks),
+            *([sse_event({"choices": [], "usage": usage})] if usage else []),
+            b"data: [DONE]\n\n" if done else None]
+
+
+# the chat streams, and what decides request_end's total_tokens and prompt_tokens: token_ids on every content
+# chunk (a speculative step's several; an empty list on one), on some only, neither ids nor usage, a usage of no tokens; and a
+# connection that breaks after a token (an error, no decode time, no tokens)
+PROGRESS_STREAMS = {k[1]: v for k, v in CHAT_STREAMS.items()} | {
+    "token_ids, several a chunk": _answer((("ab", [7, 8]), ("c", [9]), ("def", [10, 11, 12])),
+                                          {"prompt_tokens": 5, "completion_tokens": 6}),
+    "token_ids, none on a chunk": _answer((("ab", [7, 8]), ("c", [])), {"prompt_tokens": 5, "completion_tokens": 3}),
+    "token_ids on some chunks": _answer((("ab", [7, 8]), ("c", None)), {"prompt_tokens": 5, "completion_tokens": 3}),
+    "neither token_ids nor usage": _answer((("a", None), ("b", None)), None),
+    "a usage of no tokens": _answer((("a", None),), {"prompt_tokens": 5, "completion_tokens": 0}),
+    "the connection breaks": _answer((("a", None),), None, done=False),
+}
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +218,8 @@ def test_emit_progress_events_are_llama_benchys(progress_oracle, case, monkeypat
     field (the wall-clock ts aside): the header, first response, first token, a tokens event a content
     chunk (len(token_ids), or 1 marked estimated), the end with its total and prompt tokens and decode
     seconds. Where a read ends between an event's two newlines capsim takes it a read later (above), so
-    there the times may differ by that read."""
+    there the times may differ by that read. A broken connection's error text is each client's own
+    (aiohttp's or httpx's exception): capsim's ends with the same cause."""
     path = tmp_path / "p.jsonl"
     events = ProgressEvents(str(path))
     capsim_reads("chat", PROGRESS_STREAMS[case], monkeypatch, events=events)
@@ -210,10 +227,14 @@ def test_emit_progress_events_are_llama_benchys(progress_oracle, case, monkeypat
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert all(e["schema"] == "llama-benchy-progress.v1" and isinstance(e.pop("ts"), float) for e in lines)
     theirs = progress_oracle[case]
-    assert [e["type"] for e in theirs][-1] == "request_end" and len(theirs) >= 7
+    kinds = [e["type"] for e in theirs]
+    assert kinds[-1] == "request_end" and {"request_first_token", "tokens"} <= set(kinds)
     if case in ("cut between the newlines", "cut every 7 bytes"):
         times = ("ttfr_s", "ttft_s", "decode_seconds")
         lines, theirs = ([{k: v for k, v in e.items() if k not in times} for e in x] for x in (lines, theirs))
+    if theirs[-1]["error"]:  # its str() of aiohttp's exception; capsim's names the error and then the same cause
+        assert lines[-1]["error"].endswith(": " + theirs[-1]["error"])
+        lines[-1]["error"] = theirs[-1]["error"]
     assert lines == theirs
 
 

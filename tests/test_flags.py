@@ -648,8 +648,26 @@ def test_emit_progress_streams_the_measured_requests(fake, tmp_path):
     sent = srv.stats.requests
     bad = cap([*base, "--emit-progress", str(tmp_path / "p.jsonl" / "x"), "-o", str(tmp_path / "c")])
     assert bad.exit_code == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    assert f"--emit-progress {tmp_path / 'p.jsonl' / 'x'}: cannot write" in bad.stderr
+    assert f"--emit-progress {tmp_path / 'p.jsonl' / 'x'}: cannot write: Not a directory" in bad.stderr
     assert srv.stats.requests == sent
+
+
+def test_emit_progress_leaves_open_a_stream_it_did_not_open(capsys):
+    """A stream handed to ProgressEvents (or stdout for '-') is the caller's: the events end, it stays open."""
+    from measure.progress_events import ProgressEvents
+
+    buf = io.StringIO()
+    for target in (buf, "-"):
+        events = ProgressEvents(target)
+        events.complete("ok")
+        events.close()
+        events.complete("ok")  # after close: nothing written, nothing raised
+    assert not buf.closed
+    assert [json.loads(x)["type"] for x in buf.getvalue().splitlines()] == ["header", "bench_complete"]
+    out = capsys.readouterr().out
+    assert [json.loads(x)["type"] for x in out.splitlines()] == ["header", "bench_complete"]
+    print("stdout still open")
+    assert capsys.readouterr().out == "stdout still open\n"
 
 
 def test_help_says_where_defaults_differ():
