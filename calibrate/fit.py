@@ -117,7 +117,9 @@ def estimate_prompt_scale(runs: list[ClosedRun], latency_ms: float) -> float:
 
     llama-benchy reports pp t/s = prompt_tokens / est_ppt with the server's token
     count; when it sized prompts with another tokenizer (gpt2 is its fallback) the
-    two differ. prompt_tokens = pp t/s x est_ppt recovers the server's count.
+    two differ. prompt_tokens = pp t/s x est_ppt recovers the server's count. It
+    takes the server's count only within a fifth of the count it asked for (its
+    results.py), so a scale beyond 0.8-1.2 reads as 1 here, as in its table.
     """
     scales = []
     for run in runs:
