@@ -223,6 +223,21 @@ def test_a_simulated_run_counts_its_drafts_as_vllm_counts_them(monkeypatch, inli
     assert s["spec_decode_acceptance_length"] == 1 + counts[2] / counts[0]
 
 
+def test_spec_decode_keys_take_vllm_bench_serves_edges():
+    """vLLM's benchmark (serve.py, after the run) reports the block once a draft token was counted, and
+    leaves the acceptance length 0.0 and the positions empty where the drafts' count did not grow (its
+    counters read twice: a server restarted between them counts less)."""
+    assert spec_decode_keys(1, 1, 1, [1]) == {
+        "spec_decode_acceptance_rate": 100.0, "spec_decode_acceptance_length": 2.0, "spec_decode_num_drafts": 1,
+        "spec_decode_draft_tokens": 1, "spec_decode_accepted_tokens": 1,
+        "spec_decode_per_position_acceptance_rates": [1.0]}
+    for drafts in (0, -2):
+        keys = spec_decode_keys(drafts, 3, 1, [1])
+        assert keys["spec_decode_acceptance_length"] == 0.0 and keys["spec_decode_per_position_acceptance_rates"] == []
+        assert keys["spec_decode_acceptance_rate"] == pytest.approx(100 / 3)
+    assert spec_decode_keys(2, 0, 0, [0]) == {} == spec_decode_keys(2, -1, 0, [0])
+
+
 def test_a_run_without_drafts_has_no_spec_decode_keys():
     p = spec_profile(0, 0.0)
     run = simulate_open(p, RandomWorkload(200, 20).sample(5, 1), OpenLoop(rate=2.0, seed=1))
