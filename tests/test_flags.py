@@ -645,6 +645,13 @@ def test_emit_progress_streams_the_measured_requests(fake, tmp_path):
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert lines[0]["type"] == "header" and lines[-1] == {**lines[-1], "type": "bench_complete", "status": "ok"}
     assert len([e for e in lines if e["type"] == "request_end"]) == 6 and '"benchmarks"' in out.stderr
+    # without llama-benchy's warmup run its run index starts at 0; the progress line counts the measured requests
+    shown = [a for a in base if a != "--no-progress"]
+    cold = cap([*shown, "--no-warmup", "--emit-progress", str(tmp_path / "q.jsonl"), "-o", str(tmp_path / "d")])
+    assert cold.exit_code == 0, cold.stderr
+    cold_ev = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert [e["run_index"] for e in cold_ev if e["type"] == "request_start"] == [0, 1, 0, 0, 1, 1]
+    assert "] 6/6 requests done, 0 failed, 0 in flight" in cold.stderr
     sent = srv.stats.requests
     bad = cap([*base, "--emit-progress", str(tmp_path / "p.jsonl" / "x"), "-o", str(tmp_path / "c")])
     assert bad.exit_code == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
