@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import click
 
 from . import benchy_flags, options, serve_flags
-from .options import SET_VALUE, MultiValue
 from .errors import OneLineGroup, check_writable, friendly
+from .options import SET_VALUE, MultiValue
 
 if TYPE_CHECKING:
     from simulator.profile import Profile

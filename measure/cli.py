@@ -27,8 +27,8 @@ import click
 
 from capsim import benchy_flags, options, serve_flags
 from capsim.errors import user_errors
-from capsim.options import MultiValue
 from capsim.logs import stderr_lines as log_lines
+from capsim.options import MultiValue
 from simulator.errors import CapsimError
 from simulator.load import ClosedLoop
 from simulator.records import LiveFacts

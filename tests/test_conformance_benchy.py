@@ -186,15 +186,15 @@ def _answer(chunks, usage: dict | None, done: bool = True) -> list:
     """A chat stream's reads, an event a read: the role chunk, a content chunk for each (text, token_ids or
     None), the usage chunk where given, [DONE] where `done` (else the connection breaks: a read of None)."""
     return [sse_event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
-            *(sse_event({"choices": [{"index": 0, "delta": {"content": w}} | ({"token_ids": ids} if ids is not None else {})]})
-              for w, ids in chunks),
+            *(sse_event({"choices": [{"index": 0, "delta": {"content": w}}
+                                     | ({"token_ids": ids} if ids is not None else {})]}) for w, ids in chunks),
             *([sse_event({"choices": [], "usage": usage})] if usage else []),
             b"data: [DONE]\n\n" if done else None]
 
 
 # the chat streams, and what decides request_end's total_tokens and prompt_tokens: token_ids on every content
-# chunk (a speculative step's several; an empty list on one), on some only, neither ids nor usage, a usage of no tokens; and a
-# connection that breaks after a token (an error, no decode time, no tokens)
+# chunk (a speculative step's several; an empty list on one), on some only, neither ids nor usage, a usage of
+# no tokens; and a connection that breaks after a token (an error, no decode time, no tokens)
 PROGRESS_STREAMS = {k[1]: v for k, v in CHAT_STREAMS.items()} | {
     "token_ids, several a chunk": _answer((("ab", [7, 8]), ("c", [9]), ("def", [10, 11, 12])),
                                           {"prompt_tokens": 5, "completion_tokens": 6}),
