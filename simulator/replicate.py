@@ -64,8 +64,8 @@ def band(values: Sequence[dict], lo: float = 5, hi: float = 95) -> tuple[dict, d
         and all(isinstance(v.get(k), list) and len(v[k]) == len(x) for v in values))]
     arr = {k: np.array([v[k] for v in values], dtype=float) for k in keys}
 
-    def stat(f):
-        return {k: (float(f(a)) if a.ndim == 1 else f(a).tolist()) for k, a in arr.items()}
+    def stat(f):  # tolist(): a Python float of a key's number, a list of floats of a list
+        return {k: f(a).tolist() for k, a in arr.items()}
     return (stat(lambda a: np.median(a, axis=0)), stat(lambda a: np.percentile(a, lo, axis=0)),
             stat(lambda a: np.percentile(a, hi, axis=0)))
 

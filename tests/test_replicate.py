@@ -69,6 +69,19 @@ def test_band_is_median_and_percentiles_per_numeric_key():
     assert (lo["a"], hi["a"]) == (2.0, 4.0)
 
 
+def test_band_of_a_list_of_numbers_is_element_by_element():
+    """A key holding a list of numbers of one length in every replication (a simulated speculating server's
+    spec_decode_per_position_acceptance_rates) is banded per element; one whose lengths differ, that some
+    replication lacks, or that is empty is left out, as a string is."""
+    values = [{"p": [float(v), 10.0 * v], "uneven": [1.0] * (1 + (v == 3)), "gap": [1.0], "empty": []}
+              for v in (5, 1, 4, 2, 3)]
+    del values[2]["gap"]
+    med, lo, hi = band(values)
+    assert med == {"p": [3.0, 30.0]}
+    assert lo["p"] == pytest.approx([1.2, 12.0]) and hi["p"] == pytest.approx([4.8, 48.0])
+    assert isinstance(med["p"][0], float)
+
+
 def test_band_of_one_replication_is_that_replication():
     med, lo, hi = band([{"x": 2.5}])
     assert med == lo == hi == {"x": 2.5}
