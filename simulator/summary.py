@@ -599,6 +599,8 @@ def summarize_closed(run: RunResult, total_series: bool = False, request_series:
                 each.append([peak_window_series(s[5]) for s in speeds])
             for (ttfr, e2e, est, pps, tgs, ct), r in zip(speeds, recs):
                 per_req["ttfr"].append(ttfr * 1000)
+                if not len(ct):  # no first token (an empty answer): no prompt, decode or peak figure, as there
+                    continue
                 per_req["e2e_ttft"].append(e2e * 1000)
                 per_req["est_ppt"].append(est * 1000)
                 if not math.isnan(pps):
@@ -609,9 +611,10 @@ def summarize_closed(run: RunResult, total_series: bool = False, request_series:
             firsts = [s[5][0] for s in speeds if len(s[5])]
             lasts = [s[5][-1] for s in speeds if len(s[5])]
             starts = [r.start_time for r in recs]
-            if c > 1:
+            if c > 1 and firsts:  # a batch with no first token has no batch figures, as there
                 span_pp = max(firsts) - min(starts)
-                batch_vals["pp_throughput"].append(sum(r.prompt_tokens for r in recs) / span_pp)
+                if span_pp > 0:
+                    batch_vals["pp_throughput"].append(sum(r.prompt_tokens for r in recs) / span_pp)
                 span_tg = max(lasts) - min(firsts)
                 n_tok = sum(decode_tokens(s[5]) for s in speeds)
                 if span_tg > 0 and n_tok > 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -39,18 +40,30 @@ def _request(rng, start, ttfr, n_chunks, itl, tokens=lambda rng: 1, role=True, e
     return {"start": start, "end": t + 0.004, "chunks": chunks, "prompt_tokens": 0, "completion_tokens": completion}
 
 
-def _case(name, pp, tg, c, runs, latency, **kw):
-    rng = np.random.default_rng(abs(hash(name)) % 2 ** 32)
+def _case(name, pp, tg, c, runs, latency, n_chunks: int = 40, **kw):
+    rng = np.random.default_rng(zlib.crc32(name.encode()))  # the same requests in every process
     batches, t0 = [], 0.0
     for _ in range(runs):
         batch = [_request(rng, t0 + (0.0 if kw.get("grid") else rng.uniform(0, 0.002)),
-                          0.25 + 0.05 * j, kw.pop("n_chunks", None) or 40, 0.03, **kw) for j in range(c)]
+                          0.25 + 0.05 * j, n_chunks, 0.03, **kw) for j in range(c)]
         for r in batch:
             r["prompt_tokens"] = pp
         batches.append(batch)
         t0 = max(r["end"] for r in batch) + 0.5
     return {"name": name, "pp": pp, "tg": tg, "depth": 0, "concurrency": c, "latency": latency,
             "expected_pp": pp, "batches": batches}
+
+
+def _no_content(case: dict, which=(1,)) -> dict:
+    """The case with the requests `which` of every batch answering no content (its role chunk only, no tokens:
+    an answer that ended at once): llama-benchy counts their first response and prompt, and no first token,
+    prompt or decode speed, nor peak for them; a batch of only such answers has no batch figures."""
+    for batch in case["batches"]:
+        for i in which:
+            r = batch[i]
+            r["chunks"], r["completion_tokens"] = r["chunks"][:1], 0
+            r["end"] = r["chunks"][0][0] + 0.004
+    return case
 
 
 CASES = [
@@ -63,6 +76,11 @@ CASES = [
     _case("no role chunk, first chunk of 4 tokens", 64, 30, 2, 1, 0.0, role=False,
           tokens=lambda rng: 4),
     _case("a whole answer in one chunk", 64, 5, 2, 2, 0.0, n_chunks=1, tokens=lambda rng: 5),
+    _case("one token an answer (tg 1), c2", 128, 1, 2, 2, 0.0, n_chunks=1),
+    _case("two tokens an answer (tg 2), c1", 128, 2, 1, 2, 0.0, n_chunks=2),
+    _case("three tokens an answer, decode under a second, c2", 128, 3, 2, 2, 0.0, n_chunks=3),
+    _no_content(_case("an answer with no content, c3", 256, 40, 3, 2, 0.1)),
+    _no_content(_case("no content in any answer, c2", 256, 40, 2, 2, 0.1), which=(0, 1)),
 ]
 
 
@@ -117,7 +135,8 @@ def test_throughput_series_equal_llama_benchys(oracle, case):
     (row,) = summarize_closed(_records(case), total_series=True, request_series=True)
     assert row.throughput_over_time == theirs["series"]["throughput_over_time"]
     assert row.requests_throughput_over_time == theirs["series"]["requests_throughput_over_time"]
-    assert len(row.throughput_over_time) == len(case["batches"]) and row.throughput_over_time[0]
+    answered = any(c[1] for batch in case["batches"] for r in batch for c in r["chunks"])
+    assert len(row.throughput_over_time) == (len(case["batches"]) if answered else 0)  # a series a run with tokens
     (entry,) = closed_rows_json([row])
     assert list(entry) == theirs["json_keys"]
     assert list(closed_report_head("generation", 0.01, "m", [row], "capsim", 1.7e9)) == theirs["head_keys"]
@@ -321,9 +340,11 @@ def test_every_llama_benchy_flag_pastes_in_with_its_default():
 
 
 def test_series_and_head_edges():
-    """One token is a series of one point at one token a second, none is no series (as llama-benchy's
-    _calculate_peak_throughput walks them); the head's max_concurrency is the suite's largest, 1 with no test."""
+    """One token is a series of one point at one token a second and a peak of 1 t/s, none is no series and a
+    peak of 0 (as llama-benchy's _calculate_peak_throughput walks them); the head's max_concurrency is the
+    suite's largest, 1 with no test."""
     assert peak_window_series(np.array([3.5])) == [[0.0, 1.0]] and peak_window_series(np.array([])) == []
+    assert peak_window_rate(np.array([3.5])) == 1.0 and peak_window_rate(np.array([])) == 0.0
     rows = [ClosedRow(64, 4, 0, c) for c in (1, 4, 2)]
     assert closed_report_head("none", 0.0, "m", rows, "v", None)["max_concurrency"] == 4
     head = closed_report_head("none", 0.0, "m", [], "v", 0.0)
