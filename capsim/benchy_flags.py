@@ -91,30 +91,15 @@ CSV_HEADERS = ["model", "test_name", "t_s_mean", "t_s_std", "t_s_req_mean", "t_s
 
 
 def closed_csv(rows, model: str) -> str:
-    """llama-benchy 0.4.0's --format csv (results.py save_report): a pp row and a tg row per test."""
-    rows = list(rows)
-    conc = any(r.concurrency > 1 for r in rows)
+    """llama-benchy 0.4.0's --format csv (results.py save_report) of summary.closed_report_rows."""
+    from simulator.summary import closed_report_rows
+
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_HEADERS, lineterminator="\n")
     w.writeheader()
-
-    def pair(m, k):
-        v = m.get(k)
-        return (None, None) if v is None else (v[0], v[1])
-
-    for r in rows:
-        d = f" @ d{r.depth}" if r.depth else ""
-        c = f" (c{r.concurrency})" if conc else ""
-        m = r.metrics
-        for test, ts, tsr, pk, pkr, lat in ((f"pp{r.pp}{d}{c}", "pp_throughput", "pp_req_throughput", None, None, True),
-                                            (f"tg{r.tg}{d}{c}", "tg_throughput", "tg_req_throughput",
-                                             "peak_throughput", "peak_req_throughput", False)):
-            if m.get(ts) is None and (pk is None or m.get(pk) is None):
-                continue
-            row = {"model": model, "test_name": test}
-            for col, key in (("t_s", ts), ("t_s_req", tsr), ("peak_ts", pk), ("peak_ts_req", pkr),
-                             ("ttfr", "ttfr" if lat else None), ("est_ppt", "est_ppt" if lat else None),
-                             ("e2e_ttft", "e2e_ttft" if lat else None)):
-                row[f"{col}_mean"], row[f"{col}_std"] = pair(m, key) if key else (None, None)
-            w.writerow(row)
+    for test, cols in closed_report_rows(rows):
+        row = {"model": model, "test_name": test}
+        for col, v in cols.items():
+            row[f"{col}_mean"], row[f"{col}_std"] = (None, None) if v is None else (v[0], v[1])
+        w.writerow(row)
     return buf.getvalue().rstrip("\n")

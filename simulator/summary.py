@@ -671,42 +671,57 @@ def closed_report_head(latency_mode: str, latency_s: float, model: str | None, r
             "max_concurrency": max((r.concurrency for r in rows), default=1)}
 
 
-def format_closed_table(rows: Iterable[ClosedRow], model: str = "capsim", concurrent: bool | None = None,
-                        latency_mode: str = "generation", version: str = "capsim") -> str:
-    """llama-benchy 0.4.0's markdown table."""
+BENCHY_COLUMNS = ("t_s", "t_s_req", "peak_ts", "peak_ts_req", "ttfr", "est_ppt", "e2e_ttft")
+
+
+def closed_report_rows(rows: Iterable[ClosedRow], concurrent: bool | None = None) -> list[tuple[str, dict]]:
+    """llama-benchy 0.4.0's report rows (results.py _generate_rows), which its md table and csv print: per
+    test a pp row where it has a pp t/s and a tg row where it has a tg or peak t/s, each (test name,
+    {column of BENCHY_COLUMNS: (mean, std) or None}). A "(cN)" suffix where any test ran concurrently."""
     rows = list(rows)
     if concurrent is None:
         concurrent = any(r.concurrency > 1 for r in rows)
-
-    def cell(m, k, nd=2):
-        if k not in m:
-            return ""
-        mu, sd = m[k]
-        return f"{mu:.{nd}f} ± {sd:.{nd}f}"
-
-    if concurrent:
-        head = ["model", "test", "t/s (total)", "t/s (req)", "peak t/s", "peak t/s (req)", "ttfr (ms)",
-                "est_ppt (ms)", "e2e_ttft (ms)"]
-    else:
-        head = ["model", "test", "t/s", "peak t/s", "ttfr (ms)", "est_ppt (ms)", "e2e_ttft (ms)"]
-    body = []
+    out = []
     for r in rows:
         d = f" @ d{r.depth}" if r.depth else ""
         cs = f" (c{r.concurrency})" if concurrent else ""
         m = r.metrics
-        if concurrent:
-            body.append([model, f"pp{r.pp}{d}{cs}", cell(m, "pp_throughput"), cell(m, "pp_req_throughput"), "", "",
-                         cell(m, "ttfr"), cell(m, "est_ppt"), cell(m, "e2e_ttft")])
-            body.append([model, f"tg{r.tg}{d}{cs}", cell(m, "tg_throughput"), cell(m, "tg_req_throughput"),
-                         cell(m, "peak_throughput"), cell(m, "peak_req_throughput"), "", "", ""])
-        else:
-            body.append([model, f"pp{r.pp}{d}", cell(m, "pp_throughput"), "", cell(m, "ttfr"), cell(m, "est_ppt"),
-                         cell(m, "e2e_ttft")])
-            body.append([model, f"tg{r.tg}{d}", cell(m, "tg_throughput"), cell(m, "peak_throughput"), "", "", ""])
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+        if "pp_throughput" in m:
+            out.append((f"pp{r.pp}{d}{cs}", dict(zip(BENCHY_COLUMNS, (
+                m["pp_throughput"], m.get("pp_req_throughput"), None, None, m.get("ttfr"), m.get("est_ppt"),
+                m.get("e2e_ttft"))))))
+        if "tg_throughput" in m or "peak_throughput" in m:
+            out.append((f"tg{r.tg}{d}{cs}", dict(zip(BENCHY_COLUMNS, (
+                m.get("tg_throughput"), m.get("tg_req_throughput"), m.get("peak_throughput"),
+                m.get("peak_req_throughput"), None, None, None)))))
+    return out
+
+
+def format_closed_table(rows: Iterable[ClosedRow], model: str = "capsim", concurrent: bool | None = None,
+                        latency_mode: str = "generation", version: str = "capsim") -> str:
+    """llama-benchy 0.4.0's markdown table (results.py _generate_md_report) of closed_report_rows; its
+    message where no test has a row."""
+    rows = list(rows)
+    if concurrent is None:
+        concurrent = any(r.concurrency > 1 for r in rows)
+
+    def cell(v):
+        return "" if v is None else f"{v[0]:.2f} ± {v[1]:.2f}"
+
+    if concurrent:
+        head = ["model", "test", "t/s (total)", "t/s (req)", "peak t/s", "peak t/s (req)", "ttfr (ms)",
+                "est_ppt (ms)", "e2e_ttft (ms)"]
+        columns = BENCHY_COLUMNS
+    else:
+        head = ["model", "test", "t/s", "peak t/s", "ttfr (ms)", "est_ppt (ms)", "e2e_ttft (ms)"]
+        columns = ("t_s", "peak_ts", "ttfr", "est_ppt", "e2e_ttft")
+    body = [[model, test, *(cell(v[k]) for k in columns)] for test, v in closed_report_rows(rows, concurrent)]
+    footer = ["", f"llama-benchy ({version})", f"latency mode: {latency_mode}"]
+    if not body:
+        return "\n".join(["No results collected. Check if the model is generating tokens.", *footer])
+    # tabulate's pipe table (llama-benchy's): a column at least its header plus 2 wide (its MIN_PADDING)
+    widths = [max(len(h) + 2, *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     fmt_row = lambda cells: "| " + " | ".join(
         (c.ljust(w) if i == 0 else c.rjust(w)) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
     sep = "|" + "|".join((":" + "-" * (w + 1)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
-    lines = [fmt_row(head), sep] + [fmt_row(b) for b in body]
-    lines += ["", f"llama-benchy ({version})", f"latency mode: {latency_mode}"]
-    return "\n".join(lines)
+    return "\n".join([fmt_row(head), sep, *(fmt_row(b) for b in body), *footer])

@@ -6,7 +6,7 @@ latency) with its runs' requests as a client saw them: start and end times, ever
 choices (time, whether it had content, how many token_ids it carried) and the usage counts. Each
 request goes through llama-benchy's LLMClient._finalize_stream_tokens (how 0.4.0 turns chunks into
 token timestamps) and the test through BenchmarkResults.add (its table values). Writes, per case,
-every metric's (mean, std) or null. A case with "reads" instead is a stream: LLMClient.run_generation
+every metric's (mean, std) or null, its report rows and its md table. A case with "reads" instead is a stream: LLMClient.run_generation
 reads those bytes (stream()); one with "body" gives the request body it posts (body()); one with
 "progress" the --emit-progress events of such a read (progress()).
 """
@@ -45,6 +45,13 @@ def case(c: dict) -> dict:
     out["series"] = {k: dumped[k] for k in ("throughput_over_time", "requests_throughput_over_time")}
     out["json_keys"] = list(dumped)
     out["head_keys"] = list(BenchmarkMetadata.model_fields)  # the top of its --format json, before benchmarks
+    # its report rows (the md table's and the csv's) and the md table, of a suite of this one test
+    b.metadata = BenchmarkMetadata(version="0.4.0", timestamp="t", latency_mode="generation", latency_ms=0.0,
+                                   model="m", prefix_caching_enabled=False, max_concurrency=c["concurrency"])
+    out["report_rows"] = [[r["test_name"], {k: None if r[k] is None else [float(r[k].mean), float(r[k].std)]
+                                            for k in ("t_s", "t_s_req", "peak_ts", "peak_ts_req", "ttfr", "est_ppt",
+                                                      "e2e_ttft")}] for r in b._generate_rows()]
+    out["md"] = b._generate_md_report(c["concurrency"])
     return out
 
 

@@ -10,6 +10,8 @@ Needs the vLLM venv with llama-benchy (scripts/setup_vllm_cpu.sh); fails without
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import zlib
@@ -17,10 +19,11 @@ import zlib
 import numpy as np
 import pytest
 
+from capsim.benchy_flags import closed_csv
 from measure.progress_events import ProgressEvents
 from simulator.records import ClosedLoopFacts, RequestRecord, RunResult
-from simulator.summary import (BENCHY_METRICS, ClosedRow, closed_report_head, closed_rows_json, peak_window_rate,
-                               peak_window_series, summarize_closed)
+from simulator.summary import (BENCHY_METRICS, ClosedRow, closed_report_head, closed_report_rows, closed_rows_json,
+                               format_closed_table, peak_window_rate, peak_window_series, summarize_closed)
 from tests.live_server import SETUP_SCRIPT, oracle_answers, vllm_available
 from tests.stream_cases import STREAMS, capsim_reads, sse_event
 
@@ -124,6 +127,25 @@ def test_closed_summary_equals_llama_benchy(oracle, case):
         else:
             assert row.metrics[m] == pytest.approx(theirs[m][:2], rel=1e-9, abs=1e-9), m
             assert row.values[m] == pytest.approx(theirs[m][2], rel=1e-9, abs=1e-9), m
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_report_rows_and_md_table_are_llama_benchys(oracle, case):
+    """The rows of llama-benchy's md table and csv (results.py _generate_rows: a pp row where the test has a pp
+    t/s, a tg row where it has a tg or peak t/s) and its md table, character for character (capsim adds its
+    version and latency mode below it); the csv of the same rows."""
+    theirs = oracle[case["name"]]
+    rows = summarize_closed(_records(case))
+    ours = closed_report_rows(rows)
+    assert [t for t, _ in ours] == [t for t, _ in theirs["report_rows"]]
+    for (_, mine), (_, their) in zip(ours, theirs["report_rows"]):
+        assert {k: v is None for k, v in mine.items()} == {k: v is None for k, v in their.items()}
+        for k, v in their.items():
+            assert v is None or list(mine[k]) == pytest.approx(v, rel=1e-9, abs=1e-9), k
+    table = format_closed_table(rows, model="m").split("\n\nllama-benchy (capsim)")[0]
+    assert table == theirs["md"]
+    csv_rows = list(csv.DictReader(io.StringIO(closed_csv(rows, "m"))))
+    assert [r["test_name"] for r in csv_rows] == [t for t, _ in theirs["report_rows"]]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
