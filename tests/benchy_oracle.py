@@ -6,9 +6,9 @@ latency) with its runs' requests as a client saw them: start and end times, ever
 choices (time, whether it had content, how many token_ids it carried) and the usage counts. Each
 request goes through llama-benchy's LLMClient._finalize_stream_tokens (how 0.4.0 turns chunks into
 token timestamps) and the test through BenchmarkResults.add (its table values). Writes, per case,
-every metric's (mean, std) or null, its report rows and its md table. A case with "reads" instead is a stream: LLMClient.run_generation
-reads those bytes (stream()); one with "body" gives the request body it posts (body()); one with
-"progress" the --emit-progress events of such a read (progress()).
+every metric's (mean, std) or null, its report rows and its md table. A case with "reads" instead is
+a stream: LLMClient.run_generation reads those bytes (stream()); one with "body" gives the request
+body it posts (body()); one with "progress" the --emit-progress events of such a read (progress()).
 """
 from llama_benchy.client import LLMClient, RequestResult
 from llama_benchy.results import BenchmarkMetadata, BenchmarkResults
