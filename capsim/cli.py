@@ -331,10 +331,10 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     pattern = ex.open_loop(rate, burstiness, max_concurrency, seed)
     check_open(prof, wl)
     rf = serve_flags.result_file(ex, save_result=save_result, append=append_result, result_dir=result_dir,
-                           result_filename=result_filename, label=label, backend=backend, endpoint=endpoint,
-                           model_id=model or prof.name, tokenizer=tokenizer, num_prompts=num_prompts, rate=rate,
-                           burstiness=burstiness, max_concurrency=max_concurrency, metadata=meta_kv,
-                           date=datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), ramp_up=pattern.ramp_up)
+                                 result_filename=result_filename, label=label, backend=backend, endpoint=endpoint,
+                                 model_id=model or prof.name, tokenizer=tokenizer, num_prompts=num_prompts,
+                                 rate=rate, burstiness=burstiness, max_concurrency=max_concurrency, metadata=meta_kv,
+                                 date=datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), ramp_up=pattern.ramp_up)
     # the per-request arrays are replication 0's, the run of the given seed, kept where the file or a figure needs them
     first = open_run(prof, wl, num_prompts, pattern) if rf is not None and (
         save_detailed and rf.saving or ex.plots) else None

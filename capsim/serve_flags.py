@@ -160,42 +160,42 @@ def vllm_serve_options(f):
         click.option("--label", default=None, help="The result's label (and file-name prefix; default: --backend)."),
         click.option("--disable-tqdm", is_flag=True, help="No progress bar (vllm bench serve's spelling)."),
         flag_option("--input-len", click.IntRange(min=1), _remember,
-                     "Prompt tokens: --random-input-len's general spelling (it wins, as in vllm bench serve)."),
+                    "Prompt tokens: --random-input-len's general spelling (it wins, as in vllm bench serve)."),
         flag_option("--output-len", click.IntRange(min=1), _remember,
-                     "Output tokens: sets --random-output-len and --sharegpt-output-len (vllm bench serve)."),
+                    "Output tokens: sets --random-output-len and --sharegpt-output-len (vllm bench serve)."),
         flag_option("--ignore-eos", None, _remember,
-                     "Every answer runs to its max_tokens (random requests always do, as vllm bench serve's)."),
+                    "Every answer runs to its max_tokens (random requests always do, as vllm bench serve's)."),
         flag_option("--num-warmups", click.IntRange(min=0), _remember,
-                     "Requests of the first prompt sent before the measured run, not counted (a simulated "
-                     "server is warm already)."),
+                    "Requests of the first prompt sent before the measured run, not counted (a simulated "
+                    "server is warm already)."),
         flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
         flag_option("--no-oversample", None, _remember,
-                     "Where fewer ShareGPT conversations pass vLLM's length filter than --num-prompts, send those "
-                     "only (default: repeat some of them up to --num-prompts, as vllm bench serve does)."),
+                    "Where fewer ShareGPT conversations pass vLLM's length filter than --num-prompts, send those "
+                    "only (default: repeat some of them up to --num-prompts, as vllm bench serve does)."),
         flag_option("--logprobs", int, _remember,
-                     "Log-probabilities per token the server computes and returns (completions; vllm bench serve "
-                     "sends none with chat). A simulated step takes as long whatever the logprobs."),
+                    "Log-probabilities per token the server computes and returns (completions; vllm bench serve "
+                    "sends none with chat). A simulated step takes as long whatever the logprobs."),
         flag_option("--insecure", None, _remember,
-                     "Do not check the server's TLS certificate (a self-signed one; vllm bench serve's). Without "
-                     "it an https URL is checked against the system's trust store (SSL_CERT_FILE honoured)."),
+                    "Do not check the server's TLS certificate (a self-signed one; vllm bench serve's). Without "
+                    "it an https URL is checked against the system's trust store (SSL_CERT_FILE honoured)."),
         flag_option("--ramp-up-strategy", click.Choice(["linear", "exponential"]), _remember,
-                     "A rate that grows over the run, request by request, from --ramp-up-start-rps to "
-                     "--ramp-up-end-rps (in place of --request-rate; vllm bench serve)."),
+                    "A rate that grows over the run, request by request, from --ramp-up-start-rps to "
+                    "--ramp-up-end-rps (in place of --request-rate; vllm bench serve)."),
         flag_option("--ramp-up-start-rps", click.FLOAT, _remember,
-                     "The ramp's first rate, req/s (vllm bench serve takes whole numbers; capsim also 0.5)."),
+                    "The ramp's first rate, req/s (vllm bench serve takes whole numbers; capsim also 0.5)."),
         flag_option("--ramp-up-end-rps", click.FLOAT, _remember, "The ramp's last rate, req/s."),
         flag_option("--probe-request-rate", click.FLOAT, _remember,
-                     "Beside the load, one-token \"Hi\" requests, each 1/RATE s after the last one ended, outside "
-                     "--max-concurrency: how long a quick question waits on the busy box (probe_* keys; vllm "
-                     "bench serve's). 0: none."),
+                    "Beside the load, one-token \"Hi\" requests, each 1/RATE s after the last one ended, outside "
+                    "--max-concurrency: how long a quick question waits on the busy box (probe_* keys; vllm "
+                    "bench serve's). 0: none."),
         flag_option("--plot-timeline", None, _remember,
-                     "Draw each request's TTFT and gaps, coloured by --timeline-itl-thresholds, beside the result "
-                     "JSON as RESULT.timeline.png (vllm bench serve's segments; it writes plotly HTML)."),
+                    "Draw each request's TTFT and gaps, coloured by --timeline-itl-thresholds, beside the result "
+                    "JSON as RESULT.timeline.png (vllm bench serve's segments; it writes plotly HTML)."),
         flag_option("--timeline-itl-thresholds", str, _remember,
-                     "The timeline's two ITL bounds in ms, e.g. 25,50 (vllm bench serve's default)."),
+                    "The timeline's two ITL bounds in ms, e.g. 25,50 (vllm bench serve's default)."),
         flag_option("--plot-dataset-stats", None, _remember,
-                     "Draw vllm bench serve's figure of the requests' prompt and output tokens beside the result "
-                     "JSON as RESULT.dataset_stats.png."),
+                    "Draw vllm bench serve's figure of the requests' prompt and output tokens beside the result "
+                    "JSON as RESULT.dataset_stats.png."),
         click.option("--header", cls=MultiValue, item=click.STRING, sep=None,
                      accept=r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*=.*", metavar="KEY=VALUE", expose_value=False,
                      callback=_remember,
@@ -206,24 +206,24 @@ def vllm_serve_options(f):
                           "names one as its model, as vllm bench serve's do. A simulation runs each request on "
                           "the profile's model (adapters are not modelled)."),
         flag_option("--lora-assignment", click.Choice(["random", "round-robin"]), _remember,
-                     "Which adapter a request names: random (drawn as vllm bench serve draws it with --seed) "
-                     "or round-robin."),
+                    "Which adapter a request names: random (drawn as vllm bench serve draws it with --seed) "
+                    "or round-robin."),
         flag_option("--request-id-prefix", str, _remember,
-                     "Measured requests are named PREFIX + their index in an x-request-id header (vllm bench "
-                     "serve's default: bench-XXXXXXXX-, random)."),
+                    "Measured requests are named PREFIX + their index in an x-request-id header (vllm bench "
+                    "serve's default: bench-XXXXXXXX-, random)."),
         flag_option("--ready-check-timeout-sec", int, _remember,
-                     "Wait up to this many seconds for a server that does not answer yet (still starting), "
-                     "asking every 5 s; 0 or less: no wait [capsim default: 0, its first error is the "
-                     "command's; vllm bench serve's: 600]."),
+                    "Wait up to this many seconds for a server that does not answer yet (still starting), "
+                    "asking every 5 s; 0 or less: no wait [capsim default: 0, its first error is the "
+                    "command's; vllm bench serve's: 600]."),
         *(flag_option(n, t, _remember, "Sampling, sent in every request as vllm bench serve does (a "
-                                         "simulated step takes as long whatever the sampling)." if n == "--temperature"
-                       else None) for n, t in SAMPLING_FLAGS.items()),
+                                       "simulated step takes as long whatever the sampling)." if n == "--temperature"
+                      else None) for n, t in SAMPLING_FLAGS.items()),
         *(flag_option(n, t) for n, t in NO_OP_FLAGS.items()),
         *(flag_option(n, t, note_flag(why)) for n, (t, why) in SERVE_NOTED_FLAGS.items()),
         *(flag_option(n, t, note_flag(OTHER_DATASET.format(ds))) for n, (t, ds) in OTHER_DATASET_FLAGS.items()),
         flag_option("--random-batch-size", int,
-                     _refuse_unless(1, "batched prompts (vllm bench serve's embeddings benchmark) are not supported: "
-                                       "one prompt a request")),
+                    _refuse_unless(1, "batched prompts (vllm bench serve's embeddings benchmark) are not supported: "
+                                      "one prompt a request")),
         *(flag_option(n, t, refuse_flag(why)) for n, (t, why) in REFUSED_FLAGS.items()),
     ]
     for o in reversed(opts):
@@ -364,7 +364,7 @@ def vllm_profiler_option(f):
     """vllm bench serve's --profile (the server's profiler around the run), refused: `capsim measure open`
     only, since `capsim simulate open`'s --profile is the box's profile."""
     return flag_option("--profile", None, refuse_flag("capsim measure does not start the server's profiler "
-                                                   "(run it with vllm bench serve)"))(f)
+                                                      "(run it with vllm bench serve)"))(f)
 
 
 def _refuse_unless(default, reason: str):

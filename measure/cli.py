@@ -319,10 +319,11 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     if not stopped_early:
         start = _dt.datetime.fromtimestamp(run.live.wall_start or _dt.datetime.now().timestamp())
         rf = serve_flags.result_file(ex, save_result=save_result, append=append_result, result_dir=result_dir,
-                               result_filename=result_filename, label=label, backend=backend, endpoint=ep,
-                               model_id=model or run.live.model, tokenizer=tokenizer, num_prompts=num_prompts,
-                               rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency,
-                               metadata=meta_kv, date=start.strftime("%Y%m%d-%H%M%S"), ramp_up=pattern.ramp_up)
+                                     result_filename=result_filename, label=label, backend=backend, endpoint=ep,
+                                     model_id=model or run.live.model, tokenizer=tokenizer, num_prompts=num_prompts,
+                                     rate=request_rate, burstiness=burstiness, max_concurrency=max_concurrency,
+                                     metadata=meta_kv, date=start.strftime("%Y%m%d-%H%M%S"),
+                                     ramp_up=pattern.ramp_up)
     if rf is not None and rf.saving:
         result = _run_guarded(lambda: vllm_bench_result(run, detailed=save_detailed, texts=run.live.texts,
                                                         header=rf.header, summary_kw=skw))
