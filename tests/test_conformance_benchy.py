@@ -43,14 +43,15 @@ def _request(rng, start, ttfr, n_chunks, itl, tokens=lambda rng: 1, role=True, e
     return {"start": start, "end": t + 0.004, "chunks": chunks, "prompt_tokens": 0, "completion_tokens": completion}
 
 
-def _case(name, pp, tg, c, runs, latency, n_chunks: int = 40, **kw):
+def _case(name, pp, tg, c, runs, latency, n_chunks: int = 40, usage=(), **kw):
+    """`usage`: the server's prompt token counts, request after request (0: none reported); pp where it ends."""
     rng = np.random.default_rng(zlib.crc32(name.encode()))  # the same requests in every process
-    batches, t0 = [], 0.0
+    batches, t0, usage = [], 0.0, list(usage)
     for _ in range(runs):
         batch = [_request(rng, t0 + (0.0 if kw.get("grid") else rng.uniform(0, 0.002)),
                           0.25 + 0.05 * j, n_chunks, 0.03, **kw) for j in range(c)]
         for r in batch:
-            r["prompt_tokens"] = pp
+            r["prompt_tokens"] = usage.pop(0) if usage else pp
         batches.append(batch)
         t0 = max(r["end"] for r in batch) + 0.5
     return {"name": name, "pp": pp, "tg": tg, "depth": 0, "concurrency": c, "latency": latency,
@@ -82,6 +83,11 @@ CASES = [
     _case("one token an answer (tg 1), c2", 128, 1, 2, 2, 0.0, n_chunks=1),
     _case("two tokens an answer (tg 2), c1", 128, 2, 1, 2, 0.0, n_chunks=2),
     _case("three tokens an answer, decode under a second, c2", 128, 3, 2, 2, 0.0, n_chunks=3),
+    # llama-benchy divides by the server's prompt count only within 20 % of pp (+ depth); a chat template's
+    # tokens on a short prompt, a count 20 % off exactly, one far under and none reported fall back to pp
+    _case("the server's prompt count near and far from pp, c3", 100, 40, 3, 2, 0.05,
+          usage=(119, 120, 112, 81, 80, 0)),
+    _case("the server's prompt count far from pp, c1", 16, 40, 1, 3, 0.0, usage=(31, 16, 19)),
     _no_content(_case("an answer with no content, c3", 256, 40, 3, 2, 0.1)),
     _no_content(_case("no content in any answer, c2", 256, 40, 2, 2, 0.1), which=(0, 1)),
 ]
