@@ -15,7 +15,8 @@ NO_TABLE = "no llama-benchy table found"
 NO_ROWS = "llama-benchy table has no pp/tg rows"
 
 
-# "pp2048 @ d4 (c10)", "tg256", "pp4096 (c1)"; ctx_pp/ctx_tg rows (prefix-caching phase 1) are skipped.
+# "pp2048 @ d4 (c10)", "tg256", "pp4096 (c1)"; ctx_pp/ctx_tg rows (--enable-prefix-caching's phase 1) are
+# skipped, and say that the rows after them found their contexts cached (footer "prefix_caching").
 _TEST_RE = re.compile(r"^(pp|tg)(\d+)(?:\s*@\s*d(\d+))?(?:\s*\(c(\d+)\))?$")
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf)"
 # llama-benchy prints Python's nan / inf for a figure it had no samples for ("nan ± nan")
@@ -86,7 +87,7 @@ def _parse_cell(cell: str, path, where: str) -> tuple[float, float] | None:
 
 
 def parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, dict]:
-    """Rows, the model column's value, and footer facts (version, latency_mode)."""
+    """Rows, the model column's value, and footer facts (version, latency_mode, prefix_caching)."""
     found = find_table(text)
     if found is None:
         raise file_error(path, NO_TABLE)
@@ -117,6 +118,7 @@ def parse_benchy(text: str, path=None) -> tuple[list[ClosedRow], str | None, dic
             raise file_error(path, short(lineno, cells))
         test = cells[t_col]
         if test.startswith("ctx_"):
+            footer["prefix_caching"] = True
             continue
         m = _TEST_RE.match(test)
         if not m:

@@ -11,6 +11,7 @@ import numpy as np
 
 from simulator.load import ClosedLoop
 from simulator.profile import Profile
+from simulator.records import benchy_expected_prompt
 from simulator.sim import simulate_closed
 from simulator.summary import summarize_closed
 
@@ -151,9 +152,11 @@ def measured_points(runs, prompt_scale: float = 1.0) -> dict:
     for run in runs or []:
         for r in run.rows:
             m = r.metrics
-            requested = int(r.pp) + int(r.depth)
+            requested = benchy_expected_prompt(int(r.pp), int(r.depth), r.context_load)
             ctx = requested * prompt_scale
-            if r.concurrency == 1 and "pp_throughput" in m and _num(m["pp_throughput"][0]):
+            # a prompt after a cached context (prefix caching) prefilled only its part: no point of the curve
+            whole = not (run.prefix_caching and r.depth and not r.context_load)
+            if r.concurrency == 1 and whole and "pp_throughput" in m and _num(m["pp_throughput"][0]):
                 prefill.append({"test": run.test, "requested": requested, "context": ctx,
                                 "tokens_per_s": float(m["pp_throughput"][0])})
             per_user = _num(m["tg_req_throughput"][0]) if "tg_req_throughput" in m else None

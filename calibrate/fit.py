@@ -18,9 +18,10 @@ import numpy as np
 from simulator.evaluator import fork_map, in_fork, resolve_jobs
 from simulator.load import ClosedLoop
 from simulator.profile import Profile, refused_for_length
+from simulator.records import benchy_expected_prompt
 from simulator.sim import simulate_closed
 from simulator.uncertainty import Uncertainty
-from simulator.summary import summarize_closed
+from simulator.summary import ClosedRow, summarize_closed
 
 from .answer_lengths import with_answer_lengths
 from .architectures import layout_guessed
@@ -105,11 +106,20 @@ def closed_pattern(run: ClosedRun, prompt_scale: float = 1.0) -> ClosedLoop:
     """The run's tests as one simulated llama-benchy invocation.
 
     One batch per test suffices: the engine is idle between llama-benchy's runs,
-    so without step noise every run repeats the first.
+    so without step noise every run repeats the first. With prefix caching the
+    contexts are loaded first, and found cached unless the server's cache was off.
     """
-    return ClosedLoop(combos=[(r.pp, max(r.tg, 1), r.depth, r.concurrency) for r in run.rows], runs=1,
-                      warmup=False, latency_mode=run.latency_mode or "generation", prompt_scale=prompt_scale,
-                      stop_mean=run.stop_mean, stop_shape=run.stop_shape)
+    return ClosedLoop(combos=[(r.pp, max(r.tg, 1), r.depth, r.concurrency) for r in run.rows if not r.context_load],
+                      runs=1, warmup=False, latency_mode=run.latency_mode or "generation", prompt_scale=prompt_scale,
+                      stop_mean=run.stop_mean, stop_shape=run.stop_shape, prefix_caching=run.prefix_caching,
+                      server_caches=run.server.get("enable_prefix_caching") is not False)
+
+
+def paired_rows(run: ClosedRun, simulated: list[ClosedRow]) -> list[tuple[ClosedRow, ClosedRow]]:
+    """Each of the run's rows with its row of the simulated closed_pattern(run): the simulated rows in
+    order, a context load's only where the run kept one for that test."""
+    kept = {r.key for r in run.rows if r.context_load}
+    return list(zip(run.rows, [s for s in simulated if not s.context_load or s.key in kept]))
 
 
 def estimate_prompt_scale(runs: list[ClosedRun], latency_ms: float) -> float:
@@ -126,8 +136,9 @@ def estimate_prompt_scale(runs: list[ClosedRun], latency_ms: float) -> float:
         lat = run.latency_ms if run.latency_ms is not None else latency_ms
         for r in run.rows:
             m = r.metrics
-            if r.concurrency != 1 or "pp_throughput" not in m:
-                continue
+            after_cached = run.prefix_caching and r.depth and not r.context_load
+            if r.concurrency != 1 or "pp_throughput" not in m or after_cached:
+                continue  # a prompt after a cached context: the server counts the context, llama-benchy pp alone
             tps, sd = m["pp_throughput"]
             if not tps > 0 or (sd == sd and sd / tps > 0.2):
                 continue  # no throughput (a failed row), or a noisy one (e.g. a cold first run): says little
@@ -139,7 +150,7 @@ def estimate_prompt_scale(runs: list[ClosedRun], latency_ms: float) -> float:
                     continue
                 est = first[0] - lat
             if est > 0:
-                scales.append(tps * est / 1000.0 / (r.pp + r.depth))
+                scales.append(tps * est / 1000.0 / benchy_expected_prompt(r.pp, r.depth, r.context_load))
     return float(np.median(scales)) if scales else 1.0
 
 
@@ -148,8 +159,7 @@ def compare(profile: Profile, runs: list[ClosedRun], prompt_scale: float) -> lis
     out: list[Residual] = []
     for run in runs:
         sim = simulate_closed(profile, closed_pattern(run, prompt_scale))
-        rows = summarize_closed(sim)
-        for meas, got in zip(run.rows, rows):
+        for meas, got in paired_rows(run, summarize_closed(sim)):
             for metric, w in WEIGHTS.items():
                 if metric == "e2e_ttft" and "ttfr" in meas.metrics:
                     continue
@@ -364,7 +374,7 @@ def fit_decode_factors(prof: Profile, runs: list[ClosedRun], scale: float, itera
         ratios: dict[int, list[float]] = {c: [] for c in conc}
         for run in runs:
             sim = summarize_closed(simulate_closed(p, closed_pattern(run, scale)))
-            for meas, got in zip(run.rows, sim):
+            for meas, got in paired_rows(run, sim):
                 if "tg_req_throughput" in meas.metrics and got.metrics.get("tg_req_throughput", (0,))[0] > 0:
                     ratios[meas.concurrency].append(got.metrics["tg_req_throughput"][0]
                                                     / meas.metrics["tg_req_throughput"][0])
@@ -419,9 +429,10 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
         # llama_benchy/prompts.py: each prompt is an excerpt of one book from a random place, so two share
         # no more than the chat template's first tokens (under a 16-token block)
         origin["prefix_caching"] = (
-            "on at the server; capsim simulates no prefix cache. llama-benchy's prompts (book excerpts from random "
-            "places) share no prefix to hit, so calibration loses nothing; traffic that repeats a long prefix (a "
-            "shared system prompt) prefills faster on the server than simulated")
+            "on at the server. llama-benchy's prompts (book excerpts from random places) share no prefix to hit, "
+            "but for the contexts its --enable-prefix-caching loads first, which capsim simulates as cached; "
+            "open-loop traffic that repeats a long prefix (a shared system prompt) is simulated with no prefix "
+            "cache, so it prefills faster on the server than simulated")
     if server.get("setting_conflicts"):
         origin["settings_in_conflict"] = "; ".join(server["setting_conflicts"])
     if server.get("unmodelled_flags"):

@@ -387,7 +387,8 @@ def _closed_run_from_md(md: Path, source: str, server: dict) -> ClosedRun:
         source=source, test=md.stem, model=model or cmd.get("model"),
         runs=cmd.get("runs"), latency_mode=footer.get("latency_mode") or cmd.get("latency_mode"),
         latency_ms=latency_ms, version=footer.get("version") or cmd.get("version"),
-        rows=rows, server=server, path=str(md), cut=footer.get("cut"))
+        rows=rows, server=server, path=str(md), cut=footer.get("cut"),
+        prefix_caching=bool(footer.get("prefix_caching") or cmd.get("enable_prefix_caching")))
 
 
 def cut_note(md: Path, run: ClosedRun) -> str:

@@ -48,6 +48,9 @@ class ClosedRun:
     stop_shape: float = 1.0
     # where the report's table was cut (the writer stopped inside its last row), which is left out
     cut: str | None = None
+    # llama-benchy's --enable-prefix-caching: each run of a test with depth loaded its contexts first (rows
+    # with context_load, where the source kept them), and its requests found them in the server's cache
+    prefix_caching: bool = False
 
 
 @dataclass

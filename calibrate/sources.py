@@ -49,6 +49,8 @@ def _capsim_run(path: Path, kind: str) -> list:
               "max_num_batched_tokens": x.get("max_num_batched_tokens"), "max_num_seqs": x.get("max_num_seqs"),
               "num_gpu_blocks": _count(cache.get("num_gpu_blocks")),
               "kv_cache_size_tokens": _count(cache.get("kv_cache_size_tokens")), "block_size": _count(cache.get("block_size")),
+              # /metrics' label, "True" or "False" (vLLM's own str()); None where it was not read
+              "enable_prefix_caching": {"True": True, "False": False}.get(str(cache.get("enable_prefix_caching"))),
               "vllm_version": str(facts["server_version"]) if facts.get("server") == "vllm" and facts.get("server_version")
               else None}
     ok = [r for r in run.records if r.ok]
@@ -64,7 +66,8 @@ def _capsim_run(path: Path, kind: str) -> list:
         return [ClosedRun(source=str(path), test=path.name, model=str(live.model), runs=cl.runs,
                           latency_mode=cl.latency_mode if cl.latency_mode is not None else "generation",
                           latency_ms=1000.0 * float(cl.latency_s or 0.0), version="capsim measure",
-                          rows=[r for r in summarize_closed(run) if r.metrics], server=server, path=str(path))]
+                          rows=[r for r in summarize_closed(run) if r.metrics], server=server, path=str(path),
+                          prefix_caching=cl.prefix_caching)]
     wl = dict(live.workload or {})
     op = run.open_loop
     params = {"backend": "openai-chat" if live.endpoint == "chat" else "openai",

@@ -10,7 +10,7 @@ import io
 
 import click
 
-from .options import MultiValue, OptionalValue, flag_option, note_flag, refuse_flag
+from .options import MultiValue, OptionalValue, flag_option, note_flag
 
 
 def llama_benchy_options(f):
@@ -43,6 +43,11 @@ def llama_benchy_options(f):
         click.option("--no-cache", is_flag=True,
                      help="Send cache_prompt: false in every request, as llama-benchy does (llama.cpp's prompt "
                           "cache; vLLM ignores the field). capsim's prompts are unique either way."),
+        click.option("--enable-prefix-caching", is_flag=True,
+                     help="Each run of a test with --depth first sends its contexts alone (\".\" as the user's "
+                          "message), then its prompts after the same contexts, which the server's prefix cache "
+                          "then holds; the table adds ctx_pp and ctx_tg rows (llama-benchy's flag). A simulation "
+                          "computes the cached blocks once."),
         click.option("--extra-body", cls=MultiValue, item=click.STRING, sep=None, spaced=False,
                      metavar="JSON|KEY=VALUE",
                      help="Extra fields merged into every request body: a JSON object, or llama-benchy's "
@@ -53,7 +58,6 @@ def llama_benchy_options(f):
                      help="The model name sent in requests (default: --model), as llama-benchy."),
         *(flag_option(n, None) for n in BENCHY_NO_OP_FLAGS),
         *(flag_option(n, t, note_flag(why)) for n, (t, why) in BENCHY_NOTED_FLAGS.items()),
-        *(flag_option(n, t, refuse_flag(why)) for n, (t, why) in BENCHY_REFUSED_FLAGS.items()),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -67,9 +71,6 @@ BENCHY_NOTED_FLAGS = {
     "--book-url": (str, "capsim's prompts are its own pseudo-English text (measure sizes them with the server's "
                         "tokenizer)"),
     "--no-results-on-fail": (None, "taken as --exit-on-first-fail; what was measured before the failure is kept"),
-}
-BENCHY_REFUSED_FLAGS = {
-    "--enable-prefix-caching": (None, "prefix-cache runs are not supported: capsim's prompts share no prefix"),
 }
 
 

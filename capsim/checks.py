@@ -40,7 +40,9 @@ def refusal(profile: Profile, spec: RequestSpec) -> str | None:
 
 def check_closed(profile: Profile, pattern: ClosedLoop) -> None:
     tests = pattern.tests()
-    total = sum(c for *_, c in tests) * (pattern.runs + int(pattern.warmup))
+    # prefix caching loads a test's contexts before each run of it (depth > 0)
+    per_run = sum(c * (2 if pattern.prefix_caching and d else 1) for _, _, d, c in tests)
+    total = per_run * (pattern.runs + int(pattern.warmup))
     if total > MAX_REQUESTS:
         raise click.ClickException(f"{total:,} requests (tests x --concurrency x --runs) are more than capsim "
                                    f"simulates in one run (at most {MAX_REQUESTS:,})")

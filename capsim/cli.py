@@ -174,7 +174,7 @@ def ignored_server_options(f):
 def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmup, profile_path, sets, replications,
                         as_json, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, emit_progress,
                         no_cache, save_total_throughput_timeseries, save_all_throughput_timeseries, extra_body,
-                        benchy_save, served_model_name, base_url, model, tokenizer, api_key):
+                        benchy_save, served_model_name, base_url, model, tokenizer, api_key, enable_prefix_caching):
     """llama-benchy's closed loop: N requests at once, wait for all, `runs` times.
 
     A llama-benchy command line runs as it is (--base-url and --model are ignored: the
@@ -202,7 +202,7 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
     check_writable(benchy_save, "--save-result")
     prof = load_edited(profile_path, sets)
     pattern = ClosedLoop(pp=pp, tg=tg, depth=depth, concurrency=concurrency, runs=runs, latency_mode=latency_mode,
-                         warmup=warmup)
+                         warmup=warmup, prefix_caching=enable_prefix_caching)
     check_closed(prof, pattern)
     rows, lo, hi, latency = replicate_closed(prof, pattern, replications)
     if fmt == "json":
@@ -211,7 +211,8 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
             for b, l, h in zip(benchmarks, lo, hi):
                 for k in l.metrics:
                     b[k] |= {"lo": l.metrics[k][0], "hi": h.metrics[k][0]}
-        out = {**closed_report_head(latency_mode, latency, prof.name, rows, "capsim", None), "benchmarks": benchmarks}
+        out = {**closed_report_head(latency_mode, latency, prof.name, rows, "capsim", None, enable_prefix_caching),
+               "benchmarks": benchmarks}
         text = json.dumps(out, indent=2)
     elif fmt == "csv":
         text = benchy_flags.closed_csv(rows, prof.name)

@@ -189,7 +189,7 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
                insecure, out_format, exact_tg, warmup_runs, exit_on_first_fail, post_run_cmd, emit_progress,
                no_cache, save_total_throughput_timeseries, save_all_throughput_timeseries, extra_body, benchy_save,
                served_model_name, model, out_dir, as_json, api_key, timeout, grace, no_metrics, no_progress,
-               max_failures):
+               max_failures, enable_prefix_caching):
     """llama-benchy's closed loop: N requests at once per batch, --runs batches per test.
 
     A llama-benchy command line runs as it is: --base-url, --pp 512 1024, --format md|json|csv,
@@ -212,7 +212,7 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
 
     def go():
         pattern = ClosedLoop(pp=pp, tg=tg, depth=depth, concurrency=concurrency, runs=runs,
-                             latency_mode=latency_mode, warmup=warmup)
+                             latency_mode=latency_mode, warmup=warmup, prefix_caching=enable_prefix_caching)
         od = Path(out_dir) if out_dir else _default_dir("closed")
         run = run_closed(server, _model_for_requests(model, served_model_name), pattern, out_dir=od,
                          endpoint=endpoint, api_key=api_key, progress=not no_progress, timeout=timeout,

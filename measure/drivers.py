@@ -26,7 +26,7 @@ from .client import Client
 from .errors import MeasureError
 from .progress import Progress
 from .progress_events import ProgressEvents
-from .prompts import PromptBuilder
+from .prompts import LivePrompt, PromptBuilder
 from .tokenizer import TokenizeFailed
 from .vocab import Vocab
 from .session import Session, log
@@ -309,6 +309,9 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
     progress_events' JSONL events go."""
     if not isinstance(pattern, ClosedLoop):
         raise MeasureError("run_closed needs a ClosedLoop pattern")
+    if pattern.prefix_caching and endpoint != "chat":
+        raise MeasureError("prefix caching's context loads send the context as a system message: the chat "
+                           "endpoint only (llama-benchy's)")
     batches = pattern.batches(include_warmup=True)
     S = Session(url, model, endpoint, api_key, timeout, out_dir, progress, scrape_metrics,
                  max_connections=max(pattern.concurrency) + 5, grace=grace, keep_text=keep_text,
@@ -323,7 +326,8 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         S.check_fits((bt.pp + bt.depth, bt.tg) for bt in batches)  # before the folder exists
         tests = {bt.test: (bt.pp, bt.tg, bt.depth, bt.concurrency) for bt in batches}
         loop = ClosedLoopFacts(tests=tests, latency_mode=pattern.latency_mode, runs=pattern.runs,
-                               warmup=pattern.warmup)
+                               warmup=pattern.warmup, prefix_caching=pattern.prefix_caching,
+                               context_loads=list(dict.fromkeys(bt.test for bt in batches if bt.context_load)))
         # the tests' shapes go in from the start: a run killed before its end is still read test by test
         S.open_files(S.base_info("closed", {"dataset": "fixed", "pp": list(pattern.pp), "tg": list(pattern.tg),
                                             "depth": list(pattern.depth)}, pattern.describe())
@@ -338,8 +342,13 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                 lat = await S.client.probe_latency(pattern.latency_mode, S.model, endpoint)
                 lps = []
                 for bt in batches:
-                    lps.append([dataclasses.replace(lp, ignore_eos=exact_tg) for lp in await asyncio.gather(
-                        *(b.sized_prompt(bt.pp + bt.depth, bt.tg, depth=bt.depth) for _ in range(bt.concurrency)))])
+                    lps.append(None if bt.context_load else [
+                        dataclasses.replace(lp, ignore_eos=exact_tg) for lp in await asyncio.gather(
+                            *(b.sized_prompt(bt.pp + bt.depth, bt.tg, depth=bt.depth)
+                              for _ in range(bt.concurrency)))])
+                for i, bt in enumerate(batches):  # a context load comes just before the batch whose contexts it sends
+                    if bt.context_load:
+                        lps[i] = [_context_load(lp, bt.pp) for lp in lps[i + 1]]
             except TokenizeFailed as e:
                 raise MeasureError(f"the server's tokenizer failed while preparing prompts ({e})") from None
             return lat, lps
@@ -396,7 +405,7 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
                 S.stopper.request(f"stopped after the first failed batch ({bt.test}; --exit-on-first-fail)",
                                   "aborted")
                 break
-            if post_run_cmd and not S.stopper.event.is_set():
+            if post_run_cmd and not bt.context_load and not S.stopper.event.is_set():  # after a whole run, as there
                 await _post_run(post_run_cmd)
         end = perf_counter()
         client, recs = await S.wrap_up(start, end, cpu0)
@@ -414,6 +423,14 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
             S.events.complete(status)
             S.events.close()
         await S.close()
+
+
+def _context_load(lp: LivePrompt, pp: int) -> LivePrompt:
+    """llama-benchy's --enable-prefix-caching phase 1 of a prompt: its context (the system message) and "."
+    as the user's (llama_benchy/client.py CONTEXT_LOAD_USER_MESSAGE), the same answer length."""
+    msgs = [m for m in lp.messages or [] if m["role"] == "system"] + [{"role": "user", "content": "."}]
+    return dataclasses.replace(lp, messages=msgs, target_prompt_tokens=max(1, lp.target_prompt_tokens - pp + 1),
+                               fitted=False, request=None)
 
 
 async def _post_run(cmd: str) -> None:

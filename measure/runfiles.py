@@ -311,7 +311,8 @@ def cli_json(run: RunResult, summary_kw: dict | None = None, series: tuple[bool,
         cl = run.closed_loop
         rows = summarize_closed(run, *series) if _has_tests(run) else []
         return {**closed_report_head(cl.latency_mode if cl else None, cl.latency_s if cl else 0.0, live.model, rows,
-                                     "capsim measure", live.wall_start), "benchmarks": closed_rows_json(rows)}
+                                     "capsim measure", live.wall_start, bool(cl and cl.prefix_caching)),
+                "benchmarks": closed_rows_json(rows)}
     return {"date": _dt.datetime.fromtimestamp(live.wall_start).strftime("%Y%m%d-%H%M%S") if live.wall_start else None,
             "backend": "openai-chat" if live.endpoint == "chat" else "vllm", "model_id": live.model,
             **_open_run_keys(run),

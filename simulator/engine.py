@@ -75,7 +75,7 @@ class _TimeStore:
 class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
                  "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
-                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub",
+                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub", "hit",
                  "m_id", "m_f", "m_oj", "m_cj", "m_base", "m_stop", "m_fs", "m_in")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int,
@@ -104,6 +104,7 @@ class _Req:
         self.multi: list[tuple[int, int]] | None = None  # (chunk number, tokens) of chunks of != 1 token
         self.mem = False  # a member: its decode counters live in the engine's member arrays
         self.ub = 0  # the most KV blocks it can ever hold
+        self.hit = 0  # prompt tokens found in the prefix cache: computed from the start, and again after a preemption
 
     @property
     def known(self) -> int:
@@ -246,6 +247,8 @@ class Engine:
         """Queue a request arriving at exact time t (== env.now up to rounding)."""
         req = _Req(spec, record, t, on_done, self._order, self.served_max_tokens(spec))
         self._order += 1
+        if spec.cached_tokens:
+            req.hit = req.computed = self.kv.cache_hit(spec.prompt_tokens, spec.cached_tokens)
         if self.kv.capacity is not None:
             req.ub = self.kv.most_blocks(spec.prompt_tokens + req.max_tokens)
             self._ub_total += req.ub
@@ -332,7 +335,7 @@ class Engine:
         self.kv.used -= req.held
         req.held = 0
         req.kv_until = -1
-        req.computed = 0
+        req.computed = req.hit  # vLLM frees its blocks; the prefix it found cached is still there
         req.drafts = 0
         req.out_sched = req.emitted
         req.state = WAITING

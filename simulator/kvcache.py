@@ -29,6 +29,15 @@ class KVCache:
                        for bs, count, window in self._sliding]
         self._budget = limits.max_num_batched_tokens
 
+    def cache_hit(self, prompt: int, cached: int) -> int:
+        """Prompt tokens vLLM's prefix cache gives a request whose first `cached` tokens are in it: whole
+        blocks of every group (a hybrid's hit is a multiple of each group's block size), and never the
+        whole prompt, whose last token is computed to sample from (KVCacheManager.get_computed_blocks)."""
+        if cached <= 0:
+            return 0
+        b = math.lcm(*(bs for bs, _, _ in self.groups))
+        return max(0, min(cached, prompt - 1)) // b * b
+
     def blocks(self, tokens: int, chunk: int) -> int:
         """Blocks one request holds with `tokens` computed, `chunk` of them new."""
         caps = self._caps.get(chunk) if self._sliding else ()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -190,6 +190,9 @@ class Batch:
     pp: int
     tg: int
     depth: int
+    # llama-benchy's --enable-prefix-caching phase 1: the test's context alone (a "." for the user's
+    # message), sent before the run's requests, which then find it in the server's prefix cache
+    context_load: bool = False
 
 
 @dataclass
@@ -209,6 +212,12 @@ class ClosedLoop:
     # answers that stop at EOS before tg: their mean length and the shape of their law (FixedWorkload)
     stop_mean: float | None = None
     stop_shape: float = 1.0
+    # llama-benchy's --enable-prefix-caching: each run of a test with depth > 0 first loads its contexts
+    # (a batch of its own, rows ctx_pp and ctx_tg), then sends its prompts after the same contexts
+    prefix_caching: bool = False
+    # whether the server's prefix cache keeps the loaded contexts (vLLM's --enable-prefix-caching, on by
+    # default in V1); off, the prompts after them prefill their contexts again
+    server_caches: bool = True
 
     def __post_init__(self):
         self.pp, self.tg, self.depth, self.concurrency = (tuple(int(x) for x in v) for v in
@@ -249,15 +258,26 @@ class ClosedLoop:
         return [(pp, tg, d, c) for d in self.depth for pp in self.pp for tg in self.tg for c in self.concurrency]
 
     def batches(self, include_warmup: bool = False) -> list[Batch]:
+        """Every batch in the order sent; with prefix caching a test's run is two, its context load first."""
         out = []
         for pp, tg, depth, c in self.tests():
             wl = FixedWorkload(pp, tg, depth, self.prompt_scale, self.stop_mean, self.stop_shape)
-            key = f"pp{pp} tg{tg} d{depth} c{c}"
+            key = f"pp{pp} tg{tg} d{depth} c{c}"  # the records' `test`
             runs = (list(range(-int(self.warmup), 0)) if include_warmup else []) + list(range(self.runs))
+            loads = self.prefix_caching and depth > 0
             for r in runs:
-                out.append(Batch(key, r, c, tuple(wl.sample(c)), pp, tg, depth))
+                specs = wl.sample(c)
+                if loads:
+                    # the context, then "." (one token): llama_benchy/client.py CONTEXT_LOAD_USER_MESSAGE
+                    ctx = FixedWorkload(1, tg, depth, self.prompt_scale, self.stop_mean, self.stop_shape)
+                    out.append(Batch(f"{key} ctx", r, c, tuple(ctx.sample(c)), pp, tg, depth, True))
+                    if self.server_caches:
+                        cached = round(self.prompt_scale * depth)
+                        specs = [replace(s, cached_tokens=cached) for s in specs]
+                out.append(Batch(key, r, c, tuple(specs), pp, tg, depth))
         return out
 
     def describe(self) -> dict:
         return {"pattern": "closed", "pp": list(self.pp), "tg": list(self.tg), "depth": list(self.depth),
-                "concurrency": list(self.concurrency), "runs": self.runs, "latency_mode": self.latency_mode}
+                "concurrency": list(self.concurrency), "runs": self.runs, "latency_mode": self.latency_mode} \
+            | ({"prefix_caching": True} if self.prefix_caching else {})

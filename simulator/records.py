@@ -167,16 +167,36 @@ class ClosedLoopFacts:
     latency_mode: str | None = None  # "generation", "api" or "none" (live runs)
     runs: int | None = None  # measured runs per test (live runs)
     warmup: bool | None = None  # whether each test began with a warmup batch (live runs)
+    # llama-benchy's --enable-prefix-caching, and the keys in `tests` of its context loads (phase 1: a
+    # test's context alone, its rows ctx_pp and ctx_tg); the test's own requests then find it cached
+    prefix_caching: bool = False
+    context_loads: list[str] = field(default_factory=list)
 
     def meta_json(self) -> dict[str, Any]:
         """These facts under run.json's meta keys (RunResult.meta_json; a closed loop writes them at its
-        start too); a fact that is None was not recorded and is left out."""
+        start too); a fact that is None was not recorded and is left out, and so is prefix caching off."""
         out: dict[str, Any] = {"tests": self.tests}
         for key in ("latency_mode", "runs", "warmup"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.prefix_caching:
+            out["prefix_caching"], out["context_loads"] = True, list(self.context_loads)
         out["latency_s"] = self.latency_s
         return out
+
+    def expected_prompt(self, key: str) -> int:
+        """The prompt tokens llama-benchy expects of a test's requests (benchy_expected_prompt)."""
+        pp, _tg, depth, _c = self.tests[key]
+        return benchy_expected_prompt(pp, depth, key in self.context_loads, self.prefix_caching)
+
+
+def benchy_expected_prompt(pp: int, depth: int, context_load: bool = False, prefix_caching: bool = False) -> int:
+    """The prompt tokens llama-benchy 0.4.0 expects of a test's requests (runner.py), which its pp t/s
+    divides by unless the server counts within 20 % of it: the depth for a context load (prefix caching's
+    phase 1), pp where prefix caching found the context cached (only pp is prefilled), else pp + depth."""
+    if context_load:
+        return depth
+    return pp if prefix_caching and depth > 0 else pp + depth
 
 
 CLIENT_WARNINGS = ("client_warning", "schedule_warning", "client_stall_warning")
@@ -376,7 +396,8 @@ class RunResult:
             out["closed_loop"] = ClosedLoopFacts(
                 tests={k: tuple(int(x) for x in v) for k, v in tests.items()} if isinstance(tests, dict) else {},
                 latency_s=m.get("latency_s", 0.0), latency_mode=m.get("latency_mode"), runs=m.get("runs"),
-                warmup=m.get("warmup"))
+                warmup=m.get("warmup"), prefix_caching=bool(m.get("prefix_caching")),
+                context_loads=[str(k) for k in m.get("context_loads") or []])
         if any(k in m for k in _CLIENT_KEYS):
             out["client"] = ClientHealth(cpu_s=m.get("client_cpu_s"), cpu_util=m.get("client_cpu_util"),
                                          send_lag_s=m.get("send_lag_s"), loop_lag_s=m.get("loop_lag_s"),

@@ -118,8 +118,9 @@ def replicate_closed(profile: Profile, pattern: ClosedLoop, replications: int = 
             lo[name] = (float(np.percentile(means, 5)), 0.0)
             hi[name] = (float(np.percentile(means, 95)), 0.0)
         # the raw values llama-benchy's JSON lists are replication 0's, the run of the seed
-        merged.append(ClosedRow(row.pp, row.tg, row.depth, row.concurrency, m, values=row.values))
-        lo_rows.append(ClosedRow(row.pp, row.tg, row.depth, row.concurrency, lo))
-        hi_rows.append(ClosedRow(row.pp, row.tg, row.depth, row.concurrency, hi))
+        shape = dict(pp=row.pp, tg=row.tg, depth=row.depth, concurrency=row.concurrency, context_load=row.context_load)
+        merged.append(ClosedRow(**shape, metrics=m, values=row.values))
+        lo_rows.append(ClosedRow(**shape, metrics=lo))
+        hi_rows.append(ClosedRow(**shape, metrics=hi))
     latency = float(np.median([o[1] for o in outs]))
     return merged, lo_rows, hi_rows, latency

@@ -254,8 +254,9 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
         latency = 0.0
     if stats is not None:
         stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions, engine.max_members))
-    return RunResult(records, start, clock[0], "closed", closed_loop=ClosedLoopFacts(tests=tests, latency_s=latency),
-                     num_preemptions=engine.num_preemptions)
+    loads = list(dict.fromkeys(b.test for b in batches if b.context_load))
+    facts = ClosedLoopFacts(tests=tests, latency_s=latency, prefix_caching=pattern.prefix_caching, context_loads=loads)
+    return RunResult(records, start, clock[0], "closed", closed_loop=facts, num_preemptions=engine.num_preemptions)
 
 
 def simulate_workload_open(profile: Profile, workload: Workload, num_prompts: int, pattern: OpenLoop,

@@ -517,6 +517,8 @@ class ClosedRow:
     throughput_over_time: list | None = None
     requests_throughput_over_time: list | None = None
     values: dict[str, list[float]] = field(default_factory=dict)  # each metric's raw values (llama-benchy's JSON)
+    # a test's context loads (llama-benchy's --enable-prefix-caching phase 1; its rows ctx_pp and ctx_tg)
+    context_load: bool = False
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -581,7 +583,8 @@ def summarize_closed(run: RunResult, total_series: bool = False, request_series:
 
     Records carry `test` (one key per pp/tg/depth/concurrency) and `batch`
     (the run index); `run.closed_loop.latency_s` is the latency it subtracts and
-    `run.closed_loop.tests` maps each key to (pp, tg, depth, concurrency).
+    `run.closed_loop.tests` maps each key to (pp, tg, depth, concurrency); with prefix caching its
+    `context_loads` are the keys of context loads, whose rows are llama-benchy's ctx_pp and ctx_tg.
     `total_series`, `request_series`: its throughput time series too (ClosedRow).
     """
     latency = float(run.closed_loop.latency_s)
@@ -593,11 +596,12 @@ def summarize_closed(run: RunResult, total_series: bool = False, request_series:
     rows = []
     for key, (pp, tg, depth, c) in tests.items():
         batches = by_test.get(key, {})
+        expected = run.closed_loop.expected_prompt(key)
         per_req = defaultdict(list)
         batch_vals = defaultdict(list)
         totals, each = [], []
         for recs in batches.values():
-            prompts = [_benchy_prompt_tokens(r.prompt_tokens, pp + depth) for r in recs]
+            prompts = [_benchy_prompt_tokens(r.prompt_tokens, expected) for r in recs]
             speeds = [_request_speeds(r, latency, p) for r, p in zip(recs, prompts)]
             tokens = np.concatenate([s[5] for s in speeds])
             if total_series and len(tokens):  # a run of no token times has no series, as there
@@ -645,7 +649,7 @@ def summarize_closed(run: RunResult, total_series: bool = False, request_series:
                 if req in m:
                     m[total], vals[total] = m[req], vals[req]
         rows.append(ClosedRow(pp, tg, depth, c, m, totals if total_series else None,
-                              each if request_series else None, vals))
+                              each if request_series else None, vals, key in run.closed_loop.context_loads))
     return rows
 
 
@@ -655,7 +659,7 @@ def closed_rows_json(rows: Iterable[ClosedRow]) -> list[dict]:
     out = []
     for r in rows:
         d: dict[str, Any] = {"concurrency": r.concurrency, "context_size": r.depth, "prompt_size": r.pp,
-                             "response_size": r.tg, "is_context_prefill_phase": False}
+                             "response_size": r.tg, "is_context_prefill_phase": r.context_load}
         for k in BENCHY_METRICS:
             d[k] = {"mean": r.metrics[k][0], "std": r.metrics[k][1], "values": r.values.get(k, [])} \
                 if k in r.metrics else None
@@ -666,15 +670,15 @@ def closed_rows_json(rows: Iterable[ClosedRow]) -> list[dict]:
 
 
 def closed_report_head(latency_mode: str, latency_s: float, model: str | None, rows: Sequence[ClosedRow],
-                       version: str, timestamp: float | None) -> dict:
+                       version: str, timestamp: float | None, prefix_caching: bool = False) -> dict:
     """The top of llama-benchy 0.4.0's --format json (its BenchmarkMetadata), in its order; `timestamp`: the
-    run's wall-clock start (None: not known)."""
+    run's wall-clock start (None: not known); `prefix_caching`: its --enable-prefix-caching."""
     import datetime as _dt
 
     when = None if timestamp is None else \
         _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
     return {"version": version, "timestamp": when, "latency_mode": latency_mode, "latency_ms": 1000 * float(latency_s),
-            "model": model, "prefix_caching_enabled": False,
+            "model": model, "prefix_caching_enabled": prefix_caching,
             "max_concurrency": max((r.concurrency for r in rows), default=1)}
 
 
@@ -692,13 +696,15 @@ def closed_report_rows(rows: Iterable[ClosedRow], concurrent: bool | None = None
     for r in rows:
         d = f" @ d{r.depth}" if r.depth else ""
         cs = f" (c{r.concurrency})" if concurrent else ""
+        pp_name, tg_name = (f"ctx_pp @ d{r.depth}", f"ctx_tg @ d{r.depth}") if r.context_load else \
+            (f"pp{r.pp}{d}", f"tg{r.tg}{d}")
         m = r.metrics
         if "pp_throughput" in m:
-            out.append((f"pp{r.pp}{d}{cs}", dict(zip(BENCHY_COLUMNS, (
+            out.append((pp_name + cs, dict(zip(BENCHY_COLUMNS, (
                 m["pp_throughput"], m.get("pp_req_throughput"), None, None, m.get("ttfr"), m.get("est_ppt"),
                 m.get("e2e_ttft"))))))
         if "tg_throughput" in m or "peak_throughput" in m:
-            out.append((f"tg{r.tg}{d}{cs}", dict(zip(BENCHY_COLUMNS, (
+            out.append((tg_name + cs, dict(zip(BENCHY_COLUMNS, (
                 m.get("tg_throughput"), m.get("tg_req_throughput"), m.get("peak_throughput"),
                 m.get("peak_req_throughput"), None, None, None)))))
     return out

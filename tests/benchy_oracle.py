@@ -34,7 +34,8 @@ def request(r: dict) -> RequestResult:
 def case(c: dict) -> dict:
     b = BenchmarkResults()
     b.add("m", c["pp"], c["tg"], c["depth"], c["concurrency"], [[request(r) for r in batch] for batch in c["batches"]],
-          c["latency"], c["expected_pp"], save_total_throughput_timeseries=True, save_all_throughput_timeseries=True)
+          c["latency"], c["expected_pp"], is_context_phase=c.get("context_phase", False),
+          save_total_throughput_timeseries=True, save_all_throughput_timeseries=True)
     run = b.runs[-1]
     out = {}
     for m in METRICS:
@@ -44,10 +45,12 @@ def case(c: dict) -> dict:
     dumped = run.model_dump()
     out["series"] = {k: dumped[k] for k in ("throughput_over_time", "requests_throughput_over_time")}
     out["json_keys"] = list(dumped)
+    out["is_context_prefill_phase"] = dumped["is_context_prefill_phase"]
     out["head_keys"] = list(BenchmarkMetadata.model_fields)  # the top of its --format json, before benchmarks
     # its report rows (the md table's and the csv's) and the md table, of a suite of this one test
     b.metadata = BenchmarkMetadata(version="0.4.0", timestamp="t", latency_mode="generation", latency_ms=0.0,
-                                   model="m", prefix_caching_enabled=False, max_concurrency=c["concurrency"])
+                                   model="m", prefix_caching_enabled=c.get("prefix_caching", False),
+                                   max_concurrency=c["concurrency"])
     out["report_rows"] = [[r["test_name"], {k: None if r[k] is None else [float(r[k].mean), float(r[k].std)]
                                             for k in ("t_s", "t_s_req", "peak_ts", "peak_ts_req", "ttfr", "est_ppt",
                                                       "e2e_ttft")}] for r in b._generate_rows()]

@@ -43,8 +43,10 @@ def _request(rng, start, ttfr, n_chunks, itl, tokens=lambda rng: 1, role=True, e
     return {"start": start, "end": t + 0.004, "chunks": chunks, "prompt_tokens": 0, "completion_tokens": completion}
 
 
-def _case(name, pp, tg, c, runs, latency, n_chunks: int = 40, usage=(), **kw):
-    """`usage`: the server's prompt token counts, request after request (0: none reported); pp where it ends."""
+def _case(name, pp, tg, c, runs, latency, n_chunks: int = 40, usage=(), depth=0, prefix=None, **kw):
+    """`usage`: the server's prompt token counts, request after request (0: none reported); pp where it ends.
+    `prefix`: llama-benchy's --enable-prefix-caching, "ctx" for a test's context loads (its runner.py expects
+    depth prompt tokens of them), "cached" for its requests after them (expects pp)."""
     rng = np.random.default_rng(zlib.crc32(name.encode()))  # the same requests in every process
     batches, t0, usage = [], 0.0, list(usage)
     for _ in range(runs):
@@ -54,8 +56,10 @@ def _case(name, pp, tg, c, runs, latency, n_chunks: int = 40, usage=(), **kw):
             r["prompt_tokens"] = usage.pop(0) if usage else pp
         batches.append(batch)
         t0 = max(r["end"] for r in batch) + 0.5
-    return {"name": name, "pp": pp, "tg": tg, "depth": 0, "concurrency": c, "latency": latency,
-            "expected_pp": pp, "batches": batches}
+    expected = {"ctx": depth, "cached": pp}.get(prefix, pp + depth)
+    return {"name": name, "pp": pp, "tg": tg, "depth": depth, "concurrency": c, "latency": latency,
+            "expected_pp": expected, "batches": batches, "context_phase": prefix == "ctx",
+            "prefix_caching": prefix is not None}
 
 
 def _no_content(case: dict, which=(1,)) -> dict:
@@ -88,6 +92,12 @@ CASES = [
     _case("the server's prompt count near and far from pp, c3", 100, 40, 3, 2, 0.05,
           usage=(119, 120, 112, 81, 80, 0)),
     _case("the server's prompt count far from pp, c1", 16, 40, 1, 3, 0.0, usage=(31, 16, 19)),
+    # --enable-prefix-caching: a context load ("." after the context; usage near the depth) and the test's
+    # prompts after it (the server counts the cached context too: llama-benchy divides by pp)
+    _case("a context load (prefix caching's phase 1), c2", 128, 40, 2, 2, 0.05, depth=1024, prefix="ctx",
+          usage=(1040, 1040, 1300, 0)),
+    _case("a prompt after its cached context, c2", 128, 40, 2, 2, 0.05, depth=1024, prefix="cached",
+          usage=(1168, 1168, 140, 1168)),
     _no_content(_case("an answer with no content, c3", 256, 40, 3, 2, 0.1)),
     _no_content(_case("no content in any answer, c2", 256, 40, 2, 2, 0.1), which=(0, 1)),
 ]
@@ -104,7 +114,9 @@ def _records(case) -> RunResult:
                                       content_mask=np.array([c[1] for c in r["chunks"]]),
                                       chunk_tokens=np.array([c[2] for c in r["chunks"]]), end_time=r["end"],
                                       test="t", batch=b))
-    loop = ClosedLoopFacts(tests={"t": (case["pp"], case["tg"], 0, case["concurrency"])}, latency_s=case["latency"])
+    loop = ClosedLoopFacts(tests={"t": (case["pp"], case["tg"], case["depth"], case["concurrency"])},
+                           latency_s=case["latency"], prefix_caching=case["prefix_caching"],
+                           context_loads=["t"] if case["context_phase"] else [])
     return RunResult(recs, 0.0, max(r.end_time for r in recs), "closed", closed_loop=loop)
 
 
@@ -167,6 +179,7 @@ def test_throughput_series_equal_llama_benchys(oracle, case):
     assert len(row.throughput_over_time) == (len(case["batches"]) if answered else 0)  # a series a run with tokens
     (entry,) = closed_rows_json([row])
     assert list(entry) == theirs["json_keys"]
+    assert entry["is_context_prefill_phase"] is theirs["is_context_prefill_phase"]
     assert list(closed_report_head("generation", 0.01, "m", [row], "capsim", 1.7e9)) == theirs["head_keys"]
     (plain,) = closed_rows_json(summarize_closed(_records(case)))
     assert plain["throughput_over_time"] is None and plain["requests_throughput_over_time"] is None
@@ -347,8 +360,7 @@ def test_every_llama_benchy_flag_pastes_in_with_its_default():
     theirs = oracle_answers("benchy_oracle.py", [{"defaults": True}], timeout=300,
                             hint=f" (run {SETUP_SCRIPT})")[0]
     assert {"--pp", "--tg", "--depth", "--concurrency", "--runs", "--latency-mode"} <= set(theirs)
-    taken_unread = (set(benchy_flags.BENCHY_NO_OP_FLAGS) | set(benchy_flags.BENCHY_NOTED_FLAGS)
-                    | set(benchy_flags.BENCHY_REFUSED_FLAGS))
+    taken_unread = set(benchy_flags.BENCHY_NO_OP_FLAGS) | set(benchy_flags.BENCHY_NOTED_FLAGS)
     stated = 0
     for cmd in (measure_cli.commands["closed"], main.commands["simulate"].commands["closed"]):
         ours = {o: p for p in cmd.params if isinstance(p, click.Option) for o in p.opts + p.secondary_opts}

@@ -579,12 +579,6 @@ def test_the_rest_of_a_llama_benchy_line():
         "note: --emit-progress: not written (a simulation streams no requests)",
         "note: --save-total-throughput-timeseries, --save-all-throughput-timeseries: not saved for a simulated run "
         "(capsim measure closed saves them)"]
-    with refused_port() as port:
-        for cmd in (["simulate", "closed"], ["measure", "closed", f"http://127.0.0.1:{port}"]):
-            res = CliRunner().invoke(main, [*cmd, "--enable-prefix-caching"])
-            err = res.stderr.strip().splitlines()
-            assert res.exit_code == 2 and len(err) == 1
-            assert "--enable-prefix-caching: prefix-cache runs are not supported" in err[0], res.stderr
 
 
 def test_post_run_cmd_runs_after_every_batch(fake, tmp_path):

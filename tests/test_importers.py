@@ -686,7 +686,7 @@ def test_prefix_caching_from_the_runner_or_the_command_line(tmp_path):
     server = load_meta(tmp_path)
     assert server["enable_prefix_caching"] is True
     fr = fit_closed(seed_closed_runs()[:1], server=server, max_nfev=1, combine="sum")
-    assert "simulates no prefix cache" in fr.origin["prefix_caching"]
+    assert "simulated with no prefix cache" in fr.origin["prefix_caching"]
 
 
 def test_a_ramp_up_result_validates_as_the_ramp_it_ran(tmp_path):

@@ -33,6 +33,8 @@ API_KEY = "sk-capsim-live-5e1f"
 keyed_vllm = vllm_server_fixture(["--api-key", API_KEY], scope="module", name="keyed_vllm")
 # vLLM serving two LoRA adapters of the test model (module-scoped, as the keyed one)
 lora_vllm = vllm_server_fixture(lora_server_args, scope="module", name="lora_vllm")
+# the other servers run with --no-enable-prefix-caching (tests/live_server.py); this one keeps vLLM's cache
+caching_vllm = vllm_server_fixture(["--enable-prefix-caching"], scope="module", name="caching_vllm")
 OPEN_IN, OPEN_OUT, OPEN_N, OPEN_RATE = 128, 16, 20, 2.0
 
 
@@ -613,3 +615,54 @@ def test_max_tokens_past_the_context_is_cut_as_the_server_cuts_it(vllm_server, t
     for r in run.records:
         spec = RequestSpec(prompt_tokens=r.prompt_tokens, max_tokens=64, output_tokens=64)
         assert eng.reject_reason(spec) is None and eng.served_max_tokens(spec) == r.output_tokens
+
+
+def _prefix_cache_hits(url: str) -> float:
+    """vLLM V1's prefix-cache hit counter (tokens found cached) on the server's /metrics."""
+    import httpx
+
+    text = httpx.get(url.rstrip("/").removesuffix("/v1") + "/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:prefix_cache_hits_total"))
+
+
+def test_prefix_caching_loads_each_context_then_finds_it_cached(caching_vllm, tmp_path):
+    """llama-benchy's --enable-prefix-caching on a vLLM that caches prefixes: each run of the test with a
+    depth first sends its contexts with "." as the user's message, then its prompts after the same
+    contexts, whose whole blocks the server finds cached; the depth-0 test runs as before. The JSON has
+    llama-benchy's is_context_prefill_phase and prefix_caching_enabled, the table ctx_pp and ctx_tg rows."""
+    depth, pp, c, runs = 256, 24, 2, 2
+    d = tmp_path / "cached"
+    args = ["closed", caching_vllm.url, "--pp", str(pp), "--tg", "3", "--depth", "0", str(depth), "--concurrency",
+            str(c), "--runs", str(runs), "--no-warmup", "--latency-mode", "none", "--enable-prefix-caching",
+            "--no-progress"]
+    hits0 = _prefix_cache_hits(caching_vllm.url)
+    res = CliRunner().invoke(measure_cli, [*args, "--format", "json", "-o", str(d)])
+    assert res.exit_code == 0, res.output
+    hits = _prefix_cache_hits(caching_vllm.url) - hits0
+    run = load_run(d)
+    key = f"pp{pp} tg3 d{depth} c{c}"
+    assert run.closed_loop.prefix_caching and run.closed_loop.context_loads == [f"{key} ctx"]
+    loads = [r for r in run.records if r.test == f"{key} ctx"]
+    after = [r for r in run.records if r.test == key]
+    assert len(loads) == len(after) == c * runs and all(r.ok for r in run.records)
+    # the same system message, then "." (one token) or the pp-token prompt
+    assert sorted(r.prompt_tokens for r in after) == sorted(r.prompt_tokens + pp - 1 for r in loads)
+    assert all(abs(r.prompt_tokens - depth) <= 2 for r in loads), [r.prompt_tokens for r in loads]
+    # each prompt after its context found the context's whole blocks cached (the shared prefix: the depth,
+    # give or take the chat template's tokens around the system message); nothing else hit
+    bs = int(run.server_metrics.cache_config["block_size"])
+    assert c * runs * ((depth - 8) // bs * bs) <= hits <= c * runs * ((depth + 8) // bs * bs), (hits, bs)
+    out = json.loads(res.stdout)
+    assert out["prefix_caching_enabled"] is True
+    assert [(b["context_size"], b["is_context_prefill_phase"]) for b in out["benchmarks"]] == \
+        [(0, False), (depth, True), (depth, False)]
+    # llama-benchy's pp t/s: a context load's prompt count (within 20 % of the depth) over its est_ppt (its
+    # first response: latency mode none), and pp over a prompt's after its context (the server counts both)
+    ctx_row, cached_row = summarize_closed(run)[1:]
+    for row, recs, tokens in ((ctx_row, loads, lambda r: r.prompt_tokens), (cached_row, after, lambda r: pp)):
+        assert sorted(row.values["pp_req_throughput"]) == pytest.approx(sorted(
+            tokens(r) / (r.chunk_times[0] - r.start_time) for r in recs), rel=1e-9)
+    table = CliRunner().invoke(measure_cli, ["report", str(d)])
+    assert table.exit_code == 0 and f"ctx_pp @ d{depth} (c{c})" in table.output and \
+        f"ctx_tg @ d{depth} (c{c})" in table.output, table.output

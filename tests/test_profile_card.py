@@ -289,7 +289,7 @@ def test_memory_roofline_by_its_definitions():
 
 
 def _run(test, rows):
-    return SimpleNamespace(test=test, rows=rows)
+    return SimpleNamespace(test=test, rows=rows, prefix_caching=False)
 
 
 def test_measured_points_read_server_tokens_and_a_decode_rows_mean_context():

@@ -1,0 +1,191 @@
+"""llama-benchy's --enable-prefix-caching: its two phases in the simulator, the summary and calibration.
+
+The live run against a vLLM that caches prefixes is tests/test_measure_live.py's; the table values against
+llama-benchy's own code are tests/test_conformance_benchy.py's.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from calibrate.benchy_tables import parse_benchy
+from calibrate.fit import closed_pattern, compare, paired_rows
+from calibrate.results import ClosedRun
+from calibrate.sources import load_closed
+from capsim.cli import main
+from simulator.kvcache import KVCache
+from simulator.load import ClosedLoop, OpenLoop
+from simulator.profile import EngineLimits, KVGroup, load_profile
+from simulator.records import RunResult
+from simulator.sim import simulate_closed, simulate_open
+from simulator.summary import closed_report_rows, summarize_closed
+from simulator.workload import RequestSpec
+from tests.helpers import same_records, tiny_profile, write_run_folder
+
+SPARK = load_profile("spark-gemma4-26b-a4b")
+
+
+def _steps(profile, specs):
+    steps = []
+    run = simulate_open(profile, specs, OpenLoop(rate=math.inf), trace=steps.append)
+    return run, [s["tokens"] for s in steps]
+
+
+def test_a_cache_hit_is_whole_blocks_of_every_group_and_never_the_whole_prompt():
+    kv = KVCache(EngineLimits(kv_groups=(KVGroup(16),)))
+    assert [kv.cache_hit(1000, c) for c in (0, 15, 16, 100, 999, 1000, 5000)] == [0, 0, 16, 96, 992, 992, 992]
+    assert kv.cache_hit(16, 16) == 0  # a prompt of one block: its last token is computed, so no hit
+    hybrid = KVCache(EngineLimits(kv_groups=(KVGroup(16), KVGroup(64, 2, 512))))
+    assert hybrid.cache_hit(1000, 700) == 640  # a multiple of both groups' blocks
+
+
+def test_the_engine_computes_only_what_the_cache_misses():
+    # 200 prompt tokens, 130 of them cached (block 4): 128 hit, 72 computed in chunks of the 64-token budget
+    run, steps = _steps(tiny_profile(budget=64, async_=False), [RequestSpec(200, 3, 3, cached_tokens=130)])
+    assert steps == [64, 8, 1, 1] and run.records[0].prompt_tokens == 200  # the record keeps the whole prompt
+    _, steps = _steps(tiny_profile(budget=64, async_=False), [RequestSpec(40, 2, 2, cached_tokens=40)])
+    assert steps == [4, 1]  # all of it cached: the last block is computed again
+    # a preempted request computes again from its cached prefix, not from its first token
+    prof = tiny_profile(budget=64, seqs=4, num_blocks=10, block=4, async_=False)
+    plain, cached = (_steps(prof, [RequestSpec(12, 12, 12, cached_tokens=c)] * 2) for c in (0, 8))
+    assert plain[0].num_preemptions == cached[0].num_preemptions == 1
+    assert [a - b for a, b in zip(plain[1], cached[1])] == [16, 0, 0, 0, 0, 0, 8, 0, 0]
+
+
+@pytest.mark.parametrize("async_", [True, False])
+def test_fast_forward_gives_the_same_records_with_cached_prefixes(async_):
+    """Step by step and fast-forward agree where prompts start at their cache hits, under preemption too."""
+    prof = tiny_profile(budget=48, seqs=4, num_blocks=60, block=4, async_=async_)
+    specs = [RequestSpec(40 + 7 * i, 30, 30 - i, cached_tokens=(0, 20, 45, 60)[i % 4]) for i in range(10)]
+    fast, slow = (simulate_open(prof, specs, OpenLoop(rate=20.0, seed=1), fast_forward=ff) for ff in (True, False))
+    assert slow.num_preemptions > 0
+    same_records(fast, slow)
+
+
+def test_each_run_of_a_test_with_depth_loads_its_contexts_first():
+    p = ClosedLoop(pp=(128,), tg=(8,), depth=(0, 1000), concurrency=(2,), runs=2, warmup=True, prefix_caching=True,
+                   prompt_scale=1.1)
+    got = [(b.test, b.run, b.context_load, b.requests[0].prompt_tokens, b.requests[0].cached_tokens)
+           for b in p.batches(include_warmup=True)]
+    ctx, after = "pp128 tg8 d1000 c2 ctx", "pp128 tg8 d1000 c2"
+    assert got == [("pp128 tg8 d0 c2", r, False, 141, 0) for r in (-1, 0, 1)] + [
+        x for r in (-1, 0, 1) for x in ((ctx, r, True, 1101, 0), (after, r, False, 1241, 1100))]
+    off = ClosedLoop(pp=(128,), tg=(8,), depth=(1000,), runs=1, prefix_caching=True, server_caches=False)
+    assert [b.requests[0].cached_tokens for b in off.batches()] == [0, 0]  # a server that caches nothing
+    assert len(ClosedLoop(pp=(128,), tg=(8,), depth=(1000,), runs=1).batches()) == 1
+
+
+def test_a_simulated_prefix_caching_run_has_llama_benchys_rows():
+    """The context load's prefill is the depth's, the prompt's after it only pp's: its est_ppt is a fraction of
+    the same test's without the cache, and its pp t/s counts pp tokens alone, as llama-benchy counts them."""
+    p = dict(pp=(512,), tg=(16,), depth=(8192,), concurrency=(1,), runs=1, warmup=False, latency_mode="none")
+    cached = simulate_closed(SPARK, ClosedLoop(**p, prefix_caching=True))
+    plain = simulate_closed(SPARK, ClosedLoop(**p))
+    assert cached.closed_loop.prefix_caching and cached.closed_loop.context_loads == ["pp512 tg16 d8192 c1 ctx"]
+    ctx, after = summarize_closed(cached)
+    (whole,) = summarize_closed(plain)
+    assert ctx.context_load and not after.context_load and not whole.context_load
+    assert after.metrics["est_ppt"][0] < 0.25 * whole.metrics["est_ppt"][0]
+    assert 0.8 < ctx.metrics["est_ppt"][0] / whole.metrics["est_ppt"][0] < 1  # the depth's prefill, less pp's
+    rec = next(r for r in cached.records if r.test == "pp512 tg16 d8192 c1")
+    assert after.metrics["pp_throughput"][0] == pytest.approx(512 / (rec.chunk_times[0] - rec.start_time))
+    assert [t for t, _ in closed_report_rows([ctx, after])] == ["ctx_pp @ d8192", "ctx_tg @ d8192", "pp512 @ d8192",
+                                                                "tg16 @ d8192"]
+    back = RunResult(cached.records, cached.start_time, cached.end_time, "closed",
+                     **RunResult.facts_from_json(cached.meta_json()))
+    assert back.closed_loop == cached.closed_loop  # run.json keeps the two phases apart
+
+
+def test_simulate_closed_takes_llama_benchys_flag():
+    args = ["simulate", "closed", "--pp", "256", "--tg", "8", "--depth", "0", "4096", "--concurrency", "1", "2",
+            "--runs", "1", "--enable-prefix-caching"]
+    md = CliRunner().invoke(main, args)
+    assert md.exit_code == 0, md.output
+    names = [line.split("|")[2].strip() for line in md.stdout.splitlines() if line.startswith("| spark")]
+    assert names == ["pp256 (c1)", "tg8 (c1)", "pp256 (c2)", "tg8 (c2)", "ctx_pp @ d4096 (c1)", "ctx_tg @ d4096 (c1)",
+                     "pp256 @ d4096 (c1)", "tg8 @ d4096 (c1)", "ctx_pp @ d4096 (c2)", "ctx_tg @ d4096 (c2)",
+                     "pp256 @ d4096 (c2)", "tg8 @ d4096 (c2)"]
+    out = json.loads(CliRunner().invoke(main, [*args, "--format", "json"]).stdout)
+    assert out["prefix_caching_enabled"] is True
+    assert [b["is_context_prefill_phase"] for b in out["benchmarks"]] == [False, False, True, False, True, False]
+    csv = CliRunner().invoke(main, [*args, "--format", "csv"]).stdout.splitlines()
+    assert [line.split(",")[1] for line in csv[1:]] == names
+    plain = json.loads(CliRunner().invoke(main, args[:-1] + ["--format", "json"]).stdout)
+    assert plain["prefix_caching_enabled"] is False and len(plain["benchmarks"]) == 4
+
+
+def _measured(prefix_caching: bool, drop_ctx: bool = False) -> ClosedRun:
+    """A closed-loop run as calibration reads it, simulated on the Spark profile with prefix caching."""
+    sim = simulate_closed(SPARK, ClosedLoop(pp=(512,), tg=(32,), depth=(0, 8192), concurrency=(1, 2), runs=1,
+                                            warmup=False, prefix_caching=True))
+    rows = [r for r in summarize_closed(sim) if not (drop_ctx and r.context_load)]
+    return ClosedRun(source="s", test="t", model="m", runs=1, latency_mode="generation",
+                     latency_ms=1000 * sim.closed_loop.latency_s, version="capsim measure", rows=rows,
+                     prefix_caching=prefix_caching)
+
+
+@pytest.mark.parametrize("drop_ctx", [False, True])
+def test_calibration_simulates_the_run_as_it_ran(drop_ctx):
+    """Each measured row is held to its simulated twin: the context loads where the source kept them (a
+    llama-benchy table's are skipped), and the prompts after them found cached."""
+    run = _measured(True, drop_ctx)
+    assert closed_pattern(run).prefix_caching and list(closed_pattern(run).combos) == [
+        (512, 32, 0, 1), (512, 32, 0, 2), (512, 32, 8192, 1), (512, 32, 8192, 2)]
+    pairs = paired_rows(run, summarize_closed(simulate_closed(SPARK, closed_pattern(run))))
+    assert [(a.key, a.context_load) for a, _ in pairs] == [(b.key, b.context_load) for _, b in pairs]
+    assert len(pairs) == (4 if drop_ctx else 6)
+    assert max(abs(r.error_pct) for r in compare(SPARK, [run], 1.0)) < 1.0
+    # read as a run without prefix caching, the prompts after their contexts are far slower than measured
+    blind = _measured(False, True)
+    assert max(abs(r.error_pct) for r in compare(SPARK, [blind], 1.0)) > 100
+
+
+def test_a_llama_benchy_table_with_ctx_rows_was_run_with_prefix_caching():
+    table = """| model | test | t/s | peak t/s | ttfr (ms) | est_ppt (ms) | e2e_ttft (ms) |
+|:--|--:|--:|--:|--:|--:|--:|
+| m | ctx_pp @ d4096 | 3000.00 ± 1.00 | | 1400.00 ± 1.00 | 1365.00 ± 1.00 | 1400.00 ± 1.00 |
+| m | ctx_tg @ d4096 | 40.00 ± 0.10 | 41.00 ± 0.10 | | | |
+| m | pp512 @ d4096 | 2500.00 ± 1.00 | | 240.00 ± 1.00 | 205.00 ± 1.00 | 240.00 ± 1.00 |
+| m | tg32 @ d4096 | 40.00 ± 0.10 | 41.00 ± 0.10 | | | |
+"""
+    rows, _, footer = parse_benchy(table)
+    assert footer["prefix_caching"] is True and [(r.pp, r.tg, r.depth) for r in rows] == [(512, 32, 4096)]
+    assert "prefix_caching" not in parse_benchy(table.replace("| m | ctx_pp @ d4096", "| m | pp9 @ d4096")
+                                                .replace("| m | ctx_tg @ d4096", "| m | tg9 @ d4096"))[2]
+
+
+def test_a_measured_run_tells_calibration_whether_the_server_cached(tmp_path):
+    """capsim measure's run folder keeps llama-benchy's flag and the server's cache setting (/metrics'
+    cache_config label): with the server's cache off, the prompts after their contexts are simulated uncached."""
+    sim = simulate_closed(tiny_profile(), ClosedLoop(pp=(32,), tg=(8,), depth=(64,), runs=1, prefix_caching=True))
+    for label, caches in (("True", True), ("False", False), (None, True)):
+        folder = tmp_path / f"run-{label}"
+        cache = {} if label is None else {"server_cache_config": {"enable_prefix_caching": label, "block_size": "16"}}
+        write_run_folder(folder, sim, sim.meta_json() | dict(model="m", endpoint="chat", url="http://x") | cache)
+        (c,) = load_closed([str(folder)])
+        assert c.prefix_caching and [r.context_load for r in c.rows] == [True, False]
+        assert closed_pattern(c).server_caches is caches, label
+
+
+def test_the_profile_card_plots_no_prefill_point_of_a_prompt_after_its_cached_context():
+    from calibrate.card import measured_points
+
+    m = measured_points([_measured(True)])
+    # prefill points: the depth-0 prompts (512) and the context loads (8192); the prompts after them are not
+    # a prefill of pp + depth
+    assert sorted(p["requested"] for p in m["prefill"]) == [512, 8192]
+    assert sorted({d["requested"] for d in m["decode"]}) == [512, 8192, 8704]
+
+
+def test_prefix_caching_on_the_completions_endpoint_is_one_clear_line():
+    from measure.cli import measure as measure_cli
+    from tests.helpers import refused_port
+
+    with refused_port() as port:
+        res = CliRunner().invoke(measure_cli, ["closed", f"http://127.0.0.1:{port}", "--depth", "64", "--endpoint",
+                                               "completions", "--enable-prefix-caching", "--no-progress"])
+    assert res.exit_code == 1 and "the chat endpoint only" in res.stderr and "Traceback" not in res.output, res.output
+    assert len(res.stderr.strip().splitlines()) == 1
