@@ -490,11 +490,11 @@ def simulate_sessions(profile: Profile, sessions: Sequence[Session], boxes: int 
     """Play sessions on `boxes` identical engines behind a router; every request's record.
 
     Routing is per request: round-robin, or least-loaded by requests in flight
-    (lowest box index on ties). A prefix-cache hit rate h shortens the prefill of
-    every request to ceil((1-h) x prompt) tokens (at least one); the KV cache and
-    attention then also see the shorter prompt, so this is optimistic where
-    cached context is long. Records keep the full prompt, as the server reports
-    it. With one box, single-request sessions and no cap this is simulate_open.
+    (lowest box index on ties). A prefix-cache hit rate h leaves ceil((1-h) x prompt)
+    tokens of every prompt (at least one) uncached: the engine computes them from
+    vLLM's hit (the whole blocks before them), while the KV cache holds and
+    attention reads the whole prompt. Records keep the full prompt, as the server
+    reports it. With one box, single-request sessions and no cap this is simulate_open.
     Records carry their work class in `test` and their session's index in `batch`.
     Requests pressed before `measure_from` (warm-up) load the box but are left
     out of the result, whose clock then starts at `measure_from`. `staff`, `request_rate`
@@ -523,7 +523,7 @@ def simulate_sessions(profile: Profile, sessions: Sequence[Session], boxes: int 
         if prefix_hit <= 0:
             return spec
         keep = max(1, math.ceil(spec.prompt_tokens * (1.0 - prefix_hit)))
-        return replace(spec, prompt_tokens=keep)
+        return replace(spec, cached_tokens=spec.prompt_tokens - keep)
 
     def press(sess: Session, turn: int, t: float) -> None:
         """A person hits enter: the request is created, then sent or queued at the gateway."""
