@@ -33,8 +33,6 @@ class KVCache:
         """Prompt tokens vLLM's prefix cache gives a request whose first `cached` tokens are in it: whole
         blocks of every group (a hybrid's hit is a multiple of each group's block size), and never the
         whole prompt, whose last token is computed to sample from (KVCacheManager.get_computed_blocks)."""
-        if cached <= 0:
-            return 0
         b = math.lcm(*(bs for bs, _, _ in self.groups))
         return max(0, min(cached, prompt - 1)) // b * b
 

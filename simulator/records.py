@@ -196,7 +196,7 @@ def benchy_expected_prompt(pp: int, depth: int, context_load: bool = False, pref
     phase 1), pp where prefix caching found the context cached (only pp is prefilled), else pp + depth."""
     if context_load:
         return depth
-    return pp if prefix_caching and depth > 0 else pp + depth
+    return pp if prefix_caching else pp + depth  # (with no depth, the same)
 
 
 CLIENT_WARNINGS = ("client_warning", "schedule_warning", "client_stall_warning")

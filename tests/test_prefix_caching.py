@@ -38,6 +38,8 @@ def test_a_cache_hit_is_whole_blocks_of_every_group_and_never_the_whole_prompt()
     kv = KVCache(EngineLimits(kv_groups=(KVGroup(16),)))
     assert [kv.cache_hit(1000, c) for c in (0, 15, 16, 100, 999, 1000, 5000)] == [0, 0, 16, 96, 992, 992, 992]
     assert kv.cache_hit(16, 16) == 0  # a prompt of one block: its last token is computed, so no hit
+    token_blocks = KVCache(EngineLimits(kv_groups=(KVGroup(1),)))
+    assert [token_blocks.cache_hit(10, c) for c in (-3, 0, 1, 12)] == [0, 0, 1, 9]
     hybrid = KVCache(EngineLimits(kv_groups=(KVGroup(16), KVGroup(64, 2, 512))))
     assert hybrid.cache_hit(1000, 700) == 640  # a multiple of both groups' blocks
 
@@ -76,6 +78,8 @@ def test_each_run_of_a_test_with_depth_loads_its_contexts_first():
     off = ClosedLoop(pp=(128,), tg=(8,), depth=(1000,), runs=1, prefix_caching=True, server_caches=False)
     assert [b.requests[0].cached_tokens for b in off.batches()] == [0, 0]  # a server that caches nothing
     assert len(ClosedLoop(pp=(128,), tg=(8,), depth=(1000,), runs=1).batches()) == 1
+    one = ClosedLoop(pp=(8,), tg=(2,), depth=(1,), runs=1, prefix_caching=True)  # llama-benchy's depth > 0
+    assert [b.context_load for b in one.batches()] == [True, False]
 
 
 def test_a_simulated_prefix_caching_run_has_llama_benchys_rows():
