@@ -298,12 +298,14 @@ def test_emit_progress_events_are_llama_benchys(progress_oracle, case, monkeypat
     assert lines == theirs
 
 
-@pytest.mark.parametrize("exact_tg, no_cache", [(False, False), (True, True)])
-def test_request_bodies_are_llama_benchys(fake, tmp_path, exact_tg, no_cache):
-    """capsim measure closed (--depth, --extra-body, with and without --exact-tg and --no-cache) against a fake
-    server that keeps every body: each body is the one llama-benchy 0.4.0's LLMClient.run_generation posts for
-    the same context, prompt and tg, with the same --exact-tg (min_tokens and ignore_eos, or an answer free to
-    end at the model's end of text), --no-cache (cache_prompt: false) and --extra-body."""
+@pytest.mark.parametrize("exact_tg, no_cache, prefix", [(False, False, False), (True, True, True)])
+def test_request_bodies_are_llama_benchys(fake, tmp_path, exact_tg, no_cache, prefix):
+    """capsim measure closed (--depth, --extra-body, with and without --exact-tg, --no-cache and
+    --enable-prefix-caching) against a fake server that keeps every body: each body is the one llama-benchy
+    0.4.0's LLMClient.run_generation posts for the same context, prompt and tg, with the same --exact-tg
+    (min_tokens and ignore_eos, or an answer free to end at the model's end of text), --no-cache
+    (cache_prompt: false) and --extra-body; a context load's prompt is its runner's ".", and its context
+    the one the next batch's request sends again."""
     from click.testing import CliRunner
 
     from measure.cli import measure as measure_cli
@@ -315,10 +317,16 @@ def test_request_bodies_are_llama_benchys(fake, tmp_path, exact_tg, no_cache):
                                            "--concurrency", "1", "2", "--runs", "1", "--no-warmup", "--extra-body",
                                            json.dumps(extra), "--no-progress", "-o", str(tmp_path / "c"),
                                            *(["--exact-tg"] if exact_tg else []),
-                                           *(["--no-cache"] if no_cache else [])])
+                                           *(["--no-cache"] if no_cache else []),
+                                           *(["--enable-prefix-caching"] if prefix else [])])
     assert res.exit_code == 0, res.output
     ours = [b for b in srv.stats.bodies if b["messages"][-1]["content"] != "hello"]  # less the latency probes
-    assert len(ours) == 6 and {len(b["messages"]) for b in ours} == {1, 2}
+    assert len(ours) == (9 if prefix else 6) and {len(b["messages"]) for b in ours} == {1, 2}
+    loads = [b for b in ours if b["messages"][-1]["content"] == "."]
+    assert len(loads) == (3 if prefix else 0)
+    if prefix:  # the batch of depth 30 at c1 (one load, then its prompt), then at c2 (two loads, two prompts)
+        contexts = [b["messages"][0]["content"] for b in ours[3:]]
+        assert contexts[0] == contexts[1] and sorted(contexts[2:4]) == sorted(contexts[4:])
     jobs = [{"body": {"model": "fake-model", "max_tokens": 3, "extra_body": extra, "exact_tg": exact_tg,
                       "no_cache": no_cache,
                       "context": b["messages"][0]["content"] if len(b["messages"]) == 2 else "",
