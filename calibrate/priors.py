@@ -97,6 +97,8 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
         "max_model_len": "server flag" if server.get("max_model_len") else "unknown: 131072 assumed",
         "async_scheduling": ("server flag" if server.get("async_scheduling") is not None
                              else "not given: on, vLLM's default on a GPU"),
+        "prefix_caching": ("server flag" if server.get("enable_prefix_caching") is not None
+                           else "not given: on, vLLM V1's default"),
         "clamp_max_tokens": (f"vLLM {server.get('vllm_version')}: " if server.get("vllm_version") else "vLLM version unknown: ")
         + ("max_tokens past max_model_len is cut to the context left (vLLM >= 0.32)"
            if clamps_max_tokens(server.get("vllm_version")) else "prompt + max_tokens past max_model_len is refused"
@@ -107,7 +109,8 @@ def prior_profile(server: dict, c1_decode_tps: float | None = None) -> tuple[Pro
                   max_num_seqs=int(seqs or GB10_BATCH_DEFAULTS[1]),
                   max_model_len=int(server.get("max_model_len") or 131072),
                   async_scheduling=server.get("async_scheduling") is not False,
-                  clamp_max_tokens=clamps_max_tokens(server.get("vllm_version")))
+                  clamp_max_tokens=clamps_max_tokens(server.get("vllm_version")),
+                  prefix_caching=server.get("enable_prefix_caching") is not False)
     spec = server.get("speculative_config")
     if spec:
         limits["num_speculative_tokens"] = int(spec["num_speculative_tokens"])

@@ -29,6 +29,7 @@ def _count(v) -> int | None:
 def _capsim_run(path: Path, kind: str) -> list:
     """A `capsim measure` run folder as a ClosedRun or OpenRun (summaries from its records)."""
     from measure.errors import MeasureError
+    from measure.prom import label_switch
     from measure.runfiles import load_run, load_run_info
     from simulator.summary import summarize_closed, summarize_open
 
@@ -49,8 +50,7 @@ def _capsim_run(path: Path, kind: str) -> list:
               "max_num_batched_tokens": x.get("max_num_batched_tokens"), "max_num_seqs": x.get("max_num_seqs"),
               "num_gpu_blocks": _count(cache.get("num_gpu_blocks")),
               "kv_cache_size_tokens": _count(cache.get("kv_cache_size_tokens")), "block_size": _count(cache.get("block_size")),
-              # /metrics' label, "True" or "False" (vLLM's own str()); None where it was not read
-              "enable_prefix_caching": {"True": True, "False": False}.get(str(cache.get("enable_prefix_caching"))),
+              "enable_prefix_caching": label_switch(cache.get("enable_prefix_caching")),
               "vllm_version": str(facts["server_version"]) if facts.get("server") == "vllm" and facts.get("server_version")
               else None}
     ok = [r for r in run.records if r.ok]

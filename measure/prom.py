@@ -69,6 +69,12 @@ def info_labels(text: str, name: str) -> dict[str, str] | None:
     return None
 
 
+def label_switch(value) -> bool | None:
+    """An on/off label of an info series ("True" or "False": vLLM writes its config's Python bools); None
+    for anything else (not read, "None")."""
+    return {"True": True, "False": False}.get(str(value))
+
+
 def spec_decode_counters(text: str) -> dict[str, Any] | None:
     """The speculative decoding counters as vllm bench serve reads them (fetch_spec_decode_metrics): every
     `vllm:spec_decode*_total` sample summed over its labels, by the first of num_drafts, num_draft_tokens,

@@ -53,6 +53,9 @@ class EngineLimits:
     # A request whose prompt + max_tokens passes max_model_len: vLLM >= 0.32 serves it with max_tokens cut
     # to the context left; up to 0.31 it was refused (HTTP 400). See clamps_max_tokens.
     clamp_max_tokens: bool = False
+    # vLLM's --enable-prefix-caching (on by default in V1): the prefix every request of a load shares
+    # (vllm bench serve's --random-prefix-len) is found cached, its whole blocks not computed again
+    prefix_caching: bool = False
 
     def validate(self) -> None:
         if self.max_num_batched_tokens < 1:

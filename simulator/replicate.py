@@ -17,7 +17,7 @@ import numpy as np
 from .load import ClosedLoop, OpenLoop
 from .profile import Profile
 from .records import RunResult
-from .sim import simulate_closed, simulate_open
+from .sim import served_specs, simulate_closed, simulate_open
 from .summary import ClosedRow, summarize_closed, summarize_open
 from .uncertainty import draw_profile
 from .workload import Workload
@@ -37,7 +37,7 @@ def open_run(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r:
     # replication 0 is the fitted profile itself; the others draw what the fit left uncertain
     prof = profile.for_traffic(workload.mixed_topics)
     prof = prof if r == 0 else draw_profile(prof, r)
-    return simulate_open(prof, workload.sample(n, seed=pat.seed), pat, noise_seed=r, probe_format=workload.fmt)
+    return simulate_open(prof, served_specs(prof, workload, n, pat.seed), pat, noise_seed=r, probe_format=workload.fmt)
 
 
 def _summary(run: RunResult, summary_kw: dict | None) -> dict:

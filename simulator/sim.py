@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import simpy
@@ -259,10 +259,21 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
     return RunResult(records, start, clock[0], "closed", closed_loop=facts, num_preemptions=engine.num_preemptions)
 
 
+def served_specs(profile: Profile, workload: Workload, n: int, seed: int) -> list[RequestSpec]:
+    """The workload's n requests (seeded as vllm bench serve seeds them) as the profile's server takes them: with
+    its prefix cache on, the prefix they all share is found cached (vllm bench serve's first, unmeasured test
+    request leaves it there)."""
+    specs = workload.sample(n, seed=seed)
+    shared = workload.shared_prefix_tokens
+    if profile.engine.prefix_caching and shared:
+        specs = [replace(s, cached_tokens=shared) for s in specs]
+    return specs
+
+
 def simulate_workload_open(profile: Profile, workload: Workload, num_prompts: int, pattern: OpenLoop,
                            **kw) -> RunResult:
     """Sample the workload with the pattern's seed (as vllm bench serve does) and simulate; a probe's "Hi" is
     framed as the workload's prompts are (its endpoint's chat template, or none)."""
     kw.setdefault("probe_format", workload.fmt)
-    return simulate_open(profile.for_traffic(workload.mixed_topics), workload.sample(num_prompts, seed=pattern.seed),
-                         pattern, **kw)
+    return simulate_open(profile.for_traffic(workload.mixed_topics),
+                         served_specs(profile, workload, num_prompts, pattern.seed), pattern, **kw)

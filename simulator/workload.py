@@ -74,6 +74,8 @@ class Workload:
     name = "workload"
     mixed_topics = False
     fmt: PromptFormat | None = None  # the tokens the server adds around its prompts; None: not one format
+    # leading prompt tokens every request shares: a server's prefix cache holds them after the first
+    shared_prefix_tokens = 0
 
     def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
         raise NotImplementedError
@@ -212,6 +214,12 @@ class RandomWorkload(Workload):
                 "raise --random-input-len or --random-prefix-len, or lower --random-range-ratio")
         if not 0 < self.output_fraction <= 1:
             raise WorkloadError(f"output_fraction must be in (0, 1], got {self.output_fraction}")
+
+    @property
+    def shared_prefix_tokens(self) -> int:
+        """vLLM's RandomDataset draws one --random-prefix-len prefix for all its prompts: with the special
+        tokens before it, every request's first tokens (a chat template's head, also shared, is left out)."""
+        return self.fmt.special_tokens + self.prefix_len if self.prefix_len else 0
 
     def lengths(self, n: int, seed: int):
         return self._draw(np.random.default_rng(seed), n)

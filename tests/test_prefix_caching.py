@@ -193,3 +193,31 @@ def test_prefix_caching_on_the_completions_endpoint_is_one_clear_line():
                                                "completions", "--enable-prefix-caching", "--no-progress"])
     assert res.exit_code == 1 and "the chat endpoint only" in res.stderr and "Traceback" not in res.output, res.output
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_random_loads_shared_prefix_is_found_cached_where_the_server_caches():
+    """vllm bench serve's --random-prefix-len: one prefix for every prompt. On a box whose prefix cache is on
+    (a profile edit, or calibration from a server that said so) it is computed once, by the test request
+    vllm bench serve sends first; off, every request prefills it."""
+    from calibrate.priors import prior_profile
+    from simulator.profile import Profile
+    from simulator.sim import served_specs, simulate_workload_open
+    from simulator.summary import summarize_open
+    from simulator.whatif import apply_edits
+    from simulator.workload import RandomWorkload
+
+    wl = RandomWorkload(input_len=256, output_len=16, prefix_len=3000)
+    caching = apply_edits(SPARK, ["prefix_caching=true"])
+    assert not SPARK.engine.prefix_caching and caching.engine.prefix_caching
+    assert {s.cached_tokens for s in served_specs(caching, wl, 20, 0)} == {3001}  # BOS + the prefix
+    assert {s.cached_tokens for s in served_specs(SPARK, wl, 20, 0)} == {0}
+    assert {s.cached_tokens for s in served_specs(caching, RandomWorkload(input_len=256), 20, 0)} == {0}
+    cold, warm = (summarize_open(simulate_workload_open(p, wl, 40, OpenLoop(rate=1.0, seed=0)))["median_ttft_ms"]
+                  for p in (SPARK, caching))
+    assert warm < 0.5 * cold, (warm, cold)  # 256 tokens computed after 3000 cached, not 3257
+    assert Profile.from_json(json.loads(json.dumps(caching.to_json()))).engine.prefix_caching
+    for flag, on, why in ((True, True, "server flag"), (False, False, "server flag"),
+                          (None, True, "not given: on, vLLM V1's default")):
+        for model in ("Acme/Tiny-1B", "google/gemma-4-26B-A4B-it"):  # an architecture prior, the shipped physics
+            prof, origin = prior_profile({"model": model, "enable_prefix_caching": flag}, 30.0)
+            assert prof.engine.prefix_caching is on and origin["prefix_caching"] == why, (flag, model)

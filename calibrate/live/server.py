@@ -40,6 +40,7 @@ class ServerFacts:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     async_scheduling: bool = True
+    prefix_caching: bool | None = None  # /metrics' cache_config label (None: not read)
     kv_groups: tuple[KVGroup, ...] = ()
     num_blocks: int | None = None  # for the simulator (== num_gpu_blocks, or a single-group equivalent)
     server: str | None = None
@@ -50,7 +51,8 @@ class ServerFacts:
         return EngineLimits(max_num_batched_tokens=self.max_num_batched_tokens, max_num_seqs=self.max_num_seqs,
                             max_model_len=self.max_model_len, num_blocks=self.num_blocks,
                             kv_groups=self.kv_groups or (KVGroup(self.block_size or 16),),
-                            async_scheduling=self.async_scheduling, clamp_max_tokens=clamps_max_tokens(self.version))
+                            async_scheduling=self.async_scheduling, clamp_max_tokens=clamps_max_tokens(self.version),
+                            prefix_caching=self.prefix_caching is not False)
 
     def server_dict(self) -> dict:
         """The `server` dict of ClosedRun / prior_profile."""
@@ -58,7 +60,7 @@ class ServerFacts:
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "async_scheduling": self.async_scheduling, "vllm_version": self.version, "url": self.url,
                 "num_gpu_blocks": self.num_gpu_blocks, "block_size": self.block_size,
-                "kv_cache_size_tokens": self.kv_cache_size_tokens}
+                "kv_cache_size_tokens": self.kv_cache_size_tokens, "enable_prefix_caching": self.prefix_caching}
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -132,7 +134,7 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
     import httpx
 
     from measure.client import split_url, tls_check
-    from measure.prom import info_labels
+    from measure.prom import info_labels, label_switch
 
     base, public, auth = split_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -165,6 +167,7 @@ def read_server(url: str, model: str | None = None, *, max_num_seqs: int | None 
     facts.block_size = _num(cc.get("block_size"))
     facts.num_gpu_blocks = _num(cc.get("num_gpu_blocks"))
     facts.kv_cache_size_tokens = _num(cc.get("kv_cache_size_tokens"))
+    facts.prefix_caching = label_switch(cc.get("enable_prefix_caching"))
     # vLLM's CPU build sizes its KV cache in bytes (VLLM_CPU_KVCACHE_SPACE) and uses 128-token blocks
     cpu = facts.block_size == 128 and cc.get("kv_cache_memory_bytes") not in (None, "None")
     defaults = VLLM_DEFAULTS["cpu" if cpu else "gpu"]
