@@ -429,11 +429,11 @@ def fit_closed(runs: list[ClosedRun], server: dict | None = None, max_nfev: int 
         # llama_benchy/prompts.py: each prompt is an excerpt of one book from a random place, so two share
         # no more than the chat template's first tokens (under a 16-token block)
         origin["prefix_caching"] = (
-            f"on ({origin['prefix_caching']}). llama-benchy's prompts (book excerpts from random places) share no "
-            "prefix to hit, but for the contexts its --enable-prefix-caching loads first; those, and the prefix every request of "
-            "a vllm bench serve load shares (--random-prefix-len), capsim simulates as cached. Other traffic "
-            "that repeats a long prefix (a shared system prompt) is simulated with no prefix cache, so it "
-            "prefills faster on the server than simulated")
+            f"on ({origin['prefix_caching']}). llama-benchy's prompts (book excerpts from random places) share "
+            "no prefix to hit, but for the contexts its --enable-prefix-caching loads first; those, and the "
+            "prefix every request of a vllm bench serve load shares (--random-prefix-len), capsim simulates as "
+            "cached. Other traffic that repeats a long prefix (a shared system prompt) is simulated with no "
+            "prefix cache, so it prefills faster on the server than simulated")
     if server.get("setting_conflicts"):
         origin["settings_in_conflict"] = "; ".join(server["setting_conflicts"])
     if server.get("unmodelled_flags"):
