@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import httpx
 
-from simulator.load import ClosedLoop, OpenLoop
+from simulator.load import ClosedLoop, OpenLoop, context_load_keys
 from simulator.records import ClosedLoopFacts, LiveFacts, OpenLoopFacts, RunResult
 from simulator.workload import (MixtureWorkload, RandomWorkload, ShareGPTWorkload, Workload, WorkloadError,
                                 lora_picks)
@@ -327,7 +327,7 @@ async def run_closed_async(url: str, model: str | None, pattern: ClosedLoop, out
         tests = {bt.test: (bt.pp, bt.tg, bt.depth, bt.concurrency) for bt in batches}
         loop = ClosedLoopFacts(tests=tests, latency_mode=pattern.latency_mode, runs=pattern.runs,
                                warmup=pattern.warmup, prefix_caching=pattern.prefix_caching,
-                               context_loads=list(dict.fromkeys(bt.test for bt in batches if bt.context_load)))
+                               context_loads=context_load_keys(batches))
         # the tests' shapes go in from the start: a run killed before its end is still read test by test
         S.open_files(S.base_info("closed", {"dataset": "fixed", "pp": list(pattern.pp), "tg": list(pattern.tg),
                                             "depth": list(pattern.depth)}, pattern.describe())

@@ -195,6 +195,11 @@ class Batch:
     context_load: bool = False
 
 
+def context_load_keys(batches: Sequence[Batch]) -> list[str]:
+    """The test keys of the batches' context loads (prefix caching's phase 1), each once, in order."""
+    return list(dict.fromkeys(b.test for b in batches if b.context_load))
+
+
 @dataclass
 class ClosedLoop:
     """llama-benchy: loops depth -> pp -> tg -> concurrency, `runs` each."""

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import simpy
 
 from .engine import Engine
-from .load import ClosedLoop, OpenLoop
+from .load import ClosedLoop, OpenLoop, context_load_keys
 from .profile import Profile
 from .records import PROBE_TAG, ClosedLoopFacts, OpenLoopFacts, RequestRecord, RunResult
 from .summary import spec_decode_keys
@@ -254,8 +254,8 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
         latency = 0.0
     if stats is not None:
         stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions, engine.max_members))
-    loads = list(dict.fromkeys(b.test for b in batches if b.context_load))
-    facts = ClosedLoopFacts(tests=tests, latency_s=latency, prefix_caching=pattern.prefix_caching, context_loads=loads)
+    facts = ClosedLoopFacts(tests=tests, latency_s=latency, prefix_caching=pattern.prefix_caching,
+                            context_loads=context_load_keys(batches))
     return RunResult(records, start, clock[0], "closed", closed_loop=facts, num_preemptions=engine.num_preemptions)
 
 

@@ -558,7 +558,7 @@ def decode_tokens(ts: np.ndarray) -> int:
 
 def _benchy_prompt_tokens(reported: int, expected: int) -> int:
     """The prompt tokens llama-benchy 0.4.0 divides by (results.py _process_batch): the server's count where
-    there is one (> 0) within 20 % of what the test asked for, else what it asked for (pp + depth)."""
+    there is one (> 0) within 20 % of what the test expected (ClosedLoopFacts.expected_prompt), else that."""
     return reported if reported > 0 and abs(reported - expected) < expected * 0.2 else expected
 
 

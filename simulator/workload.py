@@ -41,8 +41,8 @@ class RequestSpec:
     prompt_text: str | None = None  # real text (ShareGPT) for live runs
     raw_prompt_tokens: int | None = None  # tokens before template/specials
     offset: int = 0  # vllm random dataset's token offset (live prompts)
-    # leading prompt tokens an earlier request left in the server's prefix cache (the engine computes
-    # only the full blocks of them as vLLM's cache hits them, never the whole prompt)
+    # leading prompt tokens an earlier request left in the server's prefix cache: the engine takes the whole
+    # blocks of them as computed, as vLLM's cache hits them (never the whole prompt), and computes the rest
     cached_tokens: int = 0
 
     @property
