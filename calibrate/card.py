@@ -155,7 +155,7 @@ def measured_points(runs, prompt_scale: float = 1.0) -> dict:
             requested = benchy_expected_prompt(int(r.pp), int(r.depth), r.context_load)
             ctx = requested * prompt_scale
             # a prompt after a cached context (prefix caching) prefilled only its part: no point of the curve
-            whole = not (run.prefix_caching and r.depth and not r.context_load)
+            whole = not run.after_cached_context(r)
             if r.concurrency == 1 and whole and "pp_throughput" in m and _num(m["pp_throughput"][0]):
                 prefill.append({"test": run.test, "requested": requested, "context": ctx,
                                 "tokens_per_s": float(m["pp_throughput"][0])})

@@ -136,8 +136,7 @@ def estimate_prompt_scale(runs: list[ClosedRun], latency_ms: float) -> float:
         lat = run.latency_ms if run.latency_ms is not None else latency_ms
         for r in run.rows:
             m = r.metrics
-            after_cached = run.prefix_caching and r.depth and not r.context_load
-            if r.concurrency != 1 or "pp_throughput" not in m or after_cached:
+            if r.concurrency != 1 or "pp_throughput" not in m or run.after_cached_context(r):
                 continue  # a prompt after a cached context: the server counts the context, llama-benchy pp alone
             tps, sd = m["pp_throughput"]
             if not tps > 0 or (sd == sd and sd / tps > 0.2):

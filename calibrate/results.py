@@ -52,6 +52,11 @@ class ClosedRun:
     # with context_load, where the source kept them), and its requests found them in the server's cache
     prefix_caching: bool = False
 
+    def after_cached_context(self, row: ClosedRow) -> bool:
+        """Whether the row's prompts came after their context was loaded and found cached: its pp t/s is
+        llama-benchy's pp over a prefill of the prompt alone, not of pp + depth."""
+        return bool(self.prefix_caching and row.depth and not row.context_load)
+
 
 @dataclass
 class OpenRun:

@@ -269,16 +269,16 @@ class ClosedLoop:
             wl = FixedWorkload(pp, tg, depth, self.prompt_scale, self.stop_mean, self.stop_shape)
             key = f"pp{pp} tg{tg} d{depth} c{c}"  # the records' `test`
             runs = (list(range(-int(self.warmup), 0)) if include_warmup else []) + list(range(self.runs))
-            loads = self.prefix_caching and depth > 0
+            # the context, then "." (one token): llama_benchy/client.py CONTEXT_LOAD_USER_MESSAGE
+            ctx = FixedWorkload(1, tg, depth, self.prompt_scale, self.stop_mean, self.stop_shape) \
+                if self.prefix_caching and depth > 0 else None
+            cached = round(self.prompt_scale * depth) if ctx is not None and self.server_caches else 0
             for r in runs:
                 specs = wl.sample(c)
-                if loads:
-                    # the context, then "." (one token): llama_benchy/client.py CONTEXT_LOAD_USER_MESSAGE
-                    ctx = FixedWorkload(1, tg, depth, self.prompt_scale, self.stop_mean, self.stop_shape)
+                if ctx is not None:
                     out.append(Batch(f"{key} ctx", r, c, tuple(ctx.sample(c)), pp, tg, depth, True))
-                    if self.server_caches:
-                        cached = round(self.prompt_scale * depth)
-                        specs = [replace(s, cached_tokens=cached) for s in specs]
+                if cached:
+                    specs = [replace(s, cached_tokens=cached) for s in specs]
                 out.append(Batch(key, r, c, tuple(specs), pp, tg, depth))
         return out
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from calibrate.card import (CONCURRENCY, DECODE_CONTEXTS, PREFILL_CONTEXTS, ctx_label, decode_table, format_card,
                             kv_blocks_needed, measured_points, memory_roofline, prefill_curve, profile_card,
                             weight_bytes_per_step)
+from calibrate.results import ClosedRun
 from calibrate.sources import load_closed
 from capsim.cli import main
 from simulator.load import ClosedLoop
@@ -289,7 +290,8 @@ def test_memory_roofline_by_its_definitions():
 
 
 def _run(test, rows):
-    return SimpleNamespace(test=test, rows=rows, prefix_caching=False)
+    return ClosedRun(source="s", test=test, model="m", runs=1, latency_mode="generation", latency_ms=None,
+                     version="0.4.0", rows=rows)
 
 
 def test_measured_points_read_server_tokens_and_a_decode_rows_mean_context():
