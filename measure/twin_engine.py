@@ -342,8 +342,7 @@ class TwinEngine:
             for req in list(e.running):
                 if req.record.request_id == rid:
                     e.running.remove(req)
-                    e.kv.used -= req.held
-                    req.held = 0
+                    e.release(req)
                     req.state = 2  # FINISHED: steps in flight skip it
                     break
             else:  # still in the API frontend: drop it when it reaches the engine

@@ -75,7 +75,7 @@ class _TimeStore:
 class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
                  "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
-                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub", "hit",
+                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub", "hit", "share",
                  "m_id", "m_f", "m_oj", "m_cj", "m_base", "m_stop", "m_fs", "m_in")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int,
@@ -105,6 +105,7 @@ class _Req:
         self.mem = False  # a member: its decode counters live in the engine's member arrays
         self.ub = 0  # the most KV blocks it can ever hold
         self.hit = 0  # prompt tokens found in the prefix cache: computed from the start, and again after a preemption
+        self.share: tuple[str, int] | None = None  # (prefix group, blocks of the hit held in common with it)
 
     @property
     def known(self) -> int:
@@ -174,6 +175,7 @@ class Engine:
         # do, and reject_reason need not count them
         self._any_fits = self.kv.capacity is None or self.kv.most_blocks(self.lim.max_model_len) <= self.kv.capacity
         self._blocks1: dict[int, tuple] = {}
+        self._holders: dict[str, int] = {}  # requests holding blocks of each shared prefix group
         self.spec_k = self.lim.num_speculative_tokens
         self._spec_rng = np.random.default_rng([seed, 0x5BEC])
         # its geometric draws, drawn ahead in blocks (the same numbers in the same order as one by one)
@@ -249,6 +251,9 @@ class Engine:
         self._order += 1
         if spec.cached_tokens:
             req.hit = req.computed = self.kv.cache_hit(spec.prompt_tokens, spec.cached_tokens)
+            shared = self.kv.shared_blocks(req.hit) if spec.prefix_group else 0
+            if shared:
+                req.share = (spec.prefix_group, shared)
         if self.kv.capacity is not None:
             req.ub = self.kv.most_blocks(spec.prompt_tokens + req.max_tokens)
             self._ub_total += req.ub
@@ -313,8 +318,14 @@ class Engine:
             new_held, until = self._decode_blocks(req.computed + 1)
         else:
             new_held, until = self.kv.blocks(req.computed + n, n), -1
-        if not self.kv.fits(new_held - req.held):
+        if not self.kv.fits(new_held - req.held - self._held_in_common(req)):
             return False
+        if req.share is not None and not req.held:
+            group, shared = req.share
+            holders = self._holders.get(group, 0)
+            self._holders[group] = holders + 1
+            if holders:
+                self.kv.shared += shared
         self.kv.used += new_held - req.held
         req.held = new_held
         req.kv_until = until
@@ -331,9 +342,28 @@ class Engine:
                 self._blocks1[t] = e
         return e
 
-    def _preempt(self, req: _Req) -> None:
+    def _held_in_common(self, req: _Req) -> int:
+        """Blocks of a request's cached prefix that another request holds already: a request holding
+        none yet need not find them free (vLLM's get_num_blocks_to_allocate counts referenced hits out)."""
+        if req.share is None or req.held:
+            return 0
+        group, shared = req.share
+        return shared if self._holders.get(group) else 0
+
+    def release(self, req: _Req) -> None:
+        """Give back a request's blocks (finished, preempted or aborted); a prefix it shares stays in use
+        while another request holds it."""
+        if req.share is not None and req.held:
+            group, shared = req.share
+            holders = self._holders[group] - 1
+            self._holders[group] = holders
+            if holders:
+                self.kv.shared -= shared
         self.kv.used -= req.held
         req.held = 0
+
+    def _preempt(self, req: _Req) -> None:
+        self.release(req)
         req.kv_until = -1
         req.computed = req.hit  # vLLM frees its blocks; the prefix it found cached is still there
         req.drafts = 0
@@ -451,7 +481,7 @@ class Engine:
                 if d > 0:
                     n = 1 + d
                     extra = kv.blocks(c + n, n) - req.held
-                    if cap is None or kv.used + extra <= cap:
+                    if cap is None or kv.used - kv.shared + extra <= cap:
                         kv.used += extra
                         req.held += extra
                         req.kv_until = -1
@@ -521,7 +551,8 @@ class Engine:
                 if L.long_prefill_token_threshold > 0:
                     n = min(n, L.long_prefill_token_threshold)
                 n = min(n, budget)
-                if L.reserve_full_prompt and not self.kv.fits(self.kv.admission_blocks(req.known)):
+                if L.reserve_full_prompt and not self.kv.fits(
+                        self.kv.admission_blocks(req.known) - self._held_in_common(req)):
                     break
                 if not self._alloc(req, n):
                     break
@@ -565,7 +596,7 @@ class Engine:
         return self.model.time_of(n_tok, n_seq, cf, cw, af, aw)
 
     def _trace(self, tokens: int, preempted: bool, admitted: list[int], k: int) -> None:
-        self.trace({"time": self.clock, "tokens": tokens, "kv_used": self.kv.used, "kv_capacity": self.kv.capacity,
+        self.trace({"time": self.clock, "tokens": tokens, "kv_used": self.kv.in_use, "kv_capacity": self.kv.capacity,
                     "preemptions": self.num_preemptions, "running": len(self.running), "waiting": len(self.waiting),
                     "preempted": preempted, "admitted": admitted, "k": k})
 
@@ -622,7 +653,7 @@ class Engine:
             reqs = [it[0] for it in items]
             c = np.array([r.computed for r in reqs], dtype=np.int64)  # after step 1
             held = sum(r.held for r in reqs)
-            free = self.kv.capacity - self.kv.used + held
+            free = self.kv.capacity - self.kv.in_use + held
 
             def need(j):  # blocks all requests hold after block step j (>= 1)
                 return sum(count * (np.minimum(-(-(c + j - 1) // bs), window_cap(bs, w, 1)) if w else
@@ -952,8 +983,7 @@ class Engine:
         req.state = FINISHED
         self._ub_total -= req.ub
         self.running.remove(req)
-        self.kv.used -= req.held
-        req.held = 0
+        self.release(req)
         if req.seg_len:
             req.segments.append((req.seg_start, req.seg_len))
         segs = [self.times.get(s, n) for s, n in req.segments]

@@ -3,7 +3,8 @@
 Each KV-cache group (vLLM's hybrid allocator) holds ceil(tokens / block_size)
 blocks; sliding-window groups drop blocks that fell out of the window and keep
 about ceil((window - 1 + chunk) / block_size) + 1 while a chunk is computed, and
-admission asks them for the window plus every batch in flight (docs/design/engine.md).
+admission asks them for the window plus every batch in flight; the full-attention
+blocks of a prefix several requests share are held once (docs/design/engine.md).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ class KVCache:
     def __init__(self, limits: EngineLimits):
         self.groups = [(g.block_size, g.count, g.window) for g in limits.kv_groups]
         self.capacity = limits.num_blocks  # None: unlimited
-        self.used = 0
+        self.used = 0  # the blocks every request holds, summed
+        self.shared = 0  # of those, blocks held by more than one request: counted once more each further holder
         # called for every request of every step: the full-attention groups as (block size, count), and
         # each sliding group's cap in blocks remembered per chunk length (a handful of lengths recur)
         self._full = [(bs, count) for bs, count, window in self.groups if window is None]
@@ -35,6 +37,12 @@ class KVCache:
         whole prompt, whose last token is computed to sample from (KVCacheManager.get_computed_blocks)."""
         b = math.lcm(*(bs for bs, _, _ in self.groups))
         return max(0, min(cached, prompt - 1)) // b * b
+
+    def shared_blocks(self, hit: int) -> int:
+        """Blocks of a cache hit of `hit` tokens that requests sharing the prefix hold in common: the
+        full-attention groups' (a sliding group drops a prefix's blocks once its window has passed them,
+        so they are counted as each request's own there: an overcount while the window still holds them)."""
+        return sum(count * (hit // bs) for bs, count in self._full)
 
     def blocks(self, tokens: int, chunk: int) -> int:
         """Blocks one request holds with `tokens` computed, `chunk` of them new."""
@@ -74,14 +82,19 @@ class KVCache:
         return until
 
     @property
+    def in_use(self) -> int:
+        """Blocks in use as vLLM's block pool counts them: a shared block once."""
+        return self.used - self.shared
+
+    @property
     def free(self) -> float:
-        return math.inf if self.capacity is None else self.capacity - self.used
+        return math.inf if self.capacity is None else self.capacity - self.in_use
 
     def fits(self, extra: int) -> bool:
-        return self.capacity is None or self.used + extra <= self.capacity
+        return self.capacity is None or self.used - self.shared + extra <= self.capacity
 
     def usage(self) -> float:
-        return 0.0 if not self.capacity else self.used / self.capacity
+        return 0.0 if not self.capacity else self.in_use / self.capacity
 
 
 def layer_groups(counts: list[int]) -> tuple[int, list[int]]:

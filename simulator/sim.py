@@ -262,11 +262,11 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
 def served_specs(profile: Profile, workload: Workload, n: int, seed: int) -> list[RequestSpec]:
     """The workload's n requests (seeded as vllm bench serve seeds them) as the profile's server takes them: with
     its prefix cache on, the prefix they all share is found cached (vllm bench serve's first, unmeasured test
-    request leaves it there)."""
+    request leaves it there), and its blocks are held once, in common."""
     specs = workload.sample(n, seed=seed)
     shared = workload.shared_prefix_tokens
     if profile.engine.prefix_caching and shared:
-        specs = [replace(s, cached_tokens=shared) for s in specs]
+        specs = [replace(s, cached_tokens=shared, prefix_group="shared prefix") for s in specs]
     return specs
 
 

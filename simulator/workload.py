@@ -44,6 +44,9 @@ class RequestSpec:
     # leading prompt tokens an earlier request left in the server's prefix cache: the engine takes the whole
     # blocks of them as computed, as vLLM's cache hits them (never the whole prompt), and computes the rest
     cached_tokens: int = 0
+    # requests of one non-empty group found the same prefix cached (vllm bench serve's --random-prefix-len):
+    # its blocks are in the cache once however many requests hold them, as vLLM counts references to a block
+    prefix_group: str = ""
 
     @property
     def stops_early(self) -> bool:

@@ -227,3 +227,29 @@ def write_run_folder(folder, run: RunResult, meta: dict | None = None) -> None:
                               "end_time": run.end_time, "records": len(run.records),
                               "meta": run.meta_json() if meta is None else meta})
     w.close()
+
+
+def blocks_in_use_after_admitting(groups, prompts, cached: int, prefix_group: str = "shared prefix") -> int:
+    """The KV blocks in use (the engine trace's kv_used) once the engine has admitted every prompt in one
+    step (no async scheduling), each finding `cached` prefix tokens in the cache; `groups` as
+    (block size, count, window or None)."""
+    import simpy
+
+    from simulator.engine import Engine
+    from simulator.workload import RequestSpec
+
+    p = load_profile()
+    e = p.engine
+    e.kv_groups, e.num_blocks = tuple(KVGroup(*g) for g in groups), 1 << 20
+    e.max_num_batched_tokens, e.max_num_seqs = sum(prompts), len(prompts)
+    e.async_scheduling, e.prefix_caching = False, True
+    p.validate()
+    env, seen = simpy.Environment(), []
+    eng = Engine(env, p, fast_forward=False, trace=seen.append)
+    for i, n in enumerate(prompts):
+        rec = RequestRecord(request_id=i, prompt_tokens=n, output_tokens=0, scheduled_time=0.0, start_time=0.0,
+                            max_tokens=4)
+        eng.submit(RequestSpec(n, 4, 4, cached_tokens=cached, prefix_group=prefix_group), 0.0, rec, lambda r: None)
+    env.run()
+    assert seen[0]["admitted"] == list(range(len(prompts))) and eng.kv.in_use == 0
+    return seen[0]["kv_used"]

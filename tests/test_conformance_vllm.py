@@ -61,7 +61,7 @@ from simulator.sim import simulate_open
 from simulator.bench_plots import ITL_COLORS, TTFT_COLOR, itl_labels, timeline_segments
 from simulator.summary import result_arrays, summarize_open
 from simulator.workload import PromptFormat, RequestSpec, WorkloadError
-from tests.helpers import TokenizerEndpoints, sharegpt_conversation, tiny_profile
+from tests.helpers import TokenizerEndpoints, blocks_in_use_after_admitting, sharegpt_conversation, tiny_profile
 from tests.stream_cases import STREAM_SPLITS, STREAMS, capsim_reads
 from tests.live_server import model_dir, oracle_answers, vllm_available, vllm_bench_serve, vllm_home
 
@@ -380,6 +380,10 @@ def oracle(sharegpt_path, vocab_folders):
     for case in KV_HOLDS:
         bs, window, chunks = case
         jobs[("holds", case)] = {"kind": "kv_holds", "block_size": bs, "window": window, "chunks": list(chunks)}
+    for case in KV_SHARED:
+        groups, prefix, prompts = case
+        jobs[("kv_shared", case)] = {"kind": "kv_shared", "groups": [list(g) for g in groups], "num_blocks": 20_000,
+                                     "prefix": prefix, "prompts": list(prompts)}
     for name, folder in vocab_folders.items():
         jobs[("vocab", name)] = {"kind": "vocab", "tokenizer": str(folder)}
     jobs[("vocab", "gemma3")] = {"kind": "vocab", "tokenizer": TOK}
@@ -533,6 +537,47 @@ def _extra_holds(oracle, case) -> list[int]:
     bs, window, chunks = case
     kv = KVCache(EngineLimits(kv_groups=(KVGroup(bs, 1, window),), max_model_len=1 << 20))
     return [kv.blocks(int(t), n) - h for t, n, h in zip(np.cumsum(chunks), chunks, oracle[("holds", case)]["held"])]
+
+
+# (groups, the prefix's tokens, the prompts that start with it): one full-attention group, two, and two hybrids of
+# full and sliding-window groups (the sliding windows longer and shorter than the prefix); one prompt one token past
+KV_SHARED = [(((16, 1, None),), 1000, (1500, 1300, 2000, 1001)),
+             (((16, 2, None),), 4096, (5000, 4097, 4500)),
+             (((16, 2, None), (16, 3, 4096)), 2048, (2600, 2600, 3000)),
+             (((32, 1, None), (16, 5, 1024)), 2048, (2500, 2500, 2500, 2049))]
+
+
+@pytest.mark.parametrize("case", KV_SHARED, ids=lambda c: "g%d-p%d-n%d" % (len(c[0]), c[1], len(c[2])))
+def test_requests_sharing_a_cached_prefix_hold_its_blocks_once_as_vllm_does(oracle, case):
+    """After each request sharing a cached prefix is admitted, the blocks in use are vLLM's (its block pool
+    counts a block several requests hold once) where every group is full attention. A sliding-window
+    group's blocks of the prefix are counted as each request's own (capsim.kvcache.shared_blocks): over
+    vLLM's by at most the prefix's blocks inside the window for every further request, plus the one block
+    more a sliding group may hold."""
+    groups, prefix, prompts = case
+    theirs = oracle[("kv_shared", case)]
+    kv = KVCache(EngineLimits(kv_groups=tuple(KVGroup(*g) for g in groups), max_model_len=1 << 20))
+    assert theirs["hits"] == [kv.cache_hit(p, prefix) for p in prompts]
+    sliding = [(bs, count, w) for bs, count, w in groups if w is not None]
+    for k in range(1, len(prompts) + 1):
+        over = blocks_in_use_after_admitting(groups, prompts[:k], prefix) - theirs["used"][k - 1]
+        if not sliding:
+            assert over == 0, k
+        else:
+            hit = theirs["hits"][0]
+            bound = sum(count * ((k - 1) * (-(-min(w - 1, hit) // bs) + 1) + k) for bs, count, w in sliding)
+            assert 0 <= over <= bound, (k, over, bound)
+
+
+def test_the_shared_prefix_cases_have_teeth(oracle):
+    """Without the prefix held in common each full-attention case would hold more than vLLM, and the
+    sliding-window cases do hold more than vLLM (the overcount the bound allows is reached)."""
+    for case in KV_SHARED:
+        groups, prefix, prompts = case
+        theirs = oracle[("kv_shared", case)]["used"][-1]
+        assert blocks_in_use_after_admitting(groups, prompts, prefix, prefix_group="") > theirs
+        if any(w for _, _, w in groups):
+            assert blocks_in_use_after_admitting(groups, prompts, prefix) > theirs
 
 
 # ------------------------------------------------------------------ prompt + max_tokens past max_model_len

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -19,7 +20,7 @@ from capsim.cli import main
 from simulator.kvcache import KVCache
 from simulator.load import ClosedLoop, OpenLoop
 from simulator.profile import EngineLimits, KVGroup, load_profile
-from simulator.records import RunResult
+from simulator.records import RequestRecord, RunResult
 from simulator.sim import simulate_closed, simulate_open
 from simulator.summary import closed_report_rows, summarize_closed
 from simulator.workload import RequestSpec
@@ -195,6 +196,44 @@ def test_prefix_caching_on_the_completions_endpoint_is_one_clear_line():
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("inline", [True, False])
+def test_requests_sharing_a_prefix_hold_its_blocks_once_and_give_them_back(monkeypatch, inline):
+    """At every step of a run that preempts, the blocks in use are the blocks the requests hold less one
+    copy of the shared prefix's blocks for every holder after the first; a prefix all its holders gave back
+    (finished or preempted) is no longer counted, and the cache ends empty. The shared copy leaves room:
+    the same load, each request holding its own copy, runs fewer at once and ends much later."""
+    import simpy
+
+    from simulator.engine import Engine
+    from simulator.workload import RandomWorkload
+    from tests.helpers import spec_profile
+
+    monkeypatch.setattr(Engine, "INLINE_DECODES", inline)
+    p = spec_profile(0, 0.0, num_blocks=1000, max_num_batched_tokens=2048, prefix_caching=True,
+                     kv_groups=(KVGroup(16),))
+    preemptions, ends = [], []
+    for group in ("shared prefix", ""):
+        env = simpy.Environment()
+
+        def check(s):
+            holders = sum(1 for r in eng.running if r.held)
+            assert all(not r.held for r in eng.waiting)
+            shared = eng.kv.shared_blocks(eng.kv.cache_hit(4000, 2001)) * max(0, holders - 1) if group else 0
+            assert s["kv_used"] == sum(r.held for r in eng.running) - shared <= eng.kv.capacity
+
+        eng = Engine(env, p, fast_forward=False, seed=1, trace=check)
+        specs = RandomWorkload(1000, 300, 0.6, prefix_len=2000, fmt=p.prompt_format).sample(24, 3)
+        for i, sp in enumerate(specs):
+            rec = RequestRecord(request_id=i, prompt_tokens=sp.prompt_tokens, output_tokens=0, scheduled_time=0.0,
+                                start_time=0.0, max_tokens=sp.max_tokens)
+            eng.submit(replace(sp, cached_tokens=2001, prefix_group=group), 0.0, rec, lambda r: None)
+        env.run()
+        assert eng.kv.used == eng.kv.shared == 0 and not eng.running and not eng.waiting
+        preemptions.append(eng.num_preemptions)
+        ends.append(env.now)
+    assert preemptions[0] > 0 and ends[0] < 0.75 * ends[1], (preemptions, ends)
+
+
 def test_a_random_loads_shared_prefix_is_found_cached_where_the_server_caches():
     """vllm bench serve's --random-prefix-len: one prefix for every prompt. On a box whose prefix cache is on
     (a profile edit, or calibration from a server that said so) it is computed once, by the test request
@@ -209,7 +248,7 @@ def test_a_random_loads_shared_prefix_is_found_cached_where_the_server_caches():
     wl = RandomWorkload(input_len=256, output_len=16, prefix_len=3000)
     caching = apply_edits(SPARK, ["prefix_caching=true"])
     assert not SPARK.engine.prefix_caching and caching.engine.prefix_caching
-    assert {s.cached_tokens for s in served_specs(caching, wl, 20, 0)} == {3001}  # BOS + the prefix
+    assert {(s.cached_tokens, s.prefix_group) for s in served_specs(caching, wl, 20, 0)} == {(3001, "shared prefix")}
     assert {s.cached_tokens for s in served_specs(SPARK, wl, 20, 0)} == {0}
     assert {s.cached_tokens for s in served_specs(caching, RandomWorkload(input_len=256), 20, 0)} == {0}
     cold, warm = (summarize_open(simulate_workload_open(p, wl, 40, OpenLoop(rate=1.0, seed=0)))["median_ttft_ms"]

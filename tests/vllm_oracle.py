@@ -28,6 +28,11 @@ Jobs:
       -> {"groups": [[block_size, count, window | null], ...]}   (get_kv_cache_groups on such layers)
   {"kind": "kv_holds", "block_size": B, "window": W | null, "chunks": [...]}
       -> {"held": [...]}   (blocks one request holds after each step, vLLM's KV-cache manager)
+  {"kind": "kv_shared", "groups": [[block_size, count, window | null], ...], "num_blocks": N, "prefix": H,
+   "prompts": [P, ...]}
+      -> {"hits": [...], "used": [...]}   (vLLM's KV-cache manager with prefix caching: a probe of the H-token
+         prefix allocated and freed, then each prompt (the prefix, then tokens of its own) allocated whole in
+         turn; each one's cache hit and the blocks in use after it)
   {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
    "percentiles": [...], "tokenizer": DIR | null}
       -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
@@ -336,6 +341,47 @@ def kv_holds(job):
     return {"held": held}
 
 
+def kv_shared(job):
+    """vLLM's KVCacheManager (prefix caching on) as its scheduler drives it for requests that share a
+    prefix: the probe's blocks are cached when allocated and stay cached once freed; each request's hit
+    comes from get_computed_blocks, its whole prompt past the hit from allocate_slots; the blocks in use
+    are the pool's less its free ones (a block held by several requests counts once)."""
+    from vllm.sampling_params import SamplingParams
+    from vllm.utils.hashing import sha256
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+    from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheGroupSpec
+    from vllm.v1.request import Request
+
+    groups = []
+    for i, (bs, count, window) in enumerate(job["groups"]):
+        groups += [KVCacheGroupSpec([f"g{i}.{j}"], _kv_spec(bs, window)) for j in range(count)]
+    sizes = [bs for bs, _, _ in job["groups"]]
+    cfg = KVCacheConfig(num_blocks=job["num_blocks"], kv_cache_tensors=[], kv_cache_groups=groups)
+    manager = KVCacheManager(cfg, max_model_len=1 << 20, scheduler_block_size=max(sizes),
+                             hash_block_size=min(sizes), enable_caching=True)
+    init_none_hash(sha256)
+    hasher = get_request_block_hasher(min(sizes), sha256)
+    prefix = list(range(1, job["prefix"] + 1))
+    pool = manager.block_pool
+
+    def admit(i, prompt):
+        own = [100_000 + 10_000 * i + k for k in range(prompt - len(prefix))]
+        r = Request(f"r{i}", prefix + own, SamplingParams(max_tokens=16), None, block_hasher=hasher)
+        blocks, hit, _ = manager.get_computed_blocks(r)
+        assert manager.allocate_slots(r, prompt - hit, hit, blocks) is not None, "the pool is too small"
+        r.num_computed_tokens = prompt
+        return r, hit
+
+    probe, _ = admit(-1, len(prefix) + 1)
+    manager.free(probe)
+    hits, used = [], []
+    for i, prompt in enumerate(job["prompts"]):
+        hits.append(admit(i, prompt)[1])
+        used.append(pool.num_gpu_blocks - 1 - pool.get_num_free_blocks())  # the null block is never free
+    return {"hits": hits, "used": used}
+
+
 def stream(job):
     """vllm bench serve's request function reading a stream whose bytes come in the given reads.
 
@@ -471,7 +517,8 @@ def spec_metrics(job):
 
 KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "serve_flags": serve_flags, "metrics": metrics,
          "engine_flags": engine_flags, "context_limit": context_limit, "kv_capacity": kv_capacity,
-         "kv_holds": kv_holds, "kv_groups": kv_groups, "stream": stream, "histograms": histograms,
+         "kv_shared": kv_shared, "kv_holds": kv_holds, "kv_groups": kv_groups, "stream": stream,
+         "histograms": histograms,
          "batch_defaults": batch_defaults, "timeline": timeline, "spec_metrics": spec_metrics}
 
 
