@@ -75,7 +75,7 @@ class _TimeStore:
 class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
                  "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
-                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub", "hit", "share",
+                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub", "hit", "group", "sb",
                  "m_id", "m_f", "m_oj", "m_cj", "m_base", "m_stop", "m_fs", "m_in")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int,
@@ -105,7 +105,8 @@ class _Req:
         self.mem = False  # a member: its decode counters live in the engine's member arrays
         self.ub = 0  # the most KV blocks it can ever hold
         self.hit = 0  # prompt tokens found in the prefix cache: computed from the start, and again after a preemption
-        self.share: tuple[str, int] | None = None  # (prefix group, blocks of the hit held in common with it)
+        self.group: str | None = None  # the prefix group whose blocks it may share (RequestSpec.prefix_group)
+        self.sb = 0  # full-attention blocks of that prefix it holds
 
     @property
     def known(self) -> int:
@@ -175,7 +176,9 @@ class Engine:
         # do, and reject_reason need not count them
         self._any_fits = self.kv.capacity is None or self.kv.most_blocks(self.lim.max_model_len) <= self.kv.capacity
         self._blocks1: dict[int, tuple] = {}
-        self._holders: dict[str, int] = {}  # requests holding blocks of each shared prefix group
+        # prefix groups: the tokens of each prefix in the cache, and the blocks of it each holder holds
+        self._cached: dict[str, int] = {}
+        self._holders: dict[str, list[int]] = {}
         self.spec_k = self.lim.num_speculative_tokens
         self._spec_rng = np.random.default_rng([seed, 0x5BEC])
         # its geometric draws, drawn ahead in blocks (the same numbers in the same order as one by one)
@@ -249,11 +252,12 @@ class Engine:
         """Queue a request arriving at exact time t (== env.now up to rounding)."""
         req = _Req(spec, record, t, on_done, self._order, self.served_max_tokens(spec))
         self._order += 1
-        if spec.cached_tokens:
+        if spec.cached_tokens and spec.prefix_group:
+            req.group = spec.prefix_group  # its hit is found at admission
+            if spec.prefix_warm and spec.cached_tokens > self._cached.get(req.group, 0):
+                self._cached[req.group] = spec.cached_tokens
+        elif spec.cached_tokens:
             req.hit = req.computed = self.kv.cache_hit(spec.prompt_tokens, spec.cached_tokens)
-            shared = self.kv.shared_blocks(req.hit) if spec.prefix_group else 0
-            if shared:
-                req.share = (spec.prefix_group, shared)
         if self.kv.capacity is not None:
             req.ub = self.kv.most_blocks(spec.prompt_tokens + req.max_tokens)
             self._ub_total += req.ub
@@ -318,14 +322,23 @@ class Engine:
             new_held, until = self._decode_blocks(req.computed + 1)
         else:
             new_held, until = self.kv.blocks(req.computed + n, n), -1
-        if not self.kv.fits(new_held - req.held - self._held_in_common(req)):
+        extra = new_held - req.held
+        group = req.group
+        if group is not None:
+            prefix = min(req.computed + n, req.spec.cached_tokens)  # of its prefix, what it holds after this
+            sb = self.kv.shared_blocks(prefix)
+            if sb != req.sb:
+                common = self._in_common(group, req.sb, sb)
+                extra -= common
+        if not self.kv.fits(extra):
             return False
-        if req.share is not None and not req.held:
-            group, shared = req.share
-            holders = self._holders.get(group, 0)
-            self._holders[group] = holders + 1
-            if holders:
-                self.kv.shared += shared
+        if group is not None:
+            if sb != req.sb:
+                self._in_common(group, req.sb, sb, apply=True)
+                self.kv.shared += common
+                req.sb = sb
+            if prefix > self._cached.get(group, 0):
+                self._cached[group] = prefix  # vLLM caches a block when a step is allocated it
         self.kv.used += new_held - req.held
         req.held = new_held
         req.kv_until = until
@@ -342,23 +355,39 @@ class Engine:
                 self._blocks1[t] = e
         return e
 
+    def _find_hit(self, req: _Req) -> None:
+        """A waiting request of a prefix group: its hit is what of its prefix the cache holds as it is
+        admitted (again after a preemption)."""
+        req.hit = req.computed = self.kv.cache_hit(req.prompt, min(req.spec.cached_tokens,
+                                                                   self._cached.get(req.group, 0)))
+
+    def _in_common(self, group: str, old: int, new: int, apply: bool = False) -> int:
+        """How many more blocks the holders of a prefix hold in common when one of them goes from `old`
+        to `new` of its blocks (0: none): each holds a leading run of the same blocks, held once, so
+        their blocks in common are the sum of the runs less the longest."""
+        held = self._holders.setdefault(group, [])
+        after = list(held)
+        if old:
+            after.remove(old)
+        if new:
+            after.append(new)
+        if apply:
+            self._holders[group] = after
+        return sum(after) - max(after, default=0) - (sum(held) - max(held, default=0))
+
     def _held_in_common(self, req: _Req) -> int:
-        """Blocks of a request's cached prefix that another request holds already: a request holding
-        none yet need not find them free (vLLM's get_num_blocks_to_allocate counts referenced hits out)."""
-        if req.share is None or req.held:
+        """Blocks of a waiting request's hit that another request holds: it need not find them free
+        (vLLM's get_num_blocks_to_allocate counts referenced hits out)."""
+        if req.group is None or req.held:
             return 0
-        group, shared = req.share
-        return shared if self._holders.get(group) else 0
+        return min(self.kv.shared_blocks(req.hit), max(self._holders.get(req.group, ()), default=0))
 
     def release(self, req: _Req) -> None:
         """Give back a request's blocks (finished, preempted or aborted); a prefix it shares stays in use
         while another request holds it."""
-        if req.share is not None and req.held:
-            group, shared = req.share
-            holders = self._holders[group] - 1
-            self._holders[group] = holders
-            if holders:
-                self.kv.shared -= shared
+        if req.sb:
+            self.kv.shared += self._in_common(req.group, req.sb, 0, apply=True)
+            req.sb = 0
         self.kv.used -= req.held
         req.held = 0
 
@@ -547,6 +576,8 @@ class Engine:
         if not preempted:
             while self.waiting and budget > 0 and len(self.running) < L.max_num_seqs:
                 req = self.waiting[0]
+                if req.group is not None:
+                    self._find_hit(req)
                 n = req.known - req.computed
                 if L.long_prefill_token_threshold > 0:
                     n = min(n, L.long_prefill_token_threshold)
@@ -916,6 +947,8 @@ class Engine:
             budget -= n
         while self.waiting and budget > 0 and len(running) < L.max_num_seqs:
             req = self.waiting[0]
+            if req.group is not None:
+                self._find_hit(req)
             n = req.known - req.computed
             if thr > 0:
                 n = min(n, thr)

@@ -266,7 +266,7 @@ def served_specs(profile: Profile, workload: Workload, n: int, seed: int) -> lis
     specs = workload.sample(n, seed=seed)
     shared = workload.shared_prefix_tokens
     if profile.engine.prefix_caching and shared:
-        specs = [replace(s, cached_tokens=shared, prefix_group="shared prefix") for s in specs]
+        specs = [replace(s, cached_tokens=shared, prefix_group="shared prefix", prefix_warm=True) for s in specs]
     return specs
 
 

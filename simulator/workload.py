@@ -44,9 +44,11 @@ class RequestSpec:
     # leading prompt tokens an earlier request left in the server's prefix cache: the engine takes the whole
     # blocks of them as computed, as vLLM's cache hits them (never the whole prompt), and computes the rest
     cached_tokens: int = 0
-    # requests of one non-empty group found the same prefix cached (vllm bench serve's --random-prefix-len):
-    # its blocks are in the cache once however many requests hold them, as vLLM counts references to a block
+    # requests of one non-empty group start with the same `cached_tokens`: each finds cached what of them
+    # the cache holds as it is admitted, and their blocks are in the cache once however many requests
+    # hold them, as vLLM counts references to a block
     prefix_group: str = ""
+    prefix_warm: bool = False  # its group's prefix is in the cache before the run (vllm bench serve's test request)
 
     @property
     def stops_early(self) -> bool:

@@ -229,9 +229,11 @@ def write_run_folder(folder, run: RunResult, meta: dict | None = None) -> None:
     w.close()
 
 
-def blocks_in_use_after_admitting(groups, prompts, cached: int, prefix_group: str = "shared prefix") -> int:
+def blocks_in_use_after_admitting(groups, prompts, cached: int, prefix_group: str = "shared prefix",
+                                  warm: bool = True) -> int:
     """The KV blocks in use (the engine trace's kv_used) once the engine has admitted every prompt in one
-    step (no async scheduling), each finding `cached` prefix tokens in the cache; `groups` as
+    step (no async scheduling), each starting with the same `cached` tokens: in the cache before the first
+    if `warm` (or, with no `prefix_group`, each finding them cached, none shared); `groups` as
     (block size, count, window or None)."""
     import simpy
 
@@ -249,7 +251,8 @@ def blocks_in_use_after_admitting(groups, prompts, cached: int, prefix_group: st
     for i, n in enumerate(prompts):
         rec = RequestRecord(request_id=i, prompt_tokens=n, output_tokens=0, scheduled_time=0.0, start_time=0.0,
                             max_tokens=4)
-        eng.submit(RequestSpec(n, 4, 4, cached_tokens=cached, prefix_group=prefix_group), 0.0, rec, lambda r: None)
+        eng.submit(RequestSpec(n, 4, 4, cached_tokens=cached, prefix_group=prefix_group, prefix_warm=warm), 0.0, rec,
+                   lambda r: None)
     env.run()
     assert seen[0]["admitted"] == list(range(len(prompts))) and eng.kv.in_use == 0
     return seen[0]["kv_used"]

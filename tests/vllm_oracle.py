@@ -29,10 +29,10 @@ Jobs:
   {"kind": "kv_holds", "block_size": B, "window": W | null, "chunks": [...]}
       -> {"held": [...]}   (blocks one request holds after each step, vLLM's KV-cache manager)
   {"kind": "kv_shared", "groups": [[block_size, count, window | null], ...], "num_blocks": N, "prefix": H,
-   "prompts": [P, ...]}
-      -> {"hits": [...], "used": [...]}   (vLLM's KV-cache manager with prefix caching: a probe of the H-token
-         prefix allocated and freed, then each prompt (the prefix, then tokens of its own) allocated whole in
-         turn; each one's cache hit and the blocks in use after it)
+   "prompts": [P, ...], "warm": bool}
+      -> {"hits": [...], "used": [...]}   (vLLM's KV-cache manager with prefix caching: if warm, a probe of the
+         H-token prefix allocated and freed; then each prompt (the prefix, then tokens of its own) allocated
+         whole in turn; each one's cache hit and the blocks in use after it)
   {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
    "percentiles": [...], "tokenizer": DIR | null}
       -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
@@ -373,8 +373,9 @@ def kv_shared(job):
         r.num_computed_tokens = prompt
         return r, hit
 
-    probe, _ = admit(-1, len(prefix) + 1)
-    manager.free(probe)
+    if job["warm"]:
+        probe, _ = admit(-1, len(prefix) + 1)
+        manager.free(probe)
     hits, used = [], []
     for i, prompt in enumerate(job["prompts"]):
         hits.append(admit(i, prompt)[1])
