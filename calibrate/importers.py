@@ -47,10 +47,13 @@ _SERVE_DEFAULTS = {
 }
 _RANDOM_DEFAULTS = {"random_input_len": 1024, "random_output_len": 128,
                     "random_range_ratio": 0.0, "random_prefix_len": 0}
+_PREFIX_REPETITION_DEFAULTS = {"prefix_repetition_prefix_len": 256, "prefix_repetition_suffix_len": 256,
+                               "prefix_repetition_num_prefixes": 10, "prefix_repetition_output_len": 128}
 _SERVE_TYPES = {"num_prompts": int, "max_concurrency": int, "seed": int, "random_input_len": int,
                 "sharegpt_output_len": int, "random_output_len": int, "random_prefix_len": int, "request_rate": float,
                 "burstiness": float, "random_range_ratio": float, "ramp_up_start_rps": float,
-                "ramp_up_end_rps": float, "probe_request_rate": float}
+                "ramp_up_end_rps": float, "probe_request_rate": float,
+                **dict.fromkeys(_PREFIX_REPETITION_DEFAULTS, int)}
 
 
 def _command_text(text: str) -> str | None:
@@ -95,12 +98,14 @@ def _typed(key: str, raw, src) -> object:
 def serve_params(raw: dict, src) -> dict:
     """Normalise vllm bench serve settings to python values, filling vLLM's defaults.
 
-    random_* only mean something for the random dataset; for others they are None so that no
-    caller mistakes vLLM's unused defaults for the lengths that ran.
+    random_* only mean something for the random dataset: for others they are None so that no caller
+    mistakes vLLM's unused defaults for the lengths that ran; prefix_repetition_* come with that dataset only.
     """
     p = {k: _typed(k, raw[k], src) if k in raw else v for k, v in _SERVE_DEFAULTS.items()}
     for k, v in _RANDOM_DEFAULTS.items():
         p[k] = (_typed(k, raw[k], src) if k in raw else v) if p["dataset_name"] == "random" else None
+    if p["dataset_name"] == "prefix_repetition":
+        p |= {k: _typed(k, raw[k], src) if k in raw else v for k, v in _PREFIX_REPETITION_DEFAULTS.items()}
     return p
 
 

@@ -6,6 +6,7 @@ Design: docs/design/calibration.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ import numpy as np
 from simulator.load import OpenLoop, RampUp
 from simulator.profile import Profile
 from simulator.replicate import replicate_open
-from simulator.workload import (PromptFormat, RandomWorkload, ShareGPTWorkload, Workload, WorkloadError,
-                                bundled_sharegpt_path, tokenizer_counter)
+from simulator.workload import (PrefixRepetitionWorkload, PromptFormat, RandomWorkload, ShareGPTWorkload, Workload,
+                                WorkloadError, bundled_sharegpt_path, tokenizer_counter)
 
 from .architectures import layout_guessed
 from .results import OpenRun
@@ -122,6 +123,23 @@ def workload_for(run: OpenRun, profile: Profile, tokenizer: str | None = None) -
             frac = max(1e-3, float(total_out) / float(outs.sum()))
         return RandomWorkload(base.input_len, base.output_len, base.range_ratio, base.prefix_len,
                               fmt=PromptFormat(fmt.special_tokens, template, fmt.vocab_size), output_fraction=frac)
+    if run.dataset == "prefix_repetition":
+        kw = {k: int(p[f"prefix_repetition_{k}"]) for k in ("prefix_len", "suffix_len", "num_prefixes", "output_len")
+              if p.get(f"prefix_repetition_{k}") is not None}
+        base = PrefixRepetitionWorkload(**kw, fmt=PromptFormat(fmt.special_tokens, 0, fmt.vocab_size),
+                                        shuffle=not p.get("disable_shuffle"))
+        sent = n // base.num_prefixes * base.num_prefixes  # the requests vllm bench serve made of n
+        template = fmt.chat_template_tokens if chat else 0
+        total_in, total_out = res.get("total_input_tokens"), res.get("total_output_tokens")
+        if total_in and sent:
+            per = float(total_in) / sent - base.prefix_len - base.suffix_len - fmt.special_tokens
+            if 0 <= per < 500:
+                template = int(round(per))
+        frac = 1.0  # it may stop at EOS: the share of output_len it wrote, read off the total
+        if total_out and sent:
+            frac = min(1.0, max(1e-3, float(total_out) / (sent * base.output_len)))
+        return dataclasses.replace(base, fmt=PromptFormat(fmt.special_tokens, template, fmt.vocab_size),
+                                   output_fraction=frac)
     if run.dataset == "sharegpt":
         path = p.get("dataset_path")
         if not path or not Path(path).is_file():

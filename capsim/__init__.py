@@ -15,6 +15,7 @@ _EXPORTS = {
     "Profile": "simulator.profile", "load_profile": "simulator.profile", "apply_edits": "simulator.whatif",
     # loads, the model, summaries
     "RandomWorkload": "simulator.workload", "ShareGPTWorkload": "simulator.workload",
+    "PrefixRepetitionWorkload": "simulator.workload",
     "bundled_sharegpt_path": "simulator.workload",
     "OpenLoop": "simulator.load", "ClosedLoop": "simulator.load",
     "simulate_open": "simulator.sim", "simulate_closed": "simulator.sim",

@@ -13,7 +13,8 @@ import simpy
 from simulator.engine import Engine
 from simulator.load import ClosedLoop
 from simulator.profile import Profile
-from simulator.workload import FixedWorkload, RandomWorkload, RequestSpec, Workload, random_length_bounds
+from simulator.workload import (FixedWorkload, PrefixRepetitionWorkload, RandomWorkload, RequestSpec, Workload,
+                                random_length_bounds)
 
 MAX_REQUESTS = 1_000_000  # per replication; a million requests already take minutes
 MAX_REPLICATIONS = 1000
@@ -54,12 +55,17 @@ def check_closed(profile: Profile, pattern: ClosedLoop) -> None:
 
 
 def check_open(profile: Profile, wl: Workload) -> None:
-    """A random workload whose smallest request is refused: every request is."""
-    if not isinstance(wl, RandomWorkload):
+    """A random workload whose smallest request is refused, or a prefix_repetition one (all its requests are
+    alike): every request is."""
+    if isinstance(wl, PrefixRepetitionWorkload):
+        why = refusal(profile, wl.sample(wl.num_prefixes)[0])
+    elif isinstance(wl, RandomWorkload):
+        in_lo, _, out_lo, _ = random_length_bounds(wl.input_len, wl.output_len, wl.range_ratio,
+                                                   wl.fmt.special_tokens)
+        extra = wl.fmt.special_tokens + wl.fmt.chat_template_tokens + wl.prefix_len
+        why = refusal(profile, RequestSpec(prompt_tokens=in_lo + extra, max_tokens=out_lo, output_tokens=out_lo))
+    else:
         return
-    in_lo, _, out_lo, _ = random_length_bounds(wl.input_len, wl.output_len, wl.range_ratio, wl.fmt.special_tokens)
-    extra = wl.fmt.special_tokens + wl.fmt.chat_template_tokens + wl.prefix_len
-    why = refusal(profile, RequestSpec(prompt_tokens=in_lo + extra, max_tokens=out_lo, output_tokens=out_lo))
     if why is not None:
         raise click.ClickException(f"every request {why}")
 

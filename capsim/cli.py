@@ -226,9 +226,11 @@ def simulate_closed_cmd(pp, tg, depth, concurrency, runs, latency_mode, no_warmu
 
 def build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
                         dataset_path, tokenizer, output_fraction, fmt: PromptFormat, sharegpt_output_len=None,
-                        shuffle: bool = True, oversample: bool = True):
-    from simulator.workload import (RandomWorkload, ShareGPTWorkload, WorkloadError, bundled_sharegpt_path,
-                                    tokenizer_counter)
+                        shuffle: bool = True, oversample: bool = True, prefix_repetition: dict | None = None):
+    """The open-loop workload of vllm bench serve's dataset flags; `prefix_repetition`: the
+    --prefix-repetition-* lengths given (ServeExtras.prefix_repetition_for)."""
+    from simulator.workload import (PrefixRepetitionWorkload, RandomWorkload, ShareGPTWorkload, WorkloadError,
+                                    bundled_sharegpt_path, tokenizer_counter)
 
     if dataset_name == "random":
         return RandomWorkload(random_input_len, random_output_len, random_range_ratio, random_prefix_len, fmt=fmt,
@@ -243,12 +245,18 @@ def build_open_workload(dataset_name, random_input_len, random_output_len, rando
         if wl.dropped:
             click.echo(f"note: {wl.cut_note()}", err=True)
         return wl
-    raise WorkloadError(f"unknown dataset {dataset_name!r} (known: random, sharegpt)")
+    if dataset_name == "prefix_repetition":
+        return PrefixRepetitionWorkload(**(prefix_repetition or {}), fmt=fmt, output_fraction=output_fraction,
+                                        shuffle=shuffle)
+    raise WorkloadError(f"unknown dataset {dataset_name!r} (known: {', '.join(OPEN_DATASETS)})")
+
+
+OPEN_DATASETS = ("random", "sharegpt", "prefix_repetition")  # vllm bench serve's --dataset-name values capsim runs
 
 
 def open_workload_options(f):
     opts = [
-        click.option("--dataset-name", default="random", show_default=True, help="random | sharegpt"),
+        click.option("--dataset-name", default="random", show_default=True, help=" | ".join(OPEN_DATASETS)),
         click.option("--random-input-len", type=int, default=1024, show_default=True),
         click.option("--random-output-len", type=int, default=128, show_default=True),
         click.option("--random-range-ratio", type=float, default=0.0, show_default=True),
@@ -299,6 +307,7 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     check_range(num_prompts, "--num-prompts", hi=MAX_REQUESTS, what=" in one run")
     check_range(replications, "--replications", hi=MAX_REPLICATIONS)
     ex = serve_flags.serve_extras()
+    prefix_repetition = ex.prefix_repetition_for(dataset_name)
     if ex.ignore_eos and output_fraction != 1.0:
         raise click.UsageError(f"--ignore-eos and --output-fraction {output_fraction:g} contradict each other "
                                "(with --ignore-eos every answer runs to its max_tokens)")
@@ -328,7 +337,7 @@ def simulate_open_cmd(dataset_name, random_input_len, random_output_len, random_
     wl = build_open_workload(dataset_name, random_input_len, random_output_len, random_range_ratio, random_prefix_len,
                              dataset_path, tokenizer if dataset_name == "sharegpt" else None, output_fraction, fmt,
                              sharegpt_output_len=sharegpt_output_len, shuffle=not ex.disable_shuffle,
-                             oversample=not ex.no_oversample)
+                             oversample=not ex.no_oversample, prefix_repetition=prefix_repetition)
     pattern = ex.open_loop(rate, burstiness, max_concurrency, seed)
     check_open(prof, wl)
     rf = serve_flags.result_file(ex, save_result=save_result, append=append_result, result_dir=result_dir,

@@ -224,6 +224,7 @@ def vllm_serve_options(f):
         flag_option("--random-batch-size", int,
                     _refuse_unless(1, "batched prompts (vllm bench serve's embeddings benchmark) are not supported: "
                                       "one prompt a request")),
+        *(flag_option(n, int, _remember, why) for n, why in PREFIX_REPETITION_FLAGS.items()),
         *(flag_option(n, t, refuse_flag(why)) for n, (t, why) in REFUSED_FLAGS.items()),
     ]
     for o in reversed(opts):
@@ -246,11 +247,11 @@ SERVE_NOTED_FLAGS = {# vLLM 0.32 parses it and reads it nowhere: its requests ca
                                                  "ever; so do capsim's"),
                      "--enable-multimodal-chat": (None, "multimodal chat shapes image and video entries, which "
                                                         "capsim does not send (text prompts only)")}
-# Flags of vllm bench serve's other datasets (capsim runs random and sharegpt, and refuses any other
+# Flags of vllm bench serve's other datasets (capsim runs random, sharegpt and prefix_repetition, and refuses any other
 # --dataset-name): vllm bench serve reads each for its own dataset only and takes it unread with any other,
 # so a line that carries one runs, with a note.
-OTHER_DATASET = ("only vllm bench serve's {} dataset reads it (capsim runs random and sharegpt): unread, as in "
-                 "vllm bench serve")
+OTHER_DATASET = ("only vllm bench serve's {} dataset reads it (capsim runs random, sharegpt and prefix_repetition): "
+                 "unread, as in vllm bench serve")
 OTHER_DATASET_FLAGS = {  # each with vLLM's type, so that a value vllm bench serve refuses is refused
     "--custom-output-len": (int, "custom"), "--custom-ensure-client-side-data": (None, "custom"),
     "--spec-bench-output-len": (int, "spec_bench"), "--spec-bench-category": (str, "spec_bench"),
@@ -266,10 +267,15 @@ OTHER_DATASET_FLAGS = {  # each with vLLM's type, so that a value vllm bench ser
     **{f"--hf-{k}": (str, "hf") for k in ("subset", "split", "name")}, "--hf-output-len": (int, "hf"),
     "--no-stream": (None, "hf"),  # loads an HF dataset without streaming it; the requests stream regardless
     "--bfcl-categories": (str, "BFCL"),
-    **{f"--prefix-repetition-{k}": (int, "prefix_repetition") for k in ("prefix-len", "suffix-len", "num-prefixes",
-                                                                         "output-len")},
     "--speed-bench-dataset-subset": (str, "speed_bench"), "--speed-bench-output-len": (int, "speed_bench"),
     "--speed-bench-category": (str, "speed_bench"),
+}
+# --dataset-name prefix_repetition's flags (vllm bench serve's defaults: 256, 256, 10, 128)
+PREFIX_REPETITION_FLAGS = {
+    "--prefix-repetition-prefix-len": "Tokens of each prefix (--dataset-name prefix_repetition) [256].",
+    "--prefix-repetition-suffix-len": "Tokens of each prompt after its prefix [256].",
+    "--prefix-repetition-num-prefixes": "Prefixes; each starts --num-prompts // this many prompts [10].",
+    "--prefix-repetition-output-len": "Output tokens of every request (--output-len overrides it) [128].",
 }
 # Flags of loads capsim does not run: refused with the reason, never dropped silently.
 REFUSED_FLAGS = {
@@ -303,6 +309,7 @@ class ServeExtras:
     itl_thresholds_s: tuple[float, float] = (0.025, 0.050)  # --timeline-itl-thresholds, in seconds
     lora_modules: tuple[str, ...] = ()  # --lora-modules: the adapters the measured requests name
     lora_assignment: str = "random"  # --lora-assignment
+    prefix_repetition: dict = dataclasses.field(default_factory=dict)  # the --prefix-repetition-* given
 
     @property
     def plots(self) -> bool:
@@ -342,6 +349,16 @@ class ServeExtras:
         """The dataset lengths, --input-len / --output-len over the dataset flags (vllm bench serve's order)."""
         return (self.input_len or random_input_len, self.output_len or random_output_len,
                 self.output_len or sharegpt_output_len)
+
+    def prefix_repetition_for(self, dataset_name: str) -> dict:
+        """The prefix_repetition dataset's lengths given (--output-len over its output length, vllm bench
+        serve's order); with another dataset none, and a note that the flags given went unread."""
+        if dataset_name != "prefix_repetition":
+            for k in self.prefix_repetition:
+                click.get_current_context().meta.setdefault("capsim.flag_notes", {})[
+                    "--prefix-repetition-" + k.replace("_", "-")] = OTHER_DATASET.format("prefix_repetition")
+            return {}
+        return self.prefix_repetition | ({"output_len": self.output_len} if self.output_len else {})
 
     def request_body(self, extra_body: dict, endpoint: str = "chat") -> dict:
         """The fields added to every request: --logprobs in a completions body (its base, where vllm bench serve
@@ -416,7 +433,11 @@ def serve_extras(ctx: click.Context | None = None) -> ServeExtras:
                        plot_timeline=bool(got.get("plot_timeline")),
                        plot_dataset_stats=bool(got.get("plot_dataset_stats")),
                        itl_thresholds_s=itl_s, lora_modules=tuple(got.get("lora_modules") or ()),
-                       lora_assignment=got.get("lora_assignment") or "random", **{k: got.get(k) for k in RAMP_KEYS})
+                       lora_assignment=got.get("lora_assignment") or "random",
+                       prefix_repetition={k[len("prefix_repetition_"):]: got[k] for k in
+                                          (n.lstrip("-").replace("-", "_") for n in PREFIX_REPETITION_FLAGS)
+                                          if k in got},
+                       **{k: got.get(k) for k in RAMP_KEYS})
 
 
 def result_path(save_result: str | None, append: bool, result_dir: str | None, result_filename: str | None,

@@ -32,7 +32,7 @@ from capsim.options import MultiValue
 from simulator.errors import CapsimError
 from simulator.load import ClosedLoop
 from simulator.records import LiveFacts
-from simulator.workload import RandomWorkload, ShareGPTWorkload
+from simulator.workload import PrefixRepetitionWorkload, RandomWorkload, ShareGPTWorkload
 
 from .drivers import run_closed, run_open
 from .errors import Interrupted, MeasureError
@@ -235,7 +235,8 @@ def closed_cmd(url, base_url, pp, tg, depth, concurrency, runs, latency_mode, no
 
 @measure.command("open")
 @click.argument("url", required=False)
-@click.option("--dataset-name", "--dataset", "dataset_name", type=click.Choice(["random", "sharegpt"]),
+@click.option("--dataset-name", "--dataset", "dataset_name",
+              type=click.Choice(["random", "sharegpt", "prefix_repetition"]),
               default="random", show_default=True)
 @click.option("--random-input-len", type=int, default=1024, show_default=True)
 @click.option("--random-output-len", type=int, default=128, show_default=True)
@@ -273,6 +274,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
     skw = serve_flags.summary_options(percentile_metrics, metric_percentiles, goodput)
     meta_kv = serve_flags.parse_metadata(metadata)
     ex = serve_flags.serve_extras()
+    prefix_repetition = ex.prefix_repetition_for(dataset_name)
     body = ex.request_body(options.parse_extra_body([extra_body]) if extra_body else {}, ep)
     random_input_len, random_output_len, sharegpt_output_len = ex.lengths(random_input_len, random_output_len,
                                                                            sharegpt_output_len)
@@ -286,7 +288,7 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
         if output_fraction is not None:
             click.echo("capsim measure: --output-fraction is not used live: the real outputs are measured", err=True)
         vocab = None
-        if dataset_name == "random" and (tokenizer or model):  # vllm bench serve's --tokenizer defaults to --model
+        if dataset_name != "sharegpt" and (tokenizer or model):  # vllm bench serve's --tokenizer defaults to --model
             found = find_tokenizer(tokenizer or model)
             if found is not None and (tokenizer or (found / "tokenizer.json").is_file()):
                 vocab = read_vocab(found)
@@ -296,6 +298,9 @@ def open_cmd(url, dataset_name, random_input_len, random_output_len, random_rang
                            "vocabulary size and special ids", err=True)
         if dataset_name == "random":
             wl = RandomWorkload(random_input_len, random_output_len, random_range_ratio, random_prefix_len)
+        elif dataset_name == "prefix_repetition":
+            wl = PrefixRepetitionWorkload(**prefix_repetition, shuffle=not ex.disable_shuffle)
+            wl.order(num_prompts, seed)  # too few prompts for its prefixes: said before the server is asked
         else:
             from .datasets import sharegpt_path
 

@@ -18,8 +18,8 @@ import httpx
 
 from simulator.load import ClosedLoop, OpenLoop, context_load_keys
 from simulator.records import ClosedLoopFacts, LiveFacts, OpenLoopFacts, RunResult
-from simulator.workload import (MixtureWorkload, RandomWorkload, ShareGPTWorkload, Workload, WorkloadError,
-                                lora_picks)
+from simulator.workload import (MixtureWorkload, PrefixRepetitionWorkload, RandomWorkload, ShareGPTWorkload, Workload,
+                                WorkloadError, lora_picks)
 
 from . import prom
 from .client import Client
@@ -68,7 +68,7 @@ async def _adapt(workload: Workload, builder: PromptBuilder, client: Client, liv
     the /tokenize counters it made for ShareGPT are added to `counters`, for the caller to close."""
     tok = builder.tok
     chat_extra = max(0, builder.delta_user - builder.special_tokens) if builder.endpoint == "chat" else 0
-    if isinstance(workload, RandomWorkload):
+    if isinstance(workload, (RandomWorkload, PrefixRepetitionWorkload)):
         if tok.available:
             fmt = dataclasses.replace(workload.fmt, special_tokens=builder.special_tokens,
                                       chat_template_tokens=chat_extra)
@@ -153,7 +153,7 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
     model)."""
     if not isinstance(pattern, OpenLoop):
         raise MeasureError("run_open needs an OpenLoop pattern")
-    if vocab is not None and isinstance(workload, RandomWorkload):  # its offsets run over the vocabulary
+    if vocab is not None and isinstance(workload, (RandomWorkload, PrefixRepetitionWorkload)):  # ids run over it
         workload = dataclasses.replace(workload, fmt=dataclasses.replace(workload.fmt, vocab_size=vocab.size))
     delays = pattern.arrival_times(num_prompts)  # validates num_prompts
     conc = pattern.max_concurrency or num_prompts
@@ -181,6 +181,12 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                 wl = await _adapt(workload, b, S.client, live, counters)
                 specs = await _sample(wl, num_prompts, pattern.seed)
                 S.check_fits((s.prompt_tokens, s.max_tokens) for s in specs)
+                if isinstance(wl, PrefixRepetitionWorkload):
+                    if vocab is None:
+                        b.notes.append(f"prefix_repetition prompts: token ids over {wl.fmt.vocab_size} (--tokenizer "
+                                       "DIR: vllm bench serve's prompts to the character)")
+                    return wl, specs, await b.prefix_repetition_prompts(wl, num_prompts, pattern.seed,
+                                                                        wl.fmt.vocab_size)
                 if not isinstance(wl, RandomWorkload):
                     return wl, specs, await b.spec_prompts(specs)
                 if vocab is None:
@@ -220,10 +226,12 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
             for lp, name in zip(prompts, lora_picks(lora_modules, lora_assignment, len(prompts),
                                                     wl.vllm_random(num_prompts, pattern.seed))):
                 lp.model = name
-        if len(prompts) < num_prompts:  # --no-oversample: vLLM's schedule spans the requests it has
+        if len(prompts) < num_prompts:  # vLLM's schedule spans the requests it has
             delays = pattern.arrival_times(len(prompts))
-            log.info("sending %s of %s requests: only that many ShareGPT conversations pass the length filter "
-                     "(--no-oversample)", len(prompts), num_prompts)
+            log.info("sending %s of %s requests: %s", len(prompts), num_prompts,
+                     f"{num_prompts // wl.num_prefixes} for each of {wl.num_prefixes} prefixes"
+                     if isinstance(wl, PrefixRepetitionWorkload) else
+                     "only that many ShareGPT conversations pass the length filter (--no-oversample)")
         live.prompts = b.describe() | {"seconds": round(perf_counter() - prep_t0, 3)}
         live.workload = wl.describe()
         S.info["prompts"] = live.prompts

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from simulator.workload import RequestSpec, approx_token_count
+from simulator.workload import PrefixRepetitionWorkload, RequestSpec, approx_token_count
 
 from .client import Client
 from .tokenizer import ServerTokenizer, TokenizeFailed
@@ -312,8 +312,60 @@ class PromptBuilder:
 
         return list(await asyncio.gather(*(one(s, raw, t, g) for s, raw, (t, g) in zip(specs, raws, fitted))))
 
-    def _single(self, text: str, spec: RequestSpec, fitted: bool) -> LivePrompt:
-        ignore_eos = spec.prompt_text is None
+    async def prefix_repetition_prompts(self, wl: PrefixRepetitionWorkload, n: int, seed: int,
+                                        vocab: int) -> list[LivePrompt]:
+        """vllm bench serve's PrefixRepetitionRandomDataset.sample for --num-prompts n, through the server's
+        /tokenize and /detokenize: prefix by prefix, each prefix then its suffixes, token ids over
+        `range(vocab)` (the tokenizer's vocab_size; no special id left out) drawn from numpy's global
+        generator seeded with --seed, as are the filler tokens of each re-encoding; a prompt is the decode
+        of its prefix's ids and its own, in the workload's order (shuffled). Without /detokenize,
+        pseudo-English texts of the lengths, one per prefix."""
+        drawn = np.random.RandomState(seed)  # vLLM's np.random.seed(seed), then np.random.randint
+
+        class Legacy:  # fit_ids draws its fillers with a Generator's `integers`
+            @staticmethod
+            def integers(lo, hi, size):
+                return drawn.randint(lo, hi, size=size)
+
+        async def fitted(length: int) -> list[int]:
+            ids = drawn.randint(0, vocab, size=length).tolist()
+            return (await self.fit_ids(ids, length, vocab, Legacy))[1] if length else []
+
+        order, per = wl.order(n, seed), n // wl.num_prefixes
+        texts: dict[tuple[int, int], str] = {}
+        exact = self.tok.available and self.tok.can_detokenize
+        if exact:
+            try:
+                for p in range(wl.num_prefixes):
+                    prefix = await fitted(wl.prefix_len)
+                    for j in range(per):
+                        texts[p, j] = await self.tok.detokenize(prefix + await fitted(wl.suffix_len))
+            except TokenizeFailed as e:
+                self.notes.append(f"the server's tokenizer refused random token ids ({e}): the prefix_repetition "
+                                  "prompts are pseudo-English text of the same lengths")
+                exact = False
+        if not exact:
+            heads = [(await self.text_of_tokens(wl.prefix_len))[0] for _ in range(wl.num_prefixes)]
+            for p, j in order:
+                texts[p, j] = " ".join(t for t in (heads[p], (await self.text_of_tokens(wl.suffix_len))[0]) if t)
+        specs = wl.sample(n, seed)
+
+        async def one(spec: RequestSpec, text: str) -> LivePrompt:
+            if exact and self.tok.available:  # sent as it is, as vllm bench serve does: counted, not nudged
+                async with self._sem:
+                    c = await (self.tok.count_chat([{"role": "user", "content": text}]) if self.endpoint == "chat"
+                               else self.tok.count(text, add_special=True))
+                if c is not None and c != spec.prompt_tokens:
+                    self.mismatches += 1
+            return self._single(text, spec, fitted=exact, ignore_eos=False)
+
+        return list(await asyncio.gather(*(one(s, texts[k]) for s, k in zip(specs, order))))
+
+    def _single(self, text: str, spec: RequestSpec, fitted: bool, ignore_eos: bool | None = None) -> LivePrompt:
+        """A prompt of one user message (chat) or one text (completions); random prompts (no text of their
+        own) run to max_tokens unless `ignore_eos` says otherwise."""
+        if ignore_eos is None:
+            ignore_eos = spec.prompt_text is None
         if self.endpoint == "chat":
             return LivePrompt([{"role": "user", "content": text}], None, spec.max_tokens, ignore_eos,
                               spec.prompt_tokens, fitted)

@@ -16,6 +16,7 @@ _EXPORTS = {
     "apply_edits": ".whatif", "draw_profile": ".uncertainty",
     # a load: what is sent, and when
     "Workload": ".workload", "RandomWorkload": ".workload", "ShareGPTWorkload": ".workload",
+    "PrefixRepetitionWorkload": ".workload",
     "FixedWorkload": ".workload", "MixtureWorkload": ".workload", "RequestSpec": ".workload",
     "PromptFormat": ".workload", "WorkloadError": ".workload", "bundled_sharegpt_path": ".workload",
     "OpenLoop": ".load", "ClosedLoop": ".load", "LoadError": ".load",

@@ -261,12 +261,16 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
 
 def served_specs(profile: Profile, workload: Workload, n: int, seed: int) -> list[RequestSpec]:
     """The workload's n requests (seeded as vllm bench serve seeds them) as the profile's server takes them: with
-    its prefix cache on, the prefix they all share is found cached (vllm bench serve's first, unmeasured test
-    request leaves it there), and its blocks are held once, in common."""
+    its prefix cache on, the prefix they share (one for all, or one per group of them) is found cached as
+    far as the cache holds it (vllm bench serve's first, unmeasured test request leaves the first request's
+    there), and its blocks are held once, in common."""
     specs = workload.sample(n, seed=seed)
     shared = workload.shared_prefix_tokens
     if profile.engine.prefix_caching and shared:
-        specs = [replace(s, cached_tokens=shared, prefix_group="shared prefix", prefix_warm=True) for s in specs]
+        # vllm bench serve's test request is the first request: its prefix is warm
+        first = specs[0].prefix_group if specs else ""
+        specs = [replace(s, cached_tokens=shared, prefix_group=s.prefix_group or "shared prefix",
+                         prefix_warm=s.prefix_group == first) for s in specs]
     return specs
 
 

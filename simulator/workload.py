@@ -259,6 +259,75 @@ class RandomWorkload(Workload):
         return d | ({"output_fraction": self.output_fraction} if self.output_fraction != 1.0 else {})
 
 
+@dataclass
+class PrefixRepetitionWorkload(Workload):
+    """vllm bench serve `--dataset-name prefix_repetition`: `num_prefixes` prefixes of `prefix_len` random
+    tokens, each followed by `num_prompts // num_prefixes` suffixes of `suffix_len` (so as many requests,
+    in all, as that many times num_prefixes), shuffled unless --disable-shuffle; every request asks
+    `output_len` tokens and, unlike the random dataset, may stop at EOS (`output_fraction`)."""
+
+    prefix_len: int = 256
+    suffix_len: int = 256
+    num_prefixes: int = 10
+    output_len: int = 128
+    fmt: PromptFormat = field(default_factory=PromptFormat)
+    output_fraction: float = 1.0
+    shuffle: bool = True
+    name = "prefix_repetition"
+
+    def __post_init__(self):
+        for flag, v, lo in (("prefix-len", self.prefix_len, 0), ("suffix-len", self.suffix_len, 0),
+                            ("num-prefixes", self.num_prefixes, 1), ("output-len", self.output_len, 1)):
+            if v < lo:
+                raise WorkloadError(f"--prefix-repetition-{flag} must be >= {lo}, got {v}")
+        if self.prefix_len + self.suffix_len + self.fmt.special_tokens < 1:
+            raise WorkloadError("--prefix-repetition-prefix-len and --prefix-repetition-suffix-len are both 0: "
+                                "every prompt would be empty")
+        if not 0 < self.output_fraction <= 1:
+            raise WorkloadError(f"output_fraction must be in (0, 1], got {self.output_fraction}")
+
+    @property
+    def shared_prefix_tokens(self) -> int:
+        """A request's first tokens that every request of its prefix has too: the special tokens and the
+        prefix (a chat template's head, also shared, is left out)."""
+        return self.fmt.special_tokens + self.prefix_len if self.prefix_len else 0
+
+    def order(self, n: int, seed: int) -> list[tuple[int, int]]:
+        """(prefix, suffix) of each request as sent: vLLM draws them prefix by prefix, each prefix then its
+        suffixes, and shuffles the list with Python's `random` seeded by --seed."""
+        per = n // self.num_prefixes
+        if per == 0:
+            raise WorkloadError(f"--num-prompts ({n}) must be >= --prefix-repetition-num-prefixes "
+                                f"({self.num_prefixes})")
+        out = [(p, j) for p in range(self.num_prefixes) for j in range(per)]
+        if self.shuffle:
+            random.Random(seed).shuffle(out)
+        return out
+
+    def sample(self, n: int, seed: int = 0) -> list[RequestSpec]:
+        raw = self.prefix_len + self.suffix_len
+        extra = self.fmt.special_tokens + self.fmt.chat_template_tokens
+        out = max(1, round(self.output_len * self.output_fraction))
+        return [RequestSpec(prompt_tokens=raw + extra, max_tokens=self.output_len, output_tokens=out,
+                            tag="prefix_repetition", raw_prompt_tokens=raw, prefix_group=f"prefix {p}")
+                for p, _ in self.order(n, seed)]
+
+    def vllm_random(self, n: int, seed: int) -> random.Random:
+        """As Workload.vllm_random: vLLM's dataset seeds the global random and shuffles its requests with it."""
+        rng = random.Random(seed)
+        if self.shuffle:
+            rng.shuffle([None] * (n // self.num_prefixes * self.num_prefixes))
+        return rng
+
+    def describe(self) -> dict:
+        return {"dataset": "prefix_repetition", "prefix_repetition_prefix_len": self.prefix_len,
+                "prefix_repetition_suffix_len": self.suffix_len,
+                "prefix_repetition_num_prefixes": self.num_prefixes,
+                "prefix_repetition_output_len": self.output_len} | (
+            {"output_fraction": self.output_fraction} if self.output_fraction != 1.0 else {}) | (
+            {"disable_shuffle": True} if not self.shuffle else {})
+
+
 # ---------------------------------------------------------------- ShareGPT
 
 def load_sharegpt_json(path: str | Path) -> tuple[list[dict], int]:

@@ -86,6 +86,10 @@ RANDOM = [
     (64, 16, 0.0, 0, 7, 50),
     (300, 50, 0.5, 5, 3, 100),
 ]
+# (prefix_len, suffix_len, num_prefixes, output_len, seed, num_prompts, --disable-shuffle): prompts per prefix
+# num_prompts // num_prefixes, a prefix or a suffix of no tokens, --output-len over the dataset's
+PREFIX_REPETITION = [(24, 16, 3, 5, 0, 10, False), (40, 8, 2, 4, 7, 7, False), (0, 12, 2, 3, 1, 4, False),
+                     (16, 0, 4, 6, 3, 8, True), (32, 24, 5, 9, 11, 25, False)]
 # Lengths at the edge of what vLLM accepts (input_len, range_ratio, prefix_len): a prompt that
 # could sample 0 tokens is refused, one that cannot is not.
 EDGES = [(1, 0.0, 0), (2, 0.0, 0), (2, 0.5, 0), (3, 0.5, 0), (1, 0.0, 1), (20, 0.99, 0), (200, 0.99, 0)]
@@ -108,6 +112,14 @@ def _random_argv(inp, out, rr, prefix, seed, n, rate=math.inf, burst=1.0):
             "--random-range-ratio", repr(rr), "--random-prefix-len", str(prefix),
             "--num-prompts", str(n), "--seed", str(seed),
             "--request-rate", _fmt_rate(rate), "--burstiness", _fmt_rate(burst)]
+
+
+def _prefix_repetition_argv(case):
+    prefix, suffix, k, out, seed, n, unshuffled = case
+    return ["--model", "gemma3-dummy", "--tokenizer", TOK, "--dataset-name", "prefix_repetition",
+            "--prefix-repetition-prefix-len", str(prefix), "--prefix-repetition-suffix-len", str(suffix),
+            "--prefix-repetition-num-prefixes", str(k), "--prefix-repetition-output-len", str(out),
+            "--num-prompts", str(n), "--seed", str(seed), "--request-rate", "2"] + (["--disable-shuffle"] if unshuffled else [])
 
 
 # ------------------------------------------------------------------ synthetic requests for the metrics
@@ -337,6 +349,9 @@ def oracle(sharegpt_path, vocab_folders):
                                    "--ramp-up-end-rps", str(end)]}
     for case in RANDOM:
         jobs[("random", case)] = {"kind": "pipeline", "tokenizer": TOK, "argv": _random_argv(*case), "prompts": True}
+    for case in PREFIX_REPETITION:
+        jobs[("prefix_repetition", case)] = {"kind": "pipeline", "tokenizer": TOK, "prompts": True,
+                                             "argv": _prefix_repetition_argv(case)}
     for case in EDGES:
         inp, rr, prefix = case
         jobs[("edge", case)] = {"kind": "pipeline", "tokenizer": TOK, "may_fail": True,
@@ -1019,20 +1034,24 @@ def test_the_flag_cases_have_teeth(oracle):
 
 
 def test_other_datasets_flags_run_with_a_note():
-    """vllm bench serve's flags of datasets capsim does not run are taken unread, as vllm bench serve takes
-    them with random or sharegpt, and said so once per dataset; --random-batch-size runs at its default 1
+    """vllm bench serve's flags of datasets other than the one named (capsim's random here) are taken unread,
+    as vllm bench serve takes them, and said so once per dataset; --random-batch-size runs at its default 1
     only (above it, the embeddings benchmark's batched prompts)."""
     base = ["simulate", "open", "--num-prompts", "20", "--request-rate", "2", "--seed", "3", "--json"]
     plain = CliRunner().invoke(main, base)
     pasted = CliRunner().invoke(main, [*base, "--hf-split", "train", "--hf-name", "x/y", "--no-stream",
                                        "--spec-bench-category", "qa", "--random-batch-size", "1", "--no-reranker",
-                                       "--random-mm-limit-mm-per-prompt", '{"image": 3}'])
+                                       "--random-mm-limit-mm-per-prompt", '{"image": 3}',
+                                       "--prefix-repetition-prefix-len", "64", "--prefix-repetition-num-prefixes", "2"])
     assert plain.exit_code == 0 and pasted.exit_code == 0, pasted.output
     assert json.loads(pasted.stdout) == json.loads(plain.stdout)
     notes = pasted.stderr.strip().splitlines()
-    assert len(notes) == 4
+    assert len(notes) == 5, notes
     assert notes[0].startswith("note: --hf-split, --hf-name, --no-stream: only vllm bench serve's hf dataset")
-    assert all("(capsim runs random and sharegpt): unread, as in vllm bench serve" in n for n in notes)
+    assert any(n.startswith("note: --prefix-repetition-prefix-len, --prefix-repetition-num-prefixes: only vllm "
+                            "bench serve's prefix_repetition dataset") for n in notes)
+    assert all("(capsim runs random, sharegpt and prefix_repetition): unread, as in vllm bench serve" in n
+               for n in notes)
     bad = CliRunner().invoke(main, [*base, "--random-batch-size", "4"])
     assert bad.exit_code == 2 and "--random-batch-size 4: batched prompts" in bad.stderr
 
@@ -1096,6 +1115,65 @@ def test_the_random_prompt_cases_have_teeth(oracle):
     for case in RANDOM:
         inexact = _capsim_random_prompts(case, exact=False)[0]
         assert not set(inexact) & set(oracle[("random", case)]["prompts"]), case
+
+
+def _prefix_repetition_workload(case):
+    """The case's workload as `capsim simulate open` builds it from the same vllm bench serve line."""
+    from simulator.workload import PrefixRepetitionWorkload
+
+    prefix, suffix, k, out, seed, n, unshuffled = case
+    return PrefixRepetitionWorkload(prefix, suffix, k, out, fmt=PromptFormat(FMT.special_tokens, 0, FMT.vocab_size),
+                                    shuffle=not unshuffled)
+
+
+def _capsim_prefix_repetition_prompts(case):
+    """capsim's live prompts for a PREFIX_REPETITION case, through vLLM's /tokenize and /detokenize as its
+    server answers them."""
+    wl = _prefix_repetition_workload(case)
+    ends = TokenizerEndpoints(Path(TOK) / "tokenizer.json")
+    b = PromptBuilder(ends, "gemma3-dummy", "completions")
+
+    async def build():
+        await b.setup()
+        return await b.prefix_repetition_prompts(wl, case[5], case[4], read_vocab(TOK).size)
+
+    return [p.prompt for p in asyncio.run(build())], b
+
+
+@pytest.mark.parametrize("case", PREFIX_REPETITION, ids=lambda c: "p%d-s%d-k%d-n%d-seed%d%s" % (
+    c[0], c[1], c[2], c[5], c[4], "-unshuffled" if c[6] else ""))
+def test_prefix_repetition_requests_are_vllms(oracle, case):
+    """vllm bench serve's prefix_repetition dataset: as many requests as num_prompts // num_prefixes times
+    num_prefixes, each of prefix + suffix tokens and the output length, in vLLM's (shuffled) order, with
+    vLLM's very texts (its draws from numpy's global generator, over the tokenizer's vocab_size); requests
+    of one prefix share its text and nothing else; a simulation sends the same requests."""
+    v = oracle[("prefix_repetition", case)]
+    prefix, suffix, k, out, seed, n, _ = case
+    wl = _prefix_repetition_workload(case)
+    specs = wl.sample(n, seed)
+    assert len(specs) == len(v["prompt_len"]) == len(v["offsets"]) == n // k * k
+    assert [s.raw_prompt_tokens for s in specs] == v["prompt_len"] == [prefix + suffix] * len(specs)
+    assert [s.max_tokens for s in specs] == v["expected_output_len"] == [out] * len(specs)
+    ours, b = _capsim_prefix_repetition_prompts(case)
+    assert ours == v["prompts"]
+    assert b.mismatches == 0 or prefix and suffix  # a prompt's text re-encodes to its count unless split in two
+    groups = [s.prefix_group for s in specs]
+    for i in range(len(specs) if prefix else 0):  # (no prefix: nothing shared, and no cached tokens to share)
+        for j in range(len(specs)):
+            heads = os.path.commonprefix([ours[i], ours[j]])
+            assert (groups[i] == groups[j]) == (i == j or len(heads) >= len(ours[i]) // 4), (i, j)
+
+
+def test_the_prefix_repetition_cases_have_teeth(oracle):
+    """The cases shuffle (the order is not vLLM's generation order), leave prompts of a prefix over
+    (num_prompts not a multiple), and re-encode texts to other lengths (filler tokens drawn)."""
+    shuffled = [c for c in PREFIX_REPETITION if not c[6]]
+    assert any(_prefix_repetition_workload(c).order(c[5], c[4]) != sorted(_prefix_repetition_workload(c).order(
+        c[5], c[4])) for c in shuffled)
+    assert any(c[5] % c[2] for c in PREFIX_REPETITION)
+    for c in PREFIX_REPETITION:  # another seed draws other texts: the seed reaches numpy's generator
+        assert oracle[("prefix_repetition", c)]["prompts"] != _capsim_prefix_repetition_prompts(
+            c[:4] + (c[4] + 1,) + c[5:])[0]
 
 
 @pytest.mark.parametrize("case", EDGES, ids=[f"in{i}-rr{r}-prefix{p}" for i, r, p in EDGES])

@@ -666,3 +666,50 @@ def test_prefix_caching_loads_each_context_then_finds_it_cached(caching_vllm, tm
     table = CliRunner().invoke(measure_cli, ["report", str(d)])
     assert table.exit_code == 0 and f"ctx_pp @ d{depth} (c{c})" in table.output and \
         f"ctx_tg @ d{depth} (c{c})" in table.output, table.output
+
+
+def test_prefix_repetition_prompts_are_vllm_bench_serves_and_hit_the_cache(caching_vllm, tmp_path, monkeypatch):
+    """A vllm bench serve prefix_repetition line pasted into capsim measure, on a vLLM that caches prefixes:
+    the prompts are the texts vLLM's PrefixRepetitionRandomDataset builds with the same seed, in its order;
+    one at a time, every request after the first of its prefix finds the prefix's whole blocks cached (and
+    nothing else hit), and the run validates: its workload is rebuilt from the run's own record."""
+    from calibrate.sources import load_open
+    from calibrate.validate import workload_for
+    from measure.prompts import PromptBuilder
+    from simulator.profile import load_profile
+
+    sent = []
+    real = PromptBuilder.prefix_repetition_prompts
+
+    async def spy(self, *a, **kw):  # the real builder's output, kept
+        out = await real(self, *a, **kw)
+        sent.extend(out)
+        return out
+
+    monkeypatch.setattr(PromptBuilder, "prefix_repetition_prompts", spy)
+
+    prefix, per, k = 300, 3, 2
+    flags = ["--backend", "openai", "--model", "gemma3-dummy", "--tokenizer", str(model_dir()),
+             "--dataset-name", "prefix_repetition", "--prefix-repetition-prefix-len", str(prefix),
+             "--prefix-repetition-suffix-len", "20", "--prefix-repetition-num-prefixes", str(k), "--output-len", "3",
+             "--num-prompts", str(per * k + 1), "--seed", "5", "--max-concurrency", "1"]
+    job = {"kind": "pipeline", "tokenizer": str(model_dir()), "prompts": True,
+           "argv": [f.replace("--output-len", "--prefix-repetition-output-len") for f in flags]}
+    theirs = oracle_answers("vllm_oracle.py", [job], env={"HF_HUB_OFFLINE": "1"})[0]
+    hits0 = _prefix_cache_hits(caching_vllm.url)
+    d = tmp_path / "c"
+    res = CliRunner().invoke(measure_cli, ["open", "--base-url", caching_vllm.url, *flags, "--no-progress",
+                                           "-o", str(d)])
+    assert res.exit_code == 0, res.output
+    hits = _prefix_cache_hits(caching_vllm.url) - hits0
+    run = load_run(d)
+    recs = sorted(run.records, key=lambda r: r.request_id)
+    assert len(recs) == per * k and all(r.ok and r.output_tokens <= 3 for r in recs)
+    assert [p.prompt for p in sent] == theirs["prompts"] and len(sent) == per * k
+    assert [r.prompt_tokens for r in recs] == [n + 1 for n in theirs["prompt_len"]]  # the server adds the BOS
+    bs = int(run.server_metrics.cache_config["block_size"])
+    assert hits == (per - 1) * k * ((prefix + 1) // bs * bs), (hits, bs)  # BOS + prefix, whole blocks
+    (ran,) = load_open([str(d)])
+    wl = workload_for(ran, load_profile())
+    assert (wl.prefix_len, wl.suffix_len, wl.num_prefixes, wl.output_len) == (prefix, 20, k, 3)
+    assert [s.prompt_tokens for s in wl.sample(per * k + 1, 5)] == [r.prompt_tokens for r in recs]

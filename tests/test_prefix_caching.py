@@ -260,3 +260,48 @@ def test_a_random_loads_shared_prefix_is_found_cached_where_the_server_caches():
         for model in ("Acme/Tiny-1B", "google/gemma-4-26B-A4B-it"):  # an architecture prior, the shipped physics
             prof, origin = prior_profile({"model": model, "enable_prefix_caching": flag}, 30.0)
             assert prof.engine.prefix_caching is on and origin["prefix_caching"] == why, (flag, model)
+
+
+def test_a_prefix_repetition_load_computes_each_prefix_once():
+    """vllm bench serve's prefix_repetition dataset on a box that caches prefixes, one request at a time:
+    the first request of each prefix computes it (but that of the first request, which vllm bench serve's
+    test request left cached) and every later one finds it cached; with the cache off each computes it."""
+    from simulator.sim import simulate_workload_open
+    from simulator.whatif import apply_edits
+    from simulator.workload import PrefixRepetitionWorkload
+
+    wl = PrefixRepetitionWorkload(prefix_len=3000, suffix_len=64, num_prefixes=3, output_len=4)
+    caching = apply_edits(SPARK, ["prefix_caching=true"])
+    specs = wl.sample(13, 2)
+    assert len(specs) == 12 and len({s.prefix_group for s in specs}) == 3
+    firsts = {s.prefix_group: i for i, s in reversed(list(enumerate(specs)))}
+    cold = {i for g, i in firsts.items() if g != specs[0].prefix_group}
+    assert len(cold) == 2
+    ttft = {}
+    for prof in (caching, SPARK):
+        run = simulate_workload_open(prof, wl, 13, OpenLoop(rate=math.inf, max_concurrency=1, seed=2))
+        ttft[prof is caching] = [r.ttft for r in sorted(run.records, key=lambda r: r.request_id)]
+    uncached, cached = ttft[False], ttft[True]
+    assert max(uncached) < 1.1 * min(uncached), uncached
+    assert all(cached[i] == pytest.approx(uncached[i], rel=0.05) for i in cold), (cached, uncached)
+    assert all(cached[i] < 0.5 * uncached[i] for i in range(len(cached)) if i not in cold), (cached, uncached)
+
+
+def test_prefix_repetition_lengths_and_bad_values_at_the_command_line():
+    """`capsim simulate open --dataset-name prefix_repetition`: --output-len over the dataset's output length
+    (vllm bench serve's order), num_prompts // num_prefixes requests a prefix, and one line for a value
+    vLLM's dataset cannot take."""
+    base = ["simulate", "open", "--dataset-name", "prefix_repetition", "--request-rate", "inf", "--json"]
+    res = CliRunner().invoke(main, [*base, "--num-prompts", "25", "--prefix-repetition-output-len", "50",
+                                    "--output-len", "7", "--prefix-repetition-prefix-len", "40",
+                                    "--prefix-repetition-suffix-len", "10"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (out["completed"], out["total_output_tokens"]) == (20, 20 * 7)
+    assert out["total_input_tokens"] == 20 * (50 + SPARK.prompt_format.special_tokens
+                                              + SPARK.prompt_format.chat_template_tokens)
+    for args, says in ((["--num-prompts", "5"], "--num-prompts (5) must be >= --prefix-repetition-num-prefixes (10)"),
+                       (["--prefix-repetition-num-prefixes", "0"], "--prefix-repetition-num-prefixes must be >= 1"),
+                       (["--prefix-repetition-suffix-len", "-1"], "--prefix-repetition-suffix-len must be >= 0")):
+        bad = CliRunner().invoke(main, [*base, *args])
+        assert bad.exit_code != 0 and says in bad.output and "Traceback" not in bad.output, bad.output
