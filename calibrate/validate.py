@@ -94,6 +94,17 @@ def default_tokenizer() -> str | None:
     return str(cand) if cand.is_file() else None
 
 
+def _template_tokens(total_in, n: int, raw: float, special: int, default: int) -> int:
+    """A chat template's tokens a request, read off a run's total input tokens (vllm bench serve counts
+    each prompt's `raw` tokens, the server the special and template tokens around them); `default` where
+    the total is missing or the count is no template's."""
+    if total_in and n:
+        per = (float(total_in) - raw) / n - special
+        if 0 <= per < 500:
+            return int(round(per))
+    return default
+
+
 def workload_for(run: OpenRun, profile: Profile, tokenizer: str | None = None) -> Workload:
     """The workload a measured run sent, rebuilt from its parameters.
 
@@ -110,13 +121,10 @@ def workload_for(run: OpenRun, profile: Profile, tokenizer: str | None = None) -
         base = RandomWorkload(int(p["random_input_len"]), int(p["random_output_len"]),
                               float(p.get("random_range_ratio") or 0.0), int(p.get("random_prefix_len") or 0),
                               fmt=PromptFormat(fmt.special_tokens, 0, fmt.vocab_size))
-        template = fmt.chat_template_tokens if chat else 0
-        total_in = res.get("total_input_tokens")
         raw, outs, _ = base.lengths(n, int(p.get("seed") or 0)) if n else (None, None, None)
-        if total_in and n:
-            per = (float(total_in) - float(raw.sum())) / n - fmt.special_tokens - base.prefix_len
-            if 0 <= per < 500:
-                template = int(round(per))
+        raw_total = float(raw.sum()) + n * base.prefix_len if n else 0.0  # the prompts as vLLM counts them
+        template = _template_tokens(res.get("total_input_tokens"), n, raw_total, fmt.special_tokens,
+                                    fmt.chat_template_tokens if chat else 0)
         frac = 1.0
         total_out = res.get("total_output_tokens")
         if total_out and n and float(total_out) < 0.98 * float(outs.sum()):  # stopped at EOS before max_tokens
@@ -129,12 +137,9 @@ def workload_for(run: OpenRun, profile: Profile, tokenizer: str | None = None) -
         base = PrefixRepetitionWorkload(**kw, fmt=PromptFormat(fmt.special_tokens, 0, fmt.vocab_size),
                                         shuffle=not p.get("disable_shuffle"))
         sent = n // base.num_prefixes * base.num_prefixes  # the requests vllm bench serve made of n
-        template = fmt.chat_template_tokens if chat else 0
-        total_in, total_out = res.get("total_input_tokens"), res.get("total_output_tokens")
-        if total_in and sent:
-            per = float(total_in) / sent - base.prefix_len - base.suffix_len - fmt.special_tokens
-            if 0 <= per < 500:
-                template = int(round(per))
+        template = _template_tokens(res.get("total_input_tokens"), sent, sent * (base.prefix_len + base.suffix_len),
+                                    fmt.special_tokens, fmt.chat_template_tokens if chat else 0)
+        total_out = res.get("total_output_tokens")
         frac = 1.0  # it may stop at EOS: the share of output_len it wrote, read off the total
         if total_out and sent:
             frac = min(1.0, max(1e-3, float(total_out) / (sent * base.output_len)))
