@@ -351,7 +351,7 @@ class PromptBuilder:
         specs = wl.sample(n, seed)
 
         async def one(spec: RequestSpec, text: str) -> LivePrompt:
-            if exact and self.tok.available:  # sent as it is, as vllm bench serve does: counted, not nudged
+            if exact:  # sent as it is, as vllm bench serve does: counted, not nudged
                 async with self._sem:
                     c = await (self.tok.count_chat([{"role": "user", "content": text}]) if self.endpoint == "chat"
                                else self.tok.count(text, add_special=True))

@@ -229,12 +229,11 @@ def write_run_folder(folder, run: RunResult, meta: dict | None = None) -> None:
     w.close()
 
 
-def blocks_in_use_after_admitting(groups, prompts, cached: int, prefix_group: str = "shared prefix",
-                                  warm: bool = True) -> int:
-    """The KV blocks in use (the engine trace's kv_used) once the engine has admitted every prompt in one
-    step (no async scheduling), each starting with the same `cached` tokens: in the cache before the first
-    if `warm` (or, with no `prefix_group`, each finding them cached, none shared); `groups` as
-    (block size, count, window or None)."""
+def first_step(groups, prompts, cached: int, prefix_group: str = "shared prefix", warm: bool = True,
+               num_blocks: int = 1 << 20) -> dict:
+    """The engine trace of its first step (no async scheduling, a budget for every prompt whole) given
+    prompts that start with the same `cached` tokens: in the cache before the first if `warm` (or, with no
+    `prefix_group`, each finding them cached, none shared); `groups` as (block size, count, window or None)."""
     import simpy
 
     from simulator.engine import Engine
@@ -242,7 +241,7 @@ def blocks_in_use_after_admitting(groups, prompts, cached: int, prefix_group: st
 
     p = load_profile()
     e = p.engine
-    e.kv_groups, e.num_blocks = tuple(KVGroup(*g) for g in groups), 1 << 20
+    e.kv_groups, e.num_blocks = tuple(KVGroup(*g) for g in groups), num_blocks
     e.max_num_batched_tokens, e.max_num_seqs = sum(prompts), len(prompts)
     e.async_scheduling, e.prefix_caching = False, True
     p.validate()
@@ -254,5 +253,12 @@ def blocks_in_use_after_admitting(groups, prompts, cached: int, prefix_group: st
         eng.submit(RequestSpec(n, 4, 4, cached_tokens=cached, prefix_group=prefix_group, prefix_warm=warm), 0.0, rec,
                    lambda r: None)
     env.run()
-    assert seen[0]["admitted"] == list(range(len(prompts))) and eng.kv.in_use == 0
-    return seen[0]["kv_used"]
+    assert eng.kv.in_use == 0
+    return seen[0]
+
+
+def blocks_in_use_after_admitting(groups, prompts, cached: int, **kw) -> int:
+    """The KV blocks in use once the engine has admitted every prompt in its first step (`first_step`)."""
+    step = first_step(groups, prompts, cached, **kw)
+    assert step["admitted"] == list(range(len(prompts)))
+    return step["kv_used"]

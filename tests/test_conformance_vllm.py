@@ -114,12 +114,16 @@ def _random_argv(inp, out, rr, prefix, seed, n, rate=math.inf, burst=1.0):
             "--request-rate", _fmt_rate(rate), "--burstiness", _fmt_rate(burst)]
 
 
+PREFIX_REPETITION_KEYS = ("prefix_len", "suffix_len", "num_prefixes", "output_len")
+
+
 def _prefix_repetition_argv(case):
     prefix, suffix, k, out, seed, n, unshuffled = case
     return ["--model", "gemma3-dummy", "--tokenizer", TOK, "--dataset-name", "prefix_repetition",
             "--prefix-repetition-prefix-len", str(prefix), "--prefix-repetition-suffix-len", str(suffix),
             "--prefix-repetition-num-prefixes", str(k), "--prefix-repetition-output-len", str(out),
-            "--num-prompts", str(n), "--seed", str(seed), "--request-rate", "2"] + (["--disable-shuffle"] if unshuffled else [])
+            "--num-prompts", str(n), "--seed", str(seed), "--request-rate", "2"] + \
+        (["--disable-shuffle"] if unshuffled else [])
 
 
 # ------------------------------------------------------------------ synthetic requests for the metrics
@@ -378,7 +382,7 @@ def oracle(sharegpt_path, vocab_folders):
     jobs[("defaults",)] = {"kind": "defaults", "argv": ["--model", "gemma3-dummy"],
                            "keys": ["dataset_name", "random_input_len", "random_output_len", "random_range_ratio",
                                     "random_prefix_len", "num_prompts", "request_rate", "burstiness", "seed",
-                                    "max_concurrency"]}
+                                    "max_concurrency", *(f"prefix_repetition_{k}" for k in PREFIX_REPETITION_KEYS)]}
     for case in ENGINE_FLAGS:
         jobs[("engine", case)] = {"kind": "engine_flags", "argv": list(case), "keys": ENGINE_KEYS}
     for mml, p, m in CONTEXT:
@@ -972,6 +976,12 @@ def test_cli_defaults_match_vllm_bench_serve(oracle):
             theirs = float(v[k]) if k == "random_range_ratio" else v[k]  # vLLM parses "0.0" in get_samples
             assert kw[k] == theirs, k
         assert float(kw["request_rate"]) == v["request_rate"]
+    from simulator.workload import PrefixRepetitionWorkload
+
+    wl = PrefixRepetitionWorkload()  # what a prefix_repetition line without its lengths runs
+    assert {k: getattr(wl, k) for k in PREFIX_REPETITION_KEYS} == \
+        {k: v[f"prefix_repetition_{k}"] for k in PREFIX_REPETITION_KEYS} == \
+        {"prefix_len": 256, "suffix_len": 256, "num_prefixes": 10, "output_len": 128}
 
 
 # Values for vllm bench serve's options whose default is none or not a word on a command line

@@ -305,3 +305,43 @@ def test_prefix_repetition_lengths_and_bad_values_at_the_command_line():
                        (["--prefix-repetition-suffix-len", "-1"], "--prefix-repetition-suffix-len must be >= 0")):
         bad = CliRunner().invoke(main, [*base, *args])
         assert bad.exit_code != 0 and says in bad.output and "Traceback" not in bad.output, bad.output
+
+
+def test_a_request_is_admitted_with_the_blocks_of_its_prefix_another_holds_counted_out():
+    """vLLM admits a waiting request only with its whole sequence's blocks free (scheduler_reserve_full_isl),
+    less the blocks of its cache hit another request holds (get_num_blocks_to_allocate): two 2000-token
+    prompts after a 1000-token prefix (62 whole blocks) in a pool of 200 16-token blocks are admitted
+    together, the second needing 63 free where it would need 125 on its own; in a pool of 187 it waits."""
+    from tests.helpers import first_step
+
+    groups, prompts = [(16, 1, None)], [2000, 2000]
+    step = first_step(groups, prompts, 1000, num_blocks=200)
+    assert step["admitted"] == [0, 1] and step["kv_used"] == 125 + 125 - 62
+    assert first_step(groups, prompts, 1000, num_blocks=187)["admitted"] == [0]
+    assert first_step(groups, prompts, 1000, prefix_group="", num_blocks=200)["admitted"] == [0]
+
+
+def test_prefix_repetition_workload_bounds_shares_and_record():
+    """A prefix or a suffix of no tokens is a load (not both, with no special token either); an answer of a
+    share of output_len where the model stops at EOS; the record names every length, and the share and
+    the order where they are not the defaults."""
+    from simulator.workload import PrefixRepetitionWorkload, PromptFormat, WorkloadError
+
+    PrefixRepetitionWorkload(prefix_len=0, num_prefixes=1)
+    PrefixRepetitionWorkload(suffix_len=0, output_len=1)
+    with pytest.raises(WorkloadError, match="both 0"):
+        PrefixRepetitionWorkload(prefix_len=0, suffix_len=0, fmt=PromptFormat(special_tokens=0))
+    PrefixRepetitionWorkload(prefix_len=0, suffix_len=0)  # the BOS alone is a prompt
+    for bad in (dict(output_len=0), dict(output_fraction=0.0), dict(output_fraction=1.5), dict(prefix_len=-1)):
+        with pytest.raises(WorkloadError):
+            PrefixRepetitionWorkload(**bad)
+    wl = PrefixRepetitionWorkload(output_len=10, output_fraction=0.34, num_prefixes=2, shuffle=False)
+    assert {s.output_tokens for s in wl.sample(4)} == {3} and [s.prefix_group for s in wl.sample(4)] == \
+        ["prefix 0", "prefix 0", "prefix 1", "prefix 1"]
+    assert wl.describe() == {"dataset": "prefix_repetition", "prefix_repetition_prefix_len": 256,
+                             "prefix_repetition_suffix_len": 256, "prefix_repetition_num_prefixes": 2,
+                             "prefix_repetition_output_len": 10, "output_fraction": 0.34, "disable_shuffle": True}
+    assert PrefixRepetitionWorkload().describe().keys() == {"dataset", "prefix_repetition_prefix_len",
+                                                            "prefix_repetition_suffix_len",
+                                                            "prefix_repetition_num_prefixes",
+                                                            "prefix_repetition_output_len"}
