@@ -44,6 +44,7 @@ _SERVE_DEFAULTS = {
     "dataset_name": "random", "dataset_path": None, "ignore_eos": False, "sharegpt_output_len": None,
     "disable_shuffle": False, "no_oversample": False,
     "ramp_up_strategy": None, "ramp_up_start_rps": None, "ramp_up_end_rps": None, "probe_request_rate": 0.0,
+    "num_warmups": 0, "ready_check_timeout_sec": 0,
 }
 _RANDOM_DEFAULTS = {"random_input_len": 1024, "random_output_len": 128,
                     "random_range_ratio": 0.0, "random_prefix_len": 0}
@@ -52,7 +53,8 @@ _PREFIX_REPETITION_DEFAULTS = {"prefix_repetition_prefix_len": 256, "prefix_repe
 _SERVE_TYPES = {"num_prompts": int, "max_concurrency": int, "seed": int, "random_input_len": int,
                 "sharegpt_output_len": int, "random_output_len": int, "random_prefix_len": int, "request_rate": float,
                 "burstiness": float, "random_range_ratio": float, "ramp_up_start_rps": float,
-                "ramp_up_end_rps": float, "probe_request_rate": float,
+                "ramp_up_end_rps": float, "probe_request_rate": float, "num_warmups": int,
+                "ready_check_timeout_sec": int,
                 **dict.fromkeys(_PREFIX_REPETITION_DEFAULTS, int)}
 
 

@@ -77,7 +77,7 @@ def _capsim_run(path: Path, kind: str) -> list:
               "burstiness": op.burstiness if op is not None else 1.0,
               "max_concurrency": op.max_concurrency if op is not None else None,
               "seed": op.seed if op is not None and op.seed is not None else 0,
-              **(op.ramp_keys() | op.probe_keys() if op is not None else {}),
+              **(op.ramp_keys() | op.probe_keys() | op.warmup_keys() if op is not None else {}),
               **{k: v for k, v in wl.items() if k != "dataset"}}
     return [OpenRun(source=str(path), test=path.name, path=str(path), dataset=str(wl.get("dataset", "random")),
                     params=params, result=summarize_open(run), server=server)]

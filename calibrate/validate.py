@@ -180,7 +180,10 @@ def pattern_for(run: OpenRun) -> OpenLoop:
     mc = p.get("max_concurrency")
     return OpenLoop(rate=rate, burstiness=float(p.get("burstiness") or 1.0), max_concurrency=int(mc) if mc else None,
                     seed=int(p.get("seed") or 0), ramp_up=RampUp.from_keys(p),
-                    probe_rate=float(p.get("probe_request_rate") or 0.0))
+                    probe_rate=float(p.get("probe_request_rate") or 0.0),
+                    # what capsim measure sent, else what the command's flags send
+                    warmups=int(p["warmups"]) if "warmups" in p else
+                    OpenLoop.warmups_of(p.get("num_warmups"), p.get("ready_check_timeout_sec")))
 
 
 def predict_run(run: OpenRun, profile: Profile, replications: int = 10, tokenizer: str | None = None,

@@ -167,7 +167,7 @@ def vllm_serve_options(f):
                     "Every answer runs to its max_tokens (random requests always do, as vllm bench serve's)."),
         flag_option("--num-warmups", click.IntRange(min=0), _remember,
                     "Requests of the first prompt sent before the measured run, not counted (a simulated "
-                    "server is warm already)."),
+                    "server is warm already; one that caches prefixes then holds that prompt)."),
         flag_option("--disable-shuffle", None, _remember, "ShareGPT in file order, not shuffled by --seed."),
         flag_option("--no-oversample", None, _remember,
                     "Where fewer ShareGPT conversations pass vLLM's length filter than --num-prompts, send those "
@@ -213,8 +213,9 @@ def vllm_serve_options(f):
                     "serve's default: bench-XXXXXXXX-, random)."),
         flag_option("--ready-check-timeout-sec", int, _remember,
                     "Wait up to this many seconds for a server that does not answer yet (still starting), "
-                    "asking every 5 s; 0 or less: no wait [capsim default: 0, its first error is the "
-                    "command's; vllm bench serve's: 600]."),
+                    "asking every 5 s, then send the first prompt once before the run, unmeasured, as vllm bench "
+                    "serve's test request (a server that caches prefixes then holds it; simulated too); 0 or "
+                    "less: neither, the first error is the command's [default: 0, as vllm bench serve's]."),
         *(flag_option(n, t, _remember, "Sampling, sent in every request as vllm bench serve does (a "
                                        "simulated step takes as long whatever the sampling)." if n == "--temperature"
                       else None) for n, t in SAMPLING_FLAGS.items()),
@@ -337,13 +338,15 @@ class ServeExtras:
         return [p for p, _ in figures]
 
     def open_loop(self, rate: float, burstiness: float, max_concurrency: int | None, seed: int):
-        """The run's arrivals: --request-rate's, or the ramp's where --ramp-up-strategy names one; and the probe."""
+        """The run's arrivals: --request-rate's, or the ramp's where --ramp-up-strategy names one; the probe; and
+        the first prompt's sends before the run (the ready check's test request, --num-warmups)."""
         from simulator.load import OpenLoop, RampUp
         from simulator.records import RAMP_KEYS
 
         return OpenLoop(rate=rate, burstiness=burstiness, max_concurrency=max_concurrency, seed=seed,
                         ramp_up=RampUp.from_keys({k: getattr(self, k) for k in RAMP_KEYS}),
-                        probe_rate=self.probe_request_rate)
+                        probe_rate=self.probe_request_rate,
+                        warmups=OpenLoop.warmups_of(self.num_warmups, self.ready_check_timeout_sec))
 
     def lengths(self, random_input_len: int, random_output_len: int, sharegpt_output_len: int | None):
         """The dataset lengths, --input-len / --output-len over the dataset flags (vllm bench serve's order)."""

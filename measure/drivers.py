@@ -147,7 +147,8 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
     prompts vllm bench serve's to the character; without it, ids run over the workload's vocab_size.
     `headers` go with every request (--header); each measured request is named `request_id_prefix` + its
     index in its x-request-id header (the warmups are not), by default vllm bench serve's `bench-XXXXXXXX-`.
-    `ready_s`: how long to wait for a server that does not answer yet (--ready-check-timeout-sec); `insecure`:
+    `ready_s` (--ready-check-timeout-sec): how long to wait for a server that does not answer yet, then for the
+    first prompt to succeed, sent unmeasured as vllm bench serve's test request (0: neither); `insecure`:
     its TLS certificate is not checked (--insecure). `lora_modules`: the server's LoRA adapters, one named in each
     measured request's body by `lora_assignment` (workload.lora_picks; the warmups and the probe ask for the
     model)."""
@@ -211,7 +212,8 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
                                    sharegpt_dropped_records=live.sharegpt_dropped_records)
         arrivals = OpenLoopFacts(request_rate=pattern.rate, burstiness=pattern.burstiness,
                                  max_concurrency=pattern.max_concurrency, num_prompts=num_prompts, seed=pattern.seed,
-                                 **pattern.ramp_keys(), **pattern.probe_keys())
+                                 **pattern.ramp_keys(), **pattern.probe_keys(),
+                                 warmups=OpenLoop.warmups_of(num_warmups, ready_s) or None)
 
         async def stopped_before_the_run() -> RunResult:  # the folder is closed as interrupted, nothing measured
             now = perf_counter()
@@ -237,6 +239,11 @@ async def run_open_async(url: str, model: str | None, workload: Workload, patter
         S.info["prompts"] = live.prompts
         S.info["request_id_prefix"] = request_id_prefix  # the server's logs name the requests by it
         S.prebuild(prompts, request_id_prefix)
+        if ready_s > 0 and prompts:
+            if S.show_progress:
+                log.info("sending the ready check's test request (the first prompt, not measured) ...")
+            if await S.setup_step("sending the ready check's test request", S.ready_check(prompts[0], ready_s)) is None:
+                return await stopped_before_the_run()
         if num_warmups and prompts:
             # vllm bench serve's --num-warmups: the first prompt that many times, under the client's
             # concurrency limit, before the server's counters are read and the run starts; not recorded

@@ -7,6 +7,7 @@ log. Design: docs/design/measure.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import gc
 import logging
@@ -371,7 +372,25 @@ class Session:
             if await self.wait_stop(interval):
                 return
 
-    async def _send(self, lp, rid, scheduled, test, batch, record, probe: bool = False) -> RequestRecord:
+    async def ready_check(self, lp: LivePrompt, ready_s: float) -> bool:
+        """vllm bench serve's ready check (--ready-check-timeout-sec > 0): `lp`, the first prompt, sent unrecorded
+        until it succeeds, again every READY_RETRY_S for up to `ready_s`; a failure past that is the command's,
+        as vLLM's "Initial test run failed". Its failures count neither as warmups' nor as the run's."""
+        deadline = time.monotonic() + ready_s
+        while True:
+            rec = await self._send(dataclasses.replace(lp, request=None, model=None), -1, time.perf_counter(), "", 0,
+                                   False, tally=False)
+            if rec.ok:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MeasureError(f"the ready check's test request (the first prompt) failed within "
+                                   f"--ready-check-timeout-sec {ready_s:g}: {rec.error}")
+            log.info("the test request failed (%s); sending it again, %.0f s left", rec.error, left)
+            await asyncio.sleep(min(READY_RETRY_S, left))
+
+    async def _send(self, lp, rid, scheduled, test, batch, record, probe: bool = False,
+                    tally: bool = True) -> RequestRecord:
         events = self.events if record and not probe else None
         inf = Inflight(rid, scheduled, lp.target_prompt_tokens, lp.max_tokens, test, batch,
                        texts=[] if self.keep_text else None, watch=events.chunk if events else None)
@@ -384,14 +403,14 @@ class Session:
             self.inflight -= 1
             if inf.start_time is not None:
                 inf.error = inf.error or "interrupted: cancelled while in flight"
-                self._finish(inf, record, probe)
+                self._finish(inf, record, probe, tally)
             raise
         except Exception as e:  # a client bug must not lose the run
             inf.error = f"client error: {type(e).__name__}: {self.client.redact(str(e))[:160]}"
         self.inflight -= 1
-        return self._finish(inf, record, probe)
+        return self._finish(inf, record, probe, tally)
 
-    def _finish(self, inf: Inflight, record: bool, probe: bool = False) -> RequestRecord:
+    def _finish(self, inf: Inflight, record: bool, probe: bool = False, tally: bool = True) -> RequestRecord:
         rec = inf.to_record()
         if probe:  # counted by the probe's own keys, not the run's
             self.probes.append(rec)
@@ -410,6 +429,8 @@ class Session:
                 self.n_ok += 1
             else:
                 self.n_fail += 1
+        elif not tally:
+            return rec
         elif not rec.ok:
             self.warmup_fail += 1
         if not rec.ok and self.first_error is None:

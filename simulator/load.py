@@ -123,6 +123,10 @@ class OpenLoop:
     # --probe-request-rate: one-token "Hi" requests sent one after another beside the load, each `1 / probe_rate`
     # s after the last one ended, outside --max-concurrency; 0: none (vllm bench serve's default)
     probe_rate: float = 0.0
+    # the first request's prompt sent this many times before the run, unmeasured: vllm bench serve's test
+    # request (with --ready-check-timeout-sec > 0) and its --num-warmups; a server that caches prefixes
+    # then holds that prompt. 0: none (vllm bench serve's default)
+    warmups: int = 0
 
     def __post_init__(self):
         if not (self.rate > 0):
@@ -137,6 +141,16 @@ class OpenLoop:
         # vllm bench serve runs no probe at 0 or below, and back to back at inf; capsim refuses both
         if not (0 <= self.probe_rate < math.inf):
             raise LoadError(f"--probe-request-rate must be a finite rate >= 0 (0: no probe), got {self.probe_rate}")
+        if self.warmups < 0:
+            raise LoadError(f"warmups (the first prompt's sends before the run) must be >= 0, got {self.warmups}")
+
+    @staticmethod
+    def warmups_of(num_warmups: int, ready_check_timeout_sec: float) -> int:
+        """The first prompt's sends before vllm bench serve's run: one test request where the ready check
+        runs (--ready-check-timeout-sec > 0; it is sent again only until it succeeds), then --num-warmups."""
+        if (num_warmups or 0) < 0:
+            raise LoadError(f"--num-warmups must be >= 0, got {num_warmups}")
+        return int(num_warmups or 0) + (1 if (ready_check_timeout_sec or 0) > 0 else 0)
 
     def arrival_times(self, n: int) -> np.ndarray:
         """Offsets from the benchmark start, as vllm bench serve's `get_request`.
@@ -174,9 +188,14 @@ class OpenLoop:
         """run.json's probe_request_rate, or nothing where no probe runs."""
         return {"probe_request_rate": self.probe_rate} if self.probe_rate > 0 else {}
 
+    def warmup_keys(self) -> dict:
+        """run.json's warmups (the first prompt's sends before the run), or nothing where there were none."""
+        return {"warmups": self.warmups} if self.warmups > 0 else {}
+
     def describe(self) -> dict:
         return {"pattern": "open", "request_rate": self.rate, "burstiness": self.burstiness,
-                "max_concurrency": self.max_concurrency, "seed": self.seed, **self.ramp_keys(), **self.probe_keys()}
+                "max_concurrency": self.max_concurrency, "seed": self.seed, **self.ramp_keys(), **self.probe_keys(),
+                **self.warmup_keys()}
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,7 @@ class OpenLoopFacts:
     ramp_up_start_rps: float | None = None
     ramp_up_end_rps: float | None = None
     probe_request_rate: float | None = None  # --probe-request-rate's one-token probe beside the load; None: none
+    warmups: int | None = None  # the first prompt's sends before the run (OpenLoop.warmups); None: none
 
     def ramp_keys(self) -> dict[str, Any]:
         """vllm bench serve's ramp-up keys, or none where the run had no ramp."""
@@ -155,6 +156,10 @@ class OpenLoopFacts:
     def probe_keys(self) -> dict[str, Any]:
         """The probe's rate, or nothing where the run had no probe."""
         return {"probe_request_rate": self.probe_request_rate} if self.probe_request_rate else {}
+
+    def warmup_keys(self) -> dict[str, Any]:
+        """The first prompt's sends before the run, or nothing where there were none."""
+        return {"warmups": self.warmups} if self.warmups else {}
 
 
 @dataclass(slots=True)
@@ -275,7 +280,7 @@ class OfficeFacts:
 # run.json meta keys that belong to a typed field (the rest of a loaded meta is kept in RunResult.extra)
 RAMP_KEYS = ("ramp_up_strategy", "ramp_up_start_rps", "ramp_up_end_rps")  # vllm bench serve's result keys
 _OPEN_KEYS = ("request_rate", "burstiness", "max_concurrency", "num_prompts", "seed") + RAMP_KEYS + \
-    ("probe_request_rate",)
+    ("probe_request_rate", "warmups")
 _CLOSED_KEYS = ("tests", "latency_s", "latency_mode", "runs", "warmup")
 _CLIENT_KEYS = ("client_cpu_s", "client_cpu_util", "send_lag_s", "loop_lag_s", "client_stalls",
                 "box_steal_share") + CLIENT_WARNINGS
@@ -335,7 +340,7 @@ class RunResult:
         if op is not None:  # written together; max_concurrency and seed may be null
             out |= {"request_rate": op.request_rate, "burstiness": op.burstiness,
                     "max_concurrency": op.max_concurrency, "num_prompts": op.num_prompts, "seed": op.seed,
-                    **op.ramp_keys(), **op.probe_keys()}
+                    **op.ramp_keys(), **op.probe_keys(), **op.warmup_keys()}
         if cl is not None:
             out |= cl.meta_json()
         if live is not None:
@@ -390,6 +395,7 @@ class RunResult:
                                              max_concurrency=m.get("max_concurrency"),
                                              num_prompts=m.get("num_prompts"), seed=m.get("seed"),
                                              probe_request_rate=m.get("probe_request_rate"),
+                                             warmups=m.get("warmups"),
                                              **{k: m.get(k) for k in RAMP_KEYS})
         if "tests" in m or "latency_s" in m:
             tests = m.get("tests")

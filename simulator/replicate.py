@@ -37,7 +37,7 @@ def open_run(profile: Profile, workload: Workload, n: int, pattern: OpenLoop, r:
     # replication 0 is the fitted profile itself; the others draw what the fit left uncertain
     prof = profile.for_traffic(workload.mixed_topics)
     prof = prof if r == 0 else draw_profile(prof, r)
-    return simulate_open(prof, served_specs(prof, workload, n, pat.seed), pat, noise_seed=r, probe_format=workload.fmt)
+    return simulate_open(prof, served_specs(prof, workload, n, pat), pat, noise_seed=r, probe_format=workload.fmt)
 
 
 def _summary(run: RunResult, summary_kw: dict | None) -> dict:

@@ -177,7 +177,8 @@ def simulate_open(profile: Profile, specs: Sequence[RequestSpec], pattern: OpenL
         stats.append(SimStats(engine.steps, engine.events, engine.num_preemptions, engine.max_members))
     return RunResult(recs, 0.0, end, "open",
                      open_loop=OpenLoopFacts(request_rate=pattern.rate, burstiness=pattern.burstiness,
-                                             max_concurrency=cap, **pattern.ramp_keys(), **pattern.probe_keys()),
+                                             max_concurrency=cap, **pattern.ramp_keys(), **pattern.probe_keys(),
+                                             **pattern.warmup_keys()),
                      num_preemptions=engine.num_preemptions, probes=probes,
                      extra=spec_decode_keys(*engine.spec_counts, engine.spec_per_pos))
 
@@ -259,18 +260,22 @@ def simulate_closed(profile: Profile, pattern: ClosedLoop, fast_forward: bool = 
     return RunResult(records, start, clock[0], "closed", closed_loop=facts, num_preemptions=engine.num_preemptions)
 
 
-def served_specs(profile: Profile, workload: Workload, n: int, seed: int) -> list[RequestSpec]:
-    """The workload's n requests (seeded as vllm bench serve seeds them) as the profile's server takes them: with
-    its prefix cache on, the prefix they share (one for all, or one per group of them) is found cached as
-    far as the cache holds it (vllm bench serve's first, unmeasured test request leaves the first request's
-    there), and its blocks are held once, in common."""
-    specs = workload.sample(n, seed=seed)
-    shared = workload.shared_prefix_tokens
-    if profile.engine.prefix_caching and shared:
-        # vllm bench serve's test request is the first request: its prefix is warm
-        first = specs[0].prefix_group if specs else ""
+def served_specs(profile: Profile, workload: Workload, n: int, pattern: OpenLoop) -> list[RequestSpec]:
+    """The workload's n requests (seeded with the pattern's seed, as vllm bench serve seeds them) as the profile's
+    server takes them, with its prefix cache on: the prefix they share (one for all, or one per group of them)
+    is found cached as far as the cache holds it, and its blocks are held once, in common; where the client sent
+    the first prompt before the run (`pattern.warmups`: vllm bench serve's test request, its warmups), the first
+    request finds that whole prompt cached, and so its group's prefix."""
+    specs = workload.sample(n, seed=pattern.seed)
+    if not profile.engine.prefix_caching or not specs:
+        return specs
+    shared, warm = workload.shared_prefix_tokens, pattern.warmups > 0
+    if shared:
+        first = specs[0].prefix_group
         specs = [replace(s, cached_tokens=shared, prefix_group=s.prefix_group or "shared prefix",
-                         prefix_warm=s.prefix_group == first) for s in specs]
+                         prefix_warm=warm and s.prefix_group == first) for s in specs]
+    if warm:
+        specs[0] = replace(specs[0], cached_tokens=specs[0].prompt_tokens)
     return specs
 
 
@@ -280,4 +285,4 @@ def simulate_workload_open(profile: Profile, workload: Workload, num_prompts: in
     framed as the workload's prompts are (its endpoint's chat template, or none)."""
     kw.setdefault("probe_format", workload.fmt)
     return simulate_open(profile.for_traffic(workload.mixed_topics),
-                         served_specs(profile, workload, num_prompts, pattern.seed), pattern, **kw)
+                         served_specs(profile, workload, num_prompts, pattern), pattern, **kw)

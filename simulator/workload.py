@@ -48,7 +48,7 @@ class RequestSpec:
     # the cache holds as it is admitted, and their blocks are in the cache once however many requests
     # hold them, as vLLM counts references to a block
     prefix_group: str = ""
-    prefix_warm: bool = False  # its group's prefix is in the cache before the run (vllm bench serve's test request)
+    prefix_warm: bool = False  # its group's prefix is in the cache before the run (the first prompt sent before it)
 
     @property
     def stops_early(self) -> bool:

@@ -480,7 +480,8 @@ def oracle_answers(script: str, jobs: list, timeout: float = 900.0, env: Mapping
 
 
 def vllm_bench_serve(flags: list[str], result: Path, timeout: float = 600.0) -> None:
-    """Run vLLM's own `vllm bench serve` with `flags`, writing its detailed result JSON to `result`.
+    """Run vLLM's own `vllm bench serve` with `flags`, writing its detailed result JSON to `result`; no ready
+    check unless `flags` ask for one.
 
     Runs `vllm.benchmarks.serve.main` in the vLLM venv: the `vllm` console script wants the
     "vllm" distribution's metadata, which the CPU build installs under another name.
@@ -489,9 +490,8 @@ def vllm_bench_serve(flags: list[str], result: Path, timeout: float = 600.0) -> 
     bench = ("import sys; from vllm.benchmarks import serve; "
              "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
              "p = P(); serve.add_cli_args(p); serve.main(p.parse_args(sys.argv[1:]))")
-    cmd = [str(venv_python()), "-c", bench, *flags, "--tokenizer", str(model_dir()), "--save-result",
-           "--save-detailed", "--result-dir", str(result.parent), "--result-filename", result.name,
-           "--ready-check-timeout-sec", "0"]
+    cmd = [str(venv_python()), "-c", bench, "--ready-check-timeout-sec", "0", *flags, "--tokenizer", str(model_dir()),
+           "--save-result", "--save-detailed", "--result-dir", str(result.parent), "--result-filename", result.name]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"vllm bench serve exited {proc.returncode}: {proc.stderr[-3000:]}")

@@ -802,6 +802,41 @@ def test_request_bodies_are_vllm_bench_serves(load, fake, tmp_path, sharegpt_pat
         assert theirs[0][1] == {"x-office": "ny", "x-floor": "3", "content-type": "application/json"}
 
 
+def test_the_first_prompt_goes_before_the_run_as_vllm_bench_serve_sends_it(fake, tmp_path):
+    """--ready-check-timeout-sec and --num-warmups run by vLLM's own vllm bench serve and by capsim measure, one
+    request at a time: the same bodies in the same order, the first request's prompt sent unnamed once as the
+    ready check's test request and once a warmup, then the run's. Each way into the simulation (the command
+    line, capsim's run folder, vLLM's command imported) counts those sends before the run, and the default
+    (no ready check, no warmups) sends none (the body tests above count 4 of 4)."""
+    from calibrate.importers import parse_command
+    from calibrate.results import OpenRun
+    from calibrate.sources import load_open
+    from calibrate.validate import pattern_for
+    from capsim.serve_flags import ServeExtras
+
+    def pasted(cmd):  # a vllm bench serve command line, as an imported run's settings
+        return OpenRun("cmd", "t", None, "random", params=parse_command("vllm bench serve " + cmd))
+
+    _require_vllm()
+    extra = ["--ready-check-timeout-sec", "5", "--num-warmups", "2", "--max-concurrency", "1", "--request-rate", "50"]
+    flags = ["--model", "gemma3-dummy", *BODY_LOADS["completions-random"], "--num-prompts", "4", "--seed", "3", *extra]
+    theirs_srv, ours_srv, _, _ = _run_both(fake, tmp_path, flags)
+
+    def sent(srv):
+        return [(h.get("x-request-id"), _texts_out(b, False)) for b, h in zip(srv.stats.bodies, srv.stats.headers)]
+
+    theirs, ours = sent(theirs_srv), sent(ours_srv)
+    assert ours == theirs and [r[0] for r in theirs] == [None] * 3 + [f"r-{i}" for i in range(4)]
+    assert theirs_srv.stats.bodies[:3] == [theirs_srv.stats.bodies[3]] * 3  # request 0's prompt, as sent in the run
+    assert ours_srv.stats.bodies[:3] == [ours_srv.stats.bodies[3]] * 3
+    (ran,) = load_open([str(tmp_path / "c")])
+    assert pattern_for(ran).warmups == 3
+    assert ServeExtras(num_warmups=2, ready_check_timeout_sec=5).open_loop(50.0, 1.0, 1, 3).warmups == 3
+    assert ServeExtras().open_loop(50.0, 1.0, 1, 3).warmups == 0
+    assert pattern_for(pasted(" ".join(flags))).warmups == 3
+    assert pattern_for(pasted("--model m --num-prompts 4")).warmups == 0
+
+
 def _short_sharegpt(path, passing: int, failing: int):
     """A ShareGPT file of `passing` conversations that pass vLLM's length filter and `failing` that do not,
     each by a wide margin, so the fake server's word count (capsim's /tokenize here) and Gemma 3's tokenizer

@@ -497,7 +497,8 @@ def test_cli_connection_refused(tmp_path):
 
 def test_ready_check_waits_for_a_server_still_starting(tmp_path, monkeypatch):
     """--ready-check-timeout-sec N: a server not listening yet is asked again until it answers (vllm bench
-    serve's wait for a starting server), each wait told; one that never answers is an error after N s."""
+    serve's wait for a starting server), each wait told, and the first prompt is sent once before the run,
+    unmeasured (vLLM's test request; run.json counts it); one that never answers is an error after N s."""
     from measure.fakeserver import FakeConfig, FakeServer
     monkeypatch.setattr("measure.session.READY_RETRY_S", 0.2)
     holder = socket.socket()
@@ -521,7 +522,10 @@ def test_ready_check_waits_for_a_server_still_starting(tmp_path, monkeypatch):
         for srv in started:
             srv.stop()
     assert res.exit_code == 0, res.output
-    assert time.monotonic() - t0 >= 1.0 and len(load_run(tmp_path / "r").records) == 3
+    run = load_run(tmp_path / "r")
+    assert time.monotonic() - t0 >= 1.0 and len(run.records) == 3 and run.open_loop.warmups == 1
+    bodies = started[0].stats.bodies
+    assert len(bodies) == 4 and bodies[0] == bodies[1] != bodies[2]  # the test request is request 0's prompt
     assert f"capsim measure: not ready (cannot connect to http://127.0.0.1:{port}: connection refused); " \
            "asking again" in res.stderr
     with refused_port() as port:
@@ -533,6 +537,24 @@ def test_ready_check_waits_for_a_server_still_starting(tmp_path, monkeypatch):
     assert res.stderr.strip().splitlines()[-1] == (f"Error: not ready within --ready-check-timeout-sec 1: cannot "
                                                    f"connect to http://127.0.0.1:{port}: connection refused")
     assert not (tmp_path / "never").exists()
+
+
+def test_a_ready_check_test_request_that_keeps_failing_is_the_commands_error(fake, tmp_path, monkeypatch):
+    """A server that answers /v1/models but fails every request: the test request is sent again every 5 s (here
+    0.2) for --ready-check-timeout-sec, then one line names it and the last failure, nothing measured, and the
+    retries are counted neither as failed warmups nor as the run's failures."""
+    monkeypatch.setattr("measure.session.READY_RETRY_S", 0.2)
+    srv = fake(fault="http500")
+    t0 = time.monotonic()
+    res = invoke(["open", srv.url, "--random-input-len", "16", "--random-output-len", "4", "--num-prompts", "3",
+                  "--ready-check-timeout-sec", "1", "--no-progress", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 1 and 1.0 <= time.monotonic() - t0 < 10.0, res.output
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: the ready check's test request (the first prompt) failed within "
+                           "--ready-check-timeout-sec 1: HTTP 500"), last
+    assert 3 <= len(srv.stats.bodies) <= 7 and len({json.dumps(b, sort_keys=True) for b in srv.stats.bodies}) == 1
+    run = load_run(tmp_path / "r")
+    assert run.records == [] and not run.live.warmup_failed and run.live.first_error is None
 
 
 # ---------------------------------------------------------------- faults

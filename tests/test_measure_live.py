@@ -672,9 +672,11 @@ def test_prefix_repetition_prompts_are_vllm_bench_serves_and_hit_the_cache(cachi
     """A vllm bench serve prefix_repetition line pasted into capsim measure, on a vLLM that caches prefixes:
     the prompts are the texts vLLM's PrefixRepetitionRandomDataset builds with the same seed, in its order;
     one at a time, every request after the first of its prefix finds the prefix's whole blocks cached (and
-    nothing else hit), and the run validates: its workload is rebuilt from the run's own record."""
+    nothing else hit); the ready check's test request, the first prompt sent before the run, leaves the first
+    request all of its prompt's whole blocks but the last token's; and the run validates: its workload and
+    that send are rebuilt from the run's own record."""
     from calibrate.sources import load_open
-    from calibrate.validate import workload_for
+    from calibrate.validate import pattern_for, workload_for
     from measure.prompts import PromptBuilder
     from simulator.profile import load_profile
 
@@ -692,7 +694,8 @@ def test_prefix_repetition_prompts_are_vllm_bench_serves_and_hit_the_cache(cachi
     flags = ["--backend", "openai", "--model", "gemma3-dummy", "--tokenizer", str(model_dir()),
              "--dataset-name", "prefix_repetition", "--prefix-repetition-prefix-len", str(prefix),
              "--prefix-repetition-suffix-len", "20", "--prefix-repetition-num-prefixes", str(k), "--output-len", "3",
-             "--num-prompts", str(per * k + 1), "--seed", "5", "--max-concurrency", "1"]
+             "--num-prompts", str(per * k + 1), "--seed", "5", "--max-concurrency", "1",
+             "--ready-check-timeout-sec", "60"]
     job = {"kind": "pipeline", "tokenizer": str(model_dir()), "prompts": True,
            "argv": [f.replace("--output-len", "--prefix-repetition-output-len") for f in flags]}
     theirs = oracle_answers("vllm_oracle.py", [job], env={"HF_HUB_OFFLINE": "1"})[0]
@@ -708,8 +711,10 @@ def test_prefix_repetition_prompts_are_vllm_bench_serves_and_hit_the_cache(cachi
     assert [p.prompt for p in sent] == theirs["prompts"] and len(sent) == per * k
     assert [r.prompt_tokens for r in recs] == [n + 1 for n in theirs["prompt_len"]]  # the server adds the BOS
     bs = int(run.server_metrics.cache_config["block_size"])
-    assert hits == (per - 1) * k * ((prefix + 1) // bs * bs), (hits, bs)  # BOS + prefix, whole blocks
+    first = (recs[0].prompt_tokens - 1) // bs * bs  # vLLM computes a wholly cached prompt's last token
+    assert hits == (per - 1) * k * ((prefix + 1) // bs * bs) + first, (hits, bs)  # BOS + prefix, whole blocks
     (ran,) = load_open([str(d)])
+    assert pattern_for(ran).warmups == 1
     wl = workload_for(ran, load_profile())
     assert (wl.prefix_len, wl.suffix_len, wl.num_prefixes, wl.output_len) == (prefix, 20, k, 3)
     assert [s.prompt_tokens for s in wl.sample(per * k + 1, 5)] == [r.prompt_tokens for r in recs]

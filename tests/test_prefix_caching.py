@@ -236,8 +236,8 @@ def test_requests_sharing_a_prefix_hold_its_blocks_once_and_give_them_back(monke
 
 def test_a_random_loads_shared_prefix_is_found_cached_where_the_server_caches():
     """vllm bench serve's --random-prefix-len: one prefix for every prompt. On a box whose prefix cache is on
-    (a profile edit, or calibration from a server that said so) it is computed once, by the test request
-    vllm bench serve sends first; off, every request prefills it."""
+    (a profile edit, or calibration from a server that said so) it is computed once, by the first request
+    (or by the test request where vllm bench serve sends one first); off, every request prefills it."""
     from calibrate.priors import prior_profile
     from simulator.profile import Profile
     from simulator.sim import served_specs, simulate_workload_open
@@ -248,9 +248,10 @@ def test_a_random_loads_shared_prefix_is_found_cached_where_the_server_caches():
     wl = RandomWorkload(input_len=256, output_len=16, prefix_len=3000)
     caching = apply_edits(SPARK, ["prefix_caching=true"])
     assert not SPARK.engine.prefix_caching and caching.engine.prefix_caching
-    assert {(s.cached_tokens, s.prefix_group) for s in served_specs(caching, wl, 20, 0)} == {(3001, "shared prefix")}
-    assert {s.cached_tokens for s in served_specs(SPARK, wl, 20, 0)} == {0}
-    assert {s.cached_tokens for s in served_specs(caching, RandomWorkload(input_len=256), 20, 0)} == {0}
+    assert {(s.cached_tokens, s.prefix_group) for s in served_specs(caching, wl, 20, OpenLoop())} == \
+        {(3001, "shared prefix")}
+    assert {s.cached_tokens for s in served_specs(SPARK, wl, 20, OpenLoop())} == {0}
+    assert {s.cached_tokens for s in served_specs(caching, RandomWorkload(input_len=256), 20, OpenLoop())} == {0}
     cold, warm = (summarize_open(simulate_workload_open(p, wl, 40, OpenLoop(rate=1.0, seed=0)))["median_ttft_ms"]
                   for p in (SPARK, caching))
     assert warm < 0.5 * cold, (warm, cold)  # 256 tokens computed after 3000 cached, not 3257
@@ -262,10 +263,12 @@ def test_a_random_loads_shared_prefix_is_found_cached_where_the_server_caches():
             assert prof.engine.prefix_caching is on and origin["prefix_caching"] == why, (flag, model)
 
 
-def test_a_prefix_repetition_load_computes_each_prefix_once():
+@pytest.mark.parametrize("warmups", [0, 1])
+def test_a_prefix_repetition_load_computes_each_prefix_once(warmups):
     """vllm bench serve's prefix_repetition dataset on a box that caches prefixes, one request at a time:
-    the first request of each prefix computes it (but that of the first request, which vllm bench serve's
-    test request left cached) and every later one finds it cached; with the cache off each computes it."""
+    the first request of each prefix computes it and every later one finds it cached (where vllm bench serve
+    sent the first prompt before the run, as its test request, the first request's prefix is cached too);
+    with the cache off each computes it."""
     from simulator.sim import simulate_workload_open
     from simulator.whatif import apply_edits
     from simulator.workload import PrefixRepetitionWorkload
@@ -275,11 +278,11 @@ def test_a_prefix_repetition_load_computes_each_prefix_once():
     specs = wl.sample(13, 2)
     assert len(specs) == 12 and len({s.prefix_group for s in specs}) == 3
     firsts = {s.prefix_group: i for i, s in reversed(list(enumerate(specs)))}
-    cold = {i for g, i in firsts.items() if g != specs[0].prefix_group}
-    assert len(cold) == 2
+    cold = {i for g, i in firsts.items() if not warmups or g != specs[0].prefix_group}
+    assert len(cold) == 3 - warmups
     ttft = {}
     for prof in (caching, SPARK):
-        run = simulate_workload_open(prof, wl, 13, OpenLoop(rate=math.inf, max_concurrency=1, seed=2))
+        run = simulate_workload_open(prof, wl, 13, OpenLoop(rate=math.inf, max_concurrency=1, seed=2, warmups=warmups))
         ttft[prof is caching] = [r.ttft for r in sorted(run.records, key=lambda r: r.request_id)]
     uncached, cached = ttft[False], ttft[True]
     assert max(uncached) < 1.1 * min(uncached), uncached
@@ -345,3 +348,44 @@ def test_prefix_repetition_workload_bounds_shares_and_record():
                                                             "prefix_repetition_suffix_len",
                                                             "prefix_repetition_num_prefixes",
                                                             "prefix_repetition_output_len"}
+
+
+def test_the_first_prompt_sent_before_the_run_is_found_cached():
+    """vllm bench serve sends the first request's prompt before the run where its ready check runs (a test
+    request, --ready-check-timeout-sec > 0) and --num-warmups times: on a server that caches prefixes, the first
+    measured request then finds all of that prompt cached but its last block, and its group's prefix; no other
+    request finds more than its prefix. With nothing sent before (vllm bench serve's default) or the cache off,
+    the first request computes its prompt whole."""
+    from simulator.load import LoadError
+    from simulator.sim import served_specs, simulate_workload_open
+    from simulator.whatif import apply_edits
+    from simulator.workload import PrefixRepetitionWorkload, RandomWorkload
+
+    assert [OpenLoop.warmups_of(w, t) for w, t in ((0, 0), (2, 0), (0, 5), (2, 600), (1, -3))] == [0, 2, 1, 3, 1]
+    with pytest.raises(LoadError, match="--num-warmups must be >= 0, got -1"):
+        OpenLoop.warmups_of(-1, 0)
+    with pytest.raises(LoadError, match="must be >= 0"):
+        OpenLoop(warmups=-1)
+    assert "warmups" not in OpenLoop().describe() and OpenLoop(warmups=3).describe()["warmups"] == 3
+    caching = apply_edits(SPARK, ["prefix_caching=true"])
+    wl = RandomWorkload(input_len=3000, output_len=8)
+    warm = served_specs(caching, wl, 5, OpenLoop(warmups=1))
+    assert warm[0].cached_tokens == warm[0].prompt_tokens and [s.cached_tokens for s in warm[1:]] == [0] * 4
+    for prof, w in ((caching, 0), (SPARK, 1)):
+        assert [s.cached_tokens for s in served_specs(prof, wl, 5, OpenLoop(warmups=w))] == [0] * 5
+    pr = PrefixRepetitionWorkload(prefix_len=1000, suffix_len=100, num_prefixes=2, output_len=4)
+    for w in (0, 2):
+        specs = served_specs(caching, pr, 6, OpenLoop(warmups=w))
+        first = specs[0].prefix_group
+        assert [s.prefix_warm for s in specs] == [bool(w) and s.prefix_group == first for s in specs]
+        assert [s.cached_tokens for s in specs] == [s.prompt_tokens if w and i == 0 else 1001
+                                                     for i, s in enumerate(specs)]
+    pattern = OpenLoop(rate=0.05)  # 20 s apart on average: one at a time (a 25-token prefill: 0.17 s)
+
+    def ttfts(prof, w):
+        run = simulate_workload_open(prof, wl, 4, replace(pattern, warmups=w))
+        assert run.open_loop.warmups == (w or None)
+        return [r.ttft for r in sorted(run.records, key=lambda r: r.request_id)]
+
+    cold, hot, off = ttfts(caching, 0), ttfts(caching, 1), ttfts(SPARK, 1)
+    assert hot[0] < 0.35 * cold[0] and hot[1:] == pytest.approx(cold[1:]) and off == pytest.approx(cold)
