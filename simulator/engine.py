@@ -75,7 +75,7 @@ class _TimeStore:
 class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
                  "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
-                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub", "hit", "group", "sb",
+                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub", "hit", "group", "sb", "own",
                  "m_id", "m_f", "m_oj", "m_cj", "m_base", "m_stop", "m_fs", "m_in")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int,
@@ -107,6 +107,9 @@ class _Req:
         self.hit = 0  # prompt tokens found in the prefix cache: computed from the start, and again after a preemption
         self.group: str | None = None  # the prefix group whose blocks it may share (RequestSpec.prefix_group)
         self.sb = 0  # full-attention blocks of that prefix it holds
+        # preempted with the prefix cache on: (free-queue position, blocks, tokens) of the blocks it gave back,
+        # cached until evicted (Engine._own_hit)
+        self.own: tuple[int, int, int] | None = None
 
     @property
     def known(self) -> int:
@@ -179,6 +182,14 @@ class Engine:
         # prefix groups: the tokens of each prefix in the cache, and the blocks of it each holder holds
         self._cached: dict[str, int] = {}
         self._holders: dict[str, list[int]] = {}
+        # with the prefix cache on, a preempted request's blocks stay cached in vLLM's free queue until taken
+        # fresh (evicted): the blocks given back to it and taken from it as a preempted request's hit, so far
+        self._recache = self.lim.prefix_caching and self.kv.capacity is not None
+        self._freed = 0
+        self._touched = 0
+        self._evictable: list[_Req] = []  # preempted requests whose blocks may still be cached
+        self._first_full = next(((bs, count) for bs, count, window in self.kv.groups if window is None), None) \
+            if all(window is None for _, _, window in self.kv.groups) else None
         self.spec_k = self.lim.num_speculative_tokens
         self._spec_rng = np.random.default_rng([seed, 0x5BEC])
         # its geometric draws, drawn ahead in blocks (the same numbers in the same order as one by one)
@@ -356,10 +367,50 @@ class Engine:
         return e
 
     def _find_hit(self, req: _Req) -> None:
-        """A waiting request of a prefix group: its hit is what of its prefix the cache holds as it is
-        admitted (again after a preemption)."""
-        req.hit = req.computed = self.kv.cache_hit(req.prompt, min(req.spec.cached_tokens,
-                                                                   self._cached.get(req.group, 0)))
+        """A waiting request's hit as it is admitted: of a prefix group, what of its prefix the cache holds
+        (again after a preemption); preempted with the prefix cache on, what of its own blocks the free
+        queue still holds, if more."""
+        if req.group is not None:
+            req.hit = req.computed = self.kv.cache_hit(req.prompt, min(req.spec.cached_tokens,
+                                                                       self._cached.get(req.group, 0)))
+        if req.own is not None:
+            req.computed = max(req.hit, self.kv.cache_hit(req.known, self._own_hit(req)[0]))
+
+    def _pops(self) -> int:
+        """Blocks taken fresh from vLLM's free queue so far (each evicts the cached block at its head): those
+        in use, less those taken as hits, plus those given back."""
+        return self.kv.in_use + self._freed - self._touched
+
+    def _own_hit(self, req: _Req) -> tuple[int, int]:
+        """(tokens, blocks) of a preempted request's own blocks still cached. vLLM gives a request's cached
+        blocks back to the free queue's tail, group by group, each group's last block first, and takes fresh
+        ones from its head, so they are evicted once as many blocks were taken as were ahead of them: the
+        first group's from its last on, and a hit needs every group's. Where a group slides, its window's
+        blocks before the hit may be gone with them (freed earlier, so evicted earlier): counted as no hit
+        past the prefix once any is evicted (under vLLM's; tests/test_conformance_vllm.py)."""
+        pos, size, tokens = req.own
+        evicted = min(size, max(0, self._pops() - pos))
+        if not evicted:
+            return tokens, size
+        if self._first_full is None:
+            return 0, 0
+        bs, _ = self._first_full
+        return max(0, tokens // bs - evicted) * bs, size - evicted
+
+    def _reclaim(self, req: _Req) -> None:
+        """An admitted preempted request takes its blocks still cached out of the free queue; those given
+        back after it move up."""
+        if req.own is None:
+            return
+        pos = req.own[0]
+        _, kept = self._own_hit(req) if req.computed > req.hit else (0, 0)
+        self._touched += kept
+        self._evictable.remove(req)
+        req.own = None
+        if kept:
+            for r in self._evictable:
+                if r.own[0] > pos:
+                    r.own = (r.own[0] - kept, *r.own[1:])
 
     def _in_common(self, group: str, old: int, new: int, apply: bool = False) -> int:
         """How many more blocks the holders of a prefix hold in common when one of them goes from `old`
@@ -385,16 +436,24 @@ class Engine:
     def release(self, req: _Req) -> None:
         """Give back a request's blocks (finished, preempted or aborted); a prefix it shares stays in use
         while another request holds it."""
+        before = self.kv.in_use
         if req.sb:
             self.kv.shared += self._in_common(req.group, req.sb, 0, apply=True)
             req.sb = 0
         self.kv.used -= req.held
         req.held = 0
+        self._freed += before - self.kv.in_use
 
     def _preempt(self, req: _Req) -> None:
+        ahead, before, tokens = self.kv.free, self.kv.in_use, req.computed
         self.release(req)
+        if self._recache:  # its blocks not full (never cached) go to the queue's head, ahead of the rest
+            part = self.kv.partial_blocks(tokens)
+            req.own = (self._pops() + ahead + part, before - self.kv.in_use - part, tokens)
+            self._evictable.append(req)
         req.kv_until = -1
-        req.computed = req.hit  # vLLM frees its blocks; the prefix it found cached is still there
+        req.computed = req.hit  # vLLM frees its blocks; the prefix it found cached is still there (and its own
+        # blocks, cached until evicted, are found again as it is admitted: _find_hit)
         req.drafts = 0
         req.out_sched = req.emitted
         req.state = WAITING
@@ -576,7 +635,7 @@ class Engine:
         if not preempted:
             while self.waiting and budget > 0 and len(self.running) < L.max_num_seqs:
                 req = self.waiting[0]
-                if req.group is not None:
+                if req.group is not None or req.own is not None:
                     self._find_hit(req)
                 n = req.known - req.computed
                 if L.long_prefill_token_threshold > 0:
@@ -588,6 +647,7 @@ class Engine:
                 if not self._alloc(req, n):
                     break
                 self.waiting.popleft()
+                self._reclaim(req)
                 req.state = RUNNING
                 self.running.append(req)
                 admitted.append(req)
@@ -947,7 +1007,7 @@ class Engine:
             budget -= n
         while self.waiting and budget > 0 and len(running) < L.max_num_seqs:
             req = self.waiting[0]
-            if req.group is not None:
+            if req.group is not None or req.own is not None:
                 self._find_hit(req)
             n = req.known - req.computed
             if thr > 0:
@@ -957,6 +1017,7 @@ class Engine:
             if not self._alloc(req, n):
                 raise RuntimeError("a KV block was refused with members, whose blocks always fit")
             self.waiting.popleft()
+            self._reclaim(req)
             req.state = RUNNING
             running.append(req)
             self._take(req, n, items)

@@ -44,6 +44,11 @@ class KVCache:
         so they are counted as each request's own there: an overcount while the window still holds them)."""
         return sum(count * (hit // bs) for bs, count in self._full)
 
+    def partial_blocks(self, tokens: int) -> int:
+        """Blocks of `tokens` not full, one a group where they do not fill its last: never cached, so vLLM's
+        block pool gives them back to the free queue's head, to be taken first."""
+        return sum(count for bs, count, _ in self.groups if tokens % bs)
+
     def blocks(self, tokens: int, chunk: int) -> int:
         """Blocks one request holds with `tokens` computed, `chunk` of them new."""
         caps = self._caps.get(chunk) if self._sliding else ()

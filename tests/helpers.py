@@ -257,6 +257,42 @@ def first_step(groups, prompts, cached: int, prefix_group: str = "shared prefix"
     return seen[0]
 
 
+def hit_after_preemption(groups, num_blocks: int, victim: int, other: int, grow: int) -> int:
+    """The engine's hit for a request preempted on a box that caches prefixes, as it is admitted again: a
+    `victim`- and an `other`-token prompt allocated whole, the victim preempted, the other allocated `grow`
+    more tokens (vllm_oracle.kv_evict's steps, through the engine's own allocation, preemption and hit)."""
+    import simpy
+
+    from simulator.engine import RUNNING, Engine
+    from simulator.workload import RequestSpec
+
+    p = load_profile()
+    e = p.engine
+    e.kv_groups, e.num_blocks = tuple(KVGroup(*g) for g in groups), num_blocks
+    e.max_num_batched_tokens, e.max_num_seqs = victim + other + grow, 2
+    e.async_scheduling, e.prefix_caching = False, True
+    p.validate()
+    eng = Engine(simpy.Environment(), p, fast_forward=False)
+    reqs = []
+    for i, n in enumerate((victim, other)):
+        rec = RequestRecord(request_id=i, prompt_tokens=n, output_tokens=0, scheduled_time=0.0, start_time=0.0,
+                            max_tokens=4)
+        eng.submit(RequestSpec(n, 4, 4), 0.0, rec, lambda r: None)
+        req = eng.waiting.pop()
+        assert eng._alloc(req, n), "the pool is too small"
+        req.computed, req.state = n, RUNNING
+        eng.running.append(req)
+        reqs.append(req)
+    v, o = reqs
+    eng.running.remove(v)
+    eng._preempt(v)
+    if grow:
+        assert eng._alloc(o, grow), "the pool is too small to grow"
+        o.computed += grow
+    eng._find_hit(v)
+    return v.computed
+
+
 def blocks_in_use_after_admitting(groups, prompts, cached: int, **kw) -> int:
     """The KV blocks in use once the engine has admitted every prompt in its first step (`first_step`)."""
     step = first_step(groups, prompts, cached, **kw)

@@ -61,7 +61,8 @@ from simulator.sim import simulate_open
 from simulator.bench_plots import ITL_COLORS, TTFT_COLOR, itl_labels, timeline_segments
 from simulator.summary import result_arrays, summarize_open
 from simulator.workload import PromptFormat, RequestSpec, WorkloadError
-from tests.helpers import TokenizerEndpoints, blocks_in_use_after_admitting, sharegpt_conversation, tiny_profile
+from tests.helpers import (TokenizerEndpoints, blocks_in_use_after_admitting, hit_after_preemption,
+                           sharegpt_conversation, tiny_profile)
 from tests.stream_cases import STREAM_SPLITS, STREAMS, capsim_reads
 from tests.live_server import model_dir, oracle_answers, vllm_available, vllm_bench_serve, vllm_home
 
@@ -405,6 +406,11 @@ def oracle(sharegpt_path, vocab_folders):
             jobs[("kv_shared", case, warm)] = {"kind": "kv_shared", "groups": [list(g) for g in groups],
                                                "num_blocks": 20_000, "prefix": prefix, "prompts": list(prompts),
                                                "warm": warm}
+    for case in KV_EVICT:
+        groups, slack = case
+        jobs[("kv_evict", case)] = {"kind": "kv_evict", "groups": [list(g) for g in groups],
+                                    "num_blocks": _evict_blocks(groups, slack) + 1,  # and vLLM's null block
+                                    "victim": EVICT_VICTIM, "other": EVICT_OTHER, "grows": list(EVICT_GROWS)}
     for name, folder in vocab_folders.items():
         jobs[("vocab", name)] = {"kind": "vocab", "tokenizer": str(folder)}
     jobs[("vocab", "gemma3")] = {"kind": "vocab", "tokenizer": TOK}
@@ -601,6 +607,40 @@ def test_the_shared_prefix_cases_have_teeth(oracle):
         assert blocks_in_use_after_admitting(groups, prompts, prefix, prefix_group="") > theirs
         if any(w for _, _, w in groups):
             assert blocks_in_use_after_admitting(groups, prompts, prefix) > theirs
+
+
+# (KV-cache groups, free blocks beside the two requests): a 200-token request preempted beside a 100-token one
+# that then grows; one group, two alike (each group's blocks not full go to the queue's head), two block sizes,
+# and a sliding group after or before the full one
+KV_EVICT = [(((16, 1, None),), 3), (((16, 2, None),), 11), (((32, 1, None), (16, 1, None)), 11),
+            (((16, 1, None), (16, 1, 64)), 11), (((16, 1, 64), (16, 1, None)), 11)]
+EVICT_VICTIM, EVICT_OTHER, EVICT_GROWS = 200, 100, (0, 32, 48, 64, 80, 120, 160, 200, 240, 268)
+
+
+def _evict_blocks(groups, slack: int) -> int:
+    return slack + sum(count * (-(-EVICT_VICTIM // bs) + -(-EVICT_OTHER // bs)) for bs, count, _ in groups)
+
+
+@pytest.mark.parametrize("case", KV_EVICT, ids=lambda c: "-".join(f"{bs}x{n}{'w' if w else ''}" for bs, n, w in c[0]))
+def test_a_preempted_requests_blocks_stay_cached_until_evicted_as_in_vllm(oracle, case):
+    """With the prefix cache on, a preempted request finds again what of its own blocks vLLM's free queue still
+    holds: all of them while the blocks taken since were fewer than those ahead of them (its blocks not full
+    among those, at the head), then less from its last block back as the other request grows, to none. Where
+    every group is full attention the hit is vLLM's at every step. With a sliding group capsim counts no hit
+    once any of its cached blocks is evicted: in vLLM's real runs the window's earlier blocks were freed
+    before them and are gone first; here, with prompts allocated whole, vLLM still holds them and finds more."""
+    groups, slack = case
+    theirs = oracle[("kv_evict", case)]["hits"]
+    ours = [hit_after_preemption(groups, _evict_blocks(groups, slack), EVICT_VICTIM, EVICT_OTHER, g)
+            for g in EVICT_GROWS]
+    whole = (EVICT_VICTIM - 1) // 32 * 32 if any(bs == 32 for bs, _, _ in groups) else (EVICT_VICTIM - 1) // 16 * 16
+    assert theirs[0] == whole and theirs[-1] < whole
+    if not any(w for _, _, w in groups):
+        assert ours == theirs
+        assert len(set(theirs) - {0, whole}) >= 2  # evicted in part, at more than one step
+    else:  # all or nothing: vLLM's where it keeps all or nothing
+        for h, t in zip(ours, theirs):
+            assert h == t if t in (0, whole) else h in (0, whole), (ours, theirs)
 
 
 # ------------------------------------------------------------------ prompt + max_tokens past max_model_len

@@ -58,10 +58,31 @@ def test_the_engine_computes_only_what_the_cache_misses():
     assert [a - b for a, b in zip(plain[1], cached[1])] == [16, 0, 0, 0, 0, 0, 8, 0, 0]
 
 
+def test_a_preempted_request_finds_its_own_blocks_while_the_cache_still_holds_them():
+    """With the prefix cache on, a preempted request's blocks stay cached in the free queue: admitted again
+    before they were taken, it computes only its last token again (tests/test_conformance_vllm.py holds the
+    eviction to vLLM's block pool); with the cache off, or once they were taken, it computes all again."""
+    prof = tiny_profile(budget=64, seqs=4, num_blocks=10, block=4, async_=False)
+    caching = replace(prof, engine=replace(prof.engine, prefix_caching=True))
+    off, on = (_steps(p, [RequestSpec(12, 12, 12)] * 2) for p in (prof, caching))
+    assert off[0].num_preemptions == on[0].num_preemptions == 1
+    # back with 21 tokens known, 20 computed before: all again without the cache, past its 4 whole blocks with it
+    assert off[1][6] == 21 and on[1][6] == 5 and off[1][:6] == on[1][:6] and off[1][7:] == on[1][7:]
+    assert [r.output_tokens for r in on[0].records] == [12, 12]
+    # a pool the other request's growth takes whole before the preempted one is back: nothing of it is left
+    tight = replace(caching, engine=replace(caching.engine, num_blocks=7))
+    run, steps = _steps(tight, [RequestSpec(12, 16, 16)] * 2)
+    plain = _steps(replace(tight, engine=replace(tight.engine, prefix_caching=False)), [RequestSpec(12, 16, 16)] * 2)
+    assert run.num_preemptions >= 1 and steps == plain[1]
+
+
+@pytest.mark.parametrize("caching", [False, True], ids=["uncached", "caching"])
 @pytest.mark.parametrize("async_", [True, False])
-def test_fast_forward_gives_the_same_records_with_cached_prefixes(async_):
-    """Step by step and fast-forward agree where prompts start at their cache hits, under preemption too."""
+def test_fast_forward_gives_the_same_records_with_cached_prefixes(async_, caching):
+    """Step by step and fast-forward agree where prompts start at their cache hits, under preemption too, and
+    where preempted requests find their own blocks again."""
     prof = tiny_profile(budget=48, seqs=4, num_blocks=60, block=4, async_=async_)
+    prof = replace(prof, engine=replace(prof.engine, prefix_caching=caching))
     specs = [RequestSpec(40 + 7 * i, 30, 30 - i, cached_tokens=(0, 20, 45, 60)[i % 4]) for i in range(10)]
     fast, slow = (simulate_open(prof, specs, OpenLoop(rate=20.0, seed=1), fast_forward=ff) for ff in (True, False))
     assert slow.num_preemptions > 0

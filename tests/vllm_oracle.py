@@ -33,6 +33,11 @@ Jobs:
       -> {"hits": [...], "used": [...]}   (vLLM's KV-cache manager with prefix caching: if warm, a probe of the
          H-token prefix allocated and freed; then each prompt (the prefix, then tokens of its own) allocated
          whole in turn; each one's cache hit and the blocks in use after it)
+  {"kind": "kv_evict", "groups": [[block_size, count, window | null], ...], "num_blocks": N, "victim": V,
+   "other": O, "grows": [G, ...]}
+      -> {"hits": [...]}   (vLLM's KV-cache manager with prefix caching, for each G afresh: a V-token and an
+         O-token prompt allocated whole, the first freed as the scheduler preempts it, the other allocated G
+         more tokens, then the first's cache hit as it is admitted again)
   {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
    "percentiles": [...], "tokenizer": DIR | null}
       -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
@@ -383,6 +388,44 @@ def kv_shared(job):
     return {"hits": hits, "used": used}
 
 
+def kv_evict(job):
+    """vLLM's KVCacheManager (prefix caching on) as its scheduler drives it around a preemption: the freed
+    request's blocks go to the free queue's tail, still cached, and the other request's new blocks come
+    from its head, evicting what they take; the hit get_computed_blocks finds when the first comes back."""
+    from vllm.sampling_params import SamplingParams
+    from vllm.utils.hashing import sha256
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+    from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheGroupSpec
+    from vllm.v1.request import Request
+
+    groups = []
+    for i, (bs, count, window) in enumerate(job["groups"]):
+        groups += [KVCacheGroupSpec([f"g{i}.{j}"], _kv_spec(bs, window)) for j in range(count)]
+    sizes = [bs for bs, _, _ in job["groups"]]
+    init_none_hash(sha256)
+    hasher = get_request_block_hasher(min(sizes), sha256)
+    hits = []
+    for grow in job["grows"]:
+        cfg = KVCacheConfig(num_blocks=job["num_blocks"], kv_cache_tensors=[], kv_cache_groups=groups)
+        manager = KVCacheManager(cfg, max_model_len=1 << 20, scheduler_block_size=max(sizes),
+                                 hash_block_size=min(sizes), enable_caching=True)
+        reqs = []
+        for name, start, n in (("v", 1, job["victim"]), ("o", 1_000_000, job["other"])):
+            r = Request(name, list(range(start, start + n)), SamplingParams(max_tokens=16), None, block_hasher=hasher)
+            blocks, hit, _ = manager.get_computed_blocks(r)
+            assert hit == 0 and manager.allocate_slots(r, n, 0, blocks) is not None, "the pool is too small"
+            r.num_computed_tokens = n
+            reqs.append(r)
+        victim, other = reqs
+        manager.free(victim)  # Scheduler._preempt_request
+        victim.num_computed_tokens = 0
+        if grow:
+            assert manager.allocate_slots(other, grow) is not None, "the pool is too small to grow"
+        hits.append(manager.get_computed_blocks(victim)[1])
+    return {"hits": hits}
+
+
 def stream(job):
     """vllm bench serve's request function reading a stream whose bytes come in the given reads.
 
@@ -518,7 +561,7 @@ def spec_metrics(job):
 
 KINDS = {"pipeline": pipeline, "vocab": vocab, "defaults": defaults, "serve_flags": serve_flags, "metrics": metrics,
          "engine_flags": engine_flags, "context_limit": context_limit, "kv_capacity": kv_capacity,
-         "kv_shared": kv_shared, "kv_holds": kv_holds, "kv_groups": kv_groups, "stream": stream,
+         "kv_shared": kv_shared, "kv_evict": kv_evict, "kv_holds": kv_holds, "kv_groups": kv_groups, "stream": stream,
          "histograms": histograms,
          "batch_defaults": batch_defaults, "timeline": timeline, "spec_metrics": spec_metrics}
 
