@@ -75,7 +75,7 @@ class _TimeStore:
 class _Req:
     __slots__ = ("spec", "prompt", "max_tokens", "target", "computed", "out_sched", "emitted", "held",
                  "state", "epoch", "record", "segments", "seg_start", "seg_len", "arrival", "on_done", "order",
-                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub", "hit", "group", "sb", "own",
+                 "kv_until", "drafts", "accepted", "chunks", "multi", "mem", "ub", "hit", "group", "sb", "own", "kept",
                  "m_id", "m_f", "m_oj", "m_cj", "m_base", "m_stop", "m_fs", "m_in")
 
     def __init__(self, spec: RequestSpec, record: RequestRecord, arrival: float, on_done, order: int,
@@ -110,6 +110,7 @@ class _Req:
         # preempted with the prefix cache on: (free-queue position, blocks, tokens) of the blocks it gave back,
         # cached until evicted (Engine._own_hit)
         self.own: tuple[int, int, int] | None = None
+        self.kept = 0  # of those, blocks still cached when its hit was last found
 
     @property
     def known(self) -> int:
@@ -374,7 +375,8 @@ class Engine:
             req.hit = req.computed = self.kv.cache_hit(req.prompt, min(req.spec.cached_tokens,
                                                                        self._cached.get(req.group, 0)))
         if req.own is not None:
-            req.computed = max(req.hit, self.kv.cache_hit(req.known, self._own_hit(req)[0]))
+            tokens, req.kept = self._own_hit(req)
+            req.computed = max(req.hit, self.kv.cache_hit(req.known, tokens))
 
     def _pops(self) -> int:
         """Blocks taken fresh from vLLM's free queue so far (each evicts the cached block at its head): those
@@ -398,12 +400,12 @@ class Engine:
         return max(0, tokens // bs - evicted) * bs, size - evicted
 
     def _reclaim(self, req: _Req) -> None:
-        """An admitted preempted request takes its blocks still cached out of the free queue; those given
-        back after it move up."""
+        """An admitted preempted request takes its blocks still cached (as _find_hit found them, before its
+        fresh ones were taken) out of the free queue; those given back after it move up."""
         if req.own is None:
             return
         pos = req.own[0]
-        _, kept = self._own_hit(req) if req.computed > req.hit else (0, 0)
+        kept = req.kept if req.computed > req.hit else 0
         self._touched += kept
         self._evictable.remove(req)
         req.own = None
@@ -443,6 +445,11 @@ class Engine:
         self.kv.used -= req.held
         req.held = 0
         self._freed += before - self.kv.in_use
+        if self._evictable:  # its blocks not full go to the free queue's head, ahead of every cached one
+            part = self.kv.partial_blocks(req.computed)
+            if part:
+                for r in self._evictable:
+                    r.own = (r.own[0] + part, *r.own[1:])
 
     def _preempt(self, req: _Req) -> None:
         ahead, before, tokens = self.kv.free, self.kv.in_use, req.computed

@@ -257,10 +257,11 @@ def first_step(groups, prompts, cached: int, prefix_group: str = "shared prefix"
     return seen[0]
 
 
-def hit_after_preemption(groups, num_blocks: int, victim: int, other: int, grow: int) -> int:
-    """The engine's hit for a request preempted on a box that caches prefixes, as it is admitted again: a
-    `victim`- and an `other`-token prompt allocated whole, the victim preempted, the other allocated `grow`
-    more tokens (vllm_oracle.kv_evict's steps, through the engine's own allocation, preemption and hit)."""
+def hits_around_preemptions(groups, num_blocks: int, steps) -> list[int]:
+    """The engine's hits for vllm_oracle.kv_evict's steps on a box that caches prefixes, through its own
+    allocation, preemption, release and re-admission: ("admit", name, tokens) a prompt whole (again: past
+    its hit), ("hit", name) its hit alone, ("preempt", name), ("finish", name), ("grow", name, tokens) more
+    blocks; each admission's or "hit"'s hit."""
     import simpy
 
     from simulator.engine import RUNNING, Engine
@@ -269,28 +270,39 @@ def hit_after_preemption(groups, num_blocks: int, victim: int, other: int, grow:
     p = load_profile()
     e = p.engine
     e.kv_groups, e.num_blocks = tuple(KVGroup(*g) for g in groups), num_blocks
-    e.max_num_batched_tokens, e.max_num_seqs = victim + other + grow, 2
+    e.max_num_batched_tokens, e.max_num_seqs = 1 << 20, 64
     e.async_scheduling, e.prefix_caching = False, True
     p.validate()
     eng = Engine(simpy.Environment(), p, fast_forward=False)
-    reqs = []
-    for i, n in enumerate((victim, other)):
-        rec = RequestRecord(request_id=i, prompt_tokens=n, output_tokens=0, scheduled_time=0.0, start_time=0.0,
-                            max_tokens=4)
-        eng.submit(RequestSpec(n, 4, 4), 0.0, rec, lambda r: None)
-        req = eng.waiting.pop()
-        assert eng._alloc(req, n), "the pool is too small"
-        req.computed, req.state = n, RUNNING
-        eng.running.append(req)
-        reqs.append(req)
-    v, o = reqs
-    eng.running.remove(v)
-    eng._preempt(v)
-    if grow:
-        assert eng._alloc(o, grow), "the pool is too small to grow"
-        o.computed += grow
-    eng._find_hit(v)
-    return v.computed
+    reqs, hits = {}, []
+    for op, name, *n in steps:
+        if op == "hit":
+            eng._find_hit(reqs[name])
+            hits.append(reqs[name].computed)
+        elif op == "admit":
+            if name not in reqs:
+                rec = RequestRecord(request_id=len(reqs), prompt_tokens=n[0], output_tokens=0, scheduled_time=0.0,
+                                    start_time=0.0, max_tokens=4)
+                eng.submit(RequestSpec(n[0], 4, 4), 0.0, rec, lambda r: None)
+                reqs[name] = eng.waiting[-1]
+            req = reqs[name]
+            eng._find_hit(req)
+            hits.append(req.computed)
+            assert eng._alloc(req, req.known - req.computed), "pool too small"
+            eng.waiting.remove(req)
+            eng._reclaim(req)
+            req.computed, req.state = req.known, RUNNING
+            eng.running.append(req)
+        elif op == "preempt":
+            eng.running.remove(reqs[name])
+            eng._preempt(reqs[name])
+        elif op == "finish":
+            eng.running.remove(reqs[name])
+            eng.release(reqs[name])
+        else:
+            assert eng._alloc(reqs[name], n[0]), "pool too small to grow"
+            reqs[name].computed += n[0]
+    return hits
 
 
 def blocks_in_use_after_admitting(groups, prompts, cached: int, **kw) -> int:

@@ -61,7 +61,7 @@ from simulator.sim import simulate_open
 from simulator.bench_plots import ITL_COLORS, TTFT_COLOR, itl_labels, timeline_segments
 from simulator.summary import result_arrays, summarize_open
 from simulator.workload import PromptFormat, RequestSpec, WorkloadError
-from tests.helpers import (TokenizerEndpoints, blocks_in_use_after_admitting, hit_after_preemption,
+from tests.helpers import (TokenizerEndpoints, blocks_in_use_after_admitting, hits_around_preemptions,
                            sharegpt_conversation, tiny_profile)
 from tests.stream_cases import STREAM_SPLITS, STREAMS, capsim_reads
 from tests.live_server import model_dir, oracle_answers, vllm_available, vllm_bench_serve, vllm_home
@@ -407,10 +407,8 @@ def oracle(sharegpt_path, vocab_folders):
                                                "num_blocks": 20_000, "prefix": prefix, "prompts": list(prompts),
                                                "warm": warm}
     for case in KV_EVICT:
-        groups, slack = case
-        jobs[("kv_evict", case)] = {"kind": "kv_evict", "groups": [list(g) for g in groups],
-                                    "num_blocks": _evict_blocks(groups, slack) + 1,  # and vLLM's null block
-                                    "victim": EVICT_VICTIM, "other": EVICT_OTHER, "grows": list(EVICT_GROWS)}
+        for twice in (False, True):
+            jobs[("kv_evict", case, twice)] = _evict_job(case, twice)
     for name, folder in vocab_folders.items():
         jobs[("vocab", name)] = {"kind": "vocab", "tokenizer": str(folder)}
     jobs[("vocab", "gemma3")] = {"kind": "vocab", "tokenizer": TOK}
@@ -609,38 +607,68 @@ def test_the_shared_prefix_cases_have_teeth(oracle):
             assert blocks_in_use_after_admitting(groups, prompts, prefix) > theirs
 
 
-# (KV-cache groups, free blocks beside the two requests): a 200-token request preempted beside a 100-token one
-# that then grows; one group, two alike (each group's blocks not full go to the queue's head), two block sizes,
-# and a sliding group after or before the full one
+# (KV-cache groups, free blocks beside the requests): one group, two alike (each group's blocks not full go to the
+# free queue's head), two block sizes, and a sliding group after or before the full one
 KV_EVICT = [(((16, 1, None),), 3), (((16, 2, None),), 11), (((32, 1, None), (16, 1, None)), 11),
             (((16, 1, None), (16, 1, 64)), 11), (((16, 1, 64), (16, 1, None)), 11)]
-EVICT_VICTIM, EVICT_OTHER, EVICT_GROWS = 200, 100, (0, 32, 48, 64, 80, 120, 160, 200, 240, 268)
+# a 200-token request preempted beside a 100-token one that then grows this much before it is back
+EVICT_GROWS = (0, 32, 48, 64, 80, 120, 160, 200, 240, 268)
+# four requests; two preempted and one finished; the third grows g1, one preempted request is back, the third
+# grows g2, the other's hit: what the first back takes out of the queue moves the blocks behind it up, and the
+# finished one's go behind (and its block not full to the head)
+EVICT_TWICE = ((0, 0), (16, 16), (40, 40), (64, 32), (32, 96), (80, 48), (100, 60), (120, 16), (150, 0))
+EVICT_SIZES = {"a": 200, "b": 150, "c": 100, "d": 120}
 
 
-def _evict_blocks(groups, slack: int) -> int:
-    return slack + sum(count * (-(-EVICT_VICTIM // bs) + -(-EVICT_OTHER // bs)) for bs, count, _ in groups)
+def _evict_blocks(groups, slack: int, sizes=(200, 100)) -> int:
+    return slack + sum(count * sum(-(-n // bs) for n in sizes) for bs, count, _ in groups)
+
+
+def _evict_runs(twice: bool) -> list[list]:
+    if not twice:
+        return [[("admit", "v", 200), ("admit", "o", 100), ("preempt", "v"), *([("grow", "o", g)] if g else []),
+                 ("hit", "v")] for g in EVICT_GROWS]
+    return [[*(("admit", k, n) for k, n in EVICT_SIZES.items()), ("preempt", "a"), ("preempt", "b"),
+             ("finish", "d"), *([("grow", "c", g1)] if g1 else []), ("admit", first, EVICT_SIZES[first]),
+             *([("grow", "c", g2)] if g2 else []), ("hit", second)]
+            for first, second in (("a", "b"), ("b", "a")) for g1, g2 in EVICT_TWICE]
+
+
+def _evict_job(case, twice: bool) -> dict:
+    groups, slack = case
+    blocks = _evict_blocks(groups, slack, EVICT_SIZES.values() if twice else (200, 100))
+    return {"kind": "kv_evict", "groups": [list(g) for g in groups], "num_blocks": blocks + 1,  # and the null block
+            "runs": [[list(step) for step in run] for run in _evict_runs(twice)], "blocks": blocks}
 
 
 @pytest.mark.parametrize("case", KV_EVICT, ids=lambda c: "-".join(f"{bs}x{n}{'w' if w else ''}" for bs, n, w in c[0]))
 def test_a_preempted_requests_blocks_stay_cached_until_evicted_as_in_vllm(oracle, case):
     """With the prefix cache on, a preempted request finds again what of its own blocks vLLM's free queue still
     holds: all of them while the blocks taken since were fewer than those ahead of them (its blocks not full
-    among those, at the head), then less from its last block back as the other request grows, to none. Where
-    every group is full attention the hit is vLLM's at every step. With a sliding group capsim counts no hit
-    once any of its cached blocks is evicted: in vLLM's real runs the window's earlier blocks were freed
-    before them and are gone first; here, with prompts allocated whole, vLLM still holds them and finds more."""
+    among those, at the head), then less from its last block back as another request grows, to none. Where
+    every group is full attention the hit is vLLM's at every step, with two requests preempted and one finished
+    between too. With a sliding group capsim counts no hit once any of its cached blocks is evicted: in vLLM's
+    real runs the window's earlier blocks were freed before them and are gone first; here, with prompts
+    allocated whole, vLLM still holds them and finds more."""
     groups, slack = case
-    theirs = oracle[("kv_evict", case)]["hits"]
-    ours = [hit_after_preemption(groups, _evict_blocks(groups, slack), EVICT_VICTIM, EVICT_OTHER, g)
-            for g in EVICT_GROWS]
-    whole = (EVICT_VICTIM - 1) // 32 * 32 if any(bs == 32 for bs, _, _ in groups) else (EVICT_VICTIM - 1) // 16 * 16
-    assert theirs[0] == whole and theirs[-1] < whole
-    if not any(w for _, _, w in groups):
-        assert ours == theirs
-        assert len(set(theirs) - {0, whole}) >= 2  # evicted in part, at more than one step
-    else:  # all or nothing: vLLM's where it keeps all or nothing
-        for h, t in zip(ours, theirs):
-            assert h == t if t in (0, whole) else h in (0, whole), (ours, theirs)
+    full = not any(w for _, _, w in groups)
+    whole = 192 if full or groups[0][0] == 16 else 0
+    for twice in (False, True) if full else (False,):
+        job = _evict_job(case, twice)
+        theirs = oracle[("kv_evict", case, twice)]["hits"]
+        ours = [hits_around_preemptions(groups, job["blocks"], run) for run in _evict_runs(twice)]
+        if full:
+            assert ours == theirs, twice
+        else:  # all or nothing: vLLM's where it keeps all or nothing
+            for h, t in zip(ours, theirs):
+                assert h[-1] == t[-1] if t[-1] in (0, whole) else h[-1] in (0, whole), (ours, theirs)
+        if not twice:
+            last = [t[-1] for t in theirs]
+            assert last[0] == whole and last[-1] < whole
+            assert not full or len(set(last) - {0, whole}) >= 2  # evicted in part, at more than one step
+        elif all(bs == 16 for bs, _, _ in groups):  # the first back has less than all in some runs, and the
+            # other's hit, moved by what the first took back and the finished one gave, takes several values
+            assert min(t[-2] for t in theirs[:len(EVICT_TWICE)]) < 192 and len({t[-1] for t in theirs}) >= 3, theirs
 
 
 # ------------------------------------------------------------------ prompt + max_tokens past max_model_len

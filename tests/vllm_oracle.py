@@ -33,11 +33,11 @@ Jobs:
       -> {"hits": [...], "used": [...]}   (vLLM's KV-cache manager with prefix caching: if warm, a probe of the
          H-token prefix allocated and freed; then each prompt (the prefix, then tokens of its own) allocated
          whole in turn; each one's cache hit and the blocks in use after it)
-  {"kind": "kv_evict", "groups": [[block_size, count, window | null], ...], "num_blocks": N, "victim": V,
-   "other": O, "grows": [G, ...]}
-      -> {"hits": [...]}   (vLLM's KV-cache manager with prefix caching, for each G afresh: a V-token and an
-         O-token prompt allocated whole, the first freed as the scheduler preempts it, the other allocated G
-         more tokens, then the first's cache hit as it is admitted again)
+  {"kind": "kv_evict", "groups": [[block_size, count, window | null], ...], "num_blocks": N,
+   "runs": [[["admit", name, tokens] | ["hit", name] | ["preempt", name] | ["finish", name] | ["grow", name, tokens],
+             ...], ...]}
+      -> {"hits": [[...], ...]}   (vLLM's KV-cache manager with prefix caching, each run afresh: each admission's
+         or "hit"'s cache hit, a request admitted again finding what of its freed blocks is left)
   {"kind": "metrics", "outputs": [RequestFuncOutput fields...], "dur_s": D,
    "percentiles": [...], "tokenizer": DIR | null}
       -> {key: value}   (calculate_metrics' BenchmarkMetrics, keyed as the result JSON)
@@ -389,9 +389,10 @@ def kv_shared(job):
 
 
 def kv_evict(job):
-    """vLLM's KVCacheManager (prefix caching on) as its scheduler drives it around a preemption: the freed
-    request's blocks go to the free queue's tail, still cached, and the other request's new blocks come
-    from its head, evicting what they take; the hit get_computed_blocks finds when the first comes back."""
+    """vLLM's KVCacheManager (prefix caching on) as its scheduler drives it around preemptions, for each list
+    of steps afresh: a request preempted or finished gives its blocks back (its cached ones to the free
+    queue's tail, still cached), new blocks come from the queue's head, evicting what they take, and a
+    request admitted again finds what of its blocks is left (get_computed_blocks)."""
     from vllm.sampling_params import SamplingParams
     from vllm.utils.hashing import sha256
     from vllm.v1.core.kv_cache_manager import KVCacheManager
@@ -405,25 +406,33 @@ def kv_evict(job):
     sizes = [bs for bs, _, _ in job["groups"]]
     init_none_hash(sha256)
     hasher = get_request_block_hasher(min(sizes), sha256)
-    hits = []
-    for grow in job["grows"]:
+    out = []
+    for steps in job["runs"]:
         cfg = KVCacheConfig(num_blocks=job["num_blocks"], kv_cache_tensors=[], kv_cache_groups=groups)
         manager = KVCacheManager(cfg, max_model_len=1 << 20, scheduler_block_size=max(sizes),
                                  hash_block_size=min(sizes), enable_caching=True)
-        reqs = []
-        for name, start, n in (("v", 1, job["victim"]), ("o", 1_000_000, job["other"])):
-            r = Request(name, list(range(start, start + n)), SamplingParams(max_tokens=16), None, block_hasher=hasher)
-            blocks, hit, _ = manager.get_computed_blocks(r)
-            assert hit == 0 and manager.allocate_slots(r, n, 0, blocks) is not None, "the pool is too small"
-            r.num_computed_tokens = n
-            reqs.append(r)
-        victim, other = reqs
-        manager.free(victim)  # Scheduler._preempt_request
-        victim.num_computed_tokens = 0
-        if grow:
-            assert manager.allocate_slots(other, grow) is not None, "the pool is too small to grow"
-        hits.append(manager.get_computed_blocks(victim)[1])
-    return {"hits": hits}
+        reqs, hits = {}, []
+        for op, name, *n in steps:
+            if op == "hit":  # what the cache holds of a request's tokens, allocating nothing
+                hits.append(manager.get_computed_blocks(reqs[name])[1])
+            elif op == "admit":  # its prompt whole, past what the cache holds of it
+                if name not in reqs:
+                    start = 1 + 1_000_000 * len(reqs)
+                    reqs[name] = Request(name, list(range(start, start + n[0])), SamplingParams(max_tokens=16),
+                                         None, block_hasher=hasher)
+                r = reqs[name]
+                blocks, hit, _ = manager.get_computed_blocks(r)
+                assert manager.allocate_slots(r, r.num_tokens - hit, hit, blocks) is not None, "pool too small"
+                r.num_computed_tokens = r.num_tokens
+                hits.append(hit)
+            elif op in ("preempt", "finish"):  # Scheduler._preempt_request, _free_request: the same free
+                manager.free(reqs[name])
+                reqs[name].num_computed_tokens = 0
+            else:  # "grow": n more tokens' blocks
+                assert manager.allocate_slots(reqs[name], n[0]) is not None, "pool too small to grow"
+                reqs[name].num_computed_tokens += n[0]
+        out.append(hits)
+    return {"hits": out}
 
 
 def stream(job):
