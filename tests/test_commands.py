@@ -16,7 +16,8 @@ def test_vllm_bench_serve_defaults_fill_what_the_line_leaves_out():
                  "seed": 0, "dataset_name": "random", "dataset_path": None, "ignore_eos": False,
                  "sharegpt_output_len": None, "disable_shuffle": False, "no_oversample": False,
                  "ramp_up_strategy": None, "ramp_up_start_rps": None, "ramp_up_end_rps": None,
-                 "probe_request_rate": 0.0, "random_input_len": 1024, "random_output_len": 128,
+                 "probe_request_rate": 0.0, "num_warmups": 0, "ready_check_timeout_sec": 0,
+                 "random_input_len": 1024, "random_output_len": 128,
                  "random_range_ratio": 0.0, "random_prefix_len": 0}
     # the random lengths mean nothing for another dataset: none, not vLLM's unused defaults
     s = parse_command("vllm bench serve --dataset-name sharegpt --dataset-path /d/sg.json")

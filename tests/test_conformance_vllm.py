@@ -383,7 +383,8 @@ def oracle(sharegpt_path, vocab_folders):
     jobs[("defaults",)] = {"kind": "defaults", "argv": ["--model", "gemma3-dummy"],
                            "keys": ["dataset_name", "random_input_len", "random_output_len", "random_range_ratio",
                                     "random_prefix_len", "num_prompts", "request_rate", "burstiness", "seed",
-                                    "max_concurrency", *(f"prefix_repetition_{k}" for k in PREFIX_REPETITION_KEYS)]}
+                                    "max_concurrency", "num_warmups", "ready_check_timeout_sec",
+                                    *(f"prefix_repetition_{k}" for k in PREFIX_REPETITION_KEYS)]}
     for case in ENGINE_FLAGS:
         jobs[("engine", case)] = {"kind": "engine_flags", "argv": list(case), "keys": ENGINE_KEYS}
     for mml, p, m in CONTEXT:
@@ -1085,6 +1086,14 @@ def test_cli_defaults_match_vllm_bench_serve(oracle):
     assert {k: getattr(wl, k) for k in PREFIX_REPETITION_KEYS} == \
         {k: v[f"prefix_repetition_{k}"] for k in PREFIX_REPETITION_KEYS} == \
         {"prefix_len": 256, "suffix_len": 256, "num_prefixes": 10, "output_len": 128}
+    # nothing is sent before the run unless asked: no ready check's test request, no warmups
+    from calibrate.importers import parse_command
+    from capsim.serve_flags import ServeExtras
+
+    sends = ("num_warmups", "ready_check_timeout_sec")
+    pasted = parse_command("vllm bench serve --model m")
+    assert {k: v[k] for k in sends} == {k: getattr(ServeExtras(), k) for k in sends} == {k: pasted[k] for k in sends} \
+        == {"num_warmups": 0, "ready_check_timeout_sec": 0}
 
 
 # Values for vllm bench serve's options whose default is none or not a word on a command line
