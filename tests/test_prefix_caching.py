@@ -60,8 +60,9 @@ def test_the_engine_computes_only_what_the_cache_misses():
 
 def test_a_preempted_request_finds_its_own_blocks_while_the_cache_still_holds_them():
     """With the prefix cache on, a preempted request's blocks stay cached in the free queue: admitted again
-    before they were taken, it computes only its last token again (tests/test_conformance_vllm.py holds the
-    eviction to vLLM's block pool); with the cache off, or once they were taken, it computes all again."""
+    before any was taken, it computes only its last token again; once some were, it computes again past what
+    is left (tests/test_conformance_vllm.py holds the eviction to vLLM's block pool); with the cache off, it
+    computes all again."""
     prof = tiny_profile(budget=64, seqs=4, num_blocks=10, block=4, async_=False)
     caching = replace(prof, engine=replace(prof.engine, prefix_caching=True))
     off, on = (_steps(p, [RequestSpec(12, 12, 12)] * 2) for p in (prof, caching))
