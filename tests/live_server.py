@@ -320,6 +320,17 @@ def _kill_group(proc: subprocess.Popen, timeout: float) -> None:
         pass
 
 
+def mem_available() -> str:
+    """The kernel's MemAvailable, for start logs: a server starved of memory starts slowly or never."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return "unknown"
+
+
 def _models_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/v1/models", timeout=5) as r:
@@ -436,7 +447,7 @@ def _start_once(port: int, args: list[str], kv_desc: str, full_env: dict, log_pa
     log_file = open(log_path, "w", buffering=1)
     for note in notes:
         log_file.write(f"# earlier: {note}\n")
-    log_file.write(f"# KV cache: {kv_desc}\n# {' '.join(cmd)}\n")
+    log_file.write(f"# KV cache: {kv_desc}; memory available at start: {mem_available()}\n# {' '.join(cmd)}\n")
     proc = subprocess.Popen(
         cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env=full_env, start_new_session=True,
@@ -461,7 +472,8 @@ def _start_once(port: int, args: list[str], kv_desc: str, full_env: dict, log_pa
                     log_file.write(f"# another process answers on port {port}: waiting for this server to exit\n")
             if time.monotonic() > deadline:
                 raise VLLMStartError(
-                    f"vLLM not ready after {timeout:.0f} s; {log_path}:\n{handle.log_tail()}"
+                    f"vLLM not ready after {timeout:.0f} s (memory available now: {mem_available()}; a server "
+                    f"takes about 7.5 GiB); {log_path}:\n{handle.log_tail()}"
                 )
             time.sleep(1.0)
     except BaseException:

@@ -29,10 +29,13 @@ pytestmark = pytest.mark.live
 
 PP, TG = 128, 16
 API_KEY = "sk-capsim-live-5e1f"
-# vLLM started with --api-key: /v1 routes answer 401 without it (module-scoped: stopped after this file)
-keyed_vllm = vllm_server_fixture(["--api-key", API_KEY], scope="module", name="keyed_vllm")
-# vLLM serving two LoRA adapters of the test model (module-scoped, as the keyed one)
-lora_vllm = vllm_server_fixture(lora_server_args, scope="module", name="lora_vllm")
+# Each server takes about 7.5 GiB of this machine's 23 (no swap): with the session's server and two
+# module-scoped ones alive, the caching server's worker starved of page cache and took 450 s, once
+# over 900 s, to start. The servers of one test stop after it, so at most two run at once.
+# vLLM started with --api-key: /v1 routes answer 401 without it
+keyed_vllm = vllm_server_fixture(["--api-key", API_KEY], scope="function", name="keyed_vllm")
+# vLLM serving two LoRA adapters of the test model
+lora_vllm = vllm_server_fixture(lora_server_args, scope="function", name="lora_vllm")
 # the other servers run with --no-enable-prefix-caching (tests/live_server.py); this one keeps vLLM's cache
 caching_vllm = vllm_server_fixture(["--enable-prefix-caching"], scope="module", name="caching_vllm")
 OPEN_IN, OPEN_OUT, OPEN_N, OPEN_RATE = 128, 16, 20, 2.0
