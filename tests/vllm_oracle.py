@@ -346,17 +346,13 @@ def kv_holds(job):
     return {"held": held}
 
 
-def kv_shared(job):
-    """vLLM's KVCacheManager (prefix caching on) as its scheduler drives it for requests that share a
-    prefix: the probe's blocks are cached when allocated and stay cached once freed; each request's hit
-    comes from get_computed_blocks, its whole prompt past the hit from allocate_slots; the blocks in use
-    are the pool's less its free ones (a block held by several requests counts once)."""
-    from vllm.sampling_params import SamplingParams
+def _caching_manager(job):
+    """A fresh KVCacheManager with prefix caching on, of job's groups ([block size, layers, window]) and
+    num_blocks, and the block hasher its requests need (blocks hashed at the smallest block size)."""
     from vllm.utils.hashing import sha256
     from vllm.v1.core.kv_cache_manager import KVCacheManager
     from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
     from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheGroupSpec
-    from vllm.v1.request import Request
 
     groups = []
     for i, (bs, count, window) in enumerate(job["groups"]):
@@ -366,7 +362,18 @@ def kv_shared(job):
     manager = KVCacheManager(cfg, max_model_len=1 << 20, scheduler_block_size=max(sizes),
                              hash_block_size=min(sizes), enable_caching=True)
     init_none_hash(sha256)
-    hasher = get_request_block_hasher(min(sizes), sha256)
+    return manager, get_request_block_hasher(min(sizes), sha256)
+
+
+def kv_shared(job):
+    """vLLM's KVCacheManager (prefix caching on) as its scheduler drives it for requests that share a
+    prefix: the probe's blocks are cached when allocated and stay cached once freed; each request's hit
+    comes from get_computed_blocks, its whole prompt past the hit from allocate_slots; the blocks in use
+    are the pool's less its free ones (a block held by several requests counts once)."""
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.request import Request
+
+    manager, hasher = _caching_manager(job)
     prefix = list(range(1, job["prefix"] + 1))
     pool = manager.block_pool
 
@@ -394,23 +401,11 @@ def kv_evict(job):
     queue's tail, still cached), new blocks come from the queue's head, evicting what they take, and a
     request admitted again finds what of its blocks is left (get_computed_blocks)."""
     from vllm.sampling_params import SamplingParams
-    from vllm.utils.hashing import sha256
-    from vllm.v1.core.kv_cache_manager import KVCacheManager
-    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
-    from vllm.v1.kv_cache_interface import KVCacheConfig, KVCacheGroupSpec
     from vllm.v1.request import Request
 
-    groups = []
-    for i, (bs, count, window) in enumerate(job["groups"]):
-        groups += [KVCacheGroupSpec([f"g{i}.{j}"], _kv_spec(bs, window)) for j in range(count)]
-    sizes = [bs for bs, _, _ in job["groups"]]
-    init_none_hash(sha256)
-    hasher = get_request_block_hasher(min(sizes), sha256)
     out = []
     for steps in job["runs"]:
-        cfg = KVCacheConfig(num_blocks=job["num_blocks"], kv_cache_tensors=[], kv_cache_groups=groups)
-        manager = KVCacheManager(cfg, max_model_len=1 << 20, scheduler_block_size=max(sizes),
-                                 hash_block_size=min(sizes), enable_caching=True)
+        manager, hasher = _caching_manager(job)
         reqs, hits = {}, []
         for op, name, *n in steps:
             if op == "hit":  # what the cache holds of a request's tokens, allocating nothing
