@@ -136,7 +136,7 @@ def workload_for(run: OpenRun, profile: Profile, tokenizer: str | None = None) -
               if p.get(f"prefix_repetition_{k}") is not None}
         base = PrefixRepetitionWorkload(**kw, fmt=PromptFormat(fmt.special_tokens, 0, fmt.vocab_size),
                                         shuffle=not p.get("disable_shuffle"))
-        sent = n // base.num_prefixes * base.num_prefixes  # the requests vllm bench serve made of n
+        sent = base.sent(n)
         template = _template_tokens(res.get("total_input_tokens"), sent, sent * (base.prefix_len + base.suffix_len),
                                     fmt.special_tokens, fmt.chat_template_tokens if chat else 0)
         total_out = res.get("total_output_tokens")

@@ -189,8 +189,8 @@ class Engine:
         self._freed = 0
         self._touched = 0
         self._evictable: list[_Req] = []  # preempted requests whose blocks may still be cached
-        self._first_full = next(((bs, count) for bs, count, window in self.kv.groups if window is None), None) \
-            if all(window is None for _, _, window in self.kv.groups) else None
+        # the first group's block size, by which a preempted request's own hit shrinks (None: a group slides)
+        self._own_bs = self.kv.groups[0][0] if self.kv.groups and all(w is None for _, _, w in self.kv.groups) else None
         self.spec_k = self.lim.num_speculative_tokens
         self._spec_rng = np.random.default_rng([seed, 0x5BEC])
         # its geometric draws, drawn ahead in blocks (the same numbers in the same order as one by one)
@@ -394,9 +394,9 @@ class Engine:
         evicted = min(size, max(0, self._pops() - pos))
         if not evicted:
             return tokens, size
-        if self._first_full is None:
+        if self._own_bs is None:
             return 0, 0
-        bs, _ = self._first_full
+        bs = self._own_bs
         return max(0, tokens // bs - evicted) * bs, size - evicted
 
     def _reclaim(self, req: _Req) -> None:

@@ -292,6 +292,10 @@ class PrefixRepetitionWorkload(Workload):
         prefix (a chat template's head, also shared, is left out)."""
         return self.fmt.special_tokens + self.prefix_len if self.prefix_len else 0
 
+    def sent(self, n: int) -> int:
+        """The requests vllm bench serve makes of --num-prompts n: n // num_prefixes for each prefix."""
+        return n // self.num_prefixes * self.num_prefixes
+
     def order(self, n: int, seed: int) -> list[tuple[int, int]]:
         """(prefix, suffix) of each request as sent: vLLM draws them prefix by prefix, each prefix then its
         suffixes, and shuffles the list with Python's `random` seeded by --seed."""
@@ -316,7 +320,7 @@ class PrefixRepetitionWorkload(Workload):
         """As Workload.vllm_random: vLLM's dataset seeds the global random and shuffles its requests with it."""
         rng = random.Random(seed)
         if self.shuffle:
-            rng.shuffle([None] * (n // self.num_prefixes * self.num_prefixes))
+            rng.shuffle([None] * self.sent(n))
         return rng
 
     def describe(self) -> dict:
