@@ -229,30 +229,37 @@ def write_run_folder(folder, run: RunResult, meta: dict | None = None) -> None:
     w.close()
 
 
+def caching_engine(groups, num_blocks: int, budget: int, max_seqs: int, trace=None):
+    """An engine of the shipped profile that caches prefixes, schedules synchronously and does not fast-forward,
+    with these KV groups ((block size, count, window or None)), blocks, token budget and max_num_seqs."""
+    import simpy
+
+    from simulator.engine import Engine
+
+    p = load_profile()
+    e = p.engine
+    e.kv_groups, e.num_blocks = tuple(KVGroup(*g) for g in groups), num_blocks
+    e.max_num_batched_tokens, e.max_num_seqs = budget, max_seqs
+    e.async_scheduling, e.prefix_caching = False, True
+    p.validate()
+    return Engine(simpy.Environment(), p, fast_forward=False, trace=trace)
+
+
 def first_step(groups, prompts, cached: int, prefix_group: str = "shared prefix", warm: bool = True,
                num_blocks: int = 1 << 20) -> dict:
     """The engine trace of its first step (no async scheduling, a budget for every prompt whole) given
     prompts that start with the same `cached` tokens: in the cache before the first if `warm` (or, with no
     `prefix_group`, each finding them cached, none shared); `groups` as (block size, count, window or None)."""
-    import simpy
-
-    from simulator.engine import Engine
     from simulator.workload import RequestSpec
 
-    p = load_profile()
-    e = p.engine
-    e.kv_groups, e.num_blocks = tuple(KVGroup(*g) for g in groups), num_blocks
-    e.max_num_batched_tokens, e.max_num_seqs = sum(prompts), len(prompts)
-    e.async_scheduling, e.prefix_caching = False, True
-    p.validate()
-    env, seen = simpy.Environment(), []
-    eng = Engine(env, p, fast_forward=False, trace=seen.append)
+    seen = []
+    eng = caching_engine(groups, num_blocks, sum(prompts), len(prompts), trace=seen.append)
     for i, n in enumerate(prompts):
         rec = RequestRecord(request_id=i, prompt_tokens=n, output_tokens=0, scheduled_time=0.0, start_time=0.0,
                             max_tokens=4)
         eng.submit(RequestSpec(n, 4, 4, cached_tokens=cached, prefix_group=prefix_group, prefix_warm=warm), 0.0, rec,
                    lambda r: None)
-    env.run()
+    eng.env.run()
     assert eng.kv.in_use == 0
     return seen[0]
 
@@ -262,18 +269,10 @@ def hits_around_preemptions(groups, num_blocks: int, steps) -> list[int]:
     allocation, preemption, release and re-admission: ("admit", name, tokens) a prompt whole (again: past
     its hit), ("hit", name) its hit alone, ("preempt", name), ("finish", name), ("grow", name, tokens) more
     blocks; each admission's or "hit"'s hit."""
-    import simpy
-
-    from simulator.engine import RUNNING, Engine
+    from simulator.engine import RUNNING
     from simulator.workload import RequestSpec
 
-    p = load_profile()
-    e = p.engine
-    e.kv_groups, e.num_blocks = tuple(KVGroup(*g) for g in groups), num_blocks
-    e.max_num_batched_tokens, e.max_num_seqs = 1 << 20, 64
-    e.async_scheduling, e.prefix_caching = False, True
-    p.validate()
-    eng = Engine(simpy.Environment(), p, fast_forward=False)
+    eng = caching_engine(groups, num_blocks, 1 << 20, 64)
     reqs, hits = {}, []
     for op, name, *n in steps:
         if op == "hit":
