@@ -613,6 +613,7 @@ def test_the_shared_prefix_cases_have_teeth(oracle):
 KV_EVICT = [(((16, 1, None),), 3), (((16, 2, None),), 11), (((32, 1, None), (16, 1, None)), 11),
             (((16, 1, None), (16, 1, 64)), 11), (((16, 1, 64), (16, 1, None)), 11)]
 # a 200-token request preempted beside a 100-token one that then grows this much before it is back
+EVICT_PAIR = {"v": 200, "o": 100}
 EVICT_GROWS = (0, 32, 48, 64, 80, 120, 160, 200, 240, 268)
 # four requests; two preempted and one finished; the third grows g1, one preempted request is back, the third
 # grows g2, the other's hit: what the first back takes out of the queue moves the blocks behind it up, and the
@@ -621,14 +622,14 @@ EVICT_TWICE = ((0, 0), (16, 16), (40, 40), (64, 32), (32, 96), (80, 48), (100, 6
 EVICT_SIZES = {"a": 200, "b": 150, "c": 100, "d": 120}
 
 
-def _evict_blocks(groups, slack: int, sizes=(200, 100)) -> int:
+def _evict_blocks(groups, slack: int, sizes) -> int:
     return slack + sum(count * sum(-(-n // bs) for n in sizes) for bs, count, _ in groups)
 
 
 def _evict_runs(twice: bool) -> list[list]:
     if not twice:
-        return [[("admit", "v", 200), ("admit", "o", 100), ("preempt", "v"), *([("grow", "o", g)] if g else []),
-                 ("hit", "v")] for g in EVICT_GROWS]
+        return [[*(("admit", k, n) for k, n in EVICT_PAIR.items()), ("preempt", "v"),
+                 *([("grow", "o", g)] if g else []), ("hit", "v")] for g in EVICT_GROWS]
     return [[*(("admit", k, n) for k, n in EVICT_SIZES.items()), ("preempt", "a"), ("preempt", "b"),
              ("finish", "d"), *([("grow", "c", g1)] if g1 else []), ("admit", first, EVICT_SIZES[first]),
              *([("grow", "c", g2)] if g2 else []), ("hit", second)]
@@ -637,7 +638,7 @@ def _evict_runs(twice: bool) -> list[list]:
 
 def _evict_job(case, twice: bool) -> dict:
     groups, slack = case
-    blocks = _evict_blocks(groups, slack, EVICT_SIZES.values() if twice else (200, 100))
+    blocks = _evict_blocks(groups, slack, (EVICT_SIZES if twice else EVICT_PAIR).values())
     return {"kind": "kv_evict", "groups": [list(g) for g in groups], "num_blocks": blocks + 1,  # and the null block
             "runs": [[list(step) for step in run] for run in _evict_runs(twice)], "blocks": blocks}
 
